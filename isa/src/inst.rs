@@ -1,0 +1,559 @@
+//! The JPU-1 instruction set, defined once as data.
+//!
+//! [`define_instructions!`] takes one table (opcode, mnemonic, engine class, doc
+//! text and typed fields) and derives from it the typed [`Op`] enum, the
+//! [`Opcode`] metadata (used by docs and tests), and the encoder, decoder, printer
+//! and parser of every instruction. Operand types carry their own forms
+//! ([`crate::operand::Operand`]); constraints live in [`crate::check`] and costs in
+//! [`crate::cost`], each one `match` over [`Op`].
+//!
+//! Binary form: every instruction is [`INST_SIZE`] bytes: an 8-byte header
+//! (opcode, wait semaphore, signal semaphore, reserved, wait value) followed by the
+//! operands in table order, then zero padding.
+
+use crate::bytes::{DecodeError, Reader, WriteLe};
+use crate::jasm::lexer::Tok;
+use crate::jasm::parser::{AsmError, Parser};
+use crate::operand::{
+    ActFunc, AluOp, CmpOp, Column, DecodeCtx, DmaTransfer, EncodeCtx, Imm, Operand, PrintCtx,
+    ReduceOp, Scalar, Tile,
+};
+
+/// Bytes per encoded instruction.
+pub const INST_SIZE: usize = 128;
+/// Bytes of the instruction header.
+pub const HEADER_SIZE: usize = 8;
+/// Semaphore field value meaning "none".
+pub const NO_SEM: u8 = 0xff;
+
+/// Which kind of engine executes an opcode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EngineClass {
+    /// The tensor engine.
+    Pe,
+    /// The vector engine.
+    Ve,
+    /// The activation engine.
+    Act,
+    /// Any DMA queue.
+    Dma,
+    /// Every engine (sync and control).
+    Any,
+}
+
+impl EngineClass {
+    /// Text name for docs and diagnostics.
+    pub fn name(self) -> &'static str {
+        match self {
+            EngineClass::Pe => "PE",
+            EngineClass::Ve => "VE",
+            EngineClass::Act => "ACT",
+            EngineClass::Dma => "DMA",
+            EngineClass::Any => "any",
+        }
+    }
+}
+
+/// One engine of a core: 0 = PE, 1 = VE, 2 = ACT, 3.. = DMA queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Engine(pub u8);
+
+impl Engine {
+    /// The tensor engine.
+    pub const PE: Engine = Engine(0);
+    /// The vector engine.
+    pub const VE: Engine = Engine(1);
+    /// The activation engine.
+    pub const ACT: Engine = Engine(2);
+
+    /// DMA queue `q`.
+    pub fn dma(q: u8) -> Engine {
+        Engine(3 + q)
+    }
+
+    /// The class of this engine.
+    pub fn class(self) -> EngineClass {
+        match self.0 {
+            0 => EngineClass::Pe,
+            1 => EngineClass::Ve,
+            2 => EngineClass::Act,
+            _ => EngineClass::Dma,
+        }
+    }
+
+    /// Text name: `pe`, `ve`, `act`, `dma0`, `dma1`, ...
+    pub fn name(self) -> String {
+        match self.0 {
+            0 => "pe".into(),
+            1 => "ve".into(),
+            2 => "act".into(),
+            q => format!("dma{}", q - 3),
+        }
+    }
+
+    /// Inverse of [`Engine::name`] (without checking the target's queue count).
+    pub fn from_name(name: &str) -> Option<Engine> {
+        match name {
+            "pe" => Some(Engine::PE),
+            "ve" => Some(Engine::VE),
+            "act" => Some(Engine::ACT),
+            _ => {
+                let q: u8 = name.strip_prefix("dma")?.parse().ok()?;
+                if name != format!("dma{q}") || q > 200 {
+                    return None;
+                }
+                Some(Engine::dma(q))
+            }
+        }
+    }
+
+    /// True when `opcode` may run on this engine.
+    pub fn accepts(self, opcode: Opcode) -> bool {
+        let class = opcode.engine_class();
+        class == EngineClass::Any || class == self.class()
+    }
+}
+
+/// A semaphore wait: the instruction starts once semaphore `sem` has reached `value`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Wait {
+    /// Semaphore index.
+    pub sem: u8,
+    /// Value it must have reached.
+    pub value: u32,
+}
+
+/// One instruction: an operation plus its synchronisation and debug link.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Inst {
+    /// What it does.
+    pub op: Op,
+    /// Optional semaphore wait before it starts.
+    pub wait: Option<Wait>,
+    /// Optional semaphore incremented (by one) when it completes.
+    pub signal: Option<u8>,
+    /// Index into the program's debug-op strings (the IR op that produced it).
+    pub debug: Option<u32>,
+}
+
+impl Inst {
+    /// An instruction with no synchronisation or debug info.
+    pub fn new(op: Op) -> Inst {
+        Inst {
+            op,
+            wait: None,
+            signal: None,
+            debug: None,
+        }
+    }
+
+    /// Appends the [`INST_SIZE`]-byte encoding.
+    pub fn encode(&self, out: &mut Vec<u8>, ctx: &mut EncodeCtx) {
+        let start = out.len();
+        out.put_u8(self.op.opcode() as u8);
+        out.put_u8(self.wait.map_or(NO_SEM, |w| w.sem));
+        out.put_u8(self.signal.unwrap_or(NO_SEM));
+        out.put_u8(0);
+        out.put_u32(self.wait.map_or(0, |w| w.value));
+        self.op.encode_operands(out, ctx);
+        let used = out.len() - start;
+        out.put_zeros(INST_SIZE - used);
+    }
+
+    /// Decodes one instruction from exactly [`INST_SIZE`] bytes.
+    pub fn decode(r: &mut Reader<'_>, ctx: &mut DecodeCtx<'_>) -> Result<Inst, DecodeError> {
+        let start = r.offset();
+        let code = r.u8("opcode")?;
+        let opcode = Opcode::from_code(code).ok_or_else(|| {
+            DecodeError::new(start, "opcode", format!("unknown opcode 0x{code:02x}"))
+        })?;
+        let wait_sem = r.u8("wait_sem")?;
+        let signal = r.u8("signal_sem")?;
+        r.zeros(1, "reserved")?;
+        let at = r.offset();
+        let value = r.u32("wait_value")?;
+        let wait = if wait_sem == NO_SEM {
+            if value != 0 {
+                return Err(DecodeError::new(
+                    at,
+                    "wait_value",
+                    "must be zero when there is no wait",
+                ));
+            }
+            None
+        } else {
+            Some(Wait {
+                sem: wait_sem,
+                value,
+            })
+        };
+        let op = Op::decode_operands(opcode, r, ctx).map_err(|e| e.within(opcode.mnemonic()))?;
+        let used = r.offset() - start;
+        r.zeros(INST_SIZE - used, "padding")?;
+        Ok(Inst {
+            op,
+            wait,
+            signal: (signal != NO_SEM).then_some(signal),
+            debug: None,
+        })
+    }
+}
+
+/// Name, kind and doc of one instruction field.
+#[derive(Debug, Clone, Copy)]
+pub struct FieldInfo {
+    /// Field name as written in `.jasm`.
+    pub name: &'static str,
+    /// Operand kind.
+    pub kind: &'static str,
+    /// Encoded bytes.
+    pub size: usize,
+    /// What the field means.
+    pub doc: &'static str,
+}
+
+macro_rules! define_instructions {
+    ($(
+        $(#[doc = $doc:literal])*
+        $code:literal $variant:ident $mnemonic:literal on $engine:ident {
+            $( $(#[doc = $fdoc:literal])* $field:ident : $fty:ty ),* $(,)?
+        }
+    )+) => {
+        /// An operation with its operands.
+        #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+        pub enum Op {
+            $( $(#[doc = $doc])* $variant { $( $(#[doc = $fdoc])* $field: $fty ),* } ),+
+        }
+
+        /// The opcode of each operation (its first encoded byte).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[repr(u8)]
+        pub enum Opcode { $( $(#[doc = $doc])* $variant = $code ),+ }
+
+        impl Opcode {
+            /// Every opcode, in table order.
+            pub const ALL: &'static [Opcode] = &[$(Opcode::$variant),+];
+
+            /// Inverse of `opcode as u8`.
+            pub fn from_code(code: u8) -> Option<Opcode> {
+                match code { $($code => Some(Opcode::$variant),)+ _ => None }
+            }
+
+            /// Assembly mnemonic.
+            pub fn mnemonic(self) -> &'static str {
+                match self { $(Opcode::$variant => $mnemonic),+ }
+            }
+
+            /// Inverse of [`Opcode::mnemonic`].
+            pub fn from_mnemonic(m: &str) -> Option<Opcode> {
+                match m { $($mnemonic => Some(Opcode::$variant),)+ _ => None }
+            }
+
+            /// The engine class that executes it.
+            pub fn engine_class(self) -> EngineClass {
+                match self { $(Opcode::$variant => EngineClass::$engine),+ }
+            }
+
+            /// Documentation (semantics, in Markdown).
+            pub fn doc(self) -> &'static str {
+                match self { $(Opcode::$variant => concat!($($doc, "\n"),*)),+ }
+            }
+
+            /// Operand fields, in encoding and text order.
+            pub fn fields(self) -> &'static [FieldInfo] {
+                match self {
+                    $(Opcode::$variant => &[$(FieldInfo {
+                        name: stringify!($field),
+                        kind: <$fty as Operand>::KIND,
+                        size: <$fty as Operand>::SIZE,
+                        doc: concat!($($fdoc),*),
+                    }),*]),+
+                }
+            }
+        }
+
+        impl Op {
+            /// The opcode.
+            pub fn opcode(&self) -> Opcode {
+                match self { $(Op::$variant { .. } => Opcode::$variant),+ }
+            }
+
+            fn encode_operands(&self, out: &mut Vec<u8>, ctx: &mut EncodeCtx) {
+                let _ = (&out, &ctx);
+                match self {
+                    $(Op::$variant { $($field),* } => { $( Operand::encode($field, out, ctx); )* }),+
+                }
+            }
+
+            fn decode_operands(opcode: Opcode, r: &mut Reader<'_>, ctx: &mut DecodeCtx<'_>) -> Result<Op, DecodeError> {
+                let _ = (&r, &ctx);
+                Ok(match opcode {
+                    $(Opcode::$variant => Op::$variant {
+                        $( $field: <$fty as Operand>::decode(r, ctx).map_err(|e| e.within(stringify!($field)))? ),*
+                    }),+
+                })
+            }
+
+            /// Appends `name=value, ...` for every operand.
+            pub fn print_operands(&self, out: &mut String, ctx: &PrintCtx<'_>) {
+                let _ = (&out, &ctx);
+                match self {
+                    $(Op::$variant { $($field),* } => {
+                        #[allow(unused_mut)]
+                        let mut sep = "";
+                        $(
+                            out.push_str(sep);
+                            out.push_str(concat!(stringify!($field), "="));
+                            Operand::print($field, out, ctx);
+                            sep = ", ";
+                        )*
+                        let _ = sep;
+                    }),+
+                }
+            }
+
+            /// Parses `name=value, ...` for every operand of `opcode`, in table order,
+            /// recording each operand's span in the parser (for constraint diagnostics).
+            pub fn parse_operands(opcode: Opcode, p: &mut Parser<'_>) -> Result<Op, AsmError> {
+                let _ = &p;
+                Ok(match opcode {
+                    $(Opcode::$variant => {
+                        #[allow(unused_mut)]
+                        let mut first = true;
+                        $(
+                            let $field = {
+                                if !first {
+                                    p.expect(&Tok::Comma, concat!("`,` before `", stringify!($field), "=`"))?;
+                                }
+                                first = false;
+                                let start = p.field_key(stringify!($field))?;
+                                let value = <$fty as Operand>::parse(p)?;
+                                p.record_field(stringify!($field), start);
+                                value
+                            };
+                        )*
+                        let _ = first;
+                        Op::$variant { $($field),* }
+                    }),+
+                })
+            }
+        }
+
+        const _: () = {
+            // Every instruction's operands fit the fixed width.
+            $( assert!(HEADER_SIZE $(+ <$fty as Operand>::SIZE)* <= INST_SIZE); )+
+        };
+    };
+}
+
+define_instructions! {
+    /// `psum[M, N] (=|+=) stationary[K, M]^T . moving[K, N]` on the systolic array.
+    ///
+    /// K is the partition (contraction) dim of both SRAM operands and at most `pe.rows`;
+    /// M is the stationary free size (at most `pe.cols`), N the moving free size (at most
+    /// `pe.max_moving_free`). With `transposed`, the stationary operand is stored as
+    /// [M partitions, K free] and the weight-load path transposes it at no cost.
+    /// Operands share one dtype (bf16, f16, f8e4m3, f8e5m2, i8 or f32); the product of
+    /// each pair is exact and PSUM accumulates in increasing k order, rounding to f32
+    /// after each add (exact i32 wrapping arithmetic for i8). `dst` is f32 (i32 for i8),
+    /// M partitions by N contiguous elements inside one PSUM bank.
+    0x01 Matmul "matmul" on Pe {
+        /// PSUM accumulator tile [M, N].
+        dst: Tile,
+        /// Stationary (weights) operand [K, M], or [M, K] when `transposed`.
+        stationary: Tile,
+        /// Moving operand [K, N].
+        moving: Tile,
+        /// Add into `dst` instead of overwriting it.
+        accumulate: bool,
+        /// The stationary operand is stored [M partitions, K free].
+        transposed: bool,
+    }
+
+    /// `psum[F, P] = src[P, F]^T`: an identity matmul (exact for every dtype).
+    ///
+    /// P is at most `pe.rows`, F at most `pe.cols`; `dst` is f32 (i32 for i8 sources),
+    /// F partitions by P contiguous elements inside one PSUM bank.
+    0x02 Transpose "transpose" on Pe {
+        /// PSUM tile [F, P].
+        dst: Tile,
+        /// SRAM tile [P, F].
+        src: Tile,
+    }
+
+    /// `dst = a <op> b`, elementwise in f32, rounded once into `dst`'s dtype.
+    ///
+    /// All three tiles have the same partition count and free size; element i of each
+    /// is the i-th element of its access pattern.
+    0x10 TensorTensor "tensor_tensor" on Ve {
+        /// Operation.
+        op: AluOp,
+        /// Result.
+        dst: Tile,
+        /// Left operand.
+        a: Tile,
+        /// Right operand.
+        b: Tile,
+    }
+
+    /// `dst = src <op> scalar` (or `scalar <op> src` with `reverse`), in f32.
+    0x11 TensorScalar "tensor_scalar" on Ve {
+        /// Operation.
+        op: AluOp,
+        /// Swap the operands (`scalar - src`, `scalar / src`).
+        reverse: bool,
+        /// Result.
+        dst: Tile,
+        /// Tensor operand.
+        src: Tile,
+        /// Immediate or per-partition column.
+        scalar: Scalar,
+    }
+
+    /// `dst[p, 0] = reduce(src[p, :])` over the whole free pattern, in f32, in
+    /// access-pattern order.
+    0x12 Reduce "reduce" on Ve {
+        /// Reduction.
+        op: ReduceOp,
+        /// Result tile with one element per partition.
+        dst: Tile,
+        /// Source.
+        src: Tile,
+    }
+
+    /// `dst = src`, converted through f32 into `dst`'s dtype (a cast when dtypes differ).
+    0x13 Copy "copy" on Ve {
+        /// Result.
+        dst: Tile,
+        /// Source.
+        src: Tile,
+    }
+
+    /// `dst = value` (rounded into `dst`'s dtype).
+    0x14 Memset "memset" on Ve {
+        /// Result.
+        dst: Tile,
+        /// Value.
+        value: Imm,
+    }
+
+    /// `dst[p, i] = base + partition_step * p + free_step * i` (exact integer
+    /// arithmetic, then converted into `dst`'s dtype); p and i are relative to the
+    /// tile (i is the element's position in the access pattern).
+    0x15 Iota "iota" on Ve {
+        /// Result.
+        dst: Tile,
+        /// Value at p = 0, i = 0.
+        base: i32,
+        /// Added per partition.
+        partition_step: i32,
+        /// Added per free element.
+        free_step: i32,
+    }
+
+    /// Affine select: `dst[p, i] = src[p, i]` where
+    /// `partition_step * p + free_step * i + base <cmp> 0`, else `fill`. The causal mask.
+    0x16 Select "select" on Ve {
+        /// Comparison against zero.
+        cmp: CmpOp,
+        /// Result.
+        dst: Tile,
+        /// Source.
+        src: Tile,
+        /// Coefficient of the partition index.
+        partition_step: i32,
+        /// Coefficient of the free index.
+        free_step: i32,
+        /// Constant term.
+        base: i32,
+        /// Value written where the condition is false.
+        fill: Imm,
+    }
+
+    /// `dst = func(src * scale + bias)` in f32, rounded once into `dst`'s dtype; with
+    /// `accum`, also the f32 row sum of the results (before rounding), per partition.
+    0x20 Activate "activate" on Act {
+        /// Function.
+        func: ActFunc,
+        /// Result.
+        dst: Tile,
+        /// Source.
+        src: Tile,
+        /// Multiplier: immediate or per-partition column.
+        scale: Scalar,
+        /// Addend: immediate or per-partition column.
+        bias: Scalar,
+        /// Optional f32 column receiving each partition's sum of results.
+        accum: Option<Column>,
+    }
+
+    /// Moves bytes between two access patterns (HBM or SRAM on each side, no dtype
+    /// change). The binary holds a descriptor-table index; text shows the transfer.
+    0x30 Dma "dma" on Dma {
+        /// `src [pattern] -> dst [pattern] elem BYTES`; strides in bytes.
+        xfer: DmaTransfer,
+    }
+
+    /// Does nothing; carries a wait and/or a signal (zero cycles).
+    0x40 Nop "nop" on Any {}
+
+    /// Ends the engine's stream; must be its last instruction.
+    0x41 Halt "halt" on Any {}
+}
+
+impl Op {
+    /// The destination tile, for instructions that write one.
+    pub fn dst_tile(&self) -> Option<&Tile> {
+        match self {
+            Op::Matmul { dst, .. }
+            | Op::Transpose { dst, .. }
+            | Op::TensorTensor { dst, .. }
+            | Op::TensorScalar { dst, .. }
+            | Op::Reduce { dst, .. }
+            | Op::Copy { dst, .. }
+            | Op::Memset { dst, .. }
+            | Op::Iota { dst, .. }
+            | Op::Select { dst, .. }
+            | Op::Activate { dst, .. } => Some(dst),
+            Op::Dma { .. } | Op::Nop {} | Op::Halt {} => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opcode_table_is_consistent() {
+        let mut seen = std::collections::HashSet::new();
+        for &op in Opcode::ALL {
+            assert!(seen.insert(op as u8), "duplicate code for {op:?}");
+            assert_eq!(Opcode::from_code(op as u8), Some(op));
+            assert_eq!(Opcode::from_mnemonic(op.mnemonic()), Some(op));
+            assert!(!op.doc().trim().is_empty(), "{op:?} has no doc");
+            for f in op.fields() {
+                assert!(!f.doc.is_empty(), "{op:?}.{} has no doc", f.name);
+            }
+            let size: usize = HEADER_SIZE + op.fields().iter().map(|f| f.size).sum::<usize>();
+            assert!(size <= INST_SIZE);
+        }
+        assert_eq!(Opcode::from_code(0), None);
+    }
+
+    #[test]
+    fn engine_names_round_trip() {
+        for e in [
+            Engine::PE,
+            Engine::VE,
+            Engine::ACT,
+            Engine::dma(0),
+            Engine::dma(3),
+            Engine::dma(15),
+        ] {
+            assert_eq!(Engine::from_name(&e.name()), Some(e));
+        }
+        assert_eq!(Engine::from_name("dma01"), None);
+        assert_eq!(Engine::from_name("gpu"), None);
+    }
+}

@@ -1,0 +1,1 @@
+//! File-driven test harness for the Jalapeño toolchain (see docs/testing.md).
