@@ -29,11 +29,7 @@ impl Failure {
 }
 
 #[derive(Parser)]
-#[command(
-    name = "jalc",
-    version,
-    about = "The Jalapeño kernel compiler and JPU-1 toolchain"
-)]
+#[command(name = "jalc", version, about = "The Jalapeño kernel compiler and JPU-1 toolchain")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -60,13 +56,11 @@ enum Command {
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>, Failure> {
-    std::fs::read(path)
-        .map_err(|e| Failure::Input(format!("error: cannot read {}: {e}", path.display())))
+    std::fs::read(path).map_err(|e| Failure::Input(format!("error: cannot read {}: {e}", path.display())))
 }
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
-    std::fs::write(path, bytes)
-        .map_err(|e| Failure::Input(format!("error: cannot write {}: {e}", path.display())))
+    std::fs::write(path, bytes).map_err(|e| Failure::Input(format!("error: cannot write {}: {e}", path.display())))
 }
 
 fn asm(file: &Path, output: &Path) -> Result<(), Failure> {
@@ -78,20 +72,14 @@ fn asm(file: &Path, output: &Path) -> Result<(), Failure> {
             e.utf8_error().valid_up_to()
         ))
     })?;
-    let program = jpu_isa::jasm::assemble(&src).map_err(|errs| {
-        Failure::Input(jpu_isa::jasm::render_errors(
-            &file.display().to_string(),
-            &src,
-            &errs,
-        ))
-    })?;
+    let program = jpu_isa::jasm::assemble(&src)
+        .map_err(|errs| Failure::Input(jpu_isa::jasm::render_errors(&file.display().to_string(), &src, &errs)))?;
     write_file(output, &jpu_isa::jbin::write(&program))
 }
 
 fn disasm(file: &Path, output: Option<&Path>) -> Result<(), Failure> {
     let bytes = read_file(file)?;
-    let program = jpu_isa::jbin::read(&bytes)
-        .map_err(|e| Failure::Input(format!("error: {}: {e}", file.display())))?;
+    let program = jpu_isa::jbin::read(&bytes).map_err(|e| Failure::Input(format!("error: {}: {e}", file.display())))?;
     let text = jpu_isa::jasm::disassemble(&program);
     match output {
         Some(path) => write_file(path, text.as_bytes()),

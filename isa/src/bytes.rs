@@ -19,11 +19,7 @@ pub struct DecodeError {
 impl DecodeError {
     /// A new error.
     pub fn new(offset: usize, field: impl Into<String>, message: impl Into<String>) -> Self {
-        DecodeError {
-            offset,
-            field: field.into(),
-            message: message.into(),
-        }
+        DecodeError { offset, field: field.into(), message: message.into() }
     }
 
     /// Prefixes the field path with an enclosing field's name.
@@ -41,11 +37,7 @@ impl DecodeError {
 
 impl fmt::Display for DecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "byte offset {} (0x{:x}), field `{}`: {}",
-            self.offset, self.offset, self.field, self.message
-        )
+        write!(f, "byte offset {} (0x{:x}), field `{}`: {}", self.offset, self.offset, self.field, self.message)
     }
 }
 
@@ -82,10 +74,7 @@ impl<'a> Reader<'a> {
     /// Takes the next `n` bytes.
     pub fn take(&mut self, n: usize, field: &str) -> Result<&'a [u8], DecodeError> {
         if n > self.remaining() {
-            return Err(self.error(
-                field,
-                format!("needs {n} bytes but only {} remain", self.remaining()),
-            ));
+            return Err(self.error(field, format!("needs {n} bytes but only {} remain", self.remaining())));
         }
         let s = &self.data[self.pos..self.pos + n];
         self.pos += n;
@@ -139,11 +128,7 @@ impl<'a> Reader<'a> {
         match self.u8(field)? {
             0 => Ok(false),
             1 => Ok(true),
-            v => Err(DecodeError::new(
-                at,
-                field,
-                format!("boolean must be 0 or 1, found {v}"),
-            )),
+            v => Err(DecodeError::new(at, field, format!("boolean must be 0 or 1, found {v}"))),
         }
     }
 }

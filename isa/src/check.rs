@@ -31,10 +31,7 @@ impl fmt::Display for ConstraintError {
 type Check = Result<(), ConstraintError>;
 
 fn fail(operand: &'static str, message: impl Into<String>) -> Check {
-    Err(ConstraintError {
-        operand,
-        message: message.into(),
-    })
+    Err(ConstraintError { operand, message: message.into() })
 }
 
 fn partitions_of(t: &Target, space: Space) -> (u32, u32) {
@@ -52,34 +49,17 @@ fn check_tile(name: &'static str, tile: &Tile, t: &Target) -> Check {
     }
     let end = tile.part_start as u32 + tile.part_count as u32;
     if end > parts {
-        return fail(
-            name,
-            format!(
-                "partitions {}:{end} exceed the {parts} partitions of {space}",
-                tile.part_start
-            ),
-        );
+        return fail(name, format!("partitions {}:{end} exceed the {parts} partitions of {space}", tile.part_start));
     }
     let size = tile.dtype.size_bytes();
-    if tile.offset % size != 0 {
-        return fail(
-            name,
-            format!(
-                "byte offset 0x{:x} is not aligned to {}'s {size} bytes",
-                tile.offset, tile.dtype
-            ),
-        );
+    if !tile.offset.is_multiple_of(size) {
+        return fail(name, format!("byte offset 0x{:x} is not aligned to {}'s {size} bytes", tile.offset, tile.dtype));
     }
     let (lo, hi) = tile.elem_extent();
     let first = tile.offset as i64 + lo * size as i64;
     let end_byte = tile.offset as i64 + (hi + 1) * size as i64;
     if first < 0 {
-        return fail(
-            name,
-            format!(
-                "access pattern reaches byte {first}, before the start of each {space} partition"
-            ),
-        );
+        return fail(name, format!("access pattern reaches byte {first}, before the start of each {space} partition"));
     }
     if end_byte > part_bytes as i64 {
         return fail(
@@ -93,14 +73,8 @@ fn check_tile(name: &'static str, tile: &Tile, t: &Target) -> Check {
 fn check_column(name: &'static str, col: &Column, t: &Target) -> Check {
     let (_, part_bytes) = partitions_of(t, col.space);
     let size = col.dtype.size_bytes();
-    if col.offset % size != 0 {
-        return fail(
-            name,
-            format!(
-                "byte offset 0x{:x} is not aligned to {}'s {size} bytes",
-                col.offset, col.dtype
-            ),
-        );
+    if !col.offset.is_multiple_of(size) {
+        return fail(name, format!("byte offset 0x{:x} is not aligned to {}'s {size} bytes", col.offset, col.dtype));
     }
     if col.offset as u64 + size as u64 > part_bytes as u64 {
         return fail(
@@ -126,10 +100,7 @@ fn same_shape(name: &'static str, a: &Tile, reference: &Tile, reference_name: &s
     if a.part_count != reference.part_count {
         return fail(
             name,
-            format!(
-                "covers {} partitions but `{reference_name}` covers {}",
-                a.part_count, reference.part_count
-            ),
+            format!("covers {} partitions but `{reference_name}` covers {}", a.part_count, reference.part_count),
         );
     }
     if a.free_elems() != reference.free_elems() {
@@ -147,53 +118,25 @@ fn same_shape(name: &'static str, a: &Tile, reference: &Tile, reference_name: &s
 
 fn in_space(name: &'static str, tile: &Tile, space: Space) -> Check {
     if tile.space != space {
-        return fail(
-            name,
-            format!("must be in {}, found {}", space.name(), tile.space.name()),
-        );
+        return fail(name, format!("must be in {}, found {}", space.name(), tile.space.name()));
     }
     Ok(())
 }
 
 /// A PE result: contiguous, in one PSUM bank, of the accumulator dtype.
-fn check_pe_result(
-    name: &'static str,
-    dst: &Tile,
-    acc: DType,
-    rows: u64,
-    cols: u64,
-    t: &Target,
-) -> Check {
+fn check_pe_result(name: &'static str, dst: &Tile, acc: DType, rows: u64, cols: u64, t: &Target) -> Check {
     in_space(name, dst, Space::Psum)?;
     if dst.dtype != acc {
-        return fail(
-            name,
-            format!(
-                "PE results are {acc} for these operands, found {}",
-                dst.dtype
-            ),
-        );
+        return fail(name, format!("PE results are {acc} for these operands, found {}", dst.dtype));
     }
     if dst.part_count as u64 != rows {
-        return fail(
-            name,
-            format!("must cover {rows} partitions, found {}", dst.part_count),
-        );
+        return fail(name, format!("must cover {rows} partitions, found {}", dst.part_count));
     }
     if dst.free_elems() != cols {
-        return fail(
-            name,
-            format!(
-                "must hold {cols} elements per partition, found {}",
-                dst.free_elems()
-            ),
-        );
+        return fail(name, format!("must hold {cols} elements per partition, found {}", dst.free_elems()));
     }
     if !dst.is_contiguous() {
-        return fail(
-            name,
-            "PE results must be contiguous in PSUM (access pattern `[N x 1]`)",
-        );
+        return fail(name, "PE results must be contiguous in PSUM (access pattern `[N x 1]`)");
     }
     let bank = t.psum_bank_bytes();
     let first = dst.offset / bank;
@@ -213,47 +156,26 @@ fn check_pe_result(
 
 fn check_dma_side(name: &'static str, side: &DmaSide, elem: u8, t: &Target) -> Check {
     if side.ndims as u32 > t.dma.max_dims {
-        return fail(
-            name,
-            format!(
-                "has {} dims; this target's DMA takes at most {}",
-                side.ndims, t.dma.max_dims
-            ),
-        );
+        return fail(name, format!("has {} dims; this target's DMA takes at most {}", side.ndims, t.dma.max_dims));
     }
     let (lo, hi) = side.byte_extent();
     let first = side.addr as i128 + lo;
     let end = side.addr as i128 + hi + elem as i128;
     let (limit, what): (i128, &str) = match side.space {
         DmaSpace::Hbm => (t.hbm.size_bytes as i128, "HBM"),
-        DmaSpace::Sram => (
-            t.sram.partitions as i128 * t.sram.partition_bytes as i128,
-            "SRAM",
-        ),
+        DmaSpace::Sram => (t.sram.partitions as i128 * t.sram.partition_bytes as i128, "SRAM"),
     };
     if first < 0 {
-        return fail(
-            name,
-            format!(
-                "access pattern starts {} bytes before address 0 of {what}",
-                -first
-            ),
-        );
+        return fail(name, format!("access pattern starts {} bytes before address 0 of {what}", -first));
     }
     if end > limit {
-        return fail(
-            name,
-            format!("access pattern reaches byte 0x{end:x}; {what} holds 0x{limit:x} bytes"),
-        );
+        return fail(name, format!("access pattern reaches byte 0x{end:x}; {what} holds 0x{limit:x} bytes"));
     }
     if side.space == DmaSpace::Sram {
         // Aligned elements never straddle partitions (partition sizes are multiples of 4).
         let e = elem as i64;
-        if side.addr % elem as u64 != 0 || side.dims().iter().any(|d| d.stride % e != 0) {
-            return fail(
-                name,
-                format!("SRAM address and strides must be multiples of the {elem}-byte element"),
-            );
+        if !side.addr.is_multiple_of(elem as u64) || side.dims().iter().any(|d| d.stride % e != 0) {
+            return fail(name, format!("SRAM address and strides must be multiples of the {elem}-byte element"));
         }
     }
     Ok(())
@@ -265,11 +187,7 @@ fn check_dma(x: &DmaTransfer, t: &Target) -> Check {
     if x.src.elems() != x.dst.elems() {
         return fail(
             "xfer",
-            format!(
-                "source moves {} elements but destination takes {}",
-                x.src.elems(),
-                x.dst.elems()
-            ),
+            format!("source moves {} elements but destination takes {}", x.src.elems(), x.dst.elems()),
         );
     }
     Ok(())
@@ -281,45 +199,23 @@ pub fn check_inst(inst: &Inst, engine: Engine, t: &Target) -> Check {
     if engine.0 as u32 >= t.engines_per_core() {
         return fail(
             "engine",
-            format!(
-                "engine {} does not exist on {} ({} DMA queues)",
-                engine.name(),
-                t.name,
-                t.dma.queues
-            ),
+            format!("engine {} does not exist on {} ({} DMA queues)", engine.name(), t.name, t.dma.queues),
         );
     }
     if !engine.accepts(opcode) {
         return fail(
             "engine",
-            format!(
-                "`{}` runs on {}, not on {}",
-                opcode.mnemonic(),
-                opcode.engine_class().name(),
-                engine.name()
-            ),
+            format!("`{}` runs on {}, not on {}", opcode.mnemonic(), opcode.engine_class().name(), engine.name()),
         );
     }
     if let Some(w) = inst.wait {
         if w.sem as u32 >= t.sync.semaphores {
-            return fail(
-                "wait",
-                format!(
-                    "semaphore {} does not exist ({} has {})",
-                    w.sem, t.name, t.sync.semaphores
-                ),
-            );
+            return fail("wait", format!("semaphore {} does not exist ({} has {})", w.sem, t.name, t.sync.semaphores));
         }
     }
     if let Some(s) = inst.signal {
         if s as u32 >= t.sync.semaphores {
-            return fail(
-                "signal",
-                format!(
-                    "semaphore {s} does not exist ({} has {})",
-                    t.name, t.sync.semaphores
-                ),
-            );
+            return fail("signal", format!("semaphore {s} does not exist ({} has {})", t.name, t.sync.semaphores));
         }
     }
     check_op(&inst.op, t)
@@ -328,13 +224,7 @@ pub fn check_inst(inst: &Inst, engine: Engine, t: &Target) -> Check {
 /// Checks an operation's operands against `target`.
 pub fn check_op(op: &Op, t: &Target) -> Check {
     match op {
-        Op::Matmul {
-            dst,
-            stationary,
-            moving,
-            transposed,
-            ..
-        } => {
+        Op::Matmul { dst, stationary, moving, transposed, .. } => {
             check_tile("dst", dst, t)?;
             check_tile("stationary", stationary, t)?;
             check_tile("moving", moving, t)?;
@@ -343,40 +233,35 @@ pub fn check_op(op: &Op, t: &Target) -> Check {
             if !moving.dtype.is_pe_operand() {
                 return fail(
                     "moving",
-                    format!(
-                        "{} is not a PE operand dtype (bf16, f16, f8e4m3, f8e5m2, i8, f32)",
-                        moving.dtype
-                    ),
+                    format!("{} is not a PE operand dtype (bf16, f16, f8e4m3, f8e5m2, i8, f32)", moving.dtype),
                 );
             }
             if stationary.dtype != moving.dtype {
                 return fail(
                     "stationary",
-                    format!(
-                        "dtype {} differs from the moving operand's {}",
-                        stationary.dtype, moving.dtype
-                    ),
+                    format!("dtype {} differs from the moving operand's {}", stationary.dtype, moving.dtype),
                 );
             }
             let k = moving.part_count as u64;
             if k > t.pe.rows as u64 {
                 return fail(
                     "moving",
-                    format!(
-                        "contraction dim K = {k} partitions exceeds the PE's {} rows",
-                        t.pe.rows
-                    ),
+                    format!("contraction dim K = {k} partitions exceeds the PE's {} rows", t.pe.rows),
                 );
             }
             let m = if *transposed {
                 if stationary.free_elems() != k {
-                    return fail("stationary", format!("transposed stationary must hold K = {k} elements per partition, found {}", stationary.free_elems()));
+                    return fail(
+                        "stationary",
+                        format!(
+                            "transposed stationary must hold K = {k} elements per partition, found {}",
+                            stationary.free_elems()
+                        ),
+                    );
                 }
                 stationary.part_count as u64
             } else {
-                if stationary.part_count != moving.part_count
-                    || stationary.part_start != moving.part_start
-                {
+                if stationary.part_count != moving.part_count || stationary.part_start != moving.part_start {
                     return fail(
                         "stationary",
                         format!(
@@ -391,19 +276,13 @@ pub fn check_op(op: &Op, t: &Target) -> Check {
                 stationary.free_elems()
             };
             if m > t.pe.cols as u64 {
-                return fail(
-                    "stationary",
-                    format!("M = {m} exceeds the PE's {} columns", t.pe.cols),
-                );
+                return fail("stationary", format!("M = {m} exceeds the PE's {} columns", t.pe.cols));
             }
             let n = moving.free_elems();
             if n > t.pe.max_moving_free as u64 {
                 return fail(
                     "moving",
-                    format!(
-                        "N = {n} elements per partition exceeds the limit of {}",
-                        t.pe.max_moving_free
-                    ),
+                    format!("N = {n} elements per partition exceeds the limit of {}", t.pe.max_moving_free),
                 );
             }
             check_pe_result("dst", dst, moving.dtype.accumulator(), m, n, t)
@@ -418,19 +297,10 @@ pub fn check_op(op: &Op, t: &Target) -> Check {
             let p = src.part_count as u64;
             let f = src.free_elems();
             if p > t.pe.rows as u64 {
-                return fail(
-                    "src",
-                    format!("P = {p} partitions exceeds the PE's {} rows", t.pe.rows),
-                );
+                return fail("src", format!("P = {p} partitions exceeds the PE's {} rows", t.pe.rows));
             }
             if f > t.pe.cols as u64 {
-                return fail(
-                    "src",
-                    format!(
-                        "F = {f} elements per partition exceeds the PE's {} columns",
-                        t.pe.cols
-                    ),
-                );
+                return fail("src", format!("F = {f} elements per partition exceeds the PE's {} columns", t.pe.cols));
             }
             check_pe_result("dst", dst, src.dtype.accumulator(), f, p, t)
         }
@@ -441,9 +311,7 @@ pub fn check_op(op: &Op, t: &Target) -> Check {
             same_shape("a", a, dst, "dst")?;
             same_shape("b", b, dst, "dst")
         }
-        Op::TensorScalar {
-            dst, src, scalar, ..
-        } => {
+        Op::TensorScalar { dst, src, scalar, .. } => {
             check_tile("dst", dst, t)?;
             check_tile("src", src, t)?;
             same_shape("src", src, dst, "dst")?;
@@ -453,21 +321,12 @@ pub fn check_op(op: &Op, t: &Target) -> Check {
             check_tile("dst", dst, t)?;
             check_tile("src", src, t)?;
             if dst.free_elems() != 1 {
-                return fail(
-                    "dst",
-                    format!(
-                        "a reduction writes 1 element per partition, found {}",
-                        dst.free_elems()
-                    ),
-                );
+                return fail("dst", format!("a reduction writes 1 element per partition, found {}", dst.free_elems()));
             }
             if dst.part_count != src.part_count {
                 return fail(
                     "dst",
-                    format!(
-                        "covers {} partitions but `src` covers {}",
-                        dst.part_count, src.part_count
-                    ),
+                    format!("covers {} partitions but `src` covers {}", dst.part_count, src.part_count),
                 );
             }
             Ok(())
@@ -483,14 +342,7 @@ pub fn check_op(op: &Op, t: &Target) -> Check {
             check_tile("src", src, t)?;
             same_shape("src", src, dst, "dst")
         }
-        Op::Activate {
-            dst,
-            src,
-            scale,
-            bias,
-            accum,
-            ..
-        } => {
+        Op::Activate { dst, src, scale, bias, accum, .. } => {
             check_tile("dst", dst, t)?;
             check_tile("src", src, t)?;
             same_shape("src", src, dst, "dst")?;

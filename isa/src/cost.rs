@@ -20,19 +20,14 @@ pub struct DmaCost {
 
 /// The DMA cost of a transfer.
 pub fn dma_cost(x: &DmaTransfer, t: &Target) -> DmaCost {
-    DmaCost {
-        latency_cycles: t.timing.dma.latency_cycles,
-        charged_bytes: x.charged_bytes(t.timing.dma.min_run_bytes),
-    }
+    DmaCost { latency_cycles: t.timing.dma.latency_cycles, charged_bytes: x.charged_bytes(t.timing.dma.min_run_bytes) }
 }
 
 /// Cycles a matmul takes for `n` moving columns of `dtype` operands.
 pub fn matmul_cycles(dtype: DType, n: u64, t: &Target) -> u64 {
     let pe = &t.timing.pe;
     match dtype.size_bytes() {
-        1 => n
-            .div_ceil(pe.matmul_8bit_columns_per_cycle)
-            .max(pe.matmul_min_cycles_8bit),
+        1 => n.div_ceil(pe.matmul_8bit_columns_per_cycle).max(pe.matmul_min_cycles_8bit),
         2 => n.max(pe.matmul_min_cycles_16bit),
         _ => pe.matmul_f32_factor * n.max(pe.matmul_min_cycles_16bit),
     }
@@ -44,17 +39,13 @@ pub fn compute_cycles(op: &Op, t: &Target) -> Option<u64> {
     Some(match op {
         Op::Matmul { moving, .. } => matmul_cycles(moving.dtype, moving.free_elems(), t),
         Op::Transpose { src, .. } => (src.part_count as u64).max(t.timing.pe.transpose_min_cycles),
-        Op::TensorTensor { dst, a, b, .. } => {
-            ve(dst.free_elems().max(a.free_elems()).max(b.free_elems()))
-        }
+        Op::TensorTensor { dst, a, b, .. } => ve(dst.free_elems().max(a.free_elems()).max(b.free_elems())),
         Op::TensorScalar { dst, src, .. } | Op::Copy { dst, src } | Op::Select { dst, src, .. } => {
             ve(dst.free_elems().max(src.free_elems()))
         }
         Op::Reduce { src, .. } => ve(src.free_elems()),
         Op::Memset { dst, .. } | Op::Iota { dst, .. } => ve(dst.free_elems()),
-        Op::Activate { dst, src, .. } => {
-            t.timing.act.fixed_cycles + dst.free_elems().max(src.free_elems())
-        }
+        Op::Activate { dst, src, .. } => t.timing.act.fixed_cycles + dst.free_elems().max(src.free_elems()),
         Op::Dma { .. } => return None,
         Op::Nop {} | Op::Halt {} => 0,
     })
@@ -63,18 +54,9 @@ pub fn compute_cycles(op: &Op, t: &Target) -> Option<u64> {
 /// FLOPs a PE instruction performs (2 per multiply-add); 0 for everything else.
 pub fn pe_flops(op: &Op) -> u64 {
     match op {
-        Op::Matmul {
-            stationary,
-            moving,
-            transposed,
-            ..
-        } => {
+        Op::Matmul { stationary, moving, transposed, .. } => {
             let k = moving.part_count as u64;
-            let m = if *transposed {
-                stationary.part_count as u64
-            } else {
-                stationary.free_elems()
-            };
+            let m = if *transposed { stationary.part_count as u64 } else { stationary.free_elems() };
             2 * k * m * moving.free_elems()
         }
         _ => 0,
@@ -99,25 +81,13 @@ mod tests {
     #[test]
     fn machine_md_timing_table() {
         let t = Target::builtin("jpu1").unwrap();
-        assert_eq!(
-            compute_cycles(&mm(DType::Bf16, 128, 128, 512), &t),
-            Some(512)
-        );
+        assert_eq!(compute_cycles(&mm(DType::Bf16, 128, 128, 512), &t), Some(512));
         assert_eq!(compute_cycles(&mm(DType::Bf16, 128, 128, 10), &t), Some(64));
-        assert_eq!(
-            compute_cycles(&mm(DType::F8E4M3, 128, 128, 512), &t),
-            Some(256)
-        );
+        assert_eq!(compute_cycles(&mm(DType::F8E4M3, 128, 128, 512), &t), Some(256));
         assert_eq!(compute_cycles(&mm(DType::I8, 128, 128, 63), &t), Some(32));
         assert_eq!(compute_cycles(&mm(DType::I8, 128, 128, 101), &t), Some(51));
-        assert_eq!(
-            compute_cycles(&mm(DType::F32, 128, 128, 100), &t),
-            Some(400)
-        );
-        assert_eq!(
-            pe_flops(&mm(DType::Bf16, 128, 128, 512)),
-            2 * 128 * 128 * 512
-        );
+        assert_eq!(compute_cycles(&mm(DType::F32, 128, 128, 100), &t), Some(400));
+        assert_eq!(pe_flops(&mm(DType::Bf16, 128, 128, 512)), 2 * 128 * 128 * 512);
         let act = Op::Activate {
             func: crate::operand::ActFunc::Exp,
             dst: Tile::contiguous(Space::Sram, DType::Bf16, 0, 128, 0, 300),

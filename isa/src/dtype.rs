@@ -25,15 +25,8 @@ pub enum DType {
 
 impl DType {
     /// Every dtype, in code order.
-    pub const ALL: [DType; 7] = [
-        DType::F32,
-        DType::Bf16,
-        DType::F16,
-        DType::F8E4M3,
-        DType::F8E5M2,
-        DType::I8,
-        DType::I32,
-    ];
+    pub const ALL: [DType; 7] =
+        [DType::F32, DType::Bf16, DType::F16, DType::F8E4M3, DType::F8E5M2, DType::I8, DType::I32];
 
     /// Binary code used in `.jbin`.
     pub fn code(self) -> u8 {

@@ -15,8 +15,7 @@ use crate::bytes::{DecodeError, Reader, WriteLe};
 use crate::jasm::lexer::Tok;
 use crate::jasm::parser::{AsmError, Parser};
 use crate::operand::{
-    ActFunc, AluOp, CmpOp, Column, DecodeCtx, DmaTransfer, EncodeCtx, Imm, Operand, PrintCtx,
-    ReduceOp, Scalar, Tile,
+    ActFunc, AluOp, CmpOp, Column, DecodeCtx, DmaTransfer, EncodeCtx, Imm, Operand, PrintCtx, ReduceOp, Scalar, Tile,
 };
 
 /// Bytes per encoded instruction.
@@ -139,12 +138,7 @@ pub struct Inst {
 impl Inst {
     /// An instruction with no synchronisation or debug info.
     pub fn new(op: Op) -> Inst {
-        Inst {
-            op,
-            wait: None,
-            signal: None,
-            debug: None,
-        }
+        Inst { op, wait: None, signal: None, debug: None }
     }
 
     /// Appends the [`INST_SIZE`]-byte encoding.
@@ -164,9 +158,8 @@ impl Inst {
     pub fn decode(r: &mut Reader<'_>, ctx: &mut DecodeCtx<'_>) -> Result<Inst, DecodeError> {
         let start = r.offset();
         let code = r.u8("opcode")?;
-        let opcode = Opcode::from_code(code).ok_or_else(|| {
-            DecodeError::new(start, "opcode", format!("unknown opcode 0x{code:02x}"))
-        })?;
+        let opcode = Opcode::from_code(code)
+            .ok_or_else(|| DecodeError::new(start, "opcode", format!("unknown opcode 0x{code:02x}")))?;
         let wait_sem = r.u8("wait_sem")?;
         let signal = r.u8("signal_sem")?;
         r.zeros(1, "reserved")?;
@@ -174,28 +167,16 @@ impl Inst {
         let value = r.u32("wait_value")?;
         let wait = if wait_sem == NO_SEM {
             if value != 0 {
-                return Err(DecodeError::new(
-                    at,
-                    "wait_value",
-                    "must be zero when there is no wait",
-                ));
+                return Err(DecodeError::new(at, "wait_value", "must be zero when there is no wait"));
             }
             None
         } else {
-            Some(Wait {
-                sem: wait_sem,
-                value,
-            })
+            Some(Wait { sem: wait_sem, value })
         };
         let op = Op::decode_operands(opcode, r, ctx).map_err(|e| e.within(opcode.mnemonic()))?;
         let used = r.offset() - start;
         r.zeros(INST_SIZE - used, "padding")?;
-        Ok(Inst {
-            op,
-            wait,
-            signal: (signal != NO_SEM).then_some(signal),
-            debug: None,
-        })
+        Ok(Inst { op, wait, signal: (signal != NO_SEM).then_some(signal), debug: None })
     }
 }
 
@@ -543,14 +524,7 @@ mod tests {
 
     #[test]
     fn engine_names_round_trip() {
-        for e in [
-            Engine::PE,
-            Engine::VE,
-            Engine::ACT,
-            Engine::dma(0),
-            Engine::dma(3),
-            Engine::dma(15),
-        ] {
+        for e in [Engine::PE, Engine::VE, Engine::ACT, Engine::dma(0), Engine::dma(3), Engine::dma(15)] {
             assert_eq!(Engine::from_name(&e.name()), Some(e));
         }
         assert_eq!(Engine::from_name("dma01"), None);

@@ -36,9 +36,7 @@ pub const VERSION_MINOR: u16 = 0;
 /// Bytes of the fixed header.
 pub const HEADER_SIZE: usize = 64;
 /// Section tags, in file order.
-pub const SECTIONS: [&[u8; 4]; 7] = [
-    b"TENS", b"CNST", b"SEMS", b"DESC", b"CODE", b"DBUG", b"ROOF",
-];
+pub const SECTIONS: [&[u8; 4]; 7] = [b"TENS", b"CNST", b"SEMS", b"DESC", b"CODE", b"DBUG", b"ROOF"];
 
 /// Why a byte string is not a valid `.jbin`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,21 +149,11 @@ pub fn write(p: &Program) -> Vec<u8> {
     let r = p.roofline.unwrap_or_default();
     roof.put_u8(p.roofline.is_some() as u8);
     roof.put_zeros(7);
-    for v in [
-        r.flops_f32,
-        r.flops_16bit,
-        r.flops_8bit,
-        r.input_bytes,
-        r.output_bytes,
-        r.transcendentals,
-    ] {
+    for v in [r.flops_f32, r.flops_16bit, r.flops_8bit, r.input_bytes, r.output_bytes, r.transcendentals] {
         roof.put_u64(v);
     }
 
-    for (tag, payload) in SECTIONS
-        .iter()
-        .zip([&tens, &cnst, &sems, &desc, &code, &dbug, &roof])
-    {
+    for (tag, payload) in SECTIONS.iter().zip([&tens, &cnst, &sems, &desc, &code, &dbug, &roof]) {
         section(&mut out, tag, payload);
     }
     let total = (out.len() + 4) as u64;
@@ -188,9 +176,7 @@ pub fn header_target_name(bytes: &[u8]) -> Result<String, JbinError> {
     let raw = &bytes[16..32];
     let end = raw.iter().position(|&b| b == 0).unwrap_or(16);
     if raw[end..].iter().any(|&b| b != 0) {
-        return Err(
-            DecodeError::new(16 + end, "header.target_name", "name must be NUL-padded").into(),
-        );
+        return Err(DecodeError::new(16 + end, "header.target_name", "name must be NUL-padded").into());
     }
     let name = std::str::from_utf8(&raw[..end])
         .ok()
@@ -205,11 +191,7 @@ fn check_envelope(bytes: &[u8]) -> Result<(), JbinError> {
         return Err(DecodeError::new(
             0,
             "header",
-            format!(
-                "file has {} bytes; a .jbin has at least {}",
-                bytes.len(),
-                HEADER_SIZE + 4
-            ),
+            format!("file has {} bytes; a .jbin has at least {}", bytes.len(), HEADER_SIZE + 4),
         )
         .into());
     }
@@ -243,9 +225,7 @@ fn check_envelope(bytes: &[u8]) -> Result<(), JbinError> {
         return Err(DecodeError::new(
             crc_at,
             "checksum",
-            format!(
-                "CRC-32 is 0x{stored:08x} but the content hashes to 0x{actual:08x} (file corrupt)"
-            ),
+            format!("CRC-32 is 0x{stored:08x} but the content hashes to 0x{actual:08x} (file corrupt)"),
         )
         .into());
     }
@@ -262,7 +242,14 @@ pub fn read_for_target(bytes: &[u8], target: &Target) -> Result<Program, JbinErr
     let at = r.offset();
     let minor = r.u16("header.version_minor")?;
     if minor > VERSION_MINOR {
-        return Err(DecodeError::new(at, "header.version_minor", format!("format version {VERSION_MAJOR}.{minor} is newer than this build's {VERSION_MAJOR}.{VERSION_MINOR}")).into());
+        return Err(DecodeError::new(
+            at,
+            "header.version_minor",
+            format!(
+                "format version {VERSION_MAJOR}.{minor} is newer than this build's {VERSION_MAJOR}.{VERSION_MINOR}"
+            ),
+        )
+        .into());
     }
     r.zeros(4, "header.flags")?;
     let name = header_target_name(bytes)?;
@@ -301,11 +288,7 @@ pub fn read_for_target(bytes: &[u8], target: &Target) -> Result<Program, JbinErr
         return Err(DecodeError::new(
             at,
             "header.engines",
-            format!(
-                "{engines} engines per core; {} has {}",
-                target.name,
-                target.engines_per_core()
-            ),
+            format!("{engines} engines per core; {} has {}", target.name, target.engines_per_core()),
         )
         .into());
     }
@@ -331,10 +314,7 @@ pub fn read_for_target(bytes: &[u8], target: &Target) -> Result<Program, JbinErr
             return Err(DecodeError::new(
                 at,
                 "section.tag",
-                format!(
-                    "expected section {tag_name}, found {:?}",
-                    String::from_utf8_lossy(found)
-                ),
+                format!("expected section {tag_name}, found {:?}", String::from_utf8_lossy(found)),
             )
             .into());
         }
@@ -353,12 +333,7 @@ pub fn read_for_target(bytes: &[u8], target: &Target) -> Result<Program, JbinErr
         payloads.push((start, r.take(len as usize, tag_name)?));
     }
     if r.remaining() != 0 {
-        return Err(r
-            .error(
-                "trailer",
-                format!("{} unexpected bytes after the last section", r.remaining()),
-            )
-            .into());
+        return Err(r.error("trailer", format!("{} unexpected bytes after the last section", r.remaining())).into());
     }
 
     let mut tensors = read_tensors(payloads[0])?;
@@ -369,15 +344,7 @@ pub fn read_for_target(bytes: &[u8], target: &Target) -> Result<Program, JbinErr
     let debug_ops = read_debug(payloads[5], &mut program_cores)?;
     let roofline = read_roofline(payloads[6])?;
 
-    let program = Program {
-        target: name,
-        target_hash,
-        tensors,
-        semaphores,
-        debug_ops,
-        cores: program_cores,
-        roofline,
-    };
+    let program = Program { target: name, target_hash, tensors, semaphores, debug_ops, cores: program_cores, roofline };
     program.validate(target).map_err(JbinError::Program)?;
     Ok(program)
 }
@@ -391,10 +358,7 @@ fn count(r: &mut Reader<'_>, field: &str, min_item: usize) -> Result<usize, Deco
         return Err(DecodeError::new(
             at,
             field,
-            format!(
-                "{n} entries cannot fit in the {} bytes that remain",
-                r.remaining()
-            ),
+            format!("{n} entries cannot fit in the {} bytes that remain", r.remaining()),
         ));
     }
     Ok(n)
@@ -402,13 +366,7 @@ fn count(r: &mut Reader<'_>, field: &str, min_item: usize) -> Result<usize, Deco
 
 fn end_of_section(r: &Reader<'_>, tag: &str) -> Result<(), DecodeError> {
     if r.remaining() != 0 {
-        return Err(r.error(
-            tag,
-            format!(
-                "{} unexpected bytes at the end of the section",
-                r.remaining()
-            ),
-        ));
+        return Err(r.error(tag, format!("{} unexpected bytes at the end of the section", r.remaining())));
     }
     Ok(())
 }
@@ -429,22 +387,17 @@ fn read_tensors((base, data): (usize, &[u8])) -> Result<Vec<TensorDecl>, DecodeE
         let name = read_name(&mut r, len, &field("name"))?.to_string();
         let at = r.offset();
         let code = r.u8(&field("dtype"))?;
-        let dtype = DType::from_code(code).ok_or_else(|| {
-            DecodeError::new(at, field("dtype"), format!("unknown dtype code {code}"))
-        })?;
+        let dtype = DType::from_code(code)
+            .ok_or_else(|| DecodeError::new(at, field("dtype"), format!("unknown dtype code {code}")))?;
         let at = r.offset();
         let role_code = r.u8(&field("role"))?;
-        let role = *Role::ALL.get(role_code as usize).ok_or_else(|| {
-            DecodeError::new(at, field("role"), format!("unknown role code {role_code}"))
-        })?;
+        let role = *Role::ALL
+            .get(role_code as usize)
+            .ok_or_else(|| DecodeError::new(at, field("role"), format!("unknown role code {role_code}")))?;
         let at = r.offset();
         let rank = r.u8(&field("rank"))? as usize;
         if rank > 8 {
-            return Err(DecodeError::new(
-                at,
-                field("rank"),
-                format!("{rank} dims; at most 8 are allowed"),
-            ));
+            return Err(DecodeError::new(at, field("rank"), format!("{rank} dims; at most 8 are allowed")));
         }
         r.zeros(1, &field("reserved"))?;
         let addr = r.u64(&field("addr"))?;
@@ -452,41 +405,20 @@ fn read_tensors((base, data): (usize, &[u8])) -> Result<Vec<TensorDecl>, DecodeE
         for d in 0..rank {
             shape.push(r.u64(&field(&format!("shape[{d}]")))?);
         }
-        out.push(TensorDecl {
-            name,
-            dtype,
-            shape,
-            addr,
-            role,
-            data: Vec::new(),
-        });
+        out.push(TensorDecl { name, dtype, shape, addr, role, data: Vec::new() });
     }
     end_of_section(&r, "TENS")?;
     Ok(out)
 }
 
-fn read_constants(
-    (base, data): (usize, &[u8]),
-    tensors: &mut [TensorDecl],
-) -> Result<(), DecodeError> {
+fn read_constants((base, data): (usize, &[u8]), tensors: &mut [TensorDecl]) -> Result<(), DecodeError> {
     let mut r = Reader::new(data, base);
-    for (i, t) in tensors
-        .iter_mut()
-        .enumerate()
-        .filter(|(_, t)| t.role == Role::Const)
-    {
-        let size = t
-            .shape
-            .iter()
-            .try_fold(t.dtype.size_bytes() as u64, |a, &d| a.checked_mul(d));
+    for (i, t) in tensors.iter_mut().enumerate().filter(|(_, t)| t.role == Role::Const) {
+        let size = t.shape.iter().try_fold(t.dtype.size_bytes() as u64, |a, &d| a.checked_mul(d));
         let size = size.filter(|&s| s <= r.remaining() as u64).ok_or_else(|| {
             r.error(
                 &format!("CNST[{i}]"),
-                format!(
-                    "constant `{}` needs more bytes than the {} that remain",
-                    t.name,
-                    r.remaining()
-                ),
+                format!("constant `{}` needs more bytes than the {} that remain", t.name, r.remaining()),
             )
         })?;
         t.data = r.take(size as usize, "CNST")?.to_vec();
@@ -526,10 +458,7 @@ fn read_code(
     descs: &[DmaTransfer],
 ) -> Result<Vec<Vec<Vec<Inst>>>, DecodeError> {
     let mut r = Reader::new(data, base);
-    let mut ctx = DecodeCtx {
-        descs,
-        next_desc: 0,
-    };
+    let mut ctx = DecodeCtx { descs, next_desc: 0 };
     let mut out = Vec::with_capacity(cores);
     for c in 0..cores {
         let mut core = Vec::with_capacity(engines);
@@ -538,8 +467,8 @@ fn read_code(
             let n = count(&mut r, &format!("CODE.core{c}.{engine}.count"), INST_SIZE)?;
             let mut stream = Vec::with_capacity(n);
             for i in 0..n {
-                let inst = Inst::decode(&mut r, &mut ctx)
-                    .map_err(|e| e.within(&format!("CODE.core{c}.{engine}[{i}]")))?;
+                let inst =
+                    Inst::decode(&mut r, &mut ctx).map_err(|e| e.within(&format!("CODE.core{c}.{engine}[{i}]")))?;
                 stream.push(inst);
             }
             core.push(stream);
@@ -551,20 +480,13 @@ fn read_code(
         return Err(DecodeError::new(
             base,
             "DESC",
-            format!(
-                "{} descriptors but DMA instructions use {}",
-                descs.len(),
-                ctx.next_desc
-            ),
+            format!("{} descriptors but DMA instructions use {}", descs.len(), ctx.next_desc),
         ));
     }
     Ok(out)
 }
 
-fn read_debug(
-    (base, data): (usize, &[u8]),
-    cores: &mut [Vec<Vec<Inst>>],
-) -> Result<Vec<String>, DecodeError> {
+fn read_debug((base, data): (usize, &[u8]), cores: &mut [Vec<Vec<Inst>>]) -> Result<Vec<String>, DecodeError> {
     let mut r = Reader::new(data, base);
     let n = count(&mut r, "DBUG.count", 4)?;
     let mut strings = Vec::with_capacity(n);
@@ -599,25 +521,14 @@ fn read_roofline((base, data): (usize, &[u8])) -> Result<Option<RooflineInputs>,
     let present = r.bool("ROOF.present")?;
     r.zeros(7, "ROOF.reserved")?;
     let mut v = [0u64; 6];
-    let names = [
-        "flops_f32",
-        "flops_16bit",
-        "flops_8bit",
-        "input_bytes",
-        "output_bytes",
-        "transcendentals",
-    ];
+    let names = ["flops_f32", "flops_16bit", "flops_8bit", "input_bytes", "output_bytes", "transcendentals"];
     for (slot, name) in v.iter_mut().zip(names) {
         *slot = r.u64(&format!("ROOF.{name}"))?;
     }
     end_of_section(&r, "ROOF")?;
     if !present {
         if v.iter().any(|&x| x != 0) {
-            return Err(DecodeError::new(
-                base + 8,
-                "ROOF",
-                "values must be zero when roofline inputs are absent",
-            ));
+            return Err(DecodeError::new(base + 8, "ROOF", "values must be zero when roofline inputs are absent"));
         }
         return Ok(None);
     }

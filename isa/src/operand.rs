@@ -106,48 +106,16 @@ pub struct Tile {
 
 impl Tile {
     /// A tile with a contiguous free pattern of `free` elements.
-    pub fn contiguous(
-        space: Space,
-        dtype: DType,
-        part_start: u16,
-        part_count: u16,
-        offset: u32,
-        free: u16,
-    ) -> Tile {
-        Tile::with_dims(
-            space,
-            dtype,
-            part_start,
-            part_count,
-            offset,
-            &[Dim {
-                count: free,
-                stride: 1,
-            }],
-        )
+    pub fn contiguous(space: Space, dtype: DType, part_start: u16, part_count: u16, offset: u32, free: u16) -> Tile {
+        Tile::with_dims(space, dtype, part_start, part_count, offset, &[Dim { count: free, stride: 1 }])
     }
 
     /// A tile with the given dims (at most 4).
-    pub fn with_dims(
-        space: Space,
-        dtype: DType,
-        part_start: u16,
-        part_count: u16,
-        offset: u32,
-        dims: &[Dim],
-    ) -> Tile {
+    pub fn with_dims(space: Space, dtype: DType, part_start: u16, part_count: u16, offset: u32, dims: &[Dim]) -> Tile {
         let mut d = [Dim::default(); MAX_DIMS];
         let n = dims.len().min(MAX_DIMS);
         d[..n].copy_from_slice(&dims[..n]);
-        Tile {
-            space,
-            dtype,
-            part_start,
-            part_count,
-            offset,
-            ndims: n as u8,
-            dims: d,
-        }
+        Tile { space, dtype, part_start, part_count, offset, ndims: n as u8, dims: d }
     }
 
     /// The valid dims, outermost first.
@@ -197,11 +165,7 @@ fn space_dtype_byte(space: Space, dtype: DType) -> u8 {
 fn decode_space_dtype(r: &mut Reader<'_>) -> Result<(Space, DType), DecodeError> {
     let at = r.offset();
     let b = r.u8("space")?;
-    let space = if b & 0x80 == 0 {
-        Space::Sram
-    } else {
-        Space::Psum
-    };
+    let space = if b & 0x80 == 0 { Space::Sram } else { Space::Psum };
     let dtype = DType::from_code(b & 0x7f)
         .ok_or_else(|| DecodeError::new(at, "dtype", format!("unknown dtype code {}", b & 0x7f)))?;
     Ok((space, dtype))
@@ -241,11 +205,7 @@ impl Operand for Tile {
         let at = r.offset();
         let ndims = r.u8("ndims")?;
         if !(1..=MAX_DIMS as u8).contains(&ndims) {
-            return Err(DecodeError::new(
-                at,
-                "ndims",
-                format!("must be 1..=4, found {ndims}"),
-            ));
+            return Err(DecodeError::new(at, "ndims", format!("must be 1..=4, found {ndims}")));
         }
         let part_start = r.u16("part_start")?;
         let part_count = r.u16("part_count")?;
@@ -258,43 +218,19 @@ impl Operand for Tile {
             let stride = r.i32("stride")?;
             if i < ndims as usize {
                 if count == 0 {
-                    return Err(DecodeError::new(
-                        at,
-                        format!("dims[{i}].count"),
-                        "must be at least 1",
-                    ));
+                    return Err(DecodeError::new(at, format!("dims[{i}].count"), "must be at least 1"));
                 }
             } else if count != 0 || stride != 0 {
-                return Err(DecodeError::new(
-                    at,
-                    format!("dims[{i}]"),
-                    "unused dim must be zero",
-                ));
+                return Err(DecodeError::new(at, format!("dims[{i}]"), "unused dim must be zero"));
             }
             *d = Dim { count, stride };
         }
-        Ok(Tile {
-            space,
-            dtype,
-            part_start,
-            part_count,
-            offset,
-            ndims,
-            dims,
-        })
+        Ok(Tile { space, dtype, part_start, part_count, offset, ndims, dims })
     }
 
     fn print(&self, out: &mut String, _: &PrintCtx<'_>) {
         let end = self.part_start as u32 + self.part_count as u32;
-        let _ = write!(
-            out,
-            "{}.{}[{}:{}, 0x{:x}, [",
-            self.space.name(),
-            self.dtype,
-            self.part_start,
-            end,
-            self.offset
-        );
+        let _ = write!(out, "{}.{}[{}:{}, 0x{:x}, [", self.space.name(), self.dtype, self.part_start, end, self.offset);
         for (i, d) in self.dims().iter().enumerate() {
             if i > 0 {
                 out.push_str(", ");
@@ -321,25 +257,15 @@ impl Operand for Tile {
         }
         p.expect(&Tok::Comma, "`,` before the byte offset")?;
         let (offset, offset_span) = p.uint("the byte offset within each partition")?;
-        let offset = u32::try_from(offset)
-            .map_err(|_| p.err(offset_span, "byte offset does not fit 32 bits"))?;
+        let offset = u32::try_from(offset).map_err(|_| p.err(offset_span, "byte offset does not fit 32 bits"))?;
         p.expect(&Tok::Comma, "`,` before the access pattern")?;
         let dims = parse_dims(p, |p, count, stride, span| {
-            let count = u16::try_from(count)
-                .map_err(|_| p.err(span.clone(), "dim count must be at most 65535"))?;
-            let stride = i32::try_from(stride)
-                .map_err(|_| p.err(span, "dim stride does not fit 32 bits"))?;
+            let count = u16::try_from(count).map_err(|_| p.err(span.clone(), "dim count must be at most 65535"))?;
+            let stride = i32::try_from(stride).map_err(|_| p.err(span, "dim stride does not fit 32 bits"))?;
             Ok(Dim { count, stride })
         })?;
         p.expect(&Tok::RBracket, "`]` closing the tile")?;
-        Ok(Tile::with_dims(
-            space,
-            dtype,
-            start as u16,
-            (end - start) as u16,
-            offset,
-            &dims,
-        ))
+        Ok(Tile::with_dims(space, dtype, start as u16, (end - start) as u16, offset, &dims))
     }
 }
 
@@ -348,10 +274,7 @@ fn parse_dims<D>(
     p: &mut Parser<'_>,
     make: impl Fn(&mut Parser<'_>, u64, i64, std::ops::Range<usize>) -> Result<D, AsmError>,
 ) -> Result<Vec<D>, AsmError> {
-    let open = p.expect(
-        &Tok::LBracket,
-        "`[` opening the access pattern `[count x stride, ...]`",
-    )?;
+    let open = p.expect(&Tok::LBracket, "`[` opening the access pattern `[count x stride, ...]`")?;
     let mut dims = Vec::new();
     loop {
         let (count, count_span) = p.uint("a dim count")?;
@@ -360,10 +283,7 @@ fn parse_dims<D>(
         }
         let (x, x_span) = p.ident("`x` between count and stride")?;
         if x != "x" {
-            return Err(p.err(
-                x_span,
-                format!("expected `x` between count and stride, found `{x}`"),
-            ));
+            return Err(p.err(x_span, format!("expected `x` between count and stride, found `{x}`")));
         }
         let (stride, stride_span) = p.sint("a dim stride")?;
         dims.push(make(p, count, stride, count_span.start..stride_span.end)?);
@@ -375,10 +295,7 @@ fn parse_dims<D>(
     if dims.len() > MAX_DIMS {
         return Err(p.err(
             open.start..close.end,
-            format!(
-                "access pattern has {} dims; at most {MAX_DIMS} are allowed",
-                dims.len()
-            ),
+            format!("access pattern has {} dims; at most {MAX_DIMS} are allowed", dims.len()),
         ));
     }
     Ok(dims)
@@ -410,40 +327,22 @@ impl Operand for Column {
         let (space, dtype) = decode_space_dtype(r)?;
         r.zeros(3, "reserved")?;
         let offset = r.u32("offset")?;
-        Ok(Column {
-            space,
-            dtype,
-            offset,
-        })
+        Ok(Column { space, dtype, offset })
     }
 
     fn print(&self, out: &mut String, _: &PrintCtx<'_>) {
-        let _ = write!(
-            out,
-            "{}.{}[*, 0x{:x}]",
-            self.space.name(),
-            self.dtype,
-            self.offset
-        );
+        let _ = write!(out, "{}.{}[*, 0x{:x}]", self.space.name(), self.dtype, self.offset);
     }
 
     fn parse(p: &mut Parser<'_>) -> Result<Self, AsmError> {
         let (space, dtype) = parse_space_dtype(p)?;
         p.expect(&Tok::LBracket, "`[` opening the column")?;
-        p.expect(
-            &Tok::Star,
-            "`*` (a column spans the instruction's partitions)",
-        )?;
+        p.expect(&Tok::Star, "`*` (a column spans the instruction's partitions)")?;
         p.expect(&Tok::Comma, "`,` before the byte offset")?;
         let (offset, span) = p.uint("the column's byte offset")?;
-        let offset =
-            u32::try_from(offset).map_err(|_| p.err(span, "byte offset does not fit 32 bits"))?;
+        let offset = u32::try_from(offset).map_err(|_| p.err(span, "byte offset does not fit 32 bits"))?;
         p.expect(&Tok::RBracket, "`]` closing the column")?;
-        Ok(Column {
-            space,
-            dtype,
-            offset,
-        })
+        Ok(Column { space, dtype, offset })
     }
 }
 
@@ -501,14 +400,10 @@ impl Operand for Scalar {
                 r.zeros(4, "reserved")?;
                 Ok(Scalar::Imm(Imm(f32::from_bits(bits))))
             }
-            1 => Ok(Scalar::Col(
-                Column::decode(r, ctx).map_err(|e| e.within("col"))?,
-            )),
-            v => Err(DecodeError::new(
-                at,
-                "kind",
-                format!("scalar kind must be 0 (immediate) or 1 (column), found {v}"),
-            )),
+            1 => Ok(Scalar::Col(Column::decode(r, ctx).map_err(|e| e.within("col"))?)),
+            v => {
+                Err(DecodeError::new(at, "kind", format!("scalar kind must be 0 (immediate) or 1 (column), found {v}")))
+            }
         }
     }
 
@@ -566,11 +461,7 @@ impl Operand for Option<Column> {
                 Ok(None)
             }
             1 => Ok(Some(Column::decode(r, ctx)?)),
-            v => Err(DecodeError::new(
-                at,
-                "present",
-                format!("must be 0 or 1, found {v}"),
-            )),
+            v => Err(DecodeError::new(at, "present", format!("must be 0 or 1, found {v}"))),
         }
     }
 
@@ -826,12 +717,7 @@ impl DmaSide {
         let mut d = [DmaDim::default(); MAX_DIMS];
         let n = dims.len().min(MAX_DIMS);
         d[..n].copy_from_slice(&dims[..n]);
-        DmaSide {
-            space,
-            addr,
-            ndims: n as u8,
-            dims: d,
-        }
+        DmaSide { space, addr, ndims: n as u8, dims: d }
     }
 
     /// The valid dims, outermost first.
@@ -915,12 +801,7 @@ impl DmaTransfer {
             let runs = total / small;
             let tail = total % small;
             let full = runs * (small * e).max(min_run_bytes);
-            return full
-                + if tail > 0 {
-                    (tail * e).max(min_run_bytes)
-                } else {
-                    0
-                };
+            return full + if tail > 0 { (tail * e).max(min_run_bytes) } else { 0 };
         }
         // Uneven periods: walk the break points (bounded by the element count).
         let mut charged = 0u64;
@@ -956,11 +837,7 @@ impl DmaTransfer {
         let at = r.offset();
         let elem_bytes = r.u8("elem_bytes")?;
         if !matches!(elem_bytes, 1 | 2 | 4) {
-            return Err(DecodeError::new(
-                at,
-                "elem_bytes",
-                format!("must be 1, 2 or 4, found {elem_bytes}"),
-            ));
+            return Err(DecodeError::new(at, "elem_bytes", format!("must be 1, 2 or 4, found {elem_bytes}")));
         }
         r.zeros(7, "reserved")?;
         let mut sides = [DmaSide::new(DmaSpace::Hbm, 0, &[]); 2];
@@ -981,11 +858,7 @@ impl DmaTransfer {
                 let at = r.offset();
                 let ndims = r.u8("ndims")?;
                 if !(1..=MAX_DIMS as u8).contains(&ndims) {
-                    return Err(DecodeError::new(
-                        at,
-                        "ndims",
-                        format!("must be 1..=4, found {ndims}"),
-                    ));
+                    return Err(DecodeError::new(at, "ndims", format!("must be 1..=4, found {ndims}")));
                 }
                 r.zeros(6, "reserved")?;
                 let addr = r.u64("addr")?;
@@ -996,35 +869,18 @@ impl DmaTransfer {
                     let stride = r.i64("stride")?;
                     if i < ndims as usize {
                         if count == 0 {
-                            return Err(DecodeError::new(
-                                at,
-                                format!("dims[{i}].count"),
-                                "must be at least 1",
-                            ));
+                            return Err(DecodeError::new(at, format!("dims[{i}].count"), "must be at least 1"));
                         }
                     } else if count != 0 || stride != 0 {
-                        return Err(DecodeError::new(
-                            at,
-                            format!("dims[{i}]"),
-                            "unused dim must be zero",
-                        ));
+                        return Err(DecodeError::new(at, format!("dims[{i}]"), "unused dim must be zero"));
                     }
                     *d = DmaDim { count, stride };
                 }
-                Ok(DmaSide {
-                    space,
-                    addr,
-                    ndims,
-                    dims,
-                })
+                Ok(DmaSide { space, addr, ndims, dims })
             };
             *s = decode_side(r).map_err(|e| e.within(name))?;
         }
-        Ok(DmaTransfer {
-            elem_bytes,
-            src: sides[0],
-            dst: sides[1],
-        })
+        Ok(DmaTransfer { elem_bytes, src: sides[0], dst: sides[1] })
     }
 }
 
@@ -1032,9 +888,7 @@ fn print_dma_side(side: &DmaSide, out: &mut String, ctx: &PrintCtx<'_>) {
     let _ = write!(out, "{}[", side.space.name());
     let symbol = (side.space == DmaSpace::Hbm)
         .then(|| {
-            ctx.tensors.iter().find(|t| {
-                side.addr >= t.addr && side.addr < t.addr.saturating_add(t.size_bytes().max(1))
-            })
+            ctx.tensors.iter().find(|t| side.addr >= t.addr && side.addr < t.addr.saturating_add(t.size_bytes().max(1)))
         })
         .flatten();
     match symbol {
@@ -1062,10 +916,7 @@ fn parse_dma_side(p: &mut Parser<'_>) -> Result<DmaSide, AsmError> {
         "hbm" => DmaSpace::Hbm,
         "sram" => DmaSpace::Sram,
         "psum" => {
-            return Err(p.err(
-                span,
-                "DMA cannot address PSUM; move PSUM data to SRAM with a VE or ACT copy first",
-            ))
+            return Err(p.err(span, "DMA cannot address PSUM; move PSUM data to SRAM with a VE or ACT copy first"))
         }
         other => return Err(p.err(span, format!("expected `hbm` or `sram`, found `{other}`"))),
     };
@@ -1074,31 +925,19 @@ fn parse_dma_side(p: &mut Parser<'_>) -> Result<DmaSide, AsmError> {
         Tok::Ident(_) => {
             let (tname, tspan) = p.ident("a tensor name")?;
             if space != DmaSpace::Hbm {
-                return Err(p.err(
-                    tspan,
-                    "tensor names address HBM only; SRAM addresses are numbers",
-                ));
+                return Err(p.err(tspan, "tensor names address HBM only; SRAM addresses are numbers"));
             }
             let base = p.tensor_addr(tname).ok_or_else(|| {
-                p.err(
-                    tspan.clone(),
-                    format!("undeclared tensor `{tname}` (declare it with `.tensor`)"),
-                )
+                p.err(tspan.clone(), format!("undeclared tensor `{tname}` (declare it with `.tensor`)"))
             })?;
-            let off = if p.eat(&Tok::Plus) {
-                p.uint("a byte offset")?.0
-            } else {
-                0
-            };
-            base.checked_add(off)
-                .ok_or_else(|| p.err(tspan, "address overflows 64 bits"))?
+            let off = if p.eat(&Tok::Plus) { p.uint("a byte offset")?.0 } else { 0 };
+            base.checked_add(off).ok_or_else(|| p.err(tspan, "address overflows 64 bits"))?
         }
         _ => p.uint("a byte address")?.0,
     };
     p.expect(&Tok::RBracket, "`]` closing the address")?;
     let dims = parse_dims(p, |p, count, stride, span| {
-        let count =
-            u32::try_from(count).map_err(|_| p.err(span, "DMA dim count must fit 32 bits"))?;
+        let count = u32::try_from(count).map_err(|_| p.err(span, "DMA dim count must fit 32 bits"))?;
         Ok(DmaDim { count, stride })
     })?;
     Ok(DmaSide::new(space, addr, &dims))
@@ -1120,17 +959,17 @@ impl Operand for DmaTransfer {
             return Err(DecodeError::new(
                 at,
                 "desc",
-                format!("descriptor index {idx} is not the canonical {} (DMA instructions use the table in order)", ctx.next_desc),
+                format!(
+                    "descriptor index {idx} is not the canonical {} (DMA instructions use the table in order)",
+                    ctx.next_desc
+                ),
             ));
         }
         let d = *ctx.descs.get(idx as usize).ok_or_else(|| {
             DecodeError::new(
                 at,
                 "desc",
-                format!(
-                    "descriptor index {idx} is past the table's {} entries",
-                    ctx.descs.len()
-                ),
+                format!("descriptor index {idx} is past the table's {} entries", ctx.descs.len()),
             )
         })?;
         ctx.next_desc += 1;
@@ -1154,16 +993,9 @@ impl Operand for DmaTransfer {
         }
         let (e, span) = p.uint("the element size in bytes")?;
         if !matches!(e, 1 | 2 | 4) {
-            return Err(p.err(
-                span,
-                format!("DMA element size must be 1, 2 or 4 bytes, found {e}"),
-            ));
+            return Err(p.err(span, format!("DMA element size must be 1, 2 or 4 bytes, found {e}")));
         }
-        Ok(DmaTransfer {
-            elem_bytes: e as u8,
-            src,
-            dst,
-        })
+        Ok(DmaTransfer { elem_bytes: e as u8, src, dst })
     }
 }
 
@@ -1183,78 +1015,26 @@ mod tests {
     fn charged_bytes_follow_the_min_run_rule() {
         // 32 rows of 64 bf16: contiguous in HBM, one row per partition in SRAM.
         let t = xfer(
-            &[DmaDim {
-                count: 2048,
-                stride: 2,
-            }],
-            &[
-                DmaDim {
-                    count: 32,
-                    stride: 16384,
-                },
-                DmaDim {
-                    count: 64,
-                    stride: 2,
-                },
-            ],
+            &[DmaDim { count: 2048, stride: 2 }],
+            &[DmaDim { count: 32, stride: 16384 }, DmaDim { count: 64, stride: 2 }],
             2,
         );
         assert_eq!(t.charged_bytes(64), 4096);
         // 16-byte rows are charged 64 bytes each.
         let t = xfer(
-            &[DmaDim {
-                count: 256,
-                stride: 2,
-            }],
-            &[
-                DmaDim {
-                    count: 32,
-                    stride: 16384,
-                },
-                DmaDim {
-                    count: 8,
-                    stride: 2,
-                },
-            ],
+            &[DmaDim { count: 256, stride: 2 }],
+            &[DmaDim { count: 32, stride: 16384 }, DmaDim { count: 8, stride: 2 }],
             2,
         );
         assert_eq!(t.bytes(), 512);
         assert_eq!(t.charged_bytes(64), 32 * 64);
         // Element-wise gather: every element is its own run.
-        let t = xfer(
-            &[DmaDim {
-                count: 10,
-                stride: 100,
-            }],
-            &[DmaDim {
-                count: 10,
-                stride: 4,
-            }],
-            4,
-        );
+        let t = xfer(&[DmaDim { count: 10, stride: 100 }], &[DmaDim { count: 10, stride: 4 }], 4);
         assert_eq!(t.charged_bytes(64), 640);
         // Uneven runs (3 and 2 elements): breaks at 0,2,3,4,6 -> runs 2,1,1,2.
         let t = xfer(
-            &[
-                DmaDim {
-                    count: 2,
-                    stride: 100,
-                },
-                DmaDim {
-                    count: 3,
-                    stride: 1,
-                },
-            ],
-            &[
-                DmaDim {
-                    count: 3,
-                    stride: 50,
-                },
-                DmaDim {
-                    count: 2,
-                    stride: 1,
-                },
-            ],
+            &[DmaDim { count: 2, stride: 100 }, DmaDim { count: 3, stride: 1 }],
+            &[DmaDim { count: 3, stride: 50 }, DmaDim { count: 2, stride: 1 }],
             1,
         );
         assert_eq!(t.charged_bytes(1), 6);
@@ -1263,15 +1043,7 @@ mod tests {
 
     #[test]
     fn f32_text_is_exact() {
-        for v in [
-            0.125f32,
-            -0.0,
-            1e-45,
-            3.4028235e38,
-            f32::INFINITY,
-            f32::NEG_INFINITY,
-            f32::from_bits(0x7fc0_0001),
-        ] {
+        for v in [0.125f32, -0.0, 1e-45, 3.4028235e38, f32::INFINITY, f32::NEG_INFINITY, f32::from_bits(0x7fc0_0001)] {
             let s = format_f32(v);
             assert!(!s.is_empty());
         }

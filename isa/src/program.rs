@@ -162,49 +162,32 @@ impl Program {
     pub fn instructions(&self) -> impl Iterator<Item = (usize, Engine, usize, &Inst)> {
         self.cores.iter().enumerate().flat_map(|(c, engines)| {
             engines.iter().enumerate().flat_map(move |(e, stream)| {
-                stream
-                    .iter()
-                    .enumerate()
-                    .map(move |(i, inst)| (c, Engine(e as u8), i, inst))
+                stream.iter().enumerate().map(move |(i, inst)| (c, Engine(e as u8), i, inst))
             })
         })
     }
 
     /// The semaphore's name, if it has one.
     pub fn sem_name(&self, id: u8) -> Option<&str> {
-        self.semaphores
-            .iter()
-            .find(|s| s.id == id)
-            .map(|s| s.name.as_str())
+        self.semaphores.iter().find(|s| s.id == id).map(|s| s.name.as_str())
     }
 
     /// Checks every rule of the format against `target`.
     pub fn validate(&self, target: &Target) -> Result<(), ProgramError> {
         let err = |location: String, message: String| Err(ProgramError { location, message });
         if self.target != target.name {
-            return err(
-                "target".into(),
-                format!("program is for `{}`, not `{}`", self.target, target.name),
-            );
+            return err("target".into(), format!("program is for `{}`, not `{}`", self.target, target.name));
         }
         if self.target_hash != target.hash() {
             return err(
                 "target".into(),
-                format!(
-                    "program was built for a different description of `{}` (target hash mismatch)",
-                    self.target
-                ),
+                format!("program was built for a different description of `{}` (target hash mismatch)", self.target),
             );
         }
         if self.cores.is_empty() || self.cores.len() > target.cores as usize {
             return err(
                 "cores".into(),
-                format!(
-                    "program has {} cores; {} has 1 to {}",
-                    self.cores.len(),
-                    target.name,
-                    target.cores
-                ),
+                format!("program has {} cores; {} has 1 to {}", self.cores.len(), target.name, target.cores),
             );
         }
         let engines = target.engines_per_core() as usize;
@@ -212,11 +195,7 @@ impl Program {
             if core.len() != engines {
                 return err(
                     format!("core {c}"),
-                    format!(
-                        "has {} streams; {} has {engines} engines",
-                        core.len(),
-                        target.name
-                    ),
+                    format!("has {} streams; {} has {engines} engines", core.len(), target.name),
                 );
             }
             for (e, stream) in core.iter().enumerate() {
@@ -239,10 +218,7 @@ impl Program {
                         if d as usize >= self.debug_ops.len() {
                             return err(
                                 at(),
-                                format!(
-                                    "debug op {d} is past the {} debug strings",
-                                    self.debug_ops.len()
-                                ),
+                                format!("debug op {d} is past the {} debug strings", self.debug_ops.len()),
                             );
                         }
                     }
@@ -258,16 +234,9 @@ impl Program {
         let mut spans: Vec<(u64, u64, &str)> = Vec::new();
         for t in &self.tensors {
             let at = format!("tensor `{}`", t.name);
-            let fail = |message: String| {
-                Err(ProgramError {
-                    location: at.clone(),
-                    message,
-                })
-            };
+            let fail = |message: String| Err(ProgramError { location: at.clone(), message });
             if !is_identifier(&t.name) {
-                return fail(
-                    "name must be an identifier ([A-Za-z_][A-Za-z0-9_]*, at most 255 bytes)".into(),
-                );
+                return fail("name must be an identifier ([A-Za-z_][A-Za-z0-9_]*, at most 255 bytes)".into());
             }
             if self.tensors.iter().filter(|o| o.name == t.name).count() > 1 {
                 return fail("is declared twice".into());
@@ -283,10 +252,7 @@ impl Program {
             let Some(size) = size else {
                 return fail(format!("is larger than {}'s HBM", target.name));
             };
-            let end = t
-                .addr
-                .checked_add(size)
-                .filter(|&e| e <= target.hbm.size_bytes);
+            let end = t.addr.checked_add(size).filter(|&e| e <= target.hbm.size_bytes);
             let Some(end) = end else {
                 return fail(format!(
                     "bytes 0x{:x}+{size} exceed {}'s HBM of 0x{:x} bytes",
@@ -295,9 +261,7 @@ impl Program {
             };
             match (t.role, t.data.len() as u64) {
                 (Role::Const, n) if n != size => {
-                    return fail(format!(
-                        "constant data has {n} bytes; the tensor has {size}"
-                    ))
+                    return fail(format!("constant data has {n} bytes; the tensor has {size}"))
                 }
                 (Role::Const, _) | (_, 0) => {}
                 (_, _) => return fail("only const tensors carry data".into()),
@@ -320,20 +284,12 @@ impl Program {
 
     fn validate_semaphores(&self, target: &Target) -> Result<(), ProgramError> {
         for (i, s) in self.semaphores.iter().enumerate() {
-            let fail = |message: String| {
-                Err(ProgramError {
-                    location: format!("semaphore `{}`", s.name),
-                    message,
-                })
-            };
+            let fail = |message: String| Err(ProgramError { location: format!("semaphore `{}`", s.name), message });
             if !is_identifier(&s.name) {
                 return fail("name must be an identifier".into());
             }
             if s.id as u32 >= target.sync.semaphores {
-                return fail(format!(
-                    "id {} does not exist ({} has {})",
-                    s.id, target.name, target.sync.semaphores
-                ));
+                return fail(format!("id {} does not exist ({} has {})", s.id, target.name, target.sync.semaphores));
             }
             if i > 0 && self.semaphores[i - 1].id >= s.id {
                 return fail("semaphore names must be sorted by id with one name per id".into());
@@ -355,7 +311,9 @@ impl Program {
                 } else if d > next {
                     return Err(ProgramError {
                         location: format!("core {c} {}[{i}]", e.name()),
-                        message: format!("debug op {d} is used before debug op {next} (strings must be in order of first use)"),
+                        message: format!(
+                            "debug op {d} is used before debug op {next} (strings must be in order of first use)"
+                        ),
                     });
                 }
             }

@@ -14,27 +14,21 @@ use crate::check::check_op;
 use crate::dtype::DType;
 use crate::inst::{Engine, EngineClass, Inst, Op, Wait};
 use crate::operand::{
-    ActFunc, AluOp, CmpOp, Column, Dim, DmaDim, DmaSide, DmaSpace, DmaTransfer, Imm, ReduceOp,
-    Scalar, Space, Tile, MAX_DIMS,
+    ActFunc, AluOp, CmpOp, Column, Dim, DmaDim, DmaSide, DmaSpace, DmaTransfer, Imm, ReduceOp, Scalar, Space, Tile,
+    MAX_DIMS,
 };
 use crate::program::{Program, Role, RooflineInputs, SemDecl, TensorDecl};
 use crate::target::Target;
 
 /// A random valid program for `target`, determined by `seed`.
 pub fn random_program(seed: u64, target: &Target) -> Program {
-    let mut g = Gen {
-        rng: StdRng::seed_from_u64(seed),
-        t: target.clone(),
-    };
+    let mut g = Gen { rng: StdRng::seed_from_u64(seed), t: target.clone() };
     g.program()
 }
 
 /// A random valid operation for an engine of class `class` on `target`.
 pub fn random_op(seed: u64, target: &Target, class: EngineClass) -> Op {
-    let mut g = Gen {
-        rng: StdRng::seed_from_u64(seed),
-        t: target.clone(),
-    };
+    let mut g = Gen { rng: StdRng::seed_from_u64(seed), t: target.clone() };
     g.op(class)
 }
 
@@ -43,13 +37,8 @@ struct Gen {
     t: Target,
 }
 
-const DEBUG_POOL: &[&str] = &[
-    "%c = matmul(%a, %b)",
-    "%p = softmax(%z) {axis = -1}",
-    "quote \" and backslash \\",
-    "résumé: ÿ ∑ 行列",
-    "",
-];
+const DEBUG_POOL: &[&str] =
+    &["%c = matmul(%a, %b)", "%p = softmax(%z) {axis = -1}", "quote \" and backslash \\", "résumé: ÿ ∑ 行列", ""];
 
 impl Gen {
     fn range(&mut self, lo: u64, hi: u64) -> u64 {
@@ -81,14 +70,7 @@ impl Gen {
             let shape: Vec<u64> = (0..rank).map(|_| self.range(0, 6)).collect();
             addr += self.range(0, 3) * 64;
             let role = self.pick(&Role::ALL);
-            let mut t = TensorDecl {
-                name: format!("t{i}"),
-                dtype,
-                shape,
-                addr,
-                role,
-                data: Vec::new(),
-            };
+            let mut t = TensorDecl { name: format!("t{i}"), dtype, shape, addr, role, data: Vec::new() };
             if role == Role::Const {
                 t.data = (0..t.size_bytes()).map(|_| self.rng.random()).collect();
             }
@@ -97,10 +79,7 @@ impl Gen {
         }
         for id in 0..self.t.sync.semaphores.min(8) as u8 {
             if self.chance(0.4) {
-                p.semaphores.push(SemDecl {
-                    id,
-                    name: format!("s{id}"),
-                });
+                p.semaphores.push(SemDecl { id, name: format!("s{id}") });
             }
         }
         if self.chance(0.5) {
@@ -123,8 +102,7 @@ impl Gen {
                         if self.chance(0.3) {
                             return Vec::new();
                         }
-                        let mut stream: Vec<Inst> =
-                            (0..self.range(0, 5)).map(|_| self.inst(engine)).collect();
+                        let mut stream: Vec<Inst> = (0..self.range(0, 5)).map(|_| self.inst(engine)).collect();
                         let mut halt = Inst::new(Op::Halt {});
                         halt.signal = self.chance(0.2).then(|| self.range(0, 7) as u8);
                         stream.push(halt);
@@ -138,22 +116,15 @@ impl Gen {
     }
 
     fn inst(&mut self, engine: Engine) -> Inst {
-        let op = if self.chance(0.1) {
-            Op::Nop {}
-        } else {
-            self.op(engine.class())
-        };
+        let op = if self.chance(0.1) { Op::Nop {} } else { self.op(engine.class()) };
         let sems = self.t.sync.semaphores as u64 - 1;
         Inst {
             op,
-            wait: self.chance(0.4).then(|| Wait {
-                sem: self.range(0, sems.min(7)) as u8,
-                value: self.range(0, 5) as u32,
-            }),
+            wait: self
+                .chance(0.4)
+                .then(|| Wait { sem: self.range(0, sems.min(7)) as u8, value: self.range(0, 5) as u32 }),
             signal: self.chance(0.4).then(|| self.range(0, sems) as u8),
-            debug: self
-                .chance(0.5)
-                .then(|| self.range(0, DEBUG_POOL.len() as u64 - 1) as u32),
+            debug: self.chance(0.5).then(|| self.range(0, DEBUG_POOL.len() as u64 - 1) as u32),
         }
     }
 
@@ -177,14 +148,8 @@ impl Gen {
 
     fn partitions(&self, space: Space) -> (u64, u64) {
         match space {
-            Space::Sram => (
-                self.t.sram.partitions as u64,
-                self.t.sram.partition_bytes as u64,
-            ),
-            Space::Psum => (
-                self.t.psum.partitions as u64,
-                self.t.psum.partition_bytes as u64,
-            ),
+            Space::Sram => (self.t.sram.partitions as u64, self.t.sram.partition_bytes as u64),
+            Space::Psum => (self.t.psum.partitions as u64, self.t.psum.partition_bytes as u64),
         }
     }
 
@@ -193,7 +158,7 @@ impl Gen {
         let mut counts = Vec::new();
         let mut rest = free;
         while counts.len() + 1 < MAX_DIMS && rest > 1 && self.chance(0.4) {
-            let divisors: Vec<u64> = (2..=rest).filter(|d| rest % d == 0).collect();
+            let divisors: Vec<u64> = (2..=rest).filter(|d| rest.is_multiple_of(*d)).collect();
             let d = self.pick(&divisors);
             counts.push(d as u16);
             rest /= d;
@@ -216,20 +181,12 @@ impl Gen {
         let mut dims = Vec::new();
         let mut inner = 1i64;
         for &c in counts.iter().rev() {
-            let stride = if contiguous {
-                inner
-            } else {
-                self.range(0, 6) as i64 - 2
-            };
-            dims.push(Dim {
-                count: c,
-                stride: stride as i32,
-            });
+            let stride = if contiguous { inner } else { self.range(0, 6) as i64 - 2 };
+            dims.push(Dim { count: c, stride: stride as i32 });
             inner *= c as i64;
         }
         dims.reverse();
-        let mut tile =
-            Tile::with_dims(space, dtype, part_start as u16, part_count as u16, 0, &dims);
+        let mut tile = Tile::with_dims(space, dtype, part_start as u16, part_count as u16, 0, &dims);
         let size = dtype.size_bytes() as i64;
         let (lo, hi) = tile.elem_extent();
         let min_off = -lo * size;
@@ -242,18 +199,10 @@ impl Gen {
     }
 
     fn column(&mut self, dtype: DType) -> Column {
-        let space = if self.chance(0.7) {
-            Space::Sram
-        } else {
-            Space::Psum
-        };
+        let space = if self.chance(0.7) { Space::Sram } else { Space::Psum };
         let size = dtype.size_bytes() as u64;
         let (_, part_bytes) = self.partitions(space);
-        Column {
-            space,
-            dtype,
-            offset: (self.range(0, part_bytes / size - 1) * size) as u32,
-        }
+        Column { space, dtype, offset: (self.range(0, part_bytes / size - 1) * size) as u32 }
     }
 
     fn scalar(&mut self) -> Scalar {
@@ -274,14 +223,7 @@ impl Gen {
     }
 
     fn pe_op(&mut self) -> Op {
-        let dtype = self.pick(&[
-            DType::Bf16,
-            DType::F16,
-            DType::F8E4M3,
-            DType::F8E5M2,
-            DType::I8,
-            DType::F32,
-        ]);
+        let dtype = self.pick(&[DType::Bf16, DType::F16, DType::F8E4M3, DType::F8E5M2, DType::I8, DType::F32]);
         let acc = dtype.accumulator();
         let bank_elems = self.t.psum_bank_bytes() as u64 / 4;
         if self.chance(0.25) {
@@ -290,8 +232,7 @@ impl Gen {
             let src = self.split_tile(Space::Sram, dtype, p, f);
             let mut dst = self.tile(Space::Psum, acc, f, &[p as u16]);
             dst.dims[0].stride = 1;
-            dst.offset =
-                (self.range(0, self.t.psum.banks.unwrap_or(1) as u64 - 1) * bank_elems * 4) as u32;
+            dst.offset = (self.range(0, self.t.psum.banks.unwrap_or(1) as u64 - 1) * bank_elems * 4) as u32;
             return Op::Transpose { dst, src };
         }
         let k = self.range(1, self.t.pe.rows as u64);
@@ -314,13 +255,7 @@ impl Gen {
         let banks = self.t.psum.banks.unwrap_or(1) as u64;
         let slack = bank_elems - n;
         dst.offset = ((self.range(0, banks - 1) * bank_elems + self.range(0, slack)) * 4) as u32;
-        Op::Matmul {
-            dst,
-            stationary,
-            moving,
-            accumulate: self.chance(0.5),
-            transposed,
-        }
+        Op::Matmul { dst, stationary, moving, accumulate: self.chance(0.5), transposed }
     }
 
     fn ve_op(&mut self) -> Op {
@@ -329,14 +264,8 @@ impl Gen {
         let dt = |g: &mut Gen| g.pick(&DType::ALL);
         match self.range(0, 6) {
             0 => {
-                let (d0, d1, d2, s0, s1, s2) = (
-                    dt(self),
-                    dt(self),
-                    dt(self),
-                    self.any_space(),
-                    self.any_space(),
-                    self.any_space(),
-                );
+                let (d0, d1, d2, s0, s1, s2) =
+                    (dt(self), dt(self), dt(self), self.any_space(), self.any_space(), self.any_space());
                 Op::TensorTensor {
                     op: self.pick(AluOp::ALL),
                     dst: self.split_tile(s0, d0, parts, free),
@@ -364,18 +293,12 @@ impl Gen {
             }
             3 => {
                 let (d0, d1, s0, s1) = (dt(self), dt(self), self.any_space(), self.any_space());
-                Op::Copy {
-                    dst: self.split_tile(s0, d0, parts, free),
-                    src: self.split_tile(s1, d1, parts, free),
-                }
+                Op::Copy { dst: self.split_tile(s0, d0, parts, free), src: self.split_tile(s1, d1, parts, free) }
             }
             4 => {
                 let (d0, s0) = (dt(self), self.any_space());
                 if self.chance(0.5) {
-                    Op::Memset {
-                        dst: self.split_tile(s0, d0, parts, free),
-                        value: Imm(self.f32()),
-                    }
+                    Op::Memset { dst: self.split_tile(s0, d0, parts, free), value: Imm(self.f32()) }
                 } else {
                     Op::Iota {
                         dst: self.split_tile(s0, d0, parts, free),
@@ -403,12 +326,7 @@ impl Gen {
     fn act_op(&mut self) -> Op {
         let parts = self.range(1, self.t.sram.partitions as u64);
         let free = self.range(1, 40);
-        let (d0, d1, s0, s1) = (
-            self.pick(&DType::ALL),
-            self.pick(&DType::ALL),
-            self.any_space(),
-            self.any_space(),
-        );
+        let (d0, d1, s0, s1) = (self.pick(&DType::ALL), self.pick(&DType::ALL), self.any_space(), self.any_space());
         Op::Activate {
             func: self.pick(ActFunc::ALL),
             dst: self.split_tile(s0, d0, parts, free),
@@ -435,10 +353,7 @@ impl Gen {
             } else {
                 (self.range(0, 8) as i64 - 2) * elem as i64
             };
-            dims.push(DmaDim {
-                count: c as u32,
-                stride,
-            });
+            dims.push(DmaDim { count: c as u32, stride });
             inner *= c as i64;
         }
         dims.reverse();
@@ -447,11 +362,7 @@ impl Gen {
         let min = (-lo) as u64;
         let max = (limit as i128 - hi - elem as i128).max(min as i128) as u64;
         let span = (max - min) / elem;
-        let pick = if self.chance(0.5) {
-            0
-        } else {
-            self.range(0, span.min(1 << 20))
-        };
+        let pick = if self.chance(0.5) { 0 } else { self.range(0, span.min(1 << 20)) };
         side.addr = min + pick * elem;
         side
     }
@@ -461,16 +372,8 @@ impl Gen {
         let n = self.range(1, 64);
         let split = |g: &mut Gen| g.split(n).into_iter().map(u64::from).collect::<Vec<_>>();
         let (cs, cd) = (split(self), split(self));
-        let s0 = if self.chance(0.5) {
-            DmaSpace::Hbm
-        } else {
-            DmaSpace::Sram
-        };
-        let s1 = if self.chance(0.5) {
-            DmaSpace::Hbm
-        } else {
-            DmaSpace::Sram
-        };
+        let s0 = if self.chance(0.5) { DmaSpace::Hbm } else { DmaSpace::Sram };
+        let s1 = if self.chance(0.5) { DmaSpace::Hbm } else { DmaSpace::Sram };
         Op::Dma {
             xfer: DmaTransfer {
                 elem_bytes: elem as u8,
@@ -494,8 +397,7 @@ mod tests {
             let t = Target::builtin(name).unwrap();
             for seed in 0..200 {
                 let p = random_program(seed, &t);
-                p.validate(&t)
-                    .unwrap_or_else(|e| panic!("seed {seed} on {name}: {e}"));
+                p.validate(&t).unwrap_or_else(|e| panic!("seed {seed} on {name}: {e}"));
                 for (_, _, _, inst) in p.instructions() {
                     seen.insert(inst.op.opcode());
                 }

@@ -215,11 +215,8 @@ impl Target {
     }
 
     fn validate(&self) -> Result<(), TargetError> {
-        let fail = |field: &'static str, message: String| TargetError::Invalid {
-            target: self.name.clone(),
-            field,
-            message,
-        };
+        let fail =
+            |field: &'static str, message: String| TargetError::Invalid { target: self.name.clone(), field, message };
         let positive = |field: &'static str, v: u64| {
             if v == 0 {
                 Err(fail(field, "must be positive".into()))
@@ -239,10 +236,7 @@ impl Target {
         positive("hbm.size_bytes", self.hbm.size_bytes)?;
         positive("hbm.bytes_per_cycle.num", self.hbm.bytes_per_cycle.num)?;
         positive("hbm.bytes_per_cycle.den", self.hbm.bytes_per_cycle.den)?;
-        for (field, mem) in [
-            ("sram.partitions", &self.sram),
-            ("psum.partitions", &self.psum),
-        ] {
+        for (field, mem) in [("sram.partitions", &self.sram), ("psum.partitions", &self.psum)] {
             if !(1..=256).contains(&mem.partitions) {
                 return Err(fail(field, "must be in 1..=256".into()));
             }
@@ -253,13 +247,10 @@ impl Target {
         if self.sram.banks.is_some() {
             return Err(fail("sram.banks", "SRAM is not banked".into()));
         }
-        let banks = self
-            .psum
-            .banks
-            .ok_or_else(|| fail("psum.banks", "is required".into()))?;
+        let banks = self.psum.banks.ok_or_else(|| fail("psum.banks", "is required".into()))?;
         if banks == 0
-            || self.psum.partition_bytes % banks != 0
-            || (self.psum.partition_bytes / banks) % 4 != 0
+            || !self.psum.partition_bytes.is_multiple_of(banks)
+            || !(self.psum.partition_bytes / banks).is_multiple_of(4)
         {
             return Err(fail(
                 "psum.banks",
@@ -273,22 +264,13 @@ impl Target {
             return Err(fail("pe.cols", "must be in 1..=psum.partitions".into()));
         }
         if self.pe.max_moving_free == 0 || self.pe.max_moving_free * 4 > self.psum_bank_bytes() {
-            return Err(fail(
-                "pe.max_moving_free",
-                "must be positive and fit one PSUM bank of f32".into(),
-            ));
+            return Err(fail("pe.max_moving_free", "must be positive and fit one PSUM bank of f32".into()));
         }
         if self.ve.lanes != self.sram.partitions {
-            return Err(fail(
-                "ve.lanes",
-                "must equal sram.partitions (one lane per partition)".into(),
-            ));
+            return Err(fail("ve.lanes", "must equal sram.partitions (one lane per partition)".into()));
         }
         if self.act.lanes != self.sram.partitions {
-            return Err(fail(
-                "act.lanes",
-                "must equal sram.partitions (one lane per partition)".into(),
-            ));
+            return Err(fail("act.lanes", "must equal sram.partitions (one lane per partition)".into()));
         }
         if !(1..=16).contains(&self.dma.queues) {
             return Err(fail("dma.queues", "must be in 1..=16".into()));
@@ -300,10 +282,7 @@ impl Target {
             return Err(fail("sync.semaphores", "must be in 1..=255".into()));
         }
         let t = &self.timing;
-        positive(
-            "timing.pe.matmul_8bit_columns_per_cycle",
-            t.pe.matmul_8bit_columns_per_cycle,
-        )?;
+        positive("timing.pe.matmul_8bit_columns_per_cycle", t.pe.matmul_8bit_columns_per_cycle)?;
         positive("timing.pe.matmul_f32_factor", t.pe.matmul_f32_factor)?;
         positive("timing.dma.min_run_bytes", t.dma.min_run_bytes)?;
         Ok(())
@@ -359,11 +338,8 @@ mod tests {
     #[test]
     fn hash_ignores_layout_and_comments() {
         let a = Target::from_toml(JPU_TINY_TOML).unwrap();
-        let stripped: String = JPU_TINY_TOML
-            .lines()
-            .map(|l| l.split('#').next().unwrap_or("").trim_end())
-            .collect::<Vec<_>>()
-            .join("\n");
+        let stripped: String =
+            JPU_TINY_TOML.lines().map(|l| l.split('#').next().unwrap_or("").trim_end()).collect::<Vec<_>>().join("\n");
         let b = Target::from_toml(&stripped).unwrap();
         assert_eq!(a.hash(), b.hash());
     }
@@ -374,23 +350,11 @@ mod tests {
         let err = Target::from_toml(&bad).unwrap_err();
         assert!(err.to_string().contains("psum.banks"), "{err}");
         let bad = JPU_TINY_TOML.replace("max_moving_free = 128", "max_moving_free = 129");
-        assert!(Target::from_toml(&bad)
-            .unwrap_err()
-            .to_string()
-            .contains("pe.max_moving_free"));
+        assert!(Target::from_toml(&bad).unwrap_err().to_string().contains("pe.max_moving_free"));
         let bad = JPU_TINY_TOML.replace("queues = 2", "queues = 0");
-        assert!(Target::from_toml(&bad)
-            .unwrap_err()
-            .to_string()
-            .contains("dma.queues"));
+        assert!(Target::from_toml(&bad).unwrap_err().to_string().contains("dma.queues"));
         let bad = JPU_TINY_TOML.replace("cores = 2", "cores = 2\nbogus = 1");
-        assert!(matches!(
-            Target::from_toml(&bad),
-            Err(TargetError::Parse(_))
-        ));
-        assert!(matches!(
-            Target::builtin("jpu9"),
-            Err(TargetError::Unknown(_))
-        ));
+        assert!(matches!(Target::from_toml(&bad), Err(TargetError::Parse(_))));
+        assert!(matches!(Target::builtin("jpu9"), Err(TargetError::Unknown(_))));
     }
 }

@@ -53,9 +53,7 @@ fn encode(inst: &Inst) -> (Vec<u8>, Vec<u8>) {
 }
 
 fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len() / 2)
-        .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap())
-        .collect()
+    (0..s.len() / 2).map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap()).collect()
 }
 
 fn padded(hex: &str, size: usize) -> Vec<u8> {
@@ -102,12 +100,8 @@ fn pinned_bytes_decode_to_the_text() {
             let raw = padded(desc_hex, jpu_isa::operand::DESC_SIZE);
             vec![jpu_isa::operand::DmaTransfer::decode_desc(&mut Reader::new(&raw, 0)).unwrap()]
         };
-        let mut ctx = DecodeCtx {
-            descs: &descs,
-            next_desc: 0,
-        };
-        let inst = Inst::decode(&mut Reader::new(&bytes, 0), &mut ctx)
-            .unwrap_or_else(|e| panic!("{text}: {e}"));
+        let mut ctx = DecodeCtx { descs: &descs, next_desc: 0 };
+        let inst = Inst::decode(&mut Reader::new(&bytes, 0), &mut ctx).unwrap_or_else(|e| panic!("{text}: {e}"));
         assert_eq!(jasm::inst_text(&program, &inst), *text);
     }
 }
@@ -116,9 +110,7 @@ fn pinned_bytes_decode_to_the_text() {
 fn every_opcode_is_covered() {
     for &op in Opcode::ALL {
         assert!(
-            TABLE
-                .iter()
-                .any(|(_, text, _, _)| text.split_whitespace().next() == Some(op.mnemonic())),
+            TABLE.iter().any(|(_, text, _, _)| text.split_whitespace().next() == Some(op.mnemonic())),
             "no encoding row for `{}`",
             op.mnemonic()
         );

@@ -9,31 +9,19 @@ use jpu_isa::{bytes::Reader, jasm, Inst, Program, Target};
 use proptest::prelude::*;
 
 fn targets() -> [Target; 2] {
-    [
-        Target::builtin("jpu-tiny").unwrap(),
-        Target::builtin("jpu1").unwrap(),
-    ]
+    [Target::builtin("jpu-tiny").unwrap(), Target::builtin("jpu1").unwrap()]
 }
 
 fn assert_round_trips(p: &Program, t: &Target) {
     let bytes = jbin::write(p);
-    let read = jbin::read_for_target(&bytes, t)
-        .unwrap_or_else(|e| panic!("written program does not read back: {e}"));
+    let read = jbin::read_for_target(&bytes, t).unwrap_or_else(|e| panic!("written program does not read back: {e}"));
     assert_eq!(&read, p, "bin -> program");
     let text = jasm::disassemble(p);
-    let assembled = jasm::assemble(&text)
-        .unwrap_or_else(|errs| panic!("{}\n{text}", jasm::render_errors("printed", &text, &errs)));
+    let assembled =
+        jasm::assemble(&text).unwrap_or_else(|errs| panic!("{}\n{text}", jasm::render_errors("printed", &text, &errs)));
     assert_eq!(&assembled, p, "asm -> program");
-    assert_eq!(
-        jbin::write(&assembled),
-        bytes,
-        "bin -> asm -> bin changed bytes"
-    );
-    assert_eq!(
-        jasm::disassemble(&assembled),
-        text,
-        "asm -> bin -> asm changed text"
-    );
+    assert_eq!(jbin::write(&assembled), bytes, "bin -> asm -> bin changed bytes");
+    assert_eq!(jasm::disassemble(&assembled), text, "asm -> bin -> asm changed text");
 }
 
 proptest! {
@@ -78,7 +66,7 @@ fn example_binary() -> Vec<u8> {
     jbin::write(&jasm::assemble(src).expect("example assembles"))
 }
 
-fn fix_envelope(bytes: &mut Vec<u8>) {
+fn fix_envelope(bytes: &mut [u8]) {
     if bytes.len() < 68 {
         return;
     }
@@ -93,11 +81,7 @@ fn fix_envelope(bytes: &mut Vec<u8>) {
 /// documented error or be a canonical encoding of a valid program.
 fn read_corrupt(bytes: &[u8], errors: &mut std::collections::BTreeMap<String, usize>) {
     match jbin::read(bytes) {
-        Ok(p) => assert_eq!(
-            jbin::write(&p),
-            bytes,
-            "a non-canonical byte string was accepted"
-        ),
+        Ok(p) => assert_eq!(jbin::write(&p), bytes, "a non-canonical byte string was accepted"),
         Err(e) => {
             let kind = match &e {
                 JbinError::Decode(d) => {
@@ -115,9 +99,7 @@ fn read_corrupt(bytes: &[u8], errors: &mut std::collections::BTreeMap<String, us
 
 #[test]
 fn corrupted_binaries_never_panic() {
-    let mut rng = proptest::test_runner::TestRng::deterministic_rng(
-        proptest::test_runner::RngAlgorithm::ChaCha,
-    );
+    let mut rng = proptest::test_runner::TestRng::deterministic_rng(proptest::test_runner::RngAlgorithm::ChaCha);
     let tiny = Target::builtin("jpu-tiny").unwrap();
     let mut seeds = vec![example_binary()];
     seeds.extend((0..8).map(|s| jbin::write(&random_program(s, &tiny))));
@@ -162,15 +144,9 @@ fn corrupted_binaries_never_panic() {
     assert!(cases >= 9000);
     // Corruption must reach the checks behind the envelope, not only the checksum.
     for kind in ["decode:checksum", "decode:CODE", "decode:header"] {
-        assert!(
-            errors.get(kind).copied().unwrap_or(0) > 0,
-            "no `{kind}` errors in {errors:?}"
-        );
+        assert!(errors.get(kind).copied().unwrap_or(0) > 0, "no `{kind}` errors in {errors:?}");
     }
-    assert!(
-        errors.len() >= 8,
-        "too few distinct error kinds: {errors:?}"
-    );
+    assert!(errors.len() >= 8, "too few distinct error kinds: {errors:?}");
 }
 
 #[test]
@@ -178,30 +154,17 @@ fn wrong_target_and_version_are_rejected() {
     let bytes = example_binary();
     let jpu1 = Target::builtin("jpu1").unwrap();
     let err = jbin::read_for_target(&bytes, &jpu1).unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("program is for `jpu-tiny`, not `jpu1`"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("program is for `jpu-tiny`, not `jpu1`"), "{err}");
     let mut newer = bytes.clone();
     newer[8] = 2;
     fix_envelope(&mut newer);
-    assert!(jbin::read(&newer)
-        .unwrap_err()
-        .to_string()
-        .contains("format version 2"));
+    assert!(jbin::read(&newer).unwrap_err().to_string().contains("format version 2"));
     let mut other_target = bytes.clone();
     other_target[16..32].copy_from_slice(b"jpu9\0\0\0\0\0\0\0\0\0\0\0\0");
     fix_envelope(&mut other_target);
-    assert!(matches!(
-        jbin::read(&other_target),
-        Err(JbinError::Target(_))
-    ));
+    assert!(matches!(jbin::read(&other_target), Err(JbinError::Target(_))));
     let mut bad_hash = bytes.clone();
     bad_hash[32] ^= 1;
     fix_envelope(&mut bad_hash);
-    assert!(jbin::read(&bad_hash)
-        .unwrap_err()
-        .to_string()
-        .contains("different description"));
+    assert!(jbin::read(&bad_hash).unwrap_err().to_string().contains("different description"));
 }

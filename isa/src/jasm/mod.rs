@@ -21,9 +21,7 @@ pub fn render_errors(file_name: &str, src: &str, errors: &[AsmError]) -> String 
     let config = term::Config::default();
     let mut out = String::new();
     for e in errors {
-        let d = Diagnostic::error()
-            .with_message(&e.message)
-            .with_labels(vec![Label::primary((), e.span.clone())]);
+        let d = Diagnostic::error().with_message(&e.message).with_labels(vec![Label::primary((), e.span.clone())]);
         match term::emit_into_string(&config, &file, &d) {
             Ok(s) => out.push_str(&s),
             Err(_) => out.push_str(&format!("error: {}\n", e.message)),

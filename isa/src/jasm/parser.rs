@@ -61,17 +61,11 @@ impl<'s> Parser<'s> {
 
     /// An error at `span`.
     pub fn err(&self, span: Span, message: impl Into<String>) -> AsmError {
-        AsmError {
-            span,
-            message: message.into(),
-        }
+        AsmError { span, message: message.into() }
     }
 
     fn unexpected(&self, what: &str) -> AsmError {
-        self.err(
-            self.span(),
-            format!("expected {what}, found {}", self.peek().describe()),
-        )
+        self.err(self.span(), format!("expected {what}, found {}", self.peek().describe()))
     }
 
     /// Consumes `tok` if it is next.
@@ -121,11 +115,7 @@ impl<'s> Parser<'s> {
         let neg = self.eat(&Tok::Minus);
         let (v, span) = self.uint(what)?;
         let full = start.start..span.end;
-        let v = if neg {
-            i128::from(v).checked_neg()
-        } else {
-            Some(i128::from(v))
-        };
+        let v = if neg { i128::from(v).checked_neg() } else { Some(i128::from(v)) };
         let v = v
             .and_then(|v| i64::try_from(v).ok())
             .ok_or_else(|| self.err(full.clone(), "integer does not fit 64 bits"))?;
@@ -139,8 +129,7 @@ impl<'s> Parser<'s> {
         let v = match *self.peek() {
             Tok::Float(s) => {
                 self.bump();
-                s.parse::<f32>()
-                    .map_err(|_| self.err(span.clone(), "malformed number"))?
+                s.parse::<f32>().map_err(|_| self.err(span.clone(), "malformed number"))?
             }
             Tok::Int(v) => {
                 self.bump();
@@ -155,10 +144,7 @@ impl<'s> Parser<'s> {
                 self.bump();
                 self.expect(&Tok::Colon, "`:` and the NaN's bits (`nan:0x7fc00000`)")?;
                 let (bits, bspan) = self.uint("the NaN's bits")?;
-                let v = u32::try_from(bits)
-                    .ok()
-                    .map(f32::from_bits)
-                    .filter(|v| v.is_nan());
+                let v = u32::try_from(bits).ok().map(f32::from_bits).filter(|v| v.is_nan());
                 v.ok_or_else(|| self.err(bspan, "bits are not a 32-bit NaN pattern"))?
             }
             _ => return Err(self.unexpected(what)),
@@ -170,12 +156,7 @@ impl<'s> Parser<'s> {
     pub fn dtype(&mut self) -> Result<DType, AsmError> {
         let (name, span) = self.ident("a dtype (f32, bf16, f16, f8e4m3, f8e5m2, i8, i32)")?;
         DType::from_name(name).ok_or_else(|| {
-            self.err(
-                span,
-                format!(
-                    "unknown dtype `{name}` (expected f32, bf16, f16, f8e4m3, f8e5m2, i8 or i32)"
-                ),
-            )
+            self.err(span, format!("unknown dtype `{name}` (expected f32, bf16, f16, f8e4m3, f8e5m2, i8 or i32)"))
         })
     }
 
@@ -228,16 +209,17 @@ impl<'s> Parser<'s> {
         match *self.peek() {
             Tok::SemId(id) => {
                 self.bump();
-                let id = u8::try_from(id)
-                    .map_err(|_| self.err(span.clone(), "semaphore number must be below 255"))?;
+                let id = u8::try_from(id).map_err(|_| self.err(span.clone(), "semaphore number must be below 255"))?;
                 Ok((id, span))
             }
             Tok::Ident(name) => {
                 self.bump();
-                let id = *self
-                    .sems
-                    .get(name)
-                    .ok_or_else(|| self.err(span.clone(), format!("undeclared semaphore `{name}` (declare it with `.sem {name} = N` or write `#N`)")))?;
+                let id = *self.sems.get(name).ok_or_else(|| {
+                    self.err(
+                        span.clone(),
+                        format!("undeclared semaphore `{name}` (declare it with `.sem {name} = N` or write `#N`)"),
+                    )
+                })?;
                 Ok((id, span))
             }
             _ => Err(self.unexpected("a semaphore (a `.sem` name or `#N`)")),
@@ -259,6 +241,9 @@ struct State<'s> {
     seen_cores: HashMap<usize, Span>,
     core: Option<usize>,
     stream: Option<Engine>,
+    /// Set when a `.core`/`.stream` directive failed: its instructions are skipped
+    /// silently rather than reported again as misplaced.
+    skipping_stream: bool,
     roofline: Option<RooflineInputs>,
     sem_decls: Vec<(SemDecl, Span)>,
     _src: &'s str,
@@ -282,17 +267,12 @@ fn lex(src: &str) -> (Vec<(Tok<'_>, Span)>, Vec<AsmError>) {
             Ok(t) => line.push((t, span)),
             Err(()) => {
                 let text = &src[span.clone()];
-                let message = if text.starts_with(|c: char| c.is_ascii_digit())
-                    || text.starts_with('#')
-                {
+                let message = if text.starts_with(|c: char| c.is_ascii_digit()) || text.starts_with('#') {
                     format!("number `{text}` is too large")
                 } else if text.starts_with('"') {
                     "unterminated string (strings end on the same line; escapes are `\\\"` and `\\\\`)".to_string()
                 } else {
-                    format!(
-                        "unexpected character `{}`",
-                        text.chars().next().unwrap_or(' ').escape_debug()
-                    )
+                    format!("unexpected character `{}`", text.chars().next().unwrap_or(' ').escape_debug())
                 };
                 errors.push(AsmError { span, message });
                 line_has_error = true;
@@ -335,6 +315,7 @@ pub fn assemble(src: &str) -> Result<Program, Vec<AsmError>> {
         seen_cores: HashMap::new(),
         core: None,
         stream: None,
+        skipping_stream: false,
         roofline: None,
         sem_decls: Vec::new(),
         _src: src,
@@ -364,10 +345,7 @@ fn empty_core(engines: usize) -> Vec<Vec<ParsedInst>> {
 fn parse_target(p: &mut Parser<'_>) -> Result<Target, AsmError> {
     let start = p.span();
     if !(p.eat(&Tok::Dot) && matches!(p.peek(), Tok::Ident("target"))) {
-        return Err(p.err(
-            start,
-            "a .jasm file starts with `.target \"NAME\"` (e.g. `.target \"jpu1\"`)",
-        ));
+        return Err(p.err(start, "a .jasm file starts with `.target \"NAME\"` (e.g. `.target \"jpu1\"`)"));
     }
     p.bump();
     let span = p.span();
@@ -391,8 +369,12 @@ fn parse_line<'s>(p: &mut Parser<'s>, st: &mut State<'s>) -> Result<(), AsmError
             "tensor" => parse_tensor(p, st),
             "sem" => parse_sem(p, st),
             "roofline" => parse_roofline(p, st, span),
-            "core" => parse_core(p, st),
-            "stream" => parse_stream(p, st),
+            "core" | "stream" => {
+                st.stream = None;
+                let result = if name == "core" { parse_core(p, st) } else { parse_stream(p, st) };
+                st.skipping_stream = result.is_err();
+                result
+            }
             other => Err(p.err(
                 span,
                 format!("unknown directive `.{other}` (expected .tensor, .sem, .roofline, .core or .stream)"),
@@ -423,41 +405,23 @@ fn parse_tensor(p: &mut Parser<'_>, st: &mut State<'_>) -> Result<(), AsmError> 
     let type_end = p.toks[p.pos - 1].1.end;
     let (role_name, role_span) = p.ident("the tensor's role (input, output, const or scratch)")?;
     let role = Role::from_name(role_name).ok_or_else(|| {
-        p.err(
-            role_span.clone(),
-            format!("unknown role `{role_name}` (expected input, output, const or scratch)"),
-        )
+        p.err(role_span.clone(), format!("unknown role `{role_name}` (expected input, output, const or scratch)"))
     })?;
     p.expect(&Tok::At, "`@` and the tensor's HBM address")?;
     let (addr, addr_span) = p.uint("the HBM byte address")?;
-    let mut t = TensorDecl {
-        name: name.to_string(),
-        dtype,
-        shape,
-        addr,
-        role,
-        data: Vec::new(),
-    };
+    let mut t = TensorDecl { name: name.to_string(), dtype, shape, addr, role, data: Vec::new() };
     if t.shape.len() > 8 {
-        return Err(p.err(
-            name_span.start..type_end,
-            format!("tensor has {} dims; at most 8 are allowed", t.shape.len()),
-        ));
+        return Err(
+            p.err(name_span.start..type_end, format!("tensor has {} dims; at most 8 are allowed", t.shape.len()))
+        );
     }
-    let size = t
-        .shape
-        .iter()
-        .try_fold(dtype.size_bytes() as u64, |a, &d| a.checked_mul(d));
+    let size = t.shape.iter().try_fold(dtype.size_bytes() as u64, |a, &d| a.checked_mul(d));
     let hbm = st.target.hbm.size_bytes;
     let end = size.and_then(|s| addr.checked_add(s)).filter(|&e| e <= hbm);
     let Some(end) = end else {
-        return Err(p.err(
-            addr_span,
-            format!(
-                "tensor bytes at 0x{addr:x} exceed {}'s HBM of 0x{hbm:x} bytes",
-                st.target.name
-            ),
-        ));
+        return Err(
+            p.err(addr_span, format!("tensor bytes at 0x{addr:x} exceed {}'s HBM of 0x{hbm:x} bytes", st.target.name))
+        );
     };
     let size = end - addr;
     if p.eat(&Tok::Eq) {
@@ -471,36 +435,20 @@ fn parse_tensor(p: &mut Parser<'_>, st: &mut State<'_>) -> Result<(), AsmError> 
         }
         let hex = unescape(s);
         if hex.len() as u64 != size * 2 {
-            return Err(p.err(
-                span,
-                format!(
-                    "constant data has {} hex digits; {size} bytes need {}",
-                    hex.len(),
-                    size * 2
-                ),
-            ));
+            return Err(
+                p.err(span, format!("constant data has {} hex digits; {size} bytes need {}", hex.len(), size * 2))
+            );
         }
-        t.data = decode_hex(&hex)
-            .ok_or_else(|| p.err(span.clone(), "constant data must be hex digits"))?;
+        t.data = decode_hex(&hex).ok_or_else(|| p.err(span.clone(), "constant data must be hex digits"))?;
     } else if role == Role::Const {
-        return Err(p.err(
-            role_span,
-            "a `const` tensor needs its bytes: `= \"00ff...\"`",
-        ));
+        return Err(p.err(role_span, "a `const` tensor needs its bytes: `= \"00ff...\"`"));
     }
     for (other, ospan) in p.tensors.iter().zip(&p.tensor_spans) {
-        if size > 0
-            && other.size_bytes() > 0
-            && addr < other.addr + other.size_bytes()
-            && other.addr < end
-        {
+        if size > 0 && other.size_bytes() > 0 && addr < other.addr + other.size_bytes() && other.addr < end {
             let line = line_of(p, ospan.start);
             return Err(p.err(
                 addr_span,
-                format!(
-                    "tensor `{name}` overlaps tensor `{}` (declared on line {line}) in HBM",
-                    other.name
-                ),
+                format!("tensor `{name}` overlaps tensor `{}` (declared on line {line}) in HBM", other.name),
             ));
         }
     }
@@ -511,22 +459,13 @@ fn parse_tensor(p: &mut Parser<'_>, st: &mut State<'_>) -> Result<(), AsmError> 
 }
 
 fn line_of(p: &Parser<'_>, offset: usize) -> usize {
-    1 + p
-        .toks
-        .iter()
-        .take_while(|(_, s)| s.start < offset)
-        .filter(|(t, _)| *t == Tok::Newline)
-        .count()
+    1 + p.toks.iter().take_while(|(_, s)| s.start < offset).filter(|(t, _)| *t == Tok::Newline).count()
 }
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
     let b = s.as_bytes();
     (0..b.len() / 2)
-        .map(|i| {
-            std::str::from_utf8(&b[2 * i..2 * i + 2])
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        })
+        .map(|i| std::str::from_utf8(&b[2 * i..2 * i + 2]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()))
         .collect()
 }
 
@@ -540,39 +479,21 @@ fn parse_sem<'s>(p: &mut Parser<'s>, st: &mut State<'s>) -> Result<(), AsmError>
     if id >= st.target.sync.semaphores as u64 {
         return Err(p.err(
             id_span,
-            format!(
-                "semaphore {id} does not exist ({} has {})",
-                st.target.name, st.target.sync.semaphores
-            ),
+            format!("semaphore {id} does not exist ({} has {})", st.target.name, st.target.sync.semaphores),
         ));
     }
     if let Some((other, _)) = st.sem_decls.iter().find(|(d, _)| d.id as u64 == id) {
-        return Err(p.err(
-            id_span,
-            format!("semaphore {id} is already named `{}`", other.name),
-        ));
+        return Err(p.err(id_span, format!("semaphore {id} is already named `{}`", other.name)));
     }
     p.end_line()?;
     p.sems.insert(name, id as u8);
-    st.sem_decls.push((
-        SemDecl {
-            id: id as u8,
-            name: name.to_string(),
-        },
-        span,
-    ));
+    st.sem_decls.push((SemDecl { id: id as u8, name: name.to_string() }, span));
     Ok(())
 }
 
 /// Field names of `.roofline`, in order.
-pub const ROOFLINE_FIELDS: [&str; 6] = [
-    "flops_f32",
-    "flops_16bit",
-    "flops_8bit",
-    "input_bytes",
-    "output_bytes",
-    "transcendentals",
-];
+pub const ROOFLINE_FIELDS: [&str; 6] =
+    ["flops_f32", "flops_16bit", "flops_8bit", "input_bytes", "output_bytes", "transcendentals"];
 
 fn parse_roofline(p: &mut Parser<'_>, st: &mut State<'_>, span: Span) -> Result<(), AsmError> {
     if st.roofline.is_some() {
@@ -601,13 +522,7 @@ fn parse_roofline(p: &mut Parser<'_>, st: &mut State<'_>, span: Span) -> Result<
 fn parse_core(p: &mut Parser<'_>, st: &mut State<'_>) -> Result<(), AsmError> {
     let (n, span) = p.uint("the core number")?;
     if n >= st.target.cores as u64 {
-        return Err(p.err(
-            span,
-            format!(
-                "core {n} does not exist ({} has {} cores)",
-                st.target.name, st.target.cores
-            ),
-        ));
+        return Err(p.err(span, format!("core {n} does not exist ({} has {} cores)", st.target.name, st.target.cores)));
     }
     let n = n as usize;
     if let Some(prev) = st.seen_cores.get(&n) {
@@ -630,24 +545,19 @@ fn parse_stream(p: &mut Parser<'_>, st: &mut State<'_>) -> Result<(), AsmError> 
     let Some(core) = st.core else {
         return Err(p.err(span, "`.stream` must follow a `.core N` directive"));
     };
-    let engine = Engine::from_name(name)
-        .filter(|e| (e.0 as u32) < st.target.engines_per_core())
-        .ok_or_else(|| {
-            p.err(
-                span.clone(),
-                format!(
-                    "unknown engine `{name}` ({} has pe, ve, act and dma0..dma{})",
-                    st.target.name,
-                    st.target.dma.queues - 1
-                ),
-            )
-        })?;
+    let engine = Engine::from_name(name).filter(|e| (e.0 as u32) < st.target.engines_per_core()).ok_or_else(|| {
+        p.err(
+            span.clone(),
+            format!(
+                "unknown engine `{name}` ({} has pe, ve, act and dma0..dma{})",
+                st.target.name,
+                st.target.dma.queues - 1
+            ),
+        )
+    })?;
     if let Some(prev) = st.seen_streams.get(&(core, engine.0)) {
         let line = line_of(p, prev.start);
-        return Err(p.err(
-            span,
-            format!("stream `{name}` of core {core} was already started on line {line}"),
-        ));
+        return Err(p.err(span, format!("stream `{name}` of core {core} was already started on line {line}")));
     }
     p.end_line()?;
     st.seen_streams.insert((core, engine.0), span);
@@ -659,19 +569,14 @@ fn parse_instruction(p: &mut Parser<'_>, st: &mut State<'_>) -> Result<(), AsmEr
     let (mnemonic, mspan) = p.ident("an instruction or a directive")?;
     let opcode = Opcode::from_mnemonic(mnemonic).ok_or_else(|| {
         let all: Vec<&str> = Opcode::ALL.iter().map(|o| o.mnemonic()).collect();
-        p.err(
-            mspan.clone(),
-            format!(
-                "unknown instruction `{mnemonic}` (instructions: {})",
-                all.join(", ")
-            ),
-        )
+        p.err(mspan.clone(), format!("unknown instruction `{mnemonic}` (instructions: {})", all.join(", ")))
     })?;
     let (Some(core), Some(engine)) = (st.core, st.stream) else {
-        return Err(p.err(
-            mspan,
-            "instructions go inside a stream: `.core N` then `.stream ENGINE`",
-        ));
+        if st.skipping_stream {
+            p.skip_line();
+            return Ok(());
+        }
+        return Err(p.err(mspan, "instructions go inside a stream: `.core N` then `.stream ENGINE`"));
     };
     p.field_spans.clear();
     let op = Op::parse_operands(opcode, p)?;
@@ -682,8 +587,7 @@ fn parse_instruction(p: &mut Parser<'_>, st: &mut State<'_>) -> Result<(), AsmEr
         let (sem, _) = p.semaphore()?;
         p.expect(&Tok::Ge, "`>=` and the value to wait for")?;
         let (value, vspan) = p.uint("the value to wait for")?;
-        let value = u32::try_from(value)
-            .map_err(|_| p.err(vspan.clone(), "wait value does not fit 32 bits"))?;
+        let value = u32::try_from(value).map_err(|_| p.err(vspan.clone(), "wait value does not fit 32 bits"))?;
         inst.wait = Some(Wait { sem, value });
         p.field_spans.push(("wait", start..vspan.end));
     }
@@ -706,33 +610,27 @@ fn parse_instruction(p: &mut Parser<'_>, st: &mut State<'_>) -> Result<(), AsmEr
         debug = Some(text);
     }
     let line_end = p.toks[p.pos.saturating_sub(1)].1.end;
-    p.end_line()?;
+    if !p.at_line_end() {
+        return Err(p.unexpected("end of line"));
+    }
     let span = mspan.start..line_end;
     if let Err(ce) = check_inst(&inst, engine, &st.target) {
         let at = if ce.operand == "engine" {
             mspan.clone()
         } else {
-            p.field_spans
-                .iter()
-                .find(|(n, _)| *n == ce.operand)
-                .map_or(span.clone(), |(_, s)| s.clone())
+            p.field_spans.iter().find(|(n, _)| *n == ce.operand).map_or(span.clone(), |(_, s)| s.clone())
         };
-        return Err(p.err(at, format!("`{mnemonic}`: {ce}")));
+        let message = if ce.operand == "engine" { ce.message } else { format!("`{mnemonic}`: {ce}") };
+        return Err(p.err(at, message));
     }
     let stream = &mut st.cores[core][engine.0 as usize];
     if let Some(last) = stream.last() {
         if matches!(last.inst.op, Op::Halt {}) {
-            return Err(p.err(
-                mspan,
-                format!(
-                    "instruction after `halt`: `halt` must end stream `{}`",
-                    engine.name()
-                ),
-            ));
+            return Err(p.err(mspan, format!("instruction after `halt`: `halt` must end stream `{}`", engine.name())));
         }
     }
     stream.push(ParsedInst { inst, debug, span });
-    Ok(())
+    p.end_line()
 }
 
 fn check_stream_ends(st: &State<'_>, errors: &mut Vec<AsmError>) {
@@ -742,10 +640,7 @@ fn check_stream_ends(st: &State<'_>, errors: &mut Vec<AsmError>) {
                 if !matches!(last.inst.op, Op::Halt {}) {
                     errors.push(AsmError {
                         span: last.span.clone(),
-                        message: format!(
-                            "stream `{}` of core {c} must end with `halt`",
-                            Engine(e as u8).name()
-                        ),
+                        message: format!("stream `{}` of core {c} must end with `halt`", Engine(e as u8).name()),
                     });
                 }
             }
@@ -790,10 +685,9 @@ fn build(tensors: Vec<TensorDecl>, st: State<'_>) -> Result<Program, AsmError> {
         cores,
         roofline: st.roofline,
     };
-    program.validate(&st.target).map_err(|e| AsmError {
-        span: 0..0,
-        message: format!("internal: assembled program is invalid: {e}"),
-    })?;
+    program
+        .validate(&st.target)
+        .map_err(|e| AsmError { span: 0..0, message: format!("internal: assembled program is invalid: {e}") })?;
     debug_assert!(program.tensors.iter().all(|t| is_identifier(&t.name)));
     Ok(program)
 }

@@ -20,15 +20,7 @@ pub fn disassemble(p: &Program) -> String {
     let _ = writeln!(out, ".target {}", escape(&p.target));
     for t in &p.tensors {
         let dims: Vec<String> = t.shape.iter().map(|d| d.to_string()).collect();
-        let _ = write!(
-            out,
-            ".tensor {}: {}[{}] {} @ 0x{:x}",
-            t.name,
-            t.dtype,
-            dims.join(", "),
-            t.role.name(),
-            t.addr
-        );
+        let _ = write!(out, ".tensor {}: {}[{}] {} @ 0x{:x}", t.name, t.dtype, dims.join(", "), t.role.name(), t.addr);
         if !t.data.is_empty() || t.role == crate::program::Role::Const {
             out.push_str(" = \"");
             for b in &t.data {
@@ -42,36 +34,18 @@ pub fn disassemble(p: &Program) -> String {
         let _ = writeln!(out, ".sem {} = {}", s.name, s.id);
     }
     if let Some(r) = &p.roofline {
-        let values = [
-            r.flops_f32,
-            r.flops_16bit,
-            r.flops_8bit,
-            r.input_bytes,
-            r.output_bytes,
-            r.transcendentals,
-        ];
-        let fields: Vec<String> = ROOFLINE_FIELDS
-            .iter()
-            .zip(values)
-            .map(|(n, v)| format!("{n}={v}"))
-            .collect();
+        let values = [r.flops_f32, r.flops_16bit, r.flops_8bit, r.input_bytes, r.output_bytes, r.transcendentals];
+        let fields: Vec<String> = ROOFLINE_FIELDS.iter().zip(values).map(|(n, v)| format!("{n}={v}")).collect();
         let _ = writeln!(out, ".roofline {}", fields.join(", "));
     }
-    let ctx = PrintCtx {
-        tensors: &p.tensors,
-    };
+    let ctx = PrintCtx { tensors: &p.tensors };
     for (c, core) in p.cores.iter().enumerate() {
         let _ = writeln!(out, "\n.core {c}");
         for (e, stream) in core.iter().enumerate() {
             if stream.is_empty() {
                 continue;
             }
-            let _ = writeln!(
-                out,
-                ".stream {}  ; {} instructions",
-                Engine(e as u8).name(),
-                stream.len()
-            );
+            let _ = writeln!(out, ".stream {}  ; {} instructions", Engine(e as u8).name(), stream.len());
             for inst in stream {
                 out.push_str("    ");
                 print_inst(&mut out, p, inst, &ctx);
@@ -108,13 +82,6 @@ pub fn print_inst(out: &mut String, p: &Program, inst: &Inst, ctx: &PrintCtx<'_>
 /// The text of one instruction, for diagnostics and traces.
 pub fn inst_text(p: &Program, inst: &Inst) -> String {
     let mut s = String::new();
-    print_inst(
-        &mut s,
-        p,
-        inst,
-        &PrintCtx {
-            tensors: &p.tensors,
-        },
-    );
+    print_inst(&mut s, p, inst, &PrintCtx { tensors: &p.tensors });
     s
 }

@@ -15,8 +15,7 @@ pub const PRELUDE: &str = ".target \"jpu-tiny\"
 pub fn assemble_line(engine: &str, line: &str) -> (Program, Inst) {
     let halt = if line == "halt" { "" } else { "    halt\n" };
     let src = format!("{PRELUDE}.core 0\n.stream {engine}\n    {line}\n{halt}");
-    let program = jasm::assemble(&src)
-        .unwrap_or_else(|errs| panic!("{}", jasm::render_errors("line", &src, &errs)));
+    let program = jasm::assemble(&src).unwrap_or_else(|errs| panic!("{}", jasm::render_errors("line", &src, &errs)));
     let e = Engine::from_name(engine).unwrap();
     let inst = program.cores[0][e.0 as usize][0].clone();
     (program, inst)
