@@ -334,10 +334,14 @@ define_instructions! {
     /// M is the stationary free size (at most `pe.cols`), N the moving free size (at most
     /// `pe.max_moving_free`). With `transposed`, the stationary operand is stored as
     /// [M partitions, K free] and the weight-load path transposes it at no cost.
-    /// Operands share one dtype (bf16, f16, f8e4m3, f8e5m2, i8 or f32); the product of
-    /// each pair is exact and PSUM accumulates in increasing k order, rounding to f32
-    /// after each add (exact i32 wrapping arithmetic for i8). `dst` is f32 (i32 for i8),
+    /// Operands share one dtype (bf16, f16, f8e4m3, f8e5m2, i8 or f32); products of 8- and
+    /// 16-bit operands are exact in f32 (f32 products are rounded to f32), and PSUM
+    /// accumulates them in increasing k order, rounding to f32 after each add (exact
+    /// wrapping i32 arithmetic for i8). `dst` is f32 (i32 for i8),
     /// M partitions by N contiguous elements inside one PSUM bank.
+    ///
+    /// Timing: `max(N, 64)` cycles with 16-bit operands, `max(ceil(N / 2), 32)` with 8-bit,
+    /// `4 x max(N, 64)` with f32 (jpu1 numbers; `[timing.pe]` of the target).
     0x01 Matmul "matmul" on Pe {
         /// PSUM accumulator tile [M, N].
         dst: Tile,
@@ -355,6 +359,8 @@ define_instructions! {
     ///
     /// P is at most `pe.rows`, F at most `pe.cols`; `dst` is f32 (i32 for i8 sources),
     /// F partitions by P contiguous elements inside one PSUM bank.
+    ///
+    /// Timing: `max(P, 64)` cycles (`timing.pe.transpose_min_cycles`).
     0x02 Transpose "transpose" on Pe {
         /// PSUM tile [F, P].
         dst: Tile,
@@ -366,6 +372,8 @@ define_instructions! {
     ///
     /// All three tiles have the same partition count and free size; element i of each
     /// is the i-th element of its access pattern.
+    ///
+    /// Timing: `64 + E` cycles, E the elements per partition of the largest operand.
     0x10 TensorTensor "tensor_tensor" on Ve {
         /// Operation.
         op: AluOp,
@@ -378,6 +386,8 @@ define_instructions! {
     }
 
     /// `dst = src <op> scalar` (or `scalar <op> src` with `reverse`), in f32.
+    ///
+    /// Timing: `64 + E` cycles.
     0x11 TensorScalar "tensor_scalar" on Ve {
         /// Operation.
         op: AluOp,
@@ -393,6 +403,8 @@ define_instructions! {
 
     /// `dst[p, 0] = reduce(src[p, :])` over the whole free pattern, in f32, in
     /// access-pattern order.
+    ///
+    /// Timing: `64 + E` cycles, E the source elements per partition.
     0x12 Reduce "reduce" on Ve {
         /// Reduction.
         op: ReduceOp,
@@ -403,6 +415,8 @@ define_instructions! {
     }
 
     /// `dst = src`, converted through f32 into `dst`'s dtype (a cast when dtypes differ).
+    ///
+    /// Timing: `64 + E` cycles.
     0x13 Copy "copy" on Ve {
         /// Result.
         dst: Tile,
@@ -411,6 +425,8 @@ define_instructions! {
     }
 
     /// `dst = value` (rounded into `dst`'s dtype).
+    ///
+    /// Timing: `64 + E` cycles.
     0x14 Memset "memset" on Ve {
         /// Result.
         dst: Tile,
@@ -421,6 +437,8 @@ define_instructions! {
     /// `dst[p, i] = base + partition_step * p + free_step * i` (exact integer
     /// arithmetic, then converted into `dst`'s dtype); p and i are relative to the
     /// tile (i is the element's position in the access pattern).
+    ///
+    /// Timing: `64 + E` cycles.
     0x15 Iota "iota" on Ve {
         /// Result.
         dst: Tile,
@@ -434,6 +452,8 @@ define_instructions! {
 
     /// Affine select: `dst[p, i] = src[p, i]` where
     /// `partition_step * p + free_step * i + base <cmp> 0`, else `fill`. The causal mask.
+    ///
+    /// Timing: `64 + E` cycles.
     0x16 Select "select" on Ve {
         /// Comparison against zero.
         cmp: CmpOp,
@@ -453,6 +473,8 @@ define_instructions! {
 
     /// `dst = func(src * scale + bias)` in f32, rounded once into `dst`'s dtype; with
     /// `accum`, also the f32 row sum of the results (before rounding), per partition.
+    ///
+    /// Timing: `128 + E` cycles, E the elements per partition.
     0x20 Activate "activate" on Act {
         /// Function.
         func: ActFunc,
@@ -470,15 +492,23 @@ define_instructions! {
 
     /// Moves bytes between two access patterns (HBM or SRAM on each side, no dtype
     /// change). The binary holds a descriptor-table index; text shows the transfer.
+    ///
+    /// Timing: data may start `timing.dma.latency_cycles` (1,000) after issue; data phases of one
+    /// queue run in order; queues moving data at once share the core's HBM bandwidth evenly;
+    /// each run contiguous on both sides is charged at least `timing.dma.min_run_bytes` (64).
     0x30 Dma "dma" on Dma {
         /// `src [pattern] -> dst [pattern] elem BYTES`; strides in bytes.
         xfer: DmaTransfer,
     }
 
     /// Does nothing; carries a wait and/or a signal (zero cycles).
+    ///
+    /// Timing: 0 cycles beyond its wait.
     0x40 Nop "nop" on Any {}
 
     /// Ends the engine's stream; must be its last instruction.
+    ///
+    /// Timing: 0 cycles beyond its wait.
     0x41 Halt "halt" on Any {}
 }
 

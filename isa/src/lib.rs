@@ -13,6 +13,7 @@
 //! | [`program`] | a whole program (tensors, semaphores, streams) and its validation |
 //! | [`jbin`] | the `.jbin` binary container |
 //! | [`jasm`] | the `.jasm` assembly text |
+//! | [`docgen`] | the generated instruction reference of docs/isa.md |
 //!
 //! Invariants: every byte string either reads as a valid [`program::Program`] or is
 //! rejected with an error naming the field and byte offset; reading never panics;
@@ -24,6 +25,7 @@
 pub mod bytes;
 pub mod check;
 pub mod cost;
+pub mod docgen;
 pub mod dtype;
 pub mod inst;
 pub mod jasm;

@@ -484,7 +484,7 @@ impl Operand for Option<Column> {
 
 impl Operand for bool {
     const SIZE: usize = 1;
-    const KIND: &'static str = "`true` or `false`";
+    const KIND: &'static str = "bool";
 
     fn encode(&self, out: &mut Vec<u8>, _: &mut EncodeCtx) {
         out.put_u8(*self as u8);
