@@ -12,19 +12,21 @@ use clap::{Parser, Subcommand};
 enum Failure {
     /// Bad input or usage: exit 2.
     Input(String),
+    /// A simulator fault or a verification mismatch: exit 1.
+    Fault(String),
 }
 
 impl Failure {
     fn exit(self) -> ExitCode {
-        match self {
-            Failure::Input(msg) => {
-                eprint!("{msg}");
-                if !msg.ends_with('\n') {
-                    eprintln!();
-                }
-                ExitCode::from(2)
-            }
+        let (msg, code) = match self {
+            Failure::Input(msg) => (msg, 2),
+            Failure::Fault(msg) => (msg, 1),
+        };
+        eprint!("{msg}");
+        if !msg.ends_with('\n') {
+            eprintln!();
         }
+        ExitCode::from(code)
     }
 }
 
@@ -44,6 +46,38 @@ enum Command {
         /// Output binary.
         #[arg(short, long)]
         output: PathBuf,
+    },
+    /// Simulate a .jbin chip binary: outputs, cycles, utilisation, roofline.
+    Run {
+        /// Chip binary.
+        file: PathBuf,
+        /// An input tensor: NAME=FILE.npy (any numpy numeric dtype; converted to the declared dtype).
+        #[arg(long = "input", value_name = "NAME=FILE.npy")]
+        inputs: Vec<String>,
+        /// Write each output to DIR/<name>.npy (float32, int32 for integer outputs).
+        #[arg(long, value_name = "DIR")]
+        output_dir: Option<PathBuf>,
+        /// Model time only (no data, no checks): the same cycles as a full run.
+        #[arg(long)]
+        timing_only: bool,
+        /// Print one JSON object on stdout instead of the summary.
+        #[arg(long)]
+        json: bool,
+        /// Write a Chrome Trace Event JSON timeline (open it in Perfetto).
+        #[arg(long, value_name = "FILE.json")]
+        trace: Option<PathBuf>,
+        /// Make reads of never-written memory a fault.
+        #[arg(long)]
+        strict: bool,
+        /// Skip race checking (faster).
+        #[arg(long)]
+        no_race_check: bool,
+        /// Fault past this many cycles.
+        #[arg(long, value_name = "N")]
+        max_cycles: Option<u64>,
+        /// Fault past this many instructions.
+        #[arg(long, value_name = "N")]
+        max_instructions: Option<u64>,
     },
     /// Print a .jbin chip binary as canonical .jasm text.
     Disasm {
@@ -90,11 +124,134 @@ fn disasm(file: &Path, output: Option<&Path>) -> Result<(), Failure> {
     }
 }
 
+fn load_binary(file: &Path) -> Result<(jpu_isa::Program, jpu_isa::Target), Failure> {
+    let bytes = read_file(file)?;
+    let program = jpu_isa::jbin::read(&bytes).map_err(|e| Failure::Input(format!("error: {}: {e}", file.display())))?;
+    // `jbin::read` resolved the target by name already; this cannot fail for a program it returned.
+    let target = jpu_isa::Target::builtin(&program.target).map_err(|e| Failure::Input(format!("error: {e}")))?;
+    Ok((program, target))
+}
+
+fn parse_inputs(args: &[String]) -> Result<Vec<(String, PathBuf)>, Failure> {
+    args.iter()
+        .map(|a| match a.split_once('=') {
+            Some((name, path)) if !name.is_empty() && !path.is_empty() => Ok((name.to_string(), PathBuf::from(path))),
+            _ => Err(Failure::Input(format!("error: --input `{a}`: expected NAME=FILE.npy"))),
+        })
+        .collect()
+}
+
+struct RunArgs<'a> {
+    file: &'a Path,
+    inputs: &'a [String],
+    output_dir: Option<&'a Path>,
+    timing_only: bool,
+    json: bool,
+    trace: Option<&'a Path>,
+    strict: bool,
+    no_race_check: bool,
+    max_cycles: Option<u64>,
+    max_instructions: Option<u64>,
+}
+
+fn run(a: RunArgs<'_>) -> Result<(), Failure> {
+    let (program, target) = load_binary(a.file)?;
+    let files = parse_inputs(a.inputs)?;
+    let inputs = if a.timing_only {
+        Vec::new()
+    } else {
+        jpu_runtime::io::load_inputs(&program, &files).map_err(|e| Failure::Input(format!("error: {e}")))?
+    };
+    let opts = jpu_runtime::RunOptions {
+        timing_only: a.timing_only,
+        check_races: !a.no_race_check,
+        strict_uninit: a.strict,
+        max_cycles: a.max_cycles,
+        max_instructions: a.max_instructions,
+        trace: a.trace.is_some(),
+    };
+    let outcome = jpu_runtime::run(&program, &target, &inputs, &opts)
+        .map_err(|f| Failure::Fault(format!("fault: {}: {f}", a.file.display())))?;
+    if let Some(path) = a.trace {
+        let doc = jpu_runtime::trace::chrome_trace(&program, &target, &outcome.trace);
+        write_file(path, doc.to_string().as_bytes())?;
+    }
+    if let Some(dir) = a.output_dir {
+        jpu_runtime::io::write_outputs(&program, &outcome.outputs, dir)
+            .map_err(|e| Failure::Input(format!("error: {e}")))?;
+    }
+    let r = &outcome.report;
+    if a.json {
+        println!("{}", r.to_json());
+    } else {
+        println!(
+            "{}: {} cycles ({:.3} us at {} GHz) on {}",
+            a.file.display(),
+            r.cycles,
+            r.time_us,
+            r.clock_ghz,
+            target.name
+        );
+        println!(
+            "roofline: {} cycles ({}-bound, from the {} counts), {:.1}% of roofline",
+            r.roofline_cycles,
+            r.roofline.bound_by,
+            r.roofline.source,
+            100.0 * r.roofline_fraction
+        );
+        println!("{:<12} {:>12} {:>8} {:>8}", "engine", "busy cycles", "util", "insts");
+        for e in &r.engines {
+            if e.instructions == 0 {
+                continue;
+            }
+            let util = if r.cycles == 0 { 0.0 } else { 100.0 * e.busy_cycles as f64 / r.cycles as f64 };
+            println!(
+                "{:<12} {:>12} {:>7.1}% {:>8}",
+                format!("core{}.{}", e.core, e.engine),
+                e.busy_cycles,
+                util,
+                e.instructions
+            );
+        }
+        if r.uninitialized_reads > 0 {
+            println!(
+                "warning: {} reads of never-written memory (they read NaN); first: {}",
+                r.uninitialized_reads,
+                r.first_uninitialized_read.as_deref().unwrap_or("?")
+            );
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Asm { file, output } => asm(file, output),
         Command::Disasm { file, output } => disasm(file, output.as_deref()),
+        Command::Run {
+            file,
+            inputs,
+            output_dir,
+            timing_only,
+            json,
+            trace,
+            strict,
+            no_race_check,
+            max_cycles,
+            max_instructions,
+        } => run(RunArgs {
+            file,
+            inputs,
+            output_dir: output_dir.as_deref(),
+            timing_only: *timing_only,
+            json: *json,
+            trace: trace.as_deref(),
+            strict: *strict,
+            no_race_check: *no_race_check,
+            max_cycles: *max_cycles,
+            max_instructions: *max_instructions,
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -10,6 +10,7 @@
 //! | [`inst`] | the instruction table: opcodes, fields, docs; encoder/decoder/printer/parser derived from it |
 //! | [`check`] | every static constraint of every instruction, against a target |
 //! | [`cost`] | instruction timing from the target's rules |
+//! | [`numerics`] | dtype conversions and the portable math of VE and ACT (bit-exact) |
 //! | [`program`] | a whole program (tensors, semaphores, streams) and its validation |
 //! | [`jbin`] | the `.jbin` binary container |
 //! | [`jasm`] | the `.jasm` assembly text |
@@ -30,6 +31,7 @@ pub mod dtype;
 pub mod inst;
 pub mod jasm;
 pub mod jbin;
+pub mod numerics;
 pub mod operand;
 pub mod program;
 #[cfg(feature = "random")]

@@ -652,7 +652,7 @@ byte_enum!(
         Erf = "erf",
         /// x * sigmoid(x)
         Silu = "silu",
-        /// max(x, 0)
+        /// x if x > 0 or x is NaN, else +0
         Relu = "relu",
         /// 1 / sqrt(x)
         Rsqrt = "rsqrt",

@@ -1,0 +1,267 @@
+//! Program inputs and outputs as `.npy` files.
+//!
+//! Inputs: any numpy bool, integer or float `.npy` (either byte order, C or Fortran
+//! order) is converted to the tensor's declared dtype with round-to-nearest-even
+//! (integers saturate; f64 values round once, through a round-to-odd f32). Its
+//! shape must equal the declared shape. Outputs: `DIR/<name>.npy`, float32 (int32
+//! for integer dtypes), with the declared shape.
+
+use std::path::{Path, PathBuf};
+
+use jpu_isa::numerics::{load_f32, store_f32};
+use jpu_isa::program::{Role, TensorDecl};
+use jpu_isa::{DType, Program};
+use npyz::{TypeChar, WriterBuilder};
+
+/// Bad input files: what and where.
+#[derive(Debug, thiserror::Error)]
+pub enum IoError {
+    /// A file could not be read or written.
+    #[error("{path}: {message}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// An input is missing, unknown, or does not fit its tensor.
+    #[error("{0}")]
+    Mismatch(String),
+}
+
+fn file_err(path: &Path, message: impl Into<String>) -> IoError {
+    IoError::File { path: path.to_path_buf(), message: message.into() }
+}
+
+/// Rounds an f64 to f32 with round-to-odd, so that a second rounding to a format
+/// with at least two fewer significand bits equals one direct rounding.
+fn f64_to_f32_odd(v: f64) -> f32 {
+    let r = v as f32;
+    if v.is_nan() || r as f64 == v {
+        return r;
+    }
+    // Truncate toward zero, then make the last bit odd to mark inexactness.
+    let mut t = r;
+    if (t as f64).abs() > v.abs() {
+        t = f32::from_bits(t.to_bits() - 1);
+    }
+    f32::from_bits(t.to_bits() | 1)
+}
+
+/// Stores a value given as f64 into one element of `dtype` (one rounding).
+pub fn store_f64(dtype: DType, v: f64, out: &mut [u8]) {
+    match dtype {
+        DType::F32 => out[..4].copy_from_slice(&(v as f32).to_le_bytes()),
+        DType::I8 => out[0] = if v.is_nan() { 0 } else { v.round_ties_even().clamp(-128.0, 127.0) as i8 as u8 },
+        DType::I32 => {
+            let x = if v.is_nan() { 0 } else { v.round_ties_even().clamp(i32::MIN as f64, i32::MAX as f64) as i32 };
+            out[..4].copy_from_slice(&x.to_le_bytes());
+        }
+        _ => store_f32(dtype, f64_to_f32_odd(v), out),
+    }
+}
+
+/// Stores an integer into one element of `dtype` (exact or one rounding; saturating).
+fn store_i128(dtype: DType, v: i128, out: &mut [u8]) {
+    match dtype {
+        DType::I8 => out[0] = v.clamp(-128, 127) as i8 as u8,
+        DType::I32 => out[..4].copy_from_slice(&(v.clamp(i32::MIN as i128, i32::MAX as i128) as i32).to_le_bytes()),
+        // |v| < 2^64 is exact in f64 only below 2^53; above, round-to-odd through f64 first.
+        _ if v.unsigned_abs() < (1u128 << 53) => store_f64(dtype, v as f64, out),
+        DType::F32 => out[..4].copy_from_slice(&(v as f32).to_le_bytes()),
+        _ => store_f32(dtype, v as f32, out),
+    }
+}
+
+/// Reads an `.npy` file and converts it to the bytes of `tensor` (its dtype and shape).
+pub fn read_npy_for(path: &Path, tensor: &TensorDecl) -> Result<Vec<u8>, IoError> {
+    let bytes = std::fs::read(path).map_err(|e| file_err(path, format!("cannot read: {e}")))?;
+    let npy = npyz::NpyFile::new(&bytes[..]).map_err(|e| file_err(path, format!("not a valid .npy file: {e}")))?;
+    let shape = npy.shape().to_vec();
+    if shape != tensor.shape {
+        return Err(IoError::Mismatch(format!(
+            "input `{}`: {} has shape {:?}, but the program declares {}{:?}",
+            tensor.name,
+            path.display(),
+            shape,
+            tensor.dtype,
+            tensor.shape
+        )));
+    }
+    let fortran = matches!(npy.order(), npyz::Order::Fortran);
+    let npyz::DType::Plain(ts) = npy.dtype() else {
+        return Err(file_err(path, "structured or array dtypes are not supported; save a plain numeric array"));
+    };
+    let (kind, size) = (ts.type_char(), ts.size_field());
+    let size_bytes = tensor.dtype.size_bytes() as usize;
+    let n = tensor.elems() as usize;
+    let mut out = vec![0u8; n * size_bytes];
+    let bad = |e: std::io::Error| file_err(path, format!("cannot read the data: {e}"));
+    // Element i of the file in C order.
+    let order: Vec<usize> = if fortran { fortran_to_c(&shape) } else { (0..n).collect() };
+    macro_rules! fill {
+        ($t:ty, $store:expr) => {{
+            let v: Vec<$t> = npy.into_vec::<$t>().map_err(bad)?;
+            if v.len() != n {
+                return Err(file_err(path, format!("holds {} elements; its shape needs {n}", v.len())));
+            }
+            for (dst, &src) in order.iter().enumerate() {
+                $store(v[src], &mut out[dst * size_bytes..]);
+            }
+        }};
+    }
+    let d = tensor.dtype;
+    match (kind, size) {
+        (TypeChar::Float, 2) => fill!(half::f16, |x: half::f16, o: &mut [u8]| store_f64(d, x.to_f64(), o)),
+        (TypeChar::Float, 4) => fill!(f32, |x: f32, o: &mut [u8]| store_f32(d, x, o)),
+        (TypeChar::Float, 8) => fill!(f64, |x: f64, o: &mut [u8]| store_f64(d, x, o)),
+        (TypeChar::Int, 1) => fill!(i8, |x: i8, o: &mut [u8]| store_i128(d, x as i128, o)),
+        (TypeChar::Int, 2) => fill!(i16, |x: i16, o: &mut [u8]| store_i128(d, x as i128, o)),
+        (TypeChar::Int, 4) => fill!(i32, |x: i32, o: &mut [u8]| store_i128(d, x as i128, o)),
+        (TypeChar::Int, 8) => fill!(i64, |x: i64, o: &mut [u8]| store_i128(d, x as i128, o)),
+        (TypeChar::Uint, 1) => fill!(u8, |x: u8, o: &mut [u8]| store_i128(d, x as i128, o)),
+        (TypeChar::Uint, 2) => fill!(u16, |x: u16, o: &mut [u8]| store_i128(d, x as i128, o)),
+        (TypeChar::Uint, 4) => fill!(u32, |x: u32, o: &mut [u8]| store_i128(d, x as i128, o)),
+        (TypeChar::Uint, 8) => fill!(u64, |x: u64, o: &mut [u8]| store_i128(d, x as i128, o)),
+        (TypeChar::Bool, 1) => fill!(bool, |x: bool, o: &mut [u8]| store_i128(d, x as i128, o)),
+        _ => return Err(file_err(path, format!("dtype `{ts}` is not a numpy bool, integer or float type"))),
+    }
+    Ok(out)
+}
+
+/// For C-order index i, the index of the same element in Fortran order.
+fn fortran_to_c(shape: &[u64]) -> Vec<usize> {
+    let n: u64 = shape.iter().product();
+    let mut out = Vec::with_capacity(n as usize);
+    let mut idx = vec![0u64; shape.len()];
+    for _ in 0..n {
+        let mut f = 0u64;
+        let mut stride = 1u64;
+        for (k, &d) in shape.iter().enumerate() {
+            f += idx[k] * stride;
+            stride *= d;
+        }
+        out.push(f as usize);
+        for k in (0..shape.len()).rev() {
+            idx[k] += 1;
+            if idx[k] < shape[k] {
+                break;
+            }
+            idx[k] = 0;
+        }
+    }
+    out
+}
+
+/// Loads every input tensor of `program` from `NAME=PATH` pairs.
+pub fn load_inputs(program: &Program, files: &[(String, PathBuf)]) -> Result<Vec<(String, Vec<u8>)>, IoError> {
+    let mut out = Vec::new();
+    for (name, _) in files {
+        match program.tensors.iter().find(|t| &t.name == name) {
+            Some(t) if t.role == Role::Input => {}
+            Some(t) => {
+                return Err(IoError::Mismatch(format!(
+                    "`{name}` is a {} tensor, not an input of the program",
+                    t.role.name()
+                )))
+            }
+            None => {
+                let inputs: Vec<&str> =
+                    program.tensors.iter().filter(|t| t.role == Role::Input).map(|t| t.name.as_str()).collect();
+                return Err(IoError::Mismatch(format!(
+                    "the program has no input `{name}` (its inputs: {})",
+                    if inputs.is_empty() { "none".to_string() } else { inputs.join(", ") }
+                )));
+            }
+        }
+    }
+    for t in program.tensors.iter().filter(|t| t.role == Role::Input) {
+        let matching: Vec<&PathBuf> = files.iter().filter(|(n, _)| n == &t.name).map(|(_, p)| p).collect();
+        match matching.as_slice() {
+            [] => {
+                return Err(IoError::Mismatch(format!(
+                    "missing input `{}` ({}{:?}): pass --input {}=FILE.npy",
+                    t.name, t.dtype, t.shape, t.name
+                )))
+            }
+            [path] => out.push((t.name.clone(), read_npy_for(path, t)?)),
+            _ => return Err(IoError::Mismatch(format!("input `{}` is given more than once", t.name))),
+        }
+    }
+    Ok(out)
+}
+
+/// Decodes a tensor's bytes as f32 values.
+pub fn decode_f32(dtype: DType, bytes: &[u8]) -> Vec<f32> {
+    bytes.chunks_exact(dtype.size_bytes() as usize).map(|c| load_f32(dtype, c)).collect()
+}
+
+/// Writes each output as `dir/<name>.npy` (float32, or int32 for integer dtypes).
+pub fn write_outputs(program: &Program, outputs: &[(String, Vec<u8>)], dir: &Path) -> Result<Vec<PathBuf>, IoError> {
+    std::fs::create_dir_all(dir).map_err(|e| file_err(dir, format!("cannot create the directory: {e}")))?;
+    let mut written = Vec::new();
+    for (name, bytes) in outputs {
+        let Some(t) = program.tensors.iter().find(|t| &t.name == name) else { continue };
+        let path = dir.join(format!("{name}.npy"));
+        let file = std::fs::File::create(&path).map_err(|e| file_err(&path, format!("cannot create: {e}")))?;
+        let w = std::io::BufWriter::new(file);
+        let result = if t.dtype.is_int() {
+            let vals: Vec<i32> = bytes
+                .chunks_exact(t.dtype.size_bytes() as usize)
+                .map(|c| {
+                    if t.dtype == DType::I8 {
+                        c[0] as i8 as i32
+                    } else {
+                        i32::from_le_bytes([c[0], c[1], c[2], c[3]])
+                    }
+                })
+                .collect();
+            npyz::WriteOptions::new()
+                .default_dtype()
+                .shape(&t.shape)
+                .writer(w)
+                .begin_nd()
+                .and_then(|mut wr| wr.extend(vals).and_then(|_| wr.finish()))
+        } else {
+            let vals = decode_f32(t.dtype, bytes);
+            npyz::WriteOptions::new()
+                .default_dtype()
+                .shape(&t.shape)
+                .writer(w)
+                .begin_nd()
+                .and_then(|mut wr| wr.extend(vals).and_then(|_| wr.finish()))
+        };
+        result.map_err(|e| file_err(&path, format!("cannot write: {e}")))?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f64_rounds_once_to_narrow_formats() {
+        // 1 + 2^-8 + 2^-30 lies just above the bf16 tie between 1 and 1 + 2^-7: one
+        // rounding goes up; rounding to f32 first (which drops 2^-30) would make it a
+        // tie and round down to even.
+        let v = 1.0 + 2f64.powi(-8) + 2f64.powi(-30);
+        let mut b = [0u8; 2];
+        store_f64(DType::Bf16, v, &mut b);
+        assert_eq!(u16::from_le_bytes(b), 0x3f81);
+        store_f64(DType::Bf16, 1.0 + 2f64.powi(-8), &mut b);
+        assert_eq!(u16::from_le_bytes(b), 0x3f80, "an exact tie rounds to even");
+        let mut i = [0u8; 4];
+        store_f64(DType::I32, 2.5, &mut i);
+        assert_eq!(i32::from_le_bytes(i), 2);
+        store_f64(DType::I32, 1e12, &mut i);
+        assert_eq!(i32::from_le_bytes(i), i32::MAX);
+    }
+
+    #[test]
+    fn fortran_order_maps_to_c_order() {
+        // A 2x3 array in Fortran order stores column by column.
+        assert_eq!(fortran_to_c(&[2, 3]), vec![0, 2, 4, 1, 3, 5]);
+    }
+}

@@ -1,0 +1,200 @@
+//! The simulator's memories: per-core SRAM and PSUM, and sparse HBM.
+//!
+//! Never-written bytes read as `0xff`, which is a NaN in every float dtype (and -1
+//! in the integer ones), so a kernel that reads uninitialised memory produces
+//! visibly wrong results even when strict checking is off. HBM is held sparsely in
+//! 64 KiB pages: only the pages a program's tensors and transfers touch exist.
+
+use std::collections::HashMap;
+
+use jpu_isa::operand::{DmaSide, DmaSpace, Space, Tile};
+use jpu_isa::Target;
+
+/// Byte value of never-written memory.
+pub const FILL: u8 = 0xff;
+
+const PAGE_BITS: u32 = 16;
+const PAGE: usize = 1 << PAGE_BITS;
+
+/// Sparse HBM.
+#[derive(Default)]
+pub struct Hbm {
+    pages: HashMap<u64, Box<[u8]>>,
+}
+
+impl Hbm {
+    fn page(&mut self, index: u64) -> &mut [u8] {
+        self.pages.entry(index).or_insert_with(|| vec![FILL; PAGE].into_boxed_slice())
+    }
+
+    /// Copies `out.len()` bytes starting at `addr` into `out`.
+    pub fn read(&self, mut addr: u64, out: &mut [u8]) {
+        let mut done = 0;
+        while done < out.len() {
+            let (index, off) = (addr >> PAGE_BITS, (addr as usize) & (PAGE - 1));
+            let n = (PAGE - off).min(out.len() - done);
+            match self.pages.get(&index) {
+                Some(p) => out[done..done + n].copy_from_slice(&p[off..off + n]),
+                None => out[done..done + n].fill(FILL),
+            }
+            done += n;
+            addr += n as u64;
+        }
+    }
+
+    /// Writes `data` starting at `addr`.
+    pub fn write(&mut self, mut addr: u64, data: &[u8]) {
+        let mut done = 0;
+        while done < data.len() {
+            let (index, off) = (addr >> PAGE_BITS, (addr as usize) & (PAGE - 1));
+            let n = (PAGE - off).min(data.len() - done);
+            self.page(index)[off..off + n].copy_from_slice(&data[done..done + n]);
+            done += n;
+            addr += n as u64;
+        }
+    }
+
+    /// Bytes of HBM the simulator holds.
+    pub fn resident_bytes(&self) -> u64 {
+        self.pages.len() as u64 * PAGE as u64
+    }
+}
+
+/// One core's on-chip memories.
+pub struct CoreMemory {
+    /// SRAM, partition-major: byte `p * sram_partition_bytes + offset`.
+    pub sram: Vec<u8>,
+    /// PSUM, partition-major.
+    pub psum: Vec<u8>,
+    /// Bytes per SRAM partition.
+    pub sram_partition_bytes: usize,
+    /// Bytes per PSUM partition.
+    pub psum_partition_bytes: usize,
+}
+
+impl CoreMemory {
+    /// Fresh (never-written) memories for `target`.
+    pub fn new(target: &Target) -> CoreMemory {
+        let sp = target.sram.partition_bytes as usize;
+        let pp = target.psum.partition_bytes as usize;
+        CoreMemory {
+            sram: vec![FILL; sp * target.sram.partitions as usize],
+            psum: vec![FILL; pp * target.psum.partitions as usize],
+            sram_partition_bytes: sp,
+            psum_partition_bytes: pp,
+        }
+    }
+
+    /// The memory of `space` and its partition size.
+    pub fn space(&self, space: Space) -> (&[u8], usize) {
+        match space {
+            Space::Sram => (&self.sram, self.sram_partition_bytes),
+            Space::Psum => (&self.psum, self.psum_partition_bytes),
+        }
+    }
+
+    /// Mutable access to the memory of `space` and its partition size.
+    pub fn space_mut(&mut self, space: Space) -> (&mut [u8], usize) {
+        match space {
+            Space::Sram => (&mut self.sram, self.sram_partition_bytes),
+            Space::Psum => (&mut self.psum, self.psum_partition_bytes),
+        }
+    }
+}
+
+/// Byte offsets (relative to the tile's `offset`) of each element of a tile's access
+/// pattern, in pattern order.
+pub fn tile_element_offsets(tile: &Tile) -> Vec<i64> {
+    let size = tile.dtype.size_bytes() as i64;
+    let mut out = vec![0i64];
+    for d in tile.dims() {
+        let mut next = Vec::with_capacity(out.len() * d.count as usize);
+        for &base in &out {
+            for i in 0..d.count as i64 {
+                next.push(base + i * d.stride as i64 * size);
+            }
+        }
+        out = next;
+    }
+    out
+}
+
+/// Absolute byte addresses (in the flat partition-major memory) of every element
+/// of a tile, partition by partition.
+pub fn tile_addresses(tile: &Tile, partition_bytes: usize) -> impl Iterator<Item = usize> + '_ {
+    let offsets = tile_element_offsets(tile);
+    let base = tile.offset as i64;
+    (tile.part_start as usize..tile.part_start as usize + tile.part_count as usize).flat_map(move |p| {
+        let row = (p * partition_bytes) as i64 + base;
+        offsets.clone().into_iter().map(move |o| (row + o) as usize)
+    })
+}
+
+/// Contiguous byte runs `(address, length)` of one DMA side, in element order.
+pub fn dma_runs(side: &DmaSide, elem_bytes: u64) -> Vec<(u64, u64)> {
+    let run_elems = side.run_elems(elem_bytes);
+    let run_len = run_elems * elem_bytes;
+    // Dims inside the run are merged; iterate the rest as an odometer.
+    let dims = side.dims();
+    let mut inner = 1u64;
+    let mut split = dims.len();
+    while split > 0 && inner < run_elems {
+        inner *= dims[split - 1].count as u64;
+        split -= 1;
+    }
+    let outer = &dims[..split];
+    let mut runs = Vec::new();
+    let total: u64 = outer.iter().map(|d| d.count as u64).product();
+    let mut idx = vec![0u32; outer.len()];
+    for _ in 0..total {
+        let mut addr = side.addr as i128;
+        for (d, &i) in outer.iter().zip(&idx) {
+            addr += i as i128 * d.stride as i128;
+        }
+        match runs.last_mut() {
+            Some((a, l)) if *a + *l == addr as u64 => *l += run_len,
+            _ => runs.push((addr as u64, run_len)),
+        }
+        for k in (0..idx.len()).rev() {
+            idx[k] += 1;
+            if idx[k] < outer[k].count {
+                break;
+            }
+            idx[k] = 0;
+        }
+    }
+    runs
+}
+
+/// Flat SRAM byte address of a DMA side's address (SRAM sides are flat already).
+pub fn is_sram(side: &DmaSide) -> bool {
+    side.space == DmaSpace::Sram
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jpu_isa::operand::DmaDim;
+
+    #[test]
+    fn hbm_is_sparse_and_page_crossing() {
+        let mut h = Hbm::default();
+        h.write((1 << 40) - 3, &[1, 2, 3, 4, 5, 6]);
+        let mut out = [0u8; 8];
+        h.read((1 << 40) - 4, &mut out);
+        assert_eq!(out, [FILL, 1, 2, 3, 4, 5, 6, FILL]);
+        assert_eq!(h.resident_bytes(), 2 * PAGE as u64);
+    }
+
+    #[test]
+    fn dma_runs_merge_contiguous_dims() {
+        let side = DmaSide::new(
+            DmaSpace::Sram,
+            0x10,
+            &[DmaDim { count: 3, stride: 1000 }, DmaDim { count: 2, stride: 8 }, DmaDim { count: 4, stride: 2 }],
+        );
+        assert_eq!(dma_runs(&side, 2), vec![(0x10, 16), (0x10 + 1000, 16), (0x10 + 2000, 16)]);
+        let reversed = DmaSide::new(DmaSpace::Hbm, 100, &[DmaDim { count: 3, stride: -4 }]);
+        assert_eq!(dma_runs(&reversed, 4), vec![(100, 4), (96, 4), (92, 4)]);
+    }
+}

@@ -1,0 +1,377 @@
+//! Functional semantics of every instruction, in one place.
+//!
+//! Each operation reads its operands into f32 (or i32) vectors, computes with the
+//! rules of docs/isa.md ("Numerics") through [`jpu_isa::numerics`], and writes the
+//! results back rounded once into the destination dtype. A later compiled
+//! execution mode calls the same per-element functions, so both modes agree bit
+//! for bit. Operands must have passed [`jpu_isa::check::check_op`]; out-of-range
+//! tiles are the loader's to reject, and indexing here would panic on them.
+
+use jpu_isa::numerics::{activation, alu, load_f32, max_num, store_f32};
+use jpu_isa::operand::{CmpOp, Column, DmaSpace, DmaTransfer, ReduceOp, Scalar, Tile};
+use jpu_isa::{DType, Op};
+
+use crate::memory::{dma_runs, tile_element_offsets, CoreMemory, Hbm};
+
+/// Reads a tile as f32, partition-major (`P x E`).
+pub fn read_tile(mem: &CoreMemory, tile: &Tile) -> Vec<f32> {
+    let (buf, pb) = mem.space(tile.space);
+    let offsets = tile_element_offsets(tile);
+    let mut out = Vec::with_capacity(offsets.len() * tile.part_count as usize);
+    let size = tile.dtype.size_bytes() as usize;
+    for p in tile.part_start as usize..(tile.part_start + tile.part_count) as usize {
+        let row = (p * pb) as i64 + tile.offset as i64;
+        match tile.dtype {
+            // Contiguous f32 and bf16 rows are the hot path of matmul operands.
+            DType::F32 if tile.is_contiguous() => {
+                let s = row as usize;
+                out.extend(
+                    buf[s..s + 4 * offsets.len()].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+                );
+            }
+            DType::Bf16 if tile.is_contiguous() => {
+                let s = row as usize;
+                out.extend(
+                    buf[s..s + 2 * offsets.len()]
+                        .chunks_exact(2)
+                        .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16)),
+                );
+            }
+            dtype => {
+                for &o in &offsets {
+                    let a = (row + o) as usize;
+                    out.push(load_f32(dtype, &buf[a..a + size]));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Reads an integer tile exactly (i8 or i32 sources of the PE).
+fn read_tile_i32(mem: &CoreMemory, tile: &Tile) -> Vec<i32> {
+    let (buf, pb) = mem.space(tile.space);
+    let offsets = tile_element_offsets(tile);
+    let mut out = Vec::with_capacity(offsets.len() * tile.part_count as usize);
+    for p in tile.part_start as usize..(tile.part_start + tile.part_count) as usize {
+        let row = (p * pb) as i64 + tile.offset as i64;
+        for &o in &offsets {
+            let a = (row + o) as usize;
+            out.push(match tile.dtype {
+                DType::I8 => buf[a] as i8 as i32,
+                _ => i32::from_le_bytes([buf[a], buf[a + 1], buf[a + 2], buf[a + 3]]),
+            });
+        }
+    }
+    out
+}
+
+/// Writes `P x E` f32 values into a tile, rounding into its dtype.
+pub fn write_tile(mem: &mut CoreMemory, tile: &Tile, vals: &[f32]) {
+    let (buf, pb) = mem.space_mut(tile.space);
+    let offsets = tile_element_offsets(tile);
+    let size = tile.dtype.size_bytes() as usize;
+    let mut i = 0;
+    for p in tile.part_start as usize..(tile.part_start + tile.part_count) as usize {
+        let row = (p * pb) as i64 + tile.offset as i64;
+        if tile.dtype == DType::F32 && tile.is_contiguous() {
+            let s = row as usize;
+            for (c, v) in buf[s..s + 4 * offsets.len()].chunks_exact_mut(4).zip(&vals[i..i + offsets.len()]) {
+                c.copy_from_slice(&v.to_le_bytes());
+            }
+            i += offsets.len();
+            continue;
+        }
+        for &o in &offsets {
+            let a = (row + o) as usize;
+            store_f32(tile.dtype, vals[i], &mut buf[a..a + size]);
+            i += 1;
+        }
+    }
+}
+
+fn write_tile_i32(mem: &mut CoreMemory, tile: &Tile, vals: &[i32]) {
+    let (buf, pb) = mem.space_mut(tile.space);
+    let offsets = tile_element_offsets(tile);
+    let mut i = 0;
+    for p in tile.part_start as usize..(tile.part_start + tile.part_count) as usize {
+        let row = (p * pb) as i64 + tile.offset as i64;
+        for &o in &offsets {
+            let a = (row + o) as usize;
+            buf[a..a + 4].copy_from_slice(&vals[i].to_le_bytes());
+            i += 1;
+        }
+    }
+}
+
+/// Reads a column: one f32 per partition of `[part_start, part_start + count)`.
+pub fn read_column(mem: &CoreMemory, col: &Column, part_start: u16, count: u16) -> Vec<f32> {
+    let (buf, pb) = mem.space(col.space);
+    let size = col.dtype.size_bytes() as usize;
+    (part_start as usize..(part_start + count) as usize)
+        .map(|p| {
+            let a = p * pb + col.offset as usize;
+            load_f32(col.dtype, &buf[a..a + size])
+        })
+        .collect()
+}
+
+fn write_column(mem: &mut CoreMemory, col: &Column, part_start: u16, vals: &[f32]) {
+    let (buf, pb) = mem.space_mut(col.space);
+    let size = col.dtype.size_bytes() as usize;
+    for (i, &v) in vals.iter().enumerate() {
+        let a = (part_start as usize + i) * pb + col.offset as usize;
+        store_f32(col.dtype, v, &mut buf[a..a + size]);
+    }
+}
+
+fn scalar_values(mem: &CoreMemory, s: &Scalar, part_start: u16, count: u16) -> Vec<f32> {
+    match s {
+        Scalar::Imm(v) => vec![v.0; count as usize],
+        Scalar::Col(c) => read_column(mem, c, part_start, count),
+    }
+}
+
+/// `acc[m][n] = acc[m][n] + a[k][m] * b[k][n]` for k in increasing order, with f32
+/// rounding after every multiply and every add (no fused multiply-add).
+pub fn matmul_f32(a_km: &[f32], b_kn: &[f32], acc_mn: &mut [f32], k: usize, m: usize, n: usize) {
+    for mi in 0..m {
+        let row = &mut acc_mn[mi * n..(mi + 1) * n];
+        for ki in 0..k {
+            let a = a_km[ki * m + mi];
+            let b = &b_kn[ki * n..(ki + 1) * n];
+            for (r, &bv) in row.iter_mut().zip(b) {
+                *r += a * bv;
+            }
+        }
+    }
+}
+
+/// The i32 analogue of [`matmul_f32`] for i8 operands (wrapping arithmetic).
+pub fn matmul_i32(a_km: &[i32], b_kn: &[i32], acc_mn: &mut [i32], k: usize, m: usize, n: usize) {
+    for mi in 0..m {
+        let row = &mut acc_mn[mi * n..(mi + 1) * n];
+        for ki in 0..k {
+            let a = a_km[ki * m + mi];
+            for (r, &bv) in row.iter_mut().zip(&b_kn[ki * n..(ki + 1) * n]) {
+                *r = r.wrapping_add(a.wrapping_mul(bv));
+            }
+        }
+    }
+}
+
+fn transpose<T: Copy>(v: &[T], rows: usize, cols: usize) -> Vec<T> {
+    let mut out = Vec::with_capacity(v.len());
+    for c in 0..cols {
+        for r in 0..rows {
+            out.push(v[r * cols + c]);
+        }
+    }
+    out
+}
+
+fn compare(cmp: CmpOp, v: i64) -> bool {
+    match cmp {
+        CmpOp::Ge => v >= 0,
+        CmpOp::Gt => v > 0,
+        CmpOp::Le => v <= 0,
+        CmpOp::Lt => v < 0,
+        CmpOp::Eq => v == 0,
+        CmpOp::Ne => v != 0,
+    }
+}
+
+/// Executes one compute instruction on a core's memories.
+pub fn execute_compute(op: &Op, mem: &mut CoreMemory) {
+    match op {
+        Op::Matmul { dst, stationary, moving, accumulate, transposed } => {
+            let k = moving.part_count as usize;
+            let n = moving.free_elems() as usize;
+            let m = dst.part_count as usize;
+            if moving.dtype.is_int() {
+                let s = read_tile_i32(mem, stationary);
+                let a = if *transposed { transpose(&s, m, k) } else { s };
+                let b = read_tile_i32(mem, moving);
+                let mut acc = if *accumulate { read_tile_i32(mem, dst) } else { vec![0; m * n] };
+                matmul_i32(&a, &b, &mut acc, k, m, n);
+                write_tile_i32(mem, dst, &acc);
+            } else {
+                let s = read_tile(mem, stationary);
+                let a = if *transposed { transpose(&s, m, k) } else { s };
+                let b = read_tile(mem, moving);
+                let mut acc = if *accumulate { read_tile(mem, dst) } else { vec![0.0; m * n] };
+                matmul_f32(&a, &b, &mut acc, k, m, n);
+                write_tile(mem, dst, &acc);
+            }
+        }
+        Op::Transpose { dst, src } => {
+            let p = src.part_count as usize;
+            let f = src.free_elems() as usize;
+            if src.dtype.is_int() {
+                let v = read_tile_i32(mem, src);
+                write_tile_i32(mem, dst, &transpose(&v, p, f));
+            } else {
+                let v = read_tile(mem, src);
+                write_tile(mem, dst, &transpose(&v, p, f));
+            }
+        }
+        Op::TensorTensor { op, dst, a, b } => {
+            let av = read_tile(mem, a);
+            let bv = read_tile(mem, b);
+            let out: Vec<f32> = av.iter().zip(&bv).map(|(&x, &y)| alu(*op, x, y)).collect();
+            write_tile(mem, dst, &out);
+        }
+        Op::TensorScalar { op, reverse, dst, src, scalar } => {
+            let v = read_tile(mem, src);
+            let s = scalar_values(mem, scalar, src.part_start, src.part_count);
+            let e = src.free_elems() as usize;
+            let out: Vec<f32> = v
+                .iter()
+                .enumerate()
+                .map(|(i, &x)| {
+                    let c = s[i / e];
+                    if *reverse {
+                        alu(*op, c, x)
+                    } else {
+                        alu(*op, x, c)
+                    }
+                })
+                .collect();
+            write_tile(mem, dst, &out);
+        }
+        Op::Reduce { op, dst, src } => {
+            let v = read_tile(mem, src);
+            let e = src.free_elems() as usize;
+            let out: Vec<f32> = v
+                .chunks(e)
+                .map(|row| {
+                    let first = row[0];
+                    row[1..].iter().fold(first, |acc, &x| match op {
+                        ReduceOp::Sum => acc + x,
+                        ReduceOp::Max => max_num(acc, x),
+                    })
+                })
+                .collect();
+            write_tile(mem, dst, &out);
+        }
+        Op::Copy { dst, src } => {
+            if src.dtype.is_int() && dst.dtype.is_int() {
+                // Integer copies are exact (i32 -> i8 saturates).
+                let v = read_tile_i32(mem, src);
+                let (buf, pb) = mem.space_mut(dst.space);
+                let offsets = tile_element_offsets(dst);
+                let mut i = 0;
+                for p in dst.part_start as usize..(dst.part_start + dst.part_count) as usize {
+                    for &o in &offsets {
+                        let a = ((p * pb) as i64 + dst.offset as i64 + o) as usize;
+                        match dst.dtype {
+                            DType::I8 => buf[a] = v[i].clamp(-128, 127) as i8 as u8,
+                            _ => buf[a..a + 4].copy_from_slice(&v[i].to_le_bytes()),
+                        }
+                        i += 1;
+                    }
+                }
+            } else {
+                let v = read_tile(mem, src);
+                write_tile(mem, dst, &v);
+            }
+        }
+        Op::Memset { dst, value } => {
+            let n = dst.part_count as usize * dst.free_elems() as usize;
+            write_tile(mem, dst, &vec![value.0; n]);
+        }
+        Op::Iota { dst, base, partition_step, free_step } => {
+            let e = dst.free_elems() as i64;
+            let vals: Vec<i64> = (0..dst.part_count as i64)
+                .flat_map(|p| (0..e).map(move |i| *base as i64 + *partition_step as i64 * p + *free_step as i64 * i))
+                .collect();
+            if dst.dtype.is_int() {
+                let v: Vec<i32> = vals.iter().map(|&x| x.clamp(i32::MIN as i64, i32::MAX as i64) as i32).collect();
+                if dst.dtype == DType::I8 {
+                    let f: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+                    write_tile(mem, dst, &f);
+                } else {
+                    write_tile_i32(mem, dst, &v);
+                }
+            } else {
+                let f: Vec<f32> = vals.iter().map(|&x| x as f32).collect();
+                write_tile(mem, dst, &f);
+            }
+        }
+        Op::Select { cmp, dst, src, partition_step, free_step, base, fill } => {
+            let v = read_tile(mem, src);
+            let e = src.free_elems() as usize;
+            let out: Vec<f32> = v
+                .iter()
+                .enumerate()
+                .map(|(idx, &x)| {
+                    let (p, i) = ((idx / e) as i64, (idx % e) as i64);
+                    let expr = *partition_step as i64 * p + *free_step as i64 * i + *base as i64;
+                    if compare(*cmp, expr) {
+                        x
+                    } else {
+                        fill.0
+                    }
+                })
+                .collect();
+            write_tile(mem, dst, &out);
+        }
+        Op::Activate { func, dst, src, scale, bias, accum } => {
+            let v = read_tile(mem, src);
+            let sc = scalar_values(mem, scale, src.part_start, src.part_count);
+            let bi = scalar_values(mem, bias, src.part_start, src.part_count);
+            let e = src.free_elems() as usize;
+            let out: Vec<f32> =
+                v.iter().enumerate().map(|(i, &x)| activation(*func, x * sc[i / e] + bi[i / e])).collect();
+            if let Some(col) = accum {
+                let sums: Vec<f32> = out.chunks(e).map(|row| row.iter().fold(0.0f32, |a, &y| a + y)).collect();
+                write_column(mem, col, dst.part_start, &sums);
+            }
+            write_tile(mem, dst, &out);
+        }
+        Op::Dma { .. } | Op::Nop {} | Op::Halt {} => {}
+    }
+}
+
+/// Executes a DMA transfer: gathers the source runs, scatters into the destination.
+pub fn execute_dma(x: &DmaTransfer, mem: &mut CoreMemory, hbm: &mut Hbm) {
+    let e = x.elem_bytes as u64;
+    let mut data = Vec::with_capacity(x.bytes() as usize);
+    for (addr, len) in dma_runs(&x.src, e) {
+        let start = data.len();
+        data.resize(start + len as usize, 0);
+        match x.src.space {
+            DmaSpace::Hbm => hbm.read(addr, &mut data[start..]),
+            DmaSpace::Sram => data[start..].copy_from_slice(&mem.sram[addr as usize..(addr + len) as usize]),
+        }
+    }
+    let mut at = 0usize;
+    for (addr, len) in dma_runs(&x.dst, e) {
+        let chunk = &data[at..at + len as usize];
+        match x.dst.space {
+            DmaSpace::Hbm => hbm.write(addr, chunk),
+            DmaSpace::Sram => mem.sram[addr as usize..(addr + len) as usize].copy_from_slice(chunk),
+        }
+        at += len as usize;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matmul_accumulates_in_increasing_k_order() {
+        // With k order 0,1,2: (1e8 + 1) - 1e8 + 1 = 0 + 1 = 1 in f32 (1e8 + 1 rounds to 1e8).
+        let a = [1.0f32, 1.0, 1.0];
+        let b = [1e8f32, -1e8, 1.0];
+        let mut acc = [1.0f32];
+        matmul_f32(&a, &b, &mut acc, 3, 1, 1);
+        assert_eq!(acc[0], 1.0 + 1e8 - 1e8 + 1.0);
+        let mut naive = 1.0f32;
+        for (x, y) in a.iter().zip(&b) {
+            naive += x * y;
+        }
+        assert_eq!(acc[0].to_bits(), naive.to_bits());
+    }
+}

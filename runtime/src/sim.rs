@@ -1,0 +1,721 @@
+//! The event-driven simulator: timing, semaphores, functional execution, checks.
+//!
+//! Time advances from event to event (an instruction finishing, a DMA's latency
+//! elapsing, a transfer draining), so the cost of a run grows with its
+//! instructions, not its cycles. Each engine runs its stream in order:
+//!
+//! - PE, VE and ACT start an instruction when the previous one has finished and
+//!   its wait holds; it takes [`jpu_isa::cost::compute_cycles`] cycles.
+//! - A DMA queue *issues* its next transfer as soon as the wait holds (issue takes
+//!   no time, so latencies of one queue overlap); a transfer's data phase starts
+//!   `latency` cycles after issue and after the previous transfer of the queue has
+//!   drained; the data phases active on a core share its HBM bandwidth evenly. A
+//!   `nop` or `halt` on a queue completes once every earlier transfer has.
+//!
+//! Bandwidth is tracked exactly in integer units of `1 / (den * 720720)` bytes
+//! (720720 = lcm(1..=16) divides any share count), so cycle counts are exact and
+//! deterministic. Effects are applied when an instruction completes, in time
+//! order (ties by core and engine); a program whose accesses are ordered by
+//! semaphores therefore computes the same data under any timing.
+
+use std::collections::VecDeque;
+
+use jpu_isa::check::check_inst;
+use jpu_isa::cost::{compute_cycles, dma_cost, pe_flops};
+use jpu_isa::operand::{DmaSpace, Space};
+use jpu_isa::program::Role;
+use jpu_isa::{Engine, Inst, Op, Program, Target};
+
+use crate::footprint::{footprint, Access};
+use crate::memory::{CoreMemory, Hbm};
+use crate::race::{epoch, epoch_clock, epoch_engine, Conflict, Mem, Shadow, MAX_CLOCK};
+use crate::report::{EngineReport, ExecutedWork, Report};
+use crate::semantics::{execute_compute, execute_dma};
+
+/// How to run a program.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Model time only: no data, no race or uninitialised-read checks; same cycles.
+    pub timing_only: bool,
+    /// Check for races between unordered engines (functional runs only).
+    pub check_races: bool,
+    /// Treat a read of never-written memory as a fault (else it reads NaN and is counted).
+    pub strict_uninit: bool,
+    /// Stop with a fault past this many cycles.
+    pub max_cycles: Option<u64>,
+    /// Stop with a fault past this many started instructions.
+    pub max_instructions: Option<u64>,
+    /// Record a trace slice per instruction.
+    pub trace: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            timing_only: false,
+            check_races: true,
+            strict_uninit: false,
+            max_cycles: None,
+            max_instructions: None,
+            trace: false,
+        }
+    }
+}
+
+/// Identifies one instruction of a program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InstRef {
+    /// Core.
+    pub core: usize,
+    /// Engine.
+    pub engine: Engine,
+    /// Position in the engine's stream.
+    pub index: usize,
+}
+
+/// One instruction's time on its engine, for traces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceSlice {
+    /// The instruction.
+    pub inst: InstRef,
+    /// Start cycle (for DMA: the start of the data phase).
+    pub start: u64,
+    /// End cycle.
+    pub end: u64,
+    /// For DMA: the issue cycle.
+    pub issue: Option<u64>,
+}
+
+/// What went wrong during a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FaultKind {
+    /// An instruction breaks a constraint of the target (bounds, shapes, engine).
+    IllegalInstruction {
+        /// Which operand and limit.
+        message: String,
+    },
+    /// Two accesses to the same bytes, at least one a write, with no semaphore chain between them.
+    Race {
+        /// The earlier access.
+        earlier: InstRef,
+        /// What the two accesses were.
+        conflict: Conflict,
+        /// Memory and first byte.
+        mem: Mem,
+        /// First conflicting byte.
+        addr: u64,
+    },
+    /// A read of memory that no instruction and no input wrote (strict mode).
+    UninitializedRead {
+        /// Memory.
+        mem: Mem,
+        /// First such byte.
+        addr: u64,
+    },
+    /// Every unfinished engine waits for a semaphore that can no longer change.
+    Deadlock {
+        /// Each blocked engine: its next instruction, the semaphore, the awaited and current values.
+        waits: Vec<(InstRef, u8, u32, u32)>,
+    },
+    /// The run passed the cycle limit.
+    CycleLimit(u64),
+    /// The run passed the instruction limit.
+    InstructionLimit(u64),
+}
+
+/// A fault, with the instruction it concerns and a rendered message that names the
+/// core, engine, index, the instruction's `.jasm` text and its debug op.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fault {
+    /// The faulting instruction (for deadlocks and limits: the first blocked or running one).
+    pub inst: Option<InstRef>,
+    /// Cycle at which the fault was found.
+    pub cycle: u64,
+    /// What happened.
+    pub kind: FaultKind,
+    /// Human-readable description.
+    pub message: String,
+}
+
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Fault {}
+
+/// The result of a run.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Output tensors' bytes in their declared dtypes (empty in timing-only runs).
+    pub outputs: Vec<(String, Vec<u8>)>,
+    /// Cycles, utilisation, roofline.
+    pub report: Report,
+    /// Per-instruction slices, when requested.
+    pub trace: Vec<TraceSlice>,
+}
+
+const SHARE_LCM: u128 = 720_720;
+
+struct Running {
+    index: usize,
+    start: u64,
+    end: u64,
+    vc: Vec<u32>,
+}
+
+struct Transfer {
+    index: usize,
+    issue: u64,
+    ready_at: u64,
+    remaining: u128,
+    started: Option<u64>,
+    vc: Vec<u32>,
+}
+
+struct EngineState<'p> {
+    core: usize,
+    engine: Engine,
+    stream: &'p [Inst],
+    pc: usize,
+    running: Option<Running>,
+    inflight: VecDeque<Transfer>,
+    busy: u64,
+    vc: Vec<u32>,
+}
+
+impl EngineState<'_> {
+    fn is_dma(&self) -> bool {
+        self.engine.0 >= 3
+    }
+    fn finished(&self) -> bool {
+        self.pc >= self.stream.len() && self.running.is_none() && self.inflight.is_empty()
+    }
+}
+
+struct CoreState {
+    mem: Option<CoreMemory>,
+    sems: Vec<u32>,
+    /// `history[s][k]`: join of the clocks of the first k+1 signals of semaphore s.
+    history: Vec<Vec<Vec<u32>>>,
+}
+
+/// Runs `program` on `target` with `inputs` (raw bytes in each input's declared
+/// dtype, by tensor name).
+pub fn run(
+    program: &Program,
+    target: &Target,
+    inputs: &[(String, Vec<u8>)],
+    opts: &RunOptions,
+) -> Result<Outcome, Fault> {
+    Sim::new(program, target, opts)?.run(inputs)
+}
+
+struct Sim<'p> {
+    p: &'p Program,
+    t: &'p Target,
+    opts: &'p RunOptions,
+    engines: Vec<EngineState<'p>>,
+    cores: Vec<CoreState>,
+    hbm: Hbm,
+    shadow: Option<Shadow>,
+    now: u64,
+    started: u64,
+    trace: Vec<TraceSlice>,
+    work: ExecutedWork,
+    uninit_reads: u64,
+    first_uninit: Option<(InstRef, Mem, u64)>,
+    epe: usize,
+    rate_num: u128,
+    units_per_byte: u128,
+}
+
+impl<'p> Sim<'p> {
+    fn new(p: &'p Program, t: &'p Target, opts: &'p RunOptions) -> Result<Sim<'p>, Fault> {
+        let epe = t.engines_per_core() as usize;
+        // Illegal instructions are reported as faults at the instruction (a program
+        // read from a .jbin has already passed these checks).
+        for (c, e, i, inst) in p.instructions() {
+            if let Err(ce) = check_inst(inst, e, t) {
+                let r = InstRef { core: c, engine: e, index: i };
+                let message = format!("illegal instruction: {}: {ce}", describe(p, r));
+                return Err(Fault {
+                    inst: Some(r),
+                    cycle: 0,
+                    kind: FaultKind::IllegalInstruction { message: ce.to_string() },
+                    message,
+                });
+            }
+        }
+        let functional = !opts.timing_only;
+        let g_total = p.cores.len() * epe;
+        let mut engines = Vec::with_capacity(g_total);
+        for (c, core) in p.cores.iter().enumerate() {
+            for (e, stream) in core.iter().enumerate().take(epe) {
+                engines.push(EngineState {
+                    core: c,
+                    engine: Engine(e as u8),
+                    stream,
+                    pc: 0,
+                    running: None,
+                    inflight: VecDeque::new(),
+                    busy: 0,
+                    vc: if functional && opts.check_races { vec![0; g_total] } else { Vec::new() },
+                });
+            }
+        }
+        let sems = t.sync.semaphores as usize;
+        let cores = p
+            .cores
+            .iter()
+            .map(|_| CoreState {
+                mem: functional.then(|| CoreMemory::new(t)),
+                sems: vec![0; sems],
+                history: vec![Vec::new(); sems],
+            })
+            .collect();
+        let shadow = functional.then(|| {
+            Shadow::new(
+                (t.sram.partitions * t.sram.partition_bytes) as usize,
+                (t.psum.partitions * t.psum.partition_bytes) as usize,
+            )
+        });
+        Ok(Sim {
+            p,
+            t,
+            opts,
+            engines,
+            cores,
+            hbm: Hbm::default(),
+            shadow,
+            now: 0,
+            started: 0,
+            trace: Vec::new(),
+            work: ExecutedWork::default(),
+            uninit_reads: 0,
+            first_uninit: None,
+            epe,
+            rate_num: t.hbm.bytes_per_cycle.num as u128 * SHARE_LCM,
+            units_per_byte: t.hbm.bytes_per_cycle.den as u128 * SHARE_LCM,
+        })
+    }
+
+    fn fault(&self, inst: Option<InstRef>, kind: FaultKind, message: String) -> Fault {
+        Fault { inst, cycle: self.now, kind, message }
+    }
+
+    fn run(mut self, inputs: &[(String, Vec<u8>)]) -> Result<Outcome, Fault> {
+        if !self.opts.timing_only {
+            for t in &self.p.tensors {
+                let data = match t.role {
+                    Role::Const => Some(&t.data),
+                    Role::Input => inputs.iter().find(|(n, _)| n == &t.name).map(|(_, d)| d),
+                    _ => None,
+                };
+                if let Some(d) = data {
+                    self.hbm.write(t.addr, d);
+                    if let Some(s) = &mut self.shadow {
+                        s.host_write(Mem::Hbm, t.addr, d.len() as u64);
+                    }
+                }
+            }
+        }
+        loop {
+            self.start_ready()?;
+            let Some(next) = self.next_event() else {
+                if self.engines.iter().all(EngineState::finished) {
+                    break;
+                }
+                return Err(self.deadlock());
+            };
+            if let Some(limit) = self.opts.max_cycles {
+                if next > limit {
+                    let msg = format!("cycle limit of {limit} exceeded");
+                    return Err(self.fault(None, FaultKind::CycleLimit(limit), msg));
+                }
+            }
+            self.advance_transfers(next);
+            self.now = next;
+            self.complete_due()?;
+        }
+        let outputs = if self.opts.timing_only {
+            Vec::new()
+        } else {
+            self.p
+                .tensors
+                .iter()
+                .filter(|t| t.role == Role::Output)
+                .map(|t| {
+                    let mut buf = vec![0u8; t.size_bytes() as usize];
+                    self.hbm.read(t.addr, &mut buf);
+                    (t.name.clone(), buf)
+                })
+                .collect()
+        };
+        let engines = self
+            .engines
+            .iter()
+            .map(|e| EngineReport {
+                core: e.core,
+                engine: e.engine.name(),
+                busy_cycles: e.busy,
+                instructions: e.stream.len() as u64,
+            })
+            .collect();
+        let first_uninit = self.first_uninit.map(|(r, mem, addr)| {
+            format!("{}: reads never-written {}", describe(self.p, r), where_(self.t, mem, addr))
+        });
+        let report = Report::new(self.p, self.t, self.now, engines, self.work, self.uninit_reads, first_uninit);
+        Ok(Outcome { outputs, report, trace: self.trace })
+    }
+
+    fn sem_ready(&self, core: usize, inst: &Inst) -> bool {
+        inst.wait.is_none_or(|w| self.cores[core].sems[w.sem as usize] >= w.value)
+    }
+
+    /// Starts (or issues) every instruction that can start at `now`, until nothing changes.
+    fn start_ready(&mut self) -> Result<(), Fault> {
+        loop {
+            let mut progressed = false;
+            for g in 0..self.engines.len() {
+                while self.try_start(g)? {
+                    progressed = true;
+                }
+            }
+            // Data phases whose latency has elapsed start now.
+            for g in 0..self.engines.len() {
+                let now = self.now;
+                if let Some(head) = self.engines[g].inflight.front_mut() {
+                    if head.started.is_none() && head.ready_at <= now {
+                        head.started = Some(now);
+                    }
+                }
+            }
+            if !progressed {
+                return Ok(());
+            }
+        }
+    }
+
+    fn tick_clock(&mut self, g: usize, core: usize, inst: &Inst) -> Vec<u32> {
+        let e = &mut self.engines[g];
+        if e.vc.is_empty() {
+            return Vec::new();
+        }
+        if let Some(w) = inst.wait {
+            if w.value > 0 {
+                if let Some(h) = self.cores[core].history[w.sem as usize].get(w.value as usize - 1) {
+                    for (a, b) in e.vc.iter_mut().zip(h) {
+                        *a = (*a).max(*b);
+                    }
+                }
+            }
+        }
+        e.vc[g] = (e.vc[g] + 1).min(MAX_CLOCK);
+        e.vc.clone()
+    }
+
+    fn try_start(&mut self, g: usize) -> Result<bool, Fault> {
+        let (core, stream, pc) = {
+            let e = &self.engines[g];
+            (e.core, e.stream, e.pc)
+        };
+        if pc >= stream.len() || self.engines[g].running.is_some() {
+            return Ok(false);
+        }
+        let inst = &stream[pc];
+        if !self.sem_ready(core, inst) {
+            return Ok(false);
+        }
+        let is_dma_op = matches!(inst.op, Op::Dma { .. });
+        if self.engines[g].is_dma() && !is_dma_op && !self.engines[g].inflight.is_empty() {
+            return Ok(false); // nop/halt on a queue waits for its transfers
+        }
+        if let Some(limit) = self.opts.max_instructions {
+            if self.started >= limit {
+                let r = InstRef { core, engine: self.engines[g].engine, index: pc };
+                let msg = format!("instruction limit of {limit} exceeded at {}", describe(self.p, r));
+                return Err(self.fault(Some(r), FaultKind::InstructionLimit(limit), msg));
+            }
+        }
+        self.started += 1;
+        let vc = self.tick_clock(g, core, inst);
+        self.engines[g].pc += 1;
+        if let Op::Dma { xfer } = &inst.op {
+            let cost = dma_cost(xfer, self.t);
+            let now = self.now;
+            self.engines[g].inflight.push_back(Transfer {
+                index: pc,
+                issue: now,
+                ready_at: now + cost.latency_cycles,
+                remaining: cost.charged_bytes as u128 * self.units_per_byte,
+                started: None,
+                vc,
+            });
+            return Ok(true);
+        }
+        let cycles = compute_cycles(&inst.op, self.t).unwrap_or(0);
+        let run = Running { index: pc, start: self.now, end: self.now + cycles, vc };
+        if cycles == 0 {
+            self.complete(g, run.index, run.start, run.end, None, &run.vc)?;
+        } else {
+            self.engines[g].running = Some(run);
+        }
+        Ok(true)
+    }
+
+    /// Bandwidth units per cycle for each active transfer of `core`.
+    fn share(&self, core: usize) -> u128 {
+        let active = self.engines[core * self.epe..(core + 1) * self.epe]
+            .iter()
+            .filter(|e| e.inflight.front().is_some_and(|t| t.started.is_some()))
+            .count() as u128;
+        if active == 0 {
+            0
+        } else {
+            self.rate_num / active
+        }
+    }
+
+    fn next_event(&self) -> Option<u64> {
+        let mut next: Option<u64> = None;
+        let mut consider = |t: u64| next = Some(next.map_or(t, |n: u64| n.min(t)));
+        for (g, e) in self.engines.iter().enumerate() {
+            if let Some(r) = &e.running {
+                consider(r.end);
+            }
+            if let Some(head) = e.inflight.front() {
+                match head.started {
+                    None => consider(head.ready_at.max(self.now)),
+                    Some(_) => {
+                        let rate = self.share(g / self.epe);
+                        consider(self.now + head.remaining.div_ceil(rate) as u64);
+                    }
+                }
+            }
+        }
+        next
+    }
+
+    fn advance_transfers(&mut self, to: u64) {
+        let dt = (to - self.now) as u128;
+        if dt == 0 {
+            return;
+        }
+        let shares: Vec<u128> = (0..self.cores.len()).map(|c| self.share(c)).collect();
+        for e in &mut self.engines {
+            let rate = shares[e.core];
+            if let Some(head) = e.inflight.front_mut() {
+                if head.started.is_some() {
+                    head.remaining = head.remaining.saturating_sub(dt * rate);
+                }
+            }
+        }
+    }
+
+    fn complete_due(&mut self) -> Result<(), Fault> {
+        let now = self.now;
+        for g in 0..self.engines.len() {
+            if self.engines[g].running.as_ref().is_some_and(|r| r.end == now) {
+                let r = self.engines[g].running.take().expect("checked above");
+                self.complete(g, r.index, r.start, r.end, None, &r.vc)?;
+            }
+            let drained = self.engines[g].inflight.front().is_some_and(|t| t.started.is_some() && t.remaining == 0);
+            if drained {
+                let t = self.engines[g].inflight.pop_front().expect("checked above");
+                let start = t.started.expect("checked above");
+                self.complete(g, t.index, start, now, Some(t.issue), &t.vc)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies an instruction's effects and signal.
+    fn complete(
+        &mut self,
+        g: usize,
+        index: usize,
+        start: u64,
+        end: u64,
+        issue: Option<u64>,
+        vc: &[u32],
+    ) -> Result<(), Fault> {
+        let (core, engine, stream) = (self.engines[g].core, self.engines[g].engine, self.engines[g].stream);
+        let inst = &stream[index];
+        let r = InstRef { core, engine, index };
+        self.engines[g].busy += end - start;
+        self.count_work(&inst.op);
+        if !self.opts.timing_only {
+            self.check_accesses(g, r, inst, vc)?;
+            let cs = &mut self.cores[core];
+            let mem = cs.mem.as_mut().expect("functional runs have memories");
+            match &inst.op {
+                Op::Dma { xfer } => execute_dma(xfer, mem, &mut self.hbm),
+                op => execute_compute(op, mem),
+            }
+        }
+        if let Some(s) = inst.signal {
+            let cs = &mut self.cores[core];
+            cs.sems[s as usize] += 1;
+            if !vc.is_empty() {
+                let h = &mut cs.history[s as usize];
+                let joined = match h.last() {
+                    Some(prev) => prev.iter().zip(vc).map(|(a, b)| *a.max(b)).collect(),
+                    None => vc.to_vec(),
+                };
+                h.push(joined);
+            }
+        }
+        if self.opts.trace {
+            self.trace.push(TraceSlice { inst: r, start, end, issue });
+        }
+        Ok(())
+    }
+
+    fn count_work(&mut self, op: &Op) {
+        match op {
+            Op::Matmul { moving, .. } => match moving.dtype.size_bytes() {
+                1 => self.work.flops_8bit += pe_flops(op),
+                2 => self.work.flops_16bit += pe_flops(op),
+                _ => self.work.flops_f32 += pe_flops(op),
+            },
+            Op::Activate { func, src, .. } if func.is_transcendental() => {
+                self.work.transcendentals += src.part_count as u64 * src.free_elems();
+            }
+            Op::Dma { xfer } => {
+                self.work.dma_bytes += xfer.bytes();
+                self.work.dma_charged_bytes += xfer.charged_bytes(self.t.timing.dma.min_run_bytes);
+            }
+            _ => {}
+        }
+    }
+
+    fn check_accesses(&mut self, g: usize, r: InstRef, inst: &Inst, vc: &[u32]) -> Result<(), Fault> {
+        let Some(shadow) = self.shadow.as_mut() else { return Ok(()) };
+        // With race checking off (empty clock), accesses still track initialisation,
+        // as the host, which is ordered with everything.
+        let me = if vc.is_empty() { crate::race::HOST } else { epoch(g, vc[g]) };
+        for Access { space, write, runs } in footprint(&inst.op, self.t) {
+            let mem = match space {
+                None => Mem::Hbm,
+                Some(Space::Sram) => Mem::Sram(r.core),
+                Some(Space::Psum) => Mem::Psum(r.core),
+            };
+            for (addr, len) in runs {
+                let (race, uninit) = if write {
+                    (shadow.write(mem, addr, len, me, vc), None)
+                } else {
+                    shadow.read(mem, addr, len, me, vc)
+                };
+                if let Some(u) = uninit {
+                    self.uninit_reads += 1;
+                    if self.first_uninit.is_none() {
+                        self.first_uninit = Some((r, u.mem, u.addr));
+                    }
+                    if self.opts.strict_uninit {
+                        let msg = format!(
+                            "uninitialized read: {} reads {}, which no instruction or input wrote",
+                            describe(self.p, r),
+                            where_(self.t, u.mem, u.addr)
+                        );
+                        return Err(Fault {
+                            inst: Some(r),
+                            cycle: self.now,
+                            kind: FaultKind::UninitializedRead { mem: u.mem, addr: u.addr },
+                            message: msg,
+                        });
+                    }
+                }
+                if let Some(race) = race {
+                    let eg = epoch_engine(race.earlier);
+                    let earlier = InstRef {
+                        core: eg / self.epe,
+                        engine: Engine((eg % self.epe) as u8),
+                        index: epoch_clock(race.earlier) as usize - 1,
+                    };
+                    let what = match race.conflict {
+                        Conflict::ReadAfterWrite => "reads bytes written by",
+                        Conflict::WriteAfterRead => "writes bytes read by",
+                        Conflict::WriteAfterWrite => "writes bytes also written by",
+                    };
+                    let msg = format!(
+                        "race: {} {what} {}, and no semaphore chain orders the two (first byte: {})",
+                        describe(self.p, r),
+                        describe(self.p, earlier),
+                        where_(self.t, race.mem, race.addr)
+                    );
+                    return Err(Fault {
+                        inst: Some(r),
+                        cycle: self.now,
+                        kind: FaultKind::Race { earlier, conflict: race.conflict, mem: race.mem, addr: race.addr },
+                        message: msg,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn deadlock(&self) -> Fault {
+        let mut waits = Vec::new();
+        let mut lines = Vec::new();
+        for e in &self.engines {
+            if e.finished() {
+                continue;
+            }
+            let r = InstRef { core: e.core, engine: e.engine, index: e.pc };
+            if let Some(w) = e.stream.get(e.pc).and_then(|i| i.wait) {
+                let current = self.cores[e.core].sems[w.sem as usize];
+                let name = self.p.sem_name(w.sem).map_or(format!("#{}", w.sem), str::to_string);
+                lines.push(format!("  {} waits for {name} >= {} (it is {current})", describe(self.p, r), w.value));
+                waits.push((r, w.sem, w.value, current));
+            }
+        }
+        let message = format!(
+            "deadlock at cycle {}: every unfinished engine waits on a semaphore\n{}",
+            self.now,
+            lines.join("\n")
+        );
+        Fault { inst: waits.first().map(|w| w.0), cycle: self.now, kind: FaultKind::Deadlock { waits }, message }
+    }
+}
+
+/// `core 0 pe[3] `matmul ...` (op: %c = matmul(%a, %b))`.
+pub fn describe(p: &Program, r: InstRef) -> String {
+    let Some(inst) = p.cores.get(r.core).and_then(|c| c.get(r.engine.0 as usize)).and_then(|s| s.get(r.index)) else {
+        return format!("core {} {}[{}]", r.core, r.engine.name(), r.index);
+    };
+    let mut text = jpu_isa::jasm::inst_text(p, inst);
+    let op = inst.debug.and_then(|d| p.debug_ops.get(d as usize));
+    if let Some(cut) = text.find(" !\"") {
+        text.truncate(cut);
+    }
+    match op {
+        Some(op) => format!("core {} {}[{}] `{}` (op: {})", r.core, r.engine.name(), r.index, text, op),
+        None => format!("core {} {}[{}] `{}`", r.core, r.engine.name(), r.index, text),
+    }
+}
+
+/// `sram partition 3 byte 0x40` / `psum ...` / `hbm address 0x1000 (tensor x + 0x10)`.
+pub fn where_(t: &Target, mem: Mem, addr: u64) -> String {
+    match mem {
+        Mem::Sram(_) => {
+            let pb = t.sram.partition_bytes as u64;
+            format!("sram partition {} byte 0x{:x}", addr / pb, addr % pb)
+        }
+        Mem::Psum(_) => {
+            let pb = t.psum.partition_bytes as u64;
+            format!("psum partition {} byte 0x{:x}", addr / pb, addr % pb)
+        }
+        Mem::Hbm => format!("hbm address 0x{addr:x}"),
+    }
+}
+
+/// Where a DMA side lives, for footprints.
+pub fn dma_space(space: DmaSpace) -> Option<Space> {
+    match space {
+        DmaSpace::Hbm => None,
+        DmaSpace::Sram => Some(Space::Sram),
+    }
+}
