@@ -33,8 +33,17 @@ fn push_run(runs: &mut Vec<(u64, u64)>, addr: u64, len: u64) {
 
 fn tile(t: &Target, tile: &Tile, write: bool) -> Access {
     let size = tile.dtype.size_bytes() as u64;
+    let pb = partition_bytes(t, tile.space) as u64;
+    if tile.is_contiguous() {
+        // One run per partition.
+        let len = tile.free_elems() * size;
+        let runs = (tile.part_start as u64..(tile.part_start + tile.part_count) as u64)
+            .map(|p| (p * pb + tile.offset as u64, len))
+            .collect();
+        return Access { space: Some(tile.space), write, runs };
+    }
     let mut runs = Vec::new();
-    for a in tile_addresses(tile, partition_bytes(t, tile.space)) {
+    for a in tile_addresses(tile, pb as usize) {
         push_run(&mut runs, a as u64, size);
     }
     Access { space: Some(tile.space), write, runs }

@@ -13,11 +13,42 @@ use jpu_isa::{DType, Op};
 
 use crate::memory::{dma_runs, tile_element_offsets, CoreMemory, Hbm};
 
+thread_local! {
+    /// Reusable f32 buffers: large per-instruction vectors would otherwise come
+    /// from fresh pages on every matmul.
+    static POOL: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn take_buffer() -> Vec<f32> {
+    POOL.with(|p| p.borrow_mut().pop())
+        .map(|mut v| {
+            v.clear();
+            v
+        })
+        .unwrap_or_default()
+}
+
+fn give_buffer(v: Vec<f32>) {
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.len() < 8 {
+            p.push(v);
+        }
+    });
+}
+
 /// Reads a tile as f32, partition-major (`P x E`).
 pub fn read_tile(mem: &CoreMemory, tile: &Tile) -> Vec<f32> {
+    let mut out = take_buffer();
+    read_tile_into(mem, tile, &mut out);
+    out
+}
+
+/// Appends a tile's values as f32, partition-major (`P x E`), to `out`.
+pub fn read_tile_into(mem: &CoreMemory, tile: &Tile, out: &mut Vec<f32>) {
     let (buf, pb) = mem.space(tile.space);
     let offsets = tile_element_offsets(tile);
-    let mut out = Vec::with_capacity(offsets.len() * tile.part_count as usize);
+    out.reserve(offsets.len() * tile.part_count as usize);
     let size = tile.dtype.size_bytes() as usize;
     for p in tile.part_start as usize..(tile.part_start + tile.part_count) as usize {
         let row = (p * pb) as i64 + tile.offset as i64;
@@ -45,7 +76,6 @@ pub fn read_tile(mem: &CoreMemory, tile: &Tile) -> Vec<f32> {
             }
         }
     }
-    out
 }
 
 /// Reads an integer tile exactly (i8 or i32 sources of the PE).
@@ -197,11 +227,25 @@ pub fn execute_compute(op: &Op, mem: &mut CoreMemory) {
                 write_tile_i32(mem, dst, &acc);
             } else {
                 let s = read_tile(mem, stationary);
-                let a = if *transposed { transpose(&s, m, k) } else { s };
+                let a = if *transposed {
+                    let t = transpose(&s, m, k);
+                    give_buffer(s);
+                    t
+                } else {
+                    s
+                };
                 let b = read_tile(mem, moving);
-                let mut acc = if *accumulate { read_tile(mem, dst) } else { vec![0.0; m * n] };
+                let mut acc = take_buffer();
+                if *accumulate {
+                    read_tile_into(mem, dst, &mut acc);
+                } else {
+                    acc.resize(m * n, 0.0);
+                }
                 matmul_f32(&a, &b, &mut acc, k, m, n);
                 write_tile(mem, dst, &acc);
+                give_buffer(a);
+                give_buffer(b);
+                give_buffer(acc);
             }
         }
         Op::Transpose { dst, src } => {

@@ -37,7 +37,8 @@ use crate::semantics::{execute_compute, execute_dma};
 pub struct RunOptions {
     /// Model time only: no data, no race or uninitialised-read checks; same cycles.
     pub timing_only: bool,
-    /// Check for races between unordered engines (functional runs only).
+    /// Check for races between unordered engines, and count reads of never-written
+    /// memory (functional runs only; costs about as much as the arithmetic).
     pub check_races: bool,
     /// Treat a read of never-written memory as a fault (else it reads NaN and is counted).
     pub strict_uninit: bool,
@@ -275,7 +276,7 @@ impl<'p> Sim<'p> {
                 history: vec![Vec::new(); sems],
             })
             .collect();
-        let shadow = functional.then(|| {
+        let shadow = (functional && (opts.check_races || opts.strict_uninit)).then(|| {
             Shadow::new(
                 (t.sram.partitions * t.sram.partition_bytes) as usize,
                 (t.psum.partitions * t.psum.partition_bytes) as usize,
@@ -471,11 +472,7 @@ impl<'p> Sim<'p> {
             .iter()
             .filter(|e| e.inflight.front().is_some_and(|t| t.started.is_some()))
             .count() as u128;
-        if active == 0 {
-            0
-        } else {
-            self.rate_num / active
-        }
+        self.rate_num.checked_div(active).unwrap_or(0)
     }
 
     fn next_event(&self) -> Option<u64> {
@@ -615,7 +612,8 @@ impl<'p> Sim<'p> {
                     }
                     if self.opts.strict_uninit {
                         let msg = format!(
-                            "uninitialized read: {} reads {}, which no instruction or input wrote",
+                            "uninitialized read at cycle {}: {} reads {}, which no instruction or input wrote",
+                            self.now,
                             describe(self.p, r),
                             where_(self.t, u.mem, u.addr)
                         );
@@ -640,7 +638,8 @@ impl<'p> Sim<'p> {
                         Conflict::WriteAfterWrite => "writes bytes also written by",
                     };
                     let msg = format!(
-                        "race: {} {what} {}, and no semaphore chain orders the two (first byte: {})",
+                        "race at cycle {}: {} {what} {}, and no semaphore chain orders the two (first byte: {})",
+                        self.now,
                         describe(self.p, r),
                         describe(self.p, earlier),
                         where_(self.t, race.mem, race.addr)

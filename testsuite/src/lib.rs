@@ -5,6 +5,8 @@
 //! file into text, and an insta snapshot pins that text. docs/testing.md says how to
 //! add a case and review snapshots.
 
+pub mod kernels;
+
 /// The kind a case file declares on its first line, if any.
 pub fn case_kind(src: &str) -> Option<&str> {
     let first = src.lines().next()?;
