@@ -193,7 +193,7 @@ fn run(a: RunArgs<'_>) -> Result<(), Failure> {
             target.name
         );
         println!(
-            "roofline: {} cycles ({}-bound, from the {} counts), {:.1}% of roofline",
+            "roofline: {} cycles ({}-bound, from {} counts), {:.1}% of roofline",
             r.roofline_cycles,
             r.roofline.bound_by,
             r.roofline.source,

@@ -83,3 +83,156 @@ fn usage_errors_exit_2() {
     assert_eq!(jalc(&["asm", "x.jasm"]).status.code(), Some(2), "missing -o");
     assert_eq!(jalc(&["--help"]).status.code(), Some(0));
 }
+
+fn write_npy_f64(path: &std::path::Path, shape: &[u64], values: &[f64]) {
+    use npyz::WriterBuilder;
+    let file = std::fs::File::create(path).unwrap();
+    let mut w = npyz::WriteOptions::new().default_dtype().shape(shape).writer(file).begin_nd().unwrap();
+    w.extend(values.iter().copied()).unwrap();
+    w.finish().unwrap();
+}
+
+fn read_npy_f32(path: &std::path::Path) -> (Vec<u64>, Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap();
+    let npy = npyz::NpyFile::new(&bytes[..]).unwrap();
+    let shape = npy.shape().to_vec();
+    (shape, npy.into_vec::<f32>().unwrap())
+}
+
+fn gemm_binary(tag: &str) -> PathBuf {
+    let bin = temp(&format!("{tag}-gemm.jbin"));
+    let out = jalc(&["asm", &example("gemm-tiny.jasm"), "-o", bin.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    bin
+}
+
+fn gemm_inputs(tag: &str) -> (PathBuf, PathBuf, Vec<f64>, Vec<f64>) {
+    let a: Vec<f64> = (0..32 * 64).map(|i| ((i * 7 % 13) as f64 - 6.0) * 0.3).collect();
+    let b: Vec<f64> = (0..64 * 32).map(|i| ((i * 5 % 11) as f64 - 5.0) * 0.7).collect();
+    let (pa, pb) = (temp(&format!("{tag}-a.npy")), temp(&format!("{tag}-b.npy")));
+    write_npy_f64(&pa, &[32, 64], &a);
+    write_npy_f64(&pb, &[64, 32], &b);
+    (pa, pb, a, b)
+}
+
+#[test]
+fn run_writes_outputs_reports_and_traces() {
+    let bin = gemm_binary("outputs");
+    let (pa, pb, a, b) = gemm_inputs("outputs");
+    let dir = temp("run-out");
+    let trace = temp("trace.json");
+    let ia = format!("a={}", pa.display());
+    let ib = format!("b={}", pb.display());
+    let out = jalc(&[
+        "run",
+        bin.to_str().unwrap(),
+        "--input",
+        &ia,
+        "--input",
+        &ib,
+        "--output-dir",
+        dir.to_str().unwrap(),
+        "--json",
+        "--trace",
+        trace.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    for key in ["cycles", "roofline_cycles", "roofline_fraction", "clock_ghz", "engines"] {
+        assert!(report.get(key).is_some(), "missing `{key}` in {report}");
+    }
+    assert_eq!(report["cycles"], 1328);
+    assert_eq!(report["engines"]["core0.pe"]["busy_cycles"], 64);
+    // The output equals a reference computed from the bf16-rounded inputs.
+    let (shape, c) = read_npy_f32(&dir.join("c.npy"));
+    assert_eq!(shape, vec![32, 32]);
+    let bf16 = |v: f64| jpu_isa::numerics::round_to(jpu_isa::DType::Bf16, v as f32);
+    for i in 0..32 {
+        for j in 0..32 {
+            let want = (0..64).fold(0.0f32, |s, k| s + bf16(a[i * 64 + k]) * bf16(b[k * 32 + j]));
+            assert_eq!(c[i * 32 + j].to_bits(), want.to_bits(), "c[{i}][{j}]");
+        }
+    }
+    let trace: serde_json::Value = serde_json::from_slice(&std::fs::read(&trace).unwrap()).unwrap();
+    let slices = trace["traceEvents"].as_array().unwrap().iter().filter(|e| e["ph"] == "X").count();
+    assert_eq!(slices, 10, "one slice per instruction");
+    // Timing-only needs no inputs and gives the same cycles.
+    let timing = jalc(&["run", bin.to_str().unwrap(), "--timing-only", "--json"]);
+    assert_eq!(timing.status.code(), Some(0), "{}", stderr(&timing));
+    let t: serde_json::Value = serde_json::from_slice(&timing.stdout).unwrap();
+    assert_eq!(t["cycles"], report["cycles"]);
+    // The human summary names the cycles and the roofline.
+    let text = jalc(&["run", bin.to_str().unwrap(), "--input", &ia, "--input", &ib]);
+    let summary = String::from_utf8(text.stdout).unwrap();
+    assert!(summary.contains("1328 cycles") && summary.contains("% of roofline"), "{summary}");
+}
+
+#[test]
+fn run_rejects_bad_inputs_with_exit_2() {
+    let bin = gemm_binary("bad");
+    let (pa, pb, ..) = gemm_inputs("bad");
+    let ia = format!("a={}", pa.display());
+    let ib = format!("b={}", pb.display());
+    let bin = bin.to_str().unwrap();
+    let expect_2 = |args: &[&str], needle: &str| {
+        let out = jalc(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(needle), "{args:?}: {}", stderr(&out));
+    };
+    expect_2(&["run", bin, "--input", &ia], "missing input `b`");
+    expect_2(&["run", bin, "--input", &ia, "--input", &ib, "--input", "z=x.npy"], "no input `z`");
+    expect_2(&["run", bin, "--input", &ia, "--input", &ib, "--input", "c=x.npy"], "`c` is an output tensor");
+    expect_2(&["run", bin, "--input", "a"], "expected NAME=FILE.npy");
+    let wrong = temp("wrong-shape.npy");
+    write_npy_f64(&wrong, &[64, 32], &vec![0.0; 64 * 32]);
+    let iw = format!("a={}", wrong.display());
+    expect_2(
+        &["run", bin, "--input", &iw, "--input", &ib],
+        "has shape [64, 32], but the program declares bf16[32, 64]",
+    );
+    let junk = temp("junk.npy");
+    std::fs::write(&junk, b"not numpy").unwrap();
+    let ij = format!("a={}", junk.display());
+    expect_2(&["run", bin, "--input", &ij, "--input", &ib], "not a valid .npy file");
+    // A binary built for a different description of its target.
+    let mut bytes = std::fs::read(bin).unwrap();
+    bytes[32] ^= 0xff;
+    let n = bytes.len();
+    let crc = crc32(&bytes[..n - 4]);
+    bytes[n - 4..].copy_from_slice(&crc.to_le_bytes());
+    let other = temp("other-target.jbin");
+    std::fs::write(&other, &bytes).unwrap();
+    expect_2(&["run", other.to_str().unwrap(), "--timing-only"], "different description of `jpu-tiny`");
+}
+
+/// CRC-32 (IEEE), bitwise: enough for a test that forges a checksum.
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
+
+#[test]
+fn faults_exit_1_naming_the_instruction() {
+    let case = format!("{}/../testsuite/cases/sim/faults/race-read-after-write.jasm", env!("CARGO_MANIFEST_DIR"));
+    let bin = temp("race.jbin");
+    assert_eq!(jalc(&["asm", &case, "-o", bin.to_str().unwrap()]).status.code(), Some(0));
+    let x = temp("x.npy");
+    write_npy_f64(&x, &[32, 32], &vec![1.0; 32 * 32]);
+    let ix = format!("x={}", x.display());
+    let out = jalc(&["run", bin.to_str().unwrap(), "--input", &ix]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("race at cycle"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("core 0 ve[0]"), "{}", stderr(&out));
+    // Without race checking the same program runs (and reads whatever the PE wrote).
+    let out = jalc(&["run", bin.to_str().unwrap(), "--input", &ix, "--no-race-check"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let limited = jalc(&["run", bin.to_str().unwrap(), "--timing-only", "--max-cycles", "10"]);
+    assert_eq!(limited.status.code(), Some(1));
+    assert!(stderr(&limited).contains("cycle limit of 10"), "{}", stderr(&limited));
+}

@@ -401,8 +401,8 @@ define_instructions! {
         scalar: Scalar,
     }
 
-    /// `dst[p, 0] = reduce(src[p, :])` over the whole free pattern, in f32, in
-    /// access-pattern order.
+    /// `dst[p, 0] = reduce(src[p, :])` over the whole free pattern, in f32: a fold in
+    /// access-pattern order starting from the first element.
     ///
     /// Timing: `64 + E` cycles, E the source elements per partition.
     0x12 Reduce "reduce" on Ve {

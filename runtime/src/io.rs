@@ -160,10 +160,11 @@ pub fn load_inputs(program: &Program, files: &[(String, PathBuf)]) -> Result<Vec
         match program.tensors.iter().find(|t| &t.name == name) {
             Some(t) if t.role == Role::Input => {}
             Some(t) => {
+                let article = if t.role == Role::Output { "an" } else { "a" };
                 return Err(IoError::Mismatch(format!(
-                    "`{name}` is a {} tensor, not an input of the program",
+                    "`{name}` is {article} {} tensor, not an input of the program",
                     t.role.name()
-                )))
+                )));
             }
             None => {
                 let inputs: Vec<&str> =

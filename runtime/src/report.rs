@@ -7,7 +7,7 @@
 //!   of bandwidth,
 //! - ACT: transcendental elements / ACT lanes per cycle.
 //!
-//! The inputs come from the roofline record the compiler writes into the binary;
+//! The inputs come from the roofline record in the binary (the compiler writes one);
 //! a hand-written program without one uses its executed matmul FLOPs and
 //! transcendental elements and the bytes of its input, const and output tensors.
 
@@ -48,7 +48,7 @@ pub struct EngineReport {
 /// The roofline bound of a program.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Roofline {
-    /// Where the inputs came from: `compiler` (the binary's record) or `executed`.
+    /// Where the inputs came from: `recorded` (the binary's roofline record) or `executed`.
     pub source: &'static str,
     /// PE-bound cycles.
     pub pe_cycles: f64,
@@ -149,7 +149,7 @@ fn roofline(p: &Program, t: &Target, work: &ExecutedWork) -> Roofline {
     let bw = t.hbm.bytes_per_cycle.as_f64();
     let (source, f32f, f16, f8, bytes, trans) = match &p.roofline {
         Some(r) => {
-            ("compiler", r.flops_f32, r.flops_16bit, r.flops_8bit, r.input_bytes + r.output_bytes, r.transcendentals)
+            ("recorded", r.flops_f32, r.flops_16bit, r.flops_8bit, r.input_bytes + r.output_bytes, r.transcendentals)
         }
         None => {
             let io: u64 = p

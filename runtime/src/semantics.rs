@@ -68,6 +68,10 @@ pub fn read_tile_into(mem: &CoreMemory, tile: &Tile, out: &mut Vec<f32>) {
                         .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16)),
                 );
             }
+            dtype if tile.is_contiguous() => {
+                let s = row as usize;
+                out.extend(buf[s..s + size * offsets.len()].chunks_exact(size).map(|c| load_f32(dtype, c)));
+            }
             dtype => {
                 for &o in &offsets {
                     let a = (row + o) as usize;
