@@ -236,3 +236,24 @@ fn faults_exit_1_naming_the_instruction() {
     assert_eq!(limited.status.code(), Some(1));
     assert!(stderr(&limited).contains("cycle limit of 10"), "{}", stderr(&limited));
 }
+
+#[test]
+fn out_of_bounds_binaries_are_rejected_at_load_with_exit_2() {
+    // The writer does not validate, so a tool (or a bug) can produce this binary;
+    // the reader must reject it naming the instruction and the operand.
+    let src = std::fs::read_to_string(example("gemm-tiny.jasm")).unwrap();
+    let mut p = jpu_isa::jasm::assemble(&src).unwrap();
+    let ve = jpu_isa::Engine::VE.0 as usize;
+    if let jpu_isa::Op::Copy { dst, .. } = &mut p.cores[0][ve][0].op {
+        dst.part_count = 40;
+    }
+    let bin = temp("oob.jbin");
+    std::fs::write(&bin, jpu_isa::jbin::write(&p)).unwrap();
+    let out = jalc(&["run", bin.to_str().unwrap(), "--timing-only"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("core 0 ve[0]: operand `dst`: partitions 0:40 exceed the 32 partitions of sram"),
+        "{}",
+        stderr(&out)
+    );
+}

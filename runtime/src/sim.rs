@@ -332,7 +332,7 @@ impl<'p> Sim<'p> {
             };
             if let Some(limit) = self.opts.max_cycles {
                 if next > limit {
-                    let msg = format!("cycle limit of {limit} exceeded");
+                    let msg = format!("cycle limit of {limit} exceeded\n{}", self.positions());
                     return Err(self.fault(None, FaultKind::CycleLimit(limit), msg));
                 }
             }
@@ -654,6 +654,23 @@ impl<'p> Sim<'p> {
             }
         }
         Ok(())
+    }
+
+    /// Where every unfinished engine is: its running or next instruction.
+    fn positions(&self) -> String {
+        let mut lines = Vec::new();
+        for e in self.engines.iter().filter(|e| !e.finished()) {
+            let (index, state) = if let Some(r) = &e.running {
+                (r.index, format!("running since cycle {}", r.start))
+            } else if let Some(t) = e.inflight.front() {
+                (t.index, format!("transferring since cycle {}", t.started.unwrap_or(t.issue)))
+            } else {
+                (e.pc, "waiting".to_string())
+            };
+            let r = InstRef { core: e.core, engine: e.engine, index };
+            lines.push(format!("  {} is {state}", describe(self.p, r)));
+        }
+        lines.join("\n")
     }
 
     fn deadlock(&self) -> Fault {
