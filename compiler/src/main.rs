@@ -39,6 +39,39 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Parse and check a .tir file; diagnostics go to stderr.
+    Check {
+        /// Tensor IR source.
+        file: PathBuf,
+    },
+    /// Compile a .tir file (for now: print a stage with --emit parsed).
+    Compile {
+        /// Tensor IR source.
+        file: PathBuf,
+        /// Output binary.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Target (jpu1 or jpu-tiny).
+        #[arg(long, default_value = "jpu1")]
+        target: String,
+        /// Print a stage to stdout: parsed (available), opt, kernels, tiles, asm (planned).
+        #[arg(long, value_name = "STAGE")]
+        emit: Option<String>,
+        /// Schedule overrides (planned).
+        #[arg(long, value_name = "FILE")]
+        schedule: Option<PathBuf>,
+    },
+    /// Evaluate a .tir function with the reference evaluator.
+    Eval {
+        /// Tensor IR source.
+        file: PathBuf,
+        /// A parameter's value: NAME=FILE.npy (any numpy numeric dtype; converted to the declared type).
+        #[arg(long = "input", value_name = "NAME=FILE.npy")]
+        inputs: Vec<String>,
+        /// Write each result to DIR/<returned value name>.npy (float32, int32 for integer types).
+        #[arg(long, value_name = "DIR")]
+        output_dir: PathBuf,
+    },
     /// Assemble a .jasm file into a .jbin chip binary.
     Asm {
         /// Assembly source.
@@ -122,6 +155,106 @@ fn disasm(file: &Path, output: Option<&Path>) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+fn read_tir(file: &Path) -> Result<(String, jalc::tir::ir::Func), Failure> {
+    let bytes = read_file(file)?;
+    let src = String::from_utf8(bytes).map_err(|e| {
+        Failure::Input(format!(
+            "error: {} is not UTF-8 text (invalid byte at offset {})",
+            file.display(),
+            e.utf8_error().valid_up_to()
+        ))
+    })?;
+    match jalc::tir::parse_and_check(&src) {
+        Ok(f) => Ok((src, f)),
+        Err(diags) => Err(Failure::Input(jalc::tir::render(&file.display().to_string(), &src, &diags))),
+    }
+}
+
+fn check(file: &Path) -> Result<(), Failure> {
+    read_tir(file).map(|_| ())
+}
+
+fn compile(
+    file: &Path,
+    output: Option<&Path>,
+    target: &str,
+    emit: Option<&str>,
+    schedule: Option<&Path>,
+) -> Result<(), Failure> {
+    jpu_isa::Target::builtin(target).map_err(|e| Failure::Input(format!("error: {e}")))?;
+    let (_, func) = read_tir(file)?;
+    match emit {
+        Some("parsed") => {
+            print!("{}", jalc::tir::printer::print(&func));
+            Ok(())
+        }
+        Some(stage @ ("opt" | "kernels" | "tiles" | "asm")) => {
+            Err(Failure::Input(format!("error: stage `{stage}` is not built yet; available: parsed (see docs/cli.md)")))
+        }
+        Some(other) => {
+            Err(Failure::Input(format!("error: unknown stage `{other}` (stages: parsed, opt, kernels, tiles, asm)")))
+        }
+        None => {
+            let _ = (output, schedule);
+            Err(Failure::Input(
+                "error: compiling to .jbin is not built yet; use --emit parsed (see docs/cli.md)".into(),
+            ))
+        }
+    }
+}
+
+fn eval(file: &Path, inputs: &[String], output_dir: &Path) -> Result<(), Failure> {
+    use jalc::eval::{round, Tensor};
+    let (_, func) = read_tir(file)?;
+    let files = parse_inputs(inputs)?;
+    let bad = |m: String| Failure::Input(format!("error: {m}"));
+    for (name, _) in &files {
+        if !func.params().any(|p| &func.node(p).name == name) {
+            let names: Vec<String> = func.params().map(|p| func.node(p).name.clone()).collect();
+            return Err(bad(format!(
+                "@{} has no parameter `{name}` (its parameters: {})",
+                func.name,
+                names.join(", ")
+            )));
+        }
+    }
+    let mut tensors = Vec::new();
+    for p in func.params() {
+        let node = func.node(p);
+        let matching: Vec<&PathBuf> = files.iter().filter(|(n, _)| n == &node.name).map(|(_, f)| f).collect();
+        let path = match matching.as_slice() {
+            [path] => *path,
+            [] => {
+                return Err(bad(format!(
+                    "missing input `{}` ({}): pass --input {}=FILE.npy",
+                    node.name, node.ty, node.name
+                )))
+            }
+            _ => return Err(bad(format!("input `{}` is given more than once", node.name))),
+        };
+        let (shape, values) = jpu_runtime::io::read_npy_f64(path).map_err(|e| bad(e.to_string()))?;
+        if shape != node.ty.shape {
+            return Err(bad(format!(
+                "input `{}`: {} has shape {:?}, but the function declares {}",
+                node.name,
+                path.display(),
+                shape,
+                node.ty
+            )));
+        }
+        let data = values.iter().map(|&v| round(node.ty.dtype, v)).collect();
+        tensors.push(Tensor { ty: node.ty.clone(), data });
+    }
+    let results = jalc::eval::eval(&func, &tensors).map_err(|e| bad(e.to_string()))?;
+    std::fs::create_dir_all(output_dir).map_err(|e| bad(format!("cannot create {}: {e}", output_dir.display())))?;
+    for (r, t) in func.results.iter().zip(&results) {
+        let path = output_dir.join(format!("{}.npy", func.node(*r).name));
+        jpu_runtime::io::write_npy(&path, &t.ty.shape, &t.data, !t.ty.dtype.is_float())
+            .map_err(|e| bad(e.to_string()))?;
+    }
+    Ok(())
 }
 
 fn load_binary(file: &Path) -> Result<(jpu_isa::Program, jpu_isa::Target), Failure> {
@@ -227,6 +360,11 @@ fn run(a: RunArgs<'_>) -> Result<(), Failure> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
+        Command::Check { file } => check(file),
+        Command::Compile { file, output, target, emit, schedule } => {
+            compile(file, output.as_deref(), target, emit.as_deref(), schedule.as_deref())
+        }
+        Command::Eval { file, inputs, output_dir } => eval(file, inputs, output_dir),
         Command::Asm { file, output } => asm(file, output),
         Command::Disasm { file, output } => disasm(file, output.as_deref()),
         Command::Run {

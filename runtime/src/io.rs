@@ -129,6 +129,67 @@ pub fn read_npy_for(path: &Path, tensor: &TensorDecl) -> Result<Vec<u8>, IoError
     Ok(out)
 }
 
+/// Reads an `.npy` file as exact f64 values in C order, with its shape (any numpy
+/// bool, integer or float dtype; integers beyond 2^53 round to the nearest f64).
+pub fn read_npy_f64(path: &Path) -> Result<(Vec<u64>, Vec<f64>), IoError> {
+    let bytes = std::fs::read(path).map_err(|e| file_err(path, format!("cannot read: {e}")))?;
+    let npy = npyz::NpyFile::new(&bytes[..]).map_err(|e| file_err(path, format!("not a valid .npy file: {e}")))?;
+    let shape = npy.shape().to_vec();
+    let fortran = matches!(npy.order(), npyz::Order::Fortran);
+    let npyz::DType::Plain(ts) = npy.dtype() else {
+        return Err(file_err(path, "structured or array dtypes are not supported; save a plain numeric array"));
+    };
+    let bad = |e: std::io::Error| file_err(path, format!("cannot read the data: {e}"));
+    macro_rules! values {
+        ($t:ty, $conv:expr) => {
+            npy.into_vec::<$t>().map_err(bad)?.into_iter().map($conv).collect::<Vec<f64>>()
+        };
+    }
+    let raw: Vec<f64> = match (ts.type_char(), ts.size_field()) {
+        (TypeChar::Float, 2) => values!(half::f16, |x: half::f16| x.to_f64()),
+        (TypeChar::Float, 4) => values!(f32, |x: f32| x as f64),
+        (TypeChar::Float, 8) => values!(f64, |x: f64| x),
+        (TypeChar::Int, 1) => values!(i8, |x: i8| x as f64),
+        (TypeChar::Int, 2) => values!(i16, |x: i16| x as f64),
+        (TypeChar::Int, 4) => values!(i32, |x: i32| x as f64),
+        (TypeChar::Int, 8) => values!(i64, |x: i64| x as f64),
+        (TypeChar::Uint, 1) => values!(u8, |x: u8| x as f64),
+        (TypeChar::Uint, 2) => values!(u16, |x: u16| x as f64),
+        (TypeChar::Uint, 4) => values!(u32, |x: u32| x as f64),
+        (TypeChar::Uint, 8) => values!(u64, |x: u64| x as f64),
+        (TypeChar::Bool, 1) => values!(bool, |x: bool| x as u8 as f64),
+        _ => return Err(file_err(path, format!("dtype `{ts}` is not a numpy bool, integer or float type"))),
+    };
+    let n: u64 = shape.iter().product();
+    if raw.len() as u64 != n {
+        return Err(file_err(path, format!("holds {} elements; its shape needs {n}", raw.len())));
+    }
+    let data = if fortran { fortran_to_c(&shape).into_iter().map(|i| raw[i]).collect() } else { raw };
+    Ok((shape, data))
+}
+
+/// Writes f32 (or, with `int`, int32) values as an `.npy` file of `shape`.
+pub fn write_npy(path: &Path, shape: &[u64], values: &[f64], int: bool) -> Result<(), IoError> {
+    let file = std::fs::File::create(path).map_err(|e| file_err(path, format!("cannot create: {e}")))?;
+    let w = std::io::BufWriter::new(file);
+    let result = if int {
+        npyz::WriteOptions::new()
+            .default_dtype()
+            .shape(shape)
+            .writer(w)
+            .begin_nd()
+            .and_then(|mut wr| wr.extend(values.iter().map(|&v| v as i32)).and_then(|_| wr.finish()))
+    } else {
+        npyz::WriteOptions::new()
+            .default_dtype()
+            .shape(shape)
+            .writer(w)
+            .begin_nd()
+            .and_then(|mut wr| wr.extend(values.iter().map(|&v| v as f32)).and_then(|_| wr.finish()))
+    };
+    result.map_err(|e| file_err(path, format!("cannot write: {e}")))
+}
+
 /// For C-order index i, the index of the same element in Fortran order.
 fn fortran_to_c(shape: &[u64]) -> Vec<usize> {
     let n: u64 = shape.iter().product();

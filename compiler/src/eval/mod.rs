@@ -1,0 +1,525 @@
+//! The reference evaluator: the oracle every compiled program is checked against.
+//!
+//! It evaluates the IR directly, simply, and deterministically: every float op is
+//! computed in f32 (through `jpu_isa::numerics`, the same portable math the chip
+//! uses) and rounded once into the node's declared dtype; integer ops are exact
+//! (i32 wraps, narrower results saturate). Reductions, softmax, norms and matmul
+//! accumulate in f32 in row-major order of the reduced index, starting from the
+//! first element (matmul and attention's products from +0.0, k ascending), the
+//! order the chip's PSUM and VE use. docs/tir.md states each op's formula.
+//!
+//! Values are stored as f64, which holds every value of every IR dtype exactly.
+
+use jpu_isa::numerics;
+
+use crate::tir::ir::*;
+use crate::tir::types::{ScalarType, TensorType};
+
+/// A tensor value: its type and its elements in row-major order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tensor {
+    /// Type.
+    pub ty: TensorType,
+    /// Elements, each exactly a value of `ty.dtype`.
+    pub data: Vec<f64>,
+}
+
+impl Tensor {
+    /// A tensor from values, each rounded into `ty.dtype` (one rounding).
+    pub fn from_values(ty: TensorType, values: &[f64]) -> Tensor {
+        let data = values.iter().map(|&v| round(ty.dtype, v)).collect();
+        Tensor { ty, data }
+    }
+}
+
+/// Rounds an exact value into `dtype` (round to nearest even; integers saturate;
+/// i1 is 1 for any nonzero value).
+pub fn round(dtype: ScalarType, v: f64) -> f64 {
+    match dtype {
+        ScalarType::I1 => (v != 0.0 && !v.is_nan()) as u8 as f64,
+        ScalarType::I8 => {
+            if v.is_nan() {
+                0.0
+            } else {
+                v.round_ties_even().clamp(-128.0, 127.0)
+            }
+        }
+        ScalarType::I32 => {
+            if v.is_nan() {
+                0.0
+            } else {
+                v.round_ties_even().clamp(i32::MIN as f64, i32::MAX as f64)
+            }
+        }
+        ScalarType::F32 => v as f32 as f64,
+        other => {
+            let chip = other.chip().expect("float dtypes are chip dtypes");
+            let mut b = [0u8; 4];
+            jpu_runtime::io::store_f64(chip, v, &mut b);
+            numerics::load_f32(chip, &b) as f64
+        }
+    }
+}
+
+/// Why evaluation could not start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvalError(pub String);
+
+impl std::fmt::Display for EvalError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for EvalError {}
+
+fn strides(shape: &[u64]) -> Vec<usize> {
+    let mut s = vec![1usize; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        s[i] = s[i + 1] * shape[i + 1] as usize;
+    }
+    s
+}
+
+/// For each element of `out` (row-major), the index of the element of `input`
+/// that broadcasting maps to it.
+fn broadcast_index(out: &[u64], input: &[u64]) -> Vec<usize> {
+    let n: u64 = out.iter().product();
+    let in_strides = strides(input);
+    let offset = out.len() - input.len();
+    let mut idx = vec![0u64; out.len()];
+    let mut result = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let mut flat = 0;
+        for (k, &d) in input.iter().enumerate() {
+            if d != 1 {
+                flat += idx[offset + k] as usize * in_strides[k];
+            }
+        }
+        result.push(flat);
+        for k in (0..out.len()).rev() {
+            idx[k] += 1;
+            if idx[k] < out[k] {
+                break;
+            }
+            idx[k] = 0;
+        }
+    }
+    result
+}
+
+fn f32s(t: &Tensor) -> impl Iterator<Item = f32> + '_ {
+    t.data.iter().map(|&v| v as f32)
+}
+
+/// Evaluates `f` on `inputs` (one per parameter, in order, of the declared types).
+pub fn eval(f: &Func, inputs: &[Tensor]) -> Result<Vec<Tensor>, EvalError> {
+    if inputs.len() != f.num_params {
+        return Err(EvalError(format!("@{} takes {} inputs, given {}", f.name, f.num_params, inputs.len())));
+    }
+    let mut values: Vec<Tensor> = Vec::with_capacity(f.nodes.len());
+    for (i, node) in f.nodes.iter().enumerate() {
+        let t = if i < f.num_params {
+            let input = &inputs[i];
+            if input.ty != node.ty {
+                return Err(EvalError(format!(
+                    "input `%{}` is {}, but the function declares {}",
+                    node.name, input.ty, node.ty
+                )));
+            }
+            input.clone()
+        } else {
+            eval_node(node, &values)
+        };
+        values.push(t);
+    }
+    Ok(f.results.iter().map(|r| values[r.0 as usize].clone()).collect())
+}
+
+fn operand<'a>(values: &'a [Tensor], node: &Node, i: usize) -> std::borrow::Cow<'a, Tensor> {
+    match node.operands[i] {
+        Operand::Value(v) => std::borrow::Cow::Borrowed(&values[v.0 as usize]),
+        Operand::Scalar(x) => {
+            // A literal takes the dtype of the node's value operands.
+            let dtype = node
+                .operands
+                .iter()
+                .find_map(|o| match o {
+                    Operand::Value(v) => Some(values[v.0 as usize].ty.dtype),
+                    Operand::Scalar(_) => None,
+                })
+                .unwrap_or(node.ty.dtype);
+            std::borrow::Cow::Owned(Tensor::from_values(TensorType::new(dtype, vec![]), &[x]))
+        }
+    }
+}
+
+// The element index addresses one broadcast map per operand.
+#[allow(clippy::needless_range_loop)]
+fn map_elementwise(node: &Node, args: &[&Tensor], f: impl Fn(&[f64]) -> f64) -> Tensor {
+    let out = &node.ty.shape;
+    let maps: Vec<Vec<usize>> = args.iter().map(|a| broadcast_index(out, &a.ty.shape)).collect();
+    let n: u64 = out.iter().product();
+    let mut data = Vec::with_capacity(n as usize);
+    let mut buf = vec![0.0; args.len()];
+    for i in 0..n as usize {
+        for (k, a) in args.iter().enumerate() {
+            buf[k] = a.data[maps[k][i]];
+        }
+        data.push(round(node.ty.dtype, f(&buf)));
+    }
+    Tensor { ty: node.ty.clone(), data }
+}
+
+/// Splits `shape` around `axis`: (outer count, axis size, inner count).
+fn around(shape: &[u64], axis: usize) -> (usize, usize, usize) {
+    let outer: u64 = shape[..axis].iter().product();
+    let inner: u64 = shape[axis + 1..].iter().product();
+    (outer as usize, shape[axis] as usize, inner as usize)
+}
+
+fn eval_node(node: &Node, values: &[Tensor]) -> Tensor {
+    let ty = node.ty.clone();
+    let dt = ty.dtype;
+    match &node.op {
+        Op::Param => unreachable!("parameters are inputs"),
+        Op::Matmul => matmul(&operand(values, node, 0), &operand(values, node, 1), ty),
+        Op::Transpose { perm } => {
+            let x = operand(values, node, 0);
+            let in_strides = strides(&x.ty.shape);
+            let n = ty.elems() as usize;
+            let mut idx = vec![0u64; ty.rank()];
+            let mut data = Vec::with_capacity(n);
+            for _ in 0..n {
+                let flat: usize = (0..ty.rank()).map(|k| idx[k] as usize * in_strides[perm[k]]).sum();
+                data.push(x.data[flat]);
+                for k in (0..ty.rank()).rev() {
+                    idx[k] += 1;
+                    if idx[k] < ty.shape[k] {
+                        break;
+                    }
+                    idx[k] = 0;
+                }
+            }
+            Tensor { ty, data }
+        }
+        Op::Reshape { .. } => Tensor { ty, data: operand(values, node, 0).data.clone() },
+        Op::Binary(b) => {
+            let (a, c) = (operand(values, node, 0), operand(values, node, 1));
+            let int = !dt.is_float();
+            map_elementwise(node, &[&a, &c], |v| {
+                if int {
+                    let (x, y) = (v[0] as i64, v[1] as i64);
+                    let r = match b {
+                        BinaryOp::Add => x.wrapping_add(y),
+                        BinaryOp::Sub => x.wrapping_sub(y),
+                        BinaryOp::Mul => x.wrapping_mul(y),
+                        BinaryOp::Max => x.max(y),
+                        BinaryOp::Min => x.min(y),
+                        BinaryOp::Div => unreachable!("checked: div is float-only"),
+                    };
+                    (if dt == ScalarType::I32 { r as i32 as i64 } else { r }) as f64
+                } else {
+                    let (x, y) = (v[0] as f32, v[1] as f32);
+                    let r = match b {
+                        BinaryOp::Add => x + y,
+                        BinaryOp::Sub => x - y,
+                        BinaryOp::Mul => x * y,
+                        BinaryOp::Div => x / y,
+                        BinaryOp::Max => numerics::max_num(x, y),
+                        BinaryOp::Min => numerics::min_num(x, y),
+                    };
+                    r as f64
+                }
+            })
+        }
+        Op::Unary(u) => {
+            let x = operand(values, node, 0);
+            map_elementwise(node, &[&x], |v| {
+                if *u == UnaryOp::Neg && !dt.is_float() {
+                    return ((v[0] as i64).wrapping_neg() as i32) as f64;
+                }
+                let x = v[0] as f32;
+                let r = match u {
+                    UnaryOp::Neg => -x,
+                    UnaryOp::Exp => libm::expf(x),
+                    UnaryOp::Tanh => libm::tanhf(x),
+                    UnaryOp::Erf => libm::erff(x),
+                    UnaryOp::Sigmoid => numerics::sigmoid(x),
+                    UnaryOp::Rsqrt => 1.0 / libm::sqrtf(x),
+                    UnaryOp::Sqrt => libm::sqrtf(x),
+                    UnaryOp::Recip => 1.0 / x,
+                    UnaryOp::Relu => numerics::activation(jpu_isa::operand::ActFunc::Relu, x),
+                    UnaryOp::Silu => x * numerics::sigmoid(x),
+                };
+                r as f64
+            })
+        }
+        Op::Gelu { approx } => {
+            let x = operand(values, node, 0);
+            map_elementwise(node, &[&x], |v| match approx {
+                GeluApprox::Tanh => numerics::gelu_tanh(v[0] as f32) as f64,
+                GeluApprox::None => numerics::gelu_erf(v[0] as f32) as f64,
+            })
+        }
+        Op::Reduce { kind, axes, .. } => {
+            let x = operand(values, node, 0);
+            let rank = x.ty.rank();
+            let kept: Vec<usize> = (0..rank).filter(|a| !axes.contains(a)).collect();
+            let in_strides = strides(&x.ty.shape);
+            let out_n: u64 = kept.iter().map(|&a| x.ty.shape[a]).product();
+            let red_n: u64 = axes.iter().map(|&a| x.ty.shape[a]).product();
+            let mut data = Vec::with_capacity(out_n as usize);
+            let mut kidx = vec![0u64; kept.len()];
+            for _ in 0..out_n {
+                let base: usize = kept.iter().zip(&kidx).map(|(&a, &i)| i as usize * in_strides[a]).sum();
+                let mut ridx = vec![0u64; axes.len()];
+                let mut acc_f: Option<f32> = None;
+                let mut acc_i: Option<i64> = None;
+                for _ in 0..red_n {
+                    let flat = base + axes.iter().zip(&ridx).map(|(&a, &i)| i as usize * in_strides[a]).sum::<usize>();
+                    let v = x.data[flat];
+                    if dt.is_float() {
+                        let v = v as f32;
+                        acc_f = Some(match (acc_f, kind) {
+                            (None, _) => v,
+                            (Some(a), ReduceKind::Sum) => a + v,
+                            (Some(a), ReduceKind::Max) => numerics::max_num(a, v),
+                        });
+                    } else {
+                        let v = v as i64;
+                        acc_i = Some(match (acc_i, kind) {
+                            (None, _) => v,
+                            (Some(a), ReduceKind::Sum) => a.wrapping_add(v),
+                            (Some(a), ReduceKind::Max) => a.max(v),
+                        });
+                    }
+                    for k in (0..ridx.len()).rev() {
+                        ridx[k] += 1;
+                        if ridx[k] < x.ty.shape[axes[k]] {
+                            break;
+                        }
+                        ridx[k] = 0;
+                    }
+                }
+                let v = if dt.is_float() { acc_f.unwrap_or(0.0) as f64 } else { acc_i.unwrap_or(0) as i32 as f64 };
+                data.push(round(dt, v));
+                for k in (0..kidx.len()).rev() {
+                    kidx[k] += 1;
+                    if kidx[k] < x.ty.shape[kept[k]] {
+                        break;
+                    }
+                    kidx[k] = 0;
+                }
+            }
+            Tensor { ty, data }
+        }
+        Op::Softmax { axis } => {
+            let x = operand(values, node, 0);
+            let (outer, n, inner) = around(&x.ty.shape, *axis);
+            let mut data = vec![0.0; x.data.len()];
+            for o in 0..outer {
+                for i in 0..inner {
+                    let at = |j: usize| o * n * inner + j * inner + i;
+                    let m = (1..n).fold(x.data[at(0)] as f32, |a, j| numerics::max_num(a, x.data[at(j)] as f32));
+                    let e: Vec<f32> = (0..n).map(|j| libm::expf(x.data[at(j)] as f32 - m)).collect();
+                    let s = e[1..].iter().fold(e[0], |a, &v| a + v);
+                    for j in 0..n {
+                        data[at(j)] = round(dt, (e[j] / s) as f64);
+                    }
+                }
+            }
+            Tensor { ty, data }
+        }
+        Op::Cast { to } => {
+            let x = operand(values, node, 0);
+            Tensor { data: x.data.iter().map(|&v| round(*to, v)).collect(), ty }
+        }
+        Op::Const { value } => Tensor::from_values(ty.clone(), &vec![*value; ty.elems() as usize]),
+        Op::Iota { axis } => {
+            let (outer, n, inner) = around(&ty.shape, *axis);
+            let mut vals = Vec::with_capacity(outer * n * inner);
+            for _ in 0..outer {
+                for j in 0..n {
+                    vals.extend(std::iter::repeat_n(j as f64, inner));
+                }
+            }
+            Tensor::from_values(ty, &vals)
+        }
+        Op::Compare { kind } => {
+            let (a, b) = (operand(values, node, 0), operand(values, node, 1));
+            map_elementwise(node, &[&a, &b], |v| {
+                let r = match kind {
+                    CompareKind::Lt => v[0] < v[1],
+                    CompareKind::Le => v[0] <= v[1],
+                    CompareKind::Gt => v[0] > v[1],
+                    CompareKind::Ge => v[0] >= v[1],
+                    CompareKind::Eq => v[0] == v[1],
+                };
+                r as u8 as f64
+            })
+        }
+        Op::Select => {
+            let (c, a, b) = (operand(values, node, 0), operand(values, node, 1), operand(values, node, 2));
+            map_elementwise(node, &[&c, &a, &b], |v| if v[0] != 0.0 { v[1] } else { v[2] })
+        }
+        Op::Concat { axis } => {
+            let (outer, _, inner) = around(&ty.shape, *axis);
+            let parts: Vec<std::borrow::Cow<'_, Tensor>> =
+                (0..node.operands.len()).map(|i| operand(values, node, i)).collect();
+            let mut data = Vec::with_capacity(ty.elems() as usize);
+            for o in 0..outer {
+                for p in &parts {
+                    let n = p.ty.shape[*axis] as usize;
+                    data.extend_from_slice(&p.data[o * n * inner..(o + 1) * n * inner]);
+                }
+            }
+            Tensor { ty, data }
+        }
+        Op::Slice { start, .. } => {
+            let x = operand(values, node, 0);
+            let in_strides = strides(&x.ty.shape);
+            let n = ty.elems() as usize;
+            let mut idx = vec![0u64; ty.rank()];
+            let mut data = Vec::with_capacity(n);
+            for _ in 0..n {
+                let flat: usize = (0..ty.rank()).map(|k| (start[k] + idx[k]) as usize * in_strides[k]).sum();
+                data.push(x.data[flat]);
+                for k in (0..ty.rank()).rev() {
+                    idx[k] += 1;
+                    if idx[k] < ty.shape[k] {
+                        break;
+                    }
+                    idx[k] = 0;
+                }
+            }
+            Tensor { ty, data }
+        }
+        Op::LayerNorm { axis, eps } | Op::RmsNorm { axis, eps } => {
+            let layer = matches!(node.op, Op::LayerNorm { .. });
+            let x = operand(values, node, 0);
+            let gamma = operand(values, node, 1);
+            let beta = layer.then(|| operand(values, node, 2));
+            let (outer, n, inner) = around(&x.ty.shape, *axis);
+            let eps = *eps as f32;
+            let mut data = vec![0.0; x.data.len()];
+            for o in 0..outer {
+                for i in 0..inner {
+                    let at = |j: usize| o * n * inner + j * inner + i;
+                    let v: Vec<f32> = (0..n).map(|j| x.data[at(j)] as f32).collect();
+                    let nf = n as f32;
+                    if layer {
+                        let mean = v[1..].iter().fold(v[0], |a, &x| a + x) / nf;
+                        let d: Vec<f32> = v.iter().map(|&x| x - mean).collect();
+                        let var = d[1..].iter().fold(d[0] * d[0], |a, &x| a + x * x) / nf;
+                        let denom = libm::sqrtf(var + eps);
+                        let beta = beta.as_ref().expect("layernorm has beta");
+                        for j in 0..n {
+                            let y = d[j] / denom * gamma.data[j] as f32 + beta.data[j] as f32;
+                            data[at(j)] = round(dt, y as f64);
+                        }
+                    } else {
+                        let ms = v[1..].iter().fold(v[0] * v[0], |a, &x| a + x * x) / nf;
+                        let denom = libm::sqrtf(ms + eps);
+                        for j in 0..n {
+                            data[at(j)] = round(dt, (v[j] / denom * gamma.data[j] as f32) as f64);
+                        }
+                    }
+                }
+            }
+            Tensor { ty, data }
+        }
+        Op::Attention { causal, scale } => attention(
+            &operand(values, node, 0),
+            &operand(values, node, 1),
+            &operand(values, node, 2),
+            *causal,
+            *scale,
+            ty,
+        ),
+    }
+}
+
+fn matmul(a: &Tensor, b: &Tensor, ty: TensorType) -> Tensor {
+    let (ra, rb) = (a.ty.rank(), b.ty.rank());
+    let (m, k, n) = (a.ty.shape[ra - 2] as usize, a.ty.shape[ra - 1] as usize, b.ty.shape[rb - 1] as usize);
+    let batch: Vec<u64> = ty.shape[..ty.rank() - 2].to_vec();
+    let a_batch = broadcast_index(&batch, &a.ty.shape[..ra - 2]);
+    let b_batch = broadcast_index(&batch, &b.ty.shape[..rb - 2]);
+    let int = a.ty.dtype.is_int();
+    let mut data = Vec::with_capacity(ty.elems() as usize);
+    for (ab, bb) in a_batch.iter().zip(&b_batch) {
+        let (ao, bo) = (ab * m * k, bb * k * n);
+        if int {
+            for i in 0..m {
+                let mut acc = vec![0i32; n];
+                for kk in 0..k {
+                    let x = a.data[ao + i * k + kk] as i32;
+                    for (j, r) in acc.iter_mut().enumerate() {
+                        *r = r.wrapping_add(x.wrapping_mul(b.data[bo + kk * n + j] as i32));
+                    }
+                }
+                data.extend(acc.iter().map(|&v| round(ty.dtype, v as f64)));
+            }
+        } else {
+            let bf: Vec<f32> = b.data[bo..bo + k * n].iter().map(|&v| v as f32).collect();
+            for i in 0..m {
+                // k ascending per output, from +0.0, an f32 rounding per multiply and add.
+                let mut acc = vec![0.0f32; n];
+                for kk in 0..k {
+                    let x = a.data[ao + i * k + kk] as f32;
+                    for (r, &y) in acc.iter_mut().zip(&bf[kk * n..(kk + 1) * n]) {
+                        *r += x * y;
+                    }
+                }
+                data.extend(acc.iter().map(|&v| round(ty.dtype, v as f64)));
+            }
+        }
+    }
+    Tensor { ty, data }
+}
+
+fn attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool, scale: f64, ty: TensorType) -> Tensor {
+    let r = q.ty.rank();
+    let (hq, sq, d) = (q.ty.shape[r - 3] as usize, q.ty.shape[r - 2] as usize, q.ty.shape[r - 1] as usize);
+    let (hk, sk) = (k.ty.shape[r - 3] as usize, k.ty.shape[r - 2] as usize);
+    let dv = v.ty.shape[r - 1] as usize;
+    let batch: usize = q.ty.shape[..r - 3].iter().product::<u64>() as usize;
+    let group = hq / hk;
+    let scale = scale as f32;
+    let (qf, kf, vf): (Vec<f32>, Vec<f32>, Vec<f32>) = (f32s(q).collect(), f32s(k).collect(), f32s(v).collect());
+    let mut data = Vec::with_capacity(ty.elems() as usize);
+    for bi in 0..batch {
+        for h in 0..hq {
+            let kh = h / group;
+            let qb = (bi * hq + h) * sq * d;
+            let kb = (bi * hk + kh) * sk * d;
+            let vb = (bi * hk + kh) * sk * dv;
+            for i in 0..sq {
+                let visible = |j: usize| !causal || (j as i64) <= i as i64 + sk as i64 - sq as i64;
+                let s: Vec<f32> = (0..sk)
+                    .map(|j| {
+                        if !visible(j) {
+                            return f32::NEG_INFINITY;
+                        }
+                        let dot = (0..d).fold(0.0f32, |a, t| a + qf[qb + i * d + t] * kf[kb + j * d + t]);
+                        dot * scale
+                    })
+                    .collect();
+                if !(0..sk).any(visible) {
+                    // A query row that sees no key (q_seq > kv_seq, causal) is zero.
+                    data.extend(std::iter::repeat_n(0.0, dv));
+                    continue;
+                }
+                let m = s[1..].iter().fold(s[0], |a, &x| numerics::max_num(a, x));
+                let e: Vec<f32> = s.iter().map(|&x| libm::expf(x - m)).collect();
+                let sum = e[1..].iter().fold(e[0], |a, &x| a + x);
+                for t in 0..dv {
+                    let o = (0..sk).fold(0.0f32, |a, j| a + (e[j] / sum) * vf[vb + j * dv + t]);
+                    data.push(round(ty.dtype, o as f64));
+                }
+            }
+        }
+    }
+    Tensor { ty, data }
+}

@@ -1,0 +1,330 @@
+//! The typed tensor IR: one function, its values in an arena, every one typed.
+//!
+//! Invariants (established by [`super::lower`]): operands refer to earlier nodes;
+//! every node's type is the one its op's shape rules give; attribute values are
+//! in range (axes normalised to `0..rank`); names are unique. Passes may rely on
+//! them without checking.
+
+use super::ast::Span;
+use super::types::{ScalarType, TensorType};
+
+/// Index of a node (value) in [`Func::nodes`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ValueId(pub u32);
+
+/// An operand: a value, or a scalar literal broadcast to the other operand's type.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Operand {
+    /// A value.
+    Value(ValueId),
+    /// A scalar literal; its type is the node's operand type.
+    Scalar(f64),
+}
+
+/// Elementwise binary operations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BinaryOp {
+    /// a + b
+    Add,
+    /// a - b
+    Sub,
+    /// a * b
+    Mul,
+    /// a / b
+    Div,
+    /// max(a, b)
+    Max,
+    /// min(a, b)
+    Min,
+}
+
+/// Elementwise unary operations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UnaryOp {
+    /// -x
+    Neg,
+    /// e^x
+    Exp,
+    /// tanh x
+    Tanh,
+    /// erf x
+    Erf,
+    /// 1 / (1 + e^-x)
+    Sigmoid,
+    /// 1 / sqrt x
+    Rsqrt,
+    /// sqrt x
+    Sqrt,
+    /// 1 / x
+    Recip,
+    /// max(x, 0)
+    Relu,
+    /// x sigmoid(x)
+    Silu,
+}
+
+/// GELU variants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GeluApprox {
+    /// 0.5 x (1 + erf(x / sqrt 2))
+    None,
+    /// 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+    Tanh,
+}
+
+/// Reductions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReduceKind {
+    /// Sum.
+    Sum,
+    /// Maximum.
+    Max,
+}
+
+/// Comparisons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CompareKind {
+    /// a < b
+    Lt,
+    /// a <= b
+    Le,
+    /// a > b
+    Gt,
+    /// a >= b
+    Ge,
+    /// a == b
+    Eq,
+}
+
+/// An operation with its attributes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    /// A function parameter.
+    Param,
+    /// Batched matrix product.
+    Matmul,
+    /// Permutes dims.
+    Transpose {
+        /// `perm[i]` is the input dim that becomes output dim i.
+        perm: Vec<usize>,
+    },
+    /// Same elements, new shape.
+    Reshape {
+        /// The new shape.
+        shape: Vec<u64>,
+    },
+    /// Elementwise binary with broadcasting.
+    Binary(BinaryOp),
+    /// Elementwise unary.
+    Unary(UnaryOp),
+    /// GELU.
+    Gelu {
+        /// Exact or tanh approximation.
+        approx: GeluApprox,
+    },
+    /// Reduction over axes.
+    Reduce {
+        /// Sum or max.
+        kind: ReduceKind,
+        /// Reduced axes, ascending.
+        axes: Vec<usize>,
+        /// Keep reduced axes as size 1.
+        keepdims: bool,
+    },
+    /// Softmax along an axis.
+    Softmax {
+        /// The axis.
+        axis: usize,
+    },
+    /// Conversion.
+    Cast {
+        /// Target element type.
+        to: ScalarType,
+    },
+    /// A splat constant.
+    Const {
+        /// The value.
+        value: f64,
+    },
+    /// Index along an axis.
+    Iota {
+        /// The axis.
+        axis: usize,
+    },
+    /// Elementwise comparison to i1.
+    Compare {
+        /// The comparison.
+        kind: CompareKind,
+    },
+    /// `cond ? a : b`, elementwise with broadcasting.
+    Select,
+    /// Joins operands along an axis.
+    Concat {
+        /// The axis.
+        axis: usize,
+    },
+    /// A box of the input: `[start, stop)` per dim.
+    Slice {
+        /// First index per dim.
+        start: Vec<u64>,
+        /// One past the last index per dim.
+        stop: Vec<u64>,
+    },
+    /// Layer normalisation over one axis (x, gamma, beta).
+    LayerNorm {
+        /// The normalised axis.
+        axis: usize,
+        /// Added to the variance.
+        eps: f64,
+    },
+    /// RMS normalisation over one axis (x, gamma).
+    RmsNorm {
+        /// The normalised axis.
+        axis: usize,
+        /// Added to the mean square.
+        eps: f64,
+    },
+    /// Scaled dot-product attention (q, k, v).
+    Attention {
+        /// Query i sees keys j <= i + kv_seq - q_seq.
+        causal: bool,
+        /// Multiplies the scores.
+        scale: f64,
+    },
+}
+
+/// One value: its name, op, operands, type and source span.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    /// Name without `%`.
+    pub name: String,
+    /// Operation.
+    pub op: Op,
+    /// Operands in order.
+    pub operands: Vec<Operand>,
+    /// Result type.
+    pub ty: TensorType,
+    /// Source span (the statement, or the parameter).
+    pub span: Span,
+}
+
+/// A function.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Func {
+    /// Name without `@`.
+    pub name: String,
+    /// Every value; parameters first, in order.
+    pub nodes: Vec<Node>,
+    /// Number of parameters (the first nodes).
+    pub num_params: usize,
+    /// Returned values.
+    pub results: Vec<ValueId>,
+}
+
+impl Func {
+    /// The node of a value.
+    pub fn node(&self, v: ValueId) -> &Node {
+        &self.nodes[v.0 as usize]
+    }
+
+    /// Parameter values.
+    pub fn params(&self) -> impl Iterator<Item = ValueId> {
+        (0..self.num_params as u32).map(ValueId)
+    }
+}
+
+impl Op {
+    /// The op's name in `.tir`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Param => "param",
+            Op::Matmul => "matmul",
+            Op::Transpose { .. } => "transpose",
+            Op::Reshape { .. } => "reshape",
+            Op::Binary(b) => match b {
+                BinaryOp::Add => "add",
+                BinaryOp::Sub => "sub",
+                BinaryOp::Mul => "mul",
+                BinaryOp::Div => "div",
+                BinaryOp::Max => "max",
+                BinaryOp::Min => "min",
+            },
+            Op::Unary(u) => match u {
+                UnaryOp::Neg => "neg",
+                UnaryOp::Exp => "exp",
+                UnaryOp::Tanh => "tanh",
+                UnaryOp::Erf => "erf",
+                UnaryOp::Sigmoid => "sigmoid",
+                UnaryOp::Rsqrt => "rsqrt",
+                UnaryOp::Sqrt => "sqrt",
+                UnaryOp::Recip => "recip",
+                UnaryOp::Relu => "relu",
+                UnaryOp::Silu => "silu",
+            },
+            Op::Gelu { .. } => "gelu",
+            Op::Reduce { kind: ReduceKind::Sum, .. } => "reduce_sum",
+            Op::Reduce { kind: ReduceKind::Max, .. } => "reduce_max",
+            Op::Softmax { .. } => "softmax",
+            Op::Cast { .. } => "cast",
+            Op::Const { .. } => "const",
+            Op::Iota { .. } => "iota",
+            Op::Compare { .. } => "compare",
+            Op::Select => "select",
+            Op::Concat { .. } => "concat",
+            Op::Slice { .. } => "slice",
+            Op::LayerNorm { .. } => "layernorm",
+            Op::RmsNorm { .. } => "rmsnorm",
+            Op::Attention { .. } => "attention",
+        }
+    }
+}
+
+impl CompareKind {
+    /// Name in `.tir`.
+    pub fn name(self) -> &'static str {
+        match self {
+            CompareKind::Lt => "lt",
+            CompareKind::Le => "le",
+            CompareKind::Gt => "gt",
+            CompareKind::Ge => "ge",
+            CompareKind::Eq => "eq",
+        }
+    }
+}
+
+/// Every op name the language has, for diagnostics.
+pub const OP_NAMES: &[&str] = &[
+    "matmul",
+    "transpose",
+    "reshape",
+    "add",
+    "sub",
+    "mul",
+    "div",
+    "max",
+    "min",
+    "neg",
+    "exp",
+    "tanh",
+    "erf",
+    "sigmoid",
+    "rsqrt",
+    "sqrt",
+    "recip",
+    "relu",
+    "gelu",
+    "silu",
+    "reduce_sum",
+    "reduce_max",
+    "softmax",
+    "cast",
+    "const",
+    "iota",
+    "compare",
+    "select",
+    "concat",
+    "slice",
+    "layernorm",
+    "rmsnorm",
+    "attention",
+];
