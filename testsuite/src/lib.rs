@@ -6,6 +6,7 @@
 //! add a case and review snapshots.
 
 pub mod kernels;
+pub mod tir_gen;
 
 /// The kind a case file declares on its first line, if any.
 pub fn case_kind(src: &str) -> Option<&str> {

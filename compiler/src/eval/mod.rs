@@ -140,15 +140,20 @@ fn operand<'a>(values: &'a [Tensor], node: &Node, i: usize) -> std::borrow::Cow<
     match node.operands[i] {
         Operand::Value(v) => std::borrow::Cow::Borrowed(&values[v.0 as usize]),
         Operand::Scalar(x) => {
-            // A literal takes the dtype of the node's value operands.
-            let dtype = node
-                .operands
-                .iter()
-                .find_map(|o| match o {
-                    Operand::Value(v) => Some(values[v.0 as usize].ty.dtype),
-                    Operand::Scalar(_) => None,
-                })
-                .unwrap_or(node.ty.dtype);
+            // A literal takes the dtype of the node's data operands: for `select`
+            // that is the result's (operand 0 is the i1 condition); otherwise the
+            // value operands' (for `compare`, not its i1 result's).
+            let dtype = match node.op {
+                Op::Select => node.ty.dtype,
+                _ => node
+                    .operands
+                    .iter()
+                    .find_map(|o| match o {
+                        Operand::Value(v) => Some(values[v.0 as usize].ty.dtype),
+                        Operand::Scalar(_) => None,
+                    })
+                    .unwrap_or(node.ty.dtype),
+            };
             std::borrow::Cow::Owned(Tensor::from_values(TensorType::new(dtype, vec![]), &[x]))
         }
     }

@@ -80,9 +80,8 @@ fn expected(list: &[String]) -> String {
             match e {
                 "@name" => "a function name `@name`".to_string(),
                 "%name" => "a value `%name`".to_string(),
-                "identifier" | "integer" | "float" | "string" => {
-                    format!("{} {e}", if e == "integer" { "an" } else { "a" })
-                }
+                "identifier" | "integer" => format!("an {e}"),
+                "float" | "string" => format!("a {e}"),
                 other => format!("`{other}`"),
             }
         })

@@ -131,9 +131,11 @@ pub fn lower(m: &ast::Module) -> Result<Func, Vec<Diagnostic>> {
                     cx.diags.push(Diagnostic::new(
                         span.clone(),
                         format!(
-                            "`return` gives {} values but the function declares {} results",
+                            "`return` gives {} value{} but the function declares {} result{}",
                             ids.len(),
-                            declared.len()
+                            if ids.len() == 1 { "" } else { "s" },
+                            declared.len(),
+                            if declared.len() == 1 { "" } else { "s" }
                         ),
                     ));
                     continue;

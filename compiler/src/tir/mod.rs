@@ -37,11 +37,21 @@ pub fn parse(src: &str) -> Result<ast::Module, Vec<Diagnostic>> {
     let mut recovered = Vec::new();
     let result = grammar::ModuleParser::new().parse(&mut recovered, lexer::tokens(src));
     let mut diags: Vec<Diagnostic> = recovered.into_iter().map(|r| diag::from_parse_error(r.error, src)).collect();
-    match result {
-        Ok(m) if diags.is_empty() => Ok(m),
-        Ok(_) => Err(diags),
+    let module = match result {
+        Ok(m) => Some(m),
         Err(e) => {
             diags.push(diag::from_parse_error(e, src));
+            None
+        }
+    };
+    match module {
+        Some(m) if diags.is_empty() => Ok(m),
+        _ => {
+            // Recovery resumes at the next token that can start a statement, which
+            // can be inside the broken line: keep the first error of each line.
+            let line = |offset: usize| src[..offset.min(src.len())].matches('\n').count();
+            let mut seen = std::collections::HashSet::new();
+            diags.retain(|d| seen.insert(line(d.span.start)));
             Err(diags)
         }
     }

@@ -1,0 +1,265 @@
+//! Random valid `.tir` programs, for round-trip tests now and differential testing
+//! of the whole compiler later (compile, simulate, compare with the evaluator).
+//!
+//! [`random_tir`] builds, from a seed, source text that must check: every op of
+//! the language appears across seeds, with random dtypes, shapes, attributes,
+//! scalar literals (including infinities), broadcasting and multiple results.
+
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+const FLOATS: [&str; 5] = ["f32", "f16", "bf16", "f8e4m3", "f8e5m2"];
+
+#[derive(Clone)]
+struct Val {
+    name: String,
+    dtype: &'static str,
+    shape: Vec<u64>,
+}
+
+struct Gen {
+    rng: StdRng,
+    params: Vec<Val>,
+    values: Vec<Val>,
+    body: Vec<String>,
+    next: usize,
+}
+
+fn ty(dtype: &str, shape: &[u64]) -> String {
+    format!("{dtype}[{}]", shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "))
+}
+
+impl Gen {
+    fn fresh(&mut self) -> String {
+        self.next += 1;
+        format!("v{}", self.next)
+    }
+
+    fn param(&mut self, dtype: &'static str, shape: Vec<u64>) -> Val {
+        let v = Val { name: format!("p{}", self.params.len()), dtype, shape };
+        self.params.push(v.clone());
+        self.values.push(v.clone());
+        v
+    }
+
+    fn shape(&mut self, rank: usize) -> Vec<u64> {
+        (0..rank).map(|_| self.rng.random_range(1..5)).collect()
+    }
+
+    fn pick_float(&mut self) -> Val {
+        // Rank 0 values (full reductions) stay results; operands have rank >= 1.
+        let floats: Vec<Val> =
+            self.values.iter().filter(|v| FLOATS.contains(&v.dtype) && !v.shape.is_empty()).cloned().collect();
+        if floats.is_empty() {
+            let dt = FLOATS[self.rng.random_range(0..FLOATS.len())];
+            let rank = self.rng.random_range(1..4);
+            let s = self.shape(rank);
+            return self.param(dt, s);
+        }
+        floats[self.rng.random_range(0..floats.len())].clone()
+    }
+
+    fn literal(&mut self) -> String {
+        match self.rng.random_range(0..6) {
+            0 => "inf".into(),
+            1 => "-inf".into(),
+            2 => "2".into(),
+            _ => format!("{:?}", (self.rng.random::<f64>() - 0.5) * 8.0),
+        }
+    }
+
+    fn emit(&mut self, rhs: String, dtype: &'static str, shape: Vec<u64>, annotate: bool) {
+        let name = self.fresh();
+        let ann = if annotate { format!(" : {}", ty(dtype, &shape)) } else { String::new() };
+        self.body.push(format!("  %{name} = {rhs}{ann}"));
+        self.values.push(Val { name, dtype, shape });
+    }
+
+    fn step(&mut self) {
+        let v = self.pick_float();
+        let r = v.shape.len();
+        let annotate = self.rng.random_bool(0.3);
+        match self.rng.random_range(0..16) {
+            0 => {
+                let ops = ["neg", "exp", "tanh", "erf", "sigmoid", "rsqrt", "sqrt", "recip", "relu", "silu"];
+                let op = ops[self.rng.random_range(0..ops.len())];
+                self.emit(format!("{op}(%{})", v.name), v.dtype, v.shape, annotate);
+            }
+            1 | 2 => {
+                let ops = ["add", "sub", "mul", "div", "max", "min"];
+                let op = ops[self.rng.random_range(0..ops.len())];
+                let other = if self.rng.random_bool(0.5) {
+                    self.literal()
+                } else {
+                    // A broadcastable partner: the same shape with some dims set to 1, maybe fewer dims.
+                    let drop = self.rng.random_range(0..=r);
+                    let s: Vec<u64> =
+                        v.shape[drop..].iter().map(|&d| if self.rng.random_bool(0.3) { 1 } else { d }).collect();
+                    format!("%{}", self.param(v.dtype, s).name)
+                };
+                let (a, b) = if self.rng.random_bool(0.5) {
+                    (format!("%{}", v.name), other)
+                } else {
+                    (other, format!("%{}", v.name))
+                };
+                self.emit(format!("{op}({a}, {b})"), v.dtype, v.shape, annotate);
+            }
+            3 => {
+                let mut perm: Vec<usize> = (0..r).collect();
+                for i in (1..r).rev() {
+                    let j = self.rng.random_range(0..=i);
+                    perm.swap(i, j);
+                }
+                let shape = perm.iter().map(|&i| v.shape[i]).collect();
+                let p = perm.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ");
+                self.emit(format!("transpose(%{}) {{perm = [{p}]}}", v.name), v.dtype, shape, annotate);
+            }
+            4 => {
+                let n: u64 = v.shape.iter().product();
+                let shape = if self.rng.random_bool(0.5) { vec![n] } else { v.shape.iter().rev().copied().collect() };
+                let s = shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ");
+                self.emit(format!("reshape(%{}) {{shape = [{s}]}}", v.name), v.dtype, shape, annotate);
+            }
+            5 => {
+                let axes: Vec<usize> = (0..r).filter(|_| self.rng.random_bool(0.5)).collect();
+                let axes = if axes.is_empty() { vec![r - 1] } else { axes };
+                let keep = self.rng.random_bool(0.5);
+                let shape = (0..r)
+                    .filter_map(|i| if axes.contains(&i) { keep.then_some(1) } else { Some(v.shape[i]) })
+                    .collect();
+                let kind = if self.rng.random_bool(0.5) { "reduce_sum" } else { "reduce_max" };
+                let a = axes.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ");
+                self.emit(format!("{kind}(%{}) {{axes = [{a}], keepdims = {keep}}}", v.name), v.dtype, shape, annotate);
+            }
+            6 => {
+                let axis = self.rng.random_range(0..r) as i64 - if self.rng.random_bool(0.5) { r as i64 } else { 0 };
+                self.emit(format!("softmax(%{}) {{axis = {axis}}}", v.name), v.dtype, v.shape, annotate);
+            }
+            7 => {
+                let to = FLOATS[self.rng.random_range(0..FLOATS.len())];
+                self.emit(format!("cast(%{}) {{to = {to}}}", v.name), to, v.shape, annotate);
+            }
+            8 => {
+                let (m, k) = if r >= 2 { (v.shape[r - 2], v.shape[r - 1]) } else { (1, v.shape[0]) };
+                let a = if r >= 2 { v.clone() } else { self.param(v.dtype, vec![m, k]) };
+                let n = self.rng.random_range(1..5);
+                let b = self.param(a.dtype, vec![k, n]);
+                let mut shape = a.shape.clone();
+                let last = shape.len() - 1;
+                shape[last] = n;
+                let widen = self.rng.random_bool(0.5);
+                let (dt, ann) = if widen { ("f32", true) } else { (a.dtype, annotate) };
+                self.emit(format!("matmul(%{}, %{})", a.name, b.name), dt, shape, ann);
+            }
+            9 => {
+                let start: Vec<u64> = v.shape.iter().map(|&d| self.rng.random_range(0..d)).collect();
+                let stop: Vec<u64> =
+                    v.shape.iter().zip(&start).map(|(&d, &s)| self.rng.random_range(s + 1..=d)).collect();
+                let shape = start.iter().zip(&stop).map(|(a, b)| b - a).collect();
+                let f = |x: &[u64]| x.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ");
+                self.emit(
+                    format!("slice(%{}) {{start = [{}], stop = [{}]}}", v.name, f(&start), f(&stop)),
+                    v.dtype,
+                    shape,
+                    annotate,
+                );
+            }
+            10 => {
+                let axis = self.rng.random_range(0..r);
+                let mut shape = v.shape.clone();
+                shape[axis] *= 2;
+                self.emit(format!("concat(%{}, %{}) {{axis = {axis}}}", v.name, v.name), v.dtype, shape, annotate);
+            }
+            11 => {
+                let kinds = ["lt", "le", "gt", "ge", "eq"];
+                let k = kinds[self.rng.random_range(0..kinds.len())];
+                let lit = self.literal();
+                let c = self.fresh();
+                self.body.push(format!("  %{c} = compare(%{}, {lit}) {{kind = {k}}}", v.name));
+                let lit2 = self.literal();
+                self.emit(format!("select(%{c}, %{}, {lit2})", v.name), v.dtype, v.shape, annotate);
+            }
+            12 => {
+                let axis = self.rng.random_range(0..r);
+                let n = v.shape[axis];
+                let g = self.param(v.dtype, vec![n]);
+                if self.rng.random_bool(0.5) {
+                    let b = self.param(v.dtype, vec![n]);
+                    self.emit(
+                        format!("layernorm(%{}, %{}, %{}) {{axis = {axis}}}", v.name, g.name, b.name),
+                        v.dtype,
+                        v.shape,
+                        annotate,
+                    );
+                } else {
+                    self.emit(
+                        format!("rmsnorm(%{}, %{}) {{axis = {axis}, eps = 1e-6}}", v.name, g.name),
+                        v.dtype,
+                        v.shape,
+                        annotate,
+                    );
+                }
+            }
+            13 => {
+                let approx = if self.rng.random_bool(0.5) { "tanh" } else { "none" };
+                self.emit(format!("gelu(%{}) {{approx = \"{approx}\"}}", v.name), v.dtype, v.shape, annotate);
+            }
+            14 => {
+                let shape = self.shape(2);
+                let dt = ["i32", "f32", "bf16"][self.rng.random_range(0..3)];
+                let axis = self.rng.random_range(0..2);
+                self.emit(format!("iota() {{axis = {axis}}}"), dt, shape.clone(), true);
+                let c = self.rng.random_range(-3..4);
+                self.emit(format!("const() {{value = {c}}}"), dt, shape, true);
+            }
+            _ => {
+                let dt = FLOATS[self.rng.random_range(0..3)];
+                let (hk, group, sq, sk, d) = (
+                    self.rng.random_range(1..3),
+                    self.rng.random_range(1..3),
+                    self.rng.random_range(1..4),
+                    self.rng.random_range(1..4),
+                    self.rng.random_range(1..4),
+                );
+                let q = self.param(dt, vec![hk * group, sq, d]);
+                let k = self.param(dt, vec![hk, sk, d]);
+                let vv = self.param(dt, vec![hk, sk, d]);
+                let causal = self.rng.random_bool(0.5);
+                self.emit(
+                    format!("attention(%{}, %{}, %{}) {{causal = {causal}}}", q.name, k.name, vv.name),
+                    dt,
+                    q.shape.clone(),
+                    annotate,
+                );
+            }
+        }
+    }
+}
+
+/// A random valid `.tir` function, determined by `seed`.
+pub fn random_tir(seed: u64) -> String {
+    let mut g =
+        Gen { rng: StdRng::seed_from_u64(seed), params: Vec::new(), values: Vec::new(), body: Vec::new(), next: 0 };
+    for _ in 0..g.rng.random_range(1..3) {
+        let dt = FLOATS[g.rng.random_range(0..FLOATS.len())];
+        let rank = g.rng.random_range(1..4);
+        let s = g.shape(rank);
+        g.param(dt, s);
+    }
+    for _ in 0..g.rng.random_range(1..8) {
+        g.step();
+    }
+    let count = g.rng.random_range(1..3).min(g.values.len());
+    let results: Vec<Val> = g.values[g.values.len() - count..].to_vec();
+    let params: Vec<String> = g.params.iter().map(|p| format!("%{}: {}", p.name, ty(p.dtype, &p.shape))).collect();
+    let rets: Vec<String> = results.iter().map(|v| ty(v.dtype, &v.shape)).collect();
+    let rets = if rets.len() == 1 { rets[0].clone() } else { format!("({})", rets.join(", ")) };
+    let names: Vec<String> = results.iter().map(|v| format!("%{}", v.name)).collect();
+    format!(
+        "// generated (seed {seed})\nfunc @random({}) -> {} {{\n{}\n  return {}\n}}\n",
+        params.join(", "),
+        rets,
+        g.body.join("\n"),
+        names.join(", ")
+    )
+}

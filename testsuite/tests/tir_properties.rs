@@ -1,0 +1,112 @@
+//! Properties of the front end over random programs and corrupted sources.
+
+use jalc::eval::{eval, Tensor};
+use jalc::tir::{self, printer};
+use jpu_testsuite::tir_gen::random_tir;
+use proptest::prelude::*;
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+    /// print(parse(print(p))) == print(p), and the evaluator runs every program.
+    #[test]
+    fn random_programs_round_trip_and_evaluate(seed in any::<u64>()) {
+        let src = random_tir(seed);
+        let f = tir::parse_and_check(&src).unwrap_or_else(|d| panic!("{}\n{src}", tir::render("gen.tir", &src, &d)));
+        let text = printer::print(&f);
+        let again = tir::parse_and_check(&text).unwrap_or_else(|d| panic!("{}\n{text}", tir::render("printed.tir", &text, &d)));
+        prop_assert_eq!(printer::print(&again), text);
+        let inputs: Vec<Tensor> = f
+            .params()
+            .map(|p| {
+                let ty = f.node(p).ty.clone();
+                let vals: Vec<f64> = (0..ty.elems()).map(|i| ((i * 7919 + seed % 97) % 23) as f64 * 0.25 - 2.5).collect();
+                Tensor::from_values(ty, &vals)
+            })
+            .collect();
+        let out = eval(&f, &inputs).unwrap();
+        for (r, t) in f.results.iter().zip(&out) {
+            prop_assert_eq!(&t.ty, &f.node(*r).ty);
+            prop_assert_eq!(t.data.len() as u64, t.ty.elems());
+        }
+    }
+}
+
+#[test]
+fn generator_covers_every_op() {
+    let mut seen = std::collections::HashSet::new();
+    for seed in 0..400 {
+        let f = tir::parse_and_check(&random_tir(seed)).unwrap();
+        for n in &f.nodes {
+            seen.insert(n.op.name());
+        }
+    }
+    for op in jalc::tir::ir::OP_NAMES {
+        assert!(seen.contains(op), "the generator never produces `{op}`");
+    }
+}
+
+#[test]
+fn truncations_and_mutations_never_panic() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/cases/tir");
+    let mut files = Vec::new();
+    for dir in [root.to_string(), format!("{root}/errors")] {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "tir") {
+                files.push(std::fs::read_to_string(p).unwrap());
+            }
+        }
+    }
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    const ALPHABET: &[u8] = b" \n,.:=[]{}()-%@\"0123456789afimx_;/\xc3\xa9";
+    let check = |s: &str| match tir::parse_and_check(s) {
+        Ok(f) => {
+            let _ = printer::print(&f);
+        }
+        Err(d) => {
+            assert!(!d.is_empty());
+            let _ = tir::render("m.tir", s, &d);
+        }
+    };
+    let mut cases = 0;
+    for src in &files {
+        let b = src.as_bytes();
+        for cut in (0..b.len()).step_by(5) {
+            if let Ok(s) = std::str::from_utf8(&b[..cut]) {
+                check(s);
+                cases += 1;
+            }
+        }
+        for _ in 0..120 {
+            let mut m = b.to_vec();
+            for _ in 0..1 + next() % 3 {
+                let at = (next() % m.len().max(1) as u64) as usize;
+                let c = ALPHABET[(next() % ALPHABET.len() as u64) as usize];
+                match next() % 3 {
+                    0 if at < m.len() => m[at] = c,
+                    1 if at < m.len() => {
+                        m.remove(at);
+                    }
+                    _ => m.insert(at.min(m.len()), c),
+                }
+            }
+            check(&String::from_utf8_lossy(&m));
+            cases += 1;
+        }
+    }
+    assert!(cases > 5000, "{cases}");
+}
+
+#[test]
+#[ignore = "prints a generated program"]
+fn show_one() {
+    println!("{}", random_tir(7));
+    println!("{}", random_tir(12345));
+}
