@@ -257,3 +257,83 @@ fn out_of_bounds_binaries_are_rejected_at_load_with_exit_2() {
         stderr(&out)
     );
 }
+
+#[test]
+fn check_compile_and_eval_tensor_ir() {
+    let tir = format!("{}/../examples/attention.tir", env!("CARGO_MANIFEST_DIR"));
+    assert_eq!(jalc(&["check", &tir]).status.code(), Some(0));
+    let parsed = jalc(&["compile", &tir, "--emit", "parsed"]);
+    assert_eq!(parsed.status.code(), Some(0), "{}", stderr(&parsed));
+    let text = String::from_utf8(parsed.stdout).unwrap();
+    assert!(text.contains("%p = softmax(%z) {axis = 2} : f32[8, 256, 256]"), "{text}");
+    // The canonical text checks again.
+    let canon = temp("canon.tir");
+    std::fs::write(&canon, &text).unwrap();
+    assert_eq!(jalc(&["check", canon.to_str().unwrap()]).status.code(), Some(0));
+    // Stages not built yet, unknown stages and targets are usage errors.
+    let opt = jalc(&["compile", &tir, "--emit", "opt"]);
+    assert_eq!(opt.status.code(), Some(2));
+    assert!(stderr(&opt).contains("not built yet"), "{}", stderr(&opt));
+    assert_eq!(jalc(&["compile", &tir, "--emit", "bogus"]).status.code(), Some(2));
+    assert_eq!(jalc(&["compile", &tir, "--emit", "parsed", "--target", "jpu9"]).status.code(), Some(2));
+
+    // Diagnostics: file:line:col, exit 2.
+    let bad = temp("bad.tir");
+    std::fs::write(&bad, "func @f(%x: f32[4]) -> f32[4] {\n  %y = exp(%x, %x)\n  return %y\n}\n").unwrap();
+    let out = jalc(&["check", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("bad.tir:2:8") && stderr(&out).contains("`exp` takes 1 operand, found 2"),
+        "{}",
+        stderr(&out)
+    );
+
+    // eval: inputs by parameter name, converted to the declared dtype; outputs by returned value name.
+    let src = temp("affine.tir");
+    std::fs::write(&src, "func @f(%x: bf16[2, 3], %w: f32[3, 2]) -> (f32[2, 2], i1[2, 3]) {\n  %xf = cast(%x) {to = f32}\n  %y = matmul(%xf, %w)\n  %pos = compare(%x, 0.0) {kind = gt}\n  return %y, %pos\n}\n").unwrap();
+    let (px, pw) = (temp("eval-x.npy"), temp("eval-w.npy"));
+    // 1 + 2^-9 rounds to 1 in bf16.
+    write_npy_f64(&px, &[2, 3], &[1.0 + 2f64.powi(-9), 2.0, -3.0, 4.0, 5.0, 6.0]);
+    write_npy_f64(&pw, &[3, 2], &[1.0, 0.0, 0.0, 1.0, 1.0, 1.0]);
+    let dir = temp("eval-out");
+    let (ix, iw) = (format!("x={}", px.display()), format!("w={}", pw.display()));
+    let out =
+        jalc(&["eval", src.to_str().unwrap(), "--input", &ix, "--input", &iw, "--output-dir", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let (shape, y) = read_npy_f32(&dir.join("y.npy"));
+    assert_eq!(shape, vec![2, 2]);
+    assert_eq!(y, vec![-2.0, -1.0, 10.0, 11.0]);
+    let bytes = std::fs::read(dir.join("pos.npy")).unwrap();
+    let pos = npyz::NpyFile::new(&bytes[..]).unwrap().into_vec::<i32>().unwrap();
+    assert_eq!(pos, vec![1, 1, 0, 1, 1, 1]);
+    // Bad inputs: missing, wrong shape, unknown name.
+    let missing = jalc(&["eval", src.to_str().unwrap(), "--input", &ix, "--output-dir", dir.to_str().unwrap()]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(stderr(&missing).contains("missing input `w`"), "{}", stderr(&missing));
+    let wrong = jalc(&[
+        "eval",
+        src.to_str().unwrap(),
+        "--input",
+        &format!("x={}", pw.display()),
+        "--input",
+        &iw,
+        "--output-dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(wrong.status.code(), Some(2));
+    assert!(stderr(&wrong).contains("has shape [3, 2], but the function declares bf16[2, 3]"), "{}", stderr(&wrong));
+    let unknown = jalc(&[
+        "eval",
+        src.to_str().unwrap(),
+        "--input",
+        &ix,
+        "--input",
+        &iw,
+        "--input",
+        "q=a.npy",
+        "--output-dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(stderr(&unknown).contains("no parameter `q`"), "{}", stderr(&unknown));
+}

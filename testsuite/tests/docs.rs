@@ -1,0 +1,30 @@
+//! Every `tir` code block in docs/tir.md checks, and its canonical form is a
+//! fixed point; the diagnostic quoted in the docs is the one the case produces.
+
+use jalc::tir::{self, printer};
+
+#[test]
+fn tir_md_examples_check() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/tir.md")).unwrap();
+    let mut blocks = 0;
+    let mut rest = doc.as_str();
+    while let Some(start) = rest.find("```tir\n") {
+        let body = &rest[start + 7..];
+        let end = body.find("```").expect("closed code block");
+        let src = &body[..end];
+        let f = tir::parse_and_check(src).unwrap_or_else(|d| panic!("{}", tir::render("docs/tir.md", src, &d)));
+        let text = printer::print(&f);
+        assert_eq!(printer::print(&tir::parse_and_check(&text).unwrap()), text);
+        blocks += 1;
+        rest = &body[end..];
+    }
+    assert!(blocks >= 4, "found {blocks} tir blocks");
+    let snapshot = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/snapshots/tir__tir_cases@errors__matmul-contraction-mismatch.tir.snap"
+    ))
+    .unwrap();
+    let quoted = doc.split("```text\nerror: `matmul` contraction").nth(1).expect("the docs quote a diagnostic");
+    let first_line = quoted.lines().next().unwrap();
+    assert!(snapshot.contains(first_line), "docs/tir.md quotes an outdated diagnostic");
+}
