@@ -3,11 +3,19 @@
 //! | stage | module | printable form (`jalc compile --emit`) |
 //! |---|---|---|
 //! | front end: `.tir` text -> typed, checked IR | [`tir`] | `parsed` |
+//! | kernel selection and schedules | [`lower`] | `kernels` |
+//! | tile programs | [`lower`] | `tiles` |
+//! | allocation, instruction DAG, scheduling, semaphores, emission | [`backend`] | `asm` |
 //! | reference evaluator (the oracle every compiled program is checked against) | [`eval`] | |
 //!
-//! Optimisation, lowering, scheduling and emission stages follow (see the issues).
+//! [`driver`] runs the stages; [`verify`] compiles, simulates and compares.
+//! The e-graph optimizer (`opt`) is not built yet.
 
 #![deny(missing_docs)]
 
+pub mod backend;
+pub mod driver;
 pub mod eval;
+pub mod lower;
 pub mod tir;
+pub mod verify;

@@ -54,12 +54,29 @@ enum Command {
         /// Target (jpu1 or jpu-tiny).
         #[arg(long, default_value = "jpu1")]
         target: String,
-        /// Print a stage to stdout: parsed (available), opt, kernels, tiles, asm (planned).
+        /// Print a stage to stdout: parsed, kernels, tiles, asm (opt is planned).
         #[arg(long, value_name = "STAGE")]
         emit: Option<String>,
         /// Schedule overrides (planned).
         #[arg(long, value_name = "FILE")]
         schedule: Option<PathBuf>,
+    },
+    /// Compile, simulate on seeded random inputs, and compare with the reference evaluator.
+    Verify {
+        /// Tensor IR source.
+        file: PathBuf,
+        /// Target (jpu1 or jpu-tiny).
+        #[arg(long, default_value = "jpu1")]
+        target: String,
+        /// Seed of the random inputs.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Schedule overrides (docs/schedules.md).
+        #[arg(long, value_name = "FILE")]
+        schedule: Option<PathBuf>,
+        /// Print one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
     },
     /// Evaluate a .tir function with the reference evaluator.
     Eval {
@@ -176,6 +193,21 @@ fn check(file: &Path) -> Result<(), Failure> {
     read_tir(file).map(|_| ())
 }
 
+fn load_schedule(
+    func: &jalc::tir::ir::Func,
+    target: &jpu_isa::Target,
+    path: Option<&Path>,
+) -> Result<Option<jalc::lower::gemm::GemmSchedule>, Failure> {
+    let Some(path) = path else { return Ok(None) };
+    let text = String::from_utf8(read_file(path)?)
+        .map_err(|_| Failure::Input(format!("error: {} is not UTF-8", path.display())))?;
+    let problem = jalc::lower::gemm::recognise(func).map_err(|e| Failure::Input(format!("error: {}", e.0)))?;
+    let base = jalc::lower::gemm::choose(&problem, target).map_err(|e| Failure::Input(format!("error: {}", e.0)))?;
+    jalc::driver::parse_schedule(&text, base)
+        .map(Some)
+        .map_err(|e| Failure::Input(format!("error: {}: {e}", path.display())))
+}
+
 fn compile(
     file: &Path,
     output: Option<&Path>,
@@ -183,26 +215,79 @@ fn compile(
     emit: Option<&str>,
     schedule: Option<&Path>,
 ) -> Result<(), Failure> {
-    jpu_isa::Target::builtin(target).map_err(|e| Failure::Input(format!("error: {e}")))?;
+    let t = jpu_isa::Target::builtin(target).map_err(|e| Failure::Input(format!("error: {e}")))?;
     let (_, func) = read_tir(file)?;
-    match emit {
-        Some("parsed") => {
-            print!("{}", jalc::tir::printer::print(&func));
-            Ok(())
-        }
-        Some(stage @ ("opt" | "kernels" | "tiles" | "asm")) => {
-            Err(Failure::Input(format!("error: stage `{stage}` is not built yet; available: parsed (see docs/cli.md)")))
-        }
-        Some(other) => {
-            Err(Failure::Input(format!("error: unknown stage `{other}` (stages: parsed, opt, kernels, tiles, asm)")))
-        }
-        None => {
-            let _ = (output, schedule);
-            Err(Failure::Input(
-                "error: compiling to .jbin is not built yet; use --emit parsed (see docs/cli.md)".into(),
-            ))
+    if emit == Some("parsed") {
+        print!("{}", jalc::tir::printer::print(&func));
+        return Ok(());
+    }
+    if let Some(stage) = emit {
+        if !matches!(stage, "kernels" | "tiles" | "asm") {
+            let hint = if stage == "opt" { "the optimizer is not built yet" } else { "unknown stage" };
+            return Err(Failure::Input(format!("error: `{stage}`: {hint} (stages: parsed, kernels, tiles, asm)")));
         }
     }
+    let sched = load_schedule(&func, &t, schedule)?;
+    let compiled = jalc::driver::compile(&func, &t, sched)
+        .map_err(|e| Failure::Input(format!("error: {}: {e}", file.display())))?;
+    match emit {
+        Some("kernels") => print!("{}", jalc::driver::kernels_text(&compiled)),
+        Some("tiles") => print!("{}", compiled.tiles),
+        Some("asm") => print!("{}", jpu_isa::jasm::disassemble(&compiled.program)),
+        _ => {}
+    }
+    if let Some(out) = output {
+        write_file(out, &jpu_isa::jbin::write(&compiled.program))?;
+    } else if emit.is_none() {
+        return Err(Failure::Input("error: give -o OUT.jbin or --emit STAGE".into()));
+    }
+    Ok(())
+}
+
+fn verify(file: &Path, target: &str, seed: u64, schedule: Option<&Path>, json: bool) -> Result<(), Failure> {
+    let t = jpu_isa::Target::builtin(target).map_err(|e| Failure::Input(format!("error: {e}")))?;
+    let (_, func) = read_tir(file)?;
+    let sched = load_schedule(&func, &t, schedule)?;
+    let v = match jalc::verify::verify(&func, &t, seed, sched) {
+        Ok(v) => v,
+        Err(jalc::verify::VerifyError::Compile(e)) => {
+            return Err(Failure::Input(format!("error: {}: {e}", file.display())))
+        }
+        Err(jalc::verify::VerifyError::Fault(e)) => {
+            return Err(Failure::Fault(format!("fault: {}: {e}", file.display())))
+        }
+    };
+    let r = &v.report;
+    if json {
+        let mut obj = r.to_json();
+        obj["passed"] = serde_json::json!(v.passed);
+        obj["max_abs_error"] = serde_json::json!(v.max_abs_error);
+        obj["max_rel_error"] = serde_json::json!(v.max_rel_error);
+        obj["mismatches"] = serde_json::json!(v.mismatches);
+        obj["first_mismatch"] = serde_json::json!(v.first_mismatch);
+        obj["target"] = serde_json::json!(t.name);
+        obj["seed"] = serde_json::json!(seed);
+        println!("{obj}");
+    } else {
+        println!(
+            "{}: {} on {} (seed {seed}): max abs error {:.3e}, max rel error {:.3e}; {} cycles, {:.1}% of roofline",
+            file.display(),
+            if v.passed { "passed" } else { "FAILED" },
+            t.name,
+            v.max_abs_error,
+            v.max_rel_error,
+            r.cycles,
+            100.0 * r.roofline_fraction
+        );
+    }
+    if !v.passed {
+        return Err(Failure::Fault(format!(
+            "mismatch: {} elements out of tolerance; first: {}",
+            v.mismatches,
+            v.first_mismatch.as_deref().unwrap_or("?")
+        )));
+    }
+    Ok(())
 }
 
 fn eval(file: &Path, inputs: &[String], output_dir: &Path) -> Result<(), Failure> {
@@ -365,6 +450,9 @@ fn main() -> ExitCode {
             compile(file, output.as_deref(), target, emit.as_deref(), schedule.as_deref())
         }
         Command::Eval { file, inputs, output_dir } => eval(file, inputs, output_dir),
+        Command::Verify { file, target, seed, schedule, json } => {
+            verify(file, target, *seed, schedule.as_deref(), *json)
+        }
         Command::Asm { file, output } => asm(file, output),
         Command::Disasm { file, output } => disasm(file, output.as_deref()),
         Command::Run {

@@ -337,3 +337,52 @@ fn check_compile_and_eval_tensor_ir() {
     assert_eq!(unknown.status.code(), Some(2));
     assert!(stderr(&unknown).contains("no parameter `q`"), "{}", stderr(&unknown));
 }
+
+#[test]
+fn compile_emits_stages_and_binaries_and_verify_passes() {
+    let gemm = format!("{}/../examples/gemm.tir", env!("CARGO_MANIFEST_DIR"));
+    for (stage, needle) in
+        [("kernels", "schedule: tile_m = 32"), ("tiles", "matmul psum#0"), ("asm", ".target \"jpu-tiny\"")]
+    {
+        let out = jalc(&["compile", &gemm, "--target", "jpu-tiny", "--emit", stage]);
+        assert_eq!(out.status.code(), Some(0), "{stage}: {}", stderr(&out));
+        assert!(String::from_utf8_lossy(&out.stdout).contains(needle), "{stage}");
+    }
+    // -o writes a binary the simulator runs.
+    let bin = temp("compiled-gemm.jbin");
+    assert_eq!(jalc(&["compile", &gemm, "--target", "jpu-tiny", "-o", bin.to_str().unwrap()]).status.code(), Some(0));
+    let run = jalc(&["run", bin.to_str().unwrap(), "--timing-only", "--json"]);
+    assert_eq!(run.status.code(), Some(0), "{}", stderr(&run));
+    // verify --json.
+    let v = jalc(&["verify", &gemm, "--target", "jpu-tiny", "--seed", "7", "--json"]);
+    assert_eq!(v.status.code(), Some(0), "{}", stderr(&v));
+    let j: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap();
+    for key in
+        ["passed", "max_abs_error", "max_rel_error", "cycles", "roofline_cycles", "roofline_fraction", "clock_ghz"]
+    {
+        assert!(j.get(key).is_some(), "missing `{key}`");
+    }
+    assert_eq!(j["passed"], true);
+    assert_eq!(j["seed"], 7);
+    let t: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(t["cycles"], j["cycles"], "verify and run report the same cycles");
+    // A schedule override, legal and illegal.
+    let sched = temp("narrow.schedule");
+    std::fs::write(&sched, "tile_n = 64 # narrower\n").unwrap();
+    let ok = jalc(&["verify", &gemm, "--target", "jpu-tiny", "--schedule", sched.to_str().unwrap()]);
+    assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
+    std::fs::write(&sched, "tile_m = 33\n").unwrap();
+    let bad =
+        jalc(&["compile", &gemm, "--target", "jpu-tiny", "--schedule", sched.to_str().unwrap(), "--emit", "kernels"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("illegal schedule: tile_m = 33 must be in 1..=32"), "{}", stderr(&bad));
+    // Functions beyond the compiler's current scope, and missing outputs, exit 2.
+    let attn = format!("{}/../examples/attention.tir", env!("CARGO_MANIFEST_DIR"));
+    let unsupported = jalc(&["compile", &attn, "-o", temp("attn.jbin").to_str().unwrap()]);
+    assert_eq!(unsupported.status.code(), Some(2));
+    assert!(stderr(&unsupported).contains("not supported yet"), "{}", stderr(&unsupported));
+    assert_eq!(jalc(&["verify", &attn]).status.code(), Some(2));
+    let nothing = jalc(&["compile", &gemm]);
+    assert_eq!(nothing.status.code(), Some(2));
+    assert!(stderr(&nothing).contains("give -o OUT.jbin or --emit STAGE"));
+}

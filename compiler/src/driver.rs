@@ -1,0 +1,110 @@
+//! The compiler driver: runs the stages in order and prints any of them.
+//!
+//! | stage (`--emit`) | produced by | form |
+//! |---|---|---|
+//! | `parsed` | [`crate::tir`] | canonical `.tir` |
+//! | `kernels` | [`crate::lower::gemm::choose`] | each kernel and its schedule |
+//! | `tiles` | [`crate::lower::gemm::lower`] | the tile program |
+//! | `asm` | [`crate::backend::compile`] | canonical `.jasm` of the chip program |
+//!
+//! The optimizer stage (`opt`) is not built yet; `parsed` is its input today.
+
+use jpu_isa::program::RooflineInputs;
+use jpu_isa::{Program, Target};
+
+use crate::backend;
+use crate::lower::gemm::{self, GemmProblem, GemmSchedule};
+use crate::lower::TileProgram;
+use crate::tir::ir::Func;
+
+/// Every stage's result.
+pub struct Compiled {
+    /// The kernel.
+    pub problem: GemmProblem,
+    /// Its schedule.
+    pub schedule: GemmSchedule,
+    /// The tile program.
+    pub tiles: TileProgram,
+    /// The chip program.
+    pub program: Program,
+}
+
+/// Compiles a checked function for `target`, with an optional schedule override.
+pub fn compile(f: &Func, t: &Target, schedule: Option<GemmSchedule>) -> Result<Compiled, String> {
+    let problem = gemm::recognise(f).map_err(|e| e.0)?;
+    let schedule = match schedule {
+        Some(s) => {
+            gemm::check(&problem, &s, t).map_err(|e| format!("illegal schedule: {}", e.0))?;
+            s
+        }
+        None => gemm::choose(&problem, t).map_err(|e| e.0)?,
+    };
+    let tiles = gemm::lower(&problem, &schedule);
+    let flops = 2 * problem.batch_map.len() as u64 * problem.m * problem.k * problem.n;
+    let mut roof = RooflineInputs {
+        input_bytes: tiles
+            .tensors
+            .iter()
+            .filter(|t| t.role == jpu_isa::program::Role::Input)
+            .map(|t| t.shape.iter().product::<u64>() * t.dtype.size_bytes() as u64)
+            .sum(),
+        output_bytes: tiles
+            .tensors
+            .iter()
+            .filter(|t| t.role == jpu_isa::program::Role::Output)
+            .map(|t| t.shape.iter().product::<u64>() * t.dtype.size_bytes() as u64)
+            .sum(),
+        ..RooflineInputs::default()
+    };
+    match problem.operand.size_bytes() {
+        1 => roof.flops_8bit = flops,
+        2 => roof.flops_16bit = flops,
+        _ => roof.flops_f32 = flops,
+    }
+    let program = backend::compile(&tiles, t, roof).map_err(|e| e.0)?.program;
+    Ok(Compiled { problem, schedule, tiles, program })
+}
+
+/// The `kernels` listing.
+pub fn kernels_text(c: &Compiled) -> String {
+    let p = &c.problem;
+    let batch = if p.batch.is_empty() { String::new() } else { format!(" batch = {:?},", p.batch) };
+    let cast = p.cast.map_or(String::new(), |d| format!(" then cast to {d}"));
+    format!(
+        "kernel gemm: {}\n  M = {}, N = {}, K = {},{batch} operands {}, result {}{cast}\n  schedule: {}\n",
+        p.text, p.m, p.n, p.k, p.operand, p.result, c.schedule
+    )
+}
+
+/// Parses a `--schedule` file: `key = value` lines (`#` comments) naming any of
+/// the [`GemmSchedule`] fields; unnamed fields keep the chosen values.
+pub fn parse_schedule(text: &str, base: GemmSchedule) -> Result<GemmSchedule, String> {
+    let mut s = base;
+    for (n, raw) in text.lines().enumerate() {
+        let line = raw.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let (key, value) =
+            line.split_once('=').ok_or_else(|| format!("line {}: expected `key = value`, found `{line}`", n + 1))?;
+        let value: u32 =
+            value.trim().parse().map_err(|_| format!("line {}: `{}` is not a number", n + 1, value.trim()))?;
+        let slot = match key.trim() {
+            "tile_m" => &mut s.tile_m,
+            "tile_n" => &mut s.tile_n,
+            "tile_k" => &mut s.tile_k,
+            "a_buffers" => &mut s.a_buffers,
+            "b_buffers" => &mut s.b_buffers,
+            "out_buffers" => &mut s.out_buffers,
+            "psum_banks" => &mut s.psum_banks,
+            other => {
+                return Err(format!(
+                    "line {}: unknown schedule field `{other}` (fields: tile_m, tile_n, tile_k, a_buffers, b_buffers, out_buffers, psum_banks)",
+                    n + 1
+                ))
+            }
+        };
+        *slot = value;
+    }
+    Ok(s)
+}

@@ -1,0 +1,438 @@
+//! The GEMM kernel: `C[batch.., M, N] = A[batch.., M, K] . B[batch.., K, N]`.
+//!
+//! Loop nest (per batch index): for each N-panel of `tile_n` columns, load the B
+//! panel (every k-tile, resident for the panel); for each M-tile of `tile_m` rows,
+//! load the A rows (every k; used as the PE's transposed stationary operand, so
+//! row-major A needs no transpose), accumulate the k-tiles into one PSUM bank,
+//! evacuate it through the VE (converting to the matmul's dtype, then to a fused
+//! cast's), and store the rows. A tiles, B panels, PSUM banks and output staging
+//! rotate through their copies. The tile program is software-pipelined: the loads
+//! of the next work item come before the current item's compute, so prefetches
+//! overlap compute on in-order engines. When every M-tile fits in the A copies,
+//! A stays resident and is loaded once per batch.
+
+use std::fmt;
+
+use jpu_isa::operand::Space;
+use jpu_isa::program::Role;
+use jpu_isa::{DType, Target};
+
+use super::{BufSlice, Buffer, HbmBox, HbmTensor, TileOp, TileProgram};
+use crate::tir::ir::{Func, Op, Operand};
+use crate::tir::types::ScalarType;
+
+/// Tile sizes and buffering of a GEMM (the `--emit kernels` form).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GemmSchedule {
+    /// Rows of A (and C) per tile: PSUM partitions (at most `pe.cols`).
+    pub tile_m: u32,
+    /// Columns of B (and C) per tile (at most `pe.max_moving_free` and one bank).
+    pub tile_n: u32,
+    /// Contraction per matmul (at most `pe.rows`).
+    pub tile_k: u32,
+    /// Copies of the A tile.
+    pub a_buffers: u32,
+    /// Copies of the B panel.
+    pub b_buffers: u32,
+    /// Copies of the output staging tile.
+    pub out_buffers: u32,
+    /// PSUM banks used round-robin.
+    pub psum_banks: u32,
+}
+
+/// The matmul a function computes, as the kernel needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GemmProblem {
+    /// The IR statement (for listings and debug info).
+    pub text: String,
+    /// Batch dims of C.
+    pub batch: Vec<u64>,
+    /// For each C batch index, the A and B batch indices (broadcasting).
+    pub batch_map: Vec<(u64, u64)>,
+    /// Rows of A.
+    pub m: u64,
+    /// Contraction.
+    pub k: u64,
+    /// Columns of B.
+    pub n: u64,
+    /// Operand dtype.
+    pub operand: DType,
+    /// The matmul's result dtype (rounding after accumulation).
+    pub result: DType,
+    /// A fused cast's dtype, if the function casts the product.
+    pub cast: Option<DType>,
+    /// The cast statement (for debug info).
+    pub cast_text: Option<String>,
+    /// Names of A, B, C.
+    pub names: [String; 3],
+    /// Shapes of A and B.
+    pub shapes: [Vec<u64>; 2],
+}
+
+impl fmt::Display for GemmSchedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "tile_m = {}, tile_n = {}, tile_k = {}, a_buffers = {}, b_buffers = {}, out_buffers = {}, psum_banks = {}",
+            self.tile_m, self.tile_n, self.tile_k, self.a_buffers, self.b_buffers, self.out_buffers, self.psum_banks
+        )
+    }
+}
+
+/// Why a function cannot be compiled (yet).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unsupported(pub String);
+
+fn chip(t: ScalarType, what: &str) -> Result<DType, Unsupported> {
+    t.chip().ok_or_else(|| Unsupported(format!("{what} of type {t} cannot live in HBM")))
+}
+
+/// Recognises a function that is one matmul of two parameters, optionally cast.
+pub fn recognise(f: &Func) -> Result<GemmProblem, Unsupported> {
+    let body = &f.nodes[f.num_params..];
+    let supported = "this compiler version compiles functions whose body is one matmul of two parameters, optionally followed by a cast";
+    let Some(mm) = body.first() else {
+        return Err(Unsupported(supported.into()));
+    };
+    if !matches!(mm.op, Op::Matmul) {
+        return Err(Unsupported(format!("`{}` is not supported yet: {supported}", mm.op.name())));
+    }
+    if f.results.len() != 1 || body.len() > 2 {
+        let extra = body.get(1).map_or("more results", |n| n.op.name());
+        return Err(Unsupported(format!("`{extra}` after the matmul is not supported yet: {supported}")));
+    }
+    let (Op::Matmul, [Operand::Value(a), Operand::Value(b)]) = (&mm.op, mm.operands.as_slice()) else {
+        return Err(Unsupported(format!("`{}` is not supported yet: {supported}", mm.op.name())));
+    };
+    if a.0 as usize >= f.num_params || b.0 as usize >= f.num_params {
+        return Err(Unsupported(supported.into()));
+    }
+    let cast = match body.get(1) {
+        None => None,
+        Some(n) => match (&n.op, n.operands.as_slice()) {
+            (Op::Cast { to }, [Operand::Value(v)]) if v.0 as usize == f.num_params => {
+                Some(chip(*to, "the cast result")?)
+            }
+            _ => {
+                return Err(Unsupported(format!(
+                    "`{}` after the matmul is not supported yet: {supported}",
+                    n.op.name()
+                )))
+            }
+        },
+    };
+    let result = *f.results.last().expect("one result");
+    if result.0 as usize != f.nodes.len() - 1 {
+        return Err(Unsupported(supported.into()));
+    }
+    let (an, bn) = (f.node(*a), f.node(*b));
+    let (ra, rb) = (an.ty.rank(), bn.ty.rank());
+    let batch: Vec<u64> = mm.ty.shape[..mm.ty.rank() - 2].to_vec();
+    // Broadcast batch indices, row-major over C's batch dims.
+    let count: u64 = batch.iter().product();
+    let index = |shape: &[u64], c: u64| -> u64 {
+        let mut rem = c;
+        let mut idx = 0u64;
+        let mut stride = 1u64;
+        let offset = batch.len() - shape.len();
+        for d in (0..batch.len()).rev() {
+            let i = rem % batch[d];
+            rem /= batch[d];
+            if d >= offset {
+                let sd = shape[d - offset];
+                idx += if sd == 1 { 0 } else { i } * stride;
+                stride *= sd;
+            }
+        }
+        idx
+    };
+    let batch_map = (0..count).map(|c| (index(&an.ty.shape[..ra - 2], c), index(&bn.ty.shape[..rb - 2], c))).collect();
+    Ok(GemmProblem {
+        text: format!("%{} = matmul(%{}, %{})", mm.name, an.name, bn.name),
+        batch,
+        batch_map,
+        m: an.ty.shape[ra - 2],
+        k: an.ty.shape[ra - 1],
+        n: bn.ty.shape[rb - 1],
+        operand: chip(an.ty.dtype, "the operands")?,
+        result: chip(mm.ty.dtype, "the matmul result")?,
+        cast,
+        cast_text: cast.map(|c| format!("%{} = cast(%{}) {{to = {c}}}", f.node(result).name, mm.name)),
+        names: [an.name.clone(), bn.name.clone(), f.node(result).name.clone()],
+        shapes: [an.ty.shape.clone(), bn.ty.shape.clone()],
+    })
+}
+
+impl GemmProblem {
+    /// The dtype stored to HBM.
+    pub fn output(&self) -> DType {
+        self.cast.unwrap_or(self.result)
+    }
+
+    /// Bytes per SRAM partition a schedule needs.
+    pub fn sram_bytes(&self, s: &GemmSchedule) -> u64 {
+        let es = self.operand.size_bytes() as u64;
+        let kt = self.k.div_ceil(s.tile_k as u64);
+        let a = s.a_buffers as u64 * self.k * es;
+        let b = s.b_buffers as u64 * kt * s.tile_n as u64 * es;
+        let stage = s.tile_n as u64 * self.result.size_bytes() as u64;
+        let cast = self.cast.map_or(0, |c| s.tile_n as u64 * c.size_bytes() as u64);
+        a + b + s.out_buffers as u64 * (stage + cast)
+    }
+}
+
+/// Chooses a schedule: full PE tiles, the widest N a bank holds, double buffering,
+/// every PSUM bank; narrower or single-buffered only when SRAM requires it.
+pub fn choose(p: &GemmProblem, t: &Target) -> Result<GemmSchedule, Unsupported> {
+    let bank_elems = t.psum_bank_bytes() / 4;
+    let mut s = GemmSchedule {
+        tile_m: (t.pe.cols as u64).min(p.m) as u32,
+        tile_n: (t.pe.max_moving_free.min(bank_elems) as u64).min(p.n) as u32,
+        tile_k: (t.pe.rows as u64).min(p.k) as u32,
+        a_buffers: 2,
+        b_buffers: 2,
+        out_buffers: 3,
+        psum_banks: t.psum.banks.unwrap_or(1),
+    };
+    let cap = t.sram.partition_bytes as u64;
+    while p.sram_bytes(&s) > cap {
+        if s.out_buffers > 2 {
+            s.out_buffers -= 1;
+        } else if s.b_buffers > 1 {
+            s.b_buffers = 1;
+        } else if s.tile_n > 64 {
+            s.tile_n /= 2;
+        } else if s.a_buffers > 1 {
+            s.a_buffers = 1;
+        } else {
+            return Err(Unsupported(format!(
+                "K = {} is too long for one SRAM partition of {} ({} bytes needed, {cap} available); K-splitting is not implemented yet",
+                p.k,
+                t.name,
+                p.sram_bytes(&s)
+            )));
+        }
+    }
+    Ok(s)
+}
+
+/// Checks a schedule (e.g. one given with `--schedule`) against the target.
+pub fn check(p: &GemmProblem, s: &GemmSchedule, t: &Target) -> Result<(), Unsupported> {
+    let fail = |m: String| Err(Unsupported(m));
+    if s.tile_m == 0 || s.tile_m > t.pe.cols {
+        return fail(format!("tile_m = {} must be in 1..={} (the PE's columns)", s.tile_m, t.pe.cols));
+    }
+    if s.tile_k == 0 || s.tile_k > t.pe.rows {
+        return fail(format!("tile_k = {} must be in 1..={} (the PE's rows)", s.tile_k, t.pe.rows));
+    }
+    let bank_elems = t.psum_bank_bytes() / 4;
+    if s.tile_n == 0 || s.tile_n > t.pe.max_moving_free.min(bank_elems) {
+        return fail(format!(
+            "tile_n = {} must be in 1..={} (moving free size and one PSUM bank)",
+            s.tile_n,
+            t.pe.max_moving_free.min(bank_elems)
+        ));
+    }
+    let banks = t.psum.banks.unwrap_or(1);
+    if s.psum_banks == 0 || s.psum_banks > banks {
+        return fail(format!("psum_banks = {} must be in 1..={banks}", s.psum_banks));
+    }
+    if s.a_buffers == 0 || s.b_buffers == 0 || s.out_buffers == 0 {
+        return fail("buffer counts must be at least 1".into());
+    }
+    let need = p.sram_bytes(s);
+    if need > t.sram.partition_bytes as u64 {
+        return fail(format!(
+            "the schedule needs {need} bytes per SRAM partition; {} has {}",
+            t.name, t.sram.partition_bytes
+        ));
+    }
+    Ok(())
+}
+
+/// Lowers the GEMM to a tile program.
+pub fn lower(p: &GemmProblem, s: &GemmSchedule) -> TileProgram {
+    let acc = p.operand.accumulator();
+    let batch_shape = |shape: &[u64]| shape.to_vec();
+    let mut c_shape = p.batch.clone();
+    c_shape.extend([p.m, p.n]);
+    let tensors = vec![
+        HbmTensor { name: p.names[0].clone(), dtype: p.operand, shape: batch_shape(&p.shapes[0]), role: Role::Input },
+        HbmTensor { name: p.names[1].clone(), dtype: p.operand, shape: batch_shape(&p.shapes[1]), role: Role::Input },
+        HbmTensor { name: p.names[2].clone(), dtype: p.output(), shape: c_shape, role: Role::Output },
+    ];
+    let (tm, tn, tk) = (s.tile_m as u64, s.tile_n as u64, s.tile_k as u64);
+    let (mt, nt, kt) = (p.m.div_ceil(tm), p.n.div_ceil(tn), p.k.div_ceil(tk));
+    let mut buffers = vec![
+        Buffer {
+            name: "a_tile".into(),
+            space: Space::Sram,
+            dtype: p.operand,
+            parts: s.tile_m,
+            free: p.k as u32,
+            copies: s.a_buffers.max(1),
+        },
+        Buffer {
+            name: "b_panel".into(),
+            space: Space::Sram,
+            dtype: p.operand,
+            parts: s.tile_k,
+            free: (kt * tn) as u32,
+            copies: s.b_buffers,
+        },
+        Buffer {
+            name: "psum".into(),
+            space: Space::Psum,
+            dtype: acc,
+            parts: s.tile_m,
+            free: s.tile_n,
+            copies: s.psum_banks,
+        },
+        Buffer {
+            name: "c_tile".into(),
+            space: Space::Sram,
+            dtype: p.result,
+            parts: s.tile_m,
+            free: s.tile_n,
+            copies: s.out_buffers,
+        },
+    ];
+    let cast_buf = p.cast.map(|c| {
+        buffers.push(Buffer {
+            name: "c_cast".into(),
+            space: Space::Sram,
+            dtype: c,
+            parts: s.tile_m,
+            free: s.tile_n,
+            copies: s.out_buffers,
+        });
+        buffers.len() - 1
+    });
+    let (a_buf, b_buf, psum_buf, c_buf) = (0, 1, 2, 3);
+    let a_batch_elems = p.m * p.k;
+    let b_batch_elems = p.k * p.n;
+    // Work items in execution order: (C batch index, N-panel, M-tile).
+    let items: Vec<(usize, u64, u64)> =
+        (0..p.batch_map.len()).flat_map(|ci| (0..nt).flat_map(move |ni| (0..mt).map(move |mi| (ci, ni, mi)))).collect();
+    // Which copy holds each item's B panel and A tile, and whether it must be loaded.
+    // A tiles stay resident when all M-tiles of a batch fit in the A copies.
+    let a_resident = mt <= s.a_buffers as u64;
+    let mut plan = Vec::with_capacity(items.len());
+    let (mut panels, mut a_loads) = (0u32, 0u32);
+    let mut last_panel = None;
+    // With resident A, copy mi holds M-tile mi of the batch recorded here.
+    let mut a_holds: Vec<Option<u64>> = vec![None; mt as usize];
+    for &(ci, ni, mi) in &items {
+        let (ab, _) = p.batch_map[ci];
+        let new_panel = last_panel != Some((ci, ni));
+        if new_panel {
+            panels += 1;
+            last_panel = Some((ci, ni));
+        }
+        let b_copy = (panels - 1) % s.b_buffers;
+        let (a_copy, load_a) = if a_resident {
+            let load = a_holds[mi as usize] != Some(ab);
+            a_holds[mi as usize] = Some(ab);
+            (mi as u32, load)
+        } else {
+            a_loads += 1;
+            ((a_loads - 1) % s.a_buffers, true)
+        };
+        plan.push((new_panel, b_copy, a_copy, load_a));
+    }
+    let mut ops = Vec::new();
+    let emit_loads = |ops: &mut Vec<(TileOp, u32)>, j: usize| {
+        let (ci, ni, mi) = items[j];
+        let (ab, bb) = p.batch_map[ci];
+        let (new_panel, b_copy, a_copy, load_a) = plan[j];
+        let nw = tn.min(p.n - ni * tn);
+        // Loads in k order, A's chunk before B's k-tile: matmul kc waits only for
+        // the k-slices it reads, so compute starts after the first slices arrive.
+        let mr = tm.min(p.m - mi * tm);
+        for kc in 0..kt {
+            let kr = tk.min(p.k - kc * tk);
+            if load_a {
+                let src = HbmBox {
+                    tensor: 0,
+                    start: ab * a_batch_elems + mi * tm * p.k + kc * tk,
+                    rows: mr as u32,
+                    row_stride: p.k,
+                    cols: kr as u32,
+                };
+                let dst =
+                    BufSlice { buf: a_buf, copy: a_copy, parts: mr as u32, offset: (kc * tk) as u32, len: kr as u32 };
+                ops.push((TileOp::Load { dst, src }, 0));
+            }
+            if new_panel {
+                let src = HbmBox {
+                    tensor: 1,
+                    start: bb * b_batch_elems + kc * tk * p.n + ni * tn,
+                    rows: kr as u32,
+                    row_stride: p.n,
+                    cols: nw as u32,
+                };
+                let dst =
+                    BufSlice { buf: b_buf, copy: b_copy, parts: kr as u32, offset: (kc * tn) as u32, len: nw as u32 };
+                ops.push((TileOp::Load { dst, src }, 0));
+            }
+        }
+    };
+    // Software pipelining: the loads of item j + 1 go before item j's compute,
+    // except loads into a copy item j still reads, which go after its matmuls (the
+    // tile program's order is its meaning).
+    if !items.is_empty() {
+        emit_loads(&mut ops, 0);
+    }
+    for (j, &(ci, ni, mi)) in items.iter().enumerate() {
+        let (_, b_copy, a_copy, _) = plan[j];
+        let mut deferred = Vec::new();
+        if j + 1 < items.len() {
+            let mut next = Vec::new();
+            emit_loads(&mut next, j + 1);
+            for (op, d) in next {
+                let busy = matches!(&op, TileOp::Load { dst, .. }
+                    if (dst.buf == a_buf && dst.copy == a_copy) || (dst.buf == b_buf && dst.copy == b_copy));
+                if busy {
+                    deferred.push((op, d));
+                } else {
+                    ops.push((op, d));
+                }
+            }
+        }
+        let nw = tn.min(p.n - ni * tn);
+        let mr = tm.min(p.m - mi * tm);
+        let bank = j as u32 % s.psum_banks;
+        let stage = j as u32 % s.out_buffers;
+        let psum = BufSlice { buf: psum_buf, copy: bank, parts: mr as u32, offset: 0, len: nw as u32 };
+        for kc in 0..kt {
+            let kr = tk.min(p.k - kc * tk);
+            let stationary =
+                BufSlice { buf: a_buf, copy: a_copy, parts: mr as u32, offset: (kc * tk) as u32, len: kr as u32 };
+            let moving =
+                BufSlice { buf: b_buf, copy: b_copy, parts: kr as u32, offset: (kc * tn) as u32, len: nw as u32 };
+            ops.push((TileOp::Matmul { dst: psum, stationary, moving, accumulate: kc > 0, transposed: true }, 0));
+        }
+        ops.append(&mut deferred);
+        let staged = BufSlice { buf: c_buf, copy: stage, parts: mr as u32, offset: 0, len: nw as u32 };
+        ops.push((TileOp::Copy { dst: staged, src: psum }, 0));
+        let out = match cast_buf {
+            Some(cb) => {
+                let cast = BufSlice { buf: cb, copy: stage, parts: mr as u32, offset: 0, len: nw as u32 };
+                ops.push((TileOp::Copy { dst: cast, src: staged }, 1));
+                cast
+            }
+            None => staged,
+        };
+        let dst = HbmBox {
+            tensor: 2,
+            start: ci as u64 * p.m * p.n + mi * tm * p.n + ni * tn,
+            rows: mr as u32,
+            row_stride: p.n,
+            cols: nw as u32,
+        };
+        ops.push((TileOp::Store { dst, src: out }, p.cast.is_some() as u32));
+    }
+    let mut debug_ops = vec![p.text.clone()];
+    debug_ops.extend(p.cast_text.clone());
+    TileProgram { tensors, buffers, ops, debug_ops }
+}

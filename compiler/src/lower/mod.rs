@@ -1,0 +1,195 @@
+//! Kernel selection and lowering: typed IR -> schedules (`--emit kernels`) ->
+//! a tile program (`--emit tiles`).
+//!
+//! A [`TileProgram`] is target-shaped but not yet placed: on-chip buffers (with a
+//! number of copies for multi-buffering) and a list of tile operations, each of
+//! which becomes one instruction. Tile ops name the bytes they touch, so the
+//! backend derives every dependency (read after write, write after read, write
+//! after write) from them; no kernel inserts synchronisation by hand. The order of
+//! `ops` is a valid sequential execution; the backend may overlap anything the
+//! dependencies allow.
+
+pub mod gemm;
+
+use std::fmt::{self, Write as _};
+
+use jpu_isa::operand::Space;
+use jpu_isa::program::Role;
+use jpu_isa::DType;
+
+/// An HBM tensor of the compiled program (a parameter or a result of the function).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HbmTensor {
+    /// Name (the IR value's, without `%`).
+    pub name: String,
+    /// Element type.
+    pub dtype: DType,
+    /// Shape.
+    pub shape: Vec<u64>,
+    /// Input or output.
+    pub role: Role,
+}
+
+/// Index of an [`HbmTensor`].
+pub type TensorId = usize;
+/// Index of a [`Buffer`].
+pub type BufferId = usize;
+
+/// An on-chip buffer: `copies` x (`parts` partitions x `free` elements of `dtype`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Buffer {
+    /// Name for listings.
+    pub name: String,
+    /// SRAM or PSUM.
+    pub space: Space,
+    /// Element type.
+    pub dtype: DType,
+    /// Partitions (from partition 0).
+    pub parts: u32,
+    /// Elements per partition per copy.
+    pub free: u32,
+    /// Copies (2 = double buffering).
+    pub copies: u32,
+}
+
+/// A box of an on-chip buffer copy: partitions `0..parts`, elements `offset..offset + len`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BufSlice {
+    /// Buffer.
+    pub buf: BufferId,
+    /// Which copy.
+    pub copy: u32,
+    /// Partitions used (from 0).
+    pub parts: u32,
+    /// First element within each partition.
+    pub offset: u32,
+    /// Elements per partition.
+    pub len: u32,
+}
+
+/// A 2-D box of an HBM tensor: `rows` rows of `cols` contiguous elements, rows
+/// `row_stride` elements apart, starting at element `start` (row r goes to
+/// partition r of the on-chip side).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HbmBox {
+    /// Tensor.
+    pub tensor: TensorId,
+    /// First element.
+    pub start: u64,
+    /// Rows.
+    pub rows: u32,
+    /// Distance between rows, in elements.
+    pub row_stride: u64,
+    /// Contiguous elements per row.
+    pub cols: u32,
+}
+
+/// One tile operation; each becomes one instruction.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TileOp {
+    /// HBM -> SRAM (DMA).
+    Load {
+        /// Destination.
+        dst: BufSlice,
+        /// Source.
+        src: HbmBox,
+    },
+    /// SRAM -> HBM (DMA).
+    Store {
+        /// Destination.
+        dst: HbmBox,
+        /// Source.
+        src: BufSlice,
+    },
+    /// `dst (+)= stationary^T . moving` on the PE.
+    Matmul {
+        /// PSUM result.
+        dst: BufSlice,
+        /// Stationary operand (`transposed`: [M parts, K free]).
+        stationary: BufSlice,
+        /// Moving operand [K parts, N free].
+        moving: BufSlice,
+        /// Accumulate into dst.
+        accumulate: bool,
+        /// Stationary stored [M, K].
+        transposed: bool,
+    },
+    /// Elementwise copy with conversion (PSUM evacuation, casts) on the VE.
+    Copy {
+        /// Destination.
+        dst: BufSlice,
+        /// Source.
+        src: BufSlice,
+    },
+}
+
+/// A lowered kernel: tile ops and the IR op they implement (for debug info).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TileProgram {
+    /// HBM tensors: parameters (inputs) then results (outputs).
+    pub tensors: Vec<HbmTensor>,
+    /// On-chip buffers.
+    pub buffers: Vec<Buffer>,
+    /// Operations in a valid sequential order, each with its debug-op index.
+    pub ops: Vec<(TileOp, u32)>,
+    /// Debug strings: the IR op each tile op implements.
+    pub debug_ops: Vec<String>,
+}
+
+impl TileProgram {
+    /// Bytes of each buffer copy per partition.
+    pub fn copy_bytes(&self, b: BufferId) -> u64 {
+        let buf = &self.buffers[b];
+        buf.free as u64 * buf.dtype.size_bytes() as u64
+    }
+}
+
+fn slice_text(p: &TileProgram, s: &BufSlice) -> String {
+    let b = &p.buffers[s.buf];
+    let copy = if b.copies > 1 { format!("#{}", s.copy) } else { String::new() };
+    format!("{}{copy}[0:{}, {}:{}]", b.name, s.parts, s.offset, s.offset + s.len)
+}
+
+fn hbm_text(p: &TileProgram, h: &HbmBox) -> String {
+    let t = &p.tensors[h.tensor];
+    format!("{}[@{} {}x{} stride {}]", t.name, h.start, h.rows, h.cols, h.row_stride)
+}
+
+impl fmt::Display for TileProgram {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut out = String::new();
+        for t in &self.tensors {
+            let dims: Vec<String> = t.shape.iter().map(|d| d.to_string()).collect();
+            let _ = writeln!(out, "tensor {}: {}[{}] {}", t.name, t.dtype, dims.join(", "), t.role.name());
+        }
+        for b in &self.buffers {
+            let _ = writeln!(
+                out,
+                "buffer {}: {} {}[{} x {}] x{}",
+                b.name,
+                b.space.name(),
+                b.dtype,
+                b.parts,
+                b.free,
+                b.copies
+            );
+        }
+        for (op, d) in &self.ops {
+            let text = match op {
+                TileOp::Load { dst, src } => format!("load {} <- {}", slice_text(self, dst), hbm_text(self, src)),
+                TileOp::Store { dst, src } => format!("store {} <- {}", hbm_text(self, dst), slice_text(self, src)),
+                TileOp::Matmul { dst, stationary, moving, accumulate, transposed } => format!(
+                    "matmul {} {} {}{} . {}",
+                    slice_text(self, dst),
+                    if *accumulate { "+=" } else { "=" },
+                    slice_text(self, stationary),
+                    if *transposed { "^T" } else { "" },
+                    slice_text(self, moving)
+                ),
+                TileOp::Copy { dst, src } => format!("copy {} <- {}", slice_text(self, dst), slice_text(self, src)),
+            };
+            let _ = writeln!(out, "{text}  ; {}", self.debug_ops[*d as usize]);
+        }
+        f.write_str(&out)
+    }
+}

@@ -1,0 +1,141 @@
+//! `jalc verify`: compile, simulate on seeded random inputs (race checking and
+//! strict initialisation on), and compare with the reference evaluator.
+//!
+//! Inputs: floats uniform in [-1, 1), integers uniform in [-8, 8], each rounded
+//! into the parameter's dtype; the same seed gives the same inputs.
+//!
+//! Tolerance (docs/testing.md): an output element passes when
+//! `|got - ref| <= ulp(dtype) * |ref| + 2^-20 * K * max|ref|`, with `ulp` one unit
+//! in the last place of the output dtype at 1 (f32 2^-23, bf16 2^-7, f16 2^-10,
+//! f8e4m3 2^-3, f8e5m2 2^-2) and K the reduction length; integer outputs must be
+//! exact. NaN must meet NaN. The compiler's GEMM accumulates in the evaluator's
+//! order, so today's programs match exactly; the tolerance allows for kernels that
+//! split reductions differently.
+
+use jpu_isa::{DType, Target};
+use jpu_runtime::{run, RunOptions};
+
+use crate::driver;
+use crate::eval::{eval, Tensor};
+use crate::lower::gemm::GemmSchedule;
+use crate::tir::ir::Func;
+
+/// The outcome of a verification.
+#[derive(Debug, Clone)]
+pub struct Verification {
+    /// Every element within tolerance.
+    pub passed: bool,
+    /// Largest |got - ref|.
+    pub max_abs_error: f64,
+    /// Largest |got - ref| / |ref| over elements with ref != 0.
+    pub max_rel_error: f64,
+    /// Elements out of tolerance.
+    pub mismatches: u64,
+    /// The first mismatch, described.
+    pub first_mismatch: Option<String>,
+    /// The simulator's report.
+    pub report: jpu_runtime::Report,
+}
+
+/// Why verification could not run: bad input (exit 2) or a fault (exit 1).
+#[derive(Debug, Clone)]
+pub enum VerifyError {
+    /// The function does not compile.
+    Compile(String),
+    /// The compiled program faulted.
+    Fault(String),
+}
+
+fn ulp(d: DType) -> f64 {
+    match d {
+        DType::F32 => 2f64.powi(-23),
+        DType::Bf16 => 2f64.powi(-7),
+        DType::F16 => 2f64.powi(-10),
+        DType::F8E4M3 => 2f64.powi(-3),
+        DType::F8E5M2 => 2f64.powi(-2),
+        DType::I8 | DType::I32 => 0.0,
+    }
+}
+
+/// Seeded inputs for every parameter.
+pub fn random_inputs(f: &Func, seed: u64) -> Vec<Tensor> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x2545_f491_4f6c_dd1d;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    };
+    f.params()
+        .map(|p| {
+            let ty = f.node(p).ty.clone();
+            let vals: Vec<f64> = (0..ty.elems())
+                .map(|_| if ty.dtype.is_float() { next() * 2.0 - 1.0 } else { (next() * 17.0).floor() - 8.0 })
+                .collect();
+            Tensor::from_values(ty, &vals)
+        })
+        .collect()
+}
+
+/// Compiles `f` for `t`, runs it on seeded inputs and compares with the evaluator.
+pub fn verify(f: &Func, t: &Target, seed: u64, schedule: Option<GemmSchedule>) -> Result<Verification, VerifyError> {
+    let compiled = driver::compile(f, t, schedule).map_err(VerifyError::Compile)?;
+    let inputs = random_inputs(f, seed);
+    let reference = eval(f, &inputs).map_err(|e| VerifyError::Compile(e.to_string()))?;
+    let mut sim_inputs = Vec::new();
+    for (p, tensor) in f.params().zip(&inputs) {
+        let dtype = tensor
+            .ty
+            .dtype
+            .chip()
+            .ok_or_else(|| VerifyError::Compile(format!("parameter `%{}` is i1", f.node(p).name)))?;
+        let size = dtype.size_bytes() as usize;
+        let mut bytes = vec![0u8; tensor.data.len() * size];
+        for (i, &v) in tensor.data.iter().enumerate() {
+            jpu_runtime::io::store_f64(dtype, v, &mut bytes[i * size..]);
+        }
+        sim_inputs.push((f.node(p).name.clone(), bytes));
+    }
+    let opts = RunOptions { strict_uninit: true, ..RunOptions::default() };
+    let outcome = run(&compiled.program, t, &sim_inputs, &opts).map_err(|fault| VerifyError::Fault(fault.message))?;
+    let k = compiled.problem.k as f64;
+    let (mut max_abs, mut max_rel, mut mismatches, mut first) = (0.0f64, 0.0f64, 0u64, None);
+    for (r, want) in f.results.iter().zip(&reference) {
+        let name = &f.node(*r).name;
+        let dtype = want.ty.dtype.chip().ok_or_else(|| VerifyError::Compile(format!("result `%{name}` is i1")))?;
+        let bytes = &outcome.outputs.iter().find(|(n, _)| n == name).expect("every result is an output").1;
+        let got: Vec<f64> = bytes
+            .chunks_exact(dtype.size_bytes() as usize)
+            .map(|c| jpu_isa::numerics::load_f32(dtype, c) as f64)
+            .collect();
+        let scale = want.data.iter().filter(|v| v.is_finite()).fold(0.0f64, |a, v| a.max(v.abs()));
+        for (i, (&g, &w)) in got.iter().zip(&want.data).enumerate() {
+            let err = (g - w).abs();
+            let ok = if w.is_nan() || g.is_nan() {
+                w.is_nan() && g.is_nan()
+            } else if w.is_infinite() || g.is_infinite() {
+                g == w
+            } else {
+                err <= ulp(dtype) * w.abs() + 2f64.powi(-20) * k * scale
+            };
+            if err.is_finite() {
+                max_abs = max_abs.max(err);
+                if w != 0.0 {
+                    max_rel = max_rel.max(err / w.abs());
+                }
+            }
+            if !ok {
+                mismatches += 1;
+                first.get_or_insert_with(|| format!("%{name}[{i}]: got {g}, expected {w}"));
+            }
+        }
+    }
+    Ok(Verification {
+        passed: mismatches == 0,
+        max_abs_error: max_abs,
+        max_rel_error: max_rel,
+        mismatches,
+        first_mismatch: first,
+        report: outcome.report,
+    })
+}

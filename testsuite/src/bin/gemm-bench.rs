@@ -1,0 +1,57 @@
+//! GEMM benchmark: prints the table of docs/performance.md.
+//!
+//! `cargo run --release -p jpu-testsuite --bin gemm-bench` compiles each shape for
+//! jpu1, simulates it in timing-only mode, and prints simulated cycles (exact),
+//! roofline cycles, the fraction, the goal of the GEMM issue, and the median
+//! compile time (wall clock, noisy).
+
+use std::time::Instant;
+
+use jpu_isa::Target;
+use jpu_runtime::{run, RunOptions};
+
+fn main() {
+    let t = Target::builtin("jpu1").unwrap();
+    let shapes: [(u64, u64, u64, &str, f64); 6] = [
+        (4096, 4096, 4096, "bf16", 0.90),
+        (2048, 2048, 2048, "bf16", 0.85),
+        (1024, 1024, 1024, "bf16", 0.75),
+        (64, 4096, 4096, "bf16", 0.85),
+        (4096, 4096, 4096, "f8e4m3", 0.85),
+        (512, 512, 512, "bf16", 0.0),
+    ];
+    println!("| shape (M x K x N) | dtype | cycles | roofline cycles | bound | % of roofline | goal | compile (median of 5) |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for (m, k, n, dt, goal) in shapes {
+        let src = format!(
+            "func @gemm(%a: {dt}[{m}, {k}], %b: {dt}[{k}, {n}]) -> bf16[{m}, {n}] {{\n  %c = matmul(%a, %b) : f32[{m}, {n}]\n  %y = cast(%c) {{to = bf16}}\n  return %y\n}}\n"
+        );
+        let f = jalc::tir::parse_and_check(&src).expect("benchmark source checks");
+        let mut times = Vec::new();
+        let mut compiled = None;
+        for _ in 0..5 {
+            let start = Instant::now();
+            compiled = Some(jalc::driver::compile(&f, &t, None).expect("benchmark compiles"));
+            times.push(start.elapsed().as_secs_f64());
+        }
+        times.sort_by(f64::total_cmp);
+        let c = compiled.expect("compiled at least once");
+        let r =
+            run(&c.program, &t, &[], &RunOptions { timing_only: true, ..RunOptions::default() }).expect("runs").report;
+        let mark = if goal == 0.0 {
+            "-".to_string()
+        } else if r.roofline_fraction >= goal {
+            format!(">= {:.0}% met", goal * 100.0)
+        } else {
+            format!(">= {:.0}% NOT met", goal * 100.0)
+        };
+        println!(
+            "| {m} x {k} x {n} | {dt} | {} | {} | {} | {:.1}% | {mark} | {:.1} ms |",
+            r.cycles,
+            r.roofline_cycles,
+            r.roofline.bound_by,
+            100.0 * r.roofline_fraction,
+            times[2] * 1e3
+        );
+    }
+}

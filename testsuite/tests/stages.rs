@@ -1,0 +1,35 @@
+//! Stage snapshots (`testsuite/cases/compile/*.tir`, `// test: compile`): what each
+//! compiler stage prints for small GEMMs on the target named by `// target:`:
+//! `--emit parsed`, `kernels`, `tiles` and `asm`. Every program is also verified
+//! (simulated with race checking, compared with the evaluator).
+
+use jalc::{driver, tir};
+use jpu_isa::Target;
+use jpu_testsuite::{case_kind, case_name};
+
+#[test]
+fn compile_stage_snapshots() {
+    insta::glob!("../cases/compile", "*.tir", |path| {
+        let src = std::fs::read_to_string(path).unwrap();
+        let name = case_name(path);
+        assert_eq!(case_kind(&src), Some("compile"), "{name}");
+        let target =
+            src.lines().find_map(|l| l.strip_prefix("// target:")).map(str::trim).expect("a `// target:` line");
+        let t = Target::builtin(target).unwrap();
+        let f = tir::parse_and_check(&src).unwrap_or_else(|d| panic!("{}", tir::render(&name, &src, &d)));
+        let c = driver::compile(&f, &t, None).unwrap();
+        let v = jalc::verify::verify(&f, &t, 0, None).unwrap();
+        assert!(v.passed, "{name}: {:?}", v.first_mismatch);
+        let out = format!(
+            "== parsed\n{}\n== kernels\n{}\n== tiles\n{}\n== asm\n{}\n== verify\ncycles {}, roofline {} ({:.1}%)\n",
+            tir::printer::print(&f),
+            driver::kernels_text(&c),
+            c.tiles,
+            jpu_isa::jasm::disassemble(&c.program),
+            v.report.cycles,
+            v.report.roofline_cycles,
+            100.0 * v.report.roofline_fraction
+        );
+        insta::assert_snapshot!(out);
+    });
+}
