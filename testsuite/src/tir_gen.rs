@@ -149,7 +149,13 @@ impl Gen {
                 shape[last] = n;
                 let widen = self.rng.random_bool(0.5);
                 let (dt, ann) = if widen { ("f32", true) } else { (a.dtype, annotate) };
-                self.emit(format!("matmul(%{}, %{})", a.name, b.name), dt, shape, ann);
+                // Sometimes the same product with a stored-transposed operand.
+                let (b, flags) = if self.rng.random_bool(0.3) {
+                    (self.param(a.dtype, vec![n, k]), " {transpose_a = false, transpose_b = true}")
+                } else {
+                    (b, "")
+                };
+                self.emit(format!("matmul(%{}, %{}){flags}", a.name, b.name), dt, shape, ann);
             }
             9 => {
                 let start: Vec<u64> = v.shape.iter().map(|&d| self.rng.random_range(0..d)).collect();

@@ -5,8 +5,11 @@
 use jalc::tir;
 use jpu_isa::Target;
 
-/// `a: A[dims] x b: B[dims] -> (matmul [: acc]) [-> cast]`
+/// `a: A[dims] x b: B[dims] -> (matmul [: acc]) [-> cast]`; dims are written as
+/// stored (a `[.., K, M]` with `ta`, b `[.., N, K]` with `tb`).
 struct Case {
+    ta: bool,
+    tb: bool,
     target: &'static str,
     a: &'static str,
     b: &'static str,
@@ -18,6 +21,8 @@ struct Case {
 fn source(c: &Case) -> String {
     let parse = |s: &str| s.split('x').map(|d| d.parse::<u64>().unwrap()).collect::<Vec<_>>();
     let (a, b) = (parse(c.a), parse(c.b));
+    let m = if c.ta { a[a.len() - 1] } else { a[a.len() - 2] };
+    let n = if c.tb { b[b.len() - 2] } else { b[b.len() - 1] };
     let (ra, rb) = (a.len(), b.len());
     let batch_len = (ra - 2).max(rb - 2);
     let mut batch = vec![1u64; batch_len];
@@ -28,10 +33,12 @@ fn source(c: &Case) -> String {
         batch[batch_len - 1 - i] = batch[batch_len - 1 - i].max(*d);
     }
     let mut out = batch.clone();
-    out.extend([a[ra - 2], b[rb - 1]]);
+    out.extend([m, n]);
     let ty = |d: &str, s: &[u64]| format!("{d}[{}]", s.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", "));
     let mm_ty = ty(c.acc.unwrap_or(c.dtype), &out);
-    let ann = c.acc.map_or(String::new(), |_| format!(" : {mm_ty}"));
+    let flags =
+        if c.ta || c.tb { format!(" {{transpose_a = {}, transpose_b = {}}}", c.ta, c.tb) } else { String::new() };
+    let ann = flags + &c.acc.map_or(String::new(), |_| format!(" : {mm_ty}"));
     let (body, ret) = match c.cast {
         Some(to) => (format!("  %c = matmul(%a, %b){ann}\n  %y = cast(%c) {{to = {to}}}\n  return %y"), ty(to, &out)),
         None => (format!("  %c = matmul(%a, %b){ann}\n  return %c"), mm_ty.clone()),
@@ -40,7 +47,11 @@ fn source(c: &Case) -> String {
 }
 
 fn case(target: &'static str, a: &'static str, b: &'static str, dtype: &'static str) -> Case {
-    Case { target, a, b, dtype, acc: Some(if dtype == "i8" { "i32" } else { "f32" }), cast: None }
+    Case { ta: false, tb: false, target, a, b, dtype, acc: Some(if dtype == "i8" { "i32" } else { "f32" }), cast: None }
+}
+
+fn transposed(target: &'static str, a: &'static str, b: &'static str, dtype: &'static str, ta: bool, tb: bool) -> Case {
+    Case { ta, tb, ..case(target, a, b, dtype) }
 }
 
 #[test]
@@ -63,9 +74,32 @@ fn gemm_sweep_verifies_on_both_targets() {
         case("jpu-tiny", "40x50", "50x60", "f8e5m2"),
         case("jpu-tiny", "40x50", "50x60", "i8"),
         case("jpu-tiny", "40x50", "50x60", "f32"),
-        Case { target: "jpu-tiny", a: "40x50", b: "50x60", dtype: "bf16", acc: None, cast: None },
-        Case { target: "jpu-tiny", a: "40x50", b: "50x60", dtype: "f8e4m3", acc: Some("f32"), cast: Some("bf16") },
-        Case { target: "jpu-tiny", a: "2x33x40", b: "2x40x70", dtype: "bf16", acc: Some("f32"), cast: Some("bf16") },
+        Case { ta: false, tb: false, target: "jpu-tiny", a: "40x50", b: "50x60", dtype: "bf16", acc: None, cast: None },
+        Case {
+            ta: false,
+            tb: false,
+            target: "jpu-tiny",
+            a: "40x50",
+            b: "50x60",
+            dtype: "f8e4m3",
+            acc: Some("f32"),
+            cast: Some("bf16"),
+        },
+        Case {
+            ta: false,
+            tb: false,
+            target: "jpu-tiny",
+            a: "2x33x40",
+            b: "2x40x70",
+            dtype: "bf16",
+            acc: Some("f32"),
+            cast: Some("bf16"),
+        },
+        transposed("jpu-tiny", "50x40", "50x60", "bf16", true, false),
+        transposed("jpu-tiny", "40x50", "60x50", "bf16", false, true),
+        transposed("jpu-tiny", "50x40", "130x50", "bf16", true, true),
+        transposed("jpu-tiny", "3x20x7", "3x33x20", "i8", true, true),
+        transposed("jpu-tiny", "40x50", "60x50", "f8e5m2", false, true),
         case("jpu1", "130x200", "200x520", "bf16"),
         case("jpu1", "1x1", "1x1", "bf16"),
         case("jpu1", "257x129", "129x513", "bf16"),
@@ -78,7 +112,18 @@ fn gemm_sweep_verifies_on_both_targets() {
         case("jpu1", "65x130", "130x33", "f32"),
         case("jpu1", "1x32x64", "3x64x32", "bf16"),
         case("jpu1", "1000x32", "32x100", "bf16"),
-        Case { target: "jpu1", a: "100x1000", b: "1000x100", dtype: "bf16", acc: Some("f32"), cast: Some("bf16") },
+        Case {
+            ta: false,
+            tb: false,
+            target: "jpu1",
+            a: "100x1000",
+            b: "1000x100",
+            dtype: "bf16",
+            acc: Some("f32"),
+            cast: Some("bf16"),
+        },
+        transposed("jpu1", "200x130", "520x200", "bf16", true, true),
+        transposed("jpu1", "64x256", "300x256", "f32", false, true),
     ];
     assert!(cases.len() >= 30);
     for c in cases.drain(..) {

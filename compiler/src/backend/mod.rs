@@ -122,7 +122,7 @@ fn accesses(op: &TileOp) -> (Vec<Region>, Vec<Region>) {
             }
             (r, vec![on_chip(dst)])
         }
-        TileOp::Copy { dst, src } => (vec![on_chip(src)], vec![on_chip(dst)]),
+        TileOp::Copy { dst, src } | TileOp::Transpose { dst, src } => (vec![on_chip(src)], vec![on_chip(dst)]),
     }
 }
 
@@ -286,6 +286,9 @@ pub fn compile(tp: &TileProgram, t: &Target, roofline: RooflineInputs) -> Result
             ),
             TileOp::Copy { dst, src } => {
                 (Engine::VE, Op::Copy { dst: tile(tp, &alloc, dst), src: tile(tp, &alloc, src) })
+            }
+            TileOp::Transpose { dst, src } => {
+                (Engine::PE, Op::Transpose { dst: tile(tp, &alloc, dst), src: tile(tp, &alloc, src) })
             }
         };
         let engine = if let Op::Dma { xfer } = &inst_op {

@@ -188,7 +188,14 @@ fn eval_node(node: &Node, values: &[Tensor]) -> Tensor {
     let dt = ty.dtype;
     match &node.op {
         Op::Param => unreachable!("parameters are inputs"),
-        Op::Matmul => matmul(&operand(values, node, 0), &operand(values, node, 1), ty),
+        Op::Matmul { transpose_a, transpose_b } => {
+            let a = operand(values, node, 0);
+            let b = operand(values, node, 1);
+            // A transposed operand is read through a transposed copy (exact).
+            let a = if *transpose_a { swap_last_two(&a) } else { a.into_owned() };
+            let b = if *transpose_b { swap_last_two(&b) } else { b.into_owned() };
+            matmul(&a, &b, ty)
+        }
         Op::Transpose { perm } => {
             let x = operand(values, node, 0);
             let in_strides = strides(&x.ty.shape);
@@ -443,6 +450,23 @@ fn eval_node(node: &Node, values: &[Tensor]) -> Tensor {
             ty,
         ),
     }
+}
+
+/// The tensor with its last two dims swapped.
+fn swap_last_two(t: &Tensor) -> Tensor {
+    let r = t.ty.rank();
+    let (rows, cols) = (t.ty.shape[r - 2] as usize, t.ty.shape[r - 1] as usize);
+    let mut shape = t.ty.shape.clone();
+    shape.swap(r - 2, r - 1);
+    let mut data = Vec::with_capacity(t.data.len());
+    for block in t.data.chunks(rows * cols) {
+        for c in 0..cols {
+            for rr in 0..rows {
+                data.push(block[rr * cols + c]);
+            }
+        }
+    }
+    Tensor { ty: TensorType::new(t.ty.dtype, shape), data }
 }
 
 fn matmul(a: &Tensor, b: &Tensor, ty: TensorType) -> Tensor {

@@ -21,6 +21,13 @@ use super::{BufSlice, Buffer, HbmBox, HbmTensor, TileOp, TileProgram};
 use crate::tir::ir::{Func, Op, Operand};
 use crate::tir::types::ScalarType;
 
+/// Copies of the raw (untransposed) B chunk staging when B is stored transposed:
+/// loads run `BT_RAW_COPIES - 1` chunks ahead of the transposes, enough to cover
+/// the DMA latency with 128-cycle transposes.
+const BT_RAW_COPIES: u64 = 16;
+/// PSUM banks reserved for transposing B when it is stored transposed.
+const BT_PSUM_BANKS: u32 = 2;
+
 /// Tile sizes and buffering of a GEMM (the `--emit kernels` form).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GemmSchedule {
@@ -63,6 +70,10 @@ pub struct GemmProblem {
     pub cast: Option<DType>,
     /// The cast statement (for debug info).
     pub cast_text: Option<String>,
+    /// A is stored `[.., K, M]`.
+    pub transpose_a: bool,
+    /// B is stored `[.., N, K]`.
+    pub transpose_b: bool,
     /// Names of A, B, C.
     pub names: [String; 3],
     /// Shapes of A and B.
@@ -94,14 +105,16 @@ pub fn recognise(f: &Func) -> Result<GemmProblem, Unsupported> {
     let Some(mm) = body.first() else {
         return Err(Unsupported(supported.into()));
     };
-    if !matches!(mm.op, Op::Matmul) {
+    if !matches!(mm.op, Op::Matmul { .. }) {
         return Err(Unsupported(format!("`{}` is not supported yet: {supported}", mm.op.name())));
     }
     if f.results.len() != 1 || body.len() > 2 {
         let extra = body.get(1).map_or("more results", |n| n.op.name());
         return Err(Unsupported(format!("`{extra}` after the matmul is not supported yet: {supported}")));
     }
-    let (Op::Matmul, [Operand::Value(a), Operand::Value(b)]) = (&mm.op, mm.operands.as_slice()) else {
+    let (Op::Matmul { transpose_a, transpose_b }, [Operand::Value(a), Operand::Value(b)]) =
+        (&mm.op, mm.operands.as_slice())
+    else {
         return Err(Unsupported(format!("`{}` is not supported yet: {supported}", mm.op.name())));
     };
     if a.0 as usize >= f.num_params || b.0 as usize >= f.num_params {
@@ -148,12 +161,23 @@ pub fn recognise(f: &Func) -> Result<GemmProblem, Unsupported> {
     };
     let batch_map = (0..count).map(|c| (index(&an.ty.shape[..ra - 2], c), index(&bn.ty.shape[..rb - 2], c))).collect();
     Ok(GemmProblem {
-        text: format!("%{} = matmul(%{}, %{})", mm.name, an.name, bn.name),
+        text: format!(
+            "%{} = matmul(%{}, %{}){}",
+            mm.name,
+            an.name,
+            bn.name,
+            match (transpose_a, transpose_b) {
+                (false, false) => String::new(),
+                (ta, tb) => format!(" {{transpose_a = {ta}, transpose_b = {tb}}}"),
+            }
+        ),
         batch,
         batch_map,
-        m: an.ty.shape[ra - 2],
-        k: an.ty.shape[ra - 1],
-        n: bn.ty.shape[rb - 1],
+        m: an.ty.shape[if *transpose_a { ra - 1 } else { ra - 2 }],
+        k: an.ty.shape[if *transpose_a { ra - 2 } else { ra - 1 }],
+        n: bn.ty.shape[if *transpose_b { rb - 2 } else { rb - 1 }],
+        transpose_a: *transpose_a,
+        transpose_b: *transpose_b,
         operand: chip(an.ty.dtype, "the operands")?,
         result: chip(mm.ty.dtype, "the matmul result")?,
         cast,
@@ -173,8 +197,13 @@ impl GemmProblem {
     pub fn sram_bytes(&self, s: &GemmSchedule) -> u64 {
         let es = self.operand.size_bytes() as u64;
         let kt = self.k.div_ceil(s.tile_k as u64);
-        let a = s.a_buffers as u64 * self.k * es;
-        let b = s.b_buffers as u64 * kt * s.tile_n as u64 * es;
+        let a = if self.transpose_a {
+            s.a_buffers as u64 * kt * s.tile_m as u64 * es
+        } else {
+            s.a_buffers as u64 * self.k * es
+        };
+        let b = s.b_buffers as u64 * kt * s.tile_n as u64 * es
+            + if self.transpose_b { BT_RAW_COPIES * s.tile_k as u64 * es } else { 0 };
         let stage = s.tile_n as u64 * self.result.size_bytes() as u64;
         let cast = self.cast.map_or(0, |c| s.tile_n as u64 * c.size_bytes() as u64);
         a + b + s.out_buffers as u64 * (stage + cast)
@@ -188,11 +217,11 @@ pub fn choose(p: &GemmProblem, t: &Target) -> Result<GemmSchedule, Unsupported> 
     let mut s = GemmSchedule {
         tile_m: (t.pe.cols as u64).min(p.m) as u32,
         tile_n: (t.pe.max_moving_free.min(bank_elems) as u64).min(p.n) as u32,
-        tile_k: (t.pe.rows as u64).min(p.k) as u32,
+        tile_k: (if p.transpose_b { t.pe.rows.min(t.pe.cols) } else { t.pe.rows } as u64).min(p.k) as u32,
         a_buffers: 2,
         b_buffers: 2,
         out_buffers: 3,
-        psum_banks: t.psum.banks.unwrap_or(1),
+        psum_banks: t.psum.banks.unwrap_or(1).saturating_sub(if p.transpose_b { BT_PSUM_BANKS } else { 0 }).max(1),
     };
     let cap = t.sram.partition_bytes as u64;
     while p.sram_bytes(&s) > cap {
@@ -233,9 +262,18 @@ pub fn check(p: &GemmProblem, s: &GemmSchedule, t: &Target) -> Result<(), Unsupp
             t.pe.max_moving_free.min(bank_elems)
         ));
     }
-    let banks = t.psum.banks.unwrap_or(1);
+    let reserved = if p.transpose_b { BT_PSUM_BANKS } else { 0 };
+    let banks = t.psum.banks.unwrap_or(1).saturating_sub(reserved);
     if s.psum_banks == 0 || s.psum_banks > banks {
-        return fail(format!("psum_banks = {} must be in 1..={banks}", s.psum_banks));
+        let why =
+            if reserved > 0 { format!(" ({reserved} banks transpose the stored-transposed B)") } else { String::new() };
+        return fail(format!("psum_banks = {} must be in 1..={banks}{why}", s.psum_banks));
+    }
+    if p.transpose_b && (s.tile_k > t.pe.cols || s.tile_k > t.pe.rows) {
+        return fail(format!(
+            "tile_k = {} must fit the PE transpose ({}x{}) when B is stored transposed",
+            s.tile_k, t.pe.rows, t.pe.cols
+        ));
     }
     if s.a_buffers == 0 || s.b_buffers == 0 || s.out_buffers == 0 {
         return fail("buffer counts must be at least 1".into());
@@ -264,13 +302,27 @@ pub fn lower(p: &GemmProblem, s: &GemmSchedule) -> TileProgram {
     let (tm, tn, tk) = (s.tile_m as u64, s.tile_n as u64, s.tile_k as u64);
     let (mt, nt, kt) = (p.m.div_ceil(tm), p.n.div_ceil(tn), p.k.div_ceil(tk));
     let mut buffers = vec![
-        Buffer {
-            name: "a_tile".into(),
-            space: Space::Sram,
-            dtype: p.operand,
-            parts: s.tile_m,
-            free: p.k as u32,
-            copies: s.a_buffers.max(1),
+        // Row-major A: rows on partitions, all of K free (the transposed stationary
+        // operand). Stored-transposed A: k-tiles on partitions, M-tile columns free
+        // (the plain stationary operand).
+        if p.transpose_a {
+            Buffer {
+                name: "a_tile".into(),
+                space: Space::Sram,
+                dtype: p.operand,
+                parts: s.tile_k,
+                free: (kt * tm) as u32,
+                copies: s.a_buffers.max(1),
+            }
+        } else {
+            Buffer {
+                name: "a_tile".into(),
+                space: Space::Sram,
+                dtype: p.operand,
+                parts: s.tile_m,
+                free: p.k as u32,
+                copies: s.a_buffers.max(1),
+            }
         },
         Buffer {
             name: "b_panel".into(),
@@ -307,6 +359,26 @@ pub fn lower(p: &GemmProblem, s: &GemmSchedule) -> TileProgram {
             copies: s.out_buffers,
         });
         buffers.len() - 1
+    });
+    // Stored-transposed B: raw [n, k] chunks are transposed on the PE into the panel.
+    let bt = p.transpose_b.then(|| {
+        buffers.push(Buffer {
+            name: "bt_raw".into(),
+            space: Space::Sram,
+            dtype: p.operand,
+            parts: s.tile_k,
+            free: s.tile_k,
+            copies: BT_RAW_COPIES as u32,
+        });
+        buffers.push(Buffer {
+            name: "bt_psum".into(),
+            space: Space::Psum,
+            dtype: acc,
+            parts: s.tile_k,
+            free: s.tile_n,
+            copies: BT_PSUM_BANKS,
+        });
+        (buffers.len() - 2, buffers.len() - 1)
     });
     let (a_buf, b_buf, psum_buf, c_buf) = (0, 1, 2, 3);
     let a_batch_elems = p.m * p.k;
@@ -351,7 +423,18 @@ pub fn lower(p: &GemmProblem, s: &GemmSchedule) -> TileProgram {
         let mr = tm.min(p.m - mi * tm);
         for kc in 0..kt {
             let kr = tk.min(p.k - kc * tk);
-            if load_a {
+            if load_a && p.transpose_a {
+                let src = HbmBox {
+                    tensor: 0,
+                    start: ab * a_batch_elems + kc * tk * p.m + mi * tm,
+                    rows: kr as u32,
+                    row_stride: p.m,
+                    cols: mr as u32,
+                };
+                let dst =
+                    BufSlice { buf: a_buf, copy: a_copy, parts: kr as u32, offset: (kc * tm) as u32, len: mr as u32 };
+                ops.push((TileOp::Load { dst, src }, 0));
+            } else if load_a {
                 let src = HbmBox {
                     tensor: 0,
                     start: ab * a_batch_elems + mi * tm * p.k + kc * tk,
@@ -363,7 +446,7 @@ pub fn lower(p: &GemmProblem, s: &GemmSchedule) -> TileProgram {
                     BufSlice { buf: a_buf, copy: a_copy, parts: mr as u32, offset: (kc * tk) as u32, len: kr as u32 };
                 ops.push((TileOp::Load { dst, src }, 0));
             }
-            if new_panel {
+            if new_panel && !p.transpose_b {
                 let src = HbmBox {
                     tensor: 1,
                     start: bb * b_batch_elems + kc * tk * p.n + ni * tn,
@@ -377,11 +460,95 @@ pub fn lower(p: &GemmProblem, s: &GemmSchedule) -> TileProgram {
             }
         }
     };
+    // Preparing a stored-transposed B panel: load [n, k] chunks (BT_RAW_COPIES
+    // copies, loads that many less one ahead), transpose each on the PE into a PSUM staging bank, copy each
+    // k-tile into the panel. Emitted after the previous item's matmuls, so the PE
+    // meets these transposes once its current work is done.
+    let mut raw_count = 0u32;
+    let mut tp_count = 0u32;
+    let mut prep = |ops: &mut Vec<(TileOp, u32)>, j: usize| {
+        let Some((raw_buf, tp_buf)) = bt else { return };
+        let (ci, ni, _) = items[j];
+        let (_, bb) = p.batch_map[ci];
+        let (new_panel, b_copy, _, _) = plan[j];
+        if !new_panel {
+            return;
+        }
+        let nw = tn.min(p.n - ni * tn);
+        let chunks: Vec<(u64, u64)> = (0..kt).flat_map(|kc| (0..nw.div_ceil(tk)).map(move |sb| (kc, sb))).collect();
+        let base = raw_count;
+        raw_count += chunks.len() as u32;
+        let raw = |c: usize| {
+            let (kc, sb) = chunks[c];
+            let kr = tk.min(p.k - kc * tk);
+            let ns = tk.min(nw - sb * tk);
+            BufSlice {
+                buf: raw_buf,
+                copy: (base + c as u32) % BT_RAW_COPIES as u32,
+                parts: ns as u32,
+                offset: 0,
+                len: kr as u32,
+            }
+        };
+        let load = |ops: &mut Vec<(TileOp, u32)>, c: usize| {
+            let (kc, sb) = chunks[c];
+            let dst = raw(c);
+            let src = HbmBox {
+                tensor: 1,
+                start: bb * b_batch_elems + (ni * tn + sb * tk) * p.k + kc * tk,
+                rows: dst.parts,
+                row_stride: p.k,
+                cols: dst.len,
+            };
+            ops.push((TileOp::Load { dst, src }, 0));
+        };
+        let ahead = BT_RAW_COPIES as usize - 1;
+        for c in 0..chunks.len().min(ahead) {
+            load(ops, c);
+        }
+        for c in 0..chunks.len() {
+            if c + ahead < chunks.len() {
+                load(ops, c + ahead);
+            }
+            let (kc, sb) = chunks[c];
+            let kr = tk.min(p.k - kc * tk);
+            let ns = tk.min(nw - sb * tk);
+            let tcopy = tp_count % BT_PSUM_BANKS;
+            let dst = BufSlice { buf: tp_buf, copy: tcopy, parts: kr as u32, offset: (sb * tk) as u32, len: ns as u32 };
+            ops.push((TileOp::Transpose { dst, src: raw(c) }, 0));
+            if c + 1 == chunks.len() || chunks[c + 1].0 != kc {
+                let src = BufSlice { buf: tp_buf, copy: tcopy, parts: kr as u32, offset: 0, len: nw as u32 };
+                let dst =
+                    BufSlice { buf: b_buf, copy: b_copy, parts: kr as u32, offset: (kc * tn) as u32, len: nw as u32 };
+                ops.push((TileOp::Copy { dst, src }, 0));
+                tp_count += 1;
+            }
+        }
+    };
     // Software pipelining: the loads of item j + 1 go before item j's compute,
     // except loads into a copy item j still reads, which go after its matmuls (the
     // tile program's order is its meaning).
+    // Each panel's preparation (stored-transposed B only), built in panel order.
+    let panel_of: Vec<usize> = plan
+        .iter()
+        .scan(0usize, |n, pl| {
+            if pl.0 {
+                *n += 1;
+            }
+            Some(*n - 1)
+        })
+        .collect();
+    let mut preps: Vec<std::collections::VecDeque<(TileOp, u32)>> = Vec::new();
+    for (j, pl) in plan.iter().enumerate() {
+        if pl.0 {
+            let mut v = Vec::new();
+            prep(&mut v, j);
+            preps.push(v.into());
+        }
+    }
     if !items.is_empty() {
         emit_loads(&mut ops, 0);
+        ops.extend(preps[0].drain(..));
     }
     for (j, &(ci, ni, mi)) in items.iter().enumerate() {
         let (_, b_copy, a_copy, _) = plan[j];
@@ -406,13 +573,31 @@ pub fn lower(p: &GemmProblem, s: &GemmSchedule) -> TileProgram {
         let psum = BufSlice { buf: psum_buf, copy: bank, parts: mr as u32, offset: 0, len: nw as u32 };
         for kc in 0..kt {
             let kr = tk.min(p.k - kc * tk);
-            let stationary =
-                BufSlice { buf: a_buf, copy: a_copy, parts: mr as u32, offset: (kc * tk) as u32, len: kr as u32 };
+            let stationary = if p.transpose_a {
+                BufSlice { buf: a_buf, copy: a_copy, parts: kr as u32, offset: (kc * tm) as u32, len: mr as u32 }
+            } else {
+                BufSlice { buf: a_buf, copy: a_copy, parts: mr as u32, offset: (kc * tk) as u32, len: kr as u32 }
+            };
             let moving =
                 BufSlice { buf: b_buf, copy: b_copy, parts: kr as u32, offset: (kc * tn) as u32, len: nw as u32 };
-            ops.push((TileOp::Matmul { dst: psum, stationary, moving, accumulate: kc > 0, transposed: true }, 0));
+            let transposed = !p.transpose_a;
+            ops.push((TileOp::Matmul { dst: psum, stationary, moving, accumulate: kc > 0, transposed }, 0));
         }
         ops.append(&mut deferred);
+        // Spread the next panel's preparation over this panel's items (it writes
+        // the other B copy); with one B copy it waits for this panel's last item.
+        let pi = panel_of[j];
+        if let Some(next) = preps.get_mut(pi + 1) {
+            let left = panel_of[j..].iter().take_while(|&&q| q == pi).count();
+            let share = if s.b_buffers > 1 {
+                next.len().div_ceil(left)
+            } else if left == 1 {
+                next.len()
+            } else {
+                0
+            };
+            ops.extend(next.drain(..share.min(next.len())));
+        }
         let staged = BufSlice { buf: c_buf, copy: stage, parts: mr as u32, offset: 0, len: nw as u32 };
         ops.push((TileOp::Copy { dst: staged, src: psum }, 0));
         let out = match cast_buf {

@@ -114,6 +114,13 @@ pub enum TileOp {
         /// Stationary stored [M, K].
         transposed: bool,
     },
+    /// `dst[F, P] = src[P, F]^T` on the PE (exact; the result is f32 or i32).
+    Transpose {
+        /// PSUM result.
+        dst: BufSlice,
+        /// SRAM source.
+        src: BufSlice,
+    },
     /// Elementwise copy with conversion (PSUM evacuation, casts) on the VE.
     Copy {
         /// Destination.
@@ -187,6 +194,9 @@ impl fmt::Display for TileProgram {
                     slice_text(self, moving)
                 ),
                 TileOp::Copy { dst, src } => format!("copy {} <- {}", slice_text(self, dst), slice_text(self, src)),
+                TileOp::Transpose { dst, src } => {
+                    format!("transpose {} <- {}^T", slice_text(self, dst), slice_text(self, src))
+                }
             };
             let _ = writeln!(out, "{text}  ; {}", self.debug_ops[*d as usize]);
         }

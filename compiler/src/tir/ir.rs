@@ -101,8 +101,14 @@ pub enum CompareKind {
 pub enum Op {
     /// A function parameter.
     Param,
-    /// Batched matrix product.
-    Matmul,
+    /// Batched matrix product `op(a) . op(b)`, where `op` transposes the last two
+    /// dims of an operand whose flag is set (a stored `[.., K, M]`, b `[.., N, K]`).
+    Matmul {
+        /// A is stored transposed.
+        transpose_a: bool,
+        /// B is stored transposed.
+        transpose_b: bool,
+    },
     /// Permutes dims.
     Transpose {
         /// `perm[i]` is the input dim that becomes output dim i.
@@ -238,7 +244,7 @@ impl Op {
     pub fn name(&self) -> &'static str {
         match self {
             Op::Param => "param",
-            Op::Matmul => "matmul",
+            Op::Matmul { .. } => "matmul",
             Op::Transpose { .. } => "transpose",
             Op::Reshape { .. } => "reshape",
             Op::Binary(b) => match b {

@@ -375,7 +375,7 @@ impl Cx {
         at.finish()?;
         // The annotation, where given, must agree (matmul may widen to its accumulator).
         if let (Some(want), Some(te)) = (&annotated, annotation) {
-            let ok = want == &ty || (matches!(op_ir, Op::Matmul) && want.shape == ty.shape);
+            let ok = want == &ty || (matches!(op_ir, Op::Matmul { .. }) && want.shape == ty.shape);
             if !ok {
                 return Err(Diagnostic::new(
                     te.span.clone(),
@@ -384,7 +384,7 @@ impl Cx {
             }
         }
         let ty = match (&op_ir, annotated) {
-            (Op::Matmul, Some(a)) => a,
+            (Op::Matmul { .. }, Some(a)) => a,
             _ => ty,
         };
         let operands = args
@@ -507,11 +507,19 @@ impl Cx {
                         ));
                     }
                 }
-                let (ka, kb) = (a.shape[a.rank() - 1], b.shape[b.rank() - 2]);
+                let transpose_a = at.boolean("transpose_a")?.unwrap_or(false);
+                let transpose_b = at.boolean("transpose_b")?.unwrap_or(false);
+                let (ra, rb) = (a.rank(), b.rank());
+                let (m, ka) =
+                    if transpose_a { (a.shape[ra - 1], a.shape[ra - 2]) } else { (a.shape[ra - 2], a.shape[ra - 1]) };
+                let (kb, n) =
+                    if transpose_b { (b.shape[rb - 1], b.shape[rb - 2]) } else { (b.shape[rb - 2], b.shape[rb - 1]) };
                 if ka != kb {
+                    let where_a = if transpose_a { "second-to-last, transpose_a" } else { "last" };
+                    let where_b = if transpose_b { "last, transpose_b" } else { "second-to-last" };
                     return Err(Diagnostic::new(
                         args[1].span(),
-                        format!("`matmul` contraction dims differ: {a} has K = {ka} (its last dim), {b} has K = {kb} (its second-to-last)"),
+                        format!("`matmul` contraction dims differ: {a} has K = {ka} (its {where_a} dim), {b} has K = {kb} (its {where_b})"),
                     ));
                 }
                 let batch = broadcast(&a.shape[..a.rank() - 2], &b.shape[..b.rank() - 2]).ok_or_else(|| {
@@ -525,8 +533,8 @@ impl Cx {
                     )
                 })?;
                 let mut shape = batch;
-                shape.push(a.shape[a.rank() - 2]);
-                shape.push(b.shape[b.rank() - 1]);
+                shape.push(m);
+                shape.push(n);
                 if let Some(t) = annotated {
                     let allowed = if a.dtype.is_int() {
                         t.dtype == ScalarType::I32 || t.dtype == a.dtype
@@ -540,7 +548,7 @@ impl Cx {
                         ));
                     }
                 }
-                (Op::Matmul, TensorType::new(a.dtype, shape))
+                (Op::Matmul { transpose_a, transpose_b }, TensorType::new(a.dtype, shape))
             }
             "transpose" => {
                 self.arity(name, op_span, args, 1)?;

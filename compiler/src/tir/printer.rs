@@ -35,7 +35,8 @@ fn attrs(op: &Op) -> String {
         Op::Slice { start, stop } => format!("start = {}, stop = {}", list(start), list(stop)),
         Op::LayerNorm { axis, eps } | Op::RmsNorm { axis, eps } => format!("axis = {axis}, eps = {}", number(*eps)),
         Op::Attention { causal, scale } => format!("causal = {causal}, scale = {}", number(*scale)),
-        Op::Param | Op::Matmul | Op::Binary(_) | Op::Unary(_) | Op::Select => return String::new(),
+        Op::Matmul { transpose_a, transpose_b } => format!("transpose_a = {transpose_a}, transpose_b = {transpose_b}"),
+        Op::Param | Op::Binary(_) | Op::Unary(_) | Op::Select => return String::new(),
     };
     format!(" {{{a}}}")
 }

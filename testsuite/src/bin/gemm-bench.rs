@@ -12,19 +12,29 @@ use jpu_runtime::{run, RunOptions};
 
 fn main() {
     let t = Target::builtin("jpu1").unwrap();
-    let shapes: [(u64, u64, u64, &str, f64); 6] = [
+    let shapes: [(u64, u64, u64, &str, f64); 8] = [
         (4096, 4096, 4096, "bf16", 0.90),
         (2048, 2048, 2048, "bf16", 0.85),
         (1024, 1024, 1024, "bf16", 0.75),
         (64, 4096, 4096, "bf16", 0.85),
         (4096, 4096, 4096, "f8e4m3", 0.85),
         (512, 512, 512, "bf16", 0.0),
+        (4096, 4096, 4096, "bf16 A^T", 0.0),
+        (4096, 4096, 4096, "bf16 B^T", 0.0),
     ];
     println!("| shape (M x K x N) | dtype | cycles | roofline cycles | bound | % of roofline | goal | compile (median of 5) |");
     println!("|---|---|---|---|---|---|---|---|");
     for (m, k, n, dt, goal) in shapes {
+        // "bf16 A^T" / "bf16 B^T": the operand is stored transposed (a linear layer's weight).
+        let (dtype, ta, tb) = match dt {
+            "bf16 A^T" => ("bf16", true, false),
+            "bf16 B^T" => ("bf16", false, true),
+            other => (other, false, false),
+        };
+        let a_shape = if ta { format!("{k}, {m}") } else { format!("{m}, {k}") };
+        let b_shape = if tb { format!("{n}, {k}") } else { format!("{k}, {n}") };
         let src = format!(
-            "func @gemm(%a: {dt}[{m}, {k}], %b: {dt}[{k}, {n}]) -> bf16[{m}, {n}] {{\n  %c = matmul(%a, %b) : f32[{m}, {n}]\n  %y = cast(%c) {{to = bf16}}\n  return %y\n}}\n"
+            "func @gemm(%a: {dtype}[{a_shape}], %b: {dtype}[{b_shape}]) -> bf16[{m}, {n}] {{\n  %c = matmul(%a, %b) {{transpose_a = {ta}, transpose_b = {tb}}} : f32[{m}, {n}]\n  %y = cast(%c) {{to = bf16}}\n  return %y\n}}\n"
         );
         let f = jalc::tir::parse_and_check(&src).expect("benchmark source checks");
         let mut times = Vec::new();
