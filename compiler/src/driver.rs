@@ -3,11 +3,11 @@
 //! | stage (`--emit`) | produced by | form |
 //! |---|---|---|
 //! | `parsed` | [`crate::tir`] | canonical `.tir` |
+//! | `opt` | [`crate::opt`] | canonical `.tir` after e-graph rewriting (`-O0`: unchanged) |
 //! | `kernels` | [`crate::lower::gemm::choose`] | each kernel and its schedule |
 //! | `tiles` | [`crate::lower::gemm::lower`] | the tile program |
 //! | `asm` | [`crate::backend::compile`] | canonical `.jasm` of the chip program |
 //!
-//! The optimizer stage (`opt`) is not built yet; `parsed` is its input today.
 
 use jpu_isa::program::RooflineInputs;
 use jpu_isa::{Program, Target};
@@ -19,6 +19,8 @@ use crate::tir::ir::Func;
 
 /// Every stage's result.
 pub struct Compiled {
+    /// The function after optimization (the input at `-O0`).
+    pub optimized: Func,
     /// The kernel.
     pub problem: GemmProblem,
     /// Its schedule.
@@ -29,8 +31,26 @@ pub struct Compiled {
     pub program: Program,
 }
 
+/// Optimization level: 0 skips the e-graph, anything else runs it.
+pub type OptLevel = u8;
+
+/// Runs the optimizer (unless `level` is 0).
+pub fn optimize(f: &Func, t: &Target, level: OptLevel) -> Result<Func, String> {
+    if level == 0 {
+        return Ok(f.clone());
+    }
+    crate::opt::optimize(f, t, crate::opt::Limits::default()).map(|o| o.func)
+}
+
 /// Compiles a checked function for `target`, with an optional schedule override.
 pub fn compile(f: &Func, t: &Target, schedule: Option<GemmSchedule>) -> Result<Compiled, String> {
+    compile_at(f, t, schedule, 2)
+}
+
+/// Compiles at an optimization level.
+pub fn compile_at(f: &Func, t: &Target, schedule: Option<GemmSchedule>, level: OptLevel) -> Result<Compiled, String> {
+    let optimized = optimize(f, t, level)?;
+    let f = &optimized;
     let problem = gemm::recognise(f).map_err(|e| e.0)?;
     let schedule = match schedule {
         Some(s) => {
@@ -62,7 +82,7 @@ pub fn compile(f: &Func, t: &Target, schedule: Option<GemmSchedule>) -> Result<C
         _ => roof.flops_f32 = flops,
     }
     let program = backend::compile(&tiles, t, roof).map_err(|e| e.0)?.program;
-    Ok(Compiled { problem, schedule, tiles, program })
+    Ok(Compiled { optimized, problem, schedule, tiles, program })
 }
 
 /// The `kernels` listing.

@@ -3,13 +3,13 @@
 //! | stage | module | printable form (`jalc compile --emit`) |
 //! |---|---|---|
 //! | front end: `.tir` text -> typed, checked IR | [`tir`] | `parsed` |
+//! | e-graph optimization and DAG-aware extraction | [`opt`] | `opt` |
 //! | kernel selection and schedules | [`lower`] | `kernels` |
 //! | tile programs | [`lower`] | `tiles` |
 //! | allocation, instruction DAG, scheduling, semaphores, emission | [`backend`] | `asm` |
 //! | reference evaluator (the oracle every compiled program is checked against) | [`eval`] | |
 //!
 //! [`driver`] runs the stages; [`verify`] compiles, simulates and compares.
-//! The e-graph optimizer (`opt`) is not built yet.
 
 #![deny(missing_docs)]
 
@@ -17,5 +17,6 @@ pub mod backend;
 pub mod driver;
 pub mod eval;
 pub mod lower;
+pub mod opt;
 pub mod tir;
 pub mod verify;

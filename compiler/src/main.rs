@@ -54,9 +54,12 @@ enum Command {
         /// Target (jpu1 or jpu-tiny).
         #[arg(long, default_value = "jpu1")]
         target: String,
-        /// Print a stage to stdout: parsed, kernels, tiles, asm (opt is planned).
+        /// Print a stage to stdout: parsed, opt, kernels, tiles, asm.
         #[arg(long, value_name = "STAGE")]
         emit: Option<String>,
+        /// Optimization level: -O0 skips the e-graph optimizer.
+        #[arg(short = 'O', value_name = "LEVEL", default_value_t = 2)]
+        opt: u8,
         /// Schedule overrides (planned).
         #[arg(long, value_name = "FILE")]
         schedule: Option<PathBuf>,
@@ -77,6 +80,9 @@ enum Command {
         /// Print one JSON object on stdout.
         #[arg(long)]
         json: bool,
+        /// Optimization level: -O0 skips the e-graph optimizer.
+        #[arg(short = 'O', value_name = "LEVEL", default_value_t = 2)]
+        opt: u8,
     },
     /// Evaluate a .tir function with the reference evaluator.
     Eval {
@@ -214,6 +220,7 @@ fn compile(
     target: &str,
     emit: Option<&str>,
     schedule: Option<&Path>,
+    opt: u8,
 ) -> Result<(), Failure> {
     let t = jpu_isa::Target::builtin(target).map_err(|e| Failure::Input(format!("error: {e}")))?;
     let (_, func) = read_tir(file)?;
@@ -221,14 +228,21 @@ fn compile(
         print!("{}", jalc::tir::printer::print(&func));
         return Ok(());
     }
+    let optimized = jalc::driver::optimize(&func, &t, opt)
+        .map_err(|e| Failure::Input(format!("error: {}: {e}", file.display())))?;
+    if emit == Some("opt") {
+        print!("{}", jalc::tir::printer::print(&optimized));
+        return Ok(());
+    }
     if let Some(stage) = emit {
         if !matches!(stage, "kernels" | "tiles" | "asm") {
-            let hint = if stage == "opt" { "the optimizer is not built yet" } else { "unknown stage" };
-            return Err(Failure::Input(format!("error: `{stage}`: {hint} (stages: parsed, kernels, tiles, asm)")));
+            return Err(Failure::Input(format!(
+                "error: unknown stage `{stage}` (stages: parsed, opt, kernels, tiles, asm)"
+            )));
         }
     }
-    let sched = load_schedule(&func, &t, schedule)?;
-    let compiled = jalc::driver::compile(&func, &t, sched)
+    let sched = load_schedule(&optimized, &t, schedule)?;
+    let compiled = jalc::driver::compile_at(&func, &t, sched, opt)
         .map_err(|e| Failure::Input(format!("error: {}: {e}", file.display())))?;
     match emit {
         Some("kernels") => print!("{}", jalc::driver::kernels_text(&compiled)),
@@ -244,11 +258,13 @@ fn compile(
     Ok(())
 }
 
-fn verify(file: &Path, target: &str, seed: u64, schedule: Option<&Path>, json: bool) -> Result<(), Failure> {
+fn verify(file: &Path, target: &str, seed: u64, schedule: Option<&Path>, json: bool, opt: u8) -> Result<(), Failure> {
     let t = jpu_isa::Target::builtin(target).map_err(|e| Failure::Input(format!("error: {e}")))?;
     let (_, func) = read_tir(file)?;
-    let sched = load_schedule(&func, &t, schedule)?;
-    let v = match jalc::verify::verify(&func, &t, seed, sched) {
+    let optimized = jalc::driver::optimize(&func, &t, opt)
+        .map_err(|e| Failure::Input(format!("error: {}: {e}", file.display())))?;
+    let sched = load_schedule(&optimized, &t, schedule)?;
+    let v = match jalc::verify::verify_at(&func, &t, seed, sched, opt) {
         Ok(v) => v,
         Err(jalc::verify::VerifyError::Compile(e)) => {
             return Err(Failure::Input(format!("error: {}: {e}", file.display())))
@@ -446,12 +462,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Check { file } => check(file),
-        Command::Compile { file, output, target, emit, schedule } => {
-            compile(file, output.as_deref(), target, emit.as_deref(), schedule.as_deref())
+        Command::Compile { file, output, target, emit, schedule, opt } => {
+            compile(file, output.as_deref(), target, emit.as_deref(), schedule.as_deref(), *opt)
         }
         Command::Eval { file, inputs, output_dir } => eval(file, inputs, output_dir),
-        Command::Verify { file, target, seed, schedule, json } => {
-            verify(file, target, *seed, schedule.as_deref(), *json)
+        Command::Verify { file, target, seed, schedule, json, opt } => {
+            verify(file, target, *seed, schedule.as_deref(), *json, *opt)
         }
         Command::Asm { file, output } => asm(file, output),
         Command::Disasm { file, output } => disasm(file, output.as_deref()),

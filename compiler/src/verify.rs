@@ -79,7 +79,18 @@ pub fn random_inputs(f: &Func, seed: u64) -> Vec<Tensor> {
 
 /// Compiles `f` for `t`, runs it on seeded inputs and compares with the evaluator.
 pub fn verify(f: &Func, t: &Target, seed: u64, schedule: Option<GemmSchedule>) -> Result<Verification, VerifyError> {
-    let compiled = driver::compile(f, t, schedule).map_err(VerifyError::Compile)?;
+    verify_at(f, t, seed, schedule, 2)
+}
+
+/// [`verify`] at an optimization level (the evaluator always runs the original).
+pub fn verify_at(
+    f: &Func,
+    t: &Target,
+    seed: u64,
+    schedule: Option<GemmSchedule>,
+    level: driver::OptLevel,
+) -> Result<Verification, VerifyError> {
+    let compiled = driver::compile_at(f, t, schedule, level).map_err(VerifyError::Compile)?;
     let inputs = random_inputs(f, seed);
     let reference = eval(f, &inputs).map_err(|e| VerifyError::Compile(e.to_string()))?;
     let mut sim_inputs = Vec::new();

@@ -1,6 +1,6 @@
 //! Stage snapshots (`testsuite/cases/compile/*.tir`, `// test: compile`): what each
 //! compiler stage prints for small GEMMs on the target named by `// target:`:
-//! `--emit parsed`, `kernels`, `tiles` and `asm`. Every program is also verified
+//! `--emit parsed`, `opt`, `kernels`, `tiles` and `asm`. Every program is also verified
 //! (simulated with race checking, compared with the evaluator).
 
 use jalc::{driver, tir};
@@ -21,8 +21,9 @@ fn compile_stage_snapshots() {
         let v = jalc::verify::verify(&f, &t, 0, None).unwrap();
         assert!(v.passed, "{name}: {:?}", v.first_mismatch);
         let out = format!(
-            "== parsed\n{}\n== kernels\n{}\n== tiles\n{}\n== asm\n{}\n== verify\ncycles {}, roofline {} ({:.1}%)\n",
+            "== parsed\n{}\n== opt\n{}\n== kernels\n{}\n== tiles\n{}\n== asm\n{}\n== verify\ncycles {}, roofline {} ({:.1}%)\n",
             tir::printer::print(&f),
+            tir::printer::print(&c.optimized),
             driver::kernels_text(&c),
             c.tiles,
             jpu_isa::jasm::disassemble(&c.program),

@@ -110,3 +110,38 @@ fn show_one() {
     println!("{}", random_tir(7));
     println!("{}", random_tir(12345));
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    /// The optimizer succeeds on every program and keeps its signature; with the
+    /// exact rule families (transpose and power-of-two scale folding) the optimized
+    /// program computes bit for bit what the original does.
+    #[test]
+    fn optimizer_keeps_meaning(seed in any::<u64>()) {
+        use jalc::opt::{optimize, optimize_with, rules, Limits};
+        let src = random_tir(seed);
+        let f = tir::parse_and_check(&src).unwrap();
+        let t = jpu_isa::Target::builtin("jpu1").unwrap();
+        let all = optimize(&f, &t, Limits::default()).unwrap_or_else(|e| panic!("{e}\n{src}"));
+        prop_assert_eq!(all.func.num_params, f.num_params);
+        let types = |g: &jalc::tir::ir::Func| g.results.iter().map(|r| g.node(*r).ty.clone()).collect::<Vec<_>>();
+        prop_assert_eq!(types(&all.func), types(&f));
+        let mut exact = rules::transpose_folding();
+        exact.extend(rules::scale_folding());
+        let o = optimize_with(&f, &t, Limits::default(), &exact).unwrap();
+        let inputs: Vec<Tensor> = f
+            .params()
+            .map(|p| {
+                let ty = f.node(p).ty.clone();
+                let vals: Vec<f64> = (0..ty.elems()).map(|i| ((i * 7919 + seed % 97) % 23) as f64 * 0.25 - 2.5).collect();
+                Tensor::from_values(ty, &vals)
+            })
+            .collect();
+        let (a, b) = (eval(&f, &inputs).unwrap(), eval(&o.func, &inputs).unwrap());
+        for (x, y) in a.iter().zip(&b) {
+            let same = x.data.iter().zip(&y.data).all(|(p, q)| p.to_bits() == q.to_bits() || (p.is_nan() && q.is_nan()));
+            prop_assert!(same, "optimized program differs\n{}\n{}", src, printer::print(&o.func));
+        }
+    }
+}

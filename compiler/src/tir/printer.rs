@@ -41,6 +41,16 @@ fn attrs(op: &Op) -> String {
     format!(" {{{a}}}")
 }
 
+/// An op's name and attributes as the canonical form writes them (`softmax {axis = 2}`).
+pub fn op_text(op: &Op) -> String {
+    format!("{}{}", op.name(), attrs(op))
+}
+
+/// A scalar literal as the canonical form writes it.
+pub fn literal(v: f64) -> String {
+    number(v)
+}
+
 /// Prints a function in canonical form.
 pub fn print(f: &Func) -> String {
     let mut out = String::new();

@@ -1,0 +1,395 @@
+//! The optimizer: equality saturation (egg) over the tensor IR, and DAG-aware
+//! extraction under a cost model derived from the target (`--emit opt`).
+//!
+//! The IR becomes an e-graph in [`TLang`]: matmul (with its result dtype as a
+//! leaf, and one variant per operand layout), last-two-dims transpose `t`, `mul`,
+//! `add`, scalar literals, and an opaque node for every other op whose symbol
+//! carries its canonical text and result type (so the [`Shapes`] analysis needs
+//! no side tables). Rules are grouped by topic ([`rules`]); each has a start =>
+//! goal test. Extraction picks, per e-class, the node minimising the cost of the
+//! whole sub-DAG it needs, counting shared subterms once ([`extract`]).
+//! Runner limits (nodes, iterations, time) keep compile time bounded. The result
+//! is printed and re-checked by the front end, so it is a valid [`Func`].
+
+pub mod cost;
+
+use std::collections::{BTreeMap, HashMap};
+
+use egg::{rewrite as rw, Analysis, DidMerge, EGraph, Id, Language, RecExpr, Rewrite, Runner, Symbol};
+
+use crate::tir::ir::{BinaryOp, Func, Op, Operand};
+use crate::tir::types::{ScalarType, TensorType};
+
+/// A scalar literal, compared and hashed by its bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Lit(pub u64);
+
+impl Lit {
+    /// The value.
+    pub fn value(self) -> f64 {
+        f64::from_bits(self.0)
+    }
+}
+
+impl std::str::FromStr for Lit {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Lit, ()> {
+        // Only numbers: dtype and parameter leaves never parse.
+        if s.starts_with(|c: char| c.is_ascii_digit() || c == '-' || c == '.') || s == "inf" {
+            s.parse::<f64>().map(|v| Lit(v.to_bits())).map_err(|_| ())
+        } else {
+            Err(())
+        }
+    }
+}
+
+impl std::fmt::Display for Lit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.value())
+    }
+}
+
+pub use lang::TLang;
+
+/// The e-graph language. `matmul*` take `(dtype, a, b)`: `_ta`/`_tb`/`_tab` read
+/// A and/or B stored transposed; `t` transposes the last two dims; `mul`/`add` are
+/// elementwise; `Scalar` is a literal; `Leaf` a parameter (`%name|type`) or a dtype;
+/// `Other` any other op (`op text|type`, its operands as children).
+#[allow(missing_docs)]
+mod lang {
+    use super::Lit;
+    use egg::{define_language, Id, Symbol};
+
+    define_language! {
+        pub enum TLang {
+            "matmul" = Mm([Id; 3]),
+            "matmul_ta" = MmTa([Id; 3]),
+            "matmul_tb" = MmTb([Id; 3]),
+            "matmul_tab" = MmTab([Id; 3]),
+            "t" = T(Id),
+            "mul" = Mul([Id; 2]),
+            "add" = Add([Id; 2]),
+            Scalar(Lit),
+            Leaf(Symbol),
+            Other(Symbol, Vec<Id>),
+        }
+    }
+}
+
+/// `name|type` for parameters, `op text|type` for opaque ops.
+fn type_suffix(s: &str) -> Option<TensorType> {
+    let ty = s.rsplit('|').next()?;
+    let (dtype, dims) = ty.split_once('[')?;
+    let dtype = ScalarType::from_name(dtype)?;
+    let dims = dims.strip_suffix(']')?;
+    let shape = if dims.is_empty() {
+        Vec::new()
+    } else {
+        dims.split(", ").map(|d| d.parse().ok()).collect::<Option<Vec<u64>>>()?
+    };
+    Some(TensorType::new(dtype, shape))
+}
+
+/// Shape-and-dtype analysis: the tensor type of every e-class (none for dtype
+/// leaves and scalar literals).
+#[derive(Default)]
+pub struct Shapes;
+
+fn broadcast(a: &[u64], b: &[u64]) -> Vec<u64> {
+    let n = a.len().max(b.len());
+    (0..n)
+        .map(|i| {
+            let da = if i + a.len() >= n { a[i + a.len() - n] } else { 1 };
+            let db = if i + b.len() >= n { b[i + b.len() - n] } else { 1 };
+            da.max(db)
+        })
+        .collect()
+}
+
+/// The type of a matmul with the given layouts.
+pub fn matmul_type(dtype: ScalarType, a: &TensorType, b: &TensorType, ta: bool, tb: bool) -> Option<TensorType> {
+    let (ra, rb) = (a.rank(), b.rank());
+    if ra < 2 || rb < 2 {
+        return None;
+    }
+    let m = if ta { a.shape[ra - 1] } else { a.shape[ra - 2] };
+    let n = if tb { b.shape[rb - 2] } else { b.shape[rb - 1] };
+    let mut shape = broadcast(&a.shape[..ra - 2], &b.shape[..rb - 2]);
+    shape.extend([m, n]);
+    Some(TensorType::new(dtype, shape))
+}
+
+impl Analysis<TLang> for Shapes {
+    type Data = Option<TensorType>;
+
+    fn make(egraph: &mut EGraph<TLang, Self>, enode: &TLang, _id: Id) -> Self::Data {
+        let ty = |id: &Id| egraph[*id].data.clone();
+        let leaf = |id: &Id| -> Option<ScalarType> {
+            egraph[*id].nodes.iter().find_map(|n| match n {
+                TLang::Leaf(s) => ScalarType::from_name(s.as_str()),
+                _ => None,
+            })
+        };
+        match enode {
+            TLang::Mm([d, a, b]) | TLang::MmTa([d, a, b]) | TLang::MmTb([d, a, b]) | TLang::MmTab([d, a, b]) => {
+                let (ta, tb) = layout(enode);
+                matmul_type(leaf(d)?, &ty(a)?, &ty(b)?, ta, tb)
+            }
+            TLang::T(x) => {
+                let mut t = ty(x)?;
+                let r = t.rank();
+                if r < 2 {
+                    return None;
+                }
+                t.shape.swap(r - 2, r - 1);
+                Some(t)
+            }
+            TLang::Mul([a, b]) | TLang::Add([a, b]) => match (ty(a), ty(b)) {
+                (Some(x), Some(y)) => Some(TensorType::new(x.dtype, broadcast(&x.shape, &y.shape))),
+                (Some(x), None) | (None, Some(x)) => Some(x),
+                (None, None) => None,
+            },
+            TLang::Scalar(_) => None,
+            TLang::Leaf(s) | TLang::Other(s, _) => type_suffix(s.as_str()),
+        }
+    }
+
+    fn merge(&mut self, to: &mut Self::Data, from: Self::Data) -> DidMerge {
+        if to.is_none() && from.is_some() {
+            *to = from;
+            DidMerge(true, false)
+        } else {
+            DidMerge(false, to.is_none() && from.is_some())
+        }
+    }
+}
+
+fn layout(n: &TLang) -> (bool, bool) {
+    match n {
+        TLang::MmTa(_) => (true, false),
+        TLang::MmTb(_) => (false, true),
+        TLang::MmTab(_) => (true, true),
+        _ => (false, false),
+    }
+}
+
+fn is_pow2_scalar(var: &str) -> impl Fn(&mut EGraph<TLang, Shapes>, Id, &egg::Subst) -> bool {
+    let var: egg::Var = var.parse().expect("pattern variable");
+    move |egraph, _, subst| {
+        egraph[subst[var]].nodes.iter().any(|n| match n {
+            TLang::Scalar(l) => {
+                let v = l.value().abs();
+                v.is_normal() && v.log2().fract() == 0.0 && v.log2().abs() <= 60.0
+            }
+            _ => false,
+        })
+    }
+}
+
+/// True when every listed class is a tensor of the dtype named by the `d` leaf:
+/// reassociation moves operands between matmuls, and a matmul takes operands of
+/// one dtype, so the rewrite is only legal when operands and results agree.
+fn operands_have_dtype(d: &str, vars: &[&str]) -> impl Fn(&mut EGraph<TLang, Shapes>, Id, &egg::Subst) -> bool {
+    let d: egg::Var = d.parse().expect("pattern variable");
+    let vars: Vec<egg::Var> = vars.iter().map(|v| v.parse().expect("pattern variable")).collect();
+    move |egraph, _, subst| {
+        let Some(dtype) = egraph[subst[d]].nodes.iter().find_map(|n| match n {
+            TLang::Leaf(s) => ScalarType::from_name(s.as_str()),
+            _ => None,
+        }) else {
+            return false;
+        };
+        vars.iter().all(|v| egraph[subst[*v]].data.as_ref().is_some_and(|t| t.dtype == dtype))
+    }
+}
+
+/// Rule sets, by topic.
+pub mod rules {
+    use super::*;
+
+    /// A transpose of a matmul operand becomes the operand's layout flag, and two
+    /// transposes cancel.
+    pub fn transpose_folding() -> Vec<Rewrite<TLang, Shapes>> {
+        vec![
+            rw!("fold-transpose-a"; "(matmul ?d (t ?a) ?b)" => "(matmul_ta ?d ?a ?b)"),
+            rw!("fold-transpose-b"; "(matmul ?d ?a (t ?b))" => "(matmul_tb ?d ?a ?b)"),
+            rw!("fold-transpose-a-of-tb"; "(matmul_tb ?d (t ?a) ?b)" => "(matmul_tab ?d ?a ?b)"),
+            rw!("fold-transpose-b-of-ta"; "(matmul_ta ?d ?a (t ?b))" => "(matmul_tab ?d ?a ?b)"),
+            rw!("cancel-transposes"; "(t (t ?x))" => "?x"),
+        ]
+    }
+
+    /// A power-of-two scale moves between a matmul's result and its operands
+    /// (exact, barring overflow), so the cheaper place wins.
+    pub fn scale_folding() -> Vec<Rewrite<TLang, Shapes>> {
+        vec![
+            rw!("scale-into-a"; "(mul (matmul ?d ?a ?b) ?s)" => "(matmul ?d (mul ?a ?s) ?b)" if is_pow2_scalar("?s")),
+            rw!("scale-into-b"; "(mul (matmul ?d ?a ?b) ?s)" => "(matmul ?d ?a (mul ?b ?s))" if is_pow2_scalar("?s")),
+            rw!("scale-out-of-a"; "(matmul ?d (mul ?a ?s) ?b)" => "(mul (matmul ?d ?a ?b) ?s)" if is_pow2_scalar("?s")),
+        ]
+    }
+
+    /// Matmul chains reassociate (x . (A . B) with low-rank A, B is cheaper as
+    /// (x . A) . B); only when operands and results share one dtype, since the
+    /// rewrite feeds an intermediate result to a matmul beside an original operand.
+    pub fn reassociation() -> Vec<Rewrite<TLang, Shapes>> {
+        vec![
+            rw!("reassociate-left"; "(matmul ?d ?x (matmul ?d ?a ?b))" => "(matmul ?d (matmul ?d ?x ?a) ?b)"
+                if operands_have_dtype("?d", &["?x", "?a", "?b"])),
+            rw!("reassociate-right"; "(matmul ?d (matmul ?d ?x ?a) ?b)" => "(matmul ?d ?x (matmul ?d ?a ?b))"
+                if operands_have_dtype("?d", &["?x", "?a", "?b"])),
+        ]
+    }
+
+    /// Every rule.
+    pub fn all() -> Vec<Rewrite<TLang, Shapes>> {
+        let mut r = transpose_folding();
+        r.extend(scale_folding());
+        r.extend(reassociation());
+        r
+    }
+}
+
+/// An IR function as an e-graph expression: the expression, the root of each
+/// result, the class of each original value, and the ops behind opaque symbols.
+pub struct Converted {
+    /// The expression.
+    pub expr: RecExpr<TLang>,
+    /// Root of each result.
+    pub roots: Vec<Id>,
+    /// Expression id of each original value (parameters included).
+    pub values: Vec<Id>,
+    /// Opaque symbol -> IR op.
+    pub ops: HashMap<String, Op>,
+}
+
+fn is_swap_last_two(perm: &[usize]) -> bool {
+    let r = perm.len();
+    r >= 2 && perm[r - 2] == r - 1 && perm[r - 1] == r - 2 && (0..r - 2).all(|i| perm[i] == i)
+}
+
+/// Converts a checked function.
+pub fn to_egraph_expr(f: &Func) -> Converted {
+    let mut expr = RecExpr::default();
+    let mut values = Vec::with_capacity(f.nodes.len());
+    let mut ops = HashMap::new();
+    let operand = |expr: &mut RecExpr<TLang>, values: &Vec<Id>, o: &Operand| match o {
+        Operand::Value(v) => values[v.0 as usize],
+        Operand::Scalar(x) => expr.add(TLang::Scalar(Lit(x.to_bits()))),
+    };
+    for n in &f.nodes {
+        let args: Vec<Id> = n.operands.iter().map(|o| operand(&mut expr, &values, o)).collect();
+        let id = match (&n.op, args.as_slice()) {
+            (Op::Param, _) => expr.add(TLang::Leaf(Symbol::from(format!("%{}|{}", n.name, n.ty)))),
+            (Op::Matmul { transpose_a, transpose_b }, [a, b]) => {
+                let d = expr.add(TLang::Leaf(Symbol::from(n.ty.dtype.name())));
+                match (transpose_a, transpose_b) {
+                    (false, false) => expr.add(TLang::Mm([d, *a, *b])),
+                    (true, false) => expr.add(TLang::MmTa([d, *a, *b])),
+                    (false, true) => expr.add(TLang::MmTb([d, *a, *b])),
+                    (true, true) => expr.add(TLang::MmTab([d, *a, *b])),
+                }
+            }
+            (Op::Transpose { perm }, [x]) if is_swap_last_two(perm) => expr.add(TLang::T(*x)),
+            (Op::Binary(BinaryOp::Mul), [a, b]) => expr.add(TLang::Mul([*a, *b])),
+            (Op::Binary(BinaryOp::Add), [a, b]) => expr.add(TLang::Add([*a, *b])),
+            (op, args) => {
+                let text = format!("{}|{}", crate::tir::printer::op_text(op), n.ty);
+                ops.insert(text.clone(), op.clone());
+                expr.add(TLang::Other(Symbol::from(text), args.to_vec()))
+            }
+        };
+        values.push(id);
+    }
+    let roots = f.results.iter().map(|r| values[r.0 as usize]).collect();
+    Converted { expr, roots, values, ops }
+}
+
+pub mod extract;
+
+/// Optimisation settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most e-nodes.
+    pub nodes: usize,
+    /// Most iterations.
+    pub iterations: usize,
+    /// Most wall time.
+    pub time: std::time::Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { nodes: 20_000, iterations: 16, time: std::time::Duration::from_millis(500) }
+    }
+}
+
+/// What the optimizer did.
+pub struct Optimized {
+    /// The optimized function (checked by the front end).
+    pub func: Func,
+    /// Estimated cycles before and after.
+    pub cost_before: f64,
+    /// Estimated cycles of the extracted program.
+    pub cost_after: f64,
+    /// Why the runner stopped.
+    pub stop: String,
+}
+
+/// Optimises `f` for `target` with every rule.
+pub fn optimize(f: &Func, target: &jpu_isa::Target, limits: Limits) -> Result<Optimized, String> {
+    optimize_with(f, target, limits, &rules::all())
+}
+
+/// Optimises `f` for `target` with the given rules.
+pub fn optimize_with(
+    f: &Func,
+    target: &jpu_isa::Target,
+    limits: Limits,
+    rules: &[Rewrite<TLang, Shapes>],
+) -> Result<Optimized, String> {
+    let conv = to_egraph_expr(f);
+    let runner = Runner::<TLang, Shapes>::default()
+        .with_node_limit(limits.nodes)
+        .with_iter_limit(limits.iterations)
+        .with_time_limit(limits.time)
+        .with_expr(&conv.expr)
+        .run(rules);
+    let stop = format!("{:?}", runner.stop_reason);
+    let egraph = &runner.egraph;
+    let model = cost::Model::new(target);
+    let ids = expr_classes(egraph, &conv.expr);
+    let result_classes: Vec<Id> = conv.roots.iter().map(|r| ids[usize::from(*r)]).collect();
+    let greedy = extract::dag_extract(egraph, &model);
+    let original = extract::original_choice(egraph, &conv.expr, &ids);
+    let cost_before = extract::total(egraph, &model, &original, &result_classes);
+    // Start from the cheaper of the greedy and the original choice (completed by
+    // the greedy one), then improve globally.
+    let mut from_original = greedy.clone();
+    from_original.extend(original.iter().map(|(k, v)| (*k, *v)));
+    let start = if extract::total(egraph, &model, &from_original, &result_classes)
+        < extract::total(egraph, &model, &greedy, &result_classes)
+    {
+        from_original
+    } else {
+        greedy
+    };
+    let choice = extract::improve(egraph, &model, start, &result_classes);
+    let cost_after = extract::total(egraph, &model, &choice, &result_classes);
+    let value_classes: Vec<Id> = conv.values.iter().map(|v| ids[usize::from(*v)]).collect();
+    let func = extract::to_func(f, egraph, &choice, &result_classes, &value_classes, &conv.ops)?;
+    Ok(Optimized { func, cost_before, cost_after, stop })
+}
+
+/// The e-class of each node of `expr` in `egraph` (which contains it).
+fn expr_classes(egraph: &EGraph<TLang, Shapes>, expr: &RecExpr<TLang>) -> Vec<Id> {
+    let mut ids: Vec<Id> = Vec::with_capacity(expr.len());
+    for node in expr.iter() {
+        let n = node.clone().map_children(|c| ids[usize::from(c)]);
+        ids.push(egraph.lookup(n).expect("the runner's e-graph contains its start expression"));
+    }
+    ids
+}
+
+/// Canonical e-class ids keyed for deterministic iteration.
+pub type Choice = BTreeMap<Id, usize>;

@@ -1,0 +1,169 @@
+//! The optimizer: each rule family from a start program to its goal (the
+//! optimized program's canonical text), the power-of-two guard, DAG-aware
+//! extraction, and the limits that bound compile time.
+
+use jalc::opt::{self, Limits};
+use jalc::tir::{self, printer};
+use jpu_isa::Target;
+
+fn optimize(src: &str) -> String {
+    let f = tir::parse_and_check(src).unwrap_or_else(|d| panic!("{}", tir::render("t.tir", src, &d)));
+    let t = Target::builtin("jpu1").unwrap();
+    let o = opt::optimize(&f, &t, Limits::default()).unwrap();
+    assert!(
+        o.cost_after <= o.cost_before + 1e-6,
+        "extraction made the program dearer: {} -> {}",
+        o.cost_before,
+        o.cost_after
+    );
+    printer::print(&o.func)
+}
+
+fn body(text: &str) -> Vec<&str> {
+    text.lines().filter(|l| l.starts_with("  ")).map(str::trim).collect()
+}
+
+#[test]
+fn transpose_folding_turns_transposes_into_layouts() {
+    let out = optimize(
+        "func @f(%x: bf16[64, 256], %w: bf16[128, 256]) -> f32[64, 128] {
+           %wt = transpose(%w) {perm = [1, 0]}
+           %y = matmul(%x, %wt) : f32[64, 128]
+           return %y
+         }",
+    );
+    assert_eq!(
+        body(&out),
+        ["%y = matmul(%x, %w) {transpose_a = false, transpose_b = true} : f32[64, 128]", "return %y"]
+    );
+    let out = optimize(
+        "func @f(%a: f32[2, 32, 16], %b: f32[2, 8, 32]) -> f32[2, 16, 8] {
+           %at = transpose(%a) {perm = [0, 2, 1]}
+           %bt = transpose(%b) {perm = [0, 2, 1]}
+           %y = matmul(%at, %bt)
+           return %y
+         }",
+    );
+    assert_eq!(
+        body(&out),
+        ["%y = matmul(%a, %b) {transpose_a = true, transpose_b = true} : f32[2, 16, 8]", "return %y"]
+    );
+}
+
+#[test]
+fn double_transposes_cancel() {
+    let out = optimize(
+        "func @f(%x: f32[8, 4], %y: f32[4, 8]) -> f32[8, 8] {
+           %a = transpose(%x) {perm = [1, 0]}
+           %b = transpose(%a) {perm = [1, 0]}
+           %c = matmul(%b, %y)
+           return %c
+         }",
+    );
+    assert_eq!(body(&out), ["%c = matmul(%x, %y) {transpose_a = false, transpose_b = false} : f32[8, 8]", "return %c"]);
+}
+
+#[test]
+fn power_of_two_scales_move_to_the_smaller_tensor_and_others_stay() {
+    // The scores [8, 128, 256] are 4x larger than q [8, 128, 64] (and k is 2x
+    // larger than q): scale q instead.
+    let src = |scale: &str| {
+        format!(
+            "func @f(%q: bf16[8, 128, 64], %k: bf16[8, 64, 256]) -> f32[8, 128, 256] {{
+               %s = matmul(%q, %k) : f32[8, 128, 256]
+               %z = mul(%s, {scale})
+               return %z
+             }}"
+        )
+    };
+    let out = optimize(&src("0.125"));
+    assert_eq!(
+        body(&out),
+        [
+            "%o1 = mul(%q, 0.125) : bf16[8, 128, 64]",
+            "%z = matmul(%o1, %k) {transpose_a = false, transpose_b = false} : f32[8, 128, 256]",
+            "return %z"
+        ]
+    );
+    // 0.1 is not exact in bf16: moving it would change the result, so it stays.
+    let out = optimize(&src("0.1"));
+    assert!(out.contains("%z = mul(%s, 0.1)"), "{out}");
+}
+
+#[test]
+fn low_rank_chains_reassociate() {
+    // x . (A . B) with rank-16 A, B: 2*64*1024*1024 + ... against (x . A) . B.
+    let out = optimize(
+        "func @f(%x: bf16[64, 1024], %a: bf16[1024, 16], %b: bf16[16, 1024]) -> bf16[64, 1024] {
+           %ab = matmul(%a, %b)
+           %y = matmul(%x, %ab)
+           return %y
+         }",
+    );
+    assert_eq!(
+        body(&out),
+        [
+            "%o1 = matmul(%x, %a) {transpose_a = false, transpose_b = false} : bf16[64, 16]",
+            "%y = matmul(%o1, %b) {transpose_a = false, transpose_b = false} : bf16[64, 1024]",
+            "return %y"
+        ]
+    );
+}
+
+#[test]
+fn reassociation_keeps_operand_dtypes_equal() {
+    // The low-rank product accumulates to f32 from bf16 operands; (x . A) . B
+    // would be far cheaper but would feed f32 x beside bf16 A into one matmul,
+    // which does not type-check, so the chain stays as written.
+    let src = "func @f(%x: f32[64, 1024], %a: bf16[1024, 16], %b: bf16[16, 1024]) -> f32[64, 1024] {
+           %ab = matmul(%a, %b) : f32[1024, 1024]
+           %y = matmul(%x, %ab) : f32[64, 1024]
+           return %y
+         }";
+    let out = optimize(src);
+    tir::parse_and_check(&out).unwrap_or_else(|d| panic!("{}", tir::render("opt.tir", &out, &d)));
+    assert_eq!(
+        body(&out),
+        [
+            "%ab = matmul(%a, %b) {transpose_a = false, transpose_b = false} : f32[1024, 1024]",
+            "%y = matmul(%x, %ab) {transpose_a = false, transpose_b = false} : f32[64, 1024]",
+            "return %y"
+        ]
+    );
+}
+
+#[test]
+fn extraction_counts_shared_subterms_once() {
+    // The transposed weight is a result anyway, so the matmul reuses it (a tree
+    // extractor would count it twice and pick the layout variant with PE transposes).
+    let out = optimize(
+        "func @f(%x: bf16[128, 512], %w: bf16[512, 512]) -> (f32[128, 512], bf16[512, 512]) {
+           %wt = transpose(%w) {perm = [1, 0]}
+           %y = matmul(%x, %wt) : f32[128, 512]
+           return %y, %wt
+         }",
+    );
+    assert_eq!(
+        body(&out),
+        [
+            "%wt = transpose(%w) {perm = [1, 0]} : bf16[512, 512]",
+            "%y = matmul(%x, %wt) {transpose_a = false, transpose_b = false} : f32[128, 512]",
+            "return %y, %wt"
+        ]
+    );
+}
+
+#[test]
+fn other_ops_pass_through_and_limits_bound_the_search() {
+    let src =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../testsuite/cases/tir/norms.tir")).unwrap();
+    let f = tir::parse_and_check(&src).unwrap();
+    let t = Target::builtin("jpu1").unwrap();
+    let o = opt::optimize(&f, &t, Limits::default()).unwrap();
+    assert_eq!(printer::print(&o.func), printer::print(&f), "nothing to rewrite: unchanged");
+    let tight = Limits { nodes: 10, iterations: 1, time: std::time::Duration::from_millis(50) };
+    let big = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/attention.tir")).unwrap();
+    let f = tir::parse_and_check(&big).unwrap();
+    let o = opt::optimize(&f, &t, tight).unwrap();
+    assert!(o.stop.contains("Limit") || o.stop.contains("Saturated"), "{}", o.stop);
+}

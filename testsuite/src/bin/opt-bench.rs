@@ -1,0 +1,59 @@
+//! Optimizer benchmark: one program per rule family, its estimated cost (the
+//! optimizer's cost model) at -O0 and after optimization, and simulated cycles on
+//! jpu1 where the program compiles. Prints the table of docs/performance.md.
+//!
+//! `cargo run --release -p jpu-testsuite --bin opt-bench`
+
+use jalc::opt::{optimize, Limits};
+use jpu_isa::Target;
+use jpu_runtime::{run, RunOptions};
+
+fn simulate(f: &jalc::tir::ir::Func, t: &Target, level: u8) -> String {
+    match jalc::driver::compile_at(f, t, None, level) {
+        Ok(c) => {
+            let r = run(&c.program, t, &[], &RunOptions { timing_only: true, ..RunOptions::default() })
+                .expect("runs")
+                .report;
+            format!("{} ({:.1}%)", r.cycles, 100.0 * r.roofline_fraction)
+        }
+        Err(e) => {
+            let op = e.split('`').nth(1).unwrap_or("?");
+            format!("not compiled yet (`{op}` needs its own kernel)")
+        }
+    }
+}
+
+fn main() {
+    let t = Target::builtin("jpu1").unwrap();
+    let families = [
+        (
+            "transpose folding (transposed weight)",
+            "func @f(%x: bf16[1024, 4096], %w: bf16[4096, 4096]) -> bf16[1024, 4096] {\n  %wt = transpose(%w) {perm = [1, 0]}\n  %y = matmul(%x, %wt) : f32[1024, 4096]\n  %o = cast(%y) {to = bf16}\n  return %o\n}\n",
+        ),
+        (
+            "scale folding (scaled scores)",
+            "func @f(%q: bf16[8, 128, 64], %k: bf16[8, 64, 2048]) -> f32[8, 128, 2048] {\n  %s = matmul(%q, %k) : f32[8, 128, 2048]\n  %z = mul(%s, 0.125)\n  return %z\n}\n",
+        ),
+        (
+            "reassociation (low-rank chain)",
+            "func @f(%x: bf16[2048, 4096], %a: bf16[4096, 64], %b: bf16[64, 4096]) -> bf16[2048, 4096] {\n  %ab = matmul(%a, %b)\n  %y = matmul(%x, %ab)\n  return %y\n}\n",
+        ),
+    ];
+    println!(
+        "| rule family | estimated cycles -O0 | estimated cycles -O2 | simulated -O0 | simulated -O2 | optimize time |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for (name, src) in families {
+        let f = jalc::tir::parse_and_check(src).expect("benchmark source checks");
+        let start = std::time::Instant::now();
+        let o = optimize(&f, &t, Limits::default()).expect("optimizes");
+        let ms = start.elapsed().as_secs_f64() * 1e3;
+        println!(
+            "| {name} | {:.0} | {:.0} | {} | {} | {ms:.1} ms |",
+            o.cost_before,
+            o.cost_after,
+            simulate(&f, &t, 0),
+            simulate(&f, &t, 2)
+        );
+    }
+}
