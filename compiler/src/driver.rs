@@ -76,6 +76,13 @@ pub fn compile_at(f: &Func, t: &Target, schedule: Option<GemmSchedule>, level: O
             .sum(),
         ..RooflineInputs::default()
     };
+    // Each transcendental epilogue step evaluates once per output element.
+    let transcendental_steps = problem
+        .epilogue
+        .iter()
+        .filter(|(s, _)| matches!(s, gemm::EpilogueStep::Activate(f) if f.is_transcendental()))
+        .count() as u64;
+    roof.transcendentals = transcendental_steps * problem.batch_map.len() as u64 * problem.m * problem.n;
     match problem.operand.size_bytes() {
         1 => roof.flops_8bit = flops,
         2 => roof.flops_16bit = flops,
@@ -90,8 +97,14 @@ pub fn kernels_text(c: &Compiled) -> String {
     let p = &c.problem;
     let batch = if p.batch.is_empty() { String::new() } else { format!(" batch = {:?},", p.batch) };
     let cast = p.cast.map_or(String::new(), |d| format!(" then cast to {d}"));
+    let epilogue = if p.epilogue.is_empty() {
+        String::new()
+    } else {
+        let steps: Vec<&str> = p.epilogue.iter().map(|(_, text)| text.as_str()).collect();
+        format!("  epilogue: {}\n", steps.join("; "))
+    };
     format!(
-        "kernel gemm: {}\n  M = {}, N = {}, K = {},{batch} operands {}, result {}{cast}\n  schedule: {}\n",
+        "kernel gemm: {}\n  M = {}, N = {}, K = {},{batch} operands {}, result {}{cast}\n{epilogue}  schedule: {}\n",
         p.text, p.m, p.n, p.k, p.operand, p.result, c.schedule
     )
 }

@@ -380,6 +380,21 @@ fn compile_emits_stages_and_binaries_and_verify_passes() {
         jalc(&["compile", &gemm, "--target", "jpu-tiny", "--schedule", sched.to_str().unwrap(), "--emit", "kernels"]);
     assert_eq!(bad.status.code(), Some(2));
     assert!(stderr(&bad).contains("illegal schedule: tile_m = 33 must be in 1..=32"), "{}", stderr(&bad));
+    // The fused-epilogue example verifies, and its kernel lists the fused steps.
+    let ffn = format!("{}/../examples/ffn.tir", env!("CARGO_MANIFEST_DIR"));
+    let v = jalc(&["verify", &ffn, "--target", "jpu-tiny"]);
+    assert_eq!(v.status.code(), Some(0), "{}", stderr(&v));
+    assert!(
+        String::from_utf8_lossy(&v.stdout).contains("max abs error 0.000e0"),
+        "{}",
+        String::from_utf8_lossy(&v.stdout)
+    );
+    let k = jalc(&["compile", &ffn, "--emit", "kernels"]);
+    assert!(
+        String::from_utf8_lossy(&k.stdout).contains("epilogue: %z = add(%y, %bias); %g = gelu(%z); %o = add(%res, %g)"),
+        "{}",
+        String::from_utf8_lossy(&k.stdout)
+    );
     // Functions beyond the compiler's current scope, and missing outputs, exit 2.
     let attn = format!("{}/../examples/attention.tir", env!("CARGO_MANIFEST_DIR"));
     let unsupported = jalc(&["compile", &attn, "-o", temp("attn.jbin").to_str().unwrap()]);

@@ -164,3 +164,188 @@ fn illegal_schedules_say_which_limit_they_break() {
     let v = jalc::verify::verify(&f, &t, 3, Some(s)).unwrap();
     assert!(v.passed);
 }
+
+/// Fused epilogues: every elementwise step runs on the output tile between PSUM
+/// evacuation and the store, with the IR's rounding after each step, so the
+/// simulated result matches the evaluator bit for bit.
+#[test]
+fn epilogue_sweep_verifies_bit_exactly_on_both_targets() {
+    // (target, schedule override, source)
+    let cases: &[(&str, Option<&str>, &str)] = &[
+        (
+            "jpu-tiny",
+            None,
+            "func @mlp(%x: bf16[100, 129], %w: bf16[129, 300], %bias: bf16[300], %res: bf16[100, 300]) -> bf16[100, 300] {
+               %y = matmul(%x, %w) : bf16[100, 300]
+               %z = add(%y, %bias)
+               %g = gelu(%z) {approx = \"tanh\"}
+               %s = mul(%g, 0.5)
+               %o = add(%res, %s)
+               return %o
+             }",
+        ),
+        (
+            // Reversed operands, a [1, N] row, batched residual, a scalar max and a cast;
+            // one output copy makes the next residual load wait for the store.
+            "jpu-tiny",
+            Some("out_buffers = 1"),
+            "func @f(%x: f16[3, 70, 40], %w: f16[40, 100], %b: f16[1, 100], %r: f16[3, 70, 100]) -> bf16[3, 70, 100] {
+               %y = matmul(%x, %w) : f16[3, 70, 100]
+               %z = sub(%b, %y)
+               %a = relu(%z)
+               %q = div(%r, %a)
+               %m = max(%q, -1.5)
+               %c = cast(%m) {to = bf16}
+               return %c
+             }",
+        ),
+        (
+            "jpu-tiny",
+            None,
+            "func @f(%x: f8e4m3[33, 65], %w: f8e4m3[65, 40]) -> f32[33, 40] {
+               %y = matmul(%x, %w) : f32[33, 40]
+               %s = sigmoid(%y)
+               %t = tanh(%s)
+               %e = exp(%t)
+               %r = erf(%e)
+               %q = silu(%r)
+               %n = sub(1.0, %q)
+               return %n
+             }",
+        ),
+        (
+            "jpu-tiny",
+            None,
+            "func @f(%x: bf16[50, 40], %w: bf16[60, 40], %b: f32[60]) -> f32[50, 60] {
+               %y = matmul(%x, %w) {transpose_b = true} : f32[50, 60]
+               %z = add(%y, %b)
+               %m = min(%z, %b)
+               %s = mul(%m, %m)
+               return %s
+             }",
+        ),
+        (
+            "jpu1",
+            None,
+            "func @ffn(%x: bf16[2, 200, 300], %w: bf16[300, 1000], %b: bf16[1000], %r: bf16[2, 200, 1000]) -> bf16[2, 200, 1000] {
+               %y = matmul(%x, %w) : bf16[2, 200, 1000]
+               %z = add(%y, %b)
+               %g = gelu(%z) {approx = \"tanh\"}
+               %o = add(%g, %r)
+               return %o
+             }",
+        ),
+        (
+            "jpu1",
+            Some("out_buffers = 1\ntile_n = 256"),
+            "func @f(%x: bf16[130, 64], %w: bf16[64, 700], %b: f32[700], %r: f32[130, 700]) -> bf16[130, 700] {
+               %y = matmul(%x, %w) : f32[130, 700]
+               %z = add(%y, %b)
+               %a = relu(%z)
+               %o = add(%r, %a)
+               %c = cast(%o) {to = bf16}
+               return %c
+             }",
+        ),
+    ];
+    for (target, schedule, src) in cases {
+        let f = tir::parse_and_check(src).unwrap_or_else(|d| panic!("{}", tir::render("case", src, &d)));
+        let t = Target::builtin(target).unwrap();
+        let p = jalc::lower::gemm::recognise(&f).unwrap_or_else(|e| panic!("{}\n{src}", e.0));
+        let s = schedule
+            .map(|text| jalc::driver::parse_schedule(text, jalc::lower::gemm::choose(&p, &t).unwrap()).unwrap());
+        for seed in [0, 1] {
+            let v = jalc::verify::verify(&f, &t, seed, s).unwrap_or_else(|e| panic!("{target}: {e:?}\n{src}"));
+            assert!(
+                v.passed && v.max_abs_error == 0.0,
+                "{target} seed {seed}: {:?} ({})\n{src}",
+                v.first_mismatch,
+                v.max_abs_error
+            );
+        }
+    }
+}
+
+#[test]
+fn epilogues_beyond_the_kernel_say_what_and_why() {
+    let why = |body: &str| {
+        let src = format!(
+            "func @f(%x: bf16[64, 64], %w: bf16[64, 64], %col: bf16[64, 1], %i: i8[64, 64]) -> bf16[64, 64] {{\n  %y = matmul(%x, %w) : bf16[64, 64]\n{body}\n}}"
+        );
+        let f = tir::parse_and_check(&src).unwrap_or_else(|d| panic!("{}", tir::render("case", &src, &d)));
+        jalc::lower::gemm::recognise(&f).unwrap_err().0
+    };
+    assert!(why("  %z = add(%y, %col)\n  return %z")
+        .contains("`%z = add` reads `%col` of shape [64, 1]; an epilogue operand must be a row of N = 64 values"));
+    assert!(why("  %g = gelu(%y)\n  return %g").contains("`%g = gelu` has no activation-engine function yet"));
+    assert!(why("  %c = cast(%y) {to = f32}\n  %d = cast(%c) {to = bf16}\n  return %d")
+        .contains("`%d = cast` after the cast"));
+    assert!(why("  %a = add(%x, %w)\n  return %a").contains("`%a = add` does not consume the previous step"));
+}
+
+/// A random GEMM with a random fusable epilogue (from `seed`): 0 to 5 steps drawn
+/// from bias-row, residual, scalar and self operands (either side) of every binary
+/// op, and every activation-engine function; maybe a final cast.
+fn random_epilogue(seed: u64) -> String {
+    use rand::{RngExt, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let (m, k, n) = (rng.random_range(1..=70u64), rng.random_range(1..=50u64), rng.random_range(1..=150u64));
+    let (operand, result) = [("bf16", "f32"), ("bf16", "bf16"), ("f16", "f16"), ("f8e4m3", "f32"), ("f32", "f32")]
+        [rng.random_range(0..5usize)];
+    let batch = if rng.random_bool(0.3) { "2, " } else { "" };
+    let mut params = vec![format!("%x: {operand}[{batch}{m}, {k}]"), format!("%w: {operand}[{k}, {n}]")];
+    let mut body = vec![format!("  %v0 = matmul(%x, %w) : {result}[{batch}{m}, {n}]")];
+    let steps = rng.random_range(0..=5usize);
+    for i in 1..=steps {
+        let prev = format!("%v{}", i - 1);
+        let stmt = if rng.random_bool(0.35) {
+            let f = ["exp", "tanh", "erf", "sigmoid", "silu", "relu", "rsqrt", "recip"];
+            match rng.random_range(0..9usize) {
+                8 => format!("gelu({prev}) {{approx = \"tanh\"}}"),
+                j => format!("{}({prev})", f[j]),
+            }
+        } else {
+            let op = ["add", "sub", "mul", "div", "max", "min"][rng.random_range(0..6usize)];
+            let other = match rng.random_range(0..4u32) {
+                0 => {
+                    params.push(format!("%b{i}: {result}[{n}]"));
+                    format!("%b{i}")
+                }
+                1 => {
+                    params.push(format!("%r{i}: {result}[{batch}{m}, {n}]"));
+                    format!("%r{i}")
+                }
+                2 => format!("{:.3}", rng.random_range(-3.0..3.0f64)),
+                _ => prev.clone(),
+            };
+            if rng.random_bool(0.5) {
+                format!("{op}({prev}, {other})")
+            } else {
+                format!("{op}({other}, {prev})")
+            }
+        };
+        body.push(format!("  %v{i} = {stmt}"));
+    }
+    let (last, ty) = if rng.random_bool(0.3) && result != "bf16" {
+        body.push(format!("  %c = cast(%v{steps}) {{to = bf16}}"));
+        ("%c".to_string(), "bf16")
+    } else {
+        (format!("%v{steps}"), result)
+    };
+    format!("func @f({}) -> {ty}[{batch}{m}, {n}] {{\n{}\n  return {last}\n}}\n", params.join(", "), body.join("\n"))
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 128, ..Default::default() })]
+
+    /// Every random fusable epilogue compiles for jpu-tiny and matches the evaluator
+    /// bit for bit (NaN for NaN, infinity for infinity), race-checked.
+    #[test]
+    fn random_epilogues_verify_bit_exactly(seed in proptest::prelude::any::<u64>()) {
+        let src = random_epilogue(seed);
+        let f = tir::parse_and_check(&src).unwrap_or_else(|d| panic!("{}", tir::render("case", &src, &d)));
+        let t = Target::builtin("jpu-tiny").unwrap();
+        let v = jalc::verify::verify(&f, &t, seed, None).unwrap_or_else(|e| panic!("{e:?}\n{src}"));
+        proptest::prop_assert!(v.passed && v.max_abs_error == 0.0, "{:?} ({})\n{}", v.first_mismatch, v.max_abs_error, src);
+    }
+}

@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 
 use jpu_isa::inst::{Engine, Wait};
-use jpu_isa::operand::{Dim, DmaDim, DmaSide, DmaSpace, DmaTransfer, Space, Tile};
+use jpu_isa::operand::{Dim, DmaDim, DmaSide, DmaSpace, DmaTransfer, Imm, Scalar, Space, Tile};
 use jpu_isa::program::{RooflineInputs, SemDecl, TensorDecl};
 use jpu_isa::{Inst, Op, Program, Target};
 use petgraph::graph::{DiGraph, NodeIndex};
@@ -122,7 +122,11 @@ fn accesses(op: &TileOp) -> (Vec<Region>, Vec<Region>) {
             }
             (r, vec![on_chip(dst)])
         }
-        TileOp::Copy { dst, src } | TileOp::Transpose { dst, src } => (vec![on_chip(src)], vec![on_chip(dst)]),
+        TileOp::Copy { dst, src }
+        | TileOp::Transpose { dst, src }
+        | TileOp::Scalar { dst, src, .. }
+        | TileOp::Activate { dst, src, .. } => (vec![on_chip(src)], vec![on_chip(dst)]),
+        TileOp::Binary { dst, a, b, .. } => (vec![on_chip(a), on_chip(b)], vec![on_chip(dst)]),
     }
 }
 
@@ -290,6 +294,37 @@ pub fn compile(tp: &TileProgram, t: &Target, roofline: RooflineInputs) -> Result
             TileOp::Transpose { dst, src } => {
                 (Engine::PE, Op::Transpose { dst: tile(tp, &alloc, dst), src: tile(tp, &alloc, src) })
             }
+            TileOp::Binary { op, dst, a, b } => (
+                Engine::VE,
+                Op::TensorTensor {
+                    op: *op,
+                    dst: tile(tp, &alloc, dst),
+                    a: tile(tp, &alloc, a),
+                    b: tile(tp, &alloc, b),
+                },
+            ),
+            TileOp::Scalar { op, dst, src, value, reverse } => (
+                Engine::VE,
+                Op::TensorScalar {
+                    op: *op,
+                    reverse: *reverse,
+                    dst: tile(tp, &alloc, dst),
+                    src: tile(tp, &alloc, src),
+                    scalar: Scalar::Imm(Imm(*value)),
+                },
+            ),
+            // func(x * 1 + -0) is func(x) for every x, signed zeros included.
+            TileOp::Activate { func, dst, src } => (
+                Engine::ACT,
+                Op::Activate {
+                    func: *func,
+                    dst: tile(tp, &alloc, dst),
+                    src: tile(tp, &alloc, src),
+                    scale: Scalar::Imm(Imm(1.0)),
+                    bias: Scalar::Imm(Imm(-0.0)),
+                    accum: None,
+                },
+            ),
         };
         let engine = if let Op::Dma { xfer } = &inst_op {
             // List scheduling of DMA: the least-loaded queue. Stores wait for compute,

@@ -13,12 +13,12 @@
 
 use std::fmt;
 
-use jpu_isa::operand::Space;
+use jpu_isa::operand::{ActFunc, AluOp, Space};
 use jpu_isa::program::Role;
 use jpu_isa::{DType, Target};
 
-use super::{BufSlice, Buffer, HbmBox, HbmTensor, TileOp, TileProgram};
-use crate::tir::ir::{Func, Op, Operand};
+use super::{BufSlice, Buffer, BufferId, HbmBox, HbmTensor, TileOp, TileProgram};
+use crate::tir::ir::{BinaryOp, Func, GeluApprox, Op, Operand, UnaryOp, ValueId};
 use crate::tir::types::ScalarType;
 
 /// Copies of the raw (untransposed) B chunk staging when B is stored transposed:
@@ -78,6 +78,52 @@ pub struct GemmProblem {
     pub names: [String; 3],
     /// Shapes of A and B.
     pub shapes: [Vec<u64>; 2],
+    /// Elementwise steps applied to each output tile between PSUM evacuation and
+    /// the cast, with the IR statement each implements.
+    pub epilogue: Vec<(EpilogueStep, String)>,
+    /// HBM tensors the epilogue reads (tensor `2 + i` of the tile program).
+    pub epilogue_inputs: Vec<EpilogueInput>,
+}
+
+/// A tensor operand of the epilogue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EpilogueInput {
+    /// Parameter name.
+    pub name: String,
+    /// Element type (the matmul's result type).
+    pub dtype: DType,
+    /// Shape as declared.
+    pub shape: Vec<u64>,
+    /// One row of N values broadcast over every row of C (a bias), else the full
+    /// shape of C (a residual).
+    pub row: bool,
+}
+
+/// The second operand of an epilogue binary op.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum EpilogueOperand {
+    /// Epilogue input `i`.
+    Tensor(usize),
+    /// A literal, rounded to the result dtype.
+    Scalar(f32),
+    /// The tile itself (`x * x`).
+    Same,
+}
+
+/// One elementwise step of a fused epilogue, applied in place to the output tile.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum EpilogueStep {
+    /// `tile <op> other`, or `other <op> tile` when `other_first`.
+    Binary {
+        /// Operation.
+        op: AluOp,
+        /// The other operand.
+        other: EpilogueOperand,
+        /// The other operand is on the left.
+        other_first: bool,
+    },
+    /// `func(tile)`.
+    Activate(ActFunc),
 }
 
 impl fmt::Display for GemmSchedule {
@@ -98,19 +144,20 @@ fn chip(t: ScalarType, what: &str) -> Result<DType, Unsupported> {
     t.chip().ok_or_else(|| Unsupported(format!("{what} of type {t} cannot live in HBM")))
 }
 
-/// Recognises a function that is one matmul of two parameters, optionally cast.
+/// Recognises a function that is one matmul of two parameters followed by an
+/// elementwise epilogue (bias, activation, residual, scalar ops) and an optional
+/// cast, each step consuming the previous one.
 pub fn recognise(f: &Func) -> Result<GemmProblem, Unsupported> {
     let body = &f.nodes[f.num_params..];
-    let supported = "this compiler version compiles functions whose body is one matmul of two parameters, optionally followed by a cast";
+    let supported = "this compiler version compiles functions whose body is one matmul of two parameters, optionally followed by elementwise steps on its result (bias, activation, residual, scalar) and a cast";
     let Some(mm) = body.first() else {
         return Err(Unsupported(supported.into()));
     };
     if !matches!(mm.op, Op::Matmul { .. }) {
         return Err(Unsupported(format!("`{}` is not supported yet: {supported}", mm.op.name())));
     }
-    if f.results.len() != 1 || body.len() > 2 {
-        let extra = body.get(1).map_or("more results", |n| n.op.name());
-        return Err(Unsupported(format!("`{extra}` after the matmul is not supported yet: {supported}")));
+    if f.results.len() != 1 {
+        return Err(Unsupported(format!("{} results are not supported yet: {supported}", f.results.len())));
     }
     let (Op::Matmul { transpose_a, transpose_b }, [Operand::Value(a), Operand::Value(b)]) =
         (&mm.op, mm.operands.as_slice())
@@ -120,24 +167,112 @@ pub fn recognise(f: &Func) -> Result<GemmProblem, Unsupported> {
     if a.0 as usize >= f.num_params || b.0 as usize >= f.num_params {
         return Err(Unsupported(supported.into()));
     }
-    let cast = match body.get(1) {
-        None => None,
-        Some(n) => match (&n.op, n.operands.as_slice()) {
-            (Op::Cast { to }, [Operand::Value(v)]) if v.0 as usize == f.num_params => {
-                Some(chip(*to, "the cast result")?)
+    let result_dtype = chip(mm.ty.dtype, "the matmul result")?;
+    let (n_cols, c_shape) = (mm.ty.shape[mm.ty.rank() - 1], mm.ty.shape.clone());
+    let mut epilogue = Vec::new();
+    let mut epilogue_inputs: Vec<EpilogueInput> = Vec::new();
+    let mut cast = None;
+    let mut prev = ValueId(f.num_params as u32);
+    for (i, n) in body.iter().enumerate().skip(1) {
+        let here = ValueId((f.num_params + i) as u32);
+        let uses_prev = |o: &Operand| matches!(o, Operand::Value(v) if *v == prev);
+        let not_yet = |why: &str| Unsupported(format!("`%{} = {}` {why}: {supported}", n.name, n.op.name()));
+        if cast.is_some() {
+            return Err(not_yet("after the cast is not supported yet"));
+        }
+        if n.ty.shape != c_shape {
+            return Err(not_yet("changes the matmul's shape, which is not supported in an epilogue yet"));
+        }
+        let args: Vec<String> = n
+            .operands
+            .iter()
+            .map(|o| match o {
+                Operand::Value(v) => format!("%{}", f.node(*v).name),
+                Operand::Scalar(x) => format!("{x}"),
+            })
+            .collect();
+        let text = format!("%{} = {}({})", n.name, n.op.name(), args.join(", "));
+        match (&n.op, n.operands.as_slice()) {
+            (Op::Cast { to }, [x]) if uses_prev(x) => {
+                let to = chip(*to, "the cast result")?;
+                cast = Some((to, format!("{text} {{to = {to}}}")));
             }
-            _ => {
-                return Err(Unsupported(format!(
-                    "`{}` after the matmul is not supported yet: {supported}",
-                    n.op.name()
-                )))
+            (Op::Binary(op), [x, y]) if uses_prev(x) || uses_prev(y) => {
+                if !mm.ty.dtype.is_float() {
+                    return Err(not_yet("on an integer matmul result is not supported yet"));
+                }
+                let other_first = !uses_prev(x);
+                let other = match if other_first { x } else { y } {
+                    _ if uses_prev(x) && uses_prev(y) => EpilogueOperand::Same,
+                    Operand::Scalar(v) => EpilogueOperand::Scalar(crate::eval::round(mm.ty.dtype, *v) as f32),
+                    Operand::Value(v) if (v.0 as usize) < f.num_params => {
+                        let p = f.node(*v);
+                        let row =
+                            p.ty.shape.last() == Some(&n_cols) && p.ty.shape[..p.ty.rank() - 1].iter().all(|&d| d == 1);
+                        if !row && p.ty.shape != c_shape {
+                            return Err(not_yet(&format!(
+                                "reads `%{}` of shape {:?}; an epilogue operand must be a row of N = {n_cols} values or have the result's shape {c_shape:?}",
+                                p.name, p.ty.shape
+                            )));
+                        }
+                        if p.ty.dtype != mm.ty.dtype {
+                            return Err(not_yet("mixes dtypes"));
+                        }
+                        let k = epilogue_inputs.iter().position(|e| e.name == p.name).unwrap_or_else(|| {
+                            epilogue_inputs.push(EpilogueInput {
+                                name: p.name.clone(),
+                                dtype: result_dtype,
+                                shape: p.ty.shape.clone(),
+                                row,
+                            });
+                            epilogue_inputs.len() - 1
+                        });
+                        EpilogueOperand::Tensor(k)
+                    }
+                    Operand::Value(_) => return Err(not_yet("reads a computed value other than the product")),
+                };
+                let op = match op {
+                    BinaryOp::Add => AluOp::Add,
+                    BinaryOp::Sub => AluOp::Sub,
+                    BinaryOp::Mul => AluOp::Mul,
+                    BinaryOp::Div => AluOp::Div,
+                    BinaryOp::Max => AluOp::Max,
+                    BinaryOp::Min => AluOp::Min,
+                };
+                epilogue.push((EpilogueStep::Binary { op, other, other_first }, text));
             }
-        },
-    };
-    let result = *f.results.last().expect("one result");
-    if result.0 as usize != f.nodes.len() - 1 {
-        return Err(Unsupported(supported.into()));
+            (Op::Unary(_) | Op::Gelu { .. }, [x]) if uses_prev(x) => {
+                if !mm.ty.dtype.is_float() {
+                    return Err(not_yet("on an integer matmul result is not supported yet"));
+                }
+                let func = match &n.op {
+                    Op::Unary(UnaryOp::Exp) => ActFunc::Exp,
+                    Op::Unary(UnaryOp::Tanh) => ActFunc::Tanh,
+                    Op::Unary(UnaryOp::Erf) => ActFunc::Erf,
+                    Op::Unary(UnaryOp::Sigmoid) => ActFunc::Sigmoid,
+                    Op::Unary(UnaryOp::Rsqrt) => ActFunc::Rsqrt,
+                    Op::Unary(UnaryOp::Recip) => ActFunc::Reciprocal,
+                    Op::Unary(UnaryOp::Relu) => ActFunc::Relu,
+                    Op::Unary(UnaryOp::Silu) => ActFunc::Silu,
+                    Op::Gelu { approx: GeluApprox::Tanh } => ActFunc::GeluTanh,
+                    Op::Gelu { approx: GeluApprox::None } => {
+                        return Err(not_yet(
+                            "has no activation-engine function yet (the tanh form, `approx = \"tanh\"`, has)",
+                        ))
+                    }
+                    _ => return Err(not_yet("has no activation-engine function yet")),
+                };
+                epilogue.push((EpilogueStep::Activate(func), text));
+            }
+            _ => return Err(not_yet("does not consume the previous step, which is not supported yet")),
+        }
+        prev = here;
     }
+    let result = *f.results.last().expect("one result");
+    if result != prev {
+        return Err(Unsupported(format!("the result must be the last step: {supported}")));
+    }
+    let (cast, cast_text) = cast.unzip();
     let (an, bn) = (f.node(*a), f.node(*b));
     let (ra, rb) = (an.ty.rank(), bn.ty.rank());
     let batch: Vec<u64> = mm.ty.shape[..mm.ty.rank() - 2].to_vec();
@@ -179,11 +314,13 @@ pub fn recognise(f: &Func) -> Result<GemmProblem, Unsupported> {
         transpose_a: *transpose_a,
         transpose_b: *transpose_b,
         operand: chip(an.ty.dtype, "the operands")?,
-        result: chip(mm.ty.dtype, "the matmul result")?,
+        result: result_dtype,
         cast,
-        cast_text: cast.map(|c| format!("%{} = cast(%{}) {{to = {c}}}", f.node(result).name, mm.name)),
+        cast_text,
         names: [an.name.clone(), bn.name.clone(), f.node(result).name.clone()],
         shapes: [an.ty.shape.clone(), bn.ty.shape.clone()],
+        epilogue,
+        epilogue_inputs,
     })
 }
 
@@ -206,7 +343,13 @@ impl GemmProblem {
             + if self.transpose_b { BT_RAW_COPIES * s.tile_k as u64 * es } else { 0 };
         let stage = s.tile_n as u64 * self.result.size_bytes() as u64;
         let cast = self.cast.map_or(0, |c| s.tile_n as u64 * c.size_bytes() as u64);
-        a + b + s.out_buffers as u64 * (stage + cast)
+        // Bias rows stay resident (all of N); residual tiles rotate with the output.
+        let epilogue: u64 = self
+            .epilogue_inputs
+            .iter()
+            .map(|e| if e.row { self.n } else { s.out_buffers as u64 * s.tile_n as u64 } * e.dtype.size_bytes() as u64)
+            .sum();
+        a + b + s.out_buffers as u64 * (stage + cast) + epilogue
     }
 }
 
@@ -294,11 +437,18 @@ pub fn lower(p: &GemmProblem, s: &GemmSchedule) -> TileProgram {
     let batch_shape = |shape: &[u64]| shape.to_vec();
     let mut c_shape = p.batch.clone();
     c_shape.extend([p.m, p.n]);
-    let tensors = vec![
+    let mut tensors = vec![
         HbmTensor { name: p.names[0].clone(), dtype: p.operand, shape: batch_shape(&p.shapes[0]), role: Role::Input },
         HbmTensor { name: p.names[1].clone(), dtype: p.operand, shape: batch_shape(&p.shapes[1]), role: Role::Input },
-        HbmTensor { name: p.names[2].clone(), dtype: p.output(), shape: c_shape, role: Role::Output },
     ];
+    tensors.extend(p.epilogue_inputs.iter().map(|e| HbmTensor {
+        name: e.name.clone(),
+        dtype: e.dtype,
+        shape: e.shape.clone(),
+        role: Role::Input,
+    }));
+    let c_tensor = tensors.len();
+    tensors.push(HbmTensor { name: p.names[2].clone(), dtype: p.output(), shape: c_shape, role: Role::Output });
     let (tm, tn, tk) = (s.tile_m as u64, s.tile_n as u64, s.tile_k as u64);
     let (mt, nt, kt) = (p.m.div_ceil(tm), p.n.div_ceil(tn), p.k.div_ceil(tk));
     let mut buffers = vec![
@@ -360,6 +510,23 @@ pub fn lower(p: &GemmProblem, s: &GemmSchedule) -> TileProgram {
         });
         buffers.len() - 1
     });
+    // Epilogue inputs: a bias row replicated on every partition (loaded once), or
+    // residual tiles rotating with the output staging.
+    let epi_bufs: Vec<BufferId> = p
+        .epilogue_inputs
+        .iter()
+        .map(|e| {
+            buffers.push(Buffer {
+                name: format!("{}_{}", if e.row { "row" } else { "tile" }, e.name),
+                space: Space::Sram,
+                dtype: e.dtype,
+                parts: s.tile_m,
+                free: if e.row { p.n as u32 } else { s.tile_n },
+                copies: if e.row { 1 } else { s.out_buffers },
+            });
+            buffers.len() - 1
+        })
+        .collect();
     // Stored-transposed B: raw [n, k] chunks are transposed on the PE into the panel.
     let bt = p.transpose_b.then(|| {
         buffers.push(Buffer {
@@ -412,7 +579,22 @@ pub fn lower(p: &GemmProblem, s: &GemmSchedule) -> TileProgram {
         };
         plan.push((new_panel, b_copy, a_copy, load_a));
     }
+    // Debug op of each epilogue input: the first step reading it.
+    let epilogue_debug: Vec<u32> = (0..p.epilogue_inputs.len())
+        .map(|e| {
+            let reads = |st: &EpilogueStep| {
+                matches!(st, EpilogueStep::Binary { other: EpilogueOperand::Tensor(k), .. } if *k == e)
+            };
+            1 + p.epilogue.iter().position(|(st, _)| reads(st)).expect("every epilogue input is read") as u32
+        })
+        .collect();
     let mut ops = Vec::new();
+    for (e, _) in p.epilogue_inputs.iter().enumerate().filter(|(_, i)| i.row) {
+        // Every partition reads the same N values: a zero row stride.
+        let src = HbmBox { tensor: 2 + e, start: 0, rows: s.tile_m, row_stride: 0, cols: p.n as u32 };
+        let dst = BufSlice { buf: epi_bufs[e], copy: 0, parts: s.tile_m, offset: 0, len: p.n as u32 };
+        ops.push((TileOp::Load { dst, src }, epilogue_debug[e]));
+    }
     let emit_loads = |ops: &mut Vec<(TileOp, u32)>, j: usize| {
         let (ci, ni, mi) = items[j];
         let (ab, bb) = p.batch_map[ci];
@@ -458,6 +640,23 @@ pub fn lower(p: &GemmProblem, s: &GemmSchedule) -> TileProgram {
                     BufSlice { buf: b_buf, copy: b_copy, parts: kr as u32, offset: (kc * tn) as u32, len: nw as u32 };
                 ops.push((TileOp::Load { dst, src }, 0));
             }
+        }
+        for (e, _) in p.epilogue_inputs.iter().enumerate().filter(|(_, i)| !i.row) {
+            let src = HbmBox {
+                tensor: 2 + e,
+                start: ci as u64 * p.m * p.n + mi * tm * p.n + ni * tn,
+                rows: mr as u32,
+                row_stride: p.n,
+                cols: nw as u32,
+            };
+            let dst = BufSlice {
+                buf: epi_bufs[e],
+                copy: j as u32 % s.out_buffers,
+                parts: mr as u32,
+                offset: 0,
+                len: nw as u32,
+            };
+            ops.push((TileOp::Load { dst, src }, epilogue_debug[e]));
         }
     };
     // Preparing a stored-transposed B panel: load [n, k] chunks (BT_RAW_COPIES
@@ -553,13 +752,19 @@ pub fn lower(p: &GemmProblem, s: &GemmSchedule) -> TileProgram {
     for (j, &(ci, ni, mi)) in items.iter().enumerate() {
         let (_, b_copy, a_copy, _) = plan[j];
         let mut deferred = Vec::new();
+        let mut after_store = Vec::new();
+        let stage = j as u32 % s.out_buffers;
         if j + 1 < items.len() {
             let mut next = Vec::new();
             emit_loads(&mut next, j + 1);
             for (op, d) in next {
                 let busy = matches!(&op, TileOp::Load { dst, .. }
                     if (dst.buf == a_buf && dst.copy == a_copy) || (dst.buf == b_buf && dst.copy == b_copy));
-                if busy {
+                let residual_busy =
+                    matches!(&op, TileOp::Load { dst, .. } if epi_bufs.contains(&dst.buf) && dst.copy == stage);
+                if residual_busy {
+                    after_store.push((op, d));
+                } else if busy {
                     deferred.push((op, d));
                 } else {
                     ops.push((op, d));
@@ -569,7 +774,6 @@ pub fn lower(p: &GemmProblem, s: &GemmSchedule) -> TileProgram {
         let nw = tn.min(p.n - ni * tn);
         let mr = tm.min(p.m - mi * tm);
         let bank = j as u32 % s.psum_banks;
-        let stage = j as u32 % s.out_buffers;
         let psum = BufSlice { buf: psum_buf, copy: bank, parts: mr as u32, offset: 0, len: nw as u32 };
         for kc in 0..kt {
             let kr = tk.min(p.k - kc * tk);
@@ -600,24 +804,55 @@ pub fn lower(p: &GemmProblem, s: &GemmSchedule) -> TileProgram {
         }
         let staged = BufSlice { buf: c_buf, copy: stage, parts: mr as u32, offset: 0, len: nw as u32 };
         ops.push((TileOp::Copy { dst: staged, src: psum }, 0));
+        for (si, (step, _)) in p.epilogue.iter().enumerate() {
+            let debug = 1 + si as u32;
+            let op = match *step {
+                EpilogueStep::Activate(func) => TileOp::Activate { func, dst: staged, src: staged },
+                EpilogueStep::Binary { op, other: EpilogueOperand::Scalar(value), other_first } => {
+                    TileOp::Scalar { op, dst: staged, src: staged, value, reverse: other_first }
+                }
+                EpilogueStep::Binary { op, other: EpilogueOperand::Same, .. } => {
+                    TileOp::Binary { op, dst: staged, a: staged, b: staged }
+                }
+                EpilogueStep::Binary { op, other: EpilogueOperand::Tensor(e), other_first } => {
+                    let other = if p.epilogue_inputs[e].row {
+                        BufSlice {
+                            buf: epi_bufs[e],
+                            copy: 0,
+                            parts: mr as u32,
+                            offset: (ni * tn) as u32,
+                            len: nw as u32,
+                        }
+                    } else {
+                        BufSlice { buf: epi_bufs[e], copy: stage, parts: mr as u32, offset: 0, len: nw as u32 }
+                    };
+                    let (a, b) = if other_first { (other, staged) } else { (staged, other) };
+                    TileOp::Binary { op, dst: staged, a, b }
+                }
+            };
+            ops.push((op, debug));
+        }
+        let last_step = p.epilogue.len() as u32;
         let out = match cast_buf {
             Some(cb) => {
                 let cast = BufSlice { buf: cb, copy: stage, parts: mr as u32, offset: 0, len: nw as u32 };
-                ops.push((TileOp::Copy { dst: cast, src: staged }, 1));
+                ops.push((TileOp::Copy { dst: cast, src: staged }, last_step + 1));
                 cast
             }
             None => staged,
         };
         let dst = HbmBox {
-            tensor: 2,
+            tensor: c_tensor,
             start: ci as u64 * p.m * p.n + mi * tm * p.n + ni * tn,
             rows: mr as u32,
             row_stride: p.n,
             cols: nw as u32,
         };
-        ops.push((TileOp::Store { dst, src: out }, p.cast.is_some() as u32));
+        ops.push((TileOp::Store { dst, src: out }, last_step + p.cast.is_some() as u32));
+        ops.append(&mut after_store);
     }
     let mut debug_ops = vec![p.text.clone()];
+    debug_ops.extend(p.epilogue.iter().map(|(_, text)| text.clone()));
     debug_ops.extend(p.cast_text.clone());
     TileProgram { tensors, buffers, ops, debug_ops }
 }

@@ -14,6 +14,7 @@ pub mod gemm;
 use std::fmt::{self, Write as _};
 
 use jpu_isa::operand::Space;
+use jpu_isa::operand::{ActFunc, AluOp};
 use jpu_isa::program::Role;
 use jpu_isa::DType;
 
@@ -128,6 +129,39 @@ pub enum TileOp {
         /// Source.
         src: BufSlice,
     },
+    /// `dst = a <op> b` elementwise on the VE (epilogues).
+    Binary {
+        /// Operation.
+        op: AluOp,
+        /// Result.
+        dst: BufSlice,
+        /// Left operand.
+        a: BufSlice,
+        /// Right operand.
+        b: BufSlice,
+    },
+    /// `dst = src <op> value` (`value <op> src` when `reverse`) on the VE.
+    Scalar {
+        /// Operation.
+        op: AluOp,
+        /// Result.
+        dst: BufSlice,
+        /// Tensor operand.
+        src: BufSlice,
+        /// The scalar, already rounded to the IR literal's dtype.
+        value: f32,
+        /// The scalar is the left operand.
+        reverse: bool,
+    },
+    /// `dst = func(src)` on the ACT engine.
+    Activate {
+        /// Function.
+        func: ActFunc,
+        /// Result.
+        dst: BufSlice,
+        /// Source.
+        src: BufSlice,
+    },
 }
 
 /// A lowered kernel: tile ops and the IR op they implement (for debug info).
@@ -196,6 +230,24 @@ impl fmt::Display for TileProgram {
                 TileOp::Copy { dst, src } => format!("copy {} <- {}", slice_text(self, dst), slice_text(self, src)),
                 TileOp::Transpose { dst, src } => {
                     format!("transpose {} <- {}^T", slice_text(self, dst), slice_text(self, src))
+                }
+                TileOp::Binary { op, dst, a, b } => format!(
+                    "{} {} <- {}, {}",
+                    op.name(),
+                    slice_text(self, dst),
+                    slice_text(self, a),
+                    slice_text(self, b)
+                ),
+                TileOp::Scalar { op, dst, src, value, reverse } => {
+                    let (x, y) = if *reverse {
+                        (format!("{value:?}"), slice_text(self, src))
+                    } else {
+                        (slice_text(self, src), format!("{value:?}"))
+                    };
+                    format!("{} {} <- {x}, {y}", op.name(), slice_text(self, dst))
+                }
+                TileOp::Activate { func, dst, src } => {
+                    format!("activate {} {} <- {}", func.name(), slice_text(self, dst), slice_text(self, src))
                 }
             };
             let _ = writeln!(out, "{text}  ; {}", self.debug_ops[*d as usize]);

@@ -12,7 +12,7 @@ use jpu_runtime::{run, RunOptions};
 
 fn main() {
     let t = Target::builtin("jpu1").unwrap();
-    let shapes: [(u64, u64, u64, &str, f64); 8] = [
+    let shapes: [(u64, u64, u64, &str, f64); 10] = [
         (4096, 4096, 4096, "bf16", 0.90),
         (2048, 2048, 2048, "bf16", 0.85),
         (1024, 1024, 1024, "bf16", 0.75),
@@ -21,6 +21,8 @@ fn main() {
         (512, 512, 512, "bf16", 0.0),
         (4096, 4096, 4096, "bf16 A^T", 0.0),
         (4096, 4096, 4096, "bf16 B^T", 0.0),
+        (4096, 4096, 4096, "bf16 +epilogue", 0.0),
+        (64, 4096, 4096, "bf16 +epilogue", 0.0),
     ];
     println!("| shape (M x K x N) | dtype | cycles | roofline cycles | bound | % of roofline | goal | compile (median of 5) |");
     println!("|---|---|---|---|---|---|---|---|");
@@ -33,9 +35,16 @@ fn main() {
         };
         let a_shape = if ta { format!("{k}, {m}") } else { format!("{m}, {k}") };
         let b_shape = if tb { format!("{n}, {k}") } else { format!("{k}, {n}") };
-        let src = format!(
-            "func @gemm(%a: {dtype}[{a_shape}], %b: {dtype}[{b_shape}]) -> bf16[{m}, {n}] {{\n  %c = matmul(%a, %b) {{transpose_a = {ta}, transpose_b = {tb}}} : f32[{m}, {n}]\n  %y = cast(%c) {{to = bf16}}\n  return %y\n}}\n"
-        );
+        // "+epilogue": a Transformer FFN layer, out = res + gelu_tanh(a . b + bias).
+        let src = if dt.ends_with("+epilogue") {
+            format!(
+                "func @ffn(%a: bf16[{m}, {k}], %b: bf16[{k}, {n}], %bias: bf16[{n}], %res: bf16[{m}, {n}]) -> bf16[{m}, {n}] {{\n  %c = matmul(%a, %b) : bf16[{m}, {n}]\n  %z = add(%c, %bias)\n  %g = gelu(%z) {{approx = \"tanh\"}}\n  %y = add(%g, %res)\n  return %y\n}}\n"
+            )
+        } else {
+            format!(
+                "func @gemm(%a: {dtype}[{a_shape}], %b: {dtype}[{b_shape}]) -> bf16[{m}, {n}] {{\n  %c = matmul(%a, %b) {{transpose_a = {ta}, transpose_b = {tb}}} : f32[{m}, {n}]\n  %y = cast(%c) {{to = bf16}}\n  return %y\n}}\n"
+            )
+        };
         let f = jalc::tir::parse_and_check(&src).expect("benchmark source checks");
         let mut times = Vec::new();
         let mut compiled = None;
