@@ -1,10 +1,11 @@
 //! The backend: tile program -> placed, scheduled, synchronised chip program.
 //!
 //! 1. **Allocation**: each buffer copy gets SRAM bytes (the same range in every
-//!    partition) or PSUM banks.
+//!    partition) or PSUM banks; buffers whose live ranges do not overlap share
+//!    memory.
 //! 2. **Instruction DAG** (petgraph): one instruction per tile op; an edge for every
 //!    read-after-write, write-after-read and write-after-write between tile ops
-//!    touching overlapping bytes.
+//!    touching overlapping placed bytes (so reuse of memory is ordered too).
 //! 3. **Engine assignment and list scheduling**: compute ops go to their engine; each
 //!    DMA goes to the queue with the least data assigned so far. Each engine's
 //!    stream keeps the tile program's order (a topological order), so no stream can
@@ -34,44 +35,84 @@ pub struct Allocation {
     offsets: Vec<Vec<u32>>,
 }
 
-/// Places every buffer copy.
-pub fn allocate(tp: &TileProgram, t: &Target) -> Result<Allocation, BackendError> {
-    let mut sram_next = 0u64;
-    let mut psum_bank = 0u32;
-    let bank_bytes = t.psum_bank_bytes() as u64;
-    let mut offsets = Vec::new();
-    for (i, b) in tp.buffers.iter().enumerate() {
-        let bytes = tp.copy_bytes(i);
-        let mut copies = Vec::new();
-        for _ in 0..b.copies {
-            match b.space {
-                Space::Sram => {
-                    copies.push(sram_next as u32);
-                    sram_next = (sram_next + bytes).div_ceil(64) * 64;
-                }
-                Space::Psum => {
-                    if bytes > bank_bytes {
-                        return Err(BackendError(format!(
-                            "buffer {} needs {bytes} bytes of PSUM; a bank holds {bank_bytes}",
-                            b.name
-                        )));
-                    }
-                    copies.push(psum_bank * bank_bytes as u32);
-                    psum_bank += 1;
-                }
-            }
-        }
-        offsets.push(copies);
+impl Allocation {
+    /// Byte offset (within each partition of its memory) of a buffer copy.
+    pub fn offset(&self, buf: BufferId, copy: u32) -> u32 {
+        self.offsets[buf][copy as usize]
     }
-    if sram_next > t.sram.partition_bytes as u64 {
+}
+
+/// The first and last tile op touching each buffer (`None`: never touched).
+fn live_ranges(tp: &TileProgram) -> Vec<Option<(usize, usize)>> {
+    let mut live: Vec<Option<(usize, usize)>> = vec![None; tp.buffers.len()];
+    for (i, (op, _)) in tp.ops.iter().enumerate() {
+        let (reads, writes) = slices(op);
+        for s in reads.iter().chain(&writes) {
+            let r = live[s.buf].get_or_insert((i, i));
+            r.1 = i;
+        }
+    }
+    live
+}
+
+/// Places every buffer: all copies of a buffer in one block (SRAM bytes, the same
+/// range in every partition; PSUM whole banks), first fit among the buffers whose
+/// live ranges (first to last tile op touching them) overlap its own, so buffers
+/// of kernels that run one after another share memory.
+pub fn allocate(tp: &TileProgram, t: &Target) -> Result<Allocation, BackendError> {
+    let bank_bytes = t.psum_bank_bytes() as u64;
+    let live = live_ranges(tp);
+    // (space, live range, start, end) of every placed block.
+    let mut placed: Vec<(Space, (usize, usize), u64, u64)> = Vec::new();
+    let mut offsets = vec![Vec::new(); tp.buffers.len()];
+    let (mut sram_high, mut psum_high) = (0u64, 0u64);
+    for b in 0..tp.buffers.len() {
+        let buf = &tp.buffers[b];
+        let bytes = tp.copy_bytes(b);
+        let (stride, align) = match buf.space {
+            Space::Sram => (bytes.div_ceil(64) * 64, 64),
+            Space::Psum => {
+                if bytes > bank_bytes {
+                    return Err(BackendError(format!(
+                        "buffer {} needs {bytes} bytes of PSUM; a bank holds {bank_bytes}",
+                        buf.name
+                    )));
+                }
+                (bank_bytes, bank_bytes)
+            }
+        };
+        let size = stride * buf.copies as u64;
+        let range = live[b].unwrap_or((0, usize::MAX));
+        let mut busy: Vec<(u64, u64)> = placed
+            .iter()
+            .filter(|(sp, r, _, _)| *sp == buf.space && r.0 <= range.1 && range.0 <= r.1)
+            .map(|&(_, _, s, e)| (s, e))
+            .collect();
+        busy.sort_unstable();
+        let mut start = 0u64;
+        for (s, e) in busy {
+            if start + size <= s {
+                break;
+            }
+            start = start.max(e.div_ceil(align) * align);
+        }
+        placed.push((buf.space, range, start, start + size));
+        offsets[b] = (0..buf.copies as u64).map(|c| (start + c * stride) as u32).collect();
+        match buf.space {
+            Space::Sram => sram_high = sram_high.max(start + bytes + (buf.copies as u64 - 1) * stride),
+            Space::Psum => psum_high = psum_high.max(start + size),
+        }
+    }
+    if sram_high > t.sram.partition_bytes as u64 {
         return Err(BackendError(format!(
-            "buffers need {sram_next} bytes per SRAM partition; {} has {}",
+            "buffers need {sram_high} bytes per SRAM partition; {} has {}",
             t.name, t.sram.partition_bytes
         )));
     }
-    if psum_bank > t.psum.banks.unwrap_or(1) {
+    let banks = psum_high / bank_bytes;
+    if banks > t.psum.banks.unwrap_or(1) as u64 {
         return Err(BackendError(format!(
-            "buffers need {psum_bank} PSUM banks; {} has {}",
+            "buffers need {banks} PSUM banks; {} has {}",
             t.name,
             t.psum.banks.unwrap_or(1)
         )));
@@ -79,21 +120,20 @@ pub fn allocate(tp: &TileProgram, t: &Target) -> Result<Allocation, BackendError
     Ok(Allocation { offsets })
 }
 
-/// Bytes a tile op touches, for dependencies.
+/// Bytes a tile op touches, for dependencies: on-chip ranges are placed byte
+/// ranges within partitions `0..parts` of SRAM or PSUM, so buffers sharing memory
+/// are ordered like any other access.
 #[derive(Debug, Clone, Copy)]
 enum Region {
-    OnChip { buf: BufferId, copy: u32, parts: u32, start: u64, end: u64 },
+    OnChip { psum: bool, parts: u32, start: u64, end: u64 },
     Hbm { tensor: usize, start: u64, end: u64 },
 }
 
 fn overlaps(a: &Region, b: &Region) -> bool {
     match (a, b) {
-        (
-            Region::OnChip { buf: b1, copy: c1, start: s1, end: e1, .. },
-            Region::OnChip { buf: b2, copy: c2, start: s2, end: e2, .. },
-        ) => {
+        (Region::OnChip { psum: m1, start: s1, end: e1, .. }, Region::OnChip { psum: m2, start: s2, end: e2, .. }) => {
             // Every slice starts at partition 0, so partition ranges always meet.
-            b1 == b2 && c1 == c2 && s1 < e2 && s2 < e1
+            m1 == m2 && s1 < e2 && s2 < e1
         }
         (Region::Hbm { tensor: t1, start: s1, end: e1 }, Region::Hbm { tensor: t2, start: s2, end: e2 }) => {
             t1 == t2 && s1 < e2 && s2 < e1
@@ -102,61 +142,83 @@ fn overlaps(a: &Region, b: &Region) -> bool {
     }
 }
 
-fn on_chip(s: &BufSlice) -> Region {
-    Region::OnChip { buf: s.buf, copy: s.copy, parts: s.parts, start: s.offset as u64, end: (s.offset + s.len) as u64 }
+fn on_chip(tp: &TileProgram, alloc: &Allocation, s: &BufSlice) -> Region {
+    let b = &tp.buffers[s.buf];
+    let size = b.dtype.size_bytes() as u64;
+    let start = alloc.offset(s.buf, s.copy) as u64 + s.offset as u64 * size;
+    Region::OnChip { psum: b.space == Space::Psum, parts: s.parts, start, end: start + s.len as u64 * size }
 }
 
 fn hbm(h: &HbmBox) -> Region {
     Region::Hbm { tensor: h.tensor, start: h.start, end: h.start + (h.rows as u64 - 1) * h.row_stride + h.cols as u64 }
 }
 
-/// (reads, writes) of a tile op.
-fn accesses(op: &TileOp) -> (Vec<Region>, Vec<Region>) {
+/// (read, written) on-chip slices of a tile op.
+fn slices(op: &TileOp) -> (Vec<BufSlice>, Vec<BufSlice>) {
     match op {
-        TileOp::Load { dst, src } => (vec![hbm(src)], vec![on_chip(dst)]),
-        TileOp::Store { dst, src } => (vec![on_chip(src)], vec![hbm(dst)]),
+        TileOp::Load { dst, .. } => (vec![], vec![*dst]),
+        TileOp::Store { src, .. } => (vec![*src], vec![]),
         TileOp::Matmul { dst, stationary, moving, accumulate, .. } => {
-            let mut r = vec![on_chip(stationary), on_chip(moving)];
+            let mut r = vec![*stationary, *moving];
             if *accumulate {
-                r.push(on_chip(dst));
+                r.push(*dst);
             }
-            (r, vec![on_chip(dst)])
+            (r, vec![*dst])
         }
         TileOp::Copy { dst, src }
         | TileOp::Transpose { dst, src }
         | TileOp::Scalar { dst, src, .. }
-        | TileOp::Activate { dst, src, .. } => (vec![on_chip(src)], vec![on_chip(dst)]),
-        TileOp::Binary { dst, a, b, .. } => (vec![on_chip(a), on_chip(b)], vec![on_chip(dst)]),
+        | TileOp::Activate { dst, src, .. } => (vec![*src], vec![*dst]),
+        TileOp::Binary { dst, a, b, .. } => (vec![*a, *b], vec![*dst]),
     }
 }
 
+/// (reads, writes) of a tile op.
+fn accesses(tp: &TileProgram, alloc: &Allocation, op: &TileOp) -> (Vec<Region>, Vec<Region>) {
+    let (r, w) = slices(op);
+    let mut reads: Vec<Region> = r.iter().map(|s| on_chip(tp, alloc, s)).collect();
+    let mut writes: Vec<Region> = w.iter().map(|s| on_chip(tp, alloc, s)).collect();
+    match op {
+        TileOp::Load { src, .. } => reads.push(hbm(src)),
+        TileOp::Store { dst, .. } => writes.push(hbm(dst)),
+        _ => {}
+    }
+    (reads, writes)
+}
+
+/// Bytes per bucket of the dependency index: an access is filed under every
+/// bucket its range meets, so a lookup only scans accesses nearby.
+const BUCKET_BYTES: u64 = 1024;
+
+fn buckets(r: &Region) -> impl Iterator<Item = (u64, u64)> {
+    // HBM boxes are strided and span far, so each tensor is one bucket.
+    let (space, first, last) = match *r {
+        Region::OnChip { psum, start, end, .. } => {
+            (psum as u64, start / BUCKET_BYTES, (end.max(start + 1) - 1) / BUCKET_BYTES)
+        }
+        Region::Hbm { tensor, .. } => (2 + tensor as u64, 0, 0),
+    };
+    (first..=last).map(move |b| (space, b))
+}
+
 /// The instruction DAG: nodes are tile-op indices, edges point from the earlier op.
-pub fn dependencies(tp: &TileProgram) -> DiGraph<usize, ()> {
+pub fn dependencies(tp: &TileProgram, alloc: &Allocation) -> DiGraph<usize, ()> {
     let mut g = DiGraph::new();
     let nodes: Vec<NodeIndex> = (0..tp.ops.len()).map(|i| g.add_node(i)).collect();
-    // Per memory, the accesses since each region was last completely overwritten.
+    // Per bucket, the accesses since each region was last completely overwritten.
     let mut live: Vec<(Region, usize, bool)> = Vec::new();
-    let mut index: HashMap<(usize, u32), Vec<usize>> = HashMap::new();
-    let key = |r: &Region| match r {
-        Region::OnChip { buf, copy, .. } => (*buf, *copy),
-        Region::Hbm { tensor, .. } => (usize::MAX - tensor, 0),
-    };
+    let mut index: HashMap<(u64, u64), Vec<usize>> = HashMap::new();
     for (i, (op, _)) in tp.ops.iter().enumerate() {
-        let (reads, writes) = accesses(op);
+        let (reads, writes) = accesses(tp, alloc, op);
         let mut deps: Vec<usize> = Vec::new();
-        for r in &reads {
-            for &j in index.get(&key(r)).into_iter().flatten() {
-                let (region, op_index, write) = live[j];
-                if write && overlaps(&region, r) {
-                    deps.push(op_index);
-                }
-            }
-        }
-        for w in &writes {
-            for &j in index.get(&key(w)).into_iter().flatten() {
-                let (region, op_index, _) = live[j];
-                if overlaps(&region, w) {
-                    deps.push(op_index);
+        for (r, is_write) in reads.iter().map(|r| (r, false)).chain(writes.iter().map(|w| (w, true))) {
+            for key in buckets(r) {
+                for &j in index.get(&key).into_iter().flatten() {
+                    let (region, op_index, write) = live[j];
+                    // Reads wait for writes; writes wait for every access.
+                    if (write || is_write) && overlaps(&region, r) {
+                        deps.push(op_index);
+                    }
                 }
             }
         }
@@ -168,18 +230,20 @@ pub fn dependencies(tp: &TileProgram) -> DiGraph<usize, ()> {
             }
         }
         for (r, write) in reads.iter().map(|r| (r, false)).chain(writes.iter().map(|w| (w, true))) {
-            let k = key(r);
-            let list = index.entry(k).or_default();
-            if write {
-                // A later access of these bytes depends on this write, which depends on
-                // everything it overwrites: covered entries can be dropped.
-                list.retain(|&j| {
-                    let (old, _, _) = live[j];
-                    !covers(r, &old)
-                });
-            }
             live.push((*r, i, write));
-            list.push(live.len() - 1);
+            let entry = live.len() - 1;
+            for key in buckets(r) {
+                let list = index.entry(key).or_default();
+                if write {
+                    // A later access of these bytes depends on this write, which depends on
+                    // everything it overwrites: covered entries can be dropped.
+                    list.retain(|&j| {
+                        let (old, _, _) = live[j];
+                        !covers(r, &old)
+                    });
+                }
+                list.push(entry);
+            }
         }
     }
     g
@@ -188,9 +252,9 @@ pub fn dependencies(tp: &TileProgram) -> DiGraph<usize, ()> {
 fn covers(a: &Region, b: &Region) -> bool {
     match (a, b) {
         (
-            Region::OnChip { buf: b1, copy: c1, parts: p1, start: s1, end: e1 },
-            Region::OnChip { buf: b2, copy: c2, parts: p2, start: s2, end: e2 },
-        ) => b1 == b2 && c1 == c2 && p1 >= p2 && s1 <= s2 && e1 >= e2,
+            Region::OnChip { psum: m1, parts: p1, start: s1, end: e1 },
+            Region::OnChip { psum: m2, parts: p2, start: s2, end: e2 },
+        ) => m1 == m2 && p1 >= p2 && s1 <= s2 && e1 >= e2,
         _ => false,
     }
 }
@@ -204,14 +268,14 @@ pub struct Scheduled {
 fn tile(tp: &TileProgram, alloc: &Allocation, s: &BufSlice) -> Tile {
     let b = &tp.buffers[s.buf];
     let size = b.dtype.size_bytes();
-    let offset = alloc.offsets[s.buf][s.copy as usize] + s.offset * size;
+    let offset = alloc.offset(s.buf, s.copy) + s.offset * size;
     Tile::with_dims(b.space, b.dtype, 0, s.parts as u16, offset, &[Dim { count: s.len as u16, stride: 1 }])
 }
 
 fn sram_side(tp: &TileProgram, alloc: &Allocation, s: &BufSlice, t: &Target) -> DmaSide {
     let b = &tp.buffers[s.buf];
     let size = b.dtype.size_bytes() as u64;
-    let offset = alloc.offsets[s.buf][s.copy as usize] as u64 + s.offset as u64 * size;
+    let offset = alloc.offset(s.buf, s.copy) as u64 + s.offset as u64 * size;
     DmaSide::new(
         DmaSpace::Sram,
         offset,
@@ -344,7 +408,7 @@ pub fn compile(tp: &TileProgram, t: &Target, roofline: RooflineInputs) -> Result
         };
         insts.push((engine, inst_op, *debug));
     }
-    let dag = dependencies(tp);
+    let dag = dependencies(tp, &alloc);
     let engines = t.engines_per_core() as usize;
     // Position of each instruction in its engine's stream, before nops.
     // Knowledge: for each stream, the latest instruction (by per-engine ordinal) of
@@ -452,4 +516,77 @@ pub fn compile(tp: &TileProgram, t: &Target, roofline: RooflineInputs) -> Result
     program.canonicalize_debug_ops();
     program.validate(t).map_err(|e| BackendError(format!("internal: emitted program is invalid: {e}")))?;
     Ok(Scheduled { program })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lower::{Buffer, HbmTensor};
+    use jpu_isa::program::Role;
+    use jpu_isa::DType;
+
+    /// Two staging buffers used one after the other: `in -> b0 -> x`, then
+    /// `in -> b1 -> y` (b1 doubled by the VE on the way).
+    fn two_phase() -> TileProgram {
+        let t = |name: &str, role| HbmTensor { name: name.into(), dtype: DType::F32, shape: vec![4, 8], role };
+        let b = |name: &str| Buffer {
+            name: name.into(),
+            space: Space::Sram,
+            dtype: DType::F32,
+            parts: 4,
+            free: 8,
+            copies: 1,
+        };
+        let s = |buf| BufSlice { buf, copy: 0, parts: 4, offset: 0, len: 8 };
+        let h = |tensor| HbmBox { tensor, start: 0, rows: 4, row_stride: 8, cols: 8 };
+        TileProgram {
+            tensors: vec![t("in", Role::Input), t("x", Role::Output), t("y", Role::Output)],
+            buffers: vec![b("b0"), b("b1")],
+            ops: vec![
+                (TileOp::Load { dst: s(0), src: h(0) }, 0),
+                (TileOp::Store { dst: h(1), src: s(0) }, 0),
+                (TileOp::Load { dst: s(1), src: h(0) }, 0),
+                (TileOp::Binary { op: jpu_isa::operand::AluOp::Add, dst: s(1), a: s(1), b: s(1) }, 0),
+                (TileOp::Store { dst: h(2), src: s(1) }, 0),
+            ],
+            debug_ops: vec!["test".into()],
+        }
+    }
+
+    #[test]
+    fn buffers_with_disjoint_live_ranges_share_memory_and_reuse_is_ordered() {
+        let tp = two_phase();
+        let t = Target::builtin("jpu-tiny").unwrap();
+        let alloc = allocate(&tp, &t).unwrap();
+        assert_eq!(alloc.offset(0, 0), alloc.offset(1, 0), "b1 reuses b0's bytes");
+        // Loading b1 overwrites what the first store reads: a write-after-read edge.
+        let dag = dependencies(&tp, &alloc);
+        assert!(dag.find_edge(NodeIndex::new(1), NodeIndex::new(2)).is_some());
+        // The program runs race-free and computes x = in, y = 2 in.
+        let program = compile(&tp, &t, RooflineInputs::default()).unwrap().program;
+        let input: Vec<u8> = (0..32).flat_map(|i| (i as f32).to_le_bytes()).collect();
+        let opts = jpu_runtime::RunOptions { check_races: true, strict_uninit: true, ..Default::default() };
+        let out = jpu_runtime::run(&program, &t, &[("in".into(), input.clone())], &opts).unwrap();
+        let get = |n: &str| out.outputs.iter().find(|(name, _)| name == n).unwrap().1.clone();
+        assert_eq!(get("x"), input);
+        let doubled: Vec<u8> = (0..32).flat_map(|i| (2.0 * i as f32).to_le_bytes()).collect();
+        assert_eq!(get("y"), doubled);
+    }
+
+    #[test]
+    fn buffers_live_together_never_overlap() {
+        let mut tp = two_phase();
+        // Make b0 live to the end: it may no longer share with b1.
+        tp.ops.push((
+            TileOp::Store {
+                dst: HbmBox { tensor: 1, start: 0, rows: 4, row_stride: 8, cols: 8 },
+                src: BufSlice { buf: 0, copy: 0, parts: 4, offset: 0, len: 8 },
+            },
+            0,
+        ));
+        let t = Target::builtin("jpu-tiny").unwrap();
+        let alloc = allocate(&tp, &t).unwrap();
+        let (a, b) = (alloc.offset(0, 0) as u64, alloc.offset(1, 0) as u64);
+        assert!(a + 32 <= b || b + 32 <= a, "{a} {b}");
+    }
 }
