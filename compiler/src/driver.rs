@@ -17,15 +17,21 @@ use crate::lower::gemm::{self, GemmProblem, GemmSchedule};
 use crate::lower::TileProgram;
 use crate::tir::ir::Func;
 
+/// One kernel and its schedule.
+pub struct Kernel {
+    /// What it computes.
+    pub problem: GemmProblem,
+    /// How.
+    pub schedule: GemmSchedule,
+}
+
 /// Every stage's result.
 pub struct Compiled {
     /// The function after optimization (the input at `-O0`).
     pub optimized: Func,
-    /// The kernel.
-    pub problem: GemmProblem,
-    /// Its schedule.
-    pub schedule: GemmSchedule,
-    /// The tile program.
+    /// The kernels, in execution order.
+    pub kernels: Vec<Kernel>,
+    /// The tile program (every kernel's, linked).
     pub tiles: TileProgram,
     /// The chip program.
     pub program: Program,
@@ -47,66 +53,119 @@ pub fn compile(f: &Func, t: &Target, schedule: Option<GemmSchedule>) -> Result<C
     compile_at(f, t, schedule, 2)
 }
 
-/// Compiles at an optimization level.
+/// Links kernels' tile programs into one: HBM tensors are shared by name
+/// (parameters are inputs, returned values outputs, other kernel outputs scratch);
+/// buffers stay per kernel (the allocator lets kernels that do not overlap in time
+/// share memory), named `kN.` when there are several kernels.
+pub fn link(f: &Func, parts: Vec<TileProgram>) -> TileProgram {
+    use jpu_isa::program::Role;
+    let mut out = TileProgram { tensors: Vec::new(), buffers: Vec::new(), ops: Vec::new(), debug_ops: Vec::new() };
+    let several = parts.len() > 1;
+    let params: Vec<&str> = f.params().map(|p| f.node(p).name.as_str()).collect();
+    let results: Vec<&str> = f.results.iter().map(|r| f.node(*r).name.as_str()).collect();
+    for (k, part) in parts.into_iter().enumerate() {
+        let tensor_map: Vec<usize> = part
+            .tensors
+            .into_iter()
+            .map(|mut t| {
+                if let Some(i) = out.tensors.iter().position(|o| o.name == t.name) {
+                    return i;
+                }
+                t.role = if params.contains(&t.name.as_str()) {
+                    Role::Input
+                } else if results.contains(&t.name.as_str()) {
+                    Role::Output
+                } else {
+                    Role::Scratch
+                };
+                out.tensors.push(t);
+                out.tensors.len() - 1
+            })
+            .collect();
+        let (buf_base, debug_base) = (out.buffers.len(), out.debug_ops.len() as u32);
+        out.buffers.extend(part.buffers.into_iter().map(|mut b| {
+            if several {
+                b.name = format!("k{}.{}", k + 1, b.name);
+            }
+            b
+        }));
+        out.debug_ops.extend(part.debug_ops);
+        out.ops.extend(part.ops.into_iter().map(|(mut op, d)| {
+            op.remap(|b| b + buf_base, |t| tensor_map[t]);
+            (op, d + debug_base)
+        }));
+    }
+    out
+}
+
+/// Compiles at an optimization level. A schedule override applies to every kernel.
 pub fn compile_at(f: &Func, t: &Target, schedule: Option<GemmSchedule>, level: OptLevel) -> Result<Compiled, String> {
     let optimized = optimize(f, t, level)?;
     let f = &optimized;
-    let problem = gemm::recognise(f).map_err(|e| e.0)?;
-    let schedule = match schedule {
-        Some(s) => {
-            gemm::check(&problem, &s, t).map_err(|e| format!("illegal schedule: {}", e.0))?;
-            s
-        }
-        None => gemm::choose(&problem, t).map_err(|e| e.0)?,
+    let mut kernels = Vec::new();
+    for problem in gemm::plan(f).map_err(|e| e.0)? {
+        let schedule = match schedule {
+            Some(s) => {
+                gemm::check(&problem, &s, t).map_err(|e| format!("illegal schedule: {}", e.0))?;
+                s
+            }
+            None => gemm::choose(&problem, t).map_err(|e| e.0)?,
+        };
+        kernels.push(Kernel { problem, schedule });
+    }
+    let tiles = link(f, kernels.iter().map(|k| gemm::lower(&k.problem, &k.schedule)).collect());
+    let bytes = |role| {
+        tiles
+            .tensors
+            .iter()
+            .filter(|t| t.role == role)
+            .map(|t| t.shape.iter().product::<u64>() * t.dtype.size_bytes() as u64)
+            .sum()
     };
-    let tiles = gemm::lower(&problem, &schedule);
-    let flops = 2 * problem.batch_map.len() as u64 * problem.m * problem.k * problem.n;
     let mut roof = RooflineInputs {
-        input_bytes: tiles
-            .tensors
-            .iter()
-            .filter(|t| t.role == jpu_isa::program::Role::Input)
-            .map(|t| t.shape.iter().product::<u64>() * t.dtype.size_bytes() as u64)
-            .sum(),
-        output_bytes: tiles
-            .tensors
-            .iter()
-            .filter(|t| t.role == jpu_isa::program::Role::Output)
-            .map(|t| t.shape.iter().product::<u64>() * t.dtype.size_bytes() as u64)
-            .sum(),
+        input_bytes: bytes(jpu_isa::program::Role::Input),
+        output_bytes: bytes(jpu_isa::program::Role::Output),
         ..RooflineInputs::default()
     };
-    // Each transcendental epilogue step evaluates once per output element.
-    let transcendental_steps = problem
-        .epilogue
-        .iter()
-        .filter(|(s, _)| matches!(s, gemm::EpilogueStep::Activate(f) if f.is_transcendental()))
-        .count() as u64;
-    roof.transcendentals = transcendental_steps * problem.batch_map.len() as u64 * problem.m * problem.n;
-    match problem.operand.size_bytes() {
-        1 => roof.flops_8bit = flops,
-        2 => roof.flops_16bit = flops,
-        _ => roof.flops_f32 = flops,
+    for k in &kernels {
+        let p = &k.problem;
+        let flops = 2 * p.batch_map.len() as u64 * p.m * p.k * p.n;
+        match p.operand.size_bytes() {
+            1 => roof.flops_8bit += flops,
+            2 => roof.flops_16bit += flops,
+            _ => roof.flops_f32 += flops,
+        }
+        // Each transcendental epilogue step evaluates once per output element.
+        let transcendental_steps = p
+            .epilogue
+            .iter()
+            .filter(|(s, _)| matches!(s, gemm::EpilogueStep::Activate(f) if f.is_transcendental()))
+            .count() as u64;
+        roof.transcendentals += transcendental_steps * p.batch_map.len() as u64 * p.m * p.n;
     }
     let program = backend::compile(&tiles, t, roof).map_err(|e| e.0)?.program;
-    Ok(Compiled { optimized, problem, schedule, tiles, program })
+    Ok(Compiled { optimized, kernels, tiles, program })
 }
 
 /// The `kernels` listing.
 pub fn kernels_text(c: &Compiled) -> String {
-    let p = &c.problem;
-    let batch = if p.batch.is_empty() { String::new() } else { format!(" batch = {:?},", p.batch) };
-    let cast = p.cast.map_or(String::new(), |d| format!(" then cast to {d}"));
-    let epilogue = if p.epilogue.is_empty() {
-        String::new()
-    } else {
-        let steps: Vec<&str> = p.epilogue.iter().map(|(_, text)| text.as_str()).collect();
-        format!("  epilogue: {}\n", steps.join("; "))
-    };
-    format!(
-        "kernel gemm: {}\n  M = {}, N = {}, K = {},{batch} operands {}, result {}{cast}\n{epilogue}  schedule: {}\n",
-        p.text, p.m, p.n, p.k, p.operand, p.result, c.schedule
-    )
+    let mut out = String::new();
+    for k in &c.kernels {
+        let p = &k.problem;
+        let batch = if p.batch.is_empty() { String::new() } else { format!(" batch = {:?},", p.batch) };
+        let cast = p.cast.map_or(String::new(), |d| format!(" then cast to {d}"));
+        let epilogue = if p.epilogue.is_empty() {
+            String::new()
+        } else {
+            let steps: Vec<&str> = p.epilogue.iter().map(|(_, text)| text.as_str()).collect();
+            format!("  epilogue: {}\n", steps.join("; "))
+        };
+        out += &format!(
+            "kernel gemm: {}\n  M = {}, N = {}, K = {},{batch} operands {}, result {}{cast}\n{epilogue}  schedule: {}\n",
+            p.text, p.m, p.n, p.k, p.operand, p.result, k.schedule
+        );
+    }
+    out
 }
 
 /// Parses a `--schedule` file: `key = value` lines (`#` comments) naming any of

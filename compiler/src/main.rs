@@ -207,8 +207,9 @@ fn load_schedule(
     let Some(path) = path else { return Ok(None) };
     let text = String::from_utf8(read_file(path)?)
         .map_err(|_| Failure::Input(format!("error: {} is not UTF-8", path.display())))?;
-    let problem = jalc::lower::gemm::recognise(func).map_err(|e| Failure::Input(format!("error: {}", e.0)))?;
-    let base = jalc::lower::gemm::choose(&problem, target).map_err(|e| Failure::Input(format!("error: {}", e.0)))?;
+    // Unnamed fields keep the first kernel's chosen values; the result applies to every kernel.
+    let kernels = jalc::lower::gemm::plan(func).map_err(|e| Failure::Input(format!("error: {}", e.0)))?;
+    let base = jalc::lower::gemm::choose(&kernels[0], target).map_err(|e| Failure::Input(format!("error: {}", e.0)))?;
     jalc::driver::parse_schedule(&text, base)
         .map(Some)
         .map_err(|e| Failure::Input(format!("error: {}: {e}", path.display())))

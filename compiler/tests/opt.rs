@@ -64,15 +64,16 @@ fn double_transposes_cancel() {
 }
 
 #[test]
-fn power_of_two_scales_move_to_the_smaller_tensor_and_others_stay() {
-    // The scores [8, 128, 256] are 4x larger than q [8, 128, 64] (and k is 2x
-    // larger than q): scale q instead.
+fn power_of_two_scales_move_into_the_matmul_epilogue_and_others_stay() {
+    // A scaled operand needs an elementwise pass of its own; the same power-of-two
+    // scale on the product fuses into the GEMM's epilogue (exact: scaling by 2^k
+    // commutes with rounding barring overflow).
     let src = |scale: &str| {
         format!(
             "func @f(%q: bf16[8, 128, 64], %k: bf16[8, 64, 256]) -> f32[8, 128, 256] {{
-               %s = matmul(%q, %k) : f32[8, 128, 256]
-               %z = mul(%s, {scale})
-               return %z
+               %qs = mul(%q, {scale})
+               %s = matmul(%qs, %k) : f32[8, 128, 256]
+               return %s
              }}"
         )
     };
@@ -80,21 +81,30 @@ fn power_of_two_scales_move_to_the_smaller_tensor_and_others_stay() {
     assert_eq!(
         body(&out),
         [
-            "%o1 = mul(%q, 0.125) : bf16[8, 128, 64]",
-            "%z = matmul(%o1, %k) {transpose_a = false, transpose_b = false} : f32[8, 128, 256]",
-            "return %z"
+            "%o1 = matmul(%q, %k) {transpose_a = false, transpose_b = false} : f32[8, 128, 256]",
+            "%s = mul(%o1, 0.125) : f32[8, 128, 256]",
+            "return %s"
         ]
     );
     // 0.1 is not exact in bf16: moving it would change the result, so it stays.
     let out = optimize(&src("0.1"));
-    assert!(out.contains("%z = mul(%s, 0.1)"), "{out}");
+    assert!(out.contains("%qs = mul(%q, 0.1)"), "{out}");
+    // A scale already on the product stays there.
+    let out = optimize(
+        "func @f(%q: bf16[8, 128, 64], %k: bf16[8, 64, 256]) -> f32[8, 128, 256] {
+           %s = matmul(%q, %k) : f32[8, 128, 256]
+           %z = mul(%s, 0.125)
+           return %z
+         }",
+    );
+    assert!(out.contains("%z = mul(%s, 0.125)"), "{out}");
 }
 
 #[test]
 fn low_rank_chains_reassociate() {
     // x . (A . B) with rank-16 A, B: 2*64*1024*1024 + ... against (x . A) . B.
     let out = optimize(
-        "func @f(%x: bf16[64, 1024], %a: bf16[1024, 16], %b: bf16[16, 1024]) -> bf16[64, 1024] {
+        "func @f(%x: f32[64, 1024], %a: f32[1024, 16], %b: f32[16, 1024]) -> f32[64, 1024] {
            %ab = matmul(%a, %b)
            %y = matmul(%x, %ab)
            return %y
@@ -103,11 +113,21 @@ fn low_rank_chains_reassociate() {
     assert_eq!(
         body(&out),
         [
-            "%o1 = matmul(%x, %a) {transpose_a = false, transpose_b = false} : bf16[64, 16]",
-            "%y = matmul(%o1, %b) {transpose_a = false, transpose_b = false} : bf16[64, 1024]",
+            "%o1 = matmul(%x, %a) {transpose_a = false, transpose_b = false} : f32[64, 16]",
+            "%y = matmul(%o1, %b) {transpose_a = false, transpose_b = false} : f32[64, 1024]",
             "return %y"
         ]
     );
+    // A bf16 chain keeps its order: reassociating would round a different bf16
+    // intermediate and move results far beyond the verification tolerance.
+    let bf16 = optimize(
+        "func @f(%x: bf16[64, 1024], %a: bf16[1024, 16], %b: bf16[16, 1024]) -> bf16[64, 1024] {
+           %ab = matmul(%a, %b)
+           %y = matmul(%x, %ab)
+           return %y
+         }",
+    );
+    assert!(bf16.contains("%y = matmul(%x, %ab)"), "{bf16}");
 }
 
 #[test]

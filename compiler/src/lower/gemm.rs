@@ -83,6 +83,8 @@ pub struct GemmProblem {
     pub epilogue: Vec<(EpilogueStep, String)>,
     /// HBM tensors the epilogue reads (tensor `2 + i` of the tile program).
     pub epilogue_inputs: Vec<EpilogueInput>,
+    /// The IR values the kernel computes: the matmul, then each fused step.
+    pub step_names: Vec<String>,
 }
 
 /// A tensor operand of the epilogue.
@@ -144,37 +146,127 @@ fn chip(t: ScalarType, what: &str) -> Result<DType, Unsupported> {
     t.chip().ok_or_else(|| Unsupported(format!("{what} of type {t} cannot live in HBM")))
 }
 
-/// Recognises a function that is one matmul of two parameters followed by an
-/// elementwise epilogue (bias, activation, residual, scalar ops) and an optional
-/// cast, each step consuming the previous one.
+/// What code generation covers, for error messages.
+const SUPPORTED: &str = "this compiler version compiles matmuls of parameters or of other matmuls' results, each optionally followed by elementwise steps on its result (bias, activation, residual, scalar) and a cast";
+
+/// Splits a function into GEMM kernels in execution order: each matmul with the
+/// elementwise steps that consume its result one after another (each step's input
+/// used only by the next step and not returned). Kernel outputs that the function
+/// does not return live in HBM scratch between kernels.
+pub fn plan(f: &Func) -> Result<Vec<GemmProblem>, Unsupported> {
+    let n = f.nodes.len();
+    // Consumers of each value (`mul(%x, %x)` is one).
+    let mut uses = vec![0usize; n];
+    for node in &f.nodes {
+        let mut seen: Vec<ValueId> = Vec::new();
+        for o in &node.operands {
+            if let Operand::Value(v) = o {
+                if !seen.contains(v) {
+                    seen.push(*v);
+                    uses[v.0 as usize] += 1;
+                }
+            }
+        }
+    }
+    // Values in HBM: parameters, then each kernel's output once it is planned.
+    let mut in_hbm: Vec<bool> = (0..n).map(|i| i < f.num_params).collect();
+    let mut fused = vec![false; n];
+    let mut kernels = Vec::new();
+    for i in f.num_params..n {
+        if fused[i] {
+            continue;
+        }
+        let node = &f.nodes[i];
+        if !matches!(node.op, Op::Matmul { .. }) {
+            return Err(Unsupported(format!(
+                "`%{} = {}` is not supported yet: {SUPPORTED}",
+                node.name,
+                node.op.name()
+            )));
+        }
+        let (problem, out) = gemm_kernel(f, i, &uses, &in_hbm)?;
+        for (flag, node) in fused.iter_mut().zip(&f.nodes).take(out + 1).skip(i) {
+            if problem.step_names.contains(&node.name) {
+                *flag = true;
+            }
+        }
+        in_hbm[out] = true;
+        kernels.push(problem);
+    }
+    if let Some(r) = f.results.iter().find(|r| (r.0 as usize) < f.num_params) {
+        return Err(Unsupported(format!(
+            "returning the parameter `%{}` unchanged is not supported yet: {SUPPORTED}",
+            f.node(*r).name
+        )));
+    }
+    if kernels.is_empty() {
+        return Err(Unsupported(SUPPORTED.into()));
+    }
+    Ok(kernels)
+}
+
+/// Recognises a function that is exactly one GEMM kernel.
 pub fn recognise(f: &Func) -> Result<GemmProblem, Unsupported> {
-    let body = &f.nodes[f.num_params..];
-    let supported = "this compiler version compiles functions whose body is one matmul of two parameters, optionally followed by elementwise steps on its result (bias, activation, residual, scalar) and a cast";
-    let Some(mm) = body.first() else {
-        return Err(Unsupported(supported.into()));
-    };
-    if !matches!(mm.op, Op::Matmul { .. }) {
-        return Err(Unsupported(format!("`{}` is not supported yet: {supported}", mm.op.name())));
+    let mut kernels = plan(f)?;
+    if kernels.len() != 1 {
+        return Err(Unsupported(format!("the function needs {} kernels; one was expected", kernels.len())));
     }
-    if f.results.len() != 1 {
-        return Err(Unsupported(format!("{} results are not supported yet: {supported}", f.results.len())));
-    }
+    Ok(kernels.remove(0))
+}
+
+/// The kernel of the matmul at node `mm_index` and the node index of its output.
+fn gemm_kernel(
+    f: &Func,
+    mm_index: usize,
+    uses: &[usize],
+    in_hbm: &[bool],
+) -> Result<(GemmProblem, usize), Unsupported> {
+    let supported = SUPPORTED;
+    let mm = &f.nodes[mm_index];
     let (Op::Matmul { transpose_a, transpose_b }, [Operand::Value(a), Operand::Value(b)]) =
         (&mm.op, mm.operands.as_slice())
     else {
         return Err(Unsupported(format!("`{}` is not supported yet: {supported}", mm.op.name())));
     };
-    if a.0 as usize >= f.num_params || b.0 as usize >= f.num_params {
-        return Err(Unsupported(supported.into()));
+    for v in [a, b] {
+        if !in_hbm[v.0 as usize] {
+            return Err(Unsupported(format!(
+                "`%{}` reads `%{}`, which is not a parameter or a kernel's output: {supported}",
+                mm.name,
+                f.node(*v).name
+            )));
+        }
     }
     let result_dtype = chip(mm.ty.dtype, "the matmul result")?;
     let (n_cols, c_shape) = (mm.ty.shape[mm.ty.rank() - 1], mm.ty.shape.clone());
     let mut epilogue = Vec::new();
     let mut epilogue_inputs: Vec<EpilogueInput> = Vec::new();
     let mut cast = None;
-    let mut prev = ValueId(f.num_params as u32);
-    for (i, n) in body.iter().enumerate().skip(1) {
-        let here = ValueId((f.num_params + i) as u32);
+    let mut prev = ValueId(mm_index as u32);
+    let mut step_names = vec![mm.name.clone()];
+    loop {
+        if uses[prev.0 as usize] != 1 || f.results.contains(&prev) {
+            break;
+        }
+        let Some((i, n)) = f
+            .nodes
+            .iter()
+            .enumerate()
+            .skip(prev.0 as usize + 1)
+            .find(|(_, n)| n.operands.iter().any(|o| matches!(o, Operand::Value(v) if *v == prev)))
+        else {
+            break;
+        };
+        let elementwise = matches!(n.op, Op::Cast { .. } | Op::Binary(_) | Op::Unary(_) | Op::Gelu { .. });
+        // A step reading a value computed later belongs to that value's kernel.
+        let ready = n.operands.iter().all(|o| match o {
+            Operand::Value(v) => *v == prev || in_hbm[v.0 as usize],
+            Operand::Scalar(_) => true,
+        });
+        if !elementwise || !ready {
+            break;
+        }
+        let here = ValueId(i as u32);
         let uses_prev = |o: &Operand| matches!(o, Operand::Value(v) if *v == prev);
         let not_yet = |why: &str| Unsupported(format!("`%{} = {}` {why}: {supported}", n.name, n.op.name()));
         if cast.is_some() {
@@ -205,7 +297,7 @@ pub fn recognise(f: &Func) -> Result<GemmProblem, Unsupported> {
                 let other = match if other_first { x } else { y } {
                     _ if uses_prev(x) && uses_prev(y) => EpilogueOperand::Same,
                     Operand::Scalar(v) => EpilogueOperand::Scalar(crate::eval::round(mm.ty.dtype, *v) as f32),
-                    Operand::Value(v) if (v.0 as usize) < f.num_params => {
+                    Operand::Value(v) if in_hbm[v.0 as usize] => {
                         let p = f.node(*v);
                         let row =
                             p.ty.shape.last() == Some(&n_cols) && p.ty.shape[..p.ty.rank() - 1].iter().all(|&d| d == 1);
@@ -229,7 +321,12 @@ pub fn recognise(f: &Func) -> Result<GemmProblem, Unsupported> {
                         });
                         EpilogueOperand::Tensor(k)
                     }
-                    Operand::Value(_) => return Err(not_yet("reads a computed value other than the product")),
+                    Operand::Value(v) => {
+                        return Err(not_yet(&format!(
+                            "reads `%{}`, which is not a parameter or an earlier kernel's output",
+                            f.node(*v).name
+                        )))
+                    }
                 };
                 let op = match op {
                     BinaryOp::Add => AluOp::Add,
@@ -264,14 +361,12 @@ pub fn recognise(f: &Func) -> Result<GemmProblem, Unsupported> {
                 };
                 epilogue.push((EpilogueStep::Activate(func), text));
             }
-            _ => return Err(not_yet("does not consume the previous step, which is not supported yet")),
+            _ => return Err(not_yet("is not an elementwise step on the product")),
         }
+        step_names.push(n.name.clone());
         prev = here;
     }
-    let result = *f.results.last().expect("one result");
-    if result != prev {
-        return Err(Unsupported(format!("the result must be the last step: {supported}")));
-    }
+    let result = prev;
     let (cast, cast_text) = cast.unzip();
     let (an, bn) = (f.node(*a), f.node(*b));
     let (ra, rb) = (an.ty.rank(), bn.ty.rank());
@@ -295,33 +390,37 @@ pub fn recognise(f: &Func) -> Result<GemmProblem, Unsupported> {
         idx
     };
     let batch_map = (0..count).map(|c| (index(&an.ty.shape[..ra - 2], c), index(&bn.ty.shape[..rb - 2], c))).collect();
-    Ok(GemmProblem {
-        text: format!(
-            "%{} = matmul(%{}, %{}){}",
-            mm.name,
-            an.name,
-            bn.name,
-            match (transpose_a, transpose_b) {
-                (false, false) => String::new(),
-                (ta, tb) => format!(" {{transpose_a = {ta}, transpose_b = {tb}}}"),
-            }
-        ),
-        batch,
-        batch_map,
-        m: an.ty.shape[if *transpose_a { ra - 1 } else { ra - 2 }],
-        k: an.ty.shape[if *transpose_a { ra - 2 } else { ra - 1 }],
-        n: bn.ty.shape[if *transpose_b { rb - 2 } else { rb - 1 }],
-        transpose_a: *transpose_a,
-        transpose_b: *transpose_b,
-        operand: chip(an.ty.dtype, "the operands")?,
-        result: result_dtype,
-        cast,
-        cast_text,
-        names: [an.name.clone(), bn.name.clone(), f.node(result).name.clone()],
-        shapes: [an.ty.shape.clone(), bn.ty.shape.clone()],
-        epilogue,
-        epilogue_inputs,
-    })
+    Ok((
+        GemmProblem {
+            text: format!(
+                "%{} = matmul(%{}, %{}){}",
+                mm.name,
+                an.name,
+                bn.name,
+                match (transpose_a, transpose_b) {
+                    (false, false) => String::new(),
+                    (ta, tb) => format!(" {{transpose_a = {ta}, transpose_b = {tb}}}"),
+                }
+            ),
+            batch,
+            batch_map,
+            m: an.ty.shape[if *transpose_a { ra - 1 } else { ra - 2 }],
+            k: an.ty.shape[if *transpose_a { ra - 2 } else { ra - 1 }],
+            n: bn.ty.shape[if *transpose_b { rb - 2 } else { rb - 1 }],
+            transpose_a: *transpose_a,
+            transpose_b: *transpose_b,
+            operand: chip(an.ty.dtype, "the operands")?,
+            result: result_dtype,
+            cast,
+            cast_text,
+            names: [an.name.clone(), bn.name.clone(), f.node(result).name.clone()],
+            shapes: [an.ty.shape.clone(), bn.ty.shape.clone()],
+            epilogue,
+            epilogue_inputs,
+            step_names,
+        },
+        result.0 as usize,
+    ))
 }
 
 impl GemmProblem {
@@ -517,7 +616,7 @@ pub fn lower(p: &GemmProblem, s: &GemmSchedule) -> TileProgram {
         .iter()
         .map(|e| {
             buffers.push(Buffer {
-                name: format!("{}_{}", if e.row { "row" } else { "tile" }, e.name),
+                name: format!("{}_{}", if e.row { "row" } else { "res" }, e.name),
                 space: Space::Sram,
                 dtype: e.dtype,
                 parts: s.tile_m,

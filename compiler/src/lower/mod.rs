@@ -177,6 +177,32 @@ pub struct TileProgram {
     pub debug_ops: Vec<String>,
 }
 
+impl TileOp {
+    /// Renumbers the buffers and HBM tensors the op names (linking kernels).
+    pub fn remap(&mut self, buf: impl Fn(BufferId) -> BufferId, tensor: impl Fn(TensorId) -> TensorId) {
+        let mut slices: Vec<&mut BufSlice> = Vec::new();
+        match self {
+            TileOp::Load { dst, src } => {
+                src.tensor = tensor(src.tensor);
+                slices.push(dst);
+            }
+            TileOp::Store { dst, src } => {
+                dst.tensor = tensor(dst.tensor);
+                slices.push(src);
+            }
+            TileOp::Matmul { dst, stationary, moving, .. } => slices.extend([dst, stationary, moving]),
+            TileOp::Copy { dst, src }
+            | TileOp::Transpose { dst, src }
+            | TileOp::Scalar { dst, src, .. }
+            | TileOp::Activate { dst, src, .. } => slices.extend([dst, src]),
+            TileOp::Binary { dst, a, b, .. } => slices.extend([dst, a, b]),
+        }
+        for s in slices {
+            s.buf = buf(s.buf);
+        }
+    }
+}
+
 impl TileProgram {
     /// Bytes of each buffer copy per partition.
     pub fn copy_bytes(&self, b: BufferId) -> u64 {

@@ -6,7 +6,9 @@
 //!   bytes; a stored-transposed B adds its PE transposes (one `max(P, 64)`-cycle
 //!   transpose per `rows x cols` block).
 //! - a standalone transpose: its bytes read and written through HBM.
-//! - elementwise and other ops: their input and output bytes through HBM.
+//! - `mul`/`add` of a matmul's result: fused into its epilogue (the lowering does
+//!   this for single-use chains), so only a tensor operand's bytes; other
+//!   elementwise and other ops: their input and output bytes through HBM.
 //! - every kernel: a fixed launch cost of one DMA latency.
 //! - parameters, dtype leaves and literals: free.
 
@@ -15,6 +17,10 @@ use jpu_isa::Target;
 
 use super::{matmul_type, Shapes, TLang};
 use crate::tir::types::{ScalarType, TensorType};
+
+fn is_matmul(eg: &EGraph<TLang, Shapes>, class: egg::Id) -> bool {
+    eg[class].nodes.iter().any(|n| matches!(n, TLang::Mm(_) | TLang::MmTa(_) | TLang::MmTb(_) | TLang::MmTab(_)))
+}
 
 /// Rates of one target.
 pub struct Model {
@@ -72,6 +78,12 @@ impl Model {
             TLang::T(_) => {
                 let out = eg.lookup(node.clone()).and_then(|c| eg[c].data.clone());
                 self.fixed + 2.0 * out.as_ref().map_or(0.0, bytes) / self.bytes_per_cycle
+            }
+            TLang::Mul([a, b]) | TLang::Add([a, b]) if is_matmul(eg, *a) || is_matmul(eg, *b) => {
+                // Fused into the matmul's epilogue: the VE works on tiles already on
+                // chip while the PE computes; only a tensor operand adds HBM bytes.
+                let other = if is_matmul(eg, *a) { b } else { a };
+                ty(other).map_or(0.0, |t| bytes(&t)) / self.bytes_per_cycle
             }
             TLang::Mul(_) | TLang::Add(_) | TLang::Other(..) => {
                 let out = eg.lookup(node.clone()).and_then(|c| eg[c].data.clone());

@@ -31,12 +31,12 @@ fn main() {
             "func @f(%x: bf16[1024, 4096], %w: bf16[4096, 4096]) -> bf16[1024, 4096] {\n  %wt = transpose(%w) {perm = [1, 0]}\n  %y = matmul(%x, %wt) : f32[1024, 4096]\n  %o = cast(%y) {to = bf16}\n  return %o\n}\n",
         ),
         (
-            "scale folding (scaled scores)",
-            "func @f(%q: bf16[8, 128, 64], %k: bf16[8, 64, 2048]) -> f32[8, 128, 2048] {\n  %s = matmul(%q, %k) : f32[8, 128, 2048]\n  %z = mul(%s, 0.125)\n  return %z\n}\n",
+            "scale folding (scaled query)",
+            "func @f(%q: bf16[8, 128, 64], %k: bf16[8, 64, 2048]) -> f32[8, 128, 2048] {\n  %qs = mul(%q, 0.125)\n  %s = matmul(%qs, %k) : f32[8, 128, 2048]\n  return %s\n}\n",
         ),
         (
             "reassociation (low-rank chain)",
-            "func @f(%x: bf16[2048, 4096], %a: bf16[4096, 64], %b: bf16[64, 4096]) -> bf16[2048, 4096] {\n  %ab = matmul(%a, %b)\n  %y = matmul(%x, %ab)\n  return %y\n}\n",
+            "func @f(%x: f32[2048, 4096], %a: f32[4096, 64], %b: f32[64, 4096]) -> f32[2048, 4096] {\n  %ab = matmul(%a, %b)\n  %y = matmul(%x, %ab)\n  return %y\n}\n",
         ),
     ];
     println!(
