@@ -14,15 +14,25 @@ use jpu_isa::{Program, Target};
 
 use crate::backend;
 use crate::lower::gemm::{self, GemmProblem, GemmSchedule};
-use crate::lower::TileProgram;
+use crate::lower::{KernelProblem, TileProgram};
 use crate::tir::ir::Func;
 
-/// One kernel and its schedule.
+/// One kernel and, for a GEMM, its schedule.
 pub struct Kernel {
     /// What it computes.
-    pub problem: GemmProblem,
-    /// How.
-    pub schedule: GemmSchedule,
+    pub problem: KernelProblem,
+    /// How (GEMMs only).
+    pub schedule: Option<GemmSchedule>,
+}
+
+impl Kernel {
+    /// The GEMM and its schedule, if this kernel is one.
+    pub fn gemm(&self) -> Option<(&GemmProblem, &GemmSchedule)> {
+        match (&self.problem, &self.schedule) {
+            (KernelProblem::Gemm(p), Some(s)) => Some((p, s)),
+            _ => None,
+        }
+    }
 }
 
 /// Every stage's result.
@@ -103,17 +113,18 @@ pub fn compile_at(f: &Func, t: &Target, schedule: Option<GemmSchedule>, level: O
     let optimized = optimize(f, t, level)?;
     let f = &optimized;
     let mut kernels = Vec::new();
-    for problem in gemm::plan(f).map_err(|e| e.0)? {
-        let schedule = match schedule {
-            Some(s) => {
-                gemm::check(&problem, &s, t).map_err(|e| format!("illegal schedule: {}", e.0))?;
-                s
+    for problem in crate::lower::plan(f).map_err(|e| e.0)? {
+        let chosen = match (&problem, schedule) {
+            (KernelProblem::Gemm(p), Some(s)) => {
+                gemm::check(p, &s, t).map_err(|e| format!("illegal schedule: {}", e.0))?;
+                Some(s)
             }
-            None => gemm::choose(&problem, t).map_err(|e| e.0)?,
+            (KernelProblem::Gemm(p), None) => Some(gemm::choose(p, t).map_err(|e| e.0)?),
+            _ => None,
         };
-        kernels.push(Kernel { problem, schedule });
+        kernels.push(Kernel { problem, schedule: chosen });
     }
-    let tiles = link(f, kernels.iter().map(|k| gemm::lower(&k.problem, &k.schedule)).collect());
+    let tiles = link(f, kernels.iter().map(|k| k.problem.lower(t, k.schedule.as_ref())).collect());
     let bytes = |role| {
         tiles
             .tensors
@@ -128,7 +139,15 @@ pub fn compile_at(f: &Func, t: &Target, schedule: Option<GemmSchedule>, level: O
         ..RooflineInputs::default()
     };
     for k in &kernels {
-        let p = &k.problem;
+        if let KernelProblem::Map(p) = &k.problem {
+            let transcendental_steps = p
+                .steps
+                .iter()
+                .filter(|(s, _)| matches!(s, gemm::EpilogueStep::Activate(f) if f.is_transcendental()))
+                .count() as u64;
+            roof.transcendentals += transcendental_steps * p.shape.iter().product::<u64>();
+        }
+        let Some((p, _)) = k.gemm() else { continue };
         let flops = 2 * p.batch_map.len() as u64 * p.m * p.k * p.n;
         match p.operand.size_bytes() {
             1 => roof.flops_8bit += flops,
@@ -148,10 +167,30 @@ pub fn compile_at(f: &Func, t: &Target, schedule: Option<GemmSchedule>, level: O
 }
 
 /// The `kernels` listing.
-pub fn kernels_text(c: &Compiled) -> String {
+pub fn kernels_text(c: &Compiled, t: &Target) -> String {
     let mut out = String::new();
     for k in &c.kernels {
-        let p = &k.problem;
+        let (p, schedule) = match (&k.problem, k.gemm()) {
+            (_, Some(g)) => g,
+            (KernelProblem::Map(m), _) => {
+                let steps: Vec<&str> =
+                    m.steps.iter().map(|(_, t)| t.as_str()).chain(m.cast.as_ref().map(|c| c.1.as_str())).collect();
+                out += &format!(
+                    "kernel map: {} over %{} {:?} {}\n  blocks of {} columns\n",
+                    steps.join("; "),
+                    m.input,
+                    m.shape,
+                    m.dtype,
+                    m.width(t)
+                );
+                continue;
+            }
+            (KernelProblem::Transpose(tp), _) => {
+                out += &format!("kernel transpose: {} {:?} {}\n", tp.text, tp.shape, tp.dtype);
+                continue;
+            }
+            (KernelProblem::Gemm(_), None) => unreachable!("GEMMs have schedules"),
+        };
         let batch = if p.batch.is_empty() { String::new() } else { format!(" batch = {:?},", p.batch) };
         let cast = p.cast.map_or(String::new(), |d| format!(" then cast to {d}"));
         let epilogue = if p.epilogue.is_empty() {
@@ -162,7 +201,7 @@ pub fn kernels_text(c: &Compiled) -> String {
         };
         out += &format!(
             "kernel gemm: {}\n  M = {}, N = {}, K = {},{batch} operands {}, result {}{cast}\n{epilogue}  schedule: {}\n",
-            p.text, p.m, p.n, p.k, p.operand, p.result, k.schedule
+            p.text, p.m, p.n, p.k, p.operand, p.result, schedule
         );
     }
     out

@@ -208,8 +208,14 @@ fn load_schedule(
     let text = String::from_utf8(read_file(path)?)
         .map_err(|_| Failure::Input(format!("error: {} is not UTF-8", path.display())))?;
     // Unnamed fields keep the first kernel's chosen values; the result applies to every kernel.
-    let kernels = jalc::lower::gemm::plan(func).map_err(|e| Failure::Input(format!("error: {}", e.0)))?;
-    let base = jalc::lower::gemm::choose(&kernels[0], target).map_err(|e| Failure::Input(format!("error: {}", e.0)))?;
+    let kernels = jalc::lower::plan(func).map_err(|e| Failure::Input(format!("error: {}", e.0)))?;
+    let Some(first) = kernels.iter().find_map(|k| match k {
+        jalc::lower::KernelProblem::Gemm(p) => Some(p),
+        _ => None,
+    }) else {
+        return Err(Failure::Input(format!("error: {}: the program has no GEMM kernel to schedule", path.display())));
+    };
+    let base = jalc::lower::gemm::choose(first, target).map_err(|e| Failure::Input(format!("error: {}", e.0)))?;
     jalc::driver::parse_schedule(&text, base)
         .map(Some)
         .map_err(|e| Failure::Input(format!("error: {}: {e}", path.display())))
@@ -246,7 +252,7 @@ fn compile(
     let compiled = jalc::driver::compile_at(&func, &t, sched, opt)
         .map_err(|e| Failure::Input(format!("error: {}: {e}", file.display())))?;
     match emit {
-        Some("kernels") => print!("{}", jalc::driver::kernels_text(&compiled)),
+        Some("kernels") => print!("{}", jalc::driver::kernels_text(&compiled, &t)),
         Some("tiles") => print!("{}", compiled.tiles),
         Some("asm") => print!("{}", jpu_isa::jasm::disassemble(&compiled.program)),
         _ => {}

@@ -110,7 +110,7 @@ pub fn verify_at(
     let opts = RunOptions { strict_uninit: true, ..RunOptions::default() };
     let outcome = run(&compiled.program, t, &sim_inputs, &opts).map_err(|fault| VerifyError::Fault(fault.message))?;
     // A chain of kernels accumulates each one's rounding: the contraction lengths add.
-    let k = compiled.kernels.iter().map(|k| k.problem.k).sum::<u64>() as f64;
+    let k = compiled.kernels.iter().filter_map(|k| k.gemm()).map(|(p, _)| p.k).sum::<u64>().max(1) as f64;
     let (mut max_abs, mut max_rel, mut mismatches, mut first) = (0.0f64, 0.0f64, 0u64, None);
     for (r, want) in f.results.iter().zip(&reference) {
         let name = &f.node(*r).name;

@@ -24,7 +24,7 @@ fn compile_stage_snapshots() {
             "== parsed\n{}\n== opt\n{}\n== kernels\n{}\n== tiles\n{}\n== asm\n{}\n== verify\ncycles {}, roofline {} ({:.1}%)\n",
             tir::printer::print(&f),
             tir::printer::print(&c.optimized),
-            driver::kernels_text(&c),
+            driver::kernels_text(&c, &t),
             c.tiles,
             jpu_isa::jasm::disassemble(&c.program),
             v.report.cycles,

@@ -142,119 +142,59 @@ impl fmt::Display for GemmSchedule {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unsupported(pub String);
 
-fn chip(t: ScalarType, what: &str) -> Result<DType, Unsupported> {
+pub(crate) fn chip(t: ScalarType, what: &str) -> Result<DType, Unsupported> {
     t.chip().ok_or_else(|| Unsupported(format!("{what} of type {t} cannot live in HBM")))
 }
 
 /// What code generation covers, for error messages.
-const SUPPORTED: &str = "this compiler version compiles matmuls of parameters or of other matmuls' results, each optionally followed by elementwise steps on its result (bias, activation, residual, scalar) and a cast";
+pub(crate) const SUPPORTED: &str = "this compiler version compiles matmuls, elementwise ops (binary, activation-engine functions, casts) and transposes of the last two dims, over parameters and earlier results";
 
-/// Splits a function into GEMM kernels in execution order: each matmul with the
-/// elementwise steps that consume its result one after another (each step's input
-/// used only by the next step and not returned). Kernel outputs that the function
-/// does not return live in HBM scratch between kernels.
-pub fn plan(f: &Func) -> Result<Vec<GemmProblem>, Unsupported> {
-    let n = f.nodes.len();
-    // Consumers of each value (`mul(%x, %x)` is one).
-    let mut uses = vec![0usize; n];
-    for node in &f.nodes {
-        let mut seen: Vec<ValueId> = Vec::new();
-        for o in &node.operands {
-            if let Operand::Value(v) = o {
-                if !seen.contains(v) {
-                    seen.push(*v);
-                    uses[v.0 as usize] += 1;
-                }
-            }
-        }
-    }
-    // Values in HBM: parameters, then each kernel's output once it is planned.
-    let mut in_hbm: Vec<bool> = (0..n).map(|i| i < f.num_params).collect();
-    let mut fused = vec![false; n];
-    let mut kernels = Vec::new();
-    for i in f.num_params..n {
-        if fused[i] {
-            continue;
-        }
-        let node = &f.nodes[i];
-        if !matches!(node.op, Op::Matmul { .. }) {
-            return Err(Unsupported(format!(
-                "`%{} = {}` is not supported yet: {SUPPORTED}",
-                node.name,
-                node.op.name()
-            )));
-        }
-        let (problem, out) = gemm_kernel(f, i, &uses, &in_hbm)?;
-        for (flag, node) in fused.iter_mut().zip(&f.nodes).take(out + 1).skip(i) {
-            if problem.step_names.contains(&node.name) {
-                *flag = true;
-            }
-        }
-        in_hbm[out] = true;
-        kernels.push(problem);
-    }
-    if let Some(r) = f.results.iter().find(|r| (r.0 as usize) < f.num_params) {
-        return Err(Unsupported(format!(
-            "returning the parameter `%{}` unchanged is not supported yet: {SUPPORTED}",
-            f.node(*r).name
-        )));
-    }
-    if kernels.is_empty() {
-        return Err(Unsupported(SUPPORTED.into()));
-    }
-    Ok(kernels)
+/// A chain of elementwise steps, each consuming the previous value.
+pub(crate) struct Chain {
+    pub epilogue: Vec<(EpilogueStep, String)>,
+    pub epilogue_inputs: Vec<EpilogueInput>,
+    /// A final cast and its statement.
+    pub cast: Option<(DType, String)>,
+    /// The values the steps compute.
+    pub step_names: Vec<String>,
+    /// The chain's last value.
+    pub last: ValueId,
 }
 
-/// Recognises a function that is exactly one GEMM kernel.
-pub fn recognise(f: &Func) -> Result<GemmProblem, Unsupported> {
-    let mut kernels = plan(f)?;
-    if kernels.len() != 1 {
-        return Err(Unsupported(format!("the function needs {} kernels; one was expected", kernels.len())));
-    }
-    Ok(kernels.remove(0))
-}
-
-/// The kernel of the matmul at node `mm_index` and the node index of its output.
-fn gemm_kernel(
+/// Collects the elementwise steps after `start` (a value of type `ty`): each reads
+/// the previous value (used by nothing else and not returned) plus parameters,
+/// earlier kernels' outputs or literals. With `first`, that node is the first step
+/// whatever `start`'s other uses.
+pub(crate) fn chain(
     f: &Func,
-    mm_index: usize,
+    start: ValueId,
+    first: Option<usize>,
+    ty: &crate::tir::types::TensorType,
     uses: &[usize],
     in_hbm: &[bool],
-) -> Result<(GemmProblem, usize), Unsupported> {
+) -> Result<Chain, Unsupported> {
     let supported = SUPPORTED;
-    let mm = &f.nodes[mm_index];
-    let (Op::Matmul { transpose_a, transpose_b }, [Operand::Value(a), Operand::Value(b)]) =
-        (&mm.op, mm.operands.as_slice())
-    else {
-        return Err(Unsupported(format!("`{}` is not supported yet: {supported}", mm.op.name())));
-    };
-    for v in [a, b] {
-        if !in_hbm[v.0 as usize] {
-            return Err(Unsupported(format!(
-                "`%{}` reads `%{}`, which is not a parameter or a kernel's output: {supported}",
-                mm.name,
-                f.node(*v).name
-            )));
-        }
-    }
-    let result_dtype = chip(mm.ty.dtype, "the matmul result")?;
-    let (n_cols, c_shape) = (mm.ty.shape[mm.ty.rank() - 1], mm.ty.shape.clone());
+    let result_dtype = chip(ty.dtype, "the result")?;
+    let (n_cols, c_shape) = (ty.shape.last().copied().unwrap_or(1), ty.shape.clone());
     let mut epilogue = Vec::new();
     let mut epilogue_inputs: Vec<EpilogueInput> = Vec::new();
     let mut cast = None;
-    let mut prev = ValueId(mm_index as u32);
-    let mut step_names = vec![mm.name.clone()];
+    let mut prev = start;
+    let mut step_names = Vec::new();
+    let mut first = first;
     loop {
-        if uses[prev.0 as usize] != 1 || f.results.contains(&prev) {
-            break;
-        }
-        let Some((i, n)) = f
-            .nodes
-            .iter()
-            .enumerate()
-            .skip(prev.0 as usize + 1)
-            .find(|(_, n)| n.operands.iter().any(|o| matches!(o, Operand::Value(v) if *v == prev)))
-        else {
+        let next = if let Some(i) = first.take() {
+            Some((i, &f.nodes[i]))
+        } else if uses[prev.0 as usize] != 1 || f.results.contains(&prev) {
+            None
+        } else {
+            f.nodes
+                .iter()
+                .enumerate()
+                .skip(prev.0 as usize + 1)
+                .find(|(_, n)| n.operands.iter().any(|o| matches!(o, Operand::Value(v) if *v == prev)))
+        };
+        let Some((i, n)) = next else {
             break;
         };
         let elementwise = matches!(n.op, Op::Cast { .. } | Op::Binary(_) | Op::Unary(_) | Op::Gelu { .. });
@@ -263,17 +203,15 @@ fn gemm_kernel(
             Operand::Value(v) => *v == prev || in_hbm[v.0 as usize],
             Operand::Scalar(_) => true,
         });
-        if !elementwise || !ready {
+        // A cast ends a chain (steps after it run in the cast's dtype: a kernel of their own).
+        if !elementwise || !ready || cast.is_some() {
             break;
         }
         let here = ValueId(i as u32);
         let uses_prev = |o: &Operand| matches!(o, Operand::Value(v) if *v == prev);
         let not_yet = |why: &str| Unsupported(format!("`%{} = {}` {why}: {supported}", n.name, n.op.name()));
-        if cast.is_some() {
-            return Err(not_yet("after the cast is not supported yet"));
-        }
         if n.ty.shape != c_shape {
-            return Err(not_yet("changes the matmul's shape, which is not supported in an epilogue yet"));
+            return Err(not_yet("changes the shape, which is not supported in a fused chain yet"));
         }
         let args: Vec<String> = n
             .operands
@@ -290,13 +228,13 @@ fn gemm_kernel(
                 cast = Some((to, format!("{text} {{to = {to}}}")));
             }
             (Op::Binary(op), [x, y]) if uses_prev(x) || uses_prev(y) => {
-                if !mm.ty.dtype.is_float() {
-                    return Err(not_yet("on an integer matmul result is not supported yet"));
+                if !ty.dtype.is_float() {
+                    return Err(not_yet("on an integer result is not supported yet"));
                 }
                 let other_first = !uses_prev(x);
                 let other = match if other_first { x } else { y } {
                     _ if uses_prev(x) && uses_prev(y) => EpilogueOperand::Same,
-                    Operand::Scalar(v) => EpilogueOperand::Scalar(crate::eval::round(mm.ty.dtype, *v) as f32),
+                    Operand::Scalar(v) => EpilogueOperand::Scalar(crate::eval::round(ty.dtype, *v) as f32),
                     Operand::Value(v) if in_hbm[v.0 as usize] => {
                         let p = f.node(*v);
                         let row =
@@ -307,7 +245,7 @@ fn gemm_kernel(
                                 p.name, p.ty.shape
                             )));
                         }
-                        if p.ty.dtype != mm.ty.dtype {
+                        if p.ty.dtype != ty.dtype {
                             return Err(not_yet("mixes dtypes"));
                         }
                         let k = epilogue_inputs.iter().position(|e| e.name == p.name).unwrap_or_else(|| {
@@ -339,8 +277,8 @@ fn gemm_kernel(
                 epilogue.push((EpilogueStep::Binary { op, other, other_first }, text));
             }
             (Op::Unary(_) | Op::Gelu { .. }, [x]) if uses_prev(x) => {
-                if !mm.ty.dtype.is_float() {
-                    return Err(not_yet("on an integer matmul result is not supported yet"));
+                if !ty.dtype.is_float() {
+                    return Err(not_yet("on an integer result is not supported yet"));
                 }
                 let func = match &n.op {
                     Op::Unary(UnaryOp::Exp) => ActFunc::Exp,
@@ -366,7 +304,46 @@ fn gemm_kernel(
         step_names.push(n.name.clone());
         prev = here;
     }
-    let result = prev;
+    let (cast, cast_text) = cast.unzip();
+    Ok(Chain { epilogue, epilogue_inputs, cast: cast.zip(cast_text), step_names, last: prev })
+}
+
+/// Recognises a function that is exactly one GEMM kernel.
+pub fn recognise(f: &Func) -> Result<GemmProblem, Unsupported> {
+    let mut kernels = super::plan(f)?;
+    match (kernels.len(), kernels.pop()) {
+        (1, Some(super::KernelProblem::Gemm(p))) => Ok(p),
+        (n, _) => Err(Unsupported(format!("the function needs {n} kernels; one GEMM was expected"))),
+    }
+}
+
+/// The kernel of the matmul at node `mm_index` and the node index of its output.
+pub(crate) fn gemm_kernel(
+    f: &Func,
+    mm_index: usize,
+    uses: &[usize],
+    in_hbm: &[bool],
+) -> Result<(GemmProblem, usize), Unsupported> {
+    let supported = SUPPORTED;
+    let mm = &f.nodes[mm_index];
+    let (Op::Matmul { transpose_a, transpose_b }, [Operand::Value(a), Operand::Value(b)]) =
+        (&mm.op, mm.operands.as_slice())
+    else {
+        return Err(Unsupported(format!("`{}` is not supported yet: {supported}", mm.op.name())));
+    };
+    for v in [a, b] {
+        if !in_hbm[v.0 as usize] {
+            return Err(Unsupported(format!(
+                "`%{}` reads `%{}`, which is not a parameter or a kernel's output: {supported}",
+                mm.name,
+                f.node(*v).name
+            )));
+        }
+    }
+    let result_dtype = chip(mm.ty.dtype, "the matmul result")?;
+    let Chain { epilogue, epilogue_inputs, cast, mut step_names, last: result } =
+        chain(f, ValueId(mm_index as u32), None, &mm.ty, uses, in_hbm)?;
+    step_names.insert(0, mm.name.clone());
     let (cast, cast_text) = cast.unzip();
     let (an, bn) = (f.node(*a), f.node(*b));
     let (ra, rb) = (an.ty.rank(), bn.ty.rank());

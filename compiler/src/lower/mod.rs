@@ -10,13 +10,158 @@
 //! dependencies allow.
 
 pub mod gemm;
+pub mod map;
+pub mod transpose;
 
 use std::fmt::{self, Write as _};
 
 use jpu_isa::operand::Space;
 use jpu_isa::operand::{ActFunc, AluOp};
 use jpu_isa::program::Role;
-use jpu_isa::DType;
+use jpu_isa::{DType, Target};
+
+use crate::tir::ir::{Func, Op, Operand, ValueId};
+use gemm::{GemmProblem, Unsupported, SUPPORTED};
+use map::MapProblem;
+use transpose::TransposeProblem;
+
+/// One kernel of a compiled function.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KernelProblem {
+    /// A matmul with its fused elementwise chain.
+    Gemm(GemmProblem),
+    /// A chain of elementwise ops.
+    Map(MapProblem),
+    /// A swap of the last two dims.
+    Transpose(TransposeProblem),
+}
+
+impl KernelProblem {
+    /// The IR values the kernel computes.
+    pub fn step_names(&self) -> Vec<String> {
+        match self {
+            KernelProblem::Gemm(p) => p.step_names.clone(),
+            KernelProblem::Map(p) => p.step_names.clone(),
+            KernelProblem::Transpose(p) => vec![p.output.clone()],
+        }
+    }
+
+    /// The kernel's tile program (GEMMs need a schedule).
+    pub fn lower(&self, t: &Target, schedule: Option<&gemm::GemmSchedule>) -> TileProgram {
+        match (self, schedule) {
+            (KernelProblem::Gemm(p), Some(s)) => gemm::lower(p, s),
+            (KernelProblem::Gemm(p), None) => {
+                gemm::lower(p, &gemm::choose(p, t).expect("a schedule was chosen when planning"))
+            }
+            (KernelProblem::Map(p), _) => map::lower(p, t),
+            (KernelProblem::Transpose(p), _) => transpose::lower(p, t),
+        }
+    }
+}
+
+/// Splits a function into kernels in execution order: each matmul with the
+/// elementwise steps that consume its result one after another (each step's input
+/// used only by the next step and not returned), each remaining elementwise chain,
+/// and each transpose of the last two dims. Kernel outputs that the function does
+/// not return live in HBM scratch between kernels.
+pub fn plan(f: &Func) -> Result<Vec<KernelProblem>, Unsupported> {
+    let n = f.nodes.len();
+    // Consumers of each value (`mul(%x, %x)` is one).
+    let mut uses = vec![0usize; n];
+    for node in &f.nodes {
+        let mut seen: Vec<ValueId> = Vec::new();
+        for o in &node.operands {
+            if let Operand::Value(v) = o {
+                if !seen.contains(v) {
+                    seen.push(*v);
+                    uses[v.0 as usize] += 1;
+                }
+            }
+        }
+    }
+    // Values in HBM: parameters, then each kernel's output once it is planned.
+    let mut in_hbm: Vec<bool> = (0..n).map(|i| i < f.num_params).collect();
+    let mut fused = vec![false; n];
+    let mut kernels = Vec::new();
+    for i in f.num_params..n {
+        if fused[i] {
+            continue;
+        }
+        let node = &f.nodes[i];
+        let not_yet = |why: &str| Unsupported(format!("`%{} = {}` {why}: {SUPPORTED}", node.name, node.op.name()));
+        let (kernel, out) = match &node.op {
+            Op::Matmul { .. } => {
+                let (p, out) = gemm::gemm_kernel(f, i, &uses, &in_hbm)?;
+                (KernelProblem::Gemm(p), out)
+            }
+            Op::Transpose { perm } => {
+                let r = perm.len();
+                let swaps_last_two =
+                    r >= 2 && perm[r - 2] == r - 1 && perm[r - 1] == r - 2 && (0..r - 2).all(|d| perm[d] == d);
+                let [Operand::Value(x)] = node.operands.as_slice() else { return Err(not_yet("is malformed")) };
+                if !swaps_last_two {
+                    return Err(not_yet("permutes more than the last two dims, which is not supported yet"));
+                }
+                if !in_hbm[x.0 as usize] {
+                    return Err(not_yet("reads a value that is not in HBM"));
+                }
+                let xn = f.node(*x);
+                let p = TransposeProblem {
+                    input: xn.name.clone(),
+                    shape: xn.ty.shape.clone(),
+                    dtype: gemm::chip(xn.ty.dtype, "the transposed tensor")?,
+                    output: node.name.clone(),
+                    text: format!("%{} = transpose(%{})", node.name, xn.name),
+                };
+                (KernelProblem::Transpose(p), i)
+            }
+            Op::Cast { .. } | Op::Binary(_) | Op::Unary(_) | Op::Gelu { .. } => {
+                // The chain runs over the tensor operand with the result's shape.
+                let Some(x) = node.operands.iter().find_map(|o| match o {
+                    Operand::Value(v) if in_hbm[v.0 as usize] && f.node(*v).ty.shape == node.ty.shape => Some(*v),
+                    _ => None,
+                }) else {
+                    return Err(not_yet("has no operand of the result's shape in HBM (broadcasting the main operand is not supported yet)"));
+                };
+                let xt = &f.node(x).ty;
+                let c = gemm::chain(f, x, Some(i), xt, &uses, &in_hbm)?;
+                if c.step_names.is_empty() {
+                    return Err(not_yet("cannot run as an elementwise kernel yet"));
+                }
+                let p = MapProblem {
+                    input: f.node(x).name.clone(),
+                    shape: xt.shape.clone(),
+                    dtype: gemm::chip(xt.dtype, "the operand")?,
+                    steps: c.epilogue,
+                    inputs: c.epilogue_inputs,
+                    cast: c.cast,
+                    output: f.node(c.last).name.clone(),
+                    step_names: c.step_names,
+                };
+                (KernelProblem::Map(p), c.last.0 as usize)
+            }
+            _ => return Err(not_yet("is not supported yet")),
+        };
+        let names = kernel.step_names();
+        for (flag, node) in fused.iter_mut().zip(&f.nodes).take(out + 1).skip(i) {
+            if names.contains(&node.name) {
+                *flag = true;
+            }
+        }
+        in_hbm[out] = true;
+        kernels.push(kernel);
+    }
+    if let Some(r) = f.results.iter().find(|r| (r.0 as usize) < f.num_params) {
+        return Err(Unsupported(format!(
+            "returning the parameter `%{}` unchanged is not supported yet: {SUPPORTED}",
+            f.node(*r).name
+        )));
+    }
+    if kernels.is_empty() {
+        return Err(Unsupported(SUPPORTED.into()));
+    }
+    Ok(kernels)
+}
 
 /// An HBM tensor of the compiled program (a parameter or a result of the function).
 #[derive(Debug, Clone, PartialEq)]

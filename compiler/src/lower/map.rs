@@ -1,0 +1,178 @@
+//! Elementwise kernels: a chain of elementwise steps over one HBM tensor, for
+//! elementwise ops no matmul epilogue absorbs.
+//!
+//! The tensor is viewed as `rows x cols` (its last dim is `cols`); each work item
+//! is a block of up to one partition per row and [`MAX_COLS`] columns (fewer when
+//! the tiles would not fit SRAM): load the
+//! block and each tensor operand's matching block (bias rows by a zero-stride
+//! DMA), run the steps in place on the VE and ACT engines with the IR's rounding
+//! after each, cast, store. Three copies of every tile let the next block's loads
+//! run while this one computes.
+
+use jpu_isa::operand::Space;
+use jpu_isa::program::Role;
+use jpu_isa::{DType, Target};
+
+use super::gemm::{EpilogueInput, EpilogueOperand, EpilogueStep};
+use super::{BufSlice, Buffer, BufferId, HbmBox, HbmTensor, TileOp, TileProgram};
+
+/// Widest block, in elements per partition.
+pub const MAX_COLS: u64 = 512;
+/// Copies of every tile.
+const COPIES: u32 = 3;
+
+/// An elementwise kernel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MapProblem {
+    /// The tensor the first step reads (shape of the result).
+    pub input: String,
+    /// Its shape.
+    pub shape: Vec<u64>,
+    /// Its element type (each step's result type).
+    pub dtype: DType,
+    /// The steps, with the IR statement of each.
+    pub steps: Vec<(EpilogueStep, String)>,
+    /// Tensor operands of the steps.
+    pub inputs: Vec<EpilogueInput>,
+    /// A final cast and its statement.
+    pub cast: Option<(DType, String)>,
+    /// The result's name.
+    pub output: String,
+    /// The IR values the kernel computes.
+    pub step_names: Vec<String>,
+}
+
+impl MapProblem {
+    /// Rows and columns of the 2-D view.
+    pub fn view(&self) -> (u64, u64) {
+        let cols = self.shape.last().copied().unwrap_or(1);
+        (self.shape.iter().product::<u64>() / cols.max(1), cols)
+    }
+
+    /// Columns per block: up to [`MAX_COLS`], fewer when every tile's copies would
+    /// not fit one SRAM partition.
+    pub fn width(&self, t: &Target) -> u64 {
+        let per_col = self.dtype.size_bytes() as u64
+            + self.inputs.iter().map(|e| e.dtype.size_bytes() as u64).sum::<u64>()
+            + self.cast.as_ref().map_or(0, |c| c.0.size_bytes() as u64);
+        // Each copy is padded to 64 bytes by the allocator.
+        let tiles = 1 + self.inputs.len() as u64 + self.cast.is_some() as u64;
+        let cap = (t.sram.partition_bytes as u64).saturating_sub(64 * COPIES as u64 * tiles);
+        let fit = cap / (COPIES as u64 * per_col);
+        MAX_COLS.min(fit).min(self.view().1).max(1)
+    }
+
+    /// The dtype stored to HBM.
+    pub fn output_dtype(&self) -> DType {
+        self.cast.as_ref().map_or(self.dtype, |c| c.0)
+    }
+}
+
+/// Lowers an elementwise kernel to a tile program.
+pub fn lower(p: &MapProblem, t: &Target) -> TileProgram {
+    let (rows, cols) = p.view();
+    let parts = (t.sram.partitions as u64).min(rows).max(1);
+    let width = p.width(t);
+    let mut tensors =
+        vec![HbmTensor { name: p.input.clone(), dtype: p.dtype, shape: p.shape.clone(), role: Role::Input }];
+    tensors.extend(p.inputs.iter().map(|e| HbmTensor {
+        name: e.name.clone(),
+        dtype: e.dtype,
+        shape: e.shape.clone(),
+        role: Role::Input,
+    }));
+    let out_tensor = tensors.len();
+    tensors.push(HbmTensor {
+        name: p.output.clone(),
+        dtype: p.output_dtype(),
+        shape: p.shape.clone(),
+        role: Role::Output,
+    });
+    let tile = |name: String, dtype| Buffer {
+        name,
+        space: Space::Sram,
+        dtype,
+        parts: parts as u32,
+        free: width as u32,
+        copies: COPIES,
+    };
+    let mut buffers = vec![tile("x_tile".into(), p.dtype)];
+    let operand_bufs: Vec<BufferId> = p
+        .inputs
+        .iter()
+        .map(|e| {
+            buffers.push(tile(format!("{}_{}", if e.row { "row" } else { "res" }, e.name), e.dtype));
+            buffers.len() - 1
+        })
+        .collect();
+    let cast_buf = p.cast.as_ref().map(|(d, _)| {
+        buffers.push(tile("x_cast".into(), *d));
+        buffers.len() - 1
+    });
+    let items: Vec<(u64, u64)> =
+        (0..rows.div_ceil(parts)).flat_map(|r| (0..cols.div_ceil(width)).map(move |c| (r, c))).collect();
+    let block = |j: usize| {
+        let (r, c) = items[j];
+        let (pr, w) = (parts.min(rows - r * parts), width.min(cols - c * width));
+        (r * parts * cols + c * width, c * width, pr as u32, w as u32, j as u32 % COPIES)
+    };
+    let loads = |ops: &mut Vec<(TileOp, u32)>, j: usize| {
+        let (start, col, pr, w, copy) = block(j);
+        let slice = |buf| BufSlice { buf, copy, parts: pr, offset: 0, len: w };
+        ops.push((
+            TileOp::Load { dst: slice(0), src: HbmBox { tensor: 0, start, rows: pr, row_stride: cols, cols: w } },
+            0,
+        ));
+        for (e, input) in p.inputs.iter().enumerate() {
+            let src = if input.row {
+                HbmBox { tensor: 1 + e, start: col, rows: pr, row_stride: 0, cols: w }
+            } else {
+                HbmBox { tensor: 1 + e, start, rows: pr, row_stride: cols, cols: w }
+            };
+            ops.push((TileOp::Load { dst: slice(operand_bufs[e]), src }, 0));
+        }
+    };
+    let mut ops = Vec::new();
+    if !items.is_empty() {
+        loads(&mut ops, 0);
+    }
+    for j in 0..items.len() {
+        if j + 1 < items.len() {
+            loads(&mut ops, j + 1);
+        }
+        let (start, _, pr, w, copy) = block(j);
+        let x = BufSlice { buf: 0, copy, parts: pr, offset: 0, len: w };
+        for (si, (step, _)) in p.steps.iter().enumerate() {
+            let op = match *step {
+                EpilogueStep::Activate(func) => TileOp::Activate { func, dst: x, src: x },
+                EpilogueStep::Binary { op, other: EpilogueOperand::Scalar(value), other_first } => {
+                    TileOp::Scalar { op, dst: x, src: x, value, reverse: other_first }
+                }
+                EpilogueStep::Binary { op, other: EpilogueOperand::Same, .. } => {
+                    TileOp::Binary { op, dst: x, a: x, b: x }
+                }
+                EpilogueStep::Binary { op, other: EpilogueOperand::Tensor(e), other_first } => {
+                    let other = BufSlice { buf: operand_bufs[e], copy, parts: pr, offset: 0, len: w };
+                    let (a, b) = if other_first { (other, x) } else { (x, other) };
+                    TileOp::Binary { op, dst: x, a, b }
+                }
+            };
+            ops.push((op, si as u32));
+        }
+        let last = p.steps.len().max(1) as u32 - 1;
+        let out = match cast_buf {
+            Some(cb) => {
+                let cast = BufSlice { buf: cb, copy, parts: pr, offset: 0, len: w };
+                ops.push((TileOp::Copy { dst: cast, src: x }, p.steps.len() as u32));
+                cast
+            }
+            None => x,
+        };
+        let debug = if p.cast.is_some() { p.steps.len() as u32 } else { last };
+        let dst = HbmBox { tensor: out_tensor, start, rows: pr, row_stride: cols, cols: w };
+        ops.push((TileOp::Store { dst, src: out }, debug));
+    }
+    let mut debug_ops: Vec<String> = p.steps.iter().map(|(_, text)| text.clone()).collect();
+    debug_ops.extend(p.cast.as_ref().map(|c| c.1.clone()));
+    TileProgram { tensors, buffers, ops, debug_ops }
+}

@@ -1,0 +1,90 @@
+//! Transpose kernels: swap the last two dims of an HBM tensor on the PE.
+//!
+//! Per batch index, each block of up to `min(pe.rows, pe.cols)` square is loaded
+//! (rows on partitions), transposed exactly by the PE into PSUM (f32 or i32),
+//! copied by the VE into the tensor's dtype (exact: every value came from it) and
+//! stored to the mirrored block. Three SRAM copies and two PSUM banks let loads,
+//! transposes and stores of neighbouring blocks overlap.
+
+use jpu_isa::operand::Space;
+use jpu_isa::program::Role;
+use jpu_isa::{DType, Target};
+
+use super::{BufSlice, Buffer, HbmBox, HbmTensor, TileOp, TileProgram};
+
+/// A transpose kernel: `output[.., j, i] = input[.., i, j]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransposeProblem {
+    /// Input name.
+    pub input: String,
+    /// Input shape (rank >= 2).
+    pub shape: Vec<u64>,
+    /// Element type.
+    pub dtype: DType,
+    /// Output name.
+    pub output: String,
+    /// The IR statement.
+    pub text: String,
+}
+
+/// Lowers a transpose kernel to a tile program.
+pub fn lower(p: &TransposeProblem, t: &Target) -> TileProgram {
+    let r = p.shape.len();
+    let (rows, cols) = (p.shape[r - 2], p.shape[r - 1]);
+    let batches: u64 = p.shape[..r - 2].iter().product();
+    let mut out_shape = p.shape.clone();
+    out_shape.swap(r - 2, r - 1);
+    let tb = t.pe.rows.min(t.pe.cols) as u64;
+    let tensors = vec![
+        HbmTensor { name: p.input.clone(), dtype: p.dtype, shape: p.shape.clone(), role: Role::Input },
+        HbmTensor { name: p.output.clone(), dtype: p.dtype, shape: out_shape, role: Role::Output },
+    ];
+    let block = |name: &str, space, dtype, copies| Buffer {
+        name: name.into(),
+        space,
+        dtype,
+        parts: tb.min(rows.max(cols)) as u32,
+        free: tb.min(rows.max(cols)) as u32,
+        copies,
+    };
+    let buffers = vec![
+        block("t_in", Space::Sram, p.dtype, 3),
+        block("t_psum", Space::Psum, p.dtype.accumulator(), 2),
+        block("t_out", Space::Sram, p.dtype, 3),
+    ];
+    let items: Vec<(u64, u64, u64)> = (0..batches)
+        .flat_map(|b| (0..rows.div_ceil(tb)).flat_map(move |i| (0..cols.div_ceil(tb)).map(move |j| (b, i, j))))
+        .collect();
+    let load = |ops: &mut Vec<(TileOp, u32)>, k: usize| {
+        let (b, i, j) = items[k];
+        let (pr, pc) = (tb.min(rows - i * tb), tb.min(cols - j * tb));
+        let src = HbmBox {
+            tensor: 0,
+            start: b * rows * cols + i * tb * cols + j * tb,
+            rows: pr as u32,
+            row_stride: cols,
+            cols: pc as u32,
+        };
+        let dst = BufSlice { buf: 0, copy: k as u32 % 3, parts: pr as u32, offset: 0, len: pc as u32 };
+        ops.push((TileOp::Load { dst, src }, 0));
+    };
+    let mut ops = Vec::new();
+    if !items.is_empty() {
+        load(&mut ops, 0);
+    }
+    for (k, &(b, i, j)) in items.iter().enumerate() {
+        if k + 1 < items.len() {
+            load(&mut ops, k + 1);
+        }
+        let (pr, pc) = (tb.min(rows - i * tb) as u32, tb.min(cols - j * tb) as u32);
+        let src = BufSlice { buf: 0, copy: k as u32 % 3, parts: pr, offset: 0, len: pc };
+        let psum = BufSlice { buf: 1, copy: k as u32 % 2, parts: pc, offset: 0, len: pr };
+        let staged = BufSlice { buf: 2, copy: k as u32 % 3, parts: pc, offset: 0, len: pr };
+        ops.push((TileOp::Transpose { dst: psum, src }, 0));
+        ops.push((TileOp::Copy { dst: staged, src: psum }, 0));
+        let dst =
+            HbmBox { tensor: 1, start: b * rows * cols + j * tb * rows + i * tb, rows: pc, row_stride: rows, cols: pr };
+        ops.push((TileOp::Store { dst, src: staged }, 0));
+    }
+    TileProgram { tensors, buffers, ops, debug_ops: vec![p.text.clone()] }
+}
