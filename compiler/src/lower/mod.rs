@@ -62,13 +62,28 @@ impl KernelProblem {
 /// Splits a function into kernels in execution order: each matmul with the
 /// elementwise steps that consume its result one after another (each step's input
 /// used only by the next step and not returned), each remaining elementwise chain,
-/// and each transpose of the last two dims. Kernel outputs that the function does
-/// not return live in HBM scratch between kernels.
+/// and each transpose of the last two dims; values no result needs are dropped.
+/// Kernel outputs that the function does not return live in HBM scratch between
+/// kernels.
 pub fn plan(f: &Func) -> Result<Vec<KernelProblem>, Unsupported> {
     let n = f.nodes.len();
-    // Consumers of each value (`mul(%x, %x)` is one).
+    // Values the results need; the rest is dead code and gets no kernel.
+    let mut live = vec![false; n];
+    for r in &f.results {
+        live[r.0 as usize] = true;
+    }
+    for i in (0..n).rev() {
+        if live[i] {
+            for o in &f.nodes[i].operands {
+                if let Operand::Value(v) = o {
+                    live[v.0 as usize] = true;
+                }
+            }
+        }
+    }
+    // Live consumers of each value (`mul(%x, %x)` is one).
     let mut uses = vec![0usize; n];
-    for node in &f.nodes {
+    for node in f.nodes.iter().zip(&live).filter(|(_, l)| **l).map(|(node, _)| node) {
         let mut seen: Vec<ValueId> = Vec::new();
         for o in &node.operands {
             if let Operand::Value(v) = o {
@@ -84,7 +99,7 @@ pub fn plan(f: &Func) -> Result<Vec<KernelProblem>, Unsupported> {
     let mut fused = vec![false; n];
     let mut kernels = Vec::new();
     for i in f.num_params..n {
-        if fused[i] {
+        if fused[i] || !live[i] {
             continue;
         }
         let node = &f.nodes[i];
