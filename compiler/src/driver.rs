@@ -47,7 +47,8 @@ pub struct Compiled {
     pub program: Program,
 }
 
-/// Optimization level: 0 skips the e-graph, anything else runs it.
+/// Optimization level: 0 skips the e-graph and fusion (every op a kernel of its
+/// own), anything else runs both.
 pub type OptLevel = u8;
 
 /// Runs the optimizer (unless `level` is 0).
@@ -108,12 +109,12 @@ pub fn link(f: &Func, parts: Vec<TileProgram>) -> TileProgram {
     out
 }
 
-/// Compiles at an optimization level. A schedule override applies to every kernel.
+/// Compiles at an optimization level. A schedule override applies to every GEMM kernel.
 pub fn compile_at(f: &Func, t: &Target, schedule: Option<GemmSchedule>, level: OptLevel) -> Result<Compiled, String> {
     let optimized = optimize(f, t, level)?;
     let f = &optimized;
     let mut kernels = Vec::new();
-    for problem in crate::lower::plan(f).map_err(|e| e.0)? {
+    for problem in crate::lower::plan_with(f, level > 0).map_err(|e| e.0)? {
         let chosen = match (&problem, schedule) {
             (KernelProblem::Gemm(p), Some(s)) => {
                 gemm::check(p, &s, t).map_err(|e| format!("illegal schedule: {}", e.0))?;

@@ -497,3 +497,35 @@ fn standalone_transpose_and_elementwise_kernels_verify_bit_exactly() {
         }
     }
 }
+
+/// -O0 is the unoptimized baseline: no rewriting and no fusion, every op a kernel
+/// of its own; the default fuses the chain into the GEMM. Both verify.
+#[test]
+fn o0_runs_every_op_as_its_own_kernel() {
+    let src = "func @ffn(%x: bf16[40, 24], %w: bf16[24, 48], %b: bf16[48], %r: bf16[40, 48]) -> bf16[40, 48] {
+         %y = matmul(%x, %w) : bf16[40, 48]
+         %z = add(%y, %b)
+         %g = gelu(%z) {approx = \"tanh\"}
+         %o = add(%g, %r)
+         return %o
+       }";
+    let f = tir::parse_and_check(src).unwrap();
+    let t = Target::builtin("jpu-tiny").unwrap();
+    let kinds = |level| {
+        let c = jalc::driver::compile_at(&f, &t, None, level).unwrap();
+        c.kernels
+            .iter()
+            .map(|k| match k.problem {
+                jalc::lower::KernelProblem::Gemm(_) => "gemm",
+                jalc::lower::KernelProblem::Map(_) => "map",
+                jalc::lower::KernelProblem::Transpose(_) => "transpose",
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(kinds(0), ["gemm", "map", "map", "map"]);
+    assert_eq!(kinds(2), ["gemm"]);
+    for level in [0, 2] {
+        let v = jalc::verify::verify_at(&f, &t, 2, None, level).unwrap();
+        assert!(v.passed && v.max_abs_error == 0.0, "-O{level}: {:?}", v.first_mismatch);
+    }
+}

@@ -164,7 +164,7 @@ pub(crate) struct Chain {
 /// Collects the elementwise steps after `start` (a value of type `ty`): each reads
 /// the previous value (used by nothing else and not returned) plus parameters,
 /// earlier kernels' outputs or literals. With `first`, that node is the first step
-/// whatever `start`'s other uses.
+/// whatever `start`'s other uses. Without `fuse`, only `first` (if any) is taken.
 pub(crate) fn chain(
     f: &Func,
     start: ValueId,
@@ -172,6 +172,7 @@ pub(crate) fn chain(
     ty: &crate::tir::types::TensorType,
     uses: &[usize],
     in_hbm: &[bool],
+    fuse: bool,
 ) -> Result<Chain, Unsupported> {
     let supported = SUPPORTED;
     let result_dtype = chip(ty.dtype, "the result")?;
@@ -185,7 +186,7 @@ pub(crate) fn chain(
     loop {
         let next = if let Some(i) = first.take() {
             Some((i, &f.nodes[i]))
-        } else if uses[prev.0 as usize] != 1 || f.results.contains(&prev) {
+        } else if !fuse || uses[prev.0 as usize] != 1 || f.results.contains(&prev) {
             None
         } else {
             f.nodes
@@ -323,6 +324,7 @@ pub(crate) fn gemm_kernel(
     mm_index: usize,
     uses: &[usize],
     in_hbm: &[bool],
+    fuse: bool,
 ) -> Result<(GemmProblem, usize), Unsupported> {
     let supported = SUPPORTED;
     let mm = &f.nodes[mm_index];
@@ -342,7 +344,7 @@ pub(crate) fn gemm_kernel(
     }
     let result_dtype = chip(mm.ty.dtype, "the matmul result")?;
     let Chain { epilogue, epilogue_inputs, cast, mut step_names, last: result } =
-        chain(f, ValueId(mm_index as u32), None, &mm.ty, uses, in_hbm)?;
+        chain(f, ValueId(mm_index as u32), None, &mm.ty, uses, in_hbm, fuse)?;
     step_names.insert(0, mm.name.clone());
     let (cast, cast_text) = cast.unzip();
     let (an, bn) = (f.node(*a), f.node(*b));

@@ -66,6 +66,12 @@ impl KernelProblem {
 /// Kernel outputs that the function does not return live in HBM scratch between
 /// kernels.
 pub fn plan(f: &Func) -> Result<Vec<KernelProblem>, Unsupported> {
+    plan_with(f, true)
+}
+
+/// [`plan`], optionally without fusion: then every op is a kernel of its own (the
+/// `-O0` baseline that measures what fusion is worth).
+pub fn plan_with(f: &Func, fuse: bool) -> Result<Vec<KernelProblem>, Unsupported> {
     let n = f.nodes.len();
     // Values the results need; the rest is dead code and gets no kernel.
     let mut live = vec![false; n];
@@ -106,7 +112,7 @@ pub fn plan(f: &Func) -> Result<Vec<KernelProblem>, Unsupported> {
         let not_yet = |why: &str| Unsupported(format!("`%{} = {}` {why}: {SUPPORTED}", node.name, node.op.name()));
         let (kernel, out) = match &node.op {
             Op::Matmul { .. } => {
-                let (p, out) = gemm::gemm_kernel(f, i, &uses, &in_hbm)?;
+                let (p, out) = gemm::gemm_kernel(f, i, &uses, &in_hbm, fuse)?;
                 (KernelProblem::Gemm(p), out)
             }
             Op::Transpose { perm } => {
@@ -139,7 +145,7 @@ pub fn plan(f: &Func) -> Result<Vec<KernelProblem>, Unsupported> {
                     return Err(not_yet("has no operand of the result's shape in HBM (broadcasting the main operand is not supported yet)"));
                 };
                 let xt = &f.node(x).ty;
-                let c = gemm::chain(f, x, Some(i), xt, &uses, &in_hbm)?;
+                let c = gemm::chain(f, x, Some(i), xt, &uses, &in_hbm, fuse)?;
                 if c.step_names.is_empty() {
                     return Err(not_yet("cannot run as an elementwise kernel yet"));
                 }

@@ -1,6 +1,7 @@
 //! Optimizer benchmark: one program per rule family, its estimated cost (the
 //! optimizer's cost model) at -O0 and after optimization, and simulated cycles on
-//! jpu1 where the program compiles. Prints the table of docs/performance.md.
+//! jpu1 at -O0 (no rewriting, no fusion: every op a kernel) and -O2. Prints the
+//! table of docs/performance.md.
 //!
 //! `cargo run --release -p jpu-testsuite --bin opt-bench`
 
@@ -37,6 +38,10 @@ fn main() {
         (
             "reassociation (low-rank chain)",
             "func @f(%x: f32[2048, 4096], %a: f32[4096, 64], %b: f32[64, 4096]) -> f32[2048, 4096] {\n  %ab = matmul(%a, %b)\n  %y = matmul(%x, %ab)\n  return %y\n}\n",
+        ),
+        (
+            "epilogue fusion (bias + GELU + residual)",
+            "func @f(%x: bf16[1024, 4096], %w: bf16[4096, 4096], %b: bf16[4096], %r: bf16[1024, 4096]) -> bf16[1024, 4096] {\n  %y = matmul(%x, %w) : bf16[1024, 4096]\n  %z = add(%y, %b)\n  %g = gelu(%z) {approx = \"tanh\"}\n  %o = add(%g, %r)\n  return %o\n}\n",
         ),
     ];
     println!(
