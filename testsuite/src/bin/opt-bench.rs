@@ -40,6 +40,10 @@ fn main() {
             "func @f(%x: f32[2048, 4096], %a: f32[4096, 64], %b: f32[64, 4096]) -> f32[2048, 4096] {\n  %ab = matmul(%a, %b)\n  %y = matmul(%x, %ab)\n  return %y\n}\n",
         ),
         (
+            "horizontal fusion (Q/K/V projections, GQA)",
+            "func @f(%x: bf16[256, 2048], %wq: bf16[2048, 2048], %wk: bf16[2048, 512], %wv: bf16[2048, 512]) -> (bf16[256, 2048], bf16[256, 512], bf16[256, 512]) {\n  %q = matmul(%x, %wq) : bf16[256, 2048]\n  %k = matmul(%x, %wk) : bf16[256, 512]\n  %v = matmul(%x, %wv) : bf16[256, 512]\n  return %q, %k, %v\n}\n",
+        ),
+        (
             "epilogue fusion (bias + GELU + residual)",
             "func @f(%x: bf16[1024, 4096], %w: bf16[4096, 4096], %b: bf16[4096], %r: bf16[1024, 4096]) -> bf16[1024, 4096] {\n  %y = matmul(%x, %w) : bf16[1024, 4096]\n  %z = add(%y, %b)\n  %g = gelu(%z) {approx = \"tanh\"}\n  %o = add(%g, %r)\n  return %o\n}\n",
         ),
