@@ -174,13 +174,18 @@ pub fn kernels_text(c: &Compiled, t: &Target) -> String {
         let (p, schedule) = match (&k.problem, k.gemm()) {
             (_, Some(g)) => g,
             (KernelProblem::Map(m), _) => {
-                let steps: Vec<&str> =
-                    m.steps.iter().map(|(_, t)| t.as_str()).chain(m.cast.as_ref().map(|c| c.1.as_str())).collect();
+                let reshape = (m.input_shape != m.shape).then(|| format!("reshape to {:?}", m.shape));
+                let steps: Vec<&str> = reshape
+                    .iter()
+                    .map(String::as_str)
+                    .chain(m.steps.iter().map(|(_, t)| t.as_str()))
+                    .chain(m.cast.as_ref().map(|c| c.1.as_str()))
+                    .collect();
                 out += &format!(
                     "kernel map: {} over %{} {:?} {}\n  blocks of {} columns\n",
                     steps.join("; "),
                     m.input,
-                    m.shape,
+                    m.input_shape,
                     m.dtype,
                     m.width(t)
                 );

@@ -112,10 +112,19 @@ pub fn verify_at(
     // A chain of kernels accumulates each one's rounding: the contraction lengths add.
     let k = compiled.kernels.iter().filter_map(|k| k.gemm()).map(|(p, _)| p.k).sum::<u64>().max(1) as f64;
     let (mut max_abs, mut max_rel, mut mismatches, mut first) = (0.0f64, 0.0f64, 0u64, None);
-    for (r, want) in f.results.iter().zip(&reference) {
+    // Results pair by position: rewriting may merge a result into another value,
+    // whose name the program's output then carries.
+    let opt = &compiled.optimized;
+    for ((r, compiled_r), want) in f.results.iter().zip(&opt.results).zip(&reference) {
         let name = &f.node(*r).name;
+        let output = &opt.node(*compiled_r).name;
         let dtype = want.ty.dtype.chip().ok_or_else(|| VerifyError::Compile(format!("result `%{name}` is i1")))?;
-        let bytes = &outcome.outputs.iter().find(|(n, _)| n == name).expect("every result is an output").1;
+        let bytes = &outcome
+            .outputs
+            .iter()
+            .find(|(n, _)| n == output)
+            .ok_or_else(|| VerifyError::Compile(format!("internal: result `%{name}` is not an output of the program")))?
+            .1;
         let got: Vec<f64> = bytes
             .chunks_exact(dtype.size_bytes() as usize)
             .map(|c| jpu_isa::numerics::load_f32(dtype, c) as f64)

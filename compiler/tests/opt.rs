@@ -51,6 +51,29 @@ fn transpose_folding_turns_transposes_into_layouts() {
 }
 
 #[test]
+fn reshapes_compose_and_cancel() {
+    // [4, 6] -> [24] -> [4, 6] is the tensor itself; [2, 12] -> [24] -> [3, 8] is one reshape.
+    let out = optimize(
+        "func @f(%x: bf16[4, 6], %w: bf16[6, 8], %z: f32[2, 12]) -> (f32[4, 8], f32[3, 8]) {
+           %flat = reshape(%x) {shape = [24]}
+           %back = reshape(%flat) {shape = [4, 6]}
+           %y = matmul(%back, %w) : f32[4, 8]
+           %zf = reshape(%z) {shape = [24]}
+           %zr = reshape(%zf) {shape = [3, 8]}
+           return %y, %zr
+         }",
+    );
+    assert_eq!(
+        body(&out),
+        [
+            "%y = matmul(%x, %w) {transpose_a = false, transpose_b = false} : f32[4, 8]",
+            "%zr = reshape(%z) {shape = [3, 8]} : f32[3, 8]",
+            "return %y, %zr"
+        ]
+    );
+}
+
+#[test]
 fn double_transposes_cancel() {
     let out = optimize(
         "func @f(%x: f32[8, 4], %y: f32[4, 8]) -> f32[8, 8] {

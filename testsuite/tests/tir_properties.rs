@@ -128,6 +128,7 @@ proptest! {
         let types = |g: &jalc::tir::ir::Func| g.results.iter().map(|r| g.node(*r).ty.clone()).collect::<Vec<_>>();
         prop_assert_eq!(types(&all.func), types(&f));
         let mut exact = rules::transpose_folding();
+        exact.extend(rules::reshape_cancellation());
         exact.extend(rules::scale_folding());
         let o = optimize_with(&f, &t, Limits::default(), &exact).unwrap();
         let inputs: Vec<Tensor> = f

@@ -147,7 +147,7 @@ pub(crate) fn chip(t: ScalarType, what: &str) -> Result<DType, Unsupported> {
 }
 
 /// What code generation covers, for error messages.
-pub(crate) const SUPPORTED: &str = "this compiler version compiles matmuls, elementwise ops (binary, activation-engine functions, casts) and transposes of the last two dims, over parameters and earlier results";
+pub(crate) const SUPPORTED: &str = "this compiler version compiles matmuls, elementwise ops (binary, activation-engine functions, casts), reshapes and transposes of the last two dims, over parameters and earlier results";
 
 /// A chain of elementwise steps, each consuming the previous value.
 pub(crate) struct Chain {

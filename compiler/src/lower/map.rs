@@ -1,5 +1,6 @@
 //! Elementwise kernels: a chain of elementwise steps over one HBM tensor, for
-//! elementwise ops no matmul epilogue absorbs.
+//! elementwise ops no matmul epilogue absorbs, and reshapes (a copy with no steps,
+//! or the first link of a chain: row-major elements are the same in both shapes).
 //!
 //! The tensor is viewed as `rows x cols` (its last dim is `cols`); each work item
 //! is a block of up to one partition per row and [`MAX_COLS`] columns (fewer when
@@ -24,9 +25,12 @@ const COPIES: u32 = 3;
 /// An elementwise kernel.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MapProblem {
-    /// The tensor the first step reads (shape of the result).
+    /// The tensor the first step reads.
     pub input: String,
-    /// Its shape.
+    /// Its declared shape (a reshape's input differs from the result's shape; the
+    /// elements, row-major, are the same).
+    pub input_shape: Vec<u64>,
+    /// The result's shape.
     pub shape: Vec<u64>,
     /// Its element type (each step's result type).
     pub dtype: DType,
@@ -74,7 +78,7 @@ pub fn lower(p: &MapProblem, t: &Target) -> TileProgram {
     let parts = (t.sram.partitions as u64).min(rows).max(1);
     let width = p.width(t);
     let mut tensors =
-        vec![HbmTensor { name: p.input.clone(), dtype: p.dtype, shape: p.shape.clone(), role: Role::Input }];
+        vec![HbmTensor { name: p.input.clone(), dtype: p.dtype, shape: p.input_shape.clone(), role: Role::Input }];
     tensors.extend(p.inputs.iter().map(|e| HbmTensor {
         name: e.name.clone(),
         dtype: e.dtype,
@@ -174,5 +178,8 @@ pub fn lower(p: &MapProblem, t: &Target) -> TileProgram {
     }
     let mut debug_ops: Vec<String> = p.steps.iter().map(|(_, text)| text.clone()).collect();
     debug_ops.extend(p.cast.as_ref().map(|c| c.1.clone()));
+    if debug_ops.is_empty() {
+        debug_ops.push(format!("%{} = reshape(%{})", p.output, p.input));
+    }
     TileProgram { tensors, buffers, ops, debug_ops }
 }

@@ -151,6 +151,7 @@ pub fn plan_with(f: &Func, fuse: bool) -> Result<Vec<KernelProblem>, Unsupported
                 }
                 let p = MapProblem {
                     input: f.node(x).name.clone(),
+                    input_shape: xt.shape.clone(),
                     shape: xt.shape.clone(),
                     dtype: gemm::chip(xt.dtype, "the operand")?,
                     steps: c.epilogue,
@@ -158,6 +159,28 @@ pub fn plan_with(f: &Func, fuse: bool) -> Result<Vec<KernelProblem>, Unsupported
                     cast: c.cast,
                     output: f.node(c.last).name.clone(),
                     step_names: c.step_names,
+                };
+                (KernelProblem::Map(p), c.last.0 as usize)
+            }
+            Op::Reshape { .. } => {
+                let [Operand::Value(x)] = node.operands.as_slice() else { return Err(not_yet("is malformed")) };
+                if !in_hbm[x.0 as usize] {
+                    return Err(not_yet("reads a value that is not in HBM"));
+                }
+                let xn = f.node(*x);
+                let c = gemm::chain(f, ValueId(i as u32), None, &node.ty, &uses, &in_hbm, fuse)?;
+                let mut step_names = vec![node.name.clone()];
+                step_names.extend(c.step_names);
+                let p = MapProblem {
+                    input: xn.name.clone(),
+                    input_shape: xn.ty.shape.clone(),
+                    shape: node.ty.shape.clone(),
+                    dtype: gemm::chip(xn.ty.dtype, "the reshaped tensor")?,
+                    steps: c.epilogue,
+                    inputs: c.epilogue_inputs,
+                    cast: c.cast,
+                    output: f.node(c.last).name.clone(),
+                    step_names,
                 };
                 (KernelProblem::Map(p), c.last.0 as usize)
             }

@@ -8,7 +8,7 @@
 //! - a standalone transpose: its bytes read and written through HBM.
 //! - `mul`/`add` of a matmul's result: fused into its epilogue (the lowering does
 //!   this for single-use chains), so only a tensor operand's bytes; other
-//!   elementwise and other ops: their input and output bytes through HBM.
+//!   elementwise, reshapes and other ops: their input and output bytes through HBM.
 //! - every kernel: a fixed launch cost of one DMA latency.
 //! - parameters, dtype leaves and literals: free.
 
@@ -85,7 +85,7 @@ impl Model {
                 let other = if is_matmul(eg, *a) { b } else { a };
                 ty(other).map_or(0.0, |t| bytes(&t)) / self.bytes_per_cycle
             }
-            TLang::Mul(_) | TLang::Add(_) | TLang::Other(..) => {
+            TLang::Mul(_) | TLang::Add(_) | TLang::Reshape(_) | TLang::Other(..) => {
                 let out = eg.lookup(node.clone()).and_then(|c| eg[c].data.clone());
                 io(out, node)
             }

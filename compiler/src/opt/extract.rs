@@ -152,6 +152,10 @@ pub fn to_func(
     ops: &HashMap<String, Op>,
 ) -> Result<Func, String> {
     let mut names: HashMap<Id, String> = HashMap::new();
+    // Results keep their names (outputs are found by them), then values in order.
+    for r in &f.results {
+        names.entry(eg.find(value_classes[r.0 as usize])).or_insert_with(|| f.node(*r).name.clone());
+    }
     for (v, c) in value_classes.iter().enumerate() {
         names.entry(eg.find(*c)).or_insert_with(|| f.nodes[v].name.clone());
     }
@@ -244,6 +248,11 @@ impl Rebuild<'_> {
                     .map(|v| v.to_string())
                     .collect();
                 format!("transpose({}) {{perm = [{}]}}", self.visit(*x, depth + 1)?, perm.join(", "))
+            }
+            TLang::Reshape([_, x]) => {
+                let dims = eg[c].data.as_ref().map(|t| t.shape.clone()).ok_or("internal: a reshape has no type")?;
+                let dims: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
+                format!("reshape({}) {{shape = [{}]}}", self.visit(*x, depth + 1)?, dims.join(", "))
             }
             TLang::Mul([a, b]) => format!("mul({}, {})", self.visit(*a, depth + 1)?, self.visit(*b, depth + 1)?),
             TLang::Add([a, b]) => format!("add({}, {})", self.visit(*a, depth + 1)?, self.visit(*b, depth + 1)?),

@@ -53,7 +53,8 @@ pub use lang::TLang;
 
 /// The e-graph language. `matmul*` take `(dtype, a, b)`: `_ta`/`_tb`/`_tab` read
 /// A and/or B stored transposed; `t` transposes the last two dims; `mul`/`add` are
-/// elementwise; `Scalar` is a literal; `Leaf` a parameter (`%name|type`) or a dtype;
+/// elementwise; `reshape` takes `(dims, x)` with a `dims:d0,d1,..` leaf; `Scalar` is
+/// a literal; `Leaf` a parameter (`%name|type`), a dtype or a dims list;
 /// `Other` any other op (`op text|type`, its operands as children).
 #[allow(missing_docs)]
 mod lang {
@@ -67,6 +68,7 @@ mod lang {
             "matmul_tb" = MmTb([Id; 3]),
             "matmul_tab" = MmTab([Id; 3]),
             "t" = T(Id),
+            "reshape" = Reshape([Id; 2]),
             "mul" = Mul([Id; 2]),
             "add" = Add([Id; 2]),
             Scalar(Lit),
@@ -149,6 +151,13 @@ impl Analysis<TLang> for Shapes {
                 (Some(x), None) | (None, Some(x)) => Some(x),
                 (None, None) => None,
             },
+            TLang::Reshape([d, x]) => {
+                let dims = egraph[*d].nodes.iter().find_map(|n| match n {
+                    TLang::Leaf(s) => reshape_dims(s.as_str()),
+                    _ => None,
+                })?;
+                Some(TensorType::new(ty(x)?.dtype, dims))
+            }
             TLang::Scalar(_) => None,
             TLang::Leaf(s) | TLang::Other(s, _) => type_suffix(s.as_str()),
         }
@@ -222,6 +231,15 @@ pub mod rules {
         ]
     }
 
+    /// Reshapes compose, and a reshape to the shape a tensor already has is the
+    /// tensor (exact: a reshape moves no element).
+    pub fn reshape_cancellation() -> Vec<Rewrite<TLang, Shapes>> {
+        vec![
+            rw!("reshape-of-reshape"; "(reshape ?d2 (reshape ?d1 ?x))" => "(reshape ?d2 ?x)"),
+            rw!("reshape-to-own-shape"; "(reshape ?d ?x)" => "?x" if reshape_is_identity("?d", "?x")),
+        ]
+    }
+
     /// A power-of-two scale moves between a matmul's result and its operands
     /// (exact, barring overflow), so the cheaper place wins.
     pub fn scale_folding() -> Vec<Rewrite<TLang, Shapes>> {
@@ -248,6 +266,7 @@ pub mod rules {
     /// Every rule.
     pub fn all() -> Vec<Rewrite<TLang, Shapes>> {
         let mut r = transpose_folding();
+        r.extend(reshape_cancellation());
         r.extend(scale_folding());
         r.extend(reassociation());
         r
@@ -265,6 +284,27 @@ pub struct Converted {
     pub values: Vec<Id>,
     /// Opaque symbol -> IR op.
     pub ops: HashMap<String, Op>,
+}
+
+/// The dims of a `dims:d0,d1,..` leaf.
+fn reshape_dims(s: &str) -> Option<Vec<u64>> {
+    let list = s.strip_prefix("dims:")?;
+    if list.is_empty() {
+        return Some(Vec::new());
+    }
+    list.split(',').map(|d| d.parse().ok()).collect()
+}
+
+/// True when `x` already has the shape the `dims` leaf names.
+fn reshape_is_identity(d: &str, x: &str) -> impl Fn(&mut EGraph<TLang, Shapes>, Id, &egg::Subst) -> bool {
+    let (d, x): (egg::Var, egg::Var) = (d.parse().expect("pattern variable"), x.parse().expect("pattern variable"));
+    move |egraph, _, subst| {
+        let dims = egraph[subst[d]].nodes.iter().find_map(|n| match n {
+            TLang::Leaf(s) => reshape_dims(s.as_str()),
+            _ => None,
+        });
+        matches!((dims, egraph[subst[x]].data.as_ref()), (Some(dims), Some(t)) if t.shape == dims)
+    }
 }
 
 fn is_swap_last_two(perm: &[usize]) -> bool {
@@ -295,6 +335,11 @@ pub fn to_egraph_expr(f: &Func) -> Converted {
                 }
             }
             (Op::Transpose { perm }, [x]) if is_swap_last_two(perm) => expr.add(TLang::T(*x)),
+            (Op::Reshape { .. }, [x]) => {
+                let dims: Vec<String> = n.ty.shape.iter().map(|d| d.to_string()).collect();
+                let d = expr.add(TLang::Leaf(Symbol::from(format!("dims:{}", dims.join(",")))));
+                expr.add(TLang::Reshape([d, *x]))
+            }
             (Op::Binary(BinaryOp::Mul), [a, b]) => expr.add(TLang::Mul([*a, *b])),
             (Op::Binary(BinaryOp::Add), [a, b]) => expr.add(TLang::Add([*a, *b])),
             (op, args) => {
