@@ -224,6 +224,14 @@ pub fn parse_schedule(text: &str, base: GemmSchedule) -> Result<GemmSchedule, St
         }
         let (key, value) =
             line.split_once('=').ok_or_else(|| format!("line {}: expected `key = value`, found `{line}`", n + 1))?;
+        if key.trim() == "loop_order" {
+            s.loop_order = match value.trim() {
+                "n_outer" => gemm::LoopOrder::NOuter,
+                "m_outer" => gemm::LoopOrder::MOuter,
+                other => return Err(format!("line {}: loop_order is `n_outer` or `m_outer`, not `{other}`", n + 1)),
+            };
+            continue;
+        }
         let value: u32 =
             value.trim().parse().map_err(|_| format!("line {}: `{}` is not a number", n + 1, value.trim()))?;
         let slot = match key.trim() {
@@ -236,7 +244,7 @@ pub fn parse_schedule(text: &str, base: GemmSchedule) -> Result<GemmSchedule, St
             "psum_banks" => &mut s.psum_banks,
             other => {
                 return Err(format!(
-                    "line {}: unknown schedule field `{other}` (fields: tile_m, tile_n, tile_k, a_buffers, b_buffers, out_buffers, psum_banks)",
+                    "line {}: unknown schedule field `{other}` (fields: tile_m, tile_n, tile_k, a_buffers, b_buffers, out_buffers, psum_banks, loop_order)",
                     n + 1
                 ))
             }

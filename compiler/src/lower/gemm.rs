@@ -1,6 +1,7 @@
 //! The GEMM kernel: `C[batch.., M, N] = A[batch.., M, K] . B[batch.., K, N]`.
 //!
-//! Loop nest (per batch index): for each N-panel of `tile_n` columns, load the B
+//! Loop nest (per batch index, `loop_order = n_outer`; `m_outer` swaps the two
+//! loops): for each N-panel of `tile_n` columns, load the B
 //! panel (every k-tile, resident for the panel); for each M-tile of `tile_m` rows,
 //! load the A rows (every k; used as the PE's transposed stationary operand, so
 //! row-major A needs no transpose), accumulate the k-tiles into one PSUM bank,
@@ -45,6 +46,29 @@ pub struct GemmSchedule {
     pub out_buffers: u32,
     /// PSUM banks used round-robin.
     pub psum_banks: u32,
+    /// Which tile loop is outer (per batch index).
+    pub loop_order: LoopOrder,
+}
+
+/// The order of a GEMM's work items within a batch index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoopOrder {
+    /// For each N-panel, every M-tile: each B panel is loaded once, A tiles are
+    /// reloaded per panel unless every M-tile stays resident.
+    NOuter,
+    /// For each M-tile, every N-panel: each A tile is loaded once, B panels are
+    /// reloaded per M-tile.
+    MOuter,
+}
+
+impl LoopOrder {
+    /// The schedule-file spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            LoopOrder::NOuter => "n_outer",
+            LoopOrder::MOuter => "m_outer",
+        }
+    }
 }
 
 /// The matmul a function computes, as the kernel needs it.
@@ -132,8 +156,15 @@ impl fmt::Display for GemmSchedule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "tile_m = {}, tile_n = {}, tile_k = {}, a_buffers = {}, b_buffers = {}, out_buffers = {}, psum_banks = {}",
-            self.tile_m, self.tile_n, self.tile_k, self.a_buffers, self.b_buffers, self.out_buffers, self.psum_banks
+            "tile_m = {}, tile_n = {}, tile_k = {}, a_buffers = {}, b_buffers = {}, out_buffers = {}, psum_banks = {}, loop_order = {}",
+            self.tile_m,
+            self.tile_n,
+            self.tile_k,
+            self.a_buffers,
+            self.b_buffers,
+            self.out_buffers,
+            self.psum_banks,
+            self.loop_order.name()
         )
     }
 }
@@ -443,6 +474,9 @@ pub fn choose(p: &GemmProblem, t: &Target) -> Result<GemmSchedule, Unsupported> 
         b_buffers: 2,
         out_buffers: 3,
         psum_banks: t.psum.banks.unwrap_or(1).saturating_sub(if p.transpose_b { BT_PSUM_BANKS } else { 0 }).max(1),
+        // The kernel keeps a B panel resident across M-tiles: B, usually the larger
+        // operand, is then read once.
+        loop_order: LoopOrder::NOuter,
     };
     let cap = t.sram.partition_bytes as u64;
     while p.sram_bytes(&s) > cap {
@@ -629,14 +663,21 @@ pub fn lower(p: &GemmProblem, s: &GemmSchedule) -> TileProgram {
     let a_batch_elems = p.m * p.k;
     let b_batch_elems = p.k * p.n;
     // Work items in execution order: (C batch index, N-panel, M-tile).
-    let items: Vec<(usize, u64, u64)> =
-        (0..p.batch_map.len()).flat_map(|ci| (0..nt).flat_map(move |ni| (0..mt).map(move |mi| (ci, ni, mi)))).collect();
+    let items: Vec<(usize, u64, u64)> = match s.loop_order {
+        LoopOrder::NOuter => (0..p.batch_map.len())
+            .flat_map(|ci| (0..nt).flat_map(move |ni| (0..mt).map(move |mi| (ci, ni, mi))))
+            .collect(),
+        LoopOrder::MOuter => (0..p.batch_map.len())
+            .flat_map(|ci| (0..mt).flat_map(move |mi| (0..nt).map(move |ni| (ci, ni, mi))))
+            .collect(),
+    };
     // Which copy holds each item's B panel and A tile, and whether it must be loaded.
     // A tiles stay resident when all M-tiles of a batch fit in the A copies.
     let a_resident = mt <= s.a_buffers as u64;
     let mut plan = Vec::with_capacity(items.len());
     let (mut panels, mut a_loads) = (0u32, 0u32);
     let mut last_panel = None;
+    let mut last_a: Option<(u64, u64)> = None;
     // With resident A, copy mi holds M-tile mi of the batch recorded here.
     let mut a_holds: Vec<Option<u64>> = vec![None; mt as usize];
     for &(ci, ni, mi) in &items {
@@ -651,10 +692,14 @@ pub fn lower(p: &GemmProblem, s: &GemmSchedule) -> TileProgram {
             let load = a_holds[mi as usize] != Some(ab);
             a_holds[mi as usize] = Some(ab);
             (mi as u32, load)
+        } else if last_a == Some((ab, mi)) {
+            // The previous item read the same A tile (M-outer order): reuse it.
+            ((a_loads - 1) % s.a_buffers, false)
         } else {
             a_loads += 1;
             ((a_loads - 1) % s.a_buffers, true)
         };
+        last_a = Some((ab, mi));
         plan.push((new_panel, b_copy, a_copy, load_a));
     }
     // Debug op of each epilogue input: the first step reading it.
