@@ -395,6 +395,16 @@ fn compile_emits_stages_and_binaries_and_verify_passes() {
         "{}",
         String::from_utf8_lossy(&k.stdout)
     );
+    // A schedule for a program without a GEMM kernel is refused.
+    let map_only = temp("map-only.tir");
+    std::fs::write(&map_only, "func @m(%x: f32[4, 8]) -> f32[4, 8] {\n  %y = exp(%x)\n  return %y\n}\n").unwrap();
+    std::fs::write(&sched, "tile_n = 64\n").unwrap();
+    let none =
+        jalc(&["verify", map_only.to_str().unwrap(), "--target", "jpu-tiny", "--schedule", sched.to_str().unwrap()]);
+    assert_eq!(none.status.code(), Some(2));
+    assert!(stderr(&none).contains("has no GEMM kernel to schedule"), "{}", stderr(&none));
+    let plain = jalc(&["verify", map_only.to_str().unwrap(), "--target", "jpu-tiny"]);
+    assert_eq!(plain.status.code(), Some(0), "{}", stderr(&plain));
     // Functions beyond the compiler's current scope, and missing outputs, exit 2.
     let attn = format!("{}/../examples/attention.tir", env!("CARGO_MANIFEST_DIR"));
     let unsupported = jalc(&["compile", &attn, "-o", temp("attn.jbin").to_str().unwrap()]);
