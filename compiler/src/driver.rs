@@ -224,6 +224,21 @@ pub fn parse_schedule(text: &str, base: GemmSchedule) -> Result<GemmSchedule, St
         }
         let (key, value) =
             line.split_once('=').ok_or_else(|| format!("line {}: expected `key = value`, found `{line}`", n + 1))?;
+        if matches!(key.trim(), "a_queue" | "b_queue") {
+            let q =
+                match value.trim() {
+                    "auto" => None,
+                    v => Some(v.parse::<u8>().map_err(|_| {
+                        format!("line {}: {} is `auto` or a queue number, not `{v}`", n + 1, key.trim())
+                    })?),
+                };
+            if key.trim() == "a_queue" {
+                s.a_queue = q;
+            } else {
+                s.b_queue = q;
+            }
+            continue;
+        }
         if key.trim() == "loop_order" {
             s.loop_order = match value.trim() {
                 "n_outer" => gemm::LoopOrder::NOuter,
@@ -244,7 +259,7 @@ pub fn parse_schedule(text: &str, base: GemmSchedule) -> Result<GemmSchedule, St
             "psum_banks" => &mut s.psum_banks,
             other => {
                 return Err(format!(
-                    "line {}: unknown schedule field `{other}` (fields: tile_m, tile_n, tile_k, a_buffers, b_buffers, out_buffers, psum_banks, loop_order)",
+                    "line {}: unknown schedule field `{other}` (fields: tile_m, tile_n, tile_k, a_buffers, b_buffers, out_buffers, psum_banks, loop_order, a_queue, b_queue)",
                     n + 1
                 ))
             }

@@ -154,6 +154,8 @@ fn illegal_schedules_say_which_limit_they_break() {
     assert!(bad("tile_n = 200").contains("tile_n = 200 must be in 1..=128"));
     assert!(bad("psum_banks = 5").contains("psum_banks = 5 must be in 1..=4"));
     assert!(bad("a_buffers = 200").contains("bytes per SRAM partition"));
+    assert!(bad("a_queue = 1").contains("a_queue = 1 must be in 0..=0 (queue 1 carries stores)"));
+    assert!(jalc::driver::parse_schedule("b_queue = fast", base).unwrap_err().contains("`auto` or a queue number"));
     assert!(jalc::driver::parse_schedule("tile_q = 3", base).unwrap_err().contains("unknown schedule field `tile_q`"));
     assert!(jalc::driver::parse_schedule("tile_m 3", base).unwrap_err().contains("expected `key = value`"));
     // A legal override is honoured and still verifies.
@@ -564,4 +566,30 @@ fn both_loop_orders_verify() {
     )
     .unwrap();
     assert!(jalc::driver::parse_schedule("loop_order = k_outer", base).unwrap_err().contains("`n_outer` or `m_outer`"));
+}
+
+/// DMA queues as schedule data: A's and B's loads go where the schedule says
+/// (jpu1 has three load queues and one for stores), and the program verifies.
+#[test]
+fn schedules_assign_dma_queues() {
+    let src = "func @g(%a: bf16[200, 256], %b: bf16[256, 600]) -> f32[200, 600] {\n  %c = matmul(%a, %b) : f32[200, 600]\n  return %c\n}\n";
+    let f = tir::parse_and_check(src).unwrap();
+    let t = Target::builtin("jpu1").unwrap();
+    let p = jalc::lower::gemm::recognise(&f).unwrap();
+    let s =
+        jalc::driver::parse_schedule("a_queue = 2\nb_queue = 0", jalc::lower::gemm::choose(&p, &t).unwrap()).unwrap();
+    let c = jalc::driver::compile(&f, &t, Some(s)).unwrap();
+    let tiles = c.tiles.to_string();
+    assert!(tiles.lines().filter(|l| l.contains("<- a[")).all(|l| l.contains(" on dma2")), "{tiles}");
+    assert!(tiles.lines().filter(|l| l.contains("<- b[")).all(|l| l.contains(" on dma0")), "{tiles}");
+    let asm = jpu_isa::jasm::disassemble(&c.program);
+    let dma2 = asm.split(".stream dma2").nth(1).unwrap().split(".stream").next().unwrap();
+    assert!(dma2.contains("hbm[a") && !dma2.contains("hbm[b"), "{dma2}");
+    let v = jalc::verify::verify(&f, &t, 1, Some(s)).unwrap();
+    assert!(v.passed, "{:?}", v.first_mismatch);
+    let bad = jalc::driver::parse_schedule("b_queue = 3", s).unwrap();
+    assert!(jalc::driver::compile(&f, &t, Some(bad))
+        .err()
+        .unwrap()
+        .contains("b_queue = 3 must be in 0..=2 (queue 3 carries stores)"));
 }

@@ -324,7 +324,7 @@ pub fn compile(tp: &TileProgram, t: &Target, roofline: RooflineInputs) -> Result
     let mut insts: Vec<(Engine, Op, u32)> = Vec::with_capacity(tp.ops.len());
     for (op, debug) in &tp.ops {
         let (engine, inst_op) = match op {
-            TileOp::Load { dst, src } => {
+            TileOp::Load { dst, src, .. } => {
                 let size = tp.tensors[src.tensor].dtype.size_bytes() as u64;
                 let xfer = DmaTransfer {
                     elem_bytes: size as u8,
@@ -400,7 +400,15 @@ pub fn compile(tp: &TileProgram, t: &Target, roofline: RooflineInputs) -> Result
                 (_, true) => vec![queues - 1],
                 (_, false) => (0..queues - 1).collect(),
             };
-            let q = candidates.iter().copied().min_by_key(|&q| (queue_bytes[q], q)).unwrap_or(0);
+            let assigned = match op {
+                TileOp::Load { queue: Some(q), .. } => Some(*q as usize),
+                _ => None,
+            };
+            if let Some(q) = assigned.filter(|&q| q >= queues) {
+                return Err(BackendError(format!("a load is assigned DMA queue {q}; {} has {queues}", t.name)));
+            }
+            let q = assigned
+                .unwrap_or_else(|| candidates.iter().copied().min_by_key(|&q| (queue_bytes[q], q)).unwrap_or(0));
             queue_bytes[q] += xfer.charged_bytes(t.timing.dma.min_run_bytes);
             Engine::dma(q as u8)
         } else {
@@ -543,9 +551,9 @@ mod tests {
             tensors: vec![t("in", Role::Input), t("x", Role::Output), t("y", Role::Output)],
             buffers: vec![b("b0"), b("b1")],
             ops: vec![
-                (TileOp::Load { dst: s(0), src: h(0) }, 0),
+                (TileOp::Load { dst: s(0), src: h(0), queue: None }, 0),
                 (TileOp::Store { dst: h(1), src: s(0) }, 0),
-                (TileOp::Load { dst: s(1), src: h(0) }, 0),
+                (TileOp::Load { dst: s(1), src: h(0), queue: None }, 0),
                 (TileOp::Binary { op: jpu_isa::operand::AluOp::Add, dst: s(1), a: s(1), b: s(1) }, 0),
                 (TileOp::Store { dst: h(2), src: s(1) }, 0),
             ],

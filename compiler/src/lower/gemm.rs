@@ -48,6 +48,10 @@ pub struct GemmSchedule {
     pub psum_banks: u32,
     /// Which tile loop is outer (per batch index).
     pub loop_order: LoopOrder,
+    /// DMA queue for A's loads (`None`: the backend's least-loaded queue).
+    pub a_queue: Option<u8>,
+    /// DMA queue for B's loads (`None`: the backend's least-loaded queue).
+    pub b_queue: Option<u8>,
 }
 
 /// The order of a GEMM's work items within a batch index.
@@ -156,7 +160,7 @@ impl fmt::Display for GemmSchedule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "tile_m = {}, tile_n = {}, tile_k = {}, a_buffers = {}, b_buffers = {}, out_buffers = {}, psum_banks = {}, loop_order = {}",
+            "tile_m = {}, tile_n = {}, tile_k = {}, a_buffers = {}, b_buffers = {}, out_buffers = {}, psum_banks = {}, loop_order = {}, a_queue = {}, b_queue = {}",
             self.tile_m,
             self.tile_n,
             self.tile_k,
@@ -164,7 +168,9 @@ impl fmt::Display for GemmSchedule {
             self.b_buffers,
             self.out_buffers,
             self.psum_banks,
-            self.loop_order.name()
+            self.loop_order.name(),
+            self.a_queue.map_or("auto".to_string(), |q| q.to_string()),
+            self.b_queue.map_or("auto".to_string(), |q| q.to_string())
         )
     }
 }
@@ -477,6 +483,9 @@ pub fn choose(p: &GemmProblem, t: &Target) -> Result<GemmSchedule, Unsupported> 
         // The kernel keeps a B panel resident across M-tiles: B, usually the larger
         // operand, is then read once.
         loop_order: LoopOrder::NOuter,
+        // Queue choice is left to the backend's list scheduler, which balances bytes.
+        a_queue: None,
+        b_queue: None,
     };
     let cap = t.sram.partition_bytes as u64;
     while p.sram_bytes(&s) > cap {
@@ -529,6 +538,20 @@ pub fn check(p: &GemmProblem, s: &GemmSchedule, t: &Target) -> Result<(), Unsupp
             "tile_k = {} must fit the PE transpose ({}x{}) when B is stored transposed",
             s.tile_k, t.pe.rows, t.pe.cols
         ));
+    }
+    // The last queue carries stores when there are two or more.
+    let load_queues = if t.dma.queues > 1 { t.dma.queues - 1 } else { 1 };
+    for (name, q) in [("a_queue", s.a_queue), ("b_queue", s.b_queue)] {
+        if let Some(q) = q {
+            if q as u32 >= load_queues {
+                let why = if t.dma.queues > 1 {
+                    format!(" (queue {} carries stores)", t.dma.queues - 1)
+                } else {
+                    String::new()
+                };
+                return fail(format!("{name} = {q} must be in 0..={}{why}", load_queues - 1));
+            }
+        }
     }
     if s.a_buffers == 0 || s.b_buffers == 0 || s.out_buffers == 0 {
         return fail("buffer counts must be at least 1".into());
@@ -716,7 +739,7 @@ pub fn lower(p: &GemmProblem, s: &GemmSchedule) -> TileProgram {
         // Every partition reads the same N values: a zero row stride.
         let src = HbmBox { tensor: 2 + e, start: 0, rows: s.tile_m, row_stride: 0, cols: p.n as u32 };
         let dst = BufSlice { buf: epi_bufs[e], copy: 0, parts: s.tile_m, offset: 0, len: p.n as u32 };
-        ops.push((TileOp::Load { dst, src }, epilogue_debug[e]));
+        ops.push((TileOp::Load { dst, src, queue: None }, epilogue_debug[e]));
     }
     let emit_loads = |ops: &mut Vec<(TileOp, u32)>, j: usize| {
         let (ci, ni, mi) = items[j];
@@ -738,7 +761,7 @@ pub fn lower(p: &GemmProblem, s: &GemmSchedule) -> TileProgram {
                 };
                 let dst =
                     BufSlice { buf: a_buf, copy: a_copy, parts: kr as u32, offset: (kc * tm) as u32, len: mr as u32 };
-                ops.push((TileOp::Load { dst, src }, 0));
+                ops.push((TileOp::Load { dst, src, queue: s.a_queue }, 0));
             } else if load_a {
                 let src = HbmBox {
                     tensor: 0,
@@ -749,7 +772,7 @@ pub fn lower(p: &GemmProblem, s: &GemmSchedule) -> TileProgram {
                 };
                 let dst =
                     BufSlice { buf: a_buf, copy: a_copy, parts: mr as u32, offset: (kc * tk) as u32, len: kr as u32 };
-                ops.push((TileOp::Load { dst, src }, 0));
+                ops.push((TileOp::Load { dst, src, queue: s.a_queue }, 0));
             }
             if new_panel && !p.transpose_b {
                 let src = HbmBox {
@@ -761,7 +784,7 @@ pub fn lower(p: &GemmProblem, s: &GemmSchedule) -> TileProgram {
                 };
                 let dst =
                     BufSlice { buf: b_buf, copy: b_copy, parts: kr as u32, offset: (kc * tn) as u32, len: nw as u32 };
-                ops.push((TileOp::Load { dst, src }, 0));
+                ops.push((TileOp::Load { dst, src, queue: s.b_queue }, 0));
             }
         }
         for (e, _) in p.epilogue_inputs.iter().enumerate().filter(|(_, i)| !i.row) {
@@ -779,7 +802,7 @@ pub fn lower(p: &GemmProblem, s: &GemmSchedule) -> TileProgram {
                 offset: 0,
                 len: nw as u32,
             };
-            ops.push((TileOp::Load { dst, src }, epilogue_debug[e]));
+            ops.push((TileOp::Load { dst, src, queue: None }, epilogue_debug[e]));
         }
     };
     // Preparing a stored-transposed B panel: load [n, k] chunks (BT_RAW_COPIES
@@ -822,7 +845,7 @@ pub fn lower(p: &GemmProblem, s: &GemmSchedule) -> TileProgram {
                 row_stride: p.k,
                 cols: dst.len,
             };
-            ops.push((TileOp::Load { dst, src }, 0));
+            ops.push((TileOp::Load { dst, src, queue: s.b_queue }, 0));
         };
         let ahead = BT_RAW_COPIES as usize - 1;
         for c in 0..chunks.len().min(ahead) {

@@ -124,7 +124,11 @@ pub fn lower(p: &MapProblem, t: &Target) -> TileProgram {
         let (start, col, pr, w, copy) = block(j);
         let slice = |buf| BufSlice { buf, copy, parts: pr, offset: 0, len: w };
         ops.push((
-            TileOp::Load { dst: slice(0), src: HbmBox { tensor: 0, start, rows: pr, row_stride: cols, cols: w } },
+            TileOp::Load {
+                dst: slice(0),
+                src: HbmBox { tensor: 0, start, rows: pr, row_stride: cols, cols: w },
+                queue: None,
+            },
             0,
         ));
         for (e, input) in p.inputs.iter().enumerate() {
@@ -133,7 +137,7 @@ pub fn lower(p: &MapProblem, t: &Target) -> TileProgram {
             } else {
                 HbmBox { tensor: 1 + e, start, rows: pr, row_stride: cols, cols: w }
             };
-            ops.push((TileOp::Load { dst: slice(operand_bufs[e]), src }, 0));
+            ops.push((TileOp::Load { dst: slice(operand_bufs[e]), src, queue: None }, 0));
         }
     };
     let mut ops = Vec::new();

@@ -283,6 +283,8 @@ pub enum TileOp {
         dst: BufSlice,
         /// Source.
         src: HbmBox,
+        /// The DMA queue a schedule assigned (`None`: the backend chooses).
+        queue: Option<u8>,
     },
     /// SRAM -> HBM (DMA).
     Store {
@@ -371,7 +373,7 @@ impl TileOp {
     pub fn remap(&mut self, buf: impl Fn(BufferId) -> BufferId, tensor: impl Fn(TensorId) -> TensorId) {
         let mut slices: Vec<&mut BufSlice> = Vec::new();
         match self {
-            TileOp::Load { dst, src } => {
+            TileOp::Load { dst, src, .. } => {
                 src.tensor = tensor(src.tensor);
                 slices.push(dst);
             }
@@ -432,7 +434,10 @@ impl fmt::Display for TileProgram {
         }
         for (op, d) in &self.ops {
             let text = match op {
-                TileOp::Load { dst, src } => format!("load {} <- {}", slice_text(self, dst), hbm_text(self, src)),
+                TileOp::Load { dst, src, queue } => {
+                    let on = queue.map_or(String::new(), |q| format!(" on dma{q}"));
+                    format!("load {} <- {}{on}", slice_text(self, dst), hbm_text(self, src))
+                }
                 TileOp::Store { dst, src } => format!("store {} <- {}", hbm_text(self, dst), slice_text(self, src)),
                 TileOp::Matmul { dst, stationary, moving, accumulate, transposed } => format!(
                     "matmul {} {} {}{} . {}",

@@ -66,7 +66,7 @@ pub fn lower(p: &TransposeProblem, t: &Target) -> TileProgram {
             cols: pc as u32,
         };
         let dst = BufSlice { buf: 0, copy: k as u32 % 3, parts: pr as u32, offset: 0, len: pc as u32 };
-        ops.push((TileOp::Load { dst, src }, 0));
+        ops.push((TileOp::Load { dst, src, queue: None }, 0));
     };
     let mut ops = Vec::new();
     if !items.is_empty() {
