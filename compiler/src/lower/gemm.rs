@@ -156,6 +156,27 @@ pub enum EpilogueStep {
     Activate(ActFunc),
 }
 
+impl EpilogueStep {
+    /// The tile op applying this step in place to `tile`; `operand(i)` is the
+    /// slice of epilogue input `i` matching the tile.
+    pub fn tile_op(&self, tile: BufSlice, operand: impl Fn(usize) -> BufSlice) -> TileOp {
+        match *self {
+            EpilogueStep::Activate(func) => TileOp::Activate { func, dst: tile, src: tile },
+            EpilogueStep::Binary { op, other: EpilogueOperand::Scalar(value), other_first } => {
+                TileOp::Scalar { op, dst: tile, src: tile, value, reverse: other_first }
+            }
+            EpilogueStep::Binary { op, other: EpilogueOperand::Same, .. } => {
+                TileOp::Binary { op, dst: tile, a: tile, b: tile }
+            }
+            EpilogueStep::Binary { op, other: EpilogueOperand::Tensor(e), other_first } => {
+                let other = operand(e);
+                let (a, b) = if other_first { (other, tile) } else { (tile, other) };
+                TileOp::Binary { op, dst: tile, a, b }
+            }
+        }
+    }
+}
+
 impl fmt::Display for GemmSchedule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -952,30 +973,13 @@ pub fn lower(p: &GemmProblem, s: &GemmSchedule) -> TileProgram {
         ops.push((TileOp::Copy { dst: staged, src: psum }, 0));
         for (si, (step, _)) in p.epilogue.iter().enumerate() {
             let debug = 1 + si as u32;
-            let op = match *step {
-                EpilogueStep::Activate(func) => TileOp::Activate { func, dst: staged, src: staged },
-                EpilogueStep::Binary { op, other: EpilogueOperand::Scalar(value), other_first } => {
-                    TileOp::Scalar { op, dst: staged, src: staged, value, reverse: other_first }
+            let op = step.tile_op(staged, |e| {
+                if p.epilogue_inputs[e].row {
+                    BufSlice { buf: epi_bufs[e], copy: 0, parts: mr as u32, offset: (ni * tn) as u32, len: nw as u32 }
+                } else {
+                    BufSlice { buf: epi_bufs[e], copy: stage, parts: mr as u32, offset: 0, len: nw as u32 }
                 }
-                EpilogueStep::Binary { op, other: EpilogueOperand::Same, .. } => {
-                    TileOp::Binary { op, dst: staged, a: staged, b: staged }
-                }
-                EpilogueStep::Binary { op, other: EpilogueOperand::Tensor(e), other_first } => {
-                    let other = if p.epilogue_inputs[e].row {
-                        BufSlice {
-                            buf: epi_bufs[e],
-                            copy: 0,
-                            parts: mr as u32,
-                            offset: (ni * tn) as u32,
-                            len: nw as u32,
-                        }
-                    } else {
-                        BufSlice { buf: epi_bufs[e], copy: stage, parts: mr as u32, offset: 0, len: nw as u32 }
-                    };
-                    let (a, b) = if other_first { (other, staged) } else { (staged, other) };
-                    TileOp::Binary { op, dst: staged, a, b }
-                }
-            };
+            });
             ops.push((op, debug));
         }
         let last_step = p.epilogue.len() as u32;

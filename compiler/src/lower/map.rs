@@ -14,7 +14,7 @@ use jpu_isa::operand::Space;
 use jpu_isa::program::Role;
 use jpu_isa::{DType, Target};
 
-use super::gemm::{EpilogueInput, EpilogueOperand, EpilogueStep};
+use super::gemm::{EpilogueInput, EpilogueStep};
 use super::{BufSlice, Buffer, BufferId, HbmBox, HbmTensor, TileOp, TileProgram};
 
 /// Widest block, in elements per partition.
@@ -151,20 +151,7 @@ pub fn lower(p: &MapProblem, t: &Target) -> TileProgram {
         let (start, _, pr, w, copy) = block(j);
         let x = BufSlice { buf: 0, copy, parts: pr, offset: 0, len: w };
         for (si, (step, _)) in p.steps.iter().enumerate() {
-            let op = match *step {
-                EpilogueStep::Activate(func) => TileOp::Activate { func, dst: x, src: x },
-                EpilogueStep::Binary { op, other: EpilogueOperand::Scalar(value), other_first } => {
-                    TileOp::Scalar { op, dst: x, src: x, value, reverse: other_first }
-                }
-                EpilogueStep::Binary { op, other: EpilogueOperand::Same, .. } => {
-                    TileOp::Binary { op, dst: x, a: x, b: x }
-                }
-                EpilogueStep::Binary { op, other: EpilogueOperand::Tensor(e), other_first } => {
-                    let other = BufSlice { buf: operand_bufs[e], copy, parts: pr, offset: 0, len: w };
-                    let (a, b) = if other_first { (other, x) } else { (x, other) };
-                    TileOp::Binary { op, dst: x, a, b }
-                }
-            };
+            let op = step.tile_op(x, |e| BufSlice { buf: operand_bufs[e], copy, parts: pr, offset: 0, len: w });
             ops.push((op, si as u32));
         }
         let last = p.steps.len().max(1) as u32 - 1;
