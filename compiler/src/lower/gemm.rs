@@ -129,6 +129,13 @@ pub struct EpilogueInput {
     pub row: bool,
 }
 
+impl EpilogueInput {
+    /// The HBM tensor it is read from.
+    pub fn hbm_tensor(&self) -> HbmTensor {
+        HbmTensor { name: self.name.clone(), dtype: self.dtype, shape: self.shape.clone(), role: Role::Input }
+    }
+}
+
 /// The second operand of an epilogue binary op.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum EpilogueOperand {
@@ -597,12 +604,7 @@ pub fn lower(p: &GemmProblem, s: &GemmSchedule) -> TileProgram {
         HbmTensor { name: p.names[0].clone(), dtype: p.operand, shape: batch_shape(&p.shapes[0]), role: Role::Input },
         HbmTensor { name: p.names[1].clone(), dtype: p.operand, shape: batch_shape(&p.shapes[1]), role: Role::Input },
     ];
-    tensors.extend(p.epilogue_inputs.iter().map(|e| HbmTensor {
-        name: e.name.clone(),
-        dtype: e.dtype,
-        shape: e.shape.clone(),
-        role: Role::Input,
-    }));
+    tensors.extend(p.epilogue_inputs.iter().map(EpilogueInput::hbm_tensor));
     let c_tensor = tensors.len();
     tensors.push(HbmTensor { name: p.names[2].clone(), dtype: p.output(), shape: c_shape, role: Role::Output });
     let (tm, tn, tk) = (s.tile_m as u64, s.tile_n as u64, s.tile_k as u64);

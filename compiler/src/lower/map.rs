@@ -79,12 +79,7 @@ pub fn lower(p: &MapProblem, t: &Target) -> TileProgram {
     let width = p.width(t);
     let mut tensors =
         vec![HbmTensor { name: p.input.clone(), dtype: p.dtype, shape: p.input_shape.clone(), role: Role::Input }];
-    tensors.extend(p.inputs.iter().map(|e| HbmTensor {
-        name: e.name.clone(),
-        dtype: e.dtype,
-        shape: e.shape.clone(),
-        role: Role::Input,
-    }));
+    tensors.extend(p.inputs.iter().map(EpilogueInput::hbm_tensor));
     let out_tensor = tensors.len();
     tensors.push(HbmTensor {
         name: p.output.clone(),
