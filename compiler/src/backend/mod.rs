@@ -19,7 +19,7 @@
 use std::collections::HashMap;
 
 use jpu_isa::inst::{Engine, Wait};
-use jpu_isa::operand::{Dim, DmaDim, DmaSide, DmaSpace, DmaTransfer, Imm, Scalar, Space, Tile};
+use jpu_isa::operand::{Column, Dim, DmaDim, DmaSide, DmaSpace, DmaTransfer, Imm, Scalar, Space, Tile};
 use jpu_isa::program::{RooflineInputs, SemDecl, TensorDecl};
 use jpu_isa::{Inst, Op, Program, Target};
 use petgraph::graph::{DiGraph, NodeIndex};
@@ -170,6 +170,7 @@ fn slices(op: &TileOp) -> (Vec<BufSlice>, Vec<BufSlice>) {
         | TileOp::Scalar { dst, src, .. }
         | TileOp::Activate { dst, src, .. } => (vec![*src], vec![*dst]),
         TileOp::Binary { dst, a, b, .. } => (vec![*a, *b], vec![*dst]),
+        TileOp::ScalarColumn { dst, src, col, .. } => (vec![*src, *col], vec![*dst]),
     }
 }
 
@@ -377,6 +378,19 @@ pub fn compile(tp: &TileProgram, t: &Target, roofline: RooflineInputs) -> Result
                     scalar: Scalar::Imm(Imm(*value)),
                 },
             ),
+            TileOp::ScalarColumn { op, dst, src, col, reverse } => {
+                let c = tile(tp, &alloc, col);
+                (
+                    Engine::VE,
+                    Op::TensorScalar {
+                        op: *op,
+                        reverse: *reverse,
+                        dst: tile(tp, &alloc, dst),
+                        src: tile(tp, &alloc, src),
+                        scalar: Scalar::Col(Column { space: c.space, dtype: c.dtype, offset: c.offset }),
+                    },
+                )
+            }
             // func(x * 1 + -0) is func(x) for every x, signed zeros included.
             TileOp::Activate { func, dst, src } => (
                 Engine::ACT,

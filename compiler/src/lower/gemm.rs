@@ -124,9 +124,30 @@ pub struct EpilogueInput {
     pub dtype: DType,
     /// Shape as declared.
     pub shape: Vec<u64>,
-    /// One row of N values broadcast over every row of C (a bias), else the full
-    /// shape of C (a residual).
-    pub row: bool,
+    /// How it lines up with the result.
+    pub broadcast: Broadcast,
+}
+
+/// How an epilogue operand lines up with the result `[.., M, N]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Broadcast {
+    /// One row of N values (`[N]` or `[1, .., N]`) for every row: a bias.
+    Row,
+    /// The result's shape: a residual.
+    Full,
+    /// One value per row (`[.., M, 1]`, the result's leading dims): a row scale.
+    Column,
+}
+
+impl Broadcast {
+    /// Buffer-name prefix.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Broadcast::Row => "row",
+            Broadcast::Full => "res",
+            Broadcast::Column => "col",
+        }
+    }
 }
 
 impl EpilogueInput {
@@ -165,8 +186,9 @@ pub enum EpilogueStep {
 
 impl EpilogueStep {
     /// The tile op applying this step in place to `tile`; `operand(i)` is the
-    /// slice of epilogue input `i` matching the tile.
-    pub fn tile_op(&self, tile: BufSlice, operand: impl Fn(usize) -> BufSlice) -> TileOp {
+    /// slice of epilogue input `i` matching the tile, and whether it is a column
+    /// (one value per partition).
+    pub fn tile_op(&self, tile: BufSlice, operand: impl Fn(usize) -> (BufSlice, bool)) -> TileOp {
         match *self {
             EpilogueStep::Activate(func) => TileOp::Activate { func, dst: tile, src: tile },
             EpilogueStep::Binary { op, other: EpilogueOperand::Scalar(value), other_first } => {
@@ -175,11 +197,13 @@ impl EpilogueStep {
             EpilogueStep::Binary { op, other: EpilogueOperand::Same, .. } => {
                 TileOp::Binary { op, dst: tile, a: tile, b: tile }
             }
-            EpilogueStep::Binary { op, other: EpilogueOperand::Tensor(e), other_first } => {
-                let other = operand(e);
-                let (a, b) = if other_first { (other, tile) } else { (tile, other) };
-                TileOp::Binary { op, dst: tile, a, b }
-            }
+            EpilogueStep::Binary { op, other: EpilogueOperand::Tensor(e), other_first } => match operand(e) {
+                (col, true) => TileOp::ScalarColumn { op, dst: tile, src: tile, col, reverse: other_first },
+                (other, false) => {
+                    let (a, b) = if other_first { (other, tile) } else { (tile, other) };
+                    TileOp::Binary { op, dst: tile, a, b }
+                }
+            },
         }
     }
 }
@@ -303,14 +327,24 @@ pub(crate) fn chain(
                     Operand::Scalar(v) => EpilogueOperand::Scalar(crate::eval::round(ty.dtype, *v) as f32),
                     Operand::Value(v) if in_hbm[v.0 as usize] => {
                         let p = f.node(*v);
-                        let row =
-                            p.ty.shape.last() == Some(&n_cols) && p.ty.shape[..p.ty.rank() - 1].iter().all(|&d| d == 1);
-                        if !row && p.ty.shape != c_shape {
+                        let r = p.ty.rank();
+                        let row = p.ty.shape.last() == Some(&n_cols) && p.ty.shape[..r - 1].iter().all(|&d| d == 1);
+                        let column = r == c_shape.len()
+                            && r >= 1
+                            && p.ty.shape[r - 1] == 1
+                            && p.ty.shape[..r - 1] == c_shape[..r - 1];
+                        let broadcast = if row {
+                            Broadcast::Row
+                        } else if p.ty.shape == c_shape {
+                            Broadcast::Full
+                        } else if column {
+                            Broadcast::Column
+                        } else {
                             return Err(not_yet(&format!(
-                                "reads `%{}` of shape {:?}; an epilogue operand must be a row of N = {n_cols} values or have the result's shape {c_shape:?}",
+                                "reads `%{}` of shape {:?}; an epilogue operand must be a row of N = {n_cols} values, a column of one value per row, or have the result's shape {c_shape:?}",
                                 p.name, p.ty.shape
                             )));
-                        }
+                        };
                         if p.ty.dtype != ty.dtype {
                             return Err(not_yet("mixes dtypes"));
                         }
@@ -319,7 +353,7 @@ pub(crate) fn chain(
                                 name: p.name.clone(),
                                 dtype: result_dtype,
                                 shape: p.ty.shape.clone(),
-                                row,
+                                broadcast,
                             });
                             epilogue_inputs.len() - 1
                         });
@@ -486,11 +520,17 @@ impl GemmProblem {
             + if self.transpose_b { BT_RAW_COPIES * s.tile_k as u64 * es } else { 0 };
         let stage = s.tile_n as u64 * self.result.size_bytes() as u64;
         let cast = self.cast.map_or(0, |c| s.tile_n as u64 * c.size_bytes() as u64);
-        // Bias rows stay resident (all of N); residual tiles rotate with the output.
+        // Bias rows stay resident (all of N); residual tiles and row-scale columns
+        // rotate with the output.
         let epilogue: u64 = self
             .epilogue_inputs
             .iter()
-            .map(|e| if e.row { self.n } else { s.out_buffers as u64 * s.tile_n as u64 } * e.dtype.size_bytes() as u64)
+            .map(|e| match e.broadcast {
+                Broadcast::Row => self.n * e.dtype.size_bytes() as u64,
+                Broadcast::Full => s.out_buffers as u64 * s.tile_n as u64 * e.dtype.size_bytes() as u64,
+                // One element per partition, each copy padded to 64 bytes.
+                Broadcast::Column => s.out_buffers as u64 * 64,
+            })
             .sum();
         a + b + s.out_buffers as u64 * (stage + cast) + epilogue
     }
@@ -675,12 +715,16 @@ pub fn lower(p: &GemmProblem, s: &GemmSchedule) -> TileProgram {
         .iter()
         .map(|e| {
             buffers.push(Buffer {
-                name: format!("{}_{}", if e.row { "row" } else { "res" }, e.name),
+                name: format!("{}_{}", e.broadcast.prefix(), e.name),
                 space: Space::Sram,
                 dtype: e.dtype,
                 parts: s.tile_m,
-                free: if e.row { p.n as u32 } else { s.tile_n },
-                copies: if e.row { 1 } else { s.out_buffers },
+                free: match e.broadcast {
+                    Broadcast::Row => p.n as u32,
+                    Broadcast::Full => s.tile_n,
+                    Broadcast::Column => 1,
+                },
+                copies: if e.broadcast == Broadcast::Row { 1 } else { s.out_buffers },
             });
             buffers.len() - 1
         })
@@ -758,7 +802,7 @@ pub fn lower(p: &GemmProblem, s: &GemmSchedule) -> TileProgram {
         })
         .collect();
     let mut ops = Vec::new();
-    for (e, _) in p.epilogue_inputs.iter().enumerate().filter(|(_, i)| i.row) {
+    for (e, _) in p.epilogue_inputs.iter().enumerate().filter(|(_, i)| i.broadcast == Broadcast::Row) {
         // Every partition reads the same N values: a zero row stride.
         let src = HbmBox { tensor: 2 + e, start: 0, rows: s.tile_m, row_stride: 0, cols: p.n as u32 };
         let dst = BufSlice { buf: epi_bufs[e], copy: 0, parts: s.tile_m, offset: 0, len: p.n as u32 };
@@ -810,21 +854,15 @@ pub fn lower(p: &GemmProblem, s: &GemmSchedule) -> TileProgram {
                 ops.push((TileOp::Load { dst, src, queue: s.b_queue }, 0));
             }
         }
-        for (e, _) in p.epilogue_inputs.iter().enumerate().filter(|(_, i)| !i.row) {
-            let src = HbmBox {
-                tensor: 2 + e,
-                start: ci as u64 * p.m * p.n + mi * tm * p.n + ni * tn,
-                rows: mr as u32,
-                row_stride: p.n,
-                cols: nw as u32,
+        for (e, input) in p.epilogue_inputs.iter().enumerate().filter(|(_, i)| i.broadcast != Broadcast::Row) {
+            let (src, len) = if input.broadcast == Broadcast::Column {
+                let start = ci as u64 * p.m + mi * tm;
+                (HbmBox { tensor: 2 + e, start, rows: mr as u32, row_stride: 1, cols: 1 }, 1)
+            } else {
+                let start = ci as u64 * p.m * p.n + mi * tm * p.n + ni * tn;
+                (HbmBox { tensor: 2 + e, start, rows: mr as u32, row_stride: p.n, cols: nw as u32 }, nw as u32)
             };
-            let dst = BufSlice {
-                buf: epi_bufs[e],
-                copy: j as u32 % s.out_buffers,
-                parts: mr as u32,
-                offset: 0,
-                len: nw as u32,
-            };
+            let dst = BufSlice { buf: epi_bufs[e], copy: j as u32 % s.out_buffers, parts: mr as u32, offset: 0, len };
             ops.push((TileOp::Load { dst, src, queue: None }, epilogue_debug[e]));
         }
     };
@@ -976,11 +1014,13 @@ pub fn lower(p: &GemmProblem, s: &GemmSchedule) -> TileProgram {
         for (si, (step, _)) in p.epilogue.iter().enumerate() {
             let debug = 1 + si as u32;
             let op = step.tile_op(staged, |e| {
-                if p.epilogue_inputs[e].row {
-                    BufSlice { buf: epi_bufs[e], copy: 0, parts: mr as u32, offset: (ni * tn) as u32, len: nw as u32 }
-                } else {
-                    BufSlice { buf: epi_bufs[e], copy: stage, parts: mr as u32, offset: 0, len: nw as u32 }
-                }
+                let (copy, offset, len) = match p.epilogue_inputs[e].broadcast {
+                    Broadcast::Row => (0, (ni * tn) as u32, nw as u32),
+                    Broadcast::Full => (stage, 0, nw as u32),
+                    Broadcast::Column => (stage, 0, 1),
+                };
+                let slice = BufSlice { buf: epi_bufs[e], copy, parts: mr as u32, offset, len };
+                (slice, p.epilogue_inputs[e].broadcast == Broadcast::Column)
             });
             ops.push((op, debug));
         }

@@ -14,7 +14,7 @@ use jpu_isa::operand::Space;
 use jpu_isa::program::Role;
 use jpu_isa::{DType, Target};
 
-use super::gemm::{EpilogueInput, EpilogueStep};
+use super::gemm::{Broadcast, EpilogueInput, EpilogueStep};
 use super::{BufSlice, Buffer, BufferId, HbmBox, HbmTensor, TileOp, TileProgram};
 
 /// Widest block, in elements per partition.
@@ -100,7 +100,11 @@ pub fn lower(p: &MapProblem, t: &Target) -> TileProgram {
         .inputs
         .iter()
         .map(|e| {
-            buffers.push(tile(format!("{}_{}", if e.row { "row" } else { "res" }, e.name), e.dtype));
+            let mut b = tile(format!("{}_{}", e.broadcast.prefix(), e.name), e.dtype);
+            if e.broadcast == Broadcast::Column {
+                b.free = 1;
+            }
+            buffers.push(b);
             buffers.len() - 1
         })
         .collect();
@@ -127,12 +131,19 @@ pub fn lower(p: &MapProblem, t: &Target) -> TileProgram {
             0,
         ));
         for (e, input) in p.inputs.iter().enumerate() {
-            let src = if input.row {
-                HbmBox { tensor: 1 + e, start: col, rows: pr, row_stride: 0, cols: w }
-            } else {
-                HbmBox { tensor: 1 + e, start, rows: pr, row_stride: cols, cols: w }
+            let (src, dst) = match input.broadcast {
+                Broadcast::Row => {
+                    (HbmBox { tensor: 1 + e, start: col, rows: pr, row_stride: 0, cols: w }, slice(operand_bufs[e]))
+                }
+                Broadcast::Full => {
+                    (HbmBox { tensor: 1 + e, start, rows: pr, row_stride: cols, cols: w }, slice(operand_bufs[e]))
+                }
+                Broadcast::Column => (
+                    HbmBox { tensor: 1 + e, start: start / cols.max(1), rows: pr, row_stride: 1, cols: 1 },
+                    BufSlice { len: 1, ..slice(operand_bufs[e]) },
+                ),
             };
-            ops.push((TileOp::Load { dst: slice(operand_bufs[e]), src, queue: None }, 0));
+            ops.push((TileOp::Load { dst, src, queue: None }, 0));
         }
     };
     let mut ops = Vec::new();
@@ -146,7 +157,10 @@ pub fn lower(p: &MapProblem, t: &Target) -> TileProgram {
         let (start, _, pr, w, copy) = block(j);
         let x = BufSlice { buf: 0, copy, parts: pr, offset: 0, len: w };
         for (si, (step, _)) in p.steps.iter().enumerate() {
-            let op = step.tile_op(x, |e| BufSlice { buf: operand_bufs[e], copy, parts: pr, offset: 0, len: w });
+            let op = step.tile_op(x, |e| {
+                let column = p.inputs[e].broadcast == Broadcast::Column;
+                (BufSlice { buf: operand_bufs[e], copy, parts: pr, offset: 0, len: if column { 1 } else { w } }, column)
+            });
             ops.push((op, si as u32));
         }
         let last = p.steps.len().max(1) as u32 - 1;

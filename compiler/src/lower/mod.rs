@@ -344,6 +344,20 @@ pub enum TileOp {
         /// The scalar is the left operand.
         reverse: bool,
     },
+    /// `dst = src <op> col[p]` (`col[p] <op> src` when `reverse`) on the VE, with
+    /// one value per partition.
+    ScalarColumn {
+        /// Operation.
+        op: AluOp,
+        /// Result.
+        dst: BufSlice,
+        /// Tensor operand.
+        src: BufSlice,
+        /// The column (`len` 1).
+        col: BufSlice,
+        /// The column is the left operand.
+        reverse: bool,
+    },
     /// `dst = func(src)` on the ACT engine.
     Activate {
         /// Function.
@@ -387,6 +401,7 @@ impl TileOp {
             | TileOp::Scalar { dst, src, .. }
             | TileOp::Activate { dst, src, .. } => slices.extend([dst, src]),
             TileOp::Binary { dst, a, b, .. } => slices.extend([dst, a, b]),
+            TileOp::ScalarColumn { dst, src, col, .. } => slices.extend([dst, src, col]),
         }
         for s in slices {
             s.buf = buf(s.buf);
@@ -465,6 +480,14 @@ impl fmt::Display for TileProgram {
                         (slice_text(self, src), format!("{value:?}"))
                     };
                     format!("{} {} <- {x}, {y}", op.name(), slice_text(self, dst))
+                }
+                TileOp::ScalarColumn { op, dst, src, col, reverse } => {
+                    let (x, y) = if *reverse {
+                        (slice_text(self, col), slice_text(self, src))
+                    } else {
+                        (slice_text(self, src), slice_text(self, col))
+                    };
+                    format!("{} {} <- {x}, {y} per row", op.name(), slice_text(self, dst))
                 }
                 TileOp::Activate { func, dst, src } => {
                     format!("activate {} {} <- {}", func.name(), slice_text(self, dst), slice_text(self, src))
