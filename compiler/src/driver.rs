@@ -14,24 +14,50 @@ use jpu_isa::{Program, Target};
 
 use crate::backend;
 use crate::lower::gemm::{self, GemmProblem, GemmSchedule};
+use crate::lower::map::MapProblem;
+use crate::lower::transpose::TransposeProblem;
 use crate::lower::{KernelProblem, TileProgram};
 use crate::tir::ir::Func;
 
-/// One kernel and, for a GEMM, its schedule.
-pub struct Kernel {
-    /// What it computes.
-    pub problem: KernelProblem,
-    /// How (GEMMs only).
-    pub schedule: Option<GemmSchedule>,
+/// One kernel as compiled; a GEMM carries its schedule.
+pub enum Kernel {
+    /// A matmul (with its fused chain) and its schedule.
+    Gemm(GemmProblem, GemmSchedule),
+    /// An elementwise chain or reshape.
+    Map(MapProblem),
+    /// A swap of the last two dims.
+    Transpose(TransposeProblem),
 }
 
 impl Kernel {
     /// The GEMM and its schedule, if this kernel is one.
     pub fn gemm(&self) -> Option<(&GemmProblem, &GemmSchedule)> {
-        match (&self.problem, &self.schedule) {
-            (KernelProblem::Gemm(p), Some(s)) => Some((p, s)),
+        match self {
+            Kernel::Gemm(p, s) => Some((p, s)),
             _ => None,
         }
+    }
+
+    /// Its tile program.
+    pub fn tiles(&self, t: &Target) -> TileProgram {
+        match self {
+            Kernel::Gemm(p, s) => gemm::lower(p, s),
+            Kernel::Map(p) => crate::lower::map::lower(p, t),
+            Kernel::Transpose(p) => crate::lower::transpose::lower(p, t),
+        }
+    }
+
+    /// Transcendental function evaluations (ACT work the roofline counts).
+    fn transcendentals(&self) -> u64 {
+        let (steps, elems) = match self {
+            Kernel::Gemm(p, _) => (&p.epilogue, p.batch_map.len() as u64 * p.m * p.n),
+            Kernel::Map(p) => (&p.steps, p.shape.iter().product()),
+            Kernel::Transpose(_) => return 0,
+        };
+        let per_element =
+            steps.iter().filter(|(s, _)| matches!(s, gemm::EpilogueStep::Activate(f) if f.is_transcendental())).count()
+                as u64;
+        per_element * elems
     }
 }
 
@@ -115,17 +141,22 @@ pub fn compile_at(f: &Func, t: &Target, schedule: Option<GemmSchedule>, level: O
     let f = &optimized;
     let mut kernels = Vec::new();
     for problem in crate::lower::plan_with(f, level > 0).map_err(|e| e.0)? {
-        let chosen = match (&problem, schedule) {
-            (KernelProblem::Gemm(p), Some(s)) => {
-                gemm::check(p, &s, t).map_err(|e| format!("illegal schedule: {}", e.0))?;
-                Some(s)
+        kernels.push(match problem {
+            KernelProblem::Gemm(p) => {
+                let s = match schedule {
+                    Some(s) => {
+                        gemm::check(&p, &s, t).map_err(|e| format!("illegal schedule: {}", e.0))?;
+                        s
+                    }
+                    None => gemm::choose(&p, t).map_err(|e| e.0)?,
+                };
+                Kernel::Gemm(p, s)
             }
-            (KernelProblem::Gemm(p), None) => Some(gemm::choose(p, t).map_err(|e| e.0)?),
-            _ => None,
-        };
-        kernels.push(Kernel { problem, schedule: chosen });
+            KernelProblem::Map(p) => Kernel::Map(p),
+            KernelProblem::Transpose(p) => Kernel::Transpose(p),
+        });
     }
-    let tiles = link(f, kernels.iter().map(|k| k.problem.lower(t, k.schedule.as_ref())).collect());
+    let tiles = link(f, kernels.iter().map(|k| k.tiles(t)).collect());
     let bytes = |role| {
         tiles
             .tensors
@@ -140,14 +171,7 @@ pub fn compile_at(f: &Func, t: &Target, schedule: Option<GemmSchedule>, level: O
         ..RooflineInputs::default()
     };
     for k in &kernels {
-        if let KernelProblem::Map(p) = &k.problem {
-            let transcendental_steps = p
-                .steps
-                .iter()
-                .filter(|(s, _)| matches!(s, gemm::EpilogueStep::Activate(f) if f.is_transcendental()))
-                .count() as u64;
-            roof.transcendentals += transcendental_steps * p.shape.iter().product::<u64>();
-        }
+        roof.transcendentals += k.transcendentals();
         let Some((p, _)) = k.gemm() else { continue };
         let flops = 2 * p.batch_map.len() as u64 * p.m * p.k * p.n;
         match p.operand.size_bytes() {
@@ -155,13 +179,6 @@ pub fn compile_at(f: &Func, t: &Target, schedule: Option<GemmSchedule>, level: O
             2 => roof.flops_16bit += flops,
             _ => roof.flops_f32 += flops,
         }
-        // Each transcendental epilogue step evaluates once per output element.
-        let transcendental_steps = p
-            .epilogue
-            .iter()
-            .filter(|(s, _)| matches!(s, gemm::EpilogueStep::Activate(f) if f.is_transcendental()))
-            .count() as u64;
-        roof.transcendentals += transcendental_steps * p.batch_map.len() as u64 * p.m * p.n;
     }
     let program = backend::compile(&tiles, t, roof).map_err(|e| e.0)?.program;
     Ok(Compiled { optimized, kernels, tiles, program })
@@ -171,9 +188,9 @@ pub fn compile_at(f: &Func, t: &Target, schedule: Option<GemmSchedule>, level: O
 pub fn kernels_text(c: &Compiled, t: &Target) -> String {
     let mut out = String::new();
     for k in &c.kernels {
-        let (p, schedule) = match (&k.problem, k.gemm()) {
-            (_, Some(g)) => g,
-            (KernelProblem::Map(m), _) => {
+        let (p, schedule) = match k {
+            Kernel::Gemm(p, s) => (p, s),
+            Kernel::Map(m) => {
                 let reshape = (m.input_shape != m.shape).then(|| format!("reshape to {:?}", m.shape));
                 let steps: Vec<&str> = reshape
                     .iter()
@@ -191,14 +208,13 @@ pub fn kernels_text(c: &Compiled, t: &Target) -> String {
                 );
                 continue;
             }
-            (KernelProblem::Transpose(tp), _) => {
+            Kernel::Transpose(tp) => {
                 out += &format!("kernel transpose: {} {:?} {}\n", tp.text, tp.shape, tp.dtype);
                 continue;
             }
-            (KernelProblem::Gemm(_), None) => unreachable!("GEMMs have schedules"),
         };
         let batch = if p.batch.is_empty() { String::new() } else { format!(" batch = {:?},", p.batch) };
-        let cast = p.cast.map_or(String::new(), |d| format!(" then cast to {d}"));
+        let cast = p.cast.as_ref().map_or(String::new(), |c| format!(" then cast to {}", c.0));
         let epilogue = if p.epilogue.is_empty() {
             String::new()
         } else {

@@ -149,19 +149,22 @@ fn read_file(path: &Path) -> Result<Vec<u8>, Failure> {
     std::fs::read(path).map_err(|e| Failure::Input(format!("error: cannot read {}: {e}", path.display())))
 }
 
-fn write_file(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
-    std::fs::write(path, bytes).map_err(|e| Failure::Input(format!("error: cannot write {}: {e}", path.display())))
-}
-
-fn asm(file: &Path, output: &Path) -> Result<(), Failure> {
-    let bytes = read_file(file)?;
-    let src = String::from_utf8(bytes).map_err(|e| {
+fn read_text(file: &Path) -> Result<String, Failure> {
+    String::from_utf8(read_file(file)?).map_err(|e| {
         Failure::Input(format!(
             "error: {} is not UTF-8 text (invalid byte at offset {})",
             file.display(),
             e.utf8_error().valid_up_to()
         ))
-    })?;
+    })
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
+    std::fs::write(path, bytes).map_err(|e| Failure::Input(format!("error: cannot write {}: {e}", path.display())))
+}
+
+fn asm(file: &Path, output: &Path) -> Result<(), Failure> {
+    let src = read_text(file)?;
     let program = jpu_isa::jasm::assemble(&src)
         .map_err(|errs| Failure::Input(jpu_isa::jasm::render_errors(&file.display().to_string(), &src, &errs)))?;
     write_file(output, &jpu_isa::jbin::write(&program))
@@ -181,14 +184,7 @@ fn disasm(file: &Path, output: Option<&Path>) -> Result<(), Failure> {
 }
 
 fn read_tir(file: &Path) -> Result<(String, jalc::tir::ir::Func), Failure> {
-    let bytes = read_file(file)?;
-    let src = String::from_utf8(bytes).map_err(|e| {
-        Failure::Input(format!(
-            "error: {} is not UTF-8 text (invalid byte at offset {})",
-            file.display(),
-            e.utf8_error().valid_up_to()
-        ))
-    })?;
+    let src = read_text(file)?;
     match jalc::tir::parse_and_check(&src) {
         Ok(f) => Ok((src, f)),
         Err(diags) => Err(Failure::Input(jalc::tir::render(&file.display().to_string(), &src, &diags))),
@@ -205,8 +201,7 @@ fn load_schedule(
     path: Option<&Path>,
 ) -> Result<Option<jalc::lower::gemm::GemmSchedule>, Failure> {
     let Some(path) = path else { return Ok(None) };
-    let text = String::from_utf8(read_file(path)?)
-        .map_err(|_| Failure::Input(format!("error: {} is not UTF-8", path.display())))?;
+    let text = read_text(path)?;
     // Unnamed fields keep the first kernel's chosen values; the result applies to every kernel.
     let kernels = jalc::lower::plan(func).map_err(|e| Failure::Input(format!("error: {}", e.0)))?;
     let Some(first) = kernels.iter().find_map(|k| match k {

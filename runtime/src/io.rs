@@ -172,20 +172,19 @@ pub fn read_npy_f64(path: &Path) -> Result<(Vec<u64>, Vec<f64>), IoError> {
 pub fn write_npy(path: &Path, shape: &[u64], values: &[f64], int: bool) -> Result<(), IoError> {
     let file = std::fs::File::create(path).map_err(|e| file_err(path, format!("cannot create: {e}")))?;
     let w = std::io::BufWriter::new(file);
+    fn write<T: npyz::AutoSerialize>(
+        w: impl std::io::Write,
+        shape: &[u64],
+        values: impl Iterator<Item = T>,
+    ) -> std::io::Result<()> {
+        let mut wr = npyz::WriteOptions::new().default_dtype().shape(shape).writer(w).begin_nd()?;
+        wr.extend(values)?;
+        wr.finish()
+    }
     let result = if int {
-        npyz::WriteOptions::new()
-            .default_dtype()
-            .shape(shape)
-            .writer(w)
-            .begin_nd()
-            .and_then(|mut wr| wr.extend(values.iter().map(|&v| v as i32)).and_then(|_| wr.finish()))
+        write(w, shape, values.iter().map(|&v| v as i32))
     } else {
-        npyz::WriteOptions::new()
-            .default_dtype()
-            .shape(shape)
-            .writer(w)
-            .begin_nd()
-            .and_then(|mut wr| wr.extend(values.iter().map(|&v| v as f32)).and_then(|_| wr.finish()))
+        write(w, shape, values.iter().map(|&v| v as f32))
     };
     result.map_err(|e| file_err(path, format!("cannot write: {e}")))
 }

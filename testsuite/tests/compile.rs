@@ -162,7 +162,7 @@ fn illegal_schedules_say_which_limit_they_break() {
     let s =
         jalc::driver::parse_schedule("tile_n = 48  # narrower panels\npsum_banks = 1\nout_buffers = 1", base).unwrap();
     let c = jalc::driver::compile(&f, &t, Some(s)).unwrap();
-    assert_eq!(c.kernels[0].schedule.unwrap().tile_n, 48);
+    assert_eq!(c.kernels[0].gemm().unwrap().1.tile_n, 48);
     let v = jalc::verify::verify(&f, &t, 3, Some(s)).unwrap();
     assert!(v.passed);
 }
@@ -547,10 +547,10 @@ fn o0_runs_every_op_as_its_own_kernel() {
         let c = jalc::driver::compile_at(&f, &t, None, level).unwrap();
         c.kernels
             .iter()
-            .map(|k| match k.problem {
-                jalc::lower::KernelProblem::Gemm(_) => "gemm",
-                jalc::lower::KernelProblem::Map(_) => "map",
-                jalc::lower::KernelProblem::Transpose(_) => "transpose",
+            .map(|k| match k {
+                jalc::driver::Kernel::Gemm(..) => "gemm",
+                jalc::driver::Kernel::Map(_) => "map",
+                jalc::driver::Kernel::Transpose(_) => "transpose",
             })
             .collect::<Vec<_>>()
     };

@@ -115,8 +115,9 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
 
     /// The optimizer succeeds on every program and keeps its signature; with the
-    /// exact rule families (transpose and power-of-two scale folding) the optimized
-    /// program computes bit for bit what the original does.
+    /// exact rule families (transpose folding, reshape cancellation, power-of-two
+    /// scale folding) the optimized program computes bit for bit what the original
+    /// does.
     #[test]
     fn optimizer_keeps_meaning(seed in any::<u64>()) {
         use jalc::opt::{optimize, optimize_with, rules, Limits};

@@ -24,7 +24,7 @@ use jpu_isa::program::{RooflineInputs, SemDecl, TensorDecl};
 use jpu_isa::{Inst, Op, Program, Target};
 use petgraph::graph::{DiGraph, NodeIndex};
 
-use crate::lower::{BufSlice, BufferId, HbmBox, TileOp, TileProgram};
+use crate::lower::{BufSlice, BufferId, HbmBox, TileOp, TileProgram, TileScalar};
 
 /// Why a tile program cannot be placed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,10 +167,10 @@ fn slices(op: &TileOp) -> (Vec<BufSlice>, Vec<BufSlice>) {
         }
         TileOp::Copy { dst, src }
         | TileOp::Transpose { dst, src }
-        | TileOp::Scalar { dst, src, .. }
+        | TileOp::Scalar { dst, src, scalar: TileScalar::Imm(_), .. }
         | TileOp::Activate { dst, src, .. } => (vec![*src], vec![*dst]),
+        TileOp::Scalar { dst, src, scalar: TileScalar::Column(col), .. } => (vec![*src, *col], vec![*dst]),
         TileOp::Binary { dst, a, b, .. } => (vec![*a, *b], vec![*dst]),
-        TileOp::ScalarColumn { dst, src, col, .. } => (vec![*src, *col], vec![*dst]),
     }
 }
 
@@ -368,28 +368,16 @@ pub fn compile(tp: &TileProgram, t: &Target, roofline: RooflineInputs) -> Result
                     b: tile(tp, &alloc, b),
                 },
             ),
-            TileOp::Scalar { op, dst, src, value, reverse } => (
-                Engine::VE,
-                Op::TensorScalar {
-                    op: *op,
-                    reverse: *reverse,
-                    dst: tile(tp, &alloc, dst),
-                    src: tile(tp, &alloc, src),
-                    scalar: Scalar::Imm(Imm(*value)),
-                },
-            ),
-            TileOp::ScalarColumn { op, dst, src, col, reverse } => {
-                let c = tile(tp, &alloc, col);
-                (
-                    Engine::VE,
-                    Op::TensorScalar {
-                        op: *op,
-                        reverse: *reverse,
-                        dst: tile(tp, &alloc, dst),
-                        src: tile(tp, &alloc, src),
-                        scalar: Scalar::Col(Column { space: c.space, dtype: c.dtype, offset: c.offset }),
-                    },
-                )
+            TileOp::Scalar { op, dst, src, scalar, reverse } => {
+                let scalar = match scalar {
+                    TileScalar::Imm(v) => Scalar::Imm(Imm(*v)),
+                    TileScalar::Column(col) => {
+                        let c = tile(tp, &alloc, col);
+                        Scalar::Col(Column { space: c.space, dtype: c.dtype, offset: c.offset })
+                    }
+                };
+                let (dst, src) = (tile(tp, &alloc, dst), tile(tp, &alloc, src));
+                (Engine::VE, Op::TensorScalar { op: *op, reverse: *reverse, dst, src, scalar })
             }
             // func(x * 1 + -0) is func(x) for every x, signed zeros included.
             TileOp::Activate { func, dst, src } => (

@@ -159,6 +159,26 @@ fn operand<'a>(values: &'a [Tensor], node: &Node, i: usize) -> std::borrow::Cow<
     }
 }
 
+/// A tensor of type `ty` whose element at output index `idx` is `x`'s element at
+/// flat position `sum over k of offset(k, idx[k])` (transposes and slices).
+fn gather(ty: TensorType, x: &Tensor, offset: impl Fn(usize, u64) -> usize) -> Tensor {
+    let n = ty.elems() as usize;
+    let mut idx = vec![0u64; ty.rank()];
+    let mut data = Vec::with_capacity(n);
+    for _ in 0..n {
+        let flat: usize = idx.iter().enumerate().map(|(k, &i)| offset(k, i)).sum();
+        data.push(x.data[flat]);
+        for k in (0..ty.rank()).rev() {
+            idx[k] += 1;
+            if idx[k] < ty.shape[k] {
+                break;
+            }
+            idx[k] = 0;
+        }
+    }
+    Tensor { ty, data }
+}
+
 // The element index addresses one broadcast map per operand.
 #[allow(clippy::needless_range_loop)]
 fn map_elementwise(node: &Node, args: &[&Tensor], f: impl Fn(&[f64]) -> f64) -> Tensor {
@@ -199,21 +219,7 @@ fn eval_node(node: &Node, values: &[Tensor]) -> Tensor {
         Op::Transpose { perm } => {
             let x = operand(values, node, 0);
             let in_strides = strides(&x.ty.shape);
-            let n = ty.elems() as usize;
-            let mut idx = vec![0u64; ty.rank()];
-            let mut data = Vec::with_capacity(n);
-            for _ in 0..n {
-                let flat: usize = (0..ty.rank()).map(|k| idx[k] as usize * in_strides[perm[k]]).sum();
-                data.push(x.data[flat]);
-                for k in (0..ty.rank()).rev() {
-                    idx[k] += 1;
-                    if idx[k] < ty.shape[k] {
-                        break;
-                    }
-                    idx[k] = 0;
-                }
-            }
-            Tensor { ty, data }
+            gather(ty, &x, |k, i| i as usize * in_strides[perm[k]])
         }
         Op::Reshape { .. } => Tensor { ty, data: operand(values, node, 0).data.clone() },
         Op::Binary(b) => {
@@ -391,21 +397,7 @@ fn eval_node(node: &Node, values: &[Tensor]) -> Tensor {
         Op::Slice { start, .. } => {
             let x = operand(values, node, 0);
             let in_strides = strides(&x.ty.shape);
-            let n = ty.elems() as usize;
-            let mut idx = vec![0u64; ty.rank()];
-            let mut data = Vec::with_capacity(n);
-            for _ in 0..n {
-                let flat: usize = (0..ty.rank()).map(|k| (start[k] + idx[k]) as usize * in_strides[k]).sum();
-                data.push(x.data[flat]);
-                for k in (0..ty.rank()).rev() {
-                    idx[k] += 1;
-                    if idx[k] < ty.shape[k] {
-                        break;
-                    }
-                    idx[k] = 0;
-                }
-            }
-            Tensor { ty, data }
+            gather(ty, &x, |k, i| (start[k] + i) as usize * in_strides[k])
         }
         Op::LayerNorm { axis, eps } | Op::RmsNorm { axis, eps } => {
             let layer = matches!(node.op, Op::LayerNorm { .. });

@@ -18,7 +18,7 @@ use jpu_isa::operand::{ActFunc, AluOp, Space};
 use jpu_isa::program::Role;
 use jpu_isa::{DType, Target};
 
-use super::{BufSlice, Buffer, BufferId, HbmBox, HbmTensor, TileOp, TileProgram};
+use super::{BufSlice, Buffer, BufferId, HbmBox, HbmTensor, TileOp, TileProgram, TileScalar};
 use crate::tir::ir::{BinaryOp, Func, GeluApprox, Op, Operand, UnaryOp, ValueId};
 use crate::tir::types::ScalarType;
 
@@ -94,10 +94,8 @@ pub struct GemmProblem {
     pub operand: DType,
     /// The matmul's result dtype (rounding after accumulation).
     pub result: DType,
-    /// A fused cast's dtype, if the function casts the product.
-    pub cast: Option<DType>,
-    /// The cast statement (for debug info).
-    pub cast_text: Option<String>,
+    /// A final cast's dtype and statement, if the chain ends in one.
+    pub cast: Option<(DType, String)>,
     /// A is stored `[.., K, M]`.
     pub transpose_a: bool,
     /// B is stored `[.., N, K]`.
@@ -111,8 +109,8 @@ pub struct GemmProblem {
     pub epilogue: Vec<(EpilogueStep, String)>,
     /// HBM tensors the epilogue reads (tensor `2 + i` of the tile program).
     pub epilogue_inputs: Vec<EpilogueInput>,
-    /// The IR values the kernel computes: the matmul, then each fused step.
-    pub step_names: Vec<String>,
+    /// Indices of the IR nodes the kernel computes: the matmul, then each fused step.
+    pub nodes: Vec<usize>,
 }
 
 /// A tensor operand of the epilogue.
@@ -192,13 +190,15 @@ impl EpilogueStep {
         match *self {
             EpilogueStep::Activate(func) => TileOp::Activate { func, dst: tile, src: tile },
             EpilogueStep::Binary { op, other: EpilogueOperand::Scalar(value), other_first } => {
-                TileOp::Scalar { op, dst: tile, src: tile, value, reverse: other_first }
+                TileOp::Scalar { op, dst: tile, src: tile, scalar: TileScalar::Imm(value), reverse: other_first }
             }
             EpilogueStep::Binary { op, other: EpilogueOperand::Same, .. } => {
                 TileOp::Binary { op, dst: tile, a: tile, b: tile }
             }
             EpilogueStep::Binary { op, other: EpilogueOperand::Tensor(e), other_first } => match operand(e) {
-                (col, true) => TileOp::ScalarColumn { op, dst: tile, src: tile, col, reverse: other_first },
+                (col, true) => {
+                    TileOp::Scalar { op, dst: tile, src: tile, scalar: TileScalar::Column(col), reverse: other_first }
+                }
                 (other, false) => {
                     let (a, b) = if other_first { (other, tile) } else { (tile, other) };
                     TileOp::Binary { op, dst: tile, a, b }
@@ -244,8 +244,8 @@ pub(crate) struct Chain {
     pub epilogue_inputs: Vec<EpilogueInput>,
     /// A final cast and its statement.
     pub cast: Option<(DType, String)>,
-    /// The values the steps compute.
-    pub step_names: Vec<String>,
+    /// Indices of the nodes the steps compute.
+    pub nodes: Vec<usize>,
     /// The chain's last value.
     pub last: ValueId,
 }
@@ -270,7 +270,7 @@ pub(crate) fn chain(
     let mut epilogue_inputs: Vec<EpilogueInput> = Vec::new();
     let mut cast = None;
     let mut prev = start;
-    let mut step_names = Vec::new();
+    let mut nodes = Vec::new();
     let mut first = first;
     loop {
         let next = if let Some(i) = first.take() {
@@ -401,11 +401,10 @@ pub(crate) fn chain(
             }
             _ => return Err(not_yet("is not an elementwise step on the product")),
         }
-        step_names.push(n.name.clone());
+        nodes.push(i);
         prev = here;
     }
-    let (cast, cast_text) = cast.unzip();
-    Ok(Chain { epilogue, epilogue_inputs, cast: cast.zip(cast_text), step_names, last: prev })
+    Ok(Chain { epilogue, epilogue_inputs, cast, nodes, last: prev })
 }
 
 /// Recognises a function that is exactly one GEMM kernel.
@@ -442,10 +441,9 @@ pub(crate) fn gemm_kernel(
         }
     }
     let result_dtype = chip(mm.ty.dtype, "the matmul result")?;
-    let Chain { epilogue, epilogue_inputs, cast, mut step_names, last: result } =
+    let Chain { epilogue, epilogue_inputs, cast, mut nodes, last: result } =
         chain(f, ValueId(mm_index as u32), None, &mm.ty, uses, in_hbm, fuse)?;
-    step_names.insert(0, mm.name.clone());
-    let (cast, cast_text) = cast.unzip();
+    nodes.insert(0, mm_index);
     let (an, bn) = (f.node(*a), f.node(*b));
     let (ra, rb) = (an.ty.rank(), bn.ty.rank());
     let batch: Vec<u64> = mm.ty.shape[..mm.ty.rank() - 2].to_vec();
@@ -490,12 +488,11 @@ pub(crate) fn gemm_kernel(
             operand: chip(an.ty.dtype, "the operands")?,
             result: result_dtype,
             cast,
-            cast_text,
             names: [an.name.clone(), bn.name.clone(), f.node(result).name.clone()],
             shapes: [an.ty.shape.clone(), bn.ty.shape.clone()],
             epilogue,
             epilogue_inputs,
-            step_names,
+            nodes,
         },
         result.0 as usize,
     ))
@@ -504,7 +501,7 @@ pub(crate) fn gemm_kernel(
 impl GemmProblem {
     /// The dtype stored to HBM.
     pub fn output(&self) -> DType {
-        self.cast.unwrap_or(self.result)
+        self.cast.as_ref().map_or(self.result, |c| c.0)
     }
 
     /// Bytes per SRAM partition a schedule needs.
@@ -519,7 +516,7 @@ impl GemmProblem {
         let b = s.b_buffers as u64 * kt * s.tile_n as u64 * es
             + if self.transpose_b { BT_RAW_COPIES * s.tile_k as u64 * es } else { 0 };
         let stage = s.tile_n as u64 * self.result.size_bytes() as u64;
-        let cast = self.cast.map_or(0, |c| s.tile_n as u64 * c.size_bytes() as u64);
+        let cast = self.cast.as_ref().map_or(0, |c| s.tile_n as u64 * c.0.size_bytes() as u64);
         // Bias rows stay resident (all of N); residual tiles and row-scale columns
         // rotate with the output.
         let epilogue: u64 = self
@@ -697,7 +694,7 @@ pub fn lower(p: &GemmProblem, s: &GemmSchedule) -> TileProgram {
             copies: s.out_buffers,
         },
     ];
-    let cast_buf = p.cast.map(|c| {
+    let cast_buf = p.cast.as_ref().map(|&(c, _)| {
         buffers.push(Buffer {
             name: "c_cast".into(),
             space: Space::Sram,
@@ -1045,6 +1042,6 @@ pub fn lower(p: &GemmProblem, s: &GemmSchedule) -> TileProgram {
     }
     let mut debug_ops = vec![p.text.clone()];
     debug_ops.extend(p.epilogue.iter().map(|(_, text)| text.clone()));
-    debug_ops.extend(p.cast_text.clone());
+    debug_ops.extend(p.cast.as_ref().map(|c| c.1.clone()));
     TileProgram { tensors, buffers, ops, debug_ops }
 }

@@ -42,8 +42,8 @@ pub struct MapProblem {
     pub cast: Option<(DType, String)>,
     /// The result's name.
     pub output: String,
-    /// The IR values the kernel computes.
-    pub step_names: Vec<String>,
+    /// Indices of the IR nodes the kernel computes.
+    pub nodes: Vec<usize>,
 }
 
 impl MapProblem {

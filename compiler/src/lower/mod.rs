@@ -18,7 +18,7 @@ use std::fmt::{self, Write as _};
 use jpu_isa::operand::Space;
 use jpu_isa::operand::{ActFunc, AluOp};
 use jpu_isa::program::Role;
-use jpu_isa::{DType, Target};
+use jpu_isa::DType;
 
 use crate::tir::ir::{Func, Op, Operand, ValueId};
 use gemm::{GemmProblem, Unsupported, SUPPORTED};
@@ -37,24 +37,12 @@ pub enum KernelProblem {
 }
 
 impl KernelProblem {
-    /// The IR values the kernel computes.
-    pub fn step_names(&self) -> Vec<String> {
+    /// Indices of the IR nodes the kernel computes.
+    pub fn nodes(&self) -> &[usize] {
         match self {
-            KernelProblem::Gemm(p) => p.step_names.clone(),
-            KernelProblem::Map(p) => p.step_names.clone(),
-            KernelProblem::Transpose(p) => vec![p.output.clone()],
-        }
-    }
-
-    /// The kernel's tile program (GEMMs need a schedule).
-    pub fn lower(&self, t: &Target, schedule: Option<&gemm::GemmSchedule>) -> TileProgram {
-        match (self, schedule) {
-            (KernelProblem::Gemm(p), Some(s)) => gemm::lower(p, s),
-            (KernelProblem::Gemm(p), None) => {
-                gemm::lower(p, &gemm::choose(p, t).expect("a schedule was chosen when planning"))
-            }
-            (KernelProblem::Map(p), _) => map::lower(p, t),
-            (KernelProblem::Transpose(p), _) => transpose::lower(p, t),
+            KernelProblem::Gemm(p) => &p.nodes,
+            KernelProblem::Map(p) => &p.nodes,
+            KernelProblem::Transpose(p) => std::slice::from_ref(&p.node),
         }
     }
 }
@@ -133,6 +121,7 @@ pub fn plan_with(f: &Func, fuse: bool) -> Result<Vec<KernelProblem>, Unsupported
                     dtype: gemm::chip(xn.ty.dtype, "the transposed tensor")?,
                     output: node.name.clone(),
                     text: format!("%{} = transpose(%{})", node.name, xn.name),
+                    node: i,
                 };
                 (KernelProblem::Transpose(p), i)
             }
@@ -146,7 +135,7 @@ pub fn plan_with(f: &Func, fuse: bool) -> Result<Vec<KernelProblem>, Unsupported
                 };
                 let xt = &f.node(x).ty;
                 let c = gemm::chain(f, x, Some(i), xt, &uses, &in_hbm, fuse)?;
-                if c.step_names.is_empty() {
+                if c.nodes.is_empty() {
                     return Err(not_yet("cannot run as an elementwise kernel yet"));
                 }
                 let p = MapProblem {
@@ -158,7 +147,7 @@ pub fn plan_with(f: &Func, fuse: bool) -> Result<Vec<KernelProblem>, Unsupported
                     inputs: c.epilogue_inputs,
                     cast: c.cast,
                     output: f.node(c.last).name.clone(),
-                    step_names: c.step_names,
+                    nodes: c.nodes,
                 };
                 (KernelProblem::Map(p), c.last.0 as usize)
             }
@@ -169,8 +158,8 @@ pub fn plan_with(f: &Func, fuse: bool) -> Result<Vec<KernelProblem>, Unsupported
                 }
                 let xn = f.node(*x);
                 let c = gemm::chain(f, ValueId(i as u32), None, &node.ty, &uses, &in_hbm, fuse)?;
-                let mut step_names = vec![node.name.clone()];
-                step_names.extend(c.step_names);
+                let mut nodes = vec![i];
+                nodes.extend(c.nodes);
                 let p = MapProblem {
                     input: xn.name.clone(),
                     input_shape: xn.ty.shape.clone(),
@@ -180,17 +169,14 @@ pub fn plan_with(f: &Func, fuse: bool) -> Result<Vec<KernelProblem>, Unsupported
                     inputs: c.epilogue_inputs,
                     cast: c.cast,
                     output: f.node(c.last).name.clone(),
-                    step_names,
+                    nodes,
                 };
                 (KernelProblem::Map(p), c.last.0 as usize)
             }
             _ => return Err(not_yet("is not supported yet")),
         };
-        let names = kernel.step_names();
-        for (flag, node) in fused.iter_mut().zip(&f.nodes).take(out + 1).skip(i) {
-            if names.contains(&node.name) {
-                *flag = true;
-            }
+        for &v in kernel.nodes() {
+            fused[v] = true;
         }
         in_hbm[out] = true;
         kernels.push(kernel);
@@ -331,7 +317,7 @@ pub enum TileOp {
         /// Right operand.
         b: BufSlice,
     },
-    /// `dst = src <op> value` (`value <op> src` when `reverse`) on the VE.
+    /// `dst = src <op> scalar` (`scalar <op> src` when `reverse`) on the VE.
     Scalar {
         /// Operation.
         op: AluOp,
@@ -339,23 +325,9 @@ pub enum TileOp {
         dst: BufSlice,
         /// Tensor operand.
         src: BufSlice,
-        /// The scalar, already rounded to the IR literal's dtype.
-        value: f32,
+        /// The scalar operand.
+        scalar: TileScalar,
         /// The scalar is the left operand.
-        reverse: bool,
-    },
-    /// `dst = src <op> col[p]` (`col[p] <op> src` when `reverse`) on the VE, with
-    /// one value per partition.
-    ScalarColumn {
-        /// Operation.
-        op: AluOp,
-        /// Result.
-        dst: BufSlice,
-        /// Tensor operand.
-        src: BufSlice,
-        /// The column (`len` 1).
-        col: BufSlice,
-        /// The column is the left operand.
         reverse: bool,
     },
     /// `dst = func(src)` on the ACT engine.
@@ -367,6 +339,15 @@ pub enum TileOp {
         /// Source.
         src: BufSlice,
     },
+}
+
+/// The scalar operand of [`TileOp::Scalar`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum TileScalar {
+    /// One value for every element, already rounded to the IR literal's dtype.
+    Imm(f32),
+    /// One value per partition: a `len` 1 slice.
+    Column(BufSlice),
 }
 
 /// A lowered kernel: tile ops and the IR op they implement (for debug info).
@@ -398,10 +379,10 @@ impl TileOp {
             TileOp::Matmul { dst, stationary, moving, .. } => slices.extend([dst, stationary, moving]),
             TileOp::Copy { dst, src }
             | TileOp::Transpose { dst, src }
-            | TileOp::Scalar { dst, src, .. }
+            | TileOp::Scalar { dst, src, scalar: TileScalar::Imm(_), .. }
             | TileOp::Activate { dst, src, .. } => slices.extend([dst, src]),
+            TileOp::Scalar { dst, src, scalar: TileScalar::Column(col), .. } => slices.extend([dst, src, col]),
             TileOp::Binary { dst, a, b, .. } => slices.extend([dst, a, b]),
-            TileOp::ScalarColumn { dst, src, col, .. } => slices.extend([dst, src, col]),
         }
         for s in slices {
             s.buf = buf(s.buf);
@@ -473,21 +454,13 @@ impl fmt::Display for TileProgram {
                     slice_text(self, a),
                     slice_text(self, b)
                 ),
-                TileOp::Scalar { op, dst, src, value, reverse } => {
-                    let (x, y) = if *reverse {
-                        (format!("{value:?}"), slice_text(self, src))
-                    } else {
-                        (slice_text(self, src), format!("{value:?}"))
+                TileOp::Scalar { op, dst, src, scalar, reverse } => {
+                    let (s, per_row) = match scalar {
+                        TileScalar::Imm(v) => (format!("{v:?}"), ""),
+                        TileScalar::Column(col) => (slice_text(self, col), " per row"),
                     };
-                    format!("{} {} <- {x}, {y}", op.name(), slice_text(self, dst))
-                }
-                TileOp::ScalarColumn { op, dst, src, col, reverse } => {
-                    let (x, y) = if *reverse {
-                        (slice_text(self, col), slice_text(self, src))
-                    } else {
-                        (slice_text(self, src), slice_text(self, col))
-                    };
-                    format!("{} {} <- {x}, {y} per row", op.name(), slice_text(self, dst))
+                    let (x, y) = if *reverse { (s, slice_text(self, src)) } else { (slice_text(self, src), s) };
+                    format!("{} {} <- {x}, {y}{per_row}", op.name(), slice_text(self, dst))
                 }
                 TileOp::Activate { func, dst, src } => {
                     format!("activate {} {} <- {}", func.name(), slice_text(self, dst), slice_text(self, src))

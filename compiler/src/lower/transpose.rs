@@ -25,6 +25,8 @@ pub struct TransposeProblem {
     pub output: String,
     /// The IR statement.
     pub text: String,
+    /// Index of its IR node.
+    pub node: usize,
 }
 
 /// Lowers a transpose kernel to a tile program.
