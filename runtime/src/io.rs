@@ -168,23 +168,25 @@ pub fn read_npy_f64(path: &Path) -> Result<(Vec<u64>, Vec<f64>), IoError> {
     Ok((shape, data))
 }
 
+/// Writes `values` as `.npy` data of `shape` (the dtype follows `T`).
+fn write_npy_values<T: npyz::AutoSerialize>(
+    w: impl std::io::Write,
+    shape: &[u64],
+    values: impl Iterator<Item = T>,
+) -> std::io::Result<()> {
+    let mut wr = npyz::WriteOptions::new().default_dtype().shape(shape).writer(w).begin_nd()?;
+    wr.extend(values)?;
+    wr.finish()
+}
+
 /// Writes f32 (or, with `int`, int32) values as an `.npy` file of `shape`.
 pub fn write_npy(path: &Path, shape: &[u64], values: &[f64], int: bool) -> Result<(), IoError> {
     let file = std::fs::File::create(path).map_err(|e| file_err(path, format!("cannot create: {e}")))?;
     let w = std::io::BufWriter::new(file);
-    fn write<T: npyz::AutoSerialize>(
-        w: impl std::io::Write,
-        shape: &[u64],
-        values: impl Iterator<Item = T>,
-    ) -> std::io::Result<()> {
-        let mut wr = npyz::WriteOptions::new().default_dtype().shape(shape).writer(w).begin_nd()?;
-        wr.extend(values)?;
-        wr.finish()
-    }
     let result = if int {
-        write(w, shape, values.iter().map(|&v| v as i32))
+        write_npy_values(w, shape, values.iter().map(|&v| v as i32))
     } else {
-        write(w, shape, values.iter().map(|&v| v as f32))
+        write_npy_values(w, shape, values.iter().map(|&v| v as f32))
     };
     result.map_err(|e| file_err(path, format!("cannot write: {e}")))
 }
@@ -277,20 +279,9 @@ pub fn write_outputs(program: &Program, outputs: &[(String, Vec<u8>)], dir: &Pat
                     }
                 })
                 .collect();
-            npyz::WriteOptions::new()
-                .default_dtype()
-                .shape(&t.shape)
-                .writer(w)
-                .begin_nd()
-                .and_then(|mut wr| wr.extend(vals).and_then(|_| wr.finish()))
+            write_npy_values(w, &t.shape, vals.into_iter())
         } else {
-            let vals = decode_f32(t.dtype, bytes);
-            npyz::WriteOptions::new()
-                .default_dtype()
-                .shape(&t.shape)
-                .writer(w)
-                .begin_nd()
-                .and_then(|mut wr| wr.extend(vals).and_then(|_| wr.finish()))
+            write_npy_values(w, &t.shape, decode_f32(t.dtype, bytes).into_iter())
         };
         result.map_err(|e| file_err(&path, format!("cannot write: {e}")))?;
         written.push(path);

@@ -815,27 +815,23 @@ pub fn lower(p: &GemmProblem, s: &GemmSchedule) -> TileProgram {
         let mr = tm.min(p.m - mi * tm);
         for kc in 0..kt {
             let kr = tk.min(p.k - kc * tk);
-            if load_a && p.transpose_a {
+            if load_a {
+                // Stored-transposed A: k rows of M-tile columns; row-major A: M-tile
+                // rows of k columns (both land rows on partitions).
+                let (start, rows, row_stride, cols, offset) = if p.transpose_a {
+                    (kc * tk * p.m + mi * tm, kr, p.m, mr, kc * tm)
+                } else {
+                    (mi * tm * p.k + kc * tk, mr, p.k, kr, kc * tk)
+                };
                 let src = HbmBox {
                     tensor: 0,
-                    start: ab * a_batch_elems + kc * tk * p.m + mi * tm,
-                    rows: kr as u32,
-                    row_stride: p.m,
-                    cols: mr as u32,
+                    start: ab * a_batch_elems + start,
+                    rows: rows as u32,
+                    row_stride,
+                    cols: cols as u32,
                 };
                 let dst =
-                    BufSlice { buf: a_buf, copy: a_copy, parts: kr as u32, offset: (kc * tm) as u32, len: mr as u32 };
-                ops.push((TileOp::Load { dst, src, queue: s.a_queue }, 0));
-            } else if load_a {
-                let src = HbmBox {
-                    tensor: 0,
-                    start: ab * a_batch_elems + mi * tm * p.k + kc * tk,
-                    rows: mr as u32,
-                    row_stride: p.k,
-                    cols: kr as u32,
-                };
-                let dst =
-                    BufSlice { buf: a_buf, copy: a_copy, parts: mr as u32, offset: (kc * tk) as u32, len: kr as u32 };
+                    BufSlice { buf: a_buf, copy: a_copy, parts: rows as u32, offset: offset as u32, len: cols as u32 };
                 ops.push((TileOp::Load { dst, src, queue: s.a_queue }, 0));
             }
             if new_panel && !p.transpose_b {
