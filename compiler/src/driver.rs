@@ -15,6 +15,7 @@ use jpu_isa::{Program, Target};
 use crate::backend;
 use crate::lower::gemm::{self, GemmProblem, GemmSchedule};
 use crate::lower::map::MapProblem;
+use crate::lower::rows::RowProblem;
 use crate::lower::transpose::TransposeProblem;
 use crate::lower::{KernelProblem, TileProgram};
 use crate::tir::ir::Func;
@@ -27,6 +28,8 @@ pub enum Kernel {
     Map(MapProblem),
     /// A swap of the last two dims.
     Transpose(TransposeProblem),
+    /// Softmax, a norm or a reduction, with its tile copies.
+    Rows(RowProblem, u32),
 }
 
 impl Kernel {
@@ -38,12 +41,23 @@ impl Kernel {
         }
     }
 
+    /// The kernel's kind, as `--emit kernels` names it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Kernel::Gemm(..) => "gemm",
+            Kernel::Map(_) => "map",
+            Kernel::Transpose(_) => "transpose",
+            Kernel::Rows(..) => "rows",
+        }
+    }
+
     /// Its tile program.
     pub fn tiles(&self, t: &Target) -> TileProgram {
         match self {
             Kernel::Gemm(p, s) => gemm::lower(p, s),
             Kernel::Map(p) => crate::lower::map::lower(p, t),
             Kernel::Transpose(p) => crate::lower::transpose::lower(p, t),
+            Kernel::Rows(p, copies) => crate::lower::rows::lower(p, t, *copies),
         }
     }
 
@@ -53,6 +67,7 @@ impl Kernel {
             Kernel::Gemm(p, _) => (&p.epilogue, p.batch_map.len() as u64 * p.m * p.n),
             Kernel::Map(p) => (&p.steps, p.shape.iter().product()),
             Kernel::Transpose(_) => return 0,
+            Kernel::Rows(p, _) => return p.rows * p.kind.transcendentals(p.len),
         };
         let per_element =
             steps.iter().filter(|(s, _)| matches!(s, gemm::EpilogueStep::Activate(f) if f.is_transcendental())).count()
@@ -154,6 +169,15 @@ pub fn compile_at(f: &Func, t: &Target, schedule: Option<GemmSchedule>, level: O
             }
             KernelProblem::Map(p) => Kernel::Map(p),
             KernelProblem::Transpose(p) => Kernel::Transpose(p),
+            KernelProblem::Rows(p) => {
+                let copies = p.copies(t).ok_or_else(|| {
+                    format!(
+                        "`{}`: rows of {} elements do not fit one SRAM partition of {} ({} bytes) with the kernel's working tiles",
+                        p.text[0], p.len, t.name, t.sram.partition_bytes
+                    )
+                })?;
+                Kernel::Rows(p, copies)
+            }
         });
     }
     let tiles = link(f, kernels.iter().map(|k| k.tiles(t)).collect());
@@ -210,6 +234,18 @@ pub fn kernels_text(c: &Compiled, t: &Target) -> String {
             }
             Kernel::Transpose(tp) => {
                 out += &format!("kernel transpose: {} {:?} {}\n", tp.text, tp.shape, tp.dtype);
+                continue;
+            }
+            Kernel::Rows(r, copies) => {
+                out += &format!(
+                    "kernel rows: {}\n  {} rows of {} {} -> {}, blocks of {} rows, {copies} copies\n",
+                    r.text.join("; "),
+                    r.rows,
+                    r.len,
+                    r.dtype,
+                    r.out_dtype,
+                    r.rows.min(t.sram.partitions as u64)
+                );
                 continue;
             }
         };

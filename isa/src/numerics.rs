@@ -264,6 +264,8 @@ pub fn activation(func: ActFunc, x: f32) -> f32 {
         ActFunc::Rsqrt => 1.0 / libm::sqrtf(x),
         ActFunc::Reciprocal => 1.0 / x,
         ActFunc::Square => x * x,
+        ActFunc::Sqrt => libm::sqrtf(x),
+        ActFunc::Gelu => gelu_erf(x),
     }
 }
 

@@ -660,6 +660,10 @@ byte_enum!(
         Reciprocal = "reciprocal",
         /// x * x
         Square = "square",
+        /// sqrt(x)
+        Sqrt = "sqrt",
+        /// 0.5 x (1 + erf(x / sqrt 2)), the exact GELU
+        Gelu = "gelu",
     }
 );
 

@@ -302,8 +302,9 @@ fn epilogues_beyond_the_kernel_say_what_and_why() {
     };
     assert!(why("  %z = add(%y, %odd)\n  %r = reduce_sum(%z) {axes = [0]}\n  return %r")
         .contains("`%z = add` changes the shape"));
-    assert!(why("  %g = gelu(%y)\n  return %g").contains("`%g = gelu` has no activation-engine function yet"));
-    assert!(why("  %r = softmax(%y) {axis = -1}\n  return %r").contains("`%r = softmax` is not supported yet"));
+    assert!(why("  %s = slice(%y) {start = [0, 0], stop = [64, 64]}\n  return %s")
+        .contains("`%s = slice` is not supported yet"));
+    assert!(why("  %r = softmax(%y) {axis = -1}\n  return %r").contains("the function needs 2 kernels"));
 }
 
 /// A random GEMM with a random fusable epilogue (from `seed`): 0 to 5 steps drawn
@@ -322,9 +323,9 @@ fn random_epilogue(seed: u64) -> String {
     for i in 1..=steps {
         let prev = format!("%v{}", i - 1);
         let stmt = if rng.random_bool(0.35) {
-            let f = ["exp", "tanh", "erf", "sigmoid", "silu", "relu", "rsqrt", "recip"];
-            match rng.random_range(0..9usize) {
-                8 => format!("gelu({prev}) {{approx = \"tanh\"}}"),
+            let f = ["exp", "tanh", "erf", "sigmoid", "silu", "relu", "rsqrt", "recip", "sqrt", "neg", "gelu"];
+            match rng.random_range(0..12usize) {
+                11 => format!("gelu({prev}) {{approx = \"tanh\"}}"),
                 j => format!("{}({prev})", f[j]),
             }
         } else {
@@ -545,14 +546,7 @@ fn o0_runs_every_op_as_its_own_kernel() {
     let t = Target::builtin("jpu-tiny").unwrap();
     let kinds = |level| {
         let c = jalc::driver::compile_at(&f, &t, None, level).unwrap();
-        c.kernels
-            .iter()
-            .map(|k| match k {
-                jalc::driver::Kernel::Gemm(..) => "gemm",
-                jalc::driver::Kernel::Map(_) => "map",
-                jalc::driver::Kernel::Transpose(_) => "transpose",
-            })
-            .collect::<Vec<_>>()
+        c.kernels.iter().map(jalc::driver::Kernel::kind).collect::<Vec<_>>()
     };
     assert_eq!(kinds(0), ["gemm", "map", "map", "map"]);
     assert_eq!(kinds(2), ["gemm"]);

@@ -170,14 +170,15 @@ fn norms_and_attention_by_hand() {
       return %l, %r
     }";
     let out = run(src, &[&[1.0, 2.0, 3.0, 4.0], &[1.0, 1.0, 2.0, 1.0], &[0.0, 0.0, 0.0, 1.0]]);
-    let sd = 1.25f32.sqrt();
+    // Multiplied by the reciprocal standard deviation, as PyTorch does.
+    let rstd = 1.0 / 1.25f32.sqrt();
     let want: Vec<f64> =
-        [(-1.5f32 / sd), (-0.5 / sd), (0.5 / sd * 2.0), (1.5 / sd + 1.0)].iter().map(|&v| v as f64).collect();
+        [(-1.5f32 * rstd), (-0.5 * rstd), (0.5 * rstd * 2.0), (1.5 * rstd + 1.0)].iter().map(|&v| v as f64).collect();
     assert_eq!(out[0].data, want);
-    let rms = 7.5f32.sqrt();
+    let rrms = 1.0 / 7.5f32.sqrt();
     assert_eq!(
         out[1].data,
-        [1.0f32 / rms, 2.0 / rms, 3.0 / rms * 2.0, 4.0 / rms].iter().map(|&v| v as f64).collect::<Vec<_>>()
+        [1.0f32 * rrms, 2.0 * rrms, 3.0 * rrms * 2.0, 4.0 * rrms].iter().map(|&v| v as f64).collect::<Vec<_>>()
     );
     // Causal attention over equal scores averages the visible values; 2 query heads share 1 kv head.
     let src = "func @f(%q: f32[2, 2, 1], %k: f32[1, 2, 1], %v: f32[1, 2, 1]) -> f32[2, 2, 1] {

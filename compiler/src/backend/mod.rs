@@ -19,7 +19,7 @@
 use std::collections::HashMap;
 
 use jpu_isa::inst::{Engine, Wait};
-use jpu_isa::operand::{Column, Dim, DmaDim, DmaSide, DmaSpace, DmaTransfer, Imm, Scalar, Space, Tile};
+use jpu_isa::operand::{CmpOp, Column, Dim, DmaDim, DmaSide, DmaSpace, DmaTransfer, Imm, Scalar, Space, Tile};
 use jpu_isa::program::{RooflineInputs, SemDecl, TensorDecl};
 use jpu_isa::{Inst, Op, Program, Target};
 use petgraph::graph::{DiGraph, NodeIndex};
@@ -71,15 +71,9 @@ pub fn allocate(tp: &TileProgram, t: &Target) -> Result<Allocation, BackendError
         let bytes = tp.copy_bytes(b);
         let (stride, align) = match buf.space {
             Space::Sram => (bytes.div_ceil(64) * 64, 64),
-            Space::Psum => {
-                if bytes > bank_bytes {
-                    return Err(BackendError(format!(
-                        "buffer {} needs {bytes} bytes of PSUM; a bank holds {bank_bytes}",
-                        buf.name
-                    )));
-                }
-                (bank_bytes, bank_bytes)
-            }
+            // A PSUM copy takes whole banks (a PE result must not cross a bank; a
+            // copy wider than a bank is written by one matmul per bank).
+            Space::Psum => (bytes.div_ceil(bank_bytes).max(1) * bank_bytes, bank_bytes),
         };
         let size = stride * buf.copies as u64;
         let range = live[b].unwrap_or((0, usize::MAX));
@@ -167,9 +161,13 @@ fn slices(op: &TileOp) -> (Vec<BufSlice>, Vec<BufSlice>) {
         }
         TileOp::Copy { dst, src }
         | TileOp::Transpose { dst, src }
-        | TileOp::Scalar { dst, src, scalar: TileScalar::Imm(_), .. }
-        | TileOp::Activate { dst, src, .. } => (vec![*src], vec![*dst]),
-        TileOp::Scalar { dst, src, scalar: TileScalar::Column(col), .. } => (vec![*src, *col], vec![*dst]),
+        | TileOp::Reduce { dst, src, .. }
+        | TileOp::Select { dst, src, .. } => (vec![*src], vec![*dst]),
+        TileOp::Scalar { dst, src, scalar, .. } => (std::iter::once(*src).chain(scalar.column()).collect(), vec![*dst]),
+        TileOp::Activate { dst, src, scale, bias, accum, .. } => (
+            std::iter::once(*src).chain(scale.column()).chain(bias.column()).collect(),
+            [*dst].into_iter().chain(*accum).collect(),
+        ),
         TileOp::Binary { dst, a, b, .. } => (vec![*a, *b], vec![*dst]),
     }
 }
@@ -273,6 +271,18 @@ fn tile(tp: &TileProgram, alloc: &Allocation, s: &BufSlice) -> Tile {
     Tile::with_dims(b.space, b.dtype, 0, s.parts as u16, offset, &[Dim { count: s.len as u16, stride: 1 }])
 }
 
+fn column(tp: &TileProgram, alloc: &Allocation, s: &BufSlice) -> Column {
+    let c = tile(tp, alloc, s);
+    Column { space: c.space, dtype: c.dtype, offset: c.offset }
+}
+
+fn scalar_operand(tp: &TileProgram, alloc: &Allocation, s: &TileScalar) -> Scalar {
+    match s {
+        TileScalar::Imm(v) => Scalar::Imm(Imm(*v)),
+        TileScalar::Column(col) => Scalar::Col(column(tp, alloc, col)),
+    }
+}
+
 fn sram_side(tp: &TileProgram, alloc: &Allocation, s: &BufSlice, t: &Target) -> DmaSide {
     let b = &tp.buffers[s.buf];
     let size = b.dtype.size_bytes() as u64;
@@ -369,26 +379,34 @@ pub fn compile(tp: &TileProgram, t: &Target, roofline: RooflineInputs) -> Result
                 },
             ),
             TileOp::Scalar { op, dst, src, scalar, reverse } => {
-                let scalar = match scalar {
-                    TileScalar::Imm(v) => Scalar::Imm(Imm(*v)),
-                    TileScalar::Column(col) => {
-                        let c = tile(tp, &alloc, col);
-                        Scalar::Col(Column { space: c.space, dtype: c.dtype, offset: c.offset })
-                    }
-                };
+                let scalar = scalar_operand(tp, &alloc, scalar);
                 let (dst, src) = (tile(tp, &alloc, dst), tile(tp, &alloc, src));
                 (Engine::VE, Op::TensorScalar { op: *op, reverse: *reverse, dst, src, scalar })
             }
-            // func(x * 1 + -0) is func(x) for every x, signed zeros included.
-            TileOp::Activate { func, dst, src } => (
+            TileOp::Activate { func, dst, src, scale, bias, accum } => (
                 Engine::ACT,
                 Op::Activate {
                     func: *func,
                     dst: tile(tp, &alloc, dst),
                     src: tile(tp, &alloc, src),
-                    scale: Scalar::Imm(Imm(1.0)),
-                    bias: Scalar::Imm(Imm(-0.0)),
-                    accum: None,
+                    scale: scalar_operand(tp, &alloc, scale),
+                    bias: scalar_operand(tp, &alloc, bias),
+                    accum: accum.map(|a| column(tp, &alloc, &a)),
+                },
+            ),
+            TileOp::Reduce { op, dst, src } => {
+                (Engine::VE, Op::Reduce { op: *op, dst: tile(tp, &alloc, dst), src: tile(tp, &alloc, src) })
+            }
+            TileOp::Select { dst, src, partition_step, free_step, base, fill } => (
+                Engine::VE,
+                Op::Select {
+                    cmp: CmpOp::Ge,
+                    dst: tile(tp, &alloc, dst),
+                    src: tile(tp, &alloc, src),
+                    partition_step: *partition_step,
+                    free_step: *free_step,
+                    base: *base,
+                    fill: Imm(*fill),
                 },
             ),
         };

@@ -416,17 +416,17 @@ fn eval_node(node: &Node, values: &[Tensor]) -> Tensor {
                         let mean = v[1..].iter().fold(v[0], |a, &x| a + x) / nf;
                         let d: Vec<f32> = v.iter().map(|&x| x - mean).collect();
                         let var = d[1..].iter().fold(d[0] * d[0], |a, &x| a + x * x) / nf;
-                        let denom = libm::sqrtf(var + eps);
+                        let rstd = 1.0 / libm::sqrtf(var + eps);
                         let beta = beta.as_ref().expect("layernorm has beta");
                         for j in 0..n {
-                            let y = d[j] / denom * gamma.data[j] as f32 + beta.data[j] as f32;
+                            let y = d[j] * rstd * gamma.data[j] as f32 + beta.data[j] as f32;
                             data[at(j)] = round(dt, y as f64);
                         }
                     } else {
                         let ms = v[1..].iter().fold(v[0] * v[0], |a, &x| a + x * x) / nf;
-                        let denom = libm::sqrtf(ms + eps);
+                        let rstd = 1.0 / libm::sqrtf(ms + eps);
                         for j in 0..n {
-                            data[at(j)] = round(dt, (v[j] / denom * gamma.data[j] as f32) as f64);
+                            data[at(j)] = round(dt, (v[j] * rstd * gamma.data[j] as f32) as f64);
                         }
                     }
                 }

@@ -188,7 +188,7 @@ impl EpilogueStep {
     /// (one value per partition).
     pub fn tile_op(&self, tile: BufSlice, operand: impl Fn(usize) -> (BufSlice, bool)) -> TileOp {
         match *self {
-            EpilogueStep::Activate(func) => TileOp::Activate { func, dst: tile, src: tile },
+            EpilogueStep::Activate(func) => TileOp::activate(func, tile, tile),
             EpilogueStep::Binary { op, other: EpilogueOperand::Scalar(value), other_first } => {
                 TileOp::Scalar { op, dst: tile, src: tile, scalar: TileScalar::Imm(value), reverse: other_first }
             }
@@ -236,7 +236,7 @@ pub(crate) fn chip(t: ScalarType, what: &str) -> Result<DType, Unsupported> {
 }
 
 /// What code generation covers, for error messages.
-pub(crate) const SUPPORTED: &str = "this compiler version compiles matmuls, elementwise ops (binary, activation-engine functions, casts), reshapes and transposes of the last two dims, over parameters and earlier results";
+pub(crate) const SUPPORTED: &str = "this compiler version compiles matmuls, elementwise ops (binary, activation-engine functions, casts), softmax, rmsnorm and layernorm over the last axis, sum/max reductions over trailing axes, reshapes and transposes of the last two dims, over parameters and earlier results";
 
 /// A chain of elementwise steps, each consuming the previous value.
 pub(crate) struct Chain {
@@ -303,15 +303,7 @@ pub(crate) fn chain(
         if n.ty.shape != c_shape {
             return Err(not_yet("changes the shape, which is not supported in a fused chain yet"));
         }
-        let args: Vec<String> = n
-            .operands
-            .iter()
-            .map(|o| match o {
-                Operand::Value(v) => format!("%{}", f.node(*v).name),
-                Operand::Scalar(x) => format!("{x}"),
-            })
-            .collect();
-        let text = format!("%{} = {}({})", n.name, n.op.name(), args.join(", "));
+        let text = super::statement(f, i);
         match (&n.op, n.operands.as_slice()) {
             (Op::Cast { to }, [x]) if uses_prev(x) => {
                 let to = chip(*to, "the cast result")?;
@@ -390,10 +382,19 @@ pub(crate) fn chain(
                     Op::Unary(UnaryOp::Relu) => ActFunc::Relu,
                     Op::Unary(UnaryOp::Silu) => ActFunc::Silu,
                     Op::Gelu { approx: GeluApprox::Tanh } => ActFunc::GeluTanh,
-                    Op::Gelu { approx: GeluApprox::None } => {
-                        return Err(not_yet(
-                            "has no activation-engine function yet (the tanh form, `approx = \"tanh\"`, has)",
-                        ))
+                    Op::Unary(UnaryOp::Sqrt) => ActFunc::Sqrt,
+                    Op::Gelu { approx: GeluApprox::None } => ActFunc::Gelu,
+                    Op::Unary(UnaryOp::Neg) => {
+                        // -x is exact as x * -1 on the vector engine.
+                        let step = EpilogueStep::Binary {
+                            op: AluOp::Mul,
+                            other: EpilogueOperand::Scalar(-1.0),
+                            other_first: false,
+                        };
+                        epilogue.push((step, text));
+                        nodes.push(i);
+                        prev = here;
+                        continue;
                     }
                     _ => return Err(not_yet("has no activation-engine function yet")),
                 };

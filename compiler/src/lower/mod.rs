@@ -11,18 +11,20 @@
 
 pub mod gemm;
 pub mod map;
+pub mod rows;
 pub mod transpose;
 
 use std::fmt::{self, Write as _};
 
 use jpu_isa::operand::Space;
-use jpu_isa::operand::{ActFunc, AluOp};
+use jpu_isa::operand::{ActFunc, AluOp, ReduceOp};
 use jpu_isa::program::Role;
 use jpu_isa::DType;
 
 use crate::tir::ir::{Func, Op, Operand, ValueId};
 use gemm::{GemmProblem, Unsupported, SUPPORTED};
 use map::MapProblem;
+use rows::{RowKind, RowProblem};
 use transpose::TransposeProblem;
 
 /// One kernel of a compiled function.
@@ -34,6 +36,8 @@ pub enum KernelProblem {
     Map(MapProblem),
     /// A swap of the last two dims.
     Transpose(TransposeProblem),
+    /// Softmax, a norm or a reduction, row by row.
+    Rows(RowProblem),
 }
 
 impl KernelProblem {
@@ -43,6 +47,7 @@ impl KernelProblem {
             KernelProblem::Gemm(p) => &p.nodes,
             KernelProblem::Map(p) => &p.nodes,
             KernelProblem::Transpose(p) => std::slice::from_ref(&p.node),
+            KernelProblem::Rows(p) => &p.nodes,
         }
     }
 }
@@ -173,6 +178,11 @@ pub fn plan_with(f: &Func, fuse: bool) -> Result<Vec<KernelProblem>, Unsupported
                 };
                 (KernelProblem::Map(p), c.last.0 as usize)
             }
+            Op::Softmax { .. } | Op::RmsNorm { .. } | Op::LayerNorm { .. } | Op::Reduce { .. } => {
+                let p = row_kernel(f, i, &uses, &in_hbm, fuse)?;
+                let out = *p.nodes.last().unwrap_or(&i);
+                (KernelProblem::Rows(p), out)
+            }
             _ => return Err(not_yet("is not supported yet")),
         };
         for &v in kernel.nodes() {
@@ -191,6 +201,114 @@ pub fn plan_with(f: &Func, fuse: bool) -> Result<Vec<KernelProblem>, Unsupported
         return Err(Unsupported(SUPPORTED.into()));
     }
     Ok(kernels)
+}
+
+/// The row kernel of the softmax, norm or reduction at node `i`, with a cast that
+/// follows it fused when the op's result is f32 (one rounding either way).
+fn row_kernel(f: &Func, i: usize, uses: &[usize], in_hbm: &[bool], fuse: bool) -> Result<RowProblem, Unsupported> {
+    let node = &f.nodes[i];
+    let not_yet = |why: &str| Unsupported(format!("`%{} = {}` {why}: {SUPPORTED}", node.name, node.op.name()));
+    let values: Vec<ValueId> = node
+        .operands
+        .iter()
+        .map(|o| match o {
+            Operand::Value(v) => Ok(*v),
+            Operand::Scalar(_) => Err(not_yet("has a literal operand")),
+        })
+        .collect::<Result<_, _>>()?;
+    if let Some(v) = values.iter().find(|v| !in_hbm[v.0 as usize]) {
+        return Err(not_yet(&format!(
+            "reads `%{}`, which is not a parameter or an earlier kernel's output",
+            f.node(*v).name
+        )));
+    }
+    let x = f.node(values[0]);
+    let rank = x.ty.shape.len();
+    let last_axis = |axis: usize, what: &str| {
+        if axis + 1 == rank {
+            Ok(())
+        } else {
+            Err(not_yet(&format!("{what} over axis {axis}, not the last one, which is not supported yet")))
+        }
+    };
+    let (kind, reduced) = match &node.op {
+        Op::Softmax { axis } => (last_axis(*axis, "runs").map(|_| RowKind::Softmax)?, 1),
+        Op::RmsNorm { axis, eps } => {
+            (last_axis(*axis, "normalises").map(|_| RowKind::RmsNorm { eps: *eps as f32 })?, 1)
+        }
+        Op::LayerNorm { axis, eps } => {
+            (last_axis(*axis, "normalises").map(|_| RowKind::LayerNorm { eps: *eps as f32 })?, 1)
+        }
+        Op::Reduce { kind, axes, .. } => {
+            let k = axes.len();
+            if axes.iter().enumerate().any(|(j, &a)| a != rank - k + j) {
+                return Err(not_yet(&format!(
+                    "reduces axes {axes:?}; only trailing axes (a suffix of the dims) are supported yet"
+                )));
+            }
+            let op = match kind {
+                crate::tir::ir::ReduceKind::Sum => jpu_isa::operand::ReduceOp::Sum,
+                crate::tir::ir::ReduceKind::Max => jpu_isa::operand::ReduceOp::Max,
+            };
+            (RowKind::Reduce(op), k)
+        }
+        _ => return Err(not_yet("is not a row op")),
+    };
+    if !x.ty.dtype.is_float() {
+        return Err(not_yet("on integers is not supported yet (the vector engine computes in f32)"));
+    }
+    let len: u64 = x.ty.shape[rank - reduced..].iter().product();
+    let rows: u64 = x.ty.shape[..rank - reduced].iter().product();
+    let params = values[1..]
+        .iter()
+        .map(|v| {
+            let pn = f.node(*v);
+            Ok((pn.name.clone(), gemm::chip(pn.ty.dtype, "a norm parameter")?))
+        })
+        .collect::<Result<Vec<_>, Unsupported>>()?;
+    let mut out_dtype = gemm::chip(node.ty.dtype, "the result")?;
+    let mut text = vec![statement(f, i)];
+    let mut nodes = vec![i];
+    // A cast consuming the f32 result becomes the kernel's store dtype.
+    if fuse && out_dtype == DType::F32 && uses[i] == 1 && !f.results.contains(&ValueId(i as u32)) {
+        let cast = f.nodes.iter().enumerate().skip(i + 1).find(|(_, n)| {
+            matches!(n.op, Op::Cast { .. }) && matches!(n.operands.as_slice(), [Operand::Value(v)] if v.0 as usize == i)
+        });
+        if let Some((c, cn)) = cast {
+            out_dtype = gemm::chip(cn.ty.dtype, "the cast result")?;
+            text.push(format!("{} {{to = {out_dtype}}}", statement(f, c)));
+            nodes.push(c);
+        }
+    }
+    let last = f.node(ValueId(*nodes.last().unwrap_or(&i) as u32));
+    Ok(RowProblem {
+        kind,
+        input: x.name.clone(),
+        input_shape: x.ty.shape.clone(),
+        dtype: gemm::chip(x.ty.dtype, "the operand")?,
+        rows,
+        len,
+        params,
+        output: last.name.clone(),
+        output_shape: last.ty.shape.clone(),
+        out_dtype,
+        text,
+        nodes,
+    })
+}
+
+/// `%y = op(%a, %b)` of node `i`, for listings and debug info.
+pub(crate) fn statement(f: &Func, i: usize) -> String {
+    let n = &f.nodes[i];
+    let args: Vec<String> = n
+        .operands
+        .iter()
+        .map(|o| match o {
+            Operand::Value(v) => format!("%{}", f.node(*v).name),
+            Operand::Scalar(x) => format!("{x}"),
+        })
+        .collect();
+    format!("%{} = {}({})", n.name, n.op.name(), args.join(", "))
 }
 
 /// An HBM tensor of the compiled program (a parameter or a result of the function).
@@ -330,7 +448,8 @@ pub enum TileOp {
         /// The scalar is the left operand.
         reverse: bool,
     },
-    /// `dst = func(src)` on the ACT engine.
+    /// `dst = func(src * scale + bias)` on the ACT engine, with the f32 row sums of
+    /// the results into `accum`.
     Activate {
         /// Function.
         func: ActFunc,
@@ -338,16 +457,78 @@ pub enum TileOp {
         dst: BufSlice,
         /// Source.
         src: BufSlice,
+        /// Multiplier (`Imm(1.0)`: none).
+        scale: TileScalar,
+        /// Addend (`Imm(-0.0)`: none; `x + -0` is `x` for every x).
+        bias: TileScalar,
+        /// A `len` 1 f32 slice receiving each partition's sum of results.
+        accum: Option<BufSlice>,
+    },
+    /// `dst[p] = fold(src[p, ..])` (sum or max, in order) on the VE.
+    Reduce {
+        /// Reduction.
+        op: ReduceOp,
+        /// Result: a `len` 1 slice.
+        dst: BufSlice,
+        /// Source.
+        src: BufSlice,
+    },
+    /// Affine select on the VE: `dst[p, i] = src[p, i]` where
+    /// `partition_step * p + free_step * i + base >= 0`, else `fill` (the causal mask).
+    Select {
+        /// Result.
+        dst: BufSlice,
+        /// Source.
+        src: BufSlice,
+        /// Coefficient of the partition.
+        partition_step: i32,
+        /// Coefficient of the element within the slice.
+        free_step: i32,
+        /// Constant term.
+        base: i32,
+        /// Value where the condition fails.
+        fill: f32,
     },
 }
 
-/// The scalar operand of [`TileOp::Scalar`].
+/// The scalar operand of [`TileOp::Scalar`] and of the ACT's scale and bias.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum TileScalar {
     /// One value for every element, already rounded to the IR literal's dtype.
     Imm(f32),
     /// One value per partition: a `len` 1 slice.
     Column(BufSlice),
+}
+
+impl TileScalar {
+    /// The column slice, if this scalar is one.
+    pub fn column(&self) -> Option<BufSlice> {
+        match self {
+            TileScalar::Imm(_) => None,
+            TileScalar::Column(c) => Some(*c),
+        }
+    }
+
+    fn column_mut(&mut self) -> Option<&mut BufSlice> {
+        match self {
+            TileScalar::Imm(_) => None,
+            TileScalar::Column(c) => Some(c),
+        }
+    }
+
+    fn text(&self, p: &TileProgram) -> String {
+        match self {
+            TileScalar::Imm(v) => format!("{v:?}"),
+            TileScalar::Column(col) => slice_text(p, col),
+        }
+    }
+}
+
+impl TileOp {
+    /// An ACT op with no scale, bias or row sum: `dst = func(src)`.
+    pub fn activate(func: ActFunc, dst: BufSlice, src: BufSlice) -> TileOp {
+        TileOp::Activate { func, dst, src, scale: TileScalar::Imm(1.0), bias: TileScalar::Imm(-0.0), accum: None }
+    }
 }
 
 /// A lowered kernel: tile ops and the IR op they implement (for debug info).
@@ -379,9 +560,18 @@ impl TileOp {
             TileOp::Matmul { dst, stationary, moving, .. } => slices.extend([dst, stationary, moving]),
             TileOp::Copy { dst, src }
             | TileOp::Transpose { dst, src }
-            | TileOp::Scalar { dst, src, scalar: TileScalar::Imm(_), .. }
-            | TileOp::Activate { dst, src, .. } => slices.extend([dst, src]),
-            TileOp::Scalar { dst, src, scalar: TileScalar::Column(col), .. } => slices.extend([dst, src, col]),
+            | TileOp::Reduce { dst, src, .. }
+            | TileOp::Select { dst, src, .. } => slices.extend([dst, src]),
+            TileOp::Scalar { dst, src, scalar, .. } => {
+                slices.extend([dst, src]);
+                slices.extend(scalar.column_mut());
+            }
+            TileOp::Activate { dst, src, scale, bias, accum, .. } => {
+                slices.extend([dst, src]);
+                slices.extend(scale.column_mut());
+                slices.extend(bias.column_mut());
+                slices.extend(accum.as_mut());
+            }
             TileOp::Binary { dst, a, b, .. } => slices.extend([dst, a, b]),
         }
         for s in slices {
@@ -455,16 +645,32 @@ impl fmt::Display for TileProgram {
                     slice_text(self, b)
                 ),
                 TileOp::Scalar { op, dst, src, scalar, reverse } => {
-                    let (s, per_row) = match scalar {
-                        TileScalar::Imm(v) => (format!("{v:?}"), ""),
-                        TileScalar::Column(col) => (slice_text(self, col), " per row"),
-                    };
+                    let (s, per_row) = (scalar.text(self), if scalar.column().is_some() { " per row" } else { "" });
                     let (x, y) = if *reverse { (s, slice_text(self, src)) } else { (slice_text(self, src), s) };
                     format!("{} {} <- {x}, {y}{per_row}", op.name(), slice_text(self, dst))
                 }
-                TileOp::Activate { func, dst, src } => {
-                    format!("activate {} {} <- {}", func.name(), slice_text(self, dst), slice_text(self, src))
+                TileOp::Activate { func, dst, src, scale, bias, accum } => {
+                    let mut text =
+                        format!("activate {} {} <- {}", func.name(), slice_text(self, dst), slice_text(self, src));
+                    if *scale != TileScalar::Imm(1.0) {
+                        text += &format!(" scale {}", scale.text(self));
+                    }
+                    if *bias != TileScalar::Imm(-0.0) {
+                        text += &format!(" bias {}", bias.text(self));
+                    }
+                    if let Some(a) = accum {
+                        text += &format!(" sum -> {}", slice_text(self, a));
+                    }
+                    text
                 }
+                TileOp::Reduce { op, dst, src } => {
+                    format!("reduce_{} {} <- {}", op.name(), slice_text(self, dst), slice_text(self, src))
+                }
+                TileOp::Select { dst, src, partition_step, free_step, base, fill } => format!(
+                    "select {} <- {} where {partition_step}*p + {free_step}*i + {base} >= 0 else {fill:?}",
+                    slice_text(self, dst),
+                    slice_text(self, src)
+                ),
             };
             let _ = writeln!(out, "{text}  ; {}", self.debug_ops[*d as usize]);
         }
