@@ -13,6 +13,7 @@ use jpu_isa::program::RooflineInputs;
 use jpu_isa::{Program, Target};
 
 use crate::backend;
+use crate::lower::attention::{AttentionPlan, AttentionProblem};
 use crate::lower::gemm::{self, GemmProblem, GemmSchedule};
 use crate::lower::map::MapProblem;
 use crate::lower::rows::RowProblem;
@@ -30,6 +31,8 @@ pub enum Kernel {
     Transpose(TransposeProblem),
     /// Softmax, a norm or a reduction, with its tile copies.
     Rows(RowProblem, u32),
+    /// Fused attention and its tiling.
+    Attention(AttentionProblem, AttentionPlan),
 }
 
 impl Kernel {
@@ -48,6 +51,7 @@ impl Kernel {
             Kernel::Map(_) => "map",
             Kernel::Transpose(_) => "transpose",
             Kernel::Rows(..) => "rows",
+            Kernel::Attention(..) => "attention",
         }
     }
 
@@ -58,6 +62,7 @@ impl Kernel {
             Kernel::Map(p) => crate::lower::map::lower(p, t),
             Kernel::Transpose(p) => crate::lower::transpose::lower(p, t),
             Kernel::Rows(p, copies) => crate::lower::rows::lower(p, t, *copies),
+            Kernel::Attention(p, plan) => crate::lower::attention::lower(p, plan),
         }
     }
 
@@ -68,6 +73,7 @@ impl Kernel {
             Kernel::Map(p) => (&p.steps, p.shape.iter().product()),
             Kernel::Transpose(_) => return 0,
             Kernel::Rows(p, _) => return p.rows * p.kind.transcendentals(p.len),
+            Kernel::Attention(p, _) => return p.visible_pairs(),
         };
         let per_element =
             steps.iter().filter(|(s, _)| matches!(s, gemm::EpilogueStep::Activate(f) if f.is_transcendental())).count()
@@ -178,6 +184,10 @@ pub fn compile_at(f: &Func, t: &Target, schedule: Option<GemmSchedule>, level: O
                 })?;
                 Kernel::Rows(p, copies)
             }
+            KernelProblem::Attention(p) => {
+                let plan = p.plan(t).map_err(|e| format!("`{}`: {e}", p.text[0]))?;
+                Kernel::Attention(p, plan)
+            }
         });
     }
     let tiles = link(f, kernels.iter().map(|k| k.tiles(t)).collect());
@@ -196,6 +206,14 @@ pub fn compile_at(f: &Func, t: &Target, schedule: Option<GemmSchedule>, level: O
     };
     for k in &kernels {
         roof.transcendentals += k.transcendentals();
+        if let Kernel::Attention(p, _) = k {
+            // Only the pairs the mask leaves visible count: q . k and p . v.
+            let flops = 2 * (p.d + p.dv) * p.visible_pairs();
+            match p.dtype.size_bytes() {
+                2 => roof.flops_16bit += flops,
+                _ => roof.flops_f32 += flops,
+            }
+        }
         let Some((p, _)) = k.gemm() else { continue };
         let flops = 2 * p.batch_map.len() as u64 * p.m * p.k * p.n;
         match p.operand.size_bytes() {
@@ -234,6 +252,24 @@ pub fn kernels_text(c: &Compiled, t: &Target) -> String {
             }
             Kernel::Transpose(tp) => {
                 out += &format!("kernel transpose: {} {:?} {}\n", tp.text, tp.shape, tp.dtype);
+                continue;
+            }
+            Kernel::Attention(a, plan) => {
+                out += &format!(
+                    "kernel attention: {}\n  batch {}, {} query heads / {} kv heads, seq {} x {}, head dim {} / {}, {}{} -> {}\n  schedule: {plan}{}\n",
+                    a.text.join("; "),
+                    a.batch,
+                    a.hq,
+                    a.hk,
+                    a.sq,
+                    a.sk,
+                    a.d,
+                    a.dv,
+                    a.dtype,
+                    if a.causal { ", causal" } else { "" },
+                    a.out_dtype,
+                    if plan.resident(a) { " (K/V resident per kv head)" } else { " (K/V streamed per block)" }
+                );
                 continue;
             }
             Kernel::Rows(r, copies) => {

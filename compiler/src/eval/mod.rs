@@ -114,6 +114,12 @@ fn f32s(t: &Tensor) -> impl Iterator<Item = f32> + '_ {
 
 /// Evaluates `f` on `inputs` (one per parameter, in order, of the declared types).
 pub fn eval(f: &Func, inputs: &[Tensor]) -> Result<Vec<Tensor>, EvalError> {
+    let values = eval_values(f, inputs)?;
+    Ok(f.results.iter().map(|r| values[r.0 as usize].clone()).collect())
+}
+
+/// Every value of `f` (parameters first), evaluated on `inputs`.
+pub fn eval_values(f: &Func, inputs: &[Tensor]) -> Result<Vec<Tensor>, EvalError> {
     if inputs.len() != f.num_params {
         return Err(EvalError(format!("@{} takes {} inputs, given {}", f.name, f.num_params, inputs.len())));
     }
@@ -133,7 +139,7 @@ pub fn eval(f: &Func, inputs: &[Tensor]) -> Result<Vec<Tensor>, EvalError> {
         };
         values.push(t);
     }
-    Ok(f.results.iter().map(|r| values[r.0 as usize].clone()).collect())
+    Ok(values)
 }
 
 fn operand<'a>(values: &'a [Tensor], node: &Node, i: usize) -> std::borrow::Cow<'a, Tensor> {

@@ -9,6 +9,7 @@
 //! `ops` is a valid sequential execution; the backend may overlap anything the
 //! dependencies allow.
 
+pub mod attention;
 pub mod gemm;
 pub mod map;
 pub mod rows;
@@ -22,6 +23,7 @@ use jpu_isa::program::Role;
 use jpu_isa::DType;
 
 use crate::tir::ir::{Func, Op, Operand, ValueId};
+use attention::AttentionProblem;
 use gemm::{GemmProblem, Unsupported, SUPPORTED};
 use map::MapProblem;
 use rows::{RowKind, RowProblem};
@@ -38,6 +40,8 @@ pub enum KernelProblem {
     Transpose(TransposeProblem),
     /// Softmax, a norm or a reduction, row by row.
     Rows(RowProblem),
+    /// Fused attention.
+    Attention(AttentionProblem),
 }
 
 impl KernelProblem {
@@ -48,6 +52,7 @@ impl KernelProblem {
             KernelProblem::Map(p) => &p.nodes,
             KernelProblem::Transpose(p) => std::slice::from_ref(&p.node),
             KernelProblem::Rows(p) => &p.nodes,
+            KernelProblem::Attention(p) => &p.nodes,
         }
     }
 }
@@ -183,6 +188,10 @@ pub fn plan_with(f: &Func, fuse: bool) -> Result<Vec<KernelProblem>, Unsupported
                 let out = *p.nodes.last().unwrap_or(&i);
                 (KernelProblem::Rows(p), out)
             }
+            Op::Attention { causal, scale } => {
+                let p = attention_kernel(f, i, *causal, *scale, &in_hbm)?;
+                (KernelProblem::Attention(p), i)
+            }
             _ => return Err(not_yet("is not supported yet")),
         };
         for &v in kernel.nodes() {
@@ -294,6 +303,67 @@ fn row_kernel(f: &Func, i: usize, uses: &[usize], in_hbm: &[bool], fuse: bool) -
         out_dtype,
         text,
         nodes,
+    })
+}
+
+/// The attention kernel of node `i`.
+fn attention_kernel(
+    f: &Func,
+    i: usize,
+    causal: bool,
+    scale: f64,
+    in_hbm: &[bool],
+) -> Result<AttentionProblem, Unsupported> {
+    let node = &f.nodes[i];
+    let not_yet = |why: &str| Unsupported(format!("`%{} = {}` {why}: {SUPPORTED}", node.name, node.op.name()));
+    let [Operand::Value(q), Operand::Value(k), Operand::Value(v)] = node.operands.as_slice() else {
+        return Err(not_yet("is malformed"));
+    };
+    if let Some(x) = [q, k, v].into_iter().find(|x| !in_hbm[x.0 as usize]) {
+        return Err(not_yet(&format!(
+            "reads `%{}`, which is not a parameter or an earlier kernel's output",
+            f.node(*x).name
+        )));
+    }
+    let (qn, kn, vn) = (f.node(*q), f.node(*k), f.node(*v));
+    let dtype = gemm::chip(qn.ty.dtype, "the query")?;
+    if !matches!(dtype, DType::Bf16 | DType::F16 | DType::F32) {
+        return Err(not_yet(&format!("on {dtype} operands is not supported yet (bf16, f16 and f32 are)")));
+    }
+    let r = qn.ty.shape.len();
+    let dims = |s: &[u64]| (s[r - 3], s[r - 2], s[r - 1]);
+    let ((hq, sq, d), (hk, sk, _), (_, _, dv)) = (dims(&qn.ty.shape), dims(&kn.ty.shape), dims(&vn.ty.shape));
+    if qn.ty.shape[..r - 3] != kn.ty.shape[..r - 3] || kn.ty.shape[..r - 3] != vn.ty.shape[..r - 3] {
+        return Err(not_yet("broadcasts batch dims between q, k and v, which is not supported yet"));
+    }
+    if scale <= 0.0 {
+        return Err(not_yet(&format!("has scale {scale}; the kernel needs a positive scale")));
+    }
+    if causal && sq > sk {
+        return Err(not_yet(&format!(
+            "is causal with more query rows ({sq}) than keys ({sk}), which leaves rows with no key; not supported yet"
+        )));
+    }
+    Ok(AttentionProblem {
+        q: qn.name.clone(),
+        k: kn.name.clone(),
+        v: vn.name.clone(),
+        shapes: [qn.ty.shape.clone(), kn.ty.shape.clone(), vn.ty.shape.clone()],
+        dtype,
+        batch: qn.ty.shape[..r - 3].iter().product(),
+        hq,
+        hk,
+        sq,
+        sk,
+        d,
+        dv,
+        causal,
+        scale: scale as f32,
+        output: node.name.clone(),
+        out_shape: node.ty.shape.clone(),
+        out_dtype: gemm::chip(node.ty.dtype, "the result")?,
+        text: vec![format!("{} {{causal = {causal}, scale = {scale}}}", statement(f, i))],
+        nodes: vec![i],
     })
 }
 

@@ -1,0 +1,601 @@
+//! The flash-attention kernel: `softmax(q . k^T * scale [+ causal mask]) . v` with
+//! grouped-query heads, never writing the score matrix to HBM.
+//!
+//! Per KV head (a *group*: the query heads that read it), K and V rows are loaded
+//! into a *window*: the whole sequence when it fits SRAM (then K and V are read
+//! from HBM once and serve every query head and query tile of the group), else one
+//! KV block at a time (re-read per query tile). K is transposed once per window on
+//! the PE (into `[head dim, kv]`, the moving operand of `Q . K^T`).
+//!
+//! A *query tile* is up to one partition per query row: a tile of one head, or
+//! several heads of a group packed together when their rows fit (decode), so the
+//! group's heads share each K/V read. For each KV block of a tile (online softmax):
+//!
+//! 1. PE: `S = Q . K^T` into PSUM (Q is the stationary operand, read transposed
+//!    from its row-major tile at no cost), accumulated over head-dim chunks.
+//! 2. VE: the diagonal block of a causal tile gets the affine select (`-inf`
+//!    above the diagonal); fully masked blocks are never computed.
+//! 3. VE: block row max, running max `m`, `nb = -scale * m`.
+//! 4. ACT: `P = exp(S * scale + nb)` into SRAM in the operand dtype, with the f32
+//!    row sum fused; on later blocks `alpha = exp(m_old * scale + nb)`.
+//! 5. VE: `l = l * alpha + rowsum`, `O *= alpha` (O stays in PSUM).
+//! 6. PE: `O += P . V`, P read as the transposed stationary operand (no transpose
+//!    pass), V chunks as moving operands.
+//!
+//! After the last block, `O / l` is rounded into the result dtype and stored.
+//! Scores of block i + 1 are issued on the PE before block i's softmax, and every
+//! per-block buffer has two copies, so the PE computes while ACT and VE work.
+//!
+//! Numerics: the scores, maxima and sums are f32 as in the reference; P reaches
+//! the PV matmul rounded to the operand dtype (unnormalised) and the sum of
+//! exponentials is of unrounded values, so results match the reference within
+//! the attention tolerance of docs/testing.md, not bit for bit.
+
+use jpu_isa::operand::{ActFunc, AluOp, ReduceOp, Space};
+use jpu_isa::program::Role;
+use jpu_isa::{DType, Target};
+
+use super::{BufSlice, Buffer, HbmBox, HbmTensor, TileOp, TileProgram, TileScalar};
+
+/// Copies of the per-block statistics columns.
+const STAT_COPIES: usize = 3;
+/// Copies of the probabilities tile.
+const PROB_COPIES: usize = 3;
+/// Copies of the query tile.
+const Q_COPIES: usize = 3;
+
+/// An attention kernel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttentionProblem {
+    /// Query, key and value tensors (names).
+    pub q: String,
+    /// Keys.
+    pub k: String,
+    /// Values.
+    pub v: String,
+    /// Their shapes (`[.., heads, seq, dim]`).
+    pub shapes: [Vec<u64>; 3],
+    /// Operand dtype (q, k and v share it).
+    pub dtype: DType,
+    /// Leading (batch) elements.
+    pub batch: u64,
+    /// Query heads.
+    pub hq: u64,
+    /// KV heads.
+    pub hk: u64,
+    /// Query rows per head.
+    pub sq: u64,
+    /// Keys per head.
+    pub sk: u64,
+    /// Head dim of q and k.
+    pub d: u64,
+    /// Head dim of v.
+    pub dv: u64,
+    /// Query i sees keys j <= i + sk - sq.
+    pub causal: bool,
+    /// Multiplies the scores (positive).
+    pub scale: f32,
+    /// The result's name.
+    pub output: String,
+    /// Its shape.
+    pub out_shape: Vec<u64>,
+    /// The dtype stored.
+    pub out_dtype: DType,
+    /// The IR statements the kernel implements.
+    pub text: Vec<String>,
+    /// Indices of the IR nodes the kernel computes.
+    pub nodes: Vec<usize>,
+}
+
+/// The kernel's tiling for a target (printed by `--emit kernels`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttentionPlan {
+    /// KV rows per chunk (PE contraction, V and K^T chunk).
+    pub kv_chunk: u64,
+    /// Head-dim rows per chunk of the `Q . K^T` contraction.
+    pub d_chunk: u64,
+    /// Query rows per tile (partitions).
+    pub q_tile: u64,
+    /// Heads packed in one query tile.
+    pub heads_per_tile: u64,
+    /// Score columns per PSUM bank.
+    pub bank_cols: u64,
+    /// KV columns per block (one bank).
+    pub kv_block: u64,
+    /// KV rows resident per window (the whole sequence, or one block).
+    pub window: u64,
+    /// Copies of the window buffers.
+    pub window_copies: u32,
+    /// Copies of the O accumulator (PSUM banks).
+    pub o_copies: u32,
+    /// Copies of the score block (PSUM banks).
+    pub score_copies: u32,
+}
+
+impl AttentionPlan {
+    /// True when each group's K and V are read from HBM once.
+    pub fn resident(&self, p: &AttentionProblem) -> bool {
+        self.window >= p.sk
+    }
+}
+
+impl std::fmt::Display for AttentionPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "q_tile = {}, heads_per_tile = {}, kv_block = {} x{}, kv_chunk = {}, d_chunk = {}, window = {} x{}",
+            self.q_tile,
+            self.heads_per_tile,
+            self.kv_block,
+            self.score_copies,
+            self.kv_chunk,
+            self.d_chunk,
+            self.window,
+            self.window_copies
+        )
+    }
+}
+
+impl AttentionProblem {
+    /// Query heads per KV head.
+    pub fn group(&self) -> u64 {
+        self.hq / self.hk
+    }
+
+    /// (query, key) pairs the mask leaves visible, over every head and batch.
+    pub fn visible_pairs(&self) -> u64 {
+        let per_head: u64 = if self.causal {
+            (0..self.sq).map(|i| (i + self.sk).saturating_sub(self.sq).saturating_add(1).min(self.sk)).sum()
+        } else {
+            self.sq * self.sk
+        };
+        per_head * self.hq * self.batch
+    }
+
+    /// Chooses the tiling, or says which limit the problem breaks.
+    pub fn plan(&self, t: &Target) -> Result<AttentionPlan, String> {
+        let parts = t.sram.partitions as u64;
+        let kv_chunk = (t.pe.rows as u64).min(parts);
+        let d_chunk = (t.pe.rows as u64).min(t.pe.cols as u64);
+        let q_tile = (t.pe.cols as u64).min(parts);
+        let bank_cols = (t.pe.max_moving_free as u64).min(t.psum_bank_bytes() as u64 / 4);
+        if self.dv > bank_cols {
+            return Err(format!(
+                "the value head dim {} is wider than a PSUM bank's {bank_cols} f32 columns on {}",
+                self.dv, t.name
+            ));
+        }
+        if self.dv > t.pe.max_moving_free as u64 {
+            return Err(format!("the value head dim {} exceeds the PE's moving width on {}", self.dv, t.name));
+        }
+        let banks = t.psum.banks.unwrap_or(1) as u64;
+        // Banks: scores (2 copies of one or two banks), O accumulators (2 copies,
+        // or 1: then a tile's PV waits for the previous tile's output), K^T (1).
+        // Banks: scores (copies of one bank each: three let the PE run two blocks
+        // ahead of the softmax), O accumulators (2 copies, or 1: then a tile's
+        // PV waits for the previous tile's output), K^T transposes (1).
+        const K_T_BANKS: u64 = 1;
+        let (score_copies, o_copies) = [(3u32, 2u32), (2, 2), (2, 1)]
+            .into_iter()
+            .find(|&(s, o)| (s + o) as u64 + K_T_BANKS <= banks)
+            .ok_or_else(|| format!("attention needs 4 PSUM banks; {} has {banks}", t.name))?;
+        let group = self.group();
+        let heads_per_tile =
+            if group > 1 && group * self.sq <= q_tile && (!self.causal || self.sq == 1) { group } else { 1 };
+        let esize = self.dtype.size_bytes() as u64;
+        let pad = |b: u64| b.div_ceil(64) * 64;
+        let window_bytes = |w: u64| {
+            let chunks = w.div_ceil(kv_chunk);
+            let d_chunks = self.d.div_ceil(d_chunk);
+            pad(chunks * self.d * esize) + pad(chunks * self.dv * esize) + pad(d_chunks * chunks * kv_chunk * esize)
+        };
+        let fixed = |kv_block: u64| {
+            Q_COPIES as u64 * pad(self.d * esize)
+                + 2 * pad(self.dv * self.out_dtype_size())
+                + PROB_COPIES as u64 * pad(kv_block * esize)
+                + 16 * 64
+        };
+        let cap = t.sram.partition_bytes as u64;
+        // The whole sequence resident (K/V read once per group), else streamed
+        // blocks: a bank wide, or narrower (down to one chunk) when SRAM is small.
+        let mut choice = (fixed(bank_cols) + 2 * window_bytes(self.sk) <= cap).then_some((bank_cols, self.sk, 2));
+        let mut kv_block = bank_cols;
+        while choice.is_none() && kv_block >= kv_chunk {
+            choice = [3, 2]
+                .into_iter()
+                .find(|&c| fixed(kv_block) + c * window_bytes(kv_block) <= cap)
+                .map(|c| (kv_block, kv_block, c as u32));
+            kv_block /= 2;
+        }
+        let Some((kv_block, window, window_copies)) = choice else {
+            return Err(format!(
+                "attention tiles for head dim {} do not fit one SRAM partition of {} ({cap} bytes)",
+                self.d, t.name
+            ));
+        };
+        Ok(AttentionPlan {
+            kv_chunk,
+            d_chunk,
+            q_tile,
+            heads_per_tile,
+            bank_cols,
+            kv_block,
+            window,
+            window_copies,
+            o_copies,
+            score_copies,
+        })
+    }
+
+    fn out_dtype_size(&self) -> u64 {
+        self.out_dtype.size_bytes() as u64
+    }
+}
+
+/// A query tile: `heads` consecutive query heads from `head` (global index over
+/// batch x heads), rows `r0 .. r0 + rows` of each, packed head after head.
+#[derive(Debug, Clone, Copy)]
+struct QTile {
+    group: u64,
+    head: u64,
+    heads: u64,
+    r0: u64,
+    rows: u64,
+}
+
+impl QTile {
+    fn parts(&self) -> u32 {
+        (self.heads * self.rows) as u32
+    }
+}
+
+/// One KV block of a query tile.
+#[derive(Debug, Clone, Copy)]
+struct Block {
+    tile: usize,
+    c0: u64,
+    c1: u64,
+    first: bool,
+    last: bool,
+    window: usize,
+}
+
+/// A window of K/V rows `a .. b` of a group.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    group: u64,
+    a: u64,
+    b: u64,
+}
+
+/// Lowers an attention kernel.
+pub fn lower(p: &AttentionProblem, plan: &AttentionPlan) -> TileProgram {
+    let AttentionPlan { kv_chunk, d_chunk, heads_per_tile, bank_cols, kv_block, window, window_copies, .. } = *plan;
+    let (d, dv, sq, sk) = (p.d, p.dv, p.sq, p.sk);
+    let group = p.group();
+    let d_chunks = d.div_ceil(d_chunk);
+    let win_pad = window.div_ceil(kv_chunk) * kv_chunk;
+    let win_chunks = win_pad / kv_chunk;
+    let off = sk as i64 - sq as i64;
+
+    // Tiles, blocks and windows in execution order.
+    let mut tiles = Vec::new();
+    for g in 0..p.batch * p.hk {
+        let (b, kvh) = (g / p.hk, g % p.hk);
+        let first_head = b * p.hq + kvh * group;
+        if heads_per_tile > 1 {
+            tiles.push(QTile { group: g, head: first_head, heads: group, r0: 0, rows: sq });
+        } else {
+            for h in first_head..first_head + group {
+                for r0 in (0..sq).step_by(plan.q_tile as usize) {
+                    tiles.push(QTile { group: g, head: h, heads: 1, r0, rows: plan.q_tile.min(sq - r0) });
+                }
+            }
+        }
+    }
+    let mut windows: Vec<Window> = Vec::new();
+    let mut blocks = Vec::new();
+    for (ti, tile) in tiles.iter().enumerate() {
+        // Keys past the last row's limit are masked for every row of the tile.
+        let end = if p.causal { ((tile.r0 + tile.rows) as i64 + off).clamp(0, sk as i64) as u64 } else { sk };
+        let mut c0 = 0;
+        while c0 < end {
+            let c1 = end.min(c0 + kv_block);
+            let a = c0 / window * window;
+            let fresh = windows.last().is_none_or(|w| w.group != tile.group || w.a != a);
+            if fresh {
+                windows.push(Window { group: tile.group, a, b: sk.min(a + window) });
+            }
+            blocks.push(Block { tile: ti, c0, c1, first: c0 == 0, last: c1 == end, window: windows.len() - 1 });
+            c0 = c1;
+        }
+    }
+
+    let tensors = vec![
+        HbmTensor { name: p.q.clone(), dtype: p.dtype, shape: p.shapes[0].clone(), role: Role::Input },
+        HbmTensor { name: p.k.clone(), dtype: p.dtype, shape: p.shapes[1].clone(), role: Role::Input },
+        HbmTensor { name: p.v.clone(), dtype: p.dtype, shape: p.shapes[2].clone(), role: Role::Input },
+        HbmTensor { name: p.output.clone(), dtype: p.out_dtype, shape: p.out_shape.clone(), role: Role::Output },
+    ];
+    let (tq, tk, tv, to) = (0, 1, 2, 3);
+    let qt = plan.q_tile as u32;
+    let buf = |name: &str, space, dtype, parts: u64, free: u64, copies| Buffer {
+        name: name.into(),
+        space,
+        dtype,
+        parts: parts as u32,
+        free: free as u32,
+        copies,
+    };
+    let buffers = vec![
+        buf("k_rows", Space::Sram, p.dtype, kv_chunk, win_chunks * d, window_copies),
+        buf("v_rows", Space::Sram, p.dtype, kv_chunk, win_chunks * dv, window_copies),
+        buf("k_t", Space::Sram, p.dtype, d_chunk, d_chunks * win_pad, window_copies),
+        buf("k_t_psum", Space::Psum, DType::F32, d_chunk, bank_cols, 1),
+        buf("q_tile", Space::Sram, p.dtype, qt as u64, d, Q_COPIES as u32),
+        buf("scores", Space::Psum, DType::F32, qt as u64, kv_block, plan.score_copies),
+        buf("probs", Space::Sram, p.dtype, qt as u64, kv_block, PROB_COPIES as u32),
+        buf("o_acc", Space::Psum, DType::F32, qt as u64, dv, plan.o_copies),
+        buf("o_tile", Space::Sram, p.out_dtype, qt as u64, dv, 2),
+        buf("row_max", Space::Sram, DType::F32, qt as u64, 1, STAT_COPIES as u32),
+        buf("neg_max", Space::Sram, DType::F32, qt as u64, 1, STAT_COPIES as u32),
+        buf("block_sum", Space::Sram, DType::F32, qt as u64, 1, STAT_COPIES as u32),
+        buf("rescale", Space::Sram, DType::F32, qt as u64, 1, STAT_COPIES as u32),
+        buf("row_sum", Space::Sram, DType::F32, qt as u64, 1, 2),
+    ];
+    let (k_rows, v_rows, k_t, k_t_psum, q_tile, scores, probs, o_acc, o_tile) = (0, 1, 2, 3, 4, 5, 6, 7, 8);
+    let (row_max, neg_max, block_sum, rescale, row_sum) = (9, 10, 11, 12, 13);
+    let slice = |buf, copy: usize, parts: u64, offset: u64, len: u64| BufSlice {
+        buf,
+        copy: copy as u32,
+        parts: parts as u32,
+        offset: offset as u32,
+        len: len as u32,
+    };
+
+    let mut ops: Vec<(TileOp, u32)> = Vec::new();
+    let wc = window_copies as usize;
+    let load_window = |ops: &mut Vec<(TileOp, u32)>, wi: usize| {
+        let w = windows[wi];
+        let copy = wi % wc;
+        for c in 0..(w.b - w.a).div_ceil(kv_chunk) {
+            let r = w.a + c * kv_chunk;
+            let kk = kv_chunk.min(w.b - r);
+            let k_src =
+                HbmBox { tensor: tk, start: (w.group * sk + r) * d, rows: kk as u32, row_stride: d, cols: d as u32 };
+            ops.push((TileOp::Load { dst: slice(k_rows, copy, kk, c * d, d), src: k_src, queue: None }, 0));
+            let v_src =
+                HbmBox { tensor: tv, start: (w.group * sk + r) * dv, rows: kk as u32, row_stride: dv, cols: dv as u32 };
+            ops.push((TileOp::Load { dst: slice(v_rows, copy, kk, c * dv, dv), src: v_src, queue: None }, 0));
+        }
+    };
+    let transpose_window = |ops: &mut Vec<(TileOp, u32)>, wi: usize| {
+        let w = windows[wi];
+        let copy = wi % wc;
+        let chunks = (w.b - w.a).div_ceil(kv_chunk);
+        let per_bank = bank_cols / kv_chunk;
+        for dc in 0..d_chunks {
+            let dk = d_chunk.min(d - dc * d_chunk);
+            let mut c = 0;
+            while c < chunks {
+                let group_end = chunks.min(c + per_bank);
+                let mut width = 0;
+                for ci in c..group_end {
+                    let kk = kv_chunk.min(w.b - w.a - ci * kv_chunk);
+                    let dst = slice(k_t_psum, 0, dk, (ci - c) * kv_chunk, kk);
+                    let src = slice(k_rows, copy, kk, ci * d + dc * d_chunk, dk);
+                    ops.push((TileOp::Transpose { dst, src }, 0));
+                    width = (ci - c) * kv_chunk + kk;
+                }
+                let dst = slice(k_t, copy, dk, dc * win_pad + c * kv_chunk, width);
+                ops.push((TileOp::Copy { dst, src: slice(k_t_psum, 0, dk, 0, width) }, 0));
+                c = group_end;
+            }
+        }
+    };
+    let load_q = |ops: &mut Vec<(TileOp, u32)>, ti: usize| {
+        let t = tiles[ti];
+        let src =
+            HbmBox { tensor: tq, start: (t.head * sq + t.r0) * d, rows: t.parts(), row_stride: d, cols: d as u32 };
+        ops.push((TileOp::Load { dst: slice(q_tile, ti % Q_COPIES, t.parts() as u64, 0, d), src, queue: None }, 0));
+    };
+    let scores_of = |ops: &mut Vec<(TileOp, u32)>, bi: usize| {
+        let blk = blocks[bi];
+        let t = tiles[blk.tile];
+        let w = windows[blk.window];
+        let mq = t.parts() as u64;
+        let mut col = 0;
+        while col < blk.c1 - blk.c0 {
+            let n = bank_cols.min(blk.c1 - blk.c0 - col);
+            for dc in 0..d_chunks {
+                let dk = d_chunk.min(d - dc * d_chunk);
+                ops.push((
+                    TileOp::Matmul {
+                        dst: slice(scores, bi % plan.score_copies as usize, mq, col, n),
+                        stationary: slice(q_tile, blk.tile % Q_COPIES, mq, dc * d_chunk, dk),
+                        moving: slice(k_t, blk.window % wc, dk, dc * win_pad + blk.c0 - w.a + col, n),
+                        accumulate: dc > 0,
+                        transposed: true,
+                    },
+                    0,
+                ));
+            }
+            col += n;
+        }
+    };
+    let nsc = plan.score_copies as usize;
+    // Stage A of block i: mask, running max, exponentials with their row sum, and
+    // (after the first block) the rescale factor and the running sum.
+    let stage_a = |ops: &mut Vec<(TileOp, u32)>, bi: usize| {
+        let blk = blocks[bi];
+        let t = tiles[blk.tile];
+        let (mq, width) = (t.parts() as u64, blk.c1 - blk.c0);
+        let (cur, prev, tc) = (bi % STAT_COPIES, (bi + STAT_COPIES - 1) % STAT_COPIES, blk.tile % 2);
+        let s = slice(scores, bi % nsc, mq, 0, width);
+        let col = |b, copy| slice(b, copy, mq, 0, 1);
+        if p.causal && t.heads == 1 {
+            // Row r (query r0 + r) keeps keys c0 + f <= r0 + r + off.
+            let first_masked = (t.r0 as i64 + off + 1 - blk.c0 as i64).max(0) as u64;
+            if first_masked < width {
+                let sub = slice(scores, bi % nsc, mq, first_masked, width - first_masked);
+                let base = t.r0 as i64 + off - blk.c0 as i64 - first_masked as i64;
+                ops.push((
+                    TileOp::Select {
+                        dst: sub,
+                        src: sub,
+                        partition_step: 1,
+                        free_step: -1,
+                        base: base as i32,
+                        fill: f32::NEG_INFINITY,
+                    },
+                    0,
+                ));
+            }
+        }
+        let m = col(row_max, cur);
+        ops.push((TileOp::Reduce { op: ReduceOp::Max, dst: m, src: s }, 0));
+        if !blk.first {
+            ops.push((TileOp::Binary { op: AluOp::Max, dst: m, a: m, b: col(row_max, prev) }, 0));
+        }
+        let nb = col(neg_max, cur);
+        ops.push((
+            TileOp::Scalar { op: AluOp::Mul, dst: nb, src: m, scalar: TileScalar::Imm(-p.scale), reverse: false },
+            0,
+        ));
+        let l = col(row_sum, tc);
+        let sum_to = if blk.first { l } else { col(block_sum, cur) };
+        ops.push((
+            TileOp::Activate {
+                func: ActFunc::Exp,
+                dst: slice(probs, bi % PROB_COPIES, mq, 0, width),
+                src: s,
+                scale: TileScalar::Imm(p.scale),
+                bias: TileScalar::Column(nb),
+                accum: Some(sum_to),
+            },
+            0,
+        ));
+        if !blk.first {
+            let alpha = col(rescale, cur);
+            ops.push((
+                TileOp::Activate {
+                    func: ActFunc::Exp,
+                    dst: alpha,
+                    src: col(row_max, prev),
+                    scale: TileScalar::Imm(p.scale),
+                    bias: TileScalar::Column(nb),
+                    accum: None,
+                },
+                0,
+            ));
+            // l = l * alpha + block sum, on the ACT beside the exponentials.
+            ops.push((
+                TileOp::Activate {
+                    func: ActFunc::Identity,
+                    dst: l,
+                    src: l,
+                    scale: TileScalar::Column(alpha),
+                    bias: TileScalar::Column(sum_to),
+                    accum: None,
+                },
+                0,
+            ));
+        }
+    };
+    // Stage B of block i: rescale O, O += P . V, and after the last block O / l.
+    let stage_b = |ops: &mut Vec<(TileOp, u32)>, bi: usize| {
+        let blk = blocks[bi];
+        let t = tiles[blk.tile];
+        let w = windows[blk.window];
+        let mq = t.parts() as u64;
+        let o = slice(o_acc, blk.tile % plan.o_copies as usize, mq, 0, dv);
+        if !blk.first {
+            let alpha = slice(rescale, bi % STAT_COPIES, mq, 0, 1);
+            ops.push((
+                TileOp::Scalar { op: AluOp::Mul, dst: o, src: o, scalar: TileScalar::Column(alpha), reverse: false },
+                0,
+            ));
+        }
+        for (s_i, k0) in (blk.c0..blk.c1).step_by(kv_chunk as usize).enumerate() {
+            let kk = kv_chunk.min(blk.c1 - k0);
+            let chunk = (k0 - w.a) / kv_chunk;
+            ops.push((
+                TileOp::Matmul {
+                    dst: o,
+                    stationary: slice(probs, bi % PROB_COPIES, mq, k0 - blk.c0, kk),
+                    moving: slice(v_rows, blk.window % wc, kk, chunk * dv, dv),
+                    accumulate: !(blk.first && s_i == 0),
+                    transposed: true,
+                },
+                0,
+            ));
+        }
+        if blk.last {
+            let tc = blk.tile % 2;
+            let out = slice(o_tile, tc, mq, 0, dv);
+            let l = slice(row_sum, tc, mq, 0, 1);
+            ops.push((
+                TileOp::Scalar { op: AluOp::Div, dst: out, src: o, scalar: TileScalar::Column(l), reverse: false },
+                0,
+            ));
+            let dst = HbmBox {
+                tensor: to,
+                start: (t.head * sq + t.r0) * dv,
+                rows: mq as u32,
+                row_stride: dv,
+                cols: dv as u32,
+            };
+            ops.push((TileOp::Store { dst, src: out }, 0));
+        }
+    };
+
+    // Emission order (each engine runs its ops in this order). Iteration i issues
+    // the scores of block i + L (L = score copies - 1), stage A of block i + a
+    // (a = 1 when L >= 2, so ACT and VE work on the next block while the PE
+    // finishes this one), then stage B of block i. A window's loads are issued
+    // when the window `copies - 1` back starts, its transposes just before its
+    // first scores; a tile's Q load when the tile two back starts.
+    let lookahead = nsc - 1;
+    let lag_a = usize::from(lookahead >= 2);
+    let (mut windows_loaded, mut windows_transposed, mut tiles_loaded) = (0usize, 0usize, 0usize);
+    let mut scores_issued = 0usize;
+    // `oldest`: the first block whose stage B is not yet issued; windows up to
+    // `copies - 1` past its window may be loaded (a load before a PV in program
+    // order would overwrite what that PV reads).
+    let mut issue_scores = |ops: &mut Vec<(TileOp, u32)>, upto: usize, oldest: usize| {
+        let window_limit = blocks.get(oldest).map_or(0, |b| b.window) + wc;
+        while scores_issued <= upto && scores_issued < blocks.len() {
+            let blk = blocks[scores_issued];
+            if blk.window >= window_limit {
+                break;
+            }
+            // Loads: windows up to the limit; this tile and the next.
+            while windows_loaded < windows.len() && windows_loaded < window_limit {
+                load_window(ops, windows_loaded);
+                windows_loaded += 1;
+            }
+            while tiles_loaded < tiles.len() && tiles_loaded < blk.tile + Q_COPIES - 1 {
+                load_q(ops, tiles_loaded);
+                tiles_loaded += 1;
+            }
+            if blk.window >= windows_transposed {
+                transpose_window(ops, blk.window);
+                windows_transposed = blk.window + 1;
+            }
+            scores_of(ops, scores_issued);
+            scores_issued += 1;
+        }
+    };
+    issue_scores(&mut ops, lookahead.saturating_sub(1), 0);
+    for bi in 0..lag_a.min(blocks.len()) {
+        stage_a(&mut ops, bi);
+    }
+    for bi in 0..blocks.len() {
+        issue_scores(&mut ops, bi + lookahead, bi);
+        if bi + lag_a < blocks.len() {
+            stage_a(&mut ops, bi + lag_a);
+        }
+        stage_b(&mut ops, bi);
+    }
+    TileProgram { tensors, buffers, ops, debug_ops: p.text.clone() }
+}
