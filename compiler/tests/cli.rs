@@ -270,11 +270,16 @@ fn check_compile_and_eval_tensor_ir() {
     let canon = temp("canon.tir");
     std::fs::write(&canon, &text).unwrap();
     assert_eq!(jalc(&["check", canon.to_str().unwrap()]).status.code(), Some(0));
-    // The optimizer folds the transpose into the matmul; -O0 leaves the program as parsed.
+    // The optimizer finds the fused attention (design.md's promise); -O0 leaves the
+    // program as parsed.
     let opt = jalc(&["compile", &tir, "--emit", "opt"]);
     assert_eq!(opt.status.code(), Some(0), "{}", stderr(&opt));
     let opt_text = String::from_utf8(opt.stdout).unwrap();
-    assert!(opt_text.contains("transpose_b = true") && !opt_text.contains("transpose("), "{opt_text}");
+    assert!(
+        opt_text.contains("%o = attention(%q, %k, %v) {causal = false, scale = 0.125} : bf16[8, 256, 64]")
+            && !opt_text.contains("softmax("),
+        "{opt_text}"
+    );
     let o0 = jalc(&["compile", &tir, "--emit", "opt", "-O0"]);
     assert_eq!(String::from_utf8(o0.stdout).unwrap(), text);
     // Unknown stages and targets are usage errors.

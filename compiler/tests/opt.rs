@@ -210,3 +210,150 @@ fn other_ops_pass_through_and_limits_bound_the_search() {
     let o = opt::optimize(&f, &t, tight).unwrap();
     assert!(o.stop.contains("Limit") || o.stop.contains("Saturated"), "{}", o.stop);
 }
+
+/// Attention in the spellings frameworks use becomes the fused op; the tail after
+/// `->` is the expected statement.
+#[test]
+fn attention_is_recognised_in_its_common_spellings() {
+    let fused = |causal: bool, scale: &str, ty: &str| {
+        vec![format!("%o = attention(%q, %k, %v) {{causal = {causal}, scale = {scale}}} : {ty}"), "return %o".into()]
+    };
+    let head = "func @f(%q: bf16[2, 64, 32], %k: bf16[2, 64, 32], %v: bf16[2, 64, 16]) -> bf16[2, 64, 16] {";
+    let cases: Vec<(String, Vec<String>)> = vec![
+        // design.md: transpose, f32 scores, mul by a literal, softmax op, cast.
+        (
+            format!(
+                "{head}
+               %kt = transpose(%k) {{perm = [0, 2, 1]}}
+               %s = matmul(%q, %kt) : f32[2, 64, 64]
+               %z = mul(%s, 0.125)
+               %p = softmax(%z) {{axis = -1}}
+               %pb = cast(%p) {{to = bf16}}
+               %o = matmul(%pb, %v)
+               return %o
+             }}"
+            ),
+            fused(false, "0.125", "bf16[2, 64, 16]"),
+        ),
+        // Division by sqrt(d) on the left of nothing: div(scores, 5.656854...).
+        (
+            format!(
+                "{head}
+               %kt = transpose(%k) {{perm = [0, 2, 1]}}
+               %s = matmul(%q, %kt) : f32[2, 64, 64]
+               %z = div(%s, 4.0)
+               %p = softmax(%z) {{axis = 2}}
+               %pb = cast(%p) {{to = bf16}}
+               %o = matmul(%pb, %v)
+               return %o
+             }}"
+            ),
+            fused(false, "0.25", "bf16[2, 64, 16]"),
+        ),
+        // Softmax spelled out; the literal on the left.
+        (
+            format!(
+                "{head}
+               %kt = transpose(%k) {{perm = [0, 2, 1]}}
+               %s = matmul(%q, %kt) : f32[2, 64, 64]
+               %z = mul(0.1, %s)
+               %m = reduce_max(%z) {{axes = [2], keepdims = true}}
+               %d = sub(%z, %m)
+               %e = exp(%d)
+               %t = reduce_sum(%e) {{axes = [2], keepdims = true}}
+               %p = div(%e, %t)
+               %pb = cast(%p) {{to = bf16}}
+               %o = matmul(%pb, %v)
+               return %o
+             }}"
+            ),
+            fused(false, "0.1", "bf16[2, 64, 16]"),
+        ),
+        // Causal through iota/compare/select, masked after scaling.
+        (
+            format!(
+                "{head}
+               %kt = transpose(%k) {{perm = [0, 2, 1]}}
+               %s = matmul(%q, %kt) : f32[2, 64, 64]
+               %z = mul(%s, 0.125)
+               %i = iota() {{axis = 0}} : i32[64, 64]
+               %j = iota() {{axis = 1}} : i32[64, 64]
+               %keep = compare(%j, %i) {{kind = le}}
+               %zm = select(%keep, %z, -inf)
+               %p = softmax(%zm) {{axis = -1}}
+               %pb = cast(%p) {{to = bf16}}
+               %o = matmul(%pb, %v)
+               return %o
+             }}"
+            ),
+            fused(true, "0.125", "bf16[2, 64, 16]"),
+        ),
+        // An added -inf mask, applied before the scale.
+        (
+            format!(
+                "{head}
+               %kt = transpose(%k) {{perm = [0, 2, 1]}}
+               %s = matmul(%q, %kt) : f32[2, 64, 64]
+               %i = iota() {{axis = 0}} : i32[64, 64]
+               %j = iota() {{axis = 1}} : i32[64, 64]
+               %keep = compare(%i, %j) {{kind = ge}}
+               %zero = const() {{value = 0.0}} : f32[64, 64]
+               %mask = select(%keep, %zero, -inf)
+               %sm = add(%s, %mask)
+               %z = mul(%sm, 0.125)
+               %p = softmax(%z) {{axis = -1}}
+               %pb = cast(%p) {{to = bf16}}
+               %o = matmul(%pb, %v)
+               return %o
+             }}"
+            ),
+            fused(true, "0.125", "bf16[2, 64, 16]"),
+        ),
+    ];
+    for (src, want) in &cases {
+        let out = optimize(src);
+        assert_eq!(body(&out), *want, "{src}");
+    }
+    // Grouped-query heads by broadcasting: 4 query heads per KV head.
+    let out = optimize(
+        "func @f(%q: bf16[2, 4, 16, 32], %k: bf16[2, 1, 40, 32], %v: bf16[2, 1, 40, 32]) -> bf16[2, 4, 16, 32] {
+           %kt = transpose(%k) {perm = [0, 1, 3, 2]}
+           %s = matmul(%q, %kt) : f32[2, 4, 16, 40]
+           %z = mul(%s, 0.125)
+           %p = softmax(%z) {axis = -1}
+           %pb = cast(%p) {to = bf16}
+           %o = matmul(%pb, %v)
+           return %o
+         }",
+    );
+    assert_eq!(body(&out), fused(false, "0.125", "bf16[2, 4, 16, 32]"));
+}
+
+/// What the fused op cannot express is left alone: an explicit mask tensor, bf16
+/// scores (rounded before the softmax), softmax over another axis, a negative scale
+/// (a power-of-two one would fold into q exactly and fuse).
+#[test]
+fn attention_lookalikes_are_not_fused() {
+    let body_of = |scores: &str, mid: &str| {
+        format!(
+            "func @f(%q: bf16[2, 64, 32], %k: bf16[2, 64, 32], %v: bf16[2, 64, 16], %mask: f32[64, 64]) -> bf16[2, 64, 16] {{
+               %kt = transpose(%k) {{perm = [0, 2, 1]}}
+               %s = matmul(%q, %kt) : {scores}[2, 64, 64]
+               {mid}
+               %pb = cast(%p) {{to = bf16}}
+               %o = matmul(%pb, %v)
+               return %o
+             }}"
+        )
+    };
+    let cases = [
+        body_of("f32", "%z = add(%s, %mask)\n %p = softmax(%z) {axis = -1}"),
+        body_of("f32", "%z = mul(%s, -0.1)\n %p = softmax(%z) {axis = -1}"),
+        body_of("f32", "%z = mul(%s, 0.125)\n %p = softmax(%z) {axis = 1}"),
+        body_of("bf16", "%z = mul(%s, 0.125)\n %zf = cast(%z) {to = f32}\n %p = softmax(%zf) {axis = -1}"),
+    ];
+    for src in &cases {
+        let out = optimize(src);
+        assert!(!out.contains("attention("), "fused:\n{out}\nfrom:\n{src}");
+    }
+}

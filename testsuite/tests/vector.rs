@@ -44,7 +44,7 @@ fn row_kernels_verify_bit_exactly_on_both_targets() {
            %one = reshape(%all) {shape = [1]}
            return %sf, %m, %t, %one
          }",
-        // Row kernels between GEMMs (attention written out, unfused at -O0).
+        // Row kernels between GEMMs (attention written out: unfused at -O0).
         "func @chain(%q: bf16[2, 40, 32], %k: bf16[2, 50, 32], %v: bf16[2, 50, 24], %g: bf16[24]) -> bf16[2, 40, 24] {
            %kt = transpose(%k) {perm = [0, 2, 1]}
            %s = matmul(%q, %kt) : f32[2, 40, 50]
@@ -62,8 +62,11 @@ fn row_kernels_verify_bit_exactly_on_both_targets() {
             let t = Target::builtin(target).unwrap();
             for level in [0, 2] {
                 let v = jalc::verify::verify_at(&f, &t, 5, None, level).unwrap_or_else(|e| panic!("{e:?}\n{src}"));
+                // At -O2 the written-out attention of @chain is fused (within the
+                // attention tolerance, not bit-exact).
+                let fused_attention = level > 0 && src.contains("@chain");
                 assert!(
-                    v.passed && v.max_abs_error == 0.0,
+                    v.passed && (v.max_abs_error == 0.0 || fused_attention),
                     "{target} -O{level}: {:?} ({})\n{src}",
                     v.first_mismatch,
                     v.max_abs_error
@@ -148,6 +151,58 @@ fn attention_kernel_verifies_on_both_targets() {
                 assert!(v.max_abs_error < 1e-5, "{target} {hq}/{hk} {sq}x{sk}: {}", v.max_abs_error);
                 verify_attention(target, &attention_src("bf16", hq, hk, sq, sk, d, causal));
             }
+        }
+    }
+}
+
+/// Attention written out (design.md's spelling, and causal through iota/compare/
+/// select) compiles to the one fused kernel, verifies against the written-out
+/// reference, and runs in exactly the cycles of the explicit `attention` op.
+#[test]
+fn written_out_attention_compiles_to_the_fused_kernel() {
+    let composite = |causal: bool| {
+        let (mask, probs_of) = if causal {
+            (
+                "%i = iota() {axis = 0} : i32[77, 77]
+                 %j = iota() {axis = 1} : i32[77, 77]
+                 %keep = compare(%j, %i) {kind = le}
+                 %zm = select(%keep, %z, -inf)",
+                "%zm",
+            )
+        } else {
+            ("", "%z")
+        };
+        format!(
+            "func @attn(%q: bf16[4, 77, 64], %k: bf16[4, 77, 64], %v: bf16[4, 77, 64]) -> bf16[4, 77, 64] {{
+               %kt = transpose(%k) {{perm = [0, 2, 1]}}
+               %s = matmul(%q, %kt) : f32[4, 77, 77]
+               %z = mul(%s, 0.125)
+               {mask}
+               %p = softmax({probs_of}) {{axis = -1}}
+               %pb = cast(%p) {{to = bf16}}
+               %o = matmul(%pb, %v)
+               return %o
+             }}"
+        )
+    };
+    let explicit = |causal: bool| {
+        format!(
+            "func @attn(%q: bf16[4, 77, 64], %k: bf16[4, 77, 64], %v: bf16[4, 77, 64]) -> bf16[4, 77, 64] {{
+               %o = attention(%q, %k, %v) {{causal = {causal}, scale = 0.125}}
+               return %o
+             }}"
+        )
+    };
+    for target in ["jpu-tiny", "jpu1"] {
+        let t = Target::builtin(target).unwrap();
+        for causal in [false, true] {
+            let written = check(&composite(causal));
+            let c = jalc::driver::compile(&written, &t, None).unwrap();
+            let kinds: Vec<&str> = c.kernels.iter().map(jalc::driver::Kernel::kind).collect();
+            assert_eq!(kinds, ["attention"], "{target} causal {causal}");
+            let a = verify_attention(target, &composite(causal));
+            let b = verify_attention(target, &explicit(causal));
+            assert_eq!(a.report.cycles, b.report.cycles, "{target} causal {causal}");
         }
     }
 }

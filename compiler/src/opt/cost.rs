@@ -9,6 +9,8 @@
 //! - `mul`/`add` of a matmul's result: fused into its epilogue (the lowering does
 //!   this for single-use chains), so only a tensor operand's bytes; other
 //!   elementwise, reshapes and other ops: their input and output bytes through HBM.
+//! - fused attention: the larger of its PE time (q . k^T and p . v, half when
+//!   causal), its exponentials on the ACT and q, k, v, o through HBM.
 //! - every kernel: a fixed launch cost of one DMA latency.
 //! - parameters, dtype leaves and literals: free.
 
@@ -29,6 +31,7 @@ pub struct Model {
     fixed: f64,
     block: f64,
     transpose: f64,
+    act_lanes: f64,
 }
 
 fn size(d: ScalarType) -> f64 {
@@ -48,6 +51,7 @@ impl Model {
             fixed: t.timing.dma.latency_cycles as f64,
             block: (t.pe.rows * t.pe.cols) as f64,
             transpose: (t.pe.rows as f64).max(t.timing.pe.transpose_min_cycles as f64),
+            act_lanes: t.act.lanes as f64,
         }
     }
 
@@ -84,6 +88,21 @@ impl Model {
                 // chip while the PE computes; only a tensor operand adds HBM bytes.
                 let other = if is_matmul(eg, *a) { b } else { a };
                 ty(other).map_or(0.0, |t| bytes(&t)) / self.bytes_per_cycle
+            }
+            TLang::Other(sym, c) if sym.as_str().starts_with("attention ") => {
+                // Fused: PE work of q . k^T and p . v (half of it when causal),
+                // its exponentials on the ACT, q, k, v and o through HBM once.
+                let (Some(q), Some(k), Some(v)) = (ty(&c[0]), ty(&c[1]), ty(&c[2])) else { return f64::INFINITY };
+                let r = q.rank();
+                let (sk, d, dv) = (k.shape[r - 2] as f64, q.shape[r - 1] as f64, v.shape[r - 1] as f64);
+                let rows = (q.elems() as f64 / d).max(1.0);
+                let causal = if sym.as_str().contains("causal = true") { 0.5 } else { 1.0 };
+                let pairs = rows * sk * causal;
+                let pe = 2.0 * pairs * (d + dv) / (self.flops16 * 2.0 / size(q.dtype));
+                let act = pairs / self.act_lanes;
+                let out = bytes(&q) / d * dv;
+                let hbm = (bytes(&q) + bytes(&k) + bytes(&v) + out) / self.bytes_per_cycle;
+                self.fixed + pe.max(act).max(hbm)
             }
             TLang::Mul(_) | TLang::Add(_) | TLang::Reshape(_) | TLang::Other(..) => {
                 let out = eg.lookup(node.clone()).and_then(|c| eg[c].data.clone());

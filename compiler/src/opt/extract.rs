@@ -257,10 +257,16 @@ impl Rebuild<'_> {
             TLang::Mul([a, b]) => format!("mul({}, {})", self.visit(*a, depth + 1)?, self.visit(*b, depth + 1)?),
             TLang::Add([a, b]) => format!("add({}, {})", self.visit(*a, depth + 1)?, self.visit(*b, depth + 1)?),
             TLang::Other(sym, children) => {
-                let op = self.ops.get(sym.as_str()).ok_or("internal: unknown opaque op")?;
                 let args: Vec<String> = children.iter().map(|x| self.visit(*x, depth + 1)).collect::<Result<_, _>>()?;
-                let text = crate::tir::printer::op_text(op);
-                let (name, attrs) = text.split_at(op.name().len());
+                // The symbol is `op text|type`; rules create ops (attention) the
+                // input did not have, so the text itself is printed.
+                let text = match self.ops.get(sym.as_str()) {
+                    Some(op) => crate::tir::printer::op_text(op),
+                    None => {
+                        sym.as_str().rsplit_once('|').map(|(t, _)| t.to_string()).ok_or("internal: bad opaque op")?
+                    }
+                };
+                let (name, attrs) = text.split_at(text.find(' ').unwrap_or(text.len()));
                 format!("{name}({}){attrs}", args.join(", "))
             }
         };

@@ -11,6 +11,7 @@
 //! Runner limits (nodes, iterations, time) keep compile time bounded. The result
 //! is printed and re-checked by the front end, so it is a valid [`Func`].
 
+pub mod attention;
 pub mod cost;
 
 use std::collections::{BTreeMap, HashMap};
@@ -263,12 +264,18 @@ pub mod rules {
         ]
     }
 
+    /// Attention written out becomes the fused op (see [`super::attention`]).
+    pub fn attention_fusion() -> Vec<Rewrite<TLang, Shapes>> {
+        super::attention::rules()
+    }
+
     /// Every rule.
     pub fn all() -> Vec<Rewrite<TLang, Shapes>> {
         let mut r = transpose_folding();
         r.extend(reshape_cancellation());
         r.extend(scale_folding());
         r.extend(reassociation());
+        r.extend(attention_fusion());
         r
     }
 }

@@ -1,0 +1,298 @@
+//! Recognising attention written out: `matmul(cast(softmax(mask(scale(matmul(q,
+//! k^T))))), v)` becomes the fused `attention(q, k, v) {causal, scale}`.
+//!
+//! The searcher is `(matmul ?d ?p ?v)`; the applier walks down `?p`'s e-class
+//! (every spelling the e-graph holds is visible there) and peels, in order:
+//!
+//! - an optional cast of the probabilities to the operands' dtype;
+//! - softmax over the last axis, as the op or spelled
+//!   `div(exp(sub(z, reduce_max(z))), reduce_sum(that exp))` (keepdims, last axis);
+//! - in any order, at most one scale (`mul` by a positive literal, either side, or
+//!   `div` by one) and at most one causal mask: `select(compare(iota_j, iota_i)
+//!   {kind = le}, z, -inf)` (or `ge` with the iotas swapped), or `add(z, m)` where
+//!   `m` is that select of `0` (a literal or a `const`) and `-inf` (square scores
+//!   only: the spelled mask has no offset);
+//! - the scores `matmul_tb(q, k)` accumulated in f32 (transposes are folded
+//!   first, so `matmul(q, transpose(k))` is among the spellings).
+//!
+//! The fused op is valid when q, k and v share one float dtype, the result has it,
+//! shapes are `[.., heads, seq, dim]` with the same leading dims and grouped heads
+//! (k's heads divide q's; a broadcast k head of 1 is grouped-query attention),
+//! and the scores and softmax are f32. Its reference result differs from the
+//! written-out one only by where the probabilities are rounded (docs/testing.md).
+
+use egg::{Applier, EGraph, Id, PatternAst, Rewrite, Subst, Symbol, Var};
+
+use super::{Shapes, TLang};
+use crate::tir::types::{ScalarType, TensorType};
+
+/// The rule.
+pub fn rules() -> Vec<Rewrite<TLang, Shapes>> {
+    let searcher: egg::Pattern<TLang> = "(matmul ?d ?p ?v)".parse().expect("pattern");
+    let applier =
+        FuseAttention { p: "?p".parse().expect("pattern variable"), v: "?v".parse().expect("pattern variable") };
+    vec![Rewrite::new("fuse-attention", searcher, applier).expect("valid rewrite")]
+}
+
+struct FuseAttention {
+    p: Var,
+    v: Var,
+}
+
+/// An opaque node's op text (before `|`) split into name and attributes.
+fn opaque(eg: &EGraph<TLang, Shapes>, class: Id) -> Vec<(&str, &str, &[Id])> {
+    eg[class]
+        .nodes
+        .iter()
+        .filter_map(|n| match n {
+            TLang::Other(sym, children) => {
+                let text = sym.as_str().split('|').next().unwrap_or("");
+                let (name, attrs) = text.split_once(' ').unwrap_or((text, ""));
+                Some((name, attrs, children.as_slice()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn scalar(eg: &EGraph<TLang, Shapes>, class: Id) -> Option<f64> {
+    eg[class].nodes.iter().find_map(|n| match n {
+        TLang::Scalar(l) => Some(l.value()),
+        _ => None,
+    })
+}
+
+fn ty(eg: &EGraph<TLang, Shapes>, class: Id) -> Option<TensorType> {
+    eg[eg.find(class)].data.clone()
+}
+
+fn same(eg: &EGraph<TLang, Shapes>, a: Id, b: Id) -> bool {
+    eg.find(a) == eg.find(b)
+}
+
+/// Classes whose value is softmax over the last axis of the returned class.
+fn softmax_inputs(eg: &EGraph<TLang, Shapes>, class: Id) -> Vec<Id> {
+    let rank = ty(eg, class).map_or(0, |t| t.rank());
+    let last_axis = format!("{{axis = {}}}", rank.saturating_sub(1));
+    let last_axes = format!("{{axes = [{}], keepdims = true}}", rank.saturating_sub(1));
+    let mut out = Vec::new();
+    for (name, attrs, children) in opaque(eg, class) {
+        match (name, children) {
+            ("softmax", [z]) if attrs == last_axis => out.push(*z),
+            // div(e, reduce_sum(e)) with e = exp(sub(z, reduce_max(z))).
+            ("div", [e, sum]) => {
+                let sums_e = opaque(eg, *sum)
+                    .iter()
+                    .any(|(n, a, c)| *n == "reduce_sum" && *a == last_axes && matches!(c, [x] if same(eg, *x, *e)));
+                if !sums_e {
+                    continue;
+                }
+                for (n, _, c) in opaque(eg, *e) {
+                    let ("exp", [diff]) = (n, c) else { continue };
+                    for (n, _, c) in opaque(eg, *diff) {
+                        let ("sub", [z, mx]) = (n, c) else { continue };
+                        let max_of_z = opaque(eg, *mx).iter().any(|(n, a, c)| {
+                            *n == "reduce_max" && *a == last_axes && matches!(c, [x] if same(eg, *x, *z))
+                        });
+                        if max_of_z {
+                            out.push(*z);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// A literal 0 or a `const` splat of 0.
+fn is_zero(eg: &EGraph<TLang, Shapes>, class: Id) -> bool {
+    scalar(eg, class) == Some(0.0)
+        || opaque(eg, class).iter().any(|(n, a, _)| {
+            *n == "const"
+                && a.strip_prefix("{value = ").and_then(|v| v.strip_suffix('}')).and_then(|v| v.parse::<f64>().ok())
+                    == Some(0.0)
+        })
+}
+
+/// True when `cond` is the causal condition `j <= i` over the last two axes
+/// (iota of the key axis compared with iota of the query axis).
+fn is_causal_condition(eg: &EGraph<TLang, Shapes>, cond: Id) -> bool {
+    let iota_axis = |c: Id| -> Option<(usize, usize)> {
+        let rank = ty(eg, c)?.rank();
+        opaque(eg, c).iter().find_map(|(n, a, _)| {
+            let axis = a.strip_prefix("{axis = ")?.strip_suffix('}')?.parse().ok()?;
+            (*n == "iota").then_some((axis, rank))
+        })
+    };
+    opaque(eg, cond).iter().any(|(n, a, c)| {
+        let ("compare", [x, y]) = (*n, *c) else { return false };
+        let (Some((ax, rx)), Some((ay, ry))) = (iota_axis(*x), iota_axis(*y)) else { return false };
+        let (key, query) = match *a {
+            "{kind = le}" => ((ax, rx), (ay, ry)),
+            "{kind = ge}" => ((ay, ry), (ax, rx)),
+            _ => return false,
+        };
+        key.1 >= 2 && key.0 == key.1 - 1 && query.1 >= 2 && query.0 == query.1 - 2
+    })
+}
+
+/// The unmasked scores under a causal mask on `class`, if it has one.
+fn unmasked(eg: &EGraph<TLang, Shapes>, class: Id) -> Vec<Id> {
+    let mut out = Vec::new();
+    for (n, _, c) in opaque(eg, class) {
+        if let ("select", [cond, z, fill]) = (n, c) {
+            if scalar(eg, *fill) == Some(f64::NEG_INFINITY) && is_causal_condition(eg, *cond) {
+                out.push(*z);
+            }
+        }
+    }
+    for n in &eg[class].nodes {
+        let TLang::Add([a, b]) = n else { continue };
+        for (z, m) in [(*a, *b), (*b, *a)] {
+            let additive_mask = opaque(eg, m).iter().any(|(n, _, c)| {
+                matches!((*n, *c), ("select", [cond, zero, fill])
+                    if is_zero(eg, *zero)
+                        && scalar(eg, *fill) == Some(f64::NEG_INFINITY)
+                        && is_causal_condition(eg, *cond))
+            });
+            if additive_mask {
+                out.push(z);
+            }
+        }
+    }
+    out
+}
+
+/// The unscaled scores and the scale of `class`, if it is scaled by a literal.
+fn unscaled(eg: &EGraph<TLang, Shapes>, class: Id) -> Vec<(Id, f64)> {
+    let mut out = Vec::new();
+    for n in &eg[class].nodes {
+        if let TLang::Mul([a, b]) = n {
+            for (z, s) in [(*a, *b), (*b, *a)] {
+                if let Some(c) = scalar(eg, s).filter(|c| *c > 0.0 && c.is_finite()) {
+                    out.push((z, c));
+                }
+            }
+        }
+    }
+    for (n, _, c) in opaque(eg, class) {
+        if let ("div", [z, s]) = (n, c) {
+            if let Some(c) = scalar(eg, *s).filter(|c| *c > 0.0 && c.is_finite()) {
+                out.push((*z, 1.0 / c));
+            }
+        }
+    }
+    out
+}
+
+/// `(q, k)` of an f32 `q . k^T` in `class`.
+fn scores(eg: &EGraph<TLang, Shapes>, class: Id) -> Option<(Id, Id)> {
+    eg[class].nodes.iter().find_map(|n| match n {
+        TLang::MmTb([d, q, k]) => {
+            let f32_acc = eg[*d].nodes.iter().any(|l| matches!(l, TLang::Leaf(s) if s.as_str() == "f32"));
+            f32_acc.then_some((*q, *k))
+        }
+        _ => None,
+    })
+}
+
+/// Peels mask and scale (each at most once, in either order) down to the scores.
+fn peel(
+    eg: &EGraph<TLang, Shapes>,
+    z: Id,
+    masked: bool,
+    scaled: Option<f64>,
+    depth: u32,
+) -> Option<(Id, Id, bool, f64)> {
+    if let Some((q, k)) = scores(eg, z) {
+        return Some((q, k, masked, scaled.unwrap_or(1.0)));
+    }
+    if depth == 0 {
+        return None;
+    }
+    if !masked {
+        for inner in unmasked(eg, z) {
+            if let Some(found) = peel(eg, inner, true, scaled, depth - 1) {
+                return Some(found);
+            }
+        }
+    }
+    if scaled.is_none() {
+        for (inner, s) in unscaled(eg, z) {
+            if let Some(found) = peel(eg, inner, masked, Some(s), depth - 1) {
+                return Some(found);
+            }
+        }
+    }
+    None
+}
+
+/// `(q, k, causal, scale)` when the probabilities class is a recognised softmax.
+fn find(eg: &EGraph<TLang, Shapes>, p: Id, operand: ScalarType) -> Option<(Id, Id, bool, f64)> {
+    let mut probs = vec![p];
+    for (n, attrs, c) in opaque(eg, p) {
+        if let ("cast", [x]) = (n, c) {
+            if attrs == format!("{{to = {}}}", operand.name()) {
+                probs.push(*x);
+            }
+        }
+    }
+    for pc in probs {
+        if ty(eg, pc).is_none_or(|t| t.dtype != ScalarType::F32) {
+            continue;
+        }
+        for z in softmax_inputs(eg, pc) {
+            if let Some(found) = peel(eg, z, false, None, 2) {
+                return Some(found);
+            }
+        }
+    }
+    None
+}
+
+impl Applier<TLang, Shapes> for FuseAttention {
+    fn apply_one(
+        &self,
+        eg: &mut EGraph<TLang, Shapes>,
+        matched: Id,
+        subst: &Subst,
+        _: Option<&PatternAst<TLang>>,
+        _: Symbol,
+    ) -> Vec<Id> {
+        let (p, v) = (subst[self.p], subst[self.v]);
+        let (Some(out), Some(vt)) = (ty(eg, matched), ty(eg, v)) else { return vec![] };
+        let Some((q, k, causal, scale)) = find(eg, p, vt.dtype) else { return vec![] };
+        let (Some(qt), Some(kt)) = (ty(eg, q), ty(eg, k)) else { return vec![] };
+        let r = qt.rank();
+        let grouped = r >= 3
+            && kt.rank() == r
+            && vt.rank() == r
+            && qt.dtype.is_float()
+            && kt.dtype == qt.dtype
+            && vt.dtype == qt.dtype
+            && out.dtype == qt.dtype
+            && qt.shape[..r - 3] == kt.shape[..r - 3]
+            && vt.shape[..r - 2] == kt.shape[..r - 2]
+            && qt.shape[r - 1] == kt.shape[r - 1]
+            && kt.shape[r - 3] > 0
+            && qt.shape[r - 3] % kt.shape[r - 3] == 0
+            && (!causal || qt.shape[r - 2] == kt.shape[r - 2]);
+        if !grouped {
+            return vec![];
+        }
+        let mut shape = qt.shape.clone();
+        shape[r - 1] = vt.shape[r - 1];
+        if shape != out.shape {
+            return vec![];
+        }
+        let sym = format!("attention {{causal = {causal}, scale = {}}}|{out}", crate::tir::printer::literal(scale));
+        let fused = eg.add(TLang::Other(Symbol::from(sym), vec![q, k, v]));
+        if eg.union(matched, fused) {
+            vec![fused]
+        } else {
+            vec![]
+        }
+    }
+}
