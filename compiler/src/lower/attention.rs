@@ -100,7 +100,7 @@ pub struct AttentionPlan {
     pub heads_per_tile: u64,
     /// Score columns per PSUM bank.
     pub bank_cols: u64,
-    /// KV columns per block (one bank).
+    /// KV columns per block (one or two banks).
     pub kv_block: u64,
     /// KV rows resident per window (the whole sequence, or one block).
     pub window: u64,
@@ -171,13 +171,17 @@ impl AttentionProblem {
         let banks = t.psum.banks.unwrap_or(1) as u64;
         // Banks: scores (2 copies of one or two banks), O accumulators (2 copies,
         // or 1: then a tile's PV waits for the previous tile's output), K^T (1).
-        // Banks: scores (copies of one bank each: three let the PE run two blocks
-        // ahead of the softmax), O accumulators (2 copies, or 1: then a tile's
-        // PV waits for the previous tile's output), K^T transposes (1).
+        // Banks: scores (`score_copies` blocks of `block_banks` banks: three
+        // copies let the PE run two blocks ahead of the softmax; two-bank blocks
+        // halve the per-block fixed costs of the VE and ACT), O accumulators (2
+        // copies, or 1: then a tile's first PV waits for the previous tile's
+        // output), K^T transposes (1 bank).
         const K_T_BANKS: u64 = 1;
-        let (score_copies, o_copies) = [(3u32, 2u32), (2, 2), (2, 1)]
+        let whole_banks = bank_cols * 4 == t.psum_bank_bytes() as u64;
+        let (block_banks, score_copies, o_copies) = [(2u64, 3u32, 1u32), (1, 3, 2), (1, 2, 2), (1, 2, 1)]
             .into_iter()
-            .find(|&(s, o)| (s + o) as u64 + K_T_BANKS <= banks)
+            .filter(|&(b, _, _)| b == 1 || whole_banks)
+            .find(|&(b, s, o)| b * s as u64 + o as u64 + K_T_BANKS <= banks)
             .ok_or_else(|| format!("attention needs 4 PSUM banks; {} has {banks}", t.name))?;
         let group = self.group();
         let heads_per_tile =
@@ -198,8 +202,9 @@ impl AttentionProblem {
         let cap = t.sram.partition_bytes as u64;
         // The whole sequence resident (K/V read once per group), else streamed
         // blocks: a bank wide, or narrower (down to one chunk) when SRAM is small.
-        let mut choice = (fixed(bank_cols) + 2 * window_bytes(self.sk) <= cap).then_some((bank_cols, self.sk, 2));
-        let mut kv_block = bank_cols;
+        let widest = block_banks * bank_cols;
+        let mut choice = (fixed(widest) + 2 * window_bytes(self.sk) <= cap).then_some((widest, self.sk, 2));
+        let mut kv_block = widest;
         while choice.is_none() && kv_block >= kv_chunk {
             choice = [3, 2]
                 .into_iter()
