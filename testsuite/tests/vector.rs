@@ -206,3 +206,31 @@ fn written_out_attention_compiles_to_the_fused_kernel() {
         }
     }
 }
+
+/// The decode path (transposed scores, grouped heads in one tile) is chosen for
+/// few query rows and verifies: one row per head (causal or not), a few rows
+/// without a mask, keys that are not a multiple of the chunk, ratios 1, 4, 8.
+#[test]
+fn decode_path_is_chosen_and_verifies() {
+    let cases: [(&str, u64, u64, u64, u64, u64, bool); 6] = [
+        ("jpu-tiny", 8, 2, 1, 70, 32, true),
+        ("jpu-tiny", 4, 4, 3, 77, 64, false),
+        ("jpu1", 8, 1, 1, 1000, 128, true),
+        ("jpu1", 32, 8, 1, 300, 64, false),
+        ("jpu1", 4, 4, 5, 1000, 128, false),
+        ("jpu1", 16, 2, 2, 129, 128, false),
+    ];
+    for (target, hq, hk, sq, sk, d, causal) in cases {
+        let t = Target::builtin(target).unwrap();
+        for dtype in ["f32", "bf16"] {
+            let src = attention_src(dtype, hq, hk, sq, sk, d, causal);
+            let c = jalc::driver::compile(&check(&src), &t, None).unwrap();
+            let listing = jalc::driver::kernels_text(&c, &t);
+            assert!(listing.contains("decode (transposed scores)"), "{target}:\n{listing}");
+            let v = verify_attention(target, &src);
+            if dtype == "f32" {
+                assert!(v.max_abs_error < 1e-5, "{target} {hq}/{hk} {sq}x{sk}: {}", v.max_abs_error);
+            }
+        }
+    }
+}

@@ -169,6 +169,7 @@ fn slices(op: &TileOp) -> (Vec<BufSlice>, Vec<BufSlice>) {
             [*dst].into_iter().chain(*accum).collect(),
         ),
         TileOp::Binary { dst, a, b, .. } => (vec![*a, *b], vec![*dst]),
+        TileOp::Memset { dst, .. } => (vec![], vec![*dst]),
     }
 }
 
@@ -394,6 +395,9 @@ pub fn compile(tp: &TileProgram, t: &Target, roofline: RooflineInputs) -> Result
                     accum: accum.map(|a| column(tp, &alloc, &a)),
                 },
             ),
+            TileOp::Memset { dst, value } => {
+                (Engine::VE, Op::Memset { dst: tile(tp, &alloc, dst), value: Imm(*value) })
+            }
             TileOp::Reduce { op, dst, src } => {
                 (Engine::VE, Op::Reduce { op: *op, dst: tile(tp, &alloc, dst), src: tile(tp, &alloc, src) })
             }

@@ -110,6 +110,8 @@ pub struct AttentionPlan {
     pub o_copies: u32,
     /// Copies of the score block (PSUM banks).
     pub score_copies: u32,
+    /// The decode path (transposed scores; see `lower_decode`).
+    pub decode: bool,
 }
 
 impl AttentionPlan {
@@ -132,7 +134,38 @@ impl std::fmt::Display for AttentionPlan {
             self.d_chunk,
             self.window,
             self.window_copies
-        )
+        )?;
+        if self.decode {
+            write!(f, ", decode (transposed scores)")?;
+        }
+        Ok(())
+    }
+}
+
+impl AttentionPlan {
+    /// Switches to the decode path when it applies: the group's query rows (one
+    /// per head, or a few without a causal mask) packed in one tile, transposed
+    /// scores of every key in one PSUM bank, K and V of a group resident twice.
+    fn with_decode(mut self, p: &AttentionProblem, t: &Target) -> AttentionPlan {
+        let mq = p.group() * p.sq;
+        let cols = p.sk.div_ceil(self.kv_chunk) * mq;
+        let esize = p.dtype.size_bytes() as u64;
+        let chunks = p.sk.div_ceil(self.kv_chunk);
+        let sram = 2 * chunks * (p.d + p.dv) * esize + 4 * cols * (4 + esize) + 8 * 1024;
+        let psum_banks = t.psum.banks.unwrap_or(1) as u64;
+        self.decode = p.sq <= 16
+            && (p.sq == 1 || !p.causal)
+            && mq <= self.q_tile
+            && cols <= self.bank_cols
+            && p.dv.div_ceil(self.d_chunk) * mq <= self.bank_cols
+            && psum_banks >= 3
+            && sram <= t.sram.partition_bytes as u64;
+        if self.decode {
+            self.heads_per_tile = p.group();
+            self.window = p.sk;
+            self.window_copies = 2;
+        }
+        self
     }
 }
 
@@ -229,7 +262,9 @@ impl AttentionProblem {
             window_copies,
             o_copies,
             score_copies,
-        })
+            decode: false,
+        }
+        .with_decode(self, t))
     }
 
     fn out_dtype_size(&self) -> u64 {
@@ -275,6 +310,9 @@ struct Window {
 
 /// Lowers an attention kernel.
 pub fn lower(p: &AttentionProblem, plan: &AttentionPlan) -> TileProgram {
+    if plan.decode {
+        return lower_decode(p, plan);
+    }
     let AttentionPlan { kv_chunk, d_chunk, heads_per_tile, bank_cols, kv_block, window, window_copies, .. } = *plan;
     let (d, dv, sq, sk) = (p.d, p.dv, p.sq, p.sk);
     let group = p.group();
@@ -601,6 +639,234 @@ pub fn lower(p: &AttentionProblem, plan: &AttentionPlan) -> TileProgram {
             stage_a(&mut ops, bi + lag_a);
         }
         stage_b(&mut ops, bi);
+    }
+    TileProgram { tensors, buffers, ops, debug_ops: p.text.clone() }
+}
+
+/// The decode path: few query rows (the packed heads of a group), K and V of the
+/// group resident. Scores are computed transposed, `S^T = K . Q^T` (K as the
+/// transposed stationary operand: no K transposes, and each 128-key chunk costs
+/// one minimum-length matmul), so the PE work is about half the HBM time:
+///
+/// 1. PE: `Q^T` (one transpose per head-dim chunk); `S^T` chunk by chunk into one
+///    bank, `[keys, chunk x rows]` (a partial last chunk is first set to -inf).
+/// 2. VE: `S^T` to SRAM; the per-key maximum over chunks (a tree of elementwise
+///    max over halves); PE transpose, VE row max: `m` per query row.
+/// 3. PE/VE: `m` as a row replicated per chunk, broadcast to every key partition
+///    by an f32 matmul with a ones row (exact); VE: `S^T - m`; ACT: `P^T =
+///    exp(scale (S^T - m))` in the operand dtype.
+/// 4. PE: row sums by a ones column times `P^T`; VE: sum over chunks (tree), PE
+///    transpose to a column `l`.
+/// 5. PE: `O^T += V_c^T . P^T_c` per chunk (V as the plain stationary operand, in
+///    value-dim chunks of at most one PE width); VE to SRAM, PE transpose, VE
+///    `O / l` in the result dtype, store.
+///
+/// PSUM: three banks, each reused in turn (the order of use is the program
+/// order, so dependencies are exact).
+fn lower_decode(p: &AttentionProblem, plan: &AttentionPlan) -> TileProgram {
+    let AttentionPlan { kv_chunk: kc, d_chunk: dc, .. } = *plan;
+    let (d, dv, sq, sk) = (p.d, p.dv, p.sq, p.sk);
+    let group = p.group();
+    let mq = group * sq;
+    let nd = d.div_ceil(dc);
+    let nvc = dv.div_ceil(dc);
+    let nc = sk.div_ceil(kc);
+    let cols = nc * mq;
+    let last_rows = sk - (nc - 1) * kc;
+    let tensors = vec![
+        HbmTensor { name: p.q.clone(), dtype: p.dtype, shape: p.shapes[0].clone(), role: Role::Input },
+        HbmTensor { name: p.k.clone(), dtype: p.dtype, shape: p.shapes[1].clone(), role: Role::Input },
+        HbmTensor { name: p.v.clone(), dtype: p.dtype, shape: p.shapes[2].clone(), role: Role::Input },
+        HbmTensor { name: p.output.clone(), dtype: p.out_dtype, shape: p.out_shape.clone(), role: Role::Output },
+    ];
+    let (tq, tk, tv, to) = (0, 1, 2, 3);
+    let buf = |name: &str, space, dtype, parts: u64, free: u64, copies| Buffer {
+        name: name.into(),
+        space,
+        dtype,
+        parts: parts as u32,
+        free: free as u32,
+        copies,
+    };
+    let bank = plan.bank_cols;
+    let wide = kc.max(dc).max(mq);
+    let buffers = vec![
+        buf("k_rows", Space::Sram, p.dtype, kc, nc * d, 2),
+        buf("v_rows", Space::Sram, p.dtype, kc, nc * dv, 2),
+        buf("q_tile", Space::Sram, p.dtype, mq, d, 2),
+        buf("q_t", Space::Sram, p.dtype, dc, nd * mq, 2),
+        buf("scores_t_psum", Space::Psum, DType::F32, wide, bank, 1),
+        buf("bcast_psum", Space::Psum, DType::F32, wide, bank, 1),
+        buf("small_psum", Space::Psum, DType::F32, wide, bank, 1),
+        buf("scores_t", Space::Sram, DType::F32, kc, cols, 2),
+        buf("key_max", Space::Sram, DType::F32, kc, cols.div_ceil(2).max(mq), 1),
+        buf("row_max", Space::Sram, DType::F32, mq, 1, 2),
+        buf("max_row", Space::Sram, DType::F32, 1, cols, 2),
+        buf("ones_row", Space::Sram, DType::F32, 1, kc, 1),
+        buf("ones_col", Space::Sram, p.dtype, kc, 1, 1),
+        buf("probs_t", Space::Sram, p.dtype, kc, cols, 2),
+        buf("sums", Space::Sram, DType::F32, 1, cols, 2),
+        buf("row_sum", Space::Sram, DType::F32, mq, 1, 2),
+        buf("o_t", Space::Sram, DType::F32, dc, nvc * mq, 2),
+        buf("o_tile", Space::Sram, p.out_dtype, mq, dv, 2),
+    ];
+    let (k_rows, v_rows, q_tile, q_t, st_psum, bcast, small) = (0, 1, 2, 3, 4, 5, 6);
+    let (st, key_max, row_max, max_row, ones_row, ones_col, probs_t) = (7, 8, 9, 10, 11, 12, 13);
+    let (sums, row_sum, o_t, o_tile) = (14, 15, 16, 17);
+    let slice = |buf, copy: usize, parts: u64, offset: u64, len: u64| BufSlice {
+        buf,
+        copy: copy as u32,
+        parts: parts as u32,
+        offset: offset as u32,
+        len: len as u32,
+    };
+    let mut ops: Vec<(TileOp, u32)> = Vec::new();
+    let mut push = |op: TileOp| ops.push((op, 0));
+    push(TileOp::Memset { dst: slice(ones_row, 0, 1, 0, kc), value: 1.0 });
+    push(TileOp::Memset { dst: slice(ones_col, 0, kc, 0, 1), value: 1.0 });
+    let groups = p.batch * p.hk;
+    let loads = |push: &mut dyn FnMut(TileOp), g: u64| {
+        let c = (g % 2) as usize;
+        for ci in 0..nc {
+            let kk = kc.min(sk - ci * kc);
+            let row = g * sk + ci * kc;
+            let k_src = HbmBox { tensor: tk, start: row * d, rows: kk as u32, row_stride: d, cols: d as u32 };
+            push(TileOp::Load { dst: slice(k_rows, c, kk, ci * d, d), src: k_src, queue: None });
+            let v_src = HbmBox { tensor: tv, start: row * dv, rows: kk as u32, row_stride: dv, cols: dv as u32 };
+            push(TileOp::Load { dst: slice(v_rows, c, kk, ci * dv, dv), src: v_src, queue: None });
+        }
+        // The group's query heads are consecutive: their rows are one box.
+        let (b, kvh) = (g / p.hk, g % p.hk);
+        let first_row = (b * p.hq + kvh * group) * sq;
+        let q_src = HbmBox { tensor: tq, start: first_row * d, rows: mq as u32, row_stride: d, cols: d as u32 };
+        push(TileOp::Load { dst: slice(q_tile, c, mq, 0, d), src: q_src, queue: None });
+    };
+    // Folds chunks `0..n` of `src` (each `width` wide) into chunk 0 of `dst` with `op`.
+    let tree = |push: &mut dyn FnMut(TileOp), op: AluOp, dst: (usize, usize), src: (usize, usize), parts: u64| {
+        let mut n = nc;
+        let mut from = src;
+        while n > 1 {
+            let h = n / 2;
+            push(TileOp::Binary {
+                op,
+                dst: slice(dst.0, dst.1, parts, 0, h * mq),
+                a: slice(from.0, from.1, parts, 0, h * mq),
+                b: slice(from.0, from.1, parts, (n - h) * mq, h * mq),
+            });
+            if n % 2 == 1 && from != dst {
+                // The unpaired middle chunk moves along.
+                push(TileOp::Copy {
+                    dst: slice(dst.0, dst.1, parts, h * mq, mq),
+                    src: slice(from.0, from.1, parts, h * mq, mq),
+                });
+            }
+            from = dst;
+            n -= h;
+        }
+        from
+    };
+    if groups > 0 {
+        loads(&mut push, 0);
+    }
+    for g in 0..groups {
+        if g + 1 < groups {
+            loads(&mut push, g + 1);
+        }
+        let c = (g % 2) as usize;
+        // 1. Q^T, then S^T chunk by chunk.
+        for dd in 0..nd {
+            let dk = dc.min(d - dd * dc);
+            push(TileOp::Transpose { dst: slice(small, 0, dk, dd * mq, mq), src: slice(q_tile, c, mq, dd * dc, dk) });
+            push(TileOp::Copy { dst: slice(q_t, c, dk, dd * mq, mq), src: slice(small, 0, dk, dd * mq, mq) });
+        }
+        if last_rows < kc {
+            push(TileOp::Memset { dst: slice(st_psum, 0, kc, (nc - 1) * mq, mq), value: f32::NEG_INFINITY });
+        }
+        for ci in 0..nc {
+            let kk = kc.min(sk - ci * kc);
+            for dd in 0..nd {
+                let dk = dc.min(d - dd * dc);
+                push(TileOp::Matmul {
+                    dst: slice(st_psum, 0, kk, ci * mq, mq),
+                    stationary: slice(k_rows, c, kk, ci * d + dd * dc, dk),
+                    moving: slice(q_t, c, dk, dd * mq, mq),
+                    accumulate: dd > 0,
+                    transposed: true,
+                });
+            }
+        }
+        // 2. The maximum per query row.
+        push(TileOp::Copy { dst: slice(st, c, kc, 0, cols), src: slice(st_psum, 0, kc, 0, cols) });
+        let folded = tree(&mut push, AluOp::Max, (key_max, 0), (st, c), kc);
+        push(TileOp::Transpose { dst: slice(small, 0, mq, 0, kc), src: slice(folded.0, folded.1, kc, 0, mq) });
+        push(TileOp::Reduce { op: ReduceOp::Max, dst: slice(row_max, c, mq, 0, 1), src: slice(small, 0, mq, 0, kc) });
+        // 3. Broadcast it to every key partition, subtract, exponentiate.
+        push(TileOp::Transpose { dst: slice(small, 0, 1, 0, mq), src: slice(row_max, c, mq, 0, 1) });
+        push(TileOp::Copy { dst: slice(max_row, c, 1, 0, mq), src: slice(small, 0, 1, 0, mq) });
+        let mut have = 1;
+        while have < nc {
+            let k = have.min(nc - have);
+            push(TileOp::Copy { dst: slice(max_row, c, 1, have * mq, k * mq), src: slice(max_row, c, 1, 0, k * mq) });
+            have += k;
+        }
+        push(TileOp::Matmul {
+            dst: slice(bcast, 0, kc, 0, cols),
+            stationary: slice(ones_row, 0, 1, 0, kc),
+            moving: slice(max_row, c, 1, 0, cols),
+            accumulate: false,
+            transposed: false,
+        });
+        let s = slice(st, c, kc, 0, cols);
+        push(TileOp::Binary { op: AluOp::Sub, dst: s, a: s, b: slice(bcast, 0, kc, 0, cols) });
+        push(TileOp::Activate {
+            func: ActFunc::Exp,
+            dst: slice(probs_t, c, kc, 0, cols),
+            src: s,
+            scale: TileScalar::Imm(p.scale),
+            bias: TileScalar::Imm(-0.0),
+            accum: None,
+        });
+        // 4. Row sums of the rounded probabilities, as a column.
+        push(TileOp::Matmul {
+            dst: slice(small, 0, 1, 0, cols),
+            stationary: slice(ones_col, 0, kc, 0, 1),
+            moving: slice(probs_t, c, kc, 0, cols),
+            accumulate: false,
+            transposed: false,
+        });
+        push(TileOp::Copy { dst: slice(sums, c, 1, 0, cols), src: slice(small, 0, 1, 0, cols) });
+        let summed = tree(&mut push, AluOp::Add, (sums, c), (sums, c), 1);
+        push(TileOp::Transpose { dst: slice(small, 0, mq, 0, 1), src: slice(summed.0, summed.1, 1, 0, mq) });
+        push(TileOp::Copy { dst: slice(row_sum, c, mq, 0, 1), src: slice(small, 0, mq, 0, 1) });
+        // 5. O^T = sum over chunks of V_c^T . P^T_c (per value-dim chunk of at most
+        //    `dc` rows); transpose back, divide, store.
+        for vc in 0..nvc {
+            let dvk = dc.min(dv - vc * dc);
+            for ci in 0..nc {
+                let kk = kc.min(sk - ci * kc);
+                push(TileOp::Matmul {
+                    dst: slice(st_psum, 0, dvk, vc * mq, mq),
+                    stationary: slice(v_rows, c, kk, ci * dv + vc * dc, dvk),
+                    moving: slice(probs_t, c, kk, ci * mq, mq),
+                    accumulate: ci > 0,
+                    transposed: false,
+                });
+            }
+            push(TileOp::Copy { dst: slice(o_t, c, dvk, vc * mq, mq), src: slice(st_psum, 0, dvk, vc * mq, mq) });
+            push(TileOp::Transpose { dst: slice(bcast, 0, mq, vc * dc, dvk), src: slice(o_t, c, dvk, vc * mq, mq) });
+        }
+        let out = slice(o_tile, c, mq, 0, dv);
+        push(TileOp::Scalar {
+            op: AluOp::Div,
+            dst: out,
+            src: slice(bcast, 0, mq, 0, dv),
+            scalar: TileScalar::Column(slice(row_sum, c, mq, 0, 1)),
+            reverse: false,
+        });
+        let (b, kvh) = (g / p.hk, g % p.hk);
+        let first_row = (b * p.hq + kvh * group) * sq;
+        let dst = HbmBox { tensor: to, start: first_row * dv, rows: mq as u32, row_stride: dv, cols: dv as u32 };
+        push(TileOp::Store { dst, src: out });
     }
     TileProgram { tensors, buffers, ops, debug_ops: p.text.clone() }
 }

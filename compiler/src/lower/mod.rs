@@ -543,6 +543,13 @@ pub enum TileOp {
         /// Source.
         src: BufSlice,
     },
+    /// `dst = value` on the VE.
+    Memset {
+        /// Result.
+        dst: BufSlice,
+        /// The value.
+        value: f32,
+    },
     /// Affine select on the VE: `dst[p, i] = src[p, i]` where
     /// `partition_step * p + free_step * i + base >= 0`, else `fill` (the causal mask).
     Select {
@@ -636,6 +643,7 @@ impl TileOp {
                 slices.extend([dst, src]);
                 slices.extend(scalar.column_mut());
             }
+            TileOp::Memset { dst, .. } => slices.push(dst),
             TileOp::Activate { dst, src, scale, bias, accum, .. } => {
                 slices.extend([dst, src]);
                 slices.extend(scale.column_mut());
@@ -733,6 +741,7 @@ impl fmt::Display for TileProgram {
                     }
                     text
                 }
+                TileOp::Memset { dst, value } => format!("memset {} <- {value:?}", slice_text(self, dst)),
                 TileOp::Reduce { op, dst, src } => {
                     format!("reduce_{} {} <- {}", op.name(), slice_text(self, dst), slice_text(self, src))
                 }
