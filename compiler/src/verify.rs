@@ -63,7 +63,7 @@ fn ulp(d: DType) -> f64 {
 /// matmul rounded to the operand dtype (relative error at most u, the unit
 /// roundoff), so each output moves by at most `u * max|v|`; a written-out
 /// attention's reference rounds its normalised probabilities too, so the bound is
-/// doubled: `2 u max|v|` (bf16: `2^-8 max|v|`).
+/// doubled: `2 u max|v|` (bf16: `2^-7 max|v|`).
 fn attention_tolerance(compiled: &driver::Compiled, inputs: &[Tensor]) -> Result<f64, VerifyError> {
     let kernels: Vec<&crate::lower::attention::AttentionProblem> = compiled
         .kernels

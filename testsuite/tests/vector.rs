@@ -234,3 +234,74 @@ fn decode_path_is_chosen_and_verifies() {
         }
     }
 }
+
+/// Masks built from iotas are affine selects inside the kernel that owns the
+/// select: in a GEMM epilogue, in an elementwise chain whose row blocks stop at
+/// matrix boundaries (50 rows per matrix against 32 and 128 partitions), with
+/// the kept value on either side; bit-exact at -O0 (written-out attention
+/// unfused) and verified at -O2 (fused).
+#[test]
+fn iota_masks_are_affine_selects() {
+    let src = "func @f(%q: bf16[2, 40, 32], %k: bf16[2, 40, 32], %v: bf16[2, 40, 24], %x: f32[3, 50, 70]) -> (bf16[2, 40, 24], f32[3, 50, 70]) {
+      %kt = transpose(%k) {perm = [0, 2, 1]}
+      %s = matmul(%q, %kt) : f32[2, 40, 40]
+      %z = mul(%s, 0.125)
+      %i = iota() {axis = 0} : i32[40, 40]
+      %j = iota() {axis = 1} : i32[40, 40]
+      %keep = compare(%j, %i) {kind = le}
+      %zm = select(%keep, %z, -inf)
+      %p = softmax(%zm) {axis = -1}
+      %pb = cast(%p) {to = bf16}
+      %o = matmul(%pb, %v)
+      %a = iota() {axis = 1} : i32[1, 50, 70]
+      %b = iota() {axis = 2} : i32[1, 50, 70]
+      %c = compare(%a, %b) {kind = gt}
+      %y = exp(%x)
+      %w = select(%c, 0.5, %y)
+      %e = compare(%b, 33) {kind = eq}
+      %w2 = select(%e, %w, 7.0)
+      return %o, %w2
+    }";
+    let f = check(src);
+    for target in ["jpu-tiny", "jpu1"] {
+        let t = Target::builtin(target).unwrap();
+        for level in [0, 2] {
+            let v = jalc::verify::verify_at(&f, &t, 9, None, level).unwrap_or_else(|e| panic!("{target}: {e:?}"));
+            assert!(v.passed, "{target} -O{level}: {:?}", v.first_mismatch);
+            if level == 0 {
+                assert_eq!(v.max_abs_error, 0.0, "{target}");
+            }
+        }
+    }
+    // In a GEMM's epilogue: a lower-triangular product.
+    let tri = check(
+        "func @t(%a: bf16[70, 64], %b: bf16[64, 90]) -> f32[70, 90] {
+           %c = matmul(%a, %b) : f32[70, 90]
+           %i = iota() {axis = 0} : i32[70, 90]
+           %j = iota() {axis = 1} : i32[70, 90]
+           %keep = compare(%i, %j) {kind = ge}
+           %m = select(%keep, %c, 0.0)
+           return %m
+         }",
+    );
+    for target in ["jpu-tiny", "jpu1"] {
+        let t = Target::builtin(target).unwrap();
+        let c = jalc::driver::compile(&tri, &t, None).unwrap();
+        assert_eq!(c.kernels.iter().map(jalc::driver::Kernel::kind).collect::<Vec<_>>(), ["gemm"]);
+        let v = jalc::verify::verify(&tri, &t, 1, None).unwrap();
+        assert!(v.passed && v.max_abs_error == 0.0, "{target}: {:?}", v.first_mismatch);
+    }
+    // Selects the VE cannot express are refused with the reason.
+    let t = Target::builtin("jpu1").unwrap();
+    for (body, want) in [
+        ("%c = compare(%x, %y) {kind = lt}\n  %s = select(%c, %x, 0.0)", "only supported inside a mask select"),
+        (
+            "%i = iota() {axis = 0} : i32[8, 16]\n  %c = compare(%i, 3) {kind = lt}\n  %s = select(%c, %x, %y)",
+            "selects between two tensors",
+        ),
+    ] {
+        let src = format!("func @f(%x: f32[8, 16], %y: f32[8, 16]) -> f32[8, 16] {{\n  {body}\n  return %s\n}}");
+        let err = jalc::driver::compile(&check(&src), &t, None).err().expect("refused");
+        assert!(err.contains(want), "{err}");
+    }
+}

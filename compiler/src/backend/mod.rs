@@ -19,7 +19,7 @@
 use std::collections::HashMap;
 
 use jpu_isa::inst::{Engine, Wait};
-use jpu_isa::operand::{CmpOp, Column, Dim, DmaDim, DmaSide, DmaSpace, DmaTransfer, Imm, Scalar, Space, Tile};
+use jpu_isa::operand::{Column, Dim, DmaDim, DmaSide, DmaSpace, DmaTransfer, Imm, Scalar, Space, Tile};
 use jpu_isa::program::{RooflineInputs, SemDecl, TensorDecl};
 use jpu_isa::{Inst, Op, Program, Target};
 use petgraph::graph::{DiGraph, NodeIndex};
@@ -401,10 +401,10 @@ pub fn compile(tp: &TileProgram, t: &Target, roofline: RooflineInputs) -> Result
             TileOp::Reduce { op, dst, src } => {
                 (Engine::VE, Op::Reduce { op: *op, dst: tile(tp, &alloc, dst), src: tile(tp, &alloc, src) })
             }
-            TileOp::Select { dst, src, partition_step, free_step, base, fill } => (
+            TileOp::Select { cmp, dst, src, partition_step, free_step, base, fill } => (
                 Engine::VE,
                 Op::Select {
-                    cmp: CmpOp::Ge,
+                    cmp: *cmp,
                     dst: tile(tp, &alloc, dst),
                     src: tile(tp, &alloc, src),
                     partition_step: *partition_step,

@@ -484,6 +484,7 @@ pub fn lower(p: &AttentionProblem, plan: &AttentionPlan) -> TileProgram {
                 let base = t.r0 as i64 + off - blk.c0 as i64 - first_masked as i64;
                 ops.push((
                     TileOp::Select {
+                        cmp: jpu_isa::operand::CmpOp::Ge,
                         dst: sub,
                         src: sub,
                         partition_step: 1,

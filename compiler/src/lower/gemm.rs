@@ -180,15 +180,37 @@ pub enum EpilogueStep {
     },
     /// `func(tile)`.
     Activate(ActFunc),
+    /// Keep the tile where an affine condition of the element's (row, column)
+    /// within its matrix holds, else `fill` (a mask select; see [`super::mask`]).
+    Mask {
+        /// The condition.
+        condition: super::mask::AffineCondition,
+        /// The value elsewhere, rounded to the result dtype.
+        fill: f32,
+    },
 }
 
 impl EpilogueStep {
-    /// The tile op applying this step in place to `tile`; `operand(i)` is the
-    /// slice of epilogue input `i` matching the tile, and whether it is a column
-    /// (one value per partition).
-    pub fn tile_op(&self, tile: BufSlice, operand: impl Fn(usize) -> (BufSlice, bool)) -> TileOp {
+    /// The tile op applying this step in place to `tile`, whose first element is
+    /// at (`row`, `col`) of its matrix; `operand(i)` is the slice of epilogue input
+    /// `i` matching the tile, and whether it is a column (one value per partition).
+    pub fn tile_op(
+        &self,
+        tile: BufSlice,
+        (row, col): (u64, u64),
+        operand: impl Fn(usize) -> (BufSlice, bool),
+    ) -> TileOp {
         match *self {
             EpilogueStep::Activate(func) => TileOp::activate(func, tile, tile),
+            EpilogueStep::Mask { condition: c, fill } => TileOp::Select {
+                cmp: c.cmp,
+                dst: tile,
+                src: tile,
+                partition_step: c.row,
+                free_step: c.col,
+                base: c.row * row as i32 + c.col * col as i32 + c.constant,
+                fill,
+            },
             EpilogueStep::Binary { op, other: EpilogueOperand::Scalar(value), other_first } => {
                 TileOp::Scalar { op, dst: tile, src: tile, scalar: TileScalar::Imm(value), reverse: other_first }
             }
@@ -236,7 +258,7 @@ pub(crate) fn chip(t: ScalarType, what: &str) -> Result<DType, Unsupported> {
 }
 
 /// What code generation covers, for error messages.
-pub(crate) const SUPPORTED: &str = "this compiler version compiles matmuls, elementwise ops (binary, activation-engine functions, casts), softmax, rmsnorm and layernorm over the last axis, sum/max reductions over trailing axes, reshapes and transposes of the last two dims, over parameters and earlier results";
+pub(crate) const SUPPORTED: &str = "this compiler version compiles matmuls, elementwise ops (binary, activation-engine functions, casts, mask selects over iotas), softmax, rmsnorm and layernorm over the last axis, sum/max reductions over trailing axes, attention, reshapes and transposes of the last two dims, over parameters and earlier results";
 
 /// A chain of elementwise steps, each consuming the previous value.
 pub(crate) struct Chain {
@@ -287,10 +309,12 @@ pub(crate) fn chain(
         let Some((i, n)) = next else {
             break;
         };
-        let elementwise = matches!(n.op, Op::Cast { .. } | Op::Binary(_) | Op::Unary(_) | Op::Gelu { .. });
-        // A step reading a value computed later belongs to that value's kernel.
+        let elementwise = matches!(n.op, Op::Cast { .. } | Op::Binary(_) | Op::Unary(_) | Op::Gelu { .. } | Op::Select);
+        // A step reading a value computed later belongs to that value's kernel
+        // (a mask condition is computed in place).
+        let mask_condition = |v: &ValueId| super::mask::condition(f, *v, &n.ty.shape).is_some();
         let ready = n.operands.iter().all(|o| match o {
-            Operand::Value(v) => *v == prev || in_hbm[v.0 as usize],
+            Operand::Value(v) => *v == prev || in_hbm[v.0 as usize] || mask_condition(v),
             Operand::Scalar(_) => true,
         });
         // A cast ends a chain (steps after it run in the cast's dtype: a kernel of their own).
@@ -399,6 +423,22 @@ pub(crate) fn chain(
                     _ => return Err(not_yet("has no activation-engine function yet")),
                 };
                 epilogue.push((EpilogueStep::Activate(func), text));
+            }
+            (Op::Select, [Operand::Value(c), a, b]) => {
+                let condition = super::mask::condition(f, *c, &n.ty.shape).ok_or_else(|| {
+                    not_yet("selects by a condition that is not a comparison of iotas over the last two dims and integer literals")
+                })?;
+                let (condition, fill) = match (a, b) {
+                    (x, Operand::Scalar(v)) if uses_prev(x) => (condition, *v),
+                    (Operand::Scalar(v), x) if uses_prev(x) => (condition.negated(), *v),
+                    _ => {
+                        return Err(not_yet(
+                            "selects between two tensors; a mask select keeps one value and fills a literal",
+                        ))
+                    }
+                };
+                let fill = crate::eval::round(n.ty.dtype, fill) as f32;
+                epilogue.push((EpilogueStep::Mask { condition, fill }, text));
             }
             _ => return Err(not_yet("is not an elementwise step on the product")),
         }
@@ -1007,7 +1047,7 @@ pub fn lower(p: &GemmProblem, s: &GemmSchedule) -> TileProgram {
         ops.push((TileOp::Copy { dst: staged, src: psum }, 0));
         for (si, (step, _)) in p.epilogue.iter().enumerate() {
             let debug = 1 + si as u32;
-            let op = step.tile_op(staged, |e| {
+            let op = step.tile_op(staged, (mi * tm, ni * tn), |e| {
                 let (copy, offset, len) = match p.epilogue_inputs[e].broadcast {
                     Broadcast::Row => (0, (ni * tn) as u32, nw as u32),
                     Broadcast::Full => (stage, 0, nw as u32),

@@ -112,15 +112,28 @@ pub fn lower(p: &MapProblem, t: &Target) -> TileProgram {
         buffers.push(tile("x_cast".into(), *d));
         buffers.len() - 1
     });
-    let items: Vec<(u64, u64)> =
-        (0..rows.div_ceil(parts)).flat_map(|r| (0..cols.div_ceil(width)).map(move |c| (r, c))).collect();
+    // Row blocks stay within one matrix (the last two dims) when a mask step
+    // needs each element's row within its matrix.
+    let masked = p.steps.iter().any(|(s, _)| matches!(s, EpilogueStep::Mask { .. }));
+    let matrix_rows = if masked && p.shape.len() >= 2 { p.shape[p.shape.len() - 2].max(1) } else { rows.max(1) };
+    // (first row, its row within the matrix, rows in the block, column block)
+    let items: Vec<(u64, u64, u64, u64)> = (0..rows.div_ceil(matrix_rows))
+        .flat_map(|m| {
+            let first = m * matrix_rows;
+            let in_matrix = matrix_rows.min(rows - first);
+            (0..in_matrix.div_ceil(parts))
+                .map(move |r| (first + r * parts, r * parts, parts.min(in_matrix - r * parts)))
+        })
+        .flat_map(|(row0, in_row, pr)| (0..cols.div_ceil(width)).map(move |c| (row0, in_row, pr, c)))
+        .collect();
+    // (first element, first column, rows, columns, copy, row within the matrix)
     let block = |j: usize| {
-        let (r, c) = items[j];
-        let (pr, w) = (parts.min(rows - r * parts), width.min(cols - c * width));
-        (r * parts * cols + c * width, c * width, pr as u32, w as u32, j as u32 % COPIES)
+        let (row0, in_row, pr, c) = items[j];
+        let w = width.min(cols - c * width);
+        (row0 * cols + c * width, c * width, pr as u32, w as u32, j as u32 % COPIES, in_row)
     };
     let loads = |ops: &mut Vec<(TileOp, u32)>, j: usize| {
-        let (start, col, pr, w, copy) = block(j);
+        let (start, col, pr, w, copy, _) = block(j);
         let slice = |buf| BufSlice { buf, copy, parts: pr, offset: 0, len: w };
         ops.push((
             TileOp::Load {
@@ -154,10 +167,10 @@ pub fn lower(p: &MapProblem, t: &Target) -> TileProgram {
         if j + 1 < items.len() {
             loads(&mut ops, j + 1);
         }
-        let (start, _, pr, w, copy) = block(j);
+        let (start, col, pr, w, copy, in_row) = block(j);
         let x = BufSlice { buf: 0, copy, parts: pr, offset: 0, len: w };
         for (si, (step, _)) in p.steps.iter().enumerate() {
-            let op = step.tile_op(x, |e| {
+            let op = step.tile_op(x, (in_row, col), |e| {
                 let column = p.inputs[e].broadcast == Broadcast::Column;
                 (BufSlice { buf: operand_bufs[e], copy, parts: pr, offset: 0, len: if column { 1 } else { w } }, column)
             });

@@ -12,6 +12,7 @@
 pub mod attention;
 pub mod gemm;
 pub mod map;
+pub mod mask;
 pub mod rows;
 pub mod transpose;
 
@@ -101,9 +102,11 @@ pub fn plan_with(f: &Func, fuse: bool) -> Result<Vec<KernelProblem>, Unsupported
     // Values in HBM: parameters, then each kernel's output once it is planned.
     let mut in_hbm: Vec<bool> = (0..n).map(|i| i < f.num_params).collect();
     let mut fused = vec![false; n];
+    // Iotas and comparisons that only shape masks live inside the selects' kernels.
+    let absorbed = mask::absorbed(f);
     let mut kernels = Vec::new();
     for i in f.num_params..n {
-        if fused[i] || !live[i] {
+        if fused[i] || !live[i] || absorbed[i] {
             continue;
         }
         let node = &f.nodes[i];
@@ -135,7 +138,7 @@ pub fn plan_with(f: &Func, fuse: bool) -> Result<Vec<KernelProblem>, Unsupported
                 };
                 (KernelProblem::Transpose(p), i)
             }
-            Op::Cast { .. } | Op::Binary(_) | Op::Unary(_) | Op::Gelu { .. } => {
+            Op::Cast { .. } | Op::Binary(_) | Op::Unary(_) | Op::Gelu { .. } | Op::Select => {
                 // The chain runs over the tensor operand with the result's shape.
                 let Some(x) = node.operands.iter().find_map(|o| match o {
                     Operand::Value(v) if in_hbm[v.0 as usize] && f.node(*v).ty.shape == node.ty.shape => Some(*v),
@@ -191,6 +194,11 @@ pub fn plan_with(f: &Func, fuse: bool) -> Result<Vec<KernelProblem>, Unsupported
             Op::Attention { causal, scale } => {
                 let p = attention_kernel(f, i, *causal, *scale, &in_hbm)?;
                 (KernelProblem::Attention(p), i)
+            }
+            Op::Compare { .. } | Op::Iota { .. } => {
+                return Err(not_yet(
+                    "is only supported inside a mask select (a comparison of iotas over the last two dims and integer literals)",
+                ))
             }
             _ => return Err(not_yet("is not supported yet")),
         };
@@ -551,8 +559,10 @@ pub enum TileOp {
         value: f32,
     },
     /// Affine select on the VE: `dst[p, i] = src[p, i]` where
-    /// `partition_step * p + free_step * i + base >= 0`, else `fill` (the causal mask).
+    /// `partition_step * p + free_step * i + base <cmp> 0`, else `fill` (masks).
     Select {
+        /// Comparison against zero.
+        cmp: jpu_isa::operand::CmpOp,
         /// Result.
         dst: BufSlice,
         /// Source.
@@ -745,10 +755,18 @@ impl fmt::Display for TileProgram {
                 TileOp::Reduce { op, dst, src } => {
                     format!("reduce_{} {} <- {}", op.name(), slice_text(self, dst), slice_text(self, src))
                 }
-                TileOp::Select { dst, src, partition_step, free_step, base, fill } => format!(
-                    "select {} <- {} where {partition_step}*p + {free_step}*i + {base} >= 0 else {fill:?}",
+                TileOp::Select { cmp, dst, src, partition_step, free_step, base, fill } => format!(
+                    "select {} <- {} where {partition_step}*p + {free_step}*i + {base} {} 0 else {fill:?}",
                     slice_text(self, dst),
-                    slice_text(self, src)
+                    slice_text(self, src),
+                    match cmp {
+                        jpu_isa::operand::CmpOp::Ge => ">=",
+                        jpu_isa::operand::CmpOp::Gt => ">",
+                        jpu_isa::operand::CmpOp::Le => "<=",
+                        jpu_isa::operand::CmpOp::Lt => "<",
+                        jpu_isa::operand::CmpOp::Eq => "==",
+                        jpu_isa::operand::CmpOp::Ne => "!=",
+                    }
                 ),
             };
             let _ = writeln!(out, "{text}  ; {}", self.debug_ops[*d as usize]);

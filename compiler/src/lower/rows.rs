@@ -129,7 +129,7 @@ impl RowProblem {
         let block: u64 = block_tiles(self).iter().map(|(_, d, n)| pad(n * d.size_bytes() as u64)).sum();
         let fixed: u64 = self.params.iter().map(|(_, d)| pad(self.len * d.size_bytes() as u64)).sum();
         let cap = t.sram.partition_bytes as u64;
-        [3u32, 2, 1].into_iter().find(|&c| fixed + c as u64 * block <= cap)
+        [4u32, 3, 2, 1].into_iter().find(|&c| fixed + c as u64 * block <= cap)
     }
 }
 
@@ -203,10 +203,12 @@ pub fn lower(p: &RowProblem, t: &Target, copies: u32) -> TileProgram {
         load(&mut ops, j);
     }
     let last_debug = p.text.len() as u32 - 1;
-    // (statistics, finish) of block j: the finish of block j is issued after the
-    // statistics of block j + 1, so each engine's in-order stream always has
-    // work from one block or the other.
-    let stages = |j: u64| -> (Vec<TileOp>, Vec<TileOp>) {
+    // Three stages of block j (the first statistics, the rest of them, the final
+    // passes and the store). Iteration j issues stage 1 of block j + 2, stage 2 of
+    // block j + 1 and stage 3 of block j, so each engine's in-order stream has
+    // work from three blocks and the VE/ACT hand-offs within a block's
+    // statistics never stall it (with two copies: stages 1 and 2 of block j + 1).
+    let stages = |j: u64| -> [Vec<TileOp>; 3] {
         let pr = parts.min(rows - j * parts) as u32;
         let copy = (j % copies as u64) as u32;
         let row = |buf| BufSlice { buf, copy, parts: pr, offset: 0, len: n as u32 };
@@ -241,8 +243,8 @@ pub fn lower(p: &RowProblem, t: &Target, copies: u32) -> TileProgram {
             RowKind::Reduce(_) => col(y_buf),
             _ => row(y_buf),
         };
-        // The ops, and how many of them are statistics.
-        let (mut body, split): (Vec<TileOp>, usize) = match p.kind {
+        // The ops, and where the first and second statistics stages end.
+        let (mut body, s1, s2): (Vec<TileOp>, usize, usize) = match p.kind {
             RowKind::Softmax => {
                 let e = row(f32_buf);
                 let ops = vec![
@@ -258,7 +260,7 @@ pub fn lower(p: &RowProblem, t: &Target, copies: u32) -> TileProgram {
                     },
                     per_row(AluOp::Div, y, e, sum),
                 ];
-                (ops, 3)
+                (ops, 2, 3)
             }
             RowKind::RmsNorm { eps } => {
                 let u = row(f32_buf);
@@ -277,7 +279,7 @@ pub fn lower(p: &RowProblem, t: &Target, copies: u32) -> TileProgram {
                     scale_rows(j, u, x, sum),
                     TileOp::Binary { op: AluOp::Mul, dst: y, a: u, b: param(0) },
                 ];
-                (ops, 4)
+                (ops, 1, 4)
             }
             RowKind::LayerNorm { eps } => {
                 let d = row(f32_buf);
@@ -309,33 +311,52 @@ pub fn lower(p: &RowProblem, t: &Target, copies: u32) -> TileProgram {
                     TileOp::Binary { op: AluOp::Mul, dst: d, a: d, b: param(0) },
                     TileOp::Binary { op: AluOp::Add, dst: y, a: d, b: param(1) },
                 ];
-                (ops, 8)
+                (ops, 5, 8)
             }
-            RowKind::Reduce(op) => (vec![TileOp::Reduce { op, dst: y, src: x }], 1),
+            RowKind::Reduce(op) => (vec![TileOp::Reduce { op, dst: y, src: x }], 1, 1),
         };
         let dst = match p.kind {
             RowKind::Reduce(_) => HbmBox { tensor: out_tensor, start: j * parts, rows: pr, row_stride: 1, cols: 1 },
             _ => HbmBox { tensor: out_tensor, start: j * parts * n, rows: pr, row_stride: n, cols: n as u32 },
         };
         body.push(TileOp::Store { dst, src: y });
-        let finish = body.split_off(split);
-        (body, finish)
+        let finish = body.split_off(s2);
+        let second = body.split_off(s1);
+        [body, second, finish]
     };
     let debug = |op: TileOp| {
         let d = if matches!(op, TileOp::Store { .. }) { last_debug } else { 0 };
         (op, d)
     };
-    if blocks > 0 {
-        ops.extend(stages(0).0.into_iter().map(debug));
+    let lag = if copies >= 3 { 2 } else { 1 };
+    // Stage `k` of block `j` runs `lag - k` iterations early (stage 2 with stage 1
+    // when the lag is 1).
+    let emit = |ops: &mut Vec<(TileOp, u32)>, j: u64, stage: usize| {
+        if j < blocks {
+            let [a, b, c] = stages(j);
+            let chosen = match (lag, stage) {
+                (1, 0) => [a, b].concat(),
+                (1, 1) => Vec::new(),
+                (_, 0) => a,
+                (_, 1) => b,
+                _ => c,
+            };
+            ops.extend(chosen.into_iter().map(debug));
+        }
+    };
+    for j in 0..lag {
+        emit(&mut ops, j, 0);
+        if j + 1 < lag {
+            emit(&mut ops, j, 1);
+        }
     }
     for j in 0..blocks {
         if j + ahead < blocks {
             load(&mut ops, j + ahead);
         }
-        if j + 1 < blocks {
-            ops.extend(stages(j + 1).0.into_iter().map(debug));
-        }
-        ops.extend(stages(j).1.into_iter().map(debug));
+        emit(&mut ops, j + lag, 0);
+        emit(&mut ops, j + lag - 1, 1);
+        emit(&mut ops, j, 2);
     }
     TileProgram { tensors, buffers, ops, debug_ops: p.text.clone() }
 }

@@ -1,0 +1,102 @@
+//! Masks as affine selects: `select(compare(a, b), x, fill)` where `a` and `b` are
+//! iotas over the last two dims (or integer literals) is the VE's affine select
+//! `keep x where row_coef * row + col_coef * col + constant <cmp> 0`, with `row`
+//! and `col` the element's indices within its matrix (the last two dims). The
+//! iotas and the comparison (whose `i1` result cannot live in HBM) are absorbed
+//! into the kernel of the select; no tensor is built.
+
+use jpu_isa::operand::CmpOp;
+
+use crate::tir::ir::{CompareKind, Func, Op, Operand, ValueId};
+
+/// `row * row_index + col * col_index + constant <cmp> 0`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AffineCondition {
+    /// Coefficient of the row index (second-to-last dim).
+    pub row: i32,
+    /// Coefficient of the column index (last dim).
+    pub col: i32,
+    /// Constant term.
+    pub constant: i32,
+    /// Comparison against zero.
+    pub cmp: CmpOp,
+}
+
+impl AffineCondition {
+    /// The condition that holds exactly where this one does not.
+    pub fn negated(self) -> AffineCondition {
+        let cmp = match self.cmp {
+            CmpOp::Ge => CmpOp::Lt,
+            CmpOp::Gt => CmpOp::Le,
+            CmpOp::Le => CmpOp::Gt,
+            CmpOp::Lt => CmpOp::Ge,
+            CmpOp::Eq => CmpOp::Ne,
+            CmpOp::Ne => CmpOp::Eq,
+        };
+        AffineCondition { cmp, ..self }
+    }
+}
+
+/// `(row coefficient, col coefficient, constant)` of an iota or an integer literal,
+/// for a mask over values of shape `shape`.
+fn affine_term(f: &Func, o: &Operand, shape: &[u64]) -> Option<(i32, i32, i32)> {
+    match o {
+        Operand::Scalar(x) => (x.fract() == 0.0 && x.abs() < 1e9).then_some((0, 0, *x as i32)),
+        Operand::Value(v) => {
+            let n = f.node(*v);
+            let Op::Iota { axis } = n.op else { return None };
+            let (r, rank) = (n.ty.rank(), shape.len());
+            // The iota's last two dims must be the masked values' last two dims
+            // (its leading dims broadcast).
+            if r < 2
+                || rank < 2
+                || n.ty.shape[r - 2..] != shape[rank - 2..]
+                || n.ty.shape[..r - 2].iter().any(|&d| d != 1)
+            {
+                return None;
+            }
+            if axis + 2 == r {
+                Some((1, 0, 0))
+            } else if axis + 1 == r {
+                Some((0, 1, 0))
+            } else {
+                None
+            }
+        }
+    }
+}
+
+/// The affine condition of `cond` (a `compare` of iotas and literals) for values
+/// of shape `shape`.
+pub fn condition(f: &Func, cond: ValueId, shape: &[u64]) -> Option<AffineCondition> {
+    let n = f.node(cond);
+    let (Op::Compare { kind }, [a, b]) = (&n.op, n.operands.as_slice()) else { return None };
+    let (ra, ca, ka) = affine_term(f, a, shape)?;
+    let (rb, cb, kb) = affine_term(f, b, shape)?;
+    let cmp = match kind {
+        CompareKind::Lt => CmpOp::Lt,
+        CompareKind::Le => CmpOp::Le,
+        CompareKind::Gt => CmpOp::Gt,
+        CompareKind::Ge => CmpOp::Ge,
+        CompareKind::Eq => CmpOp::Eq,
+    };
+    Some(AffineCondition { row: ra - rb, col: ca - cb, constant: ka - kb, cmp })
+}
+
+/// Nodes absorbed into mask selects: every `compare` that some `select` uses as
+/// an affine condition, and the iotas it reads. They get no kernel of their own.
+pub fn absorbed(f: &Func) -> Vec<bool> {
+    let mut out = vec![false; f.nodes.len()];
+    for n in &f.nodes {
+        let (Op::Select, [Operand::Value(c), ..]) = (&n.op, n.operands.as_slice()) else { continue };
+        if condition(f, *c, &n.ty.shape).is_some() {
+            out[c.0 as usize] = true;
+            for o in &f.node(*c).operands {
+                if let Operand::Value(v) = o {
+                    out[v.0 as usize] = true;
+                }
+            }
+        }
+    }
+    out
+}
