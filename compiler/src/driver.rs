@@ -16,7 +16,7 @@ use crate::backend;
 use crate::lower::attention::{AttentionPlan, AttentionProblem};
 use crate::lower::gemm::{self, GemmProblem, GemmSchedule};
 use crate::lower::map::MapProblem;
-use crate::lower::rows::RowProblem;
+use crate::lower::rows::{RowProblem, RowSchedule};
 use crate::lower::transpose::TransposeProblem;
 use crate::lower::{KernelProblem, TileProgram};
 use crate::tir::ir::Func;
@@ -29,8 +29,8 @@ pub enum Kernel {
     Map(MapProblem),
     /// A swap of the last two dims.
     Transpose(TransposeProblem),
-    /// Softmax, a norm or a reduction, with its tile copies.
-    Rows(RowProblem, u32),
+    /// Softmax, a norm or a reduction, with its pipeline.
+    Rows(RowProblem, RowSchedule),
     /// Fused attention and its tiling.
     Attention(AttentionProblem, AttentionPlan),
 }
@@ -61,7 +61,7 @@ impl Kernel {
             Kernel::Gemm(p, s) => gemm::lower(p, s),
             Kernel::Map(p) => crate::lower::map::lower(p, t),
             Kernel::Transpose(p) => crate::lower::transpose::lower(p, t),
-            Kernel::Rows(p, copies) => crate::lower::rows::lower(p, t, *copies),
+            Kernel::Rows(p, sched) => crate::lower::rows::lower(p, t, sched),
             Kernel::Attention(p, plan) => crate::lower::attention::lower(p, plan),
         }
     }
@@ -176,13 +176,13 @@ pub fn compile_at(f: &Func, t: &Target, schedule: Option<GemmSchedule>, level: O
             KernelProblem::Map(p) => Kernel::Map(p),
             KernelProblem::Transpose(p) => Kernel::Transpose(p),
             KernelProblem::Rows(p) => {
-                let copies = p.copies(t).ok_or_else(|| {
+                let sched = p.schedule(t).ok_or_else(|| {
                     format!(
                         "`{}`: rows of {} elements do not fit one SRAM partition of {} ({} bytes) with the kernel's working tiles",
                         p.text[0], p.len, t.name, t.sram.partition_bytes
                     )
                 })?;
-                Kernel::Rows(p, copies)
+                Kernel::Rows(p, sched)
             }
             KernelProblem::Attention(p) => {
                 let plan = p.plan(t).map_err(|e| format!("`{}`: {e}", p.text[0]))?;
@@ -272,15 +272,17 @@ pub fn kernels_text(c: &Compiled, t: &Target) -> String {
                 );
                 continue;
             }
-            Kernel::Rows(r, copies) => {
+            Kernel::Rows(r, sched) => {
+                let copies: Vec<String> = sched.copies.iter().map(|c| c.to_string()).collect();
                 out += &format!(
-                    "kernel rows: {}\n  {} rows of {} {} -> {}, blocks of {} rows, {copies} copies\n",
+                    "kernel rows: {}\n  {} rows of {} {} -> {}, blocks of {} rows, copies {}\n",
                     r.text.join("; "),
                     r.rows,
                     r.len,
                     r.dtype,
                     r.out_dtype,
-                    r.rows.min(t.sram.partitions as u64)
+                    r.rows.min(t.sram.partitions as u64),
+                    copies.join("/")
                 );
                 continue;
             }

@@ -46,7 +46,7 @@ impl Allocation {
 fn live_ranges(tp: &TileProgram) -> Vec<Option<(usize, usize)>> {
     let mut live: Vec<Option<(usize, usize)>> = vec![None; tp.buffers.len()];
     for (i, (op, _)) in tp.ops.iter().enumerate() {
-        let (reads, writes) = slices(op);
+        let (reads, writes) = op.slices();
         for s in reads.iter().chain(&writes) {
             let r = live[s.buf].get_or_insert((i, i));
             r.1 = i;
@@ -76,7 +76,11 @@ pub fn allocate(tp: &TileProgram, t: &Target) -> Result<Allocation, BackendError
             Space::Psum => (bytes.div_ceil(bank_bytes).max(1) * bank_bytes, bank_bytes),
         };
         let size = stride * buf.copies as u64;
-        let range = live[b].unwrap_or((0, usize::MAX));
+        // A buffer no op touches takes no memory.
+        let Some(range) = live[b] else {
+            offsets[b] = vec![0; buf.copies as usize];
+            continue;
+        };
         let mut busy: Vec<(u64, u64)> = placed
             .iter()
             .filter(|(sp, r, _, _)| *sp == buf.space && r.0 <= range.1 && range.0 <= r.1)
@@ -147,35 +151,9 @@ fn hbm(h: &HbmBox) -> Region {
     Region::Hbm { tensor: h.tensor, start: h.start, end: h.start + (h.rows as u64 - 1) * h.row_stride + h.cols as u64 }
 }
 
-/// (read, written) on-chip slices of a tile op.
-fn slices(op: &TileOp) -> (Vec<BufSlice>, Vec<BufSlice>) {
-    match op {
-        TileOp::Load { dst, .. } => (vec![], vec![*dst]),
-        TileOp::Store { src, .. } => (vec![*src], vec![]),
-        TileOp::Matmul { dst, stationary, moving, accumulate, .. } => {
-            let mut r = vec![*stationary, *moving];
-            if *accumulate {
-                r.push(*dst);
-            }
-            (r, vec![*dst])
-        }
-        TileOp::Copy { dst, src }
-        | TileOp::Transpose { dst, src }
-        | TileOp::Reduce { dst, src, .. }
-        | TileOp::Select { dst, src, .. } => (vec![*src], vec![*dst]),
-        TileOp::Scalar { dst, src, scalar, .. } => (std::iter::once(*src).chain(scalar.column()).collect(), vec![*dst]),
-        TileOp::Activate { dst, src, scale, bias, accum, .. } => (
-            std::iter::once(*src).chain(scale.column()).chain(bias.column()).collect(),
-            [*dst].into_iter().chain(*accum).collect(),
-        ),
-        TileOp::Binary { dst, a, b, .. } => (vec![*a, *b], vec![*dst]),
-        TileOp::Memset { dst, .. } => (vec![], vec![*dst]),
-    }
-}
-
 /// (reads, writes) of a tile op.
 fn accesses(tp: &TileProgram, alloc: &Allocation, op: &TileOp) -> (Vec<Region>, Vec<Region>) {
-    let (r, w) = slices(op);
+    let (r, w) = op.slices();
     let mut reads: Vec<Region> = r.iter().map(|s| on_chip(tp, alloc, s)).collect();
     let mut writes: Vec<Region> = w.iter().map(|s| on_chip(tp, alloc, s)).collect();
     match op {

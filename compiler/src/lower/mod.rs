@@ -632,6 +632,34 @@ pub struct TileProgram {
 }
 
 impl TileOp {
+    /// The on-chip slices it reads and writes.
+    pub fn slices(&self) -> (Vec<BufSlice>, Vec<BufSlice>) {
+        match self {
+            TileOp::Load { dst, .. } => (vec![], vec![*dst]),
+            TileOp::Store { src, .. } => (vec![*src], vec![]),
+            TileOp::Matmul { dst, stationary, moving, accumulate, .. } => {
+                let mut r = vec![*stationary, *moving];
+                if *accumulate {
+                    r.push(*dst);
+                }
+                (r, vec![*dst])
+            }
+            TileOp::Copy { dst, src }
+            | TileOp::Transpose { dst, src }
+            | TileOp::Reduce { dst, src, .. }
+            | TileOp::Select { dst, src, .. } => (vec![*src], vec![*dst]),
+            TileOp::Scalar { dst, src, scalar, .. } => {
+                (std::iter::once(*src).chain(scalar.column()).collect(), vec![*dst])
+            }
+            TileOp::Activate { dst, src, scale, bias, accum, .. } => (
+                std::iter::once(*src).chain(scale.column()).chain(bias.column()).collect(),
+                [*dst].into_iter().chain(*accum).collect(),
+            ),
+            TileOp::Binary { dst, a, b, .. } => (vec![*a, *b], vec![*dst]),
+            TileOp::Memset { dst, .. } => (vec![], vec![*dst]),
+        }
+    }
+
     /// Renumbers the buffers and HBM tensors the op names (linking kernels).
     pub fn remap(&mut self, buf: impl Fn(BufferId) -> BufferId, tensor: impl Fn(TensorId) -> TensorId) {
         let mut slices: Vec<&mut BufSlice> = Vec::new();

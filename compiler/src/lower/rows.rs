@@ -15,9 +15,12 @@
 //!   n` (ACT, VE), `y = d * rsqrt(var + eps) * gamma + beta` (ACT, VE).
 //! - reduce: one VE fold per row.
 //!
-//! Copies of every per-block tile let the next block's load run while this one
-//! computes and the previous one stores. gamma and beta are loaded once, each row
-//! into every partition.
+//! Blocks are software-pipelined: a block's ops are split into stages wherever a
+//! value passes between the VE and the ACT, and iteration i runs stage s of
+//! block i - s, so neither engine waits for the other within an iteration. Each
+//! block buffer has as many copies as iterations it lives (fewer stages when
+//! that does not fit SRAM). gamma and beta are loaded once, each row into every
+//! partition.
 
 use jpu_isa::operand::{ActFunc, AluOp, ReduceOp, Space};
 use jpu_isa::program::Role;
@@ -104,37 +107,170 @@ pub struct RowProblem {
     pub nodes: Vec<usize>,
 }
 
-/// Tiles of one block: (name, dtype, elements per partition).
-fn block_tiles(p: &RowProblem) -> Vec<(&'static str, DType, u64)> {
+/// The per-block buffers, by index: the input block, an f32 work tile, the
+/// result block, and two f32 columns (a statistic and a row sum).
+const X: usize = 0;
+const WORK: usize = 1;
+const Y: usize = 2;
+const STAT: usize = 3;
+const SUM: usize = 4;
+
+/// Tiles of one block: (name, dtype, elements per partition), indexed as above.
+fn block_tiles(p: &RowProblem) -> [(&'static str, DType, u64); 5] {
     let n = p.len;
-    let mut tiles = vec![("x_tile", p.dtype, n)];
-    match p.kind {
-        RowKind::Reduce(_) => tiles.push(("y_tile", p.out_dtype, 1)),
-        _ => {
-            tiles.push(("f32_tile", DType::F32, n));
-            tiles.push(("y_tile", p.out_dtype, n));
+    let (work, y) = match p.kind {
+        RowKind::Reduce(_) => (1, 1),
+        _ => (n, n),
+    };
+    [
+        ("x_tile", p.dtype, n),
+        ("f32_tile", DType::F32, work),
+        ("y_tile", p.out_dtype, y),
+        ("row_stat", DType::F32, 1),
+        ("row_sum", DType::F32, 1),
+    ]
+}
+
+/// How the ops of a block are spread over iterations, and the copies of each
+/// block buffer that spreading needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowSchedule {
+    /// 0: every stage its own iteration; 1: statistics, then the final passes;
+    /// 2: all in one iteration; 3: that, with one copy of each buffer.
+    pub squash: u32,
+    /// Copies of each block buffer.
+    pub copies: [u32; 5],
+}
+
+impl RowSchedule {
+    fn stage(&self, s: u32, depth: u32) -> u32 {
+        match self.squash {
+            0 => s,
+            1 => u32::from(s == depth),
+            _ => 0,
         }
     }
-    // Per-row statistics: one f32 column each.
-    tiles.push(("row_stat", DType::F32, 1));
-    tiles.push(("row_sum", DType::F32, 1));
-    tiles
 }
 
 impl RowProblem {
-    /// Copies of each per-block tile that fit SRAM (3, 2 or 1), or `None` when
-    /// even one block does not fit.
-    pub fn copies(&self, t: &Target) -> Option<u32> {
+    /// The deepest pipeline whose buffers fit SRAM, or `None` when even one
+    /// block does not fit.
+    pub fn schedule(&self, t: &Target) -> Option<RowSchedule> {
         let pad = |bytes: u64| bytes.div_ceil(64) * 64;
-        let block: u64 = block_tiles(self).iter().map(|(_, d, n)| pad(n * d.size_bytes() as u64)).sum();
+        let tiles = block_tiles(self);
         let fixed: u64 = self.params.iter().map(|(_, d)| pad(self.len * d.size_bytes() as u64)).sum();
-        let cap = t.sram.partition_bytes as u64;
-        [4u32, 3, 2, 1].into_iter().find(|&c| fixed + c as u64 * block <= cap)
+        let ops = block_ops(self, 0, 1, &[1; 5], &[5, 6], &RowSchedule { squash: 0, copies: [1; 5] });
+        let depth = ops.iter().map(|(s, _)| *s).max().unwrap_or(0);
+        // squash 3: one copy of everything (no overlap between blocks).
+        (0..4).find_map(|squash| {
+            let mut sched = RowSchedule { squash, copies: [1; 5] };
+            // A buffer lives from the first to the last stage touching it; the
+            // input is loaded one iteration early, the result stored after.
+            let mut first = [u32::MAX; 5];
+            let mut last = [0u32; 5];
+            for (stage, op) in &ops {
+                let st = sched.stage(*stage, depth) + 1;
+                for b in touched(op) {
+                    first[b] = first[b].min(st);
+                    last[b] = last[b].max(st);
+                }
+            }
+            first[X] = 0;
+            last[Y] += 1;
+            for b in 0..5 {
+                sched.copies[b] = if first[b] == u32::MAX || squash == 3 { 1 } else { last[b] - first[b] + 1 };
+            }
+            let bytes: u64 = fixed
+                + tiles
+                    .iter()
+                    .zip(sched.copies)
+                    .map(|((_, d, n), c)| c as u64 * pad(n * d.size_bytes() as u64))
+                    .sum::<u64>();
+            (bytes <= t.sram.partition_bytes as u64).then_some(sched)
+        })
     }
 }
 
-/// Lowers a row kernel; `copies` from [`RowProblem::copies`].
-pub fn lower(p: &RowProblem, t: &Target, copies: u32) -> TileProgram {
+/// Block buffers a tile op touches.
+fn touched(op: &TileOp) -> Vec<usize> {
+    let (reads, writes) = op.slices();
+    reads.iter().chain(&writes).map(|s| s.buf).filter(|&b| b < 5).collect()
+}
+
+/// The ops of block `j` (`pr` rows) with the pipeline stage of each: a new stage
+/// starts wherever a value passes from one engine to the other, so stage s of
+/// block j and stage s - 1 of block j + 1 run side by side.
+fn block_ops(
+    p: &RowProblem,
+    j: u64,
+    pr: u32,
+    copies: &[u32; 5],
+    param_bufs: &[BufferId],
+    sched: &RowSchedule,
+) -> Vec<(u32, TileOp)> {
+    let n = p.len as u32;
+    let slice = |buf: usize, len| BufSlice { buf, copy: (j % copies[buf] as u64) as u32, parts: pr, offset: 0, len };
+    let (x, work, stat, sum) = (slice(X, n), slice(WORK, n), slice(STAT, 1), slice(SUM, 1));
+    let y = match p.kind {
+        RowKind::Reduce(_) => slice(Y, 1),
+        _ => slice(Y, n),
+    };
+    let param = |k: usize| BufSlice { buf: param_bufs[k], copy: 0, parts: pr, offset: 0, len: n };
+    let imm =
+        |c: BufSlice, op, v: f32| TileOp::Scalar { op, dst: c, src: c, scalar: TileScalar::Imm(v), reverse: false };
+    let act = |func, dst, src, scale, bias, accum| TileOp::Activate { func, dst, src, scale, bias, accum };
+    let (one, zero) = (TileScalar::Imm(1.0), TileScalar::Imm(-0.0));
+    // `dst = src * column`: the VE and the ACT (identity with a column scale)
+    // round it alike; rmsnorm alternates them by block to balance the engines.
+    let scale_rows = |on_act: bool, dst, src, c| {
+        if on_act {
+            act(ActFunc::Identity, dst, src, TileScalar::Column(c), zero, None)
+        } else {
+            TileOp::Scalar { op: AluOp::Mul, dst, src, scalar: TileScalar::Column(c), reverse: false }
+        }
+    };
+    let per_row = |op, dst, src, c| TileOp::Scalar { op, dst, src, scalar: TileScalar::Column(c), reverse: false };
+    let mut ops = match p.kind {
+        RowKind::Softmax => vec![
+            (0, TileOp::Reduce { op: ReduceOp::Max, dst: stat, src: x }),
+            (0, imm(stat, AluOp::Mul, -1.0)),
+            (1, act(ActFunc::Exp, work, x, one, TileScalar::Column(stat), Some(sum))),
+            (2, per_row(AluOp::Div, y, work, sum)),
+        ],
+        RowKind::RmsNorm { eps } => vec![
+            // The squares themselves land in y, which the last step overwrites.
+            (0, act(ActFunc::Square, y, x, one, zero, Some(sum))),
+            (1, imm(sum, AluOp::Div, n as f32)),
+            (1, imm(sum, AluOp::Add, eps)),
+            (2, TileOp::activate(ActFunc::Rsqrt, sum, sum)),
+            (3, scale_rows(j % 2 == 1, work, x, sum)),
+            (4, TileOp::Binary { op: AluOp::Mul, dst: y, a: work, b: param(0) }),
+        ],
+        RowKind::LayerNorm { eps } => vec![
+            (0, TileOp::Reduce { op: ReduceOp::Sum, dst: stat, src: x }),
+            (0, imm(stat, AluOp::Div, n as f32)),
+            (0, imm(stat, AluOp::Mul, -1.0)),
+            (1, act(ActFunc::Identity, work, x, one, TileScalar::Column(stat), None)),
+            // The squares land in x, which is no longer needed.
+            (1, act(ActFunc::Square, x, work, one, zero, Some(sum))),
+            (2, imm(sum, AluOp::Div, n as f32)),
+            (2, imm(sum, AluOp::Add, eps)),
+            (3, TileOp::activate(ActFunc::Rsqrt, sum, sum)),
+            (3, scale_rows(true, work, work, sum)),
+            (4, TileOp::Binary { op: AluOp::Mul, dst: work, a: work, b: param(0) }),
+            (4, TileOp::Binary { op: AluOp::Add, dst: y, a: work, b: param(1) }),
+        ],
+        RowKind::Reduce(op) => vec![(0, TileOp::Reduce { op, dst: y, src: x })],
+    };
+    let depth = ops.iter().map(|(s, _)| *s).max().unwrap_or(0);
+    for (s, _) in ops.iter_mut() {
+        *s = sched.stage(*s, depth);
+    }
+    ops
+}
+
+/// Lowers a row kernel with its schedule (from [`RowProblem::schedule`]).
+pub fn lower(p: &RowProblem, t: &Target, sched: &RowSchedule) -> TileProgram {
     let (rows, n) = (p.rows, p.len);
     let parts = (t.sram.partitions as u64).min(rows).max(1);
     let mut tensors =
@@ -152,11 +288,10 @@ pub fn lower(p: &RowProblem, t: &Target, copies: u32) -> TileProgram {
         shape: p.output_shape.clone(),
         role: Role::Output,
     });
-    let tiles = block_tiles(p);
-    let (stat_buf, sum_buf) = (tiles.len() - 2, tiles.len() - 1);
-    let mut buffers: Vec<Buffer> = tiles
+    let mut buffers: Vec<Buffer> = block_tiles(p)
         .into_iter()
-        .map(|(name, dtype, free)| Buffer {
+        .zip(sched.copies)
+        .map(|((name, dtype, free), copies)| Buffer {
             name: name.into(),
             space: Space::Sram,
             dtype,
@@ -180,10 +315,6 @@ pub fn lower(p: &RowProblem, t: &Target, copies: u32) -> TileProgram {
             buffers.len() - 1
         })
         .collect();
-    let (x_buf, f32_buf, y_buf) = match p.kind {
-        RowKind::Reduce(_) => (0, usize::MAX, 1),
-        _ => (0, 1, 2),
-    };
     let mut ops: Vec<(TileOp, u32)> = Vec::new();
     for (k, &b) in param_bufs.iter().enumerate() {
         let src = HbmBox { tensor: 1 + k, start: 0, rows: parts as u32, row_stride: 0, cols: n as u32 };
@@ -191,172 +322,56 @@ pub fn lower(p: &RowProblem, t: &Target, copies: u32) -> TileProgram {
         ops.push((TileOp::Load { dst, src, queue: None }, 0));
     }
     let blocks = rows.div_ceil(parts);
+    let rows_of = |j: u64| parts.min(rows - j * parts) as u32;
+    let last_debug = p.text.len() as u32 - 1;
+    let staged: Vec<Vec<(u32, TileOp)>> = (0..blocks)
+        .map(|j| {
+            let pr = rows_of(j);
+            let mut v = block_ops(p, j, pr, &sched.copies, &param_bufs, sched);
+            let y = v.iter().rev().find_map(|(_, op)| match op {
+                TileOp::Scalar { dst, .. } | TileOp::Binary { dst, .. } | TileOp::Reduce { dst, .. }
+                    if dst.buf == Y =>
+                {
+                    Some(*dst)
+                }
+                _ => None,
+            });
+            let last = v.iter().map(|(s, _)| *s).max().unwrap_or(0);
+            let dst = match p.kind {
+                RowKind::Reduce(_) => HbmBox { tensor: out_tensor, start: j * parts, rows: pr, row_stride: 1, cols: 1 },
+                _ => HbmBox { tensor: out_tensor, start: j * parts * n, rows: pr, row_stride: n, cols: n as u32 },
+            };
+            if let Some(y) = y {
+                v.push((last, TileOp::Store { dst, src: y }));
+            }
+            v
+        })
+        .collect();
+    let depth = staged.iter().flatten().map(|(s, _)| *s).max().unwrap_or(0) as u64;
+    // Iteration i loads block i + 1 and runs stage s of block i - s, oldest
+    // block first (its store leaves earliest).
     let load = |ops: &mut Vec<(TileOp, u32)>, j: u64| {
-        let pr = parts.min(rows - j * parts) as u32;
-        let dst = BufSlice { buf: x_buf, copy: (j % copies as u64) as u32, parts: pr, offset: 0, len: n as u32 };
+        let pr = rows_of(j);
+        let dst = BufSlice { buf: X, copy: (j % sched.copies[X] as u64) as u32, parts: pr, offset: 0, len: n as u32 };
         let src = HbmBox { tensor: 0, start: j * parts * n, rows: pr, row_stride: n, cols: n as u32 };
         ops.push((TileOp::Load { dst, src, queue: None }, 0));
     };
-    // Loads run `copies - 1` blocks ahead of compute.
-    let ahead = (copies as u64 - 1).max(1);
-    for j in 0..ahead.min(blocks) {
-        load(&mut ops, j);
+    if blocks > 0 {
+        load(&mut ops, 0);
     }
-    let last_debug = p.text.len() as u32 - 1;
-    // Three stages of block j (the first statistics, the rest of them, the final
-    // passes and the store). Iteration j issues stage 1 of block j + 2, stage 2 of
-    // block j + 1 and stage 3 of block j, so each engine's in-order stream has
-    // work from three blocks and the VE/ACT hand-offs within a block's
-    // statistics never stall it (with two copies: stages 1 and 2 of block j + 1).
-    let stages = |j: u64| -> [Vec<TileOp>; 3] {
-        let pr = parts.min(rows - j * parts) as u32;
-        let copy = (j % copies as u64) as u32;
-        let row = |buf| BufSlice { buf, copy, parts: pr, offset: 0, len: n as u32 };
-        let col = |buf| BufSlice { buf, copy, parts: pr, offset: 0, len: 1 };
-        let param = |k: usize| BufSlice { buf: param_bufs[k], copy: 0, parts: pr, offset: 0, len: n as u32 };
-        let (x, stat, sum) = (row(x_buf), col(stat_buf), col(sum_buf));
-        let imm = |stat: BufSlice, op, v: f32| TileOp::Scalar {
-            op,
-            dst: stat,
-            src: stat,
-            scalar: TileScalar::Imm(v),
-            reverse: false,
-        };
-        let per_row = |op, dst, src, c| TileOp::Scalar { op, dst, src, scalar: TileScalar::Column(c), reverse: false };
-        // `dst = src * column`: the VE and the ACT (identity with a column scale)
-        // round it alike, so blocks alternate engines to balance their load.
-        let scale_rows = |j: u64, dst, src, c| {
-            if j.is_multiple_of(2) {
-                per_row(AluOp::Mul, dst, src, c)
-            } else {
-                TileOp::Activate {
-                    func: ActFunc::Identity,
-                    dst,
-                    src,
-                    scale: TileScalar::Column(c),
-                    bias: TileScalar::Imm(-0.0),
-                    accum: None,
+    for i in 0..blocks + depth {
+        if i + 1 < blocks {
+            load(&mut ops, i + 1);
+        }
+        for s in (0..=depth).rev() {
+            let Some(j) = i.checked_sub(s).filter(|&j| j < blocks) else { continue };
+            for (stage, op) in &staged[j as usize] {
+                if *stage as u64 == s {
+                    let debug = if matches!(op, TileOp::Store { .. }) { last_debug } else { 0 };
+                    ops.push((op.clone(), debug));
                 }
             }
-        };
-        let y = match p.kind {
-            RowKind::Reduce(_) => col(y_buf),
-            _ => row(y_buf),
-        };
-        // The ops, and where the first and second statistics stages end.
-        let (mut body, s1, s2): (Vec<TileOp>, usize, usize) = match p.kind {
-            RowKind::Softmax => {
-                let e = row(f32_buf);
-                let ops = vec![
-                    TileOp::Reduce { op: ReduceOp::Max, dst: stat, src: x },
-                    imm(stat, AluOp::Mul, -1.0),
-                    TileOp::Activate {
-                        func: ActFunc::Exp,
-                        dst: e,
-                        src: x,
-                        scale: TileScalar::Imm(1.0),
-                        bias: TileScalar::Column(stat),
-                        accum: Some(sum),
-                    },
-                    per_row(AluOp::Div, y, e, sum),
-                ];
-                (ops, 2, 3)
-            }
-            RowKind::RmsNorm { eps } => {
-                let u = row(f32_buf);
-                let ops = vec![
-                    TileOp::Activate {
-                        func: ActFunc::Square,
-                        dst: u,
-                        src: x,
-                        scale: TileScalar::Imm(1.0),
-                        bias: TileScalar::Imm(-0.0),
-                        accum: Some(sum),
-                    },
-                    imm(sum, AluOp::Div, n as f32),
-                    imm(sum, AluOp::Add, eps),
-                    TileOp::activate(ActFunc::Rsqrt, sum, sum),
-                    scale_rows(j, u, x, sum),
-                    TileOp::Binary { op: AluOp::Mul, dst: y, a: u, b: param(0) },
-                ];
-                (ops, 1, 4)
-            }
-            RowKind::LayerNorm { eps } => {
-                let d = row(f32_buf);
-                let ops = vec![
-                    TileOp::Reduce { op: ReduceOp::Sum, dst: stat, src: x },
-                    imm(stat, AluOp::Div, n as f32),
-                    imm(stat, AluOp::Mul, -1.0),
-                    TileOp::Activate {
-                        func: ActFunc::Identity,
-                        dst: d,
-                        src: x,
-                        scale: TileScalar::Imm(1.0),
-                        bias: TileScalar::Column(stat),
-                        accum: None,
-                    },
-                    // The squares land in y, which the last step overwrites.
-                    TileOp::Activate {
-                        func: ActFunc::Square,
-                        dst: y,
-                        src: d,
-                        scale: TileScalar::Imm(1.0),
-                        bias: TileScalar::Imm(-0.0),
-                        accum: Some(sum),
-                    },
-                    imm(sum, AluOp::Div, n as f32),
-                    imm(sum, AluOp::Add, eps),
-                    TileOp::activate(ActFunc::Rsqrt, sum, sum),
-                    scale_rows(1, d, d, sum),
-                    TileOp::Binary { op: AluOp::Mul, dst: d, a: d, b: param(0) },
-                    TileOp::Binary { op: AluOp::Add, dst: y, a: d, b: param(1) },
-                ];
-                (ops, 5, 8)
-            }
-            RowKind::Reduce(op) => (vec![TileOp::Reduce { op, dst: y, src: x }], 1, 1),
-        };
-        let dst = match p.kind {
-            RowKind::Reduce(_) => HbmBox { tensor: out_tensor, start: j * parts, rows: pr, row_stride: 1, cols: 1 },
-            _ => HbmBox { tensor: out_tensor, start: j * parts * n, rows: pr, row_stride: n, cols: n as u32 },
-        };
-        body.push(TileOp::Store { dst, src: y });
-        let finish = body.split_off(s2);
-        let second = body.split_off(s1);
-        [body, second, finish]
-    };
-    let debug = |op: TileOp| {
-        let d = if matches!(op, TileOp::Store { .. }) { last_debug } else { 0 };
-        (op, d)
-    };
-    let lag = if copies >= 3 { 2 } else { 1 };
-    // Stage `k` of block `j` runs `lag - k` iterations early (stage 2 with stage 1
-    // when the lag is 1).
-    let emit = |ops: &mut Vec<(TileOp, u32)>, j: u64, stage: usize| {
-        if j < blocks {
-            let [a, b, c] = stages(j);
-            let chosen = match (lag, stage) {
-                (1, 0) => [a, b].concat(),
-                (1, 1) => Vec::new(),
-                (_, 0) => a,
-                (_, 1) => b,
-                _ => c,
-            };
-            ops.extend(chosen.into_iter().map(debug));
         }
-    };
-    for j in 0..lag {
-        emit(&mut ops, j, 0);
-        if j + 1 < lag {
-            emit(&mut ops, j, 1);
-        }
-    }
-    for j in 0..blocks {
-        if j + ahead < blocks {
-            load(&mut ops, j + ahead);
-        }
-        emit(&mut ops, j + lag, 0);
-        emit(&mut ops, j + lag - 1, 1);
-        emit(&mut ops, j, 2);
     }
     TileProgram { tensors, buffers, ops, debug_ops: p.text.clone() }
 }
