@@ -5,6 +5,7 @@
 //! file into text, and an insta snapshot pins that text. docs/testing.md says how to
 //! add a case and review snapshots.
 
+pub mod bench;
 pub mod kernels;
 pub mod tir_gen;
 

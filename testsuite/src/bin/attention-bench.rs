@@ -7,10 +7,7 @@
 //! fraction, the goal of the attention issue, and the median compile time (wall
 //! clock, noisy).
 
-use std::time::Instant;
-
 use jpu_isa::Target;
-use jpu_runtime::{run, RunOptions};
 
 fn attention(name: &str, hq: u64, hk: u64, sq: u64, sk: u64, d: u64, causal: bool) -> String {
     format!(
@@ -61,26 +58,10 @@ fn main() {
     println!("| program | kernels | cycles | roofline cycles | bound | % of roofline | goal | compile (median of 5) |");
     println!("|---|---|---|---|---|---|---|---|");
     for (name, src, goal) in rows {
-        let f = jalc::tir::parse_and_check(&src).expect("benchmark source checks");
-        let mut times = Vec::new();
-        let mut compiled = None;
-        for _ in 0..5 {
-            let start = Instant::now();
-            compiled = Some(jalc::driver::compile(&f, &t, None).expect("benchmark compiles"));
-            times.push(start.elapsed().as_secs_f64());
-        }
-        times.sort_by(f64::total_cmp);
-        let c = compiled.expect("compiled at least once");
-        let kinds: Vec<&str> = c.kernels.iter().map(jalc::driver::Kernel::kind).collect();
-        let r =
-            run(&c.program, &t, &[], &RunOptions { timing_only: true, ..RunOptions::default() }).expect("runs").report;
-        let mark = if goal == 0.0 {
-            "-".to_string()
-        } else if r.roofline_fraction >= goal {
-            format!(">= {:.0}% met", goal * 100.0)
-        } else {
-            format!(">= {:.0}% NOT met", goal * 100.0)
-        };
+        let m = jpu_testsuite::bench::measure(&src, &t, 5);
+        let kinds: Vec<&str> = m.compiled.kernels.iter().map(jalc::driver::Kernel::kind).collect();
+        let r = &m.report;
+        let mark = jpu_testsuite::bench::goal_mark(r.roofline_fraction, goal);
         println!(
             "| {name} | {} | {} | {} | {} | {:.1}% | {mark} | {:.1} ms |",
             kinds.join(", "),
@@ -88,7 +69,7 @@ fn main() {
             r.roofline_cycles,
             r.roofline.bound_by,
             100.0 * r.roofline_fraction,
-            times[2] * 1e3
+            m.compile_ms
         );
     }
 }

@@ -5,10 +5,7 @@
 //! roofline cycles, the fraction, the goal of the GEMM issue, and the median
 //! compile time (wall clock, noisy).
 
-use std::time::Instant;
-
 use jpu_isa::Target;
-use jpu_runtime::{run, RunOptions};
 
 fn main() {
     let t = Target::builtin("jpu1").unwrap();
@@ -45,32 +42,16 @@ fn main() {
                 "func @gemm(%a: {dtype}[{a_shape}], %b: {dtype}[{b_shape}]) -> bf16[{m}, {n}] {{\n  %c = matmul(%a, %b) {{transpose_a = {ta}, transpose_b = {tb}}} : f32[{m}, {n}]\n  %y = cast(%c) {{to = bf16}}\n  return %y\n}}\n"
             )
         };
-        let f = jalc::tir::parse_and_check(&src).expect("benchmark source checks");
-        let mut times = Vec::new();
-        let mut compiled = None;
-        for _ in 0..5 {
-            let start = Instant::now();
-            compiled = Some(jalc::driver::compile(&f, &t, None).expect("benchmark compiles"));
-            times.push(start.elapsed().as_secs_f64());
-        }
-        times.sort_by(f64::total_cmp);
-        let c = compiled.expect("compiled at least once");
-        let r =
-            run(&c.program, &t, &[], &RunOptions { timing_only: true, ..RunOptions::default() }).expect("runs").report;
-        let mark = if goal == 0.0 {
-            "-".to_string()
-        } else if r.roofline_fraction >= goal {
-            format!(">= {:.0}% met", goal * 100.0)
-        } else {
-            format!(">= {:.0}% NOT met", goal * 100.0)
-        };
+        let measured = jpu_testsuite::bench::measure(&src, &t, 5);
+        let r = &measured.report;
+        let mark = jpu_testsuite::bench::goal_mark(r.roofline_fraction, goal);
         println!(
             "| {m} x {k} x {n} | {dt} | {} | {} | {} | {:.1}% | {mark} | {:.1} ms |",
             r.cycles,
             r.roofline_cycles,
             r.roofline.bound_by,
             100.0 * r.roofline_fraction,
-            times[2] * 1e3
+            measured.compile_ms
         );
     }
 }
