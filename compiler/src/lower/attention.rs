@@ -149,9 +149,6 @@ impl AttentionPlan {
     fn with_decode(mut self, p: &AttentionProblem, t: &Target) -> AttentionPlan {
         let mq = p.group() * p.sq;
         let cols = p.sk.div_ceil(self.kv_chunk) * mq;
-        let esize = p.dtype.size_bytes() as u64;
-        let chunks = p.sk.div_ceil(self.kv_chunk);
-        let sram = 2 * chunks * (p.d + p.dv) * esize + 4 * cols * (4 + esize) + 8 * 1024;
         let psum_banks = t.psum.banks.unwrap_or(1) as u64;
         self.decode = p.sq <= 16
             && (p.sq == 1 || !p.causal)
@@ -159,7 +156,7 @@ impl AttentionPlan {
             && cols <= self.bank_cols
             && p.dv.div_ceil(self.d_chunk) * mq <= self.bank_cols
             && psum_banks >= 3
-            && sram <= t.sram.partition_bytes as u64;
+            && sram_bytes(&decode_buffers(p, &self)) <= t.sram.partition_bytes as u64;
         if self.decode {
             self.heads_per_tile = p.group();
             self.window = p.sk;
@@ -202,8 +199,6 @@ impl AttentionProblem {
             return Err(format!("the value head dim {} exceeds the PE's moving width on {}", self.dv, t.name));
         }
         let banks = t.psum.banks.unwrap_or(1) as u64;
-        // Banks: scores (2 copies of one or two banks), O accumulators (2 copies,
-        // or 1: then a tile's PV waits for the previous tile's output), K^T (1).
         // Banks: scores (`score_copies` blocks of `block_banks` banks: three
         // copies let the PE run two blocks ahead of the softmax; two-bank blocks
         // halve the per-block fixed costs of the VE and ACT), O accumulators (2
@@ -219,56 +214,42 @@ impl AttentionProblem {
         let group = self.group();
         let heads_per_tile =
             if group > 1 && group * self.sq <= q_tile && (!self.causal || self.sq == 1) { group } else { 1 };
-        let esize = self.dtype.size_bytes() as u64;
-        let pad = |b: u64| b.div_ceil(64) * 64;
-        let window_bytes = |w: u64| {
-            let chunks = w.div_ceil(kv_chunk);
-            let d_chunks = self.d.div_ceil(d_chunk);
-            pad(chunks * self.d * esize) + pad(chunks * self.dv * esize) + pad(d_chunks * chunks * kv_chunk * esize)
-        };
-        let fixed = |kv_block: u64| {
-            Q_COPIES as u64 * pad(self.d * esize)
-                + 2 * pad(self.dv * self.out_dtype_size())
-                + PROB_COPIES as u64 * pad(kv_block * esize)
-                + 16 * 64
-        };
         let cap = t.sram.partition_bytes as u64;
-        // The whole sequence resident (K/V read once per group), else streamed
-        // blocks: a bank wide, or narrower (down to one chunk) when SRAM is small.
-        let widest = block_banks * bank_cols;
-        let mut choice = (fixed(widest) + 2 * window_bytes(self.sk) <= cap).then_some((widest, self.sk, 2));
-        let mut kv_block = widest;
-        while choice.is_none() && kv_block >= kv_chunk {
-            choice = [3, 2]
-                .into_iter()
-                .find(|&c| fixed(kv_block) + c * window_bytes(kv_block) <= cap)
-                .map(|c| (kv_block, kv_block, c as u32));
-            kv_block /= 2;
-        }
-        let Some((kv_block, window, window_copies)) = choice else {
-            return Err(format!(
-                "attention tiles for head dim {} do not fit one SRAM partition of {} ({cap} bytes)",
-                self.d, t.name
-            ));
-        };
-        Ok(AttentionPlan {
+        let mut plan = AttentionPlan {
             kv_chunk,
             d_chunk,
             q_tile,
             heads_per_tile,
             bank_cols,
-            kv_block,
-            window,
-            window_copies,
+            kv_block: block_banks * bank_cols,
+            window: self.sk,
+            window_copies: 2,
             o_copies,
             score_copies,
             decode: false,
+        };
+        // The whole sequence resident (K/V read once per group), else streamed
+        // blocks: as wide as the score banks, or narrower (down to one chunk)
+        // when SRAM is small; three window copies when they fit.
+        let fits = |plan: &AttentionPlan| sram_bytes(&flash_buffers(self, plan)) <= cap;
+        if !fits(&plan) {
+            let mut found = None;
+            let mut kv_block = plan.kv_block;
+            while found.is_none() && kv_block >= kv_chunk {
+                found = [3, 2]
+                    .into_iter()
+                    .map(|c| AttentionPlan { kv_block, window: kv_block, window_copies: c, ..plan })
+                    .find(|candidate| fits(candidate));
+                kv_block /= 2;
+            }
+            plan = found.ok_or_else(|| {
+                format!(
+                    "attention tiles for head dim {} do not fit one SRAM partition of {} ({cap} bytes)",
+                    self.d, t.name
+                )
+            })?;
         }
-        .with_decode(self, t))
-    }
-
-    fn out_dtype_size(&self) -> u64 {
-        self.out_dtype.size_bytes() as u64
+        Ok(plan.with_decode(self, t))
     }
 }
 
@@ -318,7 +299,6 @@ pub fn lower(p: &AttentionProblem, plan: &AttentionPlan) -> TileProgram {
     let group = p.group();
     let d_chunks = d.div_ceil(d_chunk);
     let win_pad = window.div_ceil(kv_chunk) * kv_chunk;
-    let win_chunks = win_pad / kv_chunk;
     let off = sk as i64 - sq as i64;
 
     // Tiles, blocks and windows in execution order.
@@ -361,31 +341,7 @@ pub fn lower(p: &AttentionProblem, plan: &AttentionPlan) -> TileProgram {
         HbmTensor { name: p.output.clone(), dtype: p.out_dtype, shape: p.out_shape.clone(), role: Role::Output },
     ];
     let (tq, tk, tv, to) = (0, 1, 2, 3);
-    let qt = plan.q_tile as u32;
-    let buf = |name: &str, space, dtype, parts: u64, free: u64, copies| Buffer {
-        name: name.into(),
-        space,
-        dtype,
-        parts: parts as u32,
-        free: free as u32,
-        copies,
-    };
-    let buffers = vec![
-        buf("k_rows", Space::Sram, p.dtype, kv_chunk, win_chunks * d, window_copies),
-        buf("v_rows", Space::Sram, p.dtype, kv_chunk, win_chunks * dv, window_copies),
-        buf("k_t", Space::Sram, p.dtype, d_chunk, d_chunks * win_pad, window_copies),
-        buf("k_t_psum", Space::Psum, DType::F32, d_chunk, bank_cols, 1),
-        buf("q_tile", Space::Sram, p.dtype, qt as u64, d, Q_COPIES as u32),
-        buf("scores", Space::Psum, DType::F32, qt as u64, kv_block, plan.score_copies),
-        buf("probs", Space::Sram, p.dtype, qt as u64, kv_block, PROB_COPIES as u32),
-        buf("o_acc", Space::Psum, DType::F32, qt as u64, dv, plan.o_copies),
-        buf("o_tile", Space::Sram, p.out_dtype, qt as u64, dv, 2),
-        buf("row_max", Space::Sram, DType::F32, qt as u64, 1, STAT_COPIES as u32),
-        buf("neg_max", Space::Sram, DType::F32, qt as u64, 1, STAT_COPIES as u32),
-        buf("block_sum", Space::Sram, DType::F32, qt as u64, 1, STAT_COPIES as u32),
-        buf("rescale", Space::Sram, DType::F32, qt as u64, 1, STAT_COPIES as u32),
-        buf("row_sum", Space::Sram, DType::F32, qt as u64, 1, 2),
-    ];
+    let buffers = flash_buffers(p, plan);
     let (k_rows, v_rows, k_t, k_t_psum, q_tile, scores, probs, o_acc, o_tile) = (0, 1, 2, 3, 4, 5, 6, 7, 8);
     let (row_max, neg_max, block_sum, rescale, row_sum) = (9, 10, 11, 12, 13);
     let slice = |buf, copy: usize, parts: u64, offset: u64, len: u64| BufSlice {
@@ -644,6 +600,74 @@ pub fn lower(p: &AttentionProblem, plan: &AttentionPlan) -> TileProgram {
     TileProgram { tensors, buffers, ops, debug_ops: p.text.clone() }
 }
 
+fn buffer(name: &str, space: Space, dtype: DType, parts: u64, free: u64, copies: u32) -> Buffer {
+    Buffer { name: name.into(), space, dtype, parts: parts as u32, free: free as u32, copies }
+}
+
+/// SRAM bytes per partition the buffers take (each copy padded to 64 bytes, as
+/// the allocator places them, all live at once).
+fn sram_bytes(buffers: &[Buffer]) -> u64 {
+    buffers
+        .iter()
+        .filter(|b| b.space == Space::Sram)
+        .map(|b| b.copies as u64 * (b.free as u64 * b.dtype.size_bytes() as u64).div_ceil(64) * 64)
+        .sum()
+}
+
+/// The buffers of the flash path, indexed as [`lower`] uses them.
+fn flash_buffers(p: &AttentionProblem, plan: &AttentionPlan) -> Vec<Buffer> {
+    let (kc, dc, qt) = (plan.kv_chunk, plan.d_chunk, plan.q_tile);
+    let win_pad = plan.window.div_ceil(kc) * kc;
+    let (win_chunks, d_chunks) = (win_pad / kc, p.d.div_ceil(dc));
+    let (wc, sram, psum, f32) = (plan.window_copies, Space::Sram, Space::Psum, DType::F32);
+    vec![
+        buffer("k_rows", sram, p.dtype, kc, win_chunks * p.d, wc),
+        buffer("v_rows", sram, p.dtype, kc, win_chunks * p.dv, wc),
+        buffer("k_t", sram, p.dtype, dc, d_chunks * win_pad, wc),
+        buffer("k_t_psum", psum, f32, dc, plan.bank_cols, 1),
+        buffer("q_tile", sram, p.dtype, qt, p.d, Q_COPIES as u32),
+        buffer("scores", psum, f32, qt, plan.kv_block, plan.score_copies),
+        buffer("probs", sram, p.dtype, qt, plan.kv_block, PROB_COPIES as u32),
+        buffer("o_acc", psum, f32, qt, p.dv, plan.o_copies),
+        buffer("o_tile", sram, p.out_dtype, qt, p.dv, 2),
+        buffer("row_max", sram, f32, qt, 1, STAT_COPIES as u32),
+        buffer("neg_max", sram, f32, qt, 1, STAT_COPIES as u32),
+        buffer("block_sum", sram, f32, qt, 1, STAT_COPIES as u32),
+        buffer("rescale", sram, f32, qt, 1, STAT_COPIES as u32),
+        buffer("row_sum", sram, f32, qt, 1, 2),
+    ]
+}
+
+/// The buffers of the decode path, indexed as [`lower_decode`] uses them.
+fn decode_buffers(p: &AttentionProblem, plan: &AttentionPlan) -> Vec<Buffer> {
+    let (kc, dc, bank) = (plan.kv_chunk, plan.d_chunk, plan.bank_cols);
+    let mq = p.group() * p.sq;
+    let (nd, nvc, nc) = (p.d.div_ceil(dc), p.dv.div_ceil(dc), p.sk.div_ceil(kc));
+    let cols = nc * mq;
+    let wide = kc.max(dc).max(mq);
+    let (sram, psum, f32) = (Space::Sram, Space::Psum, DType::F32);
+    vec![
+        buffer("k_rows", sram, p.dtype, kc, nc * p.d, 2),
+        buffer("v_rows", sram, p.dtype, kc, nc * p.dv, 2),
+        buffer("q_tile", sram, p.dtype, mq, p.d, 2),
+        buffer("q_t", sram, p.dtype, dc, nd * mq, 2),
+        buffer("scores_t_psum", psum, f32, wide, bank, 1),
+        buffer("bcast_psum", psum, f32, wide, bank, 1),
+        buffer("small_psum", psum, f32, wide, bank, 1),
+        buffer("scores_t", sram, f32, kc, cols, 2),
+        buffer("key_max", sram, f32, kc, cols.div_ceil(2).max(mq), 1),
+        buffer("row_max", sram, f32, mq, 1, 2),
+        buffer("max_row", sram, f32, 1, cols, 2),
+        buffer("ones_row", sram, f32, 1, kc, 1),
+        buffer("ones_col", sram, p.dtype, kc, 1, 1),
+        buffer("probs_t", sram, p.dtype, kc, cols, 2),
+        buffer("sums", sram, f32, 1, cols, 2),
+        buffer("row_sum", sram, f32, mq, 1, 2),
+        buffer("o_t", sram, f32, dc, nvc * mq, 2),
+        buffer("o_tile", sram, p.out_dtype, mq, p.dv, 2),
+    ]
+}
+
 /// The decode path: few query rows (the packed heads of a group), K and V of the
 /// group resident. Scores are computed transposed, `S^T = K . Q^T` (K as the
 /// transposed stationary operand: no K transposes, and each 128-key chunk costs
@@ -681,36 +705,7 @@ fn lower_decode(p: &AttentionProblem, plan: &AttentionPlan) -> TileProgram {
         HbmTensor { name: p.output.clone(), dtype: p.out_dtype, shape: p.out_shape.clone(), role: Role::Output },
     ];
     let (tq, tk, tv, to) = (0, 1, 2, 3);
-    let buf = |name: &str, space, dtype, parts: u64, free: u64, copies| Buffer {
-        name: name.into(),
-        space,
-        dtype,
-        parts: parts as u32,
-        free: free as u32,
-        copies,
-    };
-    let bank = plan.bank_cols;
-    let wide = kc.max(dc).max(mq);
-    let buffers = vec![
-        buf("k_rows", Space::Sram, p.dtype, kc, nc * d, 2),
-        buf("v_rows", Space::Sram, p.dtype, kc, nc * dv, 2),
-        buf("q_tile", Space::Sram, p.dtype, mq, d, 2),
-        buf("q_t", Space::Sram, p.dtype, dc, nd * mq, 2),
-        buf("scores_t_psum", Space::Psum, DType::F32, wide, bank, 1),
-        buf("bcast_psum", Space::Psum, DType::F32, wide, bank, 1),
-        buf("small_psum", Space::Psum, DType::F32, wide, bank, 1),
-        buf("scores_t", Space::Sram, DType::F32, kc, cols, 2),
-        buf("key_max", Space::Sram, DType::F32, kc, cols.div_ceil(2).max(mq), 1),
-        buf("row_max", Space::Sram, DType::F32, mq, 1, 2),
-        buf("max_row", Space::Sram, DType::F32, 1, cols, 2),
-        buf("ones_row", Space::Sram, DType::F32, 1, kc, 1),
-        buf("ones_col", Space::Sram, p.dtype, kc, 1, 1),
-        buf("probs_t", Space::Sram, p.dtype, kc, cols, 2),
-        buf("sums", Space::Sram, DType::F32, 1, cols, 2),
-        buf("row_sum", Space::Sram, DType::F32, mq, 1, 2),
-        buf("o_t", Space::Sram, DType::F32, dc, nvc * mq, 2),
-        buf("o_tile", Space::Sram, p.out_dtype, mq, dv, 2),
-    ];
+    let buffers = decode_buffers(p, plan);
     let (k_rows, v_rows, q_tile, q_t, st_psum, bcast, small) = (0, 1, 2, 3, 4, 5, 6);
     let (st, key_max, row_max, max_row, ones_row, ones_col, probs_t) = (7, 8, 9, 10, 11, 12, 13);
     let (sums, row_sum, o_t, o_tile) = (14, 15, 16, 17);
