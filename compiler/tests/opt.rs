@@ -357,3 +357,35 @@ fn attention_lookalikes_are_not_fused() {
         assert!(!out.contains("attention("), "fused:\n{out}\nfrom:\n{src}");
     }
 }
+
+/// A scale applied to q before the scores: a power of two moves into the fused
+/// op's scale exactly; any other stays a scaling of q (rounded where the program
+/// rounds it) and the fused op scales by 1.
+#[test]
+fn attention_with_a_scaled_query() {
+    let src = |c: &str| {
+        format!(
+            "func @f(%q: bf16[2, 64, 32], %k: bf16[2, 64, 32], %v: bf16[2, 64, 16]) -> bf16[2, 64, 16] {{
+               %qs = mul(%q, {c})
+               %kt = transpose(%k) {{perm = [0, 2, 1]}}
+               %s = matmul(%qs, %kt) : f32[2, 64, 64]
+               %p = softmax(%s) {{axis = -1}}
+               %pb = cast(%p) {{to = bf16}}
+               %o = matmul(%pb, %v)
+               return %o
+             }}"
+        )
+    };
+    assert_eq!(
+        body(&optimize(&src("0.125"))),
+        ["%o = attention(%q, %k, %v) {causal = false, scale = 0.125} : bf16[2, 64, 16]", "return %o"]
+    );
+    assert_eq!(
+        body(&optimize(&src("0.1"))),
+        [
+            "%qs = mul(%q, 0.1) : bf16[2, 64, 32]",
+            "%o = attention(%qs, %k, %v) {causal = false, scale = 1.0} : bf16[2, 64, 16]",
+            "return %o"
+        ]
+    );
+}

@@ -305,3 +305,31 @@ fn iota_masks_are_affine_selects() {
         assert!(err.contains(want), "{err}");
     }
 }
+
+/// What the attention kernel does not cover is refused with the op and the reason.
+#[test]
+fn attention_beyond_the_kernel_says_what_and_why() {
+    let t = Target::builtin("jpu1").unwrap();
+    let cases = [
+        (
+            "func @f(%q: bf16[1, 9, 64], %k: bf16[1, 5, 64], %v: bf16[1, 5, 64]) -> bf16[1, 9, 64] {\n  %o = attention(%q, %k, %v) {causal = true}\n  return %o\n}",
+            "more query rows (9) than keys (5)",
+        ),
+        (
+            "func @f(%q: bf16[1, 9, 64], %k: bf16[1, 9, 64], %v: bf16[1, 9, 64]) -> bf16[1, 9, 64] {\n  %o = attention(%q, %k, %v) {scale = -0.5}\n  return %o\n}",
+            "needs a positive scale",
+        ),
+        (
+            "func @f(%q: f8e4m3[1, 9, 64], %k: f8e4m3[1, 9, 64], %v: f8e4m3[1, 9, 64]) -> f8e4m3[1, 9, 64] {\n  %o = attention(%q, %k, %v)\n  return %o\n}",
+            "on f8e4m3 operands is not supported yet",
+        ),
+        (
+            "func @f(%q: bf16[1, 9, 64], %k: bf16[1, 9, 64], %v: bf16[1, 9, 1024]) -> bf16[1, 9, 1024] {\n  %o = attention(%q, %k, %v)\n  return %o\n}",
+            "the value head dim 1024 is wider than a PSUM bank",
+        ),
+    ];
+    for (src, want) in cases {
+        let err = jalc::driver::compile(&check(src), &t, None).err().expect("refused");
+        assert!(err.contains(want), "{err}\nwanted: {want}");
+    }
+}

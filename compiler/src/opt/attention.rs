@@ -187,50 +187,52 @@ fn unscaled(eg: &EGraph<TLang, Shapes>, class: Id) -> Vec<(Id, f64)> {
     out
 }
 
-/// `(q, k)` of an f32 `q . k^T` in `class`.
-fn scores(eg: &EGraph<TLang, Shapes>, class: Id) -> Option<(Id, Id)> {
-    eg[class].nodes.iter().find_map(|n| match n {
-        TLang::MmTb([d, q, k]) => {
-            let f32_acc = eg[*d].nodes.iter().any(|l| matches!(l, TLang::Leaf(s) if s.as_str() == "f32"));
-            f32_acc.then_some((*q, *k))
-        }
-        _ => None,
-    })
+/// Every `(q, k)` of an f32 `q . k^T` in `class`.
+fn scores(eg: &EGraph<TLang, Shapes>, class: Id) -> Vec<(Id, Id)> {
+    eg[class]
+        .nodes
+        .iter()
+        .filter_map(|n| match n {
+            TLang::MmTb([d, q, k]) => {
+                let f32_acc = eg[*d].nodes.iter().any(|l| matches!(l, TLang::Leaf(s) if s.as_str() == "f32"));
+                f32_acc.then_some((*q, *k))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
-/// Peels mask and scale (each at most once, in either order) down to the scores.
+/// `(q, k, causal, scale)` of every way to peel mask and scale (each at most
+/// once, in either order) down to the scores.
 fn peel(
     eg: &EGraph<TLang, Shapes>,
     z: Id,
     masked: bool,
     scaled: Option<f64>,
     depth: u32,
-) -> Option<(Id, Id, bool, f64)> {
-    if let Some((q, k)) = scores(eg, z) {
-        return Some((q, k, masked, scaled.unwrap_or(1.0)));
+    found: &mut Vec<(Id, Id, bool, f64)>,
+) {
+    for (q, k) in scores(eg, z) {
+        found.push((q, k, masked, scaled.unwrap_or(1.0)));
     }
     if depth == 0 {
-        return None;
+        return;
     }
     if !masked {
         for inner in unmasked(eg, z) {
-            if let Some(found) = peel(eg, inner, true, scaled, depth - 1) {
-                return Some(found);
-            }
+            peel(eg, inner, true, scaled, depth - 1, found);
         }
     }
     if scaled.is_none() {
         for (inner, s) in unscaled(eg, z) {
-            if let Some(found) = peel(eg, inner, masked, Some(s), depth - 1) {
-                return Some(found);
-            }
+            peel(eg, inner, masked, Some(s), depth - 1, found);
         }
     }
-    None
 }
 
-/// `(q, k, causal, scale)` when the probabilities class is a recognised softmax.
-fn find(eg: &EGraph<TLang, Shapes>, p: Id, operand: ScalarType) -> Option<(Id, Id, bool, f64)> {
+/// `(q, k, causal, scale)` of every reading of the probabilities class as a
+/// recognised softmax (extraction picks the cheapest fused form).
+fn find(eg: &EGraph<TLang, Shapes>, p: Id, operand: ScalarType) -> Vec<(Id, Id, bool, f64)> {
     let mut probs = vec![p];
     for (n, attrs, c) in opaque(eg, p) {
         if let ("cast", [x]) = (n, c) {
@@ -239,17 +241,18 @@ fn find(eg: &EGraph<TLang, Shapes>, p: Id, operand: ScalarType) -> Option<(Id, I
             }
         }
     }
+    let mut found = Vec::new();
     for pc in probs {
         if ty(eg, pc).is_none_or(|t| t.dtype != ScalarType::F32) {
             continue;
         }
         for z in softmax_inputs(eg, pc) {
-            if let Some(found) = peel(eg, z, false, None, 2) {
-                return Some(found);
-            }
+            peel(eg, z, false, None, 2, &mut found);
         }
     }
-    None
+    found.sort_by_key(|a| (a.0, a.1, a.2, a.3.to_bits()));
+    found.dedup();
+    found
 }
 
 impl Applier<TLang, Shapes> for FuseAttention {
@@ -263,36 +266,37 @@ impl Applier<TLang, Shapes> for FuseAttention {
     ) -> Vec<Id> {
         let (p, v) = (subst[self.p], subst[self.v]);
         let (Some(out), Some(vt)) = (ty(eg, matched), ty(eg, v)) else { return vec![] };
-        let Some((q, k, causal, scale)) = find(eg, p, vt.dtype) else { return vec![] };
-        let (Some(qt), Some(kt)) = (ty(eg, q), ty(eg, k)) else { return vec![] };
-        let r = qt.rank();
-        let grouped = r >= 3
-            && kt.rank() == r
-            && vt.rank() == r
-            && qt.dtype.is_float()
-            && kt.dtype == qt.dtype
-            && vt.dtype == qt.dtype
-            && out.dtype == qt.dtype
-            && qt.shape[..r - 3] == kt.shape[..r - 3]
-            && vt.shape[..r - 2] == kt.shape[..r - 2]
-            && qt.shape[r - 1] == kt.shape[r - 1]
-            && kt.shape[r - 3] > 0
-            && qt.shape[r - 3] % kt.shape[r - 3] == 0
-            && (!causal || qt.shape[r - 2] == kt.shape[r - 2]);
-        if !grouped {
-            return vec![];
+        let mut added = Vec::new();
+        for (q, k, causal, scale) in find(eg, p, vt.dtype) {
+            let (Some(qt), Some(kt)) = (ty(eg, q), ty(eg, k)) else { continue };
+            let r = qt.rank();
+            let grouped = r >= 3
+                && kt.rank() == r
+                && vt.rank() == r
+                && qt.dtype.is_float()
+                && kt.dtype == qt.dtype
+                && vt.dtype == qt.dtype
+                && out.dtype == qt.dtype
+                && qt.shape[..r - 3] == kt.shape[..r - 3]
+                && vt.shape[..r - 2] == kt.shape[..r - 2]
+                && qt.shape[r - 1] == kt.shape[r - 1]
+                && kt.shape[r - 3] > 0
+                && qt.shape[r - 3] % kt.shape[r - 3] == 0
+                && (!causal || qt.shape[r - 2] == kt.shape[r - 2]);
+            if !grouped {
+                continue;
+            }
+            let mut shape = qt.shape.clone();
+            shape[r - 1] = vt.shape[r - 1];
+            if shape != out.shape {
+                continue;
+            }
+            let sym = format!("attention {{causal = {causal}, scale = {}}}|{out}", crate::tir::printer::literal(scale));
+            let fused = eg.add(TLang::Other(Symbol::from(sym), vec![q, k, v]));
+            if eg.union(matched, fused) {
+                added.push(fused);
+            }
         }
-        let mut shape = qt.shape.clone();
-        shape[r - 1] = vt.shape[r - 1];
-        if shape != out.shape {
-            return vec![];
-        }
-        let sym = format!("attention {{causal = {causal}, scale = {}}}|{out}", crate::tir::printer::literal(scale));
-        let fused = eg.add(TLang::Other(Symbol::from(sym), vec![q, k, v]));
-        if eg.union(matched, fused) {
-            vec![fused]
-        } else {
-            vec![]
-        }
+        added
     }
 }
