@@ -208,13 +208,16 @@ fn written_out_attention_compiles_to_the_fused_kernel() {
 }
 
 /// The decode path (transposed scores, grouped heads in one tile) is chosen for
-/// few query rows and verifies: one row per head (causal or not), a few rows
-/// without a mask, keys that are not a multiple of the chunk, ratios 1, 4, 8.
+/// up to 16 query rows per head and verifies: causal or not, keys that are not a
+/// multiple of the chunk (the causal limit inside the last, partial chunk),
+/// ratios 1, 4, 8.
 #[test]
 fn decode_path_is_chosen_and_verifies() {
-    let cases: [(&str, u64, u64, u64, u64, u64, bool); 6] = [
+    let cases: [(&str, u64, u64, u64, u64, u64, bool); 8] = [
         ("jpu-tiny", 8, 2, 1, 70, 32, true),
         ("jpu-tiny", 4, 4, 3, 77, 64, false),
+        ("jpu-tiny", 4, 1, 5, 77, 32, true),
+        ("jpu1", 8, 2, 16, 300, 128, true),
         ("jpu1", 8, 1, 1, 1000, 128, true),
         ("jpu1", 32, 8, 1, 300, 64, false),
         ("jpu1", 4, 4, 5, 1000, 128, false),

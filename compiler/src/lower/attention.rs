@@ -151,7 +151,6 @@ impl AttentionPlan {
         let cols = p.sk.div_ceil(self.kv_chunk) * mq;
         let psum_banks = t.psum.banks.unwrap_or(1) as u64;
         self.decode = p.sq <= 16
-            && (p.sq == 1 || !p.causal)
             && mq <= self.q_tile
             && cols <= self.bank_cols
             && p.dv.div_ceil(self.d_chunk) * mq <= self.bank_cols
@@ -674,7 +673,8 @@ fn decode_buffers(p: &AttentionProblem, plan: &AttentionPlan) -> Vec<Buffer> {
 /// one minimum-length matmul), so the PE work is about half the HBM time:
 ///
 /// 1. PE: `Q^T` (one transpose per head-dim chunk); `S^T` chunk by chunk into one
-///    bank, `[keys, chunk x rows]` (a partial last chunk is first set to -inf).
+///    bank, `[keys, chunk x rows]` (a partial last chunk is first set to -inf;
+///    causal: each head's columns of the last chunks get the affine select).
 /// 2. VE: `S^T` to SRAM; the per-key maximum over chunks (a tree of elementwise
 ///    max over halves); PE transpose, VE row max: `m` per query row.
 /// 3. PE/VE: `m` as a row replicated per chunk, broadcast to every key partition
@@ -789,6 +789,29 @@ fn lower_decode(p: &AttentionProblem, plan: &AttentionPlan) -> TileProgram {
                     accumulate: dd > 0,
                     transposed: true,
                 });
+            }
+        }
+        // Causal: query i of each head sees keys j <= i + sk - sq, so only the
+        // last chunks hold masked keys; each head's columns get the affine select.
+        if p.causal {
+            let off = sk as i64 - sq as i64;
+            for ci in 0..nc {
+                let last_key = (ci * kc + kc.min(sk - ci * kc)) as i64 - 1;
+                if last_key <= off {
+                    continue;
+                }
+                for hh in 0..group {
+                    let cols_of_head = slice(st_psum, 0, kc, ci * mq + hh * sq, sq);
+                    push(TileOp::Select {
+                        cmp: jpu_isa::operand::CmpOp::Ge,
+                        dst: cols_of_head,
+                        src: cols_of_head,
+                        partition_step: -1,
+                        free_step: 1,
+                        base: (off - (ci * kc) as i64) as i32,
+                        fill: f32::NEG_INFINITY,
+                    });
+                }
             }
         }
         // 2. The maximum per query row.
