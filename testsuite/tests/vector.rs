@@ -144,8 +144,11 @@ fn attention_kernel_verifies_on_both_targets() {
             }
         }
         // Long keys: streamed (jpu-tiny) or resident (jpu1); decode rows; causal with
-        // more keys than queries.
-        for (hq, hk, sq, sk, d) in [(4, 1, 1000, 1000, 64), (8, 1, 1, 1000, 128), (4, 4, 5, 1000, 128)] {
+        // more keys than queries; more keys than one jpu1 block (online softmax
+        // across 1024-key blocks).
+        for (hq, hk, sq, sk, d) in
+            [(4, 1, 1000, 1000, 64), (8, 1, 1, 1000, 128), (4, 4, 5, 1000, 128), (2, 1, 130, 2100, 128)]
+        {
             for causal in [false, true] {
                 let v = verify_attention(target, &attention_src("f32", hq, hk, sq, sk, d, causal));
                 assert!(v.max_abs_error < 1e-5, "{target} {hq}/{hk} {sq}x{sk}: {}", v.max_abs_error);
