@@ -44,6 +44,15 @@ fn row_kernels_verify_bit_exactly_on_both_targets() {
            %one = reshape(%all) {shape = [1]}
            return %sf, %m, %t, %one
          }",
+        // Over the second-to-last axis: transposed in (and back out) around the row kernel.
+        "func @axis(%x: f32[3, 50, 40], %y: bf16[70, 33], %g: bf16[70], %b: bf16[70]) -> (f32[3, 50, 40], bf16[70, 33], f32[3, 40], bf16[1, 33], bf16[70, 33]) {
+           %s = softmax(%x) {axis = 1}
+           %l = layernorm(%y, %g, %b) {axis = 0}
+           %r = reduce_sum(%x) {axes = [1]}
+           %m = reduce_max(%y) {axes = [0], keepdims = true}
+           %n = rmsnorm(%y, %g) {axis = 0}
+           return %s, %l, %r, %m, %n
+         }",
         // Row kernels between GEMMs (attention written out: unfused at -O0).
         "func @chain(%q: bf16[2, 40, 32], %k: bf16[2, 50, 32], %v: bf16[2, 50, 24], %g: bf16[24]) -> bf16[2, 40, 24] {
            %kt = transpose(%k) {perm = [0, 2, 1]}
@@ -81,12 +90,12 @@ fn row_kernels_verify_bit_exactly_on_both_targets() {
 fn row_ops_beyond_the_kernels_say_what_and_why() {
     let cases = [
         (
-            "func @f(%x: f32[8, 16]) -> f32[8, 16] {\n  %y = softmax(%x) {axis = 0}\n  return %y\n}",
-            "`%y = softmax` runs over axis 0, not the last one",
+            "func @f(%x: f32[4, 8, 16]) -> f32[4, 8, 16] {\n  %y = softmax(%x) {axis = 0}\n  return %y\n}",
+            "`%y = softmax` runs over axis 0, neither of the last two",
         ),
         (
-            "func @f(%x: f32[8, 16]) -> f32[16] {\n  %y = reduce_sum(%x) {axes = [0]}\n  return %y\n}",
-            "reduces axes [0]; only trailing axes",
+            "func @f(%x: f32[4, 8, 16]) -> f32[8] {\n  %y = reduce_sum(%x) {axes = [0, 2]}\n  return %y\n}",
+            "reduces axes [0, 2]; only trailing axes",
         ),
         (
             "func @f(%x: i32[8, 16]) -> i32[8] {\n  %y = reduce_sum(%x) {axes = [1]}\n  return %y\n}",

@@ -187,9 +187,19 @@ pub fn plan_with(f: &Func, fuse: bool) -> Result<Vec<KernelProblem>, Unsupported
                 (KernelProblem::Map(p), c.last.0 as usize)
             }
             Op::Softmax { .. } | Op::RmsNorm { .. } | Op::LayerNorm { .. } | Op::Reduce { .. } => {
-                let p = row_kernel(f, i, &uses, &in_hbm, fuse)?;
+                let (p, around) = row_kernel(f, i, &uses, &in_hbm, fuse)?;
                 let out = *p.nodes.last().unwrap_or(&i);
-                (KernelProblem::Rows(p), out)
+                // Over the second-to-last axis: transpose in, the row kernel, and
+                // (unless the axis is reduced away) transpose back.
+                let (before, after) = around.unwrap_or_default();
+                kernels.extend(before.map(KernelProblem::Transpose));
+                match after {
+                    Some(t) => {
+                        kernels.push(KernelProblem::Rows(p));
+                        (KernelProblem::Transpose(t), out)
+                    }
+                    None => (KernelProblem::Rows(p), out),
+                }
             }
             Op::Attention { causal, scale } => {
                 let p = attention_kernel(f, i, *causal, *scale, &in_hbm)?;
@@ -222,7 +232,17 @@ pub fn plan_with(f: &Func, fuse: bool) -> Result<Vec<KernelProblem>, Unsupported
 
 /// The row kernel of the softmax, norm or reduction at node `i`, with a cast that
 /// follows it fused when the op's result is f32 (one rounding either way).
-fn row_kernel(f: &Func, i: usize, uses: &[usize], in_hbm: &[bool], fuse: bool) -> Result<RowProblem, Unsupported> {
+/// Transposes around a row kernel over the second-to-last axis: into it, and
+/// back out of it (none when that axis is reduced away).
+type Around = (Option<TransposeProblem>, Option<TransposeProblem>);
+
+fn row_kernel(
+    f: &Func,
+    i: usize,
+    uses: &[usize],
+    in_hbm: &[bool],
+    fuse: bool,
+) -> Result<(RowProblem, Option<Around>), Unsupported> {
     let node = &f.nodes[i];
     let not_yet = |why: &str| Unsupported(format!("`%{} = {}` {why}: {SUPPORTED}", node.name, node.op.name()));
     let values: Vec<ValueId> = node
@@ -241,11 +261,18 @@ fn row_kernel(f: &Func, i: usize, uses: &[usize], in_hbm: &[bool], fuse: bool) -
     }
     let x = f.node(values[0]);
     let rank = x.ty.shape.len();
+    // The second-to-last axis runs as the last one of the transposed tensor.
+    let second_to_last = |axis: usize| rank >= 2 && axis + 2 == rank;
+    let across = match &node.op {
+        Op::Softmax { axis } | Op::RmsNorm { axis, .. } | Op::LayerNorm { axis, .. } => second_to_last(*axis),
+        Op::Reduce { axes, .. } => axes.len() == 1 && second_to_last(axes[0]),
+        _ => false,
+    };
     let last_axis = |axis: usize, what: &str| {
-        if axis + 1 == rank {
+        if axis + 1 == rank || second_to_last(axis) {
             Ok(())
         } else {
-            Err(not_yet(&format!("{what} over axis {axis}, not the last one, which is not supported yet")))
+            Err(not_yet(&format!("{what} over axis {axis}, neither of the last two, which is not supported yet")))
         }
     };
     let (kind, reduced) = match &node.op {
@@ -257,10 +284,10 @@ fn row_kernel(f: &Func, i: usize, uses: &[usize], in_hbm: &[bool], fuse: bool) -
             (last_axis(*axis, "normalises").map(|_| RowKind::LayerNorm { eps: *eps as f32 })?, 1)
         }
         Op::Reduce { kind, axes, .. } => {
-            let k = axes.len();
-            if axes.iter().enumerate().any(|(j, &a)| a != rank - k + j) {
+            let k = if across { 1 } else { axes.len() };
+            if !across && axes.iter().enumerate().any(|(j, &a)| a != rank - k + j) {
                 return Err(not_yet(&format!(
-                    "reduces axes {axes:?}; only trailing axes (a suffix of the dims) are supported yet"
+                    "reduces axes {axes:?}; only trailing axes (a suffix of the dims) or the second-to-last alone are supported yet"
                 )));
             }
             let op = match kind {
@@ -274,8 +301,12 @@ fn row_kernel(f: &Func, i: usize, uses: &[usize], in_hbm: &[bool], fuse: bool) -
     if !x.ty.dtype.is_float() {
         return Err(not_yet("on integers is not supported yet (the vector engine computes in f32)"));
     }
-    let len: u64 = x.ty.shape[rank - reduced..].iter().product();
-    let rows: u64 = x.ty.shape[..rank - reduced].iter().product();
+    let mut shape = x.ty.shape.clone();
+    if across {
+        shape.swap(rank - 2, rank - 1);
+    }
+    let len: u64 = shape[rank - reduced..].iter().product();
+    let rows: u64 = shape[..rank - reduced].iter().product();
     let params = values[1..]
         .iter()
         .map(|v| {
@@ -298,11 +329,12 @@ fn row_kernel(f: &Func, i: usize, uses: &[usize], in_hbm: &[bool], fuse: bool) -
         }
     }
     let last = f.node(ValueId(*nodes.last().unwrap_or(&i) as u32));
-    Ok(RowProblem {
+    let dtype = gemm::chip(x.ty.dtype, "the operand")?;
+    let mut p = RowProblem {
         kind,
         input: x.name.clone(),
         input_shape: x.ty.shape.clone(),
-        dtype: gemm::chip(x.ty.dtype, "the operand")?,
+        dtype,
         rows,
         len,
         params,
@@ -311,7 +343,34 @@ fn row_kernel(f: &Func, i: usize, uses: &[usize], in_hbm: &[bool], fuse: bool) -
         out_dtype,
         text,
         nodes,
-    })
+    };
+    if !across {
+        return Ok((p, None));
+    }
+    // HBM scratch between the kernels, named after the node (`__` cannot
+    // appear in a .tir name, so they never collide with program values).
+    let transpose = |input: &str, shape: &[u64], dtype, output: &str| TransposeProblem {
+        input: input.into(),
+        shape: shape.to_vec(),
+        dtype,
+        output: output.into(),
+        text: format!("%{output} = transpose(%{input}) (for `{}`)", p.text[0]),
+        node: i,
+    };
+    let in_t = format!("{}__in_t", node.name);
+    let before = transpose(&x.name, &x.ty.shape, dtype, &in_t);
+    p.input = in_t;
+    p.input_shape = shape.clone();
+    let after = if matches!(kind, RowKind::Reduce(_)) {
+        None
+    } else {
+        let out_t = format!("{}__out_t", last.name);
+        let t = transpose(&out_t, &shape, out_dtype, &last.name);
+        p.output = out_t;
+        p.output_shape = shape;
+        Some(t)
+    };
+    Ok((p, Some((Some(before), after))))
 }
 
 /// The attention kernel of node `i`.
