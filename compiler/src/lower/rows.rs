@@ -1,5 +1,7 @@
 //! Row kernels: softmax, rmsnorm and layernorm over the last axis, and sum/max
 //! reductions over trailing axes; each row is reduced within one partition.
+//! (The second-to-last axis is handled by transposing around this kernel; see
+//! `lower::row_kernel`.)
 //!
 //! The input is viewed as `rows x len` (`len` the reduced extent); each work item
 //! is a block of up to one partition per row, the whole row in each partition.
@@ -159,6 +161,8 @@ impl RowProblem {
         let pad = |bytes: u64| bytes.div_ceil(64) * 64;
         let tiles = block_tiles(self);
         let fixed: u64 = self.params.iter().map(|(_, d)| pad(self.len * d.size_bytes() as u64)).sum();
+        // One block's ops at full depth (parameter buffers numbered past the
+        // block buffers, so `touched` ignores them).
         let ops = block_ops(self, 0, 1, &[1; 5], &[5, 6], &RowSchedule { squash: 0, copies: [1; 5] });
         let depth = ops.iter().map(|(s, _)| *s).max().unwrap_or(0);
         // squash 3: one copy of everything (no overlap between blocks).
