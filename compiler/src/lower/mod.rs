@@ -307,6 +307,9 @@ fn row_kernel(
     }
     let len: u64 = shape[rank - reduced..].iter().product();
     let rows: u64 = shape[..rank - reduced].iter().product();
+    if len == 0 && rows > 0 {
+        return Err(not_yet("runs over an empty axis, which is not supported yet"));
+    }
     let params = values[1..]
         .iter()
         .map(|v| {
@@ -405,6 +408,12 @@ fn attention_kernel(
     }
     if scale <= 0.0 {
         return Err(not_yet(&format!("has scale {scale}; the kernel needs a positive scale")));
+    }
+    if qn.ty.elems() == 0 || kn.ty.elems() == 0 || vn.ty.elems() == 0 {
+        return Err(not_yet(&format!(
+            "has an empty operand ({}, {}, {}), which is not supported yet",
+            qn.ty, kn.ty, vn.ty
+        )));
     }
     if causal && sq > sk {
         return Err(not_yet(&format!(
