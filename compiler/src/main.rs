@@ -8,6 +8,29 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// Writes to stdout; a closed stdout (`jalc ... | head`) ends the program
+/// quietly instead of panicking, and any other write error is reported (exit 2).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = write!(std::io::stdout(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            eprintln!("error: cannot write to stdout: {e}");
+            std::process::exit(2);
+        }
+    }};
+}
+
+/// [`out!`] with a newline.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        out!($($arg)*);
+        out!("\n");
+    }};
+}
+
 /// A failure with the exit code it maps to.
 enum Failure {
     /// Bad input or usage: exit 2.
@@ -177,7 +200,7 @@ fn disasm(file: &Path, output: Option<&Path>) -> Result<(), Failure> {
     match output {
         Some(path) => write_file(path, text.as_bytes()),
         None => {
-            print!("{text}");
+            out!("{text}");
             Ok(())
         }
     }
@@ -227,13 +250,13 @@ fn compile(
     let t = jpu_isa::Target::builtin(target).map_err(|e| Failure::Input(format!("error: {e}")))?;
     let (_, func) = read_tir(file)?;
     if emit == Some("parsed") {
-        print!("{}", jalc::tir::printer::print(&func));
+        out!("{}", jalc::tir::printer::print(&func));
         return Ok(());
     }
     let optimized = jalc::driver::optimize(&func, &t, opt)
         .map_err(|e| Failure::Input(format!("error: {}: {e}", file.display())))?;
     if emit == Some("opt") {
-        print!("{}", jalc::tir::printer::print(&optimized));
+        out!("{}", jalc::tir::printer::print(&optimized));
         return Ok(());
     }
     if let Some(stage) = emit {
@@ -247,9 +270,9 @@ fn compile(
     let compiled = jalc::driver::compile_at(&func, &t, sched, opt)
         .map_err(|e| Failure::Input(format!("error: {}: {e}", file.display())))?;
     match emit {
-        Some("kernels") => print!("{}", jalc::driver::kernels_text(&compiled, &t)),
-        Some("tiles") => print!("{}", compiled.tiles),
-        Some("asm") => print!("{}", jpu_isa::jasm::disassemble(&compiled.program)),
+        Some("kernels") => out!("{}", jalc::driver::kernels_text(&compiled, &t)),
+        Some("tiles") => out!("{}", compiled.tiles),
+        Some("asm") => out!("{}", jpu_isa::jasm::disassemble(&compiled.program)),
         _ => {}
     }
     if let Some(out) = output {
@@ -285,9 +308,9 @@ fn verify(file: &Path, target: &str, seed: u64, schedule: Option<&Path>, json: b
         obj["first_mismatch"] = serde_json::json!(v.first_mismatch);
         obj["target"] = serde_json::json!(t.name);
         obj["seed"] = serde_json::json!(seed);
-        println!("{obj}");
+        outln!("{obj}");
     } else {
-        println!(
+        outln!(
             "{}: {} on {} (seed {seed}): max abs error {:.3e}, max rel error {:.3e}; {} cycles, {:.1}% of roofline",
             file.display(),
             if v.passed { "passed" } else { "FAILED" },
@@ -418,9 +441,9 @@ fn run(a: RunArgs<'_>) -> Result<(), Failure> {
     }
     let r = &outcome.report;
     if a.json {
-        println!("{}", r.to_json());
+        outln!("{}", r.to_json());
     } else {
-        println!(
+        outln!(
             "{}: {} cycles ({:.3} us at {} GHz) on {}",
             a.file.display(),
             r.cycles,
@@ -428,20 +451,20 @@ fn run(a: RunArgs<'_>) -> Result<(), Failure> {
             r.clock_ghz,
             target.name
         );
-        println!(
+        outln!(
             "roofline: {} cycles ({}-bound, from {} counts), {:.1}% of roofline",
             r.roofline_cycles,
             r.roofline.bound_by,
             r.roofline.source,
             100.0 * r.roofline_fraction
         );
-        println!("{:<12} {:>12} {:>8} {:>8}", "engine", "busy cycles", "util", "insts");
+        outln!("{:<12} {:>12} {:>8} {:>8}", "engine", "busy cycles", "util", "insts");
         for e in &r.engines {
             if e.instructions == 0 {
                 continue;
             }
             let util = if r.cycles == 0 { 0.0 } else { 100.0 * e.busy_cycles as f64 / r.cycles as f64 };
-            println!(
+            outln!(
                 "{:<12} {:>12} {:>7.1}% {:>8}",
                 format!("core{}.{}", e.core, e.engine),
                 e.busy_cycles,
@@ -450,7 +473,7 @@ fn run(a: RunArgs<'_>) -> Result<(), Failure> {
             );
         }
         if r.uninitialized_reads > 0 {
-            println!(
+            outln!(
                 "warning: {} reads of never-written memory (they read NaN); first: {}",
                 r.uninitialized_reads,
                 r.first_uninitialized_read.as_deref().unwrap_or("?")

@@ -429,3 +429,31 @@ fn compile_emits_stages_and_binaries_and_verify_passes() {
     assert_eq!(nothing.status.code(), Some(2));
     assert!(stderr(&nothing).contains("give -o OUT.jbin or --emit STAGE"));
 }
+
+/// A reader that stops early (`jalc ... | head`) ends jalc quietly: no panic.
+#[test]
+fn closed_stdout_is_not_a_panic() {
+    use std::io::Read as _;
+    use std::process::Stdio;
+    // Enough text to fill the pipe: every tile op of a multi-head attention.
+    let tir = temp("wide.tir");
+    std::fs::write(
+        &tir,
+        "func @f(%q: bf16[8, 512, 64], %k: bf16[8, 512, 64], %v: bf16[8, 512, 64]) -> bf16[8, 512, 64] {\n  %o = attention(%q, %k, %v)\n  return %o\n}\n",
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_jalc"))
+        .args(["compile", tir.to_str().unwrap(), "--emit", "asm"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("jalc runs");
+    let mut first = [0u8; 16];
+    child.stdout.as_mut().unwrap().read_exact(&mut first).unwrap();
+    drop(child.stdout.take());
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let status = child.wait().unwrap();
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(status.code(), Some(0), "{err}");
+}

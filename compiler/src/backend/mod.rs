@@ -183,19 +183,30 @@ fn buckets(r: &Region) -> impl Iterator<Item = (u64, u64)> {
 pub fn dependencies(tp: &TileProgram, alloc: &Allocation) -> DiGraph<usize, ()> {
     let mut g = DiGraph::new();
     let nodes: Vec<NodeIndex> = (0..tp.ops.len()).map(|i| g.add_node(i)).collect();
-    // Per bucket, the accesses since each region was last completely overwritten.
-    let mut live: Vec<(Region, usize, bool)> = Vec::new();
-    let mut index: HashMap<(u64, u64), Vec<usize>> = HashMap::new();
+    // Per bucket, the reads and the writes whose bytes have not all been
+    // overwritten since (kept apart: a read only looks for writes, so reading an
+    // input many times costs nothing). Each access keeps the byte ranges no
+    // later write has covered; once they are gone, every later access of those
+    // bytes depends on the covering writes, which depend on it, so it is dropped.
+    struct Access {
+        region: Region,
+        op: usize,
+        uncovered: Vec<(u64, u64)>,
+    }
+    let mut live: Vec<Access> = Vec::new();
+    let mut index: HashMap<(u64, u64), [Vec<usize>; 2]> = HashMap::new();
     for (i, (op, _)) in tp.ops.iter().enumerate() {
         let (reads, writes) = accesses(tp, alloc, op);
         let mut deps: Vec<usize> = Vec::new();
         for (r, is_write) in reads.iter().map(|r| (r, false)).chain(writes.iter().map(|w| (w, true))) {
             for key in buckets(r) {
-                for &j in index.get(&key).into_iter().flatten() {
-                    let (region, op_index, write) = live[j];
-                    // Reads wait for writes; writes wait for every access.
-                    if (write || is_write) && overlaps(&region, r) {
-                        deps.push(op_index);
+                let Some([earlier_reads, earlier_writes]) = index.get(&key) else { continue };
+                // Reads wait for writes; writes wait for every access.
+                let earlier_reads = if is_write { &earlier_reads[..] } else { &[] };
+                for &j in earlier_reads.iter().chain(earlier_writes) {
+                    // Retired in another bucket: later writes stand in for it.
+                    if !live[j].uncovered.is_empty() && overlaps(&live[j].region, r) {
+                        deps.push(live[j].op);
                     }
                 }
             }
@@ -207,33 +218,49 @@ pub fn dependencies(tp: &TileProgram, alloc: &Allocation) -> DiGraph<usize, ()> 
                 g.add_edge(nodes[d], nodes[i], ());
             }
         }
-        for (r, write) in reads.iter().map(|r| (r, false)).chain(writes.iter().map(|w| (w, true))) {
-            live.push((*r, i, write));
-            let entry = live.len() - 1;
-            for key in buckets(r) {
-                let list = index.entry(key).or_default();
-                if write {
-                    // A later access of these bytes depends on this write, which depends on
-                    // everything it overwrites: covered entries can be dropped.
+        for w in &writes {
+            for key in buckets(w) {
+                let Some(lists) = index.get_mut(&key) else { continue };
+                for list in lists.iter_mut() {
                     list.retain(|&j| {
-                        let (old, _, _) = live[j];
-                        !covers(r, &old)
+                        let a = &mut live[j];
+                        if let Some((s, e)) = covered_range(w, &a.region) {
+                            a.uncovered = a
+                                .uncovered
+                                .iter()
+                                .flat_map(|&(us, ue)| [(us, ue.min(s)), (us.max(e), ue)])
+                                .filter(|(us, ue)| us < ue)
+                                .collect();
+                        }
+                        !a.uncovered.is_empty()
                     });
                 }
-                list.push(entry);
+            }
+        }
+        for (r, write) in reads.iter().map(|r| (r, false)).chain(writes.iter().map(|w| (w, true))) {
+            let uncovered = match *r {
+                Region::OnChip { start, end, .. } | Region::Hbm { start, end, .. } => vec![(start, end)],
+            };
+            live.push(Access { region: *r, op: i, uncovered });
+            let entry = live.len() - 1;
+            for key in buckets(r) {
+                index.entry(key).or_default()[usize::from(write)].push(entry);
             }
         }
     }
     g
 }
 
-fn covers(a: &Region, b: &Region) -> bool {
-    match (a, b) {
+/// The byte range a write `w` overwrites of region `b`, when it overwrites all
+/// of b's partitions in the same memory (HBM writes never retire accesses: their
+/// boxes are strided).
+fn covered_range(w: &Region, b: &Region) -> Option<(u64, u64)> {
+    match (w, b) {
         (
             Region::OnChip { psum: m1, parts: p1, start: s1, end: e1 },
             Region::OnChip { psum: m2, parts: p2, start: s2, end: e2 },
-        ) => m1 == m2 && p1 >= p2 && s1 <= s2 && e1 >= e2,
-        _ => false,
+        ) if m1 == m2 && p1 >= p2 && s1 < e2 && s2 < e1 => Some((*s1, *e1)),
+        _ => None,
     }
 }
 
