@@ -162,7 +162,7 @@ pub fn compile_at(f: &Func, t: &Target, schedule: Option<GemmSchedule>, level: O
     let f = &optimized;
     let mut kernels = Vec::new();
     for problem in crate::lower::plan_with(f, level > 0).map_err(|e| e.0)? {
-        kernels.push(match problem {
+        let kernel = match problem {
             KernelProblem::Gemm(p) => {
                 let s = match schedule {
                     Some(s) => {
@@ -184,11 +184,26 @@ pub fn compile_at(f: &Func, t: &Target, schedule: Option<GemmSchedule>, level: O
                 })?;
                 Kernel::Rows(p, sched)
             }
-            KernelProblem::Attention(p) => {
+            KernelProblem::Attention(mut p) => {
                 let plan = p.plan(t).map_err(|e| format!("`{}`: {e}", p.text[0]))?;
+                if !plan.resident(&p) && !plan.decode {
+                    // Streamed windows would transpose K once per query tile; one
+                    // transpose kernel into HBM scratch serves them all.
+                    let k_t = format!("{}__k_t", p.output);
+                    kernels.push(Kernel::Transpose(TransposeProblem {
+                        input: p.k.clone(),
+                        shape: p.shapes[1].clone(),
+                        dtype: p.dtype,
+                        output: k_t.clone(),
+                        text: format!("%{k_t} = transpose(%{}) (for `{}`)", p.k, p.text[0]),
+                        node: p.nodes[0],
+                    }));
+                    p.k_transposed = Some(k_t);
+                }
                 Kernel::Attention(p, plan)
             }
-        });
+        };
+        kernels.push(kernel);
     }
     let tiles = link(f, kernels.iter().map(|k| k.tiles(t)).collect());
     let bytes = |role| {

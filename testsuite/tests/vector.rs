@@ -223,6 +223,25 @@ fn written_out_attention_compiles_to_the_fused_kernel() {
     }
 }
 
+/// Keys that do not fit SRAM stream through in blocks; K is transposed once into
+/// HBM scratch by a kernel of its own and every query tile loads K^T blocks.
+#[test]
+fn streamed_attention_loads_k_transposed_once() {
+    let t = Target::builtin("jpu-tiny").unwrap();
+    for (dtype, causal) in [("f32", true), ("bf16", false)] {
+        let src = attention_src(dtype, 4, 2, 300, 1000, 64, causal);
+        let c = jalc::driver::compile(&check(&src), &t, None).unwrap();
+        let kinds: Vec<&str> = c.kernels.iter().map(jalc::driver::Kernel::kind).collect();
+        assert_eq!(kinds, ["transpose", "attention"]);
+        assert!(jalc::driver::kernels_text(&c, &t).contains("(K/V streamed per block)"));
+        assert!(!c.tiles.to_string().contains("transpose k2."), "no per-window K transposes");
+        let v = verify_attention("jpu-tiny", &src);
+        if dtype == "f32" {
+            assert!(v.max_abs_error < 1e-5, "{}", v.max_abs_error);
+        }
+    }
+}
+
 /// The decode path (transposed scores, grouped heads in one tile) is chosen for
 /// up to 16 query rows per head and verifies: causal or not, keys that are not a
 /// multiple of the chunk (the causal limit inside the last, partial chunk),

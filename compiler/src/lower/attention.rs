@@ -85,6 +85,10 @@ pub struct AttentionProblem {
     pub text: Vec<String>,
     /// Indices of the IR nodes the kernel computes.
     pub nodes: Vec<usize>,
+    /// An HBM tensor holding K with its last two dims swapped (`[.., heads,
+    /// dim, seq]`), written by a transpose kernel before this one: streamed
+    /// windows then load K^T directly instead of transposing K per window.
+    pub k_transposed: Option<String>,
 }
 
 /// The kernel's tiling for a target (printed by `--emit kernels`).
@@ -333,13 +337,21 @@ pub fn lower(p: &AttentionProblem, plan: &AttentionPlan) -> TileProgram {
         }
     }
 
-    let tensors = vec![
+    let mut tensors = vec![
         HbmTensor { name: p.q.clone(), dtype: p.dtype, shape: p.shapes[0].clone(), role: Role::Input },
         HbmTensor { name: p.k.clone(), dtype: p.dtype, shape: p.shapes[1].clone(), role: Role::Input },
         HbmTensor { name: p.v.clone(), dtype: p.dtype, shape: p.shapes[2].clone(), role: Role::Input },
         HbmTensor { name: p.output.clone(), dtype: p.out_dtype, shape: p.out_shape.clone(), role: Role::Output },
     ];
     let (tq, tk, tv, to) = (0, 1, 2, 3);
+    // With K^T in HBM, a window's K^T is loaded, not transposed.
+    let tkt = p.k_transposed.as_ref().map(|name| {
+        let mut shape = p.shapes[1].clone();
+        let r = shape.len();
+        shape.swap(r - 2, r - 1);
+        tensors.push(HbmTensor { name: name.clone(), dtype: p.dtype, shape, role: Role::Input });
+        tensors.len() - 1
+    });
     let buffers = flash_buffers(p, plan);
     let (k_rows, v_rows, k_t, k_t_psum, q_tile, scores, probs, o_acc, o_tile) = (0, 1, 2, 3, 4, 5, 6, 7, 8);
     let (row_max, neg_max, block_sum, rescale, row_sum) = (9, 10, 11, 12, 13);
@@ -356,18 +368,42 @@ pub fn lower(p: &AttentionProblem, plan: &AttentionPlan) -> TileProgram {
     let load_window = |ops: &mut Vec<(TileOp, u32)>, wi: usize| {
         let w = windows[wi];
         let copy = wi % wc;
+        if let Some(tkt) = tkt {
+            for dc in 0..d_chunks {
+                let dk = d_chunk.min(d - dc * d_chunk);
+                let src = HbmBox {
+                    tensor: tkt,
+                    start: (w.group * d + dc * d_chunk) * sk + w.a,
+                    rows: dk as u32,
+                    row_stride: sk,
+                    cols: (w.b - w.a) as u32,
+                };
+                let dst = slice(k_t, copy, dk, dc * win_pad, w.b - w.a);
+                ops.push((TileOp::Load { dst, src, queue: None }, 0));
+            }
+        }
         for c in 0..(w.b - w.a).div_ceil(kv_chunk) {
             let r = w.a + c * kv_chunk;
             let kk = kv_chunk.min(w.b - r);
-            let k_src =
-                HbmBox { tensor: tk, start: (w.group * sk + r) * d, rows: kk as u32, row_stride: d, cols: d as u32 };
-            ops.push((TileOp::Load { dst: slice(k_rows, copy, kk, c * d, d), src: k_src, queue: None }, 0));
+            if tkt.is_none() {
+                let k_src = HbmBox {
+                    tensor: tk,
+                    start: (w.group * sk + r) * d,
+                    rows: kk as u32,
+                    row_stride: d,
+                    cols: d as u32,
+                };
+                ops.push((TileOp::Load { dst: slice(k_rows, copy, kk, c * d, d), src: k_src, queue: None }, 0));
+            }
             let v_src =
                 HbmBox { tensor: tv, start: (w.group * sk + r) * dv, rows: kk as u32, row_stride: dv, cols: dv as u32 };
             ops.push((TileOp::Load { dst: slice(v_rows, copy, kk, c * dv, dv), src: v_src, queue: None }, 0));
         }
     };
     let transpose_window = |ops: &mut Vec<(TileOp, u32)>, wi: usize| {
+        if tkt.is_some() {
+            return;
+        }
         let w = windows[wi];
         let copy = wi % wc;
         let chunks = (w.b - w.a).div_ceil(kv_chunk);

@@ -440,6 +440,7 @@ fn attention_kernel(
         out_dtype: gemm::chip(node.ty.dtype, "the result")?,
         text: vec![format!("{} {{causal = {causal}, scale = {scale}}}", statement(f, i))],
         nodes: vec![i],
+        k_transposed: None,
     })
 }
 

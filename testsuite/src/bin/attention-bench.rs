@@ -38,6 +38,11 @@ fn main() {
         ("prefill, 32 q / 8 kv heads, seq 1024, d 128", attention("prefill", 32, 8, 1024, 1024, 128, false), 0.80),
         ("decode, 32 q / 8 kv heads, 1 row, kv 4096, d 128", attention("decode", 32, 8, 1, 4096, 128, true), 0.80),
         ("attention op, 8 heads, seq 1024, d 128", attention("explicit", 8, 8, 1024, 1024, 128, false), 0.0),
+        (
+            "long context: causal, 8 q / 2 kv heads, seq 16384, d 128 (K/V streamed)",
+            attention("long", 8, 2, 16384, 16384, 128, true),
+            0.0,
+        ),
         ("written out (design.md), 8 heads, seq 1024, d 128", written_out(8, 1024, 128), 0.0),
         (
             "softmax f32 [4096, 4096]",
