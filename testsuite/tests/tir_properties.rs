@@ -182,30 +182,5 @@ fn a_fair_share_of_random_programs_compiles() {
             jalc::driver::compile_at(&f, &t, None, 0).is_ok()
         })
         .count();
-    assert!(compiled >= 60, "only {compiled} of 200 random programs compile");
-}
-
-/// Prints why the random programs that do not compile are refused (a census).
-#[test]
-#[ignore]
-fn print_refusal_census() {
-    let t = jpu_isa::Target::builtin("jpu-tiny").unwrap();
-    let mut why: std::collections::BTreeMap<String, usize> = Default::default();
-    for seed in 0..200u64 {
-        let f = tir::parse_and_check(&random_tir(seed)).unwrap();
-        if let Err(e) = jalc::driver::compile_at(&f, &t, None, 0) {
-            let key = e
-                .split(':')
-                .next()
-                .unwrap_or("")
-                .split('`')
-                .nth(1)
-                .map(|s| s.split(" = ").nth(1).unwrap_or(s).to_string());
-            let reason = e.split(':').next().unwrap_or("").rsplit('`').next().unwrap_or("").trim().to_string();
-            *why.entry(format!("{} | {reason}", key.unwrap_or_default())).or_default() += 1;
-        }
-    }
-    for (k, n) in why {
-        println!("{n:4} {k}");
-    }
+    assert!(compiled >= 70, "only {compiled} of 200 random programs compile");
 }
