@@ -171,36 +171,49 @@ fn attention_kernel_verifies_on_both_targets() {
     }
 }
 
+/// Attention written out as design.md spells it: `q [.., Hq, S, D]`, `k` and `v`
+/// `[.., Hk, S, D]` (a KV head dim of 1 broadcasts: grouped-query heads), scores
+/// in f32, a scale, optionally the causal mask from iotas, softmax, cast, PV.
+fn written_out(q_dims: &[u64], kv_heads: u64, scale: f64, causal: bool) -> String {
+    let r = q_dims.len();
+    let (s, d) = (q_dims[r - 2], q_dims[r - 1]);
+    let list = |v: &[u64]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ");
+    let mut kv = q_dims.to_vec();
+    kv[r - 3] = kv_heads;
+    let mut scores = q_dims.to_vec();
+    scores[r - 1] = s;
+    let perm: Vec<u64> = (0..r as u64 - 2).chain([r as u64 - 1, r as u64 - 2]).collect();
+    let (mask, probs_of) = if causal {
+        (
+            format!(
+                "%i = iota() {{axis = 0}} : i32[{s}, {s}]\n  %j = iota() {{axis = 1}} : i32[{s}, {s}]\n  %keep = compare(%j, %i) {{kind = le}}\n  %zm = select(%keep, %z, -inf)"
+            ),
+            "%zm",
+        )
+    } else {
+        (String::new(), "%z")
+    };
+    let (q, kv, scores, perm) = (list(q_dims), list(&kv), list(&scores), list(&perm));
+    format!(
+        "func @attn(%q: bf16[{q}], %k: bf16[{kv}], %v: bf16[{kv}]) -> bf16[{q}] {{
+  %kt = transpose(%k) {{perm = [{perm}]}}
+  %sc = matmul(%q, %kt) : f32[{scores}]
+  %z = mul(%sc, {scale:?})
+  {mask}
+  %p = softmax({probs_of}) {{axis = -1}}
+  %pb = cast(%p) {{to = bf16}}
+  %o = matmul(%pb, %v)
+  return %o
+}}"
+    )
+}
+
 /// Attention written out (design.md's spelling, and causal through iota/compare/
 /// select) compiles to the one fused kernel, verifies against the written-out
 /// reference, and runs in exactly the cycles of the explicit `attention` op.
 #[test]
 fn written_out_attention_compiles_to_the_fused_kernel() {
-    let composite = |causal: bool| {
-        let (mask, probs_of) = if causal {
-            (
-                "%i = iota() {axis = 0} : i32[77, 77]
-                 %j = iota() {axis = 1} : i32[77, 77]
-                 %keep = compare(%j, %i) {kind = le}
-                 %zm = select(%keep, %z, -inf)",
-                "%zm",
-            )
-        } else {
-            ("", "%z")
-        };
-        format!(
-            "func @attn(%q: bf16[4, 77, 64], %k: bf16[4, 77, 64], %v: bf16[4, 77, 64]) -> bf16[4, 77, 64] {{
-               %kt = transpose(%k) {{perm = [0, 2, 1]}}
-               %s = matmul(%q, %kt) : f32[4, 77, 77]
-               %z = mul(%s, 0.125)
-               {mask}
-               %p = softmax({probs_of}) {{axis = -1}}
-               %pb = cast(%p) {{to = bf16}}
-               %o = matmul(%pb, %v)
-               return %o
-             }}"
-        )
-    };
+    let composite = |causal: bool| written_out(&[4, 77, 64], 4, 0.125, causal);
     let explicit = |causal: bool| {
         format!(
             "func @attn(%q: bf16[4, 77, 64], %k: bf16[4, 77, 64], %v: bf16[4, 77, 64]) -> bf16[4, 77, 64] {{
@@ -387,29 +400,7 @@ fn written_out_grouped_query_attention_verifies() {
         ("jpu1", 4, 300, 128, true),
         ("jpu1", 8, 77, 64, false),
     ] {
-        let scale = 1.0 / (d as f64).sqrt();
-        let (mask, probs_of) = if causal {
-            (
-                format!(
-                    "%i = iota() {{axis = 0}} : i32[{s}, {s}]\n  %j = iota() {{axis = 1}} : i32[{s}, {s}]\n  %keep = compare(%j, %i) {{kind = le}}\n  %zm = select(%keep, %z, -inf)"
-                ),
-                "%zm",
-            )
-        } else {
-            (String::new(), "%z")
-        };
-        let src = format!(
-            "func @gqa(%q: bf16[2, {g}, {s}, {d}], %k: bf16[2, 1, {s}, {d}], %v: bf16[2, 1, {s}, {d}]) -> bf16[2, {g}, {s}, {d}] {{
-  %kt = transpose(%k) {{perm = [0, 1, 3, 2]}}
-  %sc = matmul(%q, %kt) : f32[2, {g}, {s}, {s}]
-  %z = mul(%sc, {scale:?})
-  {mask}
-  %p = softmax({probs_of}) {{axis = -1}}
-  %pb = cast(%p) {{to = bf16}}
-  %o = matmul(%pb, %v)
-  return %o
-}}"
-        );
+        let src = written_out(&[2, g, s, d], 1, 1.0 / (d as f64).sqrt(), causal);
         let t = Target::builtin(target).unwrap();
         let c = jalc::driver::compile(&check(&src), &t, None).unwrap();
         let kinds: Vec<&str> = c.kernels.iter().map(jalc::driver::Kernel::kind).collect();
