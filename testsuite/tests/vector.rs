@@ -176,7 +176,7 @@ fn attention_kernel_verifies_on_both_targets() {
 /// in f32, a scale, optionally the causal mask from iotas, softmax, cast, PV.
 fn written_out(q_dims: &[u64], kv_heads: u64, scale: f64, causal: bool) -> String {
     let r = q_dims.len();
-    let (s, d) = (q_dims[r - 2], q_dims[r - 1]);
+    let s = q_dims[r - 2];
     let list = |v: &[u64]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ");
     let mut kv = q_dims.to_vec();
     kv[r - 3] = kv_heads;
