@@ -389,3 +389,38 @@ fn attention_with_a_scaled_query() {
         ]
     );
 }
+
+/// Two literal scales merge when one is a power of two (exact), so written-out
+/// attention scaled twice folds both into the fused op's scale; two scales
+/// neither of which is a power of two stay apart.
+#[test]
+fn scales_merge_when_exact() {
+    let out = optimize(
+        "func @f(%x: f32[4, 8]) -> (f32[4, 8], f32[4, 8]) {
+           %a = mul(%x, 0.1)
+           %b = mul(%a, 2.0)
+           %c = mul(%x, 0.1)
+           %d = mul(%c, 0.3)
+           return %b, %d
+         }",
+    );
+    let lines = body(&out);
+    assert!(lines.contains(&"%b = mul(%x, 0.2) : f32[4, 8]"), "{out}");
+    assert!(lines.iter().any(|l| l.starts_with("%d = mul(") && l.contains("0.3")), "{out}");
+    let out = optimize(
+        "func @f(%q: bf16[2, 64, 32], %k: bf16[2, 64, 32], %v: bf16[2, 64, 16]) -> bf16[2, 64, 16] {
+           %kt = transpose(%k) {perm = [0, 2, 1]}
+           %s = matmul(%q, %kt) : f32[2, 64, 64]
+           %z = mul(%s, 0.25)
+           %t = mul(%z, 0.5)
+           %p = softmax(%t) {axis = -1}
+           %pb = cast(%p) {to = bf16}
+           %o = matmul(%pb, %v)
+           return %o
+         }",
+    );
+    assert_eq!(
+        body(&out),
+        ["%o = attention(%q, %k, %v) {causal = false, scale = 0.125} : bf16[2, 64, 16]", "return %o"]
+    );
+}

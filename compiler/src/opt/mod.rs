@@ -216,6 +216,44 @@ fn operands_have_dtype(d: &str, vars: &[&str]) -> impl Fn(&mut EGraph<TLang, Sha
     }
 }
 
+/// `(x * a) * b => x * (a b)` for literals `a`, `b` of which one is a power of
+/// two and whose product is a normal number: scaling by a power of two commutes
+/// with rounding, so the two forms agree bit for bit (barring overflow and
+/// underflow), and one pass over x disappears.
+struct MergeScales;
+
+impl egg::Applier<TLang, Shapes> for MergeScales {
+    fn apply_one(
+        &self,
+        egraph: &mut EGraph<TLang, Shapes>,
+        matched: Id,
+        subst: &egg::Subst,
+        _: Option<&egg::PatternAst<TLang>>,
+        _: Symbol,
+    ) -> Vec<Id> {
+        let var = |v: &str| subst[v.parse::<egg::Var>().expect("pattern variable")];
+        let literal = |egraph: &EGraph<TLang, Shapes>, id: Id| {
+            egraph[id].nodes.iter().find_map(|n| match n {
+                TLang::Scalar(l) => Some(l.value()),
+                _ => None,
+            })
+        };
+        let (Some(a), Some(b)) = (literal(egraph, var("?a")), literal(egraph, var("?b"))) else { return vec![] };
+        let pow2 = |v: f64| v.is_normal() && v.abs().log2().fract() == 0.0;
+        let product = a * b;
+        if !(pow2(a) || pow2(b)) || !product.is_normal() || product.abs() > 1e30 || product.abs() < 1e-30 {
+            return vec![];
+        }
+        let lit = egraph.add(TLang::Scalar(Lit(product.to_bits())));
+        let merged = egraph.add(TLang::Mul([var("?x"), lit]));
+        if egraph.union(matched, merged) {
+            vec![merged]
+        } else {
+            vec![]
+        }
+    }
+}
+
 /// Rule sets, by topic.
 pub mod rules {
     use super::*;
@@ -248,6 +286,12 @@ pub mod rules {
             rw!("scale-into-a"; "(mul (matmul ?d ?a ?b) ?s)" => "(matmul ?d (mul ?a ?s) ?b)" if is_pow2_scalar("?s")),
             rw!("scale-into-b"; "(mul (matmul ?d ?a ?b) ?s)" => "(matmul ?d ?a (mul ?b ?s))" if is_pow2_scalar("?s")),
             rw!("scale-out-of-a"; "(matmul ?d (mul ?a ?s) ?b)" => "(mul (matmul ?d ?a ?b) ?s)" if is_pow2_scalar("?s")),
+            Rewrite::new(
+                "merge-scales",
+                "(mul (mul ?x ?a) ?b)".parse::<egg::Pattern<TLang>>().expect("pattern"),
+                MergeScales,
+            )
+            .expect("valid rewrite"),
         ]
     }
 
