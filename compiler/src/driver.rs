@@ -33,6 +33,8 @@ pub enum Kernel {
     Rows(RowProblem, RowSchedule),
     /// Fused attention and its tiling.
     Attention(AttentionProblem, AttentionPlan),
+    /// Concat or slice (HBM-to-HBM copies).
+    Copy(crate::lower::copy::CopyProblem),
 }
 
 impl Kernel {
@@ -52,6 +54,7 @@ impl Kernel {
             Kernel::Transpose(_) => "transpose",
             Kernel::Rows(..) => "rows",
             Kernel::Attention(..) => "attention",
+            Kernel::Copy(_) => "copy",
         }
     }
 
@@ -63,6 +66,7 @@ impl Kernel {
             Kernel::Transpose(p) => crate::lower::transpose::lower(p, t),
             Kernel::Rows(p, sched) => crate::lower::rows::lower(p, t, sched),
             Kernel::Attention(p, plan) => crate::lower::attention::lower(p, plan),
+            Kernel::Copy(p) => crate::lower::copy::lower(p),
         }
     }
 
@@ -71,7 +75,7 @@ impl Kernel {
         let (steps, elems) = match self {
             Kernel::Gemm(p, _) => (&p.epilogue, p.batch_map.len() as u64 * p.m * p.n),
             Kernel::Map(p) => (&p.steps, p.shape.iter().product()),
-            Kernel::Transpose(_) => return 0,
+            Kernel::Transpose(_) | Kernel::Copy(_) => return 0,
             Kernel::Rows(p, _) => return p.rows * p.kind.transcendentals(p.len),
             Kernel::Attention(p, _) => return p.visible_pairs(),
         };
@@ -184,6 +188,7 @@ pub fn compile_at(f: &Func, t: &Target, schedule: Option<GemmSchedule>, level: O
                 })?;
                 Kernel::Rows(p, sched)
             }
+            KernelProblem::Copy(p) => Kernel::Copy(p),
             KernelProblem::Attention(mut p) => {
                 let plan = p.plan(t).map_err(|e| format!("`{}`: {e}", p.text[0]))?;
                 if !plan.resident(&p) && !plan.decode {
@@ -267,6 +272,16 @@ pub fn kernels_text(c: &Compiled, t: &Target) -> String {
             }
             Kernel::Transpose(tp) => {
                 out += &format!("kernel transpose: {} {:?} {}\n", tp.text, tp.shape, tp.dtype);
+                continue;
+            }
+            Kernel::Copy(c) => {
+                out += &format!(
+                    "kernel copy: {} {:?} {}\n  {} HBM-to-HBM boxes\n",
+                    c.text,
+                    c.shape,
+                    c.dtype,
+                    c.boxes.len()
+                );
                 continue;
             }
             Kernel::Attention(a, plan) => {

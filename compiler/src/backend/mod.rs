@@ -159,6 +159,10 @@ fn accesses(tp: &TileProgram, alloc: &Allocation, op: &TileOp) -> (Vec<Region>, 
     match op {
         TileOp::Load { src, .. } => reads.push(hbm(src)),
         TileOp::Store { dst, .. } => writes.push(hbm(dst)),
+        TileOp::HbmCopy { dst, src } => {
+            reads.push(hbm(src));
+            writes.push(hbm(dst));
+        }
         _ => {}
     }
     (reads, writes)
@@ -355,6 +359,15 @@ pub fn compile(tp: &TileProgram, t: &Target, roofline: RooflineInputs) -> Result
                 let xfer = DmaTransfer {
                     elem_bytes: size as u8,
                     src: sram_side(tp, &alloc, src, t),
+                    dst: hbm_side(dst, tensors[dst.tensor].addr, size),
+                };
+                (Engine::dma(0), Op::Dma { xfer })
+            }
+            TileOp::HbmCopy { dst, src } => {
+                let size = tp.tensors[dst.tensor].dtype.size_bytes() as u64;
+                let xfer = DmaTransfer {
+                    elem_bytes: size as u8,
+                    src: hbm_side(src, tensors[src.tensor].addr, size),
                     dst: hbm_side(dst, tensors[dst.tensor].addr, size),
                 };
                 (Engine::dma(0), Op::Dma { xfer })

@@ -258,7 +258,7 @@ pub(crate) fn chip(t: ScalarType, what: &str) -> Result<DType, Unsupported> {
 }
 
 /// What code generation covers, for error messages.
-pub(crate) const SUPPORTED: &str = "this compiler version compiles matmuls, elementwise ops (binary, activation-engine functions, casts, mask selects over iotas), softmax, rmsnorm and layernorm over either of the last two axes, sum/max reductions over trailing axes or the second-to-last, attention, reshapes and transposes of the last two dims, over parameters and earlier results";
+pub(crate) const SUPPORTED: &str = "this compiler version compiles matmuls, elementwise ops (binary, activation-engine functions, casts, mask selects over iotas), softmax, rmsnorm and layernorm over either of the last two axes, sum/max reductions over trailing axes or the second-to-last, attention, concat, slice, reshapes and transposes of the last two dims, over parameters and earlier results";
 
 /// A chain of elementwise steps, each consuming the previous value.
 pub(crate) struct Chain {

@@ -10,6 +10,7 @@
 //! dependencies allow.
 
 pub mod attention;
+pub mod copy;
 pub mod gemm;
 pub mod map;
 pub mod mask;
@@ -43,6 +44,8 @@ pub enum KernelProblem {
     Rows(RowProblem),
     /// Fused attention.
     Attention(AttentionProblem),
+    /// Concat or slice: HBM-to-HBM copies.
+    Copy(copy::CopyProblem),
 }
 
 impl KernelProblem {
@@ -54,6 +57,7 @@ impl KernelProblem {
             KernelProblem::Transpose(p) => std::slice::from_ref(&p.node),
             KernelProblem::Rows(p) => &p.nodes,
             KernelProblem::Attention(p) => &p.nodes,
+            KernelProblem::Copy(p) => std::slice::from_ref(&p.node),
         }
     }
 }
@@ -204,6 +208,42 @@ pub fn plan_with(f: &Func, fuse: bool) -> Result<Vec<KernelProblem>, Unsupported
             Op::Attention { causal, scale } => {
                 let p = attention_kernel(f, i, *causal, *scale, &in_hbm)?;
                 (KernelProblem::Attention(p), i)
+            }
+            Op::Concat { .. } | Op::Slice { .. } => {
+                let values: Vec<ValueId> = node
+                    .operands
+                    .iter()
+                    .filter_map(|o| match o {
+                        Operand::Value(v) => Some(*v),
+                        Operand::Scalar(_) => None,
+                    })
+                    .collect();
+                if let Some(v) = values.iter().find(|v| !in_hbm[v.0 as usize]) {
+                    return Err(not_yet(&format!(
+                        "reads `%{}`, which is not a parameter or an earlier kernel's output",
+                        f.node(*v).name
+                    )));
+                }
+                let dtype = gemm::chip(node.ty.dtype, "the result")?;
+                let inputs: Vec<(String, Vec<u64>)> =
+                    values.iter().map(|v| (f.node(*v).name.clone(), f.node(*v).ty.shape.clone())).collect();
+                let text = statement(f, i);
+                let shapes: Vec<Vec<u64>> = inputs.iter().map(|(_, s)| s.clone()).collect();
+                let boxes = match &node.op {
+                    Op::Concat { axis } => copy::concat_boxes(&shapes, *axis, &node.ty.shape),
+                    Op::Slice { start, .. } => copy::slice_boxes(&shapes[0], start, &node.ty.shape),
+                    _ => return Err(not_yet("is malformed")),
+                };
+                let p = copy::CopyProblem {
+                    inputs,
+                    dtype,
+                    output: node.name.clone(),
+                    shape: node.ty.shape.clone(),
+                    boxes,
+                    text,
+                    node: i,
+                };
+                (KernelProblem::Copy(p), i)
             }
             Op::Compare { .. } | Op::Iota { .. } => {
                 return Err(not_yet(
@@ -537,6 +577,13 @@ pub enum TileOp {
         /// The DMA queue a schedule assigned (`None`: the backend chooses).
         queue: Option<u8>,
     },
+    /// HBM -> HBM (DMA): a box of one tensor into a box of another.
+    HbmCopy {
+        /// Destination.
+        dst: HbmBox,
+        /// Source.
+        src: HbmBox,
+    },
     /// SRAM -> HBM (DMA).
     Store {
         /// Destination.
@@ -706,6 +753,7 @@ impl TileOp {
         match self {
             TileOp::Load { dst, .. } => (vec![], vec![*dst]),
             TileOp::Store { src, .. } => (vec![*src], vec![]),
+            TileOp::HbmCopy { .. } => (vec![], vec![]),
             TileOp::Matmul { dst, stationary, moving, accumulate, .. } => {
                 let mut r = vec![*stationary, *moving];
                 if *accumulate {
@@ -740,6 +788,10 @@ impl TileOp {
             TileOp::Store { dst, src } => {
                 dst.tensor = tensor(dst.tensor);
                 slices.push(src);
+            }
+            TileOp::HbmCopy { dst, src } => {
+                dst.tensor = tensor(dst.tensor);
+                src.tensor = tensor(src.tensor);
             }
             TileOp::Matmul { dst, stationary, moving, .. } => slices.extend([dst, stationary, moving]),
             TileOp::Copy { dst, src }
@@ -810,6 +862,7 @@ impl fmt::Display for TileProgram {
                     format!("load {} <- {}{on}", slice_text(self, dst), hbm_text(self, src))
                 }
                 TileOp::Store { dst, src } => format!("store {} <- {}", hbm_text(self, dst), slice_text(self, src)),
+                TileOp::HbmCopy { dst, src } => format!("copy {} <- {}", hbm_text(self, dst), hbm_text(self, src)),
                 TileOp::Matmul { dst, stationary, moving, accumulate, transposed } => format!(
                     "matmul {} {} {}{} . {}",
                     slice_text(self, dst),

@@ -1,0 +1,118 @@
+//! Copy kernels: `concat` and `slice` move elements between HBM tensors without
+//! touching them, so each is a list of HBM-to-HBM DMA boxes (no SRAM, no engine
+//! work; exact for every dtype).
+//!
+//! - `concat` along axis a: with `outer` the product of the dims before a and
+//!   `inner` the product after, input i (`n_i` along a) is one box of `outer`
+//!   rows of `n_i * inner` elements, placed at column `offset_i * inner` of the
+//!   output's `N * inner`-element rows.
+//! - `slice`: one box per index of the dims before the last two: rows of the
+//!   second-to-last dim, columns of the last.
+
+use jpu_isa::program::Role;
+use jpu_isa::DType;
+
+use super::{HbmBox, HbmTensor, TileOp, TileProgram};
+
+/// A copy kernel: boxes of its input tensors copied into the output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CopyProblem {
+    /// Input tensors (name, shape).
+    pub inputs: Vec<(String, Vec<u64>)>,
+    /// Element type of every tensor.
+    pub dtype: DType,
+    /// The output's name.
+    pub output: String,
+    /// Its shape.
+    pub shape: Vec<u64>,
+    /// (input index, source box, destination box); boxes name input `i` as
+    /// tensor `i` and the output as tensor `inputs.len()`.
+    pub boxes: Vec<(usize, HbmBox, HbmBox)>,
+    /// The IR statement.
+    pub text: String,
+    /// Index of its IR node.
+    pub node: usize,
+}
+
+/// The boxes of `concat` along `axis` of inputs shaped `inputs` into `shape`.
+pub fn concat_boxes(inputs: &[Vec<u64>], axis: usize, shape: &[u64]) -> Vec<(usize, HbmBox, HbmBox)> {
+    let outer: u64 = shape[..axis].iter().product();
+    let inner: u64 = shape[axis + 1..].iter().product();
+    let out = inputs.len();
+    let mut boxes = Vec::new();
+    let mut offset = 0;
+    for (i, s) in inputs.iter().enumerate() {
+        let cols = s[axis] * inner;
+        if outer > 0 && cols > 0 {
+            let src = HbmBox { tensor: i, start: 0, rows: outer as u32, row_stride: cols, cols: cols as u32 };
+            let dst = HbmBox {
+                tensor: out,
+                start: offset * inner,
+                rows: outer as u32,
+                row_stride: shape[axis] * inner,
+                cols: cols as u32,
+            };
+            boxes.push((i, src, dst));
+        }
+        offset += s[axis];
+    }
+    boxes
+}
+
+/// The boxes of `slice` from `start` of an input shaped `in_shape` into `shape`.
+pub fn slice_boxes(in_shape: &[u64], start: &[u64], shape: &[u64]) -> Vec<(usize, HbmBox, HbmBox)> {
+    let r = shape.len();
+    // Row-major strides of the input and the output.
+    let strides = |s: &[u64]| -> Vec<u64> {
+        let mut v = vec![1u64; s.len()];
+        for k in (0..s.len().saturating_sub(1)).rev() {
+            v[k] = v[k + 1] * s[k + 1];
+        }
+        v
+    };
+    let (si, so) = (strides(in_shape), strides(shape));
+    let (rows, cols) = match r {
+        0 => (1, 1),
+        1 => (1, shape[0]),
+        _ => (shape[r - 2], shape[r - 1]),
+    };
+    let lead = r.saturating_sub(2);
+    let count: u64 = shape[..lead].iter().product();
+    let mut boxes = Vec::new();
+    if rows == 0 || cols == 0 {
+        return boxes;
+    }
+    let (row_stride, out_stride) = if r >= 2 { (si[r - 2], so[r - 2]) } else { (cols, cols) };
+    for n in 0..count {
+        // The index over the leading dims, last dim fastest.
+        let mut rest = n;
+        let (mut src, mut dst) = (0u64, 0u64);
+        for k in (0..lead).rev() {
+            let i = rest % shape[k];
+            rest /= shape[k];
+            src += (start[k] + i) * si[k];
+            dst += i * so[k];
+        }
+        for k in lead..r {
+            src += start[k] * si[k];
+        }
+        boxes.push((
+            0,
+            HbmBox { tensor: 0, start: src, rows: rows as u32, row_stride, cols: cols as u32 },
+            HbmBox { tensor: 1, start: dst, rows: rows as u32, row_stride: out_stride, cols: cols as u32 },
+        ));
+    }
+    boxes
+}
+
+/// Lowers a copy kernel: one DMA per box.
+pub fn lower(p: &CopyProblem) -> TileProgram {
+    let mut tensors: Vec<HbmTensor> = p
+        .inputs
+        .iter()
+        .map(|(name, shape)| HbmTensor { name: name.clone(), dtype: p.dtype, shape: shape.clone(), role: Role::Input })
+        .collect();
+    tensors.push(HbmTensor { name: p.output.clone(), dtype: p.dtype, shape: p.shape.clone(), role: Role::Output });
+    let ops = p.boxes.iter().map(|&(_, src, dst)| (TileOp::HbmCopy { dst, src }, 0)).collect();
+    TileProgram { tensors, buffers: Vec::new(), ops, debug_ops: vec![p.text.clone()] }
+}
