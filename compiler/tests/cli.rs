@@ -411,17 +411,17 @@ fn compile_emits_stages_and_binaries_and_verify_passes() {
     let plain = jalc(&["verify", map_only.to_str().unwrap(), "--target", "jpu-tiny"]);
     assert_eq!(plain.status.code(), Some(0), "{}", stderr(&plain));
     // Functions beyond the compiler's current scope, and missing outputs, exit 2.
-    let concat = temp("concat.tir");
+    let permute = temp("permute.tir");
     std::fs::write(
-        &concat,
-        "func @c(%x: f32[4, 8], %y: f32[4, 8]) -> f32[8, 8] {\n  %z = concat(%x, %y) {axis = 0}\n  return %z\n}\n",
+        &permute,
+        "func @p(%x: f32[2, 4, 8]) -> f32[8, 2, 4] {\n  %z = transpose(%x) {perm = [2, 0, 1]}\n  return %z\n}\n",
     )
     .unwrap();
-    let concat = concat.to_str().unwrap();
-    let unsupported = jalc(&["compile", concat, "-o", temp("concat.jbin").to_str().unwrap()]);
+    let permute = permute.to_str().unwrap();
+    let unsupported = jalc(&["compile", permute, "-o", temp("permute.jbin").to_str().unwrap()]);
     assert_eq!(unsupported.status.code(), Some(2));
     assert!(stderr(&unsupported).contains("not supported yet"), "{}", stderr(&unsupported));
-    assert_eq!(jalc(&["verify", concat]).status.code(), Some(2));
+    assert_eq!(jalc(&["verify", permute]).status.code(), Some(2));
     let attn = format!("{}/../examples/attention.tir", env!("CARGO_MANIFEST_DIR"));
     let written_out = jalc(&["verify", &attn, "--target", "jpu-tiny"]);
     assert_eq!(written_out.status.code(), Some(0), "{}", stderr(&written_out));
