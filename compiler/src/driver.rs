@@ -260,10 +260,13 @@ pub fn kernels_text(c: &Compiled, t: &Target) -> String {
                     .chain(m.steps.iter().map(|(_, t)| t.as_str()))
                     .chain(m.cast.as_ref().map(|c| c.1.as_str()))
                     .collect();
+                let over = match m.splat {
+                    Some(v) => format!("a splat of {v}"),
+                    None => format!("%{}", m.input),
+                };
                 out += &format!(
-                    "kernel map: {} over %{} {:?} {}\n  blocks of {} columns\n",
+                    "kernel map: {} over {over} {:?} {}\n  blocks of {} columns\n",
                     steps.join("; "),
-                    m.input,
                     m.input_shape,
                     m.dtype,
                     m.width(t)

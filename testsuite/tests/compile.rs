@@ -302,8 +302,8 @@ fn epilogues_beyond_the_kernel_say_what_and_why() {
     };
     assert!(why("  %z = add(%y, %odd)\n  %r = reduce_sum(%z) {axes = [0]}\n  return %r")
         .contains("`%z = add` changes the shape"));
-    assert!(why("  %s = transpose(%y) {perm = [1, 0]}\n  %c = const() {value = 1.0} : bf16[64, 64]\n  %a = add(%s, %c)\n  return %a")
-        .contains("`%c = const` is not supported yet"));
+    assert!(why("  %p = transpose(%odd) {perm = [1, 0, 2]}\n  %r = reduce_sum(%p) {axes = [1]}\n  %a = add(%y, %r)\n  return %a")
+        .contains("`%p = transpose` permutes more than the last two dims"));
     assert!(why("  %r = softmax(%y) {axis = -1}\n  return %r").contains("the function needs 2 kernels"));
 }
 

@@ -408,3 +408,46 @@ fn written_out_grouped_query_attention_verifies() {
         verify_attention(target, &src);
     }
 }
+
+/// `const` splats are elementwise kernels that set their blocks instead of
+/// loading them (and feed the chain that follows, e.g. an additive causal mask);
+/// a `[M, N]` operand broadcast over batch dims (a position bias shared by heads)
+/// is an epilogue or chain operand read per matrix. Bit-exact at -O0; the
+/// additive-mask attention fuses at -O2.
+#[test]
+fn const_splats_and_matrix_operands() {
+    let src = "func @f(%q: bf16[2, 40, 32], %k: bf16[2, 40, 32], %v: bf16[2, 40, 24], %x: f32[3, 5], %bias: f32[50, 70], %y: f32[2, 3, 50, 70], %a: bf16[2, 3, 50, 16], %b: bf16[16, 70]) -> (bf16[2, 40, 24], f32[3, 5], bf16[4, 6], f32[2, 3, 50, 70], f32[2, 3, 50, 70]) {
+      %kt = transpose(%k) {perm = [0, 2, 1]}
+      %s = matmul(%q, %kt) : f32[2, 40, 40]
+      %i = iota() {axis = 0} : i32[40, 40]
+      %j = iota() {axis = 1} : i32[40, 40]
+      %keep = compare(%i, %j) {kind = ge}
+      %zero = const() {value = 0.0} : f32[40, 40]
+      %mask = select(%keep, %zero, -inf)
+      %sm = add(%s, %mask)
+      %z = mul(%sm, 0.125)
+      %p = softmax(%z) {axis = -1}
+      %pb = cast(%p) {to = bf16}
+      %o = matmul(%pb, %v)
+      %c = const() {value = 2.5} : f32[3, 5]
+      %xc = add(%x, %c)
+      %h = const() {value = 0.1} : bf16[4, 6]
+      %yb = add(%y, %bias)
+      %m = matmul(%a, %b) : f32[2, 3, 50, 70]
+      %mb = sub(%bias, %m)
+      return %o, %xc, %h, %yb, %mb
+    }";
+    let f = check(src);
+    for target in ["jpu-tiny", "jpu1"] {
+        let t = Target::builtin(target).unwrap();
+        for level in [0, 2] {
+            let v = jalc::verify::verify_at(&f, &t, 6, None, level).unwrap_or_else(|e| panic!("{target}: {e:?}"));
+            assert!(v.passed, "{target} -O{level}: {:?}", v.first_mismatch);
+            if level == 0 {
+                assert_eq!(v.max_abs_error, 0.0, "{target}");
+            }
+        }
+        let fused = jalc::driver::compile(&f, &t, None).unwrap();
+        assert!(fused.kernels.iter().any(|k| k.kind() == "attention"), "{target}");
+    }
+}

@@ -135,6 +135,9 @@ pub enum Broadcast {
     Full,
     /// One value per row (`[.., M, 1]`, the result's leading dims): a row scale.
     Column,
+    /// One `[M, N]` matrix for every batch index (`[M, N]` or `[1, .., M, N]`):
+    /// a position bias or mask shared by heads.
+    Matrix,
 }
 
 impl Broadcast {
@@ -144,6 +147,7 @@ impl Broadcast {
             Broadcast::Row => "row",
             Broadcast::Full => "res",
             Broadcast::Column => "col",
+            Broadcast::Matrix => "mat",
         }
     }
 }
@@ -258,7 +262,7 @@ pub(crate) fn chip(t: ScalarType, what: &str) -> Result<DType, Unsupported> {
 }
 
 /// What code generation covers, for error messages.
-pub(crate) const SUPPORTED: &str = "this compiler version compiles matmuls, elementwise ops (binary, activation-engine functions, casts, mask selects over iotas), softmax, rmsnorm and layernorm over either of the last two axes, sum/max reductions over trailing axes or the second-to-last, attention, concat, slice, reshapes and transposes of the last two dims, over parameters and earlier results";
+pub(crate) const SUPPORTED: &str = "this compiler version compiles matmuls, elementwise ops (binary, activation-engine functions, casts, mask selects over iotas, const splats), softmax, rmsnorm and layernorm over either of the last two axes, sum/max reductions over trailing axes or the second-to-last, attention, concat, slice, reshapes and transposes of the last two dims, over parameters and earlier results";
 
 /// A chain of elementwise steps, each consuming the previous value.
 pub(crate) struct Chain {
@@ -349,15 +353,23 @@ pub(crate) fn chain(
                             && r >= 1
                             && p.ty.shape[r - 1] == 1
                             && p.ty.shape[..r - 1] == c_shape[..r - 1];
+                        // One matrix (the last two dims) for every batch index.
+                        let cr = c_shape.len();
+                        let matrix = cr > 2
+                            && r >= 2
+                            && p.ty.shape[r - 2..] == c_shape[cr - 2..]
+                            && p.ty.shape[..r - 2].iter().all(|&d| d == 1);
                         let broadcast = if row {
                             Broadcast::Row
                         } else if p.ty.shape == c_shape {
                             Broadcast::Full
                         } else if column {
                             Broadcast::Column
+                        } else if matrix {
+                            Broadcast::Matrix
                         } else {
                             return Err(not_yet(&format!(
-                                "reads `%{}` of shape {:?}; an epilogue operand must be a row of N = {n_cols} values, a column of one value per row, or have the result's shape {c_shape:?}",
+                                "reads `%{}` of shape {:?}; an epilogue operand must be a row of N = {n_cols} values, a column of one value per row, one matrix of the last two dims, or have the result's shape {c_shape:?}",
                                 p.name, p.ty.shape
                             )));
                         };
@@ -565,7 +577,9 @@ impl GemmProblem {
             .iter()
             .map(|e| match e.broadcast {
                 Broadcast::Row => self.n * e.dtype.size_bytes() as u64,
-                Broadcast::Full => s.out_buffers as u64 * s.tile_n as u64 * e.dtype.size_bytes() as u64,
+                Broadcast::Full | Broadcast::Matrix => {
+                    s.out_buffers as u64 * s.tile_n as u64 * e.dtype.size_bytes() as u64
+                }
                 // One element per partition, each copy padded to 64 bytes.
                 Broadcast::Column => s.out_buffers as u64 * 64,
             })
@@ -759,7 +773,7 @@ pub fn lower(p: &GemmProblem, s: &GemmSchedule) -> TileProgram {
                 parts: s.tile_m,
                 free: match e.broadcast {
                     Broadcast::Row => p.n as u32,
-                    Broadcast::Full => s.tile_n,
+                    Broadcast::Full | Broadcast::Matrix => s.tile_n,
                     Broadcast::Column => 1,
                 },
                 copies: if e.broadcast == Broadcast::Row { 1 } else { s.out_buffers },
@@ -893,7 +907,8 @@ pub fn lower(p: &GemmProblem, s: &GemmSchedule) -> TileProgram {
                 let start = ci as u64 * p.m + mi * tm;
                 (HbmBox { tensor: 2 + e, start, rows: mr as u32, row_stride: 1, cols: 1 }, 1)
             } else {
-                let start = ci as u64 * p.m * p.n + mi * tm * p.n + ni * tn;
+                let batch = if input.broadcast == Broadcast::Matrix { 0 } else { ci as u64 };
+                let start = batch * p.m * p.n + mi * tm * p.n + ni * tn;
                 (HbmBox { tensor: 2 + e, start, rows: mr as u32, row_stride: p.n, cols: nw as u32 }, nw as u32)
             };
             let dst = BufSlice { buf: epi_bufs[e], copy: j as u32 % s.out_buffers, parts: mr as u32, offset: 0, len };
@@ -1050,7 +1065,7 @@ pub fn lower(p: &GemmProblem, s: &GemmSchedule) -> TileProgram {
             let op = step.tile_op(staged, (mi * tm, ni * tn), |e| {
                 let (copy, offset, len) = match p.epilogue_inputs[e].broadcast {
                     Broadcast::Row => (0, (ni * tn) as u32, nw as u32),
-                    Broadcast::Full => (stage, 0, nw as u32),
+                    Broadcast::Full | Broadcast::Matrix => (stage, 0, nw as u32),
                     Broadcast::Column => (stage, 0, 1),
                 };
                 let slice = BufSlice { buf: epi_bufs[e], copy, parts: mr as u32, offset, len };

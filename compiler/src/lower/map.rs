@@ -1,6 +1,7 @@
 //! Elementwise kernels: a chain of elementwise steps over one HBM tensor, for
 //! elementwise ops no matmul epilogue absorbs, and reshapes (a copy with no steps,
-//! or the first link of a chain: row-major elements are the same in both shapes).
+//! or the first link of a chain: row-major elements are the same in both shapes),
+//! and `const` splats (each block set by the VE instead of loaded, then the chain).
 //!
 //! The tensor is viewed as `rows x cols` (its last dim is `cols`); each work item
 //! is a block of up to one partition per row and [`MAX_COLS`] columns (fewer when
@@ -44,6 +45,9 @@ pub struct MapProblem {
     pub output: String,
     /// Indices of the IR nodes the kernel computes.
     pub nodes: Vec<usize>,
+    /// A `const` splat the chain starts from (each block is set to it on the VE)
+    /// instead of loading `input`.
+    pub splat: Option<f64>,
 }
 
 impl MapProblem {
@@ -77,8 +81,17 @@ pub fn lower(p: &MapProblem, t: &Target) -> TileProgram {
     let (rows, cols) = p.view();
     let parts = (t.sram.partitions as u64).min(rows).max(1);
     let width = p.width(t);
-    let mut tensors =
-        vec![HbmTensor { name: p.input.clone(), dtype: p.dtype, shape: p.input_shape.clone(), role: Role::Input }];
+    let mut tensors = Vec::new();
+    if p.splat.is_none() {
+        tensors.push(HbmTensor {
+            name: p.input.clone(),
+            dtype: p.dtype,
+            shape: p.input_shape.clone(),
+            role: Role::Input,
+        });
+    }
+    // Tensor index of epilogue input e.
+    let first_input = tensors.len();
     tensors.extend(p.inputs.iter().map(EpilogueInput::hbm_tensor));
     let out_tensor = tensors.len();
     tensors.push(HbmTensor {
@@ -112,9 +125,10 @@ pub fn lower(p: &MapProblem, t: &Target) -> TileProgram {
         buffers.push(tile("x_cast".into(), *d));
         buffers.len() - 1
     });
-    // Row blocks stay within one matrix (the last two dims) when a mask step
-    // needs each element's row within its matrix.
-    let masked = p.steps.iter().any(|(s, _)| matches!(s, EpilogueStep::Mask { .. }));
+    // Row blocks stay within one matrix (the last two dims) when a mask step or a
+    // matrix operand needs each element's row within its matrix.
+    let masked = p.steps.iter().any(|(s, _)| matches!(s, EpilogueStep::Mask { .. }))
+        || p.inputs.iter().any(|e| e.broadcast == Broadcast::Matrix);
     let matrix_rows = if masked && p.shape.len() >= 2 { p.shape[p.shape.len() - 2].max(1) } else { rows.max(1) };
     // (first row, its row within the matrix, rows in the block, column block)
     let items: Vec<(u64, u64, u64, u64)> = (0..rows.div_ceil(matrix_rows))
@@ -133,26 +147,36 @@ pub fn lower(p: &MapProblem, t: &Target) -> TileProgram {
         (row0 * cols + c * width, c * width, pr as u32, w as u32, j as u32 % COPIES, in_row)
     };
     let loads = |ops: &mut Vec<(TileOp, u32)>, j: usize| {
-        let (start, col, pr, w, copy, _) = block(j);
+        let (start, col, pr, w, copy, in_row) = block(j);
         let slice = |buf| BufSlice { buf, copy, parts: pr, offset: 0, len: w };
-        ops.push((
-            TileOp::Load {
+        let first = match p.splat {
+            Some(value) => TileOp::Memset { dst: slice(0), value: value as f32 },
+            None => TileOp::Load {
                 dst: slice(0),
                 src: HbmBox { tensor: 0, start, rows: pr, row_stride: cols, cols: w },
                 queue: None,
             },
-            0,
-        ));
+        };
+        ops.push((first, 0));
         for (e, input) in p.inputs.iter().enumerate() {
             let (src, dst) = match input.broadcast {
-                Broadcast::Row => {
-                    (HbmBox { tensor: 1 + e, start: col, rows: pr, row_stride: 0, cols: w }, slice(operand_bufs[e]))
-                }
-                Broadcast::Full => {
-                    (HbmBox { tensor: 1 + e, start, rows: pr, row_stride: cols, cols: w }, slice(operand_bufs[e]))
+                Broadcast::Row => (
+                    HbmBox { tensor: first_input + e, start: col, rows: pr, row_stride: 0, cols: w },
+                    slice(operand_bufs[e]),
+                ),
+                Broadcast::Full => (
+                    HbmBox { tensor: first_input + e, start, rows: pr, row_stride: cols, cols: w },
+                    slice(operand_bufs[e]),
+                ),
+                Broadcast::Matrix => {
+                    let start = in_row * cols + col;
+                    (
+                        HbmBox { tensor: first_input + e, start, rows: pr, row_stride: cols, cols: w },
+                        slice(operand_bufs[e]),
+                    )
                 }
                 Broadcast::Column => (
-                    HbmBox { tensor: 1 + e, start: start / cols.max(1), rows: pr, row_stride: 1, cols: 1 },
+                    HbmBox { tensor: first_input + e, start: start / cols.max(1), rows: pr, row_stride: 1, cols: 1 },
                     BufSlice { len: 1, ..slice(operand_bufs[e]) },
                 ),
             };
@@ -192,7 +216,10 @@ pub fn lower(p: &MapProblem, t: &Target) -> TileProgram {
     let mut debug_ops: Vec<String> = p.steps.iter().map(|(_, text)| text.clone()).collect();
     debug_ops.extend(p.cast.as_ref().map(|c| c.1.clone()));
     if debug_ops.is_empty() {
-        debug_ops.push(format!("%{} = reshape(%{})", p.output, p.input));
+        debug_ops.push(match p.splat {
+            Some(v) => format!("%{} = const() {{value = {v}}}", p.output),
+            None => format!("%{} = reshape(%{})", p.output, p.input),
+        });
     }
     TileProgram { tensors, buffers, ops, debug_ops }
 }

@@ -165,6 +165,7 @@ pub fn plan_with(f: &Func, fuse: bool) -> Result<Vec<KernelProblem>, Unsupported
                     cast: c.cast,
                     output: f.node(c.last).name.clone(),
                     nodes: c.nodes,
+                    splat: None,
                 };
                 (KernelProblem::Map(p), c.last.0 as usize)
             }
@@ -187,6 +188,26 @@ pub fn plan_with(f: &Func, fuse: bool) -> Result<Vec<KernelProblem>, Unsupported
                     cast: c.cast,
                     output: f.node(c.last).name.clone(),
                     nodes,
+                    splat: None,
+                };
+                (KernelProblem::Map(p), c.last.0 as usize)
+            }
+            Op::Const { value } => {
+                // A splat, then the elementwise chain that consumes it.
+                let c = gemm::chain(f, ValueId(i as u32), None, &node.ty, &uses, &in_hbm, fuse)?;
+                let mut nodes = vec![i];
+                nodes.extend(c.nodes);
+                let p = MapProblem {
+                    input: node.name.clone(),
+                    input_shape: node.ty.shape.clone(),
+                    shape: node.ty.shape.clone(),
+                    dtype: gemm::chip(node.ty.dtype, "the constant")?,
+                    steps: c.epilogue,
+                    inputs: c.epilogue_inputs,
+                    cast: c.cast,
+                    output: f.node(c.last).name.clone(),
+                    nodes,
+                    splat: Some(*value),
                 };
                 (KernelProblem::Map(p), c.last.0 as usize)
             }
