@@ -195,14 +195,14 @@ pub fn compile_at(f: &Func, t: &Target, schedule: Option<GemmSchedule>, level: O
                     // Streamed windows would transpose K once per query tile; one
                     // transpose kernel into HBM scratch serves them all.
                     let k_t = format!("{}__k_t", p.output);
-                    kernels.push(Kernel::Transpose(TransposeProblem {
-                        input: p.k.clone(),
-                        shape: p.shapes[1].clone(),
-                        dtype: p.dtype,
-                        output: k_t.clone(),
-                        text: format!("%{k_t} = transpose(%{}) (for `{}`)", p.k, p.text[0]),
-                        node: p.nodes[0],
-                    }));
+                    kernels.push(Kernel::Transpose(TransposeProblem::scratch(
+                        &p.k,
+                        &p.shapes[1],
+                        p.dtype,
+                        &k_t,
+                        &p.text[0],
+                        p.nodes[0],
+                    )));
                     p.k_transposed = Some(k_t);
                 }
                 Kernel::Attention(p, plan)

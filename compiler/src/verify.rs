@@ -18,7 +18,7 @@ use jpu_isa::{DType, Target};
 use jpu_runtime::{run, RunOptions};
 
 use crate::driver;
-use crate::eval::{eval, Tensor};
+use crate::eval::{eval_values, Tensor};
 use crate::lower::gemm::GemmSchedule;
 use crate::tir::ir::Func;
 
@@ -64,24 +64,31 @@ fn ulp(d: DType) -> f64 {
 /// roundoff), so each output moves by at most `u * max|v|`; a written-out
 /// attention's reference rounds its normalised probabilities too, so the bound is
 /// doubled: `2 u max|v|` (bf16: `2^-7 max|v|`).
-fn attention_tolerance(compiled: &driver::Compiled, inputs: &[Tensor]) -> Result<f64, VerifyError> {
-    let kernels: Vec<&crate::lower::attention::AttentionProblem> = compiled
-        .kernels
-        .iter()
-        .filter_map(|k| match k {
-            driver::Kernel::Attention(p, _) => Some(p),
-            _ => None,
-        })
-        .collect();
-    if kernels.is_empty() {
-        return Ok(0.0);
-    }
-    let opt = &compiled.optimized;
-    let values = crate::eval::eval_values(opt, inputs).map_err(|e| VerifyError::Compile(e.to_string()))?;
+fn attention_tolerance(
+    compiled: &driver::Compiled,
+    f: &Func,
+    values: &[Tensor],
+    inputs: &[Tensor],
+) -> Result<f64, VerifyError> {
     let mut tol = 0.0f64;
-    for p in kernels {
-        let Some(v) = opt.nodes.iter().position(|n| n.name == p.v) else { continue };
-        let max_v = values[v].data.iter().filter(|x| x.is_finite()).fold(0.0f64, |a, x| a.max(x.abs()));
+    // Values the optimizer created (names absent from the program as written)
+    // need the optimized program evaluated; that is done at most once.
+    let mut optimized_values: Option<Vec<Tensor>> = None;
+    for k in &compiled.kernels {
+        let driver::Kernel::Attention(p, _) = k else { continue };
+        let v = match f.nodes.iter().position(|n| n.name == p.v) {
+            Some(i) => &values[i],
+            None => {
+                let opt = &compiled.optimized;
+                let Some(i) = opt.nodes.iter().position(|n| n.name == p.v) else { continue };
+                if optimized_values.is_none() {
+                    let all = eval_values(opt, inputs).map_err(|e| VerifyError::Compile(e.to_string()))?;
+                    optimized_values = Some(all);
+                }
+                &optimized_values.as_ref().expect("evaluated above")[i]
+            }
+        };
+        let max_v = v.data.iter().filter(|x| x.is_finite()).fold(0.0f64, |a, x| a.max(x.abs()));
         tol = tol.max(ulp(p.dtype) * max_v);
     }
     Ok(tol)
@@ -122,7 +129,10 @@ pub fn verify_at(
 ) -> Result<Verification, VerifyError> {
     let compiled = driver::compile_at(f, t, schedule, level).map_err(VerifyError::Compile)?;
     let inputs = random_inputs(f, seed);
-    let reference = eval(f, &inputs).map_err(|e| VerifyError::Compile(e.to_string()))?;
+    // Every value of the program as written: the results are the reference, and
+    // attention's tolerance reads its V from them.
+    let values = eval_values(f, &inputs).map_err(|e| VerifyError::Compile(e.to_string()))?;
+    let reference: Vec<&Tensor> = f.results.iter().map(|r| &values[r.0 as usize]).collect();
     let mut sim_inputs = Vec::new();
     for (p, tensor) in f.params().zip(&inputs) {
         let dtype = tensor
@@ -141,7 +151,7 @@ pub fn verify_at(
     let outcome = run(&compiled.program, t, &sim_inputs, &opts).map_err(|fault| VerifyError::Fault(fault.message))?;
     // A chain of kernels accumulates each one's rounding: the contraction lengths add.
     let k = compiled.kernels.iter().filter_map(|k| k.gemm()).map(|(p, _)| p.k).sum::<u64>().max(1) as f64;
-    let attention = attention_tolerance(&compiled, &inputs)?;
+    let attention = attention_tolerance(&compiled, f, &values, &inputs)?;
     let (mut max_abs, mut max_rel, mut mismatches, mut first) = (0.0f64, 0.0f64, 0u64, None);
     // Results pair by position: rewriting may merge a result into another value,
     // whose name the program's output then carries.

@@ -114,24 +114,18 @@ pub fn plan_with(f: &Func, fuse: bool) -> Result<Vec<KernelProblem>, Unsupported
             continue;
         }
         let node = &f.nodes[i];
-        let not_yet = |why: &str| Unsupported(format!("`%{} = {}` {why}: {SUPPORTED}", node.name, node.op.name()));
+        let not_yet = |why: &str| unsupported(node, why);
         let (kernel, out) = match &node.op {
             Op::Matmul { .. } => {
                 let (p, out) = gemm::gemm_kernel(f, i, &uses, &in_hbm, fuse)?;
                 (KernelProblem::Gemm(p), out)
             }
             Op::Transpose { perm } => {
-                let r = perm.len();
-                let swaps_last_two =
-                    r >= 2 && perm[r - 2] == r - 1 && perm[r - 1] == r - 2 && (0..r - 2).all(|d| perm[d] == d);
-                let [Operand::Value(x)] = node.operands.as_slice() else { return Err(not_yet("is malformed")) };
-                if !swaps_last_two {
+                if !crate::tir::ir::swaps_last_two(perm) {
                     return Err(not_yet("permutes more than the last two dims, which is not supported yet"));
                 }
-                if !in_hbm[x.0 as usize] {
-                    return Err(not_yet("reads a value that is not in HBM"));
-                }
-                let xn = f.node(*x);
+                let [x] = hbm_values(f, node, &in_hbm)?[..] else { return Err(not_yet("is malformed")) };
+                let xn = f.node(x);
                 let p = TransposeProblem {
                     input: xn.name.clone(),
                     shape: xn.ty.shape.clone(),
@@ -150,74 +144,37 @@ pub fn plan_with(f: &Func, fuse: bool) -> Result<Vec<KernelProblem>, Unsupported
                 }) else {
                     return Err(not_yet("has no operand of the result's shape in HBM (broadcasting the main operand is not supported yet)"));
                 };
-                let xt = &f.node(x).ty;
-                let c = gemm::chain(f, x, Some(i), xt, &uses, &in_hbm, fuse)?;
+                let xn = f.node(x);
+                let c = gemm::chain(f, x, Some(i), &xn.ty, &uses, &in_hbm, fuse)?;
                 if c.nodes.is_empty() {
                     return Err(not_yet("cannot run as an elementwise kernel yet"));
                 }
-                let p = MapProblem {
-                    input: f.node(x).name.clone(),
-                    input_shape: xt.shape.clone(),
-                    shape: xt.shape.clone(),
-                    dtype: gemm::chip(xt.dtype, "the operand")?,
-                    steps: c.epilogue,
-                    inputs: c.epilogue_inputs,
-                    cast: c.cast,
-                    output: f.node(c.last).name.clone(),
-                    nodes: c.nodes,
-                    splat: None,
-                };
-                (KernelProblem::Map(p), c.last.0 as usize)
+                let last = c.last.0 as usize;
+                (KernelProblem::Map(map_problem(f, c, None, xn, &xn.ty.shape, None)?), last)
             }
-            Op::Reshape { .. } => {
-                let [Operand::Value(x)] = node.operands.as_slice() else { return Err(not_yet("is malformed")) };
-                if !in_hbm[x.0 as usize] {
-                    return Err(not_yet("reads a value that is not in HBM"));
-                }
-                let xn = f.node(*x);
-                let c = gemm::chain(f, ValueId(i as u32), None, &node.ty, &uses, &in_hbm, fuse)?;
-                let mut nodes = vec![i];
-                nodes.extend(c.nodes);
-                let p = MapProblem {
-                    input: xn.name.clone(),
-                    input_shape: xn.ty.shape.clone(),
-                    shape: node.ty.shape.clone(),
-                    dtype: gemm::chip(xn.ty.dtype, "the reshaped tensor")?,
-                    steps: c.epilogue,
-                    inputs: c.epilogue_inputs,
-                    cast: c.cast,
-                    output: f.node(c.last).name.clone(),
-                    nodes,
-                    splat: None,
+            // A reshape (a copy in the result's view) or a const splat, then the
+            // elementwise chain that consumes it.
+            Op::Reshape { .. } | Op::Const { .. } => {
+                let (source, splat) = match node.op {
+                    Op::Const { value } => (node, Some(value)),
+                    _ => {
+                        let [x] = hbm_values(f, node, &in_hbm)?[..] else { return Err(not_yet("is malformed")) };
+                        (f.node(x), None)
+                    }
                 };
-                (KernelProblem::Map(p), c.last.0 as usize)
-            }
-            Op::Const { value } => {
-                // A splat, then the elementwise chain that consumes it.
                 let c = gemm::chain(f, ValueId(i as u32), None, &node.ty, &uses, &in_hbm, fuse)?;
-                let mut nodes = vec![i];
-                nodes.extend(c.nodes);
-                let p = MapProblem {
-                    input: node.name.clone(),
-                    input_shape: node.ty.shape.clone(),
-                    shape: node.ty.shape.clone(),
-                    dtype: gemm::chip(node.ty.dtype, "the constant")?,
-                    steps: c.epilogue,
-                    inputs: c.epilogue_inputs,
-                    cast: c.cast,
-                    output: f.node(c.last).name.clone(),
-                    nodes,
-                    splat: Some(*value),
-                };
-                (KernelProblem::Map(p), c.last.0 as usize)
+                let last = c.last.0 as usize;
+                (KernelProblem::Map(map_problem(f, c, Some(i), source, &node.ty.shape, splat)?), last)
             }
             Op::Softmax { .. } | Op::RmsNorm { .. } | Op::LayerNorm { .. } | Op::Reduce { .. } => {
                 let (p, around) = row_kernel(f, i, &uses, &in_hbm, fuse)?;
                 let out = *p.nodes.last().unwrap_or(&i);
                 // Over the second-to-last axis: transpose in, the row kernel, and
                 // (unless the axis is reduced away) transpose back.
-                let (before, after) = around.unwrap_or_default();
-                kernels.extend(before.map(KernelProblem::Transpose));
+                let after = around.and_then(|(before, after)| {
+                    kernels.push(KernelProblem::Transpose(before));
+                    after
+                });
                 match after {
                     Some(t) => {
                         kernels.push(KernelProblem::Rows(p));
@@ -231,20 +188,7 @@ pub fn plan_with(f: &Func, fuse: bool) -> Result<Vec<KernelProblem>, Unsupported
                 (KernelProblem::Attention(p), i)
             }
             Op::Concat { .. } | Op::Slice { .. } => {
-                let values: Vec<ValueId> = node
-                    .operands
-                    .iter()
-                    .filter_map(|o| match o {
-                        Operand::Value(v) => Some(*v),
-                        Operand::Scalar(_) => None,
-                    })
-                    .collect();
-                if let Some(v) = values.iter().find(|v| !in_hbm[v.0 as usize]) {
-                    return Err(not_yet(&format!(
-                        "reads `%{}`, which is not a parameter or an earlier kernel's output",
-                        f.node(*v).name
-                    )));
-                }
+                let values = hbm_values(f, node, &in_hbm)?;
                 let dtype = gemm::chip(node.ty.dtype, "the result")?;
                 let inputs: Vec<(String, Vec<u64>)> =
                     values.iter().map(|v| (f.node(*v).name.clone(), f.node(*v).ty.shape.clone())).collect();
@@ -293,9 +237,59 @@ pub fn plan_with(f: &Func, fuse: bool) -> Result<Vec<KernelProblem>, Unsupported
 
 /// The row kernel of the softmax, norm or reduction at node `i`, with a cast that
 /// follows it fused when the op's result is f32 (one rounding either way).
+/// Why node `node` cannot be compiled: the statement, the reason, and what is covered.
+fn unsupported(node: &crate::tir::ir::Node, why: &str) -> Unsupported {
+    Unsupported(format!("`%{} = {}` {why}: {SUPPORTED}", node.name, node.op.name()))
+}
+
+/// The value operands of `node`, each of which must already be in HBM (a
+/// parameter or an earlier kernel's output).
+fn hbm_values(f: &Func, node: &crate::tir::ir::Node, in_hbm: &[bool]) -> Result<Vec<ValueId>, Unsupported> {
+    let values: Vec<ValueId> = node
+        .operands
+        .iter()
+        .filter_map(|o| match o {
+            Operand::Value(v) => Some(*v),
+            Operand::Scalar(_) => None,
+        })
+        .collect();
+    match values.iter().find(|v| !in_hbm[v.0 as usize]) {
+        Some(v) => Err(unsupported(
+            node,
+            &format!("reads `%{}`, which is not a parameter or an earlier kernel's output", f.node(*v).name),
+        )),
+        None => Ok(values),
+    }
+}
+
+/// The elementwise kernel running chain `c` over `input` (or over a splat of
+/// `splat`), with node `lead` (a reshape or a const) computed first.
+fn map_problem(
+    f: &Func,
+    c: gemm::Chain,
+    lead: Option<usize>,
+    input: &crate::tir::ir::Node,
+    shape: &[u64],
+    splat: Option<f64>,
+) -> Result<MapProblem, Unsupported> {
+    let nodes = lead.into_iter().chain(c.nodes).collect();
+    Ok(MapProblem {
+        input: input.name.clone(),
+        input_shape: input.ty.shape.clone(),
+        shape: shape.to_vec(),
+        dtype: gemm::chip(input.ty.dtype, "the operand")?,
+        steps: c.epilogue,
+        inputs: c.epilogue_inputs,
+        cast: c.cast,
+        output: f.node(c.last).name.clone(),
+        nodes,
+        splat,
+    })
+}
+
 /// Transposes around a row kernel over the second-to-last axis: into it, and
 /// back out of it (none when that axis is reduced away).
-type Around = (Option<TransposeProblem>, Option<TransposeProblem>);
+type Around = (TransposeProblem, Option<TransposeProblem>);
 
 fn row_kernel(
     f: &Func,
@@ -305,21 +299,11 @@ fn row_kernel(
     fuse: bool,
 ) -> Result<(RowProblem, Option<Around>), Unsupported> {
     let node = &f.nodes[i];
-    let not_yet = |why: &str| Unsupported(format!("`%{} = {}` {why}: {SUPPORTED}", node.name, node.op.name()));
-    let values: Vec<ValueId> = node
-        .operands
-        .iter()
-        .map(|o| match o {
-            Operand::Value(v) => Ok(*v),
-            Operand::Scalar(_) => Err(not_yet("has a literal operand")),
-        })
-        .collect::<Result<_, _>>()?;
-    if let Some(v) = values.iter().find(|v| !in_hbm[v.0 as usize]) {
-        return Err(not_yet(&format!(
-            "reads `%{}`, which is not a parameter or an earlier kernel's output",
-            f.node(*v).name
-        )));
+    let not_yet = |why: &str| unsupported(node, why);
+    if node.operands.iter().any(|o| matches!(o, Operand::Scalar(_))) {
+        return Err(not_yet("has a literal operand"));
     }
+    let values = hbm_values(f, node, in_hbm)?;
     let x = f.node(values[0]);
     let rank = x.ty.shape.len();
     // The second-to-last axis runs as the last one of the transposed tensor.
@@ -413,13 +397,9 @@ fn row_kernel(
     }
     // HBM scratch between the kernels, named after the node (`__` cannot
     // appear in a .tir name, so they never collide with program values).
-    let transpose = |input: &str, shape: &[u64], dtype, output: &str| TransposeProblem {
-        input: input.into(),
-        shape: shape.to_vec(),
-        dtype,
-        output: output.into(),
-        text: format!("%{output} = transpose(%{input}) (for `{}`)", p.text[0]),
-        node: i,
+    let for_text = p.text[0].clone();
+    let transpose = |input: &str, shape: &[u64], dtype, output: &str| {
+        TransposeProblem::scratch(input, shape, dtype, output, &for_text, i)
     };
     let in_t = format!("{}__in_t", node.name);
     let before = transpose(&x.name, &x.ty.shape, dtype, &in_t);
@@ -434,7 +414,7 @@ fn row_kernel(
         p.output_shape = shape;
         Some(t)
     };
-    Ok((p, Some((Some(before), after))))
+    Ok((p, Some((before, after))))
 }
 
 /// The attention kernel of node `i`.
@@ -446,17 +426,9 @@ fn attention_kernel(
     in_hbm: &[bool],
 ) -> Result<AttentionProblem, Unsupported> {
     let node = &f.nodes[i];
-    let not_yet = |why: &str| Unsupported(format!("`%{} = {}` {why}: {SUPPORTED}", node.name, node.op.name()));
-    let [Operand::Value(q), Operand::Value(k), Operand::Value(v)] = node.operands.as_slice() else {
-        return Err(not_yet("is malformed"));
-    };
-    if let Some(x) = [q, k, v].into_iter().find(|x| !in_hbm[x.0 as usize]) {
-        return Err(not_yet(&format!(
-            "reads `%{}`, which is not a parameter or an earlier kernel's output",
-            f.node(*x).name
-        )));
-    }
-    let (qn, kn, vn) = (f.node(*q), f.node(*k), f.node(*v));
+    let not_yet = |why: &str| unsupported(node, why);
+    let [q, k, v] = hbm_values(f, node, in_hbm)?[..] else { return Err(not_yet("is malformed")) };
+    let (qn, kn, vn) = (f.node(q), f.node(k), f.node(v));
     let dtype = gemm::chip(qn.ty.dtype, "the query")?;
     if !matches!(dtype, DType::Bf16 | DType::F16 | DType::F32) {
         return Err(not_yet(&format!("on {dtype} operands is not supported yet (bf16, f16 and f32 are)")));

@@ -116,9 +116,11 @@ const WORK: usize = 1;
 const Y: usize = 2;
 const STAT: usize = 3;
 const SUM: usize = 4;
+/// How many block buffers there are (parameter buffers are numbered after them).
+const BLOCK_BUFFERS: usize = 5;
 
 /// Tiles of one block: (name, dtype, elements per partition), indexed as above.
-fn block_tiles(p: &RowProblem) -> [(&'static str, DType, u64); 5] {
+fn block_tiles(p: &RowProblem) -> [(&'static str, DType, u64); BLOCK_BUFFERS] {
     let n = p.len;
     let (work, y) = match p.kind {
         RowKind::Reduce(_) => (1, 1),
@@ -141,7 +143,7 @@ pub struct RowSchedule {
     /// 2: all in one iteration; 3: that, with one copy of each buffer.
     pub squash: u32,
     /// Copies of each block buffer.
-    pub copies: [u32; 5],
+    pub copies: [u32; BLOCK_BUFFERS],
 }
 
 impl RowSchedule {
@@ -161,17 +163,19 @@ impl RowProblem {
         let pad = |bytes: u64| bytes.div_ceil(64) * 64;
         let tiles = block_tiles(self);
         let fixed: u64 = self.params.iter().map(|(_, d)| pad(self.len * d.size_bytes() as u64)).sum();
-        // One block's ops at full depth (parameter buffers numbered past the
-        // block buffers, so `touched` ignores them).
-        let ops = block_ops(self, 0, 1, &[1; 5], &[5, 6], &RowSchedule { squash: 0, copies: [1; 5] });
+        // One block's ops at full depth; parameter buffers are numbered past the
+        // block buffers, so `touched` ignores them.
+        let params = [BLOCK_BUFFERS, BLOCK_BUFFERS + 1];
+        let full = RowSchedule { squash: 0, copies: [1; BLOCK_BUFFERS] };
+        let (ops, _) = block_ops(self, 0, 1, &full.copies, &params, &full);
         let depth = ops.iter().map(|(s, _)| *s).max().unwrap_or(0);
         // squash 3: one copy of everything (no overlap between blocks).
         (0..4).find_map(|squash| {
-            let mut sched = RowSchedule { squash, copies: [1; 5] };
+            let mut sched = RowSchedule { squash, copies: [1; BLOCK_BUFFERS] };
             // A buffer lives from the first to the last stage touching it; the
             // input is loaded one iteration early, the result stored after.
-            let mut first = [u32::MAX; 5];
-            let mut last = [0u32; 5];
+            let mut first = [u32::MAX; BLOCK_BUFFERS];
+            let mut last = [0u32; BLOCK_BUFFERS];
             for (stage, op) in &ops {
                 let st = sched.stage(*stage, depth) + 1;
                 for b in touched(op) {
@@ -181,7 +185,7 @@ impl RowProblem {
             }
             first[X] = 0;
             last[Y] += 1;
-            for b in 0..5 {
+            for b in 0..BLOCK_BUFFERS {
                 sched.copies[b] = if first[b] == u32::MAX || squash == 3 { 1 } else { last[b] - first[b] + 1 };
             }
             let bytes: u64 = fixed
@@ -198,20 +202,21 @@ impl RowProblem {
 /// Block buffers a tile op touches.
 fn touched(op: &TileOp) -> Vec<usize> {
     let (reads, writes) = op.slices();
-    reads.iter().chain(&writes).map(|s| s.buf).filter(|&b| b < 5).collect()
+    reads.iter().chain(&writes).map(|s| s.buf).filter(|&b| b < BLOCK_BUFFERS).collect()
 }
 
-/// The ops of block `j` (`pr` rows) with the pipeline stage of each: a new stage
-/// starts wherever a value passes from one engine to the other, so stage s of
-/// block j and stage s - 1 of block j + 1 run side by side.
+/// The ops of block `j` (`pr` rows) with the pipeline stage of each, and the
+/// slice holding the block's result: a new stage starts wherever a value passes
+/// from one engine to the other, so stage s of block j and stage s - 1 of block
+/// j + 1 run side by side.
 fn block_ops(
     p: &RowProblem,
     j: u64,
     pr: u32,
-    copies: &[u32; 5],
+    copies: &[u32; BLOCK_BUFFERS],
     param_bufs: &[BufferId],
     sched: &RowSchedule,
-) -> Vec<(u32, TileOp)> {
+) -> (Vec<(u32, TileOp)>, BufSlice) {
     let n = p.len as u32;
     let slice = |buf: usize, len| BufSlice { buf, copy: (j % copies[buf] as u64) as u32, parts: pr, offset: 0, len };
     let (x, work, stat, sum) = (slice(X, n), slice(WORK, n), slice(STAT, 1), slice(SUM, 1));
@@ -270,7 +275,7 @@ fn block_ops(
     for (s, _) in ops.iter_mut() {
         *s = sched.stage(*s, depth);
     }
-    ops
+    (ops, y)
 }
 
 /// Lowers a row kernel with its schedule (from [`RowProblem::schedule`]).
@@ -331,23 +336,13 @@ pub fn lower(p: &RowProblem, t: &Target, sched: &RowSchedule) -> TileProgram {
     let staged: Vec<Vec<(u32, TileOp)>> = (0..blocks)
         .map(|j| {
             let pr = rows_of(j);
-            let mut v = block_ops(p, j, pr, &sched.copies, &param_bufs, sched);
-            let y = v.iter().rev().find_map(|(_, op)| match op {
-                TileOp::Scalar { dst, .. } | TileOp::Binary { dst, .. } | TileOp::Reduce { dst, .. }
-                    if dst.buf == Y =>
-                {
-                    Some(*dst)
-                }
-                _ => None,
-            });
+            let (mut v, y) = block_ops(p, j, pr, &sched.copies, &param_bufs, sched);
             let last = v.iter().map(|(s, _)| *s).max().unwrap_or(0);
             let dst = match p.kind {
                 RowKind::Reduce(_) => HbmBox { tensor: out_tensor, start: j * parts, rows: pr, row_stride: 1, cols: 1 },
                 _ => HbmBox { tensor: out_tensor, start: j * parts * n, rows: pr, row_stride: n, cols: n as u32 },
             };
-            if let Some(y) = y {
-                v.push((last, TileOp::Store { dst, src: y }));
-            }
+            v.push((last, TileOp::Store { dst, src: y }));
             v
         })
         .collect();

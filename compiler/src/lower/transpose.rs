@@ -29,6 +29,21 @@ pub struct TransposeProblem {
     pub node: usize,
 }
 
+impl TransposeProblem {
+    /// A transpose the compiler adds into HBM scratch `output` for the kernel of
+    /// statement `for_text` (IR node `node`), which then reads the transposed form.
+    pub fn scratch(input: &str, shape: &[u64], dtype: DType, output: &str, for_text: &str, node: usize) -> Self {
+        TransposeProblem {
+            input: input.into(),
+            shape: shape.to_vec(),
+            dtype,
+            output: output.into(),
+            text: format!("%{output} = transpose(%{input}) (for `{for_text}`)"),
+            node,
+        }
+    }
+}
+
 /// Lowers a transpose kernel to a tile program.
 pub fn lower(p: &TransposeProblem, t: &Target) -> TileProgram {
     let r = p.shape.len();

@@ -23,7 +23,7 @@
 
 use egg::{Applier, EGraph, Id, PatternAst, Rewrite, Subst, Symbol, Var};
 
-use super::{Shapes, TLang};
+use super::{class_literal, Shapes, TLang};
 use crate::tir::types::{ScalarType, TensorType};
 
 /// The rule.
@@ -53,13 +53,6 @@ fn opaque(eg: &EGraph<TLang, Shapes>, class: Id) -> Vec<(&str, &str, &[Id])> {
             _ => None,
         })
         .collect()
-}
-
-fn scalar(eg: &EGraph<TLang, Shapes>, class: Id) -> Option<f64> {
-    eg[class].nodes.iter().find_map(|n| match n {
-        TLang::Scalar(l) => Some(l.value()),
-        _ => None,
-    })
 }
 
 fn ty(eg: &EGraph<TLang, Shapes>, class: Id) -> Option<TensorType> {
@@ -108,7 +101,7 @@ fn softmax_inputs(eg: &EGraph<TLang, Shapes>, class: Id) -> Vec<Id> {
 
 /// A literal 0 or a `const` splat of 0.
 fn is_zero(eg: &EGraph<TLang, Shapes>, class: Id) -> bool {
-    scalar(eg, class) == Some(0.0)
+    class_literal(eg, class) == Some(0.0)
         || opaque(eg, class).iter().any(|(n, a, _)| {
             *n == "const"
                 && a.strip_prefix("{value = ").and_then(|v| v.strip_suffix('}')).and_then(|v| v.parse::<f64>().ok())
@@ -143,7 +136,7 @@ fn unmasked(eg: &EGraph<TLang, Shapes>, class: Id) -> Vec<Id> {
     let mut out = Vec::new();
     for (n, _, c) in opaque(eg, class) {
         if let ("select", [cond, z, fill]) = (n, c) {
-            if scalar(eg, *fill) == Some(f64::NEG_INFINITY) && is_causal_condition(eg, *cond) {
+            if class_literal(eg, *fill) == Some(f64::NEG_INFINITY) && is_causal_condition(eg, *cond) {
                 out.push(*z);
             }
         }
@@ -154,7 +147,7 @@ fn unmasked(eg: &EGraph<TLang, Shapes>, class: Id) -> Vec<Id> {
             let additive_mask = opaque(eg, m).iter().any(|(n, _, c)| {
                 matches!((*n, *c), ("select", [cond, zero, fill])
                     if is_zero(eg, *zero)
-                        && scalar(eg, *fill) == Some(f64::NEG_INFINITY)
+                        && class_literal(eg, *fill) == Some(f64::NEG_INFINITY)
                         && is_causal_condition(eg, *cond))
             });
             if additive_mask {
@@ -171,7 +164,7 @@ fn unscaled(eg: &EGraph<TLang, Shapes>, class: Id) -> Vec<(Id, f64)> {
     for n in &eg[class].nodes {
         if let TLang::Mul([a, b]) = n {
             for (z, s) in [(*a, *b), (*b, *a)] {
-                if let Some(c) = scalar(eg, s).filter(|c| *c > 0.0 && c.is_finite()) {
+                if let Some(c) = class_literal(eg, s).filter(|c| *c > 0.0 && c.is_finite()) {
                     out.push((z, c));
                 }
             }
@@ -179,7 +172,7 @@ fn unscaled(eg: &EGraph<TLang, Shapes>, class: Id) -> Vec<(Id, f64)> {
     }
     for (n, _, c) in opaque(eg, class) {
         if let ("div", [z, s]) = (n, c) {
-            if let Some(c) = scalar(eg, *s).filter(|c| *c > 0.0 && c.is_finite()) {
+            if let Some(c) = class_literal(eg, *s).filter(|c| *c > 0.0 && c.is_finite()) {
                 out.push((*z, 1.0 / c));
             }
         }

@@ -183,17 +183,24 @@ fn layout(n: &TLang) -> (bool, bool) {
     }
 }
 
+/// The scalar literal in class `id`, if it holds one.
+pub(crate) fn class_literal(egraph: &EGraph<TLang, Shapes>, id: Id) -> Option<f64> {
+    egraph[id].nodes.iter().find_map(|n| match n {
+        TLang::Scalar(l) => Some(l.value()),
+        _ => None,
+    })
+}
+
+/// A power of two (either sign) well inside f32's normal range, so scaling by it
+/// is exact and commutes with rounding.
+fn is_pow2(v: f64) -> bool {
+    let v = v.abs();
+    v.is_normal() && v.log2().fract() == 0.0 && v.log2().abs() <= 60.0
+}
+
 fn is_pow2_scalar(var: &str) -> impl Fn(&mut EGraph<TLang, Shapes>, Id, &egg::Subst) -> bool {
     let var: egg::Var = var.parse().expect("pattern variable");
-    move |egraph, _, subst| {
-        egraph[subst[var]].nodes.iter().any(|n| match n {
-            TLang::Scalar(l) => {
-                let v = l.value().abs();
-                v.is_normal() && v.log2().fract() == 0.0 && v.log2().abs() <= 60.0
-            }
-            _ => false,
-        })
-    }
+    move |egraph, _, subst| class_literal(egraph, subst[var]).is_some_and(is_pow2)
 }
 
 /// True when the `d` leaf names f32 and every listed class is an f32 tensor:
@@ -232,16 +239,11 @@ impl egg::Applier<TLang, Shapes> for MergeScales {
         _: Symbol,
     ) -> Vec<Id> {
         let var = |v: &str| subst[v.parse::<egg::Var>().expect("pattern variable")];
-        let literal = |egraph: &EGraph<TLang, Shapes>, id: Id| {
-            egraph[id].nodes.iter().find_map(|n| match n {
-                TLang::Scalar(l) => Some(l.value()),
-                _ => None,
-            })
+        let (Some(a), Some(b)) = (class_literal(egraph, var("?a")), class_literal(egraph, var("?b"))) else {
+            return vec![];
         };
-        let (Some(a), Some(b)) = (literal(egraph, var("?a")), literal(egraph, var("?b"))) else { return vec![] };
-        let pow2 = |v: f64| v.is_normal() && v.abs().log2().fract() == 0.0;
         let product = a * b;
-        if !(pow2(a) || pow2(b)) || !product.is_normal() || product.abs() > 1e30 || product.abs() < 1e-30 {
+        if !(is_pow2(a) || is_pow2(b)) || !product.is_normal() || product.abs() > 1e30 || product.abs() < 1e-30 {
             return vec![];
         }
         let lit = egraph.add(TLang::Scalar(Lit(product.to_bits())));
@@ -358,11 +360,6 @@ fn reshape_is_identity(d: &str, x: &str) -> impl Fn(&mut EGraph<TLang, Shapes>, 
     }
 }
 
-fn is_swap_last_two(perm: &[usize]) -> bool {
-    let r = perm.len();
-    r >= 2 && perm[r - 2] == r - 1 && perm[r - 1] == r - 2 && (0..r - 2).all(|i| perm[i] == i)
-}
-
 /// Converts a checked function.
 pub fn to_egraph_expr(f: &Func) -> Converted {
     let mut expr = RecExpr::default();
@@ -385,7 +382,7 @@ pub fn to_egraph_expr(f: &Func) -> Converted {
                     (true, true) => expr.add(TLang::MmTab([d, *a, *b])),
                 }
             }
-            (Op::Transpose { perm }, [x]) if is_swap_last_two(perm) => expr.add(TLang::T(*x)),
+            (Op::Transpose { perm }, [x]) if crate::tir::ir::swaps_last_two(perm) => expr.add(TLang::T(*x)),
             (Op::Reshape { .. }, [x]) => {
                 let dims: Vec<String> = n.ty.shape.iter().map(|d| d.to_string()).collect();
                 let d = expr.add(TLang::Leaf(Symbol::from(format!("dims:{}", dims.join(",")))));

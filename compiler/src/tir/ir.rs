@@ -298,6 +298,12 @@ impl CompareKind {
     }
 }
 
+/// True when `perm` swaps the last two dims and keeps the others in place.
+pub fn swaps_last_two(perm: &[usize]) -> bool {
+    let r = perm.len();
+    r >= 2 && perm[r - 2] == r - 1 && perm[r - 1] == r - 2 && (0..r - 2).all(|d| perm[d] == d)
+}
+
 /// Every op name the language has, for diagnostics.
 pub const OP_NAMES: &[&str] = &[
     "matmul",
