@@ -143,7 +143,7 @@ pub fn verify_at(
         let size = dtype.size_bytes() as usize;
         let mut bytes = vec![0u8; tensor.data.len() * size];
         for (i, &v) in tensor.data.iter().enumerate() {
-            jpu_runtime::io::store_f64(dtype, v, &mut bytes[i * size..]);
+            jpu_isa::numerics::store_f64(dtype, v, &mut bytes[i * size..]);
         }
         sim_inputs.push((f.node(p).name.clone(), bytes));
     }

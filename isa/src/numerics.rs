@@ -202,6 +202,44 @@ pub fn round_to(dtype: DType, v: f32) -> f32 {
     load_f32(dtype, &b)
 }
 
+/// Rounds an f64 to f32 with round-to-odd, so that a second rounding to a format
+/// with at least two fewer significand bits equals one direct rounding.
+fn f64_to_f32_odd(v: f64) -> f32 {
+    let r = v as f32;
+    if v.is_nan() || r as f64 == v {
+        return r;
+    }
+    // Truncate toward zero, then make the last bit odd to mark inexactness.
+    let mut t = r;
+    if (t as f64).abs() > v.abs() {
+        t = f32::from_bits(t.to_bits() - 1);
+    }
+    f32::from_bits(t.to_bits() | 1)
+}
+
+/// Stores a value given as f64 into one element of `dtype` with one rounding
+/// (round to nearest even; integers saturate, NaN to 0).
+pub fn store_f64(dtype: DType, v: f64, out: &mut [u8]) {
+    match dtype {
+        DType::F32 => out[..4].copy_from_slice(&(v as f32).to_le_bytes()),
+        DType::I8 => out[0] = if v.is_nan() { 0 } else { v.round_ties_even().clamp(-128.0, 127.0) as i8 as u8 },
+        DType::I32 => {
+            let x = if v.is_nan() { 0 } else { v.round_ties_even().clamp(i32::MIN as f64, i32::MAX as f64) as i32 };
+            out[..4].copy_from_slice(&x.to_le_bytes());
+        }
+        _ => store_f32(dtype, f64_to_f32_odd(v), out),
+    }
+}
+
+/// The value an f64 becomes when stored into `dtype` ([`store_f64`]'s one
+/// rounding), as f64. This is the rounding at every dtype boundary: the
+/// reference evaluator, the compiler's literals and the simulator's inputs use it.
+pub fn round_f64(dtype: DType, v: f64) -> f64 {
+    let mut b = [0u8; 4];
+    store_f64(dtype, v, &mut b);
+    load_f32(dtype, &b) as f64
+}
+
 struct F8Tables {
     e4m3: [f32; 256],
     e5m2: [f32; 256],
@@ -325,5 +363,26 @@ mod tests {
         assert_eq!(f32_to_i32(3e9), i32::MAX);
         assert_eq!(f32_to_i32(-2.5), -2);
         assert_eq!(load_f32(DType::I32, &16_777_217i32.to_le_bytes()), 16_777_216.0);
+    }
+
+    #[test]
+    fn f64_rounds_once_to_narrow_formats() {
+        // 1 + 2^-8 + 2^-30 lies just above the bf16 tie between 1 and 1 + 2^-7: one
+        // rounding goes up; rounding to f32 first (which drops 2^-30) would make it a
+        // tie and round down to even.
+        let v = 1.0 + 2f64.powi(-8) + 2f64.powi(-30);
+        let mut b = [0u8; 2];
+        store_f64(DType::Bf16, v, &mut b);
+        assert_eq!(u16::from_le_bytes(b), 0x3f81);
+        store_f64(DType::Bf16, 1.0 + 2f64.powi(-8), &mut b);
+        assert_eq!(u16::from_le_bytes(b), 0x3f80, "an exact tie rounds to even");
+        let mut i = [0u8; 4];
+        store_f64(DType::I32, 2.5, &mut i);
+        assert_eq!(i32::from_le_bytes(i), 2);
+        store_f64(DType::I32, 1e12, &mut i);
+        assert_eq!(i32::from_le_bytes(i), i32::MAX);
+        assert_eq!(round_f64(DType::Bf16, v), 1.0 + 2f64.powi(-7));
+        assert_eq!(round_f64(DType::I8, -300.0), -128.0);
+        assert_eq!(round_f64(DType::F8E4M3, 1000.0), 448.0, "e4m3fn saturates below the NaN code");
     }
 }

@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use jpu_isa::numerics::{load_f32, store_f32};
+use jpu_isa::numerics::{load_f32, store_f32, store_f64};
 use jpu_isa::program::{Role, TensorDecl};
 use jpu_isa::{DType, Program};
 use npyz::{TypeChar, WriterBuilder};
@@ -31,34 +31,6 @@ pub enum IoError {
 
 fn file_err(path: &Path, message: impl Into<String>) -> IoError {
     IoError::File { path: path.to_path_buf(), message: message.into() }
-}
-
-/// Rounds an f64 to f32 with round-to-odd, so that a second rounding to a format
-/// with at least two fewer significand bits equals one direct rounding.
-fn f64_to_f32_odd(v: f64) -> f32 {
-    let r = v as f32;
-    if v.is_nan() || r as f64 == v {
-        return r;
-    }
-    // Truncate toward zero, then make the last bit odd to mark inexactness.
-    let mut t = r;
-    if (t as f64).abs() > v.abs() {
-        t = f32::from_bits(t.to_bits() - 1);
-    }
-    f32::from_bits(t.to_bits() | 1)
-}
-
-/// Stores a value given as f64 into one element of `dtype` (one rounding).
-pub fn store_f64(dtype: DType, v: f64, out: &mut [u8]) {
-    match dtype {
-        DType::F32 => out[..4].copy_from_slice(&(v as f32).to_le_bytes()),
-        DType::I8 => out[0] = if v.is_nan() { 0 } else { v.round_ties_even().clamp(-128.0, 127.0) as i8 as u8 },
-        DType::I32 => {
-            let x = if v.is_nan() { 0 } else { v.round_ties_even().clamp(i32::MIN as f64, i32::MAX as f64) as i32 };
-            out[..4].copy_from_slice(&x.to_le_bytes());
-        }
-        _ => store_f32(dtype, f64_to_f32_odd(v), out),
-    }
 }
 
 /// Stores an integer into one element of `dtype` (exact or one rounding; saturating).
@@ -292,24 +264,6 @@ pub fn write_outputs(program: &Program, outputs: &[(String, Vec<u8>)], dir: &Pat
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn f64_rounds_once_to_narrow_formats() {
-        // 1 + 2^-8 + 2^-30 lies just above the bf16 tie between 1 and 1 + 2^-7: one
-        // rounding goes up; rounding to f32 first (which drops 2^-30) would make it a
-        // tie and round down to even.
-        let v = 1.0 + 2f64.powi(-8) + 2f64.powi(-30);
-        let mut b = [0u8; 2];
-        store_f64(DType::Bf16, v, &mut b);
-        assert_eq!(u16::from_le_bytes(b), 0x3f81);
-        store_f64(DType::Bf16, 1.0 + 2f64.powi(-8), &mut b);
-        assert_eq!(u16::from_le_bytes(b), 0x3f80, "an exact tie rounds to even");
-        let mut i = [0u8; 4];
-        store_f64(DType::I32, 2.5, &mut i);
-        assert_eq!(i32::from_le_bytes(i), 2);
-        store_f64(DType::I32, 1e12, &mut i);
-        assert_eq!(i32::from_le_bytes(i), i32::MAX);
-    }
 
     #[test]
     fn fortran_order_maps_to_c_order() {

@@ -33,31 +33,12 @@ impl Tensor {
 }
 
 /// Rounds an exact value into `dtype` (round to nearest even; integers saturate;
-/// i1 is 1 for any nonzero value).
+/// i1 is 1 for any nonzero value). Chip dtypes round through
+/// [`numerics::round_f64`], the one implementation of the chip's conversions.
 pub fn round(dtype: ScalarType, v: f64) -> f64 {
-    match dtype {
-        ScalarType::I1 => (v != 0.0 && !v.is_nan()) as u8 as f64,
-        ScalarType::I8 => {
-            if v.is_nan() {
-                0.0
-            } else {
-                v.round_ties_even().clamp(-128.0, 127.0)
-            }
-        }
-        ScalarType::I32 => {
-            if v.is_nan() {
-                0.0
-            } else {
-                v.round_ties_even().clamp(i32::MIN as f64, i32::MAX as f64)
-            }
-        }
-        ScalarType::F32 => v as f32 as f64,
-        other => {
-            let chip = other.chip().expect("float dtypes are chip dtypes");
-            let mut b = [0u8; 4];
-            jpu_runtime::io::store_f64(chip, v, &mut b);
-            numerics::load_f32(chip, &b) as f64
-        }
+    match dtype.chip() {
+        Some(chip) => numerics::round_f64(chip, v),
+        None => (v != 0.0 && !v.is_nan()) as u8 as f64,
     }
 }
 

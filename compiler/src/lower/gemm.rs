@@ -344,7 +344,7 @@ pub(crate) fn chain(
                 let other_first = !uses_prev(x);
                 let other = match if other_first { x } else { y } {
                     _ if uses_prev(x) && uses_prev(y) => EpilogueOperand::Same,
-                    Operand::Scalar(v) => EpilogueOperand::Scalar(crate::eval::round(ty.dtype, *v) as f32),
+                    Operand::Scalar(v) => EpilogueOperand::Scalar(jpu_isa::numerics::round_f64(result_dtype, *v) as f32),
                     Operand::Value(v) if in_hbm[v.0 as usize] => {
                         let p = f.node(*v);
                         let r = p.ty.rank();
@@ -449,7 +449,7 @@ pub(crate) fn chain(
                         ))
                     }
                 };
-                let fill = crate::eval::round(n.ty.dtype, fill) as f32;
+                let fill = jpu_isa::numerics::round_f64(chip(n.ty.dtype, "the select")?, fill) as f32;
                 epilogue.push((EpilogueStep::Mask { condition, fill }, text));
             }
             _ => return Err(not_yet("is not an elementwise step on the product")),
