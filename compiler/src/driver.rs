@@ -13,13 +13,13 @@ use jpu_isa::program::RooflineInputs;
 use jpu_isa::{Program, Target};
 
 use crate::backend;
+use crate::ir::Func;
 use crate::lower::attention::{AttentionPlan, AttentionProblem};
 use crate::lower::gemm::{self, GemmProblem, GemmSchedule};
 use crate::lower::map::MapProblem;
 use crate::lower::rows::{RowProblem, RowSchedule};
 use crate::lower::transpose::TransposeProblem;
 use crate::lower::{KernelProblem, TileProgram};
-use crate::tir::ir::Func;
 
 /// One kernel as compiled; a GEMM carries its schedule.
 pub enum Kernel {

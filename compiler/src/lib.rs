@@ -14,9 +14,11 @@
 #![deny(missing_docs)]
 
 pub mod backend;
+pub mod diagnostic;
 pub mod driver;
 pub mod eval;
+pub mod front;
+pub mod ir;
 pub mod lower;
 pub mod opt;
-pub mod tir;
 pub mod verify;

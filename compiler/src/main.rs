@@ -206,11 +206,11 @@ fn disasm(file: &Path, output: Option<&Path>) -> Result<(), Failure> {
     }
 }
 
-fn read_tir(file: &Path) -> Result<(String, jalc::tir::ir::Func), Failure> {
+fn read_tir(file: &Path) -> Result<(String, jalc::ir::Func), Failure> {
     let src = read_text(file)?;
-    match jalc::tir::parse_and_check(&src) {
+    match jalc::front::tir::parse_and_check(&src) {
         Ok(f) => Ok((src, f)),
-        Err(diags) => Err(Failure::Input(jalc::tir::render(&file.display().to_string(), &src, &diags))),
+        Err(diags) => Err(Failure::Input(jalc::front::tir::render(&file.display().to_string(), &src, &diags))),
     }
 }
 
@@ -219,7 +219,7 @@ fn check(file: &Path) -> Result<(), Failure> {
 }
 
 fn load_schedule(
-    func: &jalc::tir::ir::Func,
+    func: &jalc::ir::Func,
     target: &jpu_isa::Target,
     path: Option<&Path>,
 ) -> Result<Option<jalc::lower::gemm::GemmSchedule>, Failure> {
@@ -250,13 +250,13 @@ fn compile(
     let t = jpu_isa::Target::builtin(target).map_err(|e| Failure::Input(format!("error: {e}")))?;
     let (_, func) = read_tir(file)?;
     if emit == Some("parsed") {
-        out!("{}", jalc::tir::printer::print(&func));
+        out!("{}", jalc::ir::printer::print(&func));
         return Ok(());
     }
     let optimized = jalc::driver::optimize(&func, &t, opt)
         .map_err(|e| Failure::Input(format!("error: {}: {e}", file.display())))?;
     if emit == Some("opt") {
-        out!("{}", jalc::tir::printer::print(&optimized));
+        out!("{}", jalc::ir::printer::print(&optimized));
         return Ok(());
     }
     if let Some(stage) = emit {

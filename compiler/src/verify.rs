@@ -19,8 +19,8 @@ use jpu_runtime::{run, RunOptions};
 
 use crate::driver;
 use crate::eval::{eval_values, Tensor};
+use crate::ir::Func;
 use crate::lower::gemm::GemmSchedule;
-use crate::tir::ir::Func;
 
 /// The outcome of a verification.
 #[derive(Debug, Clone)]

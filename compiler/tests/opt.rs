@@ -2,8 +2,9 @@
 //! optimized program's canonical text), the power-of-two guard, DAG-aware
 //! extraction, and the limits that bound compile time.
 
+use jalc::front::tir;
+use jalc::ir::printer;
 use jalc::opt::{self, Limits};
-use jalc::tir::{self, printer};
 use jpu_isa::Target;
 
 fn optimize(src: &str) -> String {

@@ -20,7 +20,7 @@ pub struct Measured {
 
 /// Compiles `src` for `t` `repeats` times and simulates it once (timing only).
 pub fn measure(src: &str, t: &Target, repeats: usize) -> Measured {
-    let f = jalc::tir::parse_and_check(src).expect("benchmark source checks");
+    let f = jalc::front::tir::parse_and_check(src).expect("benchmark source checks");
     let mut times = Vec::new();
     let mut compiled = None;
     for _ in 0..repeats.max(1) {

@@ -2,7 +2,7 @@
 //! simulated on seeded random inputs with race checking and strict
 //! initialisation on, and compared with the reference evaluator (`jalc verify`).
 
-use jalc::tir;
+use jalc::front::tir;
 use jpu_isa::Target;
 
 /// `a: A[dims] x b: B[dims] -> (matmul [: acc]) [-> cast]`; dims are written as

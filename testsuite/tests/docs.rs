@@ -1,7 +1,8 @@
 //! Every `tir` code block in docs/tir.md checks, and its canonical form is a
 //! fixed point; the diagnostic quoted in the docs is the one the case produces.
 
-use jalc::tir::{self, printer};
+use jalc::front::tir;
+use jalc::ir::printer;
 
 #[test]
 fn tir_md_examples_check() {
@@ -27,4 +28,22 @@ fn tir_md_examples_check() {
     let quoted = doc.split("```text\nerror: `matmul` contraction").nth(1).expect("the docs quote a diagnostic");
     let first_line = quoted.lines().next().unwrap();
     assert!(snapshot.contains(first_line), "docs/tir.md quotes an outdated diagnostic");
+}
+
+/// docs/tir.md's op reference is generated from the op table
+/// (`jalc::ir::ops::OPS`); `JPU_BLESS=1` rewrites it after changing an op.
+#[test]
+fn tir_md_op_reference_is_current() {
+    use jalc::ir::ops;
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/tir.md");
+    let doc = std::fs::read_to_string(path).unwrap();
+    let updated = ops::splice(&doc, &ops::reference()).expect("docs/tir.md has the generated-section markers");
+    if std::env::var_os("JPU_BLESS").is_some() {
+        std::fs::write(path, &updated).unwrap();
+        return;
+    }
+    assert!(
+        updated == doc,
+        "docs/tir.md is out of date with the op table: run `JPU_BLESS=1 cargo test -p jpu-testsuite --test docs`"
+    );
 }

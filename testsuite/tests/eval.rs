@@ -3,7 +3,8 @@
 //! float64) for matmul, softmax, layernorm, rmsnorm and both GELUs.
 
 use jalc::eval::{eval, round, Tensor};
-use jalc::tir::{self, types::TensorType};
+use jalc::front::tir;
+use jalc::ir::TensorType;
 
 /// Checks and evaluates `src` on `inputs` (values rounded into the declared types).
 fn run(src: &str, inputs: &[&[f64]]) -> Vec<Tensor> {
@@ -229,5 +230,5 @@ fn against_numpy_vectors() {
     close(&out[0].data, &npy("gelu_erf_out").1, 1e-5, 1e-6, "gelu");
     close(&out[1].data, &npy("gelu_tanh_out").1, 1e-5, 1e-6, "gelu tanh");
     // Inputs are rounded into their declared dtype exactly once.
-    assert_eq!(round(jalc::tir::types::ScalarType::Bf16, 1.0 + 2f64.powi(-8) + 2f64.powi(-30)), 1.0078125);
+    assert_eq!(round(jalc::ir::types::ScalarType::Bf16, 1.0 + 2f64.powi(-8) + 2f64.powi(-30)), 1.0078125);
 }

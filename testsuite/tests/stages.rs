@@ -3,7 +3,8 @@
 //! `--emit parsed`, `opt`, `kernels`, `tiles` and `asm`. Every program is also verified
 //! (simulated with race checking, compared with the evaluator).
 
-use jalc::{driver, tir};
+use jalc::driver;
+use jalc::front::tir;
 use jpu_isa::Target;
 use jpu_testsuite::{case_kind, case_name};
 
@@ -22,8 +23,8 @@ fn compile_stage_snapshots() {
         assert!(v.passed, "{name}: {:?}", v.first_mismatch);
         let out = format!(
             "== parsed\n{}\n== opt\n{}\n== kernels\n{}\n== tiles\n{}\n== asm\n{}\n== verify\ncycles {}, roofline {} ({:.1}%)\n",
-            tir::printer::print(&f),
-            tir::printer::print(&c.optimized),
+            jalc::ir::printer::print(&f),
+            jalc::ir::printer::print(&c.optimized),
             driver::kernels_text(&c, &t),
             c.tiles,
             jpu_isa::jasm::disassemble(&c.program),

@@ -5,7 +5,8 @@
 //! - `// test: error`: the file does not check; the snapshot is every rendered
 //!   diagnostic.
 
-use jalc::tir::{self, printer};
+use jalc::front::tir;
+use jalc::ir::printer;
 use jpu_testsuite::{case_kind, case_name};
 
 fn run_parsed(name: &str, src: &str) -> String {

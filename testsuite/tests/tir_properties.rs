@@ -1,7 +1,8 @@
 //! Properties of the front end over random programs and corrupted sources.
 
 use jalc::eval::{eval, Tensor};
-use jalc::tir::{self, printer};
+use jalc::front::tir;
+use jalc::ir::printer;
 use jpu_testsuite::tir_gen::random_tir;
 use proptest::prelude::*;
 
@@ -41,7 +42,7 @@ fn generator_covers_every_op() {
             seen.insert(n.op.name());
         }
     }
-    for op in jalc::tir::ir::OP_NAMES {
+    for op in jalc::ir::ops::names() {
         assert!(seen.contains(op), "the generator never produces `{op}`");
     }
 }
@@ -126,7 +127,7 @@ proptest! {
         let t = jpu_isa::Target::builtin("jpu1").unwrap();
         let all = optimize(&f, &t, Limits::default()).unwrap_or_else(|e| panic!("{e}\n{src}"));
         prop_assert_eq!(all.func.num_params, f.num_params);
-        let types = |g: &jalc::tir::ir::Func| g.results.iter().map(|r| g.node(*r).ty.clone()).collect::<Vec<_>>();
+        let types = |g: &jalc::ir::Func| g.results.iter().map(|r| g.node(*r).ty.clone()).collect::<Vec<_>>();
         prop_assert_eq!(types(&all.func), types(&f));
         let mut exact = rules::transpose_folding();
         exact.extend(rules::reshape_cancellation());

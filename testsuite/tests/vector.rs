@@ -2,10 +2,10 @@
 //! compiled for jpu-tiny and jpu1, simulated with race checking and strict
 //! initialisation, and compared with the reference evaluator.
 
-use jalc::tir;
+use jalc::front::tir;
 use jpu_isa::Target;
 
-fn check(src: &str) -> tir::ir::Func {
+fn check(src: &str) -> jalc::ir::Func {
     tir::parse_and_check(src).unwrap_or_else(|d| panic!("{}", tir::render("case", src, &d)))
 }
 

@@ -12,8 +12,8 @@
 
 use jpu_isa::numerics;
 
-use crate::tir::ir::*;
-use crate::tir::types::{ScalarType, TensorType};
+use crate::ir::types::{ScalarType, TensorType};
+use crate::ir::*;
 
 /// A tensor value: its type and its elements in row-major order.
 #[derive(Debug, Clone, PartialEq)]

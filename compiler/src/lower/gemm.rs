@@ -19,8 +19,8 @@ use jpu_isa::program::Role;
 use jpu_isa::{DType, Target};
 
 use super::{BufSlice, Buffer, BufferId, HbmBox, HbmTensor, TileOp, TileProgram, TileScalar};
-use crate::tir::ir::{BinaryOp, Func, GeluApprox, Op, Operand, UnaryOp, ValueId};
-use crate::tir::types::ScalarType;
+use crate::ir::types::ScalarType;
+use crate::ir::{BinaryOp, Func, GeluApprox, Op, Operand, UnaryOp, ValueId};
 
 /// Copies of the raw (untransposed) B chunk staging when B is stored transposed:
 /// loads run `BT_RAW_COPIES - 1` chunks ahead of the transposes, enough to cover
@@ -284,7 +284,7 @@ pub(crate) fn chain(
     f: &Func,
     start: ValueId,
     first: Option<usize>,
-    ty: &crate::tir::types::TensorType,
+    ty: &crate::ir::types::TensorType,
     uses: &[usize],
     in_hbm: &[bool],
     fuse: bool,
@@ -344,7 +344,9 @@ pub(crate) fn chain(
                 let other_first = !uses_prev(x);
                 let other = match if other_first { x } else { y } {
                     _ if uses_prev(x) && uses_prev(y) => EpilogueOperand::Same,
-                    Operand::Scalar(v) => EpilogueOperand::Scalar(jpu_isa::numerics::round_f64(result_dtype, *v) as f32),
+                    Operand::Scalar(v) => {
+                        EpilogueOperand::Scalar(jpu_isa::numerics::round_f64(result_dtype, *v) as f32)
+                    }
                     Operand::Value(v) if in_hbm[v.0 as usize] => {
                         let p = f.node(*v);
                         let r = p.ty.rank();

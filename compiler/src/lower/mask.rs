@@ -7,7 +7,7 @@
 
 use jpu_isa::operand::CmpOp;
 
-use crate::tir::ir::{CompareKind, Func, Op, Operand, ValueId};
+use crate::ir::{CompareKind, Func, Op, Operand, ValueId};
 
 /// `row * row_index + col * col_index + constant <cmp> 0`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -24,7 +24,7 @@ use jpu_isa::operand::{ActFunc, AluOp, ReduceOp};
 use jpu_isa::program::Role;
 use jpu_isa::DType;
 
-use crate::tir::ir::{Func, Op, Operand, ValueId};
+use crate::ir::{Func, Op, Operand, ValueId};
 use attention::AttentionProblem;
 use gemm::{GemmProblem, Unsupported, SUPPORTED};
 use map::MapProblem;
@@ -121,7 +121,7 @@ pub fn plan_with(f: &Func, fuse: bool) -> Result<Vec<KernelProblem>, Unsupported
                 (KernelProblem::Gemm(p), out)
             }
             Op::Transpose { perm } => {
-                if !crate::tir::ir::swaps_last_two(perm) {
+                if !crate::ir::swaps_last_two(perm) {
                     return Err(not_yet("permutes more than the last two dims, which is not supported yet"));
                 }
                 let [x] = hbm_values(f, node, &in_hbm)?[..] else { return Err(not_yet("is malformed")) };
@@ -238,13 +238,13 @@ pub fn plan_with(f: &Func, fuse: bool) -> Result<Vec<KernelProblem>, Unsupported
 /// The row kernel of the softmax, norm or reduction at node `i`, with a cast that
 /// follows it fused when the op's result is f32 (one rounding either way).
 /// Why node `node` cannot be compiled: the statement, the reason, and what is covered.
-fn unsupported(node: &crate::tir::ir::Node, why: &str) -> Unsupported {
+fn unsupported(node: &crate::ir::Node, why: &str) -> Unsupported {
     Unsupported(format!("`%{} = {}` {why}: {SUPPORTED}", node.name, node.op.name()))
 }
 
 /// The value operands of `node`, each of which must already be in HBM (a
 /// parameter or an earlier kernel's output).
-fn hbm_values(f: &Func, node: &crate::tir::ir::Node, in_hbm: &[bool]) -> Result<Vec<ValueId>, Unsupported> {
+fn hbm_values(f: &Func, node: &crate::ir::Node, in_hbm: &[bool]) -> Result<Vec<ValueId>, Unsupported> {
     let values: Vec<ValueId> = node
         .operands
         .iter()
@@ -268,7 +268,7 @@ fn map_problem(
     f: &Func,
     c: gemm::Chain,
     lead: Option<usize>,
-    input: &crate::tir::ir::Node,
+    input: &crate::ir::Node,
     shape: &[u64],
     splat: Option<f64>,
 ) -> Result<MapProblem, Unsupported> {
@@ -336,8 +336,8 @@ fn row_kernel(
                 )));
             }
             let op = match kind {
-                crate::tir::ir::ReduceKind::Sum => jpu_isa::operand::ReduceOp::Sum,
-                crate::tir::ir::ReduceKind::Max => jpu_isa::operand::ReduceOp::Max,
+                crate::ir::ReduceKind::Sum => jpu_isa::operand::ReduceOp::Sum,
+                crate::ir::ReduceKind::Max => jpu_isa::operand::ReduceOp::Max,
             };
             (RowKind::Reduce(op), k)
         }

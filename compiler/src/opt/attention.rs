@@ -24,7 +24,7 @@
 use egg::{Applier, EGraph, Id, PatternAst, Rewrite, Subst, Symbol, Var};
 
 use super::{class_literal, Shapes, TLang};
-use crate::tir::types::{ScalarType, TensorType};
+use crate::ir::types::{ScalarType, TensorType};
 
 /// The rule.
 pub fn rules() -> Vec<Rewrite<TLang, Shapes>> {
@@ -284,7 +284,7 @@ impl Applier<TLang, Shapes> for FuseAttention {
             if shape != out.shape {
                 continue;
             }
-            let sym = format!("attention {{causal = {causal}, scale = {}}}|{out}", crate::tir::printer::literal(scale));
+            let sym = format!("attention {{causal = {causal}, scale = {}}}|{out}", crate::ir::printer::literal(scale));
             let fused = eg.add(TLang::Other(Symbol::from(sym), vec![q, k, v]));
             if eg.union(matched, fused) {
                 added.push(fused);

@@ -18,7 +18,7 @@ use egg::{EGraph, Language};
 use jpu_isa::Target;
 
 use super::{matmul_type, Shapes, TLang};
-use crate::tir::types::{ScalarType, TensorType};
+use crate::ir::types::{ScalarType, TensorType};
 
 fn is_matmul(eg: &EGraph<TLang, Shapes>, class: egg::Id) -> bool {
     eg[class].nodes.iter().any(|n| matches!(n, TLang::Mm(_) | TLang::MmTa(_) | TLang::MmTb(_) | TLang::MmTab(_)))

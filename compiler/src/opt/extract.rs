@@ -14,7 +14,7 @@ use egg::{EGraph, Id, Language, RecExpr};
 
 use super::cost::Model;
 use super::{Choice, Shapes, TLang};
-use crate::tir::ir::{Func, Op};
+use crate::ir::{Func, Op};
 
 /// Per class: total cost, chosen node, and the cost of each class its sub-DAG needs.
 type Best = HashMap<Id, (f64, usize, Rc<BTreeMap<Id, f64>>)>;
@@ -22,7 +22,7 @@ type Best = HashMap<Id, (f64, usize, Rc<BTreeMap<Id, f64>>)>;
 /// Chooses a node for every e-class that has an acyclic choice.
 pub fn dag_extract(eg: &EGraph<TLang, Shapes>, model: &Model) -> Choice {
     let mut best: Best = HashMap::new();
-    let mut classes: Vec<&egg::EClass<TLang, Option<crate::tir::types::TensorType>>> = eg.classes().collect();
+    let mut classes: Vec<&egg::EClass<TLang, Option<crate::ir::types::TensorType>>> = eg.classes().collect();
     classes.sort_by_key(|c| c.id);
     loop {
         let mut changed = false;
@@ -186,8 +186,11 @@ pub fn to_func(
         result_types,
         rets.join(", ")
     );
-    crate::tir::parse_and_check(&text).map_err(|d| {
-        format!("internal: the optimized program does not check:\n{}\n{text}", crate::tir::render("opt.tir", &text, &d))
+    crate::front::tir::parse_and_check(&text).map_err(|d| {
+        format!(
+            "internal: the optimized program does not check:\n{}\n{text}",
+            crate::front::tir::render("opt.tir", &text, &d)
+        )
     })
 }
 
@@ -219,7 +222,7 @@ impl Rebuild<'_> {
         let node = &eg[c].nodes[i];
         let text = match node {
             TLang::Scalar(l) => {
-                let s = crate::tir::printer::literal(l.value());
+                let s = crate::ir::printer::literal(l.value());
                 self.done.insert(c, s.clone());
                 return Ok(s);
             }
@@ -261,7 +264,7 @@ impl Rebuild<'_> {
                 // The symbol is `op text|type`; rules create ops (attention) the
                 // input did not have, so the text itself is printed.
                 let text = match self.ops.get(sym.as_str()) {
-                    Some(op) => crate::tir::printer::op_text(op),
+                    Some(op) => crate::ir::printer::op_text(op),
                     None => {
                         sym.as_str().rsplit_once('|').map(|(t, _)| t.to_string()).ok_or("internal: bad opaque op")?
                     }

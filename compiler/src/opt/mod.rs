@@ -18,8 +18,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use egg::{rewrite as rw, Analysis, DidMerge, EGraph, Id, Language, RecExpr, Rewrite, Runner, Symbol};
 
-use crate::tir::ir::{BinaryOp, Func, Op, Operand};
-use crate::tir::types::{ScalarType, TensorType};
+use crate::ir::types::{ScalarType, TensorType};
+use crate::ir::{BinaryOp, Func, Op, Operand};
 
 /// A scalar literal, compared and hashed by its bits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -382,7 +382,7 @@ pub fn to_egraph_expr(f: &Func) -> Converted {
                     (true, true) => expr.add(TLang::MmTab([d, *a, *b])),
                 }
             }
-            (Op::Transpose { perm }, [x]) if crate::tir::ir::swaps_last_two(perm) => expr.add(TLang::T(*x)),
+            (Op::Transpose { perm }, [x]) if crate::ir::swaps_last_two(perm) => expr.add(TLang::T(*x)),
             (Op::Reshape { .. }, [x]) => {
                 let dims: Vec<String> = n.ty.shape.iter().map(|d| d.to_string()).collect();
                 let d = expr.add(TLang::Leaf(Symbol::from(format!("dims:{}", dims.join(",")))));
@@ -391,7 +391,7 @@ pub fn to_egraph_expr(f: &Func) -> Converted {
             (Op::Binary(BinaryOp::Mul), [a, b]) => expr.add(TLang::Mul([*a, *b])),
             (Op::Binary(BinaryOp::Add), [a, b]) => expr.add(TLang::Add([*a, *b])),
             (op, args) => {
-                let text = format!("{}|{}", crate::tir::printer::op_text(op), n.ty);
+                let text = format!("{}|{}", crate::ir::printer::op_text(op), n.ty);
                 ops.insert(text.clone(), op.clone());
                 expr.add(TLang::Other(Symbol::from(text), args.to_vec()))
             }

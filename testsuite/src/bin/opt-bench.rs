@@ -9,7 +9,7 @@ use jalc::opt::{optimize, Limits};
 use jpu_isa::Target;
 use jpu_runtime::{run, RunOptions};
 
-fn simulate(f: &jalc::tir::ir::Func, t: &Target, level: u8) -> String {
+fn simulate(f: &jalc::ir::Func, t: &Target, level: u8) -> String {
     match jalc::driver::compile_at(f, t, None, level) {
         Ok(c) => {
             let r = run(&c.program, t, &[], &RunOptions { timing_only: true, ..RunOptions::default() })
@@ -57,7 +57,7 @@ fn main() {
     );
     println!("|---|---|---|---|---|---|");
     for (name, src) in families {
-        let f = jalc::tir::parse_and_check(src).expect("benchmark source checks");
+        let f = jalc::front::tir::parse_and_check(src).expect("benchmark source checks");
         let start = std::time::Instant::now();
         let o = optimize(&f, &t, Limits::default()).expect("optimizes");
         let ms = start.elapsed().as_secs_f64() * 1e3;

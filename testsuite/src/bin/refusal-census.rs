@@ -11,8 +11,8 @@ fn main() {
     let mut why: BTreeMap<String, usize> = BTreeMap::new();
     let mut compiled = 0;
     for seed in 0..200u64 {
-        let f =
-            jalc::tir::parse_and_check(&jpu_testsuite::tir_gen::random_tir(seed)).expect("generated programs check");
+        let f = jalc::front::tir::parse_and_check(&jpu_testsuite::tir_gen::random_tir(seed))
+            .expect("generated programs check");
         match jalc::driver::compile_at(&f, &t, None, 0) {
             Ok(_) => compiled += 1,
             Err(e) => {

@@ -1,35 +1,33 @@
-//! The tensor IR front end: the `.tir` language.
+//! The `.tir` front end: text to the tensor IR.
 //!
-//! | stage | module | output |
+//! | step | module | output |
 //! |---|---|---|
 //! | lexing | [`lexer`] | tokens (logos) |
 //! | parsing | `grammar.lalrpop` | [`ast::Module`] with spans |
-//! | checking and typing | [`lower`] | [`ir::Func`] (validated), or every diagnostic |
-//! | printing | [`printer`] | canonical text that parses back to the same IR |
+//! | resolving names, typing by the IR checker | [`resolve`] | [`Func`] (checked), or every diagnostic |
 //!
-//! [`parse_and_check`] runs them all; a returned [`ir::Func`] has passed every check,
-//! so later passes may index and assume shapes without checking again.
+//! [`parse_and_check`] runs them all; a returned [`Func`] has passed every check,
+//! so later passes may index and assume shapes without checking again. The
+//! canonical text form is [`crate::ir::printer`]'s, which parses back to the same IR.
 
 pub mod ast;
 pub mod diag;
-pub mod ir;
 pub mod lexer;
-pub mod lower;
-pub mod printer;
-pub mod types;
+pub mod resolve;
 
 lalrpop_util::lalrpop_mod!(
     #[allow(clippy::all, clippy::pedantic, unused_qualifications, missing_docs)]
     grammar,
-    "/tir/grammar.rs"
+    "/front/tir/grammar.rs"
 );
 
-pub use diag::{render, Diagnostic};
+pub use crate::diagnostic::{render, Diagnostic};
+use crate::ir::Func;
 
 /// Parses and checks a `.tir` source: the one function it defines, or every error.
-pub fn parse_and_check(src: &str) -> Result<ir::Func, Vec<Diagnostic>> {
+pub fn parse_and_check(src: &str) -> Result<Func, Vec<Diagnostic>> {
     let module = parse(src)?;
-    lower::lower(&module)
+    resolve::resolve(&module)
 }
 
 /// Parses a `.tir` source into its syntax tree.

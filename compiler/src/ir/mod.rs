@@ -1,12 +1,25 @@
-//! The typed tensor IR: one function, its values in an arena, every one typed.
+//! The tensor IR: one function, its values in an arena, every one typed.
 //!
-//! Invariants (established by [`super::lower`]): operands refer to earlier nodes;
-//! every node's type is the one its op's shape rules give; attribute values are
-//! in range (axes normalised to `0..rank`); names are unique. Passes may rely on
-//! them without checking.
+//! The IR stands apart from any syntax: the `.tir` front end
+//! ([`crate::front::tir`]) builds it, and so can any other front end or pass,
+//! through [`check::Builder`], which types each statement from the op table
+//! ([`ops`]). The canonical text form is [`printer`]'s.
+//!
+//! Invariants (established by [`check`]): operands refer to earlier nodes;
+//! every node's type is the one its op's shape rule gives; attribute values are
+//! in range (axes normalised to `0..rank`); names are unique value names. Passes
+//! may rely on them without checking.
 
-use super::ast::Span;
-use super::types::{ScalarType, TensorType};
+pub mod check;
+pub mod ops;
+pub mod printer;
+pub mod types;
+
+pub use check::{Builder, CheckError};
+pub use types::{ScalarType, TensorType};
+
+/// Byte range in the source a value came from (empty when it has no source).
+pub type Span = std::ops::Range<usize>;
 
 /// Index of a node (value) in [`Func::nodes`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -303,40 +316,3 @@ pub fn swaps_last_two(perm: &[usize]) -> bool {
     let r = perm.len();
     r >= 2 && perm[r - 2] == r - 1 && perm[r - 1] == r - 2 && (0..r - 2).all(|d| perm[d] == d)
 }
-
-/// Every op name the language has, for diagnostics.
-pub const OP_NAMES: &[&str] = &[
-    "matmul",
-    "transpose",
-    "reshape",
-    "add",
-    "sub",
-    "mul",
-    "div",
-    "max",
-    "min",
-    "neg",
-    "exp",
-    "tanh",
-    "erf",
-    "sigmoid",
-    "rsqrt",
-    "sqrt",
-    "recip",
-    "relu",
-    "gelu",
-    "silu",
-    "reduce_sum",
-    "reduce_max",
-    "softmax",
-    "cast",
-    "const",
-    "iota",
-    "compare",
-    "select",
-    "concat",
-    "slice",
-    "layernorm",
-    "rmsnorm",
-    "attention",
-];

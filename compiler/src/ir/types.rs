@@ -96,10 +96,26 @@ pub struct TensorType {
     pub shape: Vec<u64>,
 }
 
+/// Most dims a tensor may have.
+pub const MAX_RANK: usize = 8;
+/// Most elements a tensor may have (2^40).
+pub const MAX_ELEMS: u64 = 1 << 40;
+
 impl TensorType {
     /// A tensor type.
     pub fn new(dtype: ScalarType, shape: Vec<u64>) -> TensorType {
         TensorType { dtype, shape }
+    }
+
+    /// A tensor type within the IR's limits ([`MAX_RANK`], [`MAX_ELEMS`]), or why not.
+    pub fn checked(dtype: ScalarType, shape: Vec<u64>) -> Result<TensorType, String> {
+        if shape.len() > MAX_RANK {
+            return Err(format!("{} dims; at most {MAX_RANK} are supported", shape.len()));
+        }
+        if shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d)).is_none_or(|n| n > MAX_ELEMS) {
+            return Err("tensor has more than 2^40 elements".into());
+        }
+        Ok(TensorType { dtype, shape })
     }
 
     /// Elements.

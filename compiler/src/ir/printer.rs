@@ -6,7 +6,8 @@
 
 use std::fmt::Write as _;
 
-use super::ir::*;
+use super::ops::{Attr, AttrKind};
+use super::{Func, Op, Operand};
 
 fn number(v: f64) -> String {
     if v == f64::INFINITY {
@@ -22,23 +23,26 @@ fn list<T: std::fmt::Display>(v: &[T]) -> String {
     format!("[{}]", v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", "))
 }
 
+fn attr_value(kind: AttrKind, v: &Attr) -> String {
+    match v {
+        Attr::Int(i) => i.to_string(),
+        Attr::Float(x) => number(*x),
+        Attr::Bool(b) => b.to_string(),
+        Attr::Word(w) | Attr::Str(w) if matches!(kind, AttrKind::Choice { quoted: true, .. }) => format!("\"{w}\""),
+        Attr::Word(w) | Attr::Str(w) => w.clone(),
+        Attr::List(items) => list(&items.iter().map(|i| attr_value(kind, i)).collect::<Vec<_>>()),
+    }
+}
+
+/// Every attribute in the op table's order, defaults included.
 fn attrs(op: &Op) -> String {
-    let a = match op {
-        Op::Transpose { perm } => format!("perm = {}", list(perm)),
-        Op::Reshape { shape } => format!("shape = {}", list(shape)),
-        Op::Gelu { approx } => format!("approx = \"{}\"", if *approx == GeluApprox::Tanh { "tanh" } else { "none" }),
-        Op::Reduce { axes, keepdims, .. } => format!("axes = {}, keepdims = {keepdims}", list(axes)),
-        Op::Softmax { axis } | Op::Iota { axis } | Op::Concat { axis } => format!("axis = {axis}"),
-        Op::Cast { to } => format!("to = {to}"),
-        Op::Const { value } => format!("value = {}", number(*value)),
-        Op::Compare { kind } => format!("kind = {}", kind.name()),
-        Op::Slice { start, stop } => format!("start = {}, stop = {}", list(start), list(stop)),
-        Op::LayerNorm { axis, eps } | Op::RmsNorm { axis, eps } => format!("axis = {axis}, eps = {}", number(*eps)),
-        Op::Attention { causal, scale } => format!("causal = {causal}, scale = {}", number(*scale)),
-        Op::Matmul { transpose_a, transpose_b } => format!("transpose_a = {transpose_a}, transpose_b = {transpose_b}"),
-        Op::Param | Op::Binary(_) | Op::Unary(_) | Op::Select => return String::new(),
-    };
-    format!(" {{{a}}}")
+    let Some(def) = op.def() else { return String::new() };
+    if def.attrs.is_empty() {
+        return String::new();
+    }
+    let pairs: Vec<String> =
+        def.attrs.iter().zip(op.attrs()).map(|(a, v)| format!("{} = {}", a.name, attr_value(a.kind, &v))).collect();
+    format!(" {{{}}}", pairs.join(", "))
 }
 
 /// An op's name and attributes as the canonical form writes them (`softmax {axis = 2}`).

@@ -1,10 +1,7 @@
 //! The syntax tree the grammar builds: exactly what was written, with spans.
-//! [`super::lower`] turns it into the typed IR after checking it.
+//! [`super::resolve`] turns it into the typed IR after checking it.
 
-use std::ops::Range;
-
-/// Byte range in the source.
-pub type Span = Range<usize>;
+pub use crate::ir::Span;
 
 /// A value with its span.
 #[derive(Debug, Clone, PartialEq)]
