@@ -107,7 +107,7 @@ pub fn optimize(f: &Func, t: &Target, level: OptLevel) -> Result<Func, String> {
     if level == 0 {
         return Ok(f.clone());
     }
-    crate::opt::optimize(f, t, crate::opt::Limits::default()).map(|o| o.func)
+    crate::opt::optimize(f, t, crate::opt::Limits::default()).map(|o| o.func).map_err(|e| e.to_string())
 }
 
 /// Compiles a checked function for `target`, with an optional schedule override.

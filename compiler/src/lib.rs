@@ -16,6 +16,7 @@
 pub mod backend;
 pub mod diagnostic;
 pub mod driver;
+pub mod error;
 pub mod eval;
 pub mod front;
 pub mod ir;

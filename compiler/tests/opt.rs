@@ -205,7 +205,7 @@ fn other_ops_pass_through_and_limits_bound_the_search() {
     let t = Target::builtin("jpu1").unwrap();
     let o = opt::optimize(&f, &t, Limits::default()).unwrap();
     assert_eq!(printer::print(&o.func), printer::print(&f), "nothing to rewrite: unchanged");
-    let tight = Limits { nodes: 10, iterations: 1, time: std::time::Duration::from_millis(50) };
+    let tight = Limits { nodes: 10, iterations: 1 };
     let big = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/attention.tir")).unwrap();
     let f = tir::parse_and_check(&big).unwrap();
     let o = opt::optimize(&f, &t, tight).unwrap();

@@ -25,6 +25,7 @@ use egg::{Applier, EGraph, Id, PatternAst, Rewrite, Subst, Symbol, Var};
 
 use super::{class_literal, Shapes, TLang};
 use crate::ir::types::{ScalarType, TensorType};
+use crate::ir::{BinaryOp, CompareKind, Op, ReduceKind, UnaryOp};
 
 /// The rule.
 pub fn rules() -> Vec<Rewrite<TLang, Shapes>> {
@@ -39,17 +40,13 @@ struct FuseAttention {
     v: Var,
 }
 
-/// An opaque node's op text (before `|`) split into name and attributes.
-fn opaque(eg: &EGraph<TLang, Shapes>, class: Id) -> Vec<(&str, &str, &[Id])> {
+/// The opaque nodes of a class: each typed op and its operands.
+fn opaque(eg: &EGraph<TLang, Shapes>, class: Id) -> Vec<(&Op, &[Id])> {
     eg[class]
         .nodes
         .iter()
         .filter_map(|n| match n {
-            TLang::Other(sym, children) => {
-                let text = sym.as_str().split('|').next().unwrap_or("");
-                let (name, attrs) = text.split_once(' ').unwrap_or((text, ""));
-                Some((name, attrs, children.as_slice()))
-            }
+            TLang::Other(sym, children) => Some((eg.analysis.op(*sym)?, children.as_slice())),
             _ => None,
         })
         .collect()
@@ -65,28 +62,27 @@ fn same(eg: &EGraph<TLang, Shapes>, a: Id, b: Id) -> bool {
 
 /// Classes whose value is softmax over the last axis of the returned class.
 fn softmax_inputs(eg: &EGraph<TLang, Shapes>, class: Id) -> Vec<Id> {
-    let rank = ty(eg, class).map_or(0, |t| t.rank());
-    let last_axis = format!("{{axis = {}}}", rank.saturating_sub(1));
-    let last_axes = format!("{{axes = [{}], keepdims = true}}", rank.saturating_sub(1));
+    let last = ty(eg, class).map_or(0, |t| t.rank()).saturating_sub(1);
+    let reduces_last = |op: &Op, kind: ReduceKind| matches!(op, Op::Reduce { kind: k, axes, keepdims: true } if *k == kind && axes[..] == [last]);
     let mut out = Vec::new();
-    for (name, attrs, children) in opaque(eg, class) {
-        match (name, children) {
-            ("softmax", [z]) if attrs == last_axis => out.push(*z),
+    for (op, children) in opaque(eg, class) {
+        match (op, children) {
+            (Op::Softmax { axis }, [z]) if *axis == last => out.push(*z),
             // div(e, reduce_sum(e)) with e = exp(sub(z, reduce_max(z))).
-            ("div", [e, sum]) => {
+            (Op::Binary(BinaryOp::Div), [e, sum]) => {
                 let sums_e = opaque(eg, *sum)
                     .iter()
-                    .any(|(n, a, c)| *n == "reduce_sum" && *a == last_axes && matches!(c, [x] if same(eg, *x, *e)));
+                    .any(|(op, c)| reduces_last(op, ReduceKind::Sum) && matches!(c, [x] if same(eg, *x, *e)));
                 if !sums_e {
                     continue;
                 }
-                for (n, _, c) in opaque(eg, *e) {
-                    let ("exp", [diff]) = (n, c) else { continue };
-                    for (n, _, c) in opaque(eg, *diff) {
-                        let ("sub", [z, mx]) = (n, c) else { continue };
-                        let max_of_z = opaque(eg, *mx).iter().any(|(n, a, c)| {
-                            *n == "reduce_max" && *a == last_axes && matches!(c, [x] if same(eg, *x, *z))
-                        });
+                for (op, c) in opaque(eg, *e) {
+                    let (Op::Unary(UnaryOp::Exp), [diff]) = (op, c) else { continue };
+                    for (op, c) in opaque(eg, *diff) {
+                        let (Op::Binary(BinaryOp::Sub), [z, mx]) = (op, c) else { continue };
+                        let max_of_z = opaque(eg, *mx)
+                            .iter()
+                            .any(|(op, c)| reduces_last(op, ReduceKind::Max) && matches!(c, [x] if same(eg, *x, *z)));
                         if max_of_z {
                             out.push(*z);
                         }
@@ -102,11 +98,7 @@ fn softmax_inputs(eg: &EGraph<TLang, Shapes>, class: Id) -> Vec<Id> {
 /// A literal 0 or a `const` splat of 0.
 fn is_zero(eg: &EGraph<TLang, Shapes>, class: Id) -> bool {
     class_literal(eg, class) == Some(0.0)
-        || opaque(eg, class).iter().any(|(n, a, _)| {
-            *n == "const"
-                && a.strip_prefix("{value = ").and_then(|v| v.strip_suffix('}')).and_then(|v| v.parse::<f64>().ok())
-                    == Some(0.0)
-        })
+        || opaque(eg, class).iter().any(|(op, _)| matches!(op, Op::Const { value } if *value == 0.0))
 }
 
 /// True when `cond` is the causal condition `j <= i` over the last two axes
@@ -114,17 +106,17 @@ fn is_zero(eg: &EGraph<TLang, Shapes>, class: Id) -> bool {
 fn is_causal_condition(eg: &EGraph<TLang, Shapes>, cond: Id) -> bool {
     let iota_axis = |c: Id| -> Option<(usize, usize)> {
         let rank = ty(eg, c)?.rank();
-        opaque(eg, c).iter().find_map(|(n, a, _)| {
-            let axis = a.strip_prefix("{axis = ")?.strip_suffix('}')?.parse().ok()?;
-            (*n == "iota").then_some((axis, rank))
+        opaque(eg, c).iter().find_map(|(op, _)| match op {
+            Op::Iota { axis } => Some((*axis, rank)),
+            _ => None,
         })
     };
-    opaque(eg, cond).iter().any(|(n, a, c)| {
-        let ("compare", [x, y]) = (*n, *c) else { return false };
+    opaque(eg, cond).iter().any(|(op, c)| {
+        let (Op::Compare { kind }, [x, y]) = (op, c) else { return false };
         let (Some((ax, rx)), Some((ay, ry))) = (iota_axis(*x), iota_axis(*y)) else { return false };
-        let (key, query) = match *a {
-            "{kind = le}" => ((ax, rx), (ay, ry)),
-            "{kind = ge}" => ((ay, ry), (ax, rx)),
+        let (key, query) = match kind {
+            CompareKind::Le => ((ax, rx), (ay, ry)),
+            CompareKind::Ge => ((ay, ry), (ax, rx)),
             _ => return false,
         };
         key.1 >= 2 && key.0 == key.1 - 1 && query.1 >= 2 && query.0 == query.1 - 2
@@ -134,8 +126,8 @@ fn is_causal_condition(eg: &EGraph<TLang, Shapes>, cond: Id) -> bool {
 /// The unmasked scores under a causal mask on `class`, if it has one.
 fn unmasked(eg: &EGraph<TLang, Shapes>, class: Id) -> Vec<Id> {
     let mut out = Vec::new();
-    for (n, _, c) in opaque(eg, class) {
-        if let ("select", [cond, z, fill]) = (n, c) {
+    for (op, c) in opaque(eg, class) {
+        if let (Op::Select, [cond, z, fill]) = (op, c) {
             if class_literal(eg, *fill) == Some(f64::NEG_INFINITY) && is_causal_condition(eg, *cond) {
                 out.push(*z);
             }
@@ -144,8 +136,8 @@ fn unmasked(eg: &EGraph<TLang, Shapes>, class: Id) -> Vec<Id> {
     for n in &eg[class].nodes {
         let TLang::Add([a, b]) = n else { continue };
         for (z, m) in [(*a, *b), (*b, *a)] {
-            let additive_mask = opaque(eg, m).iter().any(|(n, _, c)| {
-                matches!((*n, *c), ("select", [cond, zero, fill])
+            let additive_mask = opaque(eg, m).iter().any(|(op, c)| {
+                matches!((op, c), (Op::Select, [cond, zero, fill])
                     if is_zero(eg, *zero)
                         && class_literal(eg, *fill) == Some(f64::NEG_INFINITY)
                         && is_causal_condition(eg, *cond))
@@ -170,8 +162,8 @@ fn unscaled(eg: &EGraph<TLang, Shapes>, class: Id) -> Vec<(Id, f64)> {
             }
         }
     }
-    for (n, _, c) in opaque(eg, class) {
-        if let ("div", [z, s]) = (n, c) {
+    for (op, c) in opaque(eg, class) {
+        if let (Op::Binary(BinaryOp::Div), [z, s]) = (op, c) {
             if let Some(c) = class_literal(eg, *s).filter(|c| *c > 0.0 && c.is_finite()) {
                 out.push((*z, 1.0 / c));
             }
@@ -227,9 +219,9 @@ fn peel(
 /// recognised softmax (extraction picks the cheapest fused form).
 fn find(eg: &EGraph<TLang, Shapes>, p: Id, operand: ScalarType) -> Vec<(Id, Id, bool, f64)> {
     let mut probs = vec![p];
-    for (n, attrs, c) in opaque(eg, p) {
-        if let ("cast", [x]) = (n, c) {
-            if attrs == format!("{{to = {}}}", operand.name()) {
+    for (op, c) in opaque(eg, p) {
+        if let (Op::Cast { to }, [x]) = (op, c) {
+            if *to == operand {
                 probs.push(*x);
             }
         }
@@ -284,8 +276,8 @@ impl Applier<TLang, Shapes> for FuseAttention {
             if shape != out.shape {
                 continue;
             }
-            let sym = format!("attention {{causal = {causal}, scale = {}}}|{out}", crate::ir::printer::literal(scale));
-            let fused = eg.add(TLang::Other(Symbol::from(sym), vec![q, k, v]));
+            let sym = eg.analysis.intern(&Op::Attention { causal, scale }, &out);
+            let fused = eg.add(TLang::Other(sym, vec![q, k, v]));
             if eg.union(matched, fused) {
                 added.push(fused);
             }

@@ -19,6 +19,7 @@ use jpu_isa::Target;
 
 use super::{matmul_type, Shapes, TLang};
 use crate::ir::types::{ScalarType, TensorType};
+use crate::ir::Op;
 
 fn is_matmul(eg: &EGraph<TLang, Shapes>, class: egg::Id) -> bool {
     eg[class].nodes.iter().any(|n| matches!(n, TLang::Mm(_) | TLang::MmTa(_) | TLang::MmTb(_) | TLang::MmTab(_)))
@@ -89,14 +90,15 @@ impl Model {
                 let other = if is_matmul(eg, *a) { b } else { a };
                 ty(other).map_or(0.0, |t| bytes(&t)) / self.bytes_per_cycle
             }
-            TLang::Other(sym, c) if sym.as_str().starts_with("attention ") => {
+            TLang::Other(sym, c) if matches!(eg.analysis.op(*sym), Some(Op::Attention { .. })) => {
                 // Fused: PE work of q . k^T and p . v (half of it when causal),
                 // its exponentials on the ACT, q, k, v and o through HBM once.
                 let (Some(q), Some(k), Some(v)) = (ty(&c[0]), ty(&c[1]), ty(&c[2])) else { return f64::INFINITY };
                 let r = q.rank();
                 let (sk, d, dv) = (k.shape[r - 2] as f64, q.shape[r - 1] as f64, v.shape[r - 1] as f64);
                 let rows = (q.elems() as f64 / d).max(1.0);
-                let causal = if sym.as_str().contains("causal = true") { 0.5 } else { 1.0 };
+                let causal =
+                    if matches!(eg.analysis.op(*sym), Some(Op::Attention { causal: true, .. })) { 0.5 } else { 1.0 };
                 let pairs = rows * sk * causal;
                 let pe = 2.0 * pairs * (d + dv) / (self.flops16 * 2.0 / size(q.dtype));
                 let act = pairs / self.act_lanes;

@@ -7,14 +7,14 @@
 //! results that the per-class pass cannot see.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fmt::Write as _;
 use std::rc::Rc;
 
 use egg::{EGraph, Id, Language, RecExpr};
 
 use super::cost::Model;
 use super::{Choice, Shapes, TLang};
-use crate::ir::{Func, Op};
+use crate::error::CompileError;
+use crate::ir::{BinaryOp, Builder, Func, Op, Operand, Span};
 
 /// Per class: total cost, chosen node, and the cost of each class its sub-DAG needs.
 type Best = HashMap<Id, (f64, usize, Rc<BTreeMap<Id, f64>>)>;
@@ -141,104 +141,96 @@ pub fn original_choice(eg: &EGraph<TLang, Shapes>, expr: &RecExpr<TLang>, ids: &
     choice
 }
 
-/// Rebuilds a checked function from the chosen nodes: the printed text goes back
-/// through the front end, so the result satisfies every IR invariant.
+/// Rebuilds a checked function from the chosen nodes through the IR's
+/// [`Builder`], so the result satisfies every IR invariant. Results keep their
+/// names, original values keep theirs and their spans; a value a rule created
+/// takes the span of the statement whose class it was found in (fused attention
+/// the matmul it replaced) or, when it is new, of the value that reads it.
 pub fn to_func(
     f: &Func,
     eg: &EGraph<TLang, Shapes>,
     choice: &Choice,
     results: &[Id],
     value_classes: &[Id],
-    ops: &HashMap<String, Op>,
-) -> Result<Func, String> {
-    let mut names: HashMap<Id, String> = HashMap::new();
-    // Results keep their names (outputs are found by them), then values in order.
+) -> Result<Func, CompileError> {
+    let mut names: HashMap<Id, (String, Span)> = HashMap::new();
     for r in &f.results {
-        names.entry(eg.find(value_classes[r.0 as usize])).or_insert_with(|| f.node(*r).name.clone());
+        let n = f.node(*r);
+        names.entry(eg.find(value_classes[r.0 as usize])).or_insert_with(|| (n.name.clone(), n.span.clone()));
     }
     for (v, c) in value_classes.iter().enumerate() {
-        names.entry(eg.find(*c)).or_insert_with(|| f.nodes[v].name.clone());
+        let n = &f.nodes[v];
+        names.entry(eg.find(*c)).or_insert_with(|| (n.name.clone(), n.span.clone()));
     }
-    let mut r = Rebuild {
-        eg,
-        choice,
-        ops,
-        names,
-        done: HashMap::new(),
-        body: String::new(),
-        fresh: 0,
-        used: f.nodes.iter().map(|n| n.name.clone()).collect(),
-    };
+    let mut builder = Builder::new(&f.name);
+    let mut done = HashMap::new();
+    for p in f.params() {
+        let n = f.node(p);
+        let id = builder.param(&n.name, n.ty.clone(), n.span.clone()).map_err(internal)?;
+        done.insert(eg.find(value_classes[p.0 as usize]), Operand::Value(id));
+    }
+    let used = f.nodes.iter().map(|n| n.name.clone()).collect();
+    let mut r = Rebuild { eg, choice, names, done, builder, fresh: 0, used };
     let mut rets = Vec::new();
-    for res in results {
-        rets.push(r.visit(*res, 0)?);
+    for (res, v) in results.iter().zip(&f.results) {
+        match r.visit(*res, &f.node(*v).span, 0)? {
+            Operand::Value(id) => rets.push(id),
+            Operand::Scalar(_) => return Err(CompileError::internal("a result was extracted as a literal")),
+        }
     }
-    let body = r.body;
-    let params: Vec<String> = f.params().map(|p| format!("%{}: {}", f.node(p).name, f.node(p).ty)).collect();
-    let result_types: Vec<String> = f.results.iter().map(|r| f.node(*r).ty.to_string()).collect();
-    let result_types =
-        if result_types.len() == 1 { result_types[0].clone() } else { format!("({})", result_types.join(", ")) };
-    // A result that is a parameter (e.g. after cancelling transposes) needs a value of its own.
-    let text = format!(
-        "func @{}({}) -> {} {{\n{body}  return {}\n}}\n",
-        f.name,
-        params.join(", "),
-        result_types,
-        rets.join(", ")
-    );
-    crate::front::tir::parse_and_check(&text).map_err(|d| {
-        format!(
-            "internal: the optimized program does not check:\n{}\n{text}",
-            crate::front::tir::render("opt.tir", &text, &d)
-        )
-    })
+    Ok(r.builder.finish(rets))
 }
 
-/// Prints chosen e-nodes as `.tir` statements, each e-class once.
+fn internal(e: crate::ir::check::BuildError) -> CompileError {
+    CompileError::internal(format!("the optimized program does not check: {e}"))
+}
+
+/// Adds chosen e-nodes to a [`Builder`], each e-class once.
 struct Rebuild<'a> {
     eg: &'a EGraph<TLang, Shapes>,
     choice: &'a Choice,
-    ops: &'a HashMap<String, Op>,
-    names: HashMap<Id, String>,
-    done: HashMap<Id, String>,
-    body: String,
+    names: HashMap<Id, (String, Span)>,
+    done: HashMap<Id, Operand>,
+    builder: Builder,
     fresh: usize,
     used: HashSet<String>,
 }
 
 impl Rebuild<'_> {
-    /// The operand text of class `c` (a value name or a literal), emitting its
-    /// statement (and its operands' first) if needed.
-    fn visit(&mut self, c: Id, depth: usize) -> Result<String, String> {
+    /// The operand of class `c` (a value or a literal), adding its statement (and
+    /// its operands' first) if needed; `near` is the span of the value reading it.
+    fn visit(&mut self, c: Id, near: &Span, depth: usize) -> Result<Operand, CompileError> {
         let eg = self.eg;
         let c = eg.find(c);
-        if let Some(s) = self.done.get(&c) {
-            return Ok(s.clone());
+        if let Some(o) = self.done.get(&c) {
+            return Ok(*o);
         }
         if depth > 10_000 {
-            return Err("internal: extracted program is cyclic".into());
+            return Err(CompileError::internal("the extracted program is cyclic"));
         }
-        let i = *self.choice.get(&c).ok_or("internal: no choice for an e-class")?;
+        let i = *self.choice.get(&c).ok_or_else(|| CompileError::internal("no choice for an e-class"))?;
         let node = &eg[c].nodes[i];
-        let text = match node {
-            TLang::Scalar(l) => {
-                let s = crate::ir::printer::literal(l.value());
-                self.done.insert(c, s.clone());
-                return Ok(s);
+        if let TLang::Scalar(l) = node {
+            let o = Operand::Scalar(l.value());
+            self.done.insert(c, o);
+            return Ok(o);
+        }
+        let (name, span) = self.name(c, near);
+        let mut args = Vec::new();
+        for x in node.children() {
+            if !is_leaf_class(eg, *x) {
+                args.push(self.visit(*x, &span, depth + 1)?);
             }
-            TLang::Leaf(s) => {
-                let name = s.as_str().split('|').next().unwrap_or("").to_string();
-                self.done.insert(c, name.clone());
-                return Ok(name);
+        }
+        let ty = eg[c].data.clone().ok_or_else(|| CompileError::internal("an extracted value has no type"))?;
+        let op = match node {
+            TLang::Mm(_) | TLang::MmTa(_) | TLang::MmTb(_) | TLang::MmTab(_) => {
+                let (transpose_a, transpose_b) = super::layout(node);
+                Op::Matmul { transpose_a, transpose_b }
             }
-            TLang::Mm([_, a, b]) | TLang::MmTa([_, a, b]) | TLang::MmTb([_, a, b]) | TLang::MmTab([_, a, b]) => {
-                let (ta, tb) = super::layout(node);
-                let (a, b) = (self.visit(*a, depth + 1)?, self.visit(*b, depth + 1)?);
-                format!("matmul({a}, {b}) {{transpose_a = {ta}, transpose_b = {tb}}}")
-            }
-            TLang::T(x) => {
-                let r = eg[eg.find(*x)].data.as_ref().map_or(2, |t| t.rank());
-                let perm: Vec<String> = (0..r)
+            TLang::T(_) => {
+                let r = ty.rank();
+                let perm = (0..r)
                     .map(|i| {
                         if i + 2 == r {
                             r - 1
@@ -248,44 +240,42 @@ impl Rebuild<'_> {
                             i
                         }
                     })
-                    .map(|v| v.to_string())
                     .collect();
-                format!("transpose({}) {{perm = [{}]}}", self.visit(*x, depth + 1)?, perm.join(", "))
+                Op::Transpose { perm }
             }
-            TLang::Reshape([_, x]) => {
-                let dims = eg[c].data.as_ref().map(|t| t.shape.clone()).ok_or("internal: a reshape has no type")?;
-                let dims: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
-                format!("reshape({}) {{shape = [{}]}}", self.visit(*x, depth + 1)?, dims.join(", "))
+            TLang::Reshape(_) => Op::Reshape { shape: ty.shape.clone() },
+            TLang::Mul(_) => Op::Binary(BinaryOp::Mul),
+            TLang::Add(_) => Op::Binary(BinaryOp::Add),
+            TLang::Other(sym, _) => {
+                eg.analysis.op(*sym).cloned().ok_or_else(|| CompileError::internal("an unknown opaque op"))?
             }
-            TLang::Mul([a, b]) => format!("mul({}, {})", self.visit(*a, depth + 1)?, self.visit(*b, depth + 1)?),
-            TLang::Add([a, b]) => format!("add({}, {})", self.visit(*a, depth + 1)?, self.visit(*b, depth + 1)?),
-            TLang::Other(sym, children) => {
-                let args: Vec<String> = children.iter().map(|x| self.visit(*x, depth + 1)).collect::<Result<_, _>>()?;
-                // The symbol is `op text|type`; rules create ops (attention) the
-                // input did not have, so the text itself is printed.
-                let text = match self.ops.get(sym.as_str()) {
-                    Some(op) => crate::ir::printer::op_text(op),
-                    None => {
-                        sym.as_str().rsplit_once('|').map(|(t, _)| t.to_string()).ok_or("internal: bad opaque op")?
-                    }
-                };
-                let (name, attrs) = text.split_at(text.find(' ').unwrap_or(text.len()));
-                format!("{name}({}){attrs}", args.join(", "))
-            }
+            TLang::Leaf(_) | TLang::Scalar(_) => return Err(CompileError::internal("a leaf class has no value")),
         };
-        let name = match self.names.get(&c) {
-            Some(n) => format!("%{n}"),
-            None => loop {
-                self.fresh += 1;
-                let n = format!("o{}", self.fresh);
-                if self.used.insert(n.clone()) {
-                    break format!("%{n}");
-                }
-            },
-        };
-        let ty = eg[c].data.clone().ok_or("internal: an extracted value has no type")?;
-        let _ = writeln!(self.body, "  {name} = {text} : {ty}");
-        self.done.insert(c, name.clone());
-        Ok(name)
+        // The class's type as the annotation: the checker infers the same (or
+        // needs it: a matmul's accumulator, const, iota).
+        let id = self.builder.push_op(&name, &op, &args, Some(&ty), span).map_err(internal)?;
+        self.done.insert(c, Operand::Value(id));
+        Ok(Operand::Value(id))
     }
+
+    /// The name and span of class `c`'s value: an original value's, or a fresh
+    /// name with the span of the value that reads it.
+    fn name(&mut self, c: Id, near: &Span) -> (String, Span) {
+        if let Some(n) = self.names.get(&c) {
+            return n.clone();
+        }
+        loop {
+            self.fresh += 1;
+            let n = format!("o{}", self.fresh);
+            if self.used.insert(n.clone()) {
+                return (n, near.clone());
+            }
+        }
+    }
+}
+
+/// Dtype and dims leaves are attributes in the IR, not operands.
+fn is_leaf_class(eg: &EGraph<TLang, Shapes>, c: Id) -> bool {
+    let c = eg.find(c);
+    eg[c].data.is_none() && eg[c].nodes.iter().all(|n| matches!(n, TLang::Leaf(_)))
 }

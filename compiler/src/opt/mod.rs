@@ -3,13 +3,17 @@
 //!
 //! The IR becomes an e-graph in [`TLang`]: matmul (with its result dtype as a
 //! leaf, and one variant per operand layout), last-two-dims transpose `t`, `mul`,
-//! `add`, scalar literals, and an opaque node for every other op whose symbol
-//! carries its canonical text and result type (so the [`Shapes`] analysis needs
-//! no side tables). Rules are grouped by topic ([`rules`]); each has a start =>
-//! goal test. Extraction picks, per e-class, the node minimising the cost of the
-//! whole sub-DAG it needs, counting shared subterms once ([`extract`]).
-//! Runner limits (nodes, iterations, time) keep compile time bounded. The result
-//! is printed and re-checked by the front end, so it is a valid [`Func`].
+//! `add`, scalar literals, and an opaque node for every other op. An opaque
+//! node's symbol is a key into the analysis's table of typed ops ([`Shapes`]),
+//! where rules that create ops (attention fusion) register them too. Rules are
+//! grouped by topic ([`rules`]); each has a start => goal test. Extraction picks,
+//! per e-class, the node minimising the cost of the whole sub-DAG it needs,
+//! counting shared subterms once ([`extract`]), and rebuilds the function through
+//! the IR's [`crate::ir::Builder`], so the result is checked and every value keeps
+//! the source span of the statement it came from.
+//!
+//! Compilation is deterministic: the runner stops at node and iteration limits
+//! only (no wall-clock limit), and every iteration order is fixed.
 
 pub mod attention;
 pub mod cost;
@@ -55,8 +59,9 @@ pub use lang::TLang;
 /// The e-graph language. `matmul*` take `(dtype, a, b)`: `_ta`/`_tb`/`_tab` read
 /// A and/or B stored transposed; `t` transposes the last two dims; `mul`/`add` are
 /// elementwise; `reshape` takes `(dims, x)` with a `dims:d0,d1,..` leaf; `Scalar` is
-/// a literal; `Leaf` a parameter (`%name|type`), a dtype or a dims list;
-/// `Other` any other op (`op text|type`, its operands as children).
+/// a literal; `Leaf` a parameter (`%name`, typed in [`Shapes::params`]), a dtype
+/// or a dims list; `Other` any other op (a key of [`Shapes::ops`], its operands as
+/// children).
 #[allow(missing_docs)]
 mod lang {
     use super::Lit;
@@ -79,24 +84,31 @@ mod lang {
     }
 }
 
-/// `name|type` for parameters, `op text|type` for opaque ops.
-fn type_suffix(s: &str) -> Option<TensorType> {
-    let ty = s.rsplit('|').next()?;
-    let (dtype, dims) = ty.split_once('[')?;
-    let dtype = ScalarType::from_name(dtype)?;
-    let dims = dims.strip_suffix(']')?;
-    let shape = if dims.is_empty() {
-        Vec::new()
-    } else {
-        dims.split(", ").map(|d| d.parse().ok()).collect::<Option<Vec<u64>>>()?
-    };
-    Some(TensorType::new(dtype, shape))
+/// Shape-and-dtype analysis: the tensor type of every e-class (none for dtype
+/// leaves and scalar literals), and the typed meaning of the symbols of
+/// parameters and opaque ops.
+#[derive(Default)]
+pub struct Shapes {
+    /// Opaque op symbol -> the op and its result type.
+    pub ops: HashMap<Symbol, (Op, TensorType)>,
+    /// Parameter symbol (`%name`) -> its type.
+    pub params: HashMap<Symbol, TensorType>,
 }
 
-/// Shape-and-dtype analysis: the tensor type of every e-class (none for dtype
-/// leaves and scalar literals).
-#[derive(Default)]
-pub struct Shapes;
+impl Shapes {
+    /// The symbol of `op` with result type `ty`, registered: equal ops share it,
+    /// so the e-graph's hash-consing sees them as equal.
+    pub fn intern(&mut self, op: &Op, ty: &TensorType) -> Symbol {
+        let sym = Symbol::from(format!("{}|{ty}", crate::ir::printer::op_text(op)));
+        self.ops.entry(sym).or_insert_with(|| (op.clone(), ty.clone()));
+        sym
+    }
+
+    /// The typed op behind an opaque symbol.
+    pub fn op(&self, sym: Symbol) -> Option<&Op> {
+        self.ops.get(&sym).map(|(op, _)| op)
+    }
+}
 
 fn broadcast(a: &[u64], b: &[u64]) -> Vec<u64> {
     let n = a.len().max(b.len());
@@ -160,7 +172,8 @@ impl Analysis<TLang> for Shapes {
                 Some(TensorType::new(ty(x)?.dtype, dims))
             }
             TLang::Scalar(_) => None,
-            TLang::Leaf(s) | TLang::Other(s, _) => type_suffix(s.as_str()),
+            TLang::Leaf(s) => egraph.analysis.params.get(s).cloned(),
+            TLang::Other(s, _) => egraph.analysis.ops.get(s).map(|(_, t)| t.clone()),
         }
     }
 
@@ -327,7 +340,8 @@ pub mod rules {
 }
 
 /// An IR function as an e-graph expression: the expression, the root of each
-/// result, the class of each original value, and the ops behind opaque symbols.
+/// result, the class of each original value, and the analysis that types its
+/// symbols.
 pub struct Converted {
     /// The expression.
     pub expr: RecExpr<TLang>,
@@ -335,8 +349,8 @@ pub struct Converted {
     pub roots: Vec<Id>,
     /// Expression id of each original value (parameters included).
     pub values: Vec<Id>,
-    /// Opaque symbol -> IR op.
-    pub ops: HashMap<String, Op>,
+    /// The typed symbols of parameters and opaque ops.
+    pub analysis: Shapes,
 }
 
 /// The dims of a `dims:d0,d1,..` leaf.
@@ -364,7 +378,7 @@ fn reshape_is_identity(d: &str, x: &str) -> impl Fn(&mut EGraph<TLang, Shapes>, 
 pub fn to_egraph_expr(f: &Func) -> Converted {
     let mut expr = RecExpr::default();
     let mut values = Vec::with_capacity(f.nodes.len());
-    let mut ops = HashMap::new();
+    let mut analysis = Shapes::default();
     let operand = |expr: &mut RecExpr<TLang>, values: &Vec<Id>, o: &Operand| match o {
         Operand::Value(v) => values[v.0 as usize],
         Operand::Scalar(x) => expr.add(TLang::Scalar(Lit(x.to_bits()))),
@@ -372,7 +386,11 @@ pub fn to_egraph_expr(f: &Func) -> Converted {
     for n in &f.nodes {
         let args: Vec<Id> = n.operands.iter().map(|o| operand(&mut expr, &values, o)).collect();
         let id = match (&n.op, args.as_slice()) {
-            (Op::Param, _) => expr.add(TLang::Leaf(Symbol::from(format!("%{}|{}", n.name, n.ty)))),
+            (Op::Param, _) => {
+                let sym = Symbol::from(format!("%{}", n.name));
+                analysis.params.insert(sym, n.ty.clone());
+                expr.add(TLang::Leaf(sym))
+            }
             (Op::Matmul { transpose_a, transpose_b }, [a, b]) => {
                 let d = expr.add(TLang::Leaf(Symbol::from(n.ty.dtype.name())));
                 match (transpose_a, transpose_b) {
@@ -391,39 +409,37 @@ pub fn to_egraph_expr(f: &Func) -> Converted {
             (Op::Binary(BinaryOp::Mul), [a, b]) => expr.add(TLang::Mul([*a, *b])),
             (Op::Binary(BinaryOp::Add), [a, b]) => expr.add(TLang::Add([*a, *b])),
             (op, args) => {
-                let text = format!("{}|{}", crate::ir::printer::op_text(op), n.ty);
-                ops.insert(text.clone(), op.clone());
-                expr.add(TLang::Other(Symbol::from(text), args.to_vec()))
+                let sym = analysis.intern(op, &n.ty);
+                expr.add(TLang::Other(sym, args.to_vec()))
             }
         };
         values.push(id);
     }
     let roots = f.results.iter().map(|r| values[r.0 as usize]).collect();
-    Converted { expr, roots, values, ops }
+    Converted { expr, roots, values, analysis }
 }
 
 pub mod extract;
 
-/// Optimisation settings.
+/// Optimisation limits: counts only, so the result never depends on the
+/// machine's speed or load.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Most e-nodes.
     pub nodes: usize,
     /// Most iterations.
     pub iterations: usize,
-    /// Most wall time.
-    pub time: std::time::Duration,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { nodes: 20_000, iterations: 16, time: std::time::Duration::from_millis(500) }
+        Limits { nodes: 20_000, iterations: 16 }
     }
 }
 
 /// What the optimizer did.
 pub struct Optimized {
-    /// The optimized function (checked by the front end).
+    /// The optimized function (checked by the IR's builder).
     pub func: Func,
     /// Estimated cycles before and after.
     pub cost_before: f64,
@@ -434,7 +450,7 @@ pub struct Optimized {
 }
 
 /// Optimises `f` for `target` with every rule.
-pub fn optimize(f: &Func, target: &jpu_isa::Target, limits: Limits) -> Result<Optimized, String> {
+pub fn optimize(f: &Func, target: &jpu_isa::Target, limits: Limits) -> Result<Optimized, crate::error::CompileError> {
     optimize_with(f, target, limits, &rules::all())
 }
 
@@ -444,12 +460,13 @@ pub fn optimize_with(
     target: &jpu_isa::Target,
     limits: Limits,
     rules: &[Rewrite<TLang, Shapes>],
-) -> Result<Optimized, String> {
+) -> Result<Optimized, crate::error::CompileError> {
     let conv = to_egraph_expr(f);
-    let runner = Runner::<TLang, Shapes>::default()
+    let runner = Runner::<TLang, Shapes>::new(conv.analysis)
         .with_node_limit(limits.nodes)
         .with_iter_limit(limits.iterations)
-        .with_time_limit(limits.time)
+        // egg's default stops after 5 s of wall time; the limits above bound the work.
+        .with_time_limit(std::time::Duration::MAX)
         .with_expr(&conv.expr)
         .run(rules);
     let stop = format!("{:?}", runner.stop_reason);
@@ -474,7 +491,7 @@ pub fn optimize_with(
     let choice = extract::improve(egraph, &model, start, &result_classes);
     let cost_after = extract::total(egraph, &model, &choice, &result_classes);
     let value_classes: Vec<Id> = conv.values.iter().map(|v| ids[usize::from(*v)]).collect();
-    let func = extract::to_func(f, egraph, &choice, &result_classes, &value_classes, &conv.ops)?;
+    let func = extract::to_func(f, egraph, &choice, &result_classes, &value_classes)?;
     Ok(Optimized { func, cost_before, cost_after, stop })
 }
 
