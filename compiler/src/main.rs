@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use jalc::driver::{Compilation, Options, Stage};
+use jalc::error::CompileError;
+use jpu_isa::Target;
 
 /// Writes to stdout; a closed stdout (`jalc ... | head`) ends the program
 /// quietly instead of panicking, and any other write error is reported (exit 2).
@@ -67,23 +70,23 @@ enum Command {
         /// Tensor IR source.
         file: PathBuf,
     },
-    /// Compile a .tir file (for now: print a stage with --emit parsed).
+    /// Compile a .tir file to a chip binary (-o) and/or print a stage (--emit).
     Compile {
         /// Tensor IR source.
         file: PathBuf,
         /// Output binary.
         #[arg(short, long)]
         output: Option<PathBuf>,
-        /// Target (jpu1 or jpu-tiny).
+        /// Target: a built-in name (jpu1, jpu-tiny) or a description file (NAME.toml).
         #[arg(long, default_value = "jpu1")]
         target: String,
         /// Print a stage to stdout: parsed, opt, kernels, tiles, asm.
-        #[arg(long, value_name = "STAGE")]
-        emit: Option<String>,
-        /// Optimization level: -O0 skips the e-graph optimizer.
+        #[arg(long, value_name = "STAGE", value_parser = parse_stage)]
+        emit: Option<Stage>,
+        /// Optimization level: -O0 skips the e-graph optimizer and fusion.
         #[arg(short = 'O', value_name = "LEVEL", default_value_t = 2)]
         opt: u8,
-        /// Schedule overrides (planned).
+        /// Per-kernel schedule overrides (docs/schedules.md).
         #[arg(long, value_name = "FILE")]
         schedule: Option<PathBuf>,
     },
@@ -91,7 +94,7 @@ enum Command {
     Verify {
         /// Tensor IR source.
         file: PathBuf,
-        /// Target (jpu1 or jpu-tiny).
+        /// Target: a built-in name (jpu1, jpu-tiny) or a description file (NAME.toml).
         #[arg(long, default_value = "jpu1")]
         target: String,
         /// Seed of the random inputs.
@@ -125,11 +128,17 @@ enum Command {
         /// Output binary.
         #[arg(short, long)]
         output: PathBuf,
+        /// A target description file the source's `.target` may name (built-in targets need none).
+        #[arg(long, value_name = "FILE.toml")]
+        target: Option<String>,
     },
     /// Simulate a .jbin chip binary: outputs, cycles, utilisation, roofline.
     Run {
         /// Chip binary.
         file: PathBuf,
+        /// The target the binary must be for (default: the built-in target its header names).
+        #[arg(long)]
+        target: Option<String>,
         /// An input tensor: NAME=FILE.npy (any numpy numeric dtype; converted to the declared dtype).
         #[arg(long = "input", value_name = "NAME=FILE.npy")]
         inputs: Vec<String>,
@@ -162,6 +171,9 @@ enum Command {
     Disasm {
         /// Chip binary.
         file: PathBuf,
+        /// The target the binary must be for (default: the built-in target its header names).
+        #[arg(long)]
+        target: Option<String>,
         /// Write the text here instead of stdout.
         #[arg(short, long)]
         output: Option<PathBuf>,
@@ -186,16 +198,27 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
     std::fs::write(path, bytes).map_err(|e| Failure::Input(format!("error: cannot write {}: {e}", path.display())))
 }
 
-fn asm(file: &Path, output: &Path) -> Result<(), Failure> {
+fn parse_stage(name: &str) -> Result<Stage, String> {
+    Stage::from_name(name).ok_or_else(|| {
+        let names: Vec<&str> = Stage::ALL.iter().map(|s| s.name()).collect();
+        format!("unknown stage `{name}` (stages: {})", names.join(", "))
+    })
+}
+
+fn target(name_or_file: &str) -> Result<Target, Failure> {
+    Target::resolve(name_or_file).map_err(|e| Failure::Input(format!("error: {e}")))
+}
+
+fn asm(file: &Path, output: &Path, custom: Option<&str>) -> Result<(), Failure> {
     let src = read_text(file)?;
-    let program = jpu_isa::jasm::assemble(&src)
+    let custom = custom.map(target).transpose()?;
+    let program = jpu_isa::jasm::assemble_with(&src, custom.as_ref())
         .map_err(|errs| Failure::Input(jpu_isa::jasm::render_errors(&file.display().to_string(), &src, &errs)))?;
     write_file(output, &jpu_isa::jbin::write(&program))
 }
 
-fn disasm(file: &Path, output: Option<&Path>) -> Result<(), Failure> {
-    let bytes = read_file(file)?;
-    let program = jpu_isa::jbin::read(&bytes).map_err(|e| Failure::Input(format!("error: {}: {e}", file.display())))?;
+fn disasm(file: &Path, target_arg: Option<&str>, output: Option<&Path>) -> Result<(), Failure> {
+    let (program, _) = load_binary(file, target_arg)?;
     let text = jpu_isa::jasm::disassemble(&program);
     match output {
         Some(path) => write_file(path, text.as_bytes()),
@@ -218,86 +241,88 @@ fn check(file: &Path) -> Result<(), Failure> {
     read_tir(file).map(|_| ())
 }
 
-fn load_schedule(
-    func: &jalc::ir::Func,
-    target: &jpu_isa::Target,
-    path: Option<&Path>,
-) -> Result<Option<jalc::lower::gemm::GemmSchedule>, Failure> {
-    let Some(path) = path else { return Ok(None) };
-    let text = read_text(path)?;
-    // Unnamed fields keep the first kernel's chosen values; the result applies to every kernel.
-    let kernels = jalc::lower::plan(func).map_err(|e| Failure::Input(format!("error: {}", e.0)))?;
-    let Some(first) = kernels.iter().find_map(|k| match k {
-        jalc::lower::KernelProblem::Gemm(p) => Some(p),
-        _ => None,
-    }) else {
-        return Err(Failure::Input(format!("error: {}: the program has no GEMM kernel to schedule", path.display())));
+/// A compile error rendered at its span: in the schedule file for its syntax
+/// errors, in the program otherwise.
+fn compile_failure(e: &CompileError, program: (&Path, &str), schedule: Option<(&Path, &str)>) -> Failure {
+    let (file, src) = match (e, schedule) {
+        (CompileError::ScheduleSyntax { .. }, Some(s)) => s,
+        _ => program,
     };
-    let base = jalc::lower::gemm::choose(first, target).map_err(|e| Failure::Input(format!("error: {}", e.0)))?;
-    jalc::driver::parse_schedule(&text, base)
-        .map(Some)
-        .map_err(|e| Failure::Input(format!("error: {}: {e}", path.display())))
+    Failure::Input(e.render(&file.display().to_string(), src))
 }
 
-fn compile(
-    file: &Path,
-    output: Option<&Path>,
-    target: &str,
-    emit: Option<&str>,
-    schedule: Option<&Path>,
+/// Compile options: the level and the parsed schedule file (with its text).
+fn options(level: u8, schedule: Option<&Path>) -> Result<(Options, Option<String>), Failure> {
+    let Some(path) = schedule else { return Ok((Options::at(level), None)) };
+    let text = read_text(path)?;
+    let schedule = jalc::schedule::Schedule::parse(&text)
+        .map_err(|e| Failure::Input(e.render(&path.display().to_string(), &text)))?;
+    Ok((Options { level, schedule }, Some(text)))
+}
+
+struct CompileArgs<'a> {
+    file: &'a Path,
+    output: Option<&'a Path>,
+    target: &'a str,
+    emit: Option<Stage>,
+    schedule: Option<&'a Path>,
     opt: u8,
-) -> Result<(), Failure> {
-    let t = jpu_isa::Target::builtin(target).map_err(|e| Failure::Input(format!("error: {e}")))?;
-    let (_, func) = read_tir(file)?;
-    if emit == Some("parsed") {
-        out!("{}", jalc::ir::printer::print(&func));
-        return Ok(());
+}
+
+fn compile(a: CompileArgs<'_>) -> Result<(), Failure> {
+    let t = target(a.target)?;
+    let (src, func) = read_tir(a.file)?;
+    let (opts, schedule_text) = options(a.opt, a.schedule)?;
+    if a.output.is_none() && a.emit.is_none() {
+        return Err(Failure::Input("error: give -o OUT.jbin or --emit STAGE (or both)".into()));
     }
-    let optimized = jalc::driver::optimize(&func, &t, opt)
-        .map_err(|e| Failure::Input(format!("error: {}: {e}", file.display())))?;
-    if emit == Some("opt") {
-        out!("{}", jalc::ir::printer::print(&optimized));
-        return Ok(());
+    // Stages run as far as the output needs: a binary needs them all.
+    let last = if a.output.is_some() { Stage::Asm } else { a.emit.unwrap_or(Stage::Asm) };
+    let mut c = Compilation::new(func, &t, opts);
+    let schedule = a.schedule.zip(schedule_text.as_deref());
+    c.run_to(last).map_err(|e| compile_failure(&e, (a.file, &src), schedule))?;
+    if let Some(text) = a.emit.and_then(|stage| c.print(stage)) {
+        out!("{text}");
     }
-    if let Some(stage) = emit {
-        if !matches!(stage, "kernels" | "tiles" | "asm") {
-            return Err(Failure::Input(format!(
-                "error: unknown stage `{stage}` (stages: parsed, opt, kernels, tiles, asm)"
-            )));
-        }
-    }
-    let sched = load_schedule(&optimized, &t, schedule)?;
-    let compiled = jalc::driver::compile_at(&func, &t, sched, opt)
-        .map_err(|e| Failure::Input(format!("error: {}: {e}", file.display())))?;
-    match emit {
-        Some("kernels") => out!("{}", jalc::driver::kernels_text(&compiled, &t)),
-        Some("tiles") => out!("{}", compiled.tiles),
-        Some("asm") => out!("{}", jpu_isa::jasm::disassemble(&compiled.program)),
-        _ => {}
-    }
-    if let Some(out) = output {
-        write_file(out, &jpu_isa::jbin::write(&compiled.program))?;
-    } else if emit.is_none() {
-        return Err(Failure::Input("error: give -o OUT.jbin or --emit STAGE".into()));
+    if let (Some(out), Some(program)) = (a.output, &c.program) {
+        write_file(out, &jpu_isa::jbin::write(program))?;
     }
     Ok(())
 }
 
-fn verify(file: &Path, target: &str, seed: u64, schedule: Option<&Path>, json: bool, opt: u8) -> Result<(), Failure> {
-    let t = jpu_isa::Target::builtin(target).map_err(|e| Failure::Input(format!("error: {e}")))?;
-    let (_, func) = read_tir(file)?;
-    let optimized = jalc::driver::optimize(&func, &t, opt)
-        .map_err(|e| Failure::Input(format!("error: {}: {e}", file.display())))?;
-    let sched = load_schedule(&optimized, &t, schedule)?;
-    let v = match jalc::verify::verify_at(&func, &t, seed, sched, opt) {
+fn verify(
+    file: &Path,
+    target_arg: &str,
+    seed: u64,
+    schedule: Option<&Path>,
+    json: bool,
+    opt: u8,
+) -> Result<(), Failure> {
+    let t = target(target_arg)?;
+    let (src, func) = read_tir(file)?;
+    let (opts, schedule_text) = options(opt, schedule)?;
+    let compiled = jalc::driver::compile(&func, &t, &opts)
+        .map_err(|e| compile_failure(&e, (file, &src), schedule.zip(schedule_text.as_deref())))?;
+    let v = match jalc::verify::verify_compiled(&compiled, &func, &t, seed) {
         Ok(v) => v,
-        Err(jalc::verify::VerifyError::Compile(e)) => {
+        Err(jalc::verify::VerifyError::Compile(e)) => return Err(compile_failure(&e, (file, &src), None)),
+        Err(jalc::verify::VerifyError::Input(e)) => {
             return Err(Failure::Input(format!("error: {}: {e}", file.display())))
         }
         Err(jalc::verify::VerifyError::Fault(e)) => {
             return Err(Failure::Fault(format!("fault: {}: {e}", file.display())))
         }
     };
+    report_verification(file, &t, seed, json, &v)
+}
+
+fn report_verification(
+    file: &Path,
+    t: &Target,
+    seed: u64,
+    json: bool,
+    v: &jalc::verify::Verification,
+) -> Result<(), Failure> {
     let r = &v.report;
     if json {
         let mut obj = r.to_json();
@@ -383,12 +408,25 @@ fn eval(file: &Path, inputs: &[String], output_dir: &Path) -> Result<(), Failure
     Ok(())
 }
 
-fn load_binary(file: &Path) -> Result<(jpu_isa::Program, jpu_isa::Target), Failure> {
+/// A binary and its target: `--target`'s (the binary must name it and match its
+/// hash), or the built-in target its header names.
+fn load_binary(file: &Path, target_arg: Option<&str>) -> Result<(jpu_isa::Program, Target), Failure> {
     let bytes = read_file(file)?;
-    let program = jpu_isa::jbin::read(&bytes).map_err(|e| Failure::Input(format!("error: {}: {e}", file.display())))?;
-    // `jbin::read` resolved the target by name already; this cannot fail for a program it returned.
-    let target = jpu_isa::Target::builtin(&program.target).map_err(|e| Failure::Input(format!("error: {e}")))?;
-    Ok((program, target))
+    let bad = |e: jpu_isa::jbin::JbinError| Failure::Input(format!("error: {}: {e}", file.display()));
+    let t = match target_arg {
+        Some(arg) => target(arg)?,
+        None => {
+            let name = jpu_isa::jbin::header_target_name(&bytes).map_err(bad)?;
+            Target::builtin(&name).map_err(|_| {
+                Failure::Input(format!(
+                    "error: {}: the binary is for target `{name}`, which is not built in: give its description with --target FILE.toml",
+                    file.display()
+                ))
+            })?
+        }
+    };
+    let program = jpu_isa::jbin::read_for_target(&bytes, &t).map_err(bad)?;
+    Ok((program, t))
 }
 
 fn parse_inputs(args: &[String]) -> Result<Vec<(String, PathBuf)>, Failure> {
@@ -402,6 +440,7 @@ fn parse_inputs(args: &[String]) -> Result<Vec<(String, PathBuf)>, Failure> {
 
 struct RunArgs<'a> {
     file: &'a Path,
+    target: Option<&'a str>,
     inputs: &'a [String],
     output_dir: Option<&'a Path>,
     timing_only: bool,
@@ -414,7 +453,7 @@ struct RunArgs<'a> {
 }
 
 fn run(a: RunArgs<'_>) -> Result<(), Failure> {
-    let (program, target) = load_binary(a.file)?;
+    let (program, target) = load_binary(a.file, a.target)?;
     let files = parse_inputs(a.inputs)?;
     let inputs = if a.timing_only {
         Vec::new()
@@ -487,17 +526,23 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Check { file } => check(file),
-        Command::Compile { file, output, target, emit, schedule, opt } => {
-            compile(file, output.as_deref(), target, emit.as_deref(), schedule.as_deref(), *opt)
-        }
+        Command::Compile { file, output, target, emit, schedule, opt } => compile(CompileArgs {
+            file,
+            output: output.as_deref(),
+            target,
+            emit: *emit,
+            schedule: schedule.as_deref(),
+            opt: *opt,
+        }),
         Command::Eval { file, inputs, output_dir } => eval(file, inputs, output_dir),
         Command::Verify { file, target, seed, schedule, json, opt } => {
             verify(file, target, *seed, schedule.as_deref(), *json, *opt)
         }
-        Command::Asm { file, output } => asm(file, output),
-        Command::Disasm { file, output } => disasm(file, output.as_deref()),
+        Command::Asm { file, output, target } => asm(file, output, target.as_deref()),
+        Command::Disasm { file, target, output } => disasm(file, target.as_deref(), output.as_deref()),
         Command::Run {
             file,
+            target,
             inputs,
             output_dir,
             timing_only,
@@ -509,6 +554,7 @@ fn main() -> ExitCode {
             max_instructions,
         } => run(RunArgs {
             file,
+            target: target.as_deref(),
             inputs,
             output_dir: output_dir.as_deref(),
             timing_only: *timing_only,

@@ -17,10 +17,10 @@
 use jpu_isa::{DType, Target};
 use jpu_runtime::{run, RunOptions};
 
-use crate::driver;
+use crate::driver::{self, Options};
+use crate::error::CompileError;
 use crate::eval::{eval_values, Tensor};
 use crate::ir::Func;
-use crate::lower::gemm::GemmSchedule;
 
 /// The outcome of a verification.
 #[derive(Debug, Clone)]
@@ -43,9 +43,20 @@ pub struct Verification {
 #[derive(Debug, Clone)]
 pub enum VerifyError {
     /// The function does not compile.
-    Compile(String),
+    Compile(CompileError),
+    /// The inputs cannot be evaluated or handed to the simulator.
+    Input(String),
     /// The compiled program faulted.
     Fault(String),
+}
+
+impl std::fmt::Display for VerifyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VerifyError::Compile(e) => e.fmt(f),
+            VerifyError::Input(m) | VerifyError::Fault(m) => f.write_str(m),
+        }
+    }
 }
 
 fn ulp(d: DType) -> f64 {
@@ -74,22 +85,24 @@ fn attention_tolerance(
     // Values the optimizer created (names absent from the program as written)
     // need the optimized program evaluated; that is done at most once.
     let mut optimized_values: Option<Vec<Tensor>> = None;
-    for k in &compiled.kernels {
-        let driver::Kernel::Attention(p, _) = k else { continue };
-        let v = match f.nodes.iter().position(|n| n.name == p.v) {
+    for (v_name, dtype) in compiled.kernels.iter().filter_map(|k| k.rounded_probabilities()) {
+        let v = match f.nodes.iter().position(|n| n.name == v_name) {
             Some(i) => &values[i],
             None => {
                 let opt = &compiled.optimized;
-                let Some(i) = opt.nodes.iter().position(|n| n.name == p.v) else { continue };
+                let Some(i) = opt.nodes.iter().position(|n| n.name == v_name) else { continue };
                 if optimized_values.is_none() {
-                    let all = eval_values(opt, inputs).map_err(|e| VerifyError::Compile(e.to_string()))?;
+                    let all = eval_values(opt, inputs).map_err(|e| VerifyError::Input(e.to_string()))?;
                     optimized_values = Some(all);
                 }
-                &optimized_values.as_ref().expect("evaluated above")[i]
+                match &optimized_values {
+                    Some(all) => &all[i],
+                    None => continue,
+                }
             }
         };
         let max_v = v.data.iter().filter(|x| x.is_finite()).fold(0.0f64, |a, x| a.max(x.abs()));
-        tol = tol.max(ulp(p.dtype) * max_v);
+        tol = tol.max(ulp(dtype) * max_v);
     }
     Ok(tol)
 }
@@ -114,32 +127,35 @@ pub fn random_inputs(f: &Func, seed: u64) -> Vec<Tensor> {
         .collect()
 }
 
-/// Compiles `f` for `t`, runs it on seeded inputs and compares with the evaluator.
-pub fn verify(f: &Func, t: &Target, seed: u64, schedule: Option<GemmSchedule>) -> Result<Verification, VerifyError> {
-    verify_at(f, t, seed, schedule, 2)
+/// Compiles `f` for `t` at `-O2`, runs it on seeded inputs and compares with the evaluator.
+pub fn verify(f: &Func, t: &Target, seed: u64) -> Result<Verification, VerifyError> {
+    verify_with(f, t, seed, &Options::o2())
 }
 
-/// [`verify`] at an optimization level (the evaluator always runs the original).
-pub fn verify_at(
+/// [`verify`] with compile options (the evaluator always runs the original).
+pub fn verify_with(f: &Func, t: &Target, seed: u64, opts: &Options) -> Result<Verification, VerifyError> {
+    let compiled = driver::compile(f, t, opts).map_err(VerifyError::Compile)?;
+    verify_compiled(&compiled, f, t, seed)
+}
+
+/// Runs a compiled program on seeded inputs and compares with the evaluator's
+/// results for `f` (the function as written).
+pub fn verify_compiled(
+    compiled: &driver::Compiled,
     f: &Func,
     t: &Target,
     seed: u64,
-    schedule: Option<GemmSchedule>,
-    level: driver::OptLevel,
 ) -> Result<Verification, VerifyError> {
-    let compiled = driver::compile_at(f, t, schedule, level).map_err(VerifyError::Compile)?;
     let inputs = random_inputs(f, seed);
     // Every value of the program as written: the results are the reference, and
     // attention's tolerance reads its V from them.
-    let values = eval_values(f, &inputs).map_err(|e| VerifyError::Compile(e.to_string()))?;
+    let values = eval_values(f, &inputs).map_err(|e| VerifyError::Input(e.to_string()))?;
     let reference: Vec<&Tensor> = f.results.iter().map(|r| &values[r.0 as usize]).collect();
     let mut sim_inputs = Vec::new();
     for (p, tensor) in f.params().zip(&inputs) {
-        let dtype = tensor
-            .ty
-            .dtype
-            .chip()
-            .ok_or_else(|| VerifyError::Compile(format!("parameter `%{}` is i1", f.node(p).name)))?;
+        let dtype = tensor.ty.dtype.chip().ok_or_else(|| {
+            VerifyError::Input(format!("parameter `%{}` is i1, which cannot live in HBM", f.node(p).name))
+        })?;
         let size = dtype.size_bytes() as usize;
         let mut bytes = vec![0u8; tensor.data.len() * size];
         for (i, &v) in tensor.data.iter().enumerate() {
@@ -150,8 +166,8 @@ pub fn verify_at(
     let opts = RunOptions { strict_uninit: true, ..RunOptions::default() };
     let outcome = run(&compiled.program, t, &sim_inputs, &opts).map_err(|fault| VerifyError::Fault(fault.message))?;
     // A chain of kernels accumulates each one's rounding: the contraction lengths add.
-    let k = compiled.kernels.iter().filter_map(|k| k.gemm()).map(|(p, _)| p.k).sum::<u64>().max(1) as f64;
-    let attention = attention_tolerance(&compiled, f, &values, &inputs)?;
+    let k = compiled.kernels.iter().map(|k| k.contraction()).fold(0u64, u64::saturating_add).max(1) as f64;
+    let attention = attention_tolerance(compiled, f, &values, &inputs)?;
     let (mut max_abs, mut max_rel, mut mismatches, mut first) = (0.0f64, 0.0f64, 0u64, None);
     // Results pair by position: rewriting may merge a result into another value,
     // whose name the program's output then carries.
@@ -159,12 +175,16 @@ pub fn verify_at(
     for ((r, compiled_r), want) in f.results.iter().zip(&opt.results).zip(&reference) {
         let name = &f.node(*r).name;
         let output = &opt.node(*compiled_r).name;
-        let dtype = want.ty.dtype.chip().ok_or_else(|| VerifyError::Compile(format!("result `%{name}` is i1")))?;
+        let dtype = want.ty.dtype.chip().ok_or_else(|| VerifyError::Input(format!("result `%{name}` is i1")))?;
         let bytes = &outcome
             .outputs
             .iter()
             .find(|(n, _)| n == output)
-            .ok_or_else(|| VerifyError::Compile(format!("internal: result `%{name}` is not an output of the program")))?
+            .ok_or_else(|| {
+                VerifyError::Compile(CompileError::internal(format!(
+                    "result `%{name}` is not an output of the program"
+                )))
+            })?
             .1;
         let got: Vec<f64> = bytes
             .chunks_exact(dtype.size_bytes() as usize)

@@ -377,14 +377,14 @@ fn compile_emits_stages_and_binaries_and_verify_passes() {
     assert_eq!(t["cycles"], j["cycles"], "verify and run report the same cycles");
     // A schedule override, legal and illegal.
     let sched = temp("narrow.schedule");
-    std::fs::write(&sched, "tile_n = 64 # narrower\n").unwrap();
+    std::fs::write(&sched, "[k1]\ntile_n = 64 # narrower\n").unwrap();
     let ok = jalc(&["verify", &gemm, "--target", "jpu-tiny", "--schedule", sched.to_str().unwrap()]);
     assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
-    std::fs::write(&sched, "tile_m = 33\n").unwrap();
+    std::fs::write(&sched, "[k1]\ntile_m = 33\n").unwrap();
     let bad =
         jalc(&["compile", &gemm, "--target", "jpu-tiny", "--schedule", sched.to_str().unwrap(), "--emit", "kernels"]);
     assert_eq!(bad.status.code(), Some(2));
-    assert!(stderr(&bad).contains("illegal schedule: tile_m = 33 must be in 1..=32"), "{}", stderr(&bad));
+    assert!(stderr(&bad).contains("tile_m: tile_m = 33 must be in 1..=32"), "{}", stderr(&bad));
     // The fused-epilogue example verifies, and its kernel lists the fused steps.
     let ffn = format!("{}/../examples/ffn.tir", env!("CARGO_MANIFEST_DIR"));
     let v = jalc(&["verify", &ffn, "--target", "jpu-tiny"]);
@@ -400,14 +400,24 @@ fn compile_emits_stages_and_binaries_and_verify_passes() {
         "{}",
         String::from_utf8_lossy(&k.stdout)
     );
-    // A schedule for a program without a GEMM kernel is refused.
+    // A GEMM field for a map kernel, a section naming no kernel, and a field
+    // outside any section are refused, naming the kernel, field and line.
     let map_only = temp("map-only.tir");
     std::fs::write(&map_only, "func @m(%x: f32[4, 8]) -> f32[4, 8] {\n  %y = exp(%x)\n  return %y\n}\n").unwrap();
-    std::fs::write(&sched, "tile_n = 64\n").unwrap();
-    let none =
-        jalc(&["verify", map_only.to_str().unwrap(), "--target", "jpu-tiny", "--schedule", sched.to_str().unwrap()]);
-    assert_eq!(none.status.code(), Some(2));
-    assert!(stderr(&none).contains("has no GEMM kernel to schedule"), "{}", stderr(&none));
+    for (text, want) in [
+        (
+            "[%y]\ntile_n = 64\n",
+            "schedule for `%y = exp(%x)`: tile_n = 64 (line 2): unknown field `tile_n` (fields: width)",
+        ),
+        ("[k2]\ntile_n = 64\n", "`[k2]` names no kernel of this program; its kernels: k1 (map y)"),
+        ("tile_n = 64\n", "line 1: `tile_n = 64` comes before any `[kernel]` section"),
+    ] {
+        std::fs::write(&sched, text).unwrap();
+        let m = map_only.to_str().unwrap();
+        let none = jalc(&["verify", m, "--target", "jpu-tiny", "--schedule", sched.to_str().unwrap()]);
+        assert_eq!(none.status.code(), Some(2));
+        assert!(stderr(&none).contains(want), "{}", stderr(&none));
+    }
     let plain = jalc(&["verify", map_only.to_str().unwrap(), "--target", "jpu-tiny"]);
     assert_eq!(plain.status.code(), Some(0), "{}", stderr(&plain));
     // Functions beyond the compiler's current scope, and missing outputs, exit 2.

@@ -34,8 +34,16 @@ pub enum TargetError {
         message: String,
     },
     /// No built-in target has this name.
-    #[error("unknown target `{0}` (built-in targets: {list})", list = BUILTIN_TARGETS.join(", "))]
+    #[error("unknown target `{0}` (built-in targets: {list}; or a description file, NAME.toml)", list = BUILTIN_TARGETS.join(", "))]
     Unknown(String),
+    /// A target description file cannot be read.
+    #[error("cannot read the target description {path}: {message}")]
+    File {
+        /// The file.
+        path: String,
+        /// Why.
+        message: String,
+    },
 }
 
 /// An exact rational number of bytes per cycle (HBM bandwidth is 800/3 on jpu1).
@@ -202,6 +210,26 @@ impl Target {
         let target: Target = toml::from_str(text).map_err(|e| TargetError::Parse(e.to_string()))?;
         target.validate()?;
         Ok(target)
+    }
+
+    /// A built-in target by name, or the description in a `.toml` file (any
+    /// argument that is not a built-in name is read as a file; files over 1 MiB
+    /// are refused before reading).
+    pub fn resolve(name_or_file: &str) -> Result<Target, TargetError> {
+        if BUILTIN_TARGETS.contains(&name_or_file) {
+            return Target::builtin(name_or_file);
+        }
+        let path = std::path::Path::new(name_or_file);
+        if path.extension().is_none_or(|e| e != "toml") && !path.exists() {
+            return Err(TargetError::Unknown(name_or_file.to_string()));
+        }
+        let file = |message: String| TargetError::File { path: name_or_file.to_string(), message };
+        let len = std::fs::metadata(path).map_err(|e| file(e.to_string()))?.len();
+        if len > 1 << 20 {
+            return Err(file(format!("{len} bytes; a target description is at most 1 MiB")));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| file(e.to_string()))?;
+        Target::from_toml(&text)
     }
 
     /// Loads a built-in target by name.

@@ -25,7 +25,7 @@ pub fn measure(src: &str, t: &Target, repeats: usize) -> Measured {
     let mut compiled = None;
     for _ in 0..repeats.max(1) {
         let start = Instant::now();
-        compiled = Some(jalc::driver::compile(&f, t, None).expect("benchmark compiles"));
+        compiled = Some(jalc::driver::compile(&f, t, &jalc::driver::Options::o2()).expect("benchmark compiles"));
         times.push(start.elapsed().as_secs_f64());
     }
     times.sort_by(f64::total_cmp);

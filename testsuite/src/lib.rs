@@ -9,6 +9,17 @@ pub mod bench;
 pub mod kernels;
 pub mod tir_gen;
 
+/// Compile options at `level` with the schedule file `text` (which must parse).
+pub fn scheduled(text: &str, level: u8) -> jalc::driver::Options {
+    let schedule = jalc::schedule::Schedule::parse(text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    jalc::driver::Options { level, schedule }
+}
+
+/// The GEMM kernel among `kernels`, if there is one.
+pub fn gemm(kernels: &[Box<dyn jalc::kernels::Kernel>]) -> Option<&jalc::kernels::gemm::GemmKernel> {
+    kernels.iter().find_map(|k| k.as_any().downcast_ref())
+}
+
 /// The kind a case file declares on its first line, if any.
 pub fn case_kind(src: &str) -> Option<&str> {
     let first = src.lines().next()?;

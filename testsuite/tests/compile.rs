@@ -4,6 +4,7 @@
 
 use jalc::front::tir;
 use jpu_isa::Target;
+use jpu_testsuite::{gemm, scheduled};
 
 /// `a: A[dims] x b: B[dims] -> (matmul [: acc]) [-> cast]`; dims are written as
 /// stored (a `[.., K, M]` with `ta`, b `[.., N, K]` with `tb`).
@@ -131,7 +132,7 @@ fn gemm_sweep_verifies_on_both_targets() {
         let f = tir::parse_and_check(&src).unwrap_or_else(|d| panic!("{}", tir::render("case", &src, &d)));
         let t = Target::builtin(c.target).unwrap();
         for seed in [0, 1] {
-            let v = jalc::verify::verify(&f, &t, seed, None).unwrap_or_else(|e| panic!("{}: {e:?}\n{src}", c.target));
+            let v = jalc::verify::verify(&f, &t, seed).unwrap_or_else(|e| panic!("{}: {e:?}\n{src}", c.target));
             assert!(v.passed, "{} seed {seed}: {:?}\n{src}", c.target, v.first_mismatch);
             assert!(v.report.roofline_fraction > 0.0);
         }
@@ -143,11 +144,10 @@ fn illegal_schedules_say_which_limit_they_break() {
     let src = "func @g(%a: bf16[64, 64], %b: bf16[64, 64]) -> f32[64, 64] {\n  %c = matmul(%a, %b) : f32[64, 64]\n  return %c\n}\n";
     let f = tir::parse_and_check(src).unwrap();
     let t = Target::builtin("jpu-tiny").unwrap();
-    let p = jalc::lower::gemm::recognise(&f).unwrap();
-    let base = jalc::lower::gemm::choose(&p, &t).unwrap();
     let bad = |text: &str| {
-        let s = jalc::driver::parse_schedule(text, base).unwrap();
-        jalc::driver::compile(&f, &t, Some(s)).err().unwrap()
+        let e = jalc::driver::compile(&f, &t, &scheduled(&format!("[%c]\n{text}"), 2)).err().unwrap();
+        assert!(matches!(e, jalc::error::CompileError::InvalidSchedule { .. }), "{e:?}");
+        e.to_string()
     };
     assert!(bad("tile_m = 33").contains("tile_m = 33 must be in 1..=32 (the PE's columns)"));
     assert!(bad("tile_k = 0").contains("tile_k = 0 must be in 1..=32"));
@@ -155,15 +155,13 @@ fn illegal_schedules_say_which_limit_they_break() {
     assert!(bad("psum_banks = 5").contains("psum_banks = 5 must be in 1..=4"));
     assert!(bad("a_buffers = 200").contains("bytes per SRAM partition"));
     assert!(bad("a_queue = 1").contains("a_queue = 1 must be in 0..=0 (queue 1 carries stores)"));
-    assert!(jalc::driver::parse_schedule("b_queue = fast", base).unwrap_err().contains("`auto` or a queue number"));
-    assert!(jalc::driver::parse_schedule("tile_q = 3", base).unwrap_err().contains("unknown schedule field `tile_q`"));
-    assert!(jalc::driver::parse_schedule("tile_m 3", base).unwrap_err().contains("expected `key = value`"));
+    assert!(bad("b_queue = fast").contains("`auto` or a queue number"));
+    assert!(bad("tile_q = 3").contains("unknown field `tile_q`"));
     // A legal override is honoured and still verifies.
-    let s =
-        jalc::driver::parse_schedule("tile_n = 48  # narrower panels\npsum_banks = 1\nout_buffers = 1", base).unwrap();
-    let c = jalc::driver::compile(&f, &t, Some(s)).unwrap();
-    assert_eq!(c.kernels[0].gemm().unwrap().1.tile_n, 48);
-    let v = jalc::verify::verify(&f, &t, 3, Some(s)).unwrap();
+    let opts = scheduled("[%c]\ntile_n = 48  # narrower panels\npsum_banks = 1\nout_buffers = 1", 2);
+    let c = jalc::driver::compile(&f, &t, &opts).unwrap();
+    assert_eq!(gemm(&c.kernels).unwrap().s.tile_n, 48);
+    let v = jalc::verify::verify_with(&f, &t, 3, &opts).unwrap();
     assert!(v.passed);
 }
 
@@ -276,11 +274,9 @@ fn epilogue_sweep_verifies_bit_exactly_on_both_targets() {
     for (target, schedule, src) in cases {
         let f = tir::parse_and_check(src).unwrap_or_else(|d| panic!("{}", tir::render("case", src, &d)));
         let t = Target::builtin(target).unwrap();
-        let p = jalc::lower::gemm::recognise(&f).unwrap_or_else(|e| panic!("{}\n{src}", e.0));
-        let s = schedule
-            .map(|text| jalc::driver::parse_schedule(text, jalc::lower::gemm::choose(&p, &t).unwrap()).unwrap());
+        let opts = scheduled(&schedule.map_or(String::new(), |text| format!("[k1]\n{text}")), 2);
         for seed in [0, 1] {
-            let v = jalc::verify::verify(&f, &t, seed, s).unwrap_or_else(|e| panic!("{target}: {e:?}\n{src}"));
+            let v = jalc::verify::verify_with(&f, &t, seed, &opts).unwrap_or_else(|e| panic!("{target}: {e:?}\n{src}"));
             assert!(
                 v.passed && v.max_abs_error == 0.0,
                 "{target} seed {seed}: {:?} ({})\n{src}",
@@ -298,13 +294,17 @@ fn epilogues_beyond_the_kernel_say_what_and_why() {
             "func @f(%x: bf16[64, 64], %w: bf16[64, 64], %odd: bf16[2, 64, 64], %i: i8[64, 64]) -> bf16[64, 64] {{\n  %y = matmul(%x, %w) : bf16[64, 64]\n{body}\n}}"
         );
         let f = tir::parse_and_check(&src).unwrap_or_else(|d| panic!("{}", tir::render("case", &src, &d)));
-        jalc::lower::gemm::recognise(&f).unwrap_err().0
+        let t = Target::builtin("jpu-tiny").unwrap();
+        match jalc::driver::compile(&f, &t, &jalc::driver::Options::o2()) {
+            Ok(c) => format!("compiles to {:?}", c.kernels.iter().map(|k| k.kind()).collect::<Vec<_>>()),
+            Err(e) => e.to_string(),
+        }
     };
     assert!(why("  %z = add(%y, %odd)\n  %r = reduce_sum(%z) {axes = [0]}\n  return %r")
         .contains("`%z = add` changes the shape"));
     assert!(why("  %p = transpose(%odd) {perm = [1, 0, 2]}\n  %r = reduce_sum(%p) {axes = [1]}\n  %a = add(%y, %r)\n  return %a")
         .contains("`%p = transpose` permutes more than the last two dims"));
-    assert!(why("  %r = softmax(%y) {axis = -1}\n  return %r").contains("the function needs 2 kernels"));
+    assert_eq!(why("  %r = softmax(%y) {axis = -1}\n  return %r"), r#"compiles to ["gemm", "rows"]"#);
 }
 
 /// A random GEMM with a random fusable epilogue (from `seed`): 0 to 5 steps drawn
@@ -373,7 +373,7 @@ proptest::proptest! {
         let src = random_epilogue(seed);
         let f = tir::parse_and_check(&src).unwrap_or_else(|d| panic!("{}", tir::render("case", &src, &d)));
         let t = Target::builtin("jpu-tiny").unwrap();
-        let v = jalc::verify::verify(&f, &t, seed, None).unwrap_or_else(|e| panic!("{e:?}\n{src}"));
+        let v = jalc::verify::verify(&f, &t, seed).unwrap_or_else(|e| panic!("{e:?}\n{src}"));
         proptest::prop_assert!(v.passed && v.max_abs_error == 0.0, "{:?} ({})\n{}", v.first_mismatch, v.max_abs_error, src);
     }
 }
@@ -436,9 +436,11 @@ fn kernel_chains_verify_on_both_targets() {
         let f = tir::parse_and_check(src).unwrap_or_else(|d| panic!("{}", tir::render("case", src, &d)));
         let t = Target::builtin(target).unwrap();
         for level in [0, 2] {
-            let c = jalc::driver::compile_at(&f, &t, None, level).unwrap_or_else(|e| panic!("{e}\n{src}"));
+            let c = jalc::driver::compile(&f, &t, &jalc::driver::Options::at(level))
+                .unwrap_or_else(|e| panic!("{e}\n{src}"));
             assert!(c.kernels.len() >= 2, "{src}");
-            let v = jalc::verify::verify_at(&f, &t, 5, None, level).unwrap_or_else(|e| panic!("{e:?}\n{src}"));
+            let v = jalc::verify::verify_with(&f, &t, 5, &jalc::driver::Options::at(level))
+                .unwrap_or_else(|e| panic!("{e:?}\n{src}"));
             assert!(v.passed, "{target} -O{level}: {:?}\n{src}", v.first_mismatch);
         }
     }
@@ -457,10 +459,11 @@ fn kernels_that_run_apart_share_sram() {
        }";
     let f = tir::parse_and_check(src).unwrap_or_else(|d| panic!("{}", tir::render("case", src, &d)));
     let t = Target::builtin("jpu-tiny").unwrap();
-    let c = jalc::driver::compile(&f, &t, None).unwrap();
-    let need: Vec<u64> = c.kernels.iter().filter_map(|k| k.gemm()).map(|(p, s)| p.sram_bytes(s)).collect();
+    let c = jalc::driver::compile(&f, &t, &jalc::driver::Options::o2()).unwrap();
+    let gemms = c.kernels.iter().filter_map(|k| k.as_any().downcast_ref::<jalc::kernels::gemm::GemmKernel>());
+    let need: Vec<u64> = gemms.map(|k| k.p.sram_bytes(&k.s)).collect();
     assert!(need.iter().sum::<u64>() > t.sram.partition_bytes as u64, "{need:?}");
-    let v = jalc::verify::verify(&f, &t, 1, None).unwrap();
+    let v = jalc::verify::verify(&f, &t, 1).unwrap();
     assert!(v.passed, "{:?}", v.first_mismatch);
 }
 
@@ -520,7 +523,8 @@ fn standalone_transpose_and_elementwise_kernels_verify_bit_exactly() {
         let f = tir::parse_and_check(src).unwrap_or_else(|d| panic!("{}", tir::render("case", src, &d)));
         let t = Target::builtin(target).unwrap();
         for level in [0, 2] {
-            let v = jalc::verify::verify_at(&f, &t, 3, None, level).unwrap_or_else(|e| panic!("{e:?}\n{src}"));
+            let v = jalc::verify::verify_with(&f, &t, 3, &jalc::driver::Options::at(level))
+                .unwrap_or_else(|e| panic!("{e:?}\n{src}"));
             assert!(
                 v.passed && v.max_abs_error == 0.0,
                 "{target} -O{level}: {:?} ({})\n{src}",
@@ -545,13 +549,13 @@ fn o0_runs_every_op_as_its_own_kernel() {
     let f = tir::parse_and_check(src).unwrap();
     let t = Target::builtin("jpu-tiny").unwrap();
     let kinds = |level| {
-        let c = jalc::driver::compile_at(&f, &t, None, level).unwrap();
-        c.kernels.iter().map(jalc::driver::Kernel::kind).collect::<Vec<_>>()
+        let c = jalc::driver::compile(&f, &t, &jalc::driver::Options::at(level)).unwrap();
+        c.kernels.iter().map(|k| k.kind()).collect::<Vec<_>>()
     };
     assert_eq!(kinds(0), ["gemm", "map", "map", "map"]);
     assert_eq!(kinds(2), ["gemm"]);
     for level in [0, 2] {
-        let v = jalc::verify::verify_at(&f, &t, 2, None, level).unwrap();
+        let v = jalc::verify::verify_with(&f, &t, 2, &jalc::driver::Options::at(level)).unwrap();
         assert!(v.passed && v.max_abs_error == 0.0, "-O{level}: {:?}", v.first_mismatch);
     }
 }
@@ -570,24 +574,19 @@ fn both_loop_orders_verify() {
     ];
     for src in sources {
         let f = tir::parse_and_check(src).unwrap_or_else(|d| panic!("{}", tir::render("case", src, &d)));
-        let p = jalc::lower::gemm::recognise(&f).unwrap();
-        let base = jalc::lower::gemm::choose(&p, &t).unwrap();
         let mut loads = Vec::new();
         for order in ["n_outer", "m_outer"] {
-            let s = jalc::driver::parse_schedule(&format!("loop_order = {order}\na_buffers = 1"), base).unwrap();
-            let c = jalc::driver::compile(&f, &t, Some(s)).unwrap();
-            loads.push(c.tiles.ops.iter().filter(|(op, _)| matches!(op, jalc::lower::TileOp::Load { .. })).count());
-            let v = jalc::verify::verify(&f, &t, 6, Some(s)).unwrap();
+            let opts = scheduled(&format!("[k1]\nloop_order = {order}\na_buffers = 1"), 2);
+            let c = jalc::driver::compile(&f, &t, &opts).unwrap();
+            loads.push(c.tiles.ops.iter().filter(|(op, _)| matches!(op, jalc::tiles::TileOp::Load { .. })).count());
+            let v = jalc::verify::verify_with(&f, &t, 6, &opts).unwrap();
             assert!(v.passed && v.max_abs_error == 0.0, "{order}: {:?}\n{src}", v.first_mismatch);
         }
         assert_ne!(loads[0], loads[1], "{src}");
     }
-    let base = jalc::lower::gemm::choose(
-        &jalc::lower::gemm::recognise(&tir::parse_and_check(sources[0]).unwrap()).unwrap(),
-        &t,
-    )
-    .unwrap();
-    assert!(jalc::driver::parse_schedule("loop_order = k_outer", base).unwrap_err().contains("`n_outer` or `m_outer`"));
+    let f = tir::parse_and_check(sources[0]).unwrap();
+    let e = jalc::driver::compile(&f, &t, &scheduled("[k1]\nloop_order = k_outer", 2)).err().unwrap();
+    assert!(e.to_string().contains("`n_outer` or `m_outer`"), "{e}");
 }
 
 /// DMA queues as schedule data: A's and B's loads go where the schedule says
@@ -597,23 +596,18 @@ fn schedules_assign_dma_queues() {
     let src = "func @g(%a: bf16[200, 256], %b: bf16[256, 600]) -> f32[200, 600] {\n  %c = matmul(%a, %b) : f32[200, 600]\n  return %c\n}\n";
     let f = tir::parse_and_check(src).unwrap();
     let t = Target::builtin("jpu1").unwrap();
-    let p = jalc::lower::gemm::recognise(&f).unwrap();
-    let s =
-        jalc::driver::parse_schedule("a_queue = 2\nb_queue = 0", jalc::lower::gemm::choose(&p, &t).unwrap()).unwrap();
-    let c = jalc::driver::compile(&f, &t, Some(s)).unwrap();
+    let opts = scheduled("[%c]\na_queue = 2\nb_queue = 0", 2);
+    let c = jalc::driver::compile(&f, &t, &opts).unwrap();
     let tiles = c.tiles.to_string();
     assert!(tiles.lines().filter(|l| l.contains("<- a[")).all(|l| l.contains(" on dma2")), "{tiles}");
     assert!(tiles.lines().filter(|l| l.contains("<- b[")).all(|l| l.contains(" on dma0")), "{tiles}");
     let asm = jpu_isa::jasm::disassemble(&c.program);
     let dma2 = asm.split(".stream dma2").nth(1).unwrap().split(".stream").next().unwrap();
     assert!(dma2.contains("hbm[a") && !dma2.contains("hbm[b"), "{dma2}");
-    let v = jalc::verify::verify(&f, &t, 1, Some(s)).unwrap();
+    let v = jalc::verify::verify_with(&f, &t, 1, &opts).unwrap();
     assert!(v.passed, "{:?}", v.first_mismatch);
-    let bad = jalc::driver::parse_schedule("b_queue = 3", s).unwrap();
-    assert!(jalc::driver::compile(&f, &t, Some(bad))
-        .err()
-        .unwrap()
-        .contains("b_queue = 3 must be in 0..=2 (queue 3 carries stores)"));
+    let bad = jalc::driver::compile(&f, &t, &scheduled("[%c]\na_queue = 2\nb_queue = 3", 2)).err().unwrap();
+    assert!(bad.to_string().contains("b_queue = 3 must be in 0..=2 (queue 3 carries stores)"), "{bad}");
 }
 
 /// `concat` and `slice` are HBM-to-HBM DMA boxes: along every axis, ranks 1 to 4,
@@ -642,7 +636,8 @@ fn concat_and_slice_are_dma_copies() {
     for target in ["jpu-tiny", "jpu1"] {
         let t = Target::builtin(target).unwrap();
         for level in [0, 2] {
-            let v = jalc::verify::verify_at(&f, &t, 4, None, level).unwrap_or_else(|e| panic!("{target}: {e:?}"));
+            let v = jalc::verify::verify_with(&f, &t, 4, &jalc::driver::Options::at(level))
+                .unwrap_or_else(|e| panic!("{target}: {e:?}"));
             assert!(v.passed && v.max_abs_error == 0.0, "{target} -O{level}: {:?}", v.first_mismatch);
         }
     }

@@ -18,14 +18,14 @@ fn compile_stage_snapshots() {
             src.lines().find_map(|l| l.strip_prefix("// target:")).map(str::trim).expect("a `// target:` line");
         let t = Target::builtin(target).unwrap();
         let f = tir::parse_and_check(&src).unwrap_or_else(|d| panic!("{}", tir::render(&name, &src, &d)));
-        let c = driver::compile(&f, &t, None).unwrap();
-        let v = jalc::verify::verify(&f, &t, 0, None).unwrap();
+        let c = driver::compile(&f, &t, &driver::Options::o2()).unwrap();
+        let v = jalc::verify::verify(&f, &t, 0).unwrap();
         assert!(v.passed, "{name}: {:?}", v.first_mismatch);
         let out = format!(
             "== parsed\n{}\n== opt\n{}\n== kernels\n{}\n== tiles\n{}\n== asm\n{}\n== verify\ncycles {}, roofline {} ({:.1}%)\n",
             jalc::ir::printer::print(&f),
             jalc::ir::printer::print(&c.optimized),
-            driver::kernels_text(&c, &t),
+            driver::kernels_text(&c.kernels, &c.names, &t),
             c.tiles,
             jpu_isa::jasm::disassemble(&c.program),
             v.report.cycles,

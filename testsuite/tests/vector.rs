@@ -70,7 +70,8 @@ fn row_kernels_verify_bit_exactly_on_both_targets() {
         for target in ["jpu-tiny", "jpu1"] {
             let t = Target::builtin(target).unwrap();
             for level in [0, 2] {
-                let v = jalc::verify::verify_at(&f, &t, 5, None, level).unwrap_or_else(|e| panic!("{e:?}\n{src}"));
+                let v = jalc::verify::verify_with(&f, &t, 5, &jalc::driver::Options::at(level))
+                    .unwrap_or_else(|e| panic!("{e:?}\n{src}"));
                 // At -O2 the written-out attention of @chain is fused (within the
                 // attention tolerance, not bit-exact).
                 let fused_attention = level > 0 && src.contains("@chain");
@@ -113,9 +114,9 @@ fn row_ops_beyond_the_kernels_say_what_and_why() {
     let t = Target::builtin("jpu1").unwrap();
     for (src, want) in cases {
         let f = check(src);
-        let err = match jalc::driver::compile(&f, &t, None) {
+        let err = match jalc::driver::compile(&f, &t, &jalc::driver::Options::o2()) {
             Ok(_) => panic!("compiled:\n{src}"),
-            Err(e) => e,
+            Err(e) => e.to_string(),
         };
         assert!(err.contains(want), "{err}\nwanted: {want}");
     }
@@ -134,7 +135,7 @@ fn attention_src(dtype: &str, hq: u64, hk: u64, sq: u64, sk: u64, d: u64, causal
 fn verify_attention(target: &str, src: &str) -> jalc::verify::Verification {
     let f = check(src);
     let t = Target::builtin(target).unwrap();
-    let v = jalc::verify::verify(&f, &t, 7, None).unwrap_or_else(|e| panic!("{target}: {e:?}\n{src}"));
+    let v = jalc::verify::verify(&f, &t, 7).unwrap_or_else(|e| panic!("{target}: {e:?}\n{src}"));
     assert!(v.passed, "{target}: {:?} (max abs {})\n{src}", v.first_mismatch, v.max_abs_error);
     v
 }
@@ -226,8 +227,8 @@ fn written_out_attention_compiles_to_the_fused_kernel() {
         let t = Target::builtin(target).unwrap();
         for causal in [false, true] {
             let written = check(&composite(causal));
-            let c = jalc::driver::compile(&written, &t, None).unwrap();
-            let kinds: Vec<&str> = c.kernels.iter().map(jalc::driver::Kernel::kind).collect();
+            let c = jalc::driver::compile(&written, &t, &jalc::driver::Options::o2()).unwrap();
+            let kinds: Vec<&str> = c.kernels.iter().map(|k| k.kind()).collect();
             assert_eq!(kinds, ["attention"], "{target} causal {causal}");
             let a = verify_attention(target, &composite(causal));
             let b = verify_attention(target, &explicit(causal));
@@ -243,10 +244,10 @@ fn streamed_attention_loads_k_transposed_once() {
     let t = Target::builtin("jpu-tiny").unwrap();
     for (dtype, causal) in [("f32", true), ("bf16", false)] {
         let src = attention_src(dtype, 4, 2, 300, 1000, 64, causal);
-        let c = jalc::driver::compile(&check(&src), &t, None).unwrap();
-        let kinds: Vec<&str> = c.kernels.iter().map(jalc::driver::Kernel::kind).collect();
+        let c = jalc::driver::compile(&check(&src), &t, &jalc::driver::Options::o2()).unwrap();
+        let kinds: Vec<&str> = c.kernels.iter().map(|k| k.kind()).collect();
         assert_eq!(kinds, ["transpose", "attention"]);
-        assert!(jalc::driver::kernels_text(&c, &t).contains("(K/V streamed per block)"));
+        assert!(jalc::driver::kernels_text(&c.kernels, &c.names, &t).contains("(K/V streamed per block)"));
         assert!(!c.tiles.to_string().contains("transpose k2."), "no per-window K transposes");
         let v = verify_attention("jpu-tiny", &src);
         if dtype == "f32" {
@@ -275,8 +276,8 @@ fn decode_path_is_chosen_and_verifies() {
         let t = Target::builtin(target).unwrap();
         for dtype in ["f32", "bf16"] {
             let src = attention_src(dtype, hq, hk, sq, sk, d, causal);
-            let c = jalc::driver::compile(&check(&src), &t, None).unwrap();
-            let listing = jalc::driver::kernels_text(&c, &t);
+            let c = jalc::driver::compile(&check(&src), &t, &jalc::driver::Options::o2()).unwrap();
+            let listing = jalc::driver::kernels_text(&c.kernels, &c.names, &t);
             assert!(listing.contains("decode (transposed scores)"), "{target}:\n{listing}");
             let v = verify_attention(target, &src);
             if dtype == "f32" {
@@ -317,7 +318,8 @@ fn iota_masks_are_affine_selects() {
     for target in ["jpu-tiny", "jpu1"] {
         let t = Target::builtin(target).unwrap();
         for level in [0, 2] {
-            let v = jalc::verify::verify_at(&f, &t, 9, None, level).unwrap_or_else(|e| panic!("{target}: {e:?}"));
+            let v = jalc::verify::verify_with(&f, &t, 9, &jalc::driver::Options::at(level))
+                .unwrap_or_else(|e| panic!("{target}: {e:?}"));
             assert!(v.passed, "{target} -O{level}: {:?}", v.first_mismatch);
             if level == 0 {
                 assert_eq!(v.max_abs_error, 0.0, "{target}");
@@ -337,9 +339,9 @@ fn iota_masks_are_affine_selects() {
     );
     for target in ["jpu-tiny", "jpu1"] {
         let t = Target::builtin(target).unwrap();
-        let c = jalc::driver::compile(&tri, &t, None).unwrap();
-        assert_eq!(c.kernels.iter().map(jalc::driver::Kernel::kind).collect::<Vec<_>>(), ["gemm"]);
-        let v = jalc::verify::verify(&tri, &t, 1, None).unwrap();
+        let c = jalc::driver::compile(&tri, &t, &jalc::driver::Options::o2()).unwrap();
+        assert_eq!(c.kernels.iter().map(|k| k.kind()).collect::<Vec<_>>(), ["gemm"]);
+        let v = jalc::verify::verify(&tri, &t, 1).unwrap();
         assert!(v.passed && v.max_abs_error == 0.0, "{target}: {:?}", v.first_mismatch);
     }
     // Selects the VE cannot express are refused with the reason.
@@ -352,7 +354,8 @@ fn iota_masks_are_affine_selects() {
         ),
     ] {
         let src = format!("func @f(%x: f32[8, 16], %y: f32[8, 16]) -> f32[8, 16] {{\n  {body}\n  return %s\n}}");
-        let err = jalc::driver::compile(&check(&src), &t, None).err().expect("refused");
+        let err =
+            jalc::driver::compile(&check(&src), &t, &jalc::driver::Options::o2()).err().expect("refused").to_string();
         assert!(err.contains(want), "{err}");
     }
 }
@@ -384,7 +387,8 @@ fn attention_beyond_the_kernel_says_what_and_why() {
         ),
     ];
     for (src, want) in cases {
-        let err = jalc::driver::compile(&check(src), &t, None).err().expect("refused");
+        let err =
+            jalc::driver::compile(&check(src), &t, &jalc::driver::Options::o2()).err().expect("refused").to_string();
         assert!(err.contains(want), "{err}\nwanted: {want}");
     }
 }
@@ -402,8 +406,8 @@ fn written_out_grouped_query_attention_verifies() {
     ] {
         let src = written_out(&[2, g, s, d], 1, 1.0 / (d as f64).sqrt(), causal);
         let t = Target::builtin(target).unwrap();
-        let c = jalc::driver::compile(&check(&src), &t, None).unwrap();
-        let kinds: Vec<&str> = c.kernels.iter().map(jalc::driver::Kernel::kind).collect();
+        let c = jalc::driver::compile(&check(&src), &t, &jalc::driver::Options::o2()).unwrap();
+        let kinds: Vec<&str> = c.kernels.iter().map(|k| k.kind()).collect();
         assert_eq!(kinds, ["attention"], "{target}\n{src}");
         verify_attention(target, &src);
     }
@@ -441,13 +445,14 @@ fn const_splats_and_matrix_operands() {
     for target in ["jpu-tiny", "jpu1"] {
         let t = Target::builtin(target).unwrap();
         for level in [0, 2] {
-            let v = jalc::verify::verify_at(&f, &t, 6, None, level).unwrap_or_else(|e| panic!("{target}: {e:?}"));
+            let v = jalc::verify::verify_with(&f, &t, 6, &jalc::driver::Options::at(level))
+                .unwrap_or_else(|e| panic!("{target}: {e:?}"));
             assert!(v.passed, "{target} -O{level}: {:?}", v.first_mismatch);
             if level == 0 {
                 assert_eq!(v.max_abs_error, 0.0, "{target}");
             }
         }
-        let fused = jalc::driver::compile(&f, &t, None).unwrap();
+        let fused = jalc::driver::compile(&f, &t, &jalc::driver::Options::o2()).unwrap();
         assert!(fused.kernels.iter().any(|k| k.kind() == "attention"), "{target}");
     }
 }

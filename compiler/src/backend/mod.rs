@@ -24,11 +24,8 @@ use jpu_isa::program::{RooflineInputs, SemDecl, TensorDecl};
 use jpu_isa::{Inst, Op, Program, Target};
 use petgraph::graph::{DiGraph, NodeIndex};
 
-use crate::lower::{BufSlice, BufferId, HbmBox, TileOp, TileProgram, TileScalar};
-
-/// Why a tile program cannot be placed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BackendError(pub String);
+use crate::error::CompileError;
+use crate::tiles::{BufSlice, BufferId, HbmBox, TileOp, TileProgram, TileScalar};
 
 /// Where each buffer copy lives: byte offset within each partition.
 pub struct Allocation {
@@ -59,7 +56,7 @@ fn live_ranges(tp: &TileProgram) -> Vec<Option<(usize, usize)>> {
 /// range in every partition; PSUM whole banks), first fit among the buffers whose
 /// live ranges (first to last tile op touching them) overlap its own, so buffers
 /// of kernels that run one after another share memory.
-pub fn allocate(tp: &TileProgram, t: &Target) -> Result<Allocation, BackendError> {
+pub fn allocate(tp: &TileProgram, t: &Target) -> Result<Allocation, CompileError> {
     let bank_bytes = t.psum_bank_bytes() as u64;
     let live = live_ranges(tp);
     // (space, live range, start, end) of every placed block.
@@ -102,18 +99,14 @@ pub fn allocate(tp: &TileProgram, t: &Target) -> Result<Allocation, BackendError
         }
     }
     if sram_high > t.sram.partition_bytes as u64 {
-        return Err(BackendError(format!(
-            "buffers need {sram_high} bytes per SRAM partition; {} has {}",
-            t.name, t.sram.partition_bytes
-        )));
+        let what =
+            format!("buffers need {sram_high} bytes per SRAM partition; {} has {}", t.name, t.sram.partition_bytes);
+        return Err(CompileError::limit("the program", what, 0..0));
     }
     let banks = psum_high / bank_bytes;
     if banks > t.psum.banks.unwrap_or(1) as u64 {
-        return Err(BackendError(format!(
-            "buffers need {banks} PSUM banks; {} has {}",
-            t.name,
-            t.psum.banks.unwrap_or(1)
-        )));
+        let what = format!("buffers need {banks} PSUM banks; {} has {}", t.name, t.psum.banks.unwrap_or(1));
+        return Err(CompileError::limit("the program", what, 0..0));
     }
     Ok(Allocation { offsets })
 }
@@ -319,7 +312,7 @@ fn hbm_side(h: &HbmBox, base: u64, size: u64) -> DmaSide {
 }
 
 /// Places, schedules, synchronises and emits a tile program.
-pub fn compile(tp: &TileProgram, t: &Target, roofline: RooflineInputs) -> Result<Scheduled, BackendError> {
+pub fn compile(tp: &TileProgram, t: &Target, roofline: RooflineInputs) -> Result<Scheduled, CompileError> {
     let alloc = allocate(tp, t)?;
     // HBM layout: tensors one after another, 4 KiB aligned.
     let mut addr = 0u64;
@@ -337,7 +330,8 @@ pub fn compile(tp: &TileProgram, t: &Target, roofline: RooflineInputs) -> Result
         addr = (addr + size).div_ceil(4096) * 4096;
     }
     if addr > t.hbm.size_bytes {
-        return Err(BackendError(format!("tensors need {addr} bytes of HBM; {} has {}", t.name, t.hbm.size_bytes)));
+        let what = format!("tensors need {addr} bytes of HBM; {} has {}", t.name, t.hbm.size_bytes);
+        return Err(CompileError::limit("the program", what, 0..0));
     }
     // Instruction selection and engine assignment.
     let queues = t.dma.queues as usize;
@@ -447,7 +441,10 @@ pub fn compile(tp: &TileProgram, t: &Target, roofline: RooflineInputs) -> Result
                 _ => None,
             };
             if let Some(q) = assigned.filter(|&q| q >= queues) {
-                return Err(BackendError(format!("a load is assigned DMA queue {q}; {} has {queues}", t.name)));
+                return Err(CompileError::internal(format!(
+                    "a load is assigned DMA queue {q}; {} has {queues}",
+                    t.name
+                )));
             }
             let q = assigned
                 .unwrap_or_else(|| candidates.iter().copied().min_by_key(|&q| (queue_bytes[q], q)).unwrap_or(0));
@@ -564,14 +561,14 @@ pub fn compile(tp: &TileProgram, t: &Target, roofline: RooflineInputs) -> Result
     program.cores = vec![cores];
     program.roofline = Some(roofline);
     program.canonicalize_debug_ops();
-    program.validate(t).map_err(|e| BackendError(format!("internal: emitted program is invalid: {e}")))?;
+    program.validate(t).map_err(|e| CompileError::internal(format!("the emitted program is invalid: {e}")))?;
     Ok(Scheduled { program })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lower::{Buffer, HbmTensor};
+    use crate::tiles::{Buffer, HbmTensor};
     use jpu_isa::program::Role;
     use jpu_isa::DType;
 

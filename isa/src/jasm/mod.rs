@@ -11,7 +11,7 @@ use codespan_reporting::diagnostic::{Diagnostic, Label};
 use codespan_reporting::files::SimpleFile;
 use codespan_reporting::term;
 
-pub use parser::{assemble, AsmError};
+pub use parser::{assemble, assemble_with, AsmError};
 pub use printer::{disassemble, inst_text};
 
 /// Renders assembler errors as `file:line:col` diagnostics with the source line and

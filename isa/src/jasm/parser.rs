@@ -288,6 +288,12 @@ fn lex(src: &str) -> (Vec<(Tok<'_>, Span)>, Vec<AsmError>) {
 
 /// Assembles `.jasm` source into a validated program, or returns every error found.
 pub fn assemble(src: &str) -> Result<Program, Vec<AsmError>> {
+    assemble_with(src, None)
+}
+
+/// [`assemble`], where `.target` may also name `custom` (a target description
+/// read from a file) besides the built-in targets.
+pub fn assemble_with(src: &str, custom: Option<&Target>) -> Result<Program, Vec<AsmError>> {
     let (toks, mut errors) = lex(src);
     let mut p = Parser {
         toks,
@@ -300,7 +306,7 @@ pub fn assemble(src: &str) -> Result<Program, Vec<AsmError>> {
 
     // The first directive names the target; nothing can be checked without it.
     while p.eat(&Tok::Newline) {}
-    let target = match parse_target(&mut p) {
+    let target = match parse_target(&mut p, custom) {
         Ok(t) => t,
         Err(e) => {
             errors.push(e);
@@ -342,7 +348,7 @@ fn empty_core(engines: usize) -> Vec<Vec<ParsedInst>> {
     (0..engines).map(|_| Vec::new()).collect()
 }
 
-fn parse_target(p: &mut Parser<'_>) -> Result<Target, AsmError> {
+fn parse_target(p: &mut Parser<'_>, custom: Option<&Target>) -> Result<Target, AsmError> {
     let start = p.span();
     if !(p.eat(&Tok::Dot) && matches!(p.peek(), Tok::Ident("target"))) {
         return Err(p.err(start, "a .jasm file starts with `.target \"NAME\"` (e.g. `.target \"jpu1\"`)"));
@@ -356,7 +362,10 @@ fn parse_target(p: &mut Parser<'_>) -> Result<Target, AsmError> {
         }
         _ => return Err(p.unexpected("the target name as a string, e.g. \"jpu-tiny\"")),
     };
-    let target = Target::builtin(&name).map_err(|e| p.err(span, e.to_string()))?;
+    let target = match custom {
+        Some(t) if t.name == name => t.clone(),
+        _ => Target::builtin(&name).map_err(|e| p.err(span, e.to_string()))?,
+    };
     p.end_line()?;
     Ok(target)
 }

@@ -64,7 +64,7 @@ fn main() {
     println!("|---|---|---|---|---|---|---|---|");
     for (name, src, goal) in rows {
         let m = jpu_testsuite::bench::measure(&src, &t, 5);
-        let kinds: Vec<&str> = m.compiled.kernels.iter().map(jalc::driver::Kernel::kind).collect();
+        let kinds: Vec<&str> = m.compiled.kernels.iter().map(|k| k.kind()).collect();
         let r = &m.report;
         let mark = jpu_testsuite::bench::goal_mark(r.roofline_fraction, goal);
         println!(

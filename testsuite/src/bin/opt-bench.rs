@@ -10,17 +10,17 @@ use jpu_isa::Target;
 use jpu_runtime::{run, RunOptions};
 
 fn simulate(f: &jalc::ir::Func, t: &Target, level: u8) -> String {
-    match jalc::driver::compile_at(f, t, None, level) {
+    match jalc::driver::compile(f, t, &jalc::driver::Options::at(level)) {
         Ok(c) => {
             let r = run(&c.program, t, &[], &RunOptions { timing_only: true, ..RunOptions::default() })
                 .expect("runs")
                 .report;
             format!("{} ({:.1}%)", r.cycles, 100.0 * r.roofline_fraction)
         }
-        Err(e) => {
-            let op = e.split('`').nth(1).unwrap_or("?");
-            format!("not compiled yet (`{op}` needs its own kernel)")
+        Err(jalc::error::CompileError::Unsupported { value, op, .. }) => {
+            format!("not compiled yet (`%{value} = {op}` needs its own kernel)")
         }
+        Err(e) => format!("refused: {e}"),
     }
 }
 

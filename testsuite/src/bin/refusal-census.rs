@@ -1,6 +1,7 @@
 //! Why random programs are refused: compiles the .tir generator's programs for
 //! fixed seeds (0..200, as `a_fair_share_of_random_programs_compiles` does) for
-//! jpu-tiny at -O0 and counts the refusals by op and reason, most common first.
+//! jpu-tiny at -O0 and counts the refusals by error kind, op and reason, most
+//! common first (read from the compiler's typed errors).
 //!
 //! `cargo run --release -p jpu-testsuite --bin refusal-census` (docs/testing.md).
 
@@ -13,14 +14,14 @@ fn main() {
     for seed in 0..200u64 {
         let f = jalc::front::tir::parse_and_check(&jpu_testsuite::tir_gen::random_tir(seed))
             .expect("generated programs check");
-        match jalc::driver::compile_at(&f, &t, None, 0) {
+        match jalc::driver::compile(&f, &t, &jalc::driver::Options::at(0)) {
             Ok(_) => compiled += 1,
             Err(e) => {
-                // "`%x = op` reason: what this version compiles" -> "op | reason"
-                let head = e.split(": this compiler version").next().unwrap_or(&e);
-                let key = match head.split('`').nth(1).and_then(|s| s.split(" = ").nth(1)) {
-                    Some(op) => format!("{op} | {}", head.rsplit('`').next().unwrap_or("").trim()),
-                    None => head.to_string(),
+                let key = match &e {
+                    jalc::error::CompileError::Unsupported { op, reason, .. } => {
+                        format!("unsupported | {op} | {reason}")
+                    }
+                    other => format!("{} | {other}", other.kind()),
                 };
                 *why.entry(key).or_default() += 1;
             }

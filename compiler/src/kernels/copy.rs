@@ -10,9 +10,12 @@
 //!   second-to-last dim, columns of the last.
 
 use jpu_isa::program::Role;
-use jpu_isa::DType;
+use jpu_isa::{DType, Target};
 
-use super::{HbmBox, HbmTensor, TileOp, TileProgram};
+use super::{chip, statement, unsupported, Ctx, Kernel, Work};
+use crate::error::CompileError;
+use crate::ir::{Op, Span};
+use crate::tiles::{HbmBox, HbmTensor, TileOp, TileProgram};
 
 /// A copy kernel: boxes of its input tensors copied into the output.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,6 +35,71 @@ pub struct CopyProblem {
     pub text: String,
     /// Index of its IR node.
     pub node: usize,
+    /// Its source span.
+    pub span: Span,
+}
+
+/// The copy kernel of the concat or slice at node `i`.
+pub fn select(cx: &Ctx<'_>, i: usize) -> Result<CopyProblem, CompileError> {
+    let node = &cx.f.nodes[i];
+    let values = cx.hbm_values(node)?;
+    let dtype = chip(node.ty.dtype, "a result", node)?;
+    let inputs: Vec<(String, Vec<u64>)> =
+        values.iter().map(|v| (cx.f.node(*v).name.clone(), cx.f.node(*v).ty.shape.clone())).collect();
+    let shapes: Vec<Vec<u64>> = inputs.iter().map(|(_, s)| s.clone()).collect();
+    let boxes = match &node.op {
+        Op::Concat { axis } => concat_boxes(&shapes, *axis, &node.ty.shape),
+        Op::Slice { start, .. } => slice_boxes(&shapes[0], start, &node.ty.shape),
+        _ => return Err(unsupported(node, "is not a concat or a slice")),
+    };
+    Ok(CopyProblem {
+        inputs,
+        dtype,
+        output: node.name.clone(),
+        shape: node.ty.shape.clone(),
+        boxes,
+        text: statement(cx.f, i),
+        node: i,
+        span: node.span.clone(),
+    })
+}
+
+impl Kernel for CopyProblem {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn kind(&self) -> &'static str {
+        "copy"
+    }
+
+    fn output(&self) -> &str {
+        &self.output
+    }
+
+    fn nodes(&self) -> &[usize] {
+        std::slice::from_ref(&self.node)
+    }
+
+    fn span(&self) -> Span {
+        self.span.clone()
+    }
+
+    fn statement(&self) -> String {
+        self.text.clone()
+    }
+
+    fn describe(&self, _: &Target) -> String {
+        format!("{} {:?} {}\n  {} HBM-to-HBM boxes\n", self.text, self.shape, self.dtype, self.boxes.len())
+    }
+
+    fn work(&self) -> Work {
+        Work::default()
+    }
+
+    fn lower(&self, _: &Target) -> TileProgram {
+        lower(self)
+    }
 }
 
 /// The boxes of `concat` along `axis` of inputs shaped `inputs` into `shape`.

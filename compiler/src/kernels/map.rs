@@ -15,8 +15,11 @@ use jpu_isa::operand::Space;
 use jpu_isa::program::Role;
 use jpu_isa::{DType, Target};
 
-use super::gemm::{Broadcast, EpilogueInput, EpilogueStep};
-use super::{BufSlice, Buffer, BufferId, HbmBox, HbmTensor, TileOp, TileProgram};
+use super::chain::{chain, Broadcast, Chain, EpilogueInput, EpilogueStep};
+use super::{chip, unsupported, Ctx, Field, Kernel, Work};
+use crate::error::CompileError;
+use crate::ir::{Node, Op, Operand, Span, ValueId};
+use crate::tiles::{BufSlice, Buffer, BufferId, HbmBox, HbmTensor, TileOp, TileProgram};
 
 /// Widest block, in elements per partition.
 pub const MAX_COLS: u64 = 512;
@@ -48,6 +51,181 @@ pub struct MapProblem {
     /// A `const` splat the chain starts from (each block is set to it on the VE)
     /// instead of loading `input`.
     pub splat: Option<f64>,
+    /// The first statement's source span.
+    pub span: Span,
+}
+
+/// An elementwise kernel and its block width (its schedule).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MapKernel {
+    /// What it computes.
+    pub p: MapProblem,
+    /// Columns per block.
+    pub width: u64,
+}
+
+/// The elementwise kernel of the chain starting at node `i` (an elementwise op
+/// whose main operand, of the result's shape, is in HBM); and its output node.
+pub fn select_chain(cx: &Ctx<'_>, i: usize, t: &Target) -> Result<(MapKernel, usize), CompileError> {
+    let node = &cx.f.nodes[i];
+    let Some(x) = node.operands.iter().find_map(|o| match o {
+        Operand::Value(v) if cx.in_hbm[v.0 as usize] && cx.f.node(*v).ty.shape == node.ty.shape => Some(*v),
+        _ => None,
+    }) else {
+        return Err(unsupported(
+            node,
+            "has no operand of the result's shape in HBM (broadcasting the main operand is not supported yet)",
+        ));
+    };
+    let xn = cx.f.node(x);
+    let c = chain(cx, x, Some(i), &xn.ty)?;
+    if c.nodes.is_empty() {
+        return Err(unsupported(node, "cannot run as an elementwise kernel yet"));
+    }
+    kernel(cx, c, None, xn, &xn.ty.shape, None, t)
+}
+
+/// The kernel of a reshape (a copy in the result's view) or a const splat at
+/// node `i`, with the elementwise chain that consumes it; and its output node.
+pub fn select_lead(cx: &Ctx<'_>, i: usize, t: &Target) -> Result<(MapKernel, usize), CompileError> {
+    let node = &cx.f.nodes[i];
+    let (source, splat) = match node.op {
+        Op::Const { value } => (node, Some(value)),
+        _ => {
+            let [x] = cx.hbm_values(node)?[..] else { return Err(unsupported(node, "is malformed")) };
+            (cx.f.node(x), None)
+        }
+    };
+    let c = chain(cx, ValueId(i as u32), None, &node.ty)?;
+    kernel(cx, c, Some(i), source, &node.ty.shape, splat, t)
+}
+
+/// The kernel running chain `c` over `input` (or over a splat of `splat`), with
+/// node `lead` (a reshape or a const) computed first.
+fn kernel(
+    cx: &Ctx<'_>,
+    c: Chain,
+    lead: Option<usize>,
+    input: &Node,
+    shape: &[u64],
+    splat: Option<f64>,
+    t: &Target,
+) -> Result<(MapKernel, usize), CompileError> {
+    let nodes: Vec<usize> = lead.into_iter().chain(c.nodes).collect();
+    let first = &cx.f.nodes[nodes[0]];
+    let p = MapProblem {
+        input: input.name.clone(),
+        input_shape: input.ty.shape.clone(),
+        shape: shape.to_vec(),
+        dtype: chip(input.ty.dtype, "an operand", first)?,
+        steps: c.epilogue,
+        inputs: c.epilogue_inputs,
+        cast: c.cast,
+        output: cx.f.node(c.last).name.clone(),
+        nodes,
+        splat,
+        span: first.span.clone(),
+    };
+    let width = p.width(t);
+    Ok((MapKernel { p, width }, c.last.0 as usize))
+}
+
+impl MapProblem {
+    /// The statements it implements, for listings.
+    fn text(&self) -> Vec<String> {
+        let reshape = (self.input_shape != self.shape).then(|| format!("reshape to {:?}", self.shape));
+        let steps = self.steps.iter().map(|(_, t)| t.clone());
+        reshape.into_iter().chain(steps).chain(self.cast.as_ref().map(|c| c.1.clone())).collect()
+    }
+
+    /// Bytes per partition of `width` columns of every tile, times its copies.
+    fn sram_bytes(&self, width: u64) -> u64 {
+        let per_col = self.dtype.size_bytes() as u64
+            + self.inputs.iter().map(|e| e.dtype.size_bytes() as u64).sum::<u64>()
+            + self.cast.as_ref().map_or(0, |c| c.0.size_bytes() as u64);
+        let tiles = 1 + self.inputs.len() as u64 + self.cast.is_some() as u64;
+        // Each copy is padded to 64 bytes by the allocator.
+        COPIES as u64 * (width * per_col + 64 * tiles)
+    }
+}
+
+impl Kernel for MapKernel {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn kind(&self) -> &'static str {
+        "map"
+    }
+
+    fn output(&self) -> &str {
+        &self.p.output
+    }
+
+    fn nodes(&self) -> &[usize] {
+        &self.p.nodes
+    }
+
+    fn span(&self) -> Span {
+        self.p.span.clone()
+    }
+
+    fn statement(&self) -> String {
+        self.p.text().join("; ")
+    }
+
+    fn schedule_fields(&self) -> &'static [&'static str] {
+        &["width"]
+    }
+
+    fn schedule(&mut self, t: &Target, overrides: &[Field]) -> Result<Vec<Box<dyn Kernel>>, CompileError> {
+        for f in overrides {
+            if f.name != "width" {
+                return Err(self.field_error(f, format!("unknown field `{}` (fields: width)", f.name)));
+            }
+            let w: u64 = f.value.parse().map_err(|_| self.field_error(f, format!("`{}` is not a number", f.value)))?;
+            let cap = t.sram.partition_bytes as u64;
+            if w == 0 || w > MAX_COLS {
+                return Err(self.field_error(f, format!("width = {w} must be in 1..={MAX_COLS}")));
+            }
+            if self.p.sram_bytes(w) > cap {
+                let why = format!(
+                    "width = {w} needs {} bytes per SRAM partition; {} has {cap}",
+                    self.p.sram_bytes(w),
+                    t.name
+                );
+                return Err(self.field_error(f, why));
+            }
+            self.width = w.min(self.p.view().1.max(1));
+        }
+        Ok(Vec::new())
+    }
+
+    fn describe(&self, _: &Target) -> String {
+        let p = &self.p;
+        let over = match p.splat {
+            Some(v) => format!("a splat of {v}"),
+            None => format!("%{}", p.input),
+        };
+        format!(
+            "{} over {over} {:?} {}\n  blocks of {} columns\n",
+            self.statement(),
+            p.input_shape,
+            p.dtype,
+            self.width
+        )
+    }
+
+    fn work(&self) -> Work {
+        let p = &self.p;
+        let steps = p.steps.iter().filter(|(s, _)| matches!(s, EpilogueStep::Activate(f) if f.is_transcendental()));
+        let elems: u64 = p.shape.iter().product();
+        Work { transcendentals: elems.saturating_mul(steps.count() as u64), ..Work::default() }
+    }
+
+    fn lower(&self, t: &Target) -> TileProgram {
+        lower(&self.p, self.width, t)
+    }
 }
 
 impl MapProblem {
@@ -60,14 +238,9 @@ impl MapProblem {
     /// Columns per block: up to [`MAX_COLS`], fewer when every tile's copies would
     /// not fit one SRAM partition.
     pub fn width(&self, t: &Target) -> u64 {
-        let per_col = self.dtype.size_bytes() as u64
-            + self.inputs.iter().map(|e| e.dtype.size_bytes() as u64).sum::<u64>()
-            + self.cast.as_ref().map_or(0, |c| c.0.size_bytes() as u64);
-        // Each copy is padded to 64 bytes by the allocator.
-        let tiles = 1 + self.inputs.len() as u64 + self.cast.is_some() as u64;
-        let cap = (t.sram.partition_bytes as u64).saturating_sub(64 * COPIES as u64 * tiles);
-        let fit = cap / (COPIES as u64 * per_col);
-        MAX_COLS.min(fit).min(self.view().1).max(1)
+        let per_col = self.sram_bytes(1) - self.sram_bytes(0);
+        let cap = (t.sram.partition_bytes as u64).saturating_sub(self.sram_bytes(0));
+        MAX_COLS.min(cap / per_col.max(1)).min(self.view().1).max(1)
     }
 
     /// The dtype stored to HBM.
@@ -76,11 +249,10 @@ impl MapProblem {
     }
 }
 
-/// Lowers an elementwise kernel to a tile program.
-pub fn lower(p: &MapProblem, t: &Target) -> TileProgram {
+/// Lowers an elementwise kernel with blocks of `width` columns to a tile program.
+pub fn lower(p: &MapProblem, width: u64, t: &Target) -> TileProgram {
     let (rows, cols) = p.view();
     let parts = (t.sram.partitions as u64).min(rows).max(1);
-    let width = p.width(t);
     let mut tensors = Vec::new();
     if p.splat.is_none() {
         tensors.push(HbmTensor {

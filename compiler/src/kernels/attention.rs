@@ -35,7 +35,11 @@ use jpu_isa::operand::{ActFunc, AluOp, ReduceOp, Space};
 use jpu_isa::program::Role;
 use jpu_isa::{DType, Target};
 
-use super::{BufSlice, Buffer, HbmBox, HbmTensor, TileOp, TileProgram, TileScalar};
+use super::transpose::TransposeProblem;
+use super::{chip, statement, unsupported, Ctx, Field, Kernel, Work};
+use crate::error::CompileError;
+use crate::ir::{Op, Span};
+use crate::tiles::{BufSlice, Buffer, HbmBox, HbmTensor, TileOp, TileProgram, TileScalar};
 
 /// Copies of the per-block statistics columns.
 const STAT_COPIES: usize = 3;
@@ -89,6 +93,211 @@ pub struct AttentionProblem {
     /// dim, seq]`), written by a transpose kernel before this one: streamed
     /// windows then load K^T directly instead of transposing K per window.
     pub k_transposed: Option<String>,
+    /// The op's source span.
+    pub span: Span,
+}
+
+/// An attention kernel and its tiling.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttentionKernel {
+    /// What it computes.
+    pub p: AttentionProblem,
+    /// How it is tiled.
+    pub plan: AttentionPlan,
+}
+
+/// The attention kernel of node `i`, with its tiling chosen for `t`.
+pub fn select(cx: &Ctx<'_>, i: usize, t: &Target) -> Result<AttentionKernel, CompileError> {
+    let node = &cx.f.nodes[i];
+    let Op::Attention { causal, scale } = node.op else { return Err(unsupported(node, "is not attention")) };
+    let [q, k, v] = cx.hbm_values(node)?[..] else { return Err(unsupported(node, "is malformed")) };
+    let (qn, kn, vn) = (cx.f.node(q), cx.f.node(k), cx.f.node(v));
+    let dtype = chip(qn.ty.dtype, "a query", node)?;
+    if !matches!(dtype, DType::Bf16 | DType::F16 | DType::F32) {
+        return Err(unsupported(node, &format!("on {dtype} operands is not supported yet (bf16, f16 and f32 are)")));
+    }
+    let r = qn.ty.shape.len();
+    let dims = |s: &[u64]| (s[r - 3], s[r - 2], s[r - 1]);
+    let ((hq, sq, d), (hk, sk, _), (_, _, dv)) = (dims(&qn.ty.shape), dims(&kn.ty.shape), dims(&vn.ty.shape));
+    if qn.ty.shape[..r - 3] != kn.ty.shape[..r - 3] || kn.ty.shape[..r - 3] != vn.ty.shape[..r - 3] {
+        return Err(unsupported(node, "broadcasts batch dims between q, k and v, which is not supported yet"));
+    }
+    if scale <= 0.0 {
+        return Err(unsupported(node, &format!("has scale {scale}; the kernel needs a positive scale")));
+    }
+    if qn.ty.elems() == 0 || kn.ty.elems() == 0 || vn.ty.elems() == 0 {
+        let why = format!("has an empty operand ({}, {}, {}), which is not supported yet", qn.ty, kn.ty, vn.ty);
+        return Err(unsupported(node, &why));
+    }
+    if causal && sq > sk {
+        return Err(unsupported(
+            node,
+            &format!(
+            "is causal with more query rows ({sq}) than keys ({sk}), which leaves rows with no key; not supported yet"
+        ),
+        ));
+    }
+    let p = AttentionProblem {
+        q: qn.name.clone(),
+        k: kn.name.clone(),
+        v: vn.name.clone(),
+        shapes: [qn.ty.shape.clone(), kn.ty.shape.clone(), vn.ty.shape.clone()],
+        dtype,
+        batch: qn.ty.shape[..r - 3].iter().product(),
+        hq,
+        hk,
+        sq,
+        sk,
+        d,
+        dv,
+        causal,
+        scale: scale as f32,
+        output: node.name.clone(),
+        out_shape: node.ty.shape.clone(),
+        out_dtype: chip(node.ty.dtype, "a result", node)?,
+        text: vec![format!("{} {{causal = {causal}, scale = {scale}}}", statement(cx.f, i))],
+        nodes: vec![i],
+        k_transposed: None,
+        span: node.span.clone(),
+    };
+    let plan = p.plan(t).map_err(|why| CompileError::limit(&p.text[0], why, p.span.clone()))?;
+    Ok(AttentionKernel { p, plan })
+}
+
+/// The schedule fields.
+const FIELDS: &[&str] = &["kv_block", "window_copies", "decode"];
+
+impl AttentionKernel {
+    /// Applies one override to `plan`: turning the decode path off (the flash
+    /// tiling is then chosen anew), a narrower KV block (a multiple of
+    /// `kv_chunk`, at most the chosen block, which is what the score banks
+    /// hold), or the window copies (flash path only).
+    fn set(&self, plan: &mut AttentionPlan, f: &Field, t: &Target) -> Result<(), String> {
+        let number = || f.value.parse::<u64>().map_err(|_| format!("`{}` is not a number", f.value));
+        if plan.decode && f.name != "decode" && FIELDS.contains(&f.name.as_str()) {
+            return Err("applies to the flash path only; set `decode = false` first".into());
+        }
+        match f.name.as_str() {
+            "decode" => match f.value.as_str() {
+                "false" if plan.decode => *plan = self.p.flash_plan(t)?,
+                "false" => {}
+                "true" if plan.decode => {}
+                "true" => return Err("the decode path does not apply to this attention (or does not fit)".into()),
+                v => return Err(format!("is `true` or `false`, not `{v}`")),
+            },
+            "kv_block" => {
+                let b = number()?;
+                let chosen = self.p.flash_plan(t)?.kv_block;
+                if b == 0 || b % plan.kv_chunk != 0 || b > chosen {
+                    return Err(format!("must be a multiple of kv_chunk = {} up to {chosen}", plan.kv_chunk));
+                }
+                if plan.window < self.p.sk {
+                    plan.window = b;
+                }
+                plan.kv_block = b;
+            }
+            "window_copies" => {
+                let c = number()?;
+                if !(2..=3).contains(&c) {
+                    return Err("must be 2 or 3".into());
+                }
+                plan.window_copies = c as u32;
+            }
+            other => return Err(format!("unknown field `{other}` (fields: {})", FIELDS.join(", "))),
+        }
+        let need = if plan.decode { 0 } else { sram_bytes(&flash_buffers(&self.p, plan)) };
+        if need > t.sram.partition_bytes as u64 {
+            return Err(format!(
+                "the tiles need {need} bytes per SRAM partition; {} has {}",
+                t.name, t.sram.partition_bytes
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Kernel for AttentionKernel {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn rounded_probabilities(&self) -> Option<(&str, DType)> {
+        Some((&self.p.v, self.p.dtype))
+    }
+
+    fn kind(&self) -> &'static str {
+        "attention"
+    }
+
+    fn output(&self) -> &str {
+        &self.p.output
+    }
+
+    fn nodes(&self) -> &[usize] {
+        &self.p.nodes
+    }
+
+    fn span(&self) -> Span {
+        self.p.span.clone()
+    }
+
+    fn statement(&self) -> String {
+        self.p.text.join("; ")
+    }
+
+    fn schedule_fields(&self) -> &'static [&'static str] {
+        FIELDS
+    }
+
+    /// Overrides, then the prelude: streamed windows would transpose K once per
+    /// query tile, so one transpose kernel into HBM scratch serves them all.
+    fn schedule(&mut self, t: &Target, overrides: &[Field]) -> Result<Vec<Box<dyn Kernel>>, CompileError> {
+        // `decode = false` first: the other fields apply to the flash tiling.
+        let mut plan = self.plan;
+        let (decode, rest): (Vec<&Field>, Vec<&Field>) = overrides.iter().partition(|f| f.name == "decode");
+        for f in decode.into_iter().chain(rest) {
+            self.set(&mut plan, f, t).map_err(|why| self.field_error(f, why))?;
+        }
+        self.plan = plan;
+        let p = &mut self.p;
+        if self.plan.resident(p) || self.plan.decode {
+            return Ok(Vec::new());
+        }
+        let k_t = format!("{}__k_t", p.output);
+        let transpose = TransposeProblem::scratch(&p.k, &p.shapes[1], p.dtype, &k_t, (&p.text[0], p.nodes[0], &p.span));
+        p.k_transposed = Some(k_t);
+        Ok(vec![Box::new(transpose)])
+    }
+
+    fn describe(&self, _: &Target) -> String {
+        let (a, plan) = (&self.p, &self.plan);
+        format!(
+            "{}\n  batch {}, {} query heads / {} kv heads, seq {} x {}, head dim {} / {}, {}{} -> {}\n  schedule: {plan}{}\n",
+            a.text.join("; "),
+            a.batch,
+            a.hq,
+            a.hk,
+            a.sq,
+            a.sk,
+            a.d,
+            a.dv,
+            a.dtype,
+            if a.causal { ", causal" } else { "" },
+            a.out_dtype,
+            if plan.resident(a) { " (K/V resident per kv head)" } else { " (K/V streamed per block)" }
+        )
+    }
+
+    fn work(&self) -> Work {
+        // Only the pairs the mask leaves visible count: q . k and p . v.
+        let pairs = self.p.visible_pairs();
+        let flops = Work::flops(self.p.dtype, 2u64.saturating_mul(self.p.d + self.p.dv).saturating_mul(pairs));
+        flops.plus(Work { transcendentals: pairs, ..Work::default() })
+    }
+
+    fn lower(&self, _: &Target) -> TileProgram {
+        lower(&self.p, &self.plan)
+    }
 }
 
 /// The kernel's tiling for a target (printed by `--emit kernels`).
@@ -187,6 +396,11 @@ impl AttentionProblem {
 
     /// Chooses the tiling, or says which limit the problem breaks.
     pub fn plan(&self, t: &Target) -> Result<AttentionPlan, String> {
+        Ok(self.flash_plan(t)?.with_decode(self, t))
+    }
+
+    /// The flash tiling (no decode path).
+    pub fn flash_plan(&self, t: &Target) -> Result<AttentionPlan, String> {
         let parts = t.sram.partitions as u64;
         let kv_chunk = (t.pe.rows as u64).min(parts);
         let d_chunk = (t.pe.rows as u64).min(t.pe.cols as u64);
@@ -252,7 +466,7 @@ impl AttentionProblem {
                 )
             })?;
         }
-        Ok(plan.with_decode(self, t))
+        Ok(plan)
     }
 }
 
@@ -690,7 +904,7 @@ fn decode_buffers(p: &AttentionProblem, plan: &AttentionPlan) -> Vec<Buffer> {
         buffer("bcast_psum", psum, f32, wide, bank, 1),
         buffer("small_psum", psum, f32, wide, bank, 1),
         buffer("scores_t", sram, f32, kc, cols, 2),
-        buffer("key_max", sram, f32, kc, cols.div_ceil(2).max(mq), 1),
+        buffer("key_max", sram, f32, kc, nc.div_ceil(2) * mq, 1),
         buffer("row_max", sram, f32, mq, 1, 2),
         buffer("max_row", sram, f32, 1, cols, 2),
         buffer("ones_row", sram, f32, 1, kc, 1),

@@ -10,7 +10,10 @@ use jpu_isa::operand::Space;
 use jpu_isa::program::Role;
 use jpu_isa::{DType, Target};
 
-use super::{BufSlice, Buffer, HbmBox, HbmTensor, TileOp, TileProgram};
+use super::{chip, unsupported, Ctx, Kernel, Work};
+use crate::error::CompileError;
+use crate::ir::{swaps_last_two, Op, Span};
+use crate::tiles::{BufSlice, Buffer, HbmBox, HbmTensor, TileOp, TileProgram};
 
 /// A transpose kernel: `output[.., j, i] = input[.., i, j]`.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,12 +30,79 @@ pub struct TransposeProblem {
     pub text: String,
     /// Index of its IR node.
     pub node: usize,
+    /// Its source span.
+    pub span: Span,
+}
+
+/// The transpose kernel of node `i` (a swap of the last two dims).
+pub fn select(cx: &Ctx<'_>, i: usize) -> Result<TransposeProblem, CompileError> {
+    let node = &cx.f.nodes[i];
+    let Op::Transpose { perm } = &node.op else { return Err(unsupported(node, "is not a transpose")) };
+    if !swaps_last_two(perm) {
+        return Err(unsupported(node, "permutes more than the last two dims, which is not supported yet"));
+    }
+    let [x] = cx.hbm_values(node)?[..] else { return Err(unsupported(node, "is malformed")) };
+    let xn = cx.f.node(x);
+    Ok(TransposeProblem {
+        input: xn.name.clone(),
+        shape: xn.ty.shape.clone(),
+        dtype: chip(xn.ty.dtype, "a transposed tensor", node)?,
+        output: node.name.clone(),
+        text: format!("%{} = transpose(%{})", node.name, xn.name),
+        node: i,
+        span: node.span.clone(),
+    })
+}
+
+impl Kernel for TransposeProblem {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn kind(&self) -> &'static str {
+        "transpose"
+    }
+
+    fn output(&self) -> &str {
+        &self.output
+    }
+
+    fn nodes(&self) -> &[usize] {
+        std::slice::from_ref(&self.node)
+    }
+
+    fn span(&self) -> Span {
+        self.span.clone()
+    }
+
+    fn statement(&self) -> String {
+        self.text.clone()
+    }
+
+    fn describe(&self, _: &Target) -> String {
+        format!("{} {:?} {}\n", self.text, self.shape, self.dtype)
+    }
+
+    fn work(&self) -> Work {
+        Work::default()
+    }
+
+    fn lower(&self, t: &Target) -> TileProgram {
+        lower(self, t)
+    }
 }
 
 impl TransposeProblem {
     /// A transpose the compiler adds into HBM scratch `output` for the kernel of
-    /// statement `for_text` (IR node `node`), which then reads the transposed form.
-    pub fn scratch(input: &str, shape: &[u64], dtype: DType, output: &str, for_text: &str, node: usize) -> Self {
+    /// statement `for_text` (IR node `node` at `span`), which then reads the
+    /// transposed form.
+    pub fn scratch(
+        input: &str,
+        shape: &[u64],
+        dtype: DType,
+        output: &str,
+        (for_text, node, span): (&str, usize, &Span),
+    ) -> Self {
         TransposeProblem {
             input: input.into(),
             shape: shape.to_vec(),
@@ -40,6 +110,7 @@ impl TransposeProblem {
             output: output.into(),
             text: format!("%{output} = transpose(%{input}) (for `{for_text}`)"),
             node,
+            span: span.clone(),
         }
     }
 }

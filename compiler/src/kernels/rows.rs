@@ -1,7 +1,7 @@
 //! Row kernels: softmax, rmsnorm and layernorm over the last axis, and sum/max
 //! reductions over trailing axes; each row is reduced within one partition.
 //! (The second-to-last axis is handled by transposing around this kernel; see
-//! `lower::row_kernel`.)
+//! [`select`].)
 //!
 //! The input is viewed as `rows x len` (`len` the reduced extent); each work item
 //! is a block of up to one partition per row, the whole row in each partition.
@@ -28,7 +28,11 @@ use jpu_isa::operand::{ActFunc, AluOp, ReduceOp, Space};
 use jpu_isa::program::Role;
 use jpu_isa::{DType, Target};
 
-use super::{BufSlice, Buffer, BufferId, HbmBox, HbmTensor, TileOp, TileProgram, TileScalar};
+use super::transpose::TransposeProblem;
+use super::{chip, statement, unsupported, Ctx, Kernel, Work};
+use crate::error::CompileError;
+use crate::ir::{Node, Op, Operand, ReduceKind, Span, ValueId};
+use crate::tiles::{BufSlice, Buffer, BufferId, HbmBox, HbmTensor, TileOp, TileProgram, TileScalar};
 
 /// What a row kernel computes.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -107,6 +111,234 @@ pub struct RowProblem {
     pub text: Vec<String>,
     /// Indices of the IR nodes the kernel computes.
     pub nodes: Vec<usize>,
+    /// The op's source span.
+    pub span: Span,
+}
+
+/// A row kernel and its pipeline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowsKernel {
+    /// What it computes.
+    pub p: RowProblem,
+    /// Its pipeline.
+    pub sched: RowSchedule,
+}
+
+/// The kernels of the softmax, norm or reduction at node `i`: the row kernel,
+/// with a cast that follows it fused when the op's result is f32 (one rounding
+/// either way); over the second-to-last axis, a transpose kernel into HBM scratch
+/// before it and (unless that axis is reduced away) one back after it. Also the
+/// node whose value the last kernel writes.
+pub fn select(cx: &Ctx<'_>, i: usize, t: &Target) -> Result<(Vec<Box<dyn Kernel>>, usize), CompileError> {
+    let node = &cx.f.nodes[i];
+    if node.operands.iter().any(|o| matches!(o, Operand::Scalar(_))) {
+        return Err(unsupported(node, "has a literal operand"));
+    }
+    let values = cx.hbm_values(node)?;
+    let x = cx.f.node(values[0]);
+    let (kind, reduced, across) = row_kind(node, x.ty.rank())?;
+    if !x.ty.dtype.is_float() {
+        return Err(unsupported(node, "on integers is not supported yet (the vector engine computes in f32)"));
+    }
+    let rank = x.ty.rank();
+    let mut shape = x.ty.shape.clone();
+    if across {
+        shape.swap(rank - 2, rank - 1);
+    }
+    let len: u64 = shape[rank - reduced..].iter().product();
+    let rows: u64 = shape[..rank - reduced].iter().product();
+    if len == 0 && rows > 0 {
+        return Err(unsupported(node, "runs over an empty axis, which is not supported yet"));
+    }
+    let params = values[1..]
+        .iter()
+        .map(|v| Ok((cx.f.node(*v).name.clone(), chip(cx.f.node(*v).ty.dtype, "a norm parameter", node)?)))
+        .collect::<Result<Vec<_>, CompileError>>()?;
+    let (mut nodes, mut text) = (vec![i], vec![statement(cx.f, i)]);
+    let mut out_dtype = chip(node.ty.dtype, "a result", node)?;
+    if let Some((c, to)) = fused_cast(cx, i, out_dtype)? {
+        out_dtype = to;
+        text.push(format!("{} {{to = {to}}}", statement(cx.f, c)));
+        nodes.push(c);
+    }
+    let last = cx.f.node(ValueId(*nodes.last().unwrap_or(&i) as u32));
+    let dtype = chip(x.ty.dtype, "an operand", node)?;
+    let p = RowProblem {
+        kind,
+        input: x.name.clone(),
+        input_shape: x.ty.shape.clone(),
+        dtype,
+        rows,
+        len,
+        params,
+        output: last.name.clone(),
+        output_shape: last.ty.shape.clone(),
+        out_dtype,
+        text,
+        nodes,
+        span: node.span.clone(),
+    };
+    let out = *p.nodes.last().unwrap_or(&i);
+    let kernels = if across {
+        transposed(p, shape, &node.name, t)?
+    } else {
+        vec![Box::new(RowsKernel::new(p, t)?) as Box<dyn Kernel>]
+    };
+    Ok((kernels, out))
+}
+
+/// What the row op `node` (over an operand of rank `rank`) computes, how many
+/// trailing dims it reduces, and whether it runs over the second-to-last axis
+/// (then as the last axis of the transposed tensor).
+fn row_kind(node: &Node, rank: usize) -> Result<(RowKind, usize, bool), CompileError> {
+    let second_to_last = |axis: usize| rank >= 2 && axis + 2 == rank;
+    let across = match &node.op {
+        Op::Softmax { axis } | Op::RmsNorm { axis, .. } | Op::LayerNorm { axis, .. } => second_to_last(*axis),
+        Op::Reduce { axes, .. } => axes.len() == 1 && second_to_last(axes[0]),
+        _ => false,
+    };
+    let last_axis = |axis: usize, what: &str| {
+        if axis + 1 == rank || second_to_last(axis) {
+            Ok(())
+        } else {
+            Err(unsupported(
+                node,
+                &format!("{what} over axis {axis}, neither of the last two, which is not supported yet"),
+            ))
+        }
+    };
+    let kind = match &node.op {
+        Op::Softmax { axis } => last_axis(*axis, "runs").map(|_| (RowKind::Softmax, 1))?,
+        Op::RmsNorm { axis, eps } => {
+            last_axis(*axis, "normalises").map(|_| (RowKind::RmsNorm { eps: *eps as f32 }, 1))?
+        }
+        Op::LayerNorm { axis, eps } => {
+            last_axis(*axis, "normalises").map(|_| (RowKind::LayerNorm { eps: *eps as f32 }, 1))?
+        }
+        Op::Reduce { kind, axes, .. } => {
+            let k = if across { 1 } else { axes.len() };
+            if !across && axes.iter().enumerate().any(|(j, &a)| a != rank - k + j) {
+                return Err(unsupported(node, &format!(
+                    "reduces axes {axes:?}; only trailing axes (a suffix of the dims) or the second-to-last alone are supported yet"
+                )));
+            }
+            let op = match kind {
+                ReduceKind::Sum => ReduceOp::Sum,
+                ReduceKind::Max => ReduceOp::Max,
+            };
+            (RowKind::Reduce(op), k)
+        }
+        _ => return Err(unsupported(node, "is not a row op")),
+    };
+    Ok((kind.0, kind.1, across))
+}
+
+/// The cast that consumes an f32 result of node `i` alone (fused into the
+/// store), and its dtype.
+fn fused_cast(cx: &Ctx<'_>, i: usize, out_dtype: DType) -> Result<Option<(usize, DType)>, CompileError> {
+    let f = cx.f;
+    if !cx.fuse || out_dtype != DType::F32 || cx.uses[i] != 1 || f.results.contains(&ValueId(i as u32)) {
+        return Ok(None);
+    }
+    let cast = f.nodes.iter().enumerate().skip(i + 1).find(|(_, n)| {
+        matches!(n.op, Op::Cast { .. }) && matches!(n.operands.as_slice(), [Operand::Value(v)] if v.0 as usize == i)
+    });
+    match cast {
+        Some((c, cn)) => Ok(Some((c, chip(cn.ty.dtype, "a cast result", cn)?))),
+        None => Ok(None),
+    }
+}
+
+/// The kernels of a row op over the second-to-last axis: a transpose into HBM
+/// scratch, the row kernel on it (viewed as `shape`), and (unless the axis is
+/// reduced away) a transpose back. Scratch is named after the node (`__` cannot
+/// appear in a .tir name, so it never collides with program values).
+fn transposed(
+    mut p: RowProblem,
+    shape: Vec<u64>,
+    name: &str,
+    t: &Target,
+) -> Result<Vec<Box<dyn Kernel>>, CompileError> {
+    let (text, node, span) = (p.text[0].clone(), p.nodes[0], p.span.clone());
+    let transpose = |input: &str, shape: &[u64], dtype, output: &str| {
+        TransposeProblem::scratch(input, shape, dtype, output, (&text, node, &span))
+    };
+    let in_t = format!("{name}__in_t");
+    let before = transpose(&p.input, &p.input_shape, p.dtype, &in_t);
+    p.input = in_t;
+    p.input_shape = shape.clone();
+    let after = (!matches!(p.kind, RowKind::Reduce(_))).then(|| {
+        let out_t = format!("{}__out_t", p.output);
+        let back = transpose(&out_t, &shape, p.out_dtype, &p.output);
+        p.output = out_t;
+        p.output_shape = shape;
+        back
+    });
+    let mut kernels: Vec<Box<dyn Kernel>> = vec![Box::new(before), Box::new(RowsKernel::new(p, t)?)];
+    kernels.extend(after.map(|k| Box::new(k) as Box<dyn Kernel>));
+    Ok(kernels)
+}
+
+impl RowsKernel {
+    /// The kernel with the deepest pipeline that fits `t`.
+    fn new(p: RowProblem, t: &Target) -> Result<RowsKernel, CompileError> {
+        let sched = p.schedule(t).ok_or_else(|| {
+            let what = format!(
+                "rows of {} elements do not fit one SRAM partition of {} ({} bytes) with the kernel's working tiles",
+                p.len, t.name, t.sram.partition_bytes
+            );
+            CompileError::limit(&p.text[0], what, p.span.clone())
+        })?;
+        Ok(RowsKernel { p, sched })
+    }
+}
+
+impl Kernel for RowsKernel {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn kind(&self) -> &'static str {
+        "rows"
+    }
+
+    fn output(&self) -> &str {
+        &self.p.output
+    }
+
+    fn nodes(&self) -> &[usize] {
+        &self.p.nodes
+    }
+
+    fn span(&self) -> Span {
+        self.p.span.clone()
+    }
+
+    fn statement(&self) -> String {
+        self.p.text.join("; ")
+    }
+
+    fn describe(&self, t: &Target) -> String {
+        let (p, copies) = (&self.p, self.sched.copies.map(|c| c.to_string()));
+        format!(
+            "{}\n  {} rows of {} {} -> {}, blocks of {} rows, copies {}\n",
+            p.text.join("; "),
+            p.rows,
+            p.len,
+            p.dtype,
+            p.out_dtype,
+            p.rows.min(t.sram.partitions as u64),
+            copies.join("/")
+        )
+    }
+
+    fn work(&self) -> Work {
+        Work { transcendentals: self.p.rows.saturating_mul(self.p.kind.transcendentals(self.p.len)), ..Work::default() }
+    }
+
+    fn lower(&self, t: &Target) -> TileProgram {
+        lower(&self.p, t, &self.sched)
+    }
 }
 
 /// The per-block buffers, by index: the input block, an f32 work tile, the

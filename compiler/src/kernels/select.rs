@@ -1,0 +1,112 @@
+//! Kernel selection: a checked function as kernels in execution order.
+//!
+//! Each matmul becomes a GEMM with the elementwise steps that consume its result
+//! one after another fused (each step's input used only by the next step and not
+//! returned); each remaining elementwise chain, reshape or const splat a map
+//! kernel; each transpose of the last two dims, row op, attention, concat and
+//! slice a kernel of its kind. Values no result needs are dropped; iotas and
+//! comparisons that only shape masks live inside the kernels of their selects.
+//! Kernel outputs that the function does not return live in HBM scratch between
+//! kernels. Each kernel's schedule is chosen for the target here; the driver's
+//! schedule stage applies overrides on top.
+//!
+//! The `match` in [`select`] is the registration of kernel kinds: the op each
+//! kind owns.
+
+use jpu_isa::Target;
+
+use super::{attention, copy, gemm, map, mask, rows, transpose, unsupported, Ctx, Kernel};
+use crate::error::CompileError;
+use crate::ir::{Func, Op, Operand, ValueId};
+
+/// The kernels of `f` for `t`, in execution order. Without `fuse` every op is a
+/// kernel of its own (the `-O0` baseline that measures what fusion is worth).
+pub fn select(f: &Func, t: &Target, fuse: bool) -> Result<Vec<Box<dyn Kernel>>, CompileError> {
+    let live = live_values(f);
+    let mut cx =
+        Ctx { f, uses: live_uses(f, &live), in_hbm: (0..f.nodes.len()).map(|i| i < f.num_params).collect(), fuse };
+    let mut done = vec![false; f.nodes.len()];
+    let absorbed = mask::absorbed(f);
+    let mut kernels: Vec<Box<dyn Kernel>> = Vec::new();
+    for i in f.num_params..f.nodes.len() {
+        if done[i] || !live[i] || absorbed[i] {
+            continue;
+        }
+        let node = &f.nodes[i];
+        let (mut selected, out): (Vec<Box<dyn Kernel>>, usize) = match &node.op {
+            Op::Matmul { .. } => one(gemm::select(&cx, i, t)?),
+            Op::Transpose { .. } => (vec![Box::new(transpose::select(&cx, i)?)], i),
+            Op::Cast { .. } | Op::Binary(_) | Op::Unary(_) | Op::Gelu { .. } | Op::Select => {
+                one(map::select_chain(&cx, i, t)?)
+            }
+            Op::Reshape { .. } | Op::Const { .. } => one(map::select_lead(&cx, i, t)?),
+            Op::Softmax { .. } | Op::RmsNorm { .. } | Op::LayerNorm { .. } | Op::Reduce { .. } => {
+                rows::select(&cx, i, t)?
+            }
+            Op::Attention { .. } => (vec![Box::new(attention::select(&cx, i, t)?)], i),
+            Op::Concat { .. } | Op::Slice { .. } => (vec![Box::new(copy::select(&cx, i)?)], i),
+            Op::Compare { .. } | Op::Iota { .. } => {
+                return Err(unsupported(
+                    node,
+                    "is only supported inside a mask select (a comparison of iotas over the last two dims and integer literals)",
+                ))
+            }
+            Op::Param => return Err(unsupported(node, "is a parameter after the parameters")),
+        };
+        for k in &selected {
+            for &v in k.nodes() {
+                done[v] = true;
+            }
+        }
+        cx.in_hbm[out] = true;
+        kernels.append(&mut selected);
+    }
+    if let Some(r) = f.results.iter().find(|r| (r.0 as usize) < f.num_params) {
+        let node = f.node(*r);
+        return Err(unsupported(node, "is returned unchanged (a parameter as a result), which is not supported yet"));
+    }
+    if let Some(r) = f.results.iter().find(|r| !cx.in_hbm[r.0 as usize]) {
+        let why = "is returned, but it is only computed inside the kernels of the selects that use it as a mask";
+        return Err(unsupported(f.node(*r), why));
+    }
+    Ok(kernels)
+}
+
+fn one<K: Kernel + 'static>((k, out): (K, usize)) -> (Vec<Box<dyn Kernel>>, usize) {
+    (vec![Box::new(k)], out)
+}
+
+/// Values the results need; the rest is dead code and gets no kernel.
+fn live_values(f: &Func) -> Vec<bool> {
+    let mut live = vec![false; f.nodes.len()];
+    for r in &f.results {
+        live[r.0 as usize] = true;
+    }
+    for i in (0..f.nodes.len()).rev() {
+        if live[i] {
+            for o in &f.nodes[i].operands {
+                if let Operand::Value(v) = o {
+                    live[v.0 as usize] = true;
+                }
+            }
+        }
+    }
+    live
+}
+
+/// Live consumers of each value (`mul(%x, %x)` is one).
+fn live_uses(f: &Func, live: &[bool]) -> Vec<usize> {
+    let mut uses = vec![0usize; f.nodes.len()];
+    for node in f.nodes.iter().zip(live).filter(|(_, l)| **l).map(|(node, _)| node) {
+        let mut seen: Vec<ValueId> = Vec::new();
+        for o in &node.operands {
+            if let Operand::Value(v) = o {
+                if !seen.contains(v) {
+                    seen.push(*v);
+                    uses[v.0 as usize] += 1;
+                }
+            }
+        }
+    }
+    uses
+}
