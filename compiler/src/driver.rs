@@ -258,7 +258,31 @@ impl<'t> Compilation<'t> {
             flops_f32: work.flops_f32,
             transcendentals: work.transcendentals,
         };
-        crate::backend::compile(tiles, self.t, roof).map(|s| s.program)
+        crate::backend::compile(tiles, self.t, roof).map(|s| s.program).map_err(|e| self.attribute(e, tiles))
+    }
+
+    /// A backend error as a compile error at the statement of the kernel that
+    /// owns the buffer (or of the value that is the tensor) it names.
+    fn attribute(&self, e: crate::backend::BackendError, tiles: &TileProgram) -> CompileError {
+        use crate::backend::BackendError as B;
+        let (kernels, f) = match (&self.kernels, &self.optimized) {
+            (Some(k), Some(f)) => (k, f),
+            _ => return CompileError::internal(e.to_string()),
+        };
+        let owner = match &e {
+            B::Sram { buffer, .. } | B::Psum { buffer, .. } => {
+                let name = &tiles.buffers[*buffer].name;
+                let k = self.names.iter().position(|n| name.starts_with(&format!("{n}."))).unwrap_or(0);
+                kernels.get(k).map(|k| (k.statement(), k.span()))
+            }
+            B::Hbm { largest, .. } => {
+                let name = &tiles.tensors[*largest].name;
+                f.nodes.iter().find(|n| &n.name == name).map(|n| (format!("%{}", n.name), n.span.clone()))
+            }
+            B::Internal(m) => return CompileError::internal(m.clone()),
+        };
+        let (kernel, span) = owner.unwrap_or_else(|| ("the program".into(), 0..0));
+        CompileError::LimitExceeded { kernel, what: e.to_string(), span }
     }
 }
 

@@ -39,14 +39,14 @@ pub enum CompileError {
         /// The statement.
         span: Span,
     },
-    /// A schedule override that names no kernel, or a field that breaks a limit.
-    #[error("schedule for `{kernel}`: {field}: {reason}")]
+    /// A schedule override that does not parse for its kernel, or breaks a limit.
+    #[error("schedule for `{kernel}`: {reason}")]
     InvalidSchedule {
         /// The kernel the override names.
         kernel: String,
         /// The field.
         field: String,
-        /// The limit it breaks, or why it does not apply.
+        /// What is wrong, naming the field and the limit it breaks.
         reason: String,
         /// The kernel's statement (empty when it names no kernel).
         span: Span,

@@ -384,7 +384,11 @@ fn compile_emits_stages_and_binaries_and_verify_passes() {
     let bad =
         jalc(&["compile", &gemm, "--target", "jpu-tiny", "--schedule", sched.to_str().unwrap(), "--emit", "kernels"]);
     assert_eq!(bad.status.code(), Some(2));
-    assert!(stderr(&bad).contains("tile_m: tile_m = 33 must be in 1..=32"), "{}", stderr(&bad));
+    assert!(
+        stderr(&bad).contains("schedule for `%c = matmul(%a, %b)`: tile_m = 33 must be in 1..=32"),
+        "{}",
+        stderr(&bad)
+    );
     // The fused-epilogue example verifies, and its kernel lists the fused steps.
     let ffn = format!("{}/../examples/ffn.tir", env!("CARGO_MANIFEST_DIR"));
     let v = jalc(&["verify", &ffn, "--target", "jpu-tiny"]);
@@ -466,4 +470,93 @@ fn closed_stdout_is_not_a_panic() {
     let status = child.wait().unwrap();
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(status.code(), Some(0), "{err}");
+}
+
+/// Targets are data: `--target FILE.toml` works wherever a target is named; the
+/// binary records the target's name and hash; `jalc run` refuses a binary for
+/// another target (exit 2, naming both) or for another description of the same
+/// name; the assembler round-trips a custom target's program.
+#[test]
+fn target_files_compile_run_and_refuse_mismatches() {
+    let tiny = std::fs::read_to_string(format!("{}/../isa/targets/jpu-tiny.toml", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let chip = temp("my-chip.toml");
+    std::fs::write(&chip, tiny.replace("name = \"jpu-tiny\"", "name = \"my-chip\"")).unwrap();
+    let chip = chip.to_str().unwrap();
+    let bin = temp("my-chip.jbin");
+    let bin = bin.to_str().unwrap();
+    let gemm = example("gemm.tir");
+    let c = jalc(&["compile", &gemm, "--target", chip, "-o", bin]);
+    assert_eq!(c.status.code(), Some(0), "{}", stderr(&c));
+    let v = jalc(&["verify", &gemm, "--target", chip]);
+    assert_eq!(v.status.code(), Some(0), "{}", stderr(&v));
+    assert!(String::from_utf8_lossy(&v.stdout).contains("passed on my-chip"), "{}", String::from_utf8_lossy(&v.stdout));
+    let ok = jalc(&["run", bin, "--target", chip, "--timing-only"]);
+    assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("on my-chip"));
+    // Without --target: not a built-in target.
+    let unknown = jalc(&["run", bin, "--timing-only"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(stderr(&unknown).contains("is for target `my-chip`, which is not built in"), "{}", stderr(&unknown));
+    // Another target, named: both names in the message.
+    let other = jalc(&["run", bin, "--target", "jpu-tiny", "--timing-only"]);
+    assert_eq!(other.status.code(), Some(2));
+    assert!(stderr(&other).contains("program is for `my-chip`, not `jpu-tiny`"), "{}", stderr(&other));
+    // The same name with other parameters: the hash tells them apart.
+    let changed = temp("my-chip-faster.toml");
+    std::fs::write(
+        &changed,
+        tiny.replace("name = \"jpu-tiny\"", "name = \"my-chip\"").replace("clock_ghz = 1.5", "clock_ghz = 2.0"),
+    )
+    .unwrap();
+    let hash = jalc(&["run", bin, "--target", changed.to_str().unwrap(), "--timing-only"]);
+    assert_eq!(hash.status.code(), Some(2));
+    assert!(stderr(&hash).contains("built for a different description of `my-chip`"), "{}", stderr(&hash));
+    // disasm and asm with the file: the same bytes again.
+    let dis = jalc(&["disasm", bin, "--target", chip]);
+    assert_eq!(dis.status.code(), Some(0), "{}", stderr(&dis));
+    let jasm = temp("my-chip.jasm");
+    std::fs::write(&jasm, &dis.stdout).unwrap();
+    let again = temp("my-chip-again.jbin");
+    let asm = jalc(&["asm", jasm.to_str().unwrap(), "--target", chip, "-o", again.to_str().unwrap()]);
+    assert_eq!(asm.status.code(), Some(0), "{}", stderr(&asm));
+    assert_eq!(std::fs::read(bin).unwrap(), std::fs::read(&again).unwrap());
+    // A bad description names the field; a missing file and an unknown name exit 2.
+    let bad = temp("bad-chip.toml");
+    std::fs::write(&bad, tiny.replace("banks = 4", "banks = 3")).unwrap();
+    let e = jalc(&["compile", &gemm, "--target", bad.to_str().unwrap(), "--emit", "parsed"]);
+    assert_eq!(e.status.code(), Some(2));
+    assert!(stderr(&e).contains("`psum.banks`"), "{}", stderr(&e));
+    for t in ["missing.toml", "jpu9"] {
+        let e = jalc(&["compile", &gemm, "--target", t, "--emit", "parsed"]);
+        assert_eq!(e.status.code(), Some(2), "{t}");
+    }
+}
+
+/// `-o` and `--emit` together write the binary and print the stage, for every stage.
+#[test]
+fn output_and_emit_together_do_both() {
+    for stage in ["parsed", "opt", "kernels", "tiles", "asm"] {
+        let bin = temp(&format!("both-{stage}.jbin"));
+        let _ = std::fs::remove_file(&bin);
+        let o = jalc(&[
+            "compile",
+            &example("gemm.tir"),
+            "--target",
+            "jpu-tiny",
+            "--emit",
+            stage,
+            "-o",
+            bin.to_str().unwrap(),
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{stage}: {}", stderr(&o));
+        assert!(!o.stdout.is_empty(), "{stage}");
+        assert!(bin.exists(), "{stage}: no binary written");
+    }
+    let bad = jalc(&["compile", &example("gemm.tir"), "--emit", "llvm"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        stderr(&bad).contains("unknown stage `llvm` (stages: parsed, opt, kernels, tiles, asm)"),
+        "{}",
+        stderr(&bad)
+    );
 }

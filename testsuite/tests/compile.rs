@@ -642,3 +642,43 @@ fn concat_and_slice_are_dma_copies() {
         }
     }
 }
+
+/// Schedule overrides are per kernel: each section changes only the kernel it
+/// names (by a value it computes), unnamed fields keep the chosen values, and
+/// the same file works at -O0 (every op a kernel) and -O2 (fused); a field that
+/// does not belong to the kernel the value ends up in is refused.
+#[test]
+fn schedule_overrides_apply_per_kernel_at_every_level() {
+    let src = "func @f(%x: bf16[100, 64], %w1: bf16[64, 200], %w2: bf16[200, 96]) -> f32[100, 96] {
+      %h = matmul(%x, %w1) : bf16[100, 200]
+      %a = relu(%h)
+      %o = matmul(%a, %w2) : f32[100, 96]
+      return %o
+    }";
+    let f = tir::parse_and_check(src).unwrap();
+    let t = Target::builtin("jpu-tiny").unwrap();
+    let schedule = "[%h]\ntile_n = 64\nout_buffers = 1\n\n[%o]\nloop_order = m_outer\ntile_m = 16\n";
+    let chosen = jalc::driver::compile(&f, &t, &jalc::driver::Options::o2()).unwrap();
+    let default = gemm(&chosen.kernels).unwrap().s;
+    for level in [0, 2] {
+        let opts = scheduled(schedule, level);
+        let c = jalc::driver::compile(&f, &t, &opts).unwrap();
+        let gemms: Vec<&jalc::kernels::gemm::GemmKernel> =
+            c.kernels.iter().filter_map(|k| k.as_any().downcast_ref()).collect();
+        assert_eq!(gemms.len(), 2, "-O{level}");
+        let (h, o) = (gemms[0].s, gemms[1].s);
+        assert_eq!((h.tile_n, h.out_buffers, h.loop_order), (64, 1, default.loop_order), "-O{level}");
+        assert_eq!((h.tile_m, h.tile_k, h.psum_banks), (default.tile_m, default.tile_k, default.psum_banks));
+        assert_eq!((o.tile_m, o.loop_order, o.tile_n), (16, jalc::kernels::gemm::LoopOrder::MOuter, 96), "-O{level}");
+        let v = jalc::verify::verify_with(&f, &t, 2, &opts).unwrap();
+        assert!(v.passed && v.max_abs_error == 0.0, "-O{level}: {:?}", v.first_mismatch);
+    }
+    // `%a` is a map kernel of its own at -O0 and part of the first GEMM at -O2.
+    let width = scheduled("[%a]\nwidth = 32\n", 0);
+    let c = jalc::driver::compile(&f, &t, &width).unwrap();
+    assert!(jalc::driver::kernels_text(&c.kernels, &c.names, &t).contains("kernel map k2: %a = relu(%h)"));
+    assert!(jalc::driver::kernels_text(&c.kernels, &c.names, &t).contains("blocks of 32 columns"));
+    assert!(jalc::verify::verify_with(&f, &t, 2, &width).unwrap().passed);
+    let e = jalc::driver::compile(&f, &t, &scheduled("[%a]\nwidth = 32\n", 2)).err().unwrap();
+    assert!(e.to_string().contains("width = 32 (line 2): unknown field `width`"), "{e}");
+}

@@ -24,8 +24,53 @@ use jpu_isa::program::{RooflineInputs, SemDecl, TensorDecl};
 use jpu_isa::{Inst, Op, Program, Target};
 use petgraph::graph::{DiGraph, NodeIndex};
 
-use crate::error::CompileError;
-use crate::tiles::{BufSlice, BufferId, HbmBox, TileOp, TileProgram, TileScalar};
+use crate::tiles::{BufSlice, BufferId, HbmBox, TensorId, TileOp, TileProgram, TileScalar};
+
+/// Why a tile program cannot be placed or emitted. The driver attributes each
+/// to the kernel (and source statement) that owns the buffer or tensor.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
+    /// The buffers live at one time need more SRAM per partition than there is;
+    /// `buffer` is the first whose placement ends past the limit.
+    #[error("buffers need {needed} bytes per SRAM partition; {target} has {available}")]
+    Sram {
+        /// The first buffer past the limit.
+        buffer: BufferId,
+        /// Bytes per partition needed.
+        needed: u64,
+        /// Bytes per partition the target has.
+        available: u64,
+        /// The target's name.
+        target: String,
+    },
+    /// The same for PSUM banks.
+    #[error("buffers need {needed} PSUM banks; {target} has {available}")]
+    Psum {
+        /// The first buffer past the limit.
+        buffer: BufferId,
+        /// Banks needed.
+        needed: u64,
+        /// Banks the target has.
+        available: u64,
+        /// The target's name.
+        target: String,
+    },
+    /// The tensors need more HBM than the target has; `largest` is the largest.
+    #[error("tensors need {needed} bytes of HBM; {target} has {available}")]
+    Hbm {
+        /// The largest tensor.
+        largest: TensorId,
+        /// Bytes needed.
+        needed: u64,
+        /// Bytes the target has.
+        available: u64,
+        /// The target's name.
+        target: String,
+    },
+    /// A bug: the backend produced something the ISA rejects.
+    #[error("{0}")]
+    Internal(String),
+}
 
 /// Where each buffer copy lives: byte offset within each partition.
 pub struct Allocation {
@@ -56,13 +101,15 @@ fn live_ranges(tp: &TileProgram) -> Vec<Option<(usize, usize)>> {
 /// range in every partition; PSUM whole banks), first fit among the buffers whose
 /// live ranges (first to last tile op touching them) overlap its own, so buffers
 /// of kernels that run one after another share memory.
-pub fn allocate(tp: &TileProgram, t: &Target) -> Result<Allocation, CompileError> {
+pub fn allocate(tp: &TileProgram, t: &Target) -> Result<Allocation, BackendError> {
     let bank_bytes = t.psum_bank_bytes() as u64;
     let live = live_ranges(tp);
     // (space, live range, start, end) of every placed block.
     let mut placed: Vec<(Space, (usize, usize), u64, u64)> = Vec::new();
     let mut offsets = vec![Vec::new(); tp.buffers.len()];
     let (mut sram_high, mut psum_high) = (0u64, 0u64);
+    let (sram_cap, psum_cap) = (t.sram.partition_bytes as u64, t.psum.banks.unwrap_or(1) as u64 * bank_bytes);
+    let (mut sram_over, mut psum_over) = (None, None);
     for b in 0..tp.buffers.len() {
         let buf = &tp.buffers[b];
         let bytes = tp.copy_bytes(b);
@@ -97,16 +144,20 @@ pub fn allocate(tp: &TileProgram, t: &Target) -> Result<Allocation, CompileError
             Space::Sram => sram_high = sram_high.max(start + bytes + (buf.copies as u64 - 1) * stride),
             Space::Psum => psum_high = psum_high.max(start + size),
         }
+        if sram_high > sram_cap {
+            sram_over.get_or_insert(b);
+        }
+        if psum_high > psum_cap {
+            psum_over.get_or_insert(b);
+        }
     }
-    if sram_high > t.sram.partition_bytes as u64 {
-        let what =
-            format!("buffers need {sram_high} bytes per SRAM partition; {} has {}", t.name, t.sram.partition_bytes);
-        return Err(CompileError::limit("the program", what, 0..0));
+    let target = t.name.clone();
+    if let Some(buffer) = sram_over {
+        return Err(BackendError::Sram { buffer, needed: sram_high, available: sram_cap, target });
     }
-    let banks = psum_high / bank_bytes;
-    if banks > t.psum.banks.unwrap_or(1) as u64 {
-        let what = format!("buffers need {banks} PSUM banks; {} has {}", t.name, t.psum.banks.unwrap_or(1));
-        return Err(CompileError::limit("the program", what, 0..0));
+    if let Some(buffer) = psum_over {
+        let available = t.psum.banks.unwrap_or(1) as u64;
+        return Err(BackendError::Psum { buffer, needed: psum_high / bank_bytes, available, target });
     }
     Ok(Allocation { offsets })
 }
@@ -312,13 +363,35 @@ fn hbm_side(h: &HbmBox, base: u64, size: u64) -> DmaSide {
 }
 
 /// Places, schedules, synchronises and emits a tile program.
-pub fn compile(tp: &TileProgram, t: &Target, roofline: RooflineInputs) -> Result<Scheduled, CompileError> {
+pub fn compile(tp: &TileProgram, t: &Target, roofline: RooflineInputs) -> Result<Scheduled, BackendError> {
     let alloc = allocate(tp, t)?;
-    // HBM layout: tensors one after another, 4 KiB aligned.
+    let tensors = place_tensors(tp, t)?;
+    let insts = select_instructions(tp, t, &alloc, &tensors)?;
+    let dag = dependencies(tp, &alloc);
+    let engines = t.engines_per_core() as usize;
+    let waits = synchronise(&insts, &dag, engines);
+    let cores = streams(&insts, &waits, engines);
+    let semaphores = (0..engines)
+        .filter(|e| !cores[*e].is_empty())
+        .map(|e| SemDecl { id: e as u8, name: format!("{}_done", Engine(e as u8).name()) })
+        .collect();
+    let mut program = Program::new(t);
+    program.tensors = tensors;
+    program.semaphores = semaphores;
+    program.debug_ops = tp.debug_ops.clone();
+    program.cores = vec![cores];
+    program.roofline = Some(roofline);
+    program.canonicalize_debug_ops();
+    program.validate(t).map_err(|e| BackendError::Internal(format!("the emitted program is invalid: {e}")))?;
+    Ok(Scheduled { program })
+}
+
+/// HBM layout: tensors one after another, 4 KiB aligned.
+fn place_tensors(tp: &TileProgram, t: &Target) -> Result<Vec<TensorDecl>, BackendError> {
     let mut addr = 0u64;
     let mut tensors = Vec::new();
     for ht in &tp.tensors {
-        let size: u64 = ht.shape.iter().product::<u64>() * ht.dtype.size_bytes() as u64;
+        let size = ht.shape.iter().fold(ht.dtype.size_bytes() as u64, |a, &d| a.saturating_mul(d));
         tensors.push(TensorDecl {
             name: ht.name.clone(),
             dtype: ht.dtype,
@@ -327,111 +400,34 @@ pub fn compile(tp: &TileProgram, t: &Target, roofline: RooflineInputs) -> Result
             role: ht.role,
             data: Vec::new(),
         });
-        addr = (addr + size).div_ceil(4096) * 4096;
+        addr = addr.saturating_add(size).div_ceil(4096).saturating_mul(4096);
     }
     if addr > t.hbm.size_bytes {
-        let what = format!("tensors need {addr} bytes of HBM; {} has {}", t.name, t.hbm.size_bytes);
-        return Err(CompileError::limit("the program", what, 0..0));
+        let elems = |i: &usize| tp.tensors[*i].shape.iter().fold(1u64, |a, &d| a.saturating_mul(d));
+        let largest = (0..tp.tensors.len()).max_by_key(elems).unwrap_or(0);
+        let target = t.name.clone();
+        return Err(BackendError::Hbm { largest, needed: addr, available: t.hbm.size_bytes, target });
     }
-    // Instruction selection and engine assignment.
+    Ok(tensors)
+}
+
+/// One instruction per tile op, on its engine; each DMA on a queue chosen by
+/// list scheduling: the least-loaded queue (by bytes charged). Stores wait for
+/// compute, so with two or more queues they get the last one to themselves: a
+/// prefetch never waits behind a store in an in-order queue.
+fn select_instructions(
+    tp: &TileProgram,
+    t: &Target,
+    alloc: &Allocation,
+    tensors: &[TensorDecl],
+) -> Result<Vec<(Engine, Op, u32)>, BackendError> {
     let queues = t.dma.queues as usize;
     let mut queue_bytes = vec![0u64; queues];
-    let mut insts: Vec<(Engine, Op, u32)> = Vec::with_capacity(tp.ops.len());
+    let mut insts = Vec::with_capacity(tp.ops.len());
     for (op, debug) in &tp.ops {
-        let (engine, inst_op) = match op {
-            TileOp::Load { dst, src, .. } => {
-                let size = tp.tensors[src.tensor].dtype.size_bytes() as u64;
-                let xfer = DmaTransfer {
-                    elem_bytes: size as u8,
-                    src: hbm_side(src, tensors[src.tensor].addr, size),
-                    dst: sram_side(tp, &alloc, dst, t),
-                };
-                (Engine::dma(0), Op::Dma { xfer })
-            }
-            TileOp::Store { dst, src } => {
-                let size = tp.tensors[dst.tensor].dtype.size_bytes() as u64;
-                let xfer = DmaTransfer {
-                    elem_bytes: size as u8,
-                    src: sram_side(tp, &alloc, src, t),
-                    dst: hbm_side(dst, tensors[dst.tensor].addr, size),
-                };
-                (Engine::dma(0), Op::Dma { xfer })
-            }
-            TileOp::HbmCopy { dst, src } => {
-                let size = tp.tensors[dst.tensor].dtype.size_bytes() as u64;
-                let xfer = DmaTransfer {
-                    elem_bytes: size as u8,
-                    src: hbm_side(src, tensors[src.tensor].addr, size),
-                    dst: hbm_side(dst, tensors[dst.tensor].addr, size),
-                };
-                (Engine::dma(0), Op::Dma { xfer })
-            }
-            TileOp::Matmul { dst, stationary, moving, accumulate, transposed } => (
-                Engine::PE,
-                Op::Matmul {
-                    dst: tile(tp, &alloc, dst),
-                    stationary: tile(tp, &alloc, stationary),
-                    moving: tile(tp, &alloc, moving),
-                    accumulate: *accumulate,
-                    transposed: *transposed,
-                },
-            ),
-            TileOp::Copy { dst, src } => {
-                (Engine::VE, Op::Copy { dst: tile(tp, &alloc, dst), src: tile(tp, &alloc, src) })
-            }
-            TileOp::Transpose { dst, src } => {
-                (Engine::PE, Op::Transpose { dst: tile(tp, &alloc, dst), src: tile(tp, &alloc, src) })
-            }
-            TileOp::Binary { op, dst, a, b } => (
-                Engine::VE,
-                Op::TensorTensor {
-                    op: *op,
-                    dst: tile(tp, &alloc, dst),
-                    a: tile(tp, &alloc, a),
-                    b: tile(tp, &alloc, b),
-                },
-            ),
-            TileOp::Scalar { op, dst, src, scalar, reverse } => {
-                let scalar = scalar_operand(tp, &alloc, scalar);
-                let (dst, src) = (tile(tp, &alloc, dst), tile(tp, &alloc, src));
-                (Engine::VE, Op::TensorScalar { op: *op, reverse: *reverse, dst, src, scalar })
-            }
-            TileOp::Activate { func, dst, src, scale, bias, accum } => (
-                Engine::ACT,
-                Op::Activate {
-                    func: *func,
-                    dst: tile(tp, &alloc, dst),
-                    src: tile(tp, &alloc, src),
-                    scale: scalar_operand(tp, &alloc, scale),
-                    bias: scalar_operand(tp, &alloc, bias),
-                    accum: accum.map(|a| column(tp, &alloc, &a)),
-                },
-            ),
-            TileOp::Memset { dst, value } => {
-                (Engine::VE, Op::Memset { dst: tile(tp, &alloc, dst), value: Imm(*value) })
-            }
-            TileOp::Reduce { op, dst, src } => {
-                (Engine::VE, Op::Reduce { op: *op, dst: tile(tp, &alloc, dst), src: tile(tp, &alloc, src) })
-            }
-            TileOp::Select { cmp, dst, src, partition_step, free_step, base, fill } => (
-                Engine::VE,
-                Op::Select {
-                    cmp: *cmp,
-                    dst: tile(tp, &alloc, dst),
-                    src: tile(tp, &alloc, src),
-                    partition_step: *partition_step,
-                    free_step: *free_step,
-                    base: *base,
-                    fill: Imm(*fill),
-                },
-            ),
-        };
+        let (engine, inst_op) = instruction(tp, t, alloc, tensors, op);
         let engine = if let Op::Dma { xfer } = &inst_op {
-            // List scheduling of DMA: the least-loaded queue. Stores wait for compute,
-            // so with two or more queues they get the last one to themselves: a
-            // prefetch never waits behind a store in an in-order queue.
-            let is_store = matches!(op, TileOp::Store { .. });
-            let candidates: Vec<usize> = match (queues, is_store) {
+            let candidates: Vec<usize> = match (queues, matches!(op, TileOp::Store { .. })) {
                 (1, _) => vec![0],
                 (_, true) => vec![queues - 1],
                 (_, false) => (0..queues - 1).collect(),
@@ -441,7 +437,7 @@ pub fn compile(tp: &TileProgram, t: &Target, roofline: RooflineInputs) -> Result
                 _ => None,
             };
             if let Some(q) = assigned.filter(|&q| q >= queues) {
-                return Err(CompileError::internal(format!(
+                return Err(BackendError::Internal(format!(
                     "a load is assigned DMA queue {q}; {} has {queues}",
                     t.name
                 )));
@@ -455,35 +451,118 @@ pub fn compile(tp: &TileProgram, t: &Target, roofline: RooflineInputs) -> Result
         };
         insts.push((engine, inst_op, *debug));
     }
-    let dag = dependencies(tp, &alloc);
-    let engines = t.engines_per_core() as usize;
+    Ok(insts)
+}
+
+/// The instruction of one tile op, and its engine (DMA: queue 0 until placed).
+fn instruction(tp: &TileProgram, t: &Target, alloc: &Allocation, tensors: &[TensorDecl], op: &TileOp) -> (Engine, Op) {
+    match op {
+        TileOp::Load { dst, src, .. } => {
+            let size = tp.tensors[src.tensor].dtype.size_bytes() as u64;
+            let xfer = DmaTransfer {
+                elem_bytes: size as u8,
+                src: hbm_side(src, tensors[src.tensor].addr, size),
+                dst: sram_side(tp, alloc, dst, t),
+            };
+            (Engine::dma(0), Op::Dma { xfer })
+        }
+        TileOp::Store { dst, src } => {
+            let size = tp.tensors[dst.tensor].dtype.size_bytes() as u64;
+            let xfer = DmaTransfer {
+                elem_bytes: size as u8,
+                src: sram_side(tp, alloc, src, t),
+                dst: hbm_side(dst, tensors[dst.tensor].addr, size),
+            };
+            (Engine::dma(0), Op::Dma { xfer })
+        }
+        TileOp::HbmCopy { dst, src } => {
+            let size = tp.tensors[dst.tensor].dtype.size_bytes() as u64;
+            let xfer = DmaTransfer {
+                elem_bytes: size as u8,
+                src: hbm_side(src, tensors[src.tensor].addr, size),
+                dst: hbm_side(dst, tensors[dst.tensor].addr, size),
+            };
+            (Engine::dma(0), Op::Dma { xfer })
+        }
+        TileOp::Matmul { dst, stationary, moving, accumulate, transposed } => (
+            Engine::PE,
+            Op::Matmul {
+                dst: tile(tp, alloc, dst),
+                stationary: tile(tp, alloc, stationary),
+                moving: tile(tp, alloc, moving),
+                accumulate: *accumulate,
+                transposed: *transposed,
+            },
+        ),
+        TileOp::Copy { dst, src } => (Engine::VE, Op::Copy { dst: tile(tp, alloc, dst), src: tile(tp, alloc, src) }),
+        TileOp::Transpose { dst, src } => {
+            (Engine::PE, Op::Transpose { dst: tile(tp, alloc, dst), src: tile(tp, alloc, src) })
+        }
+        TileOp::Binary { op, dst, a, b } => (
+            Engine::VE,
+            Op::TensorTensor { op: *op, dst: tile(tp, alloc, dst), a: tile(tp, alloc, a), b: tile(tp, alloc, b) },
+        ),
+        TileOp::Scalar { op, dst, src, scalar, reverse } => {
+            let scalar = scalar_operand(tp, alloc, scalar);
+            let (dst, src) = (tile(tp, alloc, dst), tile(tp, alloc, src));
+            (Engine::VE, Op::TensorScalar { op: *op, reverse: *reverse, dst, src, scalar })
+        }
+        TileOp::Activate { func, dst, src, scale, bias, accum } => (
+            Engine::ACT,
+            Op::Activate {
+                func: *func,
+                dst: tile(tp, alloc, dst),
+                src: tile(tp, alloc, src),
+                scale: scalar_operand(tp, alloc, scale),
+                bias: scalar_operand(tp, alloc, bias),
+                accum: accum.map(|a| column(tp, alloc, &a)),
+            },
+        ),
+        TileOp::Memset { dst, value } => (Engine::VE, Op::Memset { dst: tile(tp, alloc, dst), value: Imm(*value) }),
+        TileOp::Reduce { op, dst, src } => {
+            (Engine::VE, Op::Reduce { op: *op, dst: tile(tp, alloc, dst), src: tile(tp, alloc, src) })
+        }
+        TileOp::Select { cmp, dst, src, partition_step, free_step, base, fill } => (
+            Engine::VE,
+            Op::Select {
+                cmp: *cmp,
+                dst: tile(tp, alloc, dst),
+                src: tile(tp, alloc, src),
+                partition_step: *partition_step,
+                free_step: *free_step,
+                base: *base,
+                fill: Imm(*fill),
+            },
+        ),
+    }
+}
+
+/// For each instruction, the instructions of other engines it waits for: only
+/// the latest instruction of each other engine it depends on that it does not
+/// already know to be complete (knowledge propagates along waits, as vector
+/// clocks do).
+fn synchronise(insts: &[(Engine, Op, u32)], dag: &DiGraph<usize, ()>, engines: usize) -> Vec<Vec<usize>> {
     // Position of each instruction in its engine's stream, before nops.
-    // Knowledge: for each stream, the latest instruction (by per-engine ordinal) of
-    // each engine known complete.
     let mut ordinal = vec![0usize; insts.len()];
     let mut counts = vec![0usize; engines];
+    let mut by_engine_ordinal: Vec<Vec<usize>> = vec![Vec::new(); engines];
     for (i, (e, _, _)) in insts.iter().enumerate() {
         ordinal[i] = counts[e.0 as usize];
         counts[e.0 as usize] += 1;
-    }
-    let mut knows: Vec<Vec<Option<usize>>> = vec![vec![None; engines]; engines];
-    let mut know_after: Vec<Vec<Option<usize>>> = Vec::with_capacity(insts.len());
-    // For each instruction: the (engine, instruction index) it waits for.
-    let mut waits: Vec<Vec<usize>> = vec![Vec::new(); insts.len()];
-    let mut by_engine_ordinal: Vec<Vec<usize>> = vec![Vec::new(); engines];
-    for (i, (e, _, _)) in insts.iter().enumerate() {
         by_engine_ordinal[e.0 as usize].push(i);
     }
+    // For each stream, the latest instruction (by per-engine ordinal) of each
+    // engine known complete; and that knowledge after each instruction.
+    let mut knows: Vec<Vec<Option<usize>>> = vec![vec![None; engines]; engines];
+    let mut know_after: Vec<Vec<Option<usize>>> = Vec::with_capacity(insts.len());
+    let mut waits: Vec<Vec<usize>> = vec![Vec::new(); insts.len()];
     for (i, (e, _, _)) in insts.iter().enumerate() {
         let me = e.0 as usize;
         let mut latest: Vec<Option<usize>> = vec![None; engines];
         for d in dag.neighbors_directed(NodeIndex::new(i), petgraph::Direction::Incoming) {
             let u = dag[d];
             let ue = insts[u].0 .0 as usize;
-            if ue == me {
-                continue;
-            }
-            if latest[ue].is_none_or(|x| ordinal[u] > x) {
+            if ue != me && latest[ue].is_none_or(|x| ordinal[u] > x) {
                 latest[ue] = Some(ordinal[u]);
             }
         }
@@ -505,7 +584,13 @@ pub fn compile(tp: &TileProgram, t: &Target, roofline: RooflineInputs) -> Result
         knows[me][me] = Some(ordinal[i]);
         know_after.push(knows[me].clone());
     }
-    // Streams with nops for extra waits; then final positions and wait values.
+    waits
+}
+
+/// Each engine's stream: every instruction signals its engine's semaphore and
+/// waits for the last instruction it needs (a second one costs a zero-cycle
+/// `nop` before it); semaphore values are stream positions; streams end in `halt`.
+fn streams(insts: &[(Engine, Op, u32)], waits: &[Vec<usize>], engines: usize) -> Vec<Vec<Inst>> {
     let mut streams: Vec<Vec<(Option<usize>, Inst)>> = vec![Vec::new(); engines];
     for (i, (e, op, debug)) in insts.iter().enumerate() {
         let s = &mut streams[e.0 as usize];
@@ -550,19 +635,7 @@ pub fn compile(tp: &TileProgram, t: &Target, roofline: RooflineInputs) -> Result
         out.push(Inst::new(Op::Halt {}));
         cores[e] = out;
     }
-    let semaphores = (0..engines)
-        .filter(|e| !cores[*e].is_empty())
-        .map(|e| SemDecl { id: e as u8, name: format!("{}_done", Engine(e as u8).name()) })
-        .collect();
-    let mut program = Program::new(t);
-    program.tensors = tensors;
-    program.semaphores = semaphores;
-    program.debug_ops = tp.debug_ops.clone();
-    program.cores = vec![cores];
-    program.roofline = Some(roofline);
-    program.canonicalize_debug_ops();
-    program.validate(t).map_err(|e| CompileError::internal(format!("the emitted program is invalid: {e}")))?;
-    Ok(Scheduled { program })
+    cores
 }
 
 #[cfg(test)]

@@ -145,8 +145,8 @@ pub trait Kernel: std::fmt::Debug {
     fn field_error(&self, f: &Field, reason: String) -> CompileError {
         CompileError::InvalidSchedule {
             kernel: self.statement(),
-            field: format!("{} = {} (line {})", f.name, f.value, f.line),
-            reason,
+            field: f.name.clone(),
+            reason: format!("{} = {} (line {}): {reason}", f.name, f.value, f.line),
             span: self.span(),
         }
     }
