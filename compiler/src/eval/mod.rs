@@ -78,13 +78,7 @@ fn broadcast_index(out: &[u64], input: &[u64]) -> Vec<usize> {
             }
         }
         result.push(flat);
-        for k in (0..out.len()).rev() {
-            idx[k] += 1;
-            if idx[k] < out[k] {
-                break;
-            }
-            idx[k] = 0;
-        }
+        advance(&mut idx, |k| out[k]);
     }
     result
 }
@@ -155,13 +149,7 @@ fn gather(ty: TensorType, x: &Tensor, offset: impl Fn(usize, u64) -> usize) -> T
     for _ in 0..n {
         let flat: usize = idx.iter().enumerate().map(|(k, &i)| offset(k, i)).sum();
         data.push(x.data[flat]);
-        for k in (0..ty.rank()).rev() {
-            idx[k] += 1;
-            if idx[k] < ty.shape[k] {
-                break;
-            }
-            idx[k] = 0;
-        }
+        advance(&mut idx, |k| ty.shape[k]);
     }
     Tensor { ty, data }
 }
@@ -190,245 +178,238 @@ fn around(shape: &[u64], axis: usize) -> (usize, usize, usize) {
     (outer as usize, shape[axis] as usize, inner as usize)
 }
 
+/// Evaluates one node from the values before it.
 fn eval_node(node: &Node, values: &[Tensor]) -> Tensor {
     let ty = node.ty.clone();
-    let dt = ty.dtype;
+    let arg = |i: usize| operand(values, node, i);
     match &node.op {
         Op::Param => unreachable!("parameters are inputs"),
         Op::Matmul { transpose_a, transpose_b } => {
-            let a = operand(values, node, 0);
-            let b = operand(values, node, 1);
             // A transposed operand is read through a transposed copy (exact).
-            let a = if *transpose_a { swap_last_two(&a) } else { a.into_owned() };
-            let b = if *transpose_b { swap_last_two(&b) } else { b.into_owned() };
+            let a = if *transpose_a { swap_last_two(&arg(0)) } else { arg(0).into_owned() };
+            let b = if *transpose_b { swap_last_two(&arg(1)) } else { arg(1).into_owned() };
             matmul(&a, &b, ty)
         }
         Op::Transpose { perm } => {
-            let x = operand(values, node, 0);
+            let x = arg(0);
             let in_strides = strides(&x.ty.shape);
             gather(ty, &x, |k, i| i as usize * in_strides[perm[k]])
         }
-        Op::Reshape { .. } => Tensor { ty, data: operand(values, node, 0).data.clone() },
-        Op::Binary(b) => {
-            let (a, c) = (operand(values, node, 0), operand(values, node, 1));
-            let int = !dt.is_float();
-            map_elementwise(node, &[&a, &c], |v| {
-                if int {
-                    let (x, y) = (v[0] as i64, v[1] as i64);
-                    let r = match b {
-                        BinaryOp::Add => x.wrapping_add(y),
-                        BinaryOp::Sub => x.wrapping_sub(y),
-                        BinaryOp::Mul => x.wrapping_mul(y),
-                        BinaryOp::Max => x.max(y),
-                        BinaryOp::Min => x.min(y),
-                        BinaryOp::Div => unreachable!("checked: div is float-only"),
-                    };
-                    (if dt == ScalarType::I32 { r as i32 as i64 } else { r }) as f64
-                } else {
-                    let (x, y) = (v[0] as f32, v[1] as f32);
-                    let r = match b {
-                        BinaryOp::Add => x + y,
-                        BinaryOp::Sub => x - y,
-                        BinaryOp::Mul => x * y,
-                        BinaryOp::Div => x / y,
-                        BinaryOp::Max => numerics::max_num(x, y),
-                        BinaryOp::Min => numerics::min_num(x, y),
-                    };
-                    r as f64
-                }
-            })
-        }
-        Op::Unary(u) => {
-            let x = operand(values, node, 0);
-            map_elementwise(node, &[&x], |v| {
-                if *u == UnaryOp::Neg && !dt.is_float() {
-                    return ((v[0] as i64).wrapping_neg() as i32) as f64;
-                }
-                let x = v[0] as f32;
-                let r = match u {
-                    UnaryOp::Neg => -x,
-                    UnaryOp::Exp => libm::expf(x),
-                    UnaryOp::Tanh => libm::tanhf(x),
-                    UnaryOp::Erf => libm::erff(x),
-                    UnaryOp::Sigmoid => numerics::sigmoid(x),
-                    UnaryOp::Rsqrt => 1.0 / libm::sqrtf(x),
-                    UnaryOp::Sqrt => libm::sqrtf(x),
-                    UnaryOp::Recip => 1.0 / x,
-                    UnaryOp::Relu => numerics::activation(jpu_isa::operand::ActFunc::Relu, x),
-                    UnaryOp::Silu => x * numerics::sigmoid(x),
-                };
-                r as f64
-            })
-        }
-        Op::Gelu { approx } => {
-            let x = operand(values, node, 0);
-            map_elementwise(node, &[&x], |v| match approx {
-                GeluApprox::Tanh => numerics::gelu_tanh(v[0] as f32) as f64,
-                GeluApprox::None => numerics::gelu_erf(v[0] as f32) as f64,
-            })
-        }
-        Op::Reduce { kind, axes, .. } => {
-            let x = operand(values, node, 0);
-            let rank = x.ty.rank();
-            let kept: Vec<usize> = (0..rank).filter(|a| !axes.contains(a)).collect();
-            let in_strides = strides(&x.ty.shape);
-            let out_n: u64 = kept.iter().map(|&a| x.ty.shape[a]).product();
-            let red_n: u64 = axes.iter().map(|&a| x.ty.shape[a]).product();
-            let mut data = Vec::with_capacity(out_n as usize);
-            let mut kidx = vec![0u64; kept.len()];
-            for _ in 0..out_n {
-                let base: usize = kept.iter().zip(&kidx).map(|(&a, &i)| i as usize * in_strides[a]).sum();
-                let mut ridx = vec![0u64; axes.len()];
-                let mut acc_f: Option<f32> = None;
-                let mut acc_i: Option<i64> = None;
-                for _ in 0..red_n {
-                    let flat = base + axes.iter().zip(&ridx).map(|(&a, &i)| i as usize * in_strides[a]).sum::<usize>();
-                    let v = x.data[flat];
-                    if dt.is_float() {
-                        let v = v as f32;
-                        acc_f = Some(match (acc_f, kind) {
-                            (None, _) => v,
-                            (Some(a), ReduceKind::Sum) => a + v,
-                            (Some(a), ReduceKind::Max) => numerics::max_num(a, v),
-                        });
-                    } else {
-                        let v = v as i64;
-                        acc_i = Some(match (acc_i, kind) {
-                            (None, _) => v,
-                            (Some(a), ReduceKind::Sum) => a.wrapping_add(v),
-                            (Some(a), ReduceKind::Max) => a.max(v),
-                        });
-                    }
-                    for k in (0..ridx.len()).rev() {
-                        ridx[k] += 1;
-                        if ridx[k] < x.ty.shape[axes[k]] {
-                            break;
-                        }
-                        ridx[k] = 0;
-                    }
-                }
-                let v = if dt.is_float() { acc_f.unwrap_or(0.0) as f64 } else { acc_i.unwrap_or(0) as i32 as f64 };
-                data.push(round(dt, v));
-                for k in (0..kidx.len()).rev() {
-                    kidx[k] += 1;
-                    if kidx[k] < x.ty.shape[kept[k]] {
-                        break;
-                    }
-                    kidx[k] = 0;
-                }
-            }
-            Tensor { ty, data }
-        }
-        Op::Softmax { axis } => {
-            let x = operand(values, node, 0);
-            let (outer, n, inner) = around(&x.ty.shape, *axis);
-            let mut data = vec![0.0; x.data.len()];
-            for o in 0..outer {
-                for i in 0..inner {
-                    let at = |j: usize| o * n * inner + j * inner + i;
-                    let m = (1..n).fold(x.data[at(0)] as f32, |a, j| numerics::max_num(a, x.data[at(j)] as f32));
-                    let e: Vec<f32> = (0..n).map(|j| libm::expf(x.data[at(j)] as f32 - m)).collect();
-                    let s = e[1..].iter().fold(e[0], |a, &v| a + v);
-                    for j in 0..n {
-                        data[at(j)] = round(dt, (e[j] / s) as f64);
-                    }
-                }
-            }
-            Tensor { ty, data }
-        }
-        Op::Cast { to } => {
-            let x = operand(values, node, 0);
-            Tensor { data: x.data.iter().map(|&v| round(*to, v)).collect(), ty }
-        }
+        Op::Reshape { .. } => Tensor { ty, data: arg(0).data.clone() },
+        Op::Binary(b) => map_elementwise(node, &[&arg(0), &arg(1)], |v| binary(*b, ty.dtype, v[0], v[1])),
+        Op::Unary(u) => map_elementwise(node, &[&arg(0)], |v| unary(*u, ty.dtype, v[0])),
+        Op::Gelu { approx } => map_elementwise(node, &[&arg(0)], |v| match approx {
+            GeluApprox::Tanh => numerics::gelu_tanh(v[0] as f32) as f64,
+            GeluApprox::None => numerics::gelu_erf(v[0] as f32) as f64,
+        }),
+        Op::Reduce { kind, axes, .. } => reduce(&arg(0), *kind, axes, ty),
+        Op::Softmax { axis } => softmax(&arg(0), *axis, ty),
+        Op::Cast { to } => Tensor { data: arg(0).data.iter().map(|&v| round(*to, v)).collect(), ty },
         Op::Const { value } => Tensor::from_values(ty.clone(), &vec![*value; ty.elems() as usize]),
-        Op::Iota { axis } => {
-            let (outer, n, inner) = around(&ty.shape, *axis);
-            let mut vals = Vec::with_capacity(outer * n * inner);
-            for _ in 0..outer {
-                for j in 0..n {
-                    vals.extend(std::iter::repeat_n(j as f64, inner));
-                }
-            }
-            Tensor::from_values(ty, &vals)
-        }
-        Op::Compare { kind } => {
-            let (a, b) = (operand(values, node, 0), operand(values, node, 1));
-            map_elementwise(node, &[&a, &b], |v| {
-                let r = match kind {
-                    CompareKind::Lt => v[0] < v[1],
-                    CompareKind::Le => v[0] <= v[1],
-                    CompareKind::Gt => v[0] > v[1],
-                    CompareKind::Ge => v[0] >= v[1],
-                    CompareKind::Eq => v[0] == v[1],
-                };
-                r as u8 as f64
-            })
-        }
-        Op::Select => {
-            let (c, a, b) = (operand(values, node, 0), operand(values, node, 1), operand(values, node, 2));
-            map_elementwise(node, &[&c, &a, &b], |v| if v[0] != 0.0 { v[1] } else { v[2] })
-        }
+        Op::Iota { axis } => iota(*axis, ty),
+        Op::Compare { kind } => map_elementwise(node, &[&arg(0), &arg(1)], |v| compare(*kind, v[0], v[1])),
+        Op::Select => map_elementwise(node, &[&arg(0), &arg(1), &arg(2)], |v| if v[0] != 0.0 { v[1] } else { v[2] }),
         Op::Concat { axis } => {
-            let (outer, _, inner) = around(&ty.shape, *axis);
-            let parts: Vec<std::borrow::Cow<'_, Tensor>> =
-                (0..node.operands.len()).map(|i| operand(values, node, i)).collect();
-            let mut data = Vec::with_capacity(ty.elems() as usize);
-            for o in 0..outer {
-                for p in &parts {
-                    let n = p.ty.shape[*axis] as usize;
-                    data.extend_from_slice(&p.data[o * n * inner..(o + 1) * n * inner]);
-                }
-            }
-            Tensor { ty, data }
+            let parts: Vec<_> = (0..node.operands.len()).map(arg).collect();
+            concat(&parts, *axis, ty)
         }
         Op::Slice { start, .. } => {
-            let x = operand(values, node, 0);
+            let x = arg(0);
             let in_strides = strides(&x.ty.shape);
             gather(ty, &x, |k, i| (start[k] + i) as usize * in_strides[k])
         }
-        Op::LayerNorm { axis, eps } | Op::RmsNorm { axis, eps } => {
-            let layer = matches!(node.op, Op::LayerNorm { .. });
-            let x = operand(values, node, 0);
-            let gamma = operand(values, node, 1);
-            let beta = layer.then(|| operand(values, node, 2));
-            let (outer, n, inner) = around(&x.ty.shape, *axis);
-            let eps = *eps as f32;
-            let mut data = vec![0.0; x.data.len()];
-            for o in 0..outer {
-                for i in 0..inner {
-                    let at = |j: usize| o * n * inner + j * inner + i;
-                    let v: Vec<f32> = (0..n).map(|j| x.data[at(j)] as f32).collect();
-                    let nf = n as f32;
-                    if layer {
-                        let mean = v[1..].iter().fold(v[0], |a, &x| a + x) / nf;
-                        let d: Vec<f32> = v.iter().map(|&x| x - mean).collect();
-                        let var = d[1..].iter().fold(d[0] * d[0], |a, &x| a + x * x) / nf;
-                        let rstd = 1.0 / libm::sqrtf(var + eps);
-                        let beta = beta.as_ref().expect("layernorm has beta");
-                        for j in 0..n {
-                            let y = d[j] * rstd * gamma.data[j] as f32 + beta.data[j] as f32;
-                            data[at(j)] = round(dt, y as f64);
-                        }
-                    } else {
-                        let ms = v[1..].iter().fold(v[0] * v[0], |a, &x| a + x * x) / nf;
-                        let rstd = 1.0 / libm::sqrtf(ms + eps);
-                        for j in 0..n {
-                            data[at(j)] = round(dt, (v[j] * rstd * gamma.data[j] as f32) as f64);
-                        }
-                    }
-                }
-            }
-            Tensor { ty, data }
-        }
-        Op::Attention { causal, scale } => attention(
-            &operand(values, node, 0),
-            &operand(values, node, 1),
-            &operand(values, node, 2),
-            *causal,
-            *scale,
-            ty,
-        ),
+        Op::LayerNorm { axis, eps } => norm(&arg(0), &arg(1), Some(&arg(2)), *axis, *eps, ty),
+        Op::RmsNorm { axis, eps } => norm(&arg(0), &arg(1), None, *axis, *eps, ty),
+        Op::Attention { causal, scale } => attention(&arg(0), &arg(1), &arg(2), *causal, *scale, ty),
     }
+}
+
+/// One element of a binary op: integers wrap (i32) or are exact, floats are f32.
+fn binary(op: BinaryOp, dt: ScalarType, a: f64, b: f64) -> f64 {
+    if !dt.is_float() {
+        let (x, y) = (a as i64, b as i64);
+        let r = match op {
+            BinaryOp::Add => x.wrapping_add(y),
+            BinaryOp::Sub => x.wrapping_sub(y),
+            BinaryOp::Mul => x.wrapping_mul(y),
+            BinaryOp::Max => x.max(y),
+            BinaryOp::Min => x.min(y),
+            BinaryOp::Div => unreachable!("checked: div is float-only"),
+        };
+        return (if dt == ScalarType::I32 { r as i32 as i64 } else { r }) as f64;
+    }
+    let (x, y) = (a as f32, b as f32);
+    let r = match op {
+        BinaryOp::Add => x + y,
+        BinaryOp::Sub => x - y,
+        BinaryOp::Mul => x * y,
+        BinaryOp::Div => x / y,
+        BinaryOp::Max => numerics::max_num(x, y),
+        BinaryOp::Min => numerics::min_num(x, y),
+    };
+    r as f64
+}
+
+/// One element of a unary op in f32 (integer `neg` wraps in i32).
+fn unary(op: UnaryOp, dt: ScalarType, v: f64) -> f64 {
+    if op == UnaryOp::Neg && !dt.is_float() {
+        return ((v as i64).wrapping_neg() as i32) as f64;
+    }
+    let x = v as f32;
+    let r = match op {
+        UnaryOp::Neg => -x,
+        UnaryOp::Exp => libm::expf(x),
+        UnaryOp::Tanh => libm::tanhf(x),
+        UnaryOp::Erf => libm::erff(x),
+        UnaryOp::Sigmoid => numerics::sigmoid(x),
+        UnaryOp::Rsqrt => 1.0 / libm::sqrtf(x),
+        UnaryOp::Sqrt => libm::sqrtf(x),
+        UnaryOp::Recip => 1.0 / x,
+        UnaryOp::Relu => numerics::activation(jpu_isa::operand::ActFunc::Relu, x),
+        UnaryOp::Silu => x * numerics::sigmoid(x),
+    };
+    r as f64
+}
+
+/// One element of a comparison: 1 or 0.
+fn compare(kind: CompareKind, a: f64, b: f64) -> f64 {
+    let r = match kind {
+        CompareKind::Lt => a < b,
+        CompareKind::Le => a <= b,
+        CompareKind::Gt => a > b,
+        CompareKind::Ge => a >= b,
+        CompareKind::Eq => a == b,
+    };
+    r as u8 as f64
+}
+
+/// Steps a row-major multi-index `idx` over `dims` (the last fastest).
+fn advance(idx: &mut [u64], dims: impl Fn(usize) -> u64) {
+    for k in (0..idx.len()).rev() {
+        idx[k] += 1;
+        if idx[k] < dims(k) {
+            return;
+        }
+        idx[k] = 0;
+    }
+}
+
+/// Sum or max over `axes`, in row-major order of the reduced index from the
+/// first element: f32 for floats, wrapping i32 for integers.
+fn reduce(x: &Tensor, kind: ReduceKind, axes: &[usize], ty: TensorType) -> Tensor {
+    let dt = ty.dtype;
+    let kept: Vec<usize> = (0..x.ty.rank()).filter(|a| !axes.contains(a)).collect();
+    let in_strides = strides(&x.ty.shape);
+    let out_n: u64 = kept.iter().map(|&a| x.ty.shape[a]).product();
+    let red_n: u64 = axes.iter().map(|&a| x.ty.shape[a]).product();
+    let offset = |dims: &[usize], idx: &[u64]| -> usize {
+        dims.iter().zip(idx).map(|(&a, &i)| i as usize * in_strides[a]).sum()
+    };
+    let mut data = Vec::with_capacity(out_n as usize);
+    let mut kidx = vec![0u64; kept.len()];
+    for _ in 0..out_n {
+        let base = offset(&kept, &kidx);
+        let mut ridx = vec![0u64; axes.len()];
+        let mut acc_f: Option<f32> = None;
+        let mut acc_i: Option<i64> = None;
+        for _ in 0..red_n {
+            let v = x.data[base + offset(axes, &ridx)];
+            if dt.is_float() {
+                let v = v as f32;
+                acc_f = Some(match (acc_f, kind) {
+                    (None, _) => v,
+                    (Some(a), ReduceKind::Sum) => a + v,
+                    (Some(a), ReduceKind::Max) => numerics::max_num(a, v),
+                });
+            } else {
+                let v = v as i64;
+                acc_i = Some(match (acc_i, kind) {
+                    (None, _) => v,
+                    (Some(a), ReduceKind::Sum) => a.wrapping_add(v),
+                    (Some(a), ReduceKind::Max) => a.max(v),
+                });
+            }
+            advance(&mut ridx, |k| x.ty.shape[axes[k]]);
+        }
+        let v = if dt.is_float() { acc_f.unwrap_or(0.0) as f64 } else { acc_i.unwrap_or(0) as i32 as f64 };
+        data.push(round(dt, v));
+        advance(&mut kidx, |k| x.ty.shape[kept[k]]);
+    }
+    Tensor { ty, data }
+}
+
+/// Softmax along `axis`: max, exp(x - max), sum, divide, all f32.
+fn softmax(x: &Tensor, axis: usize, ty: TensorType) -> Tensor {
+    let (outer, n, inner) = around(&x.ty.shape, axis);
+    let mut data = vec![0.0; x.data.len()];
+    for o in 0..outer {
+        for i in 0..inner {
+            let at = |j: usize| o * n * inner + j * inner + i;
+            let m = (1..n).fold(x.data[at(0)] as f32, |a, j| numerics::max_num(a, x.data[at(j)] as f32));
+            let e: Vec<f32> = (0..n).map(|j| libm::expf(x.data[at(j)] as f32 - m)).collect();
+            let s = e[1..].iter().fold(e[0], |a, &v| a + v);
+            for j in 0..n {
+                data[at(j)] = round(ty.dtype, (e[j] / s) as f64);
+            }
+        }
+    }
+    Tensor { ty, data }
+}
+
+/// Each element's index along `axis`.
+fn iota(axis: usize, ty: TensorType) -> Tensor {
+    let (outer, n, inner) = around(&ty.shape, axis);
+    let mut vals = Vec::with_capacity(outer * n * inner);
+    for _ in 0..outer {
+        for j in 0..n {
+            vals.extend(std::iter::repeat_n(j as f64, inner));
+        }
+    }
+    Tensor::from_values(ty, &vals)
+}
+
+/// `parts` joined along `axis`.
+fn concat(parts: &[std::borrow::Cow<'_, Tensor>], axis: usize, ty: TensorType) -> Tensor {
+    let (outer, _, inner) = around(&ty.shape, axis);
+    let mut data = Vec::with_capacity(ty.elems() as usize);
+    for o in 0..outer {
+        for p in parts {
+            let n = p.ty.shape[axis] as usize;
+            data.extend_from_slice(&p.data[o * n * inner..(o + 1) * n * inner]);
+        }
+    }
+    Tensor { ty, data }
+}
+
+/// Layer norm (with `beta`) or RMS norm (without) along `axis`, in f32.
+fn norm(x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>, axis: usize, eps: f64, ty: TensorType) -> Tensor {
+    let (outer, n, inner) = around(&x.ty.shape, axis);
+    let (eps, nf) = (eps as f32, n as f32);
+    let mut data = vec![0.0; x.data.len()];
+    for o in 0..outer {
+        for i in 0..inner {
+            let at = |j: usize| o * n * inner + j * inner + i;
+            let v: Vec<f32> = (0..n).map(|j| x.data[at(j)] as f32).collect();
+            let row: Vec<f32> = match beta {
+                Some(beta) => {
+                    let mean = v[1..].iter().fold(v[0], |a, &x| a + x) / nf;
+                    let d: Vec<f32> = v.iter().map(|&x| x - mean).collect();
+                    let var = d[1..].iter().fold(d[0] * d[0], |a, &x| a + x * x) / nf;
+                    let rstd = 1.0 / libm::sqrtf(var + eps);
+                    (0..n).map(|j| d[j] * rstd * gamma.data[j] as f32 + beta.data[j] as f32).collect()
+                }
+                None => {
+                    let ms = v[1..].iter().fold(v[0] * v[0], |a, &x| a + x * x) / nf;
+                    let rstd = 1.0 / libm::sqrtf(ms + eps);
+                    (0..n).map(|j| v[j] * rstd * gamma.data[j] as f32).collect()
+                }
+            };
+            for (j, y) in row.into_iter().enumerate() {
+                data[at(j)] = round(ty.dtype, y as f64);
+            }
+        }
+    }
+    Tensor { ty, data }
 }
 
 /// The tensor with its last two dims swapped.

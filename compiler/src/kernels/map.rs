@@ -251,8 +251,27 @@ impl MapProblem {
 
 /// Lowers an elementwise kernel with blocks of `width` columns to a tile program.
 pub fn lower(p: &MapProblem, width: u64, t: &Target) -> TileProgram {
-    let (rows, cols) = p.view();
-    let parts = (t.sram.partitions as u64).min(rows).max(1);
+    let parts = (t.sram.partitions as u64).min(p.view().0).max(1);
+    let (tensors, first_input, out_tensor) = map_tensors(p);
+    let (buffers, operand_bufs, cast_buf) = map_buffers(p, parts, width);
+    let lowering =
+        MapLowering { p, width, first_input, out_tensor, operand_bufs, cast_buf, items: blocks(p, parts, width) };
+    let mut ops = Vec::new();
+    if !lowering.items.is_empty() {
+        lowering.load(&mut ops, 0);
+    }
+    for j in 0..lowering.items.len() {
+        if j + 1 < lowering.items.len() {
+            lowering.load(&mut ops, j + 1);
+        }
+        lowering.compute(&mut ops, j);
+    }
+    TileProgram { tensors, buffers, ops, debug_ops: map_debug_ops(p) }
+}
+
+/// The HBM tensors (the input unless splatted, the epilogue inputs, the output),
+/// with the index of the first epilogue input and of the output.
+fn map_tensors(p: &MapProblem) -> (Vec<HbmTensor>, usize, usize) {
     let mut tensors = Vec::new();
     if p.splat.is_none() {
         tensors.push(HbmTensor {
@@ -262,16 +281,18 @@ pub fn lower(p: &MapProblem, width: u64, t: &Target) -> TileProgram {
             role: Role::Input,
         });
     }
-    // Tensor index of epilogue input e.
     let first_input = tensors.len();
     tensors.extend(p.inputs.iter().map(EpilogueInput::hbm_tensor));
     let out_tensor = tensors.len();
-    tensors.push(HbmTensor {
-        name: p.output.clone(),
-        dtype: p.output_dtype(),
-        shape: p.shape.clone(),
-        role: Role::Output,
-    });
+    let output =
+        HbmTensor { name: p.output.clone(), dtype: p.output_dtype(), shape: p.shape.clone(), role: Role::Output };
+    tensors.push(output);
+    (tensors, first_input, out_tensor)
+}
+
+/// The SRAM tiles: `x_tile` (buffer 0), one per epilogue input, and the cast
+/// tile; with the buffer of each input and of the cast.
+fn map_buffers(p: &MapProblem, parts: u64, width: u64) -> (Vec<Buffer>, Vec<BufferId>, Option<BufferId>) {
     let tile = |name: String, dtype| Buffer {
         name,
         space: Space::Sram,
@@ -297,13 +318,18 @@ pub fn lower(p: &MapProblem, width: u64, t: &Target) -> TileProgram {
         buffers.push(tile("x_cast".into(), *d));
         buffers.len() - 1
     });
-    // Row blocks stay within one matrix (the last two dims) when a mask step or a
-    // matrix operand needs each element's row within its matrix.
+    (buffers, operand_bufs, cast_buf)
+}
+
+/// The blocks in order: (first row, its row within the matrix, rows, column
+/// block). Row blocks stay within one matrix (the last two dims) when a mask
+/// step or a matrix operand needs each element's row within its matrix.
+fn blocks(p: &MapProblem, parts: u64, width: u64) -> Vec<(u64, u64, u64, u64)> {
+    let (rows, cols) = p.view();
     let masked = p.steps.iter().any(|(s, _)| matches!(s, EpilogueStep::Mask { .. }))
         || p.inputs.iter().any(|e| e.broadcast == Broadcast::Matrix);
     let matrix_rows = if masked && p.shape.len() >= 2 { p.shape[p.shape.len() - 2].max(1) } else { rows.max(1) };
-    // (first row, its row within the matrix, rows in the block, column block)
-    let items: Vec<(u64, u64, u64, u64)> = (0..rows.div_ceil(matrix_rows))
+    (0..rows.div_ceil(matrix_rows))
         .flat_map(|m| {
             let first = m * matrix_rows;
             let in_matrix = matrix_rows.min(rows - first);
@@ -311,15 +337,58 @@ pub fn lower(p: &MapProblem, width: u64, t: &Target) -> TileProgram {
                 .map(move |r| (first + r * parts, r * parts, parts.min(in_matrix - r * parts)))
         })
         .flat_map(|(row0, in_row, pr)| (0..cols.div_ceil(width)).map(move |c| (row0, in_row, pr, c)))
-        .collect();
-    // (first element, first column, rows, columns, copy, row within the matrix)
-    let block = |j: usize| {
-        let (row0, in_row, pr, c) = items[j];
-        let w = width.min(cols - c * width);
-        (row0 * cols + c * width, c * width, pr as u32, w as u32, j as u32 % COPIES, in_row)
-    };
-    let loads = |ops: &mut Vec<(TileOp, u32)>, j: usize| {
-        let (start, col, pr, w, copy, in_row) = block(j);
+        .collect()
+}
+
+/// The statements the ops' debug indices name: the steps, then the cast (or
+/// the reshape or const the kernel is).
+fn map_debug_ops(p: &MapProblem) -> Vec<String> {
+    let mut debug_ops: Vec<String> = p.steps.iter().map(|(_, text)| text.clone()).collect();
+    debug_ops.extend(p.cast.as_ref().map(|c| c.1.clone()));
+    if debug_ops.is_empty() {
+        debug_ops.push(match p.splat {
+            Some(v) => format!("%{} = const() {{value = {v}}}", p.output),
+            None => format!("%{} = reshape(%{})", p.output, p.input),
+        });
+    }
+    debug_ops
+}
+
+/// An elementwise kernel being lowered, block by block.
+struct MapLowering<'a> {
+    p: &'a MapProblem,
+    width: u64,
+    first_input: usize,
+    out_tensor: usize,
+    operand_bufs: Vec<BufferId>,
+    cast_buf: Option<BufferId>,
+    items: Vec<(u64, u64, u64, u64)>,
+}
+
+/// Block `j`'s place: first element, first column, rows, columns, copy, and row
+/// within its matrix.
+struct Block {
+    start: u64,
+    col: u64,
+    rows: u32,
+    cols: u32,
+    copy: u32,
+    in_row: u64,
+}
+
+impl MapLowering<'_> {
+    fn block(&self, j: usize) -> Block {
+        let cols = self.p.view().1;
+        let (row0, in_row, pr, c) = self.items[j];
+        let w = self.width.min(cols - c * self.width);
+        let start = row0 * cols + c * self.width;
+        Block { start, col: c * self.width, rows: pr as u32, cols: w as u32, copy: j as u32 % COPIES, in_row }
+    }
+
+    /// Loads (or sets) block `j`'s input and every epilogue input's block.
+    fn load(&self, ops: &mut Vec<(TileOp, u32)>, j: usize) {
+        let (p, cols) = (self.p, self.p.view().1);
+        let Block { start, col, rows: pr, cols: w, copy, in_row } = self.block(j);
         let slice = |buf| BufSlice { buf, copy, parts: pr, offset: 0, len: w };
         let first = match p.splat {
             Some(value) => TileOp::Memset { dst: slice(0), value: value as f32 },
@@ -331,49 +400,39 @@ pub fn lower(p: &MapProblem, width: u64, t: &Target) -> TileProgram {
         };
         ops.push((first, 0));
         for (e, input) in p.inputs.iter().enumerate() {
+            let tensor = self.first_input + e;
+            let dst = slice(self.operand_bufs[e]);
             let (src, dst) = match input.broadcast {
-                Broadcast::Row => (
-                    HbmBox { tensor: first_input + e, start: col, rows: pr, row_stride: 0, cols: w },
-                    slice(operand_bufs[e]),
-                ),
-                Broadcast::Full => (
-                    HbmBox { tensor: first_input + e, start, rows: pr, row_stride: cols, cols: w },
-                    slice(operand_bufs[e]),
-                ),
+                Broadcast::Row => (HbmBox { tensor, start: col, rows: pr, row_stride: 0, cols: w }, dst),
+                Broadcast::Full => (HbmBox { tensor, start, rows: pr, row_stride: cols, cols: w }, dst),
                 Broadcast::Matrix => {
                     let start = in_row * cols + col;
-                    (
-                        HbmBox { tensor: first_input + e, start, rows: pr, row_stride: cols, cols: w },
-                        slice(operand_bufs[e]),
-                    )
+                    (HbmBox { tensor, start, rows: pr, row_stride: cols, cols: w }, dst)
                 }
                 Broadcast::Column => (
-                    HbmBox { tensor: first_input + e, start: start / cols.max(1), rows: pr, row_stride: 1, cols: 1 },
-                    BufSlice { len: 1, ..slice(operand_bufs[e]) },
+                    HbmBox { tensor, start: start / cols.max(1), rows: pr, row_stride: 1, cols: 1 },
+                    BufSlice { len: 1, ..dst },
                 ),
             };
             ops.push((TileOp::Load { dst, src, queue: None }, 0));
         }
-    };
-    let mut ops = Vec::new();
-    if !items.is_empty() {
-        loads(&mut ops, 0);
     }
-    for j in 0..items.len() {
-        if j + 1 < items.len() {
-            loads(&mut ops, j + 1);
-        }
-        let (start, col, pr, w, copy, in_row) = block(j);
+
+    /// Block `j`'s steps in place, its cast, and its store.
+    fn compute(&self, ops: &mut Vec<(TileOp, u32)>, j: usize) {
+        let (p, cols) = (self.p, self.p.view().1);
+        let Block { start, col, rows: pr, cols: w, copy, in_row } = self.block(j);
         let x = BufSlice { buf: 0, copy, parts: pr, offset: 0, len: w };
         for (si, (step, _)) in p.steps.iter().enumerate() {
             let op = step.tile_op(x, (in_row, col), |e| {
                 let column = p.inputs[e].broadcast == Broadcast::Column;
-                (BufSlice { buf: operand_bufs[e], copy, parts: pr, offset: 0, len: if column { 1 } else { w } }, column)
+                let len = if column { 1 } else { w };
+                (BufSlice { buf: self.operand_bufs[e], copy, parts: pr, offset: 0, len }, column)
             });
             ops.push((op, si as u32));
         }
         let last = p.steps.len().max(1) as u32 - 1;
-        let out = match cast_buf {
+        let out = match self.cast_buf {
             Some(cb) => {
                 let cast = BufSlice { buf: cb, copy, parts: pr, offset: 0, len: w };
                 ops.push((TileOp::Copy { dst: cast, src: x }, p.steps.len() as u32));
@@ -382,16 +441,7 @@ pub fn lower(p: &MapProblem, width: u64, t: &Target) -> TileProgram {
             None => x,
         };
         let debug = if p.cast.is_some() { p.steps.len() as u32 } else { last };
-        let dst = HbmBox { tensor: out_tensor, start, rows: pr, row_stride: cols, cols: w };
+        let dst = HbmBox { tensor: self.out_tensor, start, rows: pr, row_stride: cols, cols: w };
         ops.push((TileOp::Store { dst, src: out }, debug));
     }
-    let mut debug_ops: Vec<String> = p.steps.iter().map(|(_, text)| text.clone()).collect();
-    debug_ops.extend(p.cast.as_ref().map(|c| c.1.clone()));
-    if debug_ops.is_empty() {
-        debug_ops.push(match p.splat {
-            Some(v) => format!("%{} = const() {{value = {v}}}", p.output),
-            None => format!("%{} = reshape(%{})", p.output, p.input),
-        });
-    }
-    TileProgram { tensors, buffers, ops, debug_ops }
 }

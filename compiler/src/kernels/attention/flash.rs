@@ -1,0 +1,508 @@
+//! The flash path: query tiles against K/V windows with an online softmax (the
+//! steps of the module above).
+
+use jpu_isa::operand::{ActFunc, AluOp, ReduceOp, Space};
+use jpu_isa::program::Role;
+use jpu_isa::DType;
+
+use super::{buffer, slice, tensors, AttentionPlan, AttentionProblem, TK, TO, TQ, TV};
+use crate::tiles::{Buffer, HbmBox, HbmTensor, TileOp, TileProgram, TileScalar};
+
+/// Copies of the per-block statistics columns.
+const STAT_COPIES: usize = 3;
+/// Copies of the probabilities tile.
+const PROB_COPIES: usize = 3;
+/// Copies of the query tile.
+const Q_COPIES: usize = 3;
+
+/// A query tile: `heads` consecutive query heads from `head` (global index over
+/// batch x heads), rows `r0 .. r0 + rows` of each, packed head after head.
+#[derive(Debug, Clone, Copy)]
+struct QTile {
+    group: u64,
+    head: u64,
+    heads: u64,
+    r0: u64,
+    rows: u64,
+}
+
+impl QTile {
+    fn parts(&self) -> u32 {
+        (self.heads * self.rows) as u32
+    }
+}
+
+/// One KV block of a query tile.
+#[derive(Debug, Clone, Copy)]
+struct Block {
+    tile: usize,
+    c0: u64,
+    c1: u64,
+    first: bool,
+    last: bool,
+    window: usize,
+}
+
+/// A window of K/V rows `a .. b` of a group.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    group: u64,
+    a: u64,
+    b: u64,
+}
+
+/// Buffers of the flash path, as [`flash_buffers`] orders them.
+const K_ROWS: usize = 0;
+const V_ROWS: usize = 1;
+const K_T: usize = 2;
+const K_T_PSUM: usize = 3;
+const Q_TILE: usize = 4;
+const SCORES: usize = 5;
+const PROBS: usize = 6;
+const O_ACC: usize = 7;
+const O_TILE: usize = 8;
+const ROW_MAX: usize = 9;
+const NEG_MAX: usize = 10;
+const BLOCK_SUM: usize = 11;
+const RESCALE: usize = 12;
+const ROW_SUM: usize = 13;
+/// The flash path being lowered: its query tiles, KV blocks and K/V windows in
+/// execution order.
+struct Flash<'a> {
+    p: &'a AttentionProblem,
+    plan: &'a AttentionPlan,
+    tiles: Vec<QTile>,
+    blocks: Vec<Block>,
+    windows: Vec<Window>,
+    /// The K^T tensor, when a transpose kernel wrote it to HBM scratch.
+    tkt: Option<usize>,
+    d_chunks: u64,
+    /// Window rows rounded up to whole KV chunks.
+    win_pad: u64,
+    /// `sk - sq`: query i sees keys up to `i + off` when causal.
+    off: i64,
+    /// Window copies.
+    wc: usize,
+    /// Score copies.
+    nsc: usize,
+}
+
+/// Lowers the flash path.
+pub(super) fn lower(p: &AttentionProblem, plan: &AttentionPlan) -> TileProgram {
+    let mut tensors = tensors(p);
+    // With K^T in HBM, a window's K^T is loaded, not transposed.
+    let tkt = p.k_transposed.as_ref().map(|name| {
+        let mut shape = p.shapes[1].clone();
+        let r = shape.len();
+        shape.swap(r - 2, r - 1);
+        tensors.push(HbmTensor { name: name.clone(), dtype: p.dtype, shape, role: Role::Input });
+        tensors.len() - 1
+    });
+    let flash = Flash::new(p, plan, tkt);
+    TileProgram { tensors, buffers: flash_buffers(p, plan), ops: flash.ops(), debug_ops: p.text.clone() }
+}
+
+impl<'a> Flash<'a> {
+    /// Query tiles (one head, or a group's heads packed), then each tile's KV
+    /// blocks up to its causal limit, and the windows they read.
+    fn new(p: &'a AttentionProblem, plan: &'a AttentionPlan, tkt: Option<usize>) -> Flash<'a> {
+        let (sq, sk, group) = (p.sq, p.sk, p.group());
+        let off = sk as i64 - sq as i64;
+        let mut tiles = Vec::new();
+        for g in 0..p.batch * p.hk {
+            let (b, kvh) = (g / p.hk, g % p.hk);
+            let first_head = b * p.hq + kvh * group;
+            if plan.heads_per_tile > 1 {
+                tiles.push(QTile { group: g, head: first_head, heads: group, r0: 0, rows: sq });
+                continue;
+            }
+            for h in first_head..first_head + group {
+                for r0 in (0..sq).step_by(plan.q_tile as usize) {
+                    tiles.push(QTile { group: g, head: h, heads: 1, r0, rows: plan.q_tile.min(sq - r0) });
+                }
+            }
+        }
+        let (mut windows, mut blocks): (Vec<Window>, Vec<Block>) = (Vec::new(), Vec::new());
+        for (ti, tile) in tiles.iter().enumerate() {
+            // Keys past the last row's limit are masked for every row of the tile.
+            let end = if p.causal { ((tile.r0 + tile.rows) as i64 + off).clamp(0, sk as i64) as u64 } else { sk };
+            let mut c0 = 0;
+            while c0 < end {
+                let c1 = end.min(c0 + plan.kv_block);
+                let a = c0 / plan.window * plan.window;
+                if windows.last().is_none_or(|w| w.group != tile.group || w.a != a) {
+                    windows.push(Window { group: tile.group, a, b: sk.min(a + plan.window) });
+                }
+                blocks.push(Block { tile: ti, c0, c1, first: c0 == 0, last: c1 == end, window: windows.len() - 1 });
+                c0 = c1;
+            }
+        }
+        Flash {
+            p,
+            plan,
+            tiles,
+            blocks,
+            windows,
+            tkt,
+            d_chunks: p.d.div_ceil(plan.d_chunk),
+            win_pad: plan.window.div_ceil(plan.kv_chunk) * plan.kv_chunk,
+            off,
+            wc: plan.window_copies as usize,
+            nsc: plan.score_copies as usize,
+        }
+    }
+
+    /// Loads window `wi`'s K rows (or its K^T from HBM scratch) and V rows.
+    fn load_window(&self, ops: &mut Vec<(TileOp, u32)>, wi: usize) {
+        let windows = &self.windows;
+        let tkt = self.tkt;
+        let d_chunks = self.d_chunks;
+        let win_pad = self.win_pad;
+        let wc = self.wc;
+        let kv_chunk = self.plan.kv_chunk;
+        let d_chunk = self.plan.d_chunk;
+        let d = self.p.d;
+        let dv = self.p.dv;
+        let sk = self.p.sk;
+        let w = windows[wi];
+        let copy = wi % wc;
+        if let Some(tkt) = tkt {
+            for dc in 0..d_chunks {
+                let dk = d_chunk.min(d - dc * d_chunk);
+                let src = HbmBox {
+                    tensor: tkt,
+                    start: (w.group * d + dc * d_chunk) * sk + w.a,
+                    rows: dk as u32,
+                    row_stride: sk,
+                    cols: (w.b - w.a) as u32,
+                };
+                let dst = slice(K_T, copy, dk, dc * win_pad, w.b - w.a);
+                ops.push((TileOp::Load { dst, src, queue: None }, 0));
+            }
+        }
+        for c in 0..(w.b - w.a).div_ceil(kv_chunk) {
+            let r = w.a + c * kv_chunk;
+            let kk = kv_chunk.min(w.b - r);
+            if tkt.is_none() {
+                let k_src = HbmBox {
+                    tensor: TK,
+                    start: (w.group * sk + r) * d,
+                    rows: kk as u32,
+                    row_stride: d,
+                    cols: d as u32,
+                };
+                ops.push((TileOp::Load { dst: slice(K_ROWS, copy, kk, c * d, d), src: k_src, queue: None }, 0));
+            }
+            let v_src =
+                HbmBox { tensor: TV, start: (w.group * sk + r) * dv, rows: kk as u32, row_stride: dv, cols: dv as u32 };
+            ops.push((TileOp::Load { dst: slice(V_ROWS, copy, kk, c * dv, dv), src: v_src, queue: None }, 0));
+        }
+    }
+
+    /// Transposes window `wi`'s K rows on the PE into `[head dim, keys]` (not needed when K^T comes from HBM).
+    fn transpose_window(&self, ops: &mut Vec<(TileOp, u32)>, wi: usize) {
+        let windows = &self.windows;
+        let tkt = self.tkt;
+        let d_chunks = self.d_chunks;
+        let win_pad = self.win_pad;
+        let wc = self.wc;
+        let kv_chunk = self.plan.kv_chunk;
+        let d_chunk = self.plan.d_chunk;
+        let bank_cols = self.plan.bank_cols;
+        let d = self.p.d;
+        if tkt.is_some() {
+            return;
+        }
+        let w = windows[wi];
+        let copy = wi % wc;
+        let chunks = (w.b - w.a).div_ceil(kv_chunk);
+        let per_bank = bank_cols / kv_chunk;
+        for dc in 0..d_chunks {
+            let dk = d_chunk.min(d - dc * d_chunk);
+            let mut c = 0;
+            while c < chunks {
+                let group_end = chunks.min(c + per_bank);
+                let mut width = 0;
+                for ci in c..group_end {
+                    let kk = kv_chunk.min(w.b - w.a - ci * kv_chunk);
+                    let dst = slice(K_T_PSUM, 0, dk, (ci - c) * kv_chunk, kk);
+                    let src = slice(K_ROWS, copy, kk, ci * d + dc * d_chunk, dk);
+                    ops.push((TileOp::Transpose { dst, src }, 0));
+                    width = (ci - c) * kv_chunk + kk;
+                }
+                let dst = slice(K_T, copy, dk, dc * win_pad + c * kv_chunk, width);
+                ops.push((TileOp::Copy { dst, src: slice(K_T_PSUM, 0, dk, 0, width) }, 0));
+                c = group_end;
+            }
+        }
+    }
+
+    /// Loads query tile `ti`.
+    fn load_q(&self, ops: &mut Vec<(TileOp, u32)>, ti: usize) {
+        let tiles = &self.tiles;
+        let d = self.p.d;
+        let sq = self.p.sq;
+        let t = tiles[ti];
+        let src =
+            HbmBox { tensor: TQ, start: (t.head * sq + t.r0) * d, rows: t.parts(), row_stride: d, cols: d as u32 };
+        ops.push((TileOp::Load { dst: slice(Q_TILE, ti % Q_COPIES, t.parts() as u64, 0, d), src, queue: None }, 0));
+    }
+
+    /// Block `bi`'s scores `S = Q . K^T` on the PE, bank by bank.
+    fn scores_of(&self, ops: &mut Vec<(TileOp, u32)>, bi: usize) {
+        let plan = self.plan;
+        let tiles = &self.tiles;
+        let blocks = &self.blocks;
+        let windows = &self.windows;
+        let d_chunks = self.d_chunks;
+        let win_pad = self.win_pad;
+        let wc = self.wc;
+        let d_chunk = self.plan.d_chunk;
+        let bank_cols = self.plan.bank_cols;
+        let d = self.p.d;
+        let blk = blocks[bi];
+        let t = tiles[blk.tile];
+        let w = windows[blk.window];
+        let mq = t.parts() as u64;
+        let mut col = 0;
+        while col < blk.c1 - blk.c0 {
+            let n = bank_cols.min(blk.c1 - blk.c0 - col);
+            for dc in 0..d_chunks {
+                let dk = d_chunk.min(d - dc * d_chunk);
+                ops.push((
+                    TileOp::Matmul {
+                        dst: slice(SCORES, bi % plan.score_copies as usize, mq, col, n),
+                        stationary: slice(Q_TILE, blk.tile % Q_COPIES, mq, dc * d_chunk, dk),
+                        moving: slice(K_T, blk.window % wc, dk, dc * win_pad + blk.c0 - w.a + col, n),
+                        accumulate: dc > 0,
+                        transposed: true,
+                    },
+                    0,
+                ));
+            }
+            col += n;
+        }
+    }
+
+    /// Stage A of block `bi`: mask, running max, exponentials with their row sum, and (after the first block) the rescale factor and the running sum.
+    fn stage_a(&self, ops: &mut Vec<(TileOp, u32)>, bi: usize) {
+        let p = self.p;
+        let tiles = &self.tiles;
+        let blocks = &self.blocks;
+        let off = self.off;
+        let nsc = self.nsc;
+        let blk = blocks[bi];
+        let t = tiles[blk.tile];
+        let (mq, width) = (t.parts() as u64, blk.c1 - blk.c0);
+        let (cur, prev, tc) = (bi % STAT_COPIES, (bi + STAT_COPIES - 1) % STAT_COPIES, blk.tile % 2);
+        let s = slice(SCORES, bi % nsc, mq, 0, width);
+        let col = |b, copy| slice(b, copy, mq, 0, 1);
+        if p.causal && t.heads == 1 {
+            // Row r (query r0 + r) keeps keys c0 + f <= r0 + r + off.
+            let first_masked = (t.r0 as i64 + off + 1 - blk.c0 as i64).max(0) as u64;
+            if first_masked < width {
+                let sub = slice(SCORES, bi % nsc, mq, first_masked, width - first_masked);
+                let base = t.r0 as i64 + off - blk.c0 as i64 - first_masked as i64;
+                ops.push((
+                    TileOp::Select {
+                        cmp: jpu_isa::operand::CmpOp::Ge,
+                        dst: sub,
+                        src: sub,
+                        partition_step: 1,
+                        free_step: -1,
+                        base: base as i32,
+                        fill: f32::NEG_INFINITY,
+                    },
+                    0,
+                ));
+            }
+        }
+        let m = col(ROW_MAX, cur);
+        ops.push((TileOp::Reduce { op: ReduceOp::Max, dst: m, src: s }, 0));
+        if !blk.first {
+            ops.push((TileOp::Binary { op: AluOp::Max, dst: m, a: m, b: col(ROW_MAX, prev) }, 0));
+        }
+        let nb = col(NEG_MAX, cur);
+        ops.push((
+            TileOp::Scalar { op: AluOp::Mul, dst: nb, src: m, scalar: TileScalar::Imm(-p.scale), reverse: false },
+            0,
+        ));
+        let l = col(ROW_SUM, tc);
+        let sum_to = if blk.first { l } else { col(BLOCK_SUM, cur) };
+        ops.push((
+            TileOp::Activate {
+                func: ActFunc::Exp,
+                dst: slice(PROBS, bi % PROB_COPIES, mq, 0, width),
+                src: s,
+                scale: TileScalar::Imm(p.scale),
+                bias: TileScalar::Column(nb),
+                accum: Some(sum_to),
+            },
+            0,
+        ));
+        if !blk.first {
+            let alpha = col(RESCALE, cur);
+            ops.push((
+                TileOp::Activate {
+                    func: ActFunc::Exp,
+                    dst: alpha,
+                    src: col(ROW_MAX, prev),
+                    scale: TileScalar::Imm(p.scale),
+                    bias: TileScalar::Column(nb),
+                    accum: None,
+                },
+                0,
+            ));
+            // l = l * alpha + block sum, on the ACT beside the exponentials.
+            ops.push((
+                TileOp::Activate {
+                    func: ActFunc::Identity,
+                    dst: l,
+                    src: l,
+                    scale: TileScalar::Column(alpha),
+                    bias: TileScalar::Column(sum_to),
+                    accum: None,
+                },
+                0,
+            ));
+        }
+    }
+
+    /// Stage B of block `bi`: rescale O, `O += P . V`, and after the last block `O / l` and the store.
+    fn stage_b(&self, ops: &mut Vec<(TileOp, u32)>, bi: usize) {
+        let plan = self.plan;
+        let tiles = &self.tiles;
+        let blocks = &self.blocks;
+        let windows = &self.windows;
+        let wc = self.wc;
+        let kv_chunk = self.plan.kv_chunk;
+        let dv = self.p.dv;
+        let sq = self.p.sq;
+        let blk = blocks[bi];
+        let t = tiles[blk.tile];
+        let w = windows[blk.window];
+        let mq = t.parts() as u64;
+        let o = slice(O_ACC, blk.tile % plan.o_copies as usize, mq, 0, dv);
+        if !blk.first {
+            let alpha = slice(RESCALE, bi % STAT_COPIES, mq, 0, 1);
+            ops.push((
+                TileOp::Scalar { op: AluOp::Mul, dst: o, src: o, scalar: TileScalar::Column(alpha), reverse: false },
+                0,
+            ));
+        }
+        for (s_i, k0) in (blk.c0..blk.c1).step_by(kv_chunk as usize).enumerate() {
+            let kk = kv_chunk.min(blk.c1 - k0);
+            let chunk = (k0 - w.a) / kv_chunk;
+            ops.push((
+                TileOp::Matmul {
+                    dst: o,
+                    stationary: slice(PROBS, bi % PROB_COPIES, mq, k0 - blk.c0, kk),
+                    moving: slice(V_ROWS, blk.window % wc, kk, chunk * dv, dv),
+                    accumulate: !(blk.first && s_i == 0),
+                    transposed: true,
+                },
+                0,
+            ));
+        }
+        if blk.last {
+            let tc = blk.tile % 2;
+            let out = slice(O_TILE, tc, mq, 0, dv);
+            let l = slice(ROW_SUM, tc, mq, 0, 1);
+            ops.push((
+                TileOp::Scalar { op: AluOp::Div, dst: out, src: o, scalar: TileScalar::Column(l), reverse: false },
+                0,
+            ));
+            let dst = HbmBox {
+                tensor: TO,
+                start: (t.head * sq + t.r0) * dv,
+                rows: mq as u32,
+                row_stride: dv,
+                cols: dv as u32,
+            };
+            ops.push((TileOp::Store { dst, src: out }, 0));
+        }
+    }
+
+    /// Every tile op in emission order (each engine runs its ops in this order).
+    fn ops(&self) -> Vec<(TileOp, u32)> {
+        let tiles = &self.tiles;
+        let blocks = &self.blocks;
+        let windows = &self.windows;
+        let wc = self.wc;
+        let nsc = self.nsc;
+        let mut ops: Vec<(TileOp, u32)> = Vec::new();
+        // Emission order (each engine runs its ops in this order). Iteration i issues
+        // the SCORES of block i + L (L = score copies - 1), stage A of block i + a
+        // (a = 1 when L >= 2, so ACT and VE work on the next block while the PE
+        // finishes this one), then stage B of block i. A window's loads are issued
+        // when the window `copies - 1` back starts, its transposes just before its
+        // first SCORES; a tile's Q load when the tile two back starts.
+        let lookahead = nsc - 1;
+        let lag_a = usize::from(lookahead >= 2);
+        let (mut windows_loaded, mut windows_transposed, mut tiles_loaded) = (0usize, 0usize, 0usize);
+        let mut scores_issued = 0usize;
+        // `oldest`: the first block whose stage B is not yet issued; windows up TO
+        // `copies - 1` past its window may be loaded (a load before a PV in program
+        // order would overwrite what that PV reads).
+        let mut issue_scores = |ops: &mut Vec<(TileOp, u32)>, upto: usize, oldest: usize| {
+            let window_limit = blocks.get(oldest).map_or(0, |b| b.window) + wc;
+            while scores_issued <= upto && scores_issued < blocks.len() {
+                let blk = blocks[scores_issued];
+                if blk.window >= window_limit {
+                    break;
+                }
+                // Loads: windows up TO the limit; this tile and the next.
+                while windows_loaded < windows.len() && windows_loaded < window_limit {
+                    self.load_window(ops, windows_loaded);
+                    windows_loaded += 1;
+                }
+                while tiles_loaded < tiles.len() && tiles_loaded < blk.tile + Q_COPIES - 1 {
+                    self.load_q(ops, tiles_loaded);
+                    tiles_loaded += 1;
+                }
+                if blk.window >= windows_transposed {
+                    self.transpose_window(ops, blk.window);
+                    windows_transposed = blk.window + 1;
+                }
+                self.scores_of(ops, scores_issued);
+                scores_issued += 1;
+            }
+        };
+        issue_scores(&mut ops, lookahead.saturating_sub(1), 0);
+        for bi in 0..lag_a.min(blocks.len()) {
+            self.stage_a(&mut ops, bi);
+        }
+        for bi in 0..blocks.len() {
+            issue_scores(&mut ops, bi + lookahead, bi);
+            if bi + lag_a < blocks.len() {
+                self.stage_a(&mut ops, bi + lag_a);
+            }
+            self.stage_b(&mut ops, bi);
+        }
+        ops
+    }
+}
+
+/// The buffers of the flash path, indexed as [`lower`] uses them.
+pub(super) fn flash_buffers(p: &AttentionProblem, plan: &AttentionPlan) -> Vec<Buffer> {
+    let (kc, dc, qt) = (plan.kv_chunk, plan.d_chunk, plan.q_tile);
+    let win_pad = plan.window.div_ceil(kc) * kc;
+    let (win_chunks, d_chunks) = (win_pad / kc, p.d.div_ceil(dc));
+    let (wc, sram, psum, f32) = (plan.window_copies, Space::Sram, Space::Psum, DType::F32);
+    vec![
+        buffer("k_rows", sram, p.dtype, kc, win_chunks * p.d, wc),
+        buffer("v_rows", sram, p.dtype, kc, win_chunks * p.dv, wc),
+        buffer("k_t", sram, p.dtype, dc, d_chunks * win_pad, wc),
+        buffer("k_t_psum", psum, f32, dc, plan.bank_cols, 1),
+        buffer("q_tile", sram, p.dtype, qt, p.d, Q_COPIES as u32),
+        buffer("scores", psum, f32, qt, plan.kv_block, plan.score_copies),
+        buffer("probs", sram, p.dtype, qt, plan.kv_block, PROB_COPIES as u32),
+        buffer("o_acc", psum, f32, qt, p.dv, plan.o_copies),
+        buffer("o_tile", sram, p.out_dtype, qt, p.dv, 2),
+        buffer("row_max", sram, f32, qt, 1, STAT_COPIES as u32),
+        buffer("neg_max", sram, f32, qt, 1, STAT_COPIES as u32),
+        buffer("block_sum", sram, f32, qt, 1, STAT_COPIES as u32),
+        buffer("rescale", sram, f32, qt, 1, STAT_COPIES as u32),
+        buffer("row_sum", sram, f32, qt, 1, 2),
+    ]
+}

@@ -1,0 +1,514 @@
+//! The flash-attention kernel: `softmax(q . k^T * scale [+ causal mask]) . v` with
+//! grouped-query heads, never writing the score matrix to HBM.
+//!
+//! Per KV head (a *group*: the query heads that read it), K and V rows are loaded
+//! into a *window*: the whole sequence when it fits SRAM (then K and V are read
+//! from HBM once and serve every query head and query tile of the group), else one
+//! KV block at a time (re-read per query tile). K is transposed once per window on
+//! the PE (into `[head dim, kv]`, the moving operand of `Q . K^T`).
+//!
+//! A *query tile* is up to one partition per query row: a tile of one head, or
+//! several heads of a group packed together when their rows fit (decode), so the
+//! group's heads share each K/V read. For each KV block of a tile (online softmax):
+//!
+//! 1. PE: `S = Q . K^T` into PSUM (Q is the stationary operand, read transposed
+//!    from its row-major tile at no cost), accumulated over head-dim chunks.
+//! 2. VE: the diagonal block of a causal tile gets the affine select (`-inf`
+//!    above the diagonal); fully masked blocks are never computed.
+//! 3. VE: block row max, running max `m`, `nb = -scale * m`.
+//! 4. ACT: `P = exp(S * scale + nb)` into SRAM in the operand dtype, with the f32
+//!    row sum fused; on later blocks `alpha = exp(m_old * scale + nb)`.
+//! 5. VE: `l = l * alpha + rowsum`, `O *= alpha` (O stays in PSUM).
+//! 6. PE: `O += P . V`, P read as the transposed stationary operand (no transpose
+//!    pass), V chunks as moving operands.
+//!
+//! After the last block, `O / l` is rounded into the result dtype and stored.
+//! Scores of block i + 1 are issued on the PE before block i's softmax, and every
+//! per-block buffer has two copies, so the PE computes while ACT and VE work.
+//!
+//! Numerics: the scores, maxima and sums are f32 as in the reference; P reaches
+//! the PV matmul rounded to the operand dtype (unnormalised) and the sum of
+//! exponentials is of unrounded values, so results match the reference within
+//! the attention tolerance of docs/testing.md, not bit for bit.
+
+use jpu_isa::operand::Space;
+use jpu_isa::program::Role;
+use jpu_isa::{DType, Target};
+
+use super::transpose::TransposeProblem;
+use super::{chip, statement, unsupported, Ctx, Field, Kernel, Work};
+use crate::error::CompileError;
+use crate::ir::{Op, Span};
+use crate::tiles::{BufSlice, Buffer, HbmTensor, TileProgram};
+
+mod decode;
+mod flash;
+
+use decode::decode_buffers;
+use flash::flash_buffers;
+
+/// An attention kernel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttentionProblem {
+    /// Query, key and value tensors (names).
+    pub q: String,
+    /// Keys.
+    pub k: String,
+    /// Values.
+    pub v: String,
+    /// Their shapes (`[.., heads, seq, dim]`).
+    pub shapes: [Vec<u64>; 3],
+    /// Operand dtype (q, k and v share it).
+    pub dtype: DType,
+    /// Leading (batch) elements.
+    pub batch: u64,
+    /// Query heads.
+    pub hq: u64,
+    /// KV heads.
+    pub hk: u64,
+    /// Query rows per head.
+    pub sq: u64,
+    /// Keys per head.
+    pub sk: u64,
+    /// Head dim of q and k.
+    pub d: u64,
+    /// Head dim of v.
+    pub dv: u64,
+    /// Query i sees keys j <= i + sk - sq.
+    pub causal: bool,
+    /// Multiplies the scores (positive).
+    pub scale: f32,
+    /// The result's name.
+    pub output: String,
+    /// Its shape.
+    pub out_shape: Vec<u64>,
+    /// The dtype stored.
+    pub out_dtype: DType,
+    /// The IR statements the kernel implements.
+    pub text: Vec<String>,
+    /// Indices of the IR nodes the kernel computes.
+    pub nodes: Vec<usize>,
+    /// An HBM tensor holding K with its last two dims swapped (`[.., heads,
+    /// dim, seq]`), written by a transpose kernel before this one: streamed
+    /// windows then load K^T directly instead of transposing K per window.
+    pub k_transposed: Option<String>,
+    /// The op's source span.
+    pub span: Span,
+}
+
+/// An attention kernel and its tiling.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttentionKernel {
+    /// What it computes.
+    pub p: AttentionProblem,
+    /// How it is tiled.
+    pub plan: AttentionPlan,
+}
+
+/// The attention kernel of node `i`, with its tiling chosen for `t`.
+pub fn select(cx: &Ctx<'_>, i: usize, t: &Target) -> Result<AttentionKernel, CompileError> {
+    let node = &cx.f.nodes[i];
+    let Op::Attention { causal, scale } = node.op else { return Err(unsupported(node, "is not attention")) };
+    let [q, k, v] = cx.hbm_values(node)?[..] else { return Err(unsupported(node, "is malformed")) };
+    let (qn, kn, vn) = (cx.f.node(q), cx.f.node(k), cx.f.node(v));
+    let dtype = chip(qn.ty.dtype, "a query", node)?;
+    if !matches!(dtype, DType::Bf16 | DType::F16 | DType::F32) {
+        return Err(unsupported(node, &format!("on {dtype} operands is not supported yet (bf16, f16 and f32 are)")));
+    }
+    let r = qn.ty.shape.len();
+    let dims = |s: &[u64]| (s[r - 3], s[r - 2], s[r - 1]);
+    let ((hq, sq, d), (hk, sk, _), (_, _, dv)) = (dims(&qn.ty.shape), dims(&kn.ty.shape), dims(&vn.ty.shape));
+    if qn.ty.shape[..r - 3] != kn.ty.shape[..r - 3] || kn.ty.shape[..r - 3] != vn.ty.shape[..r - 3] {
+        return Err(unsupported(node, "broadcasts batch dims between q, k and v, which is not supported yet"));
+    }
+    if scale <= 0.0 {
+        return Err(unsupported(node, &format!("has scale {scale}; the kernel needs a positive scale")));
+    }
+    if qn.ty.elems() == 0 || kn.ty.elems() == 0 || vn.ty.elems() == 0 {
+        let why = format!("has an empty operand ({}, {}, {}), which is not supported yet", qn.ty, kn.ty, vn.ty);
+        return Err(unsupported(node, &why));
+    }
+    if causal && sq > sk {
+        return Err(unsupported(
+            node,
+            &format!(
+            "is causal with more query rows ({sq}) than keys ({sk}), which leaves rows with no key; not supported yet"
+        ),
+        ));
+    }
+    let p = AttentionProblem {
+        q: qn.name.clone(),
+        k: kn.name.clone(),
+        v: vn.name.clone(),
+        shapes: [qn.ty.shape.clone(), kn.ty.shape.clone(), vn.ty.shape.clone()],
+        dtype,
+        batch: qn.ty.shape[..r - 3].iter().product(),
+        hq,
+        hk,
+        sq,
+        sk,
+        d,
+        dv,
+        causal,
+        scale: scale as f32,
+        output: node.name.clone(),
+        out_shape: node.ty.shape.clone(),
+        out_dtype: chip(node.ty.dtype, "a result", node)?,
+        text: vec![format!("{} {{causal = {causal}, scale = {scale}}}", statement(cx.f, i))],
+        nodes: vec![i],
+        k_transposed: None,
+        span: node.span.clone(),
+    };
+    let plan = p.plan(t).map_err(|why| CompileError::limit(&p.text[0], why, p.span.clone()))?;
+    Ok(AttentionKernel { p, plan })
+}
+
+/// The schedule fields.
+const FIELDS: &[&str] = &["kv_block", "window_copies", "decode"];
+
+impl AttentionKernel {
+    /// Applies one override to `plan`: turning the decode path off (the flash
+    /// tiling is then chosen anew), a narrower KV block (a multiple of
+    /// `kv_chunk`, at most the chosen block, which is what the score banks
+    /// hold), or the window copies (flash path only).
+    fn set(&self, plan: &mut AttentionPlan, f: &Field, t: &Target) -> Result<(), String> {
+        let number = || f.value.parse::<u64>().map_err(|_| format!("`{}` is not a number", f.value));
+        if plan.decode && f.name != "decode" && FIELDS.contains(&f.name.as_str()) {
+            return Err("applies to the flash path only; set `decode = false` first".into());
+        }
+        match f.name.as_str() {
+            "decode" => match f.value.as_str() {
+                "false" if plan.decode => *plan = self.p.flash_plan(t)?,
+                "false" => {}
+                "true" if plan.decode => {}
+                "true" => return Err("the decode path does not apply to this attention (or does not fit)".into()),
+                v => return Err(format!("is `true` or `false`, not `{v}`")),
+            },
+            "kv_block" => {
+                let b = number()?;
+                let chosen = self.p.flash_plan(t)?.kv_block;
+                if b == 0 || b % plan.kv_chunk != 0 || b > chosen {
+                    return Err(format!("must be a multiple of kv_chunk = {} up to {chosen}", plan.kv_chunk));
+                }
+                if plan.window < self.p.sk {
+                    plan.window = b;
+                }
+                plan.kv_block = b;
+            }
+            "window_copies" => {
+                let c = number()?;
+                if !(2..=3).contains(&c) {
+                    return Err("must be 2 or 3".into());
+                }
+                plan.window_copies = c as u32;
+            }
+            other => return Err(format!("unknown field `{other}` (fields: {})", FIELDS.join(", "))),
+        }
+        let need = if plan.decode { 0 } else { sram_bytes(&flash_buffers(&self.p, plan)) };
+        if need > t.sram.partition_bytes as u64 {
+            return Err(format!(
+                "the tiles need {need} bytes per SRAM partition; {} has {}",
+                t.name, t.sram.partition_bytes
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Kernel for AttentionKernel {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn rounded_probabilities(&self) -> Option<(&str, DType)> {
+        Some((&self.p.v, self.p.dtype))
+    }
+
+    fn kind(&self) -> &'static str {
+        "attention"
+    }
+
+    fn output(&self) -> &str {
+        &self.p.output
+    }
+
+    fn nodes(&self) -> &[usize] {
+        &self.p.nodes
+    }
+
+    fn span(&self) -> Span {
+        self.p.span.clone()
+    }
+
+    fn statement(&self) -> String {
+        self.p.text.join("; ")
+    }
+
+    fn schedule_fields(&self) -> &'static [&'static str] {
+        FIELDS
+    }
+
+    /// Overrides, then the prelude: streamed windows would transpose K once per
+    /// query tile, so one transpose kernel into HBM scratch serves them all.
+    fn schedule(&mut self, t: &Target, overrides: &[Field]) -> Result<Vec<Box<dyn Kernel>>, CompileError> {
+        // `decode = false` first: the other fields apply to the flash tiling.
+        let mut plan = self.plan;
+        let (decode, rest): (Vec<&Field>, Vec<&Field>) = overrides.iter().partition(|f| f.name == "decode");
+        for f in decode.into_iter().chain(rest) {
+            self.set(&mut plan, f, t).map_err(|why| self.field_error(f, why))?;
+        }
+        self.plan = plan;
+        let p = &mut self.p;
+        if self.plan.resident(p) || self.plan.decode {
+            return Ok(Vec::new());
+        }
+        let k_t = format!("{}__k_t", p.output);
+        let transpose = TransposeProblem::scratch(&p.k, &p.shapes[1], p.dtype, &k_t, (&p.text[0], p.nodes[0], &p.span));
+        p.k_transposed = Some(k_t);
+        Ok(vec![Box::new(transpose)])
+    }
+
+    fn describe(&self, _: &Target) -> String {
+        let (a, plan) = (&self.p, &self.plan);
+        format!(
+            "{}\n  batch {}, {} query heads / {} kv heads, seq {} x {}, head dim {} / {}, {}{} -> {}\n  schedule: {plan}{}\n",
+            a.text.join("; "),
+            a.batch,
+            a.hq,
+            a.hk,
+            a.sq,
+            a.sk,
+            a.d,
+            a.dv,
+            a.dtype,
+            if a.causal { ", causal" } else { "" },
+            a.out_dtype,
+            if plan.resident(a) { " (K/V resident per kv head)" } else { " (K/V streamed per block)" }
+        )
+    }
+
+    fn work(&self) -> Work {
+        // Only the pairs the mask leaves visible count: q . k and p . v.
+        let pairs = self.p.visible_pairs();
+        let flops = Work::flops(self.p.dtype, 2u64.saturating_mul(self.p.d + self.p.dv).saturating_mul(pairs));
+        flops.plus(Work { transcendentals: pairs, ..Work::default() })
+    }
+
+    fn lower(&self, _: &Target) -> TileProgram {
+        lower(&self.p, &self.plan)
+    }
+}
+
+/// The kernel's tiling for a target (printed by `--emit kernels`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttentionPlan {
+    /// KV rows per chunk (PE contraction, V and K^T chunk).
+    pub kv_chunk: u64,
+    /// Head-dim rows per chunk of the `Q . K^T` contraction.
+    pub d_chunk: u64,
+    /// Query rows per tile (partitions).
+    pub q_tile: u64,
+    /// Heads packed in one query tile.
+    pub heads_per_tile: u64,
+    /// Score columns per PSUM bank.
+    pub bank_cols: u64,
+    /// KV columns per block (one or two banks).
+    pub kv_block: u64,
+    /// KV rows resident per window (the whole sequence, or one block).
+    pub window: u64,
+    /// Copies of the window buffers.
+    pub window_copies: u32,
+    /// Copies of the O accumulator (PSUM banks).
+    pub o_copies: u32,
+    /// Copies of the score block (PSUM banks).
+    pub score_copies: u32,
+    /// The decode path (transposed scores; see `lower_decode`).
+    pub decode: bool,
+}
+
+impl AttentionPlan {
+    /// True when each group's K and V are read from HBM once.
+    pub fn resident(&self, p: &AttentionProblem) -> bool {
+        self.window >= p.sk
+    }
+}
+
+impl std::fmt::Display for AttentionPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "q_tile = {}, heads_per_tile = {}, kv_block = {} x{}, kv_chunk = {}, d_chunk = {}, window = {} x{}",
+            self.q_tile,
+            self.heads_per_tile,
+            self.kv_block,
+            self.score_copies,
+            self.kv_chunk,
+            self.d_chunk,
+            self.window,
+            self.window_copies
+        )?;
+        if self.decode {
+            write!(f, ", decode (transposed scores)")?;
+        }
+        Ok(())
+    }
+}
+
+impl AttentionPlan {
+    /// Switches to the decode path when it applies: the group's query rows (one
+    /// per head, or a few without a causal mask) packed in one tile, transposed
+    /// scores of every key in one PSUM bank, K and V of a group resident twice.
+    fn with_decode(mut self, p: &AttentionProblem, t: &Target) -> AttentionPlan {
+        let mq = p.group() * p.sq;
+        let cols = p.sk.div_ceil(self.kv_chunk) * mq;
+        let psum_banks = t.psum.banks.unwrap_or(1) as u64;
+        self.decode = p.sq <= 16
+            && mq <= self.q_tile
+            && cols <= self.bank_cols
+            && p.dv.div_ceil(self.d_chunk) * mq <= self.bank_cols
+            && psum_banks >= 3
+            && sram_bytes(&decode_buffers(p, &self)) <= t.sram.partition_bytes as u64;
+        if self.decode {
+            self.heads_per_tile = p.group();
+            self.window = p.sk;
+            self.window_copies = 2;
+        }
+        self
+    }
+}
+
+impl AttentionProblem {
+    /// Query heads per KV head.
+    pub fn group(&self) -> u64 {
+        self.hq / self.hk
+    }
+
+    /// (query, key) pairs the mask leaves visible, over every head and batch.
+    pub fn visible_pairs(&self) -> u64 {
+        let per_head: u64 = if self.causal {
+            (0..self.sq).map(|i| (i + self.sk).saturating_sub(self.sq).saturating_add(1).min(self.sk)).sum()
+        } else {
+            self.sq * self.sk
+        };
+        per_head * self.hq * self.batch
+    }
+
+    /// Chooses the tiling, or says which limit the problem breaks.
+    pub fn plan(&self, t: &Target) -> Result<AttentionPlan, String> {
+        Ok(self.flash_plan(t)?.with_decode(self, t))
+    }
+
+    /// The flash tiling (no decode path).
+    pub fn flash_plan(&self, t: &Target) -> Result<AttentionPlan, String> {
+        let parts = t.sram.partitions as u64;
+        let kv_chunk = (t.pe.rows as u64).min(parts);
+        let d_chunk = (t.pe.rows as u64).min(t.pe.cols as u64);
+        let q_tile = (t.pe.cols as u64).min(parts);
+        let bank_cols = (t.pe.max_moving_free as u64).min(t.psum_bank_bytes() as u64 / 4);
+        if self.dv > bank_cols {
+            return Err(format!(
+                "the value head dim {} is wider than a PSUM bank's {bank_cols} f32 columns on {}",
+                self.dv, t.name
+            ));
+        }
+        if self.dv > t.pe.max_moving_free as u64 {
+            return Err(format!("the value head dim {} exceeds the PE's moving width on {}", self.dv, t.name));
+        }
+        let banks = t.psum.banks.unwrap_or(1) as u64;
+        // Banks: scores (`score_copies` blocks of `block_banks` banks: three
+        // copies let the PE run two blocks ahead of the softmax; two-bank blocks
+        // halve the per-block fixed costs of the VE and ACT), O accumulators (2
+        // copies, or 1: then a tile's first PV waits for the previous tile's
+        // output), K^T transposes (1 bank).
+        const K_T_BANKS: u64 = 1;
+        let whole_banks = bank_cols * 4 == t.psum_bank_bytes() as u64;
+        let (block_banks, score_copies, o_copies) = [(2u64, 3u32, 1u32), (1, 3, 2), (1, 2, 2), (1, 2, 1)]
+            .into_iter()
+            .filter(|&(b, _, _)| b == 1 || whole_banks)
+            .find(|&(b, s, o)| b * s as u64 + o as u64 + K_T_BANKS <= banks)
+            .ok_or_else(|| format!("attention needs 4 PSUM banks; {} has {banks}", t.name))?;
+        let group = self.group();
+        let heads_per_tile =
+            if group > 1 && group * self.sq <= q_tile && (!self.causal || self.sq == 1) { group } else { 1 };
+        let cap = t.sram.partition_bytes as u64;
+        let mut plan = AttentionPlan {
+            kv_chunk,
+            d_chunk,
+            q_tile,
+            heads_per_tile,
+            bank_cols,
+            kv_block: block_banks * bank_cols,
+            window: self.sk,
+            window_copies: 2,
+            o_copies,
+            score_copies,
+            decode: false,
+        };
+        // The whole sequence resident (K/V read once per group), else streamed
+        // blocks: as wide as the score banks, or narrower (down to one chunk)
+        // when SRAM is small; three window copies when they fit.
+        let fits = |plan: &AttentionPlan| sram_bytes(&flash_buffers(self, plan)) <= cap;
+        if !fits(&plan) {
+            let mut found = None;
+            let mut kv_block = plan.kv_block;
+            while found.is_none() && kv_block >= kv_chunk {
+                found = [3, 2]
+                    .into_iter()
+                    .map(|c| AttentionPlan { kv_block, window: kv_block, window_copies: c, ..plan })
+                    .find(|candidate| fits(candidate));
+                kv_block /= 2;
+            }
+            plan = found.ok_or_else(|| {
+                format!(
+                    "attention tiles for head dim {} do not fit one SRAM partition of {} ({cap} bytes)",
+                    self.d, t.name
+                )
+            })?;
+        }
+        Ok(plan)
+    }
+}
+
+/// Lowers an attention kernel by the path its plan chose.
+pub fn lower(p: &AttentionProblem, plan: &AttentionPlan) -> TileProgram {
+    if plan.decode {
+        decode::lower(p, plan)
+    } else {
+        flash::lower(p, plan)
+    }
+}
+
+/// The tensors of both paths: q, k, v, the output.
+fn tensors(p: &AttentionProblem) -> Vec<HbmTensor> {
+    vec![
+        HbmTensor { name: p.q.clone(), dtype: p.dtype, shape: p.shapes[0].clone(), role: Role::Input },
+        HbmTensor { name: p.k.clone(), dtype: p.dtype, shape: p.shapes[1].clone(), role: Role::Input },
+        HbmTensor { name: p.v.clone(), dtype: p.dtype, shape: p.shapes[2].clone(), role: Role::Input },
+        HbmTensor { name: p.output.clone(), dtype: p.out_dtype, shape: p.out_shape.clone(), role: Role::Output },
+    ]
+}
+
+/// Tensors of both paths: q, k, v, the output (then K^T, if in HBM).
+pub(super) const TQ: usize = 0;
+pub(super) const TK: usize = 1;
+pub(super) const TV: usize = 2;
+pub(super) const TO: usize = 3;
+
+/// A slice of copy `copy` of buffer `buf`.
+pub(super) fn slice(buf: usize, copy: usize, parts: u64, offset: u64, len: u64) -> BufSlice {
+    BufSlice { buf, copy: copy as u32, parts: parts as u32, offset: offset as u32, len: len as u32 }
+}
+
+pub(super) fn buffer(name: &str, space: Space, dtype: DType, parts: u64, free: u64, copies: u32) -> Buffer {
+    Buffer { name: name.into(), space, dtype, parts: parts as u32, free: free as u32, copies }
+}
+
+/// SRAM bytes per partition the buffers take (each copy padded to 64 bytes, as
+/// the allocator places them, all live at once).
+pub(super) fn sram_bytes(buffers: &[Buffer]) -> u64 {
+    buffers
+        .iter()
+        .filter(|b| b.space == Space::Sram)
+        .map(|b| b.copies as u64 * (b.free as u64 * b.dtype.size_bytes() as u64).div_ceil(64) * 64)
+        .sum()
+}
