@@ -4,7 +4,7 @@
 //! |---|---|---|---|---|
 //! | parse, check | [`crate::front::tir`] | [`Func`] | `parsed` | the IR checker |
 //! | optimize | [`crate::opt`] | [`Func`] | `opt` | rebuilt through the IR checker |
-//! | select | [`crate::kernels::select`] | kernels with their chosen schedules | | each kind's limits |
+//! | select | [`crate::kernels::select()`] | kernels with their chosen schedules | | each kind's limits |
 //! | schedule | [`crate::kernels::Kernel::schedule`] | overrides applied, preludes added | `kernels` | each kind's limits |
 //! | lower, link | [`crate::kernels::Kernel::lower`], [`crate::tiles::link`] | [`TileProgram`] | `tiles` | [`TileProgram::validate`] |
 //! | allocate, schedule engines, emit | [`crate::backend`] | [`Program`] | `asm` | [`Program::validate`] |

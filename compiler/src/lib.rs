@@ -2,14 +2,18 @@
 //!
 //! | stage | module | printable form (`jalc compile --emit`) |
 //! |---|---|---|
-//! | front end: `.tir` text -> typed, checked IR | [`tir`] | `parsed` |
+//! | the tensor IR: types, the op table, the checker and `Builder`, the printer | [`ir`] | |
+//! | front end: `.tir` text -> checked IR | [`front::tir`] | `parsed` |
 //! | e-graph optimization and DAG-aware extraction | [`opt`] | `opt` |
-//! | kernel selection and schedules | [`lower`] | `kernels` |
-//! | tile programs | [`lower`] | `tiles` |
+//! | kernel selection and schedules (with [`schedule`] file overrides) | [`kernels`] | `kernels` |
+//! | lowering to tile programs, linking, validation | [`kernels`], [`tiles`] | `tiles` |
 //! | allocation, instruction DAG, scheduling, semaphores, emission | [`backend`] | `asm` |
 //! | reference evaluator (the oracle every compiled program is checked against) | [`eval`] | |
 //!
-//! [`driver`] runs the stages; [`verify`] compiles, simulates and compares.
+//! [`driver`] runs the stages, each once; [`verify`] compiles, simulates and
+//! compares. Errors after the front end are [`error::CompileError`]s, rendered
+//! at source spans by [`diagnostic`]. docs/architecture.md has the module graph
+//! and the recipes for adding an op, a kernel kind, an instruction and a rule.
 
 #![deny(missing_docs)]
 

@@ -10,7 +10,7 @@
 //! f8e4m3 2^-3, f8e5m2 2^-2) and K the reduction length; integer outputs must be
 //! exact. NaN must meet NaN. Programs with fused attention add `2 u max|v|` (u
 //! the operand dtype's unit roundoff, half its ulp) for the rounding of the
-//! probabilities (see [`attention_tolerance`]). The compiler's GEMM accumulates in the evaluator's
+//! probabilities (see `attention_tolerance`). The compiler's GEMM accumulates in the evaluator's
 //! order, so today's programs match exactly; the tolerance allows for kernels that
 //! split reductions differently.
 

@@ -270,7 +270,7 @@ fn check_compile_and_eval_tensor_ir() {
     let canon = temp("canon.tir");
     std::fs::write(&canon, &text).unwrap();
     assert_eq!(jalc(&["check", canon.to_str().unwrap()]).status.code(), Some(0));
-    // The optimizer finds the fused attention (design.md's promise); -O0 leaves the
+    // The optimizer finds the fused attention (docs/optimizer.md); -O0 leaves the
     // program as parsed.
     let opt = jalc(&["compile", &tir, "--emit", "opt"]);
     assert_eq!(opt.status.code(), Some(0), "{}", stderr(&opt));

@@ -221,7 +221,7 @@ fn attention_is_recognised_in_its_common_spellings() {
     };
     let head = "func @f(%q: bf16[2, 64, 32], %k: bf16[2, 64, 32], %v: bf16[2, 64, 16]) -> bf16[2, 64, 16] {";
     let cases: Vec<(String, Vec<String>)> = vec![
-        // design.md: transpose, f32 scores, mul by a literal, softmax op, cast.
+        // As frameworks export it: transpose, f32 scores, mul by a literal, softmax op, cast.
         (
             format!(
                 "{head}

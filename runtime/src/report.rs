@@ -1,6 +1,6 @@
 //! Run reports: cycles, engine utilisation, work done, and the roofline.
 //!
-//! The roofline of a program (machine.md's definition) is the largest of
+//! The roofline of a program (docs/machine.md's definition) is the largest of
 //! - PE: matmul FLOPs / peak rate per operand width (16-bit: 2 x rows x cols per
 //!   cycle; 8-bit: twice that; f32: a quarter of it),
 //! - HBM: input bytes (read once) + output bytes (written once) / the core's share

@@ -47,3 +47,26 @@ fn tir_md_op_reference_is_current() {
         "docs/tir.md is out of date with the op table: run `JPU_BLESS=1 cargo test -p jpu-testsuite --test docs`"
     );
 }
+
+/// docs/machine.md's parameter table names every field of jpu1's description.
+#[test]
+fn machine_md_names_every_target_parameter() {
+    fn fields(prefix: &str, table: &toml::Table, out: &mut Vec<String>) {
+        for (key, value) in table {
+            let name = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+            match value {
+                // An exact fraction `{ num, den }` is one parameter.
+                toml::Value::Table(t) if !t.contains_key("num") => fields(&name, t, out),
+                _ => out.push(name),
+            }
+        }
+    }
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let doc = std::fs::read_to_string(format!("{root}/docs/machine.md")).unwrap();
+    let jpu1: toml::Table = std::fs::read_to_string(format!("{root}/isa/targets/jpu1.toml")).unwrap().parse().unwrap();
+    let mut names = Vec::new();
+    fields("", &jpu1, &mut names);
+    assert!(names.len() > 20, "read {} fields", names.len());
+    let missing: Vec<&String> = names.iter().filter(|n| !doc.contains(&format!("| `{n}` |"))).collect();
+    assert!(missing.is_empty(), "docs/machine.md's parameter table misses {missing:?}");
+}

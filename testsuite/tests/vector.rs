@@ -172,7 +172,7 @@ fn attention_kernel_verifies_on_both_targets() {
     }
 }
 
-/// Attention written out as design.md spells it: `q [.., Hq, S, D]`, `k` and `v`
+/// Attention written out as frameworks export it: `q [.., Hq, S, D]`, `k` and `v`
 /// `[.., Hk, S, D]` (a KV head dim of 1 broadcasts: grouped-query heads), scores
 /// in f32, a scale, optionally the causal mask from iotas, softmax, cast, PV.
 fn written_out(q_dims: &[u64], kv_heads: u64, scale: f64, causal: bool) -> String {
@@ -209,7 +209,7 @@ fn written_out(q_dims: &[u64], kv_heads: u64, scale: f64, causal: bool) -> Strin
     )
 }
 
-/// Attention written out (design.md's spelling, and causal through iota/compare/
+/// Attention written out (as frameworks export it, and causal through iota/compare/
 /// select) compiles to the one fused kernel, verifies against the written-out
 /// reference, and runs in exactly the cycles of the explicit `attention` op.
 #[test]

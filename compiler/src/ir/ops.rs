@@ -5,7 +5,7 @@
 //! prints for it. The checker ([`super::check`]) validates attributes from the
 //! table before a rule runs; the printer ([`super::printer`]) writes attributes
 //! in table order; `docs/tir.md`'s op reference is generated from it
-//! ([`reference`]); the test suite's program generator covers every entry.
+//! ([`reference()`]); the test suite's program generator covers every entry.
 //! Adding an op is one entry here, one [`Op`] variant with its [`Op::attrs`] arm,
 //! and the passes that give it meaning (evaluator, kernels).
 

@@ -1,5 +1,5 @@
 //! The optimizer's cost model: estimated cycles of each e-node as a kernel of its
-//! own on the target (machine.md's rates), so extraction minimises the program's
+//! own on the target (docs/machine.md's rates), so extraction minimises the program's
 //! estimated time.
 //!
 //! - matmul: `max(PE cycles, HBM cycles)` for its FLOPs and its operand and result

@@ -15,7 +15,8 @@ fn attention(name: &str, hq: u64, hk: u64, sq: u64, sk: u64, d: u64, causal: boo
     )
 }
 
-/// design.md's written-out attention (no grouping: one KV head per query head).
+/// Attention written out op by op as frameworks export it (docs/optimizer.md's
+/// attention fusion; no grouping: one KV head per query head).
 fn written_out(h: u64, s: u64, d: u64) -> String {
     let scale = 1.0 / (d as f64).sqrt();
     format!(
@@ -43,7 +44,7 @@ fn main() {
             attention("long", 8, 2, 16384, 16384, 128, true),
             0.0,
         ),
-        ("written out (design.md), 8 heads, seq 1024, d 128", written_out(8, 1024, 128), 0.0),
+        ("written out, 8 heads, seq 1024, d 128", written_out(8, 1024, 128), 0.0),
         (
             "softmax f32 [4096, 4096]",
             "func @sm(%x: f32[4096, 4096]) -> f32[4096, 4096] {\n  %y = softmax(%x) {axis = -1}\n  return %y\n}\n".into(),

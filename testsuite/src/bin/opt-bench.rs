@@ -48,7 +48,7 @@ fn main() {
             "func @f(%x: bf16[1024, 4096], %w: bf16[4096, 4096], %b: bf16[4096], %r: bf16[1024, 4096]) -> bf16[1024, 4096] {\n  %y = matmul(%x, %w) : bf16[1024, 4096]\n  %z = add(%y, %b)\n  %g = gelu(%z) {approx = \"tanh\"}\n  %o = add(%g, %r)\n  return %o\n}\n",
         ),
         (
-            "attention fusion (design.md, 8 heads, seq 1024, d 128)",
+            "attention fusion (written out, 8 heads, seq 1024, d 128)",
             "func @f(%q: bf16[8, 1024, 128], %k: bf16[8, 1024, 128], %v: bf16[8, 1024, 128]) -> bf16[8, 1024, 128] {\n  %kt = transpose(%k) {perm = [0, 2, 1]}\n  %s = matmul(%q, %kt) : f32[8, 1024, 1024]\n  %z = mul(%s, 0.08838834764831845)\n  %p = softmax(%z) {axis = -1}\n  %pb = cast(%p) {to = bf16}\n  %o = matmul(%pb, %v)\n  return %o\n}\n",
         ),
     ];
