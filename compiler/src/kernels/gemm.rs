@@ -294,11 +294,18 @@ impl Kernel for GemmKernel {
             s.set(&f.name, &f.value).map_err(|why| self.field_error(f, why))?;
             self.s = s;
         }
-        check(&self.p, &self.s, t).map_err(|(field, reason)| CompileError::InvalidSchedule {
-            kernel: self.p.text.clone(),
-            field: field.into(),
-            reason,
-            span: self.p.span.clone(),
+        check(&self.p, &self.s, t).map_err(|(field, reason)| {
+            // Name the schedule line when the file set the field that breaks the limit.
+            let reason = match overrides.iter().find(|f| f.name == field) {
+                Some(f) => format!("{reason} (set on line {})", f.line),
+                None => reason,
+            };
+            CompileError::InvalidSchedule {
+                kernel: self.p.text.clone(),
+                field: field.into(),
+                reason,
+                span: self.p.span.clone(),
+            }
         })?;
         Ok(Vec::new())
     }
