@@ -151,6 +151,16 @@ pub fn verify_compiled(
     // attention's tolerance reads its V from them.
     let values = eval_values(f, &inputs).map_err(|e| VerifyError::Input(e.to_string()))?;
     let reference: Vec<&Tensor> = f.results.iter().map(|r| &values[r.0 as usize]).collect();
+    // The binary's names of the program's tensors (IR names that are not
+    // identifiers are renamed; `tiles::binary_names`).
+    let binary: std::collections::HashMap<&str, String> = compiled
+        .tiles
+        .tensors
+        .iter()
+        .map(|t| t.name.as_str())
+        .zip(crate::tiles::binary_names(&compiled.tiles.tensors))
+        .collect();
+    let binary_name = |ir: &str| binary.get(ir).cloned().unwrap_or_else(|| ir.to_string());
     let mut sim_inputs = Vec::new();
     for (p, tensor) in f.params().zip(&inputs) {
         let dtype = tensor.ty.dtype.chip().ok_or_else(|| {
@@ -161,7 +171,7 @@ pub fn verify_compiled(
         for (i, &v) in tensor.data.iter().enumerate() {
             jpu_isa::numerics::store_f64(dtype, v, &mut bytes[i * size..]);
         }
-        sim_inputs.push((f.node(p).name.clone(), bytes));
+        sim_inputs.push((binary_name(&f.node(p).name), bytes));
     }
     let opts = RunOptions { strict_uninit: true, ..RunOptions::default() };
     let outcome = run(&compiled.program, t, &sim_inputs, &opts).map_err(|fault| VerifyError::Fault(fault.message))?;
@@ -174,7 +184,7 @@ pub fn verify_compiled(
     let opt = &compiled.optimized;
     for ((r, compiled_r), want) in f.results.iter().zip(&opt.results).zip(&reference) {
         let name = &f.node(*r).name;
-        let output = &opt.node(*compiled_r).name;
+        let output = &binary_name(&opt.node(*compiled_r).name);
         let dtype = want.ty.dtype.chip().ok_or_else(|| VerifyError::Input(format!("result `%{name}` is i1")))?;
         let bytes = &outcome
             .outputs

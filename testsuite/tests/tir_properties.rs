@@ -161,13 +161,18 @@ proptest! {
         let src = random_tir(seed);
         let f = tir::parse_and_check(&src).unwrap();
         let t = jpu_isa::Target::builtin("jpu-tiny").unwrap();
+        let mut o0_compiles = false;
         for level in [0, 2] {
             match jalc::verify::verify_with(&f, &t, seed, &jalc::driver::Options::at(level)) {
-                Ok(v) => prop_assert!(v.passed, "-O{level}: {:?}\n{src}", v.first_mismatch),
+                Ok(v) => {
+                    prop_assert!(v.passed, "-O{level}: {:?}\n{src}", v.first_mismatch);
+                    o0_compiles |= level == 0;
+                }
                 Err(jalc::verify::VerifyError::Compile(e)) => {
                     use jalc::error::CompileError as E;
                     let clear = matches!(e, E::Unsupported { .. } | E::LimitExceeded { .. });
-                    prop_assert!(clear && !e.span().is_empty(), "-O{level}: {e:?}\n{src}")
+                    prop_assert!(clear && !e.span().is_empty(), "-O{level}: {e:?}\n{src}");
+                    prop_assert!(!o0_compiles, "-O2 refuses what -O0 compiles: {e}\n{src}");
                 }
                 Err(e) => prop_assert!(false, "-O{level}: {e:?}\n{src}"),
             }
@@ -175,15 +180,21 @@ proptest! {
     }
 }
 
-/// Enough random programs compile for the property above to mean something.
+/// Enough random programs compile for the property above to mean something, and
+/// -O2 compiles every one that -O0 compiles.
 #[test]
-fn a_fair_share_of_random_programs_compiles() {
+fn a_fair_share_of_random_programs_compiles_at_every_level() {
     let t = jpu_isa::Target::builtin("jpu-tiny").unwrap();
-    let compiled = (0..200u64)
-        .filter(|&seed| {
-            let f = tir::parse_and_check(&random_tir(seed)).unwrap();
-            jalc::driver::compile(&f, &t, &jalc::driver::Options::at(0)).is_ok()
-        })
-        .count();
+    let mut compiled = 0;
+    for seed in 0..200u64 {
+        let src = random_tir(seed);
+        let f = tir::parse_and_check(&src).unwrap();
+        if jalc::driver::compile(&f, &t, &jalc::driver::Options::at(0)).is_ok() {
+            compiled += 1;
+            if let Err(e) = jalc::driver::compile(&f, &t, &jalc::driver::Options::at(2)) {
+                panic!("seed {seed}: -O2 refuses what -O0 compiles: {e}\n{src}");
+            }
+        }
+    }
     assert!(compiled >= 110, "only {compiled} of 200 random programs compile");
 }

@@ -106,10 +106,6 @@ fn row_ops_beyond_the_kernels_say_what_and_why() {
             "func @f(%x: f32[2, 20000]) -> f32[2, 20000] {\n  %y = softmax(%x) {axis = 1}\n  return %y\n}",
             "rows of 20000 elements do not fit one SRAM partition",
         ),
-        (
-            "func @f(%x: f32[5, 0]) -> f32[5] {\n  %y = reduce_sum(%x) {axes = [1]}\n  return %y\n}",
-            "runs over an empty axis",
-        ),
     ];
     let t = Target::builtin("jpu1").unwrap();
     for (src, want) in cases {
@@ -380,10 +376,6 @@ fn attention_beyond_the_kernel_says_what_and_why() {
         (
             "func @f(%q: bf16[1, 9, 64], %k: bf16[1, 9, 64], %v: bf16[1, 9, 1024]) -> bf16[1, 9, 1024] {\n  %o = attention(%q, %k, %v)\n  return %o\n}",
             "the value head dim 1024 is wider than a PSUM bank",
-        ),
-        (
-            "func @f(%q: bf16[1, 4, 8], %k: bf16[1, 0, 8], %v: bf16[1, 0, 8]) -> bf16[1, 4, 8] {\n  %o = attention(%q, %k, %v)\n  return %o\n}",
-            "has an empty operand",
         ),
     ];
     for (src, want) in cases {

@@ -390,10 +390,10 @@ pub fn compile(tp: &TileProgram, t: &Target, roofline: RooflineInputs) -> Result
 fn place_tensors(tp: &TileProgram, t: &Target) -> Result<Vec<TensorDecl>, BackendError> {
     let mut addr = 0u64;
     let mut tensors = Vec::new();
-    for ht in &tp.tensors {
+    for (ht, name) in tp.tensors.iter().zip(crate::tiles::binary_names(&tp.tensors)) {
         let size = ht.shape.iter().fold(ht.dtype.size_bytes() as u64, |a, &d| a.saturating_mul(d));
         tensors.push(TensorDecl {
-            name: ht.name.clone(),
+            name,
             dtype: ht.dtype,
             shape: ht.shape.clone(),
             addr,

@@ -331,11 +331,25 @@ fn reduce(x: &Tensor, kind: ReduceKind, axes: &[usize], ty: TensorType) -> Tenso
             }
             advance(&mut ridx, |k| x.ty.shape[axes[k]]);
         }
-        let v = if dt.is_float() { acc_f.unwrap_or(0.0) as f64 } else { acc_i.unwrap_or(0) as i32 as f64 };
+        let v = match (dt.is_float(), kind) {
+            (_, ReduceKind::Max) if red_n == 0 => empty_max(dt),
+            (true, _) => acc_f.unwrap_or(0.0) as f64,
+            (false, _) => acc_i.unwrap_or(0) as i32 as f64,
+        };
         data.push(round(dt, v));
         advance(&mut kidx, |k| x.ty.shape[kept[k]]);
     }
     Tensor { ty, data }
+}
+
+/// The maximum over no elements: the identity of `max` (`-inf` for floats, the
+/// least i32 for integers, saturated into the dtype).
+pub fn empty_max(dtype: ScalarType) -> f64 {
+    if dtype.is_float() {
+        f64::NEG_INFINITY
+    } else {
+        i32::MIN as f64
+    }
 }
 
 /// Softmax along `axis`: max, exp(x - max), sum, divide, all f32.

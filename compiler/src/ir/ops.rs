@@ -179,7 +179,7 @@ const REDUCE: &[AttrDef] =
 
 const BINARY_DOC: &str = "f32 op, rounded; `max`/`min` return the non-NaN operand; `div` is float-only; on integers exact then wrapped (i32) or saturated (i8)";
 const UNARY_DOC: &str = "libm's `expf`, `tanhf`, `erff`, `sqrtf`; `sigmoid = 1/(1+exp(-x))`; `rsqrt = 1/sqrtf(x)`; `silu = x*sigmoid(x)`; `relu` keeps NaN";
-const REDUCE_DOC: &str = "fold in row-major order of the reduced index from the first element, f32";
+const REDUCE_DOC: &str = "fold in row-major order of the reduced index from the first element, f32; over no elements the identity: sum 0, max -inf (integers: the least i32, saturated)";
 
 macro_rules! binary {
     ($name:literal) => {

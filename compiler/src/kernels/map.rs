@@ -16,7 +16,7 @@ use jpu_isa::program::Role;
 use jpu_isa::{DType, Target};
 
 use super::chain::{chain, Broadcast, Chain, EpilogueInput, EpilogueStep};
-use super::{chip, unsupported, Ctx, Field, Kernel, Work};
+use super::{chip, statement, unsupported, Ctx, Field, Kernel, Work};
 use crate::error::CompileError;
 use crate::ir::{Node, Op, Operand, Span, ValueId};
 use crate::tiles::{BufSlice, Buffer, BufferId, HbmBox, HbmTensor, TileOp, TileProgram};
@@ -51,6 +51,9 @@ pub struct MapProblem {
     /// A `const` splat the chain starts from (each block is set to it on the VE)
     /// instead of loading `input`.
     pub splat: Option<f64>,
+    /// The statement of the node a splat computes (a `const`, or an op whose
+    /// result is a constant because an operand is empty).
+    pub splat_of: Option<String>,
     /// The first statement's source span.
     pub span: Span,
 }
@@ -97,7 +100,32 @@ pub fn select_lead(cx: &Ctx<'_>, i: usize, t: &Target) -> Result<(MapKernel, usi
         }
     };
     let c = chain(cx, ValueId(i as u32), None, &node.ty)?;
-    kernel(cx, c, Some(i), source, &node.ty.shape, splat, t)
+    let (mut k, out) = kernel(cx, c, Some(i), source, &node.ty.shape, splat, t)?;
+    k.p.splat_of = splat.map(|_| statement(cx.f, i));
+    Ok((k, out))
+}
+
+/// The kernel that sets node `i`'s result to `value` everywhere: an op whose
+/// operands are empty but whose result is not (a matmul with K = 0 is zeros, a
+/// sum over nothing 0), or whose result is empty (no blocks, no ops).
+pub fn select_fill(cx: &Ctx<'_>, i: usize, value: f64, t: &Target) -> Result<(MapKernel, usize), CompileError> {
+    let node = &cx.f.nodes[i];
+    let p = MapProblem {
+        input: node.name.clone(),
+        input_shape: node.ty.shape.clone(),
+        shape: node.ty.shape.clone(),
+        dtype: chip(node.ty.dtype, "a result", node)?,
+        steps: Vec::new(),
+        inputs: Vec::new(),
+        cast: None,
+        output: node.name.clone(),
+        nodes: vec![i],
+        splat: Some(value),
+        splat_of: Some(statement(cx.f, i)),
+        span: node.span.clone(),
+    };
+    let width = p.width(t);
+    Ok((MapKernel { p, width }, i))
 }
 
 /// The kernel running chain `c` over `input` (or over a splat of `splat`), with
@@ -124,6 +152,7 @@ fn kernel(
         output: cx.f.node(c.last).name.clone(),
         nodes,
         splat,
+        splat_of: None,
         span: first.span.clone(),
     };
     let width = p.width(t);
@@ -135,7 +164,13 @@ impl MapProblem {
     fn text(&self) -> Vec<String> {
         let reshape = (self.input_shape != self.shape).then(|| format!("reshape to {:?}", self.shape));
         let steps = self.steps.iter().map(|(_, t)| t.clone());
-        reshape.into_iter().chain(steps).chain(self.cast.as_ref().map(|c| c.1.clone())).collect()
+        self.splat_of
+            .clone()
+            .into_iter()
+            .chain(reshape)
+            .chain(steps)
+            .chain(self.cast.as_ref().map(|c| c.1.clone()))
+            .collect()
     }
 
     /// Bytes per partition of `width` columns of every tile, times its copies.
@@ -347,7 +382,7 @@ fn map_debug_ops(p: &MapProblem) -> Vec<String> {
     debug_ops.extend(p.cast.as_ref().map(|c| c.1.clone()));
     if debug_ops.is_empty() {
         debug_ops.push(match p.splat {
-            Some(v) => format!("%{} = const() {{value = {v}}}", p.output),
+            Some(v) => p.splat_of.clone().unwrap_or_else(|| format!("%{} = const() {{value = {v}}}", p.output)),
             None => format!("%{} = reshape(%{})", p.output, p.input),
         });
     }

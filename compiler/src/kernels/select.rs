@@ -17,7 +17,7 @@ use jpu_isa::Target;
 
 use super::{attention, copy, gemm, map, mask, rows, transpose, unsupported, Ctx, Kernel};
 use crate::error::CompileError;
-use crate::ir::{Func, Op, Operand, ValueId};
+use crate::ir::{Func, Op, Operand, ReduceKind, ValueId};
 
 /// The kernels of `f` for `t`, in execution order. Without `fuse` every op is a
 /// kernel of its own (the `-O0` baseline that measures what fusion is worth).
@@ -32,26 +32,9 @@ pub fn select(f: &Func, t: &Target, fuse: bool) -> Result<Vec<Box<dyn Kernel>>, 
         if done[i] || !live[i] || absorbed[i] {
             continue;
         }
-        let node = &f.nodes[i];
-        let (mut selected, out): (Vec<Box<dyn Kernel>>, usize) = match &node.op {
-            Op::Matmul { .. } => one(gemm::select(&cx, i, t)?),
-            Op::Transpose { .. } => (vec![Box::new(transpose::select(&cx, i)?)], i),
-            Op::Cast { .. } | Op::Binary(_) | Op::Unary(_) | Op::Gelu { .. } | Op::Select => {
-                one(map::select_chain(&cx, i, t)?)
-            }
-            Op::Reshape { .. } | Op::Const { .. } => one(map::select_lead(&cx, i, t)?),
-            Op::Softmax { .. } | Op::RmsNorm { .. } | Op::LayerNorm { .. } | Op::Reduce { .. } => {
-                rows::select(&cx, i, t)?
-            }
-            Op::Attention { .. } => (vec![Box::new(attention::select(&cx, i, t)?)], i),
-            Op::Concat { .. } | Op::Slice { .. } => (vec![Box::new(copy::select(&cx, i)?)], i),
-            Op::Compare { .. } | Op::Iota { .. } => {
-                return Err(unsupported(
-                    node,
-                    "is only supported inside a mask select (a comparison of iotas over the last two dims and integer literals)",
-                ))
-            }
-            Op::Param => return Err(unsupported(node, "is a parameter after the parameters")),
+        let (mut selected, out): (Vec<Box<dyn Kernel>>, usize) = match constant_result(f, i)? {
+            Some(value) => one(map::select_fill(&cx, i, value, t)?),
+            None => by_kind(&cx, i, t)?,
         };
         for k in &selected {
             for &v in k.nodes() {
@@ -70,6 +53,64 @@ pub fn select(f: &Func, t: &Target, fuse: bool) -> Result<Vec<Box<dyn Kernel>>, 
         return Err(unsupported(f.node(*r), why));
     }
     Ok(kernels)
+}
+
+/// The kernels of the kind that owns node `i`'s op (the registration), and
+/// the node whose value the last of them leaves in HBM.
+fn by_kind(cx: &Ctx<'_>, i: usize, t: &Target) -> Result<(Vec<Box<dyn Kernel>>, usize), CompileError> {
+    let node = &cx.f.nodes[i];
+    Ok(match &node.op {
+            Op::Matmul { .. } => one(gemm::select(cx, i, t)?),
+            Op::Transpose { .. } => (vec![Box::new(transpose::select(cx, i)?)], i),
+            Op::Cast { .. } | Op::Binary(_) | Op::Unary(_) | Op::Gelu { .. } | Op::Select => {
+                one(map::select_chain(cx, i, t)?)
+            }
+            Op::Reshape { .. } | Op::Const { .. } => one(map::select_lead(cx, i, t)?),
+            Op::Softmax { .. } | Op::RmsNorm { .. } | Op::LayerNorm { .. } | Op::Reduce { .. } => {
+                rows::select(cx, i, t)?
+            }
+            Op::Attention { .. } => (vec![Box::new(attention::select(cx, i, t)?)], i),
+            Op::Concat { .. } | Op::Slice { .. } => (vec![Box::new(copy::select(cx, i)?)], i),
+            Op::Compare { .. } | Op::Iota { .. } => {
+                return Err(unsupported(
+                    node,
+                    "is only supported inside a mask select (a comparison of iotas over the last two dims and integer literals)",
+                ))
+            }
+            Op::Param => return Err(unsupported(node, "is a parameter after the parameters")),
+    })
+}
+
+/// The value every element of node `i`'s result has when it does not depend on
+/// the operands' elements: an empty result (filled with nothing), or an op over
+/// empty operands (a matmul with K = 0 and a sum over nothing are 0, a max over
+/// nothing -inf, an attention with no keys 0). Refuses what has no such value.
+fn constant_result(f: &Func, i: usize) -> Result<Option<f64>, CompileError> {
+    let node = &f.nodes[i];
+    if node.ty.elems() == 0 {
+        return Ok(Some(0.0));
+    }
+    let shape = |k: usize| match node.operands.get(k) {
+        Some(Operand::Value(v)) => f.node(*v).ty.shape.clone(),
+        _ => Vec::new(),
+    };
+    let empty =
+        (0..node.operands.len()).any(|k| matches!(node.operands[k], Operand::Value(_)) && shape(k).contains(&0));
+    if !empty {
+        return Ok(None);
+    }
+    Ok(match &node.op {
+        Op::Matmul { .. } | Op::Reduce { kind: ReduceKind::Sum, .. } => Some(0.0),
+        Op::Reduce { kind: ReduceKind::Max, .. } => Some(crate::eval::empty_max(node.ty.dtype)),
+        Op::Attention { .. } => {
+            let k = shape(1);
+            match k[k.len() - 2..] {
+                [0, _] => Some(0.0),
+                _ => return Err(unsupported(node, "has head dim 0 (every score is 0): not supported")),
+            }
+        }
+        _ => None,
+    })
 }
 
 fn one<K: Kernel + 'static>((k, out): (K, usize)) -> (Vec<Box<dyn Kernel>>, usize) {

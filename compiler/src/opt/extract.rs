@@ -14,6 +14,7 @@ use egg::{EGraph, Id, Language, RecExpr};
 use super::cost::Model;
 use super::{Choice, Shapes, TLang};
 use crate::error::CompileError;
+use crate::ir::ops::Attr;
 use crate::ir::{BinaryOp, Builder, Func, Op, Operand, Span};
 
 /// Per class: total cost, chosen node, and the cost of each class its sub-DAG needs.
@@ -172,8 +173,24 @@ pub fn to_func(
     let used = f.nodes.iter().map(|n| n.name.clone()).collect();
     let mut r = Rebuild { eg, choice, names, done, builder, fresh: 0, used };
     let mut rets = Vec::new();
+    let mut copies = HashMap::new();
     for (res, v) in results.iter().zip(&f.results) {
         match r.visit(*res, &f.node(*v).span, 0)? {
+            // A computed result that rewriting reduced to a parameter (a reshape
+            // round trip) stays a value of its own: a copy under its name.
+            Operand::Value(id) if (id.0 as usize) < f.num_params && (v.0 as usize) >= f.num_params => {
+                if let Some(copy) = copies.get(v) {
+                    rets.push(*copy);
+                    continue;
+                }
+                let n = f.node(*v);
+                let dims = Attr::List(n.ty.shape.iter().map(|&d| Attr::Int(d as i64)).collect());
+                let attrs = [("shape".to_string(), dims)];
+                let copy = r.builder.push(&n.name, "reshape", &[Operand::Value(id)], &attrs, None, n.span.clone());
+                let copy = copy.map_err(internal)?;
+                copies.insert(*v, copy);
+                rets.push(copy);
+            }
             Operand::Value(id) => rets.push(id),
             Operand::Scalar(_) => return Err(CompileError::internal("a result was extracted as a literal")),
         }

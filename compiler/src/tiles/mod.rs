@@ -38,6 +38,38 @@ pub struct HbmTensor {
     pub role: Role,
 }
 
+/// The names the binary gives `tensors`, in order. An IR name that is a binary
+/// identifier (`[A-Za-z_][A-Za-z0-9_]*`, at most 255 bytes) is kept; any other
+/// (`%0.x`, or longer) has each `.` replaced by `_`, a `v` before a leading
+/// digit, and is cut to 240 bytes; a name another tensor already has gets `_2`,
+/// `_3`, ... The IR names stay in the binary's debug strings (the statements).
+pub fn binary_names(tensors: &[HbmTensor]) -> Vec<String> {
+    let valid = |n: &str| jpu_isa::program::is_identifier(n);
+    let mut taken: std::collections::HashSet<String> =
+        tensors.iter().filter(|t| valid(&t.name)).map(|t| t.name.clone()).collect();
+    tensors
+        .iter()
+        .map(|t| {
+            if valid(&t.name) {
+                return t.name.clone();
+            }
+            let mut base: String = t.name.chars().map(|c| if c == '.' { '_' } else { c }).collect();
+            if !base.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
+                base.insert(0, 'v');
+            }
+            base.truncate(240);
+            let mut name = base.clone();
+            let mut n = 2;
+            while taken.contains(&name) {
+                name = format!("{base}_{n}");
+                n += 1;
+            }
+            taken.insert(name.clone());
+            name
+        })
+        .collect()
+}
+
 /// Index of an [`HbmTensor`].
 pub type TensorId = usize;
 /// Index of a [`Buffer`].
