@@ -2,8 +2,9 @@
 //!
 //! Never-written bytes read as `0xff`, which is a NaN in every float dtype (and -1
 //! in the integer ones), so a kernel that reads uninitialised memory produces
-//! visibly wrong results even when strict checking is off. HBM is held sparsely in
-//! 64 KiB pages: only the pages a program's tensors and transfers touch exist.
+//! visibly wrong results even when strict checking is off. HBM is held sparsely:
+//! 64-byte chunks of 64 KiB pages, whole pages once most of one is written, so
+//! memory grows with the bytes written, never with the span of a transfer.
 
 use std::collections::HashMap;
 
@@ -15,18 +16,82 @@ pub const FILL: u8 = 0xff;
 
 const PAGE_BITS: u32 = 16;
 const PAGE: usize = 1 << PAGE_BITS;
+const CHUNK_BITS: u32 = 6;
+const CHUNK: usize = 1 << CHUNK_BITS;
+/// A sparse page becomes dense when it holds more chunks than this.
+const DENSE_AFTER: usize = 256;
 
-/// Sparse HBM.
+/// One 64 KiB page of HBM: the 64-byte chunks written so far, or every byte
+/// once many are (strided transfers touch a few chunks of many pages).
+enum Page {
+    /// Chunks sorted by index.
+    Sparse(Vec<(u16, [u8; CHUNK])>),
+    Dense(Box<[u8]>),
+}
+
+impl Page {
+    fn read(&self, off: usize, out: &mut [u8]) {
+        match self {
+            Page::Dense(bytes) => out.copy_from_slice(&bytes[off..off + out.len()]),
+            Page::Sparse(chunks) => {
+                for (i, b) in out.iter_mut().enumerate() {
+                    let at = off + i;
+                    *b = match chunks.binary_search_by_key(&((at >> CHUNK_BITS) as u16), |c| c.0) {
+                        Ok(k) => chunks[k].1[at & (CHUNK - 1)],
+                        Err(_) => FILL,
+                    };
+                }
+            }
+        }
+    }
+
+    fn write(&mut self, off: usize, data: &[u8]) {
+        if let Page::Sparse(chunks) = self {
+            let first = off >> CHUNK_BITS;
+            let last = (off + data.len() - 1) >> CHUNK_BITS;
+            let new = (first..=last).filter(|c| chunks.binary_search_by_key(&(*c as u16), |c| c.0).is_err()).count();
+            if chunks.len() + new > DENSE_AFTER {
+                let mut bytes = vec![FILL; PAGE].into_boxed_slice();
+                for (c, chunk) in chunks.iter() {
+                    let at = (*c as usize) << CHUNK_BITS;
+                    bytes[at..at + CHUNK].copy_from_slice(chunk);
+                }
+                *self = Page::Dense(bytes);
+            }
+        }
+        match self {
+            Page::Dense(bytes) => bytes[off..off + data.len()].copy_from_slice(data),
+            Page::Sparse(chunks) => {
+                for (i, &b) in data.iter().enumerate() {
+                    let at = off + i;
+                    let c = (at >> CHUNK_BITS) as u16;
+                    let k = chunks.binary_search_by_key(&c, |c| c.0).unwrap_or_else(|k| {
+                        // Exact growth: most sparse pages hold one or two chunks.
+                        chunks.reserve_exact(1);
+                        chunks.insert(k, (c, [FILL; CHUNK]));
+                        k
+                    });
+                    chunks[k].1[at & (CHUNK - 1)] = b;
+                }
+            }
+        }
+    }
+
+    fn resident_bytes(&self) -> u64 {
+        match self {
+            Page::Dense(_) => PAGE as u64,
+            Page::Sparse(chunks) => (chunks.len() * CHUNK) as u64,
+        }
+    }
+}
+
+/// Sparse HBM: memory grows with the bytes written, not with their span.
 #[derive(Default)]
 pub struct Hbm {
-    pages: HashMap<u64, Box<[u8]>>,
+    pages: HashMap<u64, Page>,
 }
 
 impl Hbm {
-    fn page(&mut self, index: u64) -> &mut [u8] {
-        self.pages.entry(index).or_insert_with(|| vec![FILL; PAGE].into_boxed_slice())
-    }
-
     /// Copies `out.len()` bytes starting at `addr` into `out`.
     pub fn read(&self, mut addr: u64, out: &mut [u8]) {
         let mut done = 0;
@@ -34,7 +99,7 @@ impl Hbm {
             let (index, off) = (addr >> PAGE_BITS, (addr as usize) & (PAGE - 1));
             let n = (PAGE - off).min(out.len() - done);
             match self.pages.get(&index) {
-                Some(p) => out[done..done + n].copy_from_slice(&p[off..off + n]),
+                Some(p) => p.read(off, &mut out[done..done + n]),
                 None => out[done..done + n].fill(FILL),
             }
             done += n;
@@ -48,15 +113,24 @@ impl Hbm {
         while done < data.len() {
             let (index, off) = (addr >> PAGE_BITS, (addr as usize) & (PAGE - 1));
             let n = (PAGE - off).min(data.len() - done);
-            self.page(index)[off..off + n].copy_from_slice(&data[done..done + n]);
+            let page = self.pages.entry(index).or_insert_with(|| {
+                // A write of most of a page starts it dense.
+                if n > DENSE_AFTER * CHUNK {
+                    Page::Dense(vec![FILL; PAGE].into_boxed_slice())
+                } else {
+                    Page::Sparse(Vec::new())
+                }
+            });
+            page.write(off, &data[done..done + n]);
             done += n;
             addr += n as u64;
         }
     }
 
-    /// Bytes of HBM the simulator holds.
+    /// Bytes of HBM the simulator holds (64-byte chunks of sparse pages, whole
+    /// dense pages).
     pub fn resident_bytes(&self) -> u64 {
-        self.pages.len() as u64 * PAGE as u64
+        self.pages.values().map(Page::resident_bytes).sum()
     }
 }
 
@@ -183,7 +257,17 @@ mod tests {
         let mut out = [0u8; 8];
         h.read((1 << 40) - 4, &mut out);
         assert_eq!(out, [FILL, 1, 2, 3, 4, 5, 6, FILL]);
-        assert_eq!(h.resident_bytes(), 2 * PAGE as u64);
+        assert_eq!(h.resident_bytes(), 2 * CHUNK as u64);
+        // A strided pattern holds its chunks only; a page written mostly becomes dense.
+        for i in 0..1000u64 {
+            h.write(i << 20, &[7]);
+        }
+        assert_eq!(h.resident_bytes(), 1002 * CHUNK as u64);
+        h.write(1 << 50, &[9; 40000]);
+        assert_eq!(h.resident_bytes(), 1002 * CHUNK as u64 + PAGE as u64);
+        let mut out = [0u8; 3];
+        h.read((1 << 50) + 39999, &mut out);
+        assert_eq!(out, [9, FILL, FILL]);
     }
 
     #[test]

@@ -96,105 +96,200 @@ pub struct Uninit {
 }
 
 const BLOCK_BITS: u32 = 6;
-const BLOCK: usize = 1 << BLOCK_BITS;
-/// Block-level write epoch meaning "see the per-byte arrays".
+const BLOCK: u64 = 1 << BLOCK_BITS;
+/// Block-level write epoch meaning "see the per-byte records".
 const MIXED: Epoch = u32::MAX - 1;
 
-/// Shadow of one memory (or HBM page): per 64-byte block, either one write and
-/// one read epoch for the whole block, or [`MIXED`] and per-byte epochs.
+/// The epochs of a block that accesses split: runs of bytes with one (write,
+/// read) pair each, covering the block in order (`end` exclusive). A block
+/// touched a few bytes at a time stays a few runs, not 64 records.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Run {
+    end: u8,
+    write: Epoch,
+    read: Epoch,
+}
+
+#[derive(Clone)]
+struct Bytes(Vec<Run>);
+
+impl Bytes {
+    /// Ensures a run boundary at `pos` (0..=block length); returns the index of
+    /// the run starting there.
+    fn split(&mut self, pos: u8) -> usize {
+        let mut start = 0u8;
+        for i in 0..self.0.len() {
+            if start == pos {
+                return i;
+            }
+            let run = self.0[i];
+            if pos < run.end {
+                self.0.insert(i, Run { end: pos, ..run });
+                return i + 1;
+            }
+            start = run.end;
+        }
+        self.0.len()
+    }
+
+    /// Runs `[first, last)` after splitting at `s` and `e`.
+    fn range(&mut self, s: u8, e: u8) -> std::ops::Range<usize> {
+        let first = self.split(s);
+        let last = self.split(e);
+        first..last
+    }
+
+    /// Merges neighbouring runs with equal epochs.
+    fn coalesce(&mut self) {
+        self.0.dedup_by(|next, prev| {
+            let same = next.write == prev.write && next.read == prev.read;
+            if same {
+                prev.end = next.end;
+            }
+            same
+        });
+    }
+
+    /// The byte offset where run `i` starts.
+    fn start(&self, i: usize) -> u8 {
+        if i == 0 {
+            0
+        } else {
+            self.0[i - 1].end
+        }
+    }
+}
+
+/// The block records of one memory: dense for SRAM and PSUM (sized by the
+/// memory), sparse for HBM (one entry per block ever touched), so the shadow
+/// grows with the bytes accessed, never with the span an access pattern covers.
+#[derive(Clone)]
+enum Blocks {
+    Dense(Vec<(Epoch, Epoch)>),
+    Sparse(HashMap<u64, (Epoch, Epoch), BuildFast>),
+}
+
+/// Shadow of one memory: per 64-byte block one (write, read) epoch pair for the
+/// whole block, or [`MIXED`] and per-byte epochs (allocated only for such blocks).
 #[derive(Clone)]
 struct Cells {
-    write: Vec<Epoch>,
-    read: Vec<Epoch>,
-    block_write: Vec<Epoch>,
-    block_read: Vec<Epoch>,
+    len: u64,
+    blocks: Blocks,
+    bytes: HashMap<u64, Bytes, BuildFast>,
 }
 
 impl Cells {
-    fn new(n: usize) -> Cells {
-        let blocks = n.div_ceil(BLOCK);
-        Cells { write: vec![0; n], read: vec![0; n], block_write: vec![0; blocks], block_read: vec![0; blocks] }
+    fn dense(n: u64) -> Cells {
+        let blocks = Blocks::Dense(vec![(0, 0); n.div_ceil(BLOCK) as usize]);
+        Cells { len: n, blocks, bytes: HashMap::default() }
     }
 
-    /// Switches a uniform block to per-byte tracking.
-    fn materialize(&mut self, block: usize) {
-        let w = self.block_write[block];
-        if w == MIXED {
-            return;
+    fn sparse(n: u64) -> Cells {
+        Cells { len: n, blocks: Blocks::Sparse(HashMap::default()), bytes: HashMap::default() }
+    }
+
+    fn block(&self, b: u64) -> (Epoch, Epoch) {
+        match &self.blocks {
+            Blocks::Dense(v) => v[b as usize],
+            Blocks::Sparse(m) => m.get(&b).copied().unwrap_or((0, 0)),
         }
-        let start = block * BLOCK;
-        let end = (start + BLOCK).min(self.write.len());
-        self.write[start..end].fill(w);
-        self.read[start..end].fill(self.block_read[block]);
-        self.block_write[block] = MIXED;
     }
 
-    fn block_len(&self, block: usize) -> usize {
-        (self.write.len() - block * BLOCK).min(BLOCK)
+    fn set_block(&mut self, b: u64, rec: (Epoch, Epoch)) {
+        match &mut self.blocks {
+            Blocks::Dense(v) => v[b as usize] = rec,
+            Blocks::Sparse(m) => {
+                m.insert(b, rec);
+            }
+        }
+        if rec.0 != MIXED {
+            self.bytes.remove(&b);
+        }
+    }
+
+    /// Switches a uniform block to per-run tracking; returns its runs.
+    fn materialize(&mut self, block: u64) -> &mut Bytes {
+        let (w, r) = self.block(block);
+        let end = self.block_len(block) as u8;
+        if w != MIXED {
+            self.set_block(block, (MIXED, 0));
+            self.bytes.insert(block, Bytes(vec![Run { end, write: w, read: r }]));
+        }
+        self.bytes.entry(block).or_insert_with(|| Bytes(vec![Run { end, write: 0, read: 0 }]))
+    }
+
+    fn block_len(&self, block: u64) -> u64 {
+        (self.len - block * BLOCK).min(BLOCK)
     }
 }
 
-const HBM_PAGE_BITS: u32 = 16;
+/// A fast, deterministic hasher for block indices (SipHash costs more than the
+/// check it guards).
+type BuildFast = std::hash::BuildHasherDefault<BlockHasher>;
+
+#[derive(Default)]
+struct BlockHasher(u64);
+
+impl std::hash::Hasher for BlockHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ b as u64).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
 
 /// Shadow state for every byte of every memory.
 pub struct Shadow {
     on_chip: HashMap<Mem, Cells>,
     sram_bytes: usize,
     psum_bytes: usize,
-    hbm: HashMap<u64, Cells>,
+    hbm: Cells,
     shared_reads: HashMap<(Mem, u64), Vec<Epoch>>,
 }
 
 impl Shadow {
     /// Shadow for cores with the given memory sizes (allocated on first touch).
     pub fn new(sram_bytes: usize, psum_bytes: usize) -> Shadow {
-        Shadow { on_chip: HashMap::new(), sram_bytes, psum_bytes, hbm: HashMap::new(), shared_reads: HashMap::new() }
+        Shadow {
+            on_chip: HashMap::new(),
+            sram_bytes,
+            psum_bytes,
+            hbm: Cells::sparse(u64::MAX),
+            shared_reads: HashMap::new(),
+        }
     }
 
-    /// Calls `f(cells, index, len, addr)` for each piece of `[addr, addr + len)`
-    /// that lies in one shadow array (one lookup per piece, not per byte).
-    fn for_each_piece(
-        &mut self,
-        mem: Mem,
-        addr: u64,
-        len: u64,
-        mut f: impl FnMut(&mut Cells, &mut HashMap<(Mem, u64), Vec<Epoch>>, usize, usize, u64),
-    ) {
+    /// The shadow of `mem` and the shared-reader table.
+    fn cells(&mut self, mem: Mem) -> (&mut Cells, &mut HashMap<(Mem, u64), Vec<Epoch>>) {
         let Shadow { on_chip, sram_bytes, psum_bytes, hbm, shared_reads } = self;
-        match mem {
-            Mem::Sram(_) | Mem::Psum(_) => {
-                let n = if matches!(mem, Mem::Sram(_)) { *sram_bytes } else { *psum_bytes };
-                let cells = on_chip.entry(mem).or_insert_with(|| Cells::new(n));
-                f(cells, shared_reads, addr as usize, len as usize, addr);
-            }
-            Mem::Hbm => {
-                let page_size = 1u64 << HBM_PAGE_BITS;
-                let mut at = addr;
-                let end = addr + len;
-                while at < end {
-                    let page = at >> HBM_PAGE_BITS;
-                    let off = at & (page_size - 1);
-                    let n = (page_size - off).min(end - at);
-                    let cells = hbm.entry(page).or_insert_with(|| Cells::new(page_size as usize));
-                    f(cells, shared_reads, off as usize, n as usize, at);
-                    at += n;
-                }
-            }
-        }
+        let cells = match mem {
+            Mem::Sram(_) => on_chip.entry(mem).or_insert_with(|| Cells::dense(*sram_bytes as u64)),
+            Mem::Psum(_) => on_chip.entry(mem).or_insert_with(|| Cells::dense(*psum_bytes as u64)),
+            Mem::Hbm => hbm,
+        };
+        (cells, shared_reads)
     }
 
     /// Marks bytes as written by the host (program inputs and constants).
     pub fn host_write(&mut self, mem: Mem, addr: u64, len: u64) {
-        self.for_each_piece(mem, addr, len, |c, _, start, n, _| {
-            for_each_block(c, start, n, |c, block, s, e, full| {
-                if full {
-                    c.block_write[block] = HOST;
-                    c.block_read[block] = 0;
-                } else {
-                    c.materialize(block);
-                    c.write[s..e].fill(HOST);
+        let (c, _) = self.cells(mem);
+        for_each_block(c, addr, len, |c, block, s, e, full| {
+            if full {
+                c.set_block(block, (HOST, 0));
+            } else {
+                let base = block * BLOCK;
+                let bytes = c.materialize(block);
+                for i in bytes.range((s - base) as u8, (e - base) as u8) {
+                    bytes.0[i].write = HOST;
                 }
-            });
+                bytes.coalesce();
+            }
         });
     }
 
@@ -204,46 +299,50 @@ impl Shadow {
         let mut race = None;
         let mut uninit = None;
         let my_engine = epoch_engine(me);
-        self.for_each_piece(mem, addr, len, |c, shared, start, n, base| {
-            let at = |i: usize| base + (i - start) as u64;
-            for_each_block(c, start, n, |c, block, s, e, full| {
-                let w = c.block_write[block];
-                if full && w != MIXED {
-                    let r = c.block_read[block];
-                    if w == 0 {
-                        uninit.get_or_insert(Uninit { mem, addr: at(s) });
-                    } else if epoch_engine(w) != my_engine && !happens_before(w, vc) {
-                        race.get_or_insert(Race { earlier: w, conflict: Conflict::ReadAfterWrite, mem, addr: at(s) });
-                    }
-                    if r == 0 || r == me || epoch_engine(r) == my_engine || happens_before(r, vc) {
-                        c.block_read[block] = me;
-                        return;
-                    }
+        let (c, shared) = self.cells(mem);
+        for_each_block(c, addr, len, |c, block, s, e, full| {
+            let (w, r) = c.block(block);
+            if full && w != MIXED {
+                if w == 0 {
+                    uninit.get_or_insert(Uninit { mem, addr: s });
+                } else if epoch_engine(w) != my_engine && !happens_before(w, vc) {
+                    race.get_or_insert(Race { earlier: w, conflict: Conflict::ReadAfterWrite, mem, addr: s });
                 }
-                c.materialize(block);
-                for i in s..e {
-                    let w = c.write[i];
-                    if w == 0 {
-                        uninit.get_or_insert(Uninit { mem, addr: at(i) });
-                    } else if epoch_engine(w) != my_engine && !happens_before(w, vc) {
-                        race.get_or_insert(Race { earlier: w, conflict: Conflict::ReadAfterWrite, mem, addr: at(i) });
-                    }
-                    let r = c.read[i];
-                    if r == me {
-                        continue;
-                    }
-                    if r == SHARED {
-                        let set = shared.entry((mem, at(i))).or_default();
+                if r == 0 || r == me || epoch_engine(r) == my_engine || happens_before(r, vc) {
+                    c.set_block(block, (w, me));
+                    return;
+                }
+            }
+            let base = block * BLOCK;
+            let bytes = c.materialize(block);
+            for i in bytes.range((s - base) as u8, (e - base) as u8) {
+                let at = base + bytes.start(i) as u64;
+                let Run { end, write: w, read: r } = bytes.0[i];
+                let span = at..base + end as u64;
+                if w == 0 {
+                    uninit.get_or_insert(Uninit { mem, addr: at });
+                } else if epoch_engine(w) != my_engine && !happens_before(w, vc) {
+                    race.get_or_insert(Race { earlier: w, conflict: Conflict::ReadAfterWrite, mem, addr: at });
+                }
+                if r == me {
+                    continue;
+                }
+                if r == SHARED {
+                    for at in span {
+                        let set = shared.entry((mem, at)).or_default();
                         set.retain(|&e| epoch_engine(e) != my_engine);
                         set.push(me);
-                    } else if r == 0 || epoch_engine(r) == my_engine || happens_before(r, vc) {
-                        c.read[i] = me;
-                    } else {
-                        c.read[i] = SHARED;
-                        shared.insert((mem, at(i)), vec![r, me]);
+                    }
+                } else if r == 0 || epoch_engine(r) == my_engine || happens_before(r, vc) {
+                    bytes.0[i].read = me;
+                } else {
+                    bytes.0[i].read = SHARED;
+                    for at in span {
+                        shared.insert((mem, at), vec![r, me]);
                     }
                 }
-            });
+            }
+            bytes.coalesce();
         });
         (race, uninit)
     }
@@ -252,62 +351,67 @@ impl Shadow {
     pub fn write(&mut self, mem: Mem, addr: u64, len: u64, me: Epoch, vc: &[u32]) -> Option<Race> {
         let mut race = None;
         let my_engine = epoch_engine(me);
-        self.for_each_piece(mem, addr, len, |c, shared, start, n, base| {
-            let at = |i: usize| base + (i - start) as u64;
-            for_each_block(c, start, n, |c, block, s, e, full| {
-                let w = c.block_write[block];
-                if full && w != MIXED {
-                    let r = c.block_read[block];
-                    if w != 0 && w != me && epoch_engine(w) != my_engine && !happens_before(w, vc) {
-                        race.get_or_insert(Race { earlier: w, conflict: Conflict::WriteAfterWrite, mem, addr: at(s) });
-                    }
-                    if r != 0 && epoch_engine(r) != my_engine && !happens_before(r, vc) {
-                        race.get_or_insert(Race { earlier: r, conflict: Conflict::WriteAfterRead, mem, addr: at(s) });
-                    }
-                    c.block_write[block] = me;
-                    c.block_read[block] = 0;
-                    return;
+        let unordered = |e: Epoch| e != 0 && epoch_engine(e) != my_engine && !happens_before(e, vc);
+        let (c, shared) = self.cells(mem);
+        for_each_block(c, addr, len, |c, block, s, e, full| {
+            let (w, r) = c.block(block);
+            if full && w != MIXED {
+                if w != me && unordered(w) {
+                    race.get_or_insert(Race { earlier: w, conflict: Conflict::WriteAfterWrite, mem, addr: s });
                 }
-                c.materialize(block);
-                for i in s..e {
-                    let w = c.write[i];
-                    if w != 0 && w != me && epoch_engine(w) != my_engine && !happens_before(w, vc) {
-                        race.get_or_insert(Race { earlier: w, conflict: Conflict::WriteAfterWrite, mem, addr: at(i) });
-                    }
-                    let r = c.read[i];
-                    c.write[i] = me;
-                    c.read[i] = 0;
-                    if r == SHARED {
-                        let readers = shared.remove(&(mem, at(i))).unwrap_or_default();
-                        if let Some(&e) =
-                            readers.iter().find(|&&e| epoch_engine(e) != my_engine && !happens_before(e, vc))
-                        {
-                            race.get_or_insert(Race {
-                                earlier: e,
-                                conflict: Conflict::WriteAfterRead,
-                                mem,
-                                addr: at(i),
-                            });
+                if unordered(r) {
+                    race.get_or_insert(Race { earlier: r, conflict: Conflict::WriteAfterRead, mem, addr: s });
+                }
+                c.set_block(block, (me, 0));
+                return;
+            }
+            let base = block * BLOCK;
+            let bytes = c.materialize(block);
+            for i in bytes.range((s - base) as u8, (e - base) as u8) {
+                let at = base + bytes.start(i) as u64;
+                let Run { end, write: w, read: r } = bytes.0[i];
+                if w != me && unordered(w) {
+                    race.get_or_insert(Race { earlier: w, conflict: Conflict::WriteAfterWrite, mem, addr: at });
+                }
+                bytes.0[i].write = me;
+                bytes.0[i].read = 0;
+                if r == SHARED {
+                    for at in at..base + end as u64 {
+                        let readers = shared.remove(&(mem, at)).unwrap_or_default();
+                        if let Some(&e) = readers.iter().find(|&&e| unordered(e)) {
+                            race.get_or_insert(Race { earlier: e, conflict: Conflict::WriteAfterRead, mem, addr: at });
                         }
-                    } else if r != 0 && epoch_engine(r) != my_engine && !happens_before(r, vc) {
-                        race.get_or_insert(Race { earlier: r, conflict: Conflict::WriteAfterRead, mem, addr: at(i) });
                     }
+                } else if unordered(r) {
+                    race.get_or_insert(Race { earlier: r, conflict: Conflict::WriteAfterRead, mem, addr: at });
                 }
-                if full {
-                    // Every byte now has this write and no reader: the block is uniform again.
-                    c.block_write[block] = me;
-                    c.block_read[block] = 0;
-                }
-            });
+            }
+            bytes.coalesce();
+            if full {
+                // Every byte now has this write and no reader: the block is uniform again.
+                c.set_block(block, (me, 0));
+            }
         });
         race
+    }
+
+    /// Bytes of shadow state held (for reports and tests).
+    pub fn footprint_bytes(&self) -> u64 {
+        let cells = |c: &Cells| {
+            let blocks = match &c.blocks {
+                Blocks::Dense(v) => v.len() as u64 * 8,
+                Blocks::Sparse(m) => m.capacity() as u64 * 24,
+            };
+            blocks + c.bytes.values().map(|b| 32 + b.0.capacity() as u64 * 12).sum::<u64>()
+        };
+        self.on_chip.values().map(cells).sum::<u64>() + cells(&self.hbm)
     }
 }
 
 /// Calls `f(cells, block, start, end, covers_whole_block)` for each block that
-/// `[start, start + n)` overlaps.
-fn for_each_block(c: &mut Cells, start: usize, n: usize, mut f: impl FnMut(&mut Cells, usize, usize, usize, bool)) {
-    let end = start + n;
+/// `[start, start + n)` overlaps (addresses past the memory are not visited).
+fn for_each_block(c: &mut Cells, start: u64, n: u64, mut f: impl FnMut(&mut Cells, u64, u64, u64, bool)) {
+    let end = start.saturating_add(n).min(c.len);
     let mut i = start;
     while i < end {
         let block = i >> BLOCK_BITS;

@@ -155,6 +155,9 @@ pub struct Outcome {
     pub report: Report,
     /// Per-instruction slices, when requested.
     pub trace: Vec<TraceSlice>,
+    /// Bytes of HBM data and of race-checking state the run held at the end
+    /// (both grow with the bytes accessed, not with the span of a pattern).
+    pub held_bytes: u64,
 }
 
 const SHARE_LCM: u128 = 720_720;
@@ -368,7 +371,8 @@ impl<'p> Sim<'p> {
             format!("{}: reads never-written {}", describe(self.p, r), where_(self.t, mem, addr))
         });
         let report = Report::new(self.p, self.t, self.now, engines, self.work, self.uninit_reads, first_uninit);
-        Ok(Outcome { outputs, report, trace: self.trace })
+        let held_bytes = self.hbm.resident_bytes() + self.shadow.as_ref().map_or(0, Shadow::footprint_bytes);
+        Ok(Outcome { outputs, report, trace: self.trace, held_bytes })
     }
 
     fn sem_ready(&self, core: usize, inst: &Inst) -> bool {
