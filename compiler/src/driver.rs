@@ -69,17 +69,28 @@ pub struct Options {
     pub level: OptLevel,
     /// Schedule overrides.
     pub schedule: Schedule,
+    /// The most tile operations (about one instruction each) a program may
+    /// lower to; checked against the kernels' estimates before lowering.
+    pub max_tile_ops: u64,
 }
+
+/// Default of [`Options::max_tile_ops`]: about 2 GB of compiler memory.
+pub const MAX_TILE_OPS: u64 = 2_000_000;
 
 impl Options {
     /// The default level (2) without overrides.
     pub fn o2() -> Options {
-        Options { level: 2, schedule: Schedule::default() }
+        Options::at(2)
     }
 
     /// Level `level` without overrides.
     pub fn at(level: OptLevel) -> Options {
-        Options { level, schedule: Schedule::default() }
+        Options::with(level, Schedule::default())
+    }
+
+    /// Level `level` with `schedule`'s overrides.
+    pub fn with(level: OptLevel, schedule: Schedule) -> Options {
+        Options { level, schedule, max_tile_ops: MAX_TILE_OPS }
     }
 }
 
@@ -228,6 +239,7 @@ impl<'t> Compilation<'t> {
             (Some(f), Some(k)) => (f, k),
             _ => return Err(CompileError::internal("lower before select")),
         };
+        self.check_budgets(f, kernels)?;
         let params: Vec<&str> = f.params().map(|p| f.node(p).name.as_str()).collect();
         let results: Vec<&str> = f.results.iter().map(|r| f.node(*r).name.as_str()).collect();
         let parts = kernels.iter().map(|k| k.lower(self.t)).collect();
@@ -259,6 +271,45 @@ impl<'t> Compilation<'t> {
             transcendentals: work.transcendentals,
         };
         crate::backend::compile(tiles, self.t, roof).map(|s| s.program).map_err(|e| self.attribute(e, tiles))
+    }
+
+    /// Refuses, before lowering, a program whose tensors exceed the target's HBM
+    /// or whose kernels would lower to more tile ops than the budget, naming the
+    /// largest tensor's or kernel's statement.
+    fn check_budgets(&self, f: &Func, kernels: &[Box<dyn Kernel>]) -> Result<(), CompileError> {
+        let ops: Vec<u64> = kernels.iter().map(|k| k.tile_ops(self.t)).collect();
+        let total = ops.iter().fold(0u64, |a, &b| a.saturating_add(b));
+        if total > self.opts.max_tile_ops {
+            let (i, most) = ops.iter().enumerate().max_by_key(|(_, n)| **n).map(|(i, n)| (i, *n)).unwrap_or((0, 0));
+            let k = &kernels[i];
+            let what = format!(
+                "the program lowers to about {total} tile operations ({most} in this kernel); the limit is {} (--max-tile-ops)",
+                self.opts.max_tile_ops
+            );
+            return Err(CompileError::limit(&k.statement(), what, k.span()));
+        }
+        // Every value in HBM (parameters and kernel outputs), 4 KiB aligned as
+        // the backend places them.
+        let bytes = |i: usize| {
+            f.nodes[i].ty.elems().saturating_mul(f.nodes[i].ty.dtype.chip().map_or(1, |d| d.size_bytes() as u64))
+        };
+        let in_hbm: Vec<usize> = (0..f.num_params)
+            .chain(kernels.iter().filter_map(|k| f.nodes.iter().position(|n| n.name == k.output())))
+            .collect();
+        let total = in_hbm.iter().fold(0u64, |a, &i| a.saturating_add(bytes(i).div_ceil(4096).saturating_mul(4096)));
+        if total > self.t.hbm.size_bytes {
+            let largest = in_hbm.iter().copied().max_by_key(|&i| bytes(i)).unwrap_or(0);
+            let n = &f.nodes[largest];
+            let what = format!(
+                "the program's tensors take {total} bytes of HBM; {} has {} (the largest, `%{}`, {} bytes)",
+                self.t.name,
+                self.t.hbm.size_bytes,
+                n.name,
+                bytes(largest)
+            );
+            return Err(CompileError::limit(&crate::kernels::statement(f, largest), what, n.span.clone()));
+        }
+        Ok(())
     }
 
     /// A backend error as a compile error at the statement of the kernel that

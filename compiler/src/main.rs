@@ -61,7 +61,20 @@ impl Failure {
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Refuse input files (.tir, .jasm, .jbin, schedules) larger than this many bytes.
+    #[arg(long, global = true, value_name = "BYTES", default_value_t = 1 << 30)]
+    max_file_bytes: u64,
+    /// Refuse (compile, verify) programs that would lower to more tile operations
+    /// (about one instruction each) than this.
+    #[arg(long, global = true, value_name = "N", default_value_t = jalc::driver::MAX_TILE_OPS)]
+    max_tile_ops: u64,
 }
+
+/// `--max-tile-ops`, set once at start.
+static MAX_TILE_OPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(jalc::driver::MAX_TILE_OPS);
+
+/// `--max-file-bytes`, set once at start.
+static MAX_FILE_BYTES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1 << 30);
 
 #[derive(Subcommand)]
 enum Command {
@@ -181,7 +194,9 @@ enum Command {
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>, Failure> {
-    std::fs::read(path).map_err(|e| Failure::Input(format!("error: cannot read {}: {e}", path.display())))
+    let limit = MAX_FILE_BYTES.load(std::sync::atomic::Ordering::Relaxed);
+    jpu_isa::bytes::read_file_limited(path, limit)
+        .map_err(|e| Failure::Input(format!("error: {}: {e} (--max-file-bytes)", path.display())))
 }
 
 fn read_text(file: &Path) -> Result<String, Failure> {
@@ -253,11 +268,12 @@ fn compile_failure(e: &CompileError, program: (&Path, &str), schedule: Option<(&
 
 /// Compile options: the level and the parsed schedule file (with its text).
 fn options(level: u8, schedule: Option<&Path>) -> Result<(Options, Option<String>), Failure> {
-    let Some(path) = schedule else { return Ok((Options::at(level), None)) };
+    let max_tile_ops = MAX_TILE_OPS.load(std::sync::atomic::Ordering::Relaxed);
+    let Some(path) = schedule else { return Ok((Options { max_tile_ops, ..Options::at(level) }, None)) };
     let text = read_text(path)?;
     let schedule = jalc::schedule::Schedule::parse(&text)
         .map_err(|e| Failure::Input(e.render(&path.display().to_string(), &text)))?;
-    Ok((Options { level, schedule }, Some(text)))
+    Ok((Options { max_tile_ops, ..Options::with(level, schedule) }, Some(text)))
 }
 
 struct CompileArgs<'a> {
@@ -385,7 +401,7 @@ fn eval(file: &Path, inputs: &[String], output_dir: &Path) -> Result<(), Failure
             }
             _ => return Err(bad(format!("input `{}` is given more than once", node.name))),
         };
-        let (shape, values) = jpu_runtime::io::read_npy_f64(path).map_err(|e| bad(e.to_string()))?;
+        let (shape, values) = jpu_runtime::io::read_npy_f64(path, node.ty.elems()).map_err(|e| bad(e.to_string()))?;
         if shape != node.ty.shape {
             return Err(bad(format!(
                 "input `{}`: {} has shape {:?}, but the function declares {}",
@@ -524,6 +540,8 @@ fn run(a: RunArgs<'_>) -> Result<(), Failure> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    MAX_FILE_BYTES.store(cli.max_file_bytes, std::sync::atomic::Ordering::Relaxed);
+    MAX_TILE_OPS.store(cli.max_tile_ops, std::sync::atomic::Ordering::Relaxed);
     let result = match &cli.command {
         Command::Check { file } => check(file),
         Command::Compile { file, output, target, emit, schedule, opt } => compile(CompileArgs {

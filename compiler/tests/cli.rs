@@ -560,3 +560,29 @@ fn output_and_emit_together_do_both() {
         stderr(&bad)
     );
 }
+
+/// Inputs are read up to a limit (checked before reading a regular file; a
+/// stream such as /dev/zero is cut off at the limit), and compilation has a
+/// budget of tile operations; both are flags, and both refuse with exit 2.
+#[test]
+fn inputs_and_compilation_are_bounded() {
+    let gemm = example("gemm.tir");
+    for args in [
+        vec!["check", "/dev/zero", "--max-file-bytes", "4096"],
+        vec!["run", "/dev/zero", "--max-file-bytes", "4096"],
+        vec!["compile", &gemm, "--emit", "parsed", "--max-file-bytes", "100"],
+        vec!["compile", &gemm, "-o", "/dev/null", "--schedule", "/dev/zero", "--max-file-bytes", "4096"],
+    ] {
+        let o = jalc(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        assert!(stderr(&o).contains("the limit is") && stderr(&o).contains("--max-file-bytes"), "{}", stderr(&o));
+    }
+    let bin = gemm_binary("bounded");
+    let o = jalc(&["run", bin.to_str().unwrap(), "--input", "a=/dev/zero", "--input", "b=/dev/zero"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("the limit is"), "{}", stderr(&o));
+    let o = jalc(&["compile", &gemm, "-o", temp("budget.jbin").to_str().unwrap(), "--max-tile-ops", "5"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("the limit is 5 (--max-tile-ops)"), "{}", stderr(&o));
+    assert!(jalc(&["compile", &gemm, "-o", temp("budget.jbin").to_str().unwrap()]).status.success());
+}

@@ -174,3 +174,23 @@ impl WriteLe for Vec<u8> {
         self.resize(self.len() + n, 0);
     }
 }
+
+/// Reads a whole file of at most `limit` bytes. A regular file's size is checked
+/// before reading; anything else (a pipe, `/dev/zero`) is read up to `limit + 1`
+/// bytes and refused if it has more, so no input makes a reader allocate without
+/// bound. The error (without the path, which the caller adds) names the limit.
+pub fn read_file_limited(path: &std::path::Path, limit: u64) -> Result<Vec<u8>, String> {
+    use std::io::Read as _;
+    let too_big = |what: String| format!("{what}; the limit is {limit} bytes");
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
+    let meta = file.metadata().map_err(|e| format!("cannot read: {e}"))?;
+    if meta.is_file() && meta.len() > limit {
+        return Err(too_big(format!("{} bytes", meta.len())));
+    }
+    let mut bytes = Vec::with_capacity(if meta.is_file() { meta.len() as usize } else { 0 });
+    file.take(limit.saturating_add(1)).read_to_end(&mut bytes).map_err(|e| format!("cannot read: {e}"))?;
+    if bytes.len() as u64 > limit {
+        return Err(too_big("the file is longer".into()));
+    }
+    Ok(bytes)
+}

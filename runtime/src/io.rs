@@ -45,9 +45,20 @@ fn store_i128(dtype: DType, v: i128, out: &mut [u8]) {
     }
 }
 
+/// Bytes an `.npy` header may take beyond its data (numpy pads headers to 64
+/// bytes; format 2 allows 4 GiB, far more than any real one).
+const NPY_HEADER_MAX: u64 = 1 << 20;
+
+fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, IoError> {
+    jpu_isa::bytes::read_file_limited(path, limit).map_err(|m| file_err(path, m))
+}
+
 /// Reads an `.npy` file and converts it to the bytes of `tensor` (its dtype and shape).
 pub fn read_npy_for(path: &Path, tensor: &TensorDecl) -> Result<Vec<u8>, IoError> {
-    let bytes = std::fs::read(path).map_err(|e| file_err(path, format!("cannot read: {e}")))?;
+    // An .npy of the tensor's elements in any numeric dtype (at most 8 bytes each)
+    // plus its header: a larger file cannot match, so it is not read.
+    let limit = tensor.elems().saturating_mul(8).saturating_add(NPY_HEADER_MAX);
+    let bytes = read_limited(path, limit)?;
     let npy = npyz::NpyFile::new(&bytes[..]).map_err(|e| file_err(path, format!("not a valid .npy file: {e}")))?;
     let shape = npy.shape().to_vec();
     if shape != tensor.shape {
@@ -101,10 +112,11 @@ pub fn read_npy_for(path: &Path, tensor: &TensorDecl) -> Result<Vec<u8>, IoError
     Ok(out)
 }
 
-/// Reads an `.npy` file as exact f64 values in C order, with its shape (any numpy
+/// Reads an `.npy` file of at most `elems` elements (larger files are refused
+/// before reading) as exact f64 values in C order, with its shape (any numpy
 /// bool, integer or float dtype; integers beyond 2^53 round to the nearest f64).
-pub fn read_npy_f64(path: &Path) -> Result<(Vec<u64>, Vec<f64>), IoError> {
-    let bytes = std::fs::read(path).map_err(|e| file_err(path, format!("cannot read: {e}")))?;
+pub fn read_npy_f64(path: &Path, elems: u64) -> Result<(Vec<u64>, Vec<f64>), IoError> {
+    let bytes = read_limited(path, elems.saturating_mul(8).saturating_add(NPY_HEADER_MAX))?;
     let npy = npyz::NpyFile::new(&bytes[..]).map_err(|e| file_err(path, format!("not a valid .npy file: {e}")))?;
     let shape = npy.shape().to_vec();
     let fortran = matches!(npy.order(), npyz::Order::Fortran);

@@ -12,7 +12,7 @@ pub mod tir_gen;
 /// Compile options at `level` with the schedule file `text` (which must parse).
 pub fn scheduled(text: &str, level: u8) -> jalc::driver::Options {
     let schedule = jalc::schedule::Schedule::parse(text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-    jalc::driver::Options { level, schedule }
+    jalc::driver::Options::with(level, schedule)
 }
 
 /// The GEMM kernel among `kernels`, if there is one.

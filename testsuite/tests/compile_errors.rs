@@ -28,7 +28,7 @@ fn compile_error_cases() {
         let schedule_text: String = header(&src, "schedule").map(|l| format!("{l}\n")).collect();
         let f = tir::parse_and_check(&src).unwrap_or_else(|d| panic!("{}", tir::render(&name, &src, &d)));
         let e = match Schedule::parse(&schedule_text) {
-            Ok(schedule) => compile(&f, &t, &Options { level, schedule }).err().expect("the case compiles"),
+            Ok(schedule) => compile(&f, &t, &Options::with(level, schedule)).err().expect("the case compiles"),
             Err(e) => e,
         };
         assert!(!matches!(e, CompileError::Internal { .. }), "{name}: {e:?}");

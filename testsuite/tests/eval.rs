@@ -192,7 +192,7 @@ fn norms_and_attention_by_hand() {
 
 fn npy(name: &str) -> (Vec<u64>, Vec<f64>) {
     let path = format!("{}/data/eval/{name}.npy", env!("CARGO_MANIFEST_DIR"));
-    jpu_runtime::io::read_npy_f64(std::path::Path::new(&path)).unwrap()
+    jpu_runtime::io::read_npy_f64(std::path::Path::new(&path), 1 << 24).unwrap()
 }
 
 #[test]

@@ -79,3 +79,68 @@ fn every_value_name_maps_to_a_binary_name() {
     assert!(names.contains(&"v0_x") && names.contains(&"v0_x_2"), "{names:?}");
     assert!(names.iter().all(|n| jpu_isa::program::is_identifier(n)), "{names:?}");
 }
+
+/// Each kernel's tile-op estimate (what the compile budget is checked against
+/// before lowering) is within a factor of 3 of what it lowers to, on every
+/// compile case (jpu-tiny) and on large shapes (jpu1).
+#[test]
+fn tile_op_estimates_track_the_lowering() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/cases/compile");
+    let mut programs: Vec<(String, &str)> = std::fs::read_dir(root)
+        .unwrap()
+        .map(|e| (std::fs::read_to_string(e.unwrap().path()).unwrap(), "jpu-tiny"))
+        .collect();
+    let gemm = "func @f(%a: bf16[1024, 1024], %b: bf16[1024, 1024]) -> bf16[1024, 1024] {\n  %c = matmul(%a, %b)\n  return %c\n}\n";
+    let bt = "func @f(%a: bf16[512, 1024], %b: bf16[768, 1024]) -> bf16[512, 768] {\n  %c = matmul(%a, %b) {transpose_b = true}\n  return %c\n}\n";
+    let prefill = "func @f(%q: bf16[8, 1024, 128], %k: bf16[2, 1024, 128], %v: bf16[2, 1024, 128]) -> bf16[8, 1024, 128] {\n  %o = attention(%q, %k, %v) {causal = true}\n  return %o\n}\n";
+    let decode = "func @f(%q: bf16[8, 1, 128], %k: bf16[2, 4096, 128], %v: bf16[2, 4096, 128]) -> bf16[8, 1, 128] {\n  %o = attention(%q, %k, %v)\n  return %o\n}\n";
+    let rows = "func @f(%x: bf16[4096, 1024], %g: bf16[1024]) -> (bf16[4096, 1024], bf16[1024, 4096]) {\n  %s = softmax(%x) {axis = -1}\n  %r = rmsnorm(%s, %g) {axis = -1}\n  %t = transpose(%r) {perm = [1, 0]}\n  return %s, %t\n}\n";
+    for src in [gemm, bt, prefill, decode, rows] {
+        programs.push((src.to_string(), "jpu1"));
+    }
+    for (src, target) in &programs {
+        let t = Target::builtin(target).unwrap();
+        let f = tir::parse_and_check(src).unwrap();
+        for level in [0, 2] {
+            let Ok(c) = jalc::driver::compile(&f, &t, &Options::at(level)) else { continue };
+            for k in &c.kernels {
+                let (estimate, actual) = (k.tile_ops(&t), k.lower(&t).ops.len() as u64);
+                let close = estimate <= 3 * actual.max(1) && actual <= 3 * estimate.max(1);
+                if std::env::var_os("SHOW").is_some() {
+                    println!(
+                        "{} {} {estimate} {actual} {}",
+                        k.kind(),
+                        close,
+                        k.statement().chars().take(60).collect::<String>()
+                    );
+                } else {
+                    assert!(close, "{} estimates {estimate} tile ops, lowers to {actual}\n{src}", k.statement());
+                }
+            }
+        }
+    }
+}
+
+/// Programs over the compile budget or the target's HBM are refused before
+/// lowering, naming the kernel and the limit (they once allocated gigabytes).
+#[test]
+fn budgets_are_checked_before_lowering() {
+    let t = Target::builtin("jpu1").unwrap();
+    let refused = |src: &str, opts: &Options| -> String {
+        let f = tir::parse_and_check(src).unwrap();
+        let e = jalc::driver::compile(&f, &t, opts).err().expect("refused");
+        assert_eq!(e.kind(), "limit exceeded", "{e}");
+        assert!(!e.span().is_empty());
+        e.to_string()
+    };
+    // 1x1x1 tiles on a 256^3 GEMM: 16.7M matmuls.
+    let gemm =
+        "func @f(%a: bf16[256, 256], %b: bf16[256, 256]) -> bf16[256, 256] {\n  %c = matmul(%a, %b)\n  return %c\n}\n";
+    let tiny_tiles = jpu_testsuite::scheduled("[k1]\ntile_m = 1\ntile_n = 1\ntile_k = 1\n", 2);
+    assert!(refused(gemm, &tiny_tiles).contains("--max-tile-ops"));
+    let small_budget = Options { max_tile_ops: 10, ..Options::o2() };
+    assert!(refused(gemm, &small_budget).contains("the limit is 10"));
+    // 3 x 64 GiB of tensors on a 96 GiB chip.
+    let huge = "func @f(%a: f32[131072, 131072], %b: f32[131072, 131072]) -> f32[131072, 131072] {\n  %c = add(%a, %b)\n  return %c\n}\n";
+    assert!(refused(huge, &Options::o2()).contains("bytes of HBM"));
+}

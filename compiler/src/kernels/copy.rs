@@ -47,6 +47,21 @@ pub fn select(cx: &Ctx<'_>, i: usize) -> Result<CopyProblem, CompileError> {
     let inputs: Vec<(String, Vec<u64>)> =
         values.iter().map(|v| (cx.f.node(*v).name.clone(), cx.f.node(*v).ty.shape.clone())).collect();
     let shapes: Vec<Vec<u64>> = inputs.iter().map(|(_, s)| s.clone()).collect();
+    // A box's rows and columns are DMA counts (32 bits); a slice has one box per
+    // index of the leading dims.
+    let dims = &node.ty.shape;
+    let too_big = match &node.op {
+        Op::Concat { axis } => {
+            let outer: u64 = dims[..*axis].iter().product();
+            let inner: u64 = dims[*axis..].iter().product();
+            outer > u32::MAX as u64 || inner > u32::MAX as u64
+        }
+        _ => dims.iter().any(|&d| d > u32::MAX as u64) || dims.iter().rev().skip(2).product::<u64>() > 1 << 20,
+    };
+    if too_big {
+        let what = "its copy needs more than 2^32 rows or columns in one transfer, or more than 2^20 transfers";
+        return Err(CompileError::limit(&statement(cx.f, i), what, node.span.clone()));
+    }
     let boxes = match &node.op {
         Op::Concat { axis } => concat_boxes(&shapes, *axis, &node.ty.shape),
         Op::Slice { start, .. } => slice_boxes(&shapes[0], start, &node.ty.shape),
@@ -91,6 +106,10 @@ impl Kernel for CopyProblem {
 
     fn describe(&self, _: &Target) -> String {
         format!("{} {:?} {}\n  {} HBM-to-HBM boxes\n", self.text, self.shape, self.dtype, self.boxes.len())
+    }
+
+    fn tile_ops(&self, _: &Target) -> u64 {
+        self.boxes.len() as u64
     }
 
     fn work(&self) -> Work {

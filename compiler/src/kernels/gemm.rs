@@ -326,6 +326,17 @@ impl Kernel for GemmKernel {
         )
     }
 
+    fn tile_ops(&self, _: &Target) -> u64 {
+        let (p, s) = (&self.p, &self.s);
+        let batch = p.batch.iter().product::<u64>();
+        let items = batch * p.m.div_ceil(s.tile_m as u64) * p.n.div_ceil(s.tile_n as u64);
+        let kt = p.k.div_ceil(s.tile_k as u64);
+        // Per item: a matmul per k-slice, the A and B slices (B^T chunks when
+        // B is stored transposed), the epilogue steps, evacuation and store.
+        let loads = if p.transpose_b { 3 * kt } else { 2 * kt };
+        items.saturating_mul(kt + loads + p.epilogue.len() as u64 + 4)
+    }
+
     fn work(&self) -> Work {
         let p = &self.p;
         let tiles = (p.batch_map.len() as u64).saturating_mul(p.m).saturating_mul(p.n);

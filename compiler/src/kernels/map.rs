@@ -251,6 +251,14 @@ impl Kernel for MapKernel {
         )
     }
 
+    fn tile_ops(&self, t: &Target) -> u64 {
+        let (rows, cols) = self.p.view();
+        let parts = (t.sram.partitions as u64).max(1);
+        let blocks = rows.div_ceil(parts).saturating_mul(cols.div_ceil(self.width.max(1)));
+        let per_block = 2 + self.p.inputs.len() + self.p.steps.len() + self.p.cast.is_some() as usize;
+        blocks.saturating_mul(per_block as u64)
+    }
+
     fn work(&self) -> Work {
         let p = &self.p;
         let steps = p.steps.iter().filter(|(s, _)| matches!(s, EpilogueStep::Activate(f) if f.is_transcendental()));

@@ -122,6 +122,11 @@ pub trait Kernel: std::fmt::Debug {
     /// Its unavoidable work.
     fn work(&self) -> Work;
 
+    /// About how many tile ops [`Kernel::lower`] produces (within a small
+    /// factor), computed without lowering: the driver refuses a program over its
+    /// budget before any allocation that size would need.
+    fn tile_ops(&self, t: &Target) -> u64;
+
     /// Its tile program.
     fn lower(&self, t: &Target) -> TileProgram;
 

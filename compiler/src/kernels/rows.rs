@@ -332,6 +332,19 @@ impl Kernel for RowsKernel {
         )
     }
 
+    fn tile_ops(&self, t: &Target) -> u64 {
+        // Per block of one row per partition: a load, a store and each stage's
+        // VE and ACT passes.
+        let passes = match self.p.kind {
+            RowKind::Reduce(_) => 1,
+            RowKind::Softmax => 5,
+            RowKind::RmsNorm { .. } => 7,
+            RowKind::LayerNorm { .. } => 10,
+        };
+        let params = self.p.params.len() as u64;
+        self.p.rows.div_ceil(t.sram.partitions as u64).saturating_mul(passes + 2) + params
+    }
+
     fn work(&self) -> Work {
         Work { transcendentals: self.p.rows.saturating_mul(self.p.kind.transcendentals(self.p.len)), ..Work::default() }
     }

@@ -83,6 +83,15 @@ impl Kernel for TransposeProblem {
         format!("{} {:?} {}\n", self.text, self.shape, self.dtype)
     }
 
+    fn tile_ops(&self, t: &Target) -> u64 {
+        let r = self.shape.len();
+        let (rows, cols) = (self.shape[r - 2], self.shape[r - 1]);
+        let batch = self.shape[..r - 2].iter().product::<u64>();
+        let b = t.pe.rows.min(t.pe.cols) as u64;
+        // Per square block: load, PE transpose, copy out of PSUM, store.
+        (batch * rows.div_ceil(b) * cols.div_ceil(b)).saturating_mul(4)
+    }
+
     fn work(&self) -> Work {
         Work::default()
     }

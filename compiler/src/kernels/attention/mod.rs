@@ -287,6 +287,24 @@ impl Kernel for AttentionKernel {
         )
     }
 
+    fn tile_ops(&self, _: &Target) -> u64 {
+        let (p, plan) = (&self.p, &self.plan);
+        let d_chunks = p.d.div_ceil(plan.d_chunk) + p.dv.div_ceil(plan.d_chunk);
+        if plan.decode {
+            let nc = p.sk.div_ceil(plan.kv_chunk);
+            return (p.batch * p.hk).saturating_mul(nc * (d_chunks + 4) + 30);
+        }
+        let tiles = p.batch * p.hq * p.sq.div_ceil(plan.q_tile) / plan.heads_per_tile.max(1);
+        let mut blocks = p.sk.div_ceil(plan.kv_block);
+        if p.causal && blocks > 1 {
+            blocks = blocks.div_ceil(2) + 1;
+        }
+        let chunks = plan.kv_block.min(p.sk).div_ceil(plan.kv_chunk);
+        // Per block: the scores' matmuls per head-dim chunk, the PV matmuls per
+        // KV chunk, about ten softmax passes; per tile its loads and store.
+        tiles.max(1).saturating_mul(blocks.saturating_mul(chunks + d_chunks + 8) + 4)
+    }
+
     fn work(&self) -> Work {
         // Only the pairs the mask leaves visible count: q . k and p . v.
         let pairs = self.p.visible_pairs();
