@@ -13,6 +13,8 @@
 //! stages a requested output needs (each once), and [`Compilation::print`] prints
 //! any stage that has run. [`compile`] runs them all.
 
+use std::collections::HashMap;
+
 use jpu_isa::program::RooflineInputs;
 use jpu_isa::{Program, Target};
 
@@ -293,9 +295,9 @@ impl<'t> Compilation<'t> {
         let bytes = |i: usize| {
             f.nodes[i].ty.elems().saturating_mul(f.nodes[i].ty.dtype.chip().map_or(1, |d| d.size_bytes() as u64))
         };
-        let in_hbm: Vec<usize> = (0..f.num_params)
-            .chain(kernels.iter().filter_map(|k| f.nodes.iter().position(|n| n.name == k.output())))
-            .collect();
+        let index: HashMap<&str, usize> = f.nodes.iter().enumerate().map(|(i, n)| (n.name.as_str(), i)).collect();
+        let in_hbm: Vec<usize> =
+            (0..f.num_params).chain(kernels.iter().filter_map(|k| index.get(k.output()).copied())).collect();
         let total = in_hbm.iter().fold(0u64, |a, &i| a.saturating_add(bytes(i).div_ceil(4096).saturating_mul(4096)));
         if total > self.t.hbm.size_bytes {
             let largest = in_hbm.iter().copied().max_by_key(|&i| bytes(i)).unwrap_or(0);

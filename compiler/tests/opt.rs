@@ -205,7 +205,7 @@ fn other_ops_pass_through_and_limits_bound_the_search() {
     let t = Target::builtin("jpu1").unwrap();
     let o = opt::optimize(&f, &t, Limits::default()).unwrap();
     assert_eq!(printer::print(&o.func), printer::print(&f), "nothing to rewrite: unchanged");
-    let tight = Limits { nodes: 10, iterations: 1 };
+    let tight = Limits { nodes: 10, iterations: 1, ..Limits::default() };
     let big = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/attention.tir")).unwrap();
     let f = tir::parse_and_check(&big).unwrap();
     let o = opt::optimize(&f, &t, tight).unwrap();
@@ -424,4 +424,35 @@ fn scales_merge_when_exact() {
         body(&out),
         ["%o = attention(%q, %k, %v) {causal = false, scale = 0.125} : bf16[2, 64, 16]", "return %o"]
     );
+}
+
+/// A long function is optimized region by region: each transposed-weight matmul
+/// still folds (cuts fall where the fewest values cross, not inside a pattern),
+/// names survive, a reshape round trip across a cut stays a value under its own
+/// name, and every region saturates instead of hitting the node limit.
+#[test]
+fn long_programs_are_optimized_region_by_region() {
+    let mut src = String::from("func @f(%x: f32[8, 16], %w: f32[16, 16]) -> (f32[8, 16], f32[8, 16]) {\n");
+    let mut prev = "x".to_string();
+    for i in 0..12 {
+        src.push_str(&format!("  %wt{i} = transpose(%w) {{perm = [1, 0]}}\n"));
+        src.push_str(&format!("  %m{i} = matmul(%{prev}, %wt{i})\n"));
+        src.push_str(&format!("  %y{i} = tanh(%m{i})\n"));
+        prev = format!("y{i}");
+    }
+    src.push_str("  %flat = reshape(%y0) {shape = [128]}\n  %back = reshape(%flat) {shape = [8, 16]}\n");
+    src.push_str(&format!("  return %{prev}, %back\n}}\n"));
+    let f = tir::parse_and_check(&src).unwrap();
+    let t = Target::builtin("jpu1").unwrap();
+    let limits = Limits { region_statements: 8, ..Limits::default() };
+    let o = opt::optimize(&f, &t, limits).unwrap();
+    assert_eq!(o.stop, "by region: Saturated x5");
+    let text = printer::print(&o.func);
+    for i in 0..12 {
+        assert!(text.contains(&format!("%m{i} = matmul(")) && !text.contains(&format!("%wt{i} =")), "{text}");
+    }
+    assert_eq!(text.matches("transpose_b = true").count(), 12, "{text}");
+    assert!(text.contains("%back = reshape(%y0) {shape = [8, 16]}"), "{text}");
+    assert!(text.contains("return %y11, %back"), "{text}");
+    assert!(o.cost_after < o.cost_before, "{} -> {}", o.cost_before, o.cost_after);
 }

@@ -232,13 +232,14 @@ impl Program {
 
     fn validate_tensors(&self, target: &Target) -> Result<(), ProgramError> {
         let mut spans: Vec<(u64, u64, &str)> = Vec::new();
+        let mut names = std::collections::HashSet::new();
         for t in &self.tensors {
             let at = format!("tensor `{}`", t.name);
             let fail = |message: String| Err(ProgramError { location: at.clone(), message });
             if !is_identifier(&t.name) {
                 return fail("name must be an identifier ([A-Za-z_][A-Za-z0-9_]*, at most 255 bytes)".into());
             }
-            if self.tensors.iter().filter(|o| o.name == t.name).count() > 1 {
+            if !names.insert(t.name.as_str()) {
                 return fail("is declared twice".into());
             }
             if t.shape.len() > 8 {
@@ -324,6 +325,7 @@ impl Program {
                 message: format!("{} strings but only {next} are used", self.debug_ops.len()),
             });
         }
+        let mut seen = std::collections::HashSet::new();
         for (i, s) in self.debug_ops.iter().enumerate() {
             if s.chars().any(char::is_control) {
                 return Err(ProgramError {
@@ -331,7 +333,7 @@ impl Program {
                     message: "contains a control character".into(),
                 });
             }
-            if self.debug_ops[..i].contains(s) {
+            if !seen.insert(s.as_str()) {
                 return Err(ProgramError {
                     location: format!("debug op {i}"),
                     message: "repeats an earlier string".into(),
@@ -346,16 +348,17 @@ impl Program {
     pub fn canonicalize_debug_ops(&mut self) {
         let old = std::mem::take(&mut self.debug_ops);
         let mut new: Vec<String> = Vec::new();
+        let mut index: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
         for core in &mut self.cores {
             for stream in core {
                 for inst in stream {
                     if let Some(d) = inst.debug {
-                        let s = &old[d as usize];
-                        let idx = new.iter().position(|n| n == s).unwrap_or_else(|| {
-                            new.push(s.clone());
-                            new.len() - 1
+                        let s = old[d as usize].as_str();
+                        let idx = *index.entry(s).or_insert_with(|| {
+                            new.push(s.to_string());
+                            new.len() as u32 - 1
                         });
-                        inst.debug = Some(idx as u32);
+                        inst.debug = Some(idx);
                     }
                 }
             }

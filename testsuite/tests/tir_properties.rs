@@ -118,7 +118,7 @@ proptest! {
     /// The optimizer succeeds on every program and keeps its signature; with the
     /// exact rule families (transpose folding, reshape cancellation, power-of-two
     /// scale folding) the optimized program computes bit for bit what the original
-    /// does.
+    /// does, optimized whole or region by region, and its results keep their names.
     #[test]
     fn optimizer_keeps_meaning(seed in any::<u64>()) {
         use jalc::opt::{optimize, optimize_with, rules, Limits};
@@ -141,10 +141,19 @@ proptest! {
                 Tensor::from_values(ty, &vals)
             })
             .collect();
-        let (a, b) = (eval(&f, &inputs).unwrap(), eval(&o.func, &inputs).unwrap());
-        for (x, y) in a.iter().zip(&b) {
-            let same = x.data.iter().zip(&y.data).all(|(p, q)| p.to_bits() == q.to_bits() || (p.is_nan() && q.is_nan()));
-            prop_assert!(same, "optimized program differs\n{}\n{}", src, printer::print(&o.func));
+        // Region by region (three statements each), too.
+        let small = Limits { region_statements: 3, ..Limits::default() };
+        let regions = optimize_with(&f, &t, small, &exact).unwrap_or_else(|e| panic!("{e}\n{src}"));
+        let a = eval(&f, &inputs).unwrap();
+        for g in [&o.func, &regions.func] {
+            prop_assert_eq!(types(g), types(&f));
+            let names = |g: &jalc::ir::Func| g.results.iter().map(|r| g.node(*r).name.clone()).collect::<Vec<_>>();
+            prop_assert_eq!(names(g), names(&f));
+            let b = eval(g, &inputs).unwrap();
+            for (x, y) in a.iter().zip(&b) {
+                let same = x.data.iter().zip(&y.data).all(|(p, q)| p.to_bits() == q.to_bits() || (p.is_nan() && q.is_nan()));
+                prop_assert!(same, "optimized program differs\n{}\n{}", src, printer::print(g));
+            }
         }
     }
 }

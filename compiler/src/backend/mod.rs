@@ -110,7 +110,15 @@ pub fn allocate(tp: &TileProgram, t: &Target) -> Result<Allocation, BackendError
     let (mut sram_high, mut psum_high) = (0u64, 0u64);
     let (sram_cap, psum_cap) = (t.sram.partition_bytes as u64, t.psum.banks.unwrap_or(1) as u64 * bank_bytes);
     let (mut sram_over, mut psum_over) = (None, None);
+    // The earliest start of any live range from buffer b on: a placed block that
+    // ends before it can overlap no later buffer, so it leaves the search (this
+    // keeps long programs linear; placement is unchanged).
+    let mut earliest_from = vec![usize::MAX; tp.buffers.len() + 1];
+    for b in (0..tp.buffers.len()).rev() {
+        earliest_from[b] = earliest_from[b + 1].min(live[b].map_or(usize::MAX, |r| r.0));
+    }
     for b in 0..tp.buffers.len() {
+        placed.retain(|(_, r, _, _)| r.1 >= earliest_from[b]);
         let buf = &tp.buffers[b];
         let bytes = tp.copy_bytes(b);
         let (stride, align) = match buf.space {

@@ -421,6 +421,11 @@ impl Builder {
         self.names.get(name).copied()
     }
 
+    /// The name of a value.
+    pub fn name(&self, v: ValueId) -> &str {
+        &self.func.nodes[v.0 as usize].name
+    }
+
     /// The type of a value.
     pub fn ty(&self, v: ValueId) -> &TensorType {
         &self.func.nodes[v.0 as usize].ty

@@ -15,7 +15,7 @@ use super::cost::Model;
 use super::{Choice, Shapes, TLang};
 use crate::error::CompileError;
 use crate::ir::ops::Attr;
-use crate::ir::{BinaryOp, Builder, Func, Op, Operand, Span};
+use crate::ir::{BinaryOp, Builder, Func, Node, Op, Operand, Span, ValueId};
 
 /// Per class: total cost, chosen node, and the cost of each class its sub-DAG needs.
 type Best = HashMap<Id, (f64, usize, Rc<BTreeMap<Id, f64>>)>;
@@ -142,18 +142,32 @@ pub fn original_choice(eg: &EGraph<TLang, Shapes>, expr: &RecExpr<TLang>, ids: &
     choice
 }
 
+/// What [`to_func`] rebuilds: the chosen node of each class, the class of each
+/// result and of each original value.
+pub struct Rebuilt<'a> {
+    /// The chosen node of each class.
+    pub choice: &'a Choice,
+    /// The class of each result.
+    pub results: &'a [Id],
+    /// The class of each original value (parameters included).
+    pub value_classes: &'a [Id],
+}
+
 /// Rebuilds a checked function from the chosen nodes through the IR's
 /// [`Builder`], so the result satisfies every IR invariant. Results keep their
 /// names, original values keep theirs and their spans; a value a rule created
 /// takes the span of the statement whose class it was found in (fused attention
-/// the matmul it replaced) or, when it is new, of the value that reads it.
+/// the matmul it replaced) or, when it is new, of the value that reads it, and a
+/// fresh name outside `reserved`. With `own_results`, a result that rewriting made
+/// another value (a parameter, another result) becomes a copy under its name.
 pub fn to_func(
     f: &Func,
     eg: &EGraph<TLang, Shapes>,
-    choice: &Choice,
-    results: &[Id],
-    value_classes: &[Id],
+    rebuilt: Rebuilt<'_>,
+    reserved: &HashSet<String>,
+    own_results: bool,
 ) -> Result<Func, CompileError> {
+    let Rebuilt { choice, results, value_classes } = rebuilt;
     let mut names: HashMap<Id, (String, Span)> = HashMap::new();
     for r in &f.results {
         let n = f.node(*r);
@@ -170,24 +184,20 @@ pub fn to_func(
         let id = builder.param(&n.name, n.ty.clone(), n.span.clone()).map_err(internal)?;
         done.insert(eg.find(value_classes[p.0 as usize]), Operand::Value(id));
     }
-    let used = f.nodes.iter().map(|n| n.name.clone()).collect();
-    let mut r = Rebuild { eg, choice, names, done, builder, fresh: 0, used };
+    let mut r = Rebuild { eg, choice, names, done, builder, fresh: 0, reserved };
     let mut rets = Vec::new();
     let mut copies = HashMap::new();
     for (res, v) in results.iter().zip(&f.results) {
         match r.visit(*res, &f.node(*v).span, 0)? {
-            // A computed result that rewriting reduced to a parameter (a reshape
-            // round trip) stays a value of its own: a copy under its name.
-            Operand::Value(id) if (id.0 as usize) < f.num_params && (v.0 as usize) >= f.num_params => {
+            // A result that rewriting made another value (a reshape round trip
+            // to a parameter, or to another result) stays a value of its own:
+            // a copy under its name.
+            Operand::Value(id) if own_results && r.builder.name(id) != f.node(*v).name => {
                 if let Some(copy) = copies.get(v) {
                     rets.push(*copy);
                     continue;
                 }
-                let n = f.node(*v);
-                let dims = Attr::List(n.ty.shape.iter().map(|&d| Attr::Int(d as i64)).collect());
-                let attrs = [("shape".to_string(), dims)];
-                let copy = r.builder.push(&n.name, "reshape", &[Operand::Value(id)], &attrs, None, n.span.clone());
-                let copy = copy.map_err(internal)?;
+                let copy = push_copy(&mut r.builder, f.node(*v), id)?;
                 copies.insert(*v, copy);
                 rets.push(copy);
             }
@@ -198,7 +208,14 @@ pub fn to_func(
     Ok(r.builder.finish(rets))
 }
 
-fn internal(e: crate::ir::check::BuildError) -> CompileError {
+/// A copy of `value` (a reshape to its own shape) named and placed as `like`.
+pub(crate) fn push_copy(builder: &mut Builder, like: &Node, value: ValueId) -> Result<ValueId, CompileError> {
+    let dims = Attr::List(like.ty.shape.iter().map(|&d| Attr::Int(d as i64)).collect());
+    let attrs = [("shape".to_string(), dims)];
+    builder.push(&like.name, "reshape", &[Operand::Value(value)], &attrs, None, like.span.clone()).map_err(internal)
+}
+
+pub(crate) fn internal(e: crate::ir::check::BuildError) -> CompileError {
     CompileError::internal(format!("the optimized program does not check: {e}"))
 }
 
@@ -210,7 +227,8 @@ struct Rebuild<'a> {
     done: HashMap<Id, Operand>,
     builder: Builder,
     fresh: usize,
-    used: HashSet<String>,
+    /// Names a fresh value must not take.
+    reserved: &'a HashSet<String>,
 }
 
 impl Rebuild<'_> {
@@ -284,7 +302,7 @@ impl Rebuild<'_> {
         loop {
             self.fresh += 1;
             let n = format!("o{}", self.fresh);
-            if self.used.insert(n.clone()) {
+            if !self.reserved.contains(&n) {
                 return (n, near.clone());
             }
         }

@@ -420,6 +420,7 @@ pub fn to_egraph_expr(f: &Func) -> Converted {
 }
 
 pub mod extract;
+pub mod region;
 
 /// Optimisation limits: counts only, so the result never depends on the
 /// machine's speed or load.
@@ -429,11 +430,14 @@ pub struct Limits {
     pub nodes: usize,
     /// Most iterations.
     pub iterations: usize,
+    /// Most statements optimized as one e-graph (longer functions go region by
+    /// region, see [`region`]); the node and iteration limits apply per region.
+    pub region_statements: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { nodes: 20_000, iterations: 16 }
+        Limits { nodes: 20_000, iterations: 16, region_statements: region::REGION_STATEMENTS }
     }
 }
 
@@ -445,7 +449,8 @@ pub struct Optimized {
     pub cost_before: f64,
     /// Estimated cycles of the extracted program.
     pub cost_after: f64,
-    /// Why the runner stopped.
+    /// Why the runner stopped (`Saturated`, `NodeLimit(..)`, ..; per region as
+    /// `by region: Saturated xN, ..`).
     pub stop: String,
 }
 
@@ -454,12 +459,46 @@ pub fn optimize(f: &Func, target: &jpu_isa::Target, limits: Limits) -> Result<Op
     optimize_with(f, target, limits, &rules::all())
 }
 
-/// Optimises `f` for `target` with the given rules.
+/// Optimises `f` for `target` with the given rules: as one e-graph, or region by
+/// region when it is longer than `limits.region_statements` (so time and
+/// memory grow linearly with the program, and the limits apply per region).
 pub fn optimize_with(
     f: &Func,
     target: &jpu_isa::Target,
     limits: Limits,
     rules: &[Rewrite<TLang, Shapes>],
+) -> Result<Optimized, crate::error::CompileError> {
+    let ranges = region::cuts(f, limits.region_statements.max(2));
+    if ranges.len() == 1 {
+        let names = f.nodes.iter().map(|n| n.name.clone()).collect();
+        return optimize_one(f, target, limits, rules, &names, true);
+    }
+    let mut stitch = Stitch::new(f)?;
+    let mut stops: BTreeMap<String, usize> = BTreeMap::new();
+    let (mut cost_before, mut cost_after) = (0.0, 0.0);
+    for range in ranges {
+        let r = region::region(f, range)?;
+        let o = optimize_one(&r.func, target, limits, rules, &stitch.used, false)?;
+        stitch.append(&r, &o.func)?;
+        *stops.entry(o.stop).or_default() += 1;
+        cost_before += o.cost_before;
+        cost_after += o.cost_after;
+    }
+    let stops: Vec<String> = stops.iter().map(|(s, n)| format!("{s} x{n}")).collect();
+    let stop = format!("by region: {}", stops.join(", "));
+    Ok(Optimized { func: stitch.finish(f)?, cost_before, cost_after, stop })
+}
+
+/// Optimises one function as one e-graph. `names` are the names fresh values
+/// must avoid; `own_results` makes a result that rewriting reduced to a
+/// parameter a copy of its own (a region's results may alias its parameters).
+fn optimize_one(
+    f: &Func,
+    target: &jpu_isa::Target,
+    limits: Limits,
+    rules: &[Rewrite<TLang, Shapes>],
+    names: &std::collections::HashSet<String>,
+    own_results: bool,
 ) -> Result<Optimized, crate::error::CompileError> {
     let conv = to_egraph_expr(f);
     let runner = Runner::<TLang, Shapes>::new(conv.analysis)
@@ -469,7 +508,7 @@ pub fn optimize_with(
         .with_time_limit(std::time::Duration::MAX)
         .with_expr(&conv.expr)
         .run(rules);
-    let stop = format!("{:?}", runner.stop_reason);
+    let stop = runner.stop_reason.as_ref().map_or("not run".to_string(), |r| format!("{r:?}"));
     let egraph = &runner.egraph;
     let model = cost::Model::new(target);
     let ids = expr_classes(egraph, &conv.expr);
@@ -491,8 +530,69 @@ pub fn optimize_with(
     let choice = extract::improve(egraph, &model, start, &result_classes);
     let cost_after = extract::total(egraph, &model, &choice, &result_classes);
     let value_classes: Vec<Id> = conv.values.iter().map(|v| ids[usize::from(*v)]).collect();
-    let func = extract::to_func(f, egraph, &choice, &result_classes, &value_classes)?;
+    let rebuild = extract::Rebuilt { choice: &choice, results: &result_classes, value_classes: &value_classes };
+    let func = extract::to_func(f, egraph, rebuild, names, own_results)?;
     Ok(Optimized { func, cost_before, cost_after, stop })
+}
+
+/// Optimized regions joined back into one function.
+struct Stitch {
+    builder: crate::ir::Builder,
+    /// Original value -> its value in the joined function.
+    values: HashMap<u32, crate::ir::ValueId>,
+    /// Every original name and every fresh name given so far.
+    used: std::collections::HashSet<String>,
+}
+
+impl Stitch {
+    /// The joined function's parameters: the original ones.
+    fn new(f: &Func) -> Result<Stitch, crate::error::CompileError> {
+        let mut builder = crate::ir::Builder::new(&f.name);
+        let mut values = HashMap::new();
+        for p in f.params() {
+            let n = f.node(p);
+            values.insert(p.0, builder.param(&n.name, n.ty.clone(), n.span.clone()).map_err(extract::internal)?);
+        }
+        Ok(Stitch { builder, values, used: f.nodes.iter().map(|n| n.name.clone()).collect() })
+    }
+
+    /// Appends the optimized form `g` of region `r`.
+    fn append(&mut self, r: &region::Region, g: &Func) -> Result<(), crate::error::CompileError> {
+        let mut local = HashMap::new();
+        for (i, p) in g.params().enumerate() {
+            local.insert(p.0, self.values[&r.inputs[i].0]);
+        }
+        for (i, node) in g.nodes.iter().enumerate().skip(g.num_params) {
+            let args: Vec<Operand> = node.operands.iter().map(|o| region::remap(o, &local)).collect();
+            let id = self.builder.push_op(&node.name, &node.op, &args, Some(&node.ty), node.span.clone());
+            local.insert(i as u32, id.map_err(extract::internal)?);
+            self.used.insert(node.name.clone());
+        }
+        for (k, res) in g.results.iter().enumerate() {
+            self.values.insert(r.outputs[k].0, local[&res.0]);
+        }
+        Ok(())
+    }
+
+    /// The joined function; a result whose value lost its name (rewriting
+    /// made it another value) is a copy under its name.
+    fn finish(mut self, f: &Func) -> Result<Func, crate::error::CompileError> {
+        let mut rets = Vec::new();
+        let mut copies = HashMap::new();
+        for r in &f.results {
+            let (id, n) = (self.values[&r.0], f.node(*r));
+            if self.builder.name(id) == n.name {
+                rets.push(id);
+            } else if let Some(copy) = copies.get(&r.0) {
+                rets.push(*copy);
+            } else {
+                let copy = extract::push_copy(&mut self.builder, n, id)?;
+                copies.insert(r.0, copy);
+                rets.push(copy);
+            }
+        }
+        Ok(self.builder.finish(rets))
+    }
 }
 
 /// The e-class of each node of `expr` in `egraph` (which contains it).

@@ -496,14 +496,16 @@ impl fmt::Display for TileProgram {
 pub fn link(inputs: &[&str], outputs: &[&str], names: &[String], parts: Vec<TileProgram>) -> TileProgram {
     let mut out = TileProgram { tensors: Vec::new(), buffers: Vec::new(), ops: Vec::new(), debug_ops: Vec::new() };
     let several = parts.len() > 1;
+    let mut by_name: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for (k, part) in parts.into_iter().enumerate() {
         let tensor_map: Vec<usize> = part
             .tensors
             .into_iter()
             .map(|mut t| {
-                if let Some(i) = out.tensors.iter().position(|o| o.name == t.name) {
-                    return i;
+                if let Some(i) = by_name.get(&t.name) {
+                    return *i;
                 }
+                by_name.insert(t.name.clone(), out.tensors.len());
                 t.role = if inputs.contains(&t.name.as_str()) {
                     Role::Input
                 } else if outputs.contains(&t.name.as_str()) {

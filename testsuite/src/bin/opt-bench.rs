@@ -1,7 +1,8 @@
 //! Optimizer benchmark: one program per rule family, its estimated cost (the
 //! optimizer's cost model) at -O0 and after optimization, and simulated cycles on
-//! jpu1 at -O0 (no rewriting, no fusion: every op a kernel) and -O2. Prints the
-//! table of docs/performance.md.
+//! jpu1 at -O0 (no rewriting, no fusion: every op a kernel) and -O2; then the
+//! compile time of elementwise chains of growing length (linear in program size:
+//! the e-graph runs region by region). Prints the tables of docs/performance.md.
 //!
 //! `cargo run --release -p jpu-testsuite --bin opt-bench`
 
@@ -68,5 +69,43 @@ fn main() {
             simulate(&f, &t, 0),
             simulate(&f, &t, 2)
         );
+    }
+    println!();
+    compile_time_by_size();
+}
+
+/// An elementwise chain of `n` statements (exp, tanh, sigmoid, neg in turn).
+fn chain(n: usize) -> String {
+    let ops = ["exp", "tanh", "sigmoid", "neg"];
+    let mut src = String::from("func @f(%x0: f32[4, 8]) -> f32[4, 8] {\n");
+    for i in 1..=n {
+        src.push_str(&format!("  %x{i} = {}(%x{})\n", ops[i % ops.len()], i - 1));
+    }
+    src.push_str(&format!("  return %x{n}\n}}\n"));
+    src
+}
+
+/// Median wall time of three compilations, in seconds.
+fn median_compile_seconds(f: &jalc::ir::Func, t: &Target, level: u8) -> f64 {
+    let mut times: Vec<f64> = (0..3)
+        .map(|_| {
+            let start = std::time::Instant::now();
+            jalc::driver::compile(f, t, &jalc::driver::Options::at(level)).expect("the chain compiles");
+            start.elapsed().as_secs_f64()
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[1]
+}
+
+fn compile_time_by_size() {
+    let t = Target::builtin("jpu-tiny").unwrap();
+    println!("| elementwise chain (jpu-tiny) | compile -O0 | compile -O2 | -O2 per 1000 statements | optimizer stop |");
+    println!("|---|---|---|---|---|");
+    for n in [1_000, 5_000, 10_000, 20_000] {
+        let f = jalc::front::tir::parse_and_check(&chain(n)).expect("the chain checks");
+        let stop = optimize(&f, &t, Limits::default()).expect("optimizes").stop;
+        let (o0, o2) = (median_compile_seconds(&f, &t, 0), median_compile_seconds(&f, &t, 2));
+        println!("| {n} statements | {o0:.2} s | {o2:.2} s | {:.3} s | {stop} |", o2 * 1000.0 / n as f64);
     }
 }
