@@ -12,6 +12,7 @@
 //! | [`cost`] | instruction timing from the target's rules |
 //! | [`numerics`] | dtype conversions and the portable math of VE and ACT (bit-exact) |
 //! | [`program`] | a whole program (tensors, semaphores, streams) and its validation |
+//! | [`accesses`] | what DMAs may do to tensors: containment, element size, roles |
 //! | [`jbin`] | the `.jbin` binary container |
 //! | [`jasm`] | the `.jasm` assembly text |
 //! | [`docgen`] | the generated instruction reference of docs/isa.md |
@@ -23,6 +24,7 @@
 
 #![deny(missing_docs)]
 
+pub mod accesses;
 pub mod bytes;
 pub mod check;
 pub mod cost;

@@ -226,6 +226,7 @@ impl Program {
             }
         }
         self.validate_tensors(target)?;
+        crate::accesses::validate_accesses(self, target)?;
         self.validate_semaphores(target)?;
         self.validate_debug_ops()
     }

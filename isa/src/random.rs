@@ -22,19 +22,41 @@ use crate::target::Target;
 
 /// A random valid program for `target`, determined by `seed`.
 pub fn random_program(seed: u64, target: &Target) -> Program {
-    let mut g = Gen { rng: StdRng::seed_from_u64(seed), t: target.clone() };
+    let mut g = Gen { rng: StdRng::seed_from_u64(seed), t: target.clone(), heaps: true };
     g.program()
 }
 
 /// A random valid operation for an engine of class `class` on `target`.
+/// HBM sides may lie anywhere in HBM (a program holding it needs a tensor of
+/// [`dma_dtype`] over all of HBM).
 pub fn random_op(seed: u64, target: &Target, class: EngineClass) -> Op {
-    let mut g = Gen { rng: StdRng::seed_from_u64(seed), t: target.clone() };
+    let mut g = Gen { rng: StdRng::seed_from_u64(seed), t: target.clone(), heaps: false };
     g.op(class)
 }
 
 struct Gen {
     rng: StdRng,
     t: Target,
+    /// HBM sides go to the heap of their element size ([`HEAP_BYTES`] each,
+    /// [`heap_base`]), so every side lies in a tensor of its element size.
+    heaps: bool,
+}
+
+/// Bytes of HBM given to the DMA sides of each element size.
+const HEAP_BYTES: u64 = 16 << 20;
+
+/// Where the heap of `elem`-byte elements starts: 0, 16 MiB, 32 MiB.
+fn heap_base(elem: u64) -> u64 {
+    elem.trailing_zeros() as u64 * HEAP_BYTES
+}
+
+/// The tensor dtype whose elements a DMA of `elem`-byte elements moves.
+pub fn dma_dtype(elem: u8) -> DType {
+    match elem {
+        1 => DType::I8,
+        2 => DType::Bf16,
+        _ => DType::F32,
+    }
 }
 
 const DEBUG_POOL: &[&str] =
@@ -63,35 +85,6 @@ impl Gen {
 
     fn program(&mut self) -> Program {
         let mut p = Program::new(&self.t);
-        let mut addr = 0u64;
-        for i in 0..self.range(0, 4) {
-            let dtype = self.pick(&DType::ALL);
-            let rank = self.range(0, 3) as usize;
-            let shape: Vec<u64> = (0..rank).map(|_| self.range(0, 6)).collect();
-            addr += self.range(0, 3) * 64;
-            let role = self.pick(&Role::ALL);
-            let mut t = TensorDecl { name: format!("t{i}"), dtype, shape, addr, role, data: Vec::new() };
-            if role == Role::Const {
-                t.data = (0..t.size_bytes()).map(|_| self.rng.random()).collect();
-            }
-            addr += t.size_bytes();
-            p.tensors.push(t);
-        }
-        for id in 0..self.t.sync.semaphores.min(8) as u8 {
-            if self.chance(0.4) {
-                p.semaphores.push(SemDecl { id, name: format!("s{id}") });
-            }
-        }
-        if self.chance(0.5) {
-            p.roofline = Some(RooflineInputs {
-                flops_f32: self.rng.random(),
-                flops_16bit: self.rng.random(),
-                flops_8bit: self.range(0, 1000),
-                input_bytes: self.range(0, 1 << 40),
-                output_bytes: self.range(0, 1 << 20),
-                transcendentals: 0,
-            });
-        }
         p.debug_ops = DEBUG_POOL.iter().map(|s| s.to_string()).collect();
         let cores = self.range(1, self.t.cores.min(2) as u64) as usize;
         p.cores = (0..cores)
@@ -111,8 +104,85 @@ impl Gen {
                     .collect()
             })
             .collect();
+        self.tensors(&mut p);
+        for id in 0..self.t.sync.semaphores.min(8) as u8 {
+            if self.chance(0.4) {
+                p.semaphores.push(SemDecl { id, name: format!("s{id}") });
+            }
+        }
+        if self.chance(0.5) {
+            let hbm = self.t.hbm.size_bytes;
+            p.roofline = Some(RooflineInputs {
+                flops_f32: self.rng.random(),
+                flops_16bit: self.rng.random(),
+                flops_8bit: self.range(0, 1000),
+                input_bytes: self.range(0, hbm),
+                output_bytes: self.range(0, hbm.min(1 << 20)),
+                transcendentals: 0,
+            });
+        }
         p.canonicalize_debug_ops();
         p
+    }
+
+    /// The tensors: a scratch heap of each element size under the random DMAs'
+    /// HBM sides of that size, then random tensors past them, each non-empty
+    /// output written by a DMA put first on a DMA stream (the rules of
+    /// [`crate::accesses`]).
+    fn tensors(&mut self, p: &mut Program) {
+        let mut ends = [0u64; 3];
+        for (_, _, _, inst) in p.instructions() {
+            if let Op::Dma { xfer } = &inst.op {
+                for side in [&xfer.src, &xfer.dst].into_iter().filter(|s| s.space == DmaSpace::Hbm) {
+                    let end = (side.addr as i128 + side.byte_extent().1 + xfer.elem_bytes as i128) as u64;
+                    let k = xfer.elem_bytes.trailing_zeros() as usize;
+                    ends[k] = ends[k].max(end);
+                }
+            }
+        }
+        let mut addr = 3 * HEAP_BYTES;
+        for (k, end) in ends.into_iter().enumerate().filter(|(_, end)| *end > 0) {
+            let (elem, base) = (1u64 << k, heap_base(1 << k));
+            let dtype = dma_dtype(elem as u8);
+            let shape = vec![(end - base) / elem];
+            let name = format!("heap{elem}");
+            p.tensors.push(TensorDecl { name, dtype, shape, addr: base, role: Role::Scratch, data: vec![] });
+        }
+        for i in 0..self.range(0, 4) {
+            let dtype = self.pick(&DType::ALL);
+            let rank = self.range(0, 3) as usize;
+            let shape: Vec<u64> = (0..rank).map(|_| self.range(0, 6)).collect();
+            addr = addr.next_multiple_of(64) + self.range(0, 3) * 64;
+            let role = self.pick(&Role::ALL);
+            let mut t = TensorDecl { name: format!("t{i}"), dtype, shape, addr, role, data: Vec::new() };
+            if role == Role::Const {
+                t.data = (0..t.size_bytes()).map(|_| self.rng.random()).collect();
+            }
+            addr += t.size_bytes();
+            if role == Role::Output && t.size_bytes() > 0 {
+                self.write_output(p, &t);
+            }
+            p.tensors.push(t);
+        }
+    }
+
+    /// Puts a DMA that writes all of `t` from SRAM first on the first DMA
+    /// stream of core 0 that has one.
+    fn write_output(&mut self, p: &mut Program, t: &TensorDecl) {
+        let elem = t.dtype.size_bytes() as u64;
+        let dims = [DmaDim { count: t.elems() as u32, stride: elem as i64 }];
+        let xfer = DmaTransfer {
+            elem_bytes: elem as u8,
+            src: DmaSide::new(DmaSpace::Sram, 0, &dims),
+            dst: DmaSide::new(DmaSpace::Hbm, t.addr, &dims),
+        };
+        let first_dma = (0..self.t.engines_per_core() as usize).find(|&e| Engine(e as u8).class() == EngineClass::Dma);
+        let e = first_dma.expect("every target has a DMA queue");
+        let stream = &mut p.cores[0][e];
+        if stream.is_empty() {
+            stream.push(Inst::new(Op::Halt {}));
+        }
+        stream.insert(0, Inst::new(Op::Dma { xfer }));
     }
 
     fn inst(&mut self, engine: Engine) -> Inst {
@@ -339,6 +409,7 @@ impl Gen {
 
     fn dma_side(&mut self, space: DmaSpace, elem: u64, counts: &[u64]) -> DmaSide {
         let limit = match space {
+            DmaSpace::Hbm if self.heaps => HEAP_BYTES,
             DmaSpace::Hbm => self.t.hbm.size_bytes,
             DmaSpace::Sram => self.t.sram.partitions as u64 * self.t.sram.partition_bytes as u64,
         };
@@ -364,6 +435,9 @@ impl Gen {
         let span = (max - min) / elem;
         let pick = if self.chance(0.5) { 0 } else { self.range(0, span.min(1 << 20)) };
         side.addr = min + pick * elem;
+        if space == DmaSpace::Hbm && self.heaps {
+            side.addr += heap_base(elem);
+        }
         side
     }
 

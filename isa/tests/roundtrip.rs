@@ -53,6 +53,17 @@ proptest! {
             // Text, inside a one-instruction program on an engine of the right class.
             let engine = match class { EngineClass::Pe => Engine::PE, EngineClass::Ve => Engine::VE, EngineClass::Act => Engine::ACT, _ => Engine::dma(0) };
             let mut p = Program::new(&t);
+            // A scratch tensor over all of HBM, of the DMA's element size, holds any side.
+            let elem = match &inst.op { jpu_isa::Op::Dma { xfer } => xfer.elem_bytes, _ => 1 };
+            let heap = jpu_isa::program::TensorDecl {
+                name: "heap".into(),
+                dtype: jpu_isa::random::dma_dtype(elem),
+                shape: vec![t.hbm.size_bytes / elem as u64],
+                addr: 0,
+                role: jpu_isa::program::Role::Scratch,
+                data: Vec::new(),
+            };
+            p.tensors.push(heap);
             p.cores[0][engine.0 as usize] = vec![inst, Inst::new(jpu_isa::Op::Halt {})];
             prop_assert!(p.validate(&t).is_ok(), "{:?}", p.validate(&t));
             assert_round_trips(&p, &t);

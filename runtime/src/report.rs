@@ -149,7 +149,8 @@ fn roofline(p: &Program, t: &Target, work: &ExecutedWork) -> Roofline {
     let bw = t.hbm.bytes_per_cycle.as_f64();
     let (source, f32f, f16, f8, bytes, trans) = match &p.roofline {
         Some(r) => {
-            ("recorded", r.flops_f32, r.flops_16bit, r.flops_8bit, r.input_bytes + r.output_bytes, r.transcendentals)
+            let io = r.input_bytes.saturating_add(r.output_bytes);
+            ("recorded", r.flops_f32, r.flops_16bit, r.flops_8bit, io, r.transcendentals)
         }
         None => {
             let io: u64 = p
@@ -157,7 +158,7 @@ fn roofline(p: &Program, t: &Target, work: &ExecutedWork) -> Roofline {
                 .iter()
                 .filter(|x| matches!(x.role, Role::Input | Role::Const | Role::Output))
                 .map(|x| x.size_bytes())
-                .sum();
+                .fold(0, u64::saturating_add);
             ("executed", work.flops_f32, work.flops_16bit, work.flops_8bit, io, work.transcendentals)
         }
     };

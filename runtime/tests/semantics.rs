@@ -49,26 +49,28 @@ fn run_case(
         let hex: String = bytes_of(op.dtype, &op.values).iter().map(|b| format!("{b:02x}")).collect();
         writeln!(src, ".tensor in{i}: {}[{}, {}] const @ 0x{addr:x} = \"{hex}\"", op.dtype, op.parts, op.elems)
             .unwrap();
-        addr += (op.values.len() * op.dtype.size_bytes() as usize) as u64 + 64;
+        addr = (addr + (op.values.len() * op.dtype.size_bytes() as usize) as u64).next_multiple_of(64);
     }
     for (i, (dtype, parts, elems, _)) in outputs.iter().enumerate() {
         writeln!(src, ".tensor out{i}: {dtype}[{parts}, {elems}] output @ 0x{addr:x}").unwrap();
-        addr += (parts * elems * dtype.size_bytes() as usize) as u64 + 64;
+        addr = (addr + (parts * elems * dtype.size_bytes() as usize) as u64).next_multiple_of(64);
     }
     src.push_str(".sem loaded = 0\n.sem computed = 1\n.core 0\n.stream dma0\n");
     for (i, op) in inputs.iter().enumerate() {
-        let row = op.elems * op.dtype.size_bytes() as usize;
+        let (size, elems) = (op.dtype.size_bytes(), op.elems);
+        let row = elems * size as usize;
         writeln!(
             src,
-            "    dma xfer=hbm[in{i}] [{} x {row}, {row} x 1] -> sram[0x{:x}] [{} x {pb}, {row} x 1] elem 1 signal loaded",
+            "    dma xfer=hbm[in{i}] [{} x {row}, {elems} x {size}] -> sram[0x{:x}] [{} x {pb}, {elems} x {size}] elem {size} signal loaded",
             op.parts, op.offset, op.parts
         )
         .unwrap();
     }
     for (i, (dtype, parts, elems, offset)) in outputs.iter().enumerate() {
-        let row = elems * dtype.size_bytes() as usize;
+        let size = dtype.size_bytes();
+        let row = elems * size as usize;
         let wait = if i == 0 { " wait computed>=1" } else { "" };
-        writeln!(src, "    dma xfer=sram[0x{offset:x}] [{parts} x {pb}, {row} x 1] -> hbm[out{i}] [{parts} x {row}, {row} x 1] elem 1{wait}")
+        writeln!(src, "    dma xfer=sram[0x{offset:x}] [{parts} x {pb}, {elems} x {size}] -> hbm[out{i}] [{parts} x {row}, {elems} x {size}] elem {size}{wait}")
             .unwrap();
     }
     writeln!(src, "    halt\n.stream {engine}").unwrap();
@@ -349,10 +351,10 @@ fn run_matmul_and_read(dtype: DType, k: usize, m: usize, n: usize, a: &[f32], b:
 .sem copied = 2
 .core 0
 .stream dma0
-    dma xfer=hbm[a] [{k} x {ra}, {ra} x 1] -> sram[0x0] [{k} x {pb}, {ra} x 1] elem 1 signal loaded
-    dma xfer=hbm[at] [{m} x {rat}, {rat} x 1] -> sram[0x200] [{m} x {pb}, {rat} x 1] elem 1 signal loaded
-    dma xfer=hbm[b] [{k} x {rb}, {rb} x 1] -> sram[0x400] [{k} x {pb}, {rb} x 1] elem 1 signal loaded
-    dma xfer=sram[0x800] [{m} x {pb}, {rc} x 1] -> hbm[c] [{m} x {rc}, {rc} x 1] elem 1 wait copied>=1
+    dma xfer=hbm[a] [{k} x {ra}, {m} x {s}] -> sram[0x0] [{k} x {pb}, {m} x {s}] elem {s} signal loaded
+    dma xfer=hbm[at] [{m} x {rat}, {k} x {s}] -> sram[0x200] [{m} x {pb}, {k} x {s}] elem {s} signal loaded
+    dma xfer=hbm[b] [{k} x {rb}, {n} x {s}] -> sram[0x400] [{k} x {pb}, {n} x {s}] elem {s} signal loaded
+    dma xfer=sram[0x800] [{m} x {pb}, {n} x 4] -> hbm[c] [{m} x {rc}, {n} x 4] elem 4 wait copied>=1
     halt
 .stream pe
     matmul dst=psum.{acc}[0:{m}, 0x0, [{n} x 1]], stationary=sram.{dtype}[0:{k}, 0x0, [{m} x 1]], moving=sram.{dtype}[0:{k}, 0x400, [{n} x 1]], accumulate=false, transposed=false wait loaded>=3
@@ -389,8 +391,8 @@ fn transpose_is_exact() {
 .tensor y: f32[{f}, {p}] output @ 0x1000
 .core 0
 .stream dma0
-    dma xfer=hbm[x] [{p} x {rx}, {rx} x 1] -> sram[0x0] [{p} x {pb}, {rx} x 1] elem 1 signal #0
-    dma xfer=sram[0x100] [{f} x {pb}, {ry} x 1] -> hbm[y] [{f} x {ry}, {ry} x 1] elem 1 wait #2>=1
+    dma xfer=hbm[x] [{p} x {rx}, {f} x 2] -> sram[0x0] [{p} x {pb}, {f} x 2] elem 2 signal #0
+    dma xfer=sram[0x100] [{f} x {pb}, {p} x 4] -> hbm[y] [{f} x {ry}, {p} x 4] elem 4 wait #2>=1
     halt
 .stream pe
     transpose dst=psum.f32[0:{f}, 0x0, [{p} x 1]], src=sram.bf16[0:{p}, 0x0, [{f} x 1]] wait #0>=1 signal #1

@@ -39,10 +39,15 @@ fn inst(op: Op, wait: Option<(u8, u32)>, signal: Option<u8>) -> Inst {
     Inst { op, wait: wait.map(|(sem, value)| Wait { sem, value }), signal, debug: None }
 }
 
-fn dma(src: DmaSide, dst: DmaSide) -> Op {
-    Op::Dma { xfer: DmaTransfer { elem_bytes: 1, src, dst } }
+/// A DMA of `elem`-byte elements between two row patterns made by [`side`].
+fn dma(elem: u64, mut src: DmaSide, mut dst: DmaSide) -> Op {
+    for side in [&mut src, &mut dst] {
+        side.dims[1] = DmaDim { count: side.dims[1].count / elem as u32, stride: elem as i64 };
+    }
+    Op::Dma { xfer: DmaTransfer { elem_bytes: elem as u8, src, dst } }
 }
 
+/// `rows` rows of `row_bytes` contiguous bytes, `row_stride` apart.
 fn side(space: DmaSpace, addr: u64, rows: u64, row_stride: i64, row_bytes: u64) -> DmaSide {
     DmaSide::new(
         space,
@@ -98,7 +103,7 @@ pub fn gemm(t: &Target, s: GemmSpec) -> Result<Program, String> {
         let row = s.k as u64 * esize;
         let src = side(DmaSpace::Hbm, a_addr + (mi * p_rows) as u64 * row, rows, row as i64, row);
         let dst = side(DmaSpace::Sram, a_off + mi as u64 * row, rows, pb as i64, row);
-        dma_streams[loads as usize % queues].push(inst(dma(src, dst), None, Some(LOADED)));
+        dma_streams[loads as usize % queues].push(inst(dma(esize, src, dst), None, Some(LOADED)));
         loads += 1;
     }
     for kc in 0..kt {
@@ -106,7 +111,7 @@ pub fn gemm(t: &Target, s: GemmSpec) -> Result<Program, String> {
         let row = s.n as u64 * esize;
         let src = side(DmaSpace::Hbm, b_addr + (kc * k_rows) as u64 * row, rows, row as i64, row);
         let dst = side(DmaSpace::Sram, b_off + kc as u64 * row, rows, pb as i64, row);
-        dma_streams[loads as usize % queues].push(inst(dma(src, dst), None, Some(LOADED)));
+        dma_streams[loads as usize % queues].push(inst(dma(esize, src, dst), None, Some(LOADED)));
         loads += 1;
     }
     let banks = t.psum.banks.unwrap_or(1) as usize;
@@ -164,7 +169,11 @@ pub fn gemm(t: &Target, s: GemmSpec) -> Result<Program, String> {
                 (s.n * 4) as i64,
                 row,
             );
-            dma_streams[tile_index % queues].push(inst(dma(src, dst), Some((EVACUATED, tile_index as u32 + 1)), None));
+            dma_streams[tile_index % queues].push(inst(
+                dma(4, src, dst),
+                Some((EVACUATED, tile_index as u32 + 1)),
+                None,
+            ));
             tile_index += 1;
         }
     }
@@ -201,19 +210,21 @@ pub fn gemm(t: &Target, s: GemmSpec) -> Result<Program, String> {
 /// timing-only throughput measurements.
 pub fn pipeline(t: &Target, stages: u32) -> Program {
     let mut p = Program::new(t);
-    p.tensors = vec![TensorDecl {
-        name: "x".into(),
-        dtype: DType::Bf16,
-        shape: vec![128, 512],
-        addr: 0,
-        role: Role::Input,
-        data: Vec::new(),
-    }];
     let pb = t.sram.partition_bytes as i64;
     let rows = t.pe.rows.min(t.sram.partitions) as u64;
     let n = (t.pe.max_moving_free as u64).min(t.psum_bank_bytes() as u64 / 4);
-    let load = dma(side(DmaSpace::Hbm, 0, rows, (n * 2) as i64, n * 2), side(DmaSpace::Sram, 0, rows, pb, n * 2));
+    let tensor = |name: &str, shape: Vec<u64>, addr: u64, role: Role| TensorDecl {
+        name: name.into(),
+        dtype: DType::Bf16,
+        shape,
+        addr,
+        role,
+        data: Vec::new(),
+    };
+    p.tensors = vec![tensor("x", vec![128, 512], 0, Role::Input), tensor("y", vec![rows, n], 0x100000, Role::Output)];
+    let load = dma(2, side(DmaSpace::Hbm, 0, rows, (n * 2) as i64, n * 2), side(DmaSpace::Sram, 0, rows, pb, n * 2));
     let store = dma(
+        2,
         side(DmaSpace::Sram, 0x4000 % (pb as u64 / 2), rows, pb, n * 2),
         side(DmaSpace::Hbm, 0x100000, rows, (n * 2) as i64, n * 2),
     );

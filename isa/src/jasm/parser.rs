@@ -5,7 +5,7 @@
 //! Each instruction is checked against the target as soon as it is read, and a
 //! broken constraint is reported at the span of the operand that breaks it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 
 use logos::Logos;
@@ -14,7 +14,7 @@ use super::lexer::{unescape, Tok};
 use crate::check::check_inst;
 use crate::dtype::DType;
 use crate::inst::{Engine, Inst, Op, Opcode, Wait};
-use crate::program::{is_identifier, Program, Role, RooflineInputs, SemDecl, TensorDecl};
+use crate::program::{is_identifier, Program, ProgramError, Role, RooflineInputs, SemDecl, TensorDecl};
 use crate::target::Target;
 
 /// Byte range in the source.
@@ -35,6 +35,8 @@ pub struct Parser<'s> {
     pos: usize,
     tensors: Vec<TensorDecl>,
     tensor_spans: Vec<Span>,
+    /// Non-empty tensors by address: start -> (end, index), disjoint.
+    tensor_ranges: BTreeMap<u64, (u64, usize)>,
     sems: HashMap<&'s str, u8>,
     field_spans: Vec<(&'static str, Span)>,
 }
@@ -300,6 +302,7 @@ pub fn assemble_with(src: &str, custom: Option<&Target>) -> Result<Program, Vec<
         pos: 0,
         tensors: Vec::new(),
         tensor_spans: Vec::new(),
+        tensor_ranges: BTreeMap::new(),
         sems: HashMap::new(),
         field_spans: Vec::new(),
     };
@@ -340,7 +343,7 @@ pub fn assemble_with(src: &str, custom: Option<&Target>) -> Result<Program, Vec<
         errors.sort_by_key(|e| e.span.start);
         return Err(errors);
     }
-    let program = build(p.tensors, st);
+    let program = build(p.tensors, &p.tensor_spans, st);
     program.map_err(|e| vec![e])
 }
 
@@ -452,19 +455,39 @@ fn parse_tensor(p: &mut Parser<'_>, st: &mut State<'_>) -> Result<(), AsmError> 
     } else if role == Role::Const {
         return Err(p.err(role_span, "a `const` tensor needs its bytes: `= \"00ff...\"`"));
     }
-    for (other, ospan) in p.tensors.iter().zip(&p.tensor_spans) {
-        if size > 0 && other.size_bytes() > 0 && addr < other.addr + other.size_bytes() && other.addr < end {
-            let line = line_of(p, ospan.start);
-            return Err(p.err(
-                addr_span,
-                format!("tensor `{name}` overlaps tensor `{}` (declared on line {line}) in HBM", other.name),
-            ));
-        }
+    // The declared tensors are disjoint: only the last one starting before
+    // `end` can overlap.
+    let before = p.tensor_ranges.range(..end).next_back().map(|(_, &(e, i))| (e, i));
+    if let Some((_, i)) = before.filter(|&(e, _)| size > 0 && e > addr) {
+        let (other, line) = (&p.tensors[i], line_of(p, p.tensor_spans[i].start));
+        return Err(p.err(
+            addr_span,
+            format!("tensor `{name}` overlaps tensor `{}` (declared on line {line}) in HBM", other.name),
+        ));
     }
     p.end_line()?;
+    if size > 0 {
+        p.tensor_ranges.insert(addr, (end, p.tensors.len()));
+    }
     p.tensors.push(t);
     p.tensor_spans.push(name_span);
     Ok(())
+}
+
+/// The source span of what a program-level rule names: an instruction
+/// (`core C ENGINE[I]`) or a tensor (``tensor `NAME` ``); else the file's start.
+fn program_error_span(e: &ProgramError, program: &Program, tensor_spans: &[Span], inst: &[Vec<Vec<Span>>]) -> Span {
+    let instruction = || {
+        let (core, rest) = e.location.strip_prefix("core ")?.split_once(' ')?;
+        let (engine, index) = rest.strip_suffix(']')?.split_once('[')?;
+        let e = Engine::from_name(engine)?;
+        inst.get(core.parse::<usize>().ok()?)?.get(e.0 as usize)?.get(index.parse::<usize>().ok()?).cloned()
+    };
+    let tensor = || {
+        let name = e.location.strip_prefix("tensor `")?.strip_suffix('`')?;
+        tensor_spans.get(program.tensors.iter().position(|t| t.name == name)?).cloned()
+    };
+    instruction().or_else(tensor).unwrap_or(0..0)
 }
 
 fn line_of(p: &Parser<'_>, offset: usize) -> usize {
@@ -657,7 +680,12 @@ fn check_stream_ends(st: &State<'_>, errors: &mut Vec<AsmError>) {
     }
 }
 
-fn build(tensors: Vec<TensorDecl>, st: State<'_>) -> Result<Program, AsmError> {
+fn build(tensors: Vec<TensorDecl>, tensor_spans: &[Span], st: State<'_>) -> Result<Program, AsmError> {
+    let inst_spans: Vec<Vec<Vec<Span>>> = st
+        .cores
+        .iter()
+        .map(|core| core.iter().map(|s| s.iter().map(|pi| pi.span.clone()).collect()).collect())
+        .collect();
     let mut debug_ops: Vec<String> = Vec::new();
     let mut index: HashMap<String, u32> = HashMap::new();
     let cores = st
@@ -694,9 +722,10 @@ fn build(tensors: Vec<TensorDecl>, st: State<'_>) -> Result<Program, AsmError> {
         cores,
         roofline: st.roofline,
     };
-    program
-        .validate(&st.target)
-        .map_err(|e| AsmError { span: 0..0, message: format!("internal: assembled program is invalid: {e}") })?;
+    if let Err(e) = program.validate(&st.target) {
+        let span = program_error_span(&e, &program, tensor_spans, &inst_spans);
+        return Err(AsmError { span, message: e.to_string() });
+    }
     debug_assert!(program.tensors.iter().all(|t| is_identifier(&t.name)));
     Ok(program)
 }

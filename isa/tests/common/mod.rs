@@ -6,7 +6,8 @@ use jpu_isa::{jasm, Inst, Program};
 /// Declarations every single-instruction test program starts with.
 pub const PRELUDE: &str = ".target \"jpu-tiny\"
 .tensor x: bf16[32, 64] input @ 0x0
-.tensor y: f32[32, 32] output @ 0x1000
+.tensor y: f32[32, 32] scratch @ 0x1000
+.tensor heap: f32[16384] scratch @ 0x2000
 .sem ready = 0
 .sem done = 3
 ";
