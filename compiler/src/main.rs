@@ -347,6 +347,7 @@ fn report_verification(
         obj["max_rel_error"] = serde_json::json!(v.max_rel_error);
         obj["mismatches"] = serde_json::json!(v.mismatches);
         obj["first_mismatch"] = serde_json::json!(v.first_mismatch);
+        obj["amplified"] = serde_json::json!(v.amplified);
         obj["target"] = serde_json::json!(t.name);
         obj["seed"] = serde_json::json!(seed);
         outln!("{obj}");
@@ -361,6 +362,9 @@ fn report_verification(
             r.cycles,
             100.0 * r.roofline_fraction
         );
+    }
+    if let (false, Some(first)) = (json, &v.amplified) {
+        outln!("  every kernel is within tolerance on its own inputs; end to end, error amplified ({first})");
     }
     if !v.passed {
         return Err(Failure::Fault(format!(
@@ -483,6 +487,7 @@ fn run(a: RunArgs<'_>) -> Result<(), Failure> {
         max_cycles: a.max_cycles,
         max_instructions: a.max_instructions,
         trace: a.trace.is_some(),
+        read_scratch: false,
     };
     let outcome = jpu_runtime::run(&program, &target, &inputs, &opts)
         .map_err(|f| Failure::Fault(format!("fault: {}: {f}", a.file.display())))?;

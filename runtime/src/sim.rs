@@ -48,6 +48,9 @@ pub struct RunOptions {
     pub max_instructions: Option<u64>,
     /// Record a trace slice per instruction.
     pub trace: bool,
+    /// Read back scratch tensors too (into [`Outcome::outputs`], after the
+    /// outputs), so a verifier can check every intermediate a program keeps.
+    pub read_scratch: bool,
 }
 
 impl Default for RunOptions {
@@ -59,6 +62,7 @@ impl Default for RunOptions {
             max_cycles: None,
             max_instructions: None,
             trace: false,
+            read_scratch: false,
         }
     }
 }
@@ -350,6 +354,7 @@ impl<'p> Sim<'p> {
                 .tensors
                 .iter()
                 .filter(|t| t.role == Role::Output)
+                .chain(self.p.tensors.iter().filter(|t| self.opts.read_scratch && t.role == Role::Scratch))
                 .map(|t| {
                     let mut buf = vec![0u8; t.size_bytes() as usize];
                     self.hbm.read(t.addr, &mut buf);

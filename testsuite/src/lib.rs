@@ -6,6 +6,7 @@
 //! add a case and review snapshots.
 
 pub mod bench;
+pub mod fuzz_checks;
 pub mod kernels;
 pub mod tir_gen;
 

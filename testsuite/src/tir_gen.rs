@@ -4,9 +4,11 @@
 //! [`random_tir`] builds, from a seed, source text that must check: every op of
 //! the language appears across seeds, with random dtypes, shapes, attributes,
 //! scalar literals (including infinities), broadcasting and multiple results.
+//! [`tir_from_bytes`] makes the same choices from a byte string, so a fuzzer's
+//! mutations steer the generator (`fuzz/`, target `compile_verify`).
 
 use rand::rngs::StdRng;
-use rand::{RngExt, SeedableRng};
+use rand::{Rng, RngExt, SeedableRng};
 
 const FLOATS: [&str; 5] = ["f32", "f16", "bf16", "f8e4m3", "f8e5m2"];
 
@@ -17,8 +19,8 @@ struct Val {
     shape: Vec<u64>,
 }
 
-struct Gen {
-    rng: StdRng,
+struct Gen<R> {
+    rng: R,
     params: Vec<Val>,
     values: Vec<Val>,
     body: Vec<String>,
@@ -29,7 +31,7 @@ fn ty(dtype: &str, shape: &[u64]) -> String {
     format!("{dtype}[{}]", shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "))
 }
 
-impl Gen {
+impl<R: Rng> Gen<R> {
     fn fresh(&mut self) -> String {
         self.next += 1;
         format!("v{}", self.next)
@@ -244,8 +246,18 @@ impl Gen {
 
 /// A random valid `.tir` function, determined by `seed`.
 pub fn random_tir(seed: u64) -> String {
-    let mut g =
-        Gen { rng: StdRng::seed_from_u64(seed), params: Vec::new(), values: Vec::new(), body: Vec::new(), next: 0 };
+    generate(StdRng::seed_from_u64(seed), &format!("seed {seed}"))
+}
+
+/// A valid `.tir` function whose every choice is read from `data` (then from a
+/// fixed stream once `data` runs out): any byte string gives a program that
+/// checks, and similar byte strings give similar programs.
+pub fn tir_from_bytes(data: &[u8]) -> String {
+    generate(ByteRng { data, at: 0, tail: data.len() as u64 }, &format!("{} bytes", data.len()))
+}
+
+fn generate<R: Rng>(rng: R, origin: &str) -> String {
+    let mut g = Gen { rng, params: Vec::new(), values: Vec::new(), body: Vec::new(), next: 0 };
     for _ in 0..g.rng.random_range(1..3) {
         let dt = FLOATS[g.rng.random_range(0..FLOATS.len())];
         let rank = g.rng.random_range(1..4);
@@ -262,10 +274,49 @@ pub fn random_tir(seed: u64) -> String {
     let rets = if rets.len() == 1 { rets[0].clone() } else { format!("({})", rets.join(", ")) };
     let names: Vec<String> = results.iter().map(|v| format!("%{}", v.name)).collect();
     format!(
-        "// generated (seed {seed})\nfunc @random({}) -> {} {{\n{}\n  return {}\n}}\n",
+        "// generated ({origin})\nfunc @random({}) -> {} {{\n{}\n  return {}\n}}\n",
         params.join(", "),
         rets,
         g.body.join("\n"),
         names.join(", ")
     )
+}
+
+/// Random words read from a byte string, then from a splitmix64 stream (so
+/// rejection sampling always ends).
+struct ByteRng<'a> {
+    data: &'a [u8],
+    at: usize,
+    tail: u64,
+}
+
+impl rand::TryRng for ByteRng<'_> {
+    type Error = std::convert::Infallible;
+
+    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+        Ok(self.try_next_u64()? as u32)
+    }
+
+    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+        if self.at < self.data.len() {
+            let mut word = [0u8; 8];
+            let n = (self.data.len() - self.at).min(8);
+            word[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+            self.at += n;
+            return Ok(u64::from_le_bytes(word));
+        }
+        self.tail = self.tail.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.tail;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        Ok(z ^ (z >> 31))
+    }
+
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
+        for chunk in dst.chunks_mut(8) {
+            let word = self.try_next_u64()?.to_le_bytes();
+            chunk.copy_from_slice(&word[..chunk.len()]);
+        }
+        Ok(())
+    }
 }

@@ -178,8 +178,8 @@ fn around(shape: &[u64], axis: usize) -> (usize, usize, usize) {
     (outer as usize, shape[axis] as usize, inner as usize)
 }
 
-/// Evaluates one node from the values before it.
-fn eval_node(node: &Node, values: &[Tensor]) -> Tensor {
+/// The value of one statement, given every earlier value.
+pub fn eval_node(node: &Node, values: &[Tensor]) -> Tensor {
     let ty = node.ty.clone();
     let arg = |i: usize| operand(values, node, i);
     match &node.op {
