@@ -221,72 +221,70 @@ pub fn check_inst(inst: &Inst, engine: Engine, t: &Target) -> Check {
     check_op(&inst.op, t)
 }
 
+/// `matmul`: operands in SRAM of one PE dtype, K within the PE's rows, M within
+/// its columns, N within the moving limit, and the result a PSUM tile that fits.
+fn check_matmul(dst: &Tile, stationary: &Tile, moving: &Tile, transposed: bool, t: &Target) -> Check {
+    check_tile("dst", dst, t)?;
+    check_tile("stationary", stationary, t)?;
+    check_tile("moving", moving, t)?;
+    in_space("stationary", stationary, Space::Sram)?;
+    in_space("moving", moving, Space::Sram)?;
+    if !moving.dtype.is_pe_operand() {
+        return fail(
+            "moving",
+            format!("{} is not a PE operand dtype (bf16, f16, f8e4m3, f8e5m2, i8, f32)", moving.dtype),
+        );
+    }
+    if stationary.dtype != moving.dtype {
+        return fail(
+            "stationary",
+            format!("dtype {} differs from the moving operand's {}", stationary.dtype, moving.dtype),
+        );
+    }
+    let k = moving.part_count as u64;
+    if k > t.pe.rows as u64 {
+        return fail("moving", format!("contraction dim K = {k} partitions exceeds the PE's {} rows", t.pe.rows));
+    }
+    let m = if transposed {
+        if stationary.free_elems() != k {
+            return fail(
+                "stationary",
+                format!(
+                    "transposed stationary must hold K = {k} elements per partition, found {}",
+                    stationary.free_elems()
+                ),
+            );
+        }
+        stationary.part_count as u64
+    } else {
+        if stationary.part_count != moving.part_count || stationary.part_start != moving.part_start {
+            return fail(
+                "stationary",
+                format!(
+                    "must cover the moving operand's K partitions {}:{} (found {}:{})",
+                    moving.part_start,
+                    moving.part_start as u32 + k as u32,
+                    stationary.part_start,
+                    stationary.part_start as u32 + stationary.part_count as u32
+                ),
+            );
+        }
+        stationary.free_elems()
+    };
+    if m > t.pe.cols as u64 {
+        return fail("stationary", format!("M = {m} exceeds the PE's {} columns", t.pe.cols));
+    }
+    let n = moving.free_elems();
+    if n > t.pe.max_moving_free as u64 {
+        return fail("moving", format!("N = {n} elements per partition exceeds the limit of {}", t.pe.max_moving_free));
+    }
+    check_pe_result("dst", dst, moving.dtype.accumulator(), m, n, t)
+}
+
 /// Checks an operation's operands against `target`.
 pub fn check_op(op: &Op, t: &Target) -> Check {
     match op {
-        Op::Matmul { dst, stationary, moving, transposed, .. } => {
-            check_tile("dst", dst, t)?;
-            check_tile("stationary", stationary, t)?;
-            check_tile("moving", moving, t)?;
-            in_space("stationary", stationary, Space::Sram)?;
-            in_space("moving", moving, Space::Sram)?;
-            if !moving.dtype.is_pe_operand() {
-                return fail(
-                    "moving",
-                    format!("{} is not a PE operand dtype (bf16, f16, f8e4m3, f8e5m2, i8, f32)", moving.dtype),
-                );
-            }
-            if stationary.dtype != moving.dtype {
-                return fail(
-                    "stationary",
-                    format!("dtype {} differs from the moving operand's {}", stationary.dtype, moving.dtype),
-                );
-            }
-            let k = moving.part_count as u64;
-            if k > t.pe.rows as u64 {
-                return fail(
-                    "moving",
-                    format!("contraction dim K = {k} partitions exceeds the PE's {} rows", t.pe.rows),
-                );
-            }
-            let m = if *transposed {
-                if stationary.free_elems() != k {
-                    return fail(
-                        "stationary",
-                        format!(
-                            "transposed stationary must hold K = {k} elements per partition, found {}",
-                            stationary.free_elems()
-                        ),
-                    );
-                }
-                stationary.part_count as u64
-            } else {
-                if stationary.part_count != moving.part_count || stationary.part_start != moving.part_start {
-                    return fail(
-                        "stationary",
-                        format!(
-                            "must cover the moving operand's K partitions {}:{} (found {}:{})",
-                            moving.part_start,
-                            moving.part_start as u32 + k as u32,
-                            stationary.part_start,
-                            stationary.part_start as u32 + stationary.part_count as u32
-                        ),
-                    );
-                }
-                stationary.free_elems()
-            };
-            if m > t.pe.cols as u64 {
-                return fail("stationary", format!("M = {m} exceeds the PE's {} columns", t.pe.cols));
-            }
-            let n = moving.free_elems();
-            if n > t.pe.max_moving_free as u64 {
-                return fail(
-                    "moving",
-                    format!("N = {n} elements per partition exceeds the limit of {}", t.pe.max_moving_free),
-                );
-            }
-            check_pe_result("dst", dst, moving.dtype.accumulator(), m, n, t)
-        }
+        Op::Matmul { dst, stationary, moving, transposed, .. } => check_matmul(dst, stationary, moving, *transposed, t),
         Op::Transpose { dst, src } => {
             check_tile("dst", dst, t)?;
             check_tile("src", src, t)?;

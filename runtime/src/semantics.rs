@@ -219,38 +219,7 @@ fn compare(cmp: CmpOp, v: i64) -> bool {
 pub fn execute_compute(op: &Op, mem: &mut CoreMemory) {
     match op {
         Op::Matmul { dst, stationary, moving, accumulate, transposed } => {
-            let k = moving.part_count as usize;
-            let n = moving.free_elems() as usize;
-            let m = dst.part_count as usize;
-            if moving.dtype.is_int() {
-                let s = read_tile_i32(mem, stationary);
-                let a = if *transposed { transpose(&s, m, k) } else { s };
-                let b = read_tile_i32(mem, moving);
-                let mut acc = if *accumulate { read_tile_i32(mem, dst) } else { vec![0; m * n] };
-                matmul_i32(&a, &b, &mut acc, k, m, n);
-                write_tile_i32(mem, dst, &acc);
-            } else {
-                let s = read_tile(mem, stationary);
-                let a = if *transposed {
-                    let t = transpose(&s, m, k);
-                    give_buffer(s);
-                    t
-                } else {
-                    s
-                };
-                let b = read_tile(mem, moving);
-                let mut acc = take_buffer();
-                if *accumulate {
-                    read_tile_into(mem, dst, &mut acc);
-                } else {
-                    acc.resize(m * n, 0.0);
-                }
-                matmul_f32(&a, &b, &mut acc, k, m, n);
-                write_tile(mem, dst, &acc);
-                give_buffer(a);
-                give_buffer(b);
-                give_buffer(acc);
-            }
+            matmul(mem, dst, stationary, moving, *accumulate, *transposed)
         }
         Op::Transpose { dst, src } => {
             let p = src.part_count as usize;
@@ -302,50 +271,12 @@ pub fn execute_compute(op: &Op, mem: &mut CoreMemory) {
                 .collect();
             write_tile(mem, dst, &out);
         }
-        Op::Copy { dst, src } => {
-            if src.dtype.is_int() && dst.dtype.is_int() {
-                // Integer copies are exact (i32 -> i8 saturates).
-                let v = read_tile_i32(mem, src);
-                let (buf, pb) = mem.space_mut(dst.space);
-                let offsets = tile_element_offsets(dst);
-                let mut i = 0;
-                for p in dst.part_start as usize..(dst.part_start + dst.part_count) as usize {
-                    for &o in &offsets {
-                        let a = ((p * pb) as i64 + dst.offset as i64 + o) as usize;
-                        match dst.dtype {
-                            DType::I8 => buf[a] = v[i].clamp(-128, 127) as i8 as u8,
-                            _ => buf[a..a + 4].copy_from_slice(&v[i].to_le_bytes()),
-                        }
-                        i += 1;
-                    }
-                }
-            } else {
-                let v = read_tile(mem, src);
-                write_tile(mem, dst, &v);
-            }
-        }
+        Op::Copy { dst, src } => copy(mem, dst, src),
         Op::Memset { dst, value } => {
             let n = dst.part_count as usize * dst.free_elems() as usize;
             write_tile(mem, dst, &vec![value.0; n]);
         }
-        Op::Iota { dst, base, partition_step, free_step } => {
-            let e = dst.free_elems() as i64;
-            let vals: Vec<i64> = (0..dst.part_count as i64)
-                .flat_map(|p| (0..e).map(move |i| *base as i64 + *partition_step as i64 * p + *free_step as i64 * i))
-                .collect();
-            if dst.dtype.is_int() {
-                let v: Vec<i32> = vals.iter().map(|&x| x.clamp(i32::MIN as i64, i32::MAX as i64) as i32).collect();
-                if dst.dtype == DType::I8 {
-                    let f: Vec<f32> = v.iter().map(|&x| x as f32).collect();
-                    write_tile(mem, dst, &f);
-                } else {
-                    write_tile_i32(mem, dst, &v);
-                }
-            } else {
-                let f: Vec<f32> = vals.iter().map(|&x| x as f32).collect();
-                write_tile(mem, dst, &f);
-            }
-        }
+        Op::Iota { dst, base, partition_step, free_step } => iota(mem, dst, *base, *partition_step, *free_step),
         Op::Select { cmp, dst, src, partition_step, free_step, base, fill } => {
             let v = read_tile(mem, src);
             let e = src.free_elems() as usize;
@@ -378,6 +309,88 @@ pub fn execute_compute(op: &Op, mem: &mut CoreMemory) {
             write_tile(mem, dst, &out);
         }
         Op::Dma { .. } | Op::Nop {} | Op::Halt {} => {}
+    }
+}
+
+/// `matmul`: the stationary operand (transposed when asked) times the moving
+/// one, written or accumulated into `dst`; integers exactly in i32, floats in f32.
+fn matmul(mem: &mut CoreMemory, dst: &Tile, stationary: &Tile, moving: &Tile, accumulate: bool, transposed: bool) {
+    let k = moving.part_count as usize;
+    let n = moving.free_elems() as usize;
+    let m = dst.part_count as usize;
+    if moving.dtype.is_int() {
+        let s = read_tile_i32(mem, stationary);
+        let a = if transposed { transpose(&s, m, k) } else { s };
+        let b = read_tile_i32(mem, moving);
+        let mut acc = if accumulate { read_tile_i32(mem, dst) } else { vec![0; m * n] };
+        matmul_i32(&a, &b, &mut acc, k, m, n);
+        write_tile_i32(mem, dst, &acc);
+    } else {
+        let s = read_tile(mem, stationary);
+        let a = if transposed {
+            let t = transpose(&s, m, k);
+            give_buffer(s);
+            t
+        } else {
+            s
+        };
+        let b = read_tile(mem, moving);
+        let mut acc = take_buffer();
+        if accumulate {
+            read_tile_into(mem, dst, &mut acc);
+        } else {
+            acc.resize(m * n, 0.0);
+        }
+        matmul_f32(&a, &b, &mut acc, k, m, n);
+        write_tile(mem, dst, &acc);
+        give_buffer(a);
+        give_buffer(b);
+        give_buffer(acc);
+    }
+}
+
+/// `copy`: `src` converted to `dst`'s dtype (integer to integer exactly, i32 to
+/// i8 saturating; otherwise through f32).
+fn copy(mem: &mut CoreMemory, dst: &Tile, src: &Tile) {
+    if src.dtype.is_int() && dst.dtype.is_int() {
+        // Integer copies are exact (i32 -> i8 saturates).
+        let v = read_tile_i32(mem, src);
+        let (buf, pb) = mem.space_mut(dst.space);
+        let offsets = tile_element_offsets(dst);
+        let mut i = 0;
+        for p in dst.part_start as usize..(dst.part_start + dst.part_count) as usize {
+            for &o in &offsets {
+                let a = ((p * pb) as i64 + dst.offset as i64 + o) as usize;
+                match dst.dtype {
+                    DType::I8 => buf[a] = v[i].clamp(-128, 127) as i8 as u8,
+                    _ => buf[a..a + 4].copy_from_slice(&v[i].to_le_bytes()),
+                }
+                i += 1;
+            }
+        }
+    } else {
+        let v = read_tile(mem, src);
+        write_tile(mem, dst, &v);
+    }
+}
+
+/// `iota`: element (p, i) is `base + partition_step p + free_step i`.
+fn iota(mem: &mut CoreMemory, dst: &Tile, base: i32, partition_step: i32, free_step: i32) {
+    let e = dst.free_elems() as i64;
+    let vals: Vec<i64> = (0..dst.part_count as i64)
+        .flat_map(|p| (0..e).map(move |i| base as i64 + partition_step as i64 * p + free_step as i64 * i))
+        .collect();
+    if dst.dtype.is_int() {
+        let v: Vec<i32> = vals.iter().map(|&x| x.clamp(i32::MIN as i64, i32::MAX as i64) as i32).collect();
+        if dst.dtype == DType::I8 {
+            let f: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+            write_tile(mem, dst, &f);
+        } else {
+            write_tile_i32(mem, dst, &v);
+        }
+    } else {
+        let f: Vec<f32> = vals.iter().map(|&x| x as f32).collect();
+        write_tile(mem, dst, &f);
     }
 }
 
