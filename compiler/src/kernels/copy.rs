@@ -8,6 +8,13 @@
 //!   output's `N * inner`-element rows.
 //! - `slice`: one box per index of the dims before the last two: rows of the
 //!   second-to-last dim, columns of the last.
+//! - `transpose` by any permutation other than a swap of the last two dims
+//!   (which the PE does, [`super::transpose`]): one box per index of the
+//!   output's leading dims, reading the input with the permuted strides. When
+//!   the last axis stays last, a box is rows of the output's second-to-last dim
+//!   with the last dim contiguous (the head split and merge `[S, H, D] <-> [H,
+//!   S, D]` is H boxes); otherwise each box is one output row gathered element
+//!   by element.
 
 use jpu_isa::program::Role;
 use jpu_isa::{DType, Target};
@@ -56,6 +63,9 @@ pub fn select(cx: &Ctx<'_>, i: usize) -> Result<CopyProblem, CompileError> {
             let inner: u64 = dims[*axis..].iter().product();
             outer > u32::MAX as u64 || inner > u32::MAX as u64
         }
+        Op::Transpose { perm } if perm.last().is_some_and(|&a| a + 1 != perm.len()) => {
+            dims.iter().any(|&d| d > u32::MAX as u64) || dims.iter().rev().skip(1).product::<u64>() > 1 << 20
+        }
         _ => dims.iter().any(|&d| d > u32::MAX as u64) || dims.iter().rev().skip(2).product::<u64>() > 1 << 20,
     };
     if too_big {
@@ -65,7 +75,8 @@ pub fn select(cx: &Ctx<'_>, i: usize) -> Result<CopyProblem, CompileError> {
     let boxes = match &node.op {
         Op::Concat { axis } => concat_boxes(&shapes, *axis, &node.ty.shape),
         Op::Slice { start, .. } => slice_boxes(&shapes[0], start, &node.ty.shape),
-        _ => return Err(unsupported(node, "is not a concat or a slice")),
+        Op::Transpose { perm } => permute_boxes(&shapes[0], perm),
+        _ => return Err(unsupported(node, "is not a concat, a slice or a transpose")),
     };
     Ok(CopyProblem {
         inputs,
@@ -146,17 +157,54 @@ pub fn concat_boxes(inputs: &[Vec<u64>], axis: usize, shape: &[u64]) -> Vec<(usi
     boxes
 }
 
+/// Row-major strides (in elements) of a tensor shaped `s`.
+fn strides(s: &[u64]) -> Vec<u64> {
+    let mut v = vec![1u64; s.len()];
+    for k in (0..s.len().saturating_sub(1)).rev() {
+        v[k] = v[k + 1] * s[k + 1];
+    }
+    v
+}
+
+/// The boxes of `transpose` by `perm` (output axis k is input axis `perm[k]`)
+/// of an input shaped `in_shape`.
+pub fn permute_boxes(in_shape: &[u64], perm: &[usize]) -> Vec<(usize, HbmBox, HbmBox)> {
+    let shape: Vec<u64> = perm.iter().map(|&a| in_shape[a]).collect();
+    let r = shape.len();
+    if r == 0 || shape.contains(&0) {
+        let unit = HbmBox { tensor: 0, start: 0, rows: 1, row_stride: 1, cols: 1 };
+        return if r == 0 { vec![(0, unit, HbmBox { tensor: 1, ..unit })] } else { Vec::new() };
+    }
+    let (si, so) = (strides(in_shape), strides(&shape));
+    // The box's rows run along output axis `row`; its columns are contiguous on
+    // both sides only when the last axis stays last.
+    let keeps_last = perm[r - 1] == r - 1;
+    let (row, cols) = if keeps_last { (r.checked_sub(2), shape[r - 1]) } else { (Some(r - 1), 1) };
+    let (rows, src_stride, dst_stride) = match row {
+        Some(k) => (shape[k], si[perm[k]], so[k]),
+        None => (1, cols, cols),
+    };
+    let lead = row.unwrap_or(0);
+    let count: u64 = shape[..lead].iter().product();
+    (0..count)
+        .map(|n| {
+            let (mut rest, mut src, mut dst) = (n, 0u64, 0u64);
+            for k in (0..lead).rev() {
+                let i = rest % shape[k];
+                rest /= shape[k];
+                src += i * si[perm[k]];
+                dst += i * so[k];
+            }
+            let box_at =
+                |tensor, start, row_stride| HbmBox { tensor, start, rows: rows as u32, row_stride, cols: cols as u32 };
+            (0, box_at(0, src, src_stride), box_at(1, dst, dst_stride))
+        })
+        .collect()
+}
+
 /// The boxes of `slice` from `start` of an input shaped `in_shape` into `shape`.
 pub fn slice_boxes(in_shape: &[u64], start: &[u64], shape: &[u64]) -> Vec<(usize, HbmBox, HbmBox)> {
     let r = shape.len();
-    // Row-major strides of the input and the output.
-    let strides = |s: &[u64]| -> Vec<u64> {
-        let mut v = vec![1u64; s.len()];
-        for k in (0..s.len().saturating_sub(1)).rev() {
-            v[k] = v[k + 1] * s[k + 1];
-        }
-        v
-    };
     let (si, so) = (strides(in_shape), strides(shape));
     let (rows, cols) = match r {
         0 => (1, 1),

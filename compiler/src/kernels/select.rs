@@ -61,7 +61,10 @@ fn by_kind(cx: &Ctx<'_>, i: usize, t: &Target) -> Result<(Vec<Box<dyn Kernel>>, 
     let node = &cx.f.nodes[i];
     Ok(match &node.op {
             Op::Matmul { .. } => one(gemm::select(cx, i, t)?),
-            Op::Transpose { .. } => (vec![Box::new(transpose::select(cx, i)?)], i),
+            Op::Transpose { perm } if crate::ir::swaps_last_two(perm) => {
+                (vec![Box::new(transpose::select(cx, i)?)], i)
+            }
+            Op::Transpose { .. } => (vec![Box::new(copy::select(cx, i)?)], i),
             Op::Cast { .. } | Op::Binary(_) | Op::Unary(_) | Op::Gelu { .. } | Op::Select => {
                 one(map::select_chain(cx, i, t)?)
             }
