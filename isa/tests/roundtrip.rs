@@ -77,17 +77,6 @@ fn example_binary() -> Vec<u8> {
     jbin::write(&jasm::assemble(src).expect("example assembles"))
 }
 
-fn fix_envelope(bytes: &mut [u8]) {
-    if bytes.len() < 68 {
-        return;
-    }
-    let len = bytes.len() as u64;
-    bytes[48..56].copy_from_slice(&len.to_le_bytes());
-    let crc_at = bytes.len() - 4;
-    let crc = crc32fast::hash(&bytes[..crc_at]);
-    bytes[crc_at..].copy_from_slice(&crc.to_le_bytes());
-}
-
 /// Reads a corrupted binary: it must not panic, and must either be rejected with a
 /// documented error or be a canonical encoding of a valid program.
 fn read_corrupt(bytes: &[u8], errors: &mut std::collections::BTreeMap<String, usize>) {
@@ -145,7 +134,7 @@ fn corrupted_binaries_never_panic() {
             // Half the cases keep a consistent length and checksum, so that the
             // structural checks behind the envelope are exercised too.
             if i % 2 == 0 {
-                fix_envelope(&mut bytes);
+                jbin::reseal(&mut bytes);
             }
             read_corrupt(&bytes, &mut errors);
             cases += 1;
@@ -168,14 +157,14 @@ fn wrong_target_and_version_are_rejected() {
     assert!(err.to_string().contains("program is for `jpu-tiny`, not `jpu1`"), "{err}");
     let mut newer = bytes.clone();
     newer[8] = 2;
-    fix_envelope(&mut newer);
+    jbin::reseal(&mut newer);
     assert!(jbin::read(&newer).unwrap_err().to_string().contains("format version 2"));
     let mut other_target = bytes.clone();
     other_target[16..32].copy_from_slice(b"jpu9\0\0\0\0\0\0\0\0\0\0\0\0");
-    fix_envelope(&mut other_target);
+    jbin::reseal(&mut other_target);
     assert!(matches!(jbin::read(&other_target), Err(JbinError::Target(_))));
     let mut bad_hash = bytes.clone();
     bad_hash[32] ^= 1;
-    fix_envelope(&mut bad_hash);
+    jbin::reseal(&mut bad_hash);
     assert!(jbin::read(&bad_hash).unwrap_err().to_string().contains("different description"));
 }
