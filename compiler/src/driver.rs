@@ -245,7 +245,15 @@ impl<'t> Compilation<'t> {
         let params: Vec<&str> = f.params().map(|p| f.node(p).name.as_str()).collect();
         let results: Vec<&str> = f.results.iter().map(|r| f.node(*r).name.as_str()).collect();
         let parts = kernels.iter().map(|k| k.lower(self.t)).collect();
-        let tiles = crate::tiles::link(&params, &results, &self.names, parts);
+        let mut tiles = crate::tiles::link(&params, &results, &self.names, parts);
+        // A kernel that reads a view declares the tensor under the view's
+        // shape; the tensor keeps the shape of the value it is named after.
+        let shapes: HashMap<&str, &[u64]> = f.nodes.iter().map(|n| (n.name.as_str(), n.ty.shape.as_slice())).collect();
+        for t in &mut tiles.tensors {
+            if let Some(shape) = shapes.get(t.name.as_str()) {
+                t.shape = shape.to_vec();
+            }
+        }
         tiles.validate(self.t).map_err(|e| CompileError::internal(format!("the tile program is invalid: {e}")))?;
         Ok(tiles)
     }

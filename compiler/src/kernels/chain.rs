@@ -296,11 +296,11 @@ fn tensor_operand(
     if p.ty.dtype != ty.dtype {
         return Err(unsupported(n, "mixes dtypes"));
     }
-    if let Some(k) = inputs.iter().position(|e| e.name == p.name) {
+    if let Some(k) = inputs.iter().position(|e| e.name == cx.tensor(v)) {
         return Ok(k);
     }
     let dtype = chip(ty.dtype, "a result", n)?;
-    inputs.push(EpilogueInput { name: p.name.clone(), dtype, shape: shape.clone(), broadcast });
+    inputs.push(EpilogueInput { name: cx.tensor(v), dtype, shape: shape.clone(), broadcast });
     Ok(inputs.len() - 1)
 }
 

@@ -1,4 +1,5 @@
-//! Copy kernels: `concat` and `slice` move elements between HBM tensors without
+//! Copy kernels: `concat`, and the `reshape`, `transpose` and `slice` ops that
+//! [`super::layout`] materialises, move elements between HBM tensors without
 //! touching them, so each is a list of HBM-to-HBM DMA boxes (no SRAM, no engine
 //! work; exact for every dtype).
 //!
@@ -6,19 +7,15 @@
 //!   `inner` the product after, input i (`n_i` along a) is one box of `outer`
 //!   rows of `n_i * inner` elements, placed at column `offset_i * inner` of the
 //!   output's `N * inner`-element rows.
-//! - `slice`: one box per index of the dims before the last two: rows of the
-//!   second-to-last dim, columns of the last.
-//! - `transpose` by any permutation other than a swap of the last two dims
-//!   (which the PE does, [`super::transpose`]): one box per index of the
-//!   output's leading dims, reading the input with the permuted strides. When
-//!   the last axis stays last, a box is rows of the output's second-to-last dim
-//!   with the last dim contiguous (the head split and merge `[S, H, D] <-> [H,
-//!   S, D]` is H boxes); otherwise each box is one output row gathered element
-//!   by element.
+//! - a view op reads its operand's tensor in place (the strides
+//!   [`super::layout`] derives) and writes its own, row-major: one box per
+//!   index of the leading dims ([`view_boxes`]). A swap of the last two dims of
+//!   a plain operand is the PE's ([`super::transpose`]) instead.
 
 use jpu_isa::program::Role;
 use jpu_isa::{DType, Target};
 
+use super::layout::{row_major, TensorView};
 use super::{chip, statement, unsupported, Ctx, Kernel, Work};
 use crate::error::CompileError;
 use crate::ir::{Op, Span};
@@ -46,48 +43,53 @@ pub struct CopyProblem {
     pub span: Span,
 }
 
-/// The copy kernel of the concat or slice at node `i`.
+/// The copy kernel of node `i`: a concat, or a reshape, transpose or slice
+/// that is materialised (read in place from its operand's tensor, written into
+/// its own).
 pub fn select(cx: &Ctx<'_>, i: usize) -> Result<CopyProblem, CompileError> {
     let node = &cx.f.nodes[i];
     let values = cx.hbm_values(node)?;
     let dtype = chip(node.ty.dtype, "a result", node)?;
-    let inputs: Vec<(String, Vec<u64>)> =
-        values.iter().map(|v| (cx.f.node(*v).name.clone(), cx.f.node(*v).ty.shape.clone())).collect();
-    let shapes: Vec<Vec<u64>> = inputs.iter().map(|(_, s)| s.clone()).collect();
-    // A box's rows and columns are DMA counts (32 bits); a slice has one box per
-    // index of the leading dims.
     let dims = &node.ty.shape;
-    let too_big = match &node.op {
+    let (inputs, boxes) = match &node.op {
         Op::Concat { axis } => {
+            // A box's rows and columns are DMA counts (32 bits).
             let outer: u64 = dims[..*axis].iter().product();
             let inner: u64 = dims[*axis..].iter().product();
-            outer > u32::MAX as u64 || inner > u32::MAX as u64
+            if outer > u32::MAX as u64 || inner > u32::MAX as u64 {
+                return Err(too_big(cx, i));
+            }
+            let inputs: Vec<(String, Vec<u64>)> =
+                values.iter().map(|v| (cx.tensor(*v), cx.f.node(*v).ty.shape.clone())).collect();
+            let shapes: Vec<Vec<u64>> = inputs.iter().map(|(_, s)| s.clone()).collect();
+            (inputs, concat_boxes(&shapes, *axis, dims))
         }
-        Op::Transpose { perm } if perm.last().is_some_and(|&a| a + 1 != perm.len()) => {
-            dims.iter().any(|&d| d > u32::MAX as u64) || dims.iter().rev().skip(1).product::<u64>() > 1 << 20
+        Op::Reshape { .. } | Op::Transpose { .. } | Op::Slice { .. } => {
+            let Some(view) = cx.view_through(i) else {
+                return Err(unsupported(node, "reads a value that is not contiguous in HBM"));
+            };
+            if dims.iter().any(|&d| d > u32::MAX as u64) || transfers(&view) > 1 << 20 {
+                return Err(too_big(cx, i));
+            }
+            (vec![(view.tensor.clone(), view.tensor_shape.clone())], view_boxes(&view))
         }
-        _ => dims.iter().any(|&d| d > u32::MAX as u64) || dims.iter().rev().skip(2).product::<u64>() > 1 << 20,
-    };
-    if too_big {
-        let what = "its copy needs more than 2^32 rows or columns in one transfer, or more than 2^20 transfers";
-        return Err(CompileError::limit(&statement(cx.f, i), what, node.span.clone()));
-    }
-    let boxes = match &node.op {
-        Op::Concat { axis } => concat_boxes(&shapes, *axis, &node.ty.shape),
-        Op::Slice { start, .. } => slice_boxes(&shapes[0], start, &node.ty.shape),
-        Op::Transpose { perm } => permute_boxes(&shapes[0], perm),
-        _ => return Err(unsupported(node, "is not a concat, a slice or a transpose")),
+        _ => return Err(unsupported(node, "is not a concat, a reshape, a transpose or a slice")),
     };
     Ok(CopyProblem {
         inputs,
         dtype,
-        output: node.name.clone(),
+        output: cx.tensor(crate::ir::ValueId(i as u32)),
         shape: node.ty.shape.clone(),
         boxes,
         text: statement(cx.f, i),
         node: i,
         span: node.span.clone(),
     })
+}
+
+fn too_big(cx: &Ctx<'_>, i: usize) -> CompileError {
+    let what = "its copy needs more than 2^32 rows or columns in one transfer, or more than 2^20 transfers";
+    CompileError::limit(&statement(cx.f, i), what, cx.f.nodes[i].span.clone())
 }
 
 impl Kernel for CopyProblem {
@@ -157,87 +159,78 @@ pub fn concat_boxes(inputs: &[Vec<u64>], axis: usize, shape: &[u64]) -> Vec<(usi
     boxes
 }
 
-/// Row-major strides (in elements) of a tensor shaped `s`.
-fn strides(s: &[u64]) -> Vec<u64> {
-    let mut v = vec![1u64; s.len()];
-    for k in (0..s.len().saturating_sub(1)).rev() {
-        v[k] = v[k + 1] * s[k + 1];
+/// How `view` splits into boxes: the axis a box's rows run along (`None`: one
+/// row), the box's columns, and whether they are contiguous in the source.
+fn box_shape(view: &TensorView) -> (Option<usize>, u64) {
+    let r = view.shape.len();
+    match r {
+        0 => (None, 1),
+        _ if view.strides[r - 1] == 1 || view.shape[r - 1] == 1 => (r.checked_sub(2), view.shape[r - 1]),
+        // The last dim is strided: each box is one output row gathered element by element.
+        _ => (Some(r - 1), 1),
     }
-    v
 }
 
-/// The boxes of `transpose` by `perm` (output axis k is input axis `perm[k]`)
-/// of an input shaped `in_shape`.
-pub fn permute_boxes(in_shape: &[u64], perm: &[usize]) -> Vec<(usize, HbmBox, HbmBox)> {
-    let shape: Vec<u64> = perm.iter().map(|&a| in_shape[a]).collect();
-    let r = shape.len();
-    if r == 0 || shape.contains(&0) {
-        let unit = HbmBox { tensor: 0, start: 0, rows: 1, row_stride: 1, cols: 1 };
-        return if r == 0 { vec![(0, unit, HbmBox { tensor: 1, ..unit })] } else { Vec::new() };
+/// The number of boxes [`view_boxes`] makes.
+fn transfers(view: &TensorView) -> u64 {
+    let view = merged(view);
+    let (row, _) = box_shape(&view);
+    view.shape[..row.unwrap_or(0)].iter().product()
+}
+
+/// `view` with size-1 dims dropped and neighbours merged where the outer one
+/// steps over exactly the inner one (the same elements in the same order, in
+/// fewer, longer runs).
+fn merged(view: &TensorView) -> TensorView {
+    let mut dims: Vec<(u64, u64)> = Vec::new();
+    for (&d, &s) in view.shape.iter().zip(&view.strides).filter(|(&d, _)| d != 1) {
+        match dims.last_mut() {
+            // A run stays a DMA count (32 bits).
+            Some(outer) if outer.1 == s.saturating_mul(d) && outer.0 * d <= u32::MAX as u64 => {
+                *outer = (outer.0 * d, s)
+            }
+            _ => dims.push((d, s)),
+        }
     }
-    let (si, so) = (strides(in_shape), strides(&shape));
-    // The box's rows run along output axis `row`; its columns are contiguous on
-    // both sides only when the last axis stays last.
-    let keeps_last = perm[r - 1] == r - 1;
-    let (row, cols) = if keeps_last { (r.checked_sub(2), shape[r - 1]) } else { (Some(r - 1), 1) };
+    TensorView {
+        shape: dims.iter().map(|x| x.0).collect(),
+        strides: dims.iter().map(|x| x.1).collect(),
+        ..view.clone()
+    }
+}
+
+/// The boxes copying `view` (any strides) into a row-major tensor of its shape:
+/// one box per index of the dims before the box's rows. When the last dim is
+/// contiguous a box is rows of the second-to-last dim (the head split `[S, H,
+/// D] -> [H, S, D]` is H boxes); otherwise one output row element by element.
+pub fn view_boxes(view: &TensorView) -> Vec<(usize, HbmBox, HbmBox)> {
+    if view.shape.contains(&0) {
+        return Vec::new();
+    }
+    let view = &merged(view);
+    let shape = &view.shape;
+    let out = row_major(shape);
+    let (row, cols) = box_shape(view);
     let (rows, src_stride, dst_stride) = match row {
-        Some(k) => (shape[k], si[perm[k]], so[k]),
+        Some(k) => (shape[k], view.strides[k], out[k]),
         None => (1, cols, cols),
     };
     let lead = row.unwrap_or(0);
     let count: u64 = shape[..lead].iter().product();
     (0..count)
         .map(|n| {
-            let (mut rest, mut src, mut dst) = (n, 0u64, 0u64);
+            let (mut rest, mut src, mut dst) = (n, view.offset, 0u64);
             for k in (0..lead).rev() {
                 let i = rest % shape[k];
                 rest /= shape[k];
-                src += i * si[perm[k]];
-                dst += i * so[k];
+                src += i * view.strides[k];
+                dst += i * out[k];
             }
             let box_at =
                 |tensor, start, row_stride| HbmBox { tensor, start, rows: rows as u32, row_stride, cols: cols as u32 };
             (0, box_at(0, src, src_stride), box_at(1, dst, dst_stride))
         })
         .collect()
-}
-
-/// The boxes of `slice` from `start` of an input shaped `in_shape` into `shape`.
-pub fn slice_boxes(in_shape: &[u64], start: &[u64], shape: &[u64]) -> Vec<(usize, HbmBox, HbmBox)> {
-    let r = shape.len();
-    let (si, so) = (strides(in_shape), strides(shape));
-    let (rows, cols) = match r {
-        0 => (1, 1),
-        1 => (1, shape[0]),
-        _ => (shape[r - 2], shape[r - 1]),
-    };
-    let lead = r.saturating_sub(2);
-    let count: u64 = shape[..lead].iter().product();
-    let mut boxes = Vec::new();
-    if rows == 0 || cols == 0 {
-        return boxes;
-    }
-    let (row_stride, out_stride) = if r >= 2 { (si[r - 2], so[r - 2]) } else { (cols, cols) };
-    for n in 0..count {
-        // The index over the leading dims, last dim fastest.
-        let mut rest = n;
-        let (mut src, mut dst) = (0u64, 0u64);
-        for k in (0..lead).rev() {
-            let i = rest % shape[k];
-            rest /= shape[k];
-            src += (start[k] + i) * si[k];
-            dst += i * so[k];
-        }
-        for k in lead..r {
-            src += start[k] * si[k];
-        }
-        boxes.push((
-            0,
-            HbmBox { tensor: 0, start: src, rows: rows as u32, row_stride, cols: cols as u32 },
-            HbmBox { tensor: 1, start: dst, rows: rows as u32, row_stride: out_stride, cols: cols as u32 },
-        ));
-    }
-    boxes
 }
 
 /// Lowers a copy kernel: one DMA per box.

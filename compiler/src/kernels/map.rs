@@ -18,7 +18,7 @@ use jpu_isa::{DType, Target};
 use super::chain::{chain, Broadcast, Chain, EpilogueInput, EpilogueStep};
 use super::{chip, statement, unsupported, Ctx, Field, Kernel, Work};
 use crate::error::CompileError;
-use crate::ir::{Node, Op, Operand, Span, ValueId};
+use crate::ir::{Op, Operand, Span, ValueId};
 use crate::tiles::{BufSlice, Buffer, BufferId, HbmBox, HbmTensor, TileOp, TileProgram};
 
 /// Widest block, in elements per partition.
@@ -85,23 +85,17 @@ pub fn select_chain(cx: &Ctx<'_>, i: usize, t: &Target) -> Result<(MapKernel, us
     if c.nodes.is_empty() {
         return Err(unsupported(node, "cannot run as an elementwise kernel yet"));
     }
-    kernel(cx, c, None, xn, &xn.ty.shape, None, t)
+    kernel(cx, c, None, x, &xn.ty.shape, None, t)
 }
 
-/// The kernel of a reshape (a copy in the result's view) or a const splat at
-/// node `i`, with the elementwise chain that consumes it; and its output node.
-pub fn select_lead(cx: &Ctx<'_>, i: usize, t: &Target) -> Result<(MapKernel, usize), CompileError> {
+/// The kernel of a const splat at node `i`, with the elementwise chain that
+/// consumes it; and its output node.
+pub fn select_const(cx: &Ctx<'_>, i: usize, t: &Target) -> Result<(MapKernel, usize), CompileError> {
     let node = &cx.f.nodes[i];
-    let (source, splat) = match node.op {
-        Op::Const { value } => (node, Some(value)),
-        _ => {
-            let [x] = cx.hbm_values(node)?[..] else { return Err(unsupported(node, "is malformed")) };
-            (cx.f.node(x), None)
-        }
-    };
+    let Op::Const { value } = node.op else { return Err(unsupported(node, "is not a const")) };
     let c = chain(cx, ValueId(i as u32), None, &node.ty)?;
-    let (mut k, out) = kernel(cx, c, Some(i), source, &node.ty.shape, splat, t)?;
-    k.p.splat_of = splat.map(|_| statement(cx.f, i));
+    let (mut k, out) = kernel(cx, c, Some(i), ValueId(i as u32), &node.ty.shape, Some(value), t)?;
+    k.p.splat_of = Some(statement(cx.f, i));
     Ok((k, out))
 }
 
@@ -111,14 +105,14 @@ pub fn select_lead(cx: &Ctx<'_>, i: usize, t: &Target) -> Result<(MapKernel, usi
 pub fn select_fill(cx: &Ctx<'_>, i: usize, value: f64, t: &Target) -> Result<(MapKernel, usize), CompileError> {
     let node = &cx.f.nodes[i];
     let p = MapProblem {
-        input: node.name.clone(),
+        input: cx.tensor(ValueId(i as u32)),
         input_shape: node.ty.shape.clone(),
         shape: node.ty.shape.clone(),
         dtype: chip(node.ty.dtype, "a result", node)?,
         steps: Vec::new(),
         inputs: Vec::new(),
         cast: None,
-        output: node.name.clone(),
+        output: cx.tensor(ValueId(i as u32)),
         nodes: vec![i],
         splat: Some(value),
         splat_of: Some(statement(cx.f, i)),
@@ -134,22 +128,23 @@ fn kernel(
     cx: &Ctx<'_>,
     c: Chain,
     lead: Option<usize>,
-    input: &Node,
+    input: ValueId,
     shape: &[u64],
     splat: Option<f64>,
     t: &Target,
 ) -> Result<(MapKernel, usize), CompileError> {
     let nodes: Vec<usize> = lead.into_iter().chain(c.nodes).collect();
     let first = &cx.f.nodes[nodes[0]];
+    let input_node = cx.f.node(input);
     let p = MapProblem {
-        input: input.name.clone(),
-        input_shape: input.ty.shape.clone(),
+        input: cx.tensor(input),
+        input_shape: input_node.ty.shape.clone(),
         shape: shape.to_vec(),
-        dtype: chip(input.ty.dtype, "an operand", first)?,
+        dtype: chip(input_node.ty.dtype, "an operand", first)?,
         steps: c.epilogue,
         inputs: c.epilogue_inputs,
         cast: c.cast,
-        output: cx.f.node(c.last).name.clone(),
+        output: cx.tensor(c.last),
         nodes,
         splat,
         splat_of: None,

@@ -24,6 +24,7 @@ pub mod attention;
 pub mod chain;
 pub mod copy;
 pub mod gemm;
+pub mod layout;
 pub mod map;
 pub mod mask;
 pub mod rows;
@@ -168,6 +169,8 @@ pub struct Ctx<'a> {
     pub in_hbm: Vec<bool>,
     /// Fuse chains into kernels.
     pub fuse: bool,
+    /// Which values are views of other values' tensors.
+    pub layout: layout::Layout,
 }
 
 /// The chip dtype of IR type `t` (i1 cannot live in HBM).
@@ -195,6 +198,45 @@ pub fn statement(f: &Func, i: usize) -> String {
 }
 
 impl Ctx<'_> {
+    /// The name of the HBM tensor holding value `v` (its own name, the name of
+    /// the tensor it is a view of, or the result's that aliases it).
+    pub fn tensor(&self, v: ValueId) -> String {
+        self.layout.names[self.layout.place[v.0 as usize].tensor].clone()
+    }
+
+    /// Value `v` as it sits in HBM.
+    pub fn view(&self, v: ValueId) -> layout::TensorView {
+        let place = &self.layout.place[v.0 as usize];
+        layout::TensorView {
+            tensor: self.layout.names[place.tensor].clone(),
+            tensor_shape: self.f.nodes[place.tensor].ty.shape.clone(),
+            shape: self.f.node(v).ty.shape.clone(),
+            offset: place.offset,
+            strides: place.strides.clone(),
+        }
+    }
+
+    /// View op `i`'s value read in place from its operand's tensor (what a
+    /// copy kernel materialises); `None` when it cannot be.
+    pub fn view_through(&self, i: usize) -> Option<layout::TensorView> {
+        let node = &self.f.nodes[i];
+        let Some(Operand::Value(a)) = node.operands.first() else { return None };
+        let from = self.view(*a);
+        let place = layout::Place { tensor: 0, offset: from.offset, strides: from.strides.clone() };
+        let p = place.derive(&node.op, &from.shape, &node.ty.shape)?;
+        Some(layout::TensorView { shape: node.ty.shape.clone(), offset: p.offset, strides: p.strides, ..from })
+    }
+
+    /// Marks value `v`'s tensor, and every value placed in it, as in HBM.
+    pub fn mark_in_hbm(&mut self, v: usize) {
+        let root = self.layout.place[v].tensor;
+        self.in_hbm[root] = true;
+        self.in_hbm[v] = true;
+        for &d in &self.layout.dependents[root] {
+            self.in_hbm[d] = true;
+        }
+    }
+
     /// The value operands of `node`, each of which must already be in HBM (a
     /// parameter or an earlier kernel's output).
     pub fn hbm_values(&self, node: &Node) -> Result<Vec<ValueId>, CompileError> {

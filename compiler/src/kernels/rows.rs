@@ -152,7 +152,7 @@ pub fn select(cx: &Ctx<'_>, i: usize, t: &Target) -> Result<(Vec<Box<dyn Kernel>
     }
     let params = values[1..]
         .iter()
-        .map(|v| Ok((cx.f.node(*v).name.clone(), chip(cx.f.node(*v).ty.dtype, "a norm parameter", node)?)))
+        .map(|v| Ok((cx.tensor(*v), chip(cx.f.node(*v).ty.dtype, "a norm parameter", node)?)))
         .collect::<Result<Vec<_>, CompileError>>()?;
     let (mut nodes, mut text) = (vec![i], vec![statement(cx.f, i)]);
     let mut out_dtype = chip(node.ty.dtype, "a result", node)?;
@@ -161,17 +161,18 @@ pub fn select(cx: &Ctx<'_>, i: usize, t: &Target) -> Result<(Vec<Box<dyn Kernel>
         text.push(format!("{} {{to = {to}}}", statement(cx.f, c)));
         nodes.push(c);
     }
-    let last = cx.f.node(ValueId(*nodes.last().unwrap_or(&i) as u32));
+    let out_node = *nodes.last().unwrap_or(&i);
+    let last = cx.f.node(ValueId(out_node as u32));
     let dtype = chip(x.ty.dtype, "an operand", node)?;
     let p = RowProblem {
         kind,
-        input: x.name.clone(),
+        input: cx.tensor(values[0]),
         input_shape: x.ty.shape.clone(),
         dtype,
         rows,
         len,
         params,
-        output: last.name.clone(),
+        output: cx.tensor(ValueId(out_node as u32)),
         output_shape: last.ty.shape.clone(),
         out_dtype,
         text,

@@ -15,7 +15,7 @@
 
 use jpu_isa::Target;
 
-use super::{attention, copy, gemm, map, mask, rows, transpose, unsupported, Ctx, Kernel};
+use super::{attention, copy, gemm, layout, map, mask, rows, transpose, unsupported, Ctx, Kernel};
 use crate::error::CompileError;
 use crate::ir::{Func, Op, Operand, ReduceKind, ValueId};
 
@@ -23,13 +23,16 @@ use crate::ir::{Func, Op, Operand, ReduceKind, ValueId};
 /// kernel of its own (the `-O0` baseline that measures what fusion is worth).
 pub fn select(f: &Func, t: &Target, fuse: bool) -> Result<Vec<Box<dyn Kernel>>, CompileError> {
     let live = live_values(f);
-    let mut cx =
-        Ctx { f, uses: live_uses(f, &live), in_hbm: (0..f.nodes.len()).map(|i| i < f.num_params).collect(), fuse };
+    let layout = layout::plan(f, &live);
+    let mut cx = Ctx { f, uses: live_uses(f, &live), in_hbm: vec![false; f.nodes.len()], fuse, layout };
+    for p in 0..f.num_params {
+        cx.mark_in_hbm(p);
+    }
     let mut done = vec![false; f.nodes.len()];
     let absorbed = mask::absorbed(f);
     let mut kernels: Vec<Box<dyn Kernel>> = Vec::new();
     for i in f.num_params..f.nodes.len() {
-        if done[i] || !live[i] || absorbed[i] {
+        if done[i] || !live[i] || absorbed[i] || cx.layout.folded[i] {
             continue;
         }
         let (mut selected, out): (Vec<Box<dyn Kernel>>, usize) = match constant_result(f, i)? {
@@ -41,7 +44,7 @@ pub fn select(f: &Func, t: &Target, fuse: bool) -> Result<Vec<Box<dyn Kernel>>, 
                 done[v] = true;
             }
         }
-        cx.in_hbm[out] = true;
+        cx.mark_in_hbm(out);
         kernels.append(&mut selected);
     }
     if let Some(r) = f.results.iter().find(|r| (r.0 as usize) < f.num_params) {
@@ -61,19 +64,19 @@ fn by_kind(cx: &Ctx<'_>, i: usize, t: &Target) -> Result<(Vec<Box<dyn Kernel>>, 
     let node = &cx.f.nodes[i];
     Ok(match &node.op {
             Op::Matmul { .. } => one(gemm::select(cx, i, t)?),
-            Op::Transpose { perm } if crate::ir::swaps_last_two(perm) => {
+            Op::Transpose { perm } if crate::ir::swaps_last_two(perm) && operand_is_plain(cx, i) => {
                 (vec![Box::new(transpose::select(cx, i)?)], i)
             }
-            Op::Transpose { .. } => (vec![Box::new(copy::select(cx, i)?)], i),
+            Op::Transpose { .. } | Op::Reshape { .. } | Op::Slice { .. } => (vec![Box::new(copy::select(cx, i)?)], i),
             Op::Cast { .. } | Op::Binary(_) | Op::Unary(_) | Op::Gelu { .. } | Op::Select => {
                 one(map::select_chain(cx, i, t)?)
             }
-            Op::Reshape { .. } | Op::Const { .. } => one(map::select_lead(cx, i, t)?),
+            Op::Const { .. } => one(map::select_const(cx, i, t)?),
             Op::Softmax { .. } | Op::RmsNorm { .. } | Op::LayerNorm { .. } | Op::Reduce { .. } => {
                 rows::select(cx, i, t)?
             }
             Op::Attention { .. } => (vec![Box::new(attention::select(cx, i, t)?)], i),
-            Op::Concat { .. } | Op::Slice { .. } => (vec![Box::new(copy::select(cx, i)?)], i),
+            Op::Concat { .. } => (vec![Box::new(copy::select(cx, i)?)], i),
             Op::Compare { .. } | Op::Iota { .. } => {
                 return Err(unsupported(
                     node,
@@ -82,6 +85,14 @@ fn by_kind(cx: &Ctx<'_>, i: usize, t: &Target) -> Result<(Vec<Box<dyn Kernel>>, 
             }
             Op::Param => return Err(unsupported(node, "is a parameter after the parameters")),
     })
+}
+
+/// Whether node `i`'s first operand is a whole tensor of its own, row-major.
+fn operand_is_plain(cx: &Ctx<'_>, i: usize) -> bool {
+    match cx.f.nodes[i].operands.first() {
+        Some(Operand::Value(v)) => cx.view(*v).is_plain(),
+        _ => false,
+    }
 }
 
 /// The value every element of node `i`'s result has when it does not depend on

@@ -44,10 +44,10 @@ pub fn select(cx: &Ctx<'_>, i: usize) -> Result<TransposeProblem, CompileError> 
     let [x] = cx.hbm_values(node)?[..] else { return Err(unsupported(node, "is malformed")) };
     let xn = cx.f.node(x);
     Ok(TransposeProblem {
-        input: xn.name.clone(),
+        input: cx.tensor(x),
         shape: xn.ty.shape.clone(),
         dtype: chip(xn.ty.dtype, "a transposed tensor", node)?,
-        output: node.name.clone(),
+        output: cx.tensor(crate::ir::ValueId(i as u32)),
         text: format!("%{} = transpose(%{})", node.name, xn.name),
         node: i,
         span: node.span.clone(),

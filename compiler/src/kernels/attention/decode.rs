@@ -3,8 +3,8 @@
 use jpu_isa::operand::{ActFunc, AluOp, ReduceOp, Space};
 use jpu_isa::DType;
 
-use super::{buffer, slice, tensors, AttentionPlan, AttentionProblem, TK, TO, TQ, TV};
-use crate::tiles::{Buffer, HbmBox, TileOp, TileProgram, TileScalar};
+use super::{buffer, rows_box, slice, tensors, AttentionPlan, AttentionProblem, TK, TO, TQ, TV};
+use crate::tiles::{Buffer, TileOp, TileProgram, TileScalar};
 
 /// The buffers of the decode path, indexed as the `Decode` path uses them (the constants below).
 pub(super) fn decode_buffers(p: &AttentionProblem, plan: &AttentionPlan) -> Vec<Buffer> {
@@ -140,10 +140,11 @@ impl<'a> Decode<'a> {
         }
     }
 
-    /// The first query row of group `g` (its heads are consecutive: one box).
-    fn first_row(&self, g: u64) -> u64 {
+    /// The first query head of group `g` (its heads are consecutive and, as
+    /// the plan checked, evenly spaced in HBM: one box).
+    fn first_head(&self, g: u64) -> u64 {
         let (b, kvh) = (g / self.p.hk, g % self.p.hk);
-        (b * self.p.hq + kvh * self.group) * self.p.sq
+        b * self.p.hq + kvh * self.group
     }
 
     /// Loads group `g`'s K and V chunks and its query rows into copy `g % 2`.
@@ -153,14 +154,12 @@ impl<'a> Decode<'a> {
         let c = (g % 2) as usize;
         for ci in 0..self.nc {
             let kk = kc.min(sk - ci * kc);
-            let row = g * sk + ci * kc;
-            let k_src = HbmBox { tensor: TK, start: row * d, rows: kk as u32, row_stride: d, cols: d as u32 };
+            let k_src = rows_box(&p.k, TK, (g, 1), ci * kc, kk);
             ops.push((TileOp::Load { dst: slice(K_ROWS, c, kk, ci * d, d), src: k_src, queue: None }, 0));
-            let v_src = HbmBox { tensor: TV, start: row * dv, rows: kk as u32, row_stride: dv, cols: dv as u32 };
+            let v_src = rows_box(&p.v, TV, (g, 1), ci * kc, kk);
             ops.push((TileOp::Load { dst: slice(V_ROWS, c, kk, ci * dv, dv), src: v_src, queue: None }, 0));
         }
-        let first_row = self.first_row(g);
-        let q_src = HbmBox { tensor: TQ, start: first_row * d, rows: mq as u32, row_stride: d, cols: d as u32 };
+        let q_src = rows_box(&p.q, TQ, (self.first_head(g), self.group), 0, mq);
         ops.push((TileOp::Load { dst: slice(Q_TILE, c, mq, 0, d), src: q_src, queue: None }, 0));
     }
 
@@ -344,8 +343,7 @@ impl<'a> Decode<'a> {
             reverse: false,
         };
         ops.push((divide, 0));
-        let first_row = self.first_row(g);
-        let dst = HbmBox { tensor: TO, start: first_row * dv, rows: mq as u32, row_stride: dv, cols: dv as u32 };
+        let dst = rows_box(&self.p.out, TO, (self.first_head(g), self.group), 0, self.mq);
         ops.push((TileOp::Store { dst, src: out }, 0));
     }
 }

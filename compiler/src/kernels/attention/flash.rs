@@ -5,7 +5,7 @@ use jpu_isa::operand::{ActFunc, AluOp, ReduceOp, Space};
 use jpu_isa::program::Role;
 use jpu_isa::DType;
 
-use super::{buffer, slice, tensors, AttentionPlan, AttentionProblem, TK, TO, TQ, TV};
+use super::{buffer, rows_box, slice, tensors, AttentionPlan, AttentionProblem, TK, TO, TQ, TV};
 use crate::tiles::{Buffer, HbmBox, HbmTensor, TileOp, TileProgram, TileScalar};
 
 /// Copies of the per-block statistics columns.
@@ -92,7 +92,7 @@ pub(super) fn lower(p: &AttentionProblem, plan: &AttentionPlan) -> TileProgram {
     let mut tensors = tensors(p);
     // With K^T in HBM, a window's K^T is loaded, not transposed.
     let tkt = p.k_transposed.as_ref().map(|name| {
-        let mut shape = p.shapes[1].clone();
+        let mut shape = p.k.shape.clone();
         let r = shape.len();
         shape.swap(r - 2, r - 1);
         tensors.push(HbmTensor { name: name.clone(), dtype: p.dtype, shape, role: Role::Input });
@@ -184,17 +184,10 @@ impl<'a> Flash<'a> {
             let r = w.a + c * kv_chunk;
             let kk = kv_chunk.min(w.b - r);
             if tkt.is_none() {
-                let k_src = HbmBox {
-                    tensor: TK,
-                    start: (w.group * sk + r) * d,
-                    rows: kk as u32,
-                    row_stride: d,
-                    cols: d as u32,
-                };
+                let k_src = rows_box(&self.p.k, TK, (w.group, 1), r, kk);
                 ops.push((TileOp::Load { dst: slice(K_ROWS, copy, kk, c * d, d), src: k_src, queue: None }, 0));
             }
-            let v_src =
-                HbmBox { tensor: TV, start: (w.group * sk + r) * dv, rows: kk as u32, row_stride: dv, cols: dv as u32 };
+            let v_src = rows_box(&self.p.v, TV, (w.group, 1), r, kk);
             ops.push((TileOp::Load { dst: slice(V_ROWS, copy, kk, c * dv, dv), src: v_src, queue: None }, 0));
         }
     }
@@ -241,10 +234,8 @@ impl<'a> Flash<'a> {
     fn load_q(&self, ops: &mut Vec<(TileOp, u32)>, ti: usize) {
         let tiles = &self.tiles;
         let d = self.p.d;
-        let sq = self.p.sq;
         let t = tiles[ti];
-        let src =
-            HbmBox { tensor: TQ, start: (t.head * sq + t.r0) * d, rows: t.parts(), row_stride: d, cols: d as u32 };
+        let src = rows_box(&self.p.q, TQ, (t.head, t.heads), t.r0, t.parts() as u64);
         ops.push((TileOp::Load { dst: slice(Q_TILE, ti % Q_COPIES, t.parts() as u64, 0, d), src, queue: None }, 0));
     }
 
@@ -377,7 +368,6 @@ impl<'a> Flash<'a> {
         let wc = self.wc;
         let kv_chunk = self.plan.kv_chunk;
         let dv = self.p.dv;
-        let sq = self.p.sq;
         let blk = blocks[bi];
         let t = tiles[blk.tile];
         let w = windows[blk.window];
@@ -412,13 +402,7 @@ impl<'a> Flash<'a> {
                 TileOp::Scalar { op: AluOp::Div, dst: out, src: o, scalar: TileScalar::Column(l), reverse: false },
                 0,
             ));
-            let dst = HbmBox {
-                tensor: TO,
-                start: (t.head * sq + t.r0) * dv,
-                rows: mq as u32,
-                row_stride: dv,
-                cols: dv as u32,
-            };
+            let dst = rows_box(&self.p.out, TO, (t.head, t.heads), t.r0, mq);
             ops.push((TileOp::Store { dst, src: out }, 0));
         }
     }

@@ -35,11 +35,13 @@ use jpu_isa::operand::Space;
 use jpu_isa::program::Role;
 use jpu_isa::{DType, Target};
 
+use super::layout::TensorView;
 use super::transpose::TransposeProblem;
 use super::{chip, statement, unsupported, Ctx, Field, Kernel, Work};
 use crate::error::CompileError;
+use crate::ir::ValueId;
 use crate::ir::{Op, Span};
-use crate::tiles::{BufSlice, Buffer, HbmTensor, TileProgram};
+use crate::tiles::{BufSlice, Buffer, HbmBox, HbmTensor, TileProgram};
 
 mod decode;
 mod flash;
@@ -50,14 +52,13 @@ use flash::flash_buffers;
 /// An attention kernel.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AttentionProblem {
-    /// Query, key and value tensors (names).
-    pub q: String,
+    /// Queries (`[.., heads, seq, dim]`), as they sit in HBM: a tensor of
+    /// their own or a view of another (the head split folded into the loads).
+    pub q: TensorView,
     /// Keys.
-    pub k: String,
+    pub k: TensorView,
     /// Values.
-    pub v: String,
-    /// Their shapes (`[.., heads, seq, dim]`).
-    pub shapes: [Vec<u64>; 3],
+    pub v: TensorView,
     /// Operand dtype (q, k and v share it).
     pub dtype: DType,
     /// Leading (batch) elements.
@@ -78,10 +79,9 @@ pub struct AttentionProblem {
     pub causal: bool,
     /// Multiplies the scores (positive).
     pub scale: f32,
-    /// The result's name.
-    pub output: String,
-    /// Its shape.
-    pub out_shape: Vec<u64>,
+    /// The result, as it is stored: its own tensor, or a transpose's that the
+    /// kernel writes in place (the head merge folded into the stores).
+    pub out: TensorView,
     /// The dtype stored.
     pub out_dtype: DType,
     /// The IR statements the kernel implements.
@@ -136,11 +136,17 @@ pub fn select(cx: &Ctx<'_>, i: usize, t: &Target) -> Result<AttentionKernel, Com
         ),
         ));
     }
+    let mut text = vec![format!("{} {{causal = {causal}, scale = {scale}}}", statement(cx.f, i))];
+    let mut nodes = vec![i];
+    let stored_in = cx.layout.place[i].tensor;
+    if stored_in != i {
+        text.push(statement(cx.f, stored_in));
+        nodes.push(stored_in);
+    }
     let p = AttentionProblem {
-        q: qn.name.clone(),
-        k: kn.name.clone(),
-        v: vn.name.clone(),
-        shapes: [qn.ty.shape.clone(), kn.ty.shape.clone(), vn.ty.shape.clone()],
+        q: cx.view(q),
+        k: cx.view(k),
+        v: cx.view(v),
         dtype,
         batch: qn.ty.shape[..r - 3].iter().product(),
         hq,
@@ -151,11 +157,10 @@ pub fn select(cx: &Ctx<'_>, i: usize, t: &Target) -> Result<AttentionKernel, Com
         dv,
         causal,
         scale: scale as f32,
-        output: node.name.clone(),
-        out_shape: node.ty.shape.clone(),
+        out: cx.view(ValueId(i as u32)),
         out_dtype: chip(node.ty.dtype, "a result", node)?,
-        text: vec![format!("{} {{causal = {causal}, scale = {scale}}}", statement(cx.f, i))],
-        nodes: vec![i],
+        text,
+        nodes,
         k_transposed: None,
         span: node.span.clone(),
     };
@@ -221,7 +226,7 @@ impl Kernel for AttentionKernel {
     }
 
     fn rounded_probabilities(&self) -> Option<(&str, DType)> {
-        Some((&self.p.v, self.p.dtype))
+        Some((&self.p.v.tensor, self.p.dtype))
     }
 
     fn kind(&self) -> &'static str {
@@ -229,7 +234,7 @@ impl Kernel for AttentionKernel {
     }
 
     fn output(&self) -> &str {
-        &self.p.output
+        &self.p.out.tensor
     }
 
     fn nodes(&self) -> &[usize] {
@@ -259,11 +264,13 @@ impl Kernel for AttentionKernel {
         }
         self.plan = plan;
         let p = &mut self.p;
-        if self.plan.resident(p) || self.plan.decode {
+        // K^T comes from a whole tensor of K's own; a view of one is transposed per window.
+        if self.plan.resident(p) || self.plan.decode || !p.k.is_plain() {
             return Ok(Vec::new());
         }
-        let k_t = format!("{}__k_t", p.output);
-        let transpose = TransposeProblem::scratch(&p.k, &p.shapes[1], p.dtype, &k_t, (&p.text[0], p.nodes[0], &p.span));
+        let k_t = format!("{}__k_t", p.out.tensor);
+        let transpose =
+            TransposeProblem::scratch(&p.k.tensor, &p.k.shape, p.dtype, &k_t, (&p.text[0], p.nodes[0], &p.span));
         p.k_transposed = Some(k_t);
         Ok(vec![Box::new(transpose)])
     }
@@ -284,7 +291,7 @@ impl Kernel for AttentionKernel {
             if a.causal { ", causal" } else { "" },
             a.out_dtype,
             if plan.resident(a) { " (K/V resident per kv head)" } else { " (K/V streamed per block)" }
-        )
+        ) + &a.views_text()
     }
 
     fn tile_ops(&self, _: &Target) -> u64 {
@@ -382,6 +389,7 @@ impl AttentionPlan {
         let psum_banks = t.psum.banks.unwrap_or(1) as u64;
         self.decode = p.sq <= 16
             && mq <= self.q_tile
+            && p.packs()
             && cols <= self.bank_cols
             && p.dv.div_ceil(self.d_chunk) * mq <= self.bank_cols
             && psum_banks >= 3
@@ -396,6 +404,27 @@ impl AttentionPlan {
 }
 
 impl AttentionProblem {
+    /// Whether every group's query rows, and its result rows, are evenly
+    /// spaced in HBM (so that one box holds a tile of the group's heads packed).
+    pub fn packs(&self) -> bool {
+        let group = self.group();
+        (0..self.batch * self.hk).all(|g| {
+            let first = g / self.hk * self.hq + g % self.hk * group;
+            even_rows(&self.q, first, group, self.sq).is_some() && even_rows(&self.out, first, group, self.sq).is_some()
+        })
+    }
+
+    /// `--emit kernels` lines for the operands read, and the result written,
+    /// through a view of another tensor.
+    fn views_text(&self) -> String {
+        let views = [("q", &self.q), ("k", &self.k), ("v", &self.v), ("out", &self.out)];
+        views
+            .iter()
+            .filter(|(_, v)| !v.describe().is_empty())
+            .map(|(what, v)| format!("  {what} in place: {}\n", v.describe()))
+            .collect()
+    }
+
     /// Query heads per KV head.
     pub fn group(&self) -> u64 {
         self.hq / self.hk
@@ -446,8 +475,8 @@ impl AttentionProblem {
             .find(|&(b, s, o)| b * s as u64 + o as u64 + K_T_BANKS <= banks)
             .ok_or_else(|| format!("attention needs 4 PSUM banks; {} has {banks}", t.name))?;
         let group = self.group();
-        let heads_per_tile =
-            if group > 1 && group * self.sq <= q_tile && (!self.causal || self.sq == 1) { group } else { 1 };
+        let packs = group > 1 && group * self.sq <= q_tile && (!self.causal || self.sq == 1) && self.packs();
+        let heads_per_tile = if packs { group } else { 1 };
         let cap = t.sram.partition_bytes as u64;
         let mut plan = AttentionPlan {
             kv_chunk,
@@ -496,13 +525,49 @@ pub fn lower(p: &AttentionProblem, plan: &AttentionPlan) -> TileProgram {
     }
 }
 
+/// The stride between the rows `0..rows` of heads `head..head + heads` of
+/// `view`, packed head after head, when they are evenly spaced.
+fn even_rows(view: &TensorView, head: u64, heads: u64, rows: u64) -> Option<u64> {
+    let starts = (head..head + heads).flat_map(|h| (0..rows).map(move |r| view.row_start(h, r)));
+    let mut stride = None;
+    let mut prev: Option<u64> = None;
+    for at in starts {
+        if let Some(p) = prev {
+            let step = at.checked_sub(p)?;
+            if *stride.get_or_insert(step) != step {
+                return None;
+            }
+        }
+        prev = Some(at);
+    }
+    Some(stride.unwrap_or(view.row_stride()))
+}
+
+/// The box of `tensor` (whose view is `view`) holding `rows` rows from row `r0`
+/// of head `head` (`heads` heads packed from row 0 when more than one), `cols`
+/// columns each.
+pub(super) fn rows_box(view: &TensorView, tensor: usize, (head, heads): (u64, u64), r0: u64, rows: u64) -> HbmBox {
+    let cols = view.shape.last().copied().unwrap_or(1) as u32;
+    let row_stride = if heads > 1 {
+        even_rows(view, head, heads, rows / heads).unwrap_or(view.row_stride())
+    } else {
+        view.row_stride()
+    };
+    HbmBox { tensor, start: view.row_start(head, r0), rows: rows as u32, row_stride, cols }
+}
+
 /// The tensors of both paths: q, k, v, the output.
 fn tensors(p: &AttentionProblem) -> Vec<HbmTensor> {
     vec![
-        HbmTensor { name: p.q.clone(), dtype: p.dtype, shape: p.shapes[0].clone(), role: Role::Input },
-        HbmTensor { name: p.k.clone(), dtype: p.dtype, shape: p.shapes[1].clone(), role: Role::Input },
-        HbmTensor { name: p.v.clone(), dtype: p.dtype, shape: p.shapes[2].clone(), role: Role::Input },
-        HbmTensor { name: p.output.clone(), dtype: p.out_dtype, shape: p.out_shape.clone(), role: Role::Output },
+        HbmTensor { name: p.q.tensor.clone(), dtype: p.dtype, shape: p.q.tensor_shape.clone(), role: Role::Input },
+        HbmTensor { name: p.k.tensor.clone(), dtype: p.dtype, shape: p.k.tensor_shape.clone(), role: Role::Input },
+        HbmTensor { name: p.v.tensor.clone(), dtype: p.dtype, shape: p.v.tensor_shape.clone(), role: Role::Input },
+        HbmTensor {
+            name: p.out.tensor.clone(),
+            dtype: p.out_dtype,
+            shape: p.out.tensor_shape.clone(),
+            role: Role::Output,
+        },
     ]
 }
 
