@@ -1,7 +1,7 @@
 //! Elementwise kernels: a chain of elementwise steps over one HBM tensor, for
-//! elementwise ops no matmul epilogue absorbs, and reshapes (a copy with no steps,
-//! or the first link of a chain: row-major elements are the same in both shapes),
-//! and `const` splats (each block set by the VE instead of loaded, then the chain).
+//! elementwise ops no matmul epilogue absorbs, and `const` splats (each block set
+//! by the VE instead of loaded, then the chain). Reshapes are not kernels: they
+//! are read in place ([`super::layout`]) or copied ([`super::copy`]).
 //!
 //! The tensor is viewed as `rows x cols` (its last dim is `cols`); each work item
 //! is a block of up to one partition per row and [`MAX_COLS`] columns (fewer when

@@ -11,11 +11,11 @@
 //! | kind | file | computes |
 //! |---|---|---|
 //! | `gemm` | [`gemm`] | a matmul with its fused elementwise epilogue ([`chain`]) |
-//! | `map` | [`map`] | an elementwise chain, a reshape, a const splat |
+//! | `map` | [`map`] | an elementwise chain, a const splat |
 //! | `transpose` | [`transpose`] | a swap of the last two dims |
 //! | `rows` | [`rows`] | softmax, a norm or a reduction, row by row |
 //! | `attention` | [`attention`] | fused flash attention |
-//! | `copy` | [`copy`] | concat and slice as HBM-to-HBM copies |
+//! | `copy` | [`copy`] | concat, and views [`layout`] cannot fold, as HBM-to-HBM copies |
 //!
 //! Kernels read the IR (their input) and produce [`crate::tiles`] (their
 //! output); nothing here depends on the optimizer, the backend or the driver.

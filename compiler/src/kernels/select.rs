@@ -2,10 +2,12 @@
 //!
 //! Each matmul becomes a GEMM with the elementwise steps that consume its result
 //! one after another fused (each step's input used only by the next step and not
-//! returned); each remaining elementwise chain, reshape or const splat a map
-//! kernel; each transpose of the last two dims, row op, attention, concat and
-//! slice a kernel of its kind. Values no result needs are dropped; iotas and
-//! comparisons that only shape masks live inside the kernels of their selects.
+//! returned); each remaining elementwise chain or const splat a map kernel; each
+//! row op, attention and concat a kernel of its kind. Reshapes, transposes and
+//! slices that [`super::layout`] folds get no kernel; the rest are copy kernels
+//! (or the PE transpose, for a swap of the last two dims of a whole tensor).
+//! Values no result needs are dropped; iotas and comparisons that only shape
+//! masks live inside the kernels of their selects.
 //! Kernel outputs that the function does not return live in HBM scratch between
 //! kernels. Each kernel's schedule is chosen for the target here; the driver's
 //! schedule stage applies overrides on top.
