@@ -191,10 +191,12 @@ impl<'t> Compilation<'t> {
 
     /// Stage `optimize`: the e-graph optimizer (skipped at `-O0`).
     fn optimize(&self) -> Result<Func, CompileError> {
-        if self.opts.level == 0 {
-            return Ok(self.parsed.clone());
-        }
-        crate::opt::optimize(&self.parsed, self.t, crate::opt::Limits::default()).map(|o| o.func)
+        let f = if self.opts.level == 0 {
+            self.parsed.clone()
+        } else {
+            crate::opt::optimize(&self.parsed, self.t, crate::opt::Limits::default())?.func
+        };
+        Ok(f.with_parameter_results_copied())
     }
 
     /// Stages `select` and `schedule`: the kernels with their chosen schedules,

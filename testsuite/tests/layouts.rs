@@ -202,3 +202,24 @@ fn random_view_chains_are_exact() {
         verified(&src, true);
     }
 }
+
+/// A parameter returned as it is becomes an output of its own, `%x_out` (a
+/// binary's output is never one of its inputs), once however often it is
+/// returned; verified exactly at -O0 and -O2.
+#[test]
+fn parameters_returned_as_they_are_are_outputs_of_their_own() {
+    let src = "func @f(%x: f32[3, 4], %y: bf16[2], %x_out: f32[1]) -> (f32[3, 4], f32[3, 4], bf16[2], f32[3, 4], f32[1]) {
+  %e = exp(%x)
+  return %x, %e, %y, %x, %x_out
+}
+";
+    let c = verified(src, true);
+    let outputs: Vec<&str> = c
+        .program
+        .tensors
+        .iter()
+        .filter(|t| t.role == jpu_isa::program::Role::Output)
+        .map(|t| t.name.as_str())
+        .collect();
+    assert_eq!(outputs, ["e", "x_out_2", "y_out", "x_out_out"]);
+}

@@ -250,6 +250,38 @@ impl Func {
     pub fn params(&self) -> impl Iterator<Item = ValueId> {
         (0..self.num_params as u32).map(ValueId)
     }
+
+    /// The function with each parameter it returns as it is replaced, among the
+    /// results, by a copy under a name of its own (`%x_out`, or `%x_out_2`, ...
+    /// when taken): a chip binary's output is never one of its inputs.
+    pub fn with_parameter_results_copied(mut self) -> Func {
+        let mut taken: std::collections::HashSet<String> = self.nodes.iter().map(|n| n.name.clone()).collect();
+        let mut copies: Vec<(ValueId, ValueId)> = Vec::new();
+        for k in 0..self.results.len() {
+            let r = self.results[k];
+            if r.0 as usize >= self.num_params {
+                continue;
+            }
+            if let Some(&(_, copy)) = copies.iter().find(|(p, _)| *p == r) {
+                self.results[k] = copy;
+                continue;
+            }
+            let param = self.node(r).clone();
+            let mut name = format!("{}_out", param.name);
+            let mut n = 2;
+            while taken.contains(&name) {
+                name = format!("{}_out_{n}", param.name);
+                n += 1;
+            }
+            taken.insert(name.clone());
+            let op = Op::Reshape { shape: param.ty.shape.clone() };
+            self.nodes.push(Node { name, op, operands: vec![Operand::Value(r)], ty: param.ty, span: param.span });
+            let copy = ValueId((self.nodes.len() - 1) as u32);
+            copies.push((r, copy));
+            self.results[k] = copy;
+        }
+        self
+    }
 }
 
 impl Op {
