@@ -208,7 +208,8 @@ fn random_view_chains_are_exact() {
 /// returned; verified exactly at -O0 and -O2.
 #[test]
 fn parameters_returned_as_they_are_are_outputs_of_their_own() {
-    let src = "func @f(%x: f32[3, 4], %y: bf16[2], %x_out: f32[1]) -> (f32[3, 4], f32[3, 4], bf16[2], f32[3, 4], f32[1]) {
+    let src =
+        "func @f(%x: f32[3, 4], %y: bf16[2], %x_out: f32[1]) -> (f32[3, 4], f32[3, 4], bf16[2], f32[3, 4], f32[1]) {
   %e = exp(%x)
   return %x, %e, %y, %x, %x_out
 }
@@ -222,4 +223,28 @@ fn parameters_returned_as_they_are_are_outputs_of_their_own() {
         .map(|t| t.name.as_str())
         .collect();
     assert_eq!(outputs, ["e", "x_out_2", "y_out", "x_out_out"]);
+}
+
+/// Causal attention with more query rows than keys: the first rows of each
+/// head see no key and are zero (docs/tir.md); the kernel computes the others
+/// through views shifted past them and stores the zero rows from one zeroed
+/// tile, on the flash path and the decode path, in place of a head split.
+#[test]
+fn causal_attention_with_more_queries_than_keys() {
+    let src = "func @attn(%q: bf16[2, 4, 70, 32], %k: bf16[2, 2, 33, 32], %v: bf16[2, 2, 33, 16], %q2: f32[5, 4, 16], %k2: f32[2, 4, 16]) -> (bf16[2, 4, 70, 16], f32[5, 4, 16]) {
+  %o = attention(%q, %k, %v) {causal = true}
+  %qh = transpose(%q2) {perm = [1, 0, 2]}
+  %kh = transpose(%k2) {perm = [1, 0, 2]}
+  %o2 = attention(%qh, %kh, %kh) {causal = true, scale = 0.25}
+  %om = transpose(%o2) {perm = [1, 0, 2]}
+  return %o, %om
+}
+";
+    let c = verified(src, false);
+    assert_eq!(kinds(&c), ["attention", "attention"]);
+    let at = |k: usize| &c.kernels[k].as_any().downcast_ref::<AttentionKernel>().unwrap().p;
+    assert_eq!((at(0).zero_rows, at(0).sq), (37, 33));
+    assert_eq!((at(1).zero_rows, at(1).sq), (3, 2));
+    let decode = c.kernels[1].as_any().downcast_ref::<AttentionKernel>().unwrap();
+    assert!(decode.plan.decode, "{}", decode.plan);
 }

@@ -3,7 +3,7 @@
 use jpu_isa::operand::{ActFunc, AluOp, ReduceOp, Space};
 use jpu_isa::DType;
 
-use super::{buffer, rows_box, slice, tensors, AttentionPlan, AttentionProblem, TK, TO, TQ, TV};
+use super::{buffer, rows_box, slice, tensors, zero_buffer, AttentionPlan, AttentionProblem, TK, TO, TQ, TV};
 use crate::tiles::{Buffer, TileOp, TileProgram, TileScalar};
 
 /// The buffers of the decode path, indexed as the `Decode` path uses them (the constants below).
@@ -34,6 +34,9 @@ pub(super) fn decode_buffers(p: &AttentionProblem, plan: &AttentionPlan) -> Vec<
         buffer("o_t", sram, f32, dc, nvc * mq, 2),
         buffer("o_tile", sram, p.out_dtype, mq, p.dv, 2),
     ]
+    .into_iter()
+    .chain(zero_buffer(p, plan))
+    .collect()
 }
 
 /// Lowers the decode path: few query rows (the packed heads of a group), K and V of the

@@ -5,7 +5,7 @@ use jpu_isa::operand::{ActFunc, AluOp, ReduceOp, Space};
 use jpu_isa::program::Role;
 use jpu_isa::DType;
 
-use super::{buffer, rows_box, slice, tensors, AttentionPlan, AttentionProblem, TK, TO, TQ, TV};
+use super::{buffer, rows_box, slice, tensors, zero_buffer, AttentionPlan, AttentionProblem, TK, TO, TQ, TV};
 use crate::tiles::{Buffer, HbmBox, HbmTensor, TileOp, TileProgram, TileScalar};
 
 /// Copies of the per-block statistics columns.
@@ -489,4 +489,7 @@ pub(super) fn flash_buffers(p: &AttentionProblem, plan: &AttentionPlan) -> Vec<B
         buffer("rescale", sram, f32, qt, 1, STAT_COPIES as u32),
         buffer("row_sum", sram, f32, qt, 1, 2),
     ]
+    .into_iter()
+    .chain(zero_buffer(p, plan))
+    .collect()
 }

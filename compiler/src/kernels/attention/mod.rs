@@ -41,7 +41,7 @@ use super::{chip, statement, unsupported, Ctx, Field, Kernel, Work};
 use crate::error::CompileError;
 use crate::ir::ValueId;
 use crate::ir::{Op, Span};
-use crate::tiles::{BufSlice, Buffer, HbmBox, HbmTensor, TileProgram};
+use crate::tiles::{BufSlice, Buffer, HbmBox, HbmTensor, TileOp, TileProgram};
 
 mod decode;
 mod flash;
@@ -82,6 +82,10 @@ pub struct AttentionProblem {
     /// The result, as it is stored: its own tensor, or a transpose's that the
     /// kernel writes in place (the head merge folded into the stores).
     pub out: TensorView,
+    /// Rows at the start of each head that see no key (causal, more queries
+    /// than keys): zero, stored from a zeroed tile. `q`, `out` and `sq` cover
+    /// only the rows after them.
+    pub zero_rows: u64,
     /// The dtype stored.
     pub out_dtype: DType,
     /// The IR statements the kernel implements.
@@ -128,13 +132,13 @@ pub fn select(cx: &Ctx<'_>, i: usize, t: &Target) -> Result<AttentionKernel, Com
         let why = format!("has an empty operand ({}, {}, {}), which is not supported yet", qn.ty, kn.ty, vn.ty);
         return Err(unsupported(node, &why));
     }
-    if causal && sq > sk {
-        return Err(unsupported(
-            node,
-            &format!(
-            "is causal with more query rows ({sq}) than keys ({sk}), which leaves rows with no key; not supported yet"
-        ),
-        ));
+    // Causal with more queries than keys: the first rows of each head see no
+    // key and are zero; the kernel computes the last `sk` rows (views shifted past the others).
+    let zero_rows = if causal { sq.saturating_sub(sk) } else { 0 };
+    let (mut q_view, mut out_view) = (cx.view(q), cx.view(ValueId(i as u32)));
+    for view in [&mut q_view, &mut out_view] {
+        view.offset += zero_rows * view.row_stride();
+        view.shape[r - 2] -= zero_rows;
     }
     let mut text = vec![format!("{} {{causal = {causal}, scale = {scale}}}", statement(cx.f, i))];
     let mut nodes = vec![i];
@@ -144,20 +148,21 @@ pub fn select(cx: &Ctx<'_>, i: usize, t: &Target) -> Result<AttentionKernel, Com
         nodes.push(stored_in);
     }
     let p = AttentionProblem {
-        q: cx.view(q),
+        q: q_view,
         k: cx.view(k),
         v: cx.view(v),
         dtype,
         batch: qn.ty.shape[..r - 3].iter().product(),
         hq,
         hk,
-        sq,
+        sq: sq - zero_rows,
         sk,
         d,
         dv,
         causal,
         scale: scale as f32,
-        out: cx.view(ValueId(i as u32)),
+        out: out_view,
+        zero_rows,
         out_dtype: chip(node.ty.dtype, "a result", node)?,
         text,
         nodes,
@@ -292,14 +297,16 @@ impl Kernel for AttentionKernel {
             a.out_dtype,
             if plan.resident(a) { " (K/V resident per kv head)" } else { " (K/V streamed per block)" }
         ) + &a.views_text()
+            + &if a.zero_rows > 0 { format!("  {} rows per head see no key: stored as zeros\n", a.zero_rows) } else { String::new() }
     }
 
     fn tile_ops(&self, _: &Target) -> u64 {
         let (p, plan) = (&self.p, &self.plan);
         let d_chunks = p.d.div_ceil(plan.d_chunk) + p.dv.div_ceil(plan.d_chunk);
+        let zero_stores = (p.batch * p.hq).saturating_mul(p.zero_rows.div_ceil(plan.q_tile));
         if plan.decode {
             let nc = p.sk.div_ceil(plan.kv_chunk);
-            return (p.batch * p.hk).saturating_mul(nc * (d_chunks + 4) + 30);
+            return (p.batch * p.hk).saturating_mul(nc * (d_chunks + 4) + 30).saturating_add(zero_stores);
         }
         let tiles = p.batch * p.hq * p.sq.div_ceil(plan.q_tile) / plan.heads_per_tile.max(1);
         let mut blocks = p.sk.div_ceil(plan.kv_block);
@@ -309,7 +316,7 @@ impl Kernel for AttentionKernel {
         let chunks = plan.kv_block.min(p.sk).div_ceil(plan.kv_chunk);
         // Per block: the scores' matmuls per head-dim chunk, the PV matmuls per
         // KV chunk, about ten softmax passes; per tile its loads and store.
-        tiles.max(1).saturating_mul(blocks.saturating_mul(chunks + d_chunks + 8) + 4)
+        tiles.max(1).saturating_mul(blocks.saturating_mul(chunks + d_chunks + 8) + 4).saturating_add(zero_stores)
     }
 
     fn work(&self) -> Work {
@@ -518,11 +525,26 @@ impl AttentionProblem {
 
 /// Lowers an attention kernel by the path its plan chose.
 pub fn lower(p: &AttentionProblem, plan: &AttentionPlan) -> TileProgram {
-    if plan.decode {
-        decode::lower(p, plan)
-    } else {
-        flash::lower(p, plan)
+    let mut program = if plan.decode { decode::lower(p, plan) } else { flash::lower(p, plan) };
+    if p.zero_rows > 0 {
+        let zeros = program.buffers.len() - 1;
+        let parts = p.zero_rows.min(plan.q_tile);
+        program.ops.push((TileOp::Memset { dst: slice(zeros, 0, parts, 0, p.dv), value: 0.0 }, 0));
+        for head in 0..p.batch * p.hq {
+            for r0 in (0..p.zero_rows).step_by(parts as usize) {
+                let rows = parts.min(p.zero_rows - r0);
+                let mut dst = rows_box(&p.out, TO, (head, 1), 0, rows);
+                dst.start -= (p.zero_rows - r0) * p.out.row_stride();
+                program.ops.push((TileOp::Store { dst, src: slice(zeros, 0, rows, 0, p.dv) }, 0));
+            }
+        }
     }
+    program
+}
+
+/// The zeroed tile the rows that see no key are stored from (none when every row sees one).
+fn zero_buffer(p: &AttentionProblem, plan: &AttentionPlan) -> Option<Buffer> {
+    (p.zero_rows > 0).then(|| buffer("zero_rows", Space::Sram, p.out_dtype, p.zero_rows.min(plan.q_tile), p.dv, 1))
 }
 
 /// The stride between the rows `0..rows` of heads `head..head + heads` of
