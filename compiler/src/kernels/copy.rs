@@ -87,6 +87,28 @@ pub fn select(cx: &Ctx<'_>, i: usize) -> Result<CopyProblem, CompileError> {
     })
 }
 
+impl CopyProblem {
+    /// A copy of `view` into scratch tensor `output` (row-major), a prelude or
+    /// postlude of the kernel whose statement, node and span it carries.
+    pub fn scratch(
+        view: &TensorView,
+        dtype: DType,
+        output: &str,
+        (text, node, span): (&str, usize, &Span),
+    ) -> CopyProblem {
+        CopyProblem {
+            inputs: vec![(view.tensor.clone(), view.tensor_shape.clone())],
+            dtype,
+            output: output.to_string(),
+            shape: view.shape.clone(),
+            boxes: view_boxes(view),
+            text: text.to_string(),
+            node,
+            span: span.clone(),
+        }
+    }
+}
+
 fn too_big(cx: &Ctx<'_>, i: usize) -> CompileError {
     let what = "its copy needs more than 2^32 rows or columns in one transfer, or more than 2^20 transfers";
     CompileError::limit(&statement(cx.f, i), what, cx.f.nodes[i].span.clone())

@@ -28,6 +28,8 @@ use jpu_isa::operand::{ActFunc, AluOp, ReduceOp, Space};
 use jpu_isa::program::Role;
 use jpu_isa::{DType, Target};
 
+use super::copy::CopyProblem;
+use super::layout::{row_major, TensorView};
 use super::transpose::TransposeProblem;
 use super::{chip, statement, unsupported, Ctx, Kernel, Work};
 use crate::error::CompileError;
@@ -136,7 +138,8 @@ pub fn select(cx: &Ctx<'_>, i: usize, t: &Target) -> Result<(Vec<Box<dyn Kernel>
     }
     let values = cx.hbm_values(node)?;
     let x = cx.f.node(values[0]);
-    let (kind, reduced, across) = row_kind(node, x.ty.rank())?;
+    let moved = moved_axes(node, x.ty.rank());
+    let (kind, reduced, across) = row_kind(node, x.ty.rank(), moved.is_some())?;
     if !x.ty.dtype.is_float() {
         return Err(unsupported(node, "on integers is not supported yet (the vector engine computes in f32)"));
     }
@@ -144,6 +147,9 @@ pub fn select(cx: &Ctx<'_>, i: usize, t: &Target) -> Result<(Vec<Box<dyn Kernel>
     let mut shape = x.ty.shape.clone();
     if across {
         shape.swap(rank - 2, rank - 1);
+    }
+    if let Some(perm) = &moved {
+        shape = perm.iter().map(|&a| x.ty.shape[a]).collect();
     }
     let len: u64 = shape[rank - reduced..].iter().product();
     let rows: u64 = shape[..rank - reduced].iter().product();
@@ -182,6 +188,8 @@ pub fn select(cx: &Ctx<'_>, i: usize, t: &Target) -> Result<(Vec<Box<dyn Kernel>
     let out = *p.nodes.last().unwrap_or(&i);
     let kernels = if across {
         transposed(p, shape, &node.name, t)?
+    } else if let Some(perm) = moved {
+        permuted(p, &perm, &node.name, t)?
     } else {
         vec![Box::new(RowsKernel::new(p, t)?) as Box<dyn Kernel>]
     };
@@ -191,15 +199,15 @@ pub fn select(cx: &Ctx<'_>, i: usize, t: &Target) -> Result<(Vec<Box<dyn Kernel>
 /// What the row op `node` (over an operand of rank `rank`) computes, how many
 /// trailing dims it reduces, and whether it runs over the second-to-last axis
 /// (then as the last axis of the transposed tensor).
-fn row_kind(node: &Node, rank: usize) -> Result<(RowKind, usize, bool), CompileError> {
-    let second_to_last = |axis: usize| rank >= 2 && axis + 2 == rank;
+fn row_kind(node: &Node, rank: usize, moved: bool) -> Result<(RowKind, usize, bool), CompileError> {
+    let second_to_last = |axis: usize| !moved && rank >= 2 && axis + 2 == rank;
     let across = match &node.op {
         Op::Softmax { axis } | Op::RmsNorm { axis, .. } | Op::LayerNorm { axis, .. } => second_to_last(*axis),
         Op::Reduce { axes, .. } => axes.len() == 1 && second_to_last(axes[0]),
         _ => false,
     };
     let last_axis = |axis: usize, what: &str| {
-        if axis + 1 == rank || second_to_last(axis) {
+        if moved || axis + 1 == rank || second_to_last(axis) {
             Ok(())
         } else {
             Err(unsupported(
@@ -218,7 +226,7 @@ fn row_kind(node: &Node, rank: usize) -> Result<(RowKind, usize, bool), CompileE
         }
         Op::Reduce { kind, axes, .. } => {
             let k = if across { 1 } else { axes.len() };
-            if !across && axes.iter().enumerate().any(|(j, &a)| a != rank - k + j) {
+            if !moved && !across && axes.iter().enumerate().any(|(j, &a)| a != rank - k + j) {
                 return Err(unsupported(node, &format!(
                     "reduces axes {axes:?}; only trailing axes (a suffix of the dims) or the second-to-last alone are supported yet"
                 )));
@@ -232,6 +240,63 @@ fn row_kind(node: &Node, rank: usize) -> Result<(RowKind, usize, bool), CompileE
         _ => return Err(unsupported(node, "is not a row op")),
     };
     Ok((kind.0, kind.1, across))
+}
+
+/// The permutation that puts the axes row op `node` runs over last (the other
+/// axes first, in order), when they are neither trailing already nor the
+/// second-to-last alone (which the PE transposes).
+fn moved_axes(node: &Node, rank: usize) -> Option<Vec<usize>> {
+    let axes: Vec<usize> = match &node.op {
+        Op::Softmax { axis } | Op::RmsNorm { axis, .. } | Op::LayerNorm { axis, .. } => vec![*axis],
+        Op::Reduce { axes, .. } => axes.clone(),
+        _ => return None,
+    };
+    let trailing = axes.iter().enumerate().all(|(j, &a)| a + axes.len() == rank + j);
+    if axes.is_empty() || trailing || (axes.len() == 1 && axes[0] + 2 == rank) {
+        return None;
+    }
+    Some((0..rank).filter(|a| !axes.contains(a)).chain(axes.iter().copied()).collect())
+}
+
+/// The kernels of a row op over axes moved last by `perm`: a copy kernel
+/// writing the permuted input into HBM scratch, the row kernel, and (unless the
+/// axes are reduced away, which leaves the kept axes in order) a copy back.
+fn permuted(mut p: RowProblem, perm: &[usize], name: &str, t: &Target) -> Result<Vec<Box<dyn Kernel>>, CompileError> {
+    let shape: Vec<u64> = perm.iter().map(|&a| p.input_shape[a]).collect();
+    let in_p = format!("{name}__in_p");
+    let strides = row_major(&p.input_shape);
+    let view = TensorView {
+        tensor: p.input.clone(),
+        tensor_shape: p.input_shape.clone(),
+        shape: shape.clone(),
+        offset: 0,
+        strides: perm.iter().map(|&a| strides[a]).collect(),
+    };
+    let before = CopyProblem::scratch(&view, p.dtype, &in_p, (&p.text[0], p.nodes[0], &p.span));
+    p.input = in_p;
+    p.input_shape = shape.clone();
+    let after = (!matches!(p.kind, RowKind::Reduce(_))).then(|| {
+        let out_p = format!("{}__out_p", p.output);
+        let permuted = row_major(&shape);
+        let mut back = vec![0u64; perm.len()];
+        for (k, &a) in perm.iter().enumerate() {
+            back[a] = permuted[k];
+        }
+        let view = TensorView {
+            tensor: out_p.clone(),
+            tensor_shape: shape.clone(),
+            shape: p.output_shape.clone(),
+            offset: 0,
+            strides: back,
+        };
+        let k = CopyProblem::scratch(&view, p.out_dtype, &p.output, (&p.text[0], p.nodes[0], &p.span));
+        p.output = out_p;
+        p.output_shape = shape;
+        k
+    });
+    let mut kernels: Vec<Box<dyn Kernel>> = vec![Box::new(before), Box::new(RowsKernel::new(p, t)?)];
+    kernels.extend(after.map(|k| Box::new(k) as Box<dyn Kernel>));
+    Ok(kernels)
 }
 
 /// The cast that consumes an f32 result of node `i` alone (fused into the
