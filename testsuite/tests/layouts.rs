@@ -280,3 +280,22 @@ fn row_ops_run_over_any_axes() {
         verified(&src, true);
     }
 }
+
+/// Elementwise operands broadcast in ways no epilogue reads (`[S, 1, D]`
+/// against `[S, H, D]`, rank 0, `[H, 1]` against `[B, H, D]`) are expanded by a
+/// copy kernel with stride-0 dims, in GEMM epilogues and elementwise chains
+/// alike; exact.
+#[test]
+fn broadcast_operands_are_expanded() {
+    let src = "func @b(%x: f32[6, 4, 8], %t: f32[6, 1, 8], %s: f32[], %c: f32[4, 1], %w: f32[8, 8]) -> (f32[6, 4, 8], f32[6, 4, 8]) {
+  %a = mul(%x, %t)
+  %b = sub(%a, %s)
+  %y = max(%b, %c)
+  %m = matmul(%x, %w)
+  %z = add(%m, %t)
+  return %y, %z
+}
+";
+    let c = verified(src, false);
+    assert_eq!(kinds(&c).iter().filter(|k| **k == "copy").count(), 4);
+}

@@ -262,6 +262,28 @@ fn binary_step(
     Ok(EpilogueStep::Binary { op, other, other_first })
 }
 
+/// How an operand shaped `shape` lines up with a result shaped `c`, if an
+/// epilogue can read it as it is.
+pub fn broadcast_class(shape: &[u64], c: &[u64]) -> Option<Broadcast> {
+    let (r, cr) = (shape.len(), c.len());
+    let n_cols = c.last().copied().unwrap_or(1);
+    let row = r >= 1 && shape.last() == Some(&n_cols) && shape[..r - 1].iter().all(|&d| d == 1);
+    let column = r == cr && r >= 1 && shape[r - 1] == 1 && shape[..r - 1] == c[..r - 1];
+    // One matrix (the last two dims) for every batch index.
+    let matrix = cr > 2 && r >= 2 && shape[r - 2..] == c[cr - 2..] && shape[..r - 2].iter().all(|&d| d == 1);
+    if row {
+        Some(Broadcast::Row)
+    } else if shape == c {
+        Some(Broadcast::Full)
+    } else if column {
+        Some(Broadcast::Column)
+    } else if matrix {
+        Some(Broadcast::Matrix)
+    } else {
+        None
+    }
+}
+
 /// The index among `inputs` of tensor operand `v` of step `n` (added if new),
 /// classified by how it lines up with the chain's type `ty`.
 fn tensor_operand(
@@ -272,35 +294,31 @@ fn tensor_operand(
     ty: &TensorType,
 ) -> Result<usize, CompileError> {
     let p = cx.f.node(v);
-    let (shape, c) = (&p.ty.shape, &ty.shape);
-    let (r, cr) = (shape.len(), c.len());
-    let n_cols = c.last().copied().unwrap_or(1);
-    let row = shape.last() == Some(&n_cols) && shape[..r - 1].iter().all(|&d| d == 1);
-    let column = r == cr && r >= 1 && shape[r - 1] == 1 && shape[..r - 1] == c[..r - 1];
-    // One matrix (the last two dims) for every batch index.
-    let matrix = cr > 2 && r >= 2 && shape[r - 2..] == c[cr - 2..] && shape[..r - 2].iter().all(|&d| d == 1);
-    let broadcast = if row {
-        Broadcast::Row
-    } else if shape == c {
-        Broadcast::Full
-    } else if column {
-        Broadcast::Column
-    } else if matrix {
-        Broadcast::Matrix
-    } else {
-        return Err(unsupported(n, &format!(
-            "reads `%{}` of shape {shape:?}; an epilogue operand must be a row of N = {n_cols} values, a column of one value per row, one matrix of the last two dims, or have the result's shape {c:?}",
-            p.name
-        )));
+    let (mut shape, c) = (&p.ty.shape, &ty.shape);
+    let mut name = cx.tensor(v);
+    let broadcast = match (broadcast_class(shape, c), cx.broadcasts.get(&(n.name.clone(), v))) {
+        (Some(b), _) => b,
+        // Expanded to the result's shape by a copy kernel before this one.
+        (None, Some(expanded)) => {
+            (shape, name) = (c, expanded.clone());
+            Broadcast::Full
+        }
+        (None, None) => {
+            let n_cols = c.last().copied().unwrap_or(1);
+            return Err(unsupported(n, &format!(
+                "reads `%{}` of shape {shape:?}; an epilogue operand must be a row of N = {n_cols} values, a column of one value per row, one matrix of the last two dims, or have the result's shape {c:?}",
+                p.name
+            )));
+        }
     };
     if p.ty.dtype != ty.dtype {
         return Err(unsupported(n, "mixes dtypes"));
     }
-    if let Some(k) = inputs.iter().position(|e| e.name == cx.tensor(v)) {
+    if let Some(k) = inputs.iter().position(|e| e.name == name) {
         return Ok(k);
     }
     let dtype = chip(ty.dtype, "a result", n)?;
-    inputs.push(EpilogueInput { name: cx.tensor(v), dtype, shape: shape.clone(), broadcast });
+    inputs.push(EpilogueInput { name, dtype, shape: shape.clone(), broadcast });
     Ok(inputs.len() - 1)
 }
 

@@ -194,7 +194,7 @@ fn box_shape(view: &TensorView) -> (Option<usize>, u64) {
 }
 
 /// The number of boxes [`view_boxes`] makes.
-fn transfers(view: &TensorView) -> u64 {
+pub fn transfers(view: &TensorView) -> u64 {
     let view = merged(view);
     let (row, _) = box_shape(&view);
     view.shape[..row.unwrap_or(0)].iter().product()

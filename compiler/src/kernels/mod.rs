@@ -171,6 +171,10 @@ pub struct Ctx<'a> {
     pub fuse: bool,
     /// Which values are views of other values' tensors.
     pub layout: layout::Layout,
+    /// Elementwise operands no epilogue reads as they are (`(statement name,
+    /// operand)`), expanded to the statement's shape in HBM scratch by a copy
+    /// kernel: the scratch tensor's name.
+    pub broadcasts: std::collections::HashMap<(String, ValueId), String>,
 }
 
 /// The chip dtype of IR type `t` (i1 cannot live in HBM).

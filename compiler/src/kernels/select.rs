@@ -17,7 +17,9 @@
 
 use jpu_isa::Target;
 
-use super::{attention, copy, gemm, layout, map, mask, rows, transpose, unsupported, Ctx, Kernel};
+use super::{
+    attention, chain, chip, copy, gemm, layout, map, mask, rows, statement, transpose, unsupported, Ctx, Kernel,
+};
 use crate::error::CompileError;
 use crate::ir::{Func, Op, Operand, ReduceKind, ValueId};
 
@@ -26,13 +28,16 @@ use crate::ir::{Func, Op, Operand, ReduceKind, ValueId};
 pub fn select(f: &Func, t: &Target, fuse: bool) -> Result<Vec<Box<dyn Kernel>>, CompileError> {
     let live = live_values(f);
     let layout = layout::plan(f, &live);
-    let mut cx = Ctx { f, uses: live_uses(f, &live), in_hbm: vec![false; f.nodes.len()], fuse, layout };
+    let broadcasts = Default::default();
+    let mut cx = Ctx { f, uses: live_uses(f, &live), in_hbm: vec![false; f.nodes.len()], fuse, layout, broadcasts };
     for p in 0..f.num_params {
         cx.mark_in_hbm(p);
     }
     let mut done = vec![false; f.nodes.len()];
     let absorbed = mask::absorbed(f);
     let mut kernels: Vec<Box<dyn Kernel>> = Vec::new();
+    let mut pending = expansions(f, &live);
+    expand_ready(&mut cx, &mut pending, &mut kernels)?;
     for i in f.num_params..f.nodes.len() {
         if done[i] || !live[i] || absorbed[i] || cx.layout.folded[i] {
             continue;
@@ -48,6 +53,7 @@ pub fn select(f: &Func, t: &Target, fuse: bool) -> Result<Vec<Box<dyn Kernel>>, 
         }
         cx.mark_in_hbm(out);
         kernels.append(&mut selected);
+        expand_ready(&mut cx, &mut pending, &mut kernels)?;
     }
     if let Some(r) = f.results.iter().find(|r| (r.0 as usize) < f.num_params) {
         let node = f.node(*r);
@@ -87,6 +93,57 @@ fn by_kind(cx: &Ctx<'_>, i: usize, t: &Target) -> Result<(Vec<Box<dyn Kernel>>, 
             }
             Op::Param => return Err(unsupported(node, "is a parameter after the parameters")),
     })
+}
+
+/// Operands of elementwise statements that no epilogue reads as they are
+/// (`add(%x: [S, H, D], %cos: [S, 1, D])`): `(statement, operand)` pairs.
+fn expansions(f: &Func, live: &[bool]) -> Vec<(usize, ValueId)> {
+    let mut out = Vec::new();
+    for (i, node) in f.nodes.iter().enumerate().filter(|(i, n)| live[*i] && matches!(n.op, Op::Binary(_))) {
+        for o in &node.operands {
+            let Operand::Value(v) = o else { continue };
+            let shape = &f.node(*v).ty.shape;
+            if node.ty.elems() > 0 && chain::broadcast_class(shape, &node.ty.shape).is_none() && !out.contains(&(i, *v))
+            {
+                out.push((i, *v));
+            }
+        }
+    }
+    out
+}
+
+/// Emits a copy kernel expanding each pending operand that is now in HBM to
+/// its statement's shape (stride 0 along the broadcast dims), and records it.
+fn expand_ready(
+    cx: &mut Ctx<'_>,
+    pending: &mut Vec<(usize, ValueId)>,
+    kernels: &mut Vec<Box<dyn Kernel>>,
+) -> Result<(), CompileError> {
+    let (ready, rest): (Vec<_>, Vec<_>) = pending.drain(..).partition(|(_, v)| cx.in_hbm[v.0 as usize]);
+    *pending = rest;
+    for (i, v) in ready {
+        let node = &cx.f.nodes[i];
+        let from = cx.view(v);
+        let (c, r) = (node.ty.shape.len(), from.shape.len());
+        let strides = (0..c)
+            .map(|j| match (j + r).checked_sub(c) {
+                Some(k) if from.shape[k] != 1 => from.strides[k],
+                _ => 0,
+            })
+            .collect();
+        let view = layout::TensorView { shape: node.ty.shape.clone(), strides, ..from };
+        if copy::transfers(&view) > 1 << 20 {
+            let what =
+                format!("expanding `%{}` to {:?} needs more than 2^20 transfers", cx.f.node(v).name, node.ty.shape);
+            return Err(CompileError::limit(&statement(cx.f, i), what, node.span.clone()));
+        }
+        let dtype = chip(cx.f.node(v).ty.dtype, "an operand", node)?;
+        let name = format!("{}__to_{}", cx.f.node(v).name, node.name);
+        let text = statement(cx.f, i);
+        kernels.push(Box::new(copy::CopyProblem::scratch(&view, dtype, &name, (&text, i, &node.span))));
+        cx.broadcasts.insert((node.name.clone(), v), name);
+    }
+    Ok(())
 }
 
 /// Whether node `i`'s first operand is a whole tensor of its own, row-major.

@@ -1,0 +1,35 @@
+//! Whole Transformer layers as frameworks export them (`testsuite/cases/layers/`),
+//! small shapes: each compiles and verifies race-checked at -O0 and -O2 on both
+//! targets against the reference evaluator.
+
+use jalc::driver::{compile, Options};
+use jalc::front::tir;
+use jpu_isa::Target;
+
+fn layer(name: &str) -> (String, jalc::ir::Func) {
+    let path = format!("{}/cases/layers/{name}", env!("CARGO_MANIFEST_DIR"));
+    let src = std::fs::read_to_string(&path).unwrap();
+    let f = tir::parse_and_check(&src).unwrap_or_else(|d| panic!("{}", tir::render(&path, &src, &d)));
+    (src, f)
+}
+
+/// The Llama-style decoder layer: the head split and merge fold into the
+/// attention kernel (no copy of Q, K, V or the attention result), only RoPE's
+/// halves, its concat and the expanded cos/sin tables are copies.
+#[test]
+fn llama_decoder_layer_verifies() {
+    let (src, f) = layer("llama-decoder.tir");
+    for target in ["jpu-tiny", "jpu1"] {
+        let t = Target::builtin(target).unwrap();
+        for level in [0, 2] {
+            let v = jalc::verify::verify_with(&f, &t, 3, &Options::at(level))
+                .unwrap_or_else(|e| panic!("{target} -O{level}: {e}"));
+            assert!(v.passed, "{target} -O{level}: {:?}", v.first_mismatch);
+        }
+    }
+    let c = compile(&f, &Target::builtin("jpu1").unwrap(), &Options::o2()).unwrap();
+    let copies: Vec<String> = c.kernels.iter().filter(|k| k.kind() == "copy").map(|k| k.statement()).collect();
+    assert_eq!(copies.len(), 10, "{copies:#?}\n{src}");
+    assert!(copies.iter().all(|s| !s.contains("transpose") && !s.contains("%v =")), "{copies:#?}");
+    assert_eq!(c.kernels.iter().filter(|k| k.kind() == "attention").count(), 1);
+}
