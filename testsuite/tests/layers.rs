@@ -33,3 +33,28 @@ fn llama_decoder_layer_verifies() {
     assert!(copies.iter().all(|s| !s.contains("transpose") && !s.contains("%v =")), "{copies:#?}");
     assert_eq!(c.kernels.iter().filter(|k| k.kind() == "attention").count(), 1);
 }
+
+/// The decode step: one token against a KV cache that is grown by a concat and
+/// returned; attention reads the grown cache in place on the decode path, and
+/// no transpose is a kernel.
+#[test]
+fn llama_decode_step_verifies() {
+    let (_, f) = layer("llama-decode-step.tir");
+    for target in ["jpu-tiny", "jpu1"] {
+        let t = Target::builtin(target).unwrap();
+        for level in [0, 2] {
+            let v = jalc::verify::verify_with(&f, &t, 3, &Options::at(level))
+                .unwrap_or_else(|e| panic!("{target} -O{level}: {e}"));
+            assert!(v.passed, "{target} -O{level}: {:?}", v.first_mismatch);
+        }
+    }
+    let c = compile(&f, &Target::builtin("jpu1").unwrap(), &Options::o2()).unwrap();
+    let attention = c
+        .kernels
+        .iter()
+        .find_map(|k| k.as_any().downcast_ref::<jalc::kernels::attention::AttentionKernel>())
+        .expect("one attention kernel");
+    assert!(attention.plan.decode, "{}", attention.plan);
+    assert_eq!((attention.p.k.tensor.as_str(), attention.p.v.tensor.as_str()), ("kall", "vall"));
+    assert!(c.kernels.iter().all(|k| k.kind() != "transpose" && !k.statement().contains("transpose")));
+}
