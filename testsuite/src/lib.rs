@@ -21,6 +21,23 @@ pub fn gemm(kernels: &[Box<dyn jalc::kernels::Kernel>]) -> Option<&jalc::kernels
     kernels.iter().find_map(|k| k.as_any().downcast_ref())
 }
 
+/// Verifies `f` (written as `src`, for messages) race-checked on jpu-tiny and
+/// jpu1 at -O0 and -O2 with inputs from `seed`, panicking on any failure;
+/// returns the largest absolute error seen.
+pub fn verify_everywhere(f: &jalc::ir::Func, src: &str, seed: u64) -> f64 {
+    let mut max_abs: f64 = 0.0;
+    for target in ["jpu-tiny", "jpu1"] {
+        let t = jpu_isa::Target::builtin(target).unwrap();
+        for level in [0, 2] {
+            let v = jalc::verify::verify_with(f, &t, seed, &jalc::driver::Options::at(level))
+                .unwrap_or_else(|e| panic!("{target} -O{level}: {e}\n{src}"));
+            assert!(v.passed, "{target} -O{level}: {:?}\n{src}", v.first_mismatch);
+            max_abs = max_abs.max(v.max_abs_error);
+        }
+    }
+    max_abs
+}
+
 /// The kind a case file declares on its first line, if any.
 pub fn case_kind(src: &str) -> Option<&str> {
     let first = src.lines().next()?;

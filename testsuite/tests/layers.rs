@@ -19,14 +19,7 @@ fn layer(name: &str) -> (String, jalc::ir::Func) {
 #[test]
 fn llama_decoder_layer_verifies() {
     let (src, f) = layer("llama-decoder.tir");
-    for target in ["jpu-tiny", "jpu1"] {
-        let t = Target::builtin(target).unwrap();
-        for level in [0, 2] {
-            let v = jalc::verify::verify_with(&f, &t, 3, &Options::at(level))
-                .unwrap_or_else(|e| panic!("{target} -O{level}: {e}"));
-            assert!(v.passed, "{target} -O{level}: {:?}", v.first_mismatch);
-        }
-    }
+    jpu_testsuite::verify_everywhere(&f, &src, 3);
     let c = compile(&f, &Target::builtin("jpu1").unwrap(), &Options::o2()).unwrap();
     let copies: Vec<String> = c.kernels.iter().filter(|k| k.kind() == "copy").map(|k| k.statement()).collect();
     assert_eq!(copies.len(), 10, "{copies:#?}\n{src}");
@@ -39,15 +32,8 @@ fn llama_decoder_layer_verifies() {
 /// no transpose is a kernel.
 #[test]
 fn llama_decode_step_verifies() {
-    let (_, f) = layer("llama-decode-step.tir");
-    for target in ["jpu-tiny", "jpu1"] {
-        let t = Target::builtin(target).unwrap();
-        for level in [0, 2] {
-            let v = jalc::verify::verify_with(&f, &t, 3, &Options::at(level))
-                .unwrap_or_else(|e| panic!("{target} -O{level}: {e}"));
-            assert!(v.passed, "{target} -O{level}: {:?}", v.first_mismatch);
-        }
-    }
+    let (src, f) = layer("llama-decode-step.tir");
+    jpu_testsuite::verify_everywhere(&f, &src, 3);
     let c = compile(&f, &Target::builtin("jpu1").unwrap(), &Options::o2()).unwrap();
     let attention = c
         .kernels

@@ -15,15 +15,8 @@ fn parse(src: &str) -> jalc::ir::Func {
 /// Verifies `src` everywhere (bit-exact when `exact`); returns its -O2 compile for jpu1.
 fn verified(src: &str, exact: bool) -> Compiled {
     let f = parse(src);
-    for target in ["jpu-tiny", "jpu1"] {
-        let t = Target::builtin(target).unwrap();
-        for level in [0, 2] {
-            let v = jalc::verify::verify_with(&f, &t, 7, &Options::at(level))
-                .unwrap_or_else(|e| panic!("{target} -O{level}: {e}\n{src}"));
-            assert!(v.passed, "{target} -O{level}: {:?}\n{src}", v.first_mismatch);
-            assert!(!exact || v.max_abs_error == 0.0, "{target} -O{level}: not exact\n{src}");
-        }
-    }
+    let max_abs = jpu_testsuite::verify_everywhere(&f, src, 7);
+    assert!(!exact || max_abs == 0.0, "not exact ({max_abs})\n{src}");
     compile(&f, &Target::builtin("jpu1").unwrap(), &Options::o2()).unwrap()
 }
 
