@@ -340,6 +340,14 @@ pub fn check_op(op: &Op, t: &Target) -> Check {
             check_tile("src", src, t)?;
             same_shape("src", src, dst, "dst")
         }
+        Op::CopyPredicated { dst, src, cond, .. } => {
+            check_tile("dst", dst, t)?;
+            for (name, tile) in [("src", src), ("cond", cond)] {
+                check_tile(name, tile, t)?;
+                same_shape(name, tile, dst, "dst")?;
+            }
+            Ok(())
+        }
         Op::Activate { dst, src, scale, bias, accum, .. } => {
             check_tile("dst", dst, t)?;
             check_tile("src", src, t)?;

@@ -368,7 +368,10 @@ define_instructions! {
         src: Tile,
     }
 
-    /// `dst = a <op> b`, elementwise in f32, rounded once into `dst`'s dtype.
+    /// `dst = a <op> b`, elementwise in f32, rounded once into `dst`'s dtype. When all
+    /// three tiles are integer (i8, i32) the op runs in integer mode: exact, wrapping to
+    /// 32 bits, then saturated into an i8 `dst` (division truncates, `x / 0` is 0).
+    /// Comparisons (`is_lt` ..) give 1 or 0.
     ///
     /// All three tiles have the same partition count and free size; element i of each
     /// is the i-th element of its access pattern.
@@ -385,7 +388,9 @@ define_instructions! {
         b: Tile,
     }
 
-    /// `dst = src <op> scalar` (or `scalar <op> src` with `reverse`), in f32.
+    /// `dst = src <op> scalar` (or `scalar <op> src` with `reverse`), in f32; in
+    /// integer mode (as `tensor_tensor`) when `src`, `dst` and a column scalar are
+    /// integer, an immediate then rounding to the nearest integer.
     ///
     /// Timing: `64 + E` cycles.
     0x11 TensorScalar "tensor_scalar" on Ve {
@@ -414,7 +419,9 @@ define_instructions! {
         src: Tile,
     }
 
-    /// `dst = src`, converted through f32 into `dst`'s dtype (a cast when dtypes differ).
+    /// `dst = src`, converted into `dst`'s dtype (a cast when dtypes differ): between
+    /// integers exactly (into i8 saturating), from an integer to a float with one
+    /// rounding, otherwise through f32.
     ///
     /// Timing: `64 + E` cycles.
     0x13 Copy "copy" on Ve {
@@ -471,6 +478,23 @@ define_instructions! {
         fill: Imm,
     }
 
+    /// Predicated copy: `dst[p, i] = src[p, i]` where `cond[p, i] != 0` (with `negate`:
+    /// where it is 0), else `dst[p, i]` keeps its value. A NaN condition counts as
+    /// nonzero. The value is converted into `dst`'s dtype as `copy` converts it. With a
+    /// copy or memset before it, this is the tensor-condition select.
+    ///
+    /// Timing: `64 + E` cycles, E the elements per partition of the largest operand.
+    0x17 CopyPredicated "copy_predicated" on Ve {
+        /// Result (read where the condition fails).
+        dst: Tile,
+        /// Values copied where the condition holds.
+        src: Tile,
+        /// Condition (any dtype).
+        cond: Tile,
+        /// Copy where the condition is 0 instead.
+        negate: bool,
+    }
+
     /// `dst = func(src * scale + bias)` in f32, rounded once into `dst`'s dtype; with
     /// `accum`, also the f32 row sum of the results (before rounding), per partition.
     ///
@@ -525,6 +549,7 @@ impl Op {
             | Op::Memset { dst, .. }
             | Op::Iota { dst, .. }
             | Op::Select { dst, .. }
+            | Op::CopyPredicated { dst, .. }
             | Op::Activate { dst, .. } => Some(dst),
             Op::Dma { .. } | Op::Nop {} | Op::Halt {} => None,
         }

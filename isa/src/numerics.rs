@@ -237,7 +237,11 @@ pub fn store_f64(dtype: DType, v: f64, out: &mut [u8]) {
 pub fn round_f64(dtype: DType, v: f64) -> f64 {
     let mut b = [0u8; 4];
     store_f64(dtype, v, &mut b);
-    load_f32(dtype, &b) as f64
+    match dtype {
+        // Read back exactly: an i32 above 2^24 has no f32.
+        DType::I32 => i32::from_le_bytes(b) as f64,
+        _ => load_f32(dtype, &b) as f64,
+    }
 }
 
 struct F8Tables {
@@ -279,6 +283,32 @@ pub fn alu(op: AluOp, a: f32, b: f32) -> f32 {
         AluOp::Div => a / b,
         AluOp::Max => max_num(a, b),
         AluOp::Min => min_num(a, b),
+        AluOp::IsLt => (a < b) as u8 as f32,
+        AluOp::IsLe => (a <= b) as u8 as f32,
+        AluOp::IsGt => (a > b) as u8 as f32,
+        AluOp::IsGe => (a >= b) as u8 as f32,
+        AluOp::IsEq => (a == b) as u8 as f32,
+        AluOp::IsNe => (a != b) as u8 as f32,
+    }
+}
+
+/// A VE ALU operation in integer mode (every operand and the result integer):
+/// exact, wrapping to 32 bits. Division truncates toward zero; `x / 0` is 0.
+#[inline]
+pub fn alu_int(op: AluOp, a: i32, b: i32) -> i32 {
+    match op {
+        AluOp::Add => a.wrapping_add(b),
+        AluOp::Sub => a.wrapping_sub(b),
+        AluOp::Mul => a.wrapping_mul(b),
+        AluOp::Div => a.checked_div(b).unwrap_or(if b == 0 { 0 } else { a.wrapping_div(b) }),
+        AluOp::Max => a.max(b),
+        AluOp::Min => a.min(b),
+        AluOp::IsLt => (a < b) as i32,
+        AluOp::IsLe => (a <= b) as i32,
+        AluOp::IsGt => (a > b) as i32,
+        AluOp::IsGe => (a >= b) as i32,
+        AluOp::IsEq => (a == b) as i32,
+        AluOp::IsNe => (a != b) as i32,
     }
 }
 

@@ -604,6 +604,18 @@ byte_enum!(
         Max = "max",
         /// IEEE minNum-style minimum
         Min = "min",
+        /// 1 where a < b, else 0 (0 when either is NaN)
+        IsLt = "is_lt",
+        /// 1 where a <= b, else 0 (0 when either is NaN)
+        IsLe = "is_le",
+        /// 1 where a > b, else 0 (0 when either is NaN)
+        IsGt = "is_gt",
+        /// 1 where a >= b, else 0 (0 when either is NaN)
+        IsGe = "is_ge",
+        /// 1 where a == b, else 0 (0 when either is NaN; -0 == +0)
+        IsEq = "is_eq",
+        /// 1 where a != b, else 0 (1 when either is NaN)
+        IsNe = "is_ne",
     }
 );
 

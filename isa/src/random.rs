@@ -332,7 +332,14 @@ impl Gen {
         let parts = self.range(1, self.t.sram.partitions as u64);
         let free = self.range(1, 40);
         let dt = |g: &mut Gen| g.pick(&DType::ALL);
-        match self.range(0, 6) {
+        match self.range(0, 7) {
+            6 => {
+                let tile = |g: &mut Gen| {
+                    let (d, s) = (dt(g), g.any_space());
+                    g.split_tile(s, d, parts, free)
+                };
+                Op::CopyPredicated { dst: tile(self), src: tile(self), cond: tile(self), negate: self.chance(0.5) }
+            }
             0 => {
                 let (d0, d1, d2, s0, s1, s2) =
                     (dt(self), dt(self), dt(self), self.any_space(), self.any_space(), self.any_space());

@@ -86,6 +86,13 @@ pub fn footprint(op: &Op, t: &Target) -> Vec<Access> {
             out.push(tile(t, b, false));
             out.push(tile(t, dst, true));
         }
+        Op::CopyPredicated { dst, src, cond, .. } => {
+            // `dst` is read too: it keeps its value where the condition fails.
+            for read in [src, cond, dst] {
+                out.push(tile(t, read, false));
+            }
+            out.push(tile(t, dst, true));
+        }
         Op::TensorScalar { dst, src, scalar: s, .. } => {
             out.push(tile(t, src, false));
             scalar(t, s, src.part_start, src.part_count, &mut out);

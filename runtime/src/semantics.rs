@@ -7,7 +7,7 @@
 //! for bit. Operands must have passed [`jpu_isa::check::check_op`]; out-of-range
 //! tiles are the loader's to reject, and indexing here would panic on them.
 
-use jpu_isa::numerics::{activation, alu, load_f32, max_num, store_f32};
+use jpu_isa::numerics::{activation, alu, alu_int, load_f32, max_num, round_f64, store_f32};
 use jpu_isa::operand::{CmpOp, Column, DmaSpace, DmaTransfer, ReduceOp, Scalar, Tile};
 use jpu_isa::{DType, Op};
 
@@ -232,6 +232,23 @@ pub fn execute_compute(op: &Op, mem: &mut CoreMemory) {
                 write_tile(mem, dst, &transpose(&v, p, f));
             }
         }
+        Op::TensorTensor { op, dst, a, b } if dst.dtype.is_int() && a.dtype.is_int() && b.dtype.is_int() => {
+            let (av, bv) = (read_tile_i32(mem, a), read_tile_i32(mem, b));
+            let out: Vec<i32> = av.iter().zip(&bv).map(|(&x, &y)| alu_int(*op, x, y)).collect();
+            write_tile_int(mem, dst, &out);
+        }
+        Op::TensorScalar { op, reverse, dst, src, scalar } if is_integer_mode(dst, src, scalar) => {
+            let v = read_tile_i32(mem, src);
+            let s = scalar_values_i32(mem, scalar, src.part_start, src.part_count);
+            let e = src.free_elems() as usize;
+            let out: Vec<i32> = v
+                .iter()
+                .enumerate()
+                .map(|(i, &x)| if *reverse { alu_int(*op, s[i / e], x) } else { alu_int(*op, x, s[i / e]) })
+                .collect();
+            write_tile_int(mem, dst, &out);
+        }
+        Op::CopyPredicated { dst, src, cond, negate } => copy_predicated(mem, dst, src, cond, *negate),
         Op::TensorTensor { op, dst, a, b } => {
             let av = read_tile(mem, a);
             let bv = read_tile(mem, b);
@@ -350,28 +367,125 @@ fn matmul(mem: &mut CoreMemory, dst: &Tile, stationary: &Tile, moving: &Tile, ac
 }
 
 /// `copy`: `src` converted to `dst`'s dtype (integer to integer exactly, i32 to
-/// i8 saturating; otherwise through f32).
+/// i8 saturating; integer to float rounded once; otherwise through f32).
 fn copy(mem: &mut CoreMemory, dst: &Tile, src: &Tile) {
-    if src.dtype.is_int() && dst.dtype.is_int() {
-        // Integer copies are exact (i32 -> i8 saturates).
+    if src.dtype.is_int() {
         let v = read_tile_i32(mem, src);
-        let (buf, pb) = mem.space_mut(dst.space);
-        let offsets = tile_element_offsets(dst);
-        let mut i = 0;
-        for p in dst.part_start as usize..(dst.part_start + dst.part_count) as usize {
-            for &o in &offsets {
-                let a = ((p * pb) as i64 + dst.offset as i64 + o) as usize;
-                match dst.dtype {
-                    DType::I8 => buf[a] = v[i].clamp(-128, 127) as i8 as u8,
-                    _ => buf[a..a + 4].copy_from_slice(&v[i].to_le_bytes()),
-                }
-                i += 1;
-            }
+        if dst.dtype.is_int() {
+            write_tile_int(mem, dst, &v);
+        } else {
+            write_ints_rounded(mem, dst, &v);
         }
     } else {
         let v = read_tile(mem, src);
         write_tile(mem, dst, &v);
     }
+}
+
+/// Writes integers into a float tile, each rounded once from its exact value (an
+/// i32 above 2^24 would round twice through f32).
+fn write_ints_rounded(mem: &mut CoreMemory, dst: &Tile, v: &[i32]) {
+    let (buf, pb) = mem.space_mut(dst.space);
+    let offsets = tile_element_offsets(dst);
+    let size = dst.dtype.size_bytes() as usize;
+    let mut i = 0;
+    for p in dst.part_start as usize..(dst.part_start + dst.part_count) as usize {
+        for &o in &offsets {
+            let a = ((p * pb) as i64 + dst.offset as i64 + o) as usize;
+            store_f32(dst.dtype, round_f64(dst.dtype, v[i] as f64) as f32, &mut buf[a..a + size]);
+            i += 1;
+        }
+    }
+}
+
+/// Writes integers into an integer tile (into i8 saturating).
+fn write_tile_int(mem: &mut CoreMemory, dst: &Tile, v: &[i32]) {
+    let (buf, pb) = mem.space_mut(dst.space);
+    let offsets = tile_element_offsets(dst);
+    let mut i = 0;
+    for p in dst.part_start as usize..(dst.part_start + dst.part_count) as usize {
+        for &o in &offsets {
+            let a = ((p * pb) as i64 + dst.offset as i64 + o) as usize;
+            match dst.dtype {
+                DType::I8 => buf[a] = v[i].clamp(-128, 127) as i8 as u8,
+                _ => buf[a..a + 4].copy_from_slice(&v[i].to_le_bytes()),
+            }
+            i += 1;
+        }
+    }
+}
+
+/// Whether a `tensor_scalar` runs in integer mode: integer source, result and
+/// (if a column) scalar.
+fn is_integer_mode(dst: &Tile, src: &Tile, scalar: &Scalar) -> bool {
+    let scalar_int = match scalar {
+        Scalar::Imm(_) => true,
+        Scalar::Col(c) => c.dtype.is_int(),
+    };
+    dst.dtype.is_int() && src.dtype.is_int() && scalar_int
+}
+
+/// A scalar operand as integers: a column exactly, an immediate rounded to the
+/// nearest (even) integer, saturating.
+fn scalar_values_i32(mem: &CoreMemory, s: &Scalar, part_start: u16, count: u16) -> Vec<i32> {
+    match s {
+        Scalar::Imm(v) => vec![round_f64(DType::I32, v.0 as f64) as i32; count as usize],
+        Scalar::Col(c) => {
+            let (buf, pb) = mem.space(c.space);
+            (part_start as usize..(part_start + count) as usize)
+                .map(|p| {
+                    let a = p * pb + c.offset as usize;
+                    match c.dtype {
+                        DType::I8 => buf[a] as i8 as i32,
+                        _ => i32::from_le_bytes([buf[a], buf[a + 1], buf[a + 2], buf[a + 3]]),
+                    }
+                })
+                .collect()
+        }
+    }
+}
+
+/// `copy_predicated`: `src` copied (as `copy` converts) where the condition
+/// holds; the rest of `dst` kept.
+fn copy_predicated(mem: &mut CoreMemory, dst: &Tile, src: &Tile, cond: &Tile, negate: bool) {
+    let keep: Vec<bool> = read_tile(mem, cond).iter().map(|&c| (c != 0.0) != negate).collect();
+    if src.dtype.is_int() {
+        let mut v = read_tile_i32(mem, src);
+        let old = if dst.dtype.is_int() { read_tile_i32(mem, dst) } else { Vec::new() };
+        if dst.dtype.is_int() {
+            for (i, x) in v.iter_mut().enumerate() {
+                if !keep[i] {
+                    *x = old[i];
+                }
+            }
+            return write_tile_int(mem, dst, &v);
+        }
+        let mut old = read_tile(mem, dst);
+        for (i, o) in old.iter_mut().enumerate() {
+            if keep[i] {
+                *o = round_f64(dst.dtype, v[i] as f64) as f32;
+            }
+        }
+        return write_tile(mem, dst, &old);
+    }
+    let v = read_tile(mem, src);
+    if dst.dtype.is_int() {
+        // Kept integers stay exact; copied floats convert as `copy` converts them.
+        let mut out = read_tile_i32(mem, dst);
+        for (i, o) in out.iter_mut().enumerate() {
+            if keep[i] {
+                *o = round_f64(dst.dtype, v[i] as f64) as i32;
+            }
+        }
+        return write_tile_int(mem, dst, &out);
+    }
+    let mut old = read_tile(mem, dst);
+    for (i, o) in old.iter_mut().enumerate() {
+        if keep[i] {
+            *o = v[i];
+        }
+    }
+    write_tile(mem, dst, &old);
 }
 
 /// `iota`: element (p, i) is `base + partition_step p + free_step i`.

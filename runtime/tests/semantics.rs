@@ -434,3 +434,113 @@ fn dma_moves_bytes_through_strided_reversed_and_hbm_to_hbm_patterns() {
     // column-major: the round trip restores the original order.
     assert_eq!(out.outputs[1].1, (0..12u8).collect::<Vec<_>>());
 }
+
+#[test]
+fn comparisons_give_one_or_zero_and_nan_compares_unequal() {
+    let a: Vec<f32> = vec![1.0, 2.0, -0.0, f32::NAN, f32::INFINITY, -3.5, 7.0, 0.0];
+    let b: Vec<f32> = vec![2.0, 2.0, 0.0, 1.0, f32::INFINITY, -4.0, f32::NAN, 0.0];
+    for (op, f) in [
+        ("is_lt", (|x: f32, y: f32| x < y) as fn(f32, f32) -> bool),
+        ("is_le", |x, y| x <= y),
+        ("is_gt", |x, y| x > y),
+        ("is_ge", |x, y| x >= y),
+        ("is_eq", |x, y| x == y),
+        ("is_ne", |x, y| x != y),
+    ] {
+        // Floats in, booleans out as i8 (how the compiler stores i1).
+        let out = run_case(
+            "ve",
+            &[operand(DType::F32, 1, 8, 0, a.clone()), operand(DType::F32, 1, 8, 0x40, b.clone())],
+            &[format!(
+                "tensor_tensor op={op}, dst=sram.i8[0:1, 0x80, [8 x 1]], a=sram.f32[0:1, 0x0, [8 x 1]], b=sram.f32[0:1, 0x40, [8 x 1]]"
+            )],
+            &[(DType::I8, 1, 8, 0x80)],
+        );
+        let want: Vec<f32> = a.iter().zip(&b).map(|(&x, &y)| f(x, y) as u8 as f32).collect();
+        assert_bits_eq(&out[0], &want, &format!("tensor_tensor {op}"));
+    }
+}
+
+#[test]
+fn integer_tiles_compute_exactly_wrap_and_saturate() {
+    let big = 16_777_216.0f32; // 2^24: 2^24 + 1 has no f32
+    let a = vec![big, 1073741824.0, -7.0, 7.0, 100.0, -128.0, 5.0, -2147483648.0];
+    let b = vec![1.0, 1073741824.0, 2.0, -2.0, 100.0, 0.0, 0.0, -1.0];
+    let tt = |op: &str, dst: &str, at: u32| {
+        format!("tensor_tensor op={op}, dst=sram.{dst}[0:1, 0x{at:x}, [8 x 1]], a=sram.i32[0:1, 0x0, [8 x 1]], b=sram.i32[0:1, 0x40, [8 x 1]]")
+    };
+    let out = run_case(
+        "ve",
+        &[operand(DType::I32, 1, 8, 0, a.clone()), operand(DType::I32, 1, 8, 0x40, b.clone())],
+        &[
+            tt("add", "i32", 0x100),
+            // (2^24 + 1) - 2^24 is 1 only when the sum was exact.
+            "tensor_tensor op=sub, dst=sram.i32[0:1, 0x200, [8 x 1]], a=sram.i32[0:1, 0x100, [8 x 1]], b=sram.i32[0:1, 0x0, [8 x 1]]".into(),
+            tt("div", "i32", 0x300),
+            tt("mul", "i8", 0x400),
+            "tensor_scalar op=is_gt, reverse=false, dst=sram.i8[0:1, 0x480, [8 x 1]], src=sram.i32[0:1, 0x100, [8 x 1]], scalar=16777216.0".into(),
+        ],
+        &[(DType::I32, 1, 8, 0x100), (DType::I32, 1, 8, 0x200), (DType::I32, 1, 8, 0x300), (DType::I8, 1, 8, 0x400), (DType::I8, 1, 8, 0x480)],
+    );
+    let ints = |v: &[f32]| v.iter().map(|&x| x as i32).collect::<Vec<i32>>();
+    let (ai, bi) = (ints(&a), ints(&b));
+    let sums: Vec<i32> = ai.iter().zip(&bi).map(|(x, y)| x.wrapping_add(*y)).collect();
+    assert_eq!(sums[1], i32::MIN, "2^30 + 2^30 wraps");
+    assert_bits_eq(&out[0], &sums.iter().map(|&x| x as f32).collect::<Vec<_>>(), "add (wrapping)");
+    let diffs: Vec<f32> = sums.iter().zip(&ai).map(|(s, x)| s.wrapping_sub(*x) as f32).collect();
+    assert_eq!(diffs[0], 1.0);
+    assert_bits_eq(&out[1], &diffs, "sub of an exact sum");
+    // Truncating division; x / 0 is 0; i32::MIN / -1 wraps.
+    assert_bits_eq(&out[2], &[16777216.0, 1.0, -3.0, -3.0, 1.0, 0.0, 0.0, -2147483648.0], "div");
+    let prods: Vec<f32> =
+        ai.iter().zip(&bi).map(|(x, y)| x.wrapping_mul(*y).clamp(-128, 127) as f32).collect();
+    assert_bits_eq(&out[3], &prods, "mul into i8 saturates");
+    let gt: Vec<f32> = sums.iter().map(|&s| (s > 16_777_216) as u8 as f32).collect();
+    assert_eq!(gt[0], 1.0);
+    assert_bits_eq(&out[4], &gt, "is_gt against an immediate, exactly");
+}
+
+#[test]
+fn copy_predicated_keeps_or_replaces_each_element() {
+    let dst: Vec<f32> = (0..8).map(|i| 100.0 + i as f32).collect();
+    let src: Vec<f32> = (0..8).map(|i| -(i as f32) - 0.25).collect();
+    let cond: Vec<f32> = vec![1.0, 0.0, -0.0, f32::NAN, 2.0, 0.0, 1.0, 0.0];
+    let out = run_case(
+        "ve",
+        &[
+            operand(DType::I32, 1, 8, 0, dst.clone()),
+            operand(DType::F32, 1, 8, 0x40, src.clone()),
+            operand(DType::F32, 1, 8, 0x80, cond.clone()),
+            operand(DType::Bf16, 1, 8, 0xc0, dst.clone()),
+        ],
+        &[
+            "copy_predicated dst=sram.i32[0:1, 0x0, [8 x 1]], src=sram.f32[0:1, 0x40, [8 x 1]], cond=sram.f32[0:1, 0x80, [8 x 1]], negate=false".into(),
+            "copy_predicated dst=sram.bf16[0:1, 0xc0, [8 x 1]], src=sram.f32[0:1, 0x40, [8 x 1]], cond=sram.f32[0:1, 0x80, [8 x 1]], negate=true".into(),
+        ],
+        &[(DType::I32, 1, 8, 0), (DType::Bf16, 1, 8, 0xc0)],
+    );
+    // NaN and -0.0: NaN counts as nonzero, -0.0 as zero.
+    let holds = |c: f32| c != 0.0;
+    let want: Vec<f32> =
+        (0..8).map(|i| if holds(cond[i]) { src[i].round_ties_even() + 0.0 } else { dst[i] }).collect();
+    assert_bits_eq(&out[0], &want, "copy_predicated into i32");
+    let want: Vec<f32> =
+        (0..8).map(|i| round_to(DType::Bf16, if holds(cond[i]) { dst[i] } else { src[i] })).collect();
+    assert_bits_eq(&out[1], &want, "copy_predicated with negate into bf16");
+}
+
+#[test]
+fn integers_convert_to_floats_with_one_rounding() {
+    // 2^25 + 2^17 + 1 rounds to 2^25 + 2^17 in f32, a bf16 tie that rounds to even
+    // (2^25); rounded once it is above the tie: 2^25 + 2^18.
+    let v = (1 << 25) + (1 << 17) + 1;
+    let hex: String = (v as i32).to_le_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    let src = format!(
+        ".target \"jpu-tiny\"\n.tensor x: i32[1, 1] const @ 0x0 = \"{hex}\"\n.tensor y: bf16[1, 1] output @ 0x40\n.sem s = 0\n.core 0\n.stream dma0\n    dma xfer=hbm[x] [1 x 4] -> sram[0x0] [1 x 4] elem 4 signal s\n    dma xfer=sram[0x10] [1 x 2] -> hbm[y] [1 x 2] elem 2 wait s>=2\n    halt\n.stream ve\n    copy dst=sram.bf16[0:1, 0x10, [1 x 1]], src=sram.i32[0:1, 0x0, [1 x 1]] wait s>=1 signal s\n    halt\n"
+    );
+    let program = jasm::assemble(&src).unwrap_or_else(|e| panic!("{}", jasm::render_errors("case", &src, &e)));
+    let t = Target::builtin("jpu-tiny").unwrap();
+    let out = run(&program, &t, &[], &RunOptions::default()).unwrap();
+    let got = jpu_runtime::io::decode_f32(DType::Bf16, &out.outputs[0].1)[0];
+    assert_eq!(got, ((1 << 25) + (1 << 18)) as f32);
+}
