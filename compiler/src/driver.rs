@@ -302,9 +302,7 @@ impl<'t> Compilation<'t> {
         }
         // Every value in HBM (parameters and kernel outputs), 4 KiB aligned as
         // the backend places them.
-        let bytes = |i: usize| {
-            f.nodes[i].ty.elems().saturating_mul(f.nodes[i].ty.dtype.chip().map_or(1, |d| d.size_bytes() as u64))
-        };
+        let bytes = |i: usize| f.nodes[i].ty.elems().saturating_mul(f.nodes[i].ty.dtype.storage().size_bytes() as u64);
         let index: HashMap<&str, usize> = f.nodes.iter().enumerate().map(|(i, n)| (n.name.as_str(), i)).collect();
         let in_hbm: Vec<usize> =
             (0..f.num_params).chain(kernels.iter().filter_map(|k| index.get(k.output()).copied())).collect();

@@ -22,7 +22,7 @@ use jpu_runtime::{run, RunOptions};
 use crate::driver::{self, Options};
 use crate::error::CompileError;
 use crate::eval::{eval_values, Tensor};
-use crate::ir::Func;
+use crate::ir::{Func, ScalarType};
 
 /// The outcome of a verification.
 #[derive(Debug, Clone)]
@@ -127,7 +127,11 @@ pub fn random_inputs(f: &Func, seed: u64) -> Vec<Tensor> {
         .map(|p| {
             let ty = f.node(p).ty.clone();
             let vals: Vec<f64> = (0..ty.elems())
-                .map(|_| if ty.dtype.is_float() { next() * 2.0 - 1.0 } else { (next() * 17.0).floor() - 8.0 })
+                .map(|_| match ty.dtype {
+                    ScalarType::I1 => (next() < 0.5) as u8 as f64,
+                    d if d.is_float() => next() * 2.0 - 1.0,
+                    _ => (next() * 17.0).floor() - 8.0,
+                })
                 .collect();
             Tensor::from_values(ty, &vals)
         })
@@ -170,9 +174,7 @@ pub fn verify_compiled(
     let binary_name = |ir: &str| binary.get(ir).cloned().unwrap_or_else(|| ir.to_string());
     let mut sim_inputs = Vec::new();
     for (p, tensor) in f.params().zip(&inputs) {
-        let dtype = tensor.ty.dtype.chip().ok_or_else(|| {
-            VerifyError::Input(format!("parameter `%{}` is i1, which cannot live in HBM", f.node(p).name))
-        })?;
+        let dtype = tensor.ty.dtype.storage();
         let size = dtype.size_bytes() as usize;
         let mut bytes = vec![0u8; tensor.data.len() * size];
         for (i, &v) in tensor.data.iter().enumerate() {
@@ -248,7 +250,7 @@ impl Comparison {
 impl Tolerance {
     /// Compares the chip's bytes of value `%name` with the reference `want`.
     fn compare(&self, name: &str, bytes: &[u8], want: &Tensor) -> Result<Comparison, VerifyError> {
-        let dtype = want.ty.dtype.chip().ok_or_else(|| VerifyError::Input(format!("result `%{name}` is i1")))?;
+        let dtype = want.ty.dtype.storage();
         let got = chip_values(dtype, bytes);
         let scale = want.data.iter().filter(|v| v.is_finite()).fold(0.0f64, |a, v| a.max(v.abs()));
         let mut c = Comparison::default();
@@ -258,6 +260,9 @@ impl Tolerance {
                 w.is_nan() && g.is_nan()
             } else if w.is_infinite() || g.is_infinite() {
                 g == w
+            } else if dtype.is_int() {
+                // Integers (and i1) are exact everywhere.
+                err == 0.0
             } else {
                 err <= ulp(dtype) * w.abs() + 2f64.powi(-20) * self.k * scale + self.attention
             };
@@ -277,7 +282,7 @@ impl Tolerance {
 }
 
 fn chip_values(dtype: DType, bytes: &[u8]) -> Vec<f64> {
-    bytes.chunks_exact(dtype.size_bytes() as usize).map(|c| jpu_isa::numerics::load_f32(dtype, c) as f64).collect()
+    bytes.chunks_exact(dtype.size_bytes() as usize).map(|c| jpu_isa::numerics::load_f64(dtype, c)).collect()
 }
 
 /// The program as written, evaluated statement by statement with every value
@@ -294,7 +299,7 @@ fn kernel_by_kernel(
     let mut values: Vec<Tensor> = inputs.to_vec();
     for node in &f.nodes[f.num_params..] {
         let mut value = crate::eval::eval_node(node, &values);
-        let kept = node.ty.dtype.chip().and_then(|d| Some((d, *chip.get(binary_name(&node.name).as_str())?)));
+        let kept = chip.get(binary_name(&node.name).as_str()).map(|b| (node.ty.dtype.storage(), *b));
         if let Some((dtype, bytes)) = kept.filter(|(d, b)| b.len() as u64 == node.ty.elems() * d.size_bytes() as u64) {
             let c = tolerance.compare(&node.name, bytes, &value)?;
             if c.mismatches > 0 {

@@ -424,18 +424,16 @@ fn compile_emits_stages_and_binaries_and_verify_passes() {
     }
     let plain = jalc(&["verify", map_only.to_str().unwrap(), "--target", "jpu-tiny"]);
     assert_eq!(plain.status.code(), Some(0), "{}", stderr(&plain));
-    // Functions beyond the compiler's current scope, and missing outputs, exit 2.
-    let permute = temp("permute.tir");
-    std::fs::write(
-        &permute,
-        "func @p(%x: f32[2, 4, 8]) -> f32[2, 4, 8] {\n  %c = compare(%x, 0.5) {kind = gt}\n  %z = select(%c, %x, 0.0)\n  return %z\n}\n",
-    )
-    .unwrap();
-    let permute = permute.to_str().unwrap();
-    let unsupported = jalc(&["compile", permute, "-o", temp("permute.jbin").to_str().unwrap()]);
+    // Functions beyond the compiler's current scope, and missing outputs, exit 2:
+    // an integer literal the VE's f32 immediates cannot hold.
+    let beyond = temp("beyond.tir");
+    std::fs::write(&beyond, "func @p(%x: i32[2, 4, 8]) -> i32[2, 4, 8] {\n  %z = add(%x, 16777217)\n  return %z\n}\n")
+        .unwrap();
+    let beyond = beyond.to_str().unwrap();
+    let unsupported = jalc(&["compile", beyond, "-o", temp("beyond.jbin").to_str().unwrap()]);
     assert_eq!(unsupported.status.code(), Some(2));
-    assert!(stderr(&unsupported).contains("only supported inside a mask select"), "{}", stderr(&unsupported));
-    assert_eq!(jalc(&["verify", permute]).status.code(), Some(2));
+    assert!(stderr(&unsupported).contains("no exact f32 immediate"), "{}", stderr(&unsupported));
+    assert_eq!(jalc(&["verify", beyond]).status.code(), Some(2));
     let attn = format!("{}/../examples/attention.tir", env!("CARGO_MANIFEST_DIR"));
     let written_out = jalc(&["verify", &attn, "--target", "jpu-tiny"]);
     assert_eq!(written_out.status.code(), Some(0), "{}", stderr(&written_out));

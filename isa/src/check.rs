@@ -340,6 +340,12 @@ pub fn check_op(op: &Op, t: &Target) -> Check {
             check_tile("src", src, t)?;
             same_shape("src", src, dst, "dst")
         }
+        Op::FillPredicated { dst, cond, value, .. } => {
+            check_tile("dst", dst, t)?;
+            check_tile("cond", cond, t)?;
+            same_shape("cond", cond, dst, "dst")?;
+            check_scalar("value", value, t)
+        }
         Op::CopyPredicated { dst, src, cond, .. } => {
             check_tile("dst", dst, t)?;
             for (name, tile) in [("src", src), ("cond", cond)] {

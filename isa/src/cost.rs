@@ -43,9 +43,8 @@ pub fn compute_cycles(op: &Op, t: &Target) -> Option<u64> {
         Op::TensorScalar { dst, src, .. } | Op::Copy { dst, src } | Op::Select { dst, src, .. } => {
             ve(dst.free_elems().max(src.free_elems()))
         }
-        Op::CopyPredicated { dst, src, cond, .. } => {
-            ve(dst.free_elems().max(src.free_elems()).max(cond.free_elems()))
-        }
+        Op::FillPredicated { dst, cond, .. } => ve(dst.free_elems().max(cond.free_elems())),
+        Op::CopyPredicated { dst, src, cond, .. } => ve(dst.free_elems().max(src.free_elems()).max(cond.free_elems())),
         Op::Reduce { src, .. } => ve(src.free_elems()),
         Op::Memset { dst, .. } | Op::Iota { dst, .. } => ve(dst.free_elems()),
         Op::Activate { dst, src, .. } => t.timing.act.fixed_cycles + dst.free_elems().max(src.free_elems()),

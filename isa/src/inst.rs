@@ -407,7 +407,9 @@ define_instructions! {
     }
 
     /// `dst[p, 0] = reduce(src[p, :])` over the whole free pattern, in f32: a fold in
-    /// access-pattern order starting from the first element.
+    /// access-pattern order starting from the first element. Integer `src` and `dst`
+    /// fold exactly in integer mode (as `tensor_tensor`: the sum wraps to 32 bits,
+    /// then saturates into an i8 `dst`).
     ///
     /// Timing: `64 + E` cycles, E the source elements per partition.
     0x12 Reduce "reduce" on Ve {
@@ -459,6 +461,7 @@ define_instructions! {
 
     /// Affine select: `dst[p, i] = src[p, i]` where
     /// `partition_step * p + free_step * i + base <cmp> 0`, else `fill`. The causal mask.
+    /// Integer `src` and `dst` keep values exactly (the fill rounded to an integer).
     ///
     /// Timing: `64 + E` cycles.
     0x16 Select "select" on Ve {
@@ -492,6 +495,23 @@ define_instructions! {
         /// Condition (any dtype).
         cond: Tile,
         /// Copy where the condition is 0 instead.
+        negate: bool,
+    }
+
+    /// Predicated fill: `dst[p, i] = value` (an immediate, or the column's value for
+    /// partition p) where `cond[p, i] != 0` (with `negate`: where it is 0), else
+    /// `dst[p, i]` keeps its value. The value is rounded into `dst`'s dtype (exactly
+    /// from an integer column into an integer `dst`).
+    ///
+    /// Timing: `64 + E` cycles.
+    0x18 FillPredicated "fill_predicated" on Ve {
+        /// Result (read where the condition fails).
+        dst: Tile,
+        /// Condition (any dtype).
+        cond: Tile,
+        /// Immediate or per-partition column.
+        value: Scalar,
+        /// Fill where the condition is 0 instead.
         negate: bool,
     }
 
@@ -550,6 +570,7 @@ impl Op {
             | Op::Iota { dst, .. }
             | Op::Select { dst, .. }
             | Op::CopyPredicated { dst, .. }
+            | Op::FillPredicated { dst, .. }
             | Op::Activate { dst, .. } => Some(dst),
             Op::Dma { .. } | Op::Nop {} | Op::Halt {} => None,
         }

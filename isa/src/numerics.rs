@@ -181,6 +181,16 @@ pub fn load_f32(dtype: DType, bytes: &[u8]) -> f32 {
     }
 }
 
+/// Reads one element of `dtype` from the start of `bytes` exactly (an i32 above
+/// 2^24 has no f32).
+#[inline]
+pub fn load_f64(dtype: DType, bytes: &[u8]) -> f64 {
+    match dtype {
+        DType::I32 => i32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as f64,
+        _ => load_f32(dtype, bytes) as f64,
+    }
+}
+
 /// Writes `v` as one element of `dtype` at the start of `out` (converting per the rules above).
 #[inline]
 pub fn store_f32(dtype: DType, v: f32, out: &mut [u8]) {

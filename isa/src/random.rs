@@ -338,7 +338,16 @@ impl Gen {
                     let (d, s) = (dt(g), g.any_space());
                     g.split_tile(s, d, parts, free)
                 };
-                Op::CopyPredicated { dst: tile(self), src: tile(self), cond: tile(self), negate: self.chance(0.5) }
+                if self.chance(0.5) {
+                    Op::CopyPredicated { dst: tile(self), src: tile(self), cond: tile(self), negate: self.chance(0.5) }
+                } else {
+                    Op::FillPredicated {
+                        dst: tile(self),
+                        cond: tile(self),
+                        value: self.scalar(),
+                        negate: self.chance(0.5),
+                    }
+                }
             }
             0 => {
                 let (d0, d1, d2, s0, s1, s2) =

@@ -86,6 +86,12 @@ pub fn footprint(op: &Op, t: &Target) -> Vec<Access> {
             out.push(tile(t, b, false));
             out.push(tile(t, dst, true));
         }
+        Op::FillPredicated { dst, cond, value, .. } => {
+            out.push(tile(t, cond, false));
+            scalar(t, value, dst.part_start, dst.part_count, &mut out);
+            out.push(tile(t, dst, false));
+            out.push(tile(t, dst, true));
+        }
         Op::CopyPredicated { dst, src, cond, .. } => {
             // `dst` is read too: it keeps its value where the condition fails.
             for read in [src, cond, dst] {

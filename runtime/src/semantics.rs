@@ -8,7 +8,7 @@
 //! tiles are the loader's to reject, and indexing here would panic on them.
 
 use jpu_isa::numerics::{activation, alu, alu_int, load_f32, max_num, round_f64, store_f32};
-use jpu_isa::operand::{CmpOp, Column, DmaSpace, DmaTransfer, ReduceOp, Scalar, Tile};
+use jpu_isa::operand::{AluOp, CmpOp, Column, DmaSpace, DmaTransfer, ReduceOp, Scalar, Tile};
 use jpu_isa::{DType, Op};
 
 use crate::memory::{dma_runs, tile_element_offsets, CoreMemory, Hbm};
@@ -249,6 +249,7 @@ pub fn execute_compute(op: &Op, mem: &mut CoreMemory) {
             write_tile_int(mem, dst, &out);
         }
         Op::CopyPredicated { dst, src, cond, negate } => copy_predicated(mem, dst, src, cond, *negate),
+        Op::FillPredicated { dst, cond, value, negate } => fill_predicated(mem, dst, cond, value, *negate),
         Op::TensorTensor { op, dst, a, b } => {
             let av = read_tile(mem, a);
             let bv = read_tile(mem, b);
@@ -273,6 +274,17 @@ pub fn execute_compute(op: &Op, mem: &mut CoreMemory) {
                 .collect();
             write_tile(mem, dst, &out);
         }
+        Op::Reduce { op, dst, src } if dst.dtype.is_int() && src.dtype.is_int() => {
+            let e = src.free_elems() as usize;
+            let alu = match op {
+                ReduceOp::Sum => AluOp::Add,
+                ReduceOp::Max => AluOp::Max,
+            };
+            let v = read_tile_i32(mem, src);
+            let out: Vec<i32> =
+                v.chunks(e).map(|row| row[1..].iter().fold(row[0], |acc, &x| alu_int(alu, acc, x))).collect();
+            write_tile_int(mem, dst, &out);
+        }
         Op::Reduce { op, dst, src } => {
             let v = read_tile(mem, src);
             let e = src.free_elems() as usize;
@@ -294,6 +306,27 @@ pub fn execute_compute(op: &Op, mem: &mut CoreMemory) {
             write_tile(mem, dst, &vec![value.0; n]);
         }
         Op::Iota { dst, base, partition_step, free_step } => iota(mem, dst, *base, *partition_step, *free_step),
+        Op::Select { cmp, dst, src, partition_step, free_step, base, fill }
+            if dst.dtype.is_int() && src.dtype.is_int() =>
+        {
+            let v = read_tile_i32(mem, src);
+            let e = src.free_elems() as usize;
+            let fill = round_f64(DType::I32, fill.0 as f64) as i32;
+            let out: Vec<i32> = v
+                .iter()
+                .enumerate()
+                .map(|(idx, &x)| {
+                    let (p, i) = ((idx / e) as i64, (idx % e) as i64);
+                    let expr = *partition_step as i64 * p + *free_step as i64 * i + *base as i64;
+                    if compare(*cmp, expr) {
+                        x
+                    } else {
+                        fill
+                    }
+                })
+                .collect();
+            write_tile_int(mem, dst, &out);
+        }
         Op::Select { cmp, dst, src, partition_step, free_step, base, fill } => {
             let v = read_tile(mem, src);
             let e = src.free_elems() as usize;
@@ -443,6 +476,36 @@ fn scalar_values_i32(mem: &CoreMemory, s: &Scalar, part_start: u16, count: u16) 
                 .collect()
         }
     }
+}
+
+/// `fill_predicated`: the scalar where the condition holds; the rest of `dst` kept.
+fn fill_predicated(mem: &mut CoreMemory, dst: &Tile, cond: &Tile, value: &Scalar, negate: bool) {
+    let keep: Vec<bool> = read_tile(mem, cond).iter().map(|&c| (c != 0.0) != negate).collect();
+    let e = dst.free_elems() as usize;
+    if dst.dtype.is_int() {
+        let v = match value {
+            Scalar::Col(c) if !c.dtype.is_int() => scalar_values(mem, value, dst.part_start, dst.part_count)
+                .iter()
+                .map(|&x| round_f64(dst.dtype, x as f64) as i32)
+                .collect(),
+            _ => scalar_values_i32(mem, value, dst.part_start, dst.part_count),
+        };
+        let mut out = read_tile_i32(mem, dst);
+        for (i, o) in out.iter_mut().enumerate() {
+            if keep[i] {
+                *o = v[i / e];
+            }
+        }
+        return write_tile_int(mem, dst, &out);
+    }
+    let v = scalar_values(mem, value, dst.part_start, dst.part_count);
+    let mut out = read_tile(mem, dst);
+    for (i, o) in out.iter_mut().enumerate() {
+        if keep[i] {
+            *o = v[i / e];
+        }
+    }
+    write_tile(mem, dst, &out);
 }
 
 /// `copy_predicated`: `src` copied (as `copy` converts) where the condition

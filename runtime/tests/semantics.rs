@@ -492,12 +492,30 @@ fn integer_tiles_compute_exactly_wrap_and_saturate() {
     assert_bits_eq(&out[1], &diffs, "sub of an exact sum");
     // Truncating division; x / 0 is 0; i32::MIN / -1 wraps.
     assert_bits_eq(&out[2], &[16777216.0, 1.0, -3.0, -3.0, 1.0, 0.0, 0.0, -2147483648.0], "div");
-    let prods: Vec<f32> =
-        ai.iter().zip(&bi).map(|(x, y)| x.wrapping_mul(*y).clamp(-128, 127) as f32).collect();
+    let prods: Vec<f32> = ai.iter().zip(&bi).map(|(x, y)| x.wrapping_mul(*y).clamp(-128, 127) as f32).collect();
     assert_bits_eq(&out[3], &prods, "mul into i8 saturates");
     let gt: Vec<f32> = sums.iter().map(|&s| (s > 16_777_216) as u8 as f32).collect();
     assert_eq!(gt[0], 1.0);
     assert_bits_eq(&out[4], &gt, "is_gt against an immediate, exactly");
+}
+
+#[test]
+fn integer_reductions_are_exact() {
+    // 2^24 + 1 + 1: an f32 fold would lose both ones.
+    let x = vec![16_777_216.0f32, 1.0, 1.0, -5.0, 100.0, -100.0, 7.0, 2.0];
+    let out = run_case(
+        "ve",
+        &[operand(DType::I32, 2, 4, 0, x.clone())],
+        &[
+            "reduce op=sum, dst=sram.i32[0:2, 0x100, [1 x 1]], src=sram.i32[0:2, 0x0, [4 x 1]]".into(),
+            "reduce op=max, dst=sram.i8[0:2, 0x104, [1 x 1]], src=sram.i32[0:2, 0x0, [4 x 1]]".into(),
+        ],
+        &[(DType::I32, 2, 1, 0x100), (DType::I8, 2, 1, 0x104)],
+    );
+    let sums: Vec<i32> = x.chunks(4).map(|r| r.iter().map(|&v| v as i32).sum()).collect();
+    assert_eq!(sums[0], 16_777_213);
+    assert_bits_eq(&out[0], &sums.iter().map(|&v| v as f32).collect::<Vec<_>>(), "integer sum");
+    assert_bits_eq(&out[1], &[127.0, 100.0], "integer max saturated into i8");
 }
 
 #[test]
@@ -521,11 +539,9 @@ fn copy_predicated_keeps_or_replaces_each_element() {
     );
     // NaN and -0.0: NaN counts as nonzero, -0.0 as zero.
     let holds = |c: f32| c != 0.0;
-    let want: Vec<f32> =
-        (0..8).map(|i| if holds(cond[i]) { src[i].round_ties_even() + 0.0 } else { dst[i] }).collect();
+    let want: Vec<f32> = (0..8).map(|i| if holds(cond[i]) { src[i].round_ties_even() + 0.0 } else { dst[i] }).collect();
     assert_bits_eq(&out[0], &want, "copy_predicated into i32");
-    let want: Vec<f32> =
-        (0..8).map(|i| round_to(DType::Bf16, if holds(cond[i]) { dst[i] } else { src[i] })).collect();
+    let want: Vec<f32> = (0..8).map(|i| round_to(DType::Bf16, if holds(cond[i]) { dst[i] } else { src[i] })).collect();
     assert_bits_eq(&out[1], &want, "copy_predicated with negate into bf16");
 }
 
@@ -533,8 +549,8 @@ fn copy_predicated_keeps_or_replaces_each_element() {
 fn integers_convert_to_floats_with_one_rounding() {
     // 2^25 + 2^17 + 1 rounds to 2^25 + 2^17 in f32, a bf16 tie that rounds to even
     // (2^25); rounded once it is above the tie: 2^25 + 2^18.
-    let v = (1 << 25) + (1 << 17) + 1;
-    let hex: String = (v as i32).to_le_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    let v: i32 = (1 << 25) + (1 << 17) + 1;
+    let hex: String = v.to_le_bytes().iter().map(|b| format!("{b:02x}")).collect();
     let src = format!(
         ".target \"jpu-tiny\"\n.tensor x: i32[1, 1] const @ 0x0 = \"{hex}\"\n.tensor y: bf16[1, 1] output @ 0x40\n.sem s = 0\n.core 0\n.stream dma0\n    dma xfer=hbm[x] [1 x 4] -> sram[0x0] [1 x 4] elem 4 signal s\n    dma xfer=sram[0x10] [1 x 2] -> hbm[y] [1 x 2] elem 2 wait s>=2\n    halt\n.stream ve\n    copy dst=sram.bf16[0:1, 0x10, [1 x 1]], src=sram.i32[0:1, 0x0, [1 x 1]] wait s>=1 signal s\n    halt\n"
     );
@@ -543,4 +559,31 @@ fn integers_convert_to_floats_with_one_rounding() {
     let out = run(&program, &t, &[], &RunOptions::default()).unwrap();
     let got = jpu_runtime::io::decode_f32(DType::Bf16, &out.outputs[0].1)[0];
     assert_eq!(got, ((1 << 25) + (1 << 18)) as f32);
+}
+
+#[test]
+fn fill_predicated_writes_immediates_and_columns_where_the_condition_holds() {
+    let dst: Vec<f32> = (0..8).map(|i| i as f32 * 0.5).collect();
+    let cond: Vec<f32> = vec![1.0, 0.0, 0.0, 1.0, f32::NAN, -0.0, 3.0, 0.0];
+    let col = vec![-7.0f32, 9.0];
+    let out = run_case(
+        "ve",
+        &[
+            operand(DType::F32, 2, 4, 0, dst.clone()),
+            operand(DType::I8, 2, 4, 0x40, cond.clone().iter().map(|&c| if c.is_nan() { 1.0 } else { c }).collect()),
+            operand(DType::F32, 2, 1, 0x80, col.clone()),
+            operand(DType::I32, 2, 4, 0xc0, dst.iter().map(|x| x.floor()).collect()),
+            operand(DType::F32, 2, 4, 0x100, cond.clone()),
+        ],
+        &[
+            "fill_predicated dst=sram.f32[0:2, 0x0, [4 x 1]], cond=sram.i8[0:2, 0x40, [4 x 1]], value=-inf, negate=false".into(),
+            "fill_predicated dst=sram.i32[0:2, 0xc0, [4 x 1]], cond=sram.f32[0:2, 0x100, [4 x 1]], value=sram.f32[*, 0x80], negate=true".into(),
+        ],
+        &[(DType::F32, 2, 4, 0), (DType::I32, 2, 4, 0xc0)],
+    );
+    let holds = |c: f32| c != 0.0;
+    let want: Vec<f32> = (0..8).map(|i| if holds(cond[i]) { f32::NEG_INFINITY } else { dst[i] }).collect();
+    assert_bits_eq(&out[0], &want, "fill_predicated immediate");
+    let want: Vec<f32> = (0..8).map(|i| if !holds(cond[i]) { col[i / 4] } else { dst[i].floor() }).collect();
+    assert_bits_eq(&out[1], &want, "fill_predicated column, negated, into i32");
 }

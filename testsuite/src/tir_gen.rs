@@ -11,6 +11,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, RngExt, SeedableRng};
 
 const FLOATS: [&str; 5] = ["f32", "f16", "bf16", "f8e4m3", "f8e5m2"];
+const INTS: [&str; 2] = ["i8", "i32"];
 
 #[derive(Clone)]
 struct Val {
@@ -61,6 +62,142 @@ impl<R: Rng> Gen<R> {
         floats[self.rng.random_range(0..floats.len())].clone()
     }
 
+    /// An integer value (i8 or i32) of rank >= 1, made a parameter when none exists.
+    fn pick_int(&mut self) -> Val {
+        let ints: Vec<Val> =
+            self.values.iter().filter(|v| INTS.contains(&v.dtype) && !v.shape.is_empty()).cloned().collect();
+        if ints.is_empty() || self.rng.random_bool(0.2) {
+            let dt = INTS[self.rng.random_range(0..INTS.len())];
+            let rank = self.rng.random_range(1..4);
+            let s = self.shape(rank);
+            return self.param(dt, s);
+        }
+        ints[self.rng.random_range(0..ints.len())].clone()
+    }
+
+    /// A shape `shape` broadcasts to: some dims set to 1, maybe leading dims dropped
+    /// (down to rank 0).
+    fn broadcast_of(&mut self, shape: &[u64]) -> Vec<u64> {
+        let drop = self.rng.random_range(0..=shape.len());
+        shape[drop..].iter().map(|&d| if self.rng.random_bool(0.3) { 1 } else { d }).collect()
+    }
+
+    /// An i1 value of a shape that broadcasts to `v`'s (with `full`, of its shape):
+    /// a comparison of `v` with a partner or a literal, an i1 parameter, or a cast.
+    fn condition(&mut self, v: &Val, full: bool) -> String {
+        let kinds = ["lt", "le", "gt", "ge", "eq"];
+        let k = kinds[self.rng.random_range(0..kinds.len())];
+        let c = self.fresh();
+        match self.rng.random_range(0..4) {
+            0 => {
+                let s = if full { v.shape.clone() } else { self.broadcast_of(&v.shape) };
+                return format!("%{}", self.param("i1", s).name);
+            }
+            1 => {
+                let s = self.broadcast_of(&v.shape);
+                let other = self.param(v.dtype, s);
+                self.body.push(format!("  %{c} = compare(%{}, %{}) {{kind = {k}}}", v.name, other.name));
+            }
+            2 => self.body.push(format!("  %{c} = cast(%{}) {{to = i1}}", v.name)),
+            _ => {
+                let lit = self.literal_for(v.dtype);
+                self.body.push(format!("  %{c} = compare({lit}, %{}) {{kind = {k}}}", v.name));
+            }
+        }
+        self.values.push(Val { name: c.clone(), dtype: "i1", shape: v.shape.clone() });
+        format!("%{c}")
+    }
+
+    /// Integer elementwise ops, int <-> float casts, tensor selects and iotas of
+    /// any rank and axis.
+    fn integer_or_boolean_step(&mut self, annotate: bool) {
+        match self.rng.random_range(0..5) {
+            0 => {
+                let v = self.pick_int();
+                let ops = ["add", "sub", "mul", "max", "min"];
+                let op = ops[self.rng.random_range(0..ops.len())];
+                let other = if self.rng.random_bool(0.5) {
+                    self.literal_for(v.dtype)
+                } else {
+                    let s = self.broadcast_of(&v.shape);
+                    format!("%{}", self.param(v.dtype, s).name)
+                };
+                let (a, b) = if self.rng.random_bool(0.5) {
+                    (format!("%{}", v.name), other)
+                } else {
+                    (other, format!("%{}", v.name))
+                };
+                if self.rng.random_bool(0.2) {
+                    // An integer reduction over the last axis or all of them.
+                    let r = v.shape.len();
+                    let kind = if self.rng.random_bool(0.5) { "reduce_sum" } else { "reduce_max" };
+                    let (axes, shape) = if self.rng.random_bool(0.5) {
+                        ((r - 1).to_string(), v.shape[..r - 1].to_vec())
+                    } else {
+                        ((0..r).map(|a| a.to_string()).collect::<Vec<_>>().join(", "), Vec::new())
+                    };
+                    self.emit(format!("{kind}(%{}) {{axes = [{axes}]}}", v.name), v.dtype, shape, annotate);
+                    return;
+                }
+                let rhs =
+                    if self.rng.random_bool(0.2) { format!("neg(%{})", v.name) } else { format!("{op}({a}, {b})") };
+                self.emit(rhs, v.dtype, v.shape, annotate);
+            }
+            1 => {
+                // Int <-> float, either way.
+                let (v, to) = if self.rng.random_bool(0.5) {
+                    (self.pick_int(), FLOATS[self.rng.random_range(0..FLOATS.len())])
+                } else {
+                    (self.pick_float(), INTS[self.rng.random_range(0..INTS.len())])
+                };
+                self.emit(format!("cast(%{}) {{to = {to}}}", v.name), to, v.shape, annotate);
+            }
+            2 => {
+                // select(cond, a, b) with tensors or literals on either side.
+                let v = if self.rng.random_bool(0.7) { self.pick_float() } else { self.pick_int() };
+                let c = self.condition(&v, false);
+                let other = if self.rng.random_bool(0.5) {
+                    self.literal_for(v.dtype)
+                } else {
+                    let s = self.broadcast_of(&v.shape);
+                    format!("%{}", self.param(v.dtype, s).name)
+                };
+                let (a, b) = if self.rng.random_bool(0.5) {
+                    (format!("%{}", v.name), other)
+                } else {
+                    (other, format!("%{}", v.name))
+                };
+                self.emit(format!("select({c}, {a}, {b})"), v.dtype, v.shape, annotate);
+            }
+            3 => {
+                // A comparison kept as a value (returned, or cast back to a number).
+                let v = if self.rng.random_bool(0.7) { self.pick_float() } else { self.pick_int() };
+                let c = self.condition(&v, true);
+                let to = ["f32", "bf16", "i8", "i32"][self.rng.random_range(0..4)];
+                self.emit(format!("cast({c}) {{to = {to}}}"), to, v.shape, annotate);
+            }
+            _ => {
+                let rank = self.rng.random_range(1..5);
+                let shape = self.shape(rank);
+                let dt = ["i32", "i8", "f32", "bf16"][self.rng.random_range(0..4)];
+                let axis =
+                    self.rng.random_range(0..rank) as i64 - if self.rng.random_bool(0.3) { rank as i64 } else { 0 };
+                self.emit(format!("iota() {{axis = {axis}}}"), dt, shape, true);
+            }
+        }
+    }
+
+    /// A literal that fits `dtype`: integers for i8/i32, any float otherwise.
+    fn literal_for(&mut self, dtype: &str) -> String {
+        match dtype {
+            "i8" => self.rng.random_range(-128..128).to_string(),
+            "i32" => [self.rng.random_range(-300..300), self.rng.random_range(-(1 << 20)..(1 << 20))]
+                [self.rng.random_range(0..2)]
+            .to_string(),
+            _ => self.literal(),
+        }
+    }
+
     fn literal(&mut self) -> String {
         match self.rng.random_range(0..6) {
             0 => "inf".into(),
@@ -81,7 +218,8 @@ impl<R: Rng> Gen<R> {
         let v = self.pick_float();
         let r = v.shape.len();
         let annotate = self.rng.random_bool(0.3);
-        match self.rng.random_range(0..16) {
+        match self.rng.random_range(0..19) {
+            16..=18 => self.integer_or_boolean_step(annotate),
             0 => {
                 let ops = ["neg", "exp", "tanh", "erf", "sigmoid", "rsqrt", "sqrt", "recip", "relu", "silu"];
                 let op = ops[self.rng.random_range(0..ops.len())];

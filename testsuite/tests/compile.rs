@@ -302,8 +302,11 @@ fn epilogues_beyond_the_kernel_say_what_and_why() {
     };
     assert!(why("  %z = add(%y, %odd)\n  %r = reduce_sum(%z) {axes = [0]}\n  return %r")
         .contains("`%z = add` changes the shape"));
-    assert!(why("  %c = compare(%odd, 0.5) {kind = gt}\n  %m = select(%c, %odd, 0.0)\n  %r = reduce_sum(%m) {axes = [0]}\n  %a = add(%y, %r)\n  return %a")
-        .contains("`%c = compare` is only supported inside a mask select"));
+    // A comparison outside a mask is materialised (i1 as i8) and selected by.
+    assert_eq!(
+        why("  %c = compare(%odd, 0.5) {kind = gt}\n  %m = select(%c, %odd, 0.0)\n  %r = reduce_sum(%m) {axes = [0]}\n  %a = add(%y, %r)\n  return %a"),
+        r#"compiles to ["gemm", "map", "map", "copy", "rows", "map"]"#
+    );
     assert_eq!(why("  %r = softmax(%y) {axis = -1}\n  return %r"), r#"compiles to ["gemm", "rows"]"#);
 }
 

@@ -86,19 +86,33 @@ fn row_kernels_verify_bit_exactly_on_both_targets() {
     }
 }
 
+/// Integer elementwise ops, reductions, comparisons and selects stay exact where
+/// f32 would not (values beyond 2^24), and i1 values cross HBM as i8.
+#[test]
+fn integer_and_boolean_programs_are_exact() {
+    let src = "func @f(%x: i32[8, 16], %flag: i1[16]) -> (i32[8], i32[8, 16], i1[8, 16], f32[8, 16]) {
+  %b = mul(%x, 4194304)
+  %c = add(%b, %x)
+  %s = reduce_sum(%c) {axes = [1]}
+  %big = compare(%c, 16777216) {kind = gt}
+  %k = select(%flag, %c, neg(%x))
+  %keep = select(%big, %k, -1)
+  %h = cast(%c) {to = f32}
+  %z = select(%flag, %h, -inf)
+  return %s, %keep, %big, %z
+}";
+    let src = src.replace("neg(%x)", "%x");
+    let f = check(&src);
+    assert_eq!(jpu_testsuite::verify_everywhere(&f, &src, 3), 0.0);
+}
+
 /// What the row kernels do not cover is refused with the op and the reason.
 #[test]
 fn row_ops_beyond_the_kernels_say_what_and_why() {
-    let cases = [
-        (
-            "func @f(%x: i32[8, 16]) -> i32[8] {\n  %y = reduce_sum(%x) {axes = [1]}\n  return %y\n}",
-            "on integers is not supported yet",
-        ),
-        (
-            "func @f(%x: f32[2, 20000]) -> f32[2, 20000] {\n  %y = softmax(%x) {axis = 1}\n  return %y\n}",
-            "rows of 20000 elements do not fit one SRAM partition",
-        ),
-    ];
+    let cases = [(
+        "func @f(%x: f32[2, 20000]) -> f32[2, 20000] {\n  %y = softmax(%x) {axis = 1}\n  return %y\n}",
+        "rows of 20000 elements do not fit one SRAM partition",
+    )];
     let t = Target::builtin("jpu1").unwrap();
     for (src, want) in cases {
         let f = check(src);
@@ -332,19 +346,14 @@ fn iota_masks_are_affine_selects() {
         let v = jalc::verify::verify(&tri, &t, 1).unwrap();
         assert!(v.passed && v.max_abs_error == 0.0, "{target}: {:?}", v.first_mismatch);
     }
-    // Selects the VE cannot express are refused with the reason.
-    let t = Target::builtin("jpu1").unwrap();
-    for (body, want) in [
-        ("%c = compare(%x, %y) {kind = lt}\n  %s = select(%c, %x, 0.0)", "only supported inside a mask select"),
-        (
-            "%i = iota() {axis = 0} : i32[8, 16]\n  %c = compare(%i, 3) {kind = lt}\n  %s = select(%c, %x, %y)",
-            "selects between two tensors",
-        ),
+    // Selects that are not affine masks materialise their condition (an i1
+    // stored as i8) and select by it on the VE, bit-exactly.
+    for body in [
+        "%c = compare(%x, %y) {kind = lt}\n  %s = select(%c, %x, 0.0)",
+        "%i = iota() {axis = 0} : i32[8, 16]\n  %c = compare(%i, 3) {kind = lt}\n  %s = select(%c, %x, %y)",
     ] {
         let src = format!("func @f(%x: f32[8, 16], %y: f32[8, 16]) -> f32[8, 16] {{\n  {body}\n  return %s\n}}");
-        let err =
-            jalc::driver::compile(&check(&src), &t, &jalc::driver::Options::o2()).err().expect("refused").to_string();
-        assert!(err.contains(want), "{err}");
+        assert_eq!(jpu_testsuite::verify_everywhere(&check(&src), &src, 4), 0.0, "{src}");
     }
 }
 

@@ -530,6 +530,28 @@ fn instruction(tp: &TileProgram, t: &Target, alloc: &Allocation, tensors: &[Tens
         TileOp::Reduce { op, dst, src } => {
             (Engine::VE, Op::Reduce { op: *op, dst: tile(tp, alloc, dst), src: tile(tp, alloc, src) })
         }
+        TileOp::Iota { dst, base, partition_step, free_step } => (
+            Engine::VE,
+            Op::Iota { dst: tile(tp, alloc, dst), base: *base, partition_step: *partition_step, free_step: *free_step },
+        ),
+        TileOp::CopyWhere { dst, src, cond, negate } => (
+            Engine::VE,
+            Op::CopyPredicated {
+                dst: tile(tp, alloc, dst),
+                src: tile(tp, alloc, src),
+                cond: tile(tp, alloc, cond),
+                negate: *negate,
+            },
+        ),
+        TileOp::FillWhere { dst, cond, value, negate } => (
+            Engine::VE,
+            Op::FillPredicated {
+                dst: tile(tp, alloc, dst),
+                cond: tile(tp, alloc, cond),
+                value: scalar_operand(tp, alloc, value),
+                negate: *negate,
+            },
+        ),
         TileOp::Select { cmp, dst, src, partition_step, free_step, base, fill } => (
             Engine::VE,
             Op::Select {

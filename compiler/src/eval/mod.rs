@@ -33,12 +33,13 @@ impl Tensor {
 }
 
 /// Rounds an exact value into `dtype` (round to nearest even; integers saturate;
-/// i1 is 1 for any nonzero value). Chip dtypes round through
+/// i1 is 1 for any nonzero value, NaN included). Chip dtypes round through
 /// [`numerics::round_f64`], the one implementation of the chip's conversions.
 pub fn round(dtype: ScalarType, v: f64) -> f64 {
     match dtype.chip() {
         Some(chip) => numerics::round_f64(chip, v),
-        None => (v != 0.0 && !v.is_nan()) as u8 as f64,
+        // NaN is not zero (as numpy's `astype(bool)`).
+        None => (v != 0.0) as u8 as f64,
     }
 }
 

@@ -65,6 +65,11 @@ impl ScalarType {
         matches!(self, ScalarType::I8 | ScalarType::I32)
     }
 
+    /// The chip dtype values of this type are stored in: i1 as an i8 0 or 1.
+    pub fn storage(self) -> jpu_isa::DType {
+        self.chip().unwrap_or(jpu_isa::DType::I8)
+    }
+
     /// The chip dtype with the same values (none for i1).
     pub fn chip(self) -> Option<jpu_isa::DType> {
         use jpu_isa::DType as D;

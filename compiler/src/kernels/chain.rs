@@ -14,10 +14,13 @@ use jpu_isa::operand::{ActFunc, AluOp};
 use jpu_isa::program::Role;
 use jpu_isa::DType;
 
-use super::{chip, statement, unsupported, Ctx};
+use super::{statement, unsupported, Ctx};
 use crate::error::CompileError;
-use crate::ir::{BinaryOp, GeluApprox, Node, Op, Operand, TensorType, UnaryOp, ValueId};
+use crate::ir::{BinaryOp, CompareKind, GeluApprox, Node, Op, Operand, ScalarType, TensorType, UnaryOp, ValueId};
 use crate::tiles::{BufSlice, HbmTensor, TileOp, TileScalar};
+
+/// The listing of the store of an i1 result (0 or 1 in an i8).
+const I1_STORE: &str = "i1 stored as i8 (0 or 1)";
 
 /// A tensor operand of the epilogue.
 #[derive(Debug, Clone, PartialEq)]
@@ -90,6 +93,16 @@ pub enum EpilogueStep {
     },
     /// `func(tile)`.
     Activate(ActFunc),
+    /// Replace the tile by `other` where epilogue input `cond` is nonzero (zero
+    /// with `negate`): a select by a tensor condition.
+    Where {
+        /// Epilogue input holding the condition (an i1 stored as i8).
+        cond: usize,
+        /// The value written where it applies.
+        other: EpilogueOperand,
+        /// Write where the condition is zero (the tile is the select's `a`).
+        negate: bool,
+    },
     /// Keep the tile where an affine condition of the element's (row, column)
     /// within its matrix holds, else `fill` (a mask select; see [`super::mask`]).
     Mask {
@@ -101,6 +114,15 @@ pub enum EpilogueStep {
 }
 
 impl EpilogueStep {
+    /// Whether the step reads epilogue input `e`.
+    pub fn reads(&self, e: usize) -> bool {
+        match *self {
+            EpilogueStep::Binary { other: EpilogueOperand::Tensor(k), .. } => k == e,
+            EpilogueStep::Where { cond, other, .. } => cond == e || other == EpilogueOperand::Tensor(e),
+            _ => false,
+        }
+    }
+
     /// The tile op applying this step in place to `tile`, whose first element is
     /// at (`row`, `col`) of its matrix; `operand(i)` is the slice of epilogue input
     /// `i` matching the tile, and whether it is a column (one value per partition).
@@ -121,6 +143,19 @@ impl EpilogueStep {
                 base: c.row * row as i32 + c.col * col as i32 + c.constant,
                 fill,
             },
+            EpilogueStep::Where { cond, other, negate } => {
+                let (cond, _) = operand(cond);
+                match other {
+                    EpilogueOperand::Same => TileOp::Copy { dst: tile, src: tile },
+                    EpilogueOperand::Scalar(v) => {
+                        TileOp::FillWhere { dst: tile, cond, value: TileScalar::Imm(v), negate }
+                    }
+                    EpilogueOperand::Tensor(e) => match operand(e) {
+                        (col, true) => TileOp::FillWhere { dst: tile, cond, value: TileScalar::Column(col), negate },
+                        (src, false) => TileOp::CopyWhere { dst: tile, src, cond, negate },
+                    },
+                }
+            }
             EpilogueStep::Binary { op, other: EpilogueOperand::Scalar(value), other_first } => {
                 TileOp::Scalar { op, dst: tile, src: tile, scalar: TileScalar::Imm(value), reverse: other_first }
             }
@@ -179,22 +214,34 @@ pub fn chain(cx: &Ctx<'_>, start: ValueId, first: Option<usize>, ty: &TensorType
         let uses_prev = |o: &Operand| matches!(o, Operand::Value(v) if *v == prev);
         let text = statement(f, i);
         match (&n.op, n.operands.as_slice()) {
+            (Op::Cast { to: ScalarType::I1 }, [x]) if uses_prev(x) => {
+                // Nonzero (NaN included) is true.
+                let step =
+                    EpilogueStep::Binary { op: AluOp::IsNe, other: EpilogueOperand::Scalar(0.0), other_first: false };
+                c.epilogue.push((step, text));
+                c.cast = Some((DType::I8, I1_STORE.into()));
+            }
             (Op::Cast { to }, [x]) if uses_prev(x) => {
-                let to = chip(*to, "a cast result", n)?;
+                let to = to.storage();
                 c.cast = Some((to, format!("{text} {{to = {to}}}")));
             }
             (Op::Binary(op), [x, y]) if uses_prev(x) || uses_prev(y) => {
-                let step = binary_step(cx, &mut c.epilogue_inputs, n, *op, (x, y), prev, ty)?;
+                let step = binary_step(cx, &mut c.epilogue_inputs, n, alu_op(*op), (x, y), prev, ty)?;
                 c.epilogue.push((step, text));
             }
-            (Op::Unary(_) | Op::Gelu { .. }, [x]) if uses_prev(x) => {
-                if !ty.dtype.is_float() {
-                    return Err(unsupported(n, "on an integer result is not supported yet"));
-                }
-                c.epilogue.push((unary_step(n)?, text));
+            (Op::Compare { kind }, [x, y]) if uses_prev(x) || uses_prev(y) => {
+                // The tile holds 1 or 0 in the operands' dtype; the result is stored
+                // as i8 and ends the chain.
+                let step = binary_step(cx, &mut c.epilogue_inputs, n, compare_op(*kind), (x, y), prev, ty)?;
+                c.epilogue.push((step, text));
+                c.cast = Some((DType::I8, I1_STORE.into()));
+            }
+            (Op::Unary(_) | Op::Gelu { .. }, [x]) if uses_prev(x) => c.epilogue.push((unary_step(n)?, text)),
+            (Op::Select, [Operand::Value(cond), a, b]) if super::mask::is_mask_select(cx.f, n) => {
+                c.epilogue.push((mask_step(cx, n, *cond, (a, b), prev)?, text))
             }
             (Op::Select, [Operand::Value(cond), a, b]) => {
-                c.epilogue.push((mask_step(cx, n, *cond, (a, b), prev)?, text))
+                c.epilogue.push((where_step(cx, &mut c.epilogue_inputs, n, *cond, (a, b), prev, ty)?, text))
             }
             _ => return Err(unsupported(n, "is not an elementwise step on the product")),
         }
@@ -217,10 +264,15 @@ fn next_consumer(cx: &Ctx<'_>, prev: ValueId) -> Option<usize> {
 /// True when `n` is an elementwise op whose other operands are ready: in HBM,
 /// literals, or a mask condition (computed in place).
 fn is_step(cx: &Ctx<'_>, n: &Node, prev: ValueId) -> bool {
-    let elementwise = matches!(n.op, Op::Cast { .. } | Op::Binary(_) | Op::Unary(_) | Op::Gelu { .. } | Op::Select);
-    let mask_condition = |v: &ValueId| super::mask::condition(cx.f, *v, &n.ty.shape).is_some();
-    let ready = n.operands.iter().all(|o| match o {
-        Operand::Value(v) => *v == prev || cx.in_hbm[v.0 as usize] || mask_condition(v),
+    let elementwise = matches!(
+        n.op,
+        Op::Cast { .. } | Op::Binary(_) | Op::Unary(_) | Op::Gelu { .. } | Op::Select | Op::Compare { .. }
+    );
+    let mask = matches!(n.op, Op::Select) && super::mask::is_mask_select(cx.f, n);
+    let ready = n.operands.iter().enumerate().all(|(k, o)| match o {
+        // A select's condition is not the tile's value.
+        Operand::Value(v) if *v == prev => !(matches!(n.op, Op::Select) && k == 0),
+        Operand::Value(v) => cx.in_hbm[v.0 as usize] || (mask && k == 0),
         Operand::Scalar(_) => true,
     });
     elementwise && ready
@@ -231,35 +283,100 @@ fn binary_step(
     cx: &Ctx<'_>,
     inputs: &mut Vec<EpilogueInput>,
     n: &Node,
-    op: BinaryOp,
+    op: AluOp,
     (x, y): (&Operand, &Operand),
     prev: ValueId,
     ty: &TensorType,
 ) -> Result<EpilogueStep, CompileError> {
-    if !ty.dtype.is_float() {
-        return Err(unsupported(n, "on an integer result is not supported yet"));
-    }
     let uses_prev = |o: &Operand| matches!(o, Operand::Value(v) if *v == prev);
     let other_first = !uses_prev(x);
     let other = match if other_first { x } else { y } {
         _ if uses_prev(x) && uses_prev(y) => EpilogueOperand::Same,
-        Operand::Scalar(v) => EpilogueOperand::Scalar(round_f64(chip(ty.dtype, "a result", n)?, *v) as f32),
-        Operand::Value(v) if cx.in_hbm[v.0 as usize] => EpilogueOperand::Tensor(tensor_operand(cx, inputs, n, *v, ty)?),
+        other => other_operand(cx, inputs, n, other, ty)?,
+    };
+    Ok(EpilogueStep::Binary { op, other, other_first })
+}
+
+/// An operand that is not the tile: a literal (rounded to the chain's dtype) or
+/// a tensor in HBM.
+fn other_operand(
+    cx: &Ctx<'_>,
+    inputs: &mut Vec<EpilogueInput>,
+    n: &Node,
+    o: &Operand,
+    ty: &TensorType,
+) -> Result<EpilogueOperand, CompileError> {
+    match o {
+        Operand::Scalar(v) => {
+            let dtype = ty.dtype.storage();
+            let value = round_f64(dtype, *v);
+            // Immediates are f32 (rounded to an integer, saturating, in integer mode).
+            let imm = value as f32 as f64;
+            let exact = value.is_nan() || imm == value || (dtype.is_int() && round_f64(DType::I32, imm) == value);
+            if !exact {
+                return Err(unsupported(n, &format!("has the literal {v}, which has no exact f32 immediate")));
+            }
+            Ok(EpilogueOperand::Scalar(value as f32))
+        }
+        Operand::Value(v) if cx.in_hbm[v.0 as usize] => {
+            Ok(EpilogueOperand::Tensor(tensor_operand(cx, inputs, n, *v, ty)?))
+        }
         Operand::Value(v) => {
             let why =
                 format!("reads `%{}`, which is not a parameter or an earlier kernel's output", cx.f.node(*v).name);
-            return Err(unsupported(n, &why));
+            Err(unsupported(n, &why))
         }
-    };
-    let op = match op {
+    }
+}
+
+/// The VE operation of a binary op.
+fn alu_op(op: BinaryOp) -> AluOp {
+    match op {
         BinaryOp::Add => AluOp::Add,
         BinaryOp::Sub => AluOp::Sub,
         BinaryOp::Mul => AluOp::Mul,
         BinaryOp::Div => AluOp::Div,
         BinaryOp::Max => AluOp::Max,
         BinaryOp::Min => AluOp::Min,
+    }
+}
+
+/// The VE comparison of a compare kind (1 where it holds, else 0).
+fn compare_op(kind: CompareKind) -> AluOp {
+    match kind {
+        CompareKind::Lt => AluOp::IsLt,
+        CompareKind::Le => AluOp::IsLe,
+        CompareKind::Gt => AluOp::IsGt,
+        CompareKind::Ge => AluOp::IsGe,
+        CompareKind::Eq => AluOp::IsEq,
+    }
+}
+
+/// The step of `select(cond, a, b)` with a condition in HBM, where one of `a`,
+/// `b` is `prev` (the tile) and the other is written where it applies.
+fn where_step(
+    cx: &Ctx<'_>,
+    inputs: &mut Vec<EpilogueInput>,
+    n: &Node,
+    cond: ValueId,
+    (a, b): (&Operand, &Operand),
+    prev: ValueId,
+    ty: &TensorType,
+) -> Result<EpilogueStep, CompileError> {
+    let uses_prev = |o: &Operand| matches!(o, Operand::Value(v) if *v == prev);
+    let c = cx.f.node(cond);
+    let cond_ty = TensorType::new(c.ty.dtype, ty.shape.clone());
+    let cond = tensor_operand(cx, inputs, n, cond, &cond_ty)?;
+    if inputs[cond].broadcast == Broadcast::Column {
+        return Err(unsupported(n, "has a condition of one value per row, which is not expanded yet"));
+    }
+    let negate = uses_prev(a);
+    let other = match (a, b) {
+        _ if uses_prev(a) && uses_prev(b) => EpilogueOperand::Same,
+        (_, o) if negate => other_operand(cx, inputs, n, o, ty)?,
+        (o, _) => other_operand(cx, inputs, n, o, ty)?,
     };
-    Ok(EpilogueStep::Binary { op, other, other_first })
+    Ok(EpilogueStep::Where { cond, other, negate })
 }
 
 /// How an operand shaped `shape` lines up with a result shaped `c`, if an
@@ -297,12 +414,12 @@ fn tensor_operand(
     let (mut shape, c) = (&p.ty.shape, &ty.shape);
     let mut name = cx.tensor(v);
     let broadcast = match (broadcast_class(shape, c), cx.broadcasts.get(&(n.name.clone(), v))) {
-        (Some(b), _) => b,
         // Expanded to the result's shape by a copy kernel before this one.
-        (None, Some(expanded)) => {
+        (_, Some(expanded)) => {
             (shape, name) = (c, expanded.clone());
             Broadcast::Full
         }
+        (Some(b), None) => b,
         (None, None) => {
             let n_cols = c.last().copied().unwrap_or(1);
             return Err(unsupported(n, &format!(
@@ -314,10 +431,10 @@ fn tensor_operand(
     if p.ty.dtype != ty.dtype {
         return Err(unsupported(n, "mixes dtypes"));
     }
-    if let Some(k) = inputs.iter().position(|e| e.name == name) {
+    if let Some(k) = inputs.iter().position(|e| e.name == name && e.broadcast == broadcast) {
         return Ok(k);
     }
-    let dtype = chip(ty.dtype, "a result", n)?;
+    let dtype = ty.dtype.storage();
     inputs.push(EpilogueInput { name, dtype, shape: shape.clone(), broadcast });
     Ok(inputs.len() - 1)
 }
@@ -336,7 +453,7 @@ fn unary_step(n: &Node) -> Result<EpilogueStep, CompileError> {
         Op::Unary(UnaryOp::Sqrt) => ActFunc::Sqrt,
         Op::Gelu { approx: GeluApprox::Tanh } => ActFunc::GeluTanh,
         Op::Gelu { approx: GeluApprox::None } => ActFunc::Gelu,
-        // -x is exact as x * -1 on the vector engine.
+        // -x is exact as x * -1 on the vector engine (in integer mode on integers).
         Op::Unary(UnaryOp::Neg) => {
             return Ok(EpilogueStep::Binary {
                 op: AluOp::Mul,
@@ -375,6 +492,6 @@ fn mask_step(
             ))
         }
     };
-    let fill = round_f64(chip(n.ty.dtype, "a result", n)?, fill) as f32;
+    let fill = round_f64(n.ty.dtype.storage(), fill) as f32;
     Ok(EpilogueStep::Mask { condition, fill })
 }

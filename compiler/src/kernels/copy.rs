@@ -16,7 +16,7 @@ use jpu_isa::program::Role;
 use jpu_isa::{DType, Target};
 
 use super::layout::{row_major, TensorView};
-use super::{chip, statement, unsupported, Ctx, Kernel, Work};
+use super::{statement, unsupported, Ctx, Kernel, Work};
 use crate::error::CompileError;
 use crate::ir::{Op, Span};
 use crate::tiles::{HbmBox, HbmTensor, TileOp, TileProgram};
@@ -49,7 +49,7 @@ pub struct CopyProblem {
 pub fn select(cx: &Ctx<'_>, i: usize) -> Result<CopyProblem, CompileError> {
     let node = &cx.f.nodes[i];
     let values = cx.hbm_values(node)?;
-    let dtype = chip(node.ty.dtype, "a result", node)?;
+    let dtype = node.ty.dtype.storage();
     let dims = &node.ty.shape;
     let (inputs, boxes) = match &node.op {
         Op::Concat { axis } => {

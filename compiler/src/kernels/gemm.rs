@@ -19,7 +19,7 @@ use jpu_isa::program::Role;
 use jpu_isa::{DType, Target};
 
 use super::chain::{chain, Broadcast, Chain, EpilogueInput, EpilogueOperand, EpilogueStep};
-use super::{chip, unsupported, Ctx, Field, Kernel, Work};
+use super::{unsupported, Ctx, Field, Kernel, Work};
 use crate::error::CompileError;
 use crate::ir::{Op, Operand, Span, ValueId};
 use crate::tiles::{BufSlice, Buffer, BufferId, HbmBox, HbmTensor, TileOp, TileProgram};
@@ -156,7 +156,7 @@ pub fn select(cx: &Ctx<'_>, mm_index: usize, t: &Target) -> Result<(GemmKernel, 
         return Err(unsupported(mm, "is malformed"));
     };
     cx.hbm_values(mm)?;
-    let result = chip(mm.ty.dtype, "a matmul result", mm)?;
+    let result = mm.ty.dtype.storage();
     let Chain { epilogue, epilogue_inputs, cast, mut nodes, last } = chain(cx, ValueId(mm_index as u32), None, &mm.ty)?;
     nodes.insert(0, mm_index);
     let (an, bn) = (f.node(*a), f.node(*b));
@@ -176,7 +176,7 @@ pub fn select(cx: &Ctx<'_>, mm_index: usize, t: &Target) -> Result<(GemmKernel, 
         n: bn.ty.shape[if *transpose_b { rb - 2 } else { rb - 1 }],
         transpose_a: *transpose_a,
         transpose_b: *transpose_b,
-        operand: chip(an.ty.dtype, "operands", mm)?,
+        operand: an.ty.dtype.storage(),
         result,
         cast,
         names: [cx.tensor(*a), cx.tensor(*b), cx.tensor(last)],

@@ -16,7 +16,7 @@ use jpu_isa::program::Role;
 use jpu_isa::{DType, Target};
 
 use super::chain::{chain, Broadcast, Chain, EpilogueInput, EpilogueStep};
-use super::{chip, statement, unsupported, Ctx, Field, Kernel, Work};
+use super::{statement, unsupported, Ctx, Field, Kernel, Work};
 use crate::error::CompileError;
 use crate::ir::{Op, Operand, Span, ValueId};
 use crate::tiles::{BufSlice, Buffer, BufferId, HbmBox, HbmTensor, TileOp, TileProgram};
@@ -54,6 +54,9 @@ pub struct MapProblem {
     /// The statement of the node a splat computes (a `const`, or an op whose
     /// result is a constant because an operand is empty).
     pub splat_of: Option<String>,
+    /// Instead of the splat, each block starts as an iota: `(per row, per
+    /// column)` coefficients of the element's row and column in the 2-D view.
+    pub iota: Option<(i32, i32)>,
     /// The first statement's source span.
     pub span: Span,
 }
@@ -71,21 +74,31 @@ pub struct MapKernel {
 /// whose main operand, of the result's shape, is in HBM); and its output node.
 pub fn select_chain(cx: &Ctx<'_>, i: usize, t: &Target) -> Result<(MapKernel, usize), CompileError> {
     let node = &cx.f.nodes[i];
-    let Some(x) = node.operands.iter().find_map(|o| match o {
-        Operand::Value(v) if cx.in_hbm[v.0 as usize] && cx.f.node(*v).ty.shape == node.ty.shape => Some(*v),
-        _ => None,
-    }) else {
-        return Err(unsupported(
-            node,
-            "has no operand of the result's shape in HBM (broadcasting the main operand is not supported yet)",
-        ));
+    // A select's condition is never the tile (its values are not the result's).
+    let skip = usize::from(matches!(node.op, Op::Select));
+    let values = || {
+        node.operands.iter().skip(skip).filter_map(|o| match o {
+            Operand::Value(v) if cx.in_hbm[v.0 as usize] => Some(*v),
+            _ => None,
+        })
     };
-    let xn = cx.f.node(x);
-    let c = chain(cx, x, Some(i), &xn.ty)?;
+    let full = values().find(|v| cx.f.node(*v).ty.shape == node.ty.shape);
+    let expanded = values().find_map(|v| Some((v, cx.broadcasts.get(&(node.name.clone(), v))?.clone())));
+    let (x, tensor) = match (full, expanded) {
+        (Some(x), _) => (x, cx.tensor(x)),
+        (None, Some((x, name))) => (x, name),
+        (None, None) => {
+            return Err(unsupported(node, "has no tensor operand of the result's shape, and none was expanded to it"))
+        }
+    };
+    let ty = crate::ir::TensorType::new(cx.f.node(x).ty.dtype, node.ty.shape.clone());
+    let c = chain(cx, x, Some(i), &ty)?;
     if c.nodes.is_empty() {
         return Err(unsupported(node, "cannot run as an elementwise kernel yet"));
     }
-    kernel(cx, c, None, x, &xn.ty.shape, None, t)
+    let (mut k, out) = kernel(cx, c, None, x, &node.ty.shape, None, t)?;
+    (k.p.input, k.p.input_shape) = (tensor, node.ty.shape.clone());
+    Ok((k, out))
 }
 
 /// The kernel of a const splat at node `i`, with the elementwise chain that
@@ -99,6 +112,67 @@ pub fn select_const(cx: &Ctx<'_>, i: usize, t: &Target) -> Result<(MapKernel, us
     Ok((k, out))
 }
 
+/// The kernels of iota node `i` (with the elementwise chain that consumes it);
+/// and the node whose value the last leaves in HBM. An iota along the last dim
+/// (or along the rows of a matrix) is set block by block on the VE; any other
+/// axis is one line of the axis's indices, broadcast by a copy kernel.
+pub fn select_iota(cx: &Ctx<'_>, i: usize, t: &Target) -> Result<(Vec<Box<dyn Kernel>>, usize), CompileError> {
+    let node = &cx.f.nodes[i];
+    let Op::Iota { axis } = node.op else { return Err(unsupported(node, "is not an iota")) };
+    let (shape, r) = (&node.ty.shape, node.ty.shape.len());
+    let coefficients = if axis + 1 == r {
+        Some((0, 1))
+    } else if axis + 2 == r && shape[..axis].iter().all(|&d| d == 1) {
+        Some((1, 0))
+    } else {
+        None
+    };
+    if let Some(iota) = coefficients {
+        let c = chain(cx, ValueId(i as u32), None, &node.ty)?;
+        let (mut k, out) = kernel(cx, c, Some(i), ValueId(i as u32), shape, Some(0.0), t)?;
+        (k.p.splat_of, k.p.iota) = (Some(statement(cx.f, i)), Some(iota));
+        return Ok((vec![Box::new(k)], out));
+    }
+    let line = format!("{}__line", node.name);
+    let dtype = node.ty.dtype.storage();
+    let p = MapProblem {
+        input: line.clone(),
+        input_shape: vec![shape[axis]],
+        shape: vec![shape[axis]],
+        dtype,
+        steps: Vec::new(),
+        inputs: Vec::new(),
+        cast: None,
+        output: line.clone(),
+        nodes: Vec::new(),
+        splat: Some(0.0),
+        splat_of: Some(statement(cx.f, i)),
+        iota: Some((0, 1)),
+        span: node.span.clone(),
+    };
+    let width = p.width(t);
+    let mut strides = vec![0; r];
+    strides[axis] = 1;
+    let view = super::layout::TensorView {
+        tensor: line,
+        tensor_shape: vec![shape[axis]],
+        shape: shape.clone(),
+        offset: 0,
+        strides,
+    };
+    if super::copy::transfers(&view) > 1 << 20 {
+        let what = format!("broadcasting the iota to {shape:?} needs more than 2^20 transfers");
+        return Err(CompileError::limit(&statement(cx.f, i), what, node.span.clone()));
+    }
+    let copy = super::copy::CopyProblem::scratch(
+        &view,
+        dtype,
+        &cx.tensor(ValueId(i as u32)),
+        (&statement(cx.f, i), i, &node.span),
+    );
+    Ok((vec![Box::new(MapKernel { p, width }), Box::new(copy)], i))
+}
+
 /// The kernel that sets node `i`'s result to `value` everywhere: an op whose
 /// operands are empty but whose result is not (a matmul with K = 0 is zeros, a
 /// sum over nothing 0), or whose result is empty (no blocks, no ops).
@@ -108,7 +182,7 @@ pub fn select_fill(cx: &Ctx<'_>, i: usize, value: f64, t: &Target) -> Result<(Ma
         input: cx.tensor(ValueId(i as u32)),
         input_shape: node.ty.shape.clone(),
         shape: node.ty.shape.clone(),
-        dtype: chip(node.ty.dtype, "a result", node)?,
+        dtype: node.ty.dtype.storage(),
         steps: Vec::new(),
         inputs: Vec::new(),
         cast: None,
@@ -116,6 +190,7 @@ pub fn select_fill(cx: &Ctx<'_>, i: usize, value: f64, t: &Target) -> Result<(Ma
         nodes: vec![i],
         splat: Some(value),
         splat_of: Some(statement(cx.f, i)),
+        iota: None,
         span: node.span.clone(),
     };
     let width = p.width(t);
@@ -140,7 +215,7 @@ fn kernel(
         input: cx.tensor(input),
         input_shape: input_node.ty.shape.clone(),
         shape: shape.to_vec(),
-        dtype: chip(input_node.ty.dtype, "an operand", first)?,
+        dtype: input_node.ty.dtype.storage(),
         steps: c.epilogue,
         inputs: c.epilogue_inputs,
         cast: c.cast,
@@ -148,6 +223,7 @@ fn kernel(
         nodes,
         splat,
         splat_of: None,
+        iota: None,
         span: first.span.clone(),
     };
     let width = p.width(t);
@@ -428,9 +504,15 @@ impl MapLowering<'_> {
         let (p, cols) = (self.p, self.p.view().1);
         let Block { start, col, rows: pr, cols: w, copy, in_row } = self.block(j);
         let slice = |buf| BufSlice { buf, copy, parts: pr, offset: 0, len: w };
-        let first = match p.splat {
-            Some(value) => TileOp::Memset { dst: slice(0), value: value as f32 },
-            None => TileOp::Load {
+        let first = match (p.iota, p.splat) {
+            (Some((per_row, per_col)), _) => TileOp::Iota {
+                dst: slice(0),
+                base: per_row * (start / cols.max(1)) as i32 + per_col * col as i32,
+                partition_step: per_row,
+                free_step: per_col,
+            },
+            (None, Some(value)) => TileOp::Memset { dst: slice(0), value: value as f32 },
+            (None, None) => TileOp::Load {
                 dst: slice(0),
                 src: HbmBox { tensor: 0, start, rows: pr, row_stride: cols, cols: w },
                 queue: None,

@@ -7,7 +7,7 @@
 
 use jpu_isa::operand::CmpOp;
 
-use crate::ir::{CompareKind, Func, Op, Operand, ValueId};
+use crate::ir::{CompareKind, Func, Node, Op, Operand, ValueId};
 
 /// `row * row_index + col * col_index + constant <cmp> 0`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,19 +83,43 @@ pub fn condition(f: &Func, cond: ValueId, shape: &[u64]) -> Option<AffineConditi
     Some(AffineCondition { row: ra - rb, col: ca - cb, constant: ka - kb, cmp })
 }
 
-/// Nodes absorbed into mask selects: every `compare` that some `select` uses as
-/// an affine condition, and the iotas it reads. They get no kernel of their own.
-pub fn absorbed(f: &Func) -> Vec<bool> {
+/// Whether select node `n` is a mask select: its condition is affine
+/// ([`condition`]) and it keeps one tensor and fills a literal.
+pub fn is_mask_select(f: &Func, n: &Node) -> bool {
+    match (&n.op, n.operands.as_slice()) {
+        (Op::Select, [Operand::Value(c), a, b]) => {
+            let one_literal =
+                matches!((a, b), (Operand::Value(_), Operand::Scalar(_)) | (Operand::Scalar(_), Operand::Value(_)));
+            one_literal && condition(f, *c, &n.ty.shape).is_some()
+        }
+        _ => false,
+    }
+}
+
+/// Nodes absorbed into mask selects: every live `compare` whose live uses are
+/// all mask selects (and that is not returned), and the iotas only such
+/// comparisons read. They get no kernel of their own.
+pub fn absorbed(f: &Func, live: &[bool]) -> Vec<bool> {
     let mut out = vec![false; f.nodes.len()];
-    for n in &f.nodes {
-        let (Op::Select, [Operand::Value(c), ..]) = (&n.op, n.operands.as_slice()) else { continue };
-        if condition(f, *c, &n.ty.shape).is_some() {
-            out[c.0 as usize] = true;
-            for o in &f.node(*c).operands {
-                if let Operand::Value(v) = o {
-                    out[v.0 as usize] = true;
-                }
-            }
+    let users = |v: usize| {
+        f.nodes.iter().enumerate().filter(move |(i, n)| {
+            live[*i] && n.operands.iter().any(|o| matches!(o, Operand::Value(x) if x.0 as usize == v))
+        })
+    };
+    let returned = |v: usize| f.results.iter().any(|r| r.0 as usize == v);
+    for (c, n) in f.nodes.iter().enumerate() {
+        if !live[c] || !matches!(n.op, Op::Compare { .. }) || returned(c) {
+            continue;
+        }
+        let mut uses = users(c).peekable();
+        let only_masks = uses.peek().is_some()
+            && users(c)
+                .all(|(_, u)| is_mask_select(f, u) && matches!(u.operands[0], Operand::Value(x) if x.0 as usize == c));
+        out[c] = only_masks;
+    }
+    for (i, n) in f.nodes.iter().enumerate() {
+        if matches!(n.op, Op::Iota { .. }) && live[i] && !returned(i) {
+            out[i] = users(i).all(|(u, _)| out[u]);
         }
     }
     out

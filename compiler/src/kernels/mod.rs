@@ -34,7 +34,7 @@ pub mod transpose;
 use jpu_isa::{DType, Target};
 
 use crate::error::CompileError;
-use crate::ir::{Func, Node, Operand, ScalarType, Span, ValueId};
+use crate::ir::{Func, Node, Operand, Span, ValueId};
 use crate::tiles::TileProgram;
 
 pub use select::select;
@@ -175,11 +175,6 @@ pub struct Ctx<'a> {
     /// operand)`), expanded to the statement's shape in HBM scratch by a copy
     /// kernel: the scratch tensor's name.
     pub broadcasts: std::collections::HashMap<(String, ValueId), String>,
-}
-
-/// The chip dtype of IR type `t` (i1 cannot live in HBM).
-pub fn chip(t: ScalarType, what: &str, node: &Node) -> Result<DType, CompileError> {
-    t.chip().ok_or_else(|| unsupported(node, &format!("has {what} of type {t}, which cannot live in HBM")))
 }
 
 /// Why `node` cannot be compiled.

@@ -31,9 +31,9 @@ use jpu_isa::{DType, Target};
 use super::copy::CopyProblem;
 use super::layout::{row_major, TensorView};
 use super::transpose::TransposeProblem;
-use super::{chip, statement, unsupported, Ctx, Kernel, Work};
+use super::{statement, unsupported, Ctx, Kernel, Work};
 use crate::error::CompileError;
-use crate::ir::{Node, Op, Operand, ReduceKind, Span, ValueId};
+use crate::ir::{Node, Op, Operand, ReduceKind, ScalarType, Span, ValueId};
 use crate::tiles::{BufSlice, Buffer, BufferId, HbmBox, HbmTensor, TileOp, TileProgram, TileScalar};
 
 /// What a row kernel computes.
@@ -140,8 +140,9 @@ pub fn select(cx: &Ctx<'_>, i: usize, t: &Target) -> Result<(Vec<Box<dyn Kernel>
     let x = cx.f.node(values[0]);
     let moved = moved_axes(node, x.ty.rank());
     let (kind, reduced, across) = row_kind(node, x.ty.rank(), moved.is_some())?;
-    if !x.ty.dtype.is_float() {
-        return Err(unsupported(node, "on integers is not supported yet (the vector engine computes in f32)"));
+    // Integer sums and maxima are exact on the VE (its integer mode).
+    if !x.ty.dtype.is_float() && !matches!(kind, RowKind::Reduce(_)) {
+        return Err(unsupported(node, "on integers is not supported"));
     }
     let rank = x.ty.rank();
     let mut shape = x.ty.shape.clone();
@@ -158,10 +159,10 @@ pub fn select(cx: &Ctx<'_>, i: usize, t: &Target) -> Result<(Vec<Box<dyn Kernel>
     }
     let params = values[1..]
         .iter()
-        .map(|v| Ok((cx.tensor(*v), chip(cx.f.node(*v).ty.dtype, "a norm parameter", node)?)))
+        .map(|v| Ok((cx.tensor(*v), cx.f.node(*v).ty.dtype.storage())))
         .collect::<Result<Vec<_>, CompileError>>()?;
     let (mut nodes, mut text) = (vec![i], vec![statement(cx.f, i)]);
-    let mut out_dtype = chip(node.ty.dtype, "a result", node)?;
+    let mut out_dtype = node.ty.dtype.storage();
     if let Some((c, to)) = fused_cast(cx, i, out_dtype)? {
         out_dtype = to;
         text.push(format!("{} {{to = {to}}}", statement(cx.f, c)));
@@ -169,7 +170,7 @@ pub fn select(cx: &Ctx<'_>, i: usize, t: &Target) -> Result<(Vec<Box<dyn Kernel>
     }
     let out_node = *nodes.last().unwrap_or(&i);
     let last = cx.f.node(ValueId(out_node as u32));
-    let dtype = chip(x.ty.dtype, "an operand", node)?;
+    let dtype = x.ty.dtype.storage();
     let p = RowProblem {
         kind,
         input: cx.tensor(values[0]),
@@ -186,7 +187,16 @@ pub fn select(cx: &Ctx<'_>, i: usize, t: &Target) -> Result<(Vec<Box<dyn Kernel>
         span: node.span.clone(),
     };
     let out = *p.nodes.last().unwrap_or(&i);
-    let kernels = if across {
+    // The PE transposes i32 only into PSUM; integer tensors move by copy kernels.
+    let on_pe = p.dtype.is_pe_operand() && p.out_dtype.is_pe_operand();
+    let moved = match moved {
+        None if across && !on_pe => {
+            let r = p.input_shape.len();
+            Some((0..r - 2).chain([r - 1, r - 2]).collect())
+        }
+        moved => moved,
+    };
+    let kernels = if across && on_pe {
         transposed(p, shape, &node.name, t)?
     } else if let Some(perm) = moved {
         permuted(p, &perm, &node.name, t)?
@@ -307,10 +317,12 @@ fn fused_cast(cx: &Ctx<'_>, i: usize, out_dtype: DType) -> Result<Option<(usize,
         return Ok(None);
     }
     let cast = f.nodes.iter().enumerate().skip(i + 1).find(|(_, n)| {
-        matches!(n.op, Op::Cast { .. }) && matches!(n.operands.as_slice(), [Operand::Value(v)] if v.0 as usize == i)
+        // A cast to i1 is a comparison, not a conversion the store can do.
+        matches!(n.op, Op::Cast { to } if to != ScalarType::I1)
+            && matches!(n.operands.as_slice(), [Operand::Value(v)] if v.0 as usize == i)
     });
     match cast {
-        Some((c, cn)) => Ok(Some((c, chip(cn.ty.dtype, "a cast result", cn)?))),
+        Some((c, cn)) => Ok(Some((c, cn.ty.dtype.storage()))),
         None => Ok(None),
     }
 }

@@ -17,9 +17,7 @@
 
 use jpu_isa::Target;
 
-use super::{
-    attention, chain, chip, copy, gemm, layout, map, mask, rows, statement, transpose, unsupported, Ctx, Kernel,
-};
+use super::{attention, chain, copy, gemm, layout, map, mask, rows, statement, transpose, unsupported, Ctx, Kernel};
 use crate::error::CompileError;
 use crate::ir::{Func, Op, Operand, ReduceKind, ValueId};
 
@@ -34,9 +32,9 @@ pub fn select(f: &Func, t: &Target, fuse: bool) -> Result<Vec<Box<dyn Kernel>>, 
         cx.mark_in_hbm(p);
     }
     let mut done = vec![false; f.nodes.len()];
-    let absorbed = mask::absorbed(f);
+    let absorbed = mask::absorbed(f, &live);
     let mut kernels: Vec<Box<dyn Kernel>> = Vec::new();
-    let mut pending = expansions(f, &live);
+    let mut pending = expansions(f, &live, &absorbed);
     expand_ready(&mut cx, &mut pending, &mut kernels)?;
     for i in f.num_params..f.nodes.len() {
         if done[i] || !live[i] || absorbed[i] || cx.layout.folded[i] {
@@ -71,40 +69,61 @@ pub fn select(f: &Func, t: &Target, fuse: bool) -> Result<Vec<Box<dyn Kernel>>, 
 fn by_kind(cx: &Ctx<'_>, i: usize, t: &Target) -> Result<(Vec<Box<dyn Kernel>>, usize), CompileError> {
     let node = &cx.f.nodes[i];
     Ok(match &node.op {
-            Op::Matmul { .. } => one(gemm::select(cx, i, t)?),
-            Op::Transpose { perm } if crate::ir::swaps_last_two(perm) && operand_is_plain(cx, i) => {
-                (vec![Box::new(transpose::select(cx, i)?)], i)
-            }
-            Op::Transpose { .. } | Op::Reshape { .. } | Op::Slice { .. } => (vec![Box::new(copy::select(cx, i)?)], i),
-            Op::Cast { .. } | Op::Binary(_) | Op::Unary(_) | Op::Gelu { .. } | Op::Select => {
-                one(map::select_chain(cx, i, t)?)
-            }
-            Op::Const { .. } => one(map::select_const(cx, i, t)?),
-            Op::Softmax { .. } | Op::RmsNorm { .. } | Op::LayerNorm { .. } | Op::Reduce { .. } => {
-                rows::select(cx, i, t)?
-            }
-            Op::Attention { .. } => (vec![Box::new(attention::select(cx, i, t)?)], i),
-            Op::Concat { .. } => (vec![Box::new(copy::select(cx, i)?)], i),
-            Op::Compare { .. } | Op::Iota { .. } => {
-                return Err(unsupported(
-                    node,
-                    "is only supported inside a mask select (a comparison of iotas over the last two dims and integer literals)",
-                ))
-            }
-            Op::Param => return Err(unsupported(node, "is a parameter after the parameters")),
+        Op::Matmul { .. } => one(gemm::select(cx, i, t)?),
+        Op::Transpose { perm }
+            if crate::ir::swaps_last_two(perm)
+                && operand_is_plain(cx, i)
+                && node.ty.dtype.storage().is_pe_operand() =>
+        {
+            (vec![Box::new(transpose::select(cx, i)?)], i)
+        }
+        Op::Transpose { .. } | Op::Reshape { .. } | Op::Slice { .. } => (vec![Box::new(copy::select(cx, i)?)], i),
+        Op::Cast { .. } | Op::Binary(_) | Op::Unary(_) | Op::Gelu { .. } | Op::Select | Op::Compare { .. } => {
+            one(map::select_chain(cx, i, t)?)
+        }
+        Op::Iota { .. } => map::select_iota(cx, i, t)?,
+        Op::Const { .. } => one(map::select_const(cx, i, t)?),
+        Op::Softmax { .. } | Op::RmsNorm { .. } | Op::LayerNorm { .. } | Op::Reduce { .. } => rows::select(cx, i, t)?,
+        Op::Attention { .. } => (vec![Box::new(attention::select(cx, i, t)?)], i),
+        Op::Concat { .. } => (vec![Box::new(copy::select(cx, i)?)], i),
+        Op::Param => return Err(unsupported(node, "is a parameter after the parameters")),
     })
 }
 
 /// Operands of elementwise statements that no epilogue reads as they are
-/// (`add(%x: [S, H, D], %cos: [S, 1, D])`): `(statement, operand)` pairs.
-fn expansions(f: &Func, live: &[bool]) -> Vec<(usize, ValueId)> {
+/// (`add(%x: [S, H, D], %cos: [S, 1, D])`), a select's condition of one value
+/// per row, and, where no value operand has the result's shape, the first
+/// one (the tile the chain runs on): `(statement, operand)` pairs.
+fn expansions(f: &Func, live: &[bool], absorbed: &[bool]) -> Vec<(usize, ValueId)> {
     let mut out = Vec::new();
-    for (i, node) in f.nodes.iter().enumerate().filter(|(i, n)| live[*i] && matches!(n.op, Op::Binary(_))) {
-        for o in &node.operands {
-            let Operand::Value(v) = o else { continue };
-            let shape = &f.node(*v).ty.shape;
-            if node.ty.elems() > 0 && chain::broadcast_class(shape, &node.ty.shape).is_none() && !out.contains(&(i, *v))
-            {
+    let elementwise = |n: &crate::ir::Node| matches!(n.op, Op::Binary(_) | Op::Compare { .. } | Op::Select);
+    for (i, node) in f.nodes.iter().enumerate().filter(|(i, n)| live[*i] && elementwise(n)) {
+        if node.ty.elems() == 0 || (matches!(node.op, Op::Select) && mask::is_mask_select(f, node)) {
+            continue;
+        }
+        let skip = usize::from(matches!(node.op, Op::Select));
+        let values: Vec<ValueId> = node
+            .operands
+            .iter()
+            .filter_map(|o| match o {
+                Operand::Value(v) if !absorbed[v.0 as usize] => Some(*v),
+                _ => None,
+            })
+            .collect();
+        let shape = |v: &ValueId| &f.node(*v).ty.shape;
+        let has_full =
+            node.operands.iter().skip(skip).any(|o| matches!(o, Operand::Value(v) if *shape(v) == node.ty.shape));
+        let first_value = node.operands.iter().skip(skip).find_map(|o| match o {
+            Operand::Value(v) => Some(*v),
+            _ => None,
+        });
+        for (k, v) in values.iter().enumerate() {
+            let class = chain::broadcast_class(shape(v), &node.ty.shape);
+            let is_cond = skip == 1 && matches!(node.operands[0], Operand::Value(c) if c == *v) && k == 0;
+            let needed = class.is_none()
+                || (is_cond && class == Some(chain::Broadcast::Column))
+                || (!has_full && Some(*v) == first_value);
+            if needed && !out.contains(&(i, *v)) {
                 out.push((i, *v));
             }
         }
@@ -137,7 +156,7 @@ fn expand_ready(
                 format!("expanding `%{}` to {:?} needs more than 2^20 transfers", cx.f.node(v).name, node.ty.shape);
             return Err(CompileError::limit(&statement(cx.f, i), what, node.span.clone()));
         }
-        let dtype = chip(cx.f.node(v).ty.dtype, "an operand", node)?;
+        let dtype = cx.f.node(v).ty.dtype.storage();
         let name = format!("{}__to_{}", cx.f.node(v).name, node.name);
         let text = statement(cx.f, i);
         kernels.push(Box::new(copy::CopyProblem::scratch(&view, dtype, &name, (&text, i, &node.span))));

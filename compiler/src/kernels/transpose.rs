@@ -10,7 +10,7 @@ use jpu_isa::operand::Space;
 use jpu_isa::program::Role;
 use jpu_isa::{DType, Target};
 
-use super::{chip, unsupported, Ctx, Kernel, Work};
+use super::{unsupported, Ctx, Kernel, Work};
 use crate::error::CompileError;
 use crate::ir::{swaps_last_two, Op, Span};
 use crate::tiles::{BufSlice, Buffer, HbmBox, HbmTensor, TileOp, TileProgram};
@@ -46,7 +46,7 @@ pub fn select(cx: &Ctx<'_>, i: usize) -> Result<TransposeProblem, CompileError> 
     Ok(TransposeProblem {
         input: cx.tensor(x),
         shape: xn.ty.shape.clone(),
-        dtype: chip(xn.ty.dtype, "a transposed tensor", node)?,
+        dtype: xn.ty.dtype.storage(),
         output: cx.tensor(crate::ir::ValueId(i as u32)),
         text: format!("%{} = transpose(%{})", node.name, xn.name),
         node: i,

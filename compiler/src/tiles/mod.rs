@@ -251,6 +251,41 @@ pub enum TileOp {
         /// Value where the condition fails.
         fill: f32,
     },
+    /// `dst[p, i] = base + partition_step * p + free_step * i` (exact, then rounded
+    /// into the dtype) on the VE.
+    Iota {
+        /// Result.
+        dst: BufSlice,
+        /// Value of the first element.
+        base: i32,
+        /// Added per partition.
+        partition_step: i32,
+        /// Added per element.
+        free_step: i32,
+    },
+    /// `dst = src` where `cond` is nonzero (zero with `negate`), else `dst` kept,
+    /// on the VE (selects by a tensor condition).
+    CopyWhere {
+        /// Result, read where the condition fails.
+        dst: BufSlice,
+        /// Values copied.
+        src: BufSlice,
+        /// Condition.
+        cond: BufSlice,
+        /// Copy where the condition is zero.
+        negate: bool,
+    },
+    /// `dst = value` where `cond` is nonzero (zero with `negate`), else `dst` kept.
+    FillWhere {
+        /// Result, read where the condition fails.
+        dst: BufSlice,
+        /// Condition.
+        cond: BufSlice,
+        /// An immediate or a per-partition column.
+        value: TileScalar,
+        /// Fill where the condition is zero.
+        negate: bool,
+    },
 }
 
 /// The scalar operand of [`TileOp::Scalar`] and of the ACT's scale and bias.
@@ -332,7 +367,11 @@ impl TileOp {
                 [*dst].into_iter().chain(*accum).collect(),
             ),
             TileOp::Binary { dst, a, b, .. } => (vec![*a, *b], vec![*dst]),
-            TileOp::Memset { dst, .. } => (vec![], vec![*dst]),
+            TileOp::Memset { dst, .. } | TileOp::Iota { dst, .. } => (vec![], vec![*dst]),
+            TileOp::CopyWhere { dst, src, cond, .. } => (vec![*src, *cond, *dst], vec![*dst]),
+            TileOp::FillWhere { dst, cond, value, .. } => {
+                ([*cond, *dst].into_iter().chain(value.column()).collect(), vec![*dst])
+            }
         }
     }
 
@@ -361,7 +400,7 @@ impl TileOp {
                 slices.extend([dst, src]);
                 slices.extend(scalar.column_mut());
             }
-            TileOp::Memset { dst, .. } => slices.push(dst),
+            TileOp::Memset { dst, .. } | TileOp::Iota { dst, .. } => slices.push(dst),
             TileOp::Activate { dst, src, scale, bias, accum, .. } => {
                 slices.extend([dst, src]);
                 slices.extend(scale.column_mut());
@@ -369,6 +408,11 @@ impl TileOp {
                 slices.extend(accum.as_mut());
             }
             TileOp::Binary { dst, a, b, .. } => slices.extend([dst, a, b]),
+            TileOp::CopyWhere { dst, src, cond, .. } => slices.extend([dst, src, cond]),
+            TileOp::FillWhere { dst, cond, value, .. } => {
+                slices.extend([dst, cond]);
+                slices.extend(value.column_mut());
+            }
         }
         for s in slices {
             s.buf = buf(s.buf);
@@ -444,6 +488,23 @@ impl TileProgram {
             TileOp::Reduce { op, dst, src } => {
                 format!("reduce_{} {} <- {}", op.name(), slice_text(self, dst), slice_text(self, src))
             }
+            TileOp::Iota { dst, base, partition_step, free_step } => {
+                format!("iota {} <- {base} + {partition_step}*p + {free_step}*i", slice_text(self, dst))
+            }
+            TileOp::CopyWhere { dst, src, cond, negate } => format!(
+                "copy {} <- {} where {}{}",
+                slice_text(self, dst),
+                slice_text(self, src),
+                if *negate { "not " } else { "" },
+                slice_text(self, cond)
+            ),
+            TileOp::FillWhere { dst, cond, value, negate } => format!(
+                "fill {} <- {} where {}{}",
+                slice_text(self, dst),
+                value.text(self),
+                if *negate { "not " } else { "" },
+                slice_text(self, cond)
+            ),
             TileOp::Select { cmp, dst, src, partition_step, free_step, base, fill } => format!(
                 "select {} <- {} where {partition_step}*p + {free_step}*i + {base} {} 0 else {fill:?}",
                 slice_text(self, dst),

@@ -11,6 +11,14 @@ fn main() {
     let t = jpu_isa::Target::builtin("jpu-tiny").unwrap();
     let mut why: BTreeMap<String, usize> = BTreeMap::new();
     let mut compiled = 0;
+    // `--seeds` also lists which seeds each refusal comes from.
+    let show = std::env::args().any(|a| a == "--seeds");
+    // `--print N` prints seed N's program and stops.
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(n) = args.iter().position(|a| a == "--print").and_then(|i| args.get(i + 1)?.parse::<u64>().ok()) {
+        print!("{}", jpu_testsuite::tir_gen::random_tir(n));
+        return;
+    }
     for seed in 0..200u64 {
         let f = jalc::front::tir::parse_and_check(&jpu_testsuite::tir_gen::random_tir(seed))
             .expect("generated programs check");
@@ -23,6 +31,9 @@ fn main() {
                     }
                     other => format!("{} | {other}", other.kind()),
                 };
+                if show {
+                    println!("seed {seed}: {key}");
+                }
                 *why.entry(key).or_default() += 1;
             }
         }

@@ -37,7 +37,7 @@ use jpu_isa::{DType, Target};
 
 use super::layout::TensorView;
 use super::transpose::TransposeProblem;
-use super::{chip, statement, unsupported, Ctx, Field, Kernel, Work};
+use super::{statement, unsupported, Ctx, Field, Kernel, Work};
 use crate::error::CompileError;
 use crate::ir::ValueId;
 use crate::ir::{Op, Span};
@@ -115,7 +115,7 @@ pub fn select(cx: &Ctx<'_>, i: usize, t: &Target) -> Result<AttentionKernel, Com
     let Op::Attention { causal, scale } = node.op else { return Err(unsupported(node, "is not attention")) };
     let [q, k, v] = cx.hbm_values(node)?[..] else { return Err(unsupported(node, "is malformed")) };
     let (qn, kn, vn) = (cx.f.node(q), cx.f.node(k), cx.f.node(v));
-    let dtype = chip(qn.ty.dtype, "a query", node)?;
+    let dtype = qn.ty.dtype.storage();
     if !matches!(dtype, DType::Bf16 | DType::F16 | DType::F32) {
         return Err(unsupported(node, &format!("on {dtype} operands is not supported yet (bf16, f16 and f32 are)")));
     }
@@ -163,7 +163,7 @@ pub fn select(cx: &Ctx<'_>, i: usize, t: &Target) -> Result<AttentionKernel, Com
         scale: scale as f32,
         out: out_view,
         zero_rows,
-        out_dtype: chip(node.ty.dtype, "a result", node)?,
+        out_dtype: node.ty.dtype.storage(),
         text,
         nodes,
         k_transposed: None,
