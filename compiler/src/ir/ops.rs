@@ -319,7 +319,7 @@ pub static OPS: &[OpDef] = &[
         attrs: &[attr("to", AttrKind::DType, AttrDefault::Required("bf16"))],
         operands: "x",
         result: "same shape, dtype `to`",
-        semantics: "one rounding (RNE, saturating for integers, nonzero -> 1 for i1)",
+        semantics: "one rounding (RNE, saturating for integers, nonzero, NaN included, -> 1 for i1)",
         rule: cast_rule,
     },
     OpDef {
