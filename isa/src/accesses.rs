@@ -35,13 +35,21 @@ pub fn validate_accesses(p: &Program, target: &Target) -> Result<(), ProgramErro
     by_addr.sort_by_key(|&i| p.tensors[i].addr);
     let mut written = vec![false; p.tensors.len()];
     for (c, e, i, inst) in p.instructions() {
-        let Op::Dma { xfer } = &inst.op else { continue };
-        for (side, writes) in [(&xfer.src, false), (&xfer.dst, true)] {
+        let sides = match &inst.op {
+            Op::Dma { xfer } => vec![(xfer.src, false, xfer.elem_bytes), (xfer.dst, true, xfer.elem_bytes)],
+            // A gather may read any row of its table: the whole table is its side.
+            Op::DmaGather { dst, table, .. } => {
+                let size = dst.dtype.size_bytes() as u64;
+                vec![(table.side(dst.free_elems() * size, size), false, size as u8)]
+            }
+            _ => continue,
+        };
+        for (side, writes, elem_bytes) in sides {
             if side.space != DmaSpace::Hbm {
                 continue;
             }
             let at = || format!("core {c} {}[{i}]", e.name());
-            let k = side_tensor(p, &by_addr, side, xfer.elem_bytes)
+            let k = side_tensor(p, &by_addr, &side, elem_bytes)
                 .map_err(|message| ProgramError { location: at(), message })?;
             let t = &p.tensors[k];
             if writes && matches!(t.role, Role::Input | Role::Const) {

@@ -10,7 +10,7 @@ use std::fmt;
 
 use crate::dtype::DType;
 use crate::inst::{Engine, Inst, Op};
-use crate::operand::{Column, DmaSide, DmaSpace, DmaTransfer, Scalar, Space, Tile};
+use crate::operand::{Column, DmaSide, DmaSpace, DmaTransfer, HbmRows, Scalar, Space, Tile};
 use crate::target::Target;
 
 /// A broken constraint: which operand, and what limit it breaks.
@@ -193,6 +193,24 @@ fn check_dma(x: &DmaTransfer, t: &Target) -> Check {
     Ok(())
 }
 
+/// `dma_gather`: rows land contiguously in SRAM partitions, the indices are an
+/// i32 SRAM column, and every row of the table lies in HBM.
+fn check_gather(dst: &Tile, idx: &Column, table: &HbmRows, t: &Target) -> Check {
+    check_tile("dst", dst, t)?;
+    if dst.space != Space::Sram {
+        return fail("dst", "a gather writes SRAM, not PSUM");
+    }
+    if !dst.is_contiguous() {
+        return fail("dst", "a gathered row is contiguous in its partition: the access pattern must be `[n x 1]`");
+    }
+    check_column("idx", idx, t)?;
+    if idx.space != Space::Sram || idx.dtype != DType::I32 {
+        return fail("idx", format!("indices are an i32 column in SRAM, found {}.{}", idx.space.name(), idx.dtype));
+    }
+    let e = dst.dtype.size_bytes() as u64;
+    check_dma_side("table", &table.side(dst.free_elems() * e, e), e as u8, t)
+}
+
 /// Checks one instruction placed on `engine` of a core of `target`.
 pub fn check_inst(inst: &Inst, engine: Engine, t: &Target) -> Check {
     let opcode = inst.op.opcode();
@@ -369,6 +387,7 @@ pub fn check_op(op: &Op, t: &Target) -> Check {
             Ok(())
         }
         Op::Dma { xfer } => check_dma(xfer, t),
+        Op::DmaGather { dst, idx, table } => check_gather(dst, idx, table, t),
         Op::Nop {} | Op::Halt {} => Ok(()),
     }
 }

@@ -6,7 +6,7 @@
 
 use crate::dtype::DType;
 use crate::inst::Op;
-use crate::operand::DmaTransfer;
+use crate::operand::{DmaTransfer, Tile};
 use crate::target::Target;
 
 /// What a DMA costs before bandwidth sharing is applied.
@@ -21,6 +21,34 @@ pub struct DmaCost {
 /// The DMA cost of a transfer.
 pub fn dma_cost(x: &DmaTransfer, t: &Target) -> DmaCost {
     DmaCost { latency_cycles: t.timing.dma.latency_cycles, charged_bytes: x.charged_bytes(t.timing.dma.min_run_bytes) }
+}
+
+/// The DMA cost of a `dma_gather` into `dst`: one run per row.
+pub fn gather_cost(dst: &Tile, t: &Target) -> DmaCost {
+    let row = dst.free_elems() * dst.dtype.size_bytes() as u64;
+    let charged = dst.part_count as u64 * row.max(t.timing.dma.min_run_bytes);
+    DmaCost { latency_cycles: t.timing.dma.latency_cycles, charged_bytes: if row == 0 { 0 } else { charged } }
+}
+
+/// The DMA cost of a DMA-queue op (`None` for other ops).
+pub fn transfer_cost(op: &Op, t: &Target) -> Option<DmaCost> {
+    match op {
+        Op::Dma { xfer } => Some(dma_cost(xfer, t)),
+        Op::DmaGather { dst, .. } => Some(gather_cost(dst, t)),
+        _ => None,
+    }
+}
+
+/// Bytes a DMA-queue op moves and is charged for (`(0, 0)` for other ops).
+pub fn transfer_bytes(op: &Op, t: &Target) -> (u64, u64) {
+    match op {
+        Op::Dma { xfer } => (xfer.bytes(), xfer.charged_bytes(t.timing.dma.min_run_bytes)),
+        Op::DmaGather { dst, .. } => (
+            dst.part_count as u64 * dst.free_elems() * dst.dtype.size_bytes() as u64,
+            gather_cost(dst, t).charged_bytes,
+        ),
+        _ => (0, 0),
+    }
 }
 
 /// Cycles a matmul takes for `n` moving columns of `dtype` operands.
@@ -48,7 +76,7 @@ pub fn compute_cycles(op: &Op, t: &Target) -> Option<u64> {
         Op::Reduce { src, .. } => ve(src.free_elems()),
         Op::Memset { dst, .. } | Op::Iota { dst, .. } => ve(dst.free_elems()),
         Op::Activate { dst, src, .. } => t.timing.act.fixed_cycles + dst.free_elems().max(src.free_elems()),
-        Op::Dma { .. } => return None,
+        Op::Dma { .. } | Op::DmaGather { .. } => return None,
         Op::Nop {} | Op::Halt {} => 0,
     })
 }

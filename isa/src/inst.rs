@@ -15,7 +15,8 @@ use crate::bytes::{DecodeError, Reader, WriteLe};
 use crate::jasm::lexer::Tok;
 use crate::jasm::parser::{AsmError, Parser};
 use crate::operand::{
-    ActFunc, AluOp, CmpOp, Column, DecodeCtx, DmaTransfer, EncodeCtx, Imm, Operand, PrintCtx, ReduceOp, Scalar, Tile,
+    ActFunc, AluOp, CmpOp, Column, DecodeCtx, DmaTransfer, EncodeCtx, HbmRows, Imm, Operand, PrintCtx, ReduceOp,
+    Scalar, Tile,
 };
 
 /// Bytes per encoded instruction.
@@ -545,6 +546,23 @@ define_instructions! {
         xfer: DmaTransfer,
     }
 
+    /// Indirect DMA: partition p of `dst` receives row `idx[p]` of `table` (the row's
+    /// bytes are `dst`'s bytes per partition, contiguous on both sides). An index
+    /// outside `[0, rows)` is a fault naming the instruction, the partition and the
+    /// index. Embedding lookups (and paged KV caches) reach the chip this way.
+    ///
+    /// Timing: as a `dma` descriptor whose runs are the rows: data may start
+    /// `timing.dma.latency_cycles` after issue, and each row is charged at least
+    /// `timing.dma.min_run_bytes`.
+    0x31 DmaGather "dma_gather" on Dma {
+        /// SRAM destination, one row per partition (contiguous).
+        dst: Tile,
+        /// SRAM column of i32 row indices, one per partition of `dst`.
+        idx: Column,
+        /// The HBM table's rows.
+        table: HbmRows,
+    }
+
     /// Does nothing; carries a wait and/or a signal (zero cycles).
     ///
     /// Timing: 0 cycles beyond its wait.
@@ -557,6 +575,11 @@ define_instructions! {
 }
 
 impl Op {
+    /// Whether the op runs on a DMA queue (timed by bandwidth, not a fixed cost).
+    pub fn is_dma(&self) -> bool {
+        matches!(self, Op::Dma { .. } | Op::DmaGather { .. })
+    }
+
     /// The destination tile, for instructions that write one.
     pub fn dst_tile(&self) -> Option<&Tile> {
         match self {
@@ -571,6 +594,7 @@ impl Op {
             | Op::Select { dst, .. }
             | Op::CopyPredicated { dst, .. }
             | Op::FillPredicated { dst, .. }
+            | Op::DmaGather { dst, .. }
             | Op::Activate { dst, .. } => Some(dst),
             Op::Dma { .. } | Op::Nop {} | Op::Halt {} => None,
         }

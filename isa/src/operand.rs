@@ -959,6 +959,72 @@ fn parse_dma_side(p: &mut Parser<'_>) -> Result<DmaSide, AsmError> {
     Ok(DmaSide::new(space, addr, &dims))
 }
 
+/// The rows of an HBM table a `dma_gather` reads: `rows` rows, `stride` bytes
+/// apart, the first at byte `addr`. Text: `hbm[table] [ROWS x STRIDE]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HbmRows {
+    /// Byte address of row 0.
+    pub addr: u64,
+    /// Number of rows (valid indices are `0..rows`).
+    pub rows: u32,
+    /// Distance between rows, in bytes.
+    pub stride: u64,
+}
+
+impl HbmRows {
+    /// The bytes the table spans, as a DMA side whose rows are `row_bytes` long
+    /// (in `elem_bytes` elements): what checks and tensor rules see.
+    pub fn side(&self, row_bytes: u64, elem_bytes: u64) -> DmaSide {
+        let e = elem_bytes.max(1);
+        let dims = [
+            DmaDim { count: self.rows.max(1), stride: self.stride as i64 },
+            DmaDim { count: (row_bytes / e).max(1) as u32, stride: e as i64 },
+        ];
+        DmaSide::new(DmaSpace::Hbm, self.addr, &dims)
+    }
+}
+
+impl Operand for HbmRows {
+    const SIZE: usize = 24;
+    const KIND: &'static str = "HBM table";
+
+    fn encode(&self, out: &mut Vec<u8>, _: &mut EncodeCtx) {
+        out.put_u64(self.addr);
+        out.put_u32(self.rows);
+        out.put_zeros(4);
+        out.put_u64(self.stride);
+    }
+
+    fn decode(r: &mut Reader<'_>, _: &mut DecodeCtx<'_>) -> Result<Self, DecodeError> {
+        let addr = r.u64("addr")?;
+        let at = r.offset();
+        let rows = r.u32("rows")?;
+        if rows == 0 {
+            return Err(DecodeError::new(at, "rows", "a table has at least one row"));
+        }
+        r.zeros(4, "reserved")?;
+        let stride = r.u64("stride")?;
+        Ok(HbmRows { addr, rows, stride })
+    }
+
+    fn print(&self, out: &mut String, ctx: &PrintCtx<'_>) {
+        let side = DmaSide::new(DmaSpace::Hbm, self.addr, &[DmaDim { count: self.rows, stride: self.stride as i64 }]);
+        print_dma_side(&side, out, ctx);
+    }
+
+    fn parse(p: &mut Parser<'_>) -> Result<Self, AsmError> {
+        let start = p.span();
+        let side = parse_dma_side(p)?;
+        let span = start.start..p.span().start;
+        match (side.space, side.dims()) {
+            (DmaSpace::Hbm, [d]) if d.stride >= 0 => {
+                Ok(HbmRows { addr: side.addr, rows: d.count, stride: d.stride as u64 })
+            }
+            _ => Err(p.err(span, "a gather table is `hbm[ADDR] [ROWS x STRIDE]`: HBM, one dim, a stride of 0 or more")),
+        }
+    }
+}
+
 impl Operand for DmaTransfer {
     const SIZE: usize = 4;
     const KIND: &'static str = "DMA transfer";

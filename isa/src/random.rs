@@ -14,8 +14,8 @@ use crate::check::check_op;
 use crate::dtype::DType;
 use crate::inst::{Engine, EngineClass, Inst, Op, Wait};
 use crate::operand::{
-    ActFunc, AluOp, CmpOp, Column, Dim, DmaDim, DmaSide, DmaSpace, DmaTransfer, Imm, ReduceOp, Scalar, Space, Tile,
-    MAX_DIMS,
+    ActFunc, AluOp, CmpOp, Column, Dim, DmaDim, DmaSide, DmaSpace, DmaTransfer, HbmRows, Imm, ReduceOp, Scalar, Space,
+    Tile, MAX_DIMS,
 };
 use crate::program::{Program, Role, RooflineInputs, SemDecl, TensorDecl};
 use crate::target::Target;
@@ -132,12 +132,18 @@ impl Gen {
     fn tensors(&mut self, p: &mut Program) {
         let mut ends = [0u64; 3];
         for (_, _, _, inst) in p.instructions() {
-            if let Op::Dma { xfer } = &inst.op {
-                for side in [&xfer.src, &xfer.dst].into_iter().filter(|s| s.space == DmaSpace::Hbm) {
-                    let end = (side.addr as i128 + side.byte_extent().1 + xfer.elem_bytes as i128) as u64;
-                    let k = xfer.elem_bytes.trailing_zeros() as usize;
-                    ends[k] = ends[k].max(end);
+            let sides = match &inst.op {
+                Op::Dma { xfer } => vec![(xfer.src, xfer.elem_bytes), (xfer.dst, xfer.elem_bytes)],
+                Op::DmaGather { dst, table, .. } => {
+                    let size = dst.dtype.size_bytes() as u64;
+                    vec![(table.side(dst.free_elems() * size, size), size as u8)]
                 }
+                _ => continue,
+            };
+            for (side, elem_bytes) in sides.into_iter().filter(|(s, _)| s.space == DmaSpace::Hbm) {
+                let end = (side.addr as i128 + side.byte_extent().1 + elem_bytes as i128) as u64;
+                let k = elem_bytes.trailing_zeros() as usize;
+                ends[k] = ends[k].max(end);
             }
         }
         let mut addr = 3 * HEAP_BYTES;
@@ -458,6 +464,9 @@ impl Gen {
     }
 
     fn dma_op(&mut self) -> Op {
+        if self.chance(0.2) {
+            return self.gather_op();
+        }
         let elem = self.pick(&[1u64, 2, 4]);
         let n = self.range(1, 64);
         let split = |g: &mut Gen| g.split(n).into_iter().map(u64::from).collect::<Vec<_>>();
@@ -471,6 +480,31 @@ impl Gen {
                 dst: self.dma_side(s1, elem, &cd),
             },
         }
+    }
+}
+
+impl Gen {
+    /// A `dma_gather` of contiguous rows into SRAM from a table in the heap of its
+    /// element size (indices as they happen to be in SRAM: a run may fault).
+    fn gather_op(&mut self) -> Op {
+        let dtype = self.pick(&DType::ALL);
+        let size = dtype.size_bytes() as u64;
+        let parts = self.range(1, self.t.sram.partitions as u64);
+        let free = self.range(1, 16);
+        let mut dst = self.tile(Space::Sram, dtype, parts, &[free as u16]);
+        dst.dims[0].stride = 1;
+        dst.offset = (dst.offset as u64).min(self.t.sram.partition_bytes as u64 - free * size) as u32;
+        let mut idx = self.column(DType::I32);
+        idx.space = Space::Sram;
+        let rows = self.range(1, 40) as u32;
+        let stride = (free + self.range(0, 4)) * size;
+        let limit = if self.heaps { HEAP_BYTES } else { self.t.hbm.size_bytes };
+        let span = (rows as u64 - 1) * stride + free * size;
+        let mut addr = self.range(0, (limit - span) / size) * size;
+        if self.heaps {
+            addr += heap_base(size);
+        }
+        Op::DmaGather { dst, idx, table: HbmRows { addr, rows, stride } }
     }
 }
 

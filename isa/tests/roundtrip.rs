@@ -54,7 +54,11 @@ proptest! {
             let engine = match class { EngineClass::Pe => Engine::PE, EngineClass::Ve => Engine::VE, EngineClass::Act => Engine::ACT, _ => Engine::dma(0) };
             let mut p = Program::new(&t);
             // A scratch tensor over all of HBM, of the DMA's element size, holds any side.
-            let elem = match &inst.op { jpu_isa::Op::Dma { xfer } => xfer.elem_bytes, _ => 1 };
+            let elem = match &inst.op {
+                jpu_isa::Op::Dma { xfer } => xfer.elem_bytes,
+                jpu_isa::Op::DmaGather { dst, .. } => dst.dtype.size_bytes() as u8,
+                _ => 1,
+            };
             let heap = jpu_isa::program::TensorDecl {
                 name: "heap".into(),
                 dtype: jpu_isa::random::dma_dtype(elem),

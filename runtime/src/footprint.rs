@@ -1,6 +1,6 @@
 //! The bytes each instruction reads and writes, for race and initialisation checks.
 
-use jpu_isa::operand::{Column, Scalar, Space, Tile};
+use jpu_isa::operand::{Column, HbmRows, Scalar, Space, Tile};
 use jpu_isa::{Op, Target};
 
 use crate::memory::{dma_runs, tile_addresses};
@@ -119,7 +119,33 @@ pub fn footprint(op: &Op, t: &Target) -> Vec<Access> {
             out.push(Access { space: dma_space(xfer.src.space), write: false, runs: dma_runs(&xfer.src, e) });
             out.push(Access { space: dma_space(xfer.dst.space), write: true, runs: dma_runs(&xfer.dst, e) });
         }
+        Op::DmaGather { dst, idx, table } => {
+            out.push(column(t, idx, dst.part_start, dst.part_count, false));
+            out.push(Access { space: None, write: false, runs: vec![gather_span(dst, table)] });
+            out.push(tile(t, dst, true));
+        }
         Op::Nop {} | Op::Halt {} => {}
     }
     out
+}
+
+/// Every byte a `dma_gather` may read: its table from the first row to the end
+/// of the last (which rows it reads depends on data; a functional run narrows
+/// this to them, [`gather_footprint`]).
+fn gather_span(dst: &Tile, table: &HbmRows) -> (u64, u64) {
+    let row = dst.free_elems() * dst.dtype.size_bytes() as u64;
+    (table.addr, (table.rows as u64 - 1) * table.stride + row)
+}
+
+/// The accesses of a `dma_gather` that reads table rows `rows` (one per
+/// partition of `dst`).
+pub fn gather_footprint(t: &Target, dst: &Tile, idx: &Column, table: &HbmRows, rows: &[u64]) -> Vec<Access> {
+    let row = dst.free_elems() * dst.dtype.size_bytes() as u64;
+    let mut runs: Vec<(u64, u64)> = rows.iter().map(|r| (table.addr + r * table.stride, row)).collect();
+    runs.sort_unstable();
+    vec![
+        column(t, idx, dst.part_start, dst.part_count, false),
+        Access { space: None, write: false, runs },
+        tile(t, dst, true),
+    ]
 }

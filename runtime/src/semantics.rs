@@ -8,7 +8,7 @@
 //! tiles are the loader's to reject, and indexing here would panic on them.
 
 use jpu_isa::numerics::{activation, alu, alu_int, load_f32, max_num, round_f64, store_f32};
-use jpu_isa::operand::{AluOp, CmpOp, Column, DmaSpace, DmaTransfer, ReduceOp, Scalar, Tile};
+use jpu_isa::operand::{AluOp, CmpOp, Column, DmaSpace, DmaTransfer, HbmRows, ReduceOp, Scalar, Tile};
 use jpu_isa::{DType, Op};
 
 use crate::memory::{dma_runs, tile_element_offsets, CoreMemory, Hbm};
@@ -358,7 +358,7 @@ pub fn execute_compute(op: &Op, mem: &mut CoreMemory) {
             }
             write_tile(mem, dst, &out);
         }
-        Op::Dma { .. } | Op::Nop {} | Op::Halt {} => {}
+        Op::Dma { .. } | Op::DmaGather { .. } | Op::Nop {} | Op::Halt {} => {}
     }
 }
 
@@ -568,6 +568,33 @@ fn iota(mem: &mut CoreMemory, dst: &Tile, base: i32, partition_step: i32, free_s
     } else {
         let f: Vec<f32> = vals.iter().map(|&x| x as f32).collect();
         write_tile(mem, dst, &f);
+    }
+}
+
+/// The table row each partition of a `dma_gather` reads, or the first partition
+/// (relative to `dst`'s first) whose index is outside `[0, rows)`, with the index.
+pub fn gather_rows(mem: &CoreMemory, dst: &Tile, idx: &Column, table: &HbmRows) -> Result<Vec<u64>, (u16, i64)> {
+    let (buf, pb) = mem.space(idx.space);
+    (0..dst.part_count)
+        .map(|i| {
+            let a = (dst.part_start + i) as usize * pb + idx.offset as usize;
+            let row = i32::from_le_bytes([buf[a], buf[a + 1], buf[a + 2], buf[a + 3]]) as i64;
+            if (0..table.rows as i64).contains(&row) {
+                Ok(row as u64)
+            } else {
+                Err((i, row))
+            }
+        })
+        .collect()
+}
+
+/// Executes a `dma_gather` whose rows [`gather_rows`] found in range.
+pub fn execute_gather(dst: &Tile, table: &HbmRows, rows: &[u64], mem: &mut CoreMemory, hbm: &Hbm) {
+    let row_bytes = (dst.free_elems() * dst.dtype.size_bytes() as u64) as usize;
+    let (buf, pb) = mem.space_mut(dst.space);
+    for (i, &row) in rows.iter().enumerate() {
+        let at = (dst.part_start as usize + i) * pb + dst.offset as usize;
+        hbm.read(table.addr + row * table.stride, &mut buf[at..at + row_bytes]);
     }
 }
 

@@ -21,16 +21,16 @@
 use std::collections::VecDeque;
 
 use jpu_isa::check::check_inst;
-use jpu_isa::cost::{compute_cycles, dma_cost, pe_flops};
-use jpu_isa::operand::{DmaSpace, Space};
+use jpu_isa::cost::{compute_cycles, pe_flops, transfer_bytes, transfer_cost};
+use jpu_isa::operand::{Column, DmaSpace, HbmRows, Space, Tile};
 use jpu_isa::program::Role;
 use jpu_isa::{Engine, Inst, Op, Program, Target};
 
-use crate::footprint::{footprint, Access};
+use crate::footprint::{footprint, gather_footprint, Access};
 use crate::memory::{CoreMemory, Hbm};
 use crate::race::{epoch, epoch_clock, epoch_engine, Conflict, Mem, Shadow, MAX_CLOCK};
 use crate::report::{EngineReport, ExecutedWork, Report};
-use crate::semantics::{execute_compute, execute_dma};
+use crate::semantics::{execute_compute, execute_dma, execute_gather, gather_rows};
 
 /// How to run a program.
 #[derive(Debug, Clone)]
@@ -121,6 +121,15 @@ pub enum FaultKind {
     Deadlock {
         /// Each blocked engine: its next instruction, the semaphore, the awaited and current values.
         waits: Vec<(InstRef, u8, u32, u32)>,
+    },
+    /// A `dma_gather` index outside its table.
+    GatherIndex {
+        /// The partition whose index is out of range.
+        partition: u16,
+        /// The index.
+        index: i64,
+        /// The table's rows (valid indices are `0..rows`).
+        rows: u32,
     },
     /// The run passed the cycle limit.
     CycleLimit(u64),
@@ -438,7 +447,7 @@ impl<'p> Sim<'p> {
         if !self.sem_ready(core, inst) {
             return Ok(false);
         }
-        let is_dma_op = matches!(inst.op, Op::Dma { .. });
+        let is_dma_op = inst.op.is_dma();
         if self.engines[g].is_dma() && !is_dma_op && !self.engines[g].inflight.is_empty() {
             return Ok(false); // nop/halt on a queue waits for its transfers
         }
@@ -452,8 +461,7 @@ impl<'p> Sim<'p> {
         self.started += 1;
         let vc = self.tick_clock(g, core, inst);
         self.engines[g].pc += 1;
-        if let Op::Dma { xfer } = &inst.op {
-            let cost = dma_cost(xfer, self.t);
+        if let Some(cost) = transfer_cost(&inst.op, self.t) {
             let now = self.now;
             self.engines[g].inflight.push_back(Transfer {
                 index: pc,
@@ -553,12 +561,21 @@ impl<'p> Sim<'p> {
         self.engines[g].busy += end - start;
         self.count_work(&inst.op);
         if !self.opts.timing_only {
-            self.check_accesses(g, r, inst, vc)?;
+            let gathered = match &inst.op {
+                Op::DmaGather { dst, idx, table } => Some(self.gathered_rows(r, dst, idx, table)?),
+                _ => None,
+            };
+            let accesses = match (&inst.op, &gathered) {
+                (Op::DmaGather { dst, idx, table }, Some(rows)) => gather_footprint(self.t, dst, idx, table, rows),
+                (op, _) => footprint(op, self.t),
+            };
+            self.check_accesses(g, r, accesses, vc)?;
             let cs = &mut self.cores[core];
             let mem = cs.mem.as_mut().expect("functional runs have memories");
-            match &inst.op {
-                Op::Dma { xfer } => execute_dma(xfer, mem, &mut self.hbm),
-                op => execute_compute(op, mem),
+            match (&inst.op, gathered) {
+                (Op::Dma { xfer }, _) => execute_dma(xfer, mem, &mut self.hbm),
+                (Op::DmaGather { dst, table, .. }, Some(rows)) => execute_gather(dst, table, &rows, mem, &self.hbm),
+                (op, _) => execute_compute(op, mem),
             }
         }
         if let Some(s) = inst.signal {
@@ -589,20 +606,37 @@ impl<'p> Sim<'p> {
             Op::Activate { func, src, .. } if func.is_transcendental() => {
                 self.work.transcendentals += src.part_count as u64 * src.free_elems();
             }
-            Op::Dma { xfer } => {
-                self.work.dma_bytes += xfer.bytes();
-                self.work.dma_charged_bytes += xfer.charged_bytes(self.t.timing.dma.min_run_bytes);
+            Op::Dma { .. } | Op::DmaGather { .. } => {
+                let (bytes, charged) = transfer_bytes(op, self.t);
+                self.work.dma_bytes += bytes;
+                self.work.dma_charged_bytes += charged;
             }
             _ => {}
         }
     }
 
-    fn check_accesses(&mut self, g: usize, r: InstRef, inst: &Inst, vc: &[u32]) -> Result<(), Fault> {
+    /// The table rows a `dma_gather` reads, or the fault of its first index out
+    /// of range.
+    fn gathered_rows(&self, r: InstRef, dst: &Tile, idx: &Column, table: &HbmRows) -> Result<Vec<u64>, Fault> {
+        let mem = self.cores[r.core].mem.as_ref().expect("functional runs have memories");
+        gather_rows(mem, dst, idx, table).map_err(|(i, index)| {
+            let partition = dst.part_start + i;
+            let msg = format!(
+                "gather index out of range at cycle {}: {} reads index {index} at partition {partition}; the table has {} rows",
+                self.now,
+                describe(self.p, r),
+                table.rows
+            );
+            self.fault(Some(r), FaultKind::GatherIndex { partition, index, rows: table.rows }, msg)
+        })
+    }
+
+    fn check_accesses(&mut self, g: usize, r: InstRef, accesses: Vec<Access>, vc: &[u32]) -> Result<(), Fault> {
         let Some(shadow) = self.shadow.as_mut() else { return Ok(()) };
         // With race checking off (empty clock), accesses still track initialisation,
         // as the host, which is ordered with everything.
         let me = if vc.is_empty() { crate::race::HOST } else { epoch(g, vc[g]) };
-        for Access { space, write, runs } in footprint(&inst.op, self.t) {
+        for Access { space, write, runs } in accesses {
             let mem = match space {
                 None => Mem::Hbm,
                 Some(Space::Sram) => Mem::Sram(r.core),

@@ -587,3 +587,36 @@ fn fill_predicated_writes_immediates_and_columns_where_the_condition_holds() {
     let want: Vec<f32> = (0..8).map(|i| if !holds(cond[i]) { col[i / 4] } else { dst[i].floor() }).collect();
     assert_bits_eq(&out[1], &want, "fill_predicated column, negated, into i32");
 }
+
+#[test]
+fn dma_gather_copies_the_indexed_rows_into_partitions() {
+    // A 5 x 3 f32 table in rows of stride 16 bytes (one padding element), and
+    // indices 4, 0, 2, 2 (repeats allowed).
+    let table: Vec<f32> = (0..20).map(|i| i as f32 * 1.5 - 3.0).collect();
+    let ids = [4i32, 0, 2, 2];
+    let hex = |bytes: Vec<u8>| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let src = format!(
+        ".target \"jpu-tiny\"
+.tensor table: f32[5, 4] const @ 0x0 = \"{}\"
+.tensor ids: i32[4] const @ 0x80 = \"{}\"
+.tensor y: f32[4, 3] output @ 0xc0
+.sem s = 0
+.core 0
+.stream dma0
+    dma xfer=hbm[ids] [4 x 4] -> sram[0x0] [4 x 16384] elem 4 signal s
+    dma_gather dst=sram.f32[0:4, 0x20, [3 x 1]], idx=sram.i32[*, 0x0], table=hbm[table] [5 x 16] wait s>=1 signal s
+    dma xfer=sram[0x20] [4 x 16384, 3 x 4] -> hbm[y] [12 x 4] elem 4 wait s>=2
+    halt
+",
+        hex(table.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        hex(ids.iter().flat_map(|v| v.to_le_bytes()).collect())
+    );
+    let program = jasm::assemble(&src).unwrap_or_else(|e| panic!("{}", jasm::render_errors("case", &src, &e)));
+    let t = Target::builtin("jpu-tiny").unwrap();
+    let opts = RunOptions { strict_uninit: true, ..RunOptions::default() };
+    let out = run(&program, &t, &[], &opts).unwrap_or_else(|f| panic!("{f}"));
+    let got = jpu_runtime::io::decode_f32(DType::F32, &out.outputs[0].1);
+    let want: Vec<f32> =
+        ids.iter().flat_map(|&r| (0..3).map(|c| table[r as usize * 4 + c]).collect::<Vec<_>>()).collect();
+    assert_bits_eq(&got, &want, "gathered rows");
+}
