@@ -19,7 +19,7 @@ use jpu_isa::program::RooflineInputs;
 use jpu_isa::{Program, Target};
 
 use crate::error::CompileError;
-use crate::ir::Func;
+use crate::ir::{Func, Op, Operand};
 use crate::kernels::{Kernel, Work};
 use crate::schedule::{KernelRef, Schedule};
 use crate::tiles::TileProgram;
@@ -128,6 +128,21 @@ pub struct Compiled {
     pub tiles: TileProgram,
     /// The chip program.
     pub program: Program,
+}
+
+/// The bytes of parameter `name` the program must read when only gathers read
+/// it (as tables): the rows they select, which is their results' size. `None`
+/// when anything else reads it (then all of it counts).
+fn gathered_bytes(f: &Func, name: &str) -> Option<u64> {
+    let p = f.params().find(|p| f.node(*p).name == name)?;
+    let reads = |n: &&crate::ir::Node| n.operands.iter().any(|o| matches!(o, Operand::Value(v) if *v == p));
+    let users: Vec<&crate::ir::Node> = f.nodes.iter().filter(reads).collect();
+    let only_tables = users.iter().all(|n| {
+        matches!((&n.op, n.operands.as_slice()), (Op::Gather { .. }, [Operand::Value(t), Operand::Value(i)]) if *t == p && *i != p)
+    });
+    let is_result = f.results.contains(&p);
+    (!users.is_empty() && only_tables && !is_result)
+        .then(|| users.iter().map(|n| n.ty.elems().saturating_mul(n.ty.dtype.storage().size_bytes() as u64)).sum())
 }
 
 /// Compiles a checked function for `t` through every stage.
@@ -271,7 +286,11 @@ impl<'t> Compilation<'t> {
                 .tensors
                 .iter()
                 .filter(|t| t.role == role)
-                .map(|t| t.shape.iter().product::<u64>().saturating_mul(t.dtype.size_bytes() as u64))
+                .map(|t| {
+                    let size = t.shape.iter().product::<u64>().saturating_mul(t.dtype.size_bytes() as u64);
+                    let gathered = self.optimized.as_ref().and_then(|f| gathered_bytes(f, &t.name));
+                    gathered.map_or(size, |g| g.min(size))
+                })
                 .fold(0u64, u64::saturating_add)
         };
         let roof = RooflineInputs {

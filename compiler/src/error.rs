@@ -12,7 +12,7 @@ use crate::diagnostic::Diagnostic;
 use crate::ir::Span;
 
 /// What this compiler version compiles, for refusals.
-pub const SUPPORTED: &str = "this compiler version compiles matmuls, elementwise ops on floats and integers (binary, activation-engine functions, casts, comparisons, selects, iotas, const splats), elementwise operands broadcast in any way, softmax, rmsnorm and layernorm over any axis, sum/max reductions over any axes, attention, concat, slice, reshapes and transposes, over parameters and earlier results";
+pub const SUPPORTED: &str = "this compiler version compiles matmuls, elementwise ops on floats and integers (binary, activation-engine functions, casts, comparisons, selects, iotas, const splats), elementwise operands broadcast in any way, softmax, rmsnorm and layernorm over any axis, sum/max reductions over any axes, attention, concat, slice, gather, reshapes and transposes, over parameters and earlier results";
 
 /// Why a checked function does not compile.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

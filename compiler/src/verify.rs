@@ -22,7 +22,7 @@ use jpu_runtime::{run, RunOptions};
 use crate::driver::{self, Options};
 use crate::error::CompileError;
 use crate::eval::{eval_values, Tensor};
-use crate::ir::{Func, ScalarType};
+use crate::ir::{Func, Op, Operand, ScalarType};
 
 /// The outcome of a verification.
 #[derive(Debug, Clone)]
@@ -123,19 +123,36 @@ pub fn random_inputs(f: &Func, seed: u64) -> Vec<Tensor> {
         x ^= x << 17;
         (x >> 11) as f64 / (1u64 << 53) as f64
     };
+    let bounds = index_bounds(f);
     f.params()
         .map(|p| {
             let ty = f.node(p).ty.clone();
             let vals: Vec<f64> = (0..ty.elems())
-                .map(|_| match ty.dtype {
-                    ScalarType::I1 => (next() < 0.5) as u8 as f64,
-                    d if d.is_float() => next() * 2.0 - 1.0,
+                .map(|_| match (ty.dtype, bounds[p.0 as usize]) {
+                    // Gather indices are drawn from their tables' rows.
+                    (_, Some(rows)) => (next() * rows as f64).floor(),
+                    (ScalarType::I1, _) => (next() < 0.5) as u8 as f64,
+                    (d, _) if d.is_float() => next() * 2.0 - 1.0,
                     _ => (next() * 17.0).floor() - 8.0,
                 })
                 .collect();
             Tensor::from_values(ty, &vals)
         })
         .collect()
+}
+
+/// For each value used as gather indices, the fewest rows among the tables it
+/// indexes (so random indices stay in range).
+fn index_bounds(f: &Func) -> Vec<Option<u64>> {
+    let mut bounds: Vec<Option<u64>> = vec![None; f.nodes.len()];
+    for n in &f.nodes {
+        if let (Op::Gather { axis }, [Operand::Value(t), Operand::Value(i)]) = (&n.op, n.operands.as_slice()) {
+            let rows = f.node(*t).ty.shape[*axis];
+            let b = &mut bounds[i.0 as usize];
+            *b = Some(b.map_or(rows, |r| r.min(rows)));
+        }
+    }
+    bounds
 }
 
 /// Compiles `f` for `t` at `-O2`, runs it on seeded inputs and compares with the evaluator.

@@ -218,8 +218,28 @@ impl<R: Rng> Gen<R> {
         let v = self.pick_float();
         let r = v.shape.len();
         let annotate = self.rng.random_bool(0.3);
-        match self.rng.random_range(0..19) {
+        match self.rng.random_range(0..20) {
             16..=18 => self.integer_or_boolean_step(annotate),
+            19 => {
+                // An embedding-style lookup along a random axis of a float or integer table.
+                let dt = ["f32", "bf16", "f8e4m3", "i8", "i32"][self.rng.random_range(0..5)];
+                let rank = self.rng.random_range(1..4);
+                let table_shape = self.shape(rank);
+                let table = self.param(dt, table_shape.clone());
+                let idx_rank = self.rng.random_range(0..3);
+                let idx_shape = self.shape(idx_rank);
+                let ids = self.param("i32", idx_shape.clone());
+                let axis = self.rng.random_range(0..rank);
+                let shape: Vec<u64> =
+                    table_shape[..axis].iter().chain(&idx_shape).chain(&table_shape[axis + 1..]).copied().collect();
+                let written = if self.rng.random_bool(0.3) { axis as i64 - rank as i64 } else { axis as i64 };
+                let attr = if axis == 0 && self.rng.random_bool(0.5) {
+                    String::new()
+                } else {
+                    format!(" {{axis = {written}}}")
+                };
+                self.emit(format!("gather(%{}, %{}){attr}", table.name, ids.name), dt, shape, annotate);
+            }
             0 => {
                 let ops = ["neg", "exp", "tanh", "erf", "sigmoid", "rsqrt", "sqrt", "recip", "relu", "silu"];
                 let op = ops[self.rng.random_range(0..ops.len())];

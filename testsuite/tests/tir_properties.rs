@@ -17,14 +17,8 @@ proptest! {
         let text = printer::print(&f);
         let again = tir::parse_and_check(&text).unwrap_or_else(|d| panic!("{}\n{text}", tir::render("printed.tir", &text, &d)));
         prop_assert_eq!(printer::print(&again), text);
-        let inputs: Vec<Tensor> = f
-            .params()
-            .map(|p| {
-                let ty = f.node(p).ty.clone();
-                let vals: Vec<f64> = (0..ty.elems()).map(|i| ((i * 7919 + seed % 97) % 23) as f64 * 0.25 - 2.5).collect();
-                Tensor::from_values(ty, &vals)
-            })
-            .collect();
+        // Seeded inputs (gather indices within their tables).
+        let inputs: Vec<Tensor> = jalc::verify::random_inputs(&f, seed);
         let out = eval(&f, &inputs).unwrap();
         for (r, t) in f.results.iter().zip(&out) {
             prop_assert_eq!(&t.ty, &f.node(*r).ty);
@@ -133,14 +127,7 @@ proptest! {
         exact.extend(rules::reshape_cancellation());
         exact.extend(rules::scale_folding());
         let o = optimize_with(&f, &t, Limits::default(), &exact).unwrap();
-        let inputs: Vec<Tensor> = f
-            .params()
-            .map(|p| {
-                let ty = f.node(p).ty.clone();
-                let vals: Vec<f64> = (0..ty.elems()).map(|i| ((i * 7919 + seed % 97) % 23) as f64 * 0.25 - 2.5).collect();
-                Tensor::from_values(ty, &vals)
-            })
-            .collect();
+        let inputs: Vec<Tensor> = jalc::verify::random_inputs(&f, seed);
         // Region by region (three statements each), too.
         let small = Limits { region_statements: 3, ..Limits::default() };
         let regions = optimize_with(&f, &t, small, &exact).unwrap_or_else(|e| panic!("{e}\n{src}"));

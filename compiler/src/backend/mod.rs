@@ -19,7 +19,7 @@
 use std::collections::HashMap;
 
 use jpu_isa::inst::{Engine, Wait};
-use jpu_isa::operand::{Column, Dim, DmaDim, DmaSide, DmaSpace, DmaTransfer, Imm, Scalar, Space, Tile};
+use jpu_isa::operand::{Column, Dim, DmaDim, DmaSide, DmaSpace, DmaTransfer, HbmRows, Imm, Scalar, Space, Tile};
 use jpu_isa::program::{RooflineInputs, SemDecl, TensorDecl};
 use jpu_isa::{Inst, Op, Program, Target};
 use petgraph::graph::{DiGraph, NodeIndex};
@@ -215,6 +215,8 @@ fn accesses(tp: &TileProgram, alloc: &Allocation, op: &TileOp) -> (Vec<Region>, 
             reads.push(hbm(src));
             writes.push(hbm(dst));
         }
+        // Any row may be read: the whole table.
+        TileOp::Gather { table, .. } => reads.push(hbm(table)),
         _ => {}
     }
     (reads, writes)
@@ -434,7 +436,7 @@ fn select_instructions(
     let mut insts = Vec::with_capacity(tp.ops.len());
     for (op, debug) in &tp.ops {
         let (engine, inst_op) = instruction(tp, t, alloc, tensors, op);
-        let engine = if let Op::Dma { xfer } = &inst_op {
+        let engine = if inst_op.is_dma() {
             let candidates: Vec<usize> = match (queues, matches!(op, TileOp::Store { .. })) {
                 (1, _) => vec![0],
                 (_, true) => vec![queues - 1],
@@ -452,7 +454,7 @@ fn select_instructions(
             }
             let q = assigned
                 .unwrap_or_else(|| candidates.iter().copied().min_by_key(|&q| (queue_bytes[q], q)).unwrap_or(0));
-            queue_bytes[q] += xfer.charged_bytes(t.timing.dma.min_run_bytes);
+            queue_bytes[q] += jpu_isa::cost::transfer_bytes(&inst_op, t).1;
             Engine::dma(q as u8)
         } else {
             engine
@@ -465,6 +467,15 @@ fn select_instructions(
 /// The instruction of one tile op, and its engine (DMA: queue 0 until placed).
 fn instruction(tp: &TileProgram, t: &Target, alloc: &Allocation, tensors: &[TensorDecl], op: &TileOp) -> (Engine, Op) {
     match op {
+        TileOp::Gather { dst, idx, table } => {
+            let size = tp.tensors[table.tensor].dtype.size_bytes() as u64;
+            let rows = HbmRows {
+                addr: tensors[table.tensor].addr + table.start * size,
+                rows: table.rows,
+                stride: table.row_stride * size,
+            };
+            (Engine::dma(0), Op::DmaGather { dst: tile(tp, alloc, dst), idx: column(tp, alloc, idx), table: rows })
+        }
         TileOp::Load { dst, src, .. } => {
             let size = tp.tensors[src.tensor].dtype.size_bytes() as u64;
             let xfer = DmaTransfer {

@@ -111,6 +111,7 @@ pub fn eval_values(f: &Func, inputs: &[Tensor]) -> Result<Vec<Tensor>, EvalError
             }
             input.clone()
         } else {
+            gather_out_of_range(node, &values)?;
             eval_node(node, &values)
         };
         values.push(t);
@@ -210,6 +211,7 @@ pub fn eval_node(node: &Node, values: &[Tensor]) -> Tensor {
         Op::Iota { axis } => iota(*axis, ty),
         Op::Compare { kind } => map_elementwise(node, &[&arg(0), &arg(1)], |v| compare(*kind, v[0], v[1])),
         Op::Select => map_elementwise(node, &[&arg(0), &arg(1), &arg(2)], |v| if v[0] != 0.0 { v[1] } else { v[2] }),
+        Op::Gather { axis } => take(&arg(0), &arg(1), *axis, ty),
         Op::Concat { axis } => {
             let parts: Vec<_> = (0..node.operands.len()).map(arg).collect();
             concat(&parts, *axis, ty)
@@ -394,6 +396,38 @@ fn concat(parts: &[std::borrow::Cow<'_, Tensor>], axis: usize, ty: TensorType) -
         }
     }
     Tensor { ty, data }
+}
+
+/// `gather(table, indices) {axis}`: for each outer index, each index, each inner
+/// index, the table's element at that index along `axis` (indices checked in
+/// range by [`gather_out_of_range`]).
+fn take(table: &Tensor, indices: &Tensor, axis: usize, ty: TensorType) -> Tensor {
+    let (outer, n, inner) = around(&table.ty.shape, axis);
+    let mut data = Vec::with_capacity(ty.elems() as usize);
+    for o in 0..outer {
+        for &i in &indices.data {
+            let at = (o * n + i as usize) * inner;
+            data.extend_from_slice(&table.data[at..at + inner]);
+        }
+    }
+    Tensor { ty, data }
+}
+
+/// The first index of a gather outside its table's axis, as an error naming the
+/// statement, the index's position and the valid range.
+fn gather_out_of_range(node: &Node, values: &[Tensor]) -> Result<(), EvalError> {
+    let (Op::Gather { axis }, [Operand::Value(t), Operand::Value(i)]) = (&node.op, node.operands.as_slice()) else {
+        return Ok(());
+    };
+    let (table, indices) = (&values[t.0 as usize], &values[i.0 as usize]);
+    let n = table.ty.shape[*axis] as f64;
+    match indices.data.iter().position(|&x| !(0.0..n).contains(&x)) {
+        None => Ok(()),
+        Some(k) => Err(EvalError(format!(
+            "`%{} = gather`: index {} (element {k} of the indices) is outside [0, {n})",
+            node.name, indices.data[k]
+        ))),
+    }
 }
 
 /// Layer norm (with `beta`) or RMS norm (without) along `axis`, in f32.

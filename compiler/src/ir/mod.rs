@@ -182,6 +182,11 @@ pub enum Op {
         /// The axis.
         axis: usize,
     },
+    /// Rows of a table selected by i32 indices along `axis` (embedding lookup).
+    Gather {
+        /// The table axis the indices select along.
+        axis: usize,
+    },
     /// A box of the input: `[start, stop)` per dim.
     Slice {
         /// First index per dim.
@@ -322,6 +327,7 @@ impl Op {
             Op::Compare { .. } => "compare",
             Op::Select => "select",
             Op::Concat { .. } => "concat",
+            Op::Gather { .. } => "gather",
             Op::Slice { .. } => "slice",
             Op::LayerNorm { .. } => "layernorm",
             Op::RmsNorm { .. } => "rmsnorm",

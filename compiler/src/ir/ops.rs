@@ -377,6 +377,16 @@ pub static OPS: &[OpDef] = &[
         rule: concat_rule,
     },
     OpDef {
+        name: "gather",
+        arity: Arity::Exactly(2),
+        literals: false,
+        attrs: &[attr("axis", AttrKind::Int, AttrDefault::Value("0"))],
+        operands: "table, indices (i32, any shape)",
+        result: "`table.shape[:axis] + indices.shape + table.shape[axis+1:]`, the table's dtype",
+        semantics: "each index picks a slice of the table along `axis`; an index outside `[0, table.shape[axis])` is an error at run time (evaluator and chip), never a read",
+        rule: gather_rule,
+    },
+    OpDef {
         name: "slice",
         arity: Arity::Exactly(1),
         literals: false,
@@ -453,7 +463,9 @@ impl Op {
                 vec![Attr::Str(if *approx == GeluApprox::Tanh { "tanh" } else { "none" }.into())]
             }
             Op::Reduce { axes: a, keepdims, .. } => vec![axes(a), Attr::Bool(*keepdims)],
-            Op::Softmax { axis } | Op::Iota { axis } | Op::Concat { axis } => vec![Attr::Int(*axis as i64)],
+            Op::Softmax { axis } | Op::Iota { axis } | Op::Concat { axis } | Op::Gather { axis } => {
+                vec![Attr::Int(*axis as i64)]
+            }
             Op::Cast { to } => vec![Attr::Word(to.name().into())],
             Op::Const { value } => vec![Attr::Float(*value)],
             Op::Compare { kind } => vec![Attr::Word(kind.name().into())],
@@ -700,6 +712,21 @@ fn select_rule(x: &Inputs<'_>) -> Result<Typed, CheckError> {
         return Err(x.at_operand(0, msg));
     };
     Ok((Op::Select, TensorType::new(ty.dtype, shape)))
+}
+
+fn gather_rule(x: &Inputs<'_>) -> Result<Typed, CheckError> {
+    let (table, indices) = (x.value(0)?, x.value(1)?);
+    if table.rank() == 0 {
+        return Err(x.at_operand(0, "`gather` needs a table of rank 1 or more, found a scalar"));
+    }
+    if indices.dtype != ScalarType::I32 {
+        return Err(x.at_operand(1, format!("`gather` indices are i32, found {}", indices.dtype)));
+    }
+    let axis = x.axis("axis", x.int("axis"), table.rank(), "axis")?;
+    let shape: Vec<u64> =
+        table.shape[..axis].iter().chain(&indices.shape).chain(&table.shape[axis + 1..]).copied().collect();
+    let ty = TensorType::checked(table.dtype, shape).map_err(|e| x.at_statement(format!("`gather` result: {e}")))?;
+    Ok((Op::Gather { axis }, ty))
 }
 
 fn concat_rule(x: &Inputs<'_>) -> Result<Typed, CheckError> {

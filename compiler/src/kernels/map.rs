@@ -309,9 +309,10 @@ impl Kernel for MapKernel {
 
     fn describe(&self, _: &Target) -> String {
         let p = &self.p;
-        let over = match p.splat {
-            Some(v) => format!("a splat of {v}"),
-            None => format!("%{}", p.input),
+        let over = match (p.iota, p.splat) {
+            (Some((per_row, per_col)), _) => format!("an iota ({per_row} per row, {per_col} per column)"),
+            (None, Some(v)) => format!("a splat of {v}"),
+            (None, None) => format!("%{}", p.input),
         };
         format!(
             "{} over {over} {:?} {}\n  blocks of {} columns\n",

@@ -16,6 +16,7 @@
 //! | `rows` | [`rows`] | softmax, a norm or a reduction, row by row |
 //! | `attention` | [`attention`] | fused flash attention |
 //! | `copy` | [`copy`] | concat, and views [`layout`] cannot fold, as HBM-to-HBM copies |
+//! | `gather` | [`gather`] | an embedding lookup, as indirect DMA |
 //!
 //! Kernels read the IR (their input) and produce [`crate::tiles`] (their
 //! output); nothing here depends on the optimizer, the backend or the driver.
@@ -23,6 +24,7 @@
 pub mod attention;
 pub mod chain;
 pub mod copy;
+pub mod gather;
 pub mod gemm;
 pub mod layout;
 pub mod map;

@@ -17,7 +17,9 @@
 
 use jpu_isa::Target;
 
-use super::{attention, chain, copy, gemm, layout, map, mask, rows, statement, transpose, unsupported, Ctx, Kernel};
+use super::{
+    attention, chain, copy, gather, gemm, layout, map, mask, rows, statement, transpose, unsupported, Ctx, Kernel,
+};
 use crate::error::CompileError;
 use crate::ir::{Func, Op, Operand, ReduceKind, ValueId};
 
@@ -86,6 +88,7 @@ fn by_kind(cx: &Ctx<'_>, i: usize, t: &Target) -> Result<(Vec<Box<dyn Kernel>>, 
         Op::Softmax { .. } | Op::RmsNorm { .. } | Op::LayerNorm { .. } | Op::Reduce { .. } => rows::select(cx, i, t)?,
         Op::Attention { .. } => (vec![Box::new(attention::select(cx, i, t)?)], i),
         Op::Concat { .. } => (vec![Box::new(copy::select(cx, i)?)], i),
+        Op::Gather { .. } => gather::select(cx, i, t)?,
         Op::Param => return Err(unsupported(node, "is a parameter after the parameters")),
     })
 }

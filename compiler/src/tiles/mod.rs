@@ -251,6 +251,16 @@ pub enum TileOp {
         /// Value where the condition fails.
         fill: f32,
     },
+    /// Indirect DMA: partition p of `dst` receives row `idx[p]` of `table` (a box of
+    /// `rows` rows of `cols` elements, `row_stride` apart; valid indices `0..rows`).
+    Gather {
+        /// SRAM destination, one row per partition.
+        dst: BufSlice,
+        /// The i32 index column.
+        idx: BufSlice,
+        /// The table's rows (the box's `start` is row 0's first element).
+        table: HbmBox,
+    },
     /// `dst[p, i] = base + partition_step * p + free_step * i` (exact, then rounded
     /// into the dtype) on the VE.
     Iota {
@@ -346,6 +356,7 @@ impl TileOp {
     pub fn slices(&self) -> (Vec<BufSlice>, Vec<BufSlice>) {
         match self {
             TileOp::Load { dst, .. } => (vec![], vec![*dst]),
+            TileOp::Gather { dst, idx, .. } => (vec![*idx], vec![*dst]),
             TileOp::Store { src, .. } => (vec![*src], vec![]),
             TileOp::HbmCopy { .. } => (vec![], vec![]),
             TileOp::Matmul { dst, stationary, moving, accumulate, .. } => {
@@ -386,6 +397,10 @@ impl TileOp {
             TileOp::Store { dst, src } => {
                 dst.tensor = tensor(dst.tensor);
                 slices.push(src);
+            }
+            TileOp::Gather { dst, idx, table } => {
+                table.tensor = tensor(table.tensor);
+                slices.extend([dst, idx]);
             }
             TileOp::HbmCopy { dst, src } => {
                 dst.tensor = tensor(dst.tensor);
@@ -449,6 +464,9 @@ impl TileProgram {
                 format!("load {} <- {}{on}", slice_text(self, dst), hbm_text(self, src))
             }
             TileOp::Store { dst, src } => format!("store {} <- {}", hbm_text(self, dst), slice_text(self, src)),
+            TileOp::Gather { dst, idx, table } => {
+                format!("gather {} <- {} rows {}", slice_text(self, dst), hbm_text(self, table), slice_text(self, idx))
+            }
             TileOp::HbmCopy { dst, src } => format!("copy {} <- {}", hbm_text(self, dst), hbm_text(self, src)),
             TileOp::Matmul { dst, stationary, moving, accumulate, transposed } => format!(
                 "matmul {} {} {}{} . {}",

@@ -31,6 +31,7 @@ impl TileOp {
             TileOp::Load { src, .. } => (vec![*src], vec![]),
             TileOp::Store { dst, .. } => (vec![], vec![*dst]),
             TileOp::HbmCopy { dst, src } => (vec![*src], vec![*dst]),
+            TileOp::Gather { table, .. } => (vec![*table], vec![]),
             _ => (vec![], vec![]),
         }
     }
