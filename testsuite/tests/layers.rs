@@ -44,3 +44,24 @@ fn llama_decode_step_verifies() {
     assert_eq!((attention.p.k.tensor.as_str(), attention.p.v.tensor.as_str()), ("kall", "vall"));
     assert!(c.kernels.iter().all(|k| k.kind() != "transpose" && !k.statement().contains("transpose")));
 }
+
+/// The BERT post-norm encoder layer: the written-out attention (scores in f32,
+/// divided by sqrt(d), plus the extended key-padding mask) fuses into one
+/// attention kernel that reads the `[B, 1, 1, S]` mask in place (stride 0 over
+/// heads and query rows: never expanded in HBM), K's `[0, 2, 3, 1]` transpose
+/// folds into the kernel's loads, and no data moves through a copy kernel.
+#[test]
+fn bert_encoder_layer_verifies() {
+    let (src, f) = layer("bert-encoder.tir");
+    jpu_testsuite::verify_everywhere(&f, &src, 3);
+    let c = compile(&f, &Target::builtin("jpu1").unwrap(), &Options::o2()).unwrap();
+    let kinds: Vec<&str> = c.kernels.iter().map(|k| k.kind()).collect();
+    assert!(!kinds.contains(&"copy"), "{kinds:?}");
+    let attention: Vec<&jalc::kernels::attention::AttentionKernel> =
+        c.kernels.iter().filter_map(|k| k.as_any().downcast_ref()).collect();
+    assert_eq!(attention.len(), 1, "{kinds:?}");
+    let mask = attention[0].p.mask.as_ref().expect("the mask is the fused op's operand");
+    assert_eq!((mask.shape.clone(), mask.strides.clone()), (vec![2, 4, 24, 24], vec![24, 0, 0, 1]));
+    let tensor = c.tiles.tensors.iter().find(|t| t.name == mask.tensor).unwrap();
+    assert_eq!(tensor.shape, [2, 1, 1, 24], "the mask stays [B, 1, 1, S] in HBM");
+}

@@ -357,6 +357,43 @@ fn iota_masks_are_affine_selects() {
     }
 }
 
+/// An attention mask or bias operand: a key-padding mask built the BERT way
+/// from an i1 tensor, and a per-head bias with causal masking and grouped
+/// heads, over several KV blocks; the written-out form (scores plus mask) fuses
+/// into the op. Verified on both targets at -O0 and -O2.
+#[test]
+fn attention_masks_are_added_in_the_kernel() {
+    let src = "func @masked(%q: bf16[2, 4, 150, 32], %k: bf16[2, 2, 300, 32], %v: bf16[2, 2, 300, 32], %keep: i1[2, 1, 1, 300], %bias: f32[4, 150, 300]) -> (bf16[2, 4, 150, 32], bf16[2, 4, 150, 32]) {
+  %kf = cast(%keep) {to = f32}
+  %inv = sub(1.0, %kf)
+  %m = mul(%inv, -10000.0)
+  %o = attention(%q, %k, %v, %m)
+  %c = attention(%q, %k, %v, %bias) {causal = true}
+  return %o, %c
+}";
+    jpu_testsuite::verify_everywhere(&check(src), src, 2);
+    let written = "func @f(%q: bf16[2, 4, 64, 32], %k: bf16[2, 4, 64, 32], %v: bf16[2, 4, 64, 32], %mask: f32[2, 1, 1, 64]) -> bf16[2, 4, 64, 32] {
+  %kt = transpose(%k) {perm = [0, 1, 3, 2]}
+  %s = matmul(%q, %kt) : f32[2, 4, 64, 64]
+  %z = mul(%s, 0.125)
+  %zm = add(%z, %mask)
+  %p = softmax(%zm) {axis = -1}
+  %pb = cast(%p) {to = bf16}
+  %o = matmul(%pb, %v)
+  return %o
+}";
+    let f = check(written);
+    jpu_testsuite::verify_everywhere(&f, written, 2);
+    let c = jalc::driver::compile(&f, &Target::builtin("jpu1").unwrap(), &jalc::driver::Options::o2()).unwrap();
+    assert_eq!(c.kernels.iter().map(|k| k.kind()).collect::<Vec<_>>(), ["attention"]);
+    // A mask added before the scale is not the fused op's (it adds after).
+    let before =
+        written.replace("%z = mul(%s, 0.125)\n  %zm = add(%z, %mask)", "%z = add(%s, %mask)\n  %zm = mul(%z, 0.125)");
+    let c = jalc::driver::compile(&check(&before), &Target::builtin("jpu1").unwrap(), &jalc::driver::Options::o2())
+        .unwrap();
+    assert!(!c.kernels.iter().any(|k| k.kind() == "attention"), "{before}");
+}
+
 /// What the attention kernel does not cover is refused with the op and the reason.
 #[test]
 fn attention_beyond_the_kernel_says_what_and_why() {

@@ -223,7 +223,10 @@ pub fn eval_node(node: &Node, values: &[Tensor]) -> Tensor {
         }
         Op::LayerNorm { axis, eps } => norm(&arg(0), &arg(1), Some(&arg(2)), *axis, *eps, ty),
         Op::RmsNorm { axis, eps } => norm(&arg(0), &arg(1), None, *axis, *eps, ty),
-        Op::Attention { causal, scale } => attention(&arg(0), &arg(1), &arg(2), *causal, *scale, ty),
+        Op::Attention { causal, scale } => {
+            let mask = (node.operands.len() == 4).then(|| arg(3));
+            attention(&arg(0), &arg(1), &arg(2), mask.as_deref(), *causal, *scale, ty)
+        }
     }
 }
 
@@ -517,8 +520,21 @@ fn matmul(a: &Tensor, b: &Tensor, ty: TensorType) -> Tensor {
     Tensor { ty, data }
 }
 
-fn attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool, scale: f64, ty: TensorType) -> Tensor {
+fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    causal: bool,
+    scale: f64,
+    ty: TensorType,
+) -> Tensor {
     let r = q.ty.rank();
+    // The mask broadcast to the scores, [.., Hq, Sq, Sk], row-major.
+    let mut scores_shape = q.ty.shape.clone();
+    scores_shape[r - 1] = k.ty.shape[r - 2];
+    let mask: Option<Vec<f32>> =
+        mask.map(|m| broadcast_index(&scores_shape, &m.ty.shape).into_iter().map(|i| m.data[i] as f32).collect());
     let (hq, sq, d) = (q.ty.shape[r - 3] as usize, q.ty.shape[r - 2] as usize, q.ty.shape[r - 1] as usize);
     let (hk, sk) = (k.ty.shape[r - 3] as usize, k.ty.shape[r - 2] as usize);
     let dv = v.ty.shape[r - 1] as usize;
@@ -541,7 +557,10 @@ fn attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool, scale: f64, ty: T
                             return f32::NEG_INFINITY;
                         }
                         let dot = (0..d).fold(0.0f32, |a, t| a + qf[qb + i * d + t] * kf[kb + j * d + t]);
-                        dot * scale
+                        match &mask {
+                            Some(m) => dot * scale + m[((bi * hq + h) * sq + i) * sk + j],
+                            None => dot * scale,
+                        }
                     })
                     .collect();
                 if !(0..sk).any(visible) {

@@ -337,6 +337,9 @@ pub fn infer(
             let msg = format!("`{op}` takes {n} operand{}, found {}", plural(n), args.len());
             return Err(CheckError::new(At::Op, msg));
         }
+        Arity::Between(lo, hi) if !(lo..=hi).contains(&args.len()) => {
+            return Err(CheckError::new(At::Op, format!("`{op}` takes {lo} to {hi} operands, found {}", args.len())));
+        }
         Arity::AtLeast(n) if args.len() < n => {
             let n = if n == 1 { "one".to_string() } else { n.to_string() };
             return Err(CheckError::new(At::Op, format!("`{op}` takes {n} or more operands")));

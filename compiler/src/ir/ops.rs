@@ -133,6 +133,8 @@ pub enum Arity {
     Exactly(usize),
     /// At least this many.
     AtLeast(usize),
+    /// Between these many, inclusive.
+    Between(usize, usize),
 }
 
 /// The result of a rule: the typed op and its result type.
@@ -421,15 +423,15 @@ pub static OPS: &[OpDef] = &[
     },
     OpDef {
         name: "attention",
-        arity: Arity::Exactly(3),
+        arity: Arity::Between(3, 4),
         literals: false,
         attrs: &[
             attr("causal", AttrKind::Bool, BOOL_FALSE),
             attr("scale", AttrKind::Float, AttrDefault::Computed("`1/sqrt(D)`")),
         ],
-        operands: "q `[..., Hq, Sq, D]`, k `[..., Hk, Sk, D]`, v `[..., Hk, Sk, Dv]`, one float dtype; Hq a multiple of Hk",
+        operands: "q `[..., Hq, Sq, D]`, k `[..., Hk, Sk, D]`, v `[..., Hk, Sk, Dv]`, one float dtype; Hq a multiple of Hk; optionally a mask (any float dtype) that broadcasts to `[..., Hq, Sq, Sk]`",
         result: "`[..., Hq, Sq, Dv]`",
-        semantics: "query head h reads kv head `h / (Hq/Hk)`; `s_j = (q . k_j) * scale` in f32; causal hides keys `j > i + Sk - Sq`; `p = softmax(s)`; `o = sum_j p_j v_j` (j ascending, from 0), rounded; a query row that sees no key is 0",
+        semantics: "query head h reads kv head `h / (Hq/Hk)`; `s_j = (q . k_j) * scale` in f32, plus `mask[.., h, i, j]` in f32 when given; causal hides keys `j > i + Sk - Sq`; `p = softmax(s)`; `o = sum_j p_j v_j` (j ascending, from 0), rounded; a query row that sees no key is 0",
         rule: attention_rule,
     },
 ];
@@ -808,6 +810,15 @@ fn attention_rule(x: &Inputs<'_>) -> Result<Typed, CheckError> {
     if hk == 0 || hq % hk != 0 {
         let msg = format!("`attention` query heads ({hq}) must be a multiple of key/value heads ({hk})");
         return Err(x.at_operand(1, msg));
+    }
+    if x.args.len() == 4 {
+        let m = x.float_value(3)?;
+        let mut scores = q.shape.clone();
+        scores[r - 1] = k.shape[r - 2];
+        if m.rank() > r || broadcast(&m.shape, &scores).as_deref() != Some(&scores[..]) {
+            let msg = format!("`attention`'s mask {m} does not broadcast to the scores' shape {}", shape_str(&scores));
+            return Err(x.at_operand(3, msg));
+        }
     }
     let causal = x.bool("causal");
     let scale = x.opt_float("scale").unwrap_or(1.0 / (d as f64).sqrt());

@@ -7,7 +7,9 @@
 //! - an optional cast of the probabilities to the operands' dtype;
 //! - softmax over the last axis, as the op or spelled
 //!   `div(exp(sub(z, reduce_max(z))), reduce_sum(that exp))` (keepdims, last axis);
-//! - in any order, at most one scale (`mul` by a positive literal, either side, or
+//! - at most one additive mask or bias `add(z, m)` outside the scale (it becomes
+//!   the fused op's fourth operand when `m` broadcasts to the scores), and, in
+//!   any order, at most one scale (`mul` by a positive literal, either side, or
 //!   `div` by one) and at most one causal mask: `select(compare(iota_j, iota_i)
 //!   {kind = le}, z, -inf)` (or `ge` with the iotas swapped), or `add(z, m)` where
 //!   `m` is that select of `0` (a literal or a `const`) and `-inf` (square scores
@@ -187,37 +189,50 @@ fn scores(eg: &EGraph<TLang, Shapes>, class: Id) -> Vec<(Id, Id)> {
         .collect()
 }
 
-/// `(q, k, causal, scale)` of every way to peel mask and scale (each at most
-/// once, in either order) down to the scores.
-fn peel(
-    eg: &EGraph<TLang, Shapes>,
-    z: Id,
-    masked: bool,
-    scaled: Option<f64>,
-    depth: u32,
-    found: &mut Vec<(Id, Id, bool, f64)>,
-) {
+/// A recognised attention: q, k, causal, scale and the additive mask.
+type Found = (Id, Id, bool, f64, Option<Id>);
+
+/// What has been peeled off the scores so far.
+#[derive(Clone, Copy)]
+struct Peeled {
+    causal: bool,
+    scale: Option<f64>,
+    mask: Option<Id>,
+}
+
+/// Every way to peel the causal mask, the scale and an additive mask (each at
+/// most once; the additive mask only outside the scale, as the fused op adds
+/// it to the scaled scores) down to the scores.
+fn peel(eg: &EGraph<TLang, Shapes>, z: Id, done: Peeled, depth: u32, found: &mut Vec<Found>) {
     for (q, k) in scores(eg, z) {
-        found.push((q, k, masked, scaled.unwrap_or(1.0)));
+        found.push((q, k, done.causal, done.scale.unwrap_or(1.0), done.mask));
     }
     if depth == 0 {
         return;
     }
-    if !masked {
+    if !done.causal {
         for inner in unmasked(eg, z) {
-            peel(eg, inner, true, scaled, depth - 1, found);
+            peel(eg, inner, Peeled { causal: true, ..done }, depth - 1, found);
         }
     }
-    if scaled.is_none() {
+    if done.scale.is_none() {
         for (inner, s) in unscaled(eg, z) {
-            peel(eg, inner, masked, Some(s), depth - 1, found);
+            peel(eg, inner, Peeled { scale: Some(s), ..done }, depth - 1, found);
+        }
+        if done.mask.is_none() {
+            for n in &eg[z].nodes {
+                let TLang::Add([a, b]) = n else { continue };
+                for (inner, m) in [(*a, *b), (*b, *a)] {
+                    peel(eg, inner, Peeled { mask: Some(m), ..done }, depth - 1, found);
+                }
+            }
         }
     }
 }
 
-/// `(q, k, causal, scale)` of every reading of the probabilities class as a
-/// recognised softmax (extraction picks the cheapest fused form).
-fn find(eg: &EGraph<TLang, Shapes>, p: Id, operand: ScalarType) -> Vec<(Id, Id, bool, f64)> {
+/// Every reading of the probabilities class as a recognised softmax
+/// (extraction picks the cheapest fused form).
+fn find(eg: &EGraph<TLang, Shapes>, p: Id, operand: ScalarType) -> Vec<Found> {
     let mut probs = vec![p];
     for (op, c) in opaque(eg, p) {
         if let (Op::Cast { to }, [x]) = (op, c) {
@@ -232,10 +247,10 @@ fn find(eg: &EGraph<TLang, Shapes>, p: Id, operand: ScalarType) -> Vec<(Id, Id, 
             continue;
         }
         for z in softmax_inputs(eg, pc) {
-            peel(eg, z, false, None, 2, &mut found);
+            peel(eg, z, Peeled { causal: false, scale: None, mask: None }, 3, &mut found);
         }
     }
-    found.sort_by_key(|a| (a.0, a.1, a.2, a.3.to_bits()));
+    found.sort_by_key(|a| (a.0, a.1, a.2, a.3.to_bits(), a.4));
     found.dedup();
     found
 }
@@ -252,7 +267,7 @@ impl Applier<TLang, Shapes> for FuseAttention {
         let (p, v) = (subst[self.p], subst[self.v]);
         let (Some(out), Some(vt)) = (ty(eg, matched), ty(eg, v)) else { return vec![] };
         let mut added = Vec::new();
-        for (q, k, causal, scale) in find(eg, p, vt.dtype) {
+        for (q, k, causal, scale, mask) in find(eg, p, vt.dtype) {
             let (Some(qt), Some(kt)) = (ty(eg, q), ty(eg, k)) else { continue };
             let r = qt.rank();
             let grouped = r >= 3
@@ -276,8 +291,21 @@ impl Applier<TLang, Shapes> for FuseAttention {
             if shape != out.shape {
                 continue;
             }
+            // A mask must broadcast to the scores, [.., hq, sq, sk].
+            let mut scores_shape = qt.shape.clone();
+            scores_shape[r - 1] = kt.shape[r - 2];
+            let mask_fits = |m: Id| {
+                ty(eg, m).is_some_and(|mt| {
+                    mt.dtype.is_float()
+                        && mt.rank() <= r
+                        && crate::ir::ops::broadcast(&mt.shape, &scores_shape).as_deref() == Some(&scores_shape[..])
+                })
+            };
+            if mask.is_some_and(|m| !mask_fits(m)) {
+                continue;
+            }
             let sym = eg.analysis.intern(&Op::Attention { causal, scale }, &out);
-            let fused = eg.add(TLang::Other(sym, vec![q, k, v]));
+            let fused = eg.add(TLang::Other(sym, [q, k, v].into_iter().chain(mask).collect()));
             if eg.union(matched, fused) {
                 added.push(fused);
             }

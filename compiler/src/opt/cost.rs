@@ -103,7 +103,11 @@ impl Model {
                 let pe = 2.0 * pairs * (d + dv) / (self.flops16 * 2.0 / size(q.dtype));
                 let act = pairs / self.act_lanes;
                 let out = bytes(&q) / d * dv;
-                let hbm = (bytes(&q) + bytes(&k) + bytes(&v) + out) / self.bytes_per_cycle;
+                // A mask is read per query tile (the shared rows of a key-padding
+                // mask once per row of the tile): about the scores' size when it
+                // has rows of its own, `rows x sk` elements either way.
+                let mask = c.get(3).and_then(ty).map_or(0.0, |m| rows * sk * size(m.dtype));
+                let hbm = (bytes(&q) + bytes(&k) + bytes(&v) + out + mask) / self.bytes_per_cycle;
                 self.fixed + pe.max(act).max(hbm)
             }
             TLang::Mul(_) | TLang::Add(_) | TLang::Reshape(_) | TLang::Other(..) => {

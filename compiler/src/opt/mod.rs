@@ -269,12 +269,65 @@ impl egg::Applier<TLang, Shapes> for MergeScales {
     }
 }
 
+/// `matmul(a, transpose(x, perm))` where the permutation sends x's last dim to
+/// the second-to-last place (`[0, 2, 3, 1]`: heads split and K transposed at
+/// once) is `matmul_tb(a, transpose(x, perm'))`, perm' keeping the last dim
+/// last (the head split alone, which layouts fold into loads). Exact: the
+/// same elements in the same order.
+struct SplitPermutation;
+
+impl egg::Applier<TLang, Shapes> for SplitPermutation {
+    fn apply_one(
+        &self,
+        egraph: &mut EGraph<TLang, Shapes>,
+        matched: Id,
+        subst: &egg::Subst,
+        _: Option<&egg::PatternAst<TLang>>,
+        _: Symbol,
+    ) -> Vec<Id> {
+        let var = |v: &str| subst[v.parse::<egg::Var>().expect("pattern variable")];
+        let (d, a, b) = (var("?d"), var("?a"), var("?b"));
+        let splits: Vec<(Vec<usize>, Id)> = egraph[b]
+            .nodes
+            .iter()
+            .filter_map(|n| match n {
+                TLang::Other(sym, c) if c.len() == 1 => match egraph.analysis.op(*sym) {
+                    Some(Op::Transpose { perm }) if perm.len() >= 2 && perm[perm.len() - 2] == perm.len() - 1 => {
+                        let mut inner = perm.clone();
+                        let r = inner.len();
+                        inner.swap(r - 2, r - 1);
+                        (!crate::ir::swaps_last_two(perm)).then_some((inner, c[0]))
+                    }
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect();
+        let mut added = Vec::new();
+        for (perm, x) in splits {
+            let Some(xt) = egraph[x].data.clone() else { continue };
+            let shape = perm.iter().map(|&k| xt.shape[k]).collect();
+            let inner = if perm.iter().enumerate().all(|(i, &k)| i == k) {
+                x
+            } else {
+                let sym = egraph.analysis.intern(&Op::Transpose { perm }, &TensorType::new(xt.dtype, shape));
+                egraph.add(TLang::Other(sym, vec![x]))
+            };
+            let folded = egraph.add(TLang::MmTb([d, a, inner]));
+            if egraph.union(matched, folded) {
+                added.push(folded);
+            }
+        }
+        added
+    }
+}
+
 /// Rule sets, by topic.
 pub mod rules {
     use super::*;
 
-    /// A transpose of a matmul operand becomes the operand's layout flag, and two
-    /// transposes cancel.
+    /// A transpose of a matmul operand becomes the operand's layout flag (also
+    /// when it is the swap after another permutation), and two transposes cancel.
     pub fn transpose_folding() -> Vec<Rewrite<TLang, Shapes>> {
         vec![
             rw!("fold-transpose-a"; "(matmul ?d (t ?a) ?b)" => "(matmul_ta ?d ?a ?b)"),
@@ -282,6 +335,12 @@ pub mod rules {
             rw!("fold-transpose-a-of-tb"; "(matmul_tb ?d (t ?a) ?b)" => "(matmul_tab ?d ?a ?b)"),
             rw!("fold-transpose-b-of-ta"; "(matmul_ta ?d ?a (t ?b))" => "(matmul_tab ?d ?a ?b)"),
             rw!("cancel-transposes"; "(t (t ?x))" => "?x"),
+            Rewrite::new(
+                "split-permutation-b",
+                "(matmul ?d ?a ?b)".parse::<egg::Pattern<TLang>>().expect("pattern"),
+                SplitPermutation,
+            )
+            .expect("valid rewrite"),
         ]
     }
 

@@ -66,6 +66,7 @@ const NEG_MAX: usize = 10;
 const BLOCK_SUM: usize = 11;
 const RESCALE: usize = 12;
 const ROW_SUM: usize = 13;
+const MASK: usize = 14;
 /// The flash path being lowered: its query tiles, KV blocks and K/V windows in
 /// execution order.
 struct Flash<'a> {
@@ -76,6 +77,8 @@ struct Flash<'a> {
     windows: Vec<Window>,
     /// The K^T tensor, when a transpose kernel wrote it to HBM scratch.
     tkt: Option<usize>,
+    /// The mask tensor, when there is one.
+    tmask: Option<usize>,
     d_chunks: u64,
     /// Window rows rounded up to whole KV chunks.
     win_pad: u64,
@@ -98,14 +101,19 @@ pub(super) fn lower(p: &AttentionProblem, plan: &AttentionPlan) -> TileProgram {
         tensors.push(HbmTensor { name: name.clone(), dtype: p.dtype, shape, role: Role::Input });
         tensors.len() - 1
     });
-    let flash = Flash::new(p, plan, tkt);
+    let tmask = p.mask.as_ref().map(|m| {
+        let dtype = m_dtype(p);
+        tensors.push(HbmTensor { name: m.tensor.clone(), dtype, shape: m.tensor_shape.clone(), role: Role::Input });
+        tensors.len() - 1
+    });
+    let flash = Flash::new(p, plan, tkt, tmask);
     TileProgram { tensors, buffers: flash_buffers(p, plan), ops: flash.ops(), debug_ops: p.text.clone() }
 }
 
 impl<'a> Flash<'a> {
     /// Query tiles (one head, or a group's heads packed), then each tile's KV
     /// blocks up to its causal limit, and the windows they read.
-    fn new(p: &'a AttentionProblem, plan: &'a AttentionPlan, tkt: Option<usize>) -> Flash<'a> {
+    fn new(p: &'a AttentionProblem, plan: &'a AttentionPlan, tkt: Option<usize>, tmask: Option<usize>) -> Flash<'a> {
         let (sq, sk, group) = (p.sq, p.sk, p.group());
         let off = sk as i64 - sq as i64;
         let mut tiles = Vec::new();
@@ -144,6 +152,7 @@ impl<'a> Flash<'a> {
             blocks,
             windows,
             tkt,
+            tmask,
             d_chunks: p.d.div_ceil(plan.d_chunk),
             win_pad: plan.window.div_ceil(plan.kv_chunk) * plan.kv_chunk,
             off,
@@ -275,6 +284,18 @@ impl<'a> Flash<'a> {
         }
     }
 
+    /// Loads block `bi`'s mask rows (one row per query row of the tile, the
+    /// block's keys; a row shared by every query row is read per partition).
+    fn load_mask(&self, ops: &mut Vec<(TileOp, u32)>, bi: usize) {
+        let (Some(tm), Some(view)) = (self.tmask, self.p.mask.as_ref()) else { return };
+        let blk = self.blocks[bi];
+        let t = self.tiles[blk.tile];
+        let (mq, width) = (t.parts() as u64, blk.c1 - blk.c0);
+        let start = view.row_start(t.head, t.r0) + blk.c0 * view.strides.last().copied().unwrap_or(1);
+        let src = HbmBox { tensor: tm, start, rows: mq as u32, row_stride: view.row_stride(), cols: width as u32 };
+        ops.push((TileOp::Load { dst: slice(MASK, bi % self.nsc, mq, 0, width), src, queue: None }, 0));
+    }
+
     /// Stage A of block `bi`: mask, running max, exponentials with their row sum, and (after the first block) the rescale factor and the running sum.
     fn stage_a(&self, ops: &mut Vec<(TileOp, u32)>, bi: usize) {
         let p = self.p;
@@ -288,6 +309,17 @@ impl<'a> Flash<'a> {
         let (cur, prev, tc) = (bi % STAT_COPIES, (bi + STAT_COPIES - 1) % STAT_COPIES, blk.tile % 2);
         let s = slice(SCORES, bi % nsc, mq, 0, width);
         let col = |b, copy| slice(b, copy, mq, 0, 1);
+        // With a mask the scores become `S * scale + mask` in place (the
+        // reference's roundings), and the softmax then runs at scale 1.
+        let scale = if p.mask.is_some() {
+            let scale = TileScalar::Imm(p.scale);
+            ops.push((TileOp::Scalar { op: AluOp::Mul, dst: s, src: s, scalar: scale, reverse: false }, 0));
+            let m = slice(MASK, bi % nsc, mq, 0, width);
+            ops.push((TileOp::Binary { op: AluOp::Add, dst: s, a: s, b: m }, 0));
+            1.0
+        } else {
+            p.scale
+        };
         if p.causal && t.heads == 1 {
             // Row r (query r0 + r) keeps keys c0 + f <= r0 + r + off.
             let first_masked = (t.r0 as i64 + off + 1 - blk.c0 as i64).max(0) as u64;
@@ -315,7 +347,7 @@ impl<'a> Flash<'a> {
         }
         let nb = col(NEG_MAX, cur);
         ops.push((
-            TileOp::Scalar { op: AluOp::Mul, dst: nb, src: m, scalar: TileScalar::Imm(-p.scale), reverse: false },
+            TileOp::Scalar { op: AluOp::Mul, dst: nb, src: m, scalar: TileScalar::Imm(-scale), reverse: false },
             0,
         ));
         let l = col(ROW_SUM, tc);
@@ -325,7 +357,7 @@ impl<'a> Flash<'a> {
                 func: ActFunc::Exp,
                 dst: slice(PROBS, bi % PROB_COPIES, mq, 0, width),
                 src: s,
-                scale: TileScalar::Imm(p.scale),
+                scale: TileScalar::Imm(scale),
                 bias: TileScalar::Column(nb),
                 accum: Some(sum_to),
             },
@@ -338,7 +370,7 @@ impl<'a> Flash<'a> {
                     func: ActFunc::Exp,
                     dst: alpha,
                     src: col(ROW_MAX, prev),
-                    scale: TileScalar::Imm(p.scale),
+                    scale: TileScalar::Imm(scale),
                     bias: TileScalar::Column(nb),
                     accum: None,
                 },
@@ -448,6 +480,7 @@ impl<'a> Flash<'a> {
                     self.transpose_window(ops, blk.window);
                     windows_transposed = blk.window + 1;
                 }
+                self.load_mask(ops, scores_issued);
                 self.scores_of(ops, scores_issued);
                 scores_issued += 1;
             }
@@ -465,6 +498,11 @@ impl<'a> Flash<'a> {
         }
         ops
     }
+}
+
+/// The mask's element type (f32 when there is none).
+fn m_dtype(p: &AttentionProblem) -> DType {
+    p.mask_dtype.unwrap_or(DType::F32)
 }
 
 /// The buffers of the flash path, indexed as [`lower`] uses them.
@@ -490,6 +528,7 @@ pub(super) fn flash_buffers(p: &AttentionProblem, plan: &AttentionPlan) -> Vec<B
         buffer("row_sum", sram, f32, qt, 1, 2),
     ]
     .into_iter()
+    .chain(p.mask.is_some().then(|| buffer("mask", sram, m_dtype(p), qt, plan.kv_block, plan.score_copies)))
     .chain(zero_buffer(p, plan))
     .collect()
 }

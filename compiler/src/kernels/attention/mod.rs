@@ -77,6 +77,12 @@ pub struct AttentionProblem {
     pub dv: u64,
     /// Query i sees keys j <= i + sk - sq.
     pub causal: bool,
+    /// An additive mask or bias, viewed over the scores `[.., hq, sq, sk]` (stride
+    /// 0 along its broadcast dims, 1 along the keys): a key-padding mask is one
+    /// row per batch index read for every head and query row.
+    pub mask: Option<TensorView>,
+    /// The mask's element type.
+    pub mask_dtype: Option<DType>,
     /// Multiplies the scores (positive).
     pub scale: f32,
     /// The result, as it is stored: its own tensor, or a transpose's that the
@@ -113,7 +119,10 @@ pub struct AttentionKernel {
 pub fn select(cx: &Ctx<'_>, i: usize, t: &Target) -> Result<AttentionKernel, CompileError> {
     let node = &cx.f.nodes[i];
     let Op::Attention { causal, scale } = node.op else { return Err(unsupported(node, "is not attention")) };
-    let [q, k, v] = cx.hbm_values(node)?[..] else { return Err(unsupported(node, "is malformed")) };
+    let values = cx.hbm_values(node)?;
+    let (&[q, k, v], mask) = (&values[..3.min(values.len())], values.get(3)) else {
+        return Err(unsupported(node, "is malformed"));
+    };
     let (qn, kn, vn) = (cx.f.node(q), cx.f.node(k), cx.f.node(v));
     let dtype = qn.ty.dtype.storage();
     if !matches!(dtype, DType::Bf16 | DType::F16 | DType::F32) {
@@ -140,6 +149,16 @@ pub fn select(cx: &Ctx<'_>, i: usize, t: &Target) -> Result<AttentionKernel, Com
         view.offset += zero_rows * view.row_stride();
         view.shape[r - 2] -= zero_rows;
     }
+    let mask_dtype = mask.map(|&m| cx.f.node(m).ty.dtype.storage());
+    let mask = match mask {
+        Some(&m) => Some(mask_view(cx, m, &qn.ty.shape, sk, zero_rows).ok_or_else(|| {
+            unsupported(
+                node,
+                "has a mask that is constant along the keys (broadcast over the last dim), which is not supported",
+            )
+        })?),
+        None => None,
+    };
     let mut text = vec![format!("{} {{causal = {causal}, scale = {scale}}}", statement(cx.f, i))];
     let mut nodes = vec![i];
     let stored_in = cx.layout.place[i].tensor;
@@ -160,6 +179,8 @@ pub fn select(cx: &Ctx<'_>, i: usize, t: &Target) -> Result<AttentionKernel, Com
         d,
         dv,
         causal,
+        mask,
+        mask_dtype,
         scale: scale as f32,
         out: out_view,
         zero_rows,
@@ -171,6 +192,30 @@ pub fn select(cx: &Ctx<'_>, i: usize, t: &Target) -> Result<AttentionKernel, Com
     };
     let plan = p.plan(t).map_err(|why| CompileError::limit(&p.text[0], why, p.span.clone()))?;
     Ok(AttentionKernel { p, plan })
+}
+
+/// Mask value `m` viewed over the scores `[.., hq, sq, sk]` (q's shape with the
+/// keys last) and shifted past the `zero_rows` rows that see no key; `None` when
+/// it is broadcast along the keys.
+fn mask_view(cx: &Ctx<'_>, m: ValueId, q_shape: &[u64], sk: u64, zero_rows: u64) -> Option<TensorView> {
+    let own = cx.view(m);
+    let r = q_shape.len();
+    let mut shape = q_shape.to_vec();
+    shape[r - 1] = sk;
+    let mr = own.shape.len();
+    let strides: Vec<u64> = (0..r)
+        .map(|j| match (j + mr).checked_sub(r) {
+            Some(k) if own.shape[k] != 1 => own.strides[k],
+            _ => 0,
+        })
+        .collect();
+    if strides[r - 1] != 1 && sk > 1 {
+        return None;
+    }
+    let mut view = TensorView { shape, strides, ..own };
+    view.offset += zero_rows * view.strides[r - 2];
+    view.shape[r - 2] -= zero_rows;
+    Some(view)
 }
 
 /// The schedule fields.
@@ -400,6 +445,7 @@ impl AttentionPlan {
             && cols <= self.bank_cols
             && p.dv.div_ceil(self.d_chunk) * mq <= self.bank_cols
             && psum_banks >= 3
+            && p.mask.is_none()
             && sram_bytes(&decode_buffers(p, &self)) <= t.sram.partition_bytes as u64;
         if self.decode {
             self.heads_per_tile = p.group();
@@ -425,10 +471,13 @@ impl AttentionProblem {
     /// through a view of another tensor.
     fn views_text(&self) -> String {
         let views = [("q", &self.q), ("k", &self.k), ("v", &self.v), ("out", &self.out)];
+        let mask =
+            self.mask.iter().map(|m| format!("  mask: %{} read as {:?} strides {:?}\n", m.tensor, m.shape, m.strides));
         views
             .iter()
             .filter(|(_, v)| !v.describe().is_empty())
             .map(|(what, v)| format!("  {what} in place: {}\n", v.describe()))
+            .chain(mask)
             .collect()
     }
 
@@ -482,7 +531,11 @@ impl AttentionProblem {
             .find(|&(b, s, o)| b * s as u64 + o as u64 + K_T_BANKS <= banks)
             .ok_or_else(|| format!("attention needs 4 PSUM banks; {} has {banks}", t.name))?;
         let group = self.group();
-        let packs = group > 1 && group * self.sq <= q_tile && (!self.causal || self.sq == 1) && self.packs();
+        let packs = group > 1
+            && group * self.sq <= q_tile
+            && (!self.causal || self.sq == 1)
+            && self.mask.is_none()
+            && self.packs();
         let heads_per_tile = if packs { group } else { 1 };
         let cap = t.sram.partition_bytes as u64;
         let mut plan = AttentionPlan {
