@@ -87,12 +87,139 @@ fn llama(s: Shape, layers: usize) -> String {
     format!("func @layers({}) -> bf16[{seq}, {hidden}] {{\n{body}  return %x{layers}\n}}\n", params.join(", "))
 }
 
+/// The decode step of a Llama-style layer: one token against a KV cache of
+/// `cache` tokens, grown by a concat and returned (the shape of
+/// `testsuite/cases/layers/llama-decode-step.tir`).
+fn llama_decode(s: Shape, cache: u64) -> String {
+    let Shape { hidden, heads: h, kv_heads: kv, head_dim: d, ffn, .. } = s;
+    let (half, all) = (d / 2, cache + 1);
+    format!(
+        "func @step(%x: bf16[1, {hidden}], %g1: bf16[{hidden}], %wq: bf16[{hidden}, {hq}], %wk: bf16[{hidden}, {hk}], %wv: bf16[{hidden}, {hk}], %kc: bf16[{cache}, {kv}, {d}], %vc: bf16[{cache}, {kv}, {d}], %cos: bf16[1, 1, {d}], %sin: bf16[1, 1, {d}], %wo: bf16[{hq}, {hidden}], %g2: bf16[{hidden}], %wg: bf16[{hidden}, {ffn}], %wu: bf16[{hidden}, {ffn}], %wd: bf16[{ffn}, {hidden}]) -> (bf16[1, {hidden}], bf16[{all}, {kv}, {d}], bf16[{all}, {kv}, {d}]) {{
+  %h = rmsnorm(%x, %g1) {{axis = -1, eps = 1e-5}}
+  %q = matmul(%h, %wq)
+  %k = matmul(%h, %wk)
+  %v = matmul(%h, %wv)
+  %q3 = reshape(%q) {{shape = [1, {h}, {d}]}}
+  %k3 = reshape(%k) {{shape = [1, {kv}, {d}]}}
+  %v3 = reshape(%v) {{shape = [1, {kv}, {d}]}}
+  %q1 = slice(%q3) {{start = [0, 0, 0], stop = [1, {h}, {half}]}}
+  %q2 = slice(%q3) {{start = [0, 0, {half}], stop = [1, {h}, {d}]}}
+  %nq2 = neg(%q2)
+  %qr = concat(%nq2, %q1) {{axis = 2}}
+  %qc = mul(%q3, %cos)
+  %qs = mul(%qr, %sin)
+  %qp = add(%qc, %qs)
+  %k1 = slice(%k3) {{start = [0, 0, 0], stop = [1, {kv}, {half}]}}
+  %k2 = slice(%k3) {{start = [0, 0, {half}], stop = [1, {kv}, {d}]}}
+  %nk2 = neg(%k2)
+  %kr = concat(%nk2, %k1) {{axis = 2}}
+  %kcs = mul(%k3, %cos)
+  %ks = mul(%kr, %sin)
+  %kp = add(%kcs, %ks)
+  %kall = concat(%kc, %kp) {{axis = 0}}
+  %vall = concat(%vc, %v3) {{axis = 0}}
+  %qh = transpose(%qp) {{perm = [1, 0, 2]}}
+  %kh = transpose(%kall) {{perm = [1, 0, 2]}}
+  %vh = transpose(%vall) {{perm = [1, 0, 2]}}
+  %o = attention(%qh, %kh, %vh) {{causal = true}}
+  %om = transpose(%o) {{perm = [1, 0, 2]}}
+  %o2 = reshape(%om) {{shape = [1, {hq}]}}
+  %a = matmul(%o2, %wo)
+  %r = add(%x, %a)
+  %h2 = rmsnorm(%r, %g2) {{axis = -1, eps = 1e-5}}
+  %gt = matmul(%h2, %wg)
+  %up = matmul(%h2, %wu)
+  %sg = silu(%gt)
+  %m = mul(%sg, %up)
+  %d = matmul(%m, %wd)
+  %y = add(%r, %d)
+  return %y, %kall, %vall
+}}
+",
+        hq = h * d,
+        hk = kv * d,
+    )
+}
+
+/// A BERT post-norm encoder layer (the shape of
+/// `testsuite/cases/layers/bert-encoder.tir`): batch `b`, `seq` tokens.
+fn bert(b: u64, seq: u64, hidden: u64, heads: u64, ffn: u64) -> String {
+    let d = hidden / heads;
+    let scale = (d as f64).sqrt();
+    let w = |name: &str, a: u64, c: u64| format!("%{name}: bf16[{a}, {c}]");
+    let v = |name: &str, n: u64| format!("%{name}: bf16[{n}]");
+    let params = [
+        format!("%x: bf16[{b}, {seq}, {hidden}]"),
+        format!("%keep: i1[{b}, 1, 1, {seq}]"),
+        w("wq", hidden, hidden),
+        v("bq", hidden),
+        w("wk", hidden, hidden),
+        v("bk", hidden),
+        w("wv", hidden, hidden),
+        v("bv", hidden),
+        w("wo", hidden, hidden),
+        v("bo", hidden),
+        v("g1", hidden),
+        v("b1", hidden),
+        w("w1", hidden, ffn),
+        v("bf1", ffn),
+        w("w2", ffn, hidden),
+        v("bf2", hidden),
+        v("g2", hidden),
+        v("b2", hidden),
+    ];
+    let split = |x: &str| {
+        format!(
+            "  %{x}0 = matmul(%x, %w{x})\n  %{x}1 = add(%{x}0, %b{x})\n  %{x}2 = reshape(%{x}1) {{shape = [{b}, {seq}, {heads}, {d}]}}\n"
+        )
+    };
+    format!(
+        "func @bert_layer({}) -> bf16[{b}, {seq}, {hidden}] {{
+  %kf = cast(%keep) {{to = f32}}
+  %inv = sub(1.0, %kf)
+  %mask = mul(%inv, -10000.0)
+{}  %q = transpose(%q2) {{perm = [0, 2, 1, 3]}}
+{}  %kt = transpose(%k2) {{perm = [0, 2, 3, 1]}}
+{}  %v = transpose(%v2) {{perm = [0, 2, 1, 3]}}
+  %s = matmul(%q, %kt) : f32[{b}, {heads}, {seq}, {seq}]
+  %z = div(%s, {scale:?})
+  %zm = add(%z, %mask)
+  %p = softmax(%zm) {{axis = -1}}
+  %pb = cast(%p) {{to = bf16}}
+  %ctx = matmul(%pb, %v)
+  %ct = transpose(%ctx) {{perm = [0, 2, 1, 3]}}
+  %c = reshape(%ct) {{shape = [{b}, {seq}, {hidden}]}}
+  %a0 = matmul(%c, %wo)
+  %a1 = add(%a0, %bo)
+  %r1 = add(%a1, %x)
+  %h1 = layernorm(%r1, %g1, %b1) {{axis = -1, eps = 1e-12}}
+  %f0 = matmul(%h1, %w1)
+  %f1 = add(%f0, %bf1)
+  %f2 = gelu(%f1)
+  %f3 = matmul(%f2, %w2)
+  %f4 = add(%f3, %bf2)
+  %r2 = add(%f4, %h1)
+  %y = layernorm(%r2, %g2, %b2) {{axis = -1, eps = 1e-12}}
+  return %y
+}}
+",
+        params.join(", "),
+        split("q"),
+        split("k"),
+        split("v")
+    )
+}
+
 fn main() {
     let t = Target::builtin("jpu1").unwrap();
     let llama3_8b = Shape { seq: 2048, hidden: 4096, heads: 32, kv_heads: 8, head_dim: 128, ffn: 14336 };
     println!("| layer | kernels | cycles | roofline cycles | bound | % of roofline | goal | compile (median of 3) |");
     println!("|---|---|---|---|---|---|---|---|");
-    let rows = [("Llama-3-8B layer, prefill 2048 tokens", llama(llama3_8b, 1), 0.85)];
+    let rows = [
+        ("Llama-3-8B layer, prefill 2048 tokens", llama(llama3_8b, 1), 0.85),
+        ("Llama-3-8B layer, decode step at KV length 4096", llama_decode(llama3_8b, 4095), 0.80),
+        ("BERT-base-like layer (hidden 384, 12 heads, FFN 1536), batch 8 x seq 128", bert(8, 128, 384, 12, 1536), 0.70),
+    ];
     for (name, src, goal) in rows {
         let m = jpu_testsuite::bench::measure(&src, &t, 3);
         let mut kinds: Vec<(&str, usize)> = Vec::new();

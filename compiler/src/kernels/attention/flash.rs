@@ -312,8 +312,10 @@ impl<'a> Flash<'a> {
         // With a mask the scores become `S * scale + mask` in place (the
         // reference's roundings), and the softmax then runs at scale 1.
         let scale = if p.mask.is_some() {
+            // The ACT scales (x * scale + -0.0 is x * scale exactly): the VE is the busier engine.
             let scale = TileScalar::Imm(p.scale);
-            ops.push((TileOp::Scalar { op: AluOp::Mul, dst: s, src: s, scalar: scale, reverse: false }, 0));
+            let (bias, accum) = (TileScalar::Imm(-0.0), None);
+            ops.push((TileOp::Activate { func: ActFunc::Identity, dst: s, src: s, scale, bias, accum }, 0));
             let m = slice(MASK, bi % nsc, mq, 0, width);
             ops.push((TileOp::Binary { op: AluOp::Add, dst: s, a: s, b: m }, 0));
             1.0
