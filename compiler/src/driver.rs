@@ -74,6 +74,9 @@ pub struct Options {
     /// The most tile operations (about one instruction each) a program may
     /// lower to; checked against the kernels' estimates before lowering.
     pub max_tile_ops: u64,
+    /// The values of weight parameters ([`crate::weights::load`]): they become
+    /// constant tensors of the binary. A weight without one stays an input.
+    pub weights: std::sync::Arc<crate::weights::Weights>,
 }
 
 /// Default of [`Options::max_tile_ops`]: about 2 GB of compiler memory.
@@ -92,7 +95,7 @@ impl Options {
 
     /// Level `level` with `schedule`'s overrides.
     pub fn with(level: OptLevel, schedule: Schedule) -> Options {
-        Options { level, schedule, max_tile_ops: MAX_TILE_OPS }
+        Options { level, schedule, max_tile_ops: MAX_TILE_OPS, weights: Default::default() }
     }
 }
 
@@ -128,6 +131,8 @@ pub struct Compiled {
     pub tiles: TileProgram,
     /// The chip program.
     pub program: Program,
+    /// The weight values baked into it.
+    pub weights: std::sync::Arc<crate::weights::Weights>,
 }
 
 /// The bytes of parameter `name` the program must read when only gathers read
@@ -157,6 +162,7 @@ pub fn compile(f: &Func, t: &Target, opts: &Options) -> Result<Compiled, Compile
         names: c.names,
         tiles: c.tiles.ok_or_else(missing)?,
         program: c.program.ok_or_else(missing)?,
+        weights: opts.weights.clone(),
     })
 }
 
@@ -211,7 +217,9 @@ impl<'t> Compilation<'t> {
         } else {
             crate::opt::optimize(&self.parsed, self.t, crate::opt::Limits::default())?.func
         };
-        Ok(f.with_parameter_results_copied())
+        let mut f = f.with_parameter_results_copied();
+        f.weights = self.parsed.weights.clone();
+        Ok(f)
     }
 
     /// Stages `select` and `schedule`: the kernels with their chosen schedules,
@@ -301,7 +309,30 @@ impl<'t> Compilation<'t> {
             flops_f32: work.flops_f32,
             transcendentals: work.transcendentals,
         };
-        crate::backend::compile(tiles, self.t, roof).map(|s| s.program).map_err(|e| self.attribute(e, tiles))
+        let mut program =
+            crate::backend::compile(tiles, self.t, roof).map(|s| s.program).map_err(|e| self.attribute(e, tiles))?;
+        self.bake_weights(&mut program, tiles);
+        Ok(program)
+    }
+
+    /// Makes each weight parameter with a loaded value a constant tensor of the
+    /// binary holding it (the roofline still counts it as read from HBM).
+    fn bake_weights(&self, program: &mut Program, tiles: &TileProgram) {
+        if self.opts.weights.is_empty() {
+            return;
+        }
+        let bytes = crate::weights::bytes(&self.opts.weights);
+        let binary: HashMap<String, &str> = crate::tiles::binary_names(&tiles.tensors)
+            .into_iter()
+            .zip(tiles.tensors.iter().map(|t| t.name.as_str()))
+            .collect();
+        for t in &mut program.tensors {
+            let data = binary.get(&t.name).and_then(|ir| bytes.get(*ir));
+            if let (jpu_isa::program::Role::Input, Some(data)) = (t.role, data) {
+                t.role = jpu_isa::program::Role::Const;
+                t.data = data.clone();
+            }
+        }
     }
 
     /// Refuses, before lowering, a program whose tensors exceed the target's HBM

@@ -29,3 +29,4 @@ pub mod opt;
 pub mod schedule;
 pub mod tiles;
 pub mod verify;
+pub mod weights;

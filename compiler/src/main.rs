@@ -252,6 +252,12 @@ fn read_tir(file: &Path) -> Result<(String, jalc::ir::Func), Failure> {
     }
 }
 
+/// The weights a program names, read from the files beside it.
+fn load_weights(file: &Path, func: &jalc::ir::Func) -> Result<jalc::weights::Weights, Failure> {
+    let dir = file.parent().unwrap_or(Path::new("."));
+    jalc::weights::load(func, dir).map_err(|e| Failure::Input(format!("error: {}: {e}", file.display())))
+}
+
 fn check(file: &Path) -> Result<(), Failure> {
     read_tir(file).map(|_| ())
 }
@@ -288,7 +294,8 @@ struct CompileArgs<'a> {
 fn compile(a: CompileArgs<'_>) -> Result<(), Failure> {
     let t = target(a.target)?;
     let (src, func) = read_tir(a.file)?;
-    let (opts, schedule_text) = options(a.opt, a.schedule)?;
+    let (mut opts, schedule_text) = options(a.opt, a.schedule)?;
+    opts.weights = std::sync::Arc::new(load_weights(a.file, &func)?);
     if a.output.is_none() && a.emit.is_none() {
         return Err(Failure::Input("error: give -o OUT.jbin or --emit STAGE (or both)".into()));
     }
@@ -316,7 +323,8 @@ fn verify(
 ) -> Result<(), Failure> {
     let t = target(target_arg)?;
     let (src, func) = read_tir(file)?;
-    let (opts, schedule_text) = options(opt, schedule)?;
+    let (mut opts, schedule_text) = options(opt, schedule)?;
+    opts.weights = std::sync::Arc::new(load_weights(file, &func)?);
     let compiled = jalc::driver::compile(&func, &t, &opts)
         .map_err(|e| compile_failure(&e, (file, &src), schedule.zip(schedule_text.as_deref())))?;
     let v = match jalc::verify::verify_compiled(&compiled, &func, &t, seed) {
@@ -379,9 +387,13 @@ fn report_verification(
 fn eval(file: &Path, inputs: &[String], output_dir: &Path) -> Result<(), Failure> {
     use jalc::eval::{round, Tensor};
     let (_, func) = read_tir(file)?;
+    let weights = load_weights(file, &func)?;
     let files = parse_inputs(inputs)?;
     let bad = |m: String| Failure::Input(format!("error: {m}"));
     for (name, _) in &files {
+        if let Some(w) = func.weights.get(name) {
+            return Err(bad(format!("`{name}` is a weight (\"{}\"[\"{}\"]), not an input", w.file, w.tensor)));
+        }
         if !func.params().any(|p| &func.node(p).name == name) {
             let names: Vec<String> = func.params().map(|p| func.node(p).name.clone()).collect();
             return Err(bad(format!(
@@ -394,6 +406,10 @@ fn eval(file: &Path, inputs: &[String], output_dir: &Path) -> Result<(), Failure
     let mut tensors = Vec::new();
     for p in func.params() {
         let node = func.node(p);
+        if let Some(w) = weights.get(&node.name) {
+            tensors.push(w.clone());
+            continue;
+        }
         let matching: Vec<&PathBuf> = files.iter().filter(|(n, _)| n == &node.name).map(|(_, f)| f).collect();
         let path = match matching.as_slice() {
             [path] => *path,

@@ -174,7 +174,13 @@ pub fn verify_compiled(
     t: &Target,
     seed: u64,
 ) -> Result<Verification, VerifyError> {
-    let inputs = random_inputs(f, seed);
+    let mut inputs = random_inputs(f, seed);
+    // Weight parameters hold their stored values (constants of the binary).
+    for (p, input) in f.params().zip(inputs.iter_mut()) {
+        if let Some(w) = compiled.weights.get(&f.node(p).name) {
+            *input = w.clone();
+        }
+    }
     // Every value of the program as written: the results are the reference, and
     // attention's tolerance reads its V from them.
     let values = eval_values(f, &inputs).map_err(|e| VerifyError::Input(e.to_string()))?;
@@ -190,7 +196,7 @@ pub fn verify_compiled(
         .collect();
     let binary_name = |ir: &str| binary.get(ir).cloned().unwrap_or_else(|| ir.to_string());
     let mut sim_inputs = Vec::new();
-    for (p, tensor) in f.params().zip(&inputs) {
+    for (p, tensor) in f.params().zip(&inputs).filter(|(p, _)| !compiled.weights.contains_key(&f.node(*p).name)) {
         let dtype = tensor.ty.dtype.storage();
         let size = dtype.size_bytes() as usize;
         let mut bytes = vec![0u8; tensor.data.len() * size];

@@ -584,3 +584,76 @@ fn inputs_and_compilation_are_bounded() {
     assert!(stderr(&o).contains("the limit is 5 (--max-tile-ops)"), "{}", stderr(&o));
     assert!(jalc(&["compile", &gemm, "-o", temp("budget.jbin").to_str().unwrap()]).status.success());
 }
+
+/// Weights by name: parameters declared `= "file"["tensor"]` are read from a
+/// safetensors file beside the program by `compile` (constants of the binary:
+/// `run` needs only the other inputs), `verify` and `eval`; the printed program
+/// keeps the declaration; a missing tensor, a wrong shape, a path leaving the
+/// folder and a missing file exit 2 naming what and where.
+#[test]
+fn weights_by_name_compile_verify_eval_and_run() {
+    use safetensors::tensor::{Dtype, TensorView};
+    let dir = temp("weights");
+    std::fs::create_dir_all(&dir).unwrap();
+    let w: Vec<f32> = (0..16 * 8).map(|i| ((i * 37 % 19) as f32 - 9.0) * 0.125).collect();
+    let b: Vec<f32> = (0..8).map(|i| i as f32 * 0.5 - 2.0).collect();
+    let le = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let (wb, bb) = (le(&w), le(&b));
+    let tensors = vec![
+        ("proj.weight", TensorView::new(Dtype::F32, vec![16, 8], &wb).unwrap()),
+        ("proj.bias", TensorView::new(Dtype::F32, vec![8], &bb).unwrap()),
+    ];
+    std::fs::write(dir.join("model.safetensors"), safetensors::serialize(tensors, None).unwrap()).unwrap();
+    let program = |w_decl: &str| {
+        format!(
+            "func @proj(%x: f32[4, 16], %w: {w_decl}, %b: bf16[8] = \"model.safetensors\"[\"proj.bias\"]) -> f32[4, 8] {{\n  %y = matmul(%x, %w)\n  %bf = cast(%b) {{to = f32}}\n  %z = add(%y, %bf)\n  return %z\n}}\n"
+        )
+    };
+    let tir = dir.join("proj.tir");
+    std::fs::write(&tir, program("f32[16, 8] = \"model.safetensors\"[\"proj.weight\"]")).unwrap();
+    let tir_s = tir.to_str().unwrap();
+    let printed = jalc(&["compile", tir_s, "--emit", "parsed"]);
+    assert!(
+        String::from_utf8_lossy(&printed.stdout).contains("%w: f32[16, 8] = \"model.safetensors\"[\"proj.weight\"]")
+    );
+    let verified = jalc(&["verify", tir_s, "--target", "jpu-tiny"]);
+    assert_eq!(verified.status.code(), Some(0), "{}", stderr(&verified));
+    let bin = dir.join("proj.jbin");
+    let compiled = jalc(&["compile", tir_s, "--target", "jpu-tiny", "-o", bin.to_str().unwrap()]);
+    assert_eq!(compiled.status.code(), Some(0), "{}", stderr(&compiled));
+    let x: Vec<f64> = (0..64).map(|i| (i % 7) as f64 * 0.25 - 0.75).collect();
+    let xp = dir.join("x.npy");
+    write_npy_f64(&xp, &[4, 16], &x);
+    let x_arg = format!("x={}", xp.display());
+    let (run_dir, eval_dir) = (dir.join("run"), dir.join("eval"));
+    let ran = jalc(&["run", bin.to_str().unwrap(), "--input", &x_arg, "--output-dir", run_dir.to_str().unwrap()]);
+    assert_eq!(ran.status.code(), Some(0), "{}", stderr(&ran));
+    let evaluated = jalc(&["eval", tir_s, "--input", &x_arg, "--output-dir", eval_dir.to_str().unwrap()]);
+    assert_eq!(evaluated.status.code(), Some(0), "{}", stderr(&evaluated));
+    let (got, want) = (read_npy_f32(&run_dir.join("z.npy")), read_npy_f32(&eval_dir.join("z.npy")));
+    assert_eq!(got, want, "the chip with baked weights equals the evaluator");
+    let by_hand: f32 = (0..16).map(|k| x[k] as f32 * w[k * 8]).sum::<f32>() + b[0];
+    assert!((want.1[0] - by_hand).abs() < 1e-5, "{} vs {by_hand}", want.1[0]);
+    // Passing a weight as an input is refused.
+    let w_arg = format!("w={}", xp.display());
+    let twice =
+        jalc(&["eval", tir_s, "--input", &x_arg, "--input", &w_arg, "--output-dir", eval_dir.to_str().unwrap()]);
+    assert_eq!(twice.status.code(), Some(2));
+    assert!(stderr(&twice).contains("`w` is a weight"), "{}", stderr(&twice));
+    // Bad references exit 2 naming the parameter, the file and the tensor.
+    for (decl, want) in [
+        ("f32[16, 8] = \"model.safetensors\"[\"nope\"]", "has no tensor \"nope\" (it has 2: proj.bias, proj.weight)"),
+        ("f32[16, 8] = \"model.safetensors\"[\"proj.bias\"]", "has shape [8], but the program declares f32[16, 8]"),
+        (
+            "f32[16, 8] = \"../model.safetensors\"[\"proj.weight\"]",
+            "must be a relative path inside the program's folder",
+        ),
+        ("f32[16, 8] = \"missing.safetensors\"[\"proj.weight\"]", "cannot read the weight file"),
+    ] {
+        let bad = dir.join("bad.tir");
+        std::fs::write(&bad, program(decl)).unwrap();
+        let out = jalc(&["compile", bad.to_str().unwrap(), "-o", dir.join("bad.jbin").to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2), "{decl}");
+        assert!(stderr(&out).contains(want), "{decl}: {}", stderr(&out));
+    }
+}

@@ -392,7 +392,13 @@ pub struct Builder {
 impl Builder {
     /// An empty function named `name`.
     pub fn new(name: &str) -> Builder {
-        let func = Func { name: name.into(), nodes: Vec::new(), num_params: 0, results: Vec::new() };
+        let func = Func {
+            name: name.into(),
+            nodes: Vec::new(),
+            num_params: 0,
+            results: Vec::new(),
+            weights: Default::default(),
+        };
         Builder { func, names: HashMap::new() }
     }
 

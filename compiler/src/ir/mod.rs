@@ -243,6 +243,19 @@ pub struct Func {
     pub num_params: usize,
     /// Returned values.
     pub results: Vec<ValueId>,
+    /// Parameters whose values are stored weights, by parameter name (no
+    /// caller passes them; see [`crate::weights`]).
+    pub weights: std::collections::BTreeMap<String, WeightRef>,
+}
+
+/// Where a weight parameter's value is stored: a tensor of a safetensors file,
+/// the path relative to the program's folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WeightRef {
+    /// The safetensors file.
+    pub file: String,
+    /// The tensor's name in it.
+    pub tensor: String,
 }
 
 impl Func {

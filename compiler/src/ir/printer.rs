@@ -58,7 +58,16 @@ pub fn literal(v: f64) -> String {
 /// Prints a function in canonical form.
 pub fn print(f: &Func) -> String {
     let mut out = String::new();
-    let params: Vec<String> = f.params().map(|p| format!("%{}: {}", f.node(p).name, f.node(p).ty)).collect();
+    let params: Vec<String> = f
+        .params()
+        .map(|p| {
+            let n = f.node(p);
+            match f.weights.get(&n.name) {
+                Some(w) => format!("%{}: {} = \"{}\"[\"{}\"]", n.name, n.ty, w.file, w.tensor),
+                None => format!("%{}: {}", n.name, n.ty),
+            }
+        })
+        .collect();
     let results: Vec<String> = f.results.iter().map(|&r| f.node(r).ty.to_string()).collect();
     let results = if results.len() == 1 { results[0].clone() } else { format!("({})", results.join(", ")) };
     let _ = writeln!(out, "func @{}({}) -> {} {{", f.name, params.join(", "), results);

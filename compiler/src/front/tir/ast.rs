@@ -25,7 +25,7 @@ pub struct FuncDecl {
     /// Name without `@`.
     pub name: Spanned<String>,
     /// Parameters.
-    pub params: Vec<(Spanned<String>, TypeExpr)>,
+    pub params: Vec<Param>,
     /// Declared result types.
     pub results: Vec<TypeExpr>,
     /// Statements.
@@ -100,4 +100,15 @@ pub enum AttrValue {
     Ident(String),
     /// `[v, ...]`
     List(Vec<Spanned<AttrValue>>),
+}
+
+/// `%name: type`, or `%name: type = "file.safetensors"["tensor"]` for a stored weight.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Param {
+    /// The parameter's name.
+    pub name: Spanned<String>,
+    /// Its type.
+    pub ty: TypeExpr,
+    /// The file and the tensor holding its value, for a weight.
+    pub weight: Option<(Spanned<String>, Spanned<String>)>,
 }

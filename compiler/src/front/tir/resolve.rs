@@ -13,7 +13,7 @@ use super::ast::{self, AttrValue, OperandExpr, Span, Spanned, Stmt, TypeExpr};
 use crate::diagnostic::Diagnostic;
 use crate::ir::check::{At, BuildError, CheckError};
 use crate::ir::ops::Attr;
-use crate::ir::{Builder, Func, Operand, ScalarType, TensorType, ValueId};
+use crate::ir::{Builder, Func, Operand, ScalarType, TensorType, ValueId, WeightRef};
 
 type R<T> = Result<T, Diagnostic>;
 
@@ -44,8 +44,20 @@ pub fn resolve(m: &ast::Module) -> Result<Func, Vec<Diagnostic>> {
                 .with_label(f.head.clone(), "the first function is here"),
         );
     }
-    for (name, te) in &f.params {
-        cx.param(name, te);
+    let mut weights = std::collections::BTreeMap::new();
+    for p in &f.params {
+        cx.param(&p.name, &p.ty);
+        if let Some((file, tensor)) = &p.weight {
+            match crate::weights::check_path(&file.node) {
+                Ok(()) => {
+                    weights.insert(
+                        p.name.node.clone(),
+                        WeightRef { file: file.node.clone(), tensor: tensor.node.clone() },
+                    );
+                }
+                Err(why) => cx.diags.push(Diagnostic::new(file.span.clone(), why)),
+            }
+        }
     }
     let declared: Vec<Option<TensorType>> = f.results.iter().map(|t| cx.ok(lower_type(t))).collect();
     let mut results = None;
@@ -75,7 +87,9 @@ pub fn resolve(m: &ast::Module) -> Result<Func, Vec<Diagnostic>> {
         cx.diags.sort_by_key(|d| d.span.start);
         return Err(cx.diags);
     }
-    Ok(cx.builder.finish(results))
+    let mut func = cx.builder.finish(results);
+    func.weights = weights;
+    Ok(func)
 }
 
 /// A written type as an IR type (a known dtype, within the IR's limits).

@@ -1,0 +1,130 @@
+//! Weights by name: a parameter declared `%w: bf16[64, 64] = "model.safetensors"["q.weight"]`
+//! takes its value from a tensor of a safetensors file beside the program, so
+//! no caller passes it. This module owns finding and reading those tensors:
+//! the path rules (relative to the program's folder, never outside it), the
+//! shape check, and the one conversion into the declared dtype (as `.npy`
+//! inputs are converted). `jalc compile` puts them into the binary's constant
+//! data; `jalc verify` and `jalc eval` use them as the parameters' values.
+
+use std::collections::HashMap;
+use std::path::{Component, Path};
+
+use safetensors::tensor::{Dtype, SafeTensors};
+
+use crate::eval::{round, Tensor};
+use crate::ir::Func;
+
+/// Largest safetensors file read (the chip's HBM holds 96 GiB; a host reading
+/// more than this for one program is a mistake).
+pub const MAX_FILE_BYTES: u64 = 64 << 30;
+
+/// The loaded weights: each weight parameter's value, by parameter name.
+pub type Weights = HashMap<String, Tensor>;
+
+/// Refuses a weight path that could leave the program's folder.
+pub fn check_path(file: &str) -> Result<(), String> {
+    let p = Path::new(file);
+    if file.is_empty() {
+        return Err("a weight file name is empty".into());
+    }
+    if p.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir)) {
+        return Err(format!(
+            "weight file \"{file}\" must be a relative path inside the program's folder (no `..`, no root)"
+        ));
+    }
+    Ok(())
+}
+
+/// Reads every weight of `f` from the files beside it (`dir`: the program's folder).
+pub fn load(f: &Func, dir: &Path) -> Result<Weights, String> {
+    let mut files: HashMap<&str, Vec<u8>> = HashMap::new();
+    let mut out = Weights::new();
+    for p in f.params() {
+        let node = f.node(p);
+        let Some(w) = f.weights.get(&node.name) else { continue };
+        check_path(&w.file)?;
+        if !files.contains_key(w.file.as_str()) {
+            files.insert(&w.file, read_limited(&dir.join(&w.file))?);
+        }
+        let st = SafeTensors::deserialize(&files[w.file.as_str()])
+            .map_err(|e| format!("{}: not a valid safetensors file: {e}", w.file))?;
+        let at = || format!("weight `%{}` (\"{}\"[\"{}\"])", node.name, w.file, w.tensor);
+        let view = st.tensor(&w.tensor).map_err(|_| {
+            let mut names = st.names();
+            names.sort_unstable();
+            let shown: Vec<&str> = names.iter().take(8).copied().collect();
+            format!(
+                "{}: the file has no tensor \"{}\" (it has {}: {}{})",
+                at(),
+                w.tensor,
+                names.len(),
+                shown.join(", "),
+                if names.len() > 8 { ", ..." } else { "" }
+            )
+        })?;
+        let shape: Vec<u64> = view.shape().iter().map(|&d| d as u64).collect();
+        if shape != node.ty.shape {
+            return Err(format!(
+                "{}: the stored tensor has shape {shape:?}, but the program declares {}",
+                at(),
+                node.ty
+            ));
+        }
+        let values = decode(view.dtype(), view.data())
+            .ok_or_else(|| format!("{}: stored dtype {:?} is not supported", at(), view.dtype()))?;
+        let data = values.iter().map(|&v| round(node.ty.dtype, v)).collect();
+        out.insert(node.name.clone(), Tensor { ty: node.ty.clone(), data });
+    }
+    Ok(out)
+}
+
+fn read_limited(path: &Path) -> Result<Vec<u8>, String> {
+    let shown = path.display();
+    let meta = std::fs::metadata(path).map_err(|e| format!("{shown}: cannot read the weight file: {e}"))?;
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(format!(
+            "{shown}: {} bytes; weight files of more than {MAX_FILE_BYTES} bytes are refused",
+            meta.len()
+        ));
+    }
+    std::fs::read(path).map_err(|e| format!("{shown}: cannot read the weight file: {e}"))
+}
+
+/// The exact values of little-endian elements of `dtype`.
+fn decode(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f64>> {
+    use jpu_isa::numerics::load_f64;
+    use jpu_isa::DType as D;
+    let chip = |d: D| bytes.chunks_exact(d.size_bytes() as usize).map(|c| load_f64(d, c)).collect();
+    let le = |n: usize| bytes.chunks_exact(n);
+    Some(match dtype {
+        Dtype::F32 => chip(D::F32),
+        Dtype::BF16 => chip(D::Bf16),
+        Dtype::F16 => chip(D::F16),
+        Dtype::F8_E4M3 => chip(D::F8E4M3),
+        Dtype::F8_E5M2 => chip(D::F8E5M2),
+        Dtype::I8 => chip(D::I8),
+        Dtype::I32 => chip(D::I32),
+        Dtype::F64 => le(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes"))).collect(),
+        Dtype::I64 => le(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")) as f64).collect(),
+        Dtype::I16 => le(2).map(|c| i16::from_le_bytes([c[0], c[1]]) as f64).collect(),
+        Dtype::U8 | Dtype::BOOL => bytes.iter().map(|&b| b as f64).collect(),
+        _ => return None,
+    })
+}
+
+/// Each weight's bytes in its chip dtype, by parameter name (the binary's
+/// constant data).
+pub fn bytes(weights: &Weights) -> HashMap<String, Vec<u8>> {
+    weights
+        .iter()
+        .map(|(name, t)| {
+            let dtype = t.ty.dtype.storage();
+            let size = dtype.size_bytes() as usize;
+            let mut out = vec![0u8; t.data.len() * size];
+            for (i, &v) in t.data.iter().enumerate() {
+                jpu_isa::numerics::store_f64(dtype, v, &mut out[i * size..]);
+            }
+            (name.clone(), out)
+        })
+        .collect()
+}
