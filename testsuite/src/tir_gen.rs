@@ -387,14 +387,34 @@ impl<R: Rng> Gen<R> {
                     self.rng.random_range(1..4),
                     self.rng.random_range(1..4),
                 );
-                let q = self.param(dt, vec![hk * group, sq, d]);
-                let k = self.param(dt, vec![hk, sk, d]);
-                let vv = self.param(dt, vec![hk, sk, d]);
+                // Sometimes a batch dim, a value head dim of its own, a scale.
+                let batch: Vec<u64> =
+                    if self.rng.random_bool(0.3) { vec![self.rng.random_range(1..3)] } else { vec![] };
+                let dv = if self.rng.random_bool(0.3) { self.rng.random_range(1..4) } else { d };
+                let dims = |h: u64, s: u64, e: u64| batch.iter().copied().chain([h, s, e]).collect::<Vec<u64>>();
+                let q = self.param(dt, dims(hk * group, sq, d));
+                let k = self.param(dt, dims(hk, sk, d));
+                let vv = self.param(dt, dims(hk, sk, dv));
                 let causal = self.rng.random_bool(0.5);
+                // An additive mask broadcasting to the scores (never along the keys).
+                let mask = if self.rng.random_bool(0.4) {
+                    let scores = dims(hk * group, sq, sk);
+                    let r = scores.len();
+                    let drop = self.rng.random_range(0..r);
+                    let shape: Vec<u64> =
+                        (drop..r).map(|i| if i + 1 < r && self.rng.random_bool(0.5) { 1 } else { scores[i] }).collect();
+                    let mdt = if self.rng.random_bool(0.5) { "f32" } else { dt };
+                    format!(", %{}", self.param(mdt, shape).name)
+                } else {
+                    String::new()
+                };
+                let scale = if self.rng.random_bool(0.3) { ", scale = 0.5" } else { "" };
+                let mut out = q.shape.clone();
+                *out.last_mut().expect("rank 3 or 4") = dv;
                 self.emit(
-                    format!("attention(%{}, %{}, %{}) {{causal = {causal}}}", q.name, k.name, vv.name),
+                    format!("attention(%{}, %{}, %{}{mask}) {{causal = {causal}{scale}}}", q.name, k.name, vv.name),
                     dt,
-                    q.shape.clone(),
+                    out,
                     annotate,
                 );
             }
