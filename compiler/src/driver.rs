@@ -115,6 +115,11 @@ pub struct Compilation<'t> {
     pub tiles: Option<TileProgram>,
     /// The chip program.
     pub program: Option<Program>,
+    /// The kernel each tile op of `tiles` belongs to.
+    op_kernel: Vec<usize>,
+    /// The kernel each instruction of `program` belongs to, per engine of core 0
+    /// (`None`: the final `halt`).
+    pub inst_kernel: Vec<Vec<Option<usize>>>,
 }
 
 /// Every stage's output of a complete compilation.
@@ -133,6 +138,8 @@ pub struct Compiled {
     pub program: Program,
     /// The weight values baked into it.
     pub weights: std::sync::Arc<crate::weights::Weights>,
+    /// The kernel each instruction belongs to, per engine of core 0.
+    pub inst_kernel: Vec<Vec<Option<usize>>>,
 }
 
 /// The bytes of parameter `name` the program must read when only gathers read
@@ -163,6 +170,7 @@ pub fn compile(f: &Func, t: &Target, opts: &Options) -> Result<Compiled, Compile
         tiles: c.tiles.ok_or_else(missing)?,
         program: c.program.ok_or_else(missing)?,
         weights: opts.weights.clone(),
+        inst_kernel: c.inst_kernel,
     })
 }
 
@@ -178,6 +186,8 @@ impl<'t> Compilation<'t> {
             names: Vec::new(),
             tiles: None,
             program: None,
+            op_kernel: Vec::new(),
+            inst_kernel: Vec::new(),
         }
     }
 
@@ -191,10 +201,16 @@ impl<'t> Compilation<'t> {
             self.kernels = Some(kernels);
         }
         if stage >= Stage::Tiles && self.tiles.is_none() {
-            self.tiles = Some(self.lower_and_link()?);
+            let (tiles, op_kernel) = self.lower_and_link()?;
+            (self.tiles, self.op_kernel) = (Some(tiles), op_kernel);
         }
         if stage >= Stage::Asm && self.program.is_none() {
-            self.program = Some(self.emit()?);
+            let (program, origins) = self.emit()?;
+            self.inst_kernel = origins
+                .iter()
+                .map(|e| e.iter().map(|o| o.and_then(|op| self.op_kernel.get(op).copied())).collect())
+                .collect();
+            self.program = Some(program);
         }
         Ok(())
     }
@@ -261,7 +277,7 @@ impl<'t> Compilation<'t> {
 
     /// Stages `lower` and `link`: each kernel's tile program, linked into one
     /// and validated.
-    fn lower_and_link(&self) -> Result<TileProgram, CompileError> {
+    fn lower_and_link(&self) -> Result<(TileProgram, Vec<usize>), CompileError> {
         let (f, kernels) = match (&self.optimized, &self.kernels) {
             (Some(f), Some(k)) => (f, k),
             _ => return Err(CompileError::internal("lower before select")),
@@ -269,7 +285,8 @@ impl<'t> Compilation<'t> {
         self.check_budgets(f, kernels)?;
         let params: Vec<&str> = f.params().map(|p| f.node(p).name.as_str()).collect();
         let results: Vec<&str> = f.results.iter().map(|r| f.node(*r).name.as_str()).collect();
-        let parts = kernels.iter().map(|k| k.lower(self.t)).collect();
+        let parts: Vec<TileProgram> = kernels.iter().map(|k| k.lower(self.t)).collect();
+        let op_kernel = parts.iter().enumerate().flat_map(|(k, p)| std::iter::repeat_n(k, p.ops.len())).collect();
         let mut tiles = crate::tiles::link(&params, &results, &self.names, parts);
         // A kernel that reads a view declares the tensor under the view's
         // shape; the tensor keeps the shape of the value it is named after.
@@ -280,11 +297,11 @@ impl<'t> Compilation<'t> {
             }
         }
         tiles.validate(self.t).map_err(|e| CompileError::internal(format!("the tile program is invalid: {e}")))?;
-        Ok(tiles)
+        Ok((tiles, op_kernel))
     }
 
     /// Stages `allocate`, `schedule engines` and `emit`: the backend.
-    fn emit(&self) -> Result<Program, CompileError> {
+    fn emit(&self) -> Result<(Program, Vec<Vec<Option<usize>>>), CompileError> {
         let (Some(tiles), Some(kernels)) = (&self.tiles, &self.kernels) else {
             return Err(CompileError::internal("emit before lower"));
         };
@@ -309,10 +326,10 @@ impl<'t> Compilation<'t> {
             flops_f32: work.flops_f32,
             transcendentals: work.transcendentals,
         };
-        let mut program =
-            crate::backend::compile(tiles, self.t, roof).map(|s| s.program).map_err(|e| self.attribute(e, tiles))?;
+        let scheduled = crate::backend::compile(tiles, self.t, roof).map_err(|e| self.attribute(e, tiles))?;
+        let mut program = scheduled.program;
         self.bake_weights(&mut program, tiles);
-        Ok(program)
+        Ok((program, scheduled.origins))
     }
 
     /// Makes each weight parameter with a loaded value a constant tensor of the

@@ -326,6 +326,10 @@ fn covered_range(w: &Region, b: &Region) -> Option<(u64, u64)> {
 pub struct Scheduled {
     /// The chip program.
     pub program: Program,
+    /// For each engine of core 0, the tile op each instruction of its stream
+    /// implements (a `nop` carrying an extra wait counts for the op after it;
+    /// the final `halt` for none).
+    pub origins: Vec<Vec<Option<usize>>>,
 }
 
 fn tile(tp: &TileProgram, alloc: &Allocation, s: &BufSlice) -> Tile {
@@ -380,7 +384,7 @@ pub fn compile(tp: &TileProgram, t: &Target, roofline: RooflineInputs) -> Result
     let dag = dependencies(tp, &alloc);
     let engines = t.engines_per_core() as usize;
     let waits = synchronise(&insts, &dag, engines);
-    let cores = streams(&insts, &waits, engines);
+    let (cores, origins) = streams(&insts, &waits, engines);
     let semaphores = (0..engines)
         .filter(|e| !cores[*e].is_empty())
         .map(|e| SemDecl { id: e as u8, name: format!("{}_done", Engine(e as u8).name()) })
@@ -393,7 +397,7 @@ pub fn compile(tp: &TileProgram, t: &Target, roofline: RooflineInputs) -> Result
     program.roofline = Some(roofline);
     program.canonicalize_debug_ops();
     program.validate(t).map_err(|e| BackendError::Internal(format!("the emitted program is invalid: {e}")))?;
-    Ok(Scheduled { program })
+    Ok(Scheduled { program, origins })
 }
 
 /// HBM layout: tensors one after another, 4 KiB aligned.
@@ -631,11 +635,17 @@ fn synchronise(insts: &[(Engine, Op, u32)], dag: &DiGraph<usize, ()>, engines: u
 /// Each engine's stream: every instruction signals its engine's semaphore and
 /// waits for the last instruction it needs (a second one costs a zero-cycle
 /// `nop` before it); semaphore values are stream positions; streams end in `halt`.
-fn streams(insts: &[(Engine, Op, u32)], waits: &[Vec<usize>], engines: usize) -> Vec<Vec<Inst>> {
+fn streams(
+    insts: &[(Engine, Op, u32)],
+    waits: &[Vec<usize>],
+    engines: usize,
+) -> (Vec<Vec<Inst>>, Vec<Vec<Option<usize>>>) {
     let mut streams: Vec<Vec<(Option<usize>, Inst)>> = vec![Vec::new(); engines];
+    let mut origins: Vec<Vec<Option<usize>>> = vec![Vec::new(); engines];
     for (i, (e, op, debug)) in insts.iter().enumerate() {
         let s = &mut streams[e.0 as usize];
         let (last, extra) = waits[i].split_last().map_or((None, &[][..]), |(l, x)| (Some(*l), x));
+        origins[e.0 as usize].extend(std::iter::repeat_n(Some(i), extra.len() + 1));
         for &u in extra {
             let mut nop = Inst::new(Op::Nop {});
             nop.wait = Some(Wait { sem: 0, value: u as u32 }); // resolved below
@@ -674,9 +684,10 @@ fn streams(insts: &[(Engine, Op, u32)], waits: &[Vec<usize>], engines: usize) ->
             })
             .collect();
         out.push(Inst::new(Op::Halt {}));
+        origins[e].push(None);
         cores[e] = out;
     }
-    cores
+    (cores, origins)
 }
 
 #[cfg(test)]

@@ -220,8 +220,14 @@ fn main() {
         ("Llama-3-8B layer, decode step at KV length 4096", llama_decode(llama3_8b, 4095), 0.80),
         ("BERT-base-like layer (hidden 384, 12 heads, FFN 1536), batch 8 x seq 128", bert(8, 128, 384, 12, 1536), 0.70),
     ];
+    // `--kernels` also prints each layer's per-kernel table.
+    let per_kernel = std::env::args().any(|a| a == "--kernels");
+    let mut tables = Vec::new();
     for (name, src, goal) in rows {
         let m = jpu_testsuite::bench::measure(&src, &t, 3);
+        if per_kernel {
+            tables.push((name, jpu_testsuite::bench::per_kernel(&m, &t)));
+        }
         let mut kinds: Vec<(&str, usize)> = Vec::new();
         for k in &m.compiled.kernels {
             match kinds.iter_mut().find(|(kind, _)| *kind == k.kind()) {
@@ -241,6 +247,9 @@ fn main() {
             jpu_testsuite::bench::goal_mark(r.roofline_fraction, goal),
             m.compile_ms
         );
+    }
+    for (name, rows) in &tables {
+        jpu_testsuite::bench::print_per_kernel(&format!("Per kernel: {name}"), rows);
     }
     println!();
     println!("| stacked layers (seq 256, hidden 512, 8 q / 2 kv heads of 64, FFN 1408) | statements | kernels | compile (median of 3) |");
