@@ -301,7 +301,7 @@ impl<'t> Compilation<'t> {
     }
 
     /// Stages `allocate`, `schedule engines` and `emit`: the backend.
-    fn emit(&self) -> Result<(Program, Vec<Vec<Option<usize>>>), CompileError> {
+    fn emit(&self) -> Result<(Program, crate::backend::Origins), CompileError> {
         let (Some(tiles), Some(kernels)) = (&self.tiles, &self.kernels) else {
             return Err(CompileError::internal("emit before lower"));
         };

@@ -322,6 +322,10 @@ fn covered_range(w: &Region, b: &Region) -> Option<(u64, u64)> {
     }
 }
 
+/// Per engine of a core, per instruction of its stream, the tile op it
+/// implements (`None` for the final `halt`).
+pub type Origins = Vec<Vec<Option<usize>>>;
+
 /// A scheduled program plus what the listings show.
 pub struct Scheduled {
     /// The chip program.
@@ -329,7 +333,7 @@ pub struct Scheduled {
     /// For each engine of core 0, the tile op each instruction of its stream
     /// implements (a `nop` carrying an extra wait counts for the op after it;
     /// the final `halt` for none).
-    pub origins: Vec<Vec<Option<usize>>>,
+    pub origins: Origins,
 }
 
 fn tile(tp: &TileProgram, alloc: &Allocation, s: &BufSlice) -> Tile {
@@ -641,7 +645,7 @@ fn streams(
     engines: usize,
 ) -> (Vec<Vec<Inst>>, Vec<Vec<Option<usize>>>) {
     let mut streams: Vec<Vec<(Option<usize>, Inst)>> = vec![Vec::new(); engines];
-    let mut origins: Vec<Vec<Option<usize>>> = vec![Vec::new(); engines];
+    let mut origins: Origins = vec![Vec::new(); engines];
     for (i, (e, op, debug)) in insts.iter().enumerate() {
         let s = &mut streams[e.0 as usize];
         let (last, extra) = waits[i].split_last().map_or((None, &[][..]), |(l, x)| (Some(*l), x));
