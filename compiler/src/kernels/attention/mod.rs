@@ -571,6 +571,10 @@ impl AttentionProblem {
                     self.d, t.name
                 )
             })?;
+        } else if self.group() * self.sq.div_ceil(q_tile) <= 2 && fits(&AttentionPlan { window_copies: 3, ..plan }) {
+            // A third resident window lets the next groups' K^T be prepared
+            // while this one computes (short sequences: one tile per window).
+            plan.window_copies = 3;
         }
         Ok(plan)
     }
