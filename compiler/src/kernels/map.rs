@@ -1,5 +1,7 @@
 //! Elementwise kernels: a chain of elementwise steps over one HBM tensor, for
-//! elementwise ops no matmul epilogue absorbs, and `const` splats (each block set
+//! elementwise ops no matmul epilogue absorbs (float, integer and boolean:
+//! comparisons store an i1 as i8 0/1, selects by a tensor condition are
+//! predicated VE copies or fills), and `const` splats and iotas (each block set
 //! by the VE instead of loaded, then the chain). Reshapes are not kernels: they
 //! are read in place ([`super::layout`]) or copied ([`super::copy`]).
 //!
@@ -31,9 +33,6 @@ const COPIES: u32 = 3;
 pub struct MapProblem {
     /// The tensor the first step reads.
     pub input: String,
-    /// Its declared shape (a reshape's input differs from the result's shape; the
-    /// elements, row-major, are the same).
-    pub input_shape: Vec<u64>,
     /// The result's shape.
     pub shape: Vec<u64>,
     /// Its element type (each step's result type).
@@ -97,7 +96,7 @@ pub fn select_chain(cx: &Ctx<'_>, i: usize, t: &Target) -> Result<(MapKernel, us
         return Err(unsupported(node, "cannot run as an elementwise kernel yet"));
     }
     let (mut k, out) = kernel(cx, c, None, x, &node.ty.shape, None, t)?;
-    (k.p.input, k.p.input_shape) = (tensor, node.ty.shape.clone());
+    k.p.input = tensor;
     Ok((k, out))
 }
 
@@ -137,7 +136,6 @@ pub fn select_iota(cx: &Ctx<'_>, i: usize, t: &Target) -> Result<(Vec<Box<dyn Ke
     let dtype = node.ty.dtype.storage();
     let p = MapProblem {
         input: line.clone(),
-        input_shape: vec![shape[axis]],
         shape: vec![shape[axis]],
         dtype,
         steps: Vec::new(),
@@ -180,7 +178,6 @@ pub fn select_fill(cx: &Ctx<'_>, i: usize, value: f64, t: &Target) -> Result<(Ma
     let node = &cx.f.nodes[i];
     let p = MapProblem {
         input: cx.tensor(ValueId(i as u32)),
-        input_shape: node.ty.shape.clone(),
         shape: node.ty.shape.clone(),
         dtype: node.ty.dtype.storage(),
         steps: Vec::new(),
@@ -198,7 +195,7 @@ pub fn select_fill(cx: &Ctx<'_>, i: usize, value: f64, t: &Target) -> Result<(Ma
 }
 
 /// The kernel running chain `c` over `input` (or over a splat of `splat`), with
-/// node `lead` (a reshape or a const) computed first.
+/// node `lead` (a const or an iota) computed first.
 fn kernel(
     cx: &Ctx<'_>,
     c: Chain,
@@ -213,7 +210,6 @@ fn kernel(
     let input_node = cx.f.node(input);
     let p = MapProblem {
         input: cx.tensor(input),
-        input_shape: input_node.ty.shape.clone(),
         shape: shape.to_vec(),
         dtype: input_node.ty.dtype.storage(),
         steps: c.epilogue,
@@ -233,15 +229,8 @@ fn kernel(
 impl MapProblem {
     /// The statements it implements, for listings.
     fn text(&self) -> Vec<String> {
-        let reshape = (self.input_shape != self.shape).then(|| format!("reshape to {:?}", self.shape));
         let steps = self.steps.iter().map(|(_, t)| t.clone());
-        self.splat_of
-            .clone()
-            .into_iter()
-            .chain(reshape)
-            .chain(steps)
-            .chain(self.cast.as_ref().map(|c| c.1.clone()))
-            .collect()
+        self.splat_of.clone().into_iter().chain(steps).chain(self.cast.as_ref().map(|c| c.1.clone())).collect()
     }
 
     /// Bytes per partition of `width` columns of every tile, times its copies.
@@ -314,13 +303,7 @@ impl Kernel for MapKernel {
             (None, Some(v)) => format!("a splat of {v}"),
             (None, None) => format!("%{}", p.input),
         };
-        format!(
-            "{} over {over} {:?} {}\n  blocks of {} columns\n",
-            self.statement(),
-            p.input_shape,
-            p.dtype,
-            self.width
-        )
+        format!("{} over {over} {:?} {}\n  blocks of {} columns\n", self.statement(), p.shape, p.dtype, self.width)
     }
 
     fn tile_ops(&self, t: &Target) -> u64 {
@@ -389,12 +372,7 @@ pub fn lower(p: &MapProblem, width: u64, t: &Target) -> TileProgram {
 fn map_tensors(p: &MapProblem) -> (Vec<HbmTensor>, usize, usize) {
     let mut tensors = Vec::new();
     if p.splat.is_none() {
-        tensors.push(HbmTensor {
-            name: p.input.clone(),
-            dtype: p.dtype,
-            shape: p.input_shape.clone(),
-            role: Role::Input,
-        });
+        tensors.push(HbmTensor { name: p.input.clone(), dtype: p.dtype, shape: p.shape.clone(), role: Role::Input });
     }
     let first_input = tensors.len();
     tensors.extend(p.inputs.iter().map(EpilogueInput::hbm_tensor));
@@ -456,15 +434,13 @@ fn blocks(p: &MapProblem, parts: u64, width: u64) -> Vec<(u64, u64, u64, u64)> {
 }
 
 /// The statements the ops' debug indices name: the steps, then the cast (or
-/// the reshape or const the kernel is).
+/// the splat, iota or constant result the kernel is, when it has no steps).
 fn map_debug_ops(p: &MapProblem) -> Vec<String> {
     let mut debug_ops: Vec<String> = p.steps.iter().map(|(_, text)| text.clone()).collect();
     debug_ops.extend(p.cast.as_ref().map(|c| c.1.clone()));
     if debug_ops.is_empty() {
-        debug_ops.push(match p.splat {
-            Some(v) => p.splat_of.clone().unwrap_or_else(|| format!("%{} = const() {{value = {v}}}", p.output)),
-            None => format!("%{} = reshape(%{})", p.output, p.input),
-        });
+        let v = p.splat.unwrap_or(0.0);
+        debug_ops.push(p.splat_of.clone().unwrap_or_else(|| format!("%{} = const() {{value = {v}}}", p.output)));
     }
     debug_ops
 }
