@@ -128,3 +128,64 @@ pub fn bytes(weights: &Weights) -> HashMap<String, Vec<u8>> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use safetensors::tensor::TensorView;
+
+    fn func(decl: &str) -> Func {
+        let dtype = decl.split('[').next().unwrap_or("f32");
+        let src = format!("func @f(%w: {decl}) -> {dtype}[2, 3] {{\n  %y = add(%w, 1.0)\n  return %y\n}}\n");
+        crate::front::tir::parse_and_check(&src).expect("checks")
+    }
+
+    fn file(dir: &Path) -> Vec<u8> {
+        let data: Vec<u8> = (0..6).flat_map(|i| (i as f32 * 1.5).to_le_bytes()).collect();
+        let view = TensorView::new(Dtype::F32, vec![2, 3], &data).unwrap();
+        let bytes = safetensors::serialize([("w", view)], None).unwrap();
+        std::fs::write(dir.join("m.safetensors"), &bytes).unwrap();
+        bytes
+    }
+
+    #[test]
+    fn loads_converts_and_refuses_what_does_not_match() {
+        let dir = std::env::temp_dir().join(format!("jalc-weights-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        file(&dir);
+        let w = load(&func("f32[2, 3] = \"m.safetensors\"[\"w\"]"), &dir).unwrap();
+        assert_eq!(w["w"].data, [0.0, 1.5, 3.0, 4.5, 6.0, 7.5]);
+        // One rounding into the declared dtype.
+        let w = load(&func("bf16[2, 3] = \"m.safetensors\"[\"w\"]"), &dir).unwrap();
+        assert_eq!(w["w"].ty.dtype, crate::ir::ScalarType::Bf16);
+        let err = load(&func("f32[2, 3] = \"m.safetensors\"[\"v\"]"), &dir).unwrap_err();
+        assert!(err.contains("has no tensor \"v\" (it has 1: w)"), "{err}");
+        assert!(check_path("../x.safetensors").is_err() && check_path("/x").is_err() && check_path("a/b.st").is_ok());
+    }
+
+    /// Truncated and corrupted files are errors, never panics.
+    #[test]
+    fn truncated_and_mutated_files_never_panic() {
+        let dir = std::env::temp_dir().join(format!("jalc-weights-fuzz-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = file(&dir);
+        let f = func("f32[2, 3] = \"m.safetensors\"[\"w\"]");
+        for cut in 0..good.len() {
+            std::fs::write(dir.join("m.safetensors"), &good[..cut]).unwrap();
+            assert!(load(&f, &dir).is_err(), "a file cut at {cut} loaded");
+        }
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..2000 {
+            let mut bytes = good.clone();
+            for _ in 0..3 {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let at = (state % bytes.len() as u64) as usize;
+                bytes[at] = (state >> 32) as u8;
+            }
+            std::fs::write(dir.join("m.safetensors"), &bytes).unwrap();
+            let _ = load(&f, &dir);
+        }
+    }
+}
