@@ -14,7 +14,18 @@ pub type Check = fn(&[u8]);
 
 /// Each fuzz target: a name (its folder under `fuzz/regressions/`) and its check.
 pub const TARGETS: &[(&str, Check)] =
-    &[("jbin_read", jbin_read), ("sim_run", sim_run), ("compile_verify", compile_verify)];
+    &[("jbin_read", jbin_read), ("sim_run", sim_run), ("compile_verify", compile_verify), ("onnx_read", onnx_read)];
+
+/// Any byte string decodes as an ONNX model (external data from a folder with
+/// nothing in it) or is an error naming what is wrong; a model it accepts has
+/// a graph and a supported opset.
+pub fn onnx_read(data: &[u8]) {
+    let dir = std::env::temp_dir().join("jpu-fuzz-onnx-empty");
+    match jalc::front::onnx::decode(data, &dir, "fuzz.onnx") {
+        Ok(m) => assert!(m.proto.graph.is_some() && jalc::front::onnx::OPSETS.contains(&m.opset)),
+        Err(e) => assert!(!e.message.is_empty()),
+    }
+}
 
 /// Any byte string, with its length and checksum made right so mutations reach
 /// the structure and the program's rules: the reader loads a program that
