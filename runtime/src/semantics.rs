@@ -124,20 +124,6 @@ pub fn write_tile(mem: &mut CoreMemory, tile: &Tile, vals: &[f32]) {
     }
 }
 
-fn write_tile_i32(mem: &mut CoreMemory, tile: &Tile, vals: &[i32]) {
-    let (buf, pb) = mem.space_mut(tile.space);
-    let offsets = tile_element_offsets(tile);
-    let mut i = 0;
-    for p in tile.part_start as usize..(tile.part_start + tile.part_count) as usize {
-        let row = (p * pb) as i64 + tile.offset as i64;
-        for &o in &offsets {
-            let a = (row + o) as usize;
-            buf[a..a + 4].copy_from_slice(&vals[i].to_le_bytes());
-            i += 1;
-        }
-    }
-}
-
 /// Reads a column: one f32 per partition of `[part_start, part_start + count)`.
 pub fn read_column(mem: &CoreMemory, col: &Column, part_start: u16, count: u16) -> Vec<f32> {
     let (buf, pb) = mem.space(col.space);
@@ -226,7 +212,7 @@ pub fn execute_compute(op: &Op, mem: &mut CoreMemory) {
             let f = src.free_elems() as usize;
             if src.dtype.is_int() {
                 let v = read_tile_i32(mem, src);
-                write_tile_i32(mem, dst, &transpose(&v, p, f));
+                write_tile_int(mem, dst, &transpose(&v, p, f));
             } else {
                 let v = read_tile(mem, src);
                 write_tile(mem, dst, &transpose(&v, p, f));
@@ -374,7 +360,7 @@ fn matmul(mem: &mut CoreMemory, dst: &Tile, stationary: &Tile, moving: &Tile, ac
         let b = read_tile_i32(mem, moving);
         let mut acc = if accumulate { read_tile_i32(mem, dst) } else { vec![0; m * n] };
         matmul_i32(&a, &b, &mut acc, k, m, n);
-        write_tile_i32(mem, dst, &acc);
+        write_tile_int(mem, dst, &acc);
     } else {
         let s = read_tile(mem, stationary);
         let a = if transposed {
@@ -563,7 +549,7 @@ fn iota(mem: &mut CoreMemory, dst: &Tile, base: i32, partition_step: i32, free_s
             let f: Vec<f32> = v.iter().map(|&x| x as f32).collect();
             write_tile(mem, dst, &f);
         } else {
-            write_tile_i32(mem, dst, &v);
+            write_tile_int(mem, dst, &v);
         }
     } else {
         let f: Vec<f32> = vals.iter().map(|&x| x as f32).collect();

@@ -82,6 +82,22 @@ impl<R: Rng> Gen<R> {
         shape[drop..].iter().map(|&d| if self.rng.random_bool(0.3) { 1 } else { d }).collect()
     }
 
+    /// `v` and a partner of its dtype (a literal, or a parameter that broadcasts
+    /// to it), in either order.
+    fn with_partner(&mut self, v: &Val) -> (String, String) {
+        let other = if self.rng.random_bool(0.5) {
+            self.literal_for(v.dtype)
+        } else {
+            let s = self.broadcast_of(&v.shape);
+            format!("%{}", self.param(v.dtype, s).name)
+        };
+        if self.rng.random_bool(0.5) {
+            (format!("%{}", v.name), other)
+        } else {
+            (other, format!("%{}", v.name))
+        }
+    }
+
     /// An i1 value of a shape that broadcasts to `v`'s (with `full`, of its shape):
     /// a comparison of `v` with a partner or a literal, an i1 parameter, or a cast.
     fn condition(&mut self, v: &Val, full: bool) -> String {
@@ -116,17 +132,7 @@ impl<R: Rng> Gen<R> {
                 let v = self.pick_int();
                 let ops = ["add", "sub", "mul", "max", "min"];
                 let op = ops[self.rng.random_range(0..ops.len())];
-                let other = if self.rng.random_bool(0.5) {
-                    self.literal_for(v.dtype)
-                } else {
-                    let s = self.broadcast_of(&v.shape);
-                    format!("%{}", self.param(v.dtype, s).name)
-                };
-                let (a, b) = if self.rng.random_bool(0.5) {
-                    (format!("%{}", v.name), other)
-                } else {
-                    (other, format!("%{}", v.name))
-                };
+                let (a, b) = self.with_partner(&v);
                 if self.rng.random_bool(0.2) {
                     // An integer reduction over the last axis or all of them.
                     let r = v.shape.len();
@@ -156,17 +162,7 @@ impl<R: Rng> Gen<R> {
                 // select(cond, a, b) with tensors or literals on either side.
                 let v = if self.rng.random_bool(0.7) { self.pick_float() } else { self.pick_int() };
                 let c = self.condition(&v, false);
-                let other = if self.rng.random_bool(0.5) {
-                    self.literal_for(v.dtype)
-                } else {
-                    let s = self.broadcast_of(&v.shape);
-                    format!("%{}", self.param(v.dtype, s).name)
-                };
-                let (a, b) = if self.rng.random_bool(0.5) {
-                    (format!("%{}", v.name), other)
-                } else {
-                    (other, format!("%{}", v.name))
-                };
+                let (a, b) = self.with_partner(&v);
                 self.emit(format!("select({c}, {a}, {b})"), v.dtype, v.shape, annotate);
             }
             3 => {
