@@ -1,6 +1,7 @@
-//! Reading ONNX models in pure Rust: the protobuf types are generated at build
-//! time from ONNX 1.22's schema (`proto/onnx.proto`, through `protox` and
-//! `prost-build`; no `protoc`). This module owns turning a file into a checked
+//! Reading ONNX models in pure Rust: the protobuf types ([`proto`]) are
+//! generated from ONNX 1.22's schema (`compiler/proto/onnx.proto`) by `protox`
+//! and `prost-build` in `tools/onnx-proto-gen` and committed; no `protoc`, and
+//! the compiler's build carries neither generator. This module owns turning a file into a checked
 //! [`Model`]: the size limit, the protobuf decoding, the opset range the
 //! importer knows, and tensors stored as external data (`location`, `offset`,
 //! `length`, the path confined to the model's folder) read into the model.
@@ -11,11 +12,10 @@ use std::path::{Component, Path};
 
 use prost::Message;
 
-/// The generated ONNX protobuf types (package `onnx`).
+/// The ONNX protobuf types (package `onnx`), generated from ONNX 1.22's
+/// schema by `tools/onnx-proto-gen` (then `cargo fmt`).
 #[allow(missing_docs, clippy::all)]
-pub mod proto {
-    include!(concat!(env!("OUT_DIR"), "/onnx.rs"));
-}
+pub mod proto;
 
 /// Opsets of the default domain the importer accepts: 13 to the newest the
 /// `onnx` 1.22 wheel defines.
