@@ -387,7 +387,7 @@ fn report_verification(
 fn eval(file: &Path, inputs: &[String], output_dir: &Path) -> Result<(), Failure> {
     use jalc::eval::{round, Tensor};
     let (_, func) = read_tir(file)?;
-    let weights = load_weights(file, &func)?;
+    let mut weights = load_weights(file, &func)?;
     let files = parse_inputs(inputs)?;
     let bad = |m: String| Failure::Input(format!("error: {m}"));
     for (name, _) in &files {
@@ -406,8 +406,8 @@ fn eval(file: &Path, inputs: &[String], output_dir: &Path) -> Result<(), Failure
     let mut tensors = Vec::new();
     for p in func.params() {
         let node = func.node(p);
-        if let Some(w) = weights.get(&node.name) {
-            tensors.push(w.clone());
+        if let Some(w) = weights.remove(&node.name) {
+            tensors.push(w);
             continue;
         }
         let matching: Vec<&PathBuf> = files.iter().filter(|(n, _)| n == &node.name).map(|(_, f)| f).collect();

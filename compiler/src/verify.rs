@@ -116,6 +116,12 @@ fn attention_tolerance(
 
 /// Seeded inputs for every parameter.
 pub fn random_inputs(f: &Func, seed: u64) -> Vec<Tensor> {
+    inputs_with(f, seed, &Default::default())
+}
+
+/// Every parameter's input: its stored value when `weights` holds one, else
+/// seeded random values.
+fn inputs_with(f: &Func, seed: u64, weights: &crate::weights::Weights) -> Vec<Tensor> {
     let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x2545_f491_4f6c_dd1d;
     let mut next = move || {
         x ^= x << 13;
@@ -126,6 +132,9 @@ pub fn random_inputs(f: &Func, seed: u64) -> Vec<Tensor> {
     let bounds = index_bounds(f);
     f.params()
         .map(|p| {
+            if let Some(w) = weights.get(&f.node(p).name) {
+                return w.clone();
+            }
             let ty = f.node(p).ty.clone();
             let vals: Vec<f64> = (0..ty.elems())
                 .map(|_| match (ty.dtype, bounds[p.0 as usize]) {
@@ -174,13 +183,8 @@ pub fn verify_compiled(
     t: &Target,
     seed: u64,
 ) -> Result<Verification, VerifyError> {
-    let mut inputs = random_inputs(f, seed);
     // Weight parameters hold their stored values (constants of the binary).
-    for (p, input) in f.params().zip(inputs.iter_mut()) {
-        if let Some(w) = compiled.weights.get(&f.node(p).name) {
-            *input = w.clone();
-        }
-    }
+    let inputs = inputs_with(f, seed, &compiled.weights);
     // Every value of the program as written: the results are the reference, and
     // attention's tolerance reads its V from them.
     let values = eval_values(f, &inputs).map_err(|e| VerifyError::Input(e.to_string()))?;

@@ -35,47 +35,48 @@ pub fn check_path(file: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Reads every weight of `f` from the files beside it (`dir`: the program's folder).
+/// Reads every weight of `f` from the files beside it (`dir`: the program's
+/// folder); each file is read and its header parsed once.
 pub fn load(f: &Func, dir: &Path) -> Result<Weights, String> {
-    let mut files: HashMap<&str, Vec<u8>> = HashMap::new();
-    let mut out = Weights::new();
+    let mut by_file: std::collections::BTreeMap<&str, Vec<&crate::ir::Node>> = Default::default();
     for p in f.params() {
         let node = f.node(p);
-        let Some(w) = f.weights.get(&node.name) else { continue };
-        check_path(&w.file)?;
-        if !files.contains_key(w.file.as_str()) {
-            files.insert(&w.file, read_limited(&dir.join(&w.file))?);
+        if let Some(w) = f.weights.get(&node.name) {
+            check_path(&w.file)?;
+            by_file.entry(&w.file).or_default().push(node);
         }
-        let st = SafeTensors::deserialize(&files[w.file.as_str()])
-            .map_err(|e| format!("{}: not a valid safetensors file: {e}", w.file))?;
-        let at = || format!("weight `%{}` (\"{}\"[\"{}\"])", node.name, w.file, w.tensor);
-        let view = st.tensor(&w.tensor).map_err(|_| {
-            let mut names = st.names();
-            names.sort_unstable();
-            let shown: Vec<&str> = names.iter().take(8).copied().collect();
-            format!(
-                "{}: the file has no tensor \"{}\" (it has {}: {}{})",
-                at(),
-                w.tensor,
-                names.len(),
-                shown.join(", "),
-                if names.len() > 8 { ", ..." } else { "" }
-            )
-        })?;
-        let shape: Vec<u64> = view.shape().iter().map(|&d| d as u64).collect();
-        if shape != node.ty.shape {
-            return Err(format!(
-                "{}: the stored tensor has shape {shape:?}, but the program declares {}",
-                at(),
-                node.ty
-            ));
+    }
+    let mut out = Weights::new();
+    for (file, nodes) in by_file {
+        let bytes = read_limited(&dir.join(file))?;
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| format!("{file}: not a valid safetensors file: {e}"))?;
+        for node in nodes {
+            let tensor = &f.weights[&node.name].tensor;
+            out.insert(node.name.clone(), weight(&st, node, file, tensor)?);
         }
-        let values = decode(view.dtype(), view.data())
-            .ok_or_else(|| format!("{}: stored dtype {:?} is not supported", at(), view.dtype()))?;
-        let data = values.iter().map(|&v| round(node.ty.dtype, v)).collect();
-        out.insert(node.name.clone(), Tensor { ty: node.ty.clone(), data });
     }
     Ok(out)
+}
+
+/// Parameter `node`'s value: tensor `tensor` of `st` (file `file`), checked
+/// against the declared shape and rounded into the declared dtype.
+fn weight(st: &SafeTensors<'_>, node: &crate::ir::Node, file: &str, tensor: &str) -> Result<Tensor, String> {
+    let at = || format!("weight `%{}` (\"{file}\"[\"{tensor}\"])", node.name);
+    let view = st.tensor(tensor).map_err(|_| {
+        let mut names = st.names();
+        names.sort_unstable();
+        let shown: Vec<&str> = names.iter().take(8).copied().collect();
+        let more = if names.len() > 8 { ", ..." } else { "" };
+        format!("{}: the file has no tensor \"{tensor}\" (it has {}: {}{more})", at(), names.len(), shown.join(", "))
+    })?;
+    let shape: Vec<u64> = view.shape().iter().map(|&d| d as u64).collect();
+    if shape != node.ty.shape {
+        return Err(format!("{}: the stored tensor has shape {shape:?}, but the program declares {}", at(), node.ty));
+    }
+    let values = decode(view.dtype(), view.data())
+        .ok_or_else(|| format!("{}: stored dtype {:?} is not supported", at(), view.dtype()))?;
+    let data = values.iter().map(|&v| round(node.ty.dtype, v)).collect();
+    Ok(Tensor { ty: node.ty.clone(), data })
 }
 
 fn read_limited(path: &Path) -> Result<Vec<u8>, String> {

@@ -30,4 +30,4 @@ pub mod trace;
 
 pub use jpu_isa as isa;
 pub use report::Report;
-pub use sim::{run, Fault, FaultKind, InstRef, Outcome, RunOptions};
+pub use sim::{run, Fault, FaultKind, InstRef, Outcome, RunOptions, TraceSlice};

@@ -292,44 +292,23 @@ pub fn execute_compute(op: &Op, mem: &mut CoreMemory) {
             write_tile(mem, dst, &vec![value.0; n]);
         }
         Op::Iota { dst, base, partition_step, free_step } => iota(mem, dst, *base, *partition_step, *free_step),
-        Op::Select { cmp, dst, src, partition_step, free_step, base, fill }
-            if dst.dtype.is_int() && src.dtype.is_int() =>
-        {
-            let v = read_tile_i32(mem, src);
-            let e = src.free_elems() as usize;
-            let fill = round_f64(DType::I32, fill.0 as f64) as i32;
-            let out: Vec<i32> = v
-                .iter()
-                .enumerate()
-                .map(|(idx, &x)| {
-                    let (p, i) = ((idx / e) as i64, (idx % e) as i64);
-                    let expr = *partition_step as i64 * p + *free_step as i64 * i + *base as i64;
-                    if compare(*cmp, expr) {
-                        x
-                    } else {
-                        fill
-                    }
-                })
-                .collect();
-            write_tile_int(mem, dst, &out);
-        }
         Op::Select { cmp, dst, src, partition_step, free_step, base, fill } => {
-            let v = read_tile(mem, src);
             let e = src.free_elems() as usize;
-            let out: Vec<f32> = v
-                .iter()
-                .enumerate()
-                .map(|(idx, &x)| {
-                    let (p, i) = ((idx / e) as i64, (idx % e) as i64);
-                    let expr = *partition_step as i64 * p + *free_step as i64 * i + *base as i64;
-                    if compare(*cmp, expr) {
-                        x
-                    } else {
-                        fill.0
-                    }
-                })
-                .collect();
-            write_tile(mem, dst, &out);
+            // Element (p, i) is kept where `ps * p + fs * i + base <cmp> 0`.
+            let keep = |idx: usize| {
+                let (p, i) = ((idx / e) as i64, (idx % e) as i64);
+                compare(*cmp, *partition_step as i64 * p + *free_step as i64 * i + *base as i64)
+            };
+            if dst.dtype.is_int() && src.dtype.is_int() {
+                let fill = round_f64(DType::I32, fill.0 as f64) as i32;
+                let mut v = read_tile_i32(mem, src);
+                v.iter_mut().enumerate().filter(|(idx, _)| !keep(*idx)).for_each(|(_, x)| *x = fill);
+                write_tile_int(mem, dst, &v);
+            } else {
+                let mut v = read_tile(mem, src);
+                v.iter_mut().enumerate().filter(|(idx, _)| !keep(*idx)).for_each(|(_, x)| *x = fill.0);
+                write_tile(mem, dst, &v);
+            }
         }
         Op::Activate { func, dst, src, scale, bias, accum } => {
             let v = read_tile(mem, src);
@@ -466,75 +445,51 @@ fn scalar_values_i32(mem: &CoreMemory, s: &Scalar, part_start: u16, count: u16) 
 
 /// `fill_predicated`: the scalar where the condition holds; the rest of `dst` kept.
 fn fill_predicated(mem: &mut CoreMemory, dst: &Tile, cond: &Tile, value: &Scalar, negate: bool) {
-    let keep: Vec<bool> = read_tile(mem, cond).iter().map(|&c| (c != 0.0) != negate).collect();
+    let keep = condition(mem, cond, negate);
+    let v: Vec<f64> = match value {
+        Scalar::Col(c) if c.dtype.is_int() => {
+            scalar_values_i32(mem, value, dst.part_start, dst.part_count).iter().map(|&x| x as f64).collect()
+        }
+        _ => scalar_values(mem, value, dst.part_start, dst.part_count).iter().map(|&x| x as f64).collect(),
+    };
     let e = dst.free_elems() as usize;
-    if dst.dtype.is_int() {
-        let v = match value {
-            Scalar::Col(c) if !c.dtype.is_int() => scalar_values(mem, value, dst.part_start, dst.part_count)
-                .iter()
-                .map(|&x| round_f64(dst.dtype, x as f64) as i32)
-                .collect(),
-            _ => scalar_values_i32(mem, value, dst.part_start, dst.part_count),
-        };
-        let mut out = read_tile_i32(mem, dst);
-        for (i, o) in out.iter_mut().enumerate() {
-            if keep[i] {
-                *o = v[i / e];
-            }
-        }
-        return write_tile_int(mem, dst, &out);
-    }
-    let v = scalar_values(mem, value, dst.part_start, dst.part_count);
-    let mut out = read_tile(mem, dst);
-    for (i, o) in out.iter_mut().enumerate() {
-        if keep[i] {
-            *o = v[i / e];
-        }
-    }
-    write_tile(mem, dst, &out);
+    write_where(mem, dst, &keep, |k| v[k / e]);
 }
 
 /// `copy_predicated`: `src` copied (as `copy` converts) where the condition
 /// holds; the rest of `dst` kept.
 fn copy_predicated(mem: &mut CoreMemory, dst: &Tile, src: &Tile, cond: &Tile, negate: bool) {
-    let keep: Vec<bool> = read_tile(mem, cond).iter().map(|&c| (c != 0.0) != negate).collect();
-    if src.dtype.is_int() {
-        let mut v = read_tile_i32(mem, src);
-        let old = if dst.dtype.is_int() { read_tile_i32(mem, dst) } else { Vec::new() };
-        if dst.dtype.is_int() {
-            for (i, x) in v.iter_mut().enumerate() {
-                if !keep[i] {
-                    *x = old[i];
-                }
-            }
-            return write_tile_int(mem, dst, &v);
-        }
-        let mut old = read_tile(mem, dst);
-        for (i, o) in old.iter_mut().enumerate() {
-            if keep[i] {
-                *o = round_f64(dst.dtype, v[i] as f64) as f32;
-            }
-        }
-        return write_tile(mem, dst, &old);
-    }
-    let v = read_tile(mem, src);
+    let keep = condition(mem, cond, negate);
+    let v: Vec<f64> = if src.dtype.is_int() {
+        read_tile_i32(mem, src).iter().map(|&x| x as f64).collect()
+    } else {
+        read_tile(mem, src).iter().map(|&x| x as f64).collect()
+    };
+    write_where(mem, dst, &keep, |k| v[k]);
+}
+
+/// Where a predicated op writes: a condition tile's nonzero elements (NaN
+/// included), or its zero ones with `negate`.
+fn condition(mem: &CoreMemory, cond: &Tile, negate: bool) -> Vec<bool> {
+    read_tile(mem, cond).iter().map(|&c| (c != 0.0) != negate).collect()
+}
+
+/// Element k of `dst` becomes `value(k)` (an exact value) rounded once into its
+/// dtype where `keep[k]`, and keeps its value elsewhere (integers exactly).
+fn write_where(mem: &mut CoreMemory, dst: &Tile, keep: &[bool], value: impl Fn(usize) -> f64) {
     if dst.dtype.is_int() {
-        // Kept integers stay exact; copied floats convert as `copy` converts them.
         let mut out = read_tile_i32(mem, dst);
-        for (i, o) in out.iter_mut().enumerate() {
-            if keep[i] {
-                *o = round_f64(dst.dtype, v[i] as f64) as i32;
-            }
+        for (k, o) in out.iter_mut().enumerate().filter(|(k, _)| keep[*k]) {
+            *o = round_f64(dst.dtype, value(k)) as i32;
         }
-        return write_tile_int(mem, dst, &out);
-    }
-    let mut old = read_tile(mem, dst);
-    for (i, o) in old.iter_mut().enumerate() {
-        if keep[i] {
-            *o = v[i];
+        write_tile_int(mem, dst, &out);
+    } else {
+        let mut out = read_tile(mem, dst);
+        for (k, o) in out.iter_mut().enumerate().filter(|(k, _)| keep[*k]) {
+            *o = round_f64(dst.dtype, value(k)) as f32;
         }
+        write_tile(mem, dst, &out);
     }
-    write_tile(mem, dst, &old);
 }
 
 /// `iota`: element (p, i) is `base + partition_step p + free_step i`.

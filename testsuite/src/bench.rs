@@ -16,6 +16,8 @@ pub struct Measured {
     pub report: Report,
     /// Median compile time, ms.
     pub compile_ms: f64,
+    /// The run's per-instruction slices (for [`per_kernel`]).
+    pub trace: Vec<jpu_runtime::TraceSlice>,
 }
 
 /// Compiles `src` for `t` `repeats` times and simulates it once (timing only).
@@ -30,10 +32,9 @@ pub fn measure(src: &str, t: &Target, repeats: usize) -> Measured {
     }
     times.sort_by(f64::total_cmp);
     let compiled = compiled.expect("compiled at least once");
-    let report = run(&compiled.program, t, &[], &RunOptions { timing_only: true, ..RunOptions::default() })
-        .expect("benchmark runs")
-        .report;
-    Measured { compiled, report, compile_ms: times[times.len() / 2] * 1e3 }
+    let opts = RunOptions { timing_only: true, trace: true, ..RunOptions::default() };
+    let outcome = run(&compiled.program, t, &[], &opts).expect("benchmark runs");
+    Measured { compiled, report: outcome.report, compile_ms: times[times.len() / 2] * 1e3, trace: outcome.trace }
 }
 
 /// `>= G% met`, `>= G% NOT met`, or `-` without a goal (0).
@@ -64,11 +65,9 @@ pub struct KernelTime {
     pub bound: &'static str,
 }
 
-/// Per-kernel cycles of `m`'s program (simulated again with a trace).
+/// Per-kernel cycles of `m`'s program, from its run's trace.
 pub fn per_kernel(m: &Measured, t: &Target) -> Vec<KernelTime> {
-    let c = &m.compiled;
-    let opts = RunOptions { timing_only: true, trace: true, ..RunOptions::default() };
-    let trace = run(&c.program, t, &[], &opts).expect("benchmark runs").trace;
+    let (c, trace) = (&m.compiled, &m.trace);
     let mut out: Vec<KernelTime> = c
         .kernels
         .iter()
@@ -84,7 +83,7 @@ pub fn per_kernel(m: &Measured, t: &Target) -> Vec<KernelTime> {
         .collect();
     let mut first = vec![u64::MAX; out.len()];
     let mut last = vec![0u64; out.len()];
-    for s in &trace {
+    for s in trace {
         let e = s.inst.engine.0 as usize;
         let Some(Some(k)) = c.inst_kernel.get(e).and_then(|v| v.get(s.inst.index)) else { continue };
         let class = match s.inst.engine.class() {

@@ -60,7 +60,7 @@ fn bert_encoder_layer_verifies() {
     let attention: Vec<&jalc::kernels::attention::AttentionKernel> =
         c.kernels.iter().filter_map(|k| k.as_any().downcast_ref()).collect();
     assert_eq!(attention.len(), 1, "{kinds:?}");
-    let mask = attention[0].p.mask.as_ref().expect("the mask is the fused op's operand");
+    let mask = &attention[0].p.mask.as_ref().expect("the mask is the fused op's operand").view;
     assert_eq!((mask.shape.clone(), mask.strides.clone()), (vec![2, 4, 24, 24], vec![24, 0, 0, 1]));
     let tensor = c.tiles.tensors.iter().find(|t| t.name == mask.tensor).unwrap();
     assert_eq!(tensor.shape, [2, 1, 1, 24], "the mask stays [B, 1, 1, S] in HBM");

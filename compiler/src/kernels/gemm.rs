@@ -18,7 +18,7 @@ use jpu_isa::operand::Space;
 use jpu_isa::program::Role;
 use jpu_isa::{DType, Target};
 
-use super::chain::{chain, Broadcast, Chain, EpilogueInput, EpilogueOperand, EpilogueStep};
+use super::chain::{chain, Broadcast, Chain, EpilogueInput, EpilogueStep};
 use super::{unsupported, Ctx, Field, Kernel, Work};
 use crate::error::CompileError;
 use crate::ir::{Op, Operand, Span, ValueId};
@@ -653,13 +653,8 @@ impl<'a> Lowering<'a> {
             })
             .collect();
         let epilogue_debug = (0..p.epilogue_inputs.len())
-            .map(|e| {
-                let reads = |st: &EpilogueStep| {
-                    matches!(st, EpilogueStep::Binary { other: EpilogueOperand::Tensor(k), .. } if *k == e)
-                };
-                // Every epilogue input is read by a step (the chain added it for one).
-                1 + p.epilogue.iter().position(|(st, _)| reads(st)).unwrap_or(0) as u32
-            })
+            // Every epilogue input is read by a step (the chain added it for one).
+            .map(|e| 1 + p.epilogue.iter().position(|(st, _)| st.reads(e)).unwrap_or(0) as u32)
             .collect();
         Lowering {
             p,

@@ -134,20 +134,8 @@ pub fn select_iota(cx: &Ctx<'_>, i: usize, t: &Target) -> Result<(Vec<Box<dyn Ke
     }
     let line = format!("{}__line", node.name);
     let dtype = node.ty.dtype.storage();
-    let p = MapProblem {
-        input: line.clone(),
-        shape: vec![shape[axis]],
-        dtype,
-        steps: Vec::new(),
-        inputs: Vec::new(),
-        cast: None,
-        output: line.clone(),
-        nodes: Vec::new(),
-        splat: Some(0.0),
-        splat_of: Some(statement(cx.f, i)),
-        iota: Some((0, 1)),
-        span: node.span.clone(),
-    };
+    let mut p = MapProblem::fill(cx, i, &line, vec![shape[axis]], 0.0);
+    (p.nodes, p.iota) = (Vec::new(), Some((0, 1)));
     let width = p.width(t);
     let mut strides = vec![0; r];
     strides[axis] = 1;
@@ -176,22 +164,31 @@ pub fn select_iota(cx: &Ctx<'_>, i: usize, t: &Target) -> Result<(Vec<Box<dyn Ke
 /// sum over nothing 0), or whose result is empty (no blocks, no ops).
 pub fn select_fill(cx: &Ctx<'_>, i: usize, value: f64, t: &Target) -> Result<(MapKernel, usize), CompileError> {
     let node = &cx.f.nodes[i];
-    let p = MapProblem {
-        input: cx.tensor(ValueId(i as u32)),
-        shape: node.ty.shape.clone(),
-        dtype: node.ty.dtype.storage(),
-        steps: Vec::new(),
-        inputs: Vec::new(),
-        cast: None,
-        output: cx.tensor(ValueId(i as u32)),
-        nodes: vec![i],
-        splat: Some(value),
-        splat_of: Some(statement(cx.f, i)),
-        iota: None,
-        span: node.span.clone(),
-    };
+    let p = MapProblem::fill(cx, i, &cx.tensor(ValueId(i as u32)), node.ty.shape.clone(), value);
     let width = p.width(t);
     Ok((MapKernel { p, width }, i))
+}
+
+impl MapProblem {
+    /// Tensor `output` shaped `shape` set to `value` everywhere, in node `i`'s
+    /// dtype, implementing node `i`.
+    fn fill(cx: &Ctx<'_>, i: usize, output: &str, shape: Vec<u64>, value: f64) -> MapProblem {
+        let node = &cx.f.nodes[i];
+        MapProblem {
+            input: output.to_string(),
+            shape,
+            dtype: node.ty.dtype.storage(),
+            steps: Vec::new(),
+            inputs: Vec::new(),
+            cast: None,
+            output: output.to_string(),
+            nodes: vec![i],
+            splat: Some(value),
+            splat_of: Some(statement(cx.f, i)),
+            iota: None,
+            span: node.span.clone(),
+        }
+    }
 }
 
 /// The kernel running chain `c` over `input` (or over a splat of `splat`), with

@@ -100,27 +100,30 @@ pub fn is_mask_select(f: &Func, n: &Node) -> bool {
 /// all mask selects (and that is not returned), and the iotas only such
 /// comparisons read. They get no kernel of their own.
 pub fn absorbed(f: &Func, live: &[bool]) -> Vec<bool> {
-    let mut out = vec![false; f.nodes.len()];
-    let users = |v: usize| {
-        f.nodes.iter().enumerate().filter(move |(i, n)| {
-            live[*i] && n.operands.iter().any(|o| matches!(o, Operand::Value(x) if x.0 as usize == v))
-        })
-    };
-    let returned = |v: usize| f.results.iter().any(|r| r.0 as usize == v);
-    for (c, n) in f.nodes.iter().enumerate() {
-        if !live[c] || !matches!(n.op, Op::Compare { .. }) || returned(c) {
-            continue;
+    let n = f.nodes.len();
+    // Live users of each value, and whether it is returned.
+    let mut users: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (u, node) in f.nodes.iter().enumerate().filter(|(u, _)| live[*u]) {
+        for o in &node.operands {
+            if let Operand::Value(v) = o {
+                users[v.0 as usize].push(u);
+            }
         }
-        let mut uses = users(c).peekable();
-        let only_masks = uses.peek().is_some()
-            && users(c)
-                .all(|(_, u)| is_mask_select(f, u) && matches!(u.operands[0], Operand::Value(x) if x.0 as usize == c));
-        out[c] = only_masks;
     }
-    for (i, n) in f.nodes.iter().enumerate() {
-        if matches!(n.op, Op::Iota { .. }) && live[i] && !returned(i) {
-            out[i] = users(i).all(|(u, _)| out[u]);
-        }
+    let mut returned = vec![false; n];
+    for r in &f.results {
+        returned[r.0 as usize] = true;
+    }
+    let mut out = vec![false; n];
+    for c in (0..n).filter(|&c| live[c] && !returned[c] && matches!(f.nodes[c].op, Op::Compare { .. })) {
+        let as_condition = |&u: &usize| {
+            let node = &f.nodes[u];
+            is_mask_select(f, node) && matches!(node.operands[0], Operand::Value(x) if x.0 as usize == c)
+        };
+        out[c] = !users[c].is_empty() && users[c].iter().all(as_condition);
+    }
+    for i in (0..n).filter(|&i| live[i] && !returned[i] && matches!(f.nodes[i].op, Op::Iota { .. })) {
+        out[i] = users[i].iter().all(|&u| out[u]);
     }
     out
 }

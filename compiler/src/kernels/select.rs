@@ -100,34 +100,24 @@ fn by_kind(cx: &Ctx<'_>, i: usize, t: &Target) -> Result<(Vec<Box<dyn Kernel>>, 
 fn expansions(f: &Func, live: &[bool], absorbed: &[bool]) -> Vec<(usize, ValueId)> {
     let mut out = Vec::new();
     let elementwise = |n: &crate::ir::Node| matches!(n.op, Op::Binary(_) | Op::Compare { .. } | Op::Select);
-    for (i, node) in f.nodes.iter().enumerate().filter(|(i, n)| live[*i] && elementwise(n)) {
-        if node.ty.elems() == 0 || (matches!(node.op, Op::Select) && mask::is_mask_select(f, node)) {
+    for (i, node) in f.nodes.iter().enumerate().filter(|(i, n)| live[*i] && !absorbed[*i] && elementwise(n)) {
+        if node.ty.elems() == 0 || mask::is_mask_select(f, node) {
             continue;
         }
-        let skip = usize::from(matches!(node.op, Op::Select));
-        let values: Vec<ValueId> = node
-            .operands
-            .iter()
-            .filter_map(|o| match o {
-                Operand::Value(v) if !absorbed[v.0 as usize] => Some(*v),
-                _ => None,
-            })
-            .collect();
-        let shape = |v: &ValueId| &f.node(*v).ty.shape;
-        let has_full =
-            node.operands.iter().skip(skip).any(|o| matches!(o, Operand::Value(v) if *shape(v) == node.ty.shape));
-        let first_value = node.operands.iter().skip(skip).find_map(|o| match o {
-            Operand::Value(v) => Some(*v),
-            _ => None,
-        });
-        for (k, v) in values.iter().enumerate() {
-            let class = chain::broadcast_class(shape(v), &node.ty.shape);
-            let is_cond = skip == 1 && matches!(node.operands[0], Operand::Value(c) if c == *v) && k == 0;
-            let needed = class.is_none()
-                || (is_cond && class == Some(chain::Broadcast::Column))
-                || (!has_full && Some(*v) == first_value);
-            if needed && !out.contains(&(i, *v)) {
-                out.push((i, *v));
+        // A select's condition (operand 0) is never the tile the chain runs on.
+        let first_data = usize::from(matches!(node.op, Op::Select));
+        let value = |k: usize| match node.operands[k] {
+            Operand::Value(v) => Some(v),
+            Operand::Scalar(_) => None,
+        };
+        let full = |v: ValueId| f.node(v).ty.shape == node.ty.shape;
+        let data: Vec<ValueId> = (first_data..node.operands.len()).filter_map(value).collect();
+        let tile = if data.iter().any(|&v| full(v)) { None } else { data.first().copied() };
+        for (k, v) in (0..node.operands.len()).filter_map(|k| Some((k, value(k)?))) {
+            let class = chain::broadcast_class(&f.node(v).ty.shape, &node.ty.shape);
+            let column_condition = k < first_data && class == Some(chain::Broadcast::Column);
+            if (class.is_none() || column_condition || tile == Some(v)) && !out.contains(&(i, v)) {
+                out.push((i, v));
             }
         }
     }

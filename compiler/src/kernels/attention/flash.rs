@@ -102,8 +102,8 @@ pub(super) fn lower(p: &AttentionProblem, plan: &AttentionPlan) -> TileProgram {
         tensors.len() - 1
     });
     let tmask = p.mask.as_ref().map(|m| {
-        let dtype = m_dtype(p);
-        tensors.push(HbmTensor { name: m.tensor.clone(), dtype, shape: m.tensor_shape.clone(), role: Role::Input });
+        let (name, shape) = (m.view.tensor.clone(), m.view.tensor_shape.clone());
+        tensors.push(HbmTensor { name, dtype: m.dtype, shape, role: Role::Input });
         tensors.len() - 1
     });
     let flash = Flash::new(p, plan, tkt, tmask);
@@ -287,7 +287,8 @@ impl<'a> Flash<'a> {
     /// Loads block `bi`'s mask rows (one row per query row of the tile, the
     /// block's keys; a row shared by every query row is read per partition).
     fn load_mask(&self, ops: &mut Vec<(TileOp, u32)>, bi: usize) {
-        let (Some(tm), Some(view)) = (self.tmask, self.p.mask.as_ref()) else { return };
+        let (Some(tm), Some(mask)) = (self.tmask, self.p.mask.as_ref()) else { return };
+        let view = &mask.view;
         let blk = self.blocks[bi];
         let t = self.tiles[blk.tile];
         let (mq, width) = (t.parts() as u64, blk.c1 - blk.c0);
@@ -502,11 +503,6 @@ impl<'a> Flash<'a> {
     }
 }
 
-/// The mask's element type (f32 when there is none).
-fn m_dtype(p: &AttentionProblem) -> DType {
-    p.mask_dtype.unwrap_or(DType::F32)
-}
-
 /// The buffers of the flash path, indexed as [`lower`] uses them.
 pub(super) fn flash_buffers(p: &AttentionProblem, plan: &AttentionPlan) -> Vec<Buffer> {
     let (kc, dc, qt) = (plan.kv_chunk, plan.d_chunk, plan.q_tile);
@@ -530,7 +526,7 @@ pub(super) fn flash_buffers(p: &AttentionProblem, plan: &AttentionPlan) -> Vec<B
         buffer("row_sum", sram, f32, qt, 1, 2),
     ]
     .into_iter()
-    .chain(p.mask.is_some().then(|| buffer("mask", sram, m_dtype(p), qt, plan.kv_block, plan.score_copies)))
+    .chain(p.mask.as_ref().map(|m| buffer("mask", sram, m.dtype, qt, plan.kv_block, plan.score_copies)))
     .chain(zero_buffer(p, plan))
     .collect()
 }

@@ -77,12 +77,8 @@ pub struct AttentionProblem {
     pub dv: u64,
     /// Query i sees keys j <= i + sk - sq.
     pub causal: bool,
-    /// An additive mask or bias, viewed over the scores `[.., hq, sq, sk]` (stride
-    /// 0 along its broadcast dims, 1 along the keys): a key-padding mask is one
-    /// row per batch index read for every head and query row.
-    pub mask: Option<TensorView>,
-    /// The mask's element type.
-    pub mask_dtype: Option<DType>,
+    /// An additive mask or bias.
+    pub mask: Option<Mask>,
     /// Multiplies the scores (positive).
     pub scale: f32,
     /// The result, as it is stored: its own tensor, or a transpose's that the
@@ -104,6 +100,17 @@ pub struct AttentionProblem {
     pub k_transposed: Option<String>,
     /// The op's source span.
     pub span: Span,
+}
+
+/// An attention mask or bias as the kernel reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mask {
+    /// Its view over the scores `[.., hq, sq, sk]` (stride 0 along its broadcast
+    /// dims, 1 along the keys): a key-padding mask is one row per batch index
+    /// read for every head and query row.
+    pub view: TensorView,
+    /// Its element type.
+    pub dtype: DType,
 }
 
 /// An attention kernel and its tiling.
@@ -149,14 +156,16 @@ pub fn select(cx: &Ctx<'_>, i: usize, t: &Target) -> Result<AttentionKernel, Com
         view.offset += zero_rows * view.row_stride();
         view.shape[r - 2] -= zero_rows;
     }
-    let mask_dtype = mask.map(|&m| cx.f.node(m).ty.dtype.storage());
     let mask = match mask {
-        Some(&m) => Some(mask_view(cx, m, &qn.ty.shape, sk, zero_rows).ok_or_else(|| {
-            unsupported(
-                node,
-                "has a mask that is constant along the keys (broadcast over the last dim), which is not supported",
-            )
-        })?),
+        Some(&m) => Some(Mask {
+            view: mask_view(cx, m, &qn.ty.shape, sk, zero_rows).ok_or_else(|| {
+                unsupported(
+                    node,
+                    "has a mask that is constant along the keys (broadcast over the last dim), which is not supported",
+                )
+            })?,
+            dtype: cx.f.node(m).ty.dtype.storage(),
+        }),
         None => None,
     };
     let mut text = vec![format!("{} {{causal = {causal}, scale = {scale}}}", statement(cx.f, i))];
@@ -180,7 +189,6 @@ pub fn select(cx: &Ctx<'_>, i: usize, t: &Target) -> Result<AttentionKernel, Com
         dv,
         causal,
         mask,
-        mask_dtype,
         scale: scale as f32,
         out: out_view,
         zero_rows,
@@ -471,8 +479,10 @@ impl AttentionProblem {
     /// through a view of another tensor.
     fn views_text(&self) -> String {
         let views = [("q", &self.q), ("k", &self.k), ("v", &self.v), ("out", &self.out)];
-        let mask =
-            self.mask.iter().map(|m| format!("  mask: %{} read as {:?} strides {:?}\n", m.tensor, m.shape, m.strides));
+        let mask = self
+            .mask
+            .iter()
+            .map(|m| format!("  mask: %{} read as {:?} strides {:?}\n", m.view.tensor, m.view.shape, m.view.strides));
         views
             .iter()
             .filter(|(_, v)| !v.describe().is_empty())
