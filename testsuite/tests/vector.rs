@@ -371,7 +371,13 @@ fn attention_masks_are_added_in_the_kernel() {
   %c = attention(%q, %k, %v, %bias) {causal = true}
   return %o, %c
 }";
-    jpu_testsuite::verify_everywhere(&check(src), src, 2);
+    let f = check(src);
+    jpu_testsuite::verify_everywhere(&f, src, 2);
+    // The key-padding mask is added on the PE; the per-query bias on the VE.
+    let t = Target::builtin("jpu1").unwrap();
+    let c = jalc::driver::compile(&f, &t, &jalc::driver::Options::o2()).unwrap();
+    let plans: Vec<String> = c.kernels.iter().filter(|k| k.kind() == "attention").map(|k| k.describe(&t)).collect();
+    assert_eq!(plans.iter().filter(|d| d.contains("mask on the PE")).count(), 1, "{plans:#?}");
     let written = "func @f(%q: bf16[2, 4, 64, 32], %k: bf16[2, 4, 64, 32], %v: bf16[2, 4, 64, 32], %mask: f32[2, 1, 1, 64]) -> bf16[2, 4, 64, 32] {
   %kt = transpose(%k) {perm = [0, 1, 3, 2]}
   %s = matmul(%q, %kt) : f32[2, 4, 64, 64]
@@ -392,6 +398,32 @@ fn attention_masks_are_added_in_the_kernel() {
     let c = jalc::driver::compile(&check(&before), &Target::builtin("jpu1").unwrap(), &jalc::driver::Options::o2())
         .unwrap();
     assert!(!c.kernels.iter().any(|k| k.kind() == "attention"), "{before}");
+}
+
+/// Masks built from the most negative f32 (as frameworks do) stay finite in the
+/// kernel: masked keys get no weight, and a row whose keys are all masked
+/// averages them, as the reference does (no NaN, no inf). Batch 0 keeps its
+/// first 30 keys, batch 1 none.
+#[test]
+fn extreme_key_padding_masks_stay_finite() {
+    let src = "func @f(%q: bf16[2, 4, 40, 32], %k: bf16[2, 4, 40, 32], %v: bf16[2, 4, 40, 32]) -> bf16[2, 4, 40, 32] {
+  %b = iota() {axis = 0} : i32[2, 1, 1, 40]
+  %key = iota() {axis = 3} : i32[2, 1, 1, 40]
+  %late = compare(%key, 30) {kind = ge}
+  %second = compare(%b, 1) {kind = eq}
+  %lf = cast(%late) {to = f32}
+  %m = mul(%lf, -3.4028235e38)
+  %mb = select(%second, -3.4028235e38, %m)
+  %o = attention(%q, %k, %v, %mb)
+  return %o
+}";
+    let f = check(src);
+    for target in ["jpu-tiny", "jpu1"] {
+        let t = Target::builtin(target).unwrap();
+        let c = jalc::driver::compile(&f, &t, &jalc::driver::Options::o2()).unwrap();
+        assert!(c.kernels.iter().any(|k| k.describe(&t).contains("mask on the PE")), "{target}");
+    }
+    jpu_testsuite::verify_everywhere(&f, src, 5);
 }
 
 /// What the attention kernel does not cover is refused with the op and the reason.

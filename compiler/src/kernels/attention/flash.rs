@@ -67,6 +67,14 @@ const BLOCK_SUM: usize = 11;
 const RESCALE: usize = 12;
 const ROW_SUM: usize = 13;
 const MASK: usize = 14;
+/// With the mask on the PE: the mask row as key columns in f32 divided by the
+/// scale, and its high and low parts in the operand dtype (high parts in
+/// columns `0..chunks`, low parts after them).
+const MASK_F32: usize = 15;
+const MASK_PARTS: usize = 16;
+/// A prepared mask row is clamped to +-2^100 so that its parts stay finite (an
+/// `-inf` or `f32::MIN` mask keeps the scores' row max finite too).
+const MASK_LIMIT: f32 = 1.2676506e30;
 /// The flash path being lowered: its query tiles, KV blocks and K/V windows in
 /// execution order.
 struct Flash<'a> {
@@ -88,6 +96,13 @@ struct Flash<'a> {
     wc: usize,
     /// Score copies.
     nsc: usize,
+    /// The `Q . K^T` contraction width: the head dim, plus the two mask
+    /// columns with the mask on the PE.
+    da: u64,
+    /// With the mask on the PE, per window: whether it starts a new mask row
+    /// (which is then prepared) and whether its K rows copy needs the row's
+    /// parts written (the copy held another row, or none).
+    mask_rows: Vec<(bool, bool)>,
 }
 
 /// Lowers the flash path.
@@ -145,7 +160,27 @@ impl<'a> Flash<'a> {
                 c0 = c1;
             }
         }
+        let mask_rows = match (plan.mask_on_pe, &p.mask) {
+            (true, Some(mask)) => {
+                let row = |w: &Window| mask.view.row_start(w.group / p.hk * p.hq + w.group % p.hk * group, 0);
+                let mut held = vec![None; plan.window_copies as usize];
+                let copies = held.len();
+                windows
+                    .iter()
+                    .enumerate()
+                    .map(|(wi, w)| {
+                        let fresh = wi == 0 || row(&windows[wi - 1]) != row(w);
+                        let copy = &mut held[wi % copies];
+                        let stale = *copy != Some(row(w));
+                        *copy = Some(row(w));
+                        (fresh, stale)
+                    })
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
         Flash {
+            mask_rows,
             p,
             plan,
             tiles,
@@ -153,7 +188,8 @@ impl<'a> Flash<'a> {
             windows,
             tkt,
             tmask,
-            d_chunks: p.d.div_ceil(plan.d_chunk),
+            d_chunks: contraction(p, plan).div_ceil(plan.d_chunk),
+            da: contraction(p, plan),
             win_pad: plan.window.div_ceil(plan.kv_chunk) * plan.kv_chunk,
             off,
             wc: plan.window_copies as usize,
@@ -194,7 +230,7 @@ impl<'a> Flash<'a> {
             let kk = kv_chunk.min(w.b - r);
             if tkt.is_none() {
                 let k_src = rows_box(&self.p.k, TK, (w.group, 1), r, kk);
-                ops.push((TileOp::Load { dst: slice(K_ROWS, copy, kk, c * d, d), src: k_src, queue: None }, 0));
+                ops.push((TileOp::Load { dst: slice(K_ROWS, copy, kk, c * self.da, d), src: k_src, queue: None }, 0));
             }
             let v_src = rows_box(&self.p.v, TV, (w.group, 1), r, kk);
             ops.push((TileOp::Load { dst: slice(V_ROWS, copy, kk, c * dv, dv), src: v_src, queue: None }, 0));
@@ -211,16 +247,17 @@ impl<'a> Flash<'a> {
         let kv_chunk = self.plan.kv_chunk;
         let d_chunk = self.plan.d_chunk;
         let bank_cols = self.plan.bank_cols;
-        let d = self.p.d;
+        let da = self.da;
         if tkt.is_some() {
             return;
         }
+        self.mask_into_window(ops, wi);
         let w = windows[wi];
         let copy = wi % wc;
         let chunks = (w.b - w.a).div_ceil(kv_chunk);
         let per_bank = bank_cols / kv_chunk;
         for dc in 0..d_chunks {
-            let dk = d_chunk.min(d - dc * d_chunk);
+            let dk = d_chunk.min(da - dc * d_chunk);
             let mut c = 0;
             while c < chunks {
                 let group_end = chunks.min(c + per_bank);
@@ -228,7 +265,7 @@ impl<'a> Flash<'a> {
                 for ci in c..group_end {
                     let kk = kv_chunk.min(w.b - w.a - ci * kv_chunk);
                     let dst = slice(K_T_PSUM, 0, dk, (ci - c) * kv_chunk, kk);
-                    let src = slice(K_ROWS, copy, kk, ci * d + dc * d_chunk, dk);
+                    let src = slice(K_ROWS, copy, kk, ci * da + dc * d_chunk, dk);
                     ops.push((TileOp::Transpose { dst, src }, 0));
                     width = (ci - c) * kv_chunk + kk;
                 }
@@ -259,7 +296,7 @@ impl<'a> Flash<'a> {
         let wc = self.wc;
         let d_chunk = self.plan.d_chunk;
         let bank_cols = self.plan.bank_cols;
-        let d = self.p.d;
+        let da = self.da;
         let blk = blocks[bi];
         let t = tiles[blk.tile];
         let w = windows[blk.window];
@@ -268,7 +305,7 @@ impl<'a> Flash<'a> {
         while col < blk.c1 - blk.c0 {
             let n = bank_cols.min(blk.c1 - blk.c0 - col);
             for dc in 0..d_chunks {
-                let dk = d_chunk.min(d - dc * d_chunk);
+                let dk = d_chunk.min(da - dc * d_chunk);
                 ops.push((
                     TileOp::Matmul {
                         dst: slice(SCORES, bi % plan.score_copies as usize, mq, col, n),
@@ -288,6 +325,9 @@ impl<'a> Flash<'a> {
     /// block's keys; a row shared by every query row is read per partition).
     fn load_mask(&self, ops: &mut Vec<(TileOp, u32)>, bi: usize) {
         let (Some(tm), Some(mask)) = (self.tmask, self.p.mask.as_ref()) else { return };
+        if self.plan.mask_on_pe {
+            return;
+        }
         let view = &mask.view;
         let blk = self.blocks[bi];
         let t = self.tiles[blk.tile];
@@ -295,6 +335,67 @@ impl<'a> Flash<'a> {
         let start = view.row_start(t.head, t.r0) + blk.c0 * view.strides.last().copied().unwrap_or(1);
         let src = HbmBox { tensor: tm, start, rows: mq as u32, row_stride: view.row_stride(), cols: width as u32 };
         ops.push((TileOp::Load { dst: slice(MASK, bi % self.nsc, mq, 0, width), src, queue: None }, 0));
+    }
+
+    /// With the mask on the PE, before window `wi`'s K rows are transposed: the
+    /// window's mask row prepared when it is new (see [`Flash::prepare_mask_row`]),
+    /// then its high and low parts written into the two columns after each
+    /// chunk's head dim, where the transposes carry them into K^T. Q's two
+    /// columns there hold ones, so `Q . K^T` adds `mask / scale` to the scores.
+    fn mask_into_window(&self, ops: &mut Vec<(TileOp, u32)>, wi: usize) {
+        let (Some(tm), Some(&(fresh, stale))) = (self.tmask, self.mask_rows.get(wi)) else { return };
+        if fresh {
+            self.prepare_mask_row(ops, wi, tm);
+        }
+        if !stale {
+            return;
+        }
+        let (w, kc, chunks) = (self.windows[wi], self.plan.kv_chunk, self.p.sk.div_ceil(self.plan.kv_chunk));
+        for c in 0..(w.b - w.a).div_ceil(kc) {
+            let (key, kk) = (w.a + c * kc, kc.min(w.b - w.a - c * kc));
+            for (part, column) in [(0, c * self.da + self.p.d), (1, c * self.da + self.p.d + 1)] {
+                let src = slice(MASK_PARTS, 0, kk, part * chunks + key / kc, 1);
+                ops.push((TileOp::Copy { dst: slice(K_ROWS, wi % self.wc, kk, column, 1), src }, 0));
+            }
+        }
+    }
+
+    /// The mask row of window `wi` as key columns (chunk c in column c, key
+    /// `c * kv_chunk + p` on partition p): divided by the scale, clamped, and
+    /// split into operand-dtype high and low parts (their sum is within 2^-17 of
+    /// it in bf16).
+    fn prepare_mask_row(&self, ops: &mut Vec<(TileOp, u32)>, wi: usize, tm: usize) {
+        let Some(mask) = &self.p.mask else { return };
+        let w = self.windows[wi];
+        let (sk, kc) = (self.p.sk, self.plan.kv_chunk);
+        let chunks = sk.div_ceil(kc);
+        let start = mask.view.row_start(w.group / self.p.hk * self.p.hq + w.group % self.p.hk * self.p.group(), 0);
+        for c in 0..chunks {
+            let kk = kc.min(sk - c * kc);
+            let src = HbmBox { tensor: tm, start: start + c * kc, rows: kk as u32, row_stride: 1, cols: 1 };
+            ops.push((TileOp::Load { dst: slice(MASK, 0, kk, c, 1), src, queue: None }, 0));
+        }
+        // Whole chunks as one box, a partial last chunk as another.
+        let whole = sk / kc;
+        let boxes = [(kc, 0, whole), (sk % kc, whole, 1)].into_iter().filter(|&(parts, _, n)| parts > 0 && n > 0);
+        let bias = TileScalar::Imm(-0.0);
+        for (parts, c0, n) in boxes {
+            let (raw, row) = (slice(MASK, 0, parts, c0, n), slice(MASK_F32, 0, parts, c0, n));
+            let (hi, lo) = (slice(MASK_PARTS, 0, parts, c0, n), slice(MASK_PARTS, 0, parts, chunks + c0, n));
+            let scale = TileScalar::Imm(1.0 / self.p.scale);
+            ops.push((TileOp::Activate { func: ActFunc::Identity, dst: row, src: raw, scale, bias, accum: None }, 0));
+            for (op, limit) in [(AluOp::Max, -MASK_LIMIT), (AluOp::Min, MASK_LIMIT)] {
+                let scalar = TileScalar::Imm(limit);
+                ops.push((TileOp::Scalar { op, dst: row, src: row, scalar, reverse: false }, 0));
+            }
+            // The ACT rounds the high part (x * 1 + -0.0 is x): the VE is the busier engine.
+            let one = TileScalar::Imm(1.0);
+            ops.push((
+                TileOp::Activate { func: ActFunc::Identity, dst: hi, src: row, scale: one, bias, accum: None },
+                0,
+            ));
+            ops.push((TileOp::Binary { op: AluOp::Sub, dst: lo, a: row, b: hi }, 0));
+        }
     }
 
     /// Stage A of block `bi`: mask, running max, exponentials with their row sum, and (after the first block) the rescale factor and the running sum.
@@ -312,7 +413,7 @@ impl<'a> Flash<'a> {
         let col = |b, copy| slice(b, copy, mq, 0, 1);
         // With a mask the scores become `S * scale + mask` in place (the
         // reference's roundings), and the softmax then runs at scale 1.
-        let scale = if p.mask.is_some() {
+        let scale = if p.mask.is_some() && !self.plan.mask_on_pe {
             // The ACT scales (x * scale + -0.0 is x * scale exactly): the VE is the busier engine.
             let scale = TileScalar::Imm(p.scale);
             let (bias, accum) = (TileScalar::Imm(-0.0), None);
@@ -450,6 +551,12 @@ impl<'a> Flash<'a> {
         let wc = self.wc;
         let nsc = self.nsc;
         let mut ops: Vec<(TileOp, u32)> = Vec::new();
+        if self.plan.mask_on_pe {
+            // Q's mask columns: ones, never overwritten by the Q loads.
+            for copy in 0..Q_COPIES {
+                ops.push((TileOp::Memset { dst: slice(Q_TILE, copy, self.plan.q_tile, self.p.d, 2), value: 1.0 }, 0));
+            }
+        }
         // Emission order (each engine runs its ops in this order). Iteration i issues
         // the SCORES of block i + L (L = score copies - 1), stage A of block i + a
         // (a = 1 when L >= 2, so ACT and VE work on the next block while the PE
@@ -507,14 +614,15 @@ impl<'a> Flash<'a> {
 pub(super) fn flash_buffers(p: &AttentionProblem, plan: &AttentionPlan) -> Vec<Buffer> {
     let (kc, dc, qt) = (plan.kv_chunk, plan.d_chunk, plan.q_tile);
     let win_pad = plan.window.div_ceil(kc) * kc;
-    let (win_chunks, d_chunks) = (win_pad / kc, p.d.div_ceil(dc));
+    let da = contraction(p, plan);
+    let (win_chunks, d_chunks) = (win_pad / kc, da.div_ceil(dc));
     let (wc, sram, psum, f32) = (plan.window_copies, Space::Sram, Space::Psum, DType::F32);
     vec![
-        buffer("k_rows", sram, p.dtype, kc, win_chunks * p.d, wc),
+        buffer("k_rows", sram, p.dtype, kc, win_chunks * da, wc),
         buffer("v_rows", sram, p.dtype, kc, win_chunks * p.dv, wc),
         buffer("k_t", sram, p.dtype, dc, d_chunks * win_pad, wc),
         buffer("k_t_psum", psum, f32, dc, plan.bank_cols, 1),
-        buffer("q_tile", sram, p.dtype, qt, p.d, Q_COPIES as u32),
+        buffer("q_tile", sram, p.dtype, qt, da, Q_COPIES as u32),
         buffer("scores", psum, f32, qt, plan.kv_block, plan.score_copies),
         buffer("probs", sram, p.dtype, qt, plan.kv_block, PROB_COPIES as u32),
         buffer("o_acc", psum, f32, qt, p.dv, plan.o_copies),
@@ -526,7 +634,27 @@ pub(super) fn flash_buffers(p: &AttentionProblem, plan: &AttentionPlan) -> Vec<B
         buffer("row_sum", sram, f32, qt, 1, 2),
     ]
     .into_iter()
-    .chain(p.mask.as_ref().map(|m| buffer("mask", sram, m.dtype, qt, plan.kv_block, plan.score_copies)))
+    .chain(mask_buffers(p, plan))
     .chain(zero_buffer(p, plan))
     .collect()
+}
+
+/// The mask's buffers: its block rows, or with the mask on the PE its prepared rows.
+fn mask_buffers(p: &AttentionProblem, plan: &AttentionPlan) -> Vec<Buffer> {
+    let Some(m) = &p.mask else { return Vec::new() };
+    if !plan.mask_on_pe {
+        return vec![buffer("mask", Space::Sram, m.dtype, plan.q_tile, plan.kv_block, plan.score_copies)];
+    }
+    let (sram, chunks) = (Space::Sram, p.sk.div_ceil(plan.kv_chunk));
+    vec![
+        buffer("mask", sram, m.dtype, plan.kv_chunk, chunks, 1),
+        buffer("mask_f32", sram, DType::F32, plan.kv_chunk, chunks, 1),
+        buffer("mask_parts", sram, p.dtype, plan.kv_chunk, 2 * chunks, 1),
+    ]
+}
+
+/// The width of the `Q . K^T` contraction: the head dim, and with the mask on
+/// the PE its two columns.
+fn contraction(p: &AttentionProblem, plan: &AttentionPlan) -> u64 {
+    p.d + if plan.mask_on_pe { 2 } else { 0 }
 }

@@ -409,6 +409,11 @@ pub struct AttentionPlan {
     pub score_copies: u32,
     /// The decode path (transposed scores; see `lower_decode`).
     pub decode: bool,
+    /// A mask shared by every query row is added on the PE: each distinct mask
+    /// row is prepared once (`mask / scale` split into bf16 high and low parts)
+    /// and accumulated into the scores by two one-row matmuls, so the softmax
+    /// runs as without a mask.
+    pub mask_on_pe: bool,
 }
 
 impl AttentionPlan {
@@ -434,6 +439,9 @@ impl std::fmt::Display for AttentionPlan {
         )?;
         if self.decode {
             write!(f, ", decode (transposed scores)")?;
+        }
+        if self.mask_on_pe {
+            write!(f, ", mask on the PE")?;
         }
         Ok(())
     }
@@ -511,8 +519,35 @@ impl AttentionProblem {
         Ok(self.flash_plan(t)?.with_decode(self, t))
     }
 
-    /// The flash tiling (no decode path).
+    /// The flash tiling (no decode path): with the mask on the PE when the mask
+    /// qualifies and the tiling stays the same.
     pub fn flash_plan(&self, t: &Target) -> Result<AttentionPlan, String> {
+        let plain = self.flash_plan_with(t, false)?;
+        if !self.mask_rows_shared(plain.q_tile) {
+            return Ok(plain);
+        }
+        Ok(match self.flash_plan_with(t, true) {
+            Ok(pe) if pe.kv_block == plain.kv_block && pe.window == plain.window && pe.resident(self) => pe,
+            _ => plain,
+        })
+    }
+
+    /// True when the mask is the same for every query row and every head of a
+    /// KV group, and changes at most once per four query tiles (a key-padding
+    /// mask `[B, 1, 1, S]`): preparing each row once then costs less than adding
+    /// it per block.
+    fn mask_rows_shared(&self, q_tile: u64) -> bool {
+        let Some(mask) = &self.mask else { return false };
+        let view = &mask.view;
+        let group = self.group();
+        let row = |h: u64| view.row_start(h, 0);
+        let heads = self.batch * self.hq;
+        let per_group = (0..heads).all(|h| row(h) == row(h - h % group));
+        let changes = (0..heads).filter(|&h| h == 0 || row(h) != row(h - 1)).count() as u64;
+        view.row_stride() == 0 && per_group && changes * 4 <= heads * self.sq.div_ceil(q_tile)
+    }
+
+    fn flash_plan_with(&self, t: &Target, mask_on_pe: bool) -> Result<AttentionPlan, String> {
         let parts = t.sram.partitions as u64;
         let kv_chunk = (t.pe.rows as u64).min(parts);
         let d_chunk = (t.pe.rows as u64).min(t.pe.cols as u64);
@@ -560,6 +595,7 @@ impl AttentionProblem {
             o_copies,
             score_copies,
             decode: false,
+            mask_on_pe,
         };
         // The whole sequence resident (K/V read once per group), else streamed
         // blocks: as wide as the score banks, or narrower (down to one chunk)
