@@ -76,6 +76,17 @@ static MAX_TILE_OPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64
 /// `--max-file-bytes`, set once at start.
 static MAX_FILE_BYTES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1 << 30);
 
+/// How an ONNX model is imported (not for .tir files).
+#[derive(clap::Args, Default, Clone)]
+struct ModelArgs {
+    /// An ONNX input's shape: NAME=D0xD1... (required for inputs with dynamic dims).
+    #[arg(long = "input-shape", value_name = "NAME=D0xD1...")]
+    input_shapes: Vec<String>,
+    /// How an ONNX model's float values are stored: bf16 (f32 accumulation and statistics) or f32.
+    #[arg(long, value_parser = ["bf16", "f32"])]
+    precision: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Parse and check a .tir file; diagnostics go to stderr.
@@ -83,10 +94,22 @@ enum Command {
         /// Tensor IR source.
         file: PathBuf,
     },
-    /// Compile a .tir file to a chip binary (-o) and/or print a stage (--emit).
-    Compile {
-        /// Tensor IR source.
+    /// Import an ONNX model as .tir (-o OUT.tir) and its weights (OUT.safetensors beside it).
+    Import {
+        /// ONNX model.
         file: PathBuf,
+        /// The .tir to write; the weights go to the same path with `.safetensors`.
+        #[arg(short, long)]
+        output: PathBuf,
+        #[command(flatten)]
+        model: ModelArgs,
+    },
+    /// Compile a .tir file or an ONNX model to a chip binary (-o) and/or print a stage (--emit).
+    Compile {
+        /// Tensor IR source, or an ONNX model (.onnx).
+        file: PathBuf,
+        #[command(flatten)]
+        model: ModelArgs,
         /// Output binary.
         #[arg(short, long)]
         output: Option<PathBuf>,
@@ -105,8 +128,10 @@ enum Command {
     },
     /// Compile, simulate on seeded random inputs, and compare with the reference evaluator.
     Verify {
-        /// Tensor IR source.
+        /// Tensor IR source, or an ONNX model (.onnx).
         file: PathBuf,
+        #[command(flatten)]
+        model: ModelArgs,
         /// Target: a built-in name (jpu1, jpu-tiny) or a description file (NAME.toml).
         #[arg(long, default_value = "jpu1")]
         target: String,
@@ -258,6 +283,66 @@ fn load_weights(file: &Path, func: &jalc::ir::Func) -> Result<jalc::weights::Wei
     jalc::weights::load(func, dir).map_err(|e| Failure::Input(format!("error: {}: {e}", file.display())))
 }
 
+/// A program to compile: its text (for diagnostics), function and weights.
+struct Loaded {
+    src: String,
+    func: jalc::ir::Func,
+    weights: jalc::weights::Weights,
+}
+
+fn is_onnx(file: &Path) -> bool {
+    file.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
+}
+
+/// `NAME=D0xD1...` as a name and dims.
+fn parse_input_shape(arg: &str) -> Result<(String, Vec<u64>), Failure> {
+    let bad = || Failure::Input(format!("error: --input-shape `{arg}` is not NAME=D0xD1... (e.g. input_ids=1x128)"));
+    let (name, dims) = arg.split_once('=').ok_or_else(bad)?;
+    let dims: Vec<u64> =
+        dims.split('x').map(|d| d.trim().parse::<u64>().map_err(|_| bad())).collect::<Result<_, _>>()?;
+    if name.is_empty() || dims.contains(&0) || dims.len() > jalc::ir::types::MAX_RANK {
+        return Err(bad());
+    }
+    Ok((name.to_string(), dims))
+}
+
+/// Imports an ONNX model; its weights are named in `weights_file`.
+fn import_model(file: &Path, m: &ModelArgs, weights_file: &str) -> Result<jalc::front::onnx::Imported, Failure> {
+    let input_shapes = m.input_shapes.iter().map(|a| parse_input_shape(a)).collect::<Result<_, _>>()?;
+    let precision =
+        if m.precision.as_deref() == Some("f32") { jalc::front::onnx::Precision::F32 } else { Default::default() };
+    let opts = jalc::front::onnx::ImportOptions { input_shapes, precision, weights_file: weights_file.into() };
+    let input = |e: jalc::front::onnx::OnnxError| Failure::Input(format!("error: {e}"));
+    let model = jalc::front::onnx::read(file).map_err(input)?;
+    jalc::front::onnx::import(&model, &file.display().to_string(), &opts).map_err(input)
+}
+
+/// A .tir program with the weights it names, or an imported ONNX model.
+fn load(file: &Path, m: &ModelArgs) -> Result<Loaded, Failure> {
+    if is_onnx(file) {
+        let stem = file.file_stem().map_or("model".into(), |s| s.to_string_lossy().into_owned());
+        let imported = import_model(file, m, &format!("{stem}.safetensors"))?;
+        return Ok(Loaded { src: imported.text, func: imported.func, weights: imported.weights });
+    }
+    if !m.input_shapes.is_empty() || m.precision.is_some() {
+        return Err(Failure::Input("error: --input-shape and --precision apply to ONNX models (.onnx)".into()));
+    }
+    let (src, func) = read_tir(file)?;
+    let weights = load_weights(file, &func)?;
+    Ok(Loaded { src, func, weights })
+}
+
+/// `jalc import`: the model as .tir and its weights as safetensors beside it.
+fn import(file: &Path, output: &Path, m: &ModelArgs) -> Result<(), Failure> {
+    let st = output.with_extension("safetensors");
+    let st_name = st.file_name().map_or("weights.safetensors".into(), |s| s.to_string_lossy().into_owned());
+    let imported = import_model(file, m, &st_name)?;
+    let bytes = jalc::weights::serialize(&imported.weights, &imported.func.weights)
+        .map_err(|e| Failure::Input(format!("error: {}: {e}", st.display())))?;
+    write_file(&st, &bytes)?;
+    write_file(output, imported.text.as_bytes())
+}
+
 fn check(file: &Path) -> Result<(), Failure> {
     read_tir(file).map(|_| ())
 }
@@ -284,6 +369,7 @@ fn options(level: u8, schedule: Option<&Path>) -> Result<(Options, Option<String
 
 struct CompileArgs<'a> {
     file: &'a Path,
+    model: &'a ModelArgs,
     output: Option<&'a Path>,
     target: &'a str,
     emit: Option<Stage>,
@@ -293,9 +379,9 @@ struct CompileArgs<'a> {
 
 fn compile(a: CompileArgs<'_>) -> Result<(), Failure> {
     let t = target(a.target)?;
-    let (src, func) = read_tir(a.file)?;
+    let Loaded { src, func, weights } = load(a.file, a.model)?;
     let (mut opts, schedule_text) = options(a.opt, a.schedule)?;
-    opts.weights = std::sync::Arc::new(load_weights(a.file, &func)?);
+    opts.weights = std::sync::Arc::new(weights);
     if a.output.is_none() && a.emit.is_none() {
         return Err(Failure::Input("error: give -o OUT.jbin or --emit STAGE (or both)".into()));
     }
@@ -315,6 +401,7 @@ fn compile(a: CompileArgs<'_>) -> Result<(), Failure> {
 
 fn verify(
     file: &Path,
+    model: &ModelArgs,
     target_arg: &str,
     seed: u64,
     schedule: Option<&Path>,
@@ -322,9 +409,9 @@ fn verify(
     opt: u8,
 ) -> Result<(), Failure> {
     let t = target(target_arg)?;
-    let (src, func) = read_tir(file)?;
+    let Loaded { src, func, weights } = load(file, model)?;
     let (mut opts, schedule_text) = options(opt, schedule)?;
-    opts.weights = std::sync::Arc::new(load_weights(file, &func)?);
+    opts.weights = std::sync::Arc::new(weights);
     let compiled = jalc::driver::compile(&func, &t, &opts)
         .map_err(|e| compile_failure(&e, (file, &src), schedule.zip(schedule_text.as_deref())))?;
     let v = match jalc::verify::verify_compiled(&compiled, &func, &t, seed) {
@@ -565,8 +652,10 @@ fn main() -> ExitCode {
     MAX_TILE_OPS.store(cli.max_tile_ops, std::sync::atomic::Ordering::Relaxed);
     let result = match &cli.command {
         Command::Check { file } => check(file),
-        Command::Compile { file, output, target, emit, schedule, opt } => compile(CompileArgs {
+        Command::Import { file, output, model } => import(file, output, model),
+        Command::Compile { file, model, output, target, emit, schedule, opt } => compile(CompileArgs {
             file,
+            model,
             output: output.as_deref(),
             target,
             emit: *emit,
@@ -574,8 +663,8 @@ fn main() -> ExitCode {
             opt: *opt,
         }),
         Command::Eval { file, inputs, output_dir } => eval(file, inputs, output_dir),
-        Command::Verify { file, target, seed, schedule, json, opt } => {
-            verify(file, target, *seed, schedule.as_deref(), *json, *opt)
+        Command::Verify { file, model, target, seed, schedule, json, opt } => {
+            verify(file, model, target, *seed, schedule.as_deref(), *json, *opt)
         }
         Command::Asm { file, output, target } => asm(file, output, target.as_deref()),
         Command::Disasm { file, target, output } => disasm(file, target.as_deref(), output.as_deref()),

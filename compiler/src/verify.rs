@@ -189,28 +189,7 @@ pub fn verify_compiled(
     // attention's tolerance reads its V from them.
     let values = eval_values(f, &inputs).map_err(|e| VerifyError::Input(e.to_string()))?;
     let reference: Vec<&Tensor> = f.results.iter().map(|r| &values[r.0 as usize]).collect();
-    // The binary's names of the program's tensors (IR names that are not
-    // identifiers are renamed; `tiles::binary_names`).
-    let binary: HashMap<&str, String> = compiled
-        .tiles
-        .tensors
-        .iter()
-        .map(|t| t.name.as_str())
-        .zip(crate::tiles::binary_names(&compiled.tiles.tensors))
-        .collect();
-    let binary_name = |ir: &str| binary.get(ir).cloned().unwrap_or_else(|| ir.to_string());
-    let mut sim_inputs = Vec::new();
-    for (p, tensor) in f.params().zip(&inputs).filter(|(p, _)| !compiled.weights.contains_key(&f.node(*p).name)) {
-        let dtype = tensor.ty.dtype.storage();
-        let size = dtype.size_bytes() as usize;
-        let mut bytes = vec![0u8; tensor.data.len() * size];
-        for (i, &v) in tensor.data.iter().enumerate() {
-            jpu_isa::numerics::store_f64(dtype, v, &mut bytes[i * size..]);
-        }
-        sim_inputs.push((binary_name(&f.node(p).name), bytes));
-    }
-    let opts = RunOptions { strict_uninit: true, read_scratch: true, ..RunOptions::default() };
-    let outcome = run(&compiled.program, t, &sim_inputs, &opts).map_err(|fault| VerifyError::Fault(fault.message))?;
+    let (outcome, binary_name) = run_on_chip(compiled, f, t, &inputs)?;
     let chip: HashMap<&str, &[u8]> = outcome.outputs.iter().map(|(n, b)| (n.as_str(), b.as_slice())).collect();
     // A chain of kernels accumulates each one's rounding: the contraction lengths add.
     let k = compiled.kernels.iter().map(|k| k.contraction()).fold(0u64, u64::saturating_add).max(1) as f64;
@@ -243,6 +222,74 @@ pub fn verify_compiled(
         amplified,
         report: outcome.report,
     })
+}
+
+/// A name map from the program's tensor names to the binary's.
+type BinaryNames = HashMap<String, String>;
+
+/// Simulates `compiled` (race checking and strict initialisation on) with
+/// `inputs` for `f`'s parameters (weights excepted: they are in the binary);
+/// returns the outcome and the map to binary names.
+fn run_on_chip(
+    compiled: &driver::Compiled,
+    f: &Func,
+    t: &Target,
+    inputs: &[Tensor],
+) -> Result<(jpu_runtime::Outcome, impl Fn(&str) -> String), VerifyError> {
+    // The binary's names of the program's tensors (IR names that are not
+    // identifiers are renamed; `tiles::binary_names`).
+    let binary: BinaryNames = compiled
+        .tiles
+        .tensors
+        .iter()
+        .map(|t| t.name.clone())
+        .zip(crate::tiles::binary_names(&compiled.tiles.tensors))
+        .collect();
+    let binary_name = move |ir: &str| binary.get(ir).cloned().unwrap_or_else(|| ir.to_string());
+    let mut sim_inputs = Vec::new();
+    for (p, tensor) in f.params().zip(inputs).filter(|(p, _)| !compiled.weights.contains_key(&f.node(*p).name)) {
+        let dtype = tensor.ty.dtype.storage();
+        let size = dtype.size_bytes() as usize;
+        let mut bytes = vec![0u8; tensor.data.len() * size];
+        for (i, &v) in tensor.data.iter().enumerate() {
+            jpu_isa::numerics::store_f64(dtype, v, &mut bytes[i * size..]);
+        }
+        sim_inputs.push((binary_name(&f.node(p).name), bytes));
+    }
+    let opts = RunOptions { strict_uninit: true, read_scratch: true, ..RunOptions::default() };
+    let outcome = run(&compiled.program, t, &sim_inputs, &opts).map_err(|fault| VerifyError::Fault(fault.message))?;
+    Ok((outcome, binary_name))
+}
+
+/// Runs `compiled` on the chip with `inputs` (one per parameter of `f`, the
+/// function as written; weight parameters' entries are ignored) and returns
+/// `f`'s results in order, decoded exactly from their storage dtypes.
+pub fn simulate(
+    compiled: &driver::Compiled,
+    f: &Func,
+    t: &Target,
+    inputs: &[Tensor],
+) -> Result<Vec<Tensor>, VerifyError> {
+    let (outcome, binary_name) = run_on_chip(compiled, f, t, inputs)?;
+    let chip: HashMap<&str, &[u8]> = outcome.outputs.iter().map(|(n, b)| (n.as_str(), b.as_slice())).collect();
+    let opt = &compiled.optimized;
+    f.results
+        .iter()
+        .zip(&opt.results)
+        .map(|(r, compiled_r)| {
+            let ty = f.node(*r).ty.clone();
+            let output = binary_name(&opt.node(*compiled_r).name);
+            let bytes = chip.get(output.as_str()).ok_or_else(|| {
+                VerifyError::Compile(CompileError::internal(format!("result `%{}` is not an output", f.node(*r).name)))
+            })?;
+            let dtype = ty.dtype.storage();
+            let data = bytes
+                .chunks_exact(dtype.size_bytes() as usize)
+                .map(|c| jpu_isa::numerics::load_f64(dtype, c))
+                .collect();
+            Ok(Tensor { ty, data })
+        })
+        .collect()
 }
 
 /// The verification tolerance (docs/testing.md): `ulp(dtype) |ref| + 2^-20 k

@@ -130,6 +130,35 @@ pub fn bytes(weights: &Weights) -> HashMap<String, Vec<u8>> {
         .collect()
 }
 
+/// The weights as a safetensors file: each parameter's value in its chip
+/// dtype, under the tensor name `refs` gives it (what [`load`] reads back).
+pub fn serialize(
+    weights: &Weights,
+    refs: &std::collections::BTreeMap<String, crate::ir::WeightRef>,
+) -> Result<Vec<u8>, String> {
+    use jpu_isa::DType as D;
+    let data = bytes(weights);
+    let mut views = Vec::new();
+    for (param, r) in refs {
+        let (Some(t), Some(raw)) = (weights.get(param), data.get(param)) else {
+            return Err(format!("weight `%{param}` has no value"));
+        };
+        let dtype = match t.ty.dtype.storage() {
+            D::F32 => Dtype::F32,
+            D::Bf16 => Dtype::BF16,
+            D::F16 => Dtype::F16,
+            D::F8E4M3 => Dtype::F8_E4M3,
+            D::F8E5M2 => Dtype::F8_E5M2,
+            D::I8 => Dtype::I8,
+            D::I32 => Dtype::I32,
+        };
+        let shape: Vec<usize> = t.ty.shape.iter().map(|&d| d as usize).collect();
+        let view = safetensors::tensor::TensorView::new(dtype, shape, raw).map_err(|e| format!("`%{param}`: {e}"))?;
+        views.push((r.tensor.clone(), view));
+    }
+    safetensors::tensor::serialize(views, None).map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -176,16 +176,24 @@ struct Cells {
     len: u64,
     blocks: Blocks,
     bytes: HashMap<u64, Bytes, BuildFast>,
+    /// Reader sets of whole blocks whose record reads [`SHARED`] (weights read
+    /// by several queues at once stay one set per block, not one per byte).
+    shared: HashMap<u64, Vec<Epoch>, BuildFast>,
 }
 
 impl Cells {
     fn dense(n: u64) -> Cells {
         let blocks = Blocks::Dense(vec![(0, 0); n.div_ceil(BLOCK) as usize]);
-        Cells { len: n, blocks, bytes: HashMap::default() }
+        Cells { len: n, blocks, bytes: HashMap::default(), shared: HashMap::default() }
     }
 
     fn sparse(n: u64) -> Cells {
-        Cells { len: n, blocks: Blocks::Sparse(HashMap::default()), bytes: HashMap::default() }
+        Cells {
+            len: n,
+            blocks: Blocks::Sparse(HashMap::default()),
+            bytes: HashMap::default(),
+            shared: HashMap::default(),
+        }
     }
 
     fn block(&self, b: u64) -> (Epoch, Epoch) {
@@ -205,13 +213,22 @@ impl Cells {
         if rec.0 != MIXED {
             self.bytes.remove(&b);
         }
+        if rec.1 != SHARED {
+            self.shared.remove(&b);
+        }
     }
 
-    /// Switches a uniform block to per-run tracking; returns its runs.
-    fn materialize(&mut self, block: u64) -> &mut Bytes {
+    /// Switches a uniform block to per-run tracking (a block reader set becomes
+    /// each byte's, in `per_byte`); returns its runs.
+    fn materialize(&mut self, block: u64, mem: Mem, per_byte: &mut HashMap<(Mem, u64), Vec<Epoch>>) -> &mut Bytes {
         let (w, r) = self.block(block);
         let end = self.block_len(block) as u8;
         if w != MIXED {
+            if let Some(readers) = self.shared.remove(&block) {
+                for at in block * BLOCK..block * BLOCK + end as u64 {
+                    per_byte.insert((mem, at), readers.clone());
+                }
+            }
             self.set_block(block, (MIXED, 0));
             self.bytes.insert(block, Bytes(vec![Run { end, write: w, read: r }]));
         }
@@ -278,13 +295,13 @@ impl Shadow {
 
     /// Marks bytes as written by the host (program inputs and constants).
     pub fn host_write(&mut self, mem: Mem, addr: u64, len: u64) {
-        let (c, _) = self.cells(mem);
+        let (c, shared) = self.cells(mem);
         for_each_block(c, addr, len, |c, block, s, e, full| {
             if full {
                 c.set_block(block, (HOST, 0));
             } else {
                 let base = block * BLOCK;
-                let bytes = c.materialize(block);
+                let bytes = c.materialize(block, mem, shared);
                 for i in bytes.range((s - base) as u8, (e - base) as u8) {
                     bytes.0[i].write = HOST;
                 }
@@ -308,13 +325,23 @@ impl Shadow {
                 } else if epoch_engine(w) != my_engine && !happens_before(w, vc) {
                     race.get_or_insert(Race { earlier: w, conflict: Conflict::ReadAfterWrite, mem, addr: s });
                 }
+                if r == SHARED {
+                    let set = c.shared.entry(block).or_default();
+                    set.retain(|&e| epoch_engine(e) != my_engine);
+                    set.push(me);
+                    return;
+                }
                 if r == 0 || r == me || epoch_engine(r) == my_engine || happens_before(r, vc) {
                     c.set_block(block, (w, me));
                     return;
                 }
+                // A concurrent reader: the block keeps both in its reader set.
+                c.set_block(block, (w, SHARED));
+                c.shared.insert(block, vec![r, me]);
+                return;
             }
             let base = block * BLOCK;
-            let bytes = c.materialize(block);
+            let bytes = c.materialize(block, mem, shared);
             for i in bytes.range((s - base) as u8, (e - base) as u8) {
                 let at = base + bytes.start(i) as u64;
                 let Run { end, write: w, read: r } = bytes.0[i];
@@ -359,14 +386,15 @@ impl Shadow {
                 if w != me && unordered(w) {
                     race.get_or_insert(Race { earlier: w, conflict: Conflict::WriteAfterWrite, mem, addr: s });
                 }
-                if unordered(r) {
-                    race.get_or_insert(Race { earlier: r, conflict: Conflict::WriteAfterRead, mem, addr: s });
+                let readers = if r == SHARED { c.shared.remove(&block).unwrap_or_default() } else { vec![r] };
+                if let Some(&e) = readers.iter().find(|&&e| unordered(e)) {
+                    race.get_or_insert(Race { earlier: e, conflict: Conflict::WriteAfterRead, mem, addr: s });
                 }
                 c.set_block(block, (me, 0));
                 return;
             }
             let base = block * BLOCK;
-            let bytes = c.materialize(block);
+            let bytes = c.materialize(block, mem, shared);
             for i in bytes.range((s - base) as u8, (e - base) as u8) {
                 let at = base + bytes.start(i) as u64;
                 let Run { end, write: w, read: r } = bytes.0[i];
@@ -395,6 +423,12 @@ impl Shadow {
         race
     }
 
+    /// Block reader sets held for `mem` (tests).
+    #[cfg(test)]
+    fn shadow_sets(&mut self, mem: Mem) -> usize {
+        self.cells(mem).0.shared.len()
+    }
+
     /// Bytes of shadow state held (for reports and tests).
     pub fn footprint_bytes(&self) -> u64 {
         let cells = |c: &Cells| {
@@ -402,7 +436,9 @@ impl Shadow {
                 Blocks::Dense(v) => v.len() as u64 * 8,
                 Blocks::Sparse(m) => m.capacity() as u64 * 24,
             };
-            blocks + c.bytes.values().map(|b| 32 + b.0.capacity() as u64 * 12).sum::<u64>()
+            blocks
+                + c.bytes.values().map(|b| 32 + b.0.capacity() as u64 * 12).sum::<u64>()
+                + c.shared.values().map(|v| 32 + v.capacity() as u64 * 4).sum::<u64>()
         };
         self.on_chip.values().map(cells).sum::<u64>() + cells(&self.hbm)
     }
@@ -425,6 +461,24 @@ fn for_each_block(c: &mut Cells, start: u64, n: u64, mut f: impl FnMut(&mut Cell
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn concurrent_readers_of_whole_blocks_are_all_checked() {
+        let mut s = Shadow::new(256, 64);
+        let m = Mem::Sram(0);
+        s.host_write(m, 0, 128);
+        // Engines 1 and 2 read two whole blocks without ordering between them.
+        assert_eq!(s.read(m, 0, 128, epoch(1, 1), &[0, 1, 0]), (None, None));
+        assert_eq!(s.read(m, 0, 128, epoch(2, 1), &[0, 0, 1]), (None, None));
+        assert_eq!(s.shadow_sets(m), 2, "one reader set per block");
+        // A write ordered after engine 1's read only races with engine 2's.
+        let race = s.write(m, 0, 64, epoch(0, 1), &[1, 1, 0]);
+        assert_eq!(race.map(|r| (r.conflict, r.earlier)), Some((Conflict::WriteAfterRead, epoch(2, 1))));
+        // Ordered after both: no race, byte-precise through a partial write.
+        assert_eq!(s.write(m, 64, 3, epoch(0, 2), &[2, 1, 1]), None);
+        let race = s.write(m, 70, 2, epoch(3, 1), &[0, 1, 0, 1]);
+        assert_eq!(race.map(|r| (r.conflict, r.earlier)), Some((Conflict::WriteAfterRead, epoch(2, 1))));
+    }
 
     #[test]
     fn ordered_accesses_do_not_race_and_unordered_ones_do() {

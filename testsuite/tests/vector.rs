@@ -424,6 +424,11 @@ fn extreme_key_padding_masks_stay_finite() {
         assert!(c.kernels.iter().any(|k| k.describe(&t).contains("mask on the PE")), "{target}");
     }
     jpu_testsuite::verify_everywhere(&f, src, 5);
+    // With -inf instead, the fully masked batch is NaN, as in the reference.
+    let inf = src
+        .replace("%m = mul(%lf, -3.4028235e38)", "%zero = mul(%lf, 0.0)\n  %m = select(%late, -inf, %zero)")
+        .replace("%mb = select(%second, -3.4028235e38, %m)", "%mb = select(%second, -inf, %m)");
+    jpu_testsuite::verify_everywhere(&check(&inf), &inf, 5);
 }
 
 /// What the attention kernel does not cover is refused with the op and the reason.
@@ -513,4 +518,23 @@ fn const_splats_and_matrix_operands() {
         let fused = jalc::driver::compile(&f, &t, &jalc::driver::Options::o2()).unwrap();
         assert!(fused.kernels.iter().any(|k| k.kind() == "attention"), "{target}");
     }
+}
+
+/// A chain computed at a small shape (a key-padding mask from an integer
+/// input) feeding an op that broadcasts it to a larger one (the scores) ends
+/// there and stores; the broadcasting op starts the next kernel (found by the
+/// ONNX importer: exported BERT masks in bf16 are this program).
+#[test]
+fn a_chain_ends_where_its_value_is_broadcast() {
+    let src = "func @f(%q: bf16[2, 4, 24, 8], %k: bf16[2, 4, 8, 24], %keep: i32[2, 1, 1, 24]) -> bf16[2, 4, 24, 24] {
+  %kf = cast(%keep) {to = bf16}
+  %inv = sub(1.0, %kf)
+  %m = mul(%inv, -3.3895313892515355e38)
+  %s = matmul(%q, %k)
+  %z = div(%s, 2.8284271247461903)
+  %a = add(%z, %m)
+  %p = softmax(%a) {axis = 3}
+  return %p
+}";
+    jpu_testsuite::verify_everywhere(&check(src), src, 3);
 }

@@ -208,7 +208,9 @@ pub fn chain(cx: &Ctx<'_>, start: ValueId, first: Option<usize>, ty: &TensorType
             break;
         }
         if n.ty.shape != ty.shape {
-            return Err(unsupported(n, "changes the shape, which is not supported in a fused chain yet"));
+            // A step that broadcasts the value to a larger shape (a mask added to
+            // scores) starts a chain of its own: this one ends and stores.
+            break;
         }
         let prev = c.last;
         let uses_prev = |o: &Operand| matches!(o, Operand::Value(v) if *v == prev);

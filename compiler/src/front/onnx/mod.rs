@@ -17,6 +17,13 @@ use prost::Message;
 #[allow(missing_docs, clippy::all)]
 pub mod proto;
 
+mod convert;
+mod fold;
+pub mod host;
+pub mod import;
+
+pub use import::{import, ImportOptions, Imported, Io, Precision};
+
 /// Opsets of the default domain the importer accepts: 13 to the newest the
 /// `onnx` 1.22 wheel defines.
 pub const OPSETS: std::ops::RangeInclusive<i64> = 13..=27;

@@ -72,6 +72,8 @@ const MASK: usize = 14;
 /// columns `0..chunks`, low parts after them).
 const MASK_F32: usize = 15;
 const MASK_PARTS: usize = 16;
+/// 1 where the mask is finite, else 0.
+const MASK_FINITE: usize = 17;
 /// A prepared mask row is clamped to +-2^100 so that its parts stay finite (an
 /// `-inf` or `f32::MIN` mask keeps the scores' row max finite too).
 const MASK_LIMIT: f32 = 1.2676506e30;
@@ -363,7 +365,7 @@ impl<'a> Flash<'a> {
     /// The mask row of window `wi` as key columns (chunk c in column c, key
     /// `c * kv_chunk + p` on partition p): divided by the scale, clamped, and
     /// split into operand-dtype high and low parts (their sum is within 2^-17 of
-    /// it in bf16).
+    /// it in bf16); an infinite or NaN mask value is its high part as is.
     fn prepare_mask_row(&self, ops: &mut Vec<(TileOp, u32)>, wi: usize, tm: usize) {
         let Some(mask) = &self.p.mask else { return };
         let w = self.windows[wi];
@@ -395,6 +397,13 @@ impl<'a> Flash<'a> {
                 0,
             ));
             ops.push((TileOp::Binary { op: AluOp::Sub, dst: lo, a: row, b: hi }, 0));
+            // Infinities and NaNs of the mask stay what they are (the clamp is
+            // for finite values only): `x * 0 == 0` holds exactly for finite x.
+            let finite = slice(MASK_FINITE, 0, parts, c0, n);
+            let zero = TileScalar::Imm(0.0);
+            ops.push((TileOp::Scalar { op: AluOp::Mul, dst: finite, src: raw, scalar: zero, reverse: false }, 0));
+            ops.push((TileOp::Scalar { op: AluOp::IsEq, dst: finite, src: finite, scalar: zero, reverse: false }, 0));
+            ops.push((TileOp::CopyWhere { dst: hi, src: raw, cond: finite, negate: true }, 0));
         }
     }
 
@@ -650,6 +659,7 @@ fn mask_buffers(p: &AttentionProblem, plan: &AttentionPlan) -> Vec<Buffer> {
         buffer("mask", sram, m.dtype, plan.kv_chunk, chunks, 1),
         buffer("mask_f32", sram, DType::F32, plan.kv_chunk, chunks, 1),
         buffer("mask_parts", sram, p.dtype, plan.kv_chunk, 2 * chunks, 1),
+        buffer("mask_finite", sram, DType::F32, plan.kv_chunk, chunks, 1),
     ]
 }
 

@@ -1,0 +1,631 @@
+//! Runtime ops: each ONNX op whose inputs are not all known at import time
+//! becomes one or a few IR statements with the op's ONNX semantics (opset 13
+//! and later: broadcasting, attributes and their defaults). The first
+//! statement of a node takes the node's output name; helpers take `name__k`.
+//! This module also owns the list of supported ops and the one error that
+//! lists every unsupported op of a model.
+
+use std::collections::BTreeMap;
+
+use super::fold::{attr_float, attr_int, attr_ints, attr_str, axis, host_input, known_ints, reshape_shape, slice_spec};
+use super::host::{self, HostTensor};
+use super::import::{Importer, POperand, Ref, Val};
+use super::proto::tensor_proto::DataType;
+use super::proto::NodeProto;
+use crate::ir::ops::Attr;
+use crate::ir::TensorType;
+
+const BOOL: i32 = DataType::Bool as i32;
+const INT32: i32 = DataType::Int32 as i32;
+
+/// Every op type the importer takes (folded, converted, or both).
+pub const SUPPORTED: &[&str] = &[
+    "Abs",
+    "Add",
+    "And",
+    "Cast",
+    "Ceil",
+    "Clip",
+    "Concat",
+    "Constant",
+    "ConstantOfShape",
+    "Div",
+    "Equal",
+    "Erf",
+    "Exp",
+    "Expand",
+    "Flatten",
+    "Floor",
+    "Gather",
+    "Gelu",
+    "Gemm",
+    "Greater",
+    "GreaterOrEqual",
+    "Identity",
+    "IsNaN",
+    "LayerNormalization",
+    "Less",
+    "LessOrEqual",
+    "MatMul",
+    "Max",
+    "Min",
+    "Mul",
+    "Neg",
+    "Not",
+    "Or",
+    "Pow",
+    "RMSNormalization",
+    "Range",
+    "Reciprocal",
+    "ReduceMax",
+    "ReduceMean",
+    "ReduceSum",
+    "Relu",
+    "Reshape",
+    "Shape",
+    "Sigmoid",
+    "Size",
+    "Slice",
+    "Softmax",
+    "Split",
+    "Sqrt",
+    "Squeeze",
+    "Sub",
+    "Tanh",
+    "Transpose",
+    "Unsqueeze",
+    "Where",
+    "Xor",
+];
+
+/// One error listing every unsupported op of `nodes`, with counts and node names.
+pub fn check_supported<'a>(nodes: impl Iterator<Item = &'a NodeProto>) -> Result<(), String> {
+    let mut missing: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for n in nodes {
+        let op = n.op_type.as_deref().unwrap_or("");
+        let domain = n.domain.as_deref().unwrap_or("");
+        let key = match domain {
+            "" | "ai.onnx" if SUPPORTED.contains(&op) => continue,
+            "" | "ai.onnx" => op.to_string(),
+            d => format!("{d}.{op}"),
+        };
+        missing.entry(key).or_default().push(n.name.clone().unwrap_or_default());
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let lines: Vec<String> = missing
+        .iter()
+        .map(|(op, names)| {
+            let shown: Vec<&str> = names.iter().take(3).map(String::as_str).collect();
+            let more = if names.len() > 3 { format!(", and {} more", names.len() - 3) } else { String::new() };
+            format!("  {op} x{} ({}{more})", names.len(), shown.join(", "))
+        })
+        .collect();
+    Err(format!("the model uses {} unsupported op type(s):\n{}", missing.len(), lines.join("\n")))
+}
+
+/// The permutation of a `Transpose` (default: dims reversed).
+pub fn perm(n: &NodeProto, rank: usize) -> Result<Vec<usize>, String> {
+    let p: Vec<usize> = match attr_ints(n, "perm") {
+        Some(p) => p.iter().map(|&a| axis(a, rank)).collect::<Result<_, _>>()?,
+        None => (0..rank).rev().collect(),
+    };
+    let mut seen = vec![false; rank];
+    for &a in &p {
+        if std::mem::replace(&mut seen[a], true) {
+            return Err(format!("perm {p:?} repeats a dim"));
+        }
+    }
+    if p.len() != rank {
+        return Err(format!("perm {p:?} does not have {rank} entries"));
+    }
+    Ok(p)
+}
+
+/// The output shape of Reshape, Unsqueeze, Squeeze or Flatten of `shape`.
+pub fn reshaped(im: &Importer, n: &NodeProto, op: &str, shape: &[u64]) -> Result<Vec<u64>, String> {
+    match op {
+        "Reshape" => {
+            let spec = known_ints(im, n, 1, "shape")?.ok_or("no shape input")?;
+            reshape_shape(shape, &spec, attr_int(n, "allowzero", 0) != 0)
+        }
+        "Unsqueeze" => {
+            let axes = known_ints(im, n, 1, "axes")?.ok_or("no axes input")?;
+            let r = shape.len() + axes.len();
+            let mut at: Vec<usize> = axes.iter().map(|&a| axis(a, r)).collect::<Result<_, _>>()?;
+            at.sort_unstable();
+            let mut out = shape.to_vec();
+            for a in at {
+                out.insert(a, 1);
+            }
+            Ok(out)
+        }
+        "Squeeze" => {
+            let axes = match known_ints(im, n, 1, "axes")? {
+                Some(a) => a.iter().map(|&a| axis(a, shape.len())).collect::<Result<Vec<_>, _>>()?,
+                None => (0..shape.len()).filter(|&k| shape[k] == 1).collect(),
+            };
+            if let Some(&a) = axes.iter().find(|&&a| shape[a] != 1) {
+                return Err(format!("dim {a} of {shape:?} is not 1 and cannot be squeezed"));
+            }
+            Ok(shape.iter().enumerate().filter(|(k, _)| !axes.contains(k)).map(|(_, &d)| d).collect())
+        }
+        _ => {
+            let a = attr_int(n, "axis", 1);
+            let a = if a == shape.len() as i64 { shape.len() } else { axis(a, shape.len())? };
+            Ok(vec![shape[..a].iter().product(), shape[a..].iter().product()])
+        }
+    }
+}
+
+/// A reduction's axes (from its input, or its attribute before opset 18) and keepdims.
+pub fn reduce_axes(im: &Importer, n: &NodeProto, rank: usize) -> Result<(Vec<usize>, bool), String> {
+    let keep = attr_int(n, "keepdims", 1) != 0;
+    let given = match known_ints(im, n, 1, "axes")? {
+        Some(a) => Some(a),
+        None => attr_ints(n, "axes"),
+    };
+    let axes = match given {
+        Some(a) if !a.is_empty() => a.iter().map(|&a| axis(a, rank)).collect::<Result<Vec<_>, _>>()?,
+        _ if attr_int(n, "noop_with_empty_axes", 0) != 0 => Vec::new(),
+        _ => (0..rank).collect(),
+    };
+    Ok((axes, keep))
+}
+
+/// The sizes of a `Split`'s outputs.
+pub fn split_sizes(im: &Importer, n: &NodeProto, shape: &[u64]) -> Result<Vec<u64>, String> {
+    let a = axis(attr_int(n, "axis", 0), shape.len())?;
+    let outputs = n.output.len() as u64;
+    let sizes = match known_ints(im, n, 1, "split")? {
+        Some(s) => {
+            s.iter().map(|&d| u64::try_from(d).map_err(|_| format!("split size {d}"))).collect::<Result<Vec<_>, _>>()?
+        }
+        None => {
+            let parts = u64::try_from(attr_int(n, "num_outputs", outputs as i64)).unwrap_or(0).max(1);
+            let each = shape[a].div_ceil(parts);
+            (0..parts).map(|k| each.min(shape[a].saturating_sub(k * each))).collect()
+        }
+    };
+    if sizes.iter().sum::<u64>() != shape[a] || sizes.len() as u64 != outputs {
+        return Err(format!("split sizes {sizes:?} do not cover dim {a} of {shape:?} in {outputs} outputs"));
+    }
+    Ok(sizes)
+}
+
+/// The node's first output name.
+fn out(n: &NodeProto) -> String {
+    n.output.first().cloned().unwrap_or_default()
+}
+
+fn input(n: &NodeProto, i: usize) -> Result<&str, String> {
+    n.input.get(i).map(String::as_str).filter(|s| !s.is_empty()).ok_or_else(|| format!("input {i} is missing"))
+}
+
+fn ints(v: &[u64]) -> Attr {
+    Attr::List(v.iter().map(|&d| Attr::Int(d as i64)).collect())
+}
+
+fn iints(v: &[i64]) -> Attr {
+    Attr::List(v.iter().map(|&d| Attr::Int(d)).collect())
+}
+
+/// Converts runtime node `n`; returns its outputs' values.
+pub fn convert(im: &mut Importer, n: &NodeProto) -> Result<Vec<Val>, String> {
+    let op = n.op_type.clone().unwrap_or_default();
+    let name = out(n);
+    let ir = |r: Ref, elem: i32| Ok(vec![Val::Ir { r, elem }]);
+    match op.as_str() {
+        "Identity" => Ok(vec![im.val(input(n, 0)?)?.clone()]),
+        "Add" | "Sub" | "Mul" | "Div" => {
+            let (a, ea) = im.operand(input(n, 0)?)?;
+            let (b, _) = im.operand(input(n, 1)?)?;
+            let r = im.push(&name, &op.to_lowercase(), &[a, b], &[], None)?;
+            ir(r, ea)
+        }
+        "Max" | "Min" => {
+            let (mut acc, elem) = im.operand(input(n, 0)?)?;
+            for (k, i) in n.input.iter().enumerate().skip(1).filter(|(_, i)| !i.is_empty()) {
+                let (b, _) = im.operand(i)?;
+                let last = k + 1 == n.input.len();
+                let nm = if last { name.clone() } else { format!("{name}__{k}") };
+                acc = POperand::Value(im.push(&nm, &op.to_lowercase(), &[acc, b], &[], None)?);
+            }
+            match acc {
+                POperand::Value(r) => ir(r, elem),
+                POperand::Scalar(_) => Err("every input is a literal".into()),
+            }
+        }
+        "Neg" | "Sqrt" | "Reciprocal" | "Exp" | "Erf" | "Tanh" | "Sigmoid" | "Relu" => {
+            let (x, elem) = im.ir(input(n, 0)?)?;
+            let irop = if op == "Reciprocal" { "recip".to_string() } else { op.to_lowercase() };
+            ir(im.push(&name, &irop, &[POperand::Value(x)], &[], None)?, elem)
+        }
+        "Gelu" => {
+            let (x, elem) = im.ir(input(n, 0)?)?;
+            let approx = attr_str(n, "approximate", "none");
+            ir(im.push(&name, "gelu", &[POperand::Value(x)], &[("approx", Attr::Str(approx))], None)?, elem)
+        }
+        "Pow" => pow(im, n, &name),
+        "Clip" => clip(im, n, &name),
+        "Equal" | "Less" | "LessOrEqual" | "Greater" | "GreaterOrEqual" => {
+            let kind = match op.as_str() {
+                "Equal" => "eq",
+                "Less" => "lt",
+                "LessOrEqual" => "le",
+                "Greater" => "gt",
+                _ => "ge",
+            };
+            let (a, _) = im.operand(input(n, 0)?)?;
+            let (b, _) = im.operand(input(n, 1)?)?;
+            ir(im.push(&name, "compare", &[a, b], &[("kind", Attr::Word(kind.into()))], None)?, BOOL)
+        }
+        "Not" => {
+            let (x, _) = im.ir(input(n, 0)?)?;
+            let kind = ("kind", Attr::Word("eq".into()));
+            ir(im.push(&name, "compare", &[POperand::Value(x), POperand::Scalar(0.0)], &[kind], None)?, BOOL)
+        }
+        "And" | "Or" => {
+            let (a, _) = im.ir(input(n, 0)?)?;
+            let (b, _) = im.ir(input(n, 1)?)?;
+            let (t, f) = if op == "And" {
+                (POperand::Value(b), POperand::Scalar(0.0))
+            } else {
+                (POperand::Scalar(1.0), POperand::Value(b))
+            };
+            ir(im.push(&name, "select", &[POperand::Value(a), t, f], &[], None)?, BOOL)
+        }
+        "IsNaN" => {
+            let (x, _) = im.ir(input(n, 0)?)?;
+            let eq = im.push(
+                &format!("{name}__eq"),
+                "compare",
+                &[POperand::Value(x), POperand::Value(x)],
+                &[("kind", Attr::Word("eq".into()))],
+                None,
+            )?;
+            let kind = ("kind", Attr::Word("eq".into()));
+            ir(im.push(&name, "compare", &[POperand::Value(eq), POperand::Scalar(0.0)], &[kind], None)?, BOOL)
+        }
+        "Where" => select(im, n, &name),
+        "Cast" => {
+            let (x, _) = im.ir(input(n, 0)?)?;
+            let to = attr_int(n, "to", 0) as i32;
+            let dtype = im.ir_dtype(to)?;
+            if im.ty(x).dtype == dtype {
+                return ir(x, to);
+            }
+            if im.ty(x).dtype.is_float() && dtype.is_int() {
+                return Err("a Cast from float to integer of values computed at run time is not supported (ONNX truncates toward zero; the chip's cast rounds to nearest)".into());
+            }
+            ir(im.push(&name, "cast", &[POperand::Value(x)], &[("to", Attr::Word(dtype.name().into()))], None)?, to)
+        }
+        "MatMul" => matmul(im, n, &name),
+        "Gemm" => gemm(im, n, &name),
+        "Softmax" => {
+            let (x, elem) = im.ir(input(n, 0)?)?;
+            let a = attr_int(n, "axis", -1);
+            ir(im.push(&name, "softmax", &[POperand::Value(x)], &[("axis", Attr::Int(a))], None)?, elem)
+        }
+        "LayerNormalization" | "RMSNormalization" => norm(im, n, &name, op == "LayerNormalization"),
+        "Transpose" => {
+            let (x, elem) = im.ir(input(n, 0)?)?;
+            let p = perm(n, im.ty(x).shape.len())?;
+            let p: Vec<u64> = p.iter().map(|&a| a as u64).collect();
+            ir(im.push(&name, "transpose", &[POperand::Value(x)], &[("perm", ints(&p))], None)?, elem)
+        }
+        "Reshape" | "Unsqueeze" | "Squeeze" | "Flatten" => {
+            let (x, elem) = im.ir(input(n, 0)?)?;
+            let shape = reshaped(im, n, &op, &im.ty(x).shape.clone())?;
+            ir(reshape(im, x, &shape, &name)?, elem)
+        }
+        "Concat" => {
+            let mut parts = Vec::new();
+            let mut elem = 0;
+            for i in n.input.iter().filter(|i| !i.is_empty()) {
+                if im.shape_of(im.val(i)?).contains(&0) {
+                    continue;
+                }
+                let (r, e) = im.ir(i)?;
+                parts.push(POperand::Value(r));
+                elem = e;
+            }
+            let rank = match parts.first() {
+                Some(POperand::Value(r)) => im.ty(*r).shape.len(),
+                _ => return Err("every input is empty".into()),
+            };
+            let a = axis(attr_int(n, "axis", 0), rank)? as i64;
+            ir(im.push(&name, "concat", &parts, &[("axis", Attr::Int(a))], None)?, elem)
+        }
+        "Slice" => {
+            let (x, elem) = im.ir(input(n, 0)?)?;
+            let shape = im.ty(x).shape.clone();
+            let (first, step, len) = slice_spec(im, n, &shape)?;
+            if step.iter().any(|&s| s != 1) {
+                return Err(format!("steps {step:?}: only step 1 is supported on values computed at run time"));
+            }
+            ir(slice(im, x, &first, &len, &name)?, elem)
+        }
+        "Split" => {
+            let (x, elem) = im.ir(input(n, 0)?)?;
+            let shape = im.ty(x).shape.clone();
+            let a = axis(attr_int(n, "axis", 0), shape.len())?;
+            let mut at = 0i64;
+            let mut outs = Vec::new();
+            for (k, len) in split_sizes(im, n, &shape)?.into_iter().enumerate() {
+                let mut first = vec![0i64; shape.len()];
+                first[a] = at;
+                at += len as i64;
+                let mut lens = shape.clone();
+                lens[a] = len;
+                let nm = n.output.get(k).cloned().unwrap_or_default();
+                outs.push(Val::Ir { r: slice(im, x, &first, &lens, &nm)?, elem });
+            }
+            Ok(outs)
+        }
+        "Gather" => gather(im, n, &name),
+        "Expand" => expand(im, n, &name),
+        "ReduceSum" | "ReduceMean" | "ReduceMax" => reduce(im, n, &name, &op),
+        _ => Err(format!("`{op}` of values computed at run time is not supported")),
+    }
+}
+
+/// `%name = reshape(x)` (or `x` itself when the shape is unchanged).
+fn reshape(im: &mut Importer, x: Ref, shape: &[u64], name: &str) -> Result<Ref, String> {
+    if im.ty(x).shape == shape {
+        return Ok(x);
+    }
+    im.push(name, "reshape", &[POperand::Value(x)], &[("shape", ints(shape))], None)
+}
+
+fn slice(im: &mut Importer, x: Ref, first: &[i64], len: &[u64], name: &str) -> Result<Ref, String> {
+    if im.ty(x).shape == len && first.iter().all(|&f| f == 0) {
+        return Ok(x);
+    }
+    let stop: Vec<i64> = first.iter().zip(len).map(|(&f, &l)| f + l as i64).collect();
+    im.push(name, "slice", &[POperand::Value(x)], &[("start", iints(first)), ("stop", iints(&stop))], None)
+}
+
+fn pow(im: &mut Importer, n: &NodeProto, name: &str) -> Result<Vec<Val>, String> {
+    let (x, elem) = im.ir(input(n, 0)?)?;
+    let e = host_input(im, n, 1)?.filter(|h| h.data.len() == 1).map(|h| h.data[0]);
+    let e = e.ok_or("a Pow whose exponent is not one known number is not supported")?;
+    let v = POperand::Value(x);
+    let r = match e {
+        1.0 => x,
+        2.0 => im.push(name, "mul", &[v, v], &[], None)?,
+        3.0 => {
+            let sq = im.push(&format!("{name}__sq"), "mul", &[v, v], &[], None)?;
+            im.push(name, "mul", &[POperand::Value(sq), v], &[], None)?
+        }
+        0.5 => im.push(name, "sqrt", &[v], &[], None)?,
+        -0.5 => im.push(name, "rsqrt", &[v], &[], None)?,
+        -1.0 => im.push(name, "recip", &[v], &[], None)?,
+        e => return Err(format!("a Pow with exponent {e} is not supported (0.5, 1, 2, 3, -0.5 and -1 are)")),
+    };
+    Ok(vec![Val::Ir { r, elem }])
+}
+
+fn clip(im: &mut Importer, n: &NodeProto, name: &str) -> Result<Vec<Val>, String> {
+    let (x, elem) = im.ir(input(n, 0)?)?;
+    let mut acc = x;
+    for (i, op) in [(1, "max"), (2, "min")] {
+        if n.input.get(i).is_some_and(|s| !s.is_empty()) {
+            let (b, _) = im.operand(&n.input[i])?;
+            let last = i == 2 || n.input.get(2).is_none_or(|s| s.is_empty());
+            let nm = if last { name.to_string() } else { format!("{name}__lo") };
+            acc = im.push(&nm, op, &[POperand::Value(acc), b], &[], None)?;
+        }
+    }
+    Ok(vec![Val::Ir { r: acc, elem }])
+}
+
+fn select(im: &mut Importer, n: &NodeProto, name: &str) -> Result<Vec<Val>, String> {
+    let (c, _) = im.ir(input(n, 0)?)?;
+    let (a, elem) = im.operand(input(n, 1)?)?;
+    let (mut b, _) = im.operand(input(n, 2)?)?;
+    if let (POperand::Scalar(_), POperand::Scalar(v)) = (a, b) {
+        // Two literals: the second becomes a splat of the condition's shape.
+        let ty = TensorType::new(im.ir_dtype(elem)?, im.ty(c).shape.clone());
+        b = POperand::Value(im.push(
+            &format!("{name}__else"),
+            "const",
+            &[],
+            &[("value", Attr::Float(v))],
+            Some(&ty),
+        )?);
+    }
+    Ok(vec![Val::Ir { r: im.push(name, "select", &[POperand::Value(c), a, b], &[], None)?, elem }])
+}
+
+fn matmul(im: &mut Importer, n: &NodeProto, name: &str) -> Result<Vec<Val>, String> {
+    let (a, elem) = im.ir(input(n, 0)?)?;
+    let (b, _) = im.ir(input(n, 1)?)?;
+    let (sa, sb) = (im.ty(a).shape.clone(), im.ty(b).shape.clone());
+    // 1-D operands are promoted to matrices and the added dim removed after.
+    let a2 = if sa.len() == 1 { reshape(im, a, &[1, sa[0]], &format!("{name}__a"))? } else { a };
+    let b2 = if sb.len() == 1 { reshape(im, b, &[sb[0], 1], &format!("{name}__b"))? } else { b };
+    if sa.len() > 1 && sb.len() > 1 {
+        return Ok(vec![Val::Ir {
+            r: im.push(name, "matmul", &[POperand::Value(a2), POperand::Value(b2)], &[], None)?,
+            elem,
+        }]);
+    }
+    let m = im.push(&format!("{name}__mm"), "matmul", &[POperand::Value(a2), POperand::Value(b2)], &[], None)?;
+    let mut shape = im.ty(m).shape.clone();
+    if sb.len() == 1 {
+        shape.pop();
+    }
+    if sa.len() == 1 {
+        // The promoted row: the last dim left when b was a vector, else the second to last.
+        let at = shape.len() - if sb.len() == 1 { 1 } else { 2 };
+        shape.remove(at);
+    }
+    Ok(vec![Val::Ir { r: reshape(im, m, &shape, name)?, elem }])
+}
+
+fn gemm(im: &mut Importer, n: &NodeProto, name: &str) -> Result<Vec<Val>, String> {
+    let (a, elem) = im.ir(input(n, 0)?)?;
+    let (b, _) = im.ir(input(n, 1)?)?;
+    let (alpha, beta) = (attr_float(n, "alpha", 1.0) as f64, attr_float(n, "beta", 1.0) as f64);
+    let t = |k: &str| Attr::Bool(attr_int(n, k, 0) != 0);
+    let has_c = n.input.get(2).is_some_and(|s| !s.is_empty());
+    let scaled = alpha != 1.0 || has_c;
+    let mm_name = if scaled { format!("{name}__mm") } else { name.to_string() };
+    let attrs = [("transpose_a", t("transA")), ("transpose_b", t("transB"))];
+    let mut y = im.push(&mm_name, "matmul", &[POperand::Value(a), POperand::Value(b)], &attrs, None)?;
+    if alpha != 1.0 {
+        let nm = if has_c { format!("{name}__alpha") } else { name.to_string() };
+        y = im.push(&nm, "mul", &[POperand::Value(y), POperand::Scalar(alpha)], &[], None)?;
+    }
+    if has_c {
+        let c_name = n.input[2].clone();
+        let c = match (host_input(im, n, 2)?.cloned(), beta) {
+            (Some(h), beta) if beta != 1.0 => {
+                let scaled = host::elementwise(&[&h], h.elem, |v| v[0] * beta)?;
+                POperand::Value(im.materialize(&format!("{c_name}__beta"), &scaled)?)
+            }
+            (_, 1.0) => im.operand(&c_name)?.0,
+            _ => {
+                let (c, _) = im.ir(&c_name)?;
+                POperand::Value(im.push(
+                    &format!("{name}__c"),
+                    "mul",
+                    &[POperand::Value(c), POperand::Scalar(beta)],
+                    &[],
+                    None,
+                )?)
+            }
+        };
+        y = im.push(name, "add", &[POperand::Value(y), c], &[], None)?;
+    }
+    Ok(vec![Val::Ir { r: y, elem }])
+}
+
+/// LayerNormalization / RMSNormalization over dims `axis..`: merged into one
+/// last dim when they are several, scale and bias as `[size]` weights.
+fn norm(im: &mut Importer, n: &NodeProto, name: &str, layer: bool) -> Result<Vec<Val>, String> {
+    if n.output.iter().skip(1).any(|o| !o.is_empty()) {
+        return Err("only the normalized output (not the mean or inverse std) is supported".into());
+    }
+    let (x, elem) = im.ir(input(n, 0)?)?;
+    let shape = im.ty(x).shape.clone();
+    let a = axis(attr_int(n, "axis", -1), shape.len())?;
+    let size: u64 = shape[a..].iter().product();
+    let mut merged = shape[..a].to_vec();
+    merged.push(size);
+    let xm = reshape(im, x, &merged, &format!("{name}__in"))?;
+    let param = |im: &mut Importer, i: usize, fill: f64| -> Result<POperand, String> {
+        let h = match n.input.get(i).filter(|s| !s.is_empty()) {
+            None => HostTensor::new(DataType::Float as i32, vec![size], vec![fill; size as usize]),
+            Some(s) => match im.val(s)? {
+                Val::Host(h) => host::expand(h, &shape[a..])?,
+                Val::Ir { .. } => {
+                    let (r, _) = im.ir(s)?;
+                    return Ok(POperand::Value(reshape(im, r, &[size], &format!("{name}__p{i}"))?));
+                }
+            },
+        };
+        let flat = HostTensor { shape: vec![size], ..h };
+        let key = format!("{}__{}", n.input.get(i).cloned().unwrap_or_else(|| format!("{name}_p{i}")), size);
+        Ok(POperand::Value(im.materialize(&key, &flat)?))
+    };
+    let gamma = param(im, 1, 1.0)?;
+    let eps = ("eps", Attr::Float(attr_float(n, "epsilon", 1e-5) as f64));
+    let ax = ("axis", Attr::Int(-1));
+    let same = merged == shape;
+    let nm = if same { name.to_string() } else { format!("{name}__out") };
+    let y = if layer {
+        let beta = param(im, 2, 0.0)?;
+        im.push(&nm, "layernorm", &[POperand::Value(xm), gamma, beta], &[ax, eps], None)?
+    } else {
+        im.push(&nm, "rmsnorm", &[POperand::Value(xm), gamma], &[ax, eps], None)?
+    };
+    Ok(vec![Val::Ir { r: reshape(im, y, &shape, name)?, elem }])
+}
+
+fn gather(im: &mut Importer, n: &NodeProto, name: &str) -> Result<Vec<Val>, String> {
+    let (table, elem) = im.ir(input(n, 0)?)?;
+    let shape = im.ty(table).shape.clone();
+    let a = axis(attr_int(n, "axis", 0), shape.len())?;
+    let dim = shape[a] as i64;
+    if let Some(idx) = host_input(im, n, 1)?.cloned() {
+        let rows: Vec<i64> = idx.as_ints().iter().map(|&i| if i < 0 { i + dim } else { i }).collect();
+        if let Some(bad) = idx.as_ints().iter().zip(&rows).find(|(_, &r)| !(0..dim).contains(&r)) {
+            return Err(format!("index {} is out of range for dim {a} of size {dim}", bad.0));
+        }
+        // Consecutive rows are a slice (a scalar index also drops the dim).
+        if !rows.is_empty() && rows.windows(2).all(|w| w[1] == w[0] + 1) {
+            let mut first = vec![0i64; shape.len()];
+            first[a] = rows[0];
+            let mut len = shape.clone();
+            len[a] = rows.len() as u64;
+            let mut out: Vec<u64> = shape[..a].to_vec();
+            out.extend(&idx.shape);
+            out.extend(&shape[a + 1..]);
+            let s = slice(im, table, &first, &len, &format!("{name}__rows"))?;
+            return Ok(vec![Val::Ir { r: reshape(im, s, &out, name)?, elem }]);
+        }
+        let fixed = HostTensor::new(INT32, idx.shape.clone(), rows.iter().map(|&r| r as f64).collect());
+        let key = format!("{}__rows", n.input[1]);
+        let i = im.materialize(&key, &fixed)?;
+        let r = im.push(
+            name,
+            "gather",
+            &[POperand::Value(table), POperand::Value(i)],
+            &[("axis", Attr::Int(a as i64))],
+            None,
+        )?;
+        return Ok(vec![Val::Ir { r, elem }]);
+    }
+    let (idx, _) = im.ir(input(n, 1)?)?;
+    let r = im.push(
+        name,
+        "gather",
+        &[POperand::Value(table), POperand::Value(idx)],
+        &[("axis", Attr::Int(a as i64))],
+        None,
+    )?;
+    Ok(vec![Val::Ir { r, elem }])
+}
+
+fn expand(im: &mut Importer, n: &NodeProto, name: &str) -> Result<Vec<Val>, String> {
+    let (x, elem) = im.ir(input(n, 0)?)?;
+    let spec: Vec<u64> =
+        known_ints(im, n, 1, "shape")?.ok_or("no shape input")?.iter().map(|&d| d.max(0) as u64).collect();
+    let ty = im.ty(x).clone();
+    let shape =
+        host::broadcast(&ty.shape, &spec).ok_or_else(|| format!("{:?} does not expand to {spec:?}", ty.shape))?;
+    if shape == ty.shape {
+        return Ok(vec![Val::Ir { r: x, elem }]);
+    }
+    // x * 1 (floats) or x + 0 (integers) against a splat of the target shape.
+    let (op, unit) = if ty.dtype.is_float() { ("mul", 1.0) } else { ("add", 0.0) };
+    if elem == BOOL {
+        return Err("an Expand of booleans computed at run time is not supported".into());
+    }
+    let splat_ty = TensorType::new(ty.dtype, shape);
+    let splat = im.push(&format!("{name}__ones"), "const", &[], &[("value", Attr::Float(unit))], Some(&splat_ty))?;
+    Ok(vec![Val::Ir { r: im.push(name, op, &[POperand::Value(x), POperand::Value(splat)], &[], None)?, elem }])
+}
+
+fn reduce(im: &mut Importer, n: &NodeProto, name: &str, op: &str) -> Result<Vec<Val>, String> {
+    let (x, elem) = im.ir(input(n, 0)?)?;
+    let shape = im.ty(x).shape.clone();
+    let (axes, keep) = reduce_axes(im, n, shape.len())?;
+    if axes.is_empty() {
+        return Ok(vec![Val::Ir { r: x, elem }]);
+    }
+    let irop = if op == "ReduceMax" { "reduce_max" } else { "reduce_sum" };
+    let list: Vec<u64> = axes.iter().map(|&a| a as u64).collect();
+    let mean = op == "ReduceMean";
+    let nm = if mean { format!("{name}__sum") } else { name.to_string() };
+    let attrs = [("axes", ints(&list)), ("keepdims", Attr::Bool(keep))];
+    let mut r = im.push(&nm, irop, &[POperand::Value(x)], &attrs, None)?;
+    if mean {
+        let count: u64 = axes.iter().map(|&a| shape[a]).product();
+        r = im.push(name, "div", &[POperand::Value(r), POperand::Scalar(count as f64)], &[], None)?;
+    }
+    Ok(vec![Val::Ir { r, elem }])
+}

@@ -1,0 +1,173 @@
+//! ONNX import (`jalc::front::onnx::import`) end to end: models from
+//! `testsuite/cases/onnx/models.py` imported at fixed shapes, compiled,
+//! simulated (race checking on) and compared with onnxruntime's outputs
+//! committed beside them: f32 within 1e-4 x max|ref|, bf16 with cosine
+//! similarity >= 0.999 per row; the imported program's printed form; its
+//! `.tir` + safetensors round trip; and the import's errors.
+
+use std::path::{Path, PathBuf};
+
+use jalc::eval::Tensor;
+use jalc::front::onnx::{self, ImportOptions, Imported, Precision};
+use jpu_isa::Target;
+
+fn case(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("cases/onnx").join(name)
+}
+
+fn npy(name: &str) -> (Vec<u64>, Vec<f64>) {
+    jpu_runtime::io::read_npy_f64(&case(name), 1 << 24).unwrap()
+}
+
+fn import(model: &str, shapes: &[(&str, &[u64])], precision: Precision) -> Imported {
+    let opts = ImportOptions {
+        input_shapes: shapes.iter().map(|(n, s)| (n.to_string(), s.to_vec())).collect(),
+        precision,
+        weights_file: "weights.safetensors".into(),
+    };
+    let m = onnx::read(&case(model)).unwrap();
+    onnx::import(&m, model, &opts).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Compiles `im` for `target` at `level` and runs it on `inputs` (by ONNX input order).
+fn run(im: &Imported, target: &str, level: u8, inputs: &[Vec<f64>]) -> Vec<Tensor> {
+    let t = Target::builtin(target).unwrap();
+    let opts =
+        jalc::driver::Options { weights: std::sync::Arc::new(im.weights.clone()), ..jalc::driver::Options::at(level) };
+    let compiled = jalc::driver::compile(&im.func, &t, &opts).unwrap_or_else(|e| panic!("{target} -O{level}: {e}"));
+    let f = &im.func;
+    let tensors: Vec<Tensor> = f
+        .params()
+        .map(|p| {
+            let node = f.node(p);
+            let k = im.inputs.iter().position(|io| io.ir == node.name);
+            let values = k.map_or_else(|| vec![0.0; node.ty.elems() as usize], |k| inputs[k].clone());
+            Tensor::from_values(node.ty.clone(), &values)
+        })
+        .collect();
+    jalc::verify::simulate(&compiled, f, &t, &tensors).unwrap_or_else(|e| panic!("{target} -O{level}: {e:?}"))
+}
+
+fn max_abs(v: &[f64]) -> f64 {
+    v.iter().fold(0.0, |a, x| a.max(x.abs()))
+}
+
+/// Largest |got - want| over `max|want|`.
+fn relative_error(got: &[f64], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    got.iter().zip(want).map(|(g, w)| (g - w).abs()).fold(0.0, f64::max) / max_abs(want)
+}
+
+/// The smallest cosine similarity of rows of `width` elements, over the rows `keep` selects.
+fn min_cosine(got: &[f64], want: &[f64], width: usize, keep: impl Fn(usize) -> bool) -> f64 {
+    let rows = got.chunks(width).zip(want.chunks(width)).enumerate().filter(|(i, _)| keep(*i));
+    rows.map(|(_, (g, w))| {
+        let dot: f64 = g.iter().zip(w).map(|(a, b)| a * b).sum();
+        let norm = |v: &[f64]| v.iter().map(|a| a * a).sum::<f64>().sqrt();
+        dot / (norm(g) * norm(w))
+    })
+    .fold(1.0, f64::min)
+}
+
+const BERT_SHAPES: &[(&str, &[u64])] = &[("input_ids", &[2, 24]), ("attention_mask", &[2, 24])];
+
+/// A one-layer BERT as exporters write it (shape arithmetic, embeddings, the
+/// f32::MIN key-padding mask, heads by Reshape + Transpose, erf-GELU, mean
+/// pooling) matches onnxruntime: in f32 within 1e-4 x max|ref| on both targets
+/// at -O0 and -O2, in bf16 with cosine >= 0.999 for every valid token and
+/// sentence; nothing is NaN, padded rows included.
+#[test]
+fn bert_tiny_matches_onnxruntime() {
+    let (ids, mask) = (npy("bert-tiny-ids.npy").1, npy("bert-tiny-mask.npy").1);
+    let (tokens, sentences) = (npy("bert-tiny-ref-tokens.npy").1, npy("bert-tiny-ref-sentence.npy").1);
+    let f32_model = import("bert-tiny.onnx", BERT_SHAPES, Precision::F32);
+    for (target, level) in [("jpu-tiny", 0), ("jpu-tiny", 2), ("jpu1", 2)] {
+        let out = run(&f32_model, target, level, &[ids.clone(), mask.clone()]);
+        let (e_tok, e_sen) = (relative_error(&out[0].data, &tokens), relative_error(&out[1].data, &sentences));
+        assert!(e_tok <= 1e-4 && e_sen <= 1e-4, "{target} -O{level}: errors {e_tok:e} {e_sen:e}");
+    }
+    let bf16_model = import("bert-tiny.onnx", BERT_SHAPES, Precision::Bf16);
+    let out = run(&bf16_model, "jpu-tiny", 2, &[ids, mask.clone()]);
+    assert!(out.iter().all(|t| t.data.iter().all(|x| x.is_finite())), "NaN or inf in bf16");
+    let valid = |row: usize| mask[row] != 0.0;
+    let (c_tok, c_sen) =
+        (min_cosine(&out[0].data, &tokens, 32, valid), min_cosine(&out[1].data, &sentences, 32, |_| true));
+    assert!(c_tok >= 0.999 && c_sen >= 0.999, "bf16 cosines {c_tok} {c_sen}");
+}
+
+/// Every op of `ops23.onnx` (opset 23) matches onnxruntime in f32 on jpu-tiny.
+#[test]
+fn opset_23_ops_match_onnxruntime() {
+    let m = import("ops23.onnx", &[], Precision::F32);
+    let x = npy("ops23-x.npy").1;
+    for level in [0, 2] {
+        let out = run(&m, "jpu-tiny", level, std::slice::from_ref(&x));
+        for (io, got) in m.outputs.iter().zip(&out) {
+            let (shape, want) = npy(&format!("ops23-ref-{}.npy", io.onnx));
+            assert_eq!(got.ty.shape, shape, "{}", io.onnx);
+            let e = relative_error(&got.data, &want);
+            assert!(e <= 1e-5, "-O{level} {}: relative error {e:e}", io.onnx);
+        }
+    }
+}
+
+/// The imported program's printed form: every shape computation folded away,
+/// names from the ONNX graph, the f32::MIN mask constant saturated into bf16's
+/// range (so it stays finite).
+#[test]
+fn the_imported_program_prints_folded_and_named() {
+    let m = import("bert-tiny.onnx", BERT_SHAPES, Precision::Bf16);
+    let text = jalc::ir::printer::print(&m.func);
+    insta::assert_snapshot!("bert_tiny_imported", text);
+    // Left on the chip: the embeddings, the mask, the layer and the pooling
+    // (its Expand is the one splat); no shape arithmetic.
+    let count = |op: &str| m.func.nodes.iter().filter(|n| n.op.name() == op).count();
+    assert_eq!((count("iota"), count("const"), count("concat"), count("slice")), (0, 1, 0, 0), "{text}");
+    assert!(text.contains("-3.3895313892515355e38"), "the mask constant is not saturated into bf16:\n{text}");
+}
+
+/// `jalc import`'s two files read back as the same program and values.
+#[test]
+fn imported_tir_and_safetensors_round_trip() {
+    let m = import("bert-tiny.onnx", BERT_SHAPES, Precision::Bf16);
+    let dir = std::env::temp_dir().join(format!("jalc-import-rt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = jalc::ir::printer::print(&m.func);
+    let bytes = jalc::weights::serialize(&m.weights, &m.func.weights).unwrap();
+    std::fs::write(dir.join("weights.safetensors"), bytes).unwrap();
+    let f = jalc::front::tir::parse_and_check(&text).unwrap_or_else(|d| panic!("{d:?}"));
+    assert_eq!(jalc::ir::printer::print(&f), text);
+    let loaded = jalc::weights::load(&f, &dir).unwrap();
+    assert_eq!(loaded, m.weights);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Import errors name the model, the node or input, and what is wrong.
+#[test]
+fn import_errors_say_what_and_where() {
+    let err = |model: &str, shapes: &[(&str, &[u64])]| {
+        let opts = ImportOptions {
+            input_shapes: shapes.iter().map(|(n, s)| (n.to_string(), s.to_vec())).collect(),
+            ..Default::default()
+        };
+        onnx::import(&onnx::read(&case(model)).unwrap(), model, &opts).unwrap_err().to_string()
+    };
+    let e = err("unsupported.onnx", &[]);
+    for want in
+        ["3 unsupported op type(s)", "Conv x2 (/layer/Conv_2, /layer/Conv_4)", "Mod x1", "com.microsoft.FastGelu x1"]
+    {
+        assert!(e.contains(want), "{e}\nwanted: {want}");
+    }
+    let e = err("bert-tiny.onnx", &[]);
+    assert!(
+        e.contains("input `input_ids` has dynamic dims [?, ?]: give its shape with --input-shape input_ids=D0xD1..."),
+        "{e}"
+    );
+    let e = err("bert-tiny.onnx", &[("input_ids", &[2, 24]), ("attention_mask", &[2, 24]), ("tokens", &[1])]);
+    assert!(e.contains("--input-shape names `tokens`, which is not an input of the model"), "{e}");
+    let e = err("ops23.onnx", &[("x", &[4, 7])]);
+    assert!(e.contains("--input-shape x=4x7 does not match its declared dims [4, 6]"), "{e}");
+    // A shape the graph's own arithmetic refuses is located at its node.
+    let e = err("bert-tiny.onnx", &[("input_ids", &[2, 100]), ("attention_mask", &[2, 100])]);
+    assert!(e.contains("node `/layer/Gather_") || e.contains("node `/layer/Add_"), "{e}");
+}
