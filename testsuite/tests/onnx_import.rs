@@ -7,9 +7,8 @@
 
 use std::path::{Path, PathBuf};
 
-use jalc::eval::Tensor;
 use jalc::front::onnx::{self, ImportOptions, Imported, Precision};
-use jpu_isa::Target;
+use jpu_testsuite::onnx::{min_cosine, relative_error, run};
 
 fn case(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("cases/onnx").join(name)
@@ -27,46 +26,6 @@ fn import(model: &str, shapes: &[(&str, &[u64])], precision: Precision) -> Impor
     };
     let m = onnx::read(&case(model)).unwrap();
     onnx::import(&m, model, &opts).unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// Compiles `im` for `target` at `level` and runs it on `inputs` (by ONNX input order).
-fn run(im: &Imported, target: &str, level: u8, inputs: &[Vec<f64>]) -> Vec<Tensor> {
-    let t = Target::builtin(target).unwrap();
-    let opts =
-        jalc::driver::Options { weights: std::sync::Arc::new(im.weights.clone()), ..jalc::driver::Options::at(level) };
-    let compiled = jalc::driver::compile(&im.func, &t, &opts).unwrap_or_else(|e| panic!("{target} -O{level}: {e}"));
-    let f = &im.func;
-    let tensors: Vec<Tensor> = f
-        .params()
-        .map(|p| {
-            let node = f.node(p);
-            let k = im.inputs.iter().position(|io| io.ir == node.name);
-            let values = k.map_or_else(|| vec![0.0; node.ty.elems() as usize], |k| inputs[k].clone());
-            Tensor::from_values(node.ty.clone(), &values)
-        })
-        .collect();
-    jalc::verify::simulate(&compiled, f, &t, &tensors).unwrap_or_else(|e| panic!("{target} -O{level}: {e:?}"))
-}
-
-fn max_abs(v: &[f64]) -> f64 {
-    v.iter().fold(0.0, |a, x| a.max(x.abs()))
-}
-
-/// Largest |got - want| over `max|want|`.
-fn relative_error(got: &[f64], want: &[f64]) -> f64 {
-    assert_eq!(got.len(), want.len());
-    got.iter().zip(want).map(|(g, w)| (g - w).abs()).fold(0.0, f64::max) / max_abs(want)
-}
-
-/// The smallest cosine similarity of rows of `width` elements, over the rows `keep` selects.
-fn min_cosine(got: &[f64], want: &[f64], width: usize, keep: impl Fn(usize) -> bool) -> f64 {
-    let rows = got.chunks(width).zip(want.chunks(width)).enumerate().filter(|(i, _)| keep(*i));
-    rows.map(|(_, (g, w))| {
-        let dot: f64 = g.iter().zip(w).map(|(a, b)| a * b).sum();
-        let norm = |v: &[f64]| v.iter().map(|a| a * a).sum::<f64>().sqrt();
-        dot / (norm(g) * norm(w))
-    })
-    .fold(1.0, f64::min)
 }
 
 const BERT_SHAPES: &[(&str, &[u64])] = &[("input_ids", &[2, 24]), ("attention_mask", &[2, 24])];

@@ -248,6 +248,7 @@ fn main() {
             m.compile_ms
         );
     }
+    minilm_row(&t);
     for (name, rows) in &tables {
         jpu_testsuite::bench::print_per_kernel(&format!("Per kernel: {name}"), rows);
     }
@@ -269,4 +270,44 @@ fn main() {
         times.sort_by(f64::total_cmp);
         println!("| {layers} | {} | {kernels} | {:.0} ms |", f.nodes.len() - f.num_params, times[1] * 1e3);
     }
+}
+
+/// paraphrase-MiniLM-L3-v2 from its ONNX file (`testsuite/models/fetch.py`) at
+/// batch 8 x seq 128 in bf16: the compile column is import + compile.
+fn minilm_row(t: &Target) {
+    use jalc::front::onnx;
+    let name = "MiniLM-L3 (ONNX, 3 layers), batch 8 x seq 128, bf16";
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/paraphrase-MiniLM-L3-v2.onnx");
+    if !path.exists() {
+        println!("| {name} | model not fetched: python3 testsuite/models/fetch.py | | | | | | |");
+        return;
+    }
+    let shape = vec![8, 128];
+    let opts = onnx::ImportOptions {
+        input_shapes: vec![("input_ids".into(), shape.clone()), ("attention_mask".into(), shape)],
+        ..Default::default()
+    };
+    let mut times = Vec::new();
+    let mut compiled = None;
+    for _ in 0..3 {
+        let start = std::time::Instant::now();
+        let m = onnx::import(&onnx::read(&path).expect("reads"), "minilm", &opts).expect("imports");
+        let c_opts = jalc::driver::Options { weights: std::sync::Arc::new(m.weights), ..jalc::driver::Options::o2() };
+        compiled = Some(jalc::driver::compile(&m.func, t, &c_opts).expect("compiles"));
+        times.push(start.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    let compiled = compiled.expect("compiled");
+    let opts = jpu_runtime::RunOptions { timing_only: true, ..Default::default() };
+    let r = jpu_runtime::run(&compiled.program, t, &[], &opts).expect("runs").report;
+    println!(
+        "| {name} | {} kernels | {} | {} | {} | {:.1}% | {} | {:.0} ms (import + compile) |",
+        compiled.kernels.len(),
+        r.cycles,
+        r.roofline_cycles,
+        r.roofline.bound_by,
+        100.0 * r.roofline_fraction,
+        jpu_testsuite::bench::goal_mark(r.roofline_fraction, 0.60),
+        times[1] * 1e3
+    );
 }

@@ -47,7 +47,8 @@ pub struct ImportOptions {
     pub input_shapes: Vec<(String, Vec<u64>)>,
     /// Float storage.
     pub precision: Precision,
-    /// The safetensors file the weights are named in (beside the `.tir`).
+    /// The safetensors file the weights are named in (beside the `.tir`;
+    /// `weights.safetensors` when empty).
     pub weights_file: String,
 }
 
@@ -157,7 +158,11 @@ pub fn import(model: &Model, file: &str, opts: &ImportOptions) -> Result<Importe
         weights: Weights::new(),
         weight_refs: BTreeMap::new(),
         materialized: HashMap::new(),
-        weights_file: opts.weights_file.clone(),
+        weights_file: if opts.weights_file.is_empty() {
+            "weights.safetensors".into()
+        } else {
+            opts.weights_file.clone()
+        },
     };
     for t in &g.initializer {
         let v = HostTensor::from_proto(t).map_err(err)?;
