@@ -219,8 +219,12 @@ pub fn convert(im: &mut Importer, n: &NodeProto) -> Result<Vec<Val>, String> {
     match op.as_str() {
         "Identity" => Ok(vec![im.val(input(n, 0)?)?.clone()]),
         "Add" | "Sub" | "Mul" | "Div" => {
-            let (a, ea) = im.operand(input(n, 0)?)?;
-            let (b, _) = im.operand(input(n, 1)?)?;
+            let (mut a, ea) = im.operand(input(n, 0)?)?;
+            let (mut b, _) = im.operand(input(n, 1)?)?;
+            if im.is_wide(&name) {
+                a = im.widened(a, &format!("{name}__a"))?;
+                b = im.widened(b, &format!("{name}__b"))?;
+            }
             let r = im.push(&name, &op.to_lowercase(), &[a, b], &[], None)?;
             ir(r, ea)
         }
@@ -306,7 +310,15 @@ pub fn convert(im: &mut Importer, n: &NodeProto) -> Result<Vec<Val>, String> {
         "Softmax" => {
             let (x, elem) = im.ir(input(n, 0)?)?;
             let a = attr_int(n, "axis", -1);
-            ir(im.push(&name, "softmax", &[POperand::Value(x)], &[("axis", Attr::Int(a))], None)?, elem)
+            let axis = [("axis", Attr::Int(a))];
+            let storage = im.ir_dtype(elem)?;
+            if im.ty(x).dtype == storage {
+                return ir(im.push(&name, "softmax", &[POperand::Value(x)], &axis, None)?, elem);
+            }
+            // A wide scores chain: the softmax in f32, its result stored narrower.
+            let p = im.push(&format!("{name}__f32"), "softmax", &[POperand::Value(x)], &axis, None)?;
+            let to = ("to", Attr::Word(storage.name().into()));
+            ir(im.push(&name, "cast", &[POperand::Value(p)], &[to], None)?, elem)
         }
         "LayerNormalization" | "RMSNormalization" => norm(im, n, &name, op == "LayerNormalization"),
         "Transpose" => {
@@ -447,10 +459,13 @@ fn matmul(im: &mut Importer, n: &NodeProto, name: &str) -> Result<Vec<Val>, Stri
     let a2 = if sa.len() == 1 { reshape(im, a, &[1, sa[0]], &format!("{name}__a"))? } else { a };
     let b2 = if sb.len() == 1 { reshape(im, b, &[sb[0], 1], &format!("{name}__b"))? } else { b };
     if sa.len() > 1 && sb.len() > 1 {
-        return Ok(vec![Val::Ir {
-            r: im.push(name, "matmul", &[POperand::Value(a2), POperand::Value(b2)], &[], None)?,
-            elem,
-        }]);
+        let operands = [POperand::Value(a2), POperand::Value(b2)];
+        // Scores of a wide chain: an f32 result (f32 accumulation either way).
+        let wide = match im.is_wide(name) {
+            true => Some(TensorType::new(crate::ir::ScalarType::F32, im.infer("matmul", &operands, &[])?.shape)),
+            false => None,
+        };
+        return Ok(vec![Val::Ir { r: im.push(name, "matmul", &operands, &[], wide.as_ref())?, elem }]);
     }
     let m = im.push(&format!("{name}__mm"), "matmul", &[POperand::Value(a2), POperand::Value(b2)], &[], None)?;
     let mut shape = im.ty(m).shape.clone();

@@ -129,6 +129,9 @@ pub struct Importer {
     /// Host values already made weight parameters, by ONNX name.
     materialized: HashMap<String, Ref>,
     weights_file: String,
+    /// ONNX values computed in f32 although floats are stored in bf16: the
+    /// scores chains of softmaxes (see [`score_chains`]).
+    wide: HashSet<String>,
 }
 
 /// `name` with every character outside `[A-Za-z0-9_.]` made `_`.
@@ -158,6 +161,7 @@ pub fn import(model: &Model, file: &str, opts: &ImportOptions) -> Result<Importe
         weights: Weights::new(),
         weight_refs: BTreeMap::new(),
         materialized: HashMap::new(),
+        wide: if opts.precision == Precision::Bf16 { score_chains(g, &live) } else { HashSet::new() },
         weights_file: if opts.weights_file.is_empty() {
             "weights.safetensors".into()
         } else {
@@ -215,7 +219,67 @@ fn live_nodes(g: &super::proto::GraphProto) -> Vec<bool> {
     live
 }
 
+/// The values of each live Softmax's scores chain: back from its input through
+/// Add/Sub/Mul/Div (following the operand a MatMul computes) to that MatMul,
+/// and the Softmax itself. With bf16 storage they are computed in f32 (the
+/// "f32 statistics" of the precision mode): the scores of attention written
+/// out, which the optimizer then fuses into one attention kernel.
+fn score_chains(g: &super::proto::GraphProto, live: &[bool]) -> HashSet<String> {
+    let producer: HashMap<&str, &NodeProto> = g
+        .node
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| live[*i])
+        .flat_map(|(_, n)| n.output.iter().map(move |o| (o.as_str(), n)))
+        .collect();
+    let op = |v: &str| producer.get(v).and_then(|n| n.op_type.as_deref()).unwrap_or("");
+    let mut wide = HashSet::new();
+    for n in g.node.iter().enumerate().filter(|(i, _)| live[*i]).map(|(_, n)| n) {
+        if n.op_type.as_deref() != Some("Softmax") {
+            continue;
+        }
+        let mut chain = vec![n.output[0].clone()];
+        let mut v = n.input.first().cloned().unwrap_or_default();
+        let reaches_matmul = loop {
+            match op(&v) {
+                "MatMul" => break true,
+                "Add" | "Sub" | "Mul" | "Div" if chain.len() < 8 => {
+                    chain.push(v.clone());
+                    let ins = &producer[v.as_str()].input;
+                    let leads = |i: &String| matches!(op(i), "MatMul" | "Add" | "Sub" | "Mul" | "Div");
+                    match ins.iter().find(|i| leads(i)) {
+                        Some(i) => v = i.clone(),
+                        None => break false,
+                    }
+                }
+                _ => break false,
+            }
+        };
+        if reaches_matmul {
+            chain.push(v);
+            wide.extend(chain);
+        }
+    }
+    wide
+}
+
 impl Importer {
+    /// True when ONNX value `name` is computed in f32 under bf16 storage.
+    pub(super) fn is_wide(&self, name: &str) -> bool {
+        self.wide.contains(name)
+    }
+
+    /// A value as f32 (a cast when it is stored narrower).
+    pub(super) fn widened(&mut self, o: POperand, name: &str) -> Result<POperand, String> {
+        match o {
+            POperand::Value(r) if self.ty(r).dtype != ScalarType::F32 && self.ty(r).dtype.is_float() => {
+                let to = ("to", Attr::Word("f32".into()));
+                Ok(POperand::Value(self.push(&format!("{name}__f32"), "cast", &[o], &[to], None)?))
+            }
+            o => Ok(o),
+        }
+    }
+
     /// A graph input: its shape (given or declared) and its parameter.
     fn input(&mut self, i: &ValueInfoProto, given: &[(String, Vec<u64>)]) -> Result<Io, String> {
         let name = i.name.clone().unwrap_or_default();
@@ -359,6 +423,19 @@ impl Importer {
         }
         let (r, elem) = self.ir(name)?;
         Ok((POperand::Value(r), elem))
+    }
+
+    /// The type the IR's checker gives `op(operands) {attrs}`.
+    pub(super) fn infer(&self, op: &str, operands: &[POperand], attrs: &[(&str, Attr)]) -> Result<TensorType, String> {
+        let args: Vec<Arg<'_>> = operands
+            .iter()
+            .map(|o| match o {
+                POperand::Value(r) => Arg::Value(self.ty(*r)),
+                POperand::Scalar(x) => Arg::Literal(*x),
+            })
+            .collect();
+        let attrs: Vec<(String, Attr)> = attrs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        infer(op, &args, &attrs, None).map(|(_, ty)| ty).map_err(|e| e.message)
     }
 
     /// Appends `%name = op(operands) {attrs} [: annotation]`, typed by the IR's checker.
