@@ -657,3 +657,48 @@ fn weights_by_name_compile_verify_eval_and_run() {
         assert!(stderr(&out).contains(want), "{decl}: {}", stderr(&out));
     }
 }
+
+/// ONNX models on the command line: `jalc import` writes the `.tir` and its
+/// weights beside it (and they compile and verify as a `.tir`); `compile` and
+/// `verify` take the model directly; usage and model errors exit 2.
+#[test]
+fn onnx_models_import_compile_and_verify() {
+    let model = concat!(env!("CARGO_MANIFEST_DIR"), "/../testsuite/cases/onnx/bert-tiny.onnx");
+    let shapes = ["--input-shape", "input_ids=2x24", "--input-shape", "attention_mask=2x24"];
+    let dir = temp("onnx-import");
+    std::fs::create_dir_all(&dir).unwrap();
+    let tir = dir.join("bert.tir");
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        a.extend(shapes.iter().map(|s| s.to_string()));
+        a
+    };
+    let run = |a: Vec<String>| jalc(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let imported = run(args(&["import", model, "-o", tir.to_str().unwrap(), "--precision", "f32"]));
+    assert_eq!(imported.status.code(), Some(0), "{}", stderr(&imported));
+    assert!(dir.join("bert.safetensors").exists());
+    let text = std::fs::read_to_string(&tir).unwrap();
+    assert!(text.contains("= \"bert.safetensors\"["), "{text}");
+    let verified = jalc(&["verify", tir.to_str().unwrap(), "--target", "jpu-tiny"]);
+    assert_eq!(verified.status.code(), Some(0), "{}", stderr(&verified));
+    let bin = dir.join("bert.jbin");
+    let compiled = run(args(&["compile", model, "--target", "jpu-tiny", "-o", bin.to_str().unwrap()]));
+    assert_eq!(compiled.status.code(), Some(0), "{}", stderr(&compiled));
+    let verified = run(args(&["verify", model, "--target", "jpu-tiny", "--precision", "f32"]));
+    assert_eq!(verified.status.code(), Some(0), "{}", stderr(&verified));
+    // Errors: a dynamic dim without a shape, a malformed shape, ONNX options on a .tir, unsupported ops.
+    let missing = jalc(&["compile", model, "-o", bin.to_str().unwrap()]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(stderr(&missing).contains("has dynamic dims"), "{}", stderr(&missing));
+    let malformed = jalc(&["compile", model, "--input-shape", "input_ids=2by24", "-o", bin.to_str().unwrap()]);
+    assert_eq!(malformed.status.code(), Some(2));
+    assert!(stderr(&malformed).contains("is not NAME=D0xD1..."), "{}", stderr(&malformed));
+    let on_tir = jalc(&["verify", tir.to_str().unwrap(), "--precision", "f32"]);
+    assert_eq!(on_tir.status.code(), Some(2));
+    assert!(stderr(&on_tir).contains("apply to ONNX models"), "{}", stderr(&on_tir));
+    let unsupported = concat!(env!("CARGO_MANIFEST_DIR"), "/../testsuite/cases/onnx/unsupported.onnx");
+    let refused = jalc(&["compile", unsupported, "-o", bin.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(stderr(&refused).contains("Conv x2"), "{}", stderr(&refused));
+    std::fs::remove_dir_all(&dir).ok();
+}

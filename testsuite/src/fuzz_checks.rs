@@ -18,12 +18,19 @@ pub const TARGETS: &[(&str, Check)] =
 
 /// Any byte string decodes as an ONNX model (external data from a folder with
 /// nothing in it) or is an error naming what is wrong; a model it accepts has
-/// a graph and a supported opset.
+/// a graph and a supported opset, and imports (every input with a dynamic dim
+/// given 2 x 3) to a program or an error.
 pub fn onnx_read(data: &[u8]) {
     let dir = std::env::temp_dir().join("jpu-fuzz-onnx-empty");
-    match jalc::front::onnx::decode(data, &dir, "fuzz.onnx") {
-        Ok(m) => assert!(m.proto.graph.is_some() && jalc::front::onnx::OPSETS.contains(&m.opset)),
-        Err(e) => assert!(!e.message.is_empty()),
+    let m = match jalc::front::onnx::decode(data, &dir, "fuzz.onnx") {
+        Ok(m) => m,
+        Err(e) => return assert!(!e.message.is_empty()),
+    };
+    assert!(m.proto.graph.is_some() && jalc::front::onnx::OPSETS.contains(&m.opset));
+    let input_shapes = m.graph().input.iter().map(|i| (i.name.clone().unwrap_or_default(), vec![2, 3])).collect();
+    let opts = jalc::front::onnx::ImportOptions { input_shapes, ..Default::default() };
+    if let Err(e) = jalc::front::onnx::import(&m, "fuzz.onnx", &opts) {
+        assert!(!e.message.is_empty());
     }
 }
 

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use super::fold::{attr_float, attr_int, attr_ints, attr_str, axis, host_input, known_ints, reshape_shape, slice_spec};
-use super::host::{self, HostTensor};
+use super::host::{self, product, HostTensor};
 use super::import::{Importer, POperand, Ref, Val};
 use super::proto::tensor_proto::DataType;
 use super::proto::NodeProto;
@@ -154,7 +154,7 @@ pub fn reshaped(im: &Importer, n: &NodeProto, op: &str, shape: &[u64]) -> Result
         _ => {
             let a = attr_int(n, "axis", 1);
             let a = if a == shape.len() as i64 { shape.len() } else { axis(a, shape.len())? };
-            Ok(vec![shape[..a].iter().product(), shape[a..].iter().product()])
+            Ok(vec![product(&shape[..a]), product(&shape[a..])])
         }
     }
 }
@@ -188,7 +188,7 @@ pub fn split_sizes(im: &Importer, n: &NodeProto, shape: &[u64]) -> Result<Vec<u6
             (0..parts).map(|k| each.min(shape[a].saturating_sub(k * each))).collect()
         }
     };
-    if sizes.iter().sum::<u64>() != shape[a] || sizes.len() as u64 != outputs {
+    if sizes.iter().fold(0u64, |n, &d| n.saturating_add(d)) != shape[a] || sizes.len() as u64 != outputs {
         return Err(format!("split sizes {sizes:?} do not cover dim {a} of {shape:?} in {outputs} outputs"));
     }
     Ok(sizes)
@@ -455,6 +455,9 @@ fn matmul(im: &mut Importer, n: &NodeProto, name: &str) -> Result<Vec<Val>, Stri
     let (a, elem) = im.ir(input(n, 0)?)?;
     let (b, _) = im.ir(input(n, 1)?)?;
     let (sa, sb) = (im.ty(a).shape.clone(), im.ty(b).shape.clone());
+    if sa.is_empty() || sb.is_empty() {
+        return Err("a MatMul of a scalar".into());
+    }
     // 1-D operands are promoted to matrices and the added dim removed after.
     let a2 = if sa.len() == 1 { reshape(im, a, &[1, sa[0]], &format!("{name}__a"))? } else { a };
     let b2 = if sb.len() == 1 { reshape(im, b, &[sb[0], 1], &format!("{name}__b"))? } else { b };
@@ -527,13 +530,13 @@ fn norm(im: &mut Importer, n: &NodeProto, name: &str, layer: bool) -> Result<Vec
     let (x, elem) = im.ir(input(n, 0)?)?;
     let shape = im.ty(x).shape.clone();
     let a = axis(attr_int(n, "axis", -1), shape.len())?;
-    let size: u64 = shape[a..].iter().product();
+    let size: u64 = product(&shape[a..]);
     let mut merged = shape[..a].to_vec();
     merged.push(size);
     let xm = reshape(im, x, &merged, &format!("{name}__in"))?;
     let param = |im: &mut Importer, i: usize, fill: f64| -> Result<POperand, String> {
         let h = match n.input.get(i).filter(|s| !s.is_empty()) {
-            None => HostTensor::new(DataType::Float as i32, vec![size], vec![fill; size as usize]),
+            None => HostTensor::new(DataType::Float as i32, vec![size], vec![fill; host::elems(&[size])? as usize]),
             Some(s) => match im.val(s)? {
                 Val::Host(h) => host::expand(h, &shape[a..])?,
                 Val::Ir { .. } => {
@@ -639,7 +642,7 @@ fn reduce(im: &mut Importer, n: &NodeProto, name: &str, op: &str) -> Result<Vec<
     let attrs = [("axes", ints(&list)), ("keepdims", Attr::Bool(keep))];
     let mut r = im.push(&nm, irop, &[POperand::Value(x)], &attrs, None)?;
     if mean {
-        let count: u64 = axes.iter().map(|&a| shape[a]).product();
+        let count: u64 = axes.iter().fold(1u64, |n, &a| n.saturating_mul(shape[a]));
         r = im.push(name, "div", &[POperand::Value(r), POperand::Scalar(count as f64)], &[], None)?;
     }
     Ok(vec![Val::Ir { r, elem }])

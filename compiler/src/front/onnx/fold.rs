@@ -3,7 +3,7 @@
 //! arithmetic, constant masks and dequantized weights never reach the chip.
 //! Also the attribute readers every converter shares.
 
-use super::host::{self, HostTensor};
+use super::host::{self, product, HostTensor};
 use super::import::{Importer, Val};
 use super::proto::attribute_proto::AttributeType;
 use super::proto::tensor_proto::DataType;
@@ -80,7 +80,7 @@ pub fn known_ints(im: &Importer, n: &NodeProto, i: usize, what: &str) -> Result<
 /// The output shape of `Reshape` of `from` to `spec` (0 copies a dim unless
 /// `allowzero`, one -1 is inferred).
 pub fn reshape_shape(from: &[u64], spec: &[i64], allowzero: bool) -> Result<Vec<u64>, String> {
-    let total: u64 = from.iter().product();
+    let total: u64 = product(&from);
     let mut out = Vec::new();
     let mut infer_at = None;
     for (k, &d) in spec.iter().enumerate() {
@@ -96,14 +96,17 @@ pub fn reshape_shape(from: &[u64], spec: &[i64], allowzero: bool) -> Result<Vec<
             _ => return Err(format!("shape {spec:?} is not a valid reshape target")),
         });
     }
-    let known: u64 = out.iter().product();
+    let known: u64 = product(&out);
+    if total == u64::MAX || known == u64::MAX {
+        return Err(format!("reshape of {from:?} to {spec:?}: too many elements"));
+    }
     if let Some(k) = infer_at {
         if known == 0 || !total.is_multiple_of(known) {
             return Err(format!("cannot reshape {from:?} to {spec:?}"));
         }
         out[k] = total / known;
     }
-    if out.iter().product::<u64>() != total {
+    if product(&out) != total {
         return Err(format!("cannot reshape {from:?} ({total} elements) to {spec:?}"));
     }
     Ok(out)
@@ -163,7 +166,7 @@ pub fn fold(im: &Importer, n: &NodeProto) -> Result<Option<Vec<HostTensor>>, Str
         }
         "Size" => {
             let shape = im.shape_of(im.val(n.input.first().ok_or("no input")?)?);
-            let t = HostTensor::new(INT64, vec![], vec![shape.iter().product::<u64>() as f64]);
+            let t = HostTensor::new(INT64, vec![], vec![product(&shape) as f64]);
             return Ok(Some(vec![t]));
         }
         _ => {}
@@ -199,6 +202,14 @@ fn constant(n: &NodeProto) -> Result<HostTensor, String> {
         "value_int" => Ok(HostTensor::new(INT64, vec![], vec![a.i.unwrap_or(0) as f64])),
         "value_ints" => Ok(HostTensor::ints(&a.ints)),
         other => Err(format!("a Constant's `{other}` attribute is not supported")),
+    }
+}
+
+/// The one element of `t` (`what` names it in the error).
+fn scalar(t: &HostTensor, what: &str) -> Result<f64, String> {
+    match t.data[..] {
+        [v] => Ok(v),
+        _ => Err(format!("{what} must hold one element, not {}", t.data.len())),
     }
 }
 
@@ -311,8 +322,11 @@ fn fold_known(im: &Importer, n: &NodeProto, op: &str, ins: &[Option<&HostTensor>
             one(host::elementwise(&[x(0)?, x(1)?, x(2)?], x(1)?.elem, |v| if v[0] != 0.0 { v[1] } else { v[2] }))
         }
         "Clip" => {
-            let (lo, hi) = (ins.get(1).copied().flatten(), ins.get(2).copied().flatten());
-            let (lo, hi) = (lo.map_or(f64::NEG_INFINITY, |t| t.data[0]), hi.map_or(f64::INFINITY, |t| t.data[0]));
+            let bound = |i: usize, none: f64| match ins.get(i).copied().flatten() {
+                None => Ok(none),
+                Some(t) => scalar(t, "a Clip bound"),
+            };
+            let (lo, hi) = (bound(1, f64::NEG_INFINITY)?, bound(2, f64::INFINITY)?);
             let t = x(0)?;
             one(host::elementwise(&[t], t.elem, |v| v[0].max(lo).min(hi)))
         }
@@ -331,7 +345,16 @@ fn fold_known(im: &Importer, n: &NodeProto, op: &str, ins: &[Option<&HostTensor>
             let parts: Vec<&HostTensor> = ins.iter().flatten().copied().collect();
             let first = parts.first().ok_or("no inputs")?;
             let a = axis(attr_int(n, "axis", 0), first.shape.len())?;
-            let outer: u64 = first.shape[..a].iter().product();
+            let agrees = |p: &&HostTensor| {
+                p.shape.len() == first.shape.len() && (0..p.shape.len()).all(|k| k == a || p.shape[k] == first.shape[k])
+            };
+            if !parts.iter().all(agrees) {
+                return Err(format!(
+                    "inputs of shapes {:?} do not concatenate along axis {a}",
+                    parts.iter().map(|p| &p.shape).collect::<Vec<_>>()
+                ));
+            }
+            let outer: u64 = product(&first.shape[..a]);
             let mut shape = first.shape.clone();
             shape[a] = parts.iter().map(|p| p.shape.get(a).copied().unwrap_or(0)).sum();
             let mut data = Vec::new();
@@ -370,7 +393,7 @@ fn fold_known(im: &Importer, n: &NodeProto, op: &str, ins: &[Option<&HostTensor>
             Ok(vec![HostTensor::new(value.elem, shape, vec![value.data.first().copied().unwrap_or(0.0); count])])
         }
         "Range" => {
-            let (s, l, d) = (x(0)?.data[0], x(1)?.data[0], x(2)?.data[0]);
+            let (s, l, d) = (scalar(x(0)?, "start")?, scalar(x(1)?, "limit")?, scalar(x(2)?, "delta")?);
             let count = ((l - s) / d).ceil().max(0.0);
             let count = host::elems(&[count as u64])?;
             let data = (0..count).map(|i| s + i as f64 * d).collect();
@@ -387,7 +410,7 @@ fn fold_known(im: &Importer, n: &NodeProto, op: &str, ins: &[Option<&HostTensor>
             };
             let mut r = host::reduce(t, &axes, keep, f, init);
             if op == "ReduceMean" {
-                let count: u64 = axes.iter().map(|&a| t.shape[a]).product();
+                let count: u64 = axes.iter().fold(1u64, |n, &a| n.saturating_mul(t.shape[a]));
                 r = HostTensor::new(r.elem, r.shape.clone(), r.data.iter().map(|v| v / count.max(1) as f64).collect());
             }
             Ok(vec![r])

@@ -10,7 +10,7 @@ use super::proto::TensorProto;
 
 /// Most elements a folded tensor may have (a constant subgraph larger than this
 /// is refused rather than evaluated on the host).
-pub const MAX_HOST_ELEMS: u64 = 1 << 28;
+pub const MAX_HOST_ELEMS: u64 = 1 << 24;
 
 /// A tensor known at import time.
 #[derive(Debug, Clone, PartialEq)]
@@ -146,6 +146,12 @@ fn from_fields(t: &TensorProto, elem: i32) -> Result<Vec<f64>, String> {
     })
 }
 
+/// The product of `dims`, saturating (a shape's element count; overflow
+/// shows as `u64::MAX`, which every limit refuses).
+pub fn product(dims: &[u64]) -> u64 {
+    dims.iter().fold(1u64, |n, &d| n.saturating_mul(d))
+}
+
 /// Row-major strides of `shape`.
 pub fn strides(shape: &[u64]) -> Vec<u64> {
     let mut s = vec![1u64; shape.len()];
@@ -224,7 +230,7 @@ pub fn expand(x: &HostTensor, shape: &[u64]) -> Result<HostTensor, String> {
 pub fn transpose(x: &HostTensor, perm: &[usize]) -> HostTensor {
     let shape: Vec<u64> = perm.iter().map(|&p| x.shape[p]).collect();
     let (st, xs) = (strides(&shape), strides(&x.shape));
-    let n: u64 = shape.iter().product();
+    let n: u64 = product(&shape);
     let data = (0..n)
         .map(|i| {
             let at: u64 = perm.iter().enumerate().map(|(k, &p)| i / st[k] % shape[k] * xs[p]).sum();
@@ -260,8 +266,8 @@ pub fn gather(x: &HostTensor, idx: &HostTensor, axis: usize) -> Result<HostTenso
             u64::try_from(j).ok().filter(|&j| j < dim).ok_or_else(|| format!("index {i} is out of range for {dim}"))
         })
         .collect::<Result<_, _>>()?;
-    let outer: u64 = x.shape[..axis].iter().product();
-    let inner: u64 = x.shape[axis + 1..].iter().product();
+    let outer: u64 = product(&x.shape[..axis]);
+    let inner: u64 = product(&x.shape[axis + 1..]);
     let shape: Vec<u64> = x.shape[..axis].iter().chain(&idx.shape).chain(&x.shape[axis + 1..]).copied().collect();
     elems(&shape)?;
     let mut data = Vec::new();
@@ -278,7 +284,7 @@ pub fn gather(x: &HostTensor, idx: &HostTensor, axis: usize) -> Result<HostTenso
 pub fn reduce(x: &HostTensor, axes: &[usize], keep: bool, op: fn(f64, f64) -> f64, init: f64) -> HostTensor {
     let kept: Vec<u64> = x.shape.iter().enumerate().map(|(k, &d)| if axes.contains(&k) { 1 } else { d }).collect();
     let (ks, xs) = (strides(&kept), strides(&x.shape));
-    let mut out = vec![init; kept.iter().product::<u64>() as usize];
+    let mut out = vec![init; product(&kept) as usize];
     for (i, &v) in x.data.iter().enumerate() {
         let at: u64 = (0..x.shape.len()).map(|k| (i as u64 / xs[k] % x.shape[k]) % kept[k] * ks[k]).sum();
         out[at as usize] = op(out[at as usize], v);

@@ -238,7 +238,8 @@ fn score_chains(g: &super::proto::GraphProto, live: &[bool]) -> HashSet<String> 
         if n.op_type.as_deref() != Some("Softmax") {
             continue;
         }
-        let mut chain = vec![n.output[0].clone()];
+        let Some(out) = n.output.first() else { continue };
+        let mut chain = vec![out.clone()];
         let mut v = n.input.first().cloned().unwrap_or_default();
         let reaches_matmul = loop {
             match op(&v) {
