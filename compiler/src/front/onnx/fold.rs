@@ -80,7 +80,7 @@ pub fn known_ints(im: &Importer, n: &NodeProto, i: usize, what: &str) -> Result<
 /// The output shape of `Reshape` of `from` to `spec` (0 copies a dim unless
 /// `allowzero`, one -1 is inferred).
 pub fn reshape_shape(from: &[u64], spec: &[i64], allowzero: bool) -> Result<Vec<u64>, String> {
-    let total: u64 = product(&from);
+    let total: u64 = product(from);
     let mut out = Vec::new();
     let mut infer_at = None;
     for (k, &d) in spec.iter().enumerate() {
