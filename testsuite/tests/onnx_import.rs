@@ -142,7 +142,7 @@ fn damaged_models_import_or_fail_cleanly() {
         ..Default::default()
     };
     let t = jpu_isa::Target::builtin("jpu-tiny").unwrap();
-    let mut attempt = |b: &[u8]| {
+    let attempt = |b: &[u8]| {
         let Ok(m) = onnx::decode(b, &case(""), "damaged.onnx") else { return };
         if let Ok(im) = onnx::import(&m, "damaged.onnx", &opts) {
             let c = jalc::driver::Options { weights: std::sync::Arc::new(im.weights), ..jalc::driver::Options::at(2) };
