@@ -165,3 +165,26 @@ fn damaged_models_import_or_fail_cleanly() {
         attempt(&b);
     }
 }
+
+/// Attention (opset 23: grouped KV heads with a boolean mask and a scale;
+/// causal over 3-D inputs with head counts) and Trilu (runtime and folded)
+/// match onnxruntime in f32 on jpu-tiny; the attentions become the fused kernel.
+#[test]
+fn opset_23_attention_and_trilu_match_onnxruntime() {
+    let m = import("attention23.onnx", &[], Precision::F32);
+    let inputs: Vec<Vec<f64>> = m.inputs.iter().map(|io| npy(&format!("attention23-{}.npy", io.onnx)).1).collect();
+    let t = jpu_isa::Target::builtin("jpu-tiny").unwrap();
+    let opts = jalc::driver::Options { weights: std::sync::Arc::new(m.weights.clone()), ..jalc::driver::Options::o2() };
+    let kinds: Vec<&str> =
+        jalc::driver::compile(&m.func, &t, &opts).unwrap().kernels.iter().map(|k| k.kind()).collect();
+    assert_eq!(kinds.iter().filter(|k| **k == "attention").count(), 2, "{kinds:?}");
+    for level in [0, 2] {
+        let out = run(&m, "jpu-tiny", level, &inputs);
+        for (io, got) in m.outputs.iter().zip(&out) {
+            let (shape, want) = npy(&format!("attention23-ref-{}.npy", io.onnx));
+            assert_eq!(got.ty.shape, shape, "{}", io.onnx);
+            let e = relative_error(&got.data, &want);
+            assert!(e <= 1e-5, "-O{level} {}: relative error {e:e}", io.onnx);
+        }
+    }
+}

@@ -16,6 +16,10 @@ are what the tests read:
   Flatten, Transpose, RMSNormalization, Softmax, ReduceMax, Not/And/Or,
   Greater/Less, Cast (bool -> int -> float), Gather of constant rows, Expand. Input ops23-x.npy,
   outputs ops23-ref-<name>.npy.
+- attention23.onnx (opset 23): Attention with grouped KV heads, a boolean
+  mask and a scale (4-D), and causal with 3-D inputs and head counts; Trilu
+  upper and lower on a runtime value and on a constant. Inputs
+  attention23-<name>.npy, outputs attention23-ref-<name>.npy.
 - unsupported.onnx: two Conv, one Mod and a com.microsoft op (one error lists them).
 """
 import numpy as np
@@ -191,6 +195,34 @@ def unsupported():
     onnx.save(model, "unsupported.onnx")
 
 
+def attention23():
+    g = Graph()
+    outs = {}
+    outs["y4"] = g.op("Attention", ["q4", "k4", "v4", "mask4"], scale=0.3)
+    outs["y3"] = g.op("Attention", ["q3", "k3", "v3"], is_causal=1, q_num_heads=4, kv_num_heads=2)
+    outs["upper"] = g.op("Trilu", ["x", g.constant(np.int64(1))], upper=1)
+    outs["lower"] = g.op("Add", ["x", g.op("Trilu", [g.const(rng.normal(0, 1, (4, 6))), g.constant(np.int64(-1))], upper=0)])
+    for k, v in outs.items():
+        for n in g.nodes:
+            n.output[:] = [k if o == v else o for o in n.output]
+            n.input[:] = [k if i == v else i for i in n.input]
+    shapes = {"q4": [2, 4, 6, 8], "k4": [2, 2, 10, 8], "v4": [2, 2, 10, 8], "q3": [2, 5, 16], "k3": [2, 5, 8],
+              "v3": [2, 5, 8], "x": [4, 6]}
+    inputs = [helper.make_tensor_value_info(n, F, s) for n, s in shapes.items()]
+    inputs.append(helper.make_tensor_value_info("mask4", TensorProto.BOOL, [6, 10]))
+    out_shapes = {"y4": [2, 4, 6, 8], "y3": [2, 5, 16], "upper": [4, 6], "lower": [4, 6]}
+    sess = save(g, "attention23", inputs, [helper.make_tensor_value_info(k, F, out_shapes[k]) for k in outs], 23)
+    feeds = {n: rng.normal(0, 1, s).astype(np.float32) for n, s in shapes.items()}
+    mask = rng.random((6, 10)) < 0.7
+    mask[:, 0] = True
+    feeds["mask4"] = mask
+    for n, v in feeds.items():
+        np.save(f"attention23-{n}.npy", v)
+    for o, v in zip(sess.get_outputs(), sess.run(None, feeds)):
+        np.save(f"attention23-ref-{o.name}.npy", v)
+
+
 bert_tiny()
 ops23()
+attention23()
 unsupported()

@@ -23,6 +23,7 @@ pub const SUPPORTED: &[&str] = &[
     "Abs",
     "Add",
     "And",
+    "Attention",
     "Cast",
     "Ceil",
     "Clip",
@@ -73,6 +74,7 @@ pub const SUPPORTED: &[&str] = &[
     "Sub",
     "Tanh",
     "Transpose",
+    "Trilu",
     "Unsqueeze",
     "Where",
     "Xor",
@@ -379,6 +381,8 @@ pub fn convert(im: &mut Importer, n: &NodeProto) -> Result<Vec<Val>, String> {
         "Gather" => gather(im, n, &name),
         "Expand" => expand(im, n, &name),
         "ReduceSum" | "ReduceMean" | "ReduceMax" => reduce(im, n, &name, &op),
+        "Attention" => attention(im, n, &name),
+        "Trilu" => trilu(im, n, &name),
         _ => Err(format!("`{op}` of values computed at run time is not supported")),
     }
 }
@@ -645,5 +649,107 @@ fn reduce(im: &mut Importer, n: &NodeProto, name: &str, op: &str) -> Result<Vec<
         let count: u64 = axes.iter().fold(1u64, |n, &a| n.saturating_mul(shape[a]));
         r = im.push(name, "div", &[POperand::Value(r), POperand::Scalar(count as f64)], &[], None)?;
     }
+    Ok(vec![Val::Ir { r, elem }])
+}
+
+/// Attention (opset 23): Q, K, V as `[B, H, S, D]`, or `[B, S, H * D]` with
+/// `q_num_heads` / `kv_num_heads`; a boolean mask (true takes part) or an
+/// additive float mask broadcasting to the scores; `is_causal` (upper-left
+/// aligned: the IR's causal when the query and key lengths agree); `scale`.
+fn attention(im: &mut Importer, n: &NodeProto, name: &str) -> Result<Vec<Val>, String> {
+    if n.input.iter().skip(4).any(|i| !i.is_empty()) || n.output.iter().skip(1).any(|o| !o.is_empty()) {
+        return Err("past and present key/value caches and the qk_matmul_output are not supported".into());
+    }
+    if attr_float(n, "softcap", 0.0) != 0.0 {
+        return Err("softcap is not supported".into());
+    }
+    let (q, elem) = im.ir(input(n, 0)?)?;
+    let three_d = im.ty(q).shape.len() == 3;
+    let heads = |im: &mut Importer, i: usize, attr: &str| -> Result<Ref, String> {
+        let (x, _) = im.ir(input(n, i)?)?;
+        let shape = im.ty(x).shape.clone();
+        match shape[..] {
+            [_, _, _, _] => Ok(x),
+            [b, s, hd] if three_d => {
+                let h = u64::try_from(attr_int(n, attr, 0)).ok().filter(|&h| h > 0 && hd % h == 0);
+                let h = h.ok_or_else(|| format!("3-D inputs need `{attr}` dividing {hd}"))?;
+                let split = reshape(im, x, &[b, s, h, hd / h], &format!("{name}__{i}h"))?;
+                im.push(
+                    &format!("{name}__{i}t"),
+                    "transpose",
+                    &[POperand::Value(split)],
+                    &[("perm", ints(&[0, 2, 1, 3]))],
+                    None,
+                )
+            }
+            _ => Err(format!("input {i} of shape {shape:?}: Q, K and V are all 3-D or all 4-D")),
+        }
+    };
+    let (qh, kh, vh) = (heads(im, 0, "q_num_heads")?, heads(im, 1, "kv_num_heads")?, heads(im, 2, "kv_num_heads")?);
+    let (sq, sk) = (im.ty(qh).shape[2], im.ty(kh).shape[2]);
+    let causal = attr_int(n, "is_causal", 0) != 0;
+    if causal && sq != sk {
+        return Err(format!("is_causal with {sq} queries and {sk} keys (upper-left aligned) is not supported"));
+    }
+    let mut operands = vec![POperand::Value(qh), POperand::Value(kh), POperand::Value(vh)];
+    if let Some(m) = n.input.get(3).filter(|s| !s.is_empty()) {
+        let (mask, mask_elem) = im.ir(m)?;
+        let additive = if mask_elem == BOOL {
+            let ty = TensorType::new(im.ir_dtype(elem)?, im.ty(mask).shape.clone());
+            let zeros = im.push(&format!("{name}__keep"), "const", &[], &[("value", Attr::Float(0.0))], Some(&ty))?;
+            let cond = POperand::Value(mask);
+            im.push(
+                &format!("{name}__bias"),
+                "select",
+                &[cond, POperand::Value(zeros), POperand::Scalar(f64::NEG_INFINITY)],
+                &[],
+                None,
+            )?
+        } else {
+            mask
+        };
+        operands.push(POperand::Value(additive));
+    }
+    let d = im.ty(qh).shape[3];
+    let scale = match attr_float(n, "scale", 0.0) {
+        0.0 => 1.0 / (d as f64).sqrt(),
+        s => s as f64,
+    };
+    let attrs = [("causal", Attr::Bool(causal)), ("scale", Attr::Float(scale))];
+    let y_name = if three_d { format!("{name}__y") } else { name.to_string() };
+    let y = im.push(&y_name, "attention", &operands, &attrs, None)?;
+    if !three_d {
+        return Ok(vec![Val::Ir { r: y, elem }]);
+    }
+    let shape = im.ty(y).shape.clone();
+    let merged =
+        im.push(&format!("{name}__m"), "transpose", &[POperand::Value(y)], &[("perm", ints(&[0, 2, 1, 3]))], None)?;
+    let r = reshape(im, merged, &[shape[0], shape[2], shape[1] * shape[3]], name)?;
+    Ok(vec![Val::Ir { r, elem }])
+}
+
+/// Trilu: elements with `col - row >= k` kept (upper) or `col - row <= k`
+/// (lower), the rest zero, over the last two dims.
+fn trilu(im: &mut Importer, n: &NodeProto, name: &str) -> Result<Vec<Val>, String> {
+    let (x, elem) = im.ir(input(n, 0)?)?;
+    let shape = im.ty(x).shape.clone();
+    if shape.len() < 2 {
+        return Err(format!("Trilu needs at least 2 dims, not {shape:?}"));
+    }
+    let k = known_ints(im, n, 1, "k")?.and_then(|k| k.first().copied()).unwrap_or(0);
+    let ty = TensorType::new(crate::ir::ScalarType::I32, shape[shape.len() - 2..].to_vec());
+    let row = im.push(&format!("{name}__row"), "iota", &[], &[("axis", Attr::Int(0))], Some(&ty))?;
+    let col = im.push(&format!("{name}__col"), "iota", &[], &[("axis", Attr::Int(1))], Some(&ty))?;
+    let shifted =
+        im.push(&format!("{name}__diag"), "add", &[POperand::Value(row), POperand::Scalar(k as f64)], &[], None)?;
+    let kind = if attr_int(n, "upper", 1) != 0 { "ge" } else { "le" };
+    let keep = im.push(
+        &format!("{name}__keep"),
+        "compare",
+        &[POperand::Value(col), POperand::Value(shifted)],
+        &[("kind", Attr::Word(kind.into()))],
+        None,
+    )?;
+    let r = im.push(name, "select", &[POperand::Value(keep), POperand::Value(x), POperand::Scalar(0.0)], &[], None)?;
     Ok(vec![Val::Ir { r, elem }])
 }

@@ -250,6 +250,7 @@ const FOLDS: &[&str] = &[
     "ReduceMin",
     "ReduceProd",
     "Split",
+    "Trilu",
 ];
 
 fn binary(op: &str, a: f64, b: f64, float: bool) -> f64 {
@@ -414,6 +415,31 @@ fn fold_known(im: &Importer, n: &NodeProto, op: &str, ins: &[Option<&HostTensor>
                 r = HostTensor::new(r.elem, r.shape.clone(), r.data.iter().map(|v| v / count.max(1) as f64).collect());
             }
             Ok(vec![r])
+        }
+        "Trilu" => {
+            let t = x(0)?;
+            let r = t.shape.len();
+            if r < 2 {
+                return Err(format!("Trilu needs at least 2 dims, not {:?}", t.shape));
+            }
+            let k = ins.get(1).copied().flatten().map_or(Ok(0.0), |k| scalar(k, "k"))? as i64;
+            let (rows, cols) = (t.shape[r - 2], t.shape[r - 1]);
+            let upper = attr_int(n, "upper", 1) != 0;
+            let data = t
+                .data
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| {
+                    let (row, col) = ((i as u64 / cols % rows) as i64, (i as u64 % cols) as i64);
+                    let keep = if upper { col - row >= k } else { col - row <= k };
+                    if keep {
+                        v
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            Ok(vec![HostTensor { data, ..t.clone() }])
         }
         "Split" => {
             let t = x(0)?;
