@@ -77,6 +77,18 @@ pub struct Options {
     /// The values of weight parameters ([`crate::weights::load`]): they become
     /// constant tensors of the binary. A weight without one stays an input.
     pub weights: std::sync::Arc<crate::weights::Weights>,
+    /// Model-file names of inputs and outputs, recorded in the binary.
+    pub external: External,
+}
+
+/// The names and types a model file gives a program's inputs and outputs
+/// (ONNX import): `jalc run` reads and writes them by these.
+#[derive(Debug, Clone, Default)]
+pub struct External {
+    /// Parameter name, model name, model type.
+    pub inputs: Vec<(String, String, jpu_isa::program::ExternalType)>,
+    /// Result position, model name, model type.
+    pub outputs: Vec<(usize, String, jpu_isa::program::ExternalType)>,
 }
 
 /// Default of [`Options::max_tile_ops`]: about 2 GB of compiler memory.
@@ -95,7 +107,13 @@ impl Options {
 
     /// Level `level` with `schedule`'s overrides.
     pub fn with(level: OptLevel, schedule: Schedule) -> Options {
-        Options { level, schedule, max_tile_ops: MAX_TILE_OPS, weights: Default::default() }
+        Options {
+            level,
+            schedule,
+            max_tile_ops: MAX_TILE_OPS,
+            weights: Default::default(),
+            external: Default::default(),
+        }
     }
 }
 
@@ -329,7 +347,36 @@ impl<'t> Compilation<'t> {
         let scheduled = crate::backend::compile(tiles, self.t, roof).map_err(|e| self.attribute(e, tiles))?;
         let mut program = scheduled.program;
         self.bake_weights(&mut program, tiles);
+        self.name_external(&mut program, tiles);
         Ok((program, scheduled.origins))
+    }
+
+    /// Records [`Options::external`] in the binary: parameters by name, results
+    /// by position (through the optimized program, whose result a rewrite may
+    /// have renamed).
+    fn name_external(&self, program: &mut Program, tiles: &TileProgram) {
+        let ext = &self.opts.external;
+        let Some(opt) = self.optimized.as_ref().filter(|_| !ext.inputs.is_empty() || !ext.outputs.is_empty()) else {
+            return;
+        };
+        let binary: HashMap<&str, String> =
+            tiles.tensors.iter().map(|t| t.name.as_str()).zip(crate::tiles::binary_names(&tiles.tensors)).collect();
+        let index = |ir: &str| {
+            let name = binary.get(ir).cloned().unwrap_or_else(|| ir.to_string());
+            program.tensors.iter().position(|t| t.name == name && t.role != jpu_isa::program::Role::Const)
+        };
+        let inputs = ext.inputs.iter().map(|(param, name, elem)| (index(param), name, elem));
+        let outputs = ext
+            .outputs
+            .iter()
+            .map(|(k, name, elem)| (opt.results.get(*k).and_then(|r| index(&opt.node(*r).name)), name, elem));
+        let external: Vec<jpu_isa::program::ExternalName> = inputs
+            .chain(outputs)
+            .filter_map(|(i, name, &elem)| {
+                Some(jpu_isa::program::ExternalName { tensor: i? as u32, name: name.clone(), elem })
+            })
+            .collect();
+        program.external = external;
     }
 
     /// Makes each weight parameter with a loaded value a constant tensor of the

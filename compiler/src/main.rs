@@ -288,6 +288,7 @@ struct Loaded {
     src: String,
     func: jalc::ir::Func,
     weights: jalc::weights::Weights,
+    external: jalc::driver::External,
 }
 
 fn is_onnx(file: &Path) -> bool {
@@ -322,14 +323,15 @@ fn load(file: &Path, m: &ModelArgs) -> Result<Loaded, Failure> {
     if is_onnx(file) {
         let stem = file.file_stem().map_or("model".into(), |s| s.to_string_lossy().into_owned());
         let imported = import_model(file, m, &format!("{stem}.safetensors"))?;
-        return Ok(Loaded { src: imported.text, func: imported.func, weights: imported.weights });
+        let external = imported.external();
+        return Ok(Loaded { src: imported.text, func: imported.func, weights: imported.weights, external });
     }
     if !m.input_shapes.is_empty() || m.precision.is_some() {
         return Err(Failure::Input("error: --input-shape and --precision apply to ONNX models (.onnx)".into()));
     }
     let (src, func) = read_tir(file)?;
     let weights = load_weights(file, &func)?;
-    Ok(Loaded { src, func, weights })
+    Ok(Loaded { src, func, weights, external: Default::default() })
 }
 
 /// `jalc import`: the model as .tir and its weights as safetensors beside it.
@@ -379,9 +381,10 @@ struct CompileArgs<'a> {
 
 fn compile(a: CompileArgs<'_>) -> Result<(), Failure> {
     let t = target(a.target)?;
-    let Loaded { src, func, weights } = load(a.file, a.model)?;
+    let Loaded { src, func, weights, external } = load(a.file, a.model)?;
     let (mut opts, schedule_text) = options(a.opt, a.schedule)?;
     opts.weights = std::sync::Arc::new(weights);
+    opts.external = external;
     if a.output.is_none() && a.emit.is_none() {
         return Err(Failure::Input("error: give -o OUT.jbin or --emit STAGE (or both)".into()));
     }
@@ -409,7 +412,7 @@ fn verify(
     opt: u8,
 ) -> Result<(), Failure> {
     let t = target(target_arg)?;
-    let Loaded { src, func, weights } = load(file, model)?;
+    let Loaded { src, func, weights, .. } = load(file, model)?;
     let (mut opts, schedule_text) = options(opt, schedule)?;
     opts.weights = std::sync::Arc::new(weights);
     let compiled = jalc::driver::compile(&func, &t, &opts)

@@ -686,6 +686,31 @@ fn onnx_models_import_compile_and_verify() {
     assert_eq!(compiled.status.code(), Some(0), "{}", stderr(&compiled));
     let verified = run(args(&["verify", model, "--target", "jpu-tiny", "--precision", "f32"]));
     assert_eq!(verified.status.code(), Some(0), "{}", stderr(&verified));
+    // `jalc run` by the model's names: int64 inputs, outputs in the model's types.
+    let (ids, mask) = (dir.join("ids.npy"), dir.join("mask.npy"));
+    let ids_values: Vec<i64> = (0..48).map(|i| (i * 7 % 50) as i64).collect();
+    write_npy_i64(&ids, &[2, 24], &ids_values);
+    write_npy_i64(&mask, &[2, 24], &[1; 48]);
+    let out = dir.join("out");
+    let inputs = [format!("input_ids={}", ids.display()), format!("attention_mask={}", mask.display())];
+    let ran = jalc(&[
+        "run",
+        bin.to_str().unwrap(),
+        "--input",
+        &inputs[0],
+        "--input",
+        &inputs[1],
+        "--output-dir",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(ran.status.code(), Some(0), "{}", stderr(&ran));
+    let (shape, values) = read_npy_f32(&out.join("sentence_embedding.npy"));
+    assert_eq!((shape, values.iter().all(|v| v.is_finite())), (vec![2, 32], true));
+    assert!(out.join("last_hidden_state.npy").exists());
+    write_npy_i64(&ids, &[2, 24], &[1 << 40; 48]);
+    let too_big = jalc(&["run", bin.to_str().unwrap(), "--input", &inputs[0], "--input", &inputs[1]]);
+    assert_eq!(too_big.status.code(), Some(2));
+    assert!(stderr(&too_big).contains("outside the range of i32"), "{}", stderr(&too_big));
     // Errors: a dynamic dim without a shape, a malformed shape, ONNX options on a .tir, unsupported ops.
     let missing = jalc(&["compile", model, "-o", bin.to_str().unwrap()]);
     assert_eq!(missing.status.code(), Some(2));
@@ -701,4 +726,12 @@ fn onnx_models_import_compile_and_verify() {
     assert_eq!(refused.status.code(), Some(2));
     assert!(stderr(&refused).contains("Conv x2"), "{}", stderr(&refused));
     std::fs::remove_dir_all(&dir).ok();
+}
+
+fn write_npy_i64(path: &std::path::Path, shape: &[u64], values: &[i64]) {
+    use npyz::WriterBuilder;
+    let file = std::fs::File::create(path).unwrap();
+    let mut w = npyz::WriteOptions::new().default_dtype().shape(shape).writer(file).begin_nd().unwrap();
+    w.extend(values.iter().copied()).unwrap();
+    w.finish().unwrap();
 }

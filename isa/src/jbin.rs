@@ -10,6 +10,7 @@
 //! sections, in this order, each: tag [4], reserved u32 (0), payload length u64, payload
 //!   TENS tensor table   CNST constant data   SEMS semaphore names
 //!   DESC DMA descriptors   CODE instruction streams   DBUG debug info   ROOF roofline inputs
+//!   EXTN model-file names of inputs and outputs (format 1.1 only)
 //! trailer: CRC-32 (IEEE) of every preceding byte, u32
 //! ```
 //!
@@ -24,19 +25,20 @@ use crate::bytes::{DecodeError, Reader, WriteLe};
 use crate::dtype::DType;
 use crate::inst::{Inst, INST_SIZE};
 use crate::operand::{DecodeCtx, DmaTransfer, EncodeCtx, DESC_SIZE};
-use crate::program::{Program, ProgramError, Role, RooflineInputs, SemDecl, TensorDecl};
+use crate::program::{ExternalName, ExternalType, Program, ProgramError, Role, RooflineInputs, SemDecl, TensorDecl};
 use crate::target::{Target, TargetError};
 
 /// File magic.
 pub const MAGIC: [u8; 8] = *b"\x89JBIN\r\n\x1a";
 /// Format major version this crate reads and writes.
 pub const VERSION_MAJOR: u16 = 1;
-/// Format minor version this crate writes.
-pub const VERSION_MINOR: u16 = 0;
+/// Newest format minor version this crate reads and writes (1 adds the EXTN
+/// section; a program without external names is written as 1.0).
+pub const VERSION_MINOR: u16 = 1;
 /// Bytes of the fixed header.
 pub const HEADER_SIZE: usize = 64;
-/// Section tags, in file order.
-pub const SECTIONS: [&[u8; 4]; 7] = [b"TENS", b"CNST", b"SEMS", b"DESC", b"CODE", b"DBUG", b"ROOF"];
+/// Section tags, in file order (EXTN only in format 1.1).
+pub const SECTIONS: [&[u8; 4]; 8] = [b"TENS", b"CNST", b"SEMS", b"DESC", b"CODE", b"DBUG", b"ROOF", b"EXTN"];
 
 /// Why a byte string is not a valid `.jbin`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,8 +81,11 @@ fn section(out: &mut Vec<u8>, tag: &[u8; 4], payload: &[u8]) {
 pub fn write(p: &Program) -> Vec<u8> {
     let mut out = Vec::new();
     out.extend_from_slice(&MAGIC);
+    // Format 1.0 unless the program has external names.
+    let minor = u16::from(!p.external.is_empty());
+    let sections = 7 + minor as usize;
     out.put_u16(VERSION_MAJOR);
-    out.put_u16(VERSION_MINOR);
+    out.put_u16(minor);
     out.put_u32(0);
     let mut name = [0u8; 16];
     let n = p.target.len().min(16);
@@ -89,7 +94,7 @@ pub fn write(p: &Program) -> Vec<u8> {
     out.extend_from_slice(&p.target_hash);
     out.put_u16(p.cores.len() as u16);
     out.put_u16(p.cores.first().map_or(0, |c| c.len()) as u16);
-    out.put_u32(SECTIONS.len() as u32);
+    out.put_u32(sections as u32);
     let total_at = out.len();
     out.put_u64(0);
     out.put_zeros(8);
@@ -153,7 +158,17 @@ pub fn write(p: &Program) -> Vec<u8> {
         roof.put_u64(v);
     }
 
-    for (tag, payload) in SECTIONS.iter().zip([&tens, &cnst, &sems, &desc, &code, &dbug, &roof]) {
+    let mut extn = Vec::new();
+    extn.put_u32(p.external.len() as u32);
+    for x in &p.external {
+        extn.put_u32(x.tensor);
+        extn.put_u16(x.name.len() as u16);
+        extn.extend_from_slice(x.name.as_bytes());
+        extn.put_u8(x.elem.code());
+    }
+
+    let payloads = [&tens, &cnst, &sems, &desc, &code, &dbug, &roof, &extn];
+    for (tag, payload) in SECTIONS.iter().zip(payloads).take(sections) {
         section(&mut out, tag, payload);
     }
     let total = (out.len() + 4) as u64;
@@ -309,19 +324,20 @@ pub fn read_for_target(bytes: &[u8], target: &Target) -> Result<Program, JbinErr
     }
     let at = r.offset();
     let nsections = r.u32("header.section_count")?;
-    if nsections as usize != SECTIONS.len() {
+    let sections = 7 + minor as usize;
+    if nsections as usize != sections {
         return Err(DecodeError::new(
             at,
             "header.section_count",
-            format!("must be {}, found {nsections}", SECTIONS.len()),
+            format!("must be {sections} in format {VERSION_MAJOR}.{minor}, found {nsections}"),
         )
         .into());
     }
     r.u64("header.total_length")?;
     r.zeros(8, "header.reserved")?;
 
-    let mut payloads: Vec<(usize, &[u8])> = Vec::with_capacity(SECTIONS.len());
-    for tag in SECTIONS {
+    let mut payloads: Vec<(usize, &[u8])> = Vec::with_capacity(sections);
+    for &tag in &SECTIONS[..sections] {
         let tag_name = std::str::from_utf8(tag).expect("ASCII tag");
         let at = r.offset();
         let found = r.take(4, "section.tag")?;
@@ -358,8 +374,13 @@ pub fn read_for_target(bytes: &[u8], target: &Target) -> Result<Program, JbinErr
     let mut program_cores = read_code(payloads[4], cores, engines, &descs)?;
     let debug_ops = read_debug(payloads[5], &mut program_cores)?;
     let roofline = read_roofline(payloads[6])?;
+    let external = match payloads.get(7) {
+        Some(&p) => read_external(p)?,
+        None => Vec::new(),
+    };
 
-    let program = Program { target: name, target_hash, tensors, semaphores, debug_ops, cores: program_cores, roofline };
+    let program =
+        Program { target: name, target_hash, tensors, semaphores, debug_ops, cores: program_cores, roofline, external };
     program.validate(target).map_err(JbinError::Program)?;
     Ok(program)
 }
@@ -555,4 +576,29 @@ fn read_roofline((base, data): (usize, &[u8])) -> Result<Option<RooflineInputs>,
         output_bytes: v[4],
         transcendentals: v[5],
     }))
+}
+
+fn read_external((base, data): (usize, &[u8])) -> Result<Vec<ExternalName>, DecodeError> {
+    let mut r = Reader::new(data, base);
+    let count = r.u32("EXTN.count")?;
+    // Each entry takes at least 8 bytes: a count beyond the payload is refused before allocating.
+    if count as usize > r.remaining() / 8 {
+        return Err(r.error("EXTN.count", format!("{count} entries cannot fit in {} bytes", r.remaining())));
+    }
+    let mut out = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let tensor = r.u32("EXTN.tensor")?;
+        let len = r.u16("EXTN.name_length")? as usize;
+        let at = r.offset();
+        let name = std::str::from_utf8(r.take(len, "EXTN.name")?)
+            .map_err(|_| DecodeError::new(at, "EXTN.name", "not UTF-8"))?
+            .to_string();
+        let at = r.offset();
+        let code = r.u8("EXTN.elem")?;
+        let elem = ExternalType::from_code(code)
+            .ok_or_else(|| DecodeError::new(at, "EXTN.elem", format!("unknown element type code {code}")))?;
+        out.push(ExternalName { tensor, name, elem });
+    }
+    end_of_section(&r, "EXTN")?;
+    Ok(out)
 }

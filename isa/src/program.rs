@@ -100,6 +100,86 @@ pub struct RooflineInputs {
     pub transcendentals: u64,
 }
 
+/// The element type a model file declares for an input or output (what
+/// `jalc run` converts `.npy` files from and writes outputs as).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExternalType {
+    /// float32.
+    F32,
+    /// float16.
+    F16,
+    /// bfloat16.
+    Bf16,
+    /// float64.
+    F64,
+    /// int64.
+    I64,
+    /// int32.
+    I32,
+    /// int16.
+    I16,
+    /// int8.
+    I8,
+    /// uint8.
+    U8,
+    /// bool.
+    Bool,
+}
+
+impl ExternalType {
+    /// Every type, in code order.
+    pub const ALL: [ExternalType; 10] = [
+        ExternalType::F32,
+        ExternalType::F16,
+        ExternalType::Bf16,
+        ExternalType::F64,
+        ExternalType::I64,
+        ExternalType::I32,
+        ExternalType::I16,
+        ExternalType::I8,
+        ExternalType::U8,
+        ExternalType::Bool,
+    ];
+
+    /// Its code in `.jbin` (position in [`ExternalType::ALL`]).
+    pub fn code(self) -> u8 {
+        ExternalType::ALL.iter().position(|&t| t == self).unwrap_or(0) as u8
+    }
+
+    /// The type of a code.
+    pub fn from_code(c: u8) -> Option<ExternalType> {
+        ExternalType::ALL.get(c as usize).copied()
+    }
+
+    /// Its name in `.jasm` (numpy's).
+    pub fn name(self) -> &'static str {
+        ["float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool"]
+            [self.code() as usize]
+    }
+
+    /// The type of a `.jasm` name.
+    pub fn from_name(s: &str) -> Option<ExternalType> {
+        ExternalType::ALL.into_iter().find(|t| t.name() == s)
+    }
+
+    /// True for the float types.
+    pub fn is_float(self) -> bool {
+        matches!(self, ExternalType::F32 | ExternalType::F16 | ExternalType::Bf16 | ExternalType::F64)
+    }
+}
+
+/// The name and type a model file gives one of the program's inputs or
+/// outputs (an ONNX graph's names are not identifiers: `onnx::Shape_422`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalName {
+    /// Index of the tensor in the table (an input or an output).
+    pub tensor: u32,
+    /// The model's name: 1 to 1024 bytes of UTF-8 without control characters.
+    pub name: String,
+    /// The model's element type.
+    pub elem: ExternalType,
+}
+
 /// A program for one target.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Program {
@@ -117,6 +197,8 @@ pub struct Program {
     pub cores: Vec<Vec<Vec<Inst>>>,
     /// Roofline inputs recorded by the compiler (absent for hand-written programs).
     pub roofline: Option<RooflineInputs>,
+    /// Model-file names of inputs and outputs (imported models; often empty).
+    pub external: Vec<ExternalName>,
 }
 
 /// A program that breaks a rule: where, and what.
@@ -155,6 +237,7 @@ impl Program {
             debug_ops: Vec::new(),
             cores: vec![vec![Vec::new(); target.engines_per_core() as usize]],
             roofline: None,
+            external: Vec::new(),
         }
     }
 
@@ -228,7 +311,34 @@ impl Program {
         self.validate_tensors(target)?;
         crate::accesses::validate_accesses(self, target)?;
         self.validate_semaphores(target)?;
-        self.validate_debug_ops()
+        self.validate_debug_ops()?;
+        self.validate_external()
+    }
+
+    /// External names: each of an input or output, at most once per tensor,
+    /// 1 to 1024 bytes without control characters, all different.
+    fn validate_external(&self) -> Result<(), ProgramError> {
+        let mut tensors = std::collections::HashSet::new();
+        let mut names = std::collections::HashSet::new();
+        for (i, x) in self.external.iter().enumerate() {
+            let fail = |message: String| Err(ProgramError { location: format!("external name {i}"), message });
+            let Some(t) = self.tensors.get(x.tensor as usize) else {
+                return fail(format!("names tensor {} of {}", x.tensor, self.tensors.len()));
+            };
+            if !matches!(t.role, Role::Input | Role::Output) {
+                return fail(format!("names `{}`, which is not an input or an output", t.name));
+            }
+            if !tensors.insert(x.tensor) {
+                return fail(format!("`{}` has a second external name", t.name));
+            }
+            if x.name.is_empty() || x.name.len() > 1024 || x.name.chars().any(char::is_control) {
+                return fail("must be 1 to 1024 bytes without control characters".into());
+            }
+            if !names.insert(x.name.as_str()) {
+                return fail(format!("\"{}\" names two tensors", x.name));
+            }
+        }
+        Ok(())
     }
 
     fn validate_tensors(&self, target: &Target) -> Result<(), ProgramError> {

@@ -17,7 +17,7 @@ use crate::operand::{
     ActFunc, AluOp, CmpOp, Column, Dim, DmaDim, DmaSide, DmaSpace, DmaTransfer, HbmRows, Imm, ReduceOp, Scalar, Space,
     Tile, MAX_DIMS,
 };
-use crate::program::{Program, Role, RooflineInputs, SemDecl, TensorDecl};
+use crate::program::{ExternalName, ExternalType, Program, Role, RooflineInputs, SemDecl, TensorDecl};
 use crate::target::Target;
 
 /// A random valid program for `target`, determined by `seed`.
@@ -120,6 +120,16 @@ impl Gen {
                 output_bytes: self.range(0, hbm.min(1 << 20)),
                 transcendentals: 0,
             });
+        }
+        // Model-file names for some inputs and outputs: quotes, `::` and non-ASCII text.
+        if self.chance(0.3) {
+            for (i, t) in p.tensors.iter().enumerate() {
+                if matches!(t.role, Role::Input | Role::Output) && self.chance(0.5) {
+                    let elem = ExternalType::ALL[self.range(0, ExternalType::ALL.len() as u64 - 1) as usize];
+                    let name = format!("onnx::{}\"é/{i}", t.name);
+                    p.external.push(ExternalName { tensor: i as u32, name, elem });
+                }
+            }
         }
         p.canonicalize_debug_ops();
         p

@@ -172,3 +172,41 @@ fn wrong_target_and_version_are_rejected() {
     jbin::reseal(&mut bad_hash);
     assert!(jbin::read(&bad_hash).unwrap_err().to_string().contains("different description"));
 }
+
+/// External names (format 1.1): written only when present, read back, printed
+/// as `.extern` and reassembled; a format-1.0 file still reads; broken EXTN
+/// entries are refused with their field.
+#[test]
+fn external_names_round_trip_and_are_checked() {
+    use jpu_isa::program::{ExternalName, ExternalType, Role};
+    let plain = example_binary();
+    assert_eq!(u16::from_le_bytes([plain[10], plain[11]]), 0, "no external names: format 1.0");
+    let mut p = jbin::read(&plain).unwrap();
+    let t = Target::builtin(&p.target).unwrap();
+    let input = p.tensors.iter().position(|t| t.role == Role::Input).unwrap();
+    let output = p.tensors.iter().position(|t| t.role == Role::Output).unwrap();
+    p.external.push(ExternalName { tensor: input as u32, name: "input_ids".into(), elem: ExternalType::I64 });
+    p.external.push(ExternalName {
+        tensor: output as u32,
+        name: "onnx::Shape_422 \"x\"".into(),
+        elem: ExternalType::F32,
+    });
+    assert_round_trips(&p, &t);
+    let bytes = jbin::write(&p);
+    assert_eq!(u16::from_le_bytes([bytes[10], bytes[11]]), 1);
+    assert!(jasm::disassemble(&p).contains(".extern "), "{}", jasm::disassemble(&p));
+    // A second name for one tensor, a scratch tensor, a duplicate name.
+    let mut twice = p.clone();
+    twice.external.push(ExternalName { tensor: input as u32, name: "again".into(), elem: ExternalType::I64 });
+    assert!(twice.validate(&t).unwrap_err().message.contains("second external name"));
+    let mut dup = p.clone();
+    dup.external[1].name = "input_ids".into();
+    assert!(dup.validate(&t).unwrap_err().message.contains("names two tensors"));
+    // An unknown element type code in the bytes: the last byte before the trailer.
+    let mut bad = bytes.clone();
+    let at = bad.len() - 5;
+    bad[at] = 200;
+    jbin::reseal(&mut bad);
+    let e = jbin::read(&bad).unwrap_err().to_string();
+    assert!(e.contains("EXTN.elem") && e.contains("unknown element type code 200"), "{e}");
+}

@@ -2,14 +2,18 @@
 //!
 //! Inputs: any numpy bool, integer or float `.npy` (either byte order, C or Fortran
 //! order) is converted to the tensor's declared dtype with round-to-nearest-even
-//! (integers saturate; f64 values round once, through a round-to-odd f32). Its
-//! shape must equal the declared shape. Outputs: `DIR/<name>.npy`, float32 (int32
-//! for integer dtypes), with the declared shape.
+//! (f64 values round once, through a round-to-odd f32; integers into an integer
+//! tensor must fit it, else the input is refused). Its shape must equal the
+//! declared shape. An input may be named by its tensor name or by its external
+//! (model-file) name. Outputs: `DIR/<name>.npy`, float32 (int32 for integer
+//! dtypes), with the declared shape; an output with an external name is written
+//! as `DIR/<external name>.npy` (characters outside `[A-Za-z0-9_.-]` made `_`) in
+//! its external type (float32 for every float type).
 
 use std::path::{Path, PathBuf};
 
 use jpu_isa::numerics::{load_f32, store_f32, store_f64};
-use jpu_isa::program::{Role, TensorDecl};
+use jpu_isa::program::{ExternalType, Role, TensorDecl};
 use jpu_isa::{DType, Program};
 use npyz::{TypeChar, WriterBuilder};
 
@@ -94,18 +98,42 @@ pub fn read_npy_for(path: &Path, tensor: &TensorDecl) -> Result<Vec<u8>, IoError
         }};
     }
     let d = tensor.dtype;
+    // Integers into an integer tensor must fit it (an int64 token id past i32 is an error, not a clamp).
+    let fits = |x: i128| match d {
+        DType::I8 => (-128..=127).contains(&x),
+        DType::I32 => (i32::MIN as i128..=i32::MAX as i128).contains(&x),
+        _ => true,
+    };
+    macro_rules! fill_int {
+        ($t:ty) => {{
+            let v: Vec<$t> = npy.into_vec::<$t>().map_err(bad)?;
+            if v.len() != n {
+                return Err(file_err(path, format!("holds {} elements; its shape needs {n}", v.len())));
+            }
+            if let Some((i, x)) = v.iter().enumerate().find(|(_, &x)| !fits(x as i128)) {
+                return Err(IoError::Mismatch(format!(
+                    "input `{}`: {} element {i} is {x}, outside the range of {d}",
+                    tensor.name,
+                    path.display()
+                )));
+            }
+            for (dst, &src) in order.iter().enumerate() {
+                store_i128(d, v[src] as i128, &mut out[dst * size_bytes..]);
+            }
+        }};
+    }
     match (kind, size) {
         (TypeChar::Float, 2) => fill!(half::f16, |x: half::f16, o: &mut [u8]| store_f64(d, x.to_f64(), o)),
         (TypeChar::Float, 4) => fill!(f32, |x: f32, o: &mut [u8]| store_f32(d, x, o)),
         (TypeChar::Float, 8) => fill!(f64, |x: f64, o: &mut [u8]| store_f64(d, x, o)),
-        (TypeChar::Int, 1) => fill!(i8, |x: i8, o: &mut [u8]| store_i128(d, x as i128, o)),
-        (TypeChar::Int, 2) => fill!(i16, |x: i16, o: &mut [u8]| store_i128(d, x as i128, o)),
-        (TypeChar::Int, 4) => fill!(i32, |x: i32, o: &mut [u8]| store_i128(d, x as i128, o)),
-        (TypeChar::Int, 8) => fill!(i64, |x: i64, o: &mut [u8]| store_i128(d, x as i128, o)),
-        (TypeChar::Uint, 1) => fill!(u8, |x: u8, o: &mut [u8]| store_i128(d, x as i128, o)),
-        (TypeChar::Uint, 2) => fill!(u16, |x: u16, o: &mut [u8]| store_i128(d, x as i128, o)),
-        (TypeChar::Uint, 4) => fill!(u32, |x: u32, o: &mut [u8]| store_i128(d, x as i128, o)),
-        (TypeChar::Uint, 8) => fill!(u64, |x: u64, o: &mut [u8]| store_i128(d, x as i128, o)),
+        (TypeChar::Int, 1) => fill_int!(i8),
+        (TypeChar::Int, 2) => fill_int!(i16),
+        (TypeChar::Int, 4) => fill_int!(i32),
+        (TypeChar::Int, 8) => fill_int!(i64),
+        (TypeChar::Uint, 1) => fill_int!(u8),
+        (TypeChar::Uint, 2) => fill_int!(u16),
+        (TypeChar::Uint, 4) => fill_int!(u32),
+        (TypeChar::Uint, 8) => fill_int!(u64),
         (TypeChar::Bool, 1) => fill!(bool, |x: bool, o: &mut [u8]| store_i128(d, x as i128, o)),
         _ => return Err(file_err(path, format!("dtype `{ts}` is not a numpy bool, integer or float type"))),
     }
@@ -201,6 +229,16 @@ fn fortran_to_c(shape: &[u64]) -> Vec<usize> {
 
 /// Loads every input tensor of `program` from `NAME=PATH` pairs.
 pub fn load_inputs(program: &Program, files: &[(String, PathBuf)]) -> Result<Vec<(String, Vec<u8>)>, IoError> {
+    // External (model-file) names resolve to their tensors.
+    let files: Vec<(String, PathBuf)> = files
+        .iter()
+        .map(|(name, path)| {
+            let external = program.external.iter().find(|x| &x.name == name);
+            let tensor = external.and_then(|x| program.tensors.get(x.tensor as usize)).map(|t| t.name.clone());
+            (tensor.unwrap_or_else(|| name.clone()), path.clone())
+        })
+        .collect();
+    let files = &files[..];
     let mut out = Vec::new();
     for (name, _) in files {
         match program.tensors.iter().find(|t| &t.name == name) {
@@ -248,7 +286,14 @@ pub fn write_outputs(program: &Program, outputs: &[(String, Vec<u8>)], dir: &Pat
     std::fs::create_dir_all(dir).map_err(|e| file_err(dir, format!("cannot create the directory: {e}")))?;
     let mut written = Vec::new();
     for (name, bytes) in outputs {
-        let Some(t) = program.tensors.iter().find(|t| &t.name == name) else { continue };
+        let Some(index) = program.tensors.iter().position(|t| &t.name == name) else { continue };
+        let t = &program.tensors[index];
+        if let Some(x) = program.external.iter().find(|x| x.tensor as usize == index) {
+            let path = dir.join(format!("{}.npy", file_name(&x.name)));
+            write_external(&path, t, x.elem, bytes)?;
+            written.push(path);
+            continue;
+        }
         let path = dir.join(format!("{name}.npy"));
         let file = std::fs::File::create(&path).map_err(|e| file_err(&path, format!("cannot create: {e}")))?;
         let w = std::io::BufWriter::new(file);
@@ -273,9 +318,39 @@ pub fn write_outputs(program: &Program, outputs: &[(String, Vec<u8>)], dir: &Pat
     Ok(written)
 }
 
+/// An external name as a file name: characters outside `[A-Za-z0-9_.-]` become `_`.
+pub fn file_name(external: &str) -> String {
+    external.chars().map(|c| if c.is_ascii_alphanumeric() || "_.-".contains(c) { c } else { '_' }).collect()
+}
+
+/// Writes tensor `t`'s bytes as an `.npy` of external type `elem` (float32 for floats).
+fn write_external(path: &Path, t: &TensorDecl, elem: ExternalType, bytes: &[u8]) -> Result<(), IoError> {
+    let file = std::fs::File::create(path).map_err(|e| file_err(path, format!("cannot create: {e}")))?;
+    let w = std::io::BufWriter::new(file);
+    let values = bytes.chunks_exact(t.dtype.size_bytes() as usize).map(|c| jpu_isa::numerics::load_f64(t.dtype, c));
+    let shape = &t.shape;
+    let result = match elem {
+        ExternalType::I64 => write_npy_values(w, shape, values.map(|v| v as i64)),
+        ExternalType::I32 => write_npy_values(w, shape, values.map(|v| v as i32)),
+        ExternalType::I16 => write_npy_values(w, shape, values.map(|v| v as i16)),
+        ExternalType::I8 => write_npy_values(w, shape, values.map(|v| v as i8)),
+        ExternalType::U8 => write_npy_values(w, shape, values.map(|v| v as u8)),
+        ExternalType::Bool => write_npy_values(w, shape, values.map(|v| v != 0.0)),
+        _ => write_npy_values(w, shape, values.map(|v| v as f32)),
+    };
+    result.map_err(|e| file_err(path, format!("cannot write: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn external_names_become_file_names() {
+        assert_eq!(file_name("onnx::Shape_422"), "onnx__Shape_422");
+        assert_eq!(file_name("/model/Add_output_0"), "_model_Add_output_0");
+        assert_eq!(file_name("a-b.c é"), "a-b.c__");
+    }
 
     #[test]
     fn fortran_order_maps_to_c_order() {

@@ -14,7 +14,9 @@ use super::lexer::{unescape, Tok};
 use crate::check::check_inst;
 use crate::dtype::DType;
 use crate::inst::{Engine, Inst, Op, Opcode, Wait};
-use crate::program::{is_identifier, Program, ProgramError, Role, RooflineInputs, SemDecl, TensorDecl};
+use crate::program::{
+    is_identifier, ExternalName, ExternalType, Program, ProgramError, Role, RooflineInputs, SemDecl, TensorDecl,
+};
 use crate::target::Target;
 
 /// Byte range in the source.
@@ -248,6 +250,7 @@ struct State<'s> {
     skipping_stream: bool,
     roofline: Option<RooflineInputs>,
     sem_decls: Vec<(SemDecl, Span)>,
+    external: Vec<ExternalName>,
     _src: &'s str,
 }
 
@@ -327,6 +330,7 @@ pub fn assemble_with(src: &str, custom: Option<&Target>) -> Result<Program, Vec<
         skipping_stream: false,
         roofline: None,
         sem_decls: Vec::new(),
+        external: Vec::new(),
         _src: src,
     };
     while *p.peek() != Tok::Eof {
@@ -381,6 +385,7 @@ fn parse_line<'s>(p: &mut Parser<'s>, st: &mut State<'s>) -> Result<(), AsmError
             "tensor" => parse_tensor(p, st),
             "sem" => parse_sem(p, st),
             "roofline" => parse_roofline(p, st, span),
+            "extern" => parse_extern(p, st),
             "core" | "stream" => {
                 st.stream = None;
                 let result = if name == "core" { parse_core(p, st) } else { parse_stream(p, st) };
@@ -389,7 +394,7 @@ fn parse_line<'s>(p: &mut Parser<'s>, st: &mut State<'s>) -> Result<(), AsmError
             }
             other => Err(p.err(
                 span,
-                format!("unknown directive `.{other}` (expected .tensor, .sem, .roofline, .core or .stream)"),
+                format!("unknown directive `.{other}` (expected .tensor, .sem, .roofline, .extern, .core or .stream)"),
             )),
         };
     }
@@ -548,6 +553,27 @@ fn parse_roofline(p: &mut Parser<'_>, st: &mut State<'_>, span: Span) -> Result<
         output_bytes: v[4],
         transcendentals: v[5],
     });
+    Ok(())
+}
+
+/// `.extern TENSOR "model name" TYPE`: the name and element type a model file
+/// gives an input or output (after the tensor's `.tensor`).
+fn parse_extern(p: &mut Parser<'_>, st: &mut State<'_>) -> Result<(), AsmError> {
+    let (tensor, span) = p.ident("the tensor's name")?;
+    let index = p.tensors.iter().position(|t| t.name == tensor);
+    let index = index.ok_or_else(|| p.err(span.clone(), format!("tensor `{tensor}` is not declared (yet)")))?;
+    let Tok::Str(s) = *p.peek() else {
+        return Err(p.unexpected("the model's name for the tensor, as a string"));
+    };
+    p.bump();
+    let name = unescape(s);
+    let (ty, ty_span) = p.ident("the model's element type (float32, int64, ...)")?;
+    let elem = ExternalType::from_name(ty).ok_or_else(|| {
+        let names: Vec<&str> = ExternalType::ALL.iter().map(|t| t.name()).collect();
+        p.err(ty_span, format!("unknown element type `{ty}` (expected one of {})", names.join(", ")))
+    })?;
+    p.end_line()?;
+    st.external.push(ExternalName { tensor: index as u32, name, elem });
     Ok(())
 }
 
@@ -721,6 +747,7 @@ fn build(tensors: Vec<TensorDecl>, tensor_spans: &[Span], st: State<'_>) -> Resu
         debug_ops,
         cores,
         roofline: st.roofline,
+        external: st.external,
     };
     if let Err(e) = program.validate(&st.target) {
         let span = program_error_span(&e, &program, tensor_spans, &inst_spans);

@@ -2,7 +2,7 @@
 //!
 //! The output is the canonical form: assembling it gives back the same program,
 //! and so the same `.jbin` bytes. Layout: `.target`, tensors in table order,
-//! semaphores by id, `.roofline`, then every core with its non-empty streams in
+//! external names, semaphores by id, `.roofline`, then every core with its non-empty streams in
 //! engine order. Instructions are indented four spaces; a `;` comment after each
 //! `.stream` line gives the stream's instruction count.
 
@@ -29,6 +29,10 @@ pub fn disassemble(p: &Program) -> String {
             out.push('"');
         }
         out.push('\n');
+    }
+    for x in &p.external {
+        let tensor = p.tensors.get(x.tensor as usize).map_or("?", |t| t.name.as_str());
+        let _ = writeln!(out, ".extern {tensor} {} {}", escape(&x.name), x.elem.name());
     }
     for s in &p.semaphores {
         let _ = writeln!(out, ".sem {} = {}", s.name, s.id);

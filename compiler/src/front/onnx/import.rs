@@ -78,6 +78,31 @@ pub struct Imported {
     pub outputs: Vec<Io>,
 }
 
+impl Imported {
+    /// The graph's input and output names and types, for the binary.
+    pub fn external(&self) -> crate::driver::External {
+        let ty = |elem: i32| {
+            use jpu_isa::program::ExternalType as E;
+            match DataType::try_from(elem) {
+                Ok(DataType::Float16) => E::F16,
+                Ok(DataType::Bfloat16) => E::Bf16,
+                Ok(DataType::Double) => E::F64,
+                Ok(DataType::Int64) => E::I64,
+                Ok(DataType::Int32) => E::I32,
+                Ok(DataType::Int16) => E::I16,
+                Ok(DataType::Int8) => E::I8,
+                Ok(DataType::Uint8) => E::U8,
+                Ok(DataType::Bool) => E::Bool,
+                _ => E::F32,
+            }
+        };
+        crate::driver::External {
+            inputs: self.inputs.iter().map(|io| (io.ir.clone(), io.onnx.clone(), ty(io.elem))).collect(),
+            outputs: self.outputs.iter().enumerate().map(|(k, io)| (k, io.onnx.clone(), ty(io.elem))).collect(),
+        }
+    }
+}
+
 /// A reference to an IR value under construction: a parameter or a statement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ref {
