@@ -46,6 +46,9 @@ pub fn round_to(elem: i32, v: f64) -> f64 {
         Ok(DataType::Int16) => v.trunc() as i64 as i16 as f64,
         Ok(DataType::Int8) => v.trunc() as i64 as i8 as f64,
         Ok(DataType::Uint8) => v.trunc() as i64 as u8 as f64,
+        Ok(DataType::Uint16) => v.trunc() as i64 as u16 as f64,
+        Ok(DataType::Uint32) => v.trunc() as i64 as u32 as f64,
+        Ok(DataType::Uint64) => v.trunc().clamp(0.0, u64::MAX as f64),
         _ => v,
     }
 }
@@ -100,9 +103,9 @@ impl HostTensor {
 
 fn from_raw(elem: i32, raw: &[u8], n: usize) -> Result<Vec<f64>, String> {
     let size = match DataType::try_from(elem) {
-        Ok(DataType::Float | DataType::Int32) => 4,
-        Ok(DataType::Double | DataType::Int64) => 8,
-        Ok(DataType::Float16 | DataType::Bfloat16 | DataType::Int16) => 2,
+        Ok(DataType::Float | DataType::Int32 | DataType::Uint32) => 4,
+        Ok(DataType::Double | DataType::Int64 | DataType::Uint64) => 8,
+        Ok(DataType::Float16 | DataType::Bfloat16 | DataType::Int16 | DataType::Uint16) => 2,
         Ok(DataType::Bool | DataType::Int8 | DataType::Uint8) => 1,
         _ => return Err(format!("element type {} is not supported", elem_name(elem))),
     };
@@ -124,6 +127,9 @@ fn from_raw(elem: i32, raw: &[u8], n: usize) -> Result<Vec<f64>, String> {
             Ok(DataType::Int64) => i64::from_le_bytes(b(c, 8)) as f64,
             Ok(DataType::Int32) => i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64,
             Ok(DataType::Int16) => i16::from_le_bytes([c[0], c[1]]) as f64,
+            Ok(DataType::Uint16) => u16::from_le_bytes([c[0], c[1]]) as f64,
+            Ok(DataType::Uint32) => u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64,
+            Ok(DataType::Uint64) => u64::from_le_bytes(b(c, 8)) as f64,
             Ok(DataType::Int8) => c[0] as i8 as f64,
             _ => c[0] as f64,
         })
@@ -136,6 +142,8 @@ fn from_fields(t: &TensorProto, elem: i32) -> Result<Vec<f64>, String> {
         Ok(DataType::Float) => t.float_data.iter().map(|&v| v as f64).collect(),
         Ok(DataType::Double) => t.double_data.clone(),
         Ok(DataType::Int64) => t.int64_data.iter().map(|&v| v as f64).collect(),
+        Ok(DataType::Uint32 | DataType::Uint64) => t.uint64_data.iter().map(|&v| v as f64).collect(),
+        Ok(DataType::Uint16) => t.int32_data.iter().map(|&v| v as u16 as f64).collect(),
         // Float16 and bfloat16 keep their bits in int32_data.
         Ok(DataType::Float16) => t.int32_data.iter().map(|&v| half::f16::from_bits(v as u16).to_f64()).collect(),
         Ok(DataType::Bfloat16) => t.int32_data.iter().map(|&v| half::bf16::from_bits(v as u16).to_f64()).collect(),

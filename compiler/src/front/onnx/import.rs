@@ -364,9 +364,16 @@ impl Importer {
         match DataType::try_from(elem) {
             _ if host::is_float(elem) => Ok(self.precision.dtype()),
             Ok(DataType::Bool) => Ok(ScalarType::I1),
-            Ok(DataType::Int64 | DataType::Int32 | DataType::Int16 | DataType::Int8 | DataType::Uint8) => {
-                Ok(ScalarType::I32)
-            }
+            Ok(
+                DataType::Int64
+                | DataType::Int32
+                | DataType::Int16
+                | DataType::Int8
+                | DataType::Uint8
+                | DataType::Uint16
+                | DataType::Uint32
+                | DataType::Uint64,
+            ) => Ok(ScalarType::I32),
             _ => Err(format!("element type {} is not supported", host::elem_name(elem))),
         }
     }
