@@ -344,6 +344,7 @@ pub fn activation(func: ActFunc, x: f32) -> f32 {
         ActFunc::Square => x * x,
         ActFunc::Sqrt => libm::sqrtf(x),
         ActFunc::Gelu => gelu_erf(x),
+        ActFunc::Ln => libm::logf(x),
     }
 }
 

@@ -676,6 +676,8 @@ byte_enum!(
         Sqrt = "sqrt",
         /// 0.5 x (1 + erf(x / sqrt 2)), the exact GELU
         Gelu = "gelu",
+        /// ln(x) (natural logarithm; -inf at 0, NaN below)
+        Ln = "ln",
     }
 );
 

@@ -293,6 +293,9 @@ fn activate_every_function_with_columns_and_row_sums() {
     assert_eq!(numerics::activation(jpu_isa::operand::ActFunc::Exp, 0.0), 1.0);
     assert_eq!(numerics::activation(jpu_isa::operand::ActFunc::Relu, -0.0), 0.0);
     assert!((numerics::gelu_tanh(1.0) - 0.841_192).abs() < 1e-5);
+    let ln = |x| numerics::activation(jpu_isa::operand::ActFunc::Ln, x);
+    assert_eq!((ln(1.0), ln(0.0), ln(std::f32::consts::E)), (0.0, f32::NEG_INFINITY, 1.0));
+    assert!(ln(-1.0).is_nan());
 }
 
 /// Naive matmul: acc[m][n] += a[k][m] * b[k][n], k ascending, f32 steps.

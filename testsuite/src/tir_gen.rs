@@ -237,7 +237,7 @@ impl<R: Rng> Gen<R> {
                 self.emit(format!("gather(%{}, %{}){attr}", table.name, ids.name), dt, shape, annotate);
             }
             0 => {
-                let ops = ["neg", "exp", "tanh", "erf", "sigmoid", "rsqrt", "sqrt", "recip", "relu", "silu"];
+                let ops = ["neg", "exp", "tanh", "erf", "sigmoid", "rsqrt", "sqrt", "recip", "relu", "silu", "log"];
                 let op = ops[self.rng.random_range(0..ops.len())];
                 self.emit(format!("{op}(%{})", v.name), v.dtype, v.shape, annotate);
             }

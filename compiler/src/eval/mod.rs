@@ -273,6 +273,7 @@ fn unary(op: UnaryOp, dt: ScalarType, v: f64) -> f64 {
         UnaryOp::Recip => 1.0 / x,
         UnaryOp::Relu => numerics::activation(jpu_isa::operand::ActFunc::Relu, x),
         UnaryOp::Silu => x * numerics::sigmoid(x),
+        UnaryOp::Log => libm::logf(x),
     };
     r as f64
 }

@@ -74,6 +74,8 @@ pub enum UnaryOp {
     Relu,
     /// x sigmoid(x)
     Silu,
+    /// ln x
+    Log,
 }
 
 /// GELU variants.
@@ -329,6 +331,7 @@ impl Op {
                 UnaryOp::Recip => "recip",
                 UnaryOp::Relu => "relu",
                 UnaryOp::Silu => "silu",
+                UnaryOp::Log => "log",
             },
             Op::Gelu { .. } => "gelu",
             Op::Reduce { kind: ReduceKind::Sum, .. } => "reduce_sum",

@@ -180,7 +180,7 @@ const REDUCE: &[AttrDef] =
     &[attr("axes", AttrKind::Ints, AttrDefault::Required("[1]")), attr("keepdims", AttrKind::Bool, BOOL_FALSE)];
 
 const BINARY_DOC: &str = "f32 op, rounded; `max`/`min` return the non-NaN operand; `div` is float-only; on integers exact then wrapped (i32) or saturated (i8)";
-const UNARY_DOC: &str = "libm's `expf`, `tanhf`, `erff`, `sqrtf`; `sigmoid = 1/(1+exp(-x))`; `rsqrt = 1/sqrtf(x)`; `silu = x*sigmoid(x)`; `relu` keeps NaN";
+const UNARY_DOC: &str = "libm's `expf`, `tanhf`, `erff`, `sqrtf`, `logf`; `sigmoid = 1/(1+exp(-x))`; `rsqrt = 1/sqrtf(x)`; `silu = x*sigmoid(x)`; `relu` keeps NaN";
 const REDUCE_DOC: &str = "fold in row-major order of the reduced index from the first element, f32; over no elements the identity: sum 0, max -inf (integers: the least i32, saturated)";
 
 macro_rules! binary {
@@ -270,6 +270,7 @@ pub static OPS: &[OpDef] = &[
     unary!("recip"),
     unary!("relu"),
     unary!("silu"),
+    unary!("log"),
     OpDef {
         name: "gelu",
         arity: Arity::Exactly(1),
@@ -624,6 +625,7 @@ fn unary_rule(x: &Inputs<'_>) -> Result<Typed, CheckError> {
         "sqrt" => UnaryOp::Sqrt,
         "recip" => UnaryOp::Recip,
         "relu" => UnaryOp::Relu,
+        "log" => UnaryOp::Log,
         _ => UnaryOp::Silu,
     };
     Ok((Op::Unary(u), t.clone()))

@@ -452,6 +452,7 @@ fn unary_step(n: &Node) -> Result<EpilogueStep, CompileError> {
         Op::Unary(UnaryOp::Recip) => ActFunc::Reciprocal,
         Op::Unary(UnaryOp::Relu) => ActFunc::Relu,
         Op::Unary(UnaryOp::Silu) => ActFunc::Silu,
+        Op::Unary(UnaryOp::Log) => ActFunc::Ln,
         Op::Unary(UnaryOp::Sqrt) => ActFunc::Sqrt,
         Op::Gelu { approx: GeluApprox::Tanh } => ActFunc::GeluTanh,
         Op::Gelu { approx: GeluApprox::None } => ActFunc::Gelu,

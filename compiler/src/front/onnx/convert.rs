@@ -47,6 +47,7 @@ pub const SUPPORTED: &[&str] = &[
     "LayerNormalization",
     "Less",
     "LessOrEqual",
+    "Log",
     "MatMul",
     "Max",
     "Min",
@@ -243,7 +244,7 @@ pub fn convert(im: &mut Importer, n: &NodeProto) -> Result<Vec<Val>, String> {
                 POperand::Scalar(_) => Err("every input is a literal".into()),
             }
         }
-        "Neg" | "Sqrt" | "Reciprocal" | "Exp" | "Erf" | "Tanh" | "Sigmoid" | "Relu" => {
+        "Neg" | "Sqrt" | "Reciprocal" | "Exp" | "Log" | "Erf" | "Tanh" | "Sigmoid" | "Relu" => {
             let (x, elem) = im.ir(input(n, 0)?)?;
             let irop = if op == "Reciprocal" { "recip".to_string() } else { op.to_lowercase() };
             ir(im.push(&name, &irop, &[POperand::Value(x)], &[], None)?, elem)
