@@ -322,6 +322,19 @@ pub fn alu_int(op: AluOp, a: i32, b: i32) -> i32 {
     }
 }
 
+/// The largest finite value of a float dtype (`i32::MAX`/`i8::MAX` for the integers).
+pub fn max_finite(dtype: DType) -> f64 {
+    match dtype {
+        DType::F32 => f32::MAX as f64,
+        DType::Bf16 => f32::from_bits(0x7f7f_0000) as f64,
+        DType::F16 => 65504.0,
+        DType::F8E4M3 => 448.0,
+        DType::F8E5M2 => 57344.0,
+        DType::I8 => 127.0,
+        DType::I32 => i32::MAX as f64,
+    }
+}
+
 /// An ACT function in f32 (portable `libm` math, each step rounded to f32).
 pub fn activation(func: ActFunc, x: f32) -> f32 {
     match func {

@@ -300,6 +300,51 @@ pub fn convert(im: &mut Importer, n: &NodeProto) -> Result<Vec<Val>, String> {
             let (x, _) = im.ir(input(n, 0)?)?;
             let to = attr_int(n, "to", 0) as i32;
             let dtype = im.ir_dtype(to)?;
+            // A float type narrower than the storage: rounded to it, then stored wider.
+            let exact = host::chip_float(to).and_then(crate::ir::ScalarType::from_chip);
+            if let Some(exact) = exact.filter(|&e| e != dtype && e != crate::ir::ScalarType::F32) {
+                let f8 = matches!(exact, crate::ir::ScalarType::F8E4M3 | crate::ir::ScalarType::F8E5M2);
+                // `saturate` (default 1): values past an fp8 type's range become its largest.
+                let x = match host::chip_float(to) {
+                    Some(d) if f8 && attr_int(n, "saturate", 1) != 0 && im.ty(x).dtype != exact => {
+                        let max = jpu_isa::numerics::max_finite(d);
+                        let lo = im.push(
+                            &format!("{name}__lo"),
+                            "max",
+                            &[POperand::Value(x), POperand::Scalar(-max)],
+                            &[],
+                            None,
+                        )?;
+                        let hi = im.push(
+                            &format!("{name}__hi"),
+                            "min",
+                            &[POperand::Value(lo), POperand::Scalar(max)],
+                            &[],
+                            None,
+                        )?;
+                        // NaN stays NaN (max and min return the other operand).
+                        let eq = [("kind", Attr::Word("eq".into()))];
+                        let num = im.push(
+                            &format!("{name}__num"),
+                            "compare",
+                            &[POperand::Value(x), POperand::Value(x)],
+                            &eq,
+                            None,
+                        )?;
+                        let ops = [POperand::Value(num), POperand::Value(hi), POperand::Value(x)];
+                        im.push(&format!("{name}__sat"), "select", &ops, &[], None)?
+                    }
+                    _ => x,
+                };
+                let x = if im.ty(x).dtype == exact {
+                    x
+                } else {
+                    let word = ("to", Attr::Word(exact.name().into()));
+                    im.push(&format!("{name}__{}", exact.name()), "cast", &[POperand::Value(x)], &[word], None)?
+                };
+                let word = ("to", Attr::Word(dtype.name().into()));
+                return ir(im.push(&name, "cast", &[POperand::Value(x)], &[word], None)?, to);
+            }
             if im.ty(x).dtype == dtype {
                 return ir(x, to);
             }
@@ -529,8 +574,8 @@ fn gemm(im: &mut Importer, n: &NodeProto, name: &str) -> Result<Vec<Val>, String
 /// LayerNormalization / RMSNormalization over dims `axis..`: merged into one
 /// last dim when they are several, scale and bias as `[size]` weights.
 fn norm(im: &mut Importer, n: &NodeProto, name: &str, layer: bool) -> Result<Vec<Val>, String> {
-    if n.output.iter().skip(1).any(|o| !o.is_empty()) {
-        return Err("only the normalized output (not the mean or inverse std) is supported".into());
+    if !layer && n.output.iter().skip(1).any(|o| !o.is_empty()) {
+        return Err("only the normalized output is supported".into());
     }
     let (x, elem) = im.ir(input(n, 0)?)?;
     let shape = im.ty(x).shape.clone();
@@ -565,7 +610,39 @@ fn norm(im: &mut Importer, n: &NodeProto, name: &str, layer: bool) -> Result<Vec
     } else {
         im.push(&nm, "rmsnorm", &[POperand::Value(xm), gamma], &[ax, eps], None)?
     };
-    Ok(vec![Val::Ir { r: reshape(im, y, &shape, name)?, elem }])
+    let mut outs = vec![Val::Ir { r: reshape(im, y, &shape, name)?, elem }];
+    if n.output.iter().skip(1).any(|o| !o.is_empty()) {
+        let eps = attr_float(n, "epsilon", 1e-5) as f64;
+        let (mean, inv) = layer_stats(im, xm, eps, name)?;
+        // Both keep the normalized dims as 1s.
+        let mut kept = shape[..a].to_vec();
+        kept.extend(std::iter::repeat_n(1, shape.len() - a));
+        let names = [n.output.get(1).cloned().unwrap_or_default(), n.output.get(2).cloned().unwrap_or_default()];
+        for (v, out) in [mean, inv].into_iter().zip(names) {
+            let r = reshape(im, v, &kept, if out.is_empty() { name } else { &out })?;
+            outs.push(Val::Ir { r, elem });
+        }
+    }
+    Ok(outs)
+}
+
+/// LayerNormalization's Mean and InvStdDev outputs over the last dim of `x`
+/// (the IR layernorm's own steps: `mean = sum / n`, `var = sum((x - mean)^2) / n`,
+/// `1 / sqrt(var + eps)`), kept as a size-1 last dim.
+fn layer_stats(im: &mut Importer, x: Ref, eps: f64, name: &str) -> Result<(Ref, Ref), String> {
+    let last = im.ty(x).shape.len() as u64 - 1;
+    let n = im.ty(x).shape[last as usize] as f64;
+    let sum_attrs = [("axes", ints(&[last])), ("keepdims", Attr::Bool(true))];
+    let sum = im.push(&format!("{name}__sum"), "reduce_sum", &[POperand::Value(x)], &sum_attrs, None)?;
+    let mean = im.push(&format!("{name}__mean"), "div", &[POperand::Value(sum), POperand::Scalar(n)], &[], None)?;
+    let d = im.push(&format!("{name}__d"), "sub", &[POperand::Value(x), POperand::Value(mean)], &[], None)?;
+    let sq = im.push(&format!("{name}__sq"), "mul", &[POperand::Value(d), POperand::Value(d)], &[], None)?;
+    let ssum = im.push(&format!("{name}__ssum"), "reduce_sum", &[POperand::Value(sq)], &sum_attrs, None)?;
+    let var = im.push(&format!("{name}__var"), "div", &[POperand::Value(ssum), POperand::Scalar(n)], &[], None)?;
+    let shifted =
+        im.push(&format!("{name}__veps"), "add", &[POperand::Value(var), POperand::Scalar(eps)], &[], None)?;
+    let inv = im.push(&format!("{name}__inv"), "rsqrt", &[POperand::Value(shifted)], &[], None)?;
+    Ok((mean, inv))
 }
 
 fn gather(im: &mut Importer, n: &NodeProto, name: &str) -> Result<Vec<Val>, String> {

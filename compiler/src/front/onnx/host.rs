@@ -26,7 +26,29 @@ pub struct HostTensor {
 
 /// True for the ONNX float element types.
 pub fn is_float(elem: i32) -> bool {
-    [DataType::Float, DataType::Float16, DataType::Double, DataType::Bfloat16].iter().any(|&d| d as i32 == elem)
+    [
+        DataType::Float,
+        DataType::Float16,
+        DataType::Double,
+        DataType::Bfloat16,
+        DataType::Float8e4m3fn,
+        DataType::Float8e5m2,
+    ]
+    .iter()
+    .any(|&d| d as i32 == elem)
+}
+
+/// The chip dtype holding ONNX float type `elem` exactly (f64 rounds to f32).
+pub fn chip_float(elem: i32) -> Option<jpu_isa::DType> {
+    use jpu_isa::DType as D;
+    Some(match DataType::try_from(elem).ok()? {
+        DataType::Float | DataType::Double => D::F32,
+        DataType::Float16 => D::F16,
+        DataType::Bfloat16 => D::Bf16,
+        DataType::Float8e4m3fn => D::F8E4M3,
+        DataType::Float8e5m2 => D::F8E5M2,
+        _ => return None,
+    })
 }
 
 /// The ONNX name of an element type, for messages.
@@ -40,6 +62,8 @@ pub fn round_to(elem: i32, v: f64) -> f64 {
         Ok(DataType::Float) => v as f32 as f64,
         Ok(DataType::Float16) => half::f16::from_f64(v).to_f64(),
         Ok(DataType::Bfloat16) => half::bf16::from_f64(v).to_f64(),
+        Ok(DataType::Float8e4m3fn) => jpu_isa::numerics::round_f64(jpu_isa::DType::F8E4M3, v),
+        Ok(DataType::Float8e5m2) => jpu_isa::numerics::round_f64(jpu_isa::DType::F8E5M2, v),
         Ok(DataType::Bool) => (v != 0.0) as u8 as f64,
         Ok(DataType::Int64) => v.trunc().clamp(i64::MIN as f64, i64::MAX as f64),
         Ok(DataType::Int32) => v.trunc() as i64 as i32 as f64,
@@ -106,7 +130,7 @@ fn from_raw(elem: i32, raw: &[u8], n: usize) -> Result<Vec<f64>, String> {
         Ok(DataType::Float | DataType::Int32 | DataType::Uint32) => 4,
         Ok(DataType::Double | DataType::Int64 | DataType::Uint64) => 8,
         Ok(DataType::Float16 | DataType::Bfloat16 | DataType::Int16 | DataType::Uint16) => 2,
-        Ok(DataType::Bool | DataType::Int8 | DataType::Uint8) => 1,
+        Ok(DataType::Bool | DataType::Int8 | DataType::Uint8 | DataType::Float8e4m3fn | DataType::Float8e5m2) => 1,
         _ => return Err(format!("element type {} is not supported", elem_name(elem))),
     };
     if raw.len() != n * size {
@@ -131,6 +155,8 @@ fn from_raw(elem: i32, raw: &[u8], n: usize) -> Result<Vec<f64>, String> {
             Ok(DataType::Uint32) => u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64,
             Ok(DataType::Uint64) => u64::from_le_bytes(b(c, 8)) as f64,
             Ok(DataType::Int8) => c[0] as i8 as f64,
+            Ok(DataType::Float8e4m3fn) => jpu_isa::numerics::load_f64(jpu_isa::DType::F8E4M3, c),
+            Ok(DataType::Float8e5m2) => jpu_isa::numerics::load_f64(jpu_isa::DType::F8E5M2, c),
             _ => c[0] as f64,
         })
         .map(|v| round_to(elem, v))
@@ -144,6 +170,10 @@ fn from_fields(t: &TensorProto, elem: i32) -> Result<Vec<f64>, String> {
         Ok(DataType::Int64) => t.int64_data.iter().map(|&v| v as f64).collect(),
         Ok(DataType::Uint32 | DataType::Uint64) => t.uint64_data.iter().map(|&v| v as f64).collect(),
         Ok(DataType::Uint16) => t.int32_data.iter().map(|&v| v as u16 as f64).collect(),
+        Ok(DataType::Float8e4m3fn | DataType::Float8e5m2) => {
+            let d = chip_float(elem).unwrap_or(jpu_isa::DType::F8E4M3);
+            t.int32_data.iter().map(|&v| jpu_isa::numerics::load_f64(d, &[v as u8])).collect()
+        }
         // Float16 and bfloat16 keep their bits in int32_data.
         Ok(DataType::Float16) => t.int32_data.iter().map(|&v| half::f16::from_bits(v as u16).to_f64()).collect(),
         Ok(DataType::Bfloat16) => t.int32_data.iter().map(|&v| half::bf16::from_bits(v as u16).to_f64()).collect(),
