@@ -449,22 +449,44 @@ fn slice(im: &mut Importer, x: Ref, first: &[i64], len: &[u64], name: &str) -> R
     im.push(name, "slice", &[POperand::Value(x)], &[("start", iints(first)), ("stop", iints(&stop))], None)
 }
 
+/// Pow: the known exponents 0.5, 1, 2, 3, -0.5 and -1 exactly (sqrt, mul,
+/// rsqrt, recip); any other exponent as `exp(y * log(x))` (x > 0; a negative
+/// base gives NaN, as `powf` does for non-integer exponents).
 fn pow(im: &mut Importer, n: &NodeProto, name: &str) -> Result<Vec<Val>, String> {
     let (x, elem) = im.ir(input(n, 0)?)?;
-    let e = host_input(im, n, 1)?.filter(|h| h.data.len() == 1).map(|h| h.data[0]);
-    let e = e.ok_or("a Pow whose exponent is not one known number is not supported")?;
+    if !im.ty(x).dtype.is_float() {
+        return Err("a Pow of integers is not supported".into());
+    }
+    let known = host_input(im, n, 1)?.filter(|h| h.data.len() == 1).map(|h| h.data[0]);
     let v = POperand::Value(x);
-    let r = match e {
-        1.0 => x,
-        2.0 => im.push(name, "mul", &[v, v], &[], None)?,
-        3.0 => {
+    let r = match known {
+        Some(1.0) => x,
+        Some(2.0) => im.push(name, "mul", &[v, v], &[], None)?,
+        Some(3.0) => {
             let sq = im.push(&format!("{name}__sq"), "mul", &[v, v], &[], None)?;
             im.push(name, "mul", &[POperand::Value(sq), v], &[], None)?
         }
-        0.5 => im.push(name, "sqrt", &[v], &[], None)?,
-        -0.5 => im.push(name, "rsqrt", &[v], &[], None)?,
-        -1.0 => im.push(name, "recip", &[v], &[], None)?,
-        e => return Err(format!("a Pow with exponent {e} is not supported (0.5, 1, 2, 3, -0.5 and -1 are)")),
+        Some(0.5) => im.push(name, "sqrt", &[v], &[], None)?,
+        Some(-0.5) => im.push(name, "rsqrt", &[v], &[], None)?,
+        Some(-1.0) => im.push(name, "recip", &[v], &[], None)?,
+        Some(e) => {
+            let ln = im.push(&format!("{name}__ln"), "log", &[v], &[], None)?;
+            let p = im.push(&format!("{name}__p"), "mul", &[POperand::Value(ln), POperand::Scalar(e)], &[], None)?;
+            im.push(name, "exp", &[POperand::Value(p)], &[], None)?
+        }
+        None => {
+            let (y, _) = im.ir(input(n, 1)?)?;
+            let dtype = im.ty(x).dtype;
+            let y = if im.ty(y).dtype == dtype {
+                y
+            } else {
+                let to = ("to", Attr::Word(dtype.name().into()));
+                im.push(&format!("{name}__y"), "cast", &[POperand::Value(y)], &[to], None)?
+            };
+            let ln = im.push(&format!("{name}__ln"), "log", &[v], &[], None)?;
+            let p = im.push(&format!("{name}__p"), "mul", &[POperand::Value(ln), POperand::Value(y)], &[], None)?;
+            im.push(name, "exp", &[POperand::Value(p)], &[], None)?
+        }
     };
     Ok(vec![Val::Ir { r, elem }])
 }
@@ -735,8 +757,8 @@ fn reduce(im: &mut Importer, n: &NodeProto, name: &str, op: &str) -> Result<Vec<
 /// additive float mask broadcasting to the scores; `is_causal` (upper-left
 /// aligned: the IR's causal when the query and key lengths agree); `scale`.
 fn attention(im: &mut Importer, n: &NodeProto, name: &str) -> Result<Vec<Val>, String> {
-    if n.input.iter().skip(4).any(|i| !i.is_empty()) || n.output.iter().skip(1).any(|o| !o.is_empty()) {
-        return Err("past and present key/value caches and the qk_matmul_output are not supported".into());
+    if n.output.get(3).is_some_and(|o| !o.is_empty()) {
+        return Err("the qk_matmul_output output is not supported".into());
     }
     if attr_float(n, "softcap", 0.0) != 0.0 {
         return Err("softcap is not supported".into());
@@ -763,47 +785,73 @@ fn attention(im: &mut Importer, n: &NodeProto, name: &str) -> Result<Vec<Val>, S
             _ => Err(format!("input {i} of shape {shape:?}: Q, K and V are all 3-D or all 4-D")),
         }
     };
-    let (qh, kh, vh) = (heads(im, 0, "q_num_heads")?, heads(im, 1, "kv_num_heads")?, heads(im, 2, "kv_num_heads")?);
+    let (qh, mut kh, mut vh) =
+        (heads(im, 0, "q_num_heads")?, heads(im, 1, "kv_num_heads")?, heads(im, 2, "kv_num_heads")?);
+    // Past keys and values come first; the grown caches are outputs 1 and 2.
+    let mut outs_kv = Vec::new();
+    for (i, x) in [(4, &mut kh), (5, &mut vh)] {
+        if let Some(past) = n.input.get(i).filter(|s| !s.is_empty()) {
+            let (p, _) = im.ir(past)?;
+            let out =
+                n.output.get(i - 3).cloned().filter(|o| !o.is_empty()).unwrap_or_else(|| format!("{name}__present{i}"));
+            *x =
+                im.push(&out, "concat", &[POperand::Value(p), POperand::Value(*x)], &[("axis", Attr::Int(2))], None)?;
+        }
+        outs_kv.push(Val::Ir { r: *x, elem });
+    }
     let (sq, sk) = (im.ty(qh).shape[2], im.ty(kh).shape[2]);
+    // ONNX aligns the causal mask upper-left (query i sees keys j <= i); the
+    // IR's causal aligns it lower-right: the same when the lengths agree, else an explicit mask.
     let causal = attr_int(n, "is_causal", 0) != 0;
+    let mut mask = match n.input.get(3).filter(|s| !s.is_empty()) {
+        None => None,
+        Some(m) => {
+            let (mask, mask_elem) = im.ir(m)?;
+            Some(if mask_elem == BOOL { additive(im, mask, elem, &format!("{name}__mask"))? } else { mask })
+        }
+    };
     if causal && sq != sk {
-        return Err(format!("is_causal with {sq} queries and {sk} keys (upper-left aligned) is not supported"));
+        let ty = TensorType::new(crate::ir::ScalarType::I32, vec![sq, sk]);
+        let row = im.push(&format!("{name}__row"), "iota", &[], &[("axis", Attr::Int(0))], Some(&ty))?;
+        let col = im.push(&format!("{name}__col"), "iota", &[], &[("axis", Attr::Int(1))], Some(&ty))?;
+        let le = [("kind", Attr::Word("le".into()))];
+        let keep =
+            im.push(&format!("{name}__causal"), "compare", &[POperand::Value(col), POperand::Value(row)], &le, None)?;
+        let c = additive(im, keep, elem, &format!("{name}__cmask"))?;
+        mask = Some(match mask {
+            Some(m) => {
+                im.push(&format!("{name}__masks"), "add", &[POperand::Value(m), POperand::Value(c)], &[], None)?
+            }
+            None => c,
+        });
     }
     let mut operands = vec![POperand::Value(qh), POperand::Value(kh), POperand::Value(vh)];
-    if let Some(m) = n.input.get(3).filter(|s| !s.is_empty()) {
-        let (mask, mask_elem) = im.ir(m)?;
-        let additive = if mask_elem == BOOL {
-            let ty = TensorType::new(im.ir_dtype(elem)?, im.ty(mask).shape.clone());
-            let zeros = im.push(&format!("{name}__keep"), "const", &[], &[("value", Attr::Float(0.0))], Some(&ty))?;
-            let cond = POperand::Value(mask);
-            im.push(
-                &format!("{name}__bias"),
-                "select",
-                &[cond, POperand::Value(zeros), POperand::Scalar(f64::NEG_INFINITY)],
-                &[],
-                None,
-            )?
-        } else {
-            mask
-        };
-        operands.push(POperand::Value(additive));
-    }
+    operands.extend(mask.map(POperand::Value));
     let d = im.ty(qh).shape[3];
     let scale = match attr_float(n, "scale", 0.0) {
         0.0 => 1.0 / (d as f64).sqrt(),
         s => s as f64,
     };
-    let attrs = [("causal", Attr::Bool(causal)), ("scale", Attr::Float(scale))];
+    let attrs = [("causal", Attr::Bool(causal && sq == sk)), ("scale", Attr::Float(scale))];
     let y_name = if three_d { format!("{name}__y") } else { name.to_string() };
     let y = im.push(&y_name, "attention", &operands, &attrs, None)?;
-    if !three_d {
-        return Ok(vec![Val::Ir { r: y, elem }]);
-    }
-    let shape = im.ty(y).shape.clone();
-    let merged =
-        im.push(&format!("{name}__m"), "transpose", &[POperand::Value(y)], &[("perm", ints(&[0, 2, 1, 3]))], None)?;
-    let r = reshape(im, merged, &[shape[0], shape[2], shape[1] * shape[3]], name)?;
-    Ok(vec![Val::Ir { r, elem }])
+    let y = if three_d {
+        let shape = im.ty(y).shape.clone();
+        let merged =
+            im.push(&format!("{name}__m"), "transpose", &[POperand::Value(y)], &[("perm", ints(&[0, 2, 1, 3]))], None)?;
+        reshape(im, merged, &[shape[0], shape[2], shape[1] * shape[3]], name)?
+    } else {
+        y
+    };
+    Ok(std::iter::once(Val::Ir { r: y, elem }).chain(outs_kv).collect())
+}
+
+/// A boolean mask (true takes part) as an additive one: 0 or -inf.
+fn additive(im: &mut Importer, keep: Ref, elem: i32, name: &str) -> Result<Ref, String> {
+    let ty = TensorType::new(im.ir_dtype(elem)?, im.ty(keep).shape.clone());
+    let zeros = im.push(&format!("{name}__zero"), "const", &[], &[("value", Attr::Float(0.0))], Some(&ty))?;
+    let ops = [POperand::Value(keep), POperand::Value(zeros), POperand::Scalar(f64::NEG_INFINITY)];
+    im.push(name, "select", &ops, &[], None)
 }
 
 /// Trilu: elements with `col - row >= k` kept (upper) or `col - row <= k`
