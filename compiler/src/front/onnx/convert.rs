@@ -701,7 +701,14 @@ fn gather(im: &mut Importer, n: &NodeProto, name: &str) -> Result<Vec<Val>, Stri
         )?;
         return Ok(vec![Val::Ir { r, elem }]);
     }
+    // Negative indices count from the end (ONNX): `i < 0 ? i + dim : i`.
     let (idx, _) = im.ir(input(n, 1)?)?;
+    let lt = [("kind", Attr::Word("lt".into()))];
+    let neg = im.push(&format!("{name}__neg"), "compare", &[POperand::Value(idx), POperand::Scalar(0.0)], &lt, None)?;
+    let wrapped =
+        im.push(&format!("{name}__wrap"), "add", &[POperand::Value(idx), POperand::Scalar(dim as f64)], &[], None)?;
+    let ops = [POperand::Value(neg), POperand::Value(wrapped), POperand::Value(idx)];
+    let idx = im.push(&format!("{name}__idx"), "select", &ops, &[], None)?;
     let r = im.push(
         name,
         "gather",
