@@ -64,6 +64,7 @@ pub const SUPPORTED: &[&str] = &[
     "ReduceSum",
     "Relu",
     "Reshape",
+    "RotaryEmbedding",
     "Shape",
     "Sigmoid",
     "Size",
@@ -402,10 +403,23 @@ pub fn convert(im: &mut Importer, n: &NodeProto) -> Result<Vec<Val>, String> {
             let (x, elem) = im.ir(input(n, 0)?)?;
             let shape = im.ty(x).shape.clone();
             let (first, step, len) = slice_spec(im, n, &shape)?;
-            if step.iter().any(|&s| s != 1) {
-                return Err(format!("steps {step:?}: only step 1 is supported on values computed at run time"));
+            if step.iter().any(|&s| s < 1) {
+                return Err(format!("steps {step:?}: negative steps are not supported on values computed at run time"));
             }
-            ir(slice(im, x, &first, &len, &name)?, elem)
+            // Unit-step dims in one slice; each strided dim after it.
+            let unit_first: Vec<i64> = first.iter().zip(&step).map(|(&f, &k)| if k == 1 { f } else { 0 }).collect();
+            let unit_len: Vec<u64> = (0..shape.len()).map(|a| if step[a] == 1 { len[a] } else { shape[a] }).collect();
+            let strided = step.iter().any(|&k| k > 1);
+            let mut r =
+                slice(im, x, &unit_first, &unit_len, &if strided { format!("{name}__unit") } else { name.clone() })?;
+            for a in (0..shape.len()).filter(|&a| step[a] > 1) {
+                r = strided_slice(im, r, a, (first[a] as u64, step[a] as u64, len[a]), &format!("{name}__s{a}"))?;
+            }
+            if strided {
+                let out = im.ty(r).shape.clone();
+                r = im.push(&name, "reshape", &[POperand::Value(r)], &[("shape", ints(&out))], None)?;
+            }
+            ir(r, elem)
         }
         "Split" => {
             let (x, elem) = im.ir(input(n, 0)?)?;
@@ -429,6 +443,7 @@ pub fn convert(im: &mut Importer, n: &NodeProto) -> Result<Vec<Val>, String> {
         "ReduceSum" | "ReduceMean" | "ReduceMax" => reduce(im, n, &name, &op),
         "Attention" => attention(im, n, &name),
         "Trilu" => trilu(im, n, &name),
+        "RotaryEmbedding" => rotary(im, n, &name),
         _ => Err(format!("`{op}` of values computed at run time is not supported")),
     }
 }
@@ -452,6 +467,49 @@ fn slice(im: &mut Importer, x: Ref, first: &[i64], len: &[u64], name: &str) -> R
 /// Pow: the known exponents 0.5, 1, 2, 3, -0.5 and -1 exactly (sqrt, mul,
 /// rsqrt, recip); any other exponent as `exp(y * log(x))` (x > 0; a negative
 /// base gives NaN, as `powf` does for non-integer exponents).
+/// Elements `first, first + step, ...` (`len` of them) along dim `a` of `x`:
+/// the region they span, reshaped so that the step is a dim of its own, and
+/// that dim's first index (a last, incomplete group is sliced on its own).
+fn strided_slice(
+    im: &mut Importer,
+    x: Ref,
+    a: usize,
+    (first, step, len): (u64, u64, u64),
+    name: &str,
+) -> Result<Ref, String> {
+    let shape = im.ty(x).shape.clone();
+    let full = if first + step * len <= shape[a] { len } else { len.saturating_sub(1) };
+    let mut parts = Vec::new();
+    if full > 0 {
+        let mut at = vec![0i64; shape.len()];
+        at[a] = first as i64;
+        let mut span = shape.clone();
+        span[a] = step * full;
+        let region = slice(im, x, &at, &span, &format!("{name}__region"))?;
+        let mut grouped = shape[..a].to_vec();
+        grouped.extend([full, step]);
+        grouped.extend(&shape[a + 1..]);
+        let g = reshape(im, region, &grouped, &format!("{name}__groups"))?;
+        let mut pick = grouped.clone();
+        pick[a + 1] = 1;
+        let picked = slice(im, g, &vec![0; grouped.len()], &pick, &format!("{name}__pick"))?;
+        let mut back = shape.clone();
+        back[a] = full;
+        parts.push(POperand::Value(reshape(im, picked, &back, &format!("{name}__full"))?));
+    }
+    if full < len {
+        let mut at = vec![0i64; shape.len()];
+        at[a] = (first + step * full) as i64;
+        let mut one = shape.clone();
+        one[a] = 1;
+        parts.push(POperand::Value(slice(im, x, &at, &one, &format!("{name}__last"))?));
+    }
+    match parts[..] {
+        [POperand::Value(r)] => Ok(r),
+        _ => im.push(name, "concat", &parts, &[("axis", Attr::Int(a as i64))], None),
+    }
+}
+
 fn pow(im: &mut Importer, n: &NodeProto, name: &str) -> Result<Vec<Val>, String> {
     let (x, elem) = im.ir(input(n, 0)?)?;
     if !im.ty(x).dtype.is_float() {
@@ -884,5 +942,100 @@ fn trilu(im: &mut Importer, n: &NodeProto, name: &str) -> Result<Vec<Val>, Strin
         None,
     )?;
     let r = im.push(name, "select", &[POperand::Value(keep), POperand::Value(x), POperand::Scalar(0.0)], &[], None)?;
+    Ok(vec![Val::Ir { r, elem }])
+}
+
+/// RotaryEmbedding (opset 23), halves or interleaved: X as `[B, H, S, D]`, or
+/// `[B, S, H * D]` with `num_heads`; the first `rotary_embedding_dim` (default
+/// D) features rotate by the cos/sin caches (rows picked by `position_ids`, or
+/// given per batch and position): `x1 cos - x2 sin`, `x2 cos + x1 sin`; the rest
+/// pass through.
+fn rotary(im: &mut Importer, n: &NodeProto, name: &str) -> Result<Vec<Val>, String> {
+    let interleaved = attr_int(n, "interleaved", 0) != 0;
+    let (x, elem) = im.ir(input(n, 0)?)?;
+    let shape = im.ty(x).shape.clone();
+    // Work in [B, S, H, D] (the op's own layout) and go back at the end.
+    let x4 = match shape[..] {
+        [_, _, _, _] => im.push(
+            &format!("{name}__bshd"),
+            "transpose",
+            &[POperand::Value(x)],
+            &[("perm", ints(&[0, 2, 1, 3]))],
+            None,
+        )?,
+        [b, s, hd] => {
+            let h = u64::try_from(attr_int(n, "num_heads", 0)).ok().filter(|&h| h > 0 && hd % h == 0);
+            let h = h.ok_or_else(|| format!("3-D input needs `num_heads` dividing {hd}"))?;
+            reshape(im, x, &[b, s, h, hd / h], &format!("{name}__bshd"))?
+        }
+        _ => return Err(format!("input of shape {shape:?}: 3-D or 4-D")),
+    };
+    let [b, s, h, d] = im.ty(x4).shape[..] else { return Err("rank".into()) };
+    let rd = match attr_int(n, "rotary_embedding_dim", 0) {
+        0 => d,
+        r => u64::try_from(r)
+            .ok()
+            .filter(|&r| r <= d && r % 2 == 0)
+            .ok_or(format!("rotary_embedding_dim {r} for head size {d}"))?,
+    };
+    let half = rd / 2;
+    // cos/sin as [B, S, 1, rd/2].
+    let cache = |im: &mut Importer, i: usize| -> Result<Ref, String> {
+        let (c, _) = im.ir(input(n, i)?)?;
+        let rows = match n.input.get(3).filter(|p| !p.is_empty()) {
+            Some(p) => {
+                let (ids, _) = im.ir(p)?;
+                im.push(
+                    &format!("{name}__rows{i}"),
+                    "gather",
+                    &[POperand::Value(c), POperand::Value(ids)],
+                    &[("axis", Attr::Int(0))],
+                    None,
+                )?
+            }
+            None => c,
+        };
+        let rows = slice(im, rows, &[0, 0, 0], &[b, s, half], &format!("{name}__c{i}"))?;
+        reshape(im, rows, &[b, s, 1, half], &format!("{name}__b{i}"))
+    };
+    let (cos, sin) = (cache(im, 1)?, cache(im, 2)?);
+    let part = |im: &mut Importer, from: u64, len: u64, tag: &str| {
+        slice(im, x4, &[0, 0, 0, from as i64], &[b, s, h, len], &format!("{name}__{tag}"))
+    };
+    // Halves, or with `interleaved` the even and odd features.
+    let (x1, x2) = if interleaved {
+        (
+            strided_slice(im, x4, 3, (0, 2, half), &format!("{name}__x1"))?,
+            strided_slice(im, x4, 3, (1, 2, half), &format!("{name}__x2"))?,
+        )
+    } else {
+        (part(im, 0, half, "x1")?, part(im, half, half, "x2")?)
+    };
+    let v = POperand::Value;
+    let mul = |im: &mut Importer, a: Ref, c: Ref, tag: &str| {
+        im.push(&format!("{name}__{tag}"), "mul", &[v(a), v(c)], &[], None)
+    };
+    let (x1c, x2s, x2c, x1s) =
+        (mul(im, x1, cos, "x1c")?, mul(im, x2, sin, "x2s")?, mul(im, x2, cos, "x2c")?, mul(im, x1, sin, "x1s")?);
+    let o1 = im.push(&format!("{name}__o1"), "sub", &[v(x1c), v(x2s)], &[], None)?;
+    let o2 = im.push(&format!("{name}__o2"), "add", &[v(x2c), v(x1s)], &[], None)?;
+    let mut parts = if interleaved {
+        // Back to even/odd order: [.., half, 2] flattened.
+        let pair =
+            |im: &mut Importer, o: Ref, tag: &str| reshape(im, o, &[b, s, h, half, 1], &format!("{name}__{tag}"));
+        let (p1, p2) = (pair(im, o1, "p1")?, pair(im, o2, "p2")?);
+        let z = im.push(&format!("{name}__zip"), "concat", &[v(p1), v(p2)], &[("axis", Attr::Int(4))], None)?;
+        vec![v(reshape(im, z, &[b, s, h, rd], &format!("{name}__zipped"))?)]
+    } else {
+        vec![v(o1), v(o2)]
+    };
+    if rd < d {
+        parts.push(v(part(im, rd, d - rd, "pass")?));
+    }
+    let joined = im.push(&format!("{name}__rot"), "concat", &parts, &[("axis", Attr::Int(3))], None)?;
+    let r = match shape[..] {
+        [_, _, _, _] => im.push(name, "transpose", &[v(joined)], &[("perm", ints(&[0, 2, 1, 3]))], None)?,
+        _ => reshape(im, joined, &shape, name)?,
+    };
     Ok(vec![Val::Ir { r, elem }])
 }
