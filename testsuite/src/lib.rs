@@ -65,6 +65,25 @@ mod tests {
     }
 }
 
+/// `count` copies of `bytes`, each with 4 bytes set to pseudo-random values
+/// (xorshift from `seed`): corruptions for the never-panic tests.
+pub fn mutations(bytes: &[u8], seed: u64, count: usize) -> impl Iterator<Item = Vec<u8>> + '_ {
+    let mut state = seed;
+    (0..count).map(move |_| {
+        let mut b = bytes.to_vec();
+        for _ in 0..4 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let at = (state % b.len().max(1) as u64) as usize;
+            if let Some(x) = b.get_mut(at) {
+                *x = (state >> 40) as u8;
+            }
+        }
+        b
+    })
+}
+
 /// Running imported ONNX models and comparing with onnxruntime's outputs.
 pub mod onnx {
     use jalc::eval::Tensor;

@@ -152,16 +152,7 @@ fn damaged_models_import_or_fail_cleanly() {
     for cut in (0..bytes.len()).step_by(7) {
         attempt(&bytes[..cut]);
     }
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    for _ in 0..2000 {
-        let mut b = bytes.clone();
-        for _ in 0..4 {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            let at = (state % b.len() as u64) as usize;
-            b[at] = (state >> 40) as u8;
-        }
+    for b in jpu_testsuite::mutations(&bytes, 0x9e37_79b9_7f4a_7c15u64, 2000) {
         attempt(&b);
     }
 }

@@ -48,16 +48,7 @@ fn truncated_and_mutated_models_never_panic() {
     for cut in 0..bytes.len() {
         let _ = onnx::decode(&bytes[..cut], &dir, "cut.onnx");
     }
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    for _ in 0..3000 {
-        let mut b = bytes.clone();
-        for _ in 0..4 {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            let at = (state % b.len() as u64) as usize;
-            b[at] = (state >> 40) as u8;
-        }
+    for b in jpu_testsuite::mutations(&bytes, 0x2545_f491_4f6c_dd1du64, 3000) {
         let _ = onnx::decode(&b, &dir, "mutated.onnx");
     }
 }

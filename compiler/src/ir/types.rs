@@ -87,17 +87,7 @@ impl ScalarType {
 
     /// The IR type with the values of a chip dtype.
     pub fn from_chip(d: jpu_isa::DType) -> Option<ScalarType> {
-        [
-            ScalarType::F32,
-            ScalarType::F16,
-            ScalarType::Bf16,
-            ScalarType::F8E4M3,
-            ScalarType::F8E5M2,
-            ScalarType::I8,
-            ScalarType::I32,
-        ]
-        .into_iter()
-        .find(|t| t.chip() == Some(d))
+        ScalarType::ALL.into_iter().find(|t| t.chip() == Some(d))
     }
 }
 

@@ -458,8 +458,14 @@ impl Importer {
         Ok((POperand::Value(r), elem))
     }
 
-    /// The type the IR's checker gives `op(operands) {attrs}`.
-    pub(super) fn infer(&self, op: &str, operands: &[POperand], attrs: &[(&str, Attr)]) -> Result<TensorType, String> {
+    /// The checker's op and type of `op(operands) {attrs} [: annotation]`.
+    fn typed(
+        &self,
+        op: &str,
+        operands: &[POperand],
+        attrs: &[(&str, Attr)],
+        annotation: Option<&TensorType>,
+    ) -> Result<(crate::ir::Op, TensorType), String> {
         let args: Vec<Arg<'_>> = operands
             .iter()
             .map(|o| match o {
@@ -468,7 +474,12 @@ impl Importer {
             })
             .collect();
         let attrs: Vec<(String, Attr)> = attrs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
-        infer(op, &args, &attrs, None).map(|(_, ty)| ty).map_err(|e| e.message)
+        infer(op, &args, &attrs, annotation).map_err(|e| e.message)
+    }
+
+    /// The type the IR's checker gives `op(operands) {attrs}`.
+    pub(super) fn infer(&self, op: &str, operands: &[POperand], attrs: &[(&str, Attr)]) -> Result<TensorType, String> {
+        self.typed(op, operands, attrs, None).map(|(_, ty)| ty)
     }
 
     /// Appends `%name = op(operands) {attrs} [: annotation]`, typed by the IR's checker.
@@ -480,15 +491,7 @@ impl Importer {
         attrs: &[(&str, Attr)],
         annotation: Option<&TensorType>,
     ) -> Result<Ref, String> {
-        let args: Vec<Arg<'_>> = operands
-            .iter()
-            .map(|o| match o {
-                POperand::Value(r) => Arg::Value(self.ty(*r)),
-                POperand::Scalar(x) => Arg::Literal(*x),
-            })
-            .collect();
-        let attrs: Vec<(String, Attr)> = attrs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
-        let (op, ty) = infer(op, &args, &attrs, annotation).map_err(|e| e.message)?;
+        let (op, ty) = self.typed(op, operands, attrs, annotation)?;
         let name = self.unique(name);
         self.stmts.push(Stmt { name, op, operands: operands.to_vec(), ty });
         Ok(Ref::Stmt(self.stmts.len() - 1))
