@@ -818,16 +818,13 @@ fn reduce(im: &mut Importer, n: &NodeProto, name: &str, op: &str) -> Result<Vec<
 }
 
 /// Attention (opset 23): Q, K, V as `[B, H, S, D]`, or `[B, S, H * D]` with
-/// `q_num_heads` / `kv_num_heads`; a boolean mask (true takes part) or an
-/// additive float mask broadcasting to the scores; `is_causal` (upper-left
-/// aligned: the IR's causal when the query and key lengths agree); `scale`.
+/// `q_num_heads` / `kv_num_heads`; past keys and values concatenated in front
+/// (the grown caches are outputs 1 and 2); a boolean mask (true takes part) or
+/// an additive float mask, padded with -inf past its last key; `is_causal`
+/// (query i sees keys up to i + the past length); `scale`. Without `softcap`
+/// and `qk_matmul_output` this is the IR's fused attention; with them it is
+/// written out ([`attention_written_out`]).
 fn attention(im: &mut Importer, n: &NodeProto, name: &str) -> Result<Vec<Val>, String> {
-    if n.output.get(3).is_some_and(|o| !o.is_empty()) {
-        return Err("the qk_matmul_output output is not supported".into());
-    }
-    if attr_float(n, "softcap", 0.0) != 0.0 {
-        return Err("softcap is not supported".into());
-    }
     let (q, elem) = im.ir(input(n, 0)?)?;
     let three_d = im.ty(q).shape.len() == 3;
     let heads = |im: &mut Importer, i: usize, attr: &str| -> Result<Ref, String> {
@@ -852,63 +849,214 @@ fn attention(im: &mut Importer, n: &NodeProto, name: &str) -> Result<Vec<Val>, S
     };
     let (qh, mut kh, mut vh) =
         (heads(im, 0, "q_num_heads")?, heads(im, 1, "kv_num_heads")?, heads(im, 2, "kv_num_heads")?);
-    // Past keys and values come first; the grown caches are outputs 1 and 2.
-    let mut outs_kv = Vec::new();
+    let mut past = 0;
+    let mut outs = vec![];
     for (i, x) in [(4, &mut kh), (5, &mut vh)] {
-        if let Some(past) = n.input.get(i).filter(|s| !s.is_empty()) {
-            let (p, _) = im.ir(past)?;
+        if let Some(p) = n.input.get(i).filter(|s| !s.is_empty()) {
+            let (p, _) = im.ir(p)?;
+            past = im.ty(p).shape[2];
             let out =
                 n.output.get(i - 3).cloned().filter(|o| !o.is_empty()).unwrap_or_else(|| format!("{name}__present{i}"));
             *x =
                 im.push(&out, "concat", &[POperand::Value(p), POperand::Value(*x)], &[("axis", Attr::Int(2))], None)?;
         }
-        outs_kv.push(Val::Ir { r: *x, elem });
+        outs.push(Val::Ir { r: *x, elem });
     }
-    let (sq, sk) = (im.ty(qh).shape[2], im.ty(kh).shape[2]);
-    // ONNX aligns the causal mask upper-left (query i sees keys j <= i); the
-    // IR's causal aligns it lower-right: the same when the lengths agree, else an explicit mask.
+    let (sq, sk, d) = (im.ty(qh).shape[2], im.ty(kh).shape[2], im.ty(qh).shape[3]);
     let causal = attr_int(n, "is_causal", 0) != 0;
-    let mut mask = match n.input.get(3).filter(|s| !s.is_empty()) {
-        None => None,
-        Some(m) => {
-            let (mask, mask_elem) = im.ir(m)?;
-            Some(if mask_elem == BOOL { additive(im, mask, elem, &format!("{name}__mask"))? } else { mask })
-        }
-    };
-    if causal && sq != sk {
-        let ty = TensorType::new(crate::ir::ScalarType::I32, vec![sq, sk]);
-        let row = im.push(&format!("{name}__row"), "iota", &[], &[("axis", Attr::Int(0))], Some(&ty))?;
-        let col = im.push(&format!("{name}__col"), "iota", &[], &[("axis", Attr::Int(1))], Some(&ty))?;
-        let le = [("kind", Attr::Word("le".into()))];
-        let keep =
-            im.push(&format!("{name}__causal"), "compare", &[POperand::Value(col), POperand::Value(row)], &le, None)?;
-        let c = additive(im, keep, elem, &format!("{name}__cmask"))?;
-        mask = Some(match mask {
-            Some(m) => {
-                im.push(&format!("{name}__masks"), "add", &[POperand::Value(m), POperand::Value(c)], &[], None)?
-            }
-            None => c,
-        });
-    }
-    let mut operands = vec![POperand::Value(qh), POperand::Value(kh), POperand::Value(vh)];
-    operands.extend(mask.map(POperand::Value));
-    let d = im.ty(qh).shape[3];
+    // The IR's causal lets query i see keys up to i + sk - sq: ONNX's when that is the past length.
+    let ir_causal = causal && sk == sq + past;
+    let bias = attention_bias(im, n, elem, (sq, sk), causal && !ir_causal, past, name)?;
     let scale = match attr_float(n, "scale", 0.0) {
         0.0 => 1.0 / (d as f64).sqrt(),
         s => s as f64,
     };
-    let attrs = [("causal", Attr::Bool(causal && sq == sk)), ("scale", Attr::Float(scale))];
-    let y_name = if three_d { format!("{name}__y") } else { name.to_string() };
-    let y = im.push(&y_name, "attention", &operands, &attrs, None)?;
+    let softcap = attr_float(n, "softcap", 0.0) as f64;
+    let qk_out = n.output.get(3).filter(|o| !o.is_empty()).cloned();
+    let (y, qk) = if softcap == 0.0 && qk_out.is_none() {
+        let mut operands = vec![POperand::Value(qh), POperand::Value(kh), POperand::Value(vh)];
+        operands.extend(bias.map(POperand::Value));
+        let attrs = [("causal", Attr::Bool(ir_causal)), ("scale", Attr::Float(scale))];
+        let y_name = if three_d { format!("{name}__y") } else { name.to_string() };
+        (im.push(&y_name, "attention", &operands, &attrs, None)?, None)
+    } else {
+        let mode = attr_int(n, "qk_matmul_output_mode", 0);
+        let bias = match (ir_causal, bias) {
+            (true, b) => attention_bias_with_causal(im, n, elem, (sq, sk), past, b, name)?,
+            (false, b) => b,
+        };
+        let (y, qk) = attention_written_out(im, (qh, kh, vh), bias, (scale, softcap, mode), name)?;
+        (y, Some(qk))
+    };
     let y = if three_d {
         let shape = im.ty(y).shape.clone();
         let merged =
             im.push(&format!("{name}__m"), "transpose", &[POperand::Value(y)], &[("perm", ints(&[0, 2, 1, 3]))], None)?;
         reshape(im, merged, &[shape[0], shape[2], shape[1] * shape[3]], name)?
+    } else if qk.is_some() {
+        // The written-out result takes the node's name.
+        let shape = im.ty(y).shape.clone();
+        im.push(name, "reshape", &[POperand::Value(y)], &[("shape", ints(&shape))], None)?
     } else {
         y
     };
-    Ok(std::iter::once(Val::Ir { r: y, elem }).chain(outs_kv).collect())
+    let mut all = vec![Val::Ir { r: y, elem }];
+    all.extend(outs);
+    if let (Some(qk), Some(out)) = (qk, qk_out) {
+        let shape = im.ty(qk).shape.clone();
+        all.push(Val::Ir {
+            r: im.push(&out, "reshape", &[POperand::Value(qk)], &[("shape", ints(&shape))], None)?,
+            elem,
+        });
+    }
+    Ok(all)
+}
+
+/// The additive bias of an Attention: its mask (booleans as 0 / -inf, padded
+/// with -inf past its last key) plus, with `causal`, the explicit causal mask.
+fn attention_bias(
+    im: &mut Importer,
+    n: &NodeProto,
+    elem: i32,
+    (sq, sk): (u64, u64),
+    causal: bool,
+    past: u64,
+    name: &str,
+) -> Result<Option<Ref>, String> {
+    let mut mask = match n.input.get(3).filter(|s| !s.is_empty()) {
+        None => None,
+        Some(m) => {
+            let (mask, mask_elem) = im.ir(m)?;
+            let mut m = if mask_elem == BOOL { additive(im, mask, elem, &format!("{name}__mask"))? } else { mask };
+            let shape = im.ty(m).shape.clone();
+            let last = *shape.last().unwrap_or(&sk);
+            if last < sk {
+                let mut pad = shape.clone();
+                *pad.last_mut().expect("a mask has dims") = sk - last;
+                let ty = TensorType::new(im.ty(m).dtype, pad);
+                let inf = im.push(
+                    &format!("{name}__pad"),
+                    "const",
+                    &[],
+                    &[("value", Attr::Float(f64::NEG_INFINITY))],
+                    Some(&ty),
+                )?;
+                let axis = ("axis", Attr::Int(shape.len() as i64 - 1));
+                m = im.push(
+                    &format!("{name}__padded"),
+                    "concat",
+                    &[POperand::Value(m), POperand::Value(inf)],
+                    &[axis],
+                    None,
+                )?;
+            }
+            Some(m)
+        }
+    };
+    if causal {
+        mask = attention_bias_with_causal(im, n, elem, (sq, sk), past, mask, name)?;
+    }
+    // nonpad_kv_seqlen (opset 24): batch b sees its first `len[b]` keys.
+    if let Some(lens) = n.input.get(6).filter(|s| !s.is_empty()) {
+        let (lens, _) = im.ir(lens)?;
+        let batch = im.ty(lens).shape.first().copied().unwrap_or(1);
+        let l4 = reshape(im, lens, &[batch, 1, 1, 1], &format!("{name}__lens"))?;
+        let ty = TensorType::new(crate::ir::ScalarType::I32, vec![batch, 1, 1, sk]);
+        let key = im.push(&format!("{name}__key"), "iota", &[], &[("axis", Attr::Int(3))], Some(&ty))?;
+        let lt = [("kind", Attr::Word("lt".into()))];
+        let keep =
+            im.push(&format!("{name}__nonpad"), "compare", &[POperand::Value(key), POperand::Value(l4)], &lt, None)?;
+        let pad = additive(im, keep, elem, &format!("{name}__padmask"))?;
+        mask = Some(match mask {
+            Some(m) => {
+                im.push(&format!("{name}__allmasks"), "add", &[POperand::Value(m), POperand::Value(pad)], &[], None)?
+            }
+            None => pad,
+        });
+    }
+    Ok(mask)
+}
+
+/// `mask` plus the causal mask `[sq, sk]`: query i sees keys `j <= i + past`.
+fn attention_bias_with_causal(
+    im: &mut Importer,
+    _n: &NodeProto,
+    elem: i32,
+    (sq, sk): (u64, u64),
+    past: u64,
+    mask: Option<Ref>,
+    name: &str,
+) -> Result<Option<Ref>, String> {
+    let ty = TensorType::new(crate::ir::ScalarType::I32, vec![sq, sk]);
+    let row = im.push(&format!("{name}__row"), "iota", &[], &[("axis", Attr::Int(0))], Some(&ty))?;
+    let col = im.push(&format!("{name}__col"), "iota", &[], &[("axis", Attr::Int(1))], Some(&ty))?;
+    let limit =
+        im.push(&format!("{name}__limit"), "add", &[POperand::Value(row), POperand::Scalar(past as f64)], &[], None)?;
+    let le = [("kind", Attr::Word("le".into()))];
+    let keep =
+        im.push(&format!("{name}__causal"), "compare", &[POperand::Value(col), POperand::Value(limit)], &le, None)?;
+    let c = additive(im, keep, elem, &format!("{name}__cmask"))?;
+    Ok(Some(match mask {
+        Some(m) => im.push(&format!("{name}__masks"), "add", &[POperand::Value(m), POperand::Value(c)], &[], None)?,
+        None => c,
+    }))
+}
+
+/// Attention written out (ONNX's reference order): `s = Q K^T * scale`, then
+/// `softcap * tanh(s / softcap)`, plus the bias, softmax, times V; grouped KV
+/// heads by a 5-D view. Returns Y and the `qk_matmul_output` of `mode` (0 and 1:
+/// the scores after the softcap, 2: after the bias, 3: the probabilities).
+fn attention_written_out(
+    im: &mut Importer,
+    (q, k, v): (Ref, Ref, Ref),
+    bias: Option<Ref>,
+    (scale, softcap, mode): (f64, f64, i64),
+    name: &str,
+) -> Result<(Ref, Ref), String> {
+    let (qs, vs) = (im.ty(q).shape.clone(), im.ty(v).shape.clone());
+    let (b, hq, sq, d, hk, sk, dv) = (qs[0], qs[1], qs[2], qs[3], vs[1], vs[2], vs[3]);
+    if hk == 0 || hq % hk != 0 {
+        return Err(format!("{hq} query heads over {hk} key/value heads"));
+    }
+    let g = hq / hk;
+    let val = POperand::Value;
+    let q5 = reshape(im, q, &[b, hk, g, sq, d], &format!("{name}__q5"))?;
+    let k5 = reshape(im, k, &[b, hk, 1, sk, d], &format!("{name}__k5"))?;
+    let wide = TensorType::new(crate::ir::ScalarType::F32, vec![b, hk, g, sq, sk]);
+    let tb = [("transpose_b", Attr::Bool(true))];
+    let s5 = im.push(&format!("{name}__qk"), "matmul", &[val(q5), val(k5)], &tb, Some(&wide))?;
+    let s = reshape(im, s5, &[b, hq, sq, sk], &format!("{name}__qk4"))?;
+    let mut s = im.push(&format!("{name}__scaled"), "mul", &[val(s), POperand::Scalar(scale)], &[], None)?;
+    if softcap > 0.0 {
+        let t = im.push(&format!("{name}__capin"), "div", &[val(s), POperand::Scalar(softcap)], &[], None)?;
+        let t = im.push(&format!("{name}__tanh"), "tanh", &[val(t)], &[], None)?;
+        s = im.push(&format!("{name}__capped"), "mul", &[val(t), POperand::Scalar(softcap)], &[], None)?;
+    }
+    let capped = s;
+    let biased = match bias {
+        Some(m) => {
+            let m = im.widened(val(m), &format!("{name}__bias"))?;
+            im.push(&format!("{name}__biased"), "add", &[val(s), m], &[], None)?
+        }
+        None => s,
+    };
+    let p = im.push(&format!("{name}__p"), "softmax", &[val(biased)], &[("axis", Attr::Int(-1))], None)?;
+    let storage = im.ty(v).dtype;
+    let pv = if storage == im.ty(p).dtype {
+        p
+    } else {
+        im.push(&format!("{name}__pv"), "cast", &[val(p)], &[("to", Attr::Word(storage.name().into()))], None)?
+    };
+    let p5 = reshape(im, pv, &[b, hk, g, sq, sk], &format!("{name}__p5"))?;
+    let v5 = reshape(im, v, &[b, hk, 1, sk, dv], &format!("{name}__v5"))?;
+    let y5 = im.push(&format!("{name}__y5"), "matmul", &[val(p5), val(v5)], &[], None)?;
+    let y = reshape(im, y5, &[b, hq, sq, dv], &format!("{name}__y"))?;
+    let qk = match mode {
+        2 => biased,
+        3 => p,
+        _ => capped,
+    };
+    Ok((y, qk))
 }
 
 /// A boolean mask (true takes part) as an additive one: 0 or -inf.
