@@ -130,7 +130,7 @@ impl<R: Rng> Gen<R> {
         match self.rng.random_range(0..5) {
             0 => {
                 let v = self.pick_int();
-                let ops = ["add", "sub", "mul", "max", "min"];
+                let ops = ["add", "sub", "mul", "max", "min", "div"];
                 let op = ops[self.rng.random_range(0..ops.len())];
                 let (a, b) = self.with_partner(&v);
                 if self.rng.random_bool(0.2) {

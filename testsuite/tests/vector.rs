@@ -104,6 +104,25 @@ fn integer_and_boolean_programs_are_exact() {
     let src = src.replace("neg(%x)", "%x");
     let f = check(&src);
     assert_eq!(jpu_testsuite::verify_everywhere(&f, &src, 3), 0.0);
+    // Integer division truncates toward zero, and x / 0 is 0 (chip and evaluator).
+    let div = "func @d(%x: i32[4, 16], %y: i32[16], %z: i8[4, 16]) -> (i32[4, 16], i8[4, 16]) {
+  %q = div(%x, %y)
+  %r = div(%z, -3)
+  return %q, %r
+}";
+    let f = check(div);
+    assert_eq!(jpu_testsuite::verify_everywhere(&f, div, 4), 0.0);
+    let values = jalc::eval::eval(
+        &f,
+        &[
+            jalc::eval::Tensor::from_values(f.node(jalc::ir::ValueId(0)).ty.clone(), &[-7.0; 64]),
+            jalc::eval::Tensor::from_values(f.node(jalc::ir::ValueId(1)).ty.clone(), &[2.0, 0.0, -2.0, 7.0].repeat(4)),
+            jalc::eval::Tensor::from_values(f.node(jalc::ir::ValueId(2)).ty.clone(), &[-128.0; 64]),
+        ],
+    )
+    .unwrap();
+    assert_eq!(values[0].data[..4], [-3.0, 0.0, 3.0, -1.0]);
+    assert_eq!(values[1].data[0], 42.0);
 }
 
 /// What the row kernels do not cover is refused with the op and the reason.

@@ -240,7 +240,8 @@ fn binary(op: BinaryOp, dt: ScalarType, a: f64, b: f64) -> f64 {
             BinaryOp::Mul => x.wrapping_mul(y),
             BinaryOp::Max => x.max(y),
             BinaryOp::Min => x.min(y),
-            BinaryOp::Div => unreachable!("checked: div is float-only"),
+            // Truncating (as C and the VE); a division by zero gives 0.
+            BinaryOp::Div => x.checked_div(y).unwrap_or(0),
         };
         return (if dt == ScalarType::I32 { r as i32 as i64 } else { r }) as f64;
     }

@@ -179,7 +179,7 @@ const NORM: &[AttrDef] = &[attr("axis", AttrKind::Int, AttrDefault::Required("-1
 const REDUCE: &[AttrDef] =
     &[attr("axes", AttrKind::Ints, AttrDefault::Required("[1]")), attr("keepdims", AttrKind::Bool, BOOL_FALSE)];
 
-const BINARY_DOC: &str = "f32 op, rounded; `max`/`min` return the non-NaN operand; `div` is float-only; on integers exact then wrapped (i32) or saturated (i8)";
+const BINARY_DOC: &str = "f32 op, rounded; `max`/`min` return the non-NaN operand; on integers exact then wrapped (i32) or saturated (i8), `div` truncating toward zero with `x / 0 = 0`";
 const UNARY_DOC: &str = "libm's `expf`, `tanhf`, `erff`, `sqrtf`, `logf`; `sigmoid = 1/(1+exp(-x))`; `rsqrt = 1/sqrtf(x)`; `silu = x*sigmoid(x)`; `relu` keeps NaN";
 const REDUCE_DOC: &str = "fold in row-major order of the reduced index from the first element, f32; over no elements the identity: sum 0, max -inf (integers: the least i32, saturated)";
 
@@ -592,7 +592,7 @@ fn reshape_rule(x: &Inputs<'_>) -> Result<Typed, CheckError> {
 fn binary_rule(x: &Inputs<'_>) -> Result<Typed, CheckError> {
     let ty = x.elementwise(0..2)?;
     let name = x.op;
-    if ty.dtype == ScalarType::I1 || (name == "div" && !ty.dtype.is_float()) {
+    if ty.dtype == ScalarType::I1 {
         return Err(x.at_operand(0, format!("`{name}` is not defined on {}", ty.dtype)));
     }
     let op = match name {
