@@ -809,12 +809,37 @@ fn reduce(im: &mut Importer, n: &NodeProto, name: &str, op: &str) -> Result<Vec<
     let mean = op == "ReduceMean";
     let nm = if mean { format!("{name}__sum") } else { name.to_string() };
     let attrs = [("axes", ints(&list)), ("keepdims", Attr::Bool(keep))];
-    let mut r = im.push(&nm, irop, &[POperand::Value(x)], &attrs, None)?;
+    let rank = shape.len();
+    let mut r = if irop == "reduce_sum" && axes == [rank.saturating_sub(2)] && im.ty(x).dtype.is_float() && rank >= 2 {
+        sum_on_pe(im, x, keep, &nm)?
+    } else {
+        im.push(&nm, irop, &[POperand::Value(x)], &attrs, None)?
+    };
     if mean {
         let count: u64 = axes.iter().fold(1u64, |n, &a| n.saturating_mul(shape[a]));
         r = im.push(name, "div", &[POperand::Value(r), POperand::Scalar(count as f64)], &[], None)?;
     }
     Ok(vec![Val::Ir { r, elem }])
+}
+
+/// A float sum over the second-to-last dim as a matmul by a ones row: the PE
+/// adds the products (each exact: 1 * x) in increasing order with f32 steps,
+/// which is `reduce_sum`'s own order, and no transpose kernel is needed (the
+/// row kernels reduce the last dim).
+fn sum_on_pe(im: &mut Importer, x: Ref, keep: bool, name: &str) -> Result<Ref, String> {
+    let shape = im.ty(x).shape.clone();
+    let rank = shape.len();
+    let mut ones_shape = shape[..rank - 2].to_vec();
+    ones_shape.extend([1, shape[rank - 2]]);
+    let ty = TensorType::new(im.ty(x).dtype, ones_shape);
+    let ones = im.push(&format!("{name}__ones"), "const", &[], &[("value", Attr::Float(1.0))], Some(&ty))?;
+    let summed = im.push(&format!("{name}__mm"), "matmul", &[POperand::Value(ones), POperand::Value(x)], &[], None)?;
+    let mut out = shape[..rank - 2].to_vec();
+    if keep {
+        out.push(1);
+    }
+    out.push(shape[rank - 1]);
+    im.push(name, "reshape", &[POperand::Value(summed)], &[("shape", ints(&out))], None)
 }
 
 /// Attention (opset 23): Q, K, V as `[B, H, S, D]`, or `[B, S, H * D]` with
