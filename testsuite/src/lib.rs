@@ -92,12 +92,17 @@ pub mod onnx {
 
     /// Compiles `im` for `target` at `level` and runs it on `inputs` (by ONNX input order).
     pub fn run(im: &Imported, target: &str, level: u8, inputs: &[Vec<f64>]) -> Vec<Tensor> {
-        let t = Target::builtin(target).unwrap();
+        try_run(im, target, level, inputs).unwrap_or_else(|e| panic!("{target} -O{level}: {e}"))
+    }
+
+    /// [`run`], with a compile error or a fault as the reason (`compile: ...`, `simulate: ...`).
+    pub fn try_run(im: &Imported, target: &str, level: u8, inputs: &[Vec<f64>]) -> Result<Vec<Tensor>, String> {
+        let t = Target::builtin(target).map_err(|e| e.to_string())?;
         let opts = jalc::driver::Options {
             weights: std::sync::Arc::new(im.weights.clone()),
             ..jalc::driver::Options::at(level)
         };
-        let compiled = jalc::driver::compile(&im.func, &t, &opts).unwrap_or_else(|e| panic!("{target} -O{level}: {e}"));
+        let compiled = jalc::driver::compile(&im.func, &t, &opts).map_err(|e| format!("compile: {e}"))?;
         let f = &im.func;
         let tensors: Vec<Tensor> = f
             .params()
@@ -108,7 +113,7 @@ pub mod onnx {
                 Tensor::from_values(node.ty.clone(), &values)
             })
             .collect();
-        jalc::verify::simulate(&compiled, f, &t, &tensors).unwrap_or_else(|e| panic!("{target} -O{level}: {e:?}"))
+        jalc::verify::simulate(&compiled, f, &t, &tensors).map_err(|e| format!("simulate: {e:?}"))
     }
 
     pub fn max_abs(v: &[f64]) -> f64 {

@@ -10,7 +10,6 @@
 
 use std::path::{Path, PathBuf};
 
-use jalc::eval::Tensor;
 use jalc::front::onnx::host::HostTensor;
 use jalc::front::onnx::proto::{ModelProto, TensorProto};
 use jalc::front::onnx::{self, ImportOptions, Precision};
@@ -143,23 +142,8 @@ fn run_case(dir: &Path) -> Result<(), String> {
     let input_shapes = names.iter().cloned().zip(inputs.iter().map(|t| t.shape.clone())).collect();
     let opts = ImportOptions { input_shapes, precision: Precision::F32, ..Default::default() };
     let m = onnx::import(&model, "model.onnx", &opts).map_err(|e| e.message)?;
-    let t = jpu_isa::Target::builtin("jpu-tiny").expect("built in");
-    let c_opts =
-        jalc::driver::Options { weights: std::sync::Arc::new(m.weights.clone()), ..jalc::driver::Options::o2() };
-    let compiled = jalc::driver::compile(&m.func, &t, &c_opts).map_err(|e| format!("compile: {e}"))?;
-    let f = &m.func;
-    let params: Vec<Tensor> = f
-        .params()
-        .map(|p| {
-            let node = f.node(p);
-            let values = match m.inputs.iter().position(|io| io.ir == node.name) {
-                Some(k) => inputs[k].data.clone(),
-                None => vec![0.0; node.ty.elems() as usize],
-            };
-            Tensor::from_values(node.ty.clone(), &values)
-        })
-        .collect();
-    let got = jalc::verify::simulate(&compiled, f, &t, &params).map_err(|e| format!("simulate: {e:?}"))?;
+    let values: Vec<Vec<f64>> = inputs.into_iter().map(|t| t.data).collect();
+    let got = jpu_testsuite::onnx::try_run(&m, "jpu-tiny", 2, &values)?;
     for (k, (io, g)) in m.outputs.iter().zip(&got).enumerate() {
         let want = tensor(&data.join(format!("output_{k}.pb")))?;
         if g.ty.shape != want.shape {

@@ -297,63 +297,7 @@ pub fn convert(im: &mut Importer, n: &NodeProto) -> Result<Vec<Val>, String> {
             ir(im.push(&name, "compare", &[POperand::Value(eq), POperand::Scalar(0.0)], &[kind], None)?, BOOL)
         }
         "Where" => select(im, n, &name),
-        "Cast" => {
-            let (x, _) = im.ir(input(n, 0)?)?;
-            let to = attr_int(n, "to", 0) as i32;
-            let dtype = im.ir_dtype(to)?;
-            // A float type narrower than the storage: rounded to it, then stored wider.
-            let exact = host::chip_float(to).and_then(crate::ir::ScalarType::from_chip);
-            if let Some(exact) = exact.filter(|&e| e != dtype && e != crate::ir::ScalarType::F32) {
-                let f8 = matches!(exact, crate::ir::ScalarType::F8E4M3 | crate::ir::ScalarType::F8E5M2);
-                // `saturate` (default 1): values past an fp8 type's range become its largest.
-                let x = match host::chip_float(to) {
-                    Some(d) if f8 && attr_int(n, "saturate", 1) != 0 && im.ty(x).dtype != exact => {
-                        let max = jpu_isa::numerics::max_finite(d);
-                        let lo = im.push(
-                            &format!("{name}__lo"),
-                            "max",
-                            &[POperand::Value(x), POperand::Scalar(-max)],
-                            &[],
-                            None,
-                        )?;
-                        let hi = im.push(
-                            &format!("{name}__hi"),
-                            "min",
-                            &[POperand::Value(lo), POperand::Scalar(max)],
-                            &[],
-                            None,
-                        )?;
-                        // NaN stays NaN (max and min return the other operand).
-                        let eq = [("kind", Attr::Word("eq".into()))];
-                        let num = im.push(
-                            &format!("{name}__num"),
-                            "compare",
-                            &[POperand::Value(x), POperand::Value(x)],
-                            &eq,
-                            None,
-                        )?;
-                        let ops = [POperand::Value(num), POperand::Value(hi), POperand::Value(x)];
-                        im.push(&format!("{name}__sat"), "select", &ops, &[], None)?
-                    }
-                    _ => x,
-                };
-                let x = if im.ty(x).dtype == exact {
-                    x
-                } else {
-                    let word = ("to", Attr::Word(exact.name().into()));
-                    im.push(&format!("{name}__{}", exact.name()), "cast", &[POperand::Value(x)], &[word], None)?
-                };
-                let word = ("to", Attr::Word(dtype.name().into()));
-                return ir(im.push(&name, "cast", &[POperand::Value(x)], &[word], None)?, to);
-            }
-            if im.ty(x).dtype == dtype {
-                return ir(x, to);
-            }
-            if im.ty(x).dtype.is_float() && dtype.is_int() {
-                return Err("a Cast from float to integer of values computed at run time is not supported (ONNX truncates toward zero; the chip's cast rounds to nearest)".into());
-            }
-            ir(im.push(&name, "cast", &[POperand::Value(x)], &[("to", Attr::Word(dtype.name().into()))], None)?, to)
-        }
+        "Cast" => cast(im, n, &name),
         "MatMul" => matmul(im, n, &name),
         "Gemm" => gemm(im, n, &name),
         "Softmax" => {
@@ -446,6 +390,49 @@ pub fn convert(im: &mut Importer, n: &NodeProto) -> Result<Vec<Val>, String> {
         "RotaryEmbedding" => rotary(im, n, &name),
         _ => Err(format!("`{op}` of values computed at run time is not supported")),
     }
+}
+
+/// Cast. To a float type narrower than the storage (bf16, f16, fp8 in f32
+/// mode) the value rounds through that type and is stored wider; fp8 saturates
+/// by default (`saturate`).
+fn cast(im: &mut Importer, n: &NodeProto, name: &str) -> Result<Vec<Val>, String> {
+    let (x, _) = im.ir(input(n, 0)?)?;
+    let to = attr_int(n, "to", 0) as i32;
+    let dtype = im.ir_dtype(to)?;
+    let cast_to = |im: &mut Importer, x: Ref, t: crate::ir::ScalarType, nm: &str| {
+        im.push(nm, "cast", &[POperand::Value(x)], &[("to", Attr::Word(t.name().into()))], None)
+    };
+    let chip = host::chip_float(to);
+    let exact =
+        chip.and_then(crate::ir::ScalarType::from_chip).filter(|&e| e != dtype && e != crate::ir::ScalarType::F32);
+    if let (Some(exact), Some(chip)) = (exact, chip) {
+        let fp8 = matches!(exact, crate::ir::ScalarType::F8E4M3 | crate::ir::ScalarType::F8E5M2);
+        let mut x = x;
+        if fp8 && attr_int(n, "saturate", 1) != 0 && im.ty(x).dtype != exact {
+            x = saturated(im, x, jpu_isa::numerics::max_finite(chip), name)?;
+        }
+        if im.ty(x).dtype != exact {
+            x = cast_to(im, x, exact, &format!("{name}__{}", exact.name()))?;
+        }
+        return Ok(vec![Val::Ir { r: cast_to(im, x, dtype, name)?, elem: to }]);
+    }
+    if im.ty(x).dtype == dtype {
+        return Ok(vec![Val::Ir { r: x, elem: to }]);
+    }
+    if im.ty(x).dtype.is_float() && dtype.is_int() {
+        return Err("a Cast from float to integer of values computed at run time is not supported (ONNX truncates toward zero; the chip's cast rounds to nearest)".into());
+    }
+    Ok(vec![Val::Ir { r: cast_to(im, x, dtype, name)?, elem: to }])
+}
+
+/// `x` clamped to `[-max, max]`, NaN kept (max and min return the other operand).
+fn saturated(im: &mut Importer, x: Ref, max: f64, name: &str) -> Result<Ref, String> {
+    let v = POperand::Value;
+    let lo = im.push(&format!("{name}__lo"), "max", &[v(x), POperand::Scalar(-max)], &[], None)?;
+    let hi = im.push(&format!("{name}__hi"), "min", &[v(lo), POperand::Scalar(max)], &[], None)?;
+    let eq = [("kind", Attr::Word("eq".into()))];
+    let num = im.push(&format!("{name}__num"), "compare", &[v(x), v(x)], &eq, None)?;
+    im.push(&format!("{name}__sat"), "select", &[v(num), v(hi), v(x)], &[], None)
 }
 
 /// `%name = reshape(x)` (or `x` itself when the shape is unchanged).
@@ -748,32 +735,23 @@ fn gather(im: &mut Importer, n: &NodeProto, name: &str) -> Result<Vec<Val>, Stri
             return Ok(vec![Val::Ir { r: reshape(im, s, &out, name)?, elem }]);
         }
         let fixed = HostTensor::new(INT32, idx.shape.clone(), rows.iter().map(|&r| r as f64).collect());
-        let key = format!("{}__rows", n.input[1]);
-        let i = im.materialize(&key, &fixed)?;
-        let r = im.push(
-            name,
-            "gather",
-            &[POperand::Value(table), POperand::Value(i)],
-            &[("axis", Attr::Int(a as i64))],
-            None,
-        )?;
-        return Ok(vec![Val::Ir { r, elem }]);
+        let i = im.materialize(&format!("{}__rows", n.input[1]), &fixed)?;
+        return gather_rows(im, table, i, a, elem, name);
     }
     // Negative indices count from the end (ONNX): `i < 0 ? i + dim : i`.
     let (idx, _) = im.ir(input(n, 1)?)?;
+    let v = POperand::Value;
     let lt = [("kind", Attr::Word("lt".into()))];
-    let neg = im.push(&format!("{name}__neg"), "compare", &[POperand::Value(idx), POperand::Scalar(0.0)], &lt, None)?;
-    let wrapped =
-        im.push(&format!("{name}__wrap"), "add", &[POperand::Value(idx), POperand::Scalar(dim as f64)], &[], None)?;
-    let ops = [POperand::Value(neg), POperand::Value(wrapped), POperand::Value(idx)];
-    let idx = im.push(&format!("{name}__idx"), "select", &ops, &[], None)?;
-    let r = im.push(
-        name,
-        "gather",
-        &[POperand::Value(table), POperand::Value(idx)],
-        &[("axis", Attr::Int(a as i64))],
-        None,
-    )?;
+    let neg = im.push(&format!("{name}__neg"), "compare", &[v(idx), POperand::Scalar(0.0)], &lt, None)?;
+    let wrapped = im.push(&format!("{name}__wrap"), "add", &[v(idx), POperand::Scalar(dim as f64)], &[], None)?;
+    let idx = im.push(&format!("{name}__idx"), "select", &[v(neg), v(wrapped), v(idx)], &[], None)?;
+    gather_rows(im, table, idx, a, elem, name)
+}
+
+/// `%name = gather(table, idx) {axis = a}`.
+fn gather_rows(im: &mut Importer, table: Ref, idx: Ref, a: usize, elem: i32, name: &str) -> Result<Vec<Val>, String> {
+    let operands = [POperand::Value(table), POperand::Value(idx)];
+    let r = im.push(name, "gather", &operands, &[("axis", Attr::Int(a as i64))], None)?;
     Ok(vec![Val::Ir { r, elem }])
 }
 
@@ -907,7 +885,7 @@ fn attention(im: &mut Importer, n: &NodeProto, name: &str) -> Result<Vec<Val>, S
     } else {
         let mode = attr_int(n, "qk_matmul_output_mode", 0);
         let bias = match (ir_causal, bias) {
-            (true, b) => attention_bias_with_causal(im, n, elem, (sq, sk), past, b, name)?,
+            (true, b) => attention_bias_with_causal(im, elem, (sq, sk), past, b, name)?,
             (false, b) => b,
         };
         let (y, qk) = attention_written_out(im, (qh, kh, vh), bias, (scale, softcap, mode), name)?;
@@ -979,7 +957,7 @@ fn attention_bias(
         }
     };
     if causal {
-        mask = attention_bias_with_causal(im, n, elem, (sq, sk), past, mask, name)?;
+        mask = attention_bias_with_causal(im, elem, (sq, sk), past, mask, name)?;
     }
     // nonpad_kv_seqlen (opset 24): batch b sees its first `len[b]` keys.
     if let Some(lens) = n.input.get(6).filter(|s| !s.is_empty()) {
@@ -1005,7 +983,6 @@ fn attention_bias(
 /// `mask` plus the causal mask `[sq, sk]`: query i sees keys `j <= i + past`.
 fn attention_bias_with_causal(
     im: &mut Importer,
-    _n: &NodeProto,
     elem: i32,
     (sq, sk): (u64, u64),
     past: u64,

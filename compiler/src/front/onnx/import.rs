@@ -175,8 +175,7 @@ pub fn import(model: &Model, file: &str, opts: &ImportOptions) -> Result<Importe
     let err = |m: String| OnnxError { file: file.to_string(), message: m };
     let g = model.graph();
     let live = live_nodes(g);
-    super::convert::check_supported(g.node.iter().enumerate().filter(|(i, _)| live[*i]).map(|(_, n)| n))
-        .map_err(err)?;
+    super::convert::check_supported(live.iter().copied()).map_err(err)?;
     let mut im = Importer {
         precision: opts.precision,
         vals: HashMap::new(),
@@ -186,7 +185,7 @@ pub fn import(model: &Model, file: &str, opts: &ImportOptions) -> Result<Importe
         weights: Weights::new(),
         weight_refs: BTreeMap::new(),
         materialized: HashMap::new(),
-        wide: if opts.precision == Precision::Bf16 { score_chains(g, &live) } else { HashSet::new() },
+        wide: if opts.precision == Precision::Bf16 { score_chains(&live) } else { HashSet::new() },
         weights_file: if opts.weights_file.is_empty() {
             "weights.safetensors".into()
         } else {
@@ -205,7 +204,7 @@ pub fn import(model: &Model, file: &str, opts: &ImportOptions) -> Result<Importe
     if let Some((name, _)) = opts.input_shapes.iter().find(|(n, _)| !inputs.iter().any(|io| &io.onnx == n)) {
         return Err(err(format!("--input-shape names `{name}`, which is not an input of the model")));
     }
-    for (i, n) in g.node.iter().enumerate().filter(|(i, _)| live[*i]) {
+    for &n in &live {
         let what = format!("node `{}` ({})", n.name.as_deref().unwrap_or(""), n.op_type.as_deref().unwrap_or(""));
         let outs = im.node(n).map_err(|m| err(format!("{what}: {m}")))?;
         for (name, v) in n.output.iter().zip(outs) {
@@ -213,7 +212,6 @@ pub fn import(model: &Model, file: &str, opts: &ImportOptions) -> Result<Importe
                 im.vals.insert(name.clone(), v);
             }
         }
-        let _ = i;
     }
     let mut outputs = Vec::new();
     let mut results = Vec::new();
@@ -231,8 +229,8 @@ pub fn import(model: &Model, file: &str, opts: &ImportOptions) -> Result<Importe
     im.finish(&graph_name, results, inputs, outputs).map_err(err)
 }
 
-/// Nodes whose outputs reach a graph output.
-fn live_nodes(g: &super::proto::GraphProto) -> Vec<bool> {
+/// The nodes whose outputs reach a graph output, in graph order.
+fn live_nodes(g: &super::proto::GraphProto) -> Vec<&NodeProto> {
     let mut needed: HashSet<&str> = g.output.iter().filter_map(|o| o.name.as_deref()).collect();
     let mut live = vec![false; g.node.len()];
     for (i, n) in g.node.iter().enumerate().rev() {
@@ -241,7 +239,7 @@ fn live_nodes(g: &super::proto::GraphProto) -> Vec<bool> {
             needed.extend(n.input.iter().map(String::as_str));
         }
     }
-    live
+    g.node.iter().zip(live).filter(|(_, l)| *l).map(|(n, _)| n).collect()
 }
 
 /// The values of each live Softmax's scores chain: back from its input through
@@ -249,17 +247,12 @@ fn live_nodes(g: &super::proto::GraphProto) -> Vec<bool> {
 /// and the Softmax itself. With bf16 storage they are computed in f32 (the
 /// "f32 statistics" of the precision mode): the scores of attention written
 /// out, which the optimizer then fuses into one attention kernel.
-fn score_chains(g: &super::proto::GraphProto, live: &[bool]) -> HashSet<String> {
-    let producer: HashMap<&str, &NodeProto> = g
-        .node
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| live[*i])
-        .flat_map(|(_, n)| n.output.iter().map(move |o| (o.as_str(), n)))
-        .collect();
+fn score_chains(live: &[&NodeProto]) -> HashSet<String> {
+    let producer: HashMap<&str, &NodeProto> =
+        live.iter().flat_map(|&n| n.output.iter().map(move |o| (o.as_str(), n))).collect();
     let op = |v: &str| producer.get(v).and_then(|n| n.op_type.as_deref()).unwrap_or("");
     let mut wide = HashSet::new();
-    for n in g.node.iter().enumerate().filter(|(i, _)| live[*i]).map(|(_, n)| n) {
+    for &n in live {
         if n.op_type.as_deref() != Some("Softmax") {
             continue;
         }
@@ -545,16 +538,12 @@ impl Importer {
 
 /// `v` clamped into the finite range of float dtype `d` (integers unchanged).
 pub fn saturate(d: ScalarType, v: f64) -> f64 {
-    let max = match d {
-        ScalarType::F32 => f32::MAX as f64,
-        ScalarType::Bf16 => f32::from_bits(0x7f7f_0000) as f64,
-        ScalarType::F16 => 65504.0,
-        _ => return v,
-    };
-    if v.is_finite() {
-        v.clamp(-max, max)
-    } else {
-        v
+    match d.chip() {
+        Some(c) if d.is_float() && v.is_finite() => {
+            let max = jpu_isa::numerics::max_finite(c);
+            v.clamp(-max, max)
+        }
+        _ => v,
     }
 }
 

@@ -135,8 +135,7 @@ impl<'a> Flash<'a> {
         let off = sk as i64 - sq as i64;
         let mut tiles = Vec::new();
         for g in 0..p.batch * p.hk {
-            let (b, kvh) = (g / p.hk, g % p.hk);
-            let first_head = b * p.hq + kvh * group;
+            let first_head = p.first_head(g);
             if plan.heads_per_tile > 1 {
                 tiles.push(QTile { group: g, head: first_head, heads: group, r0: 0, rows: sq });
                 continue;
@@ -164,7 +163,7 @@ impl<'a> Flash<'a> {
         }
         let mask_rows = match (plan.mask_on_pe, &p.mask) {
             (true, Some(mask)) => {
-                let row = |w: &Window| mask.view.row_start(w.group / p.hk * p.hq + w.group % p.hk * group, 0);
+                let row = |w: &Window| mask.view.row_start(p.first_head(w.group), 0);
                 let mut held = vec![None; plan.window_copies as usize];
                 let copies = held.len();
                 windows
@@ -371,7 +370,7 @@ impl<'a> Flash<'a> {
         let w = self.windows[wi];
         let (sk, kc) = (self.p.sk, self.plan.kv_chunk);
         let chunks = sk.div_ceil(kc);
-        let start = mask.view.row_start(w.group / self.p.hk * self.p.hq + w.group % self.p.hk * self.p.group(), 0);
+        let start = mask.view.row_start(self.p.first_head(w.group), 0);
         for c in 0..chunks {
             let kk = kc.min(sk - c * kc);
             let src = HbmBox { tensor: tm, start: start + c * kc, rows: kk as u32, row_stride: 1, cols: 1 };

@@ -473,12 +473,17 @@ impl AttentionPlan {
 }
 
 impl AttentionProblem {
+    /// The first query head (over batch x heads) of KV group `g` (over batch x KV heads).
+    pub fn first_head(&self, g: u64) -> u64 {
+        g / self.hk * self.hq + g % self.hk * self.group()
+    }
+
     /// Whether every group's query rows, and its result rows, are evenly
     /// spaced in HBM (so that one box holds a tile of the group's heads packed).
     pub fn packs(&self) -> bool {
         let group = self.group();
         (0..self.batch * self.hk).all(|g| {
-            let first = g / self.hk * self.hq + g % self.hk * group;
+            let first = self.first_head(g);
             even_rows(&self.q, first, group, self.sq).is_some() && even_rows(&self.out, first, group, self.sq).is_some()
         })
     }
