@@ -344,7 +344,8 @@ impl<'t> Compilation<'t> {
             flops_f32: work.flops_f32,
             transcendentals: work.transcendentals,
         };
-        let scheduled = crate::backend::compile(tiles, self.t, roof).map_err(|e| self.attribute(e, tiles))?;
+        let scheduled =
+            crate::backend::compile(tiles, &self.op_kernel, self.t, roof).map_err(|e| self.attribute(e, tiles))?;
         let mut program = scheduled.program;
         self.bake_weights(&mut program, tiles);
         self.name_external(&mut program, tiles);

@@ -7,9 +7,10 @@
 //!    read-after-write, write-after-read and write-after-write between tile ops
 //!    touching overlapping placed bytes (so reuse of memory is ordered too).
 //! 3. **Engine assignment and list scheduling**: compute ops go to their engine; each
-//!    DMA goes to the queue with the least data assigned so far. Each engine's
-//!    stream keeps the tile program's order (a topological order), so no stream can
-//!    wait on a later one: the program cannot deadlock.
+//!    DMA goes to the queue with the least data assigned so far. Instructions of
+//!    neighbouring kernels are interleaved by list scheduling ([`order`]); every
+//!    stream is the restriction of one topological order, so no stream can wait
+//!    on a later one: the program cannot deadlock.
 //! 4. **Semaphores**: every instruction signals its engine's counter; an instruction
 //!    waits only for the latest instruction of each other engine it depends on and
 //!    does not already know to be complete (knowledge propagates along waits, as
@@ -25,6 +26,8 @@ use jpu_isa::{Inst, Op, Program, Target};
 use petgraph::graph::{DiGraph, NodeIndex};
 
 use crate::tiles::{BufSlice, BufferId, HbmBox, TensorId, TileOp, TileProgram, TileScalar};
+
+pub mod order;
 
 /// Why a tile program cannot be placed or emitted. The driver attributes each
 /// to the kernel (and source statement) that owns the buffer or tensor.
@@ -102,8 +105,52 @@ fn live_ranges(tp: &TileProgram) -> Vec<Option<(usize, usize)>> {
 /// live ranges (first to last tile op touching them) overlap its own, so buffers
 /// of kernels that run one after another share memory.
 pub fn allocate(tp: &TileProgram, t: &Target) -> Result<Allocation, BackendError> {
+    place_buffers(tp, t, &live_ranges(tp))
+}
+
+/// [`allocate`], but buffers of kernels fewer than [`order::WINDOW`] apart
+/// share no memory, so their instructions may be interleaved without one
+/// kernel's reuse of memory waiting for another's. Each space (SRAM, PSUM)
+/// takes the widest window that fits; none at all when nothing wider does.
+pub fn allocate_for_overlap(tp: &TileProgram, kernel_of: &[usize], t: &Target) -> Result<Allocation, BackendError> {
+    let exact = live_ranges(tp);
+    let kernels = kernel_of.iter().max().map_or(0, |k| k + 1);
+    if kernels <= 1 || kernel_of.len() != tp.ops.len() {
+        return place_buffers(tp, t, &exact);
+    }
+    // Each kernel's first and last op.
+    let mut span = vec![(usize::MAX, 0usize); kernels];
+    for (i, &k) in kernel_of.iter().enumerate() {
+        span[k] = (span[k].0.min(i), span[k].1.max(i));
+    }
+    // Live ranges with each buffer of space `space` live on to the end of the
+    // `w`-th kernel after its own: kernels up to `w` apart share no memory.
+    let widened = |space: Space, w: usize| -> Vec<Option<(usize, usize)>> {
+        (0..tp.buffers.len())
+            .map(|b| match exact[b] {
+                Some((first, last)) if w > 0 && tp.buffers[b].space == space => {
+                    Some((first, span[(kernel_of[last] + w).min(kernels - 1)].1))
+                }
+                r => r,
+            })
+            .collect()
+    };
+    let fits = |space: Space, live: &[Option<(usize, usize)>]| match place_buffers(tp, t, live) {
+        Err(BackendError::Sram { .. }) => space != Space::Sram,
+        Err(BackendError::Psum { .. }) => space != Space::Psum,
+        _ => true,
+    };
+    let window = |space| (1..order::WINDOW).rev().find(|&w| fits(space, &widened(space, w))).unwrap_or(0);
+    let (sram_w, psum_w) = (window(Space::Sram), window(Space::Psum));
+    let (sram, psum) = (widened(Space::Sram, sram_w), widened(Space::Psum, psum_w));
+    let live: Vec<_> =
+        (0..tp.buffers.len()).map(|b| if tp.buffers[b].space == Space::Sram { sram[b] } else { psum[b] }).collect();
+    place_buffers(tp, t, &live)
+}
+
+/// Places every buffer over the given live ranges (see [`allocate`]).
+fn place_buffers(tp: &TileProgram, t: &Target, live: &[Option<(usize, usize)>]) -> Result<Allocation, BackendError> {
     let bank_bytes = t.psum_bank_bytes() as u64;
-    let live = live_ranges(tp);
     // (space, live range, start, end) of every placed block.
     let mut placed: Vec<(Space, (usize, usize), u64, u64)> = Vec::new();
     let mut offsets = vec![Vec::new(); tp.buffers.len()];
@@ -123,9 +170,14 @@ pub fn allocate(tp: &TileProgram, t: &Target) -> Result<Allocation, BackendError
         let bytes = tp.copy_bytes(b);
         let (stride, align) = match buf.space {
             Space::Sram => (bytes.div_ceil(64) * 64, 64),
-            // A PSUM copy takes whole banks (a PE result must not cross a bank; a
-            // copy wider than a bank is written by one matmul per bank).
-            Space::Psum => (bytes.div_ceil(bank_bytes).max(1) * bank_bytes, bank_bytes),
+            // A PE result must not cross a bank: a copy up to a bank takes a
+            // power-of-two block aligned to its size (so small accumulators share
+            // a bank); a wider copy, written by one matmul per bank, whole banks.
+            Space::Psum if bytes <= bank_bytes => {
+                let block = bytes.next_power_of_two().max(64);
+                (block, block)
+            }
+            Space::Psum => (bytes.div_ceil(bank_bytes) * bank_bytes, bank_bytes),
         };
         let size = stride * buf.copies as u64;
         // A buffer no op touches takes no memory.
@@ -165,7 +217,7 @@ pub fn allocate(tp: &TileProgram, t: &Target) -> Result<Allocation, BackendError
     }
     if let Some(buffer) = psum_over {
         let available = t.psum.banks.unwrap_or(1) as u64;
-        return Err(BackendError::Psum { buffer, needed: psum_high / bank_bytes, available, target });
+        return Err(BackendError::Psum { buffer, needed: psum_high.div_ceil(bank_bytes), available, target });
     }
     Ok(Allocation { offsets })
 }
@@ -381,14 +433,20 @@ fn hbm_side(h: &HbmBox, base: u64, size: u64) -> DmaSide {
 }
 
 /// Places, schedules, synchronises and emits a tile program.
-pub fn compile(tp: &TileProgram, t: &Target, roofline: RooflineInputs) -> Result<Scheduled, BackendError> {
-    let alloc = allocate(tp, t)?;
+pub fn compile(
+    tp: &TileProgram,
+    kernel_of: &[usize],
+    t: &Target,
+    roofline: RooflineInputs,
+) -> Result<Scheduled, BackendError> {
+    let alloc = allocate_for_overlap(tp, kernel_of, t)?;
     let tensors = place_tensors(tp, t)?;
     let insts = select_instructions(tp, t, &alloc, &tensors)?;
     let dag = dependencies(tp, &alloc);
     let engines = t.engines_per_core() as usize;
-    let waits = synchronise(&insts, &dag, engines);
-    let (cores, origins) = streams(&insts, &waits, engines);
+    let order = order::interleave(&insts, &dag, kernel_of, t);
+    let waits = synchronise(&insts, &order, &dag, engines);
+    let (cores, origins) = streams(&insts, &order, &waits, engines);
     let semaphores = (0..engines)
         .filter(|e| !cores[*e].is_empty())
         .map(|e| SemDecl { id: e as u8, name: format!("{}_done", Engine(e as u8).name()) })
@@ -590,12 +648,18 @@ fn instruction(tp: &TileProgram, t: &Target, alloc: &Allocation, tensors: &[Tens
 /// the latest instruction of each other engine it depends on that it does not
 /// already know to be complete (knowledge propagates along waits, as vector
 /// clocks do).
-fn synchronise(insts: &[(Engine, Op, u32)], dag: &DiGraph<usize, ()>, engines: usize) -> Vec<Vec<usize>> {
+fn synchronise(
+    insts: &[(Engine, Op, u32)],
+    order: &[usize],
+    dag: &DiGraph<usize, ()>,
+    engines: usize,
+) -> Vec<Vec<usize>> {
     // Position of each instruction in its engine's stream, before nops.
     let mut ordinal = vec![0usize; insts.len()];
     let mut counts = vec![0usize; engines];
     let mut by_engine_ordinal: Vec<Vec<usize>> = vec![Vec::new(); engines];
-    for (i, (e, _, _)) in insts.iter().enumerate() {
+    for &i in order {
+        let e = insts[i].0;
         ordinal[i] = counts[e.0 as usize];
         counts[e.0 as usize] += 1;
         by_engine_ordinal[e.0 as usize].push(i);
@@ -603,10 +667,10 @@ fn synchronise(insts: &[(Engine, Op, u32)], dag: &DiGraph<usize, ()>, engines: u
     // For each stream, the latest instruction (by per-engine ordinal) of each
     // engine known complete; and that knowledge after each instruction.
     let mut knows: Vec<Vec<Option<usize>>> = vec![vec![None; engines]; engines];
-    let mut know_after: Vec<Vec<Option<usize>>> = Vec::with_capacity(insts.len());
+    let mut know_after: Vec<Vec<Option<usize>>> = vec![Vec::new(); insts.len()];
     let mut waits: Vec<Vec<usize>> = vec![Vec::new(); insts.len()];
-    for (i, (e, _, _)) in insts.iter().enumerate() {
-        let me = e.0 as usize;
+    for &i in order {
+        let me = insts[i].0 .0 as usize;
         let mut latest: Vec<Option<usize>> = vec![None; engines];
         for d in dag.neighbors_directed(NodeIndex::new(i), petgraph::Direction::Incoming) {
             let u = dag[d];
@@ -631,7 +695,7 @@ fn synchronise(insts: &[(Engine, Op, u32)], dag: &DiGraph<usize, ()>, engines: u
             knows[me][ue] = Some(need.max(knows[me][ue].unwrap_or(0)));
         }
         knows[me][me] = Some(ordinal[i]);
-        know_after.push(knows[me].clone());
+        know_after[i] = knows[me].clone();
     }
     waits
 }
@@ -641,12 +705,14 @@ fn synchronise(insts: &[(Engine, Op, u32)], dag: &DiGraph<usize, ()>, engines: u
 /// `nop` before it); semaphore values are stream positions; streams end in `halt`.
 fn streams(
     insts: &[(Engine, Op, u32)],
+    order: &[usize],
     waits: &[Vec<usize>],
     engines: usize,
 ) -> (Vec<Vec<Inst>>, Vec<Vec<Option<usize>>>) {
     let mut streams: Vec<Vec<(Option<usize>, Inst)>> = vec![Vec::new(); engines];
     let mut origins: Origins = vec![Vec::new(); engines];
-    for (i, (e, op, debug)) in insts.iter().enumerate() {
+    for &i in order {
+        let (e, op, debug) = &insts[i];
         let s = &mut streams[e.0 as usize];
         let (last, extra) = waits[i].split_last().map_or((None, &[][..]), |(l, x)| (Some(*l), x));
         origins[e.0 as usize].extend(std::iter::repeat_n(Some(i), extra.len() + 1));
@@ -739,7 +805,7 @@ mod tests {
         let dag = dependencies(&tp, &alloc);
         assert!(dag.find_edge(NodeIndex::new(1), NodeIndex::new(2)).is_some());
         // The program runs race-free and computes x = in, y = 2 in.
-        let program = compile(&tp, &t, RooflineInputs::default()).unwrap().program;
+        let program = compile(&tp, &[], &t, RooflineInputs::default()).unwrap().program;
         let input: Vec<u8> = (0..32).flat_map(|i| (i as f32).to_le_bytes()).collect();
         let opts = jpu_runtime::RunOptions { check_races: true, strict_uninit: true, ..Default::default() };
         let out = jpu_runtime::run(&program, &t, &[("in".into(), input.clone())], &opts).unwrap();
@@ -747,6 +813,75 @@ mod tests {
         assert_eq!(get("x"), input);
         let doubled: Vec<u8> = (0..32).flat_map(|i| (2.0 * i as f32).to_le_bytes()).collect();
         assert_eq!(get("y"), doubled);
+    }
+
+    #[test]
+    fn neighbouring_kernels_share_no_memory_and_are_interleaved() {
+        let tp = two_phase();
+        let t = Target::builtin("jpu-tiny").unwrap();
+        // One kernel: b1 reuses b0's bytes, and the order is the tile program's.
+        let one = [0, 0, 0, 0, 0];
+        let alloc = allocate_for_overlap(&tp, &one, &t).unwrap();
+        assert_eq!(alloc.offset(0, 0), alloc.offset(1, 0));
+        let insts = select_instructions(&tp, &t, &alloc, &place_tensors(&tp, &t).unwrap()).unwrap();
+        assert_eq!(order::interleave(&insts, &dependencies(&tp, &alloc), &one, &t), vec![0, 1, 2, 3, 4]);
+        // Two kernels: separate memory, so the second kernel's load need not wait
+        // for the first one's store and goes first.
+        let two = [0, 0, 1, 1, 1];
+        let alloc = allocate_for_overlap(&tp, &two, &t).unwrap();
+        assert_ne!(alloc.offset(0, 0), alloc.offset(1, 0));
+        let dag = dependencies(&tp, &alloc);
+        let order = order::interleave(&insts, &dag, &two, &t);
+        assert_eq!(order, vec![0, 2, 1, 3, 4]);
+        let position = |i: usize| order.iter().position(|&o| o == i).unwrap();
+        assert!(dag.edge_indices().all(|e| {
+            let (a, b) = dag.edge_endpoints(e).unwrap();
+            position(dag[a]) < position(dag[b])
+        }));
+        // Still race-free and correct.
+        let program = compile(&tp, &two, &t, RooflineInputs::default()).unwrap().program;
+        let input: Vec<u8> = (0..32).flat_map(|i| (i as f32).to_le_bytes()).collect();
+        let opts = jpu_runtime::RunOptions { check_races: true, strict_uninit: true, ..Default::default() };
+        let out = jpu_runtime::run(&program, &t, &[("in".into(), input.clone())], &opts).unwrap();
+        assert_eq!(out.outputs.iter().find(|(n, _)| n == "x").unwrap().1, input);
+    }
+
+    #[test]
+    fn small_psum_buffers_share_a_bank_without_crossing_one() {
+        let t = Target::builtin("jpu1").unwrap();
+        let bank = t.psum_bank_bytes();
+        let psum = |name: &str, free| Buffer {
+            name: name.into(),
+            space: Space::Psum,
+            dtype: DType::F32,
+            parts: 4,
+            free,
+            copies: 2,
+        };
+        let s = |buf, copy, len| BufSlice { buf, copy, parts: 4, offset: 0, len };
+        let tp = TileProgram {
+            tensors: Vec::new(),
+            // 40 bytes (a 64-byte block), 320 bytes (512), 600 bytes (three blocks of a whole bank).
+            buffers: vec![psum("a", 10), psum("b", 80), psum("c", 600)],
+            ops: vec![
+                (TileOp::Memset { dst: s(0, 0, 10), value: 0.0 }, 0),
+                (TileOp::Memset { dst: s(1, 1, 80), value: 0.0 }, 0),
+                (TileOp::Memset { dst: s(2, 1, 600), value: 0.0 }, 0),
+                (TileOp::Copy { dst: s(0, 1, 10), src: s(1, 0, 10) }, 0),
+                (TileOp::Copy { dst: s(2, 0, 10), src: s(0, 0, 10) }, 0),
+            ],
+            debug_ops: vec!["test".into()],
+        };
+        let alloc = allocate(&tp, &t).unwrap();
+        let blocks = [(0, 64), (1, 512), (2, 2 * bank)];
+        for (b, size) in blocks {
+            for copy in 0..2 {
+                let at = alloc.offset(b, copy);
+                assert_eq!(at % size.min(bank), 0, "buffer {b} copy {copy} at {at}");
+            }
+        }
+        // The two small buffers fit in one bank together.
+        assert!(alloc.offset(0, 1) < bank && alloc.offset(1, 1) < bank);
     }
 
     #[test]

@@ -14,7 +14,7 @@
 
 use std::fmt;
 
-use jpu_isa::operand::Space;
+use jpu_isa::operand::{ActFunc, Space};
 use jpu_isa::program::Role;
 use jpu_isa::{DType, Target};
 
@@ -167,7 +167,7 @@ pub fn select(cx: &Ctx<'_>, mm_index: usize, t: &Target) -> Result<(GemmKernel, 
         (false, false) => String::new(),
         (ta, tb) => format!(" {{transpose_a = {ta}, transpose_b = {tb}}}"),
     };
-    let p = GemmProblem {
+    let mut p = GemmProblem {
         text: format!("%{} = matmul(%{}, %{}){layout}", mm.name, an.name, bn.name),
         batch,
         batch_map,
@@ -186,8 +186,25 @@ pub fn select(cx: &Ctx<'_>, mm_index: usize, t: &Target) -> Result<(GemmKernel, 
         nodes,
         span: mm.span.clone(),
     };
+    fold_batch_into_rows(&mut p);
     let s = choose(&p, t)?;
     Ok((GemmKernel { p, s }, last.0 as usize))
+}
+
+/// A batched GEMM whose B is shared by every batch index (a weight) is one GEMM
+/// over all rows: row-major `A[batch.., M, K]` is `[batch * M, K]`, and C and
+/// every epilogue operand but a per-batch matrix line up the same way. Each B
+/// panel is then loaded once instead of once per batch index.
+fn fold_batch_into_rows(p: &mut GemmProblem) {
+    let shared_b = p.batch_map.iter().all(|&(_, b)| b == 0);
+    let own_a = p.batch_map.iter().enumerate().all(|(c, &(a, _))| a == c as u64);
+    let no_matrix = p.epilogue_inputs.iter().all(|e| e.broadcast != Broadcast::Matrix);
+    if p.batch.is_empty() || p.transpose_a || !shared_b || !own_a || !no_matrix {
+        return;
+    }
+    p.m = p.m.saturating_mul(p.batch.iter().product());
+    p.batch.clear();
+    p.batch_map = vec![(0, 0)];
 }
 
 /// For each batch index of C (row-major over `batch`), the batch indices of A
@@ -425,6 +442,15 @@ pub fn choose(p: &GemmProblem, t: &Target) -> Result<GemmSchedule, CompileError>
                 p.sram_bytes(&s)
             );
             return Err(CompileError::limit(&p.text, what, p.span.clone()));
+        }
+    }
+    // Every M-tile resident when they fit beside the rest: A is then read once,
+    // not once per N-panel.
+    let (mt, nt) = (p.m.div_ceil(s.tile_m as u64), p.n.div_ceil(s.tile_n as u64));
+    if nt > 1 && mt > s.a_buffers as u64 && mt <= u32::MAX as u64 {
+        let resident = GemmSchedule { a_buffers: mt as u32, ..s };
+        if p.sram_bytes(&resident) <= cap / 2 {
+            s = resident;
         }
     }
     Ok(s)
@@ -827,7 +853,14 @@ impl<'a> Lowering<'a> {
         let stage = j as u32 % s.out_buffers;
         let (nw, mr) = (self.tn.min(p.n - ni * self.tn), self.tm.min(p.m - mi * self.tm));
         let staged = BufSlice { buf: self.bufs.c, copy: stage, parts: mr as u32, offset: 0, len: nw as u32 };
-        ops.push((TileOp::Copy { dst: staged, src: psum }, 0));
+        ops.push((
+            if evacuates_on_act(p) {
+                TileOp::activate(ActFunc::Identity, staged, psum)
+            } else {
+                TileOp::Copy { dst: staged, src: psum }
+            },
+            0,
+        ));
         for (si, (step, _)) in p.epilogue.iter().enumerate() {
             let op = step.tile_op(staged, (mi * self.tm, ni * self.tn), |e| {
                 let (copy, offset, len) = match p.epilogue_inputs[e].broadcast {
@@ -947,6 +980,15 @@ impl<'a> Lowering<'a> {
             }
         }
     }
+}
+
+/// Whether the ACT evacuates PSUM: when the epilogue keeps the VE busy and
+/// gives the ACT nothing to do. An identity activation of a float rounds once
+/// into the destination, exactly as the VE's copy does.
+fn evacuates_on_act(p: &GemmProblem) -> bool {
+    !p.result.is_int()
+        && !p.epilogue.is_empty()
+        && !p.epilogue.iter().any(|(step, _)| matches!(step, EpilogueStep::Activate(_)))
 }
 
 /// Which copy holds each item's B panel and A tile, and whether A must be

@@ -223,7 +223,13 @@ fn main() {
     // `--kernels` also prints each layer's per-kernel table.
     let per_kernel = std::env::args().any(|a| a == "--kernels");
     let mut tables = Vec::new();
+    // `--only TEXT` keeps the rows whose name contains TEXT.
+    let args: Vec<String> = std::env::args().collect();
+    let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
     for (name, src, goal) in rows {
+        if only.as_ref().is_some_and(|o| !name.contains(o.as_str())) {
+            continue;
+        }
         let m = jpu_testsuite::bench::measure(&src, &t, 3);
         if per_kernel {
             tables.push((name, jpu_testsuite::bench::per_kernel(&m, &t)));
@@ -248,9 +254,14 @@ fn main() {
             m.compile_ms
         );
     }
-    minilm_row(&t);
+    if only.as_ref().is_none_or(|o| "MiniLM".contains(o.as_str())) {
+        minilm_row(&t);
+    }
     for (name, rows) in &tables {
         jpu_testsuite::bench::print_per_kernel(&format!("Per kernel: {name}"), rows);
+    }
+    if only.is_some() {
+        return;
     }
     println!();
     println!("| stacked layers (seq 256, hidden 512, 8 q / 2 kv heads of 64, FFN 1408) | statements | kernels | compile (median of 3) |");

@@ -629,10 +629,10 @@ pub(super) fn flash_buffers(p: &AttentionProblem, plan: &AttentionPlan) -> Vec<B
         buffer("k_rows", sram, p.dtype, kc, win_chunks * da, wc),
         buffer("v_rows", sram, p.dtype, kc, win_chunks * p.dv, wc),
         buffer("k_t", sram, p.dtype, dc, d_chunks * win_pad, wc),
-        buffer("k_t_psum", psum, f32, dc, plan.bank_cols, 1),
+        buffer("k_t_psum", psum, f32, dc, plan.bank_cols.min(win_pad), 1),
         buffer("q_tile", sram, p.dtype, qt, da, Q_COPIES as u32),
-        buffer("scores", psum, f32, qt, plan.kv_block, plan.score_copies),
-        buffer("probs", sram, p.dtype, qt, plan.kv_block, PROB_COPIES as u32),
+        buffer("scores", psum, f32, qt, block_cols(p, plan), plan.score_copies),
+        buffer("probs", sram, p.dtype, qt, block_cols(p, plan), PROB_COPIES as u32),
         buffer("o_acc", psum, f32, qt, p.dv, plan.o_copies),
         buffer("o_tile", sram, p.out_dtype, qt, p.dv, 2),
         buffer("row_max", sram, f32, qt, 1, STAT_COPIES as u32),
@@ -651,7 +651,7 @@ pub(super) fn flash_buffers(p: &AttentionProblem, plan: &AttentionPlan) -> Vec<B
 fn mask_buffers(p: &AttentionProblem, plan: &AttentionPlan) -> Vec<Buffer> {
     let Some(m) = &p.mask else { return Vec::new() };
     if !plan.mask_on_pe {
-        return vec![buffer("mask", Space::Sram, m.dtype, plan.q_tile, plan.kv_block, plan.score_copies)];
+        return vec![buffer("mask", Space::Sram, m.dtype, plan.q_tile, block_cols(p, plan), plan.score_copies)];
     }
     let (sram, chunks) = (Space::Sram, p.sk.div_ceil(plan.kv_chunk));
     vec![
@@ -660,6 +660,12 @@ fn mask_buffers(p: &AttentionProblem, plan: &AttentionPlan) -> Vec<Buffer> {
         buffer("mask_parts", sram, p.dtype, plan.kv_chunk, 2 * chunks, 1),
         buffer("mask_finite", sram, DType::F32, plan.kv_chunk, chunks, 1),
     ]
+}
+
+/// Columns of a score block's buffers: a block, or all keys when fewer (short
+/// sequences then share a PSUM bank with other accumulators).
+fn block_cols(p: &AttentionProblem, plan: &AttentionPlan) -> u64 {
+    plan.kv_block.min(p.sk.div_ceil(plan.kv_chunk) * plan.kv_chunk)
 }
 
 /// The width of the `Q . K^T` contraction: the head dim, and with the mask on

@@ -1,0 +1,135 @@
+//! Instruction order: which instruction enters each engine's stream next.
+//!
+//! Kernels are lowered one after another, but their instructions need not run
+//! that way: while a GEMM keeps the PE busy, the VE and ACT can run the softmax of
+//! an attention that follows it, and the next kernel's first loads can overlap
+//! this one's last stores. This module list-schedules the instruction DAG over
+//! the engines with an estimate of each instruction's time, and returns the
+//! order in which instructions join their streams.
+//!
+//! Guarantees:
+//! - The order is a topological order of the DAG, and every engine's stream is
+//!   its restriction to that engine: no stream waits on a later one, so the
+//!   program cannot deadlock.
+//! - Within one kernel, the instructions of each engine keep the kernel's own
+//!   order (its software pipelining is the kernel's choice); only instructions of
+//!   different kernels, at most [`WINDOW`] kernels apart, are interleaved. A
+//!   program of one kernel keeps the tile program's order exactly.
+//! - The order depends only on the program and the target: the same input gives
+//!   the same binary.
+//!
+//! The estimate is the simulator's cost model without bandwidth sharing: compute
+//! instructions take their fixed cycles; a transfer's data phase starts its
+//! latency after issue and after the queue's previous transfer, and moves at
+//! half the core's HBM bandwidth (two queues busy is the common case). It only
+//! chooses the order; the simulator times the program exactly.
+
+use jpu_isa::cost::{compute_cycles, transfer_cost};
+use jpu_isa::inst::EngineClass;
+use jpu_isa::{Engine, Op, Target};
+use petgraph::graph::{DiGraph, NodeIndex};
+use petgraph::Direction;
+
+/// How many consecutive kernels may have instructions interleaved.
+pub const WINDOW: usize = 4;
+
+/// The order in which the instructions `insts` (tile-program order, `kernel_of`
+/// giving each one's kernel, non-decreasing) join their engines' streams.
+pub fn interleave(
+    insts: &[(Engine, Op, u32)],
+    dag: &DiGraph<usize, ()>,
+    kernel_of: &[usize],
+    t: &Target,
+) -> Vec<usize> {
+    let n = insts.len();
+    let kernels = kernel_of.iter().max().map_or(0, |k| k + 1);
+    if kernels <= 1 || kernel_of.len() != n {
+        return (0..n).collect();
+    }
+    let engines = t.engines_per_core() as usize;
+    // Per kernel, per engine, its instructions in program order; the next one.
+    let mut lanes: Vec<Vec<Vec<usize>>> = vec![vec![Vec::new(); engines]; kernels];
+    for (i, (e, _, _)) in insts.iter().enumerate() {
+        lanes[kernel_of[i]][(e.0 as usize).min(engines - 1)].push(i);
+    }
+    let mut next = vec![vec![0usize; engines]; kernels];
+    let mut left: Vec<usize> = lanes.iter().map(|l| l.iter().map(Vec::len).sum()).collect();
+    let mut preds_left: Vec<u32> =
+        (0..n).map(|i| dag.neighbors_directed(NodeIndex::new(i), Direction::Incoming).count() as u32).collect();
+    let mut clock = Clock::new(t, engines);
+    let mut ready_at = vec![0u64; n];
+    let mut order = Vec::with_capacity(n);
+    let mut lo = 0usize;
+    while order.len() < n {
+        while lo < kernels && left[lo] == 0 {
+            lo += 1;
+        }
+        // The instruction that can start first; ties go to program order.
+        let mut best: Option<(u64, usize)> = None;
+        for k in lo..kernels.min(lo + WINDOW) {
+            for e in 0..engines {
+                let Some(&i) = lanes[k][e].get(next[k][e]) else { continue };
+                if preds_left[i] == 0 {
+                    let key = (clock.start(e, ready_at[i]), i);
+                    if best.is_none_or(|b| key < b) {
+                        best = Some(key);
+                    }
+                }
+            }
+        }
+        // The earliest unscheduled instruction of kernel `lo` is always ready.
+        let Some((start, i)) = best else { return (0..n).collect() };
+        let e = (insts[i].0 .0 as usize).min(engines - 1);
+        let end = clock.run(e, start, &insts[i].1);
+        next[kernel_of[i]][e] += 1;
+        left[kernel_of[i]] -= 1;
+        order.push(i);
+        for s in dag.neighbors_directed(NodeIndex::new(i), Direction::Outgoing) {
+            let s = dag[s];
+            preds_left[s] -= 1;
+            ready_at[s] = ready_at[s].max(end);
+        }
+    }
+    order
+}
+
+/// Estimated engine availability.
+struct Clock<'t> {
+    t: &'t Target,
+    /// When each engine may start (DMA queues: issue) its next instruction.
+    free: Vec<u64>,
+    /// When each DMA queue's last data phase ends.
+    drained: Vec<u64>,
+    /// Bytes per cycle of one transfer.
+    rate: f64,
+}
+
+impl<'t> Clock<'t> {
+    fn new(t: &'t Target, engines: usize) -> Clock<'t> {
+        Clock { t, free: vec![0; engines], drained: vec![0; engines], rate: t.hbm.bytes_per_cycle.as_f64() / 2.0 }
+    }
+
+    fn start(&self, e: usize, ready: u64) -> u64 {
+        self.free[e].max(ready)
+    }
+
+    /// Whether engine `e` is a DMA queue (issuing takes no time there).
+    fn is_queue(&self, e: usize) -> bool {
+        Engine(e as u8).class() == EngineClass::Dma
+    }
+
+    /// Runs `op` on engine `e` from `start`; returns when it ends.
+    fn run(&mut self, e: usize, start: u64, op: &Op) -> u64 {
+        if let Some(cost) = transfer_cost(op, self.t) {
+            let data = (start + cost.latency_cycles).max(self.drained[e]);
+            let end = data + (cost.charged_bytes as f64 / self.rate).ceil() as u64;
+            (self.free[e], self.drained[e]) = (start, end);
+            return end;
+        }
+        let end = start + compute_cycles(op, self.t).unwrap_or(0);
+        // A nop or halt on a queue completes after the queue's transfers.
+        let end = end.max(if self.is_queue(e) { self.drained[e] } else { 0 });
+        self.free[e] = end;
+        end
+    }
+}
