@@ -68,7 +68,8 @@ fn bert_encoder_layer_verifies() {
 
 /// Every projection of the BERT layer multiplies all batch rows by one weight:
 /// each GEMM runs over `batch x seq` rows and reads its weight once; GEMMs with
-/// a VE epilogue evacuate PSUM on the ACT; and the kernels' instructions are
+/// a VE epilogue evacuate PSUM on the ACT; attention heads share K^T transposes;
+/// and the kernels' instructions are
 /// interleaved on the engines (some stream runs a later kernel's instruction
 /// before an earlier kernel's), still race-free (verified above and here).
 #[test]
@@ -113,6 +114,9 @@ fn bert_layer_folds_batches_and_interleaves_kernels() {
         kernels.windows(2).any(|w| w[1] < w[0])
     });
     assert!(interleaved, "no engine runs kernels out of order");
+    // 8 heads of 16 with the mask on the PE: 4 heads share each K^T transpose.
+    let attention: Vec<String> = c.kernels.iter().filter(|k| k.kind() == "attention").map(|k| k.describe(&t)).collect();
+    assert!(attention[0].contains("K^T of 4 heads per transpose"), "{attention:#?}");
     let v = jalc::verify::verify_with(&f, &t, 11, &Options::o2()).unwrap();
     assert!(v.passed, "{:?}", v.first_mismatch);
 }

@@ -419,6 +419,35 @@ fn attention_masks_are_added_in_the_kernel() {
     assert!(!c.kernels.iter().any(|k| k.kind() == "attention"), "{before}");
 }
 
+/// Short heads whose head dims fit the `Q . K^T` contraction together share one
+/// K^T transpose and evacuation per window: 6 heads of 16 per pack without a
+/// mask on jpu1 (12 heads, so not 8 or 7: only whole packs), and with a
+/// key-padding mask 4, so that no pack straddles two batches' mask rows. Both
+/// verify race-checked and strict on both targets (jpu-tiny packs 2 and 1).
+#[test]
+fn short_heads_share_a_k_transpose() {
+    let plain =
+        "func @f(%q: bf16[3, 4, 20, 16], %k: bf16[3, 4, 20, 16], %v: bf16[3, 4, 20, 16]) -> bf16[3, 4, 20, 16] {
+  %o = attention(%q, %k, %v)
+  return %o
+}";
+    let masked = "func @f(%q: bf16[3, 4, 20, 16], %k: bf16[3, 4, 20, 16], %v: bf16[3, 4, 20, 16], %keep: i1[3, 1, 1, 20]) -> bf16[3, 4, 20, 16] {
+  %kf = cast(%keep) {to = f32}
+  %inv = sub(1.0, %kf)
+  %m = mul(%inv, -10000.0)
+  %o = attention(%q, %k, %v, %m)
+  return %o
+}";
+    let t = Target::builtin("jpu1").unwrap();
+    for (src, packed) in [(plain, "K^T of 6 heads per transpose"), (masked, "K^T of 4 heads per transpose")] {
+        let f = check(src);
+        jpu_testsuite::verify_everywhere(&f, src, 5);
+        let c = jalc::driver::compile(&f, &t, &jalc::driver::Options::o2()).unwrap();
+        let plans: Vec<String> = c.kernels.iter().filter(|k| k.kind() == "attention").map(|k| k.describe(&t)).collect();
+        assert!(plans.len() == 1 && plans[0].contains(packed), "{plans:#?}");
+    }
+}
+
 /// Masks built from the most negative f32 (as frameworks do) stay finite in the
 /// kernel: masked keys get no weight, and a row whose keys are all masked
 /// averages them, as the reference does (no NaN, no inf). Batch 0 keeps its

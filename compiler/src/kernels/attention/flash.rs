@@ -12,7 +12,11 @@ use crate::tiles::{Buffer, HbmBox, HbmTensor, TileOp, TileProgram, TileScalar};
 const STAT_COPIES: usize = 3;
 /// Copies of the probabilities tile.
 const PROB_COPIES: usize = 3;
-/// Copies of the query tile.
+/// Copies of the output staging tile: enough that a store's DMA latency
+/// (1,000 cycles on jpu1) does not hold up short tiles' divides.
+const O_TILE_COPIES: usize = 6;
+/// Copies of the query tile (at least; a multiple of the heads sharing a
+/// K^T, so that each copy always holds the same head slot).
 const Q_COPIES: usize = 3;
 
 /// A query tile: `heads` consecutive query heads from `head` (global index over
@@ -43,10 +47,11 @@ struct Block {
     window: usize,
 }
 
-/// A window of K/V rows `a .. b` of a group.
+/// A window of K/V rows `a .. b` of `heads` groups from `group`.
 #[derive(Debug, Clone, Copy)]
 struct Window {
     group: u64,
+    heads: u64,
     a: u64,
     b: u64,
 }
@@ -101,10 +106,16 @@ struct Flash<'a> {
     /// The `Q . K^T` contraction width: the head dim, plus the two mask
     /// columns with the mask on the PE.
     da: u64,
+    /// KV heads per window (see `AttentionPlan::kt_heads`).
+    kt: u64,
+    /// Copies of the query tile.
+    q_copies: usize,
     /// With the mask on the PE, per window: whether it starts a new mask row
     /// (which is then prepared) and whether its K rows copy needs the row's
     /// parts written (the copy held another row, or none).
     mask_rows: Vec<(bool, bool)>,
+    /// The first window of each distinct mask row.
+    mask_row_windows: Vec<usize>,
 }
 
 /// Lowers the flash path.
@@ -154,8 +165,10 @@ impl<'a> Flash<'a> {
             while c0 < end {
                 let c1 = end.min(c0 + plan.kv_block);
                 let a = c0 / plan.window * plan.window;
-                if windows.last().is_none_or(|w| w.group != tile.group || w.a != a) {
-                    windows.push(Window { group: tile.group, a, b: sk.min(a + plan.window) });
+                let group = tile.group - tile.group % plan.kt_heads;
+                if windows.last().is_none_or(|w| w.group != group || w.a != a) {
+                    let heads = plan.kt_heads.min(p.batch * p.hk - group);
+                    windows.push(Window { group, heads, a, b: sk.min(a + plan.window) });
                 }
                 blocks.push(Block { tile: ti, c0, c1, first: c0 == 0, last: c1 == end, window: windows.len() - 1 });
                 c0 = c1;
@@ -180,7 +193,11 @@ impl<'a> Flash<'a> {
             }
             _ => Vec::new(),
         };
+        let mask_row_windows = (0..mask_rows.len()).filter(|&w| mask_rows[w].0).collect();
         Flash {
+            mask_row_windows,
+            kt: plan.kt_heads,
+            q_copies: q_copies(plan),
             mask_rows,
             p,
             plan,
@@ -226,15 +243,18 @@ impl<'a> Flash<'a> {
                 ops.push((TileOp::Load { dst, src, queue: None }, 0));
             }
         }
-        for c in 0..(w.b - w.a).div_ceil(kv_chunk) {
-            let r = w.a + c * kv_chunk;
+        let chunks = (w.b - w.a).div_ceil(kv_chunk);
+        for (slot, c) in (0..w.heads).flat_map(|slot| (0..chunks).map(move |c| (slot, c))) {
+            let (r, g) = (w.a + c * kv_chunk, w.group + slot);
             let kk = kv_chunk.min(w.b - r);
             if tkt.is_none() {
-                let k_src = rows_box(&self.p.k, TK, (w.group, 1), r, kk);
-                ops.push((TileOp::Load { dst: slice(K_ROWS, copy, kk, c * self.da, d), src: k_src, queue: None }, 0));
+                let k_src = rows_box(&self.p.k, TK, (g, 1), r, kk);
+                let dst = slice(K_ROWS, copy, kk, c * self.da + slot * d, d);
+                ops.push((TileOp::Load { dst, src: k_src, queue: None }, 0));
             }
-            let v_src = rows_box(&self.p.v, TV, (w.group, 1), r, kk);
-            ops.push((TileOp::Load { dst: slice(V_ROWS, copy, kk, c * dv, dv), src: v_src, queue: None }, 0));
+            let v_src = rows_box(&self.p.v, TV, (g, 1), r, kk);
+            let dst = slice(V_ROWS, copy, kk, (slot * win_pad / kv_chunk + c) * dv, dv);
+            ops.push((TileOp::Load { dst, src: v_src, queue: None }, 0));
         }
     }
 
@@ -275,6 +295,7 @@ impl<'a> Flash<'a> {
                 c = group_end;
             }
         }
+        self.next_mask_rows(ops, wi);
     }
 
     /// Loads query tile `ti`.
@@ -283,7 +304,8 @@ impl<'a> Flash<'a> {
         let d = self.p.d;
         let t = tiles[ti];
         let src = rows_box(&self.p.q, TQ, (t.head, t.heads), t.r0, t.parts() as u64);
-        ops.push((TileOp::Load { dst: slice(Q_TILE, ti % Q_COPIES, t.parts() as u64, 0, d), src, queue: None }, 0));
+        let dst = slice(Q_TILE, ti % self.q_copies, t.parts() as u64, t.group % self.kt * d, d);
+        ops.push((TileOp::Load { dst, src, queue: None }, 0));
     }
 
     /// Block `bi`'s scores `S = Q . K^T` on the PE, bank by bank.
@@ -310,7 +332,7 @@ impl<'a> Flash<'a> {
                 ops.push((
                     TileOp::Matmul {
                         dst: slice(SCORES, bi % plan.score_copies as usize, mq, col, n),
-                        stationary: slice(Q_TILE, blk.tile % Q_COPIES, mq, dc * d_chunk, dk),
+                        stationary: slice(Q_TILE, blk.tile % self.q_copies, mq, dc * d_chunk, dk),
                         moving: slice(K_T, blk.window % wc, dk, dc * win_pad + blk.c0 - w.a + col, n),
                         accumulate: dc > 0,
                         transposed: true,
@@ -345,8 +367,13 @@ impl<'a> Flash<'a> {
     /// columns there hold ones, so `Q . K^T` adds `mask / scale` to the scores.
     fn mask_into_window(&self, ops: &mut Vec<(TileOp, u32)>, wi: usize) {
         let (Some(tm), Some(&(fresh, stale))) = (self.tmask, self.mask_rows.get(wi)) else { return };
-        if fresh {
-            self.prepare_mask_row(ops, wi, tm);
+        let firsts = &self.mask_row_windows;
+        let r = firsts.partition_point(|&w| w <= wi) - 1;
+        if fresh && r == 0 {
+            for (row, &w) in firsts.iter().enumerate().take(2) {
+                self.load_mask_row(ops, w, tm, row);
+            }
+            self.prepare_mask_row(ops, 0);
         }
         if !stale {
             return;
@@ -354,47 +381,64 @@ impl<'a> Flash<'a> {
         let (w, kc, chunks) = (self.windows[wi], self.plan.kv_chunk, self.p.sk.div_ceil(self.plan.kv_chunk));
         for c in 0..(w.b - w.a).div_ceil(kc) {
             let (key, kk) = (w.a + c * kc, kc.min(w.b - w.a - c * kc));
-            for (part, column) in [(0, c * self.da + self.p.d), (1, c * self.da + self.p.d + 1)] {
-                let src = slice(MASK_PARTS, 0, kk, part * chunks + key / kc, 1);
+            let at = c * self.da + self.kt * self.p.d;
+            for (part, column) in [(0, at), (1, at + 1)] {
+                let src = slice(MASK_PARTS, r % 2, kk, part * chunks + key / kc, 1);
                 ops.push((TileOp::Copy { dst: slice(K_ROWS, wi % self.wc, kk, column, 1), src }, 0));
             }
         }
     }
 
-    /// The mask row of window `wi` as key columns (chunk c in column c, key
+    /// After window `wi`'s K^T when it starts a distinct mask row r: row r + 1
+    /// prepared and row r + 2 loaded. Rows alternate between two copies of the
+    /// raw and of the prepared mask, so neither a load's latency nor a
+    /// preparation is on the path of a row's first scores.
+    fn next_mask_rows(&self, ops: &mut Vec<(TileOp, u32)>, wi: usize) {
+        let (Some(tm), Some(&(true, _))) = (self.tmask, self.mask_rows.get(wi)) else { return };
+        let firsts = &self.mask_row_windows;
+        let r = firsts.partition_point(|&w| w <= wi) - 1;
+        if r + 1 < firsts.len() {
+            self.prepare_mask_row(ops, (r + 1) % 2);
+        }
+        if let Some(&w) = firsts.get(r + 2) {
+            self.load_mask_row(ops, w, tm, r % 2);
+        }
+    }
+
+    /// Loads the mask row of window `wi` into copy `copy` of the raw mask: chunk
+    /// c in column c, key `c * kv_chunk + p` on partition p.
+    fn load_mask_row(&self, ops: &mut Vec<(TileOp, u32)>, wi: usize, tm: usize, copy: usize) {
+        let Some(mask) = &self.p.mask else { return };
+        let (sk, kc) = (self.p.sk, self.plan.kv_chunk);
+        let start = mask.view.row_start(self.p.first_head(self.windows[wi].group), 0);
+        for c in 0..sk.div_ceil(kc) {
+            let kk = kc.min(sk - c * kc);
+            let src = HbmBox { tensor: tm, start: start + c * kc, rows: kk as u32, row_stride: 1, cols: 1 };
+            ops.push((TileOp::Load { dst: slice(MASK, copy, kk, c, 1), src, queue: None }, 0));
+        }
+    }
+
+    /// The mask row in copy `copy` of the raw mask as key columns (chunk c in column c, key
     /// `c * kv_chunk + p` on partition p): divided by the scale, clamped, and
     /// split into operand-dtype high and low parts (their sum is within 2^-17 of
     /// it in bf16); an infinite or NaN mask value is its high part as is.
-    fn prepare_mask_row(&self, ops: &mut Vec<(TileOp, u32)>, wi: usize, tm: usize) {
-        let Some(mask) = &self.p.mask else { return };
-        let w = self.windows[wi];
+    fn prepare_mask_row(&self, ops: &mut Vec<(TileOp, u32)>, copy: usize) {
         let (sk, kc) = (self.p.sk, self.plan.kv_chunk);
         let chunks = sk.div_ceil(kc);
-        let start = mask.view.row_start(self.p.first_head(w.group), 0);
-        for c in 0..chunks {
-            let kk = kc.min(sk - c * kc);
-            let src = HbmBox { tensor: tm, start: start + c * kc, rows: kk as u32, row_stride: 1, cols: 1 };
-            ops.push((TileOp::Load { dst: slice(MASK, 0, kk, c, 1), src, queue: None }, 0));
-        }
         // Whole chunks as one box, a partial last chunk as another.
         let whole = sk / kc;
         let boxes = [(kc, 0, whole), (sk % kc, whole, 1)].into_iter().filter(|&(parts, _, n)| parts > 0 && n > 0);
-        let bias = TileScalar::Imm(-0.0);
         for (parts, c0, n) in boxes {
-            let (raw, row) = (slice(MASK, 0, parts, c0, n), slice(MASK_F32, 0, parts, c0, n));
-            let (hi, lo) = (slice(MASK_PARTS, 0, parts, c0, n), slice(MASK_PARTS, 0, parts, chunks + c0, n));
+            let (raw, row) = (slice(MASK, copy, parts, c0, n), slice(MASK_F32, 0, parts, c0, n));
+            let (hi, lo) = (slice(MASK_PARTS, copy, parts, c0, n), slice(MASK_PARTS, copy, parts, chunks + c0, n));
+            // All on the VE: a chain split between engines waits at every hand-over.
             let scale = TileScalar::Imm(1.0 / self.p.scale);
-            ops.push((TileOp::Activate { func: ActFunc::Identity, dst: row, src: raw, scale, bias, accum: None }, 0));
+            ops.push((TileOp::Scalar { op: AluOp::Mul, dst: row, src: raw, scalar: scale, reverse: false }, 0));
             for (op, limit) in [(AluOp::Max, -MASK_LIMIT), (AluOp::Min, MASK_LIMIT)] {
                 let scalar = TileScalar::Imm(limit);
                 ops.push((TileOp::Scalar { op, dst: row, src: row, scalar, reverse: false }, 0));
             }
-            // The ACT rounds the high part (x * 1 + -0.0 is x): the VE is the busier engine.
-            let one = TileScalar::Imm(1.0);
-            ops.push((
-                TileOp::Activate { func: ActFunc::Identity, dst: hi, src: row, scale: one, bias, accum: None },
-                0,
-            ));
+            ops.push((TileOp::Copy { dst: hi, src: row }, 0));
             ops.push((TileOp::Binary { op: AluOp::Sub, dst: lo, a: row, b: hi }, 0));
             // Infinities and NaNs of the mask stay what they are (the clamp is
             // for finite values only): `x * 0 == 0` holds exactly for finite x.
@@ -531,7 +575,13 @@ impl<'a> Flash<'a> {
                 TileOp::Matmul {
                     dst: o,
                     stationary: slice(PROBS, bi % PROB_COPIES, mq, k0 - blk.c0, kk),
-                    moving: slice(V_ROWS, blk.window % wc, kk, chunk * dv, dv),
+                    moving: slice(
+                        V_ROWS,
+                        blk.window % wc,
+                        kk,
+                        ((t.group - w.group) * self.win_pad / kv_chunk + chunk) * dv,
+                        dv,
+                    ),
                     accumulate: !(blk.first && s_i == 0),
                     transposed: true,
                 },
@@ -540,7 +590,7 @@ impl<'a> Flash<'a> {
         }
         if blk.last {
             let tc = blk.tile % 2;
-            let out = slice(O_TILE, tc, mq, 0, dv);
+            let out = slice(O_TILE, blk.tile % O_TILE_COPIES, mq, 0, dv);
             let l = slice(ROW_SUM, tc, mq, 0, 1);
             ops.push((
                 TileOp::Scalar { op: AluOp::Div, dst: out, src: o, scalar: TileScalar::Column(l), reverse: false },
@@ -559,10 +609,16 @@ impl<'a> Flash<'a> {
         let wc = self.wc;
         let nsc = self.nsc;
         let mut ops: Vec<(TileOp, u32)> = Vec::new();
-        if self.plan.mask_on_pe {
+        for copy in 0..self.q_copies {
+            // Other heads' columns of a shared K^T: zeros, never overwritten
+            // (each copy always holds the same head slot).
+            if self.kt > 1 {
+                ops.push((TileOp::Memset { dst: slice(Q_TILE, copy, self.plan.q_tile, 0, self.da), value: 0.0 }, 0));
+            }
             // Q's mask columns: ones, never overwritten by the Q loads.
-            for copy in 0..Q_COPIES {
-                ops.push((TileOp::Memset { dst: slice(Q_TILE, copy, self.plan.q_tile, self.p.d, 2), value: 1.0 }, 0));
+            if self.plan.mask_on_pe {
+                let at = self.kt * self.p.d;
+                ops.push((TileOp::Memset { dst: slice(Q_TILE, copy, self.plan.q_tile, at, 2), value: 1.0 }, 0));
             }
         }
         // Emission order (each engine runs its ops in this order). Iteration i issues
@@ -590,7 +646,7 @@ impl<'a> Flash<'a> {
                     self.load_window(ops, windows_loaded);
                     windows_loaded += 1;
                 }
-                while tiles_loaded < tiles.len() && tiles_loaded < blk.tile + Q_COPIES - 1 {
+                while tiles_loaded < tiles.len() && tiles_loaded < blk.tile + self.q_copies - 1 {
                     self.load_q(ops, tiles_loaded);
                     tiles_loaded += 1;
                 }
@@ -600,6 +656,13 @@ impl<'a> Flash<'a> {
                 }
                 self.load_mask(ops, scores_issued);
                 self.scores_of(ops, scores_issued);
+                // With a third window copy, the next window's K^T is prepared
+                // behind these scores: off the chain of its own first scores.
+                let next = blk.window + 1;
+                if wc >= 3 && windows_transposed == next && next < windows.len().min(window_limit) {
+                    self.transpose_window(ops, next);
+                    windows_transposed = next + 1;
+                }
                 scores_issued += 1;
             }
         };
@@ -627,14 +690,14 @@ pub(super) fn flash_buffers(p: &AttentionProblem, plan: &AttentionPlan) -> Vec<B
     let (wc, sram, psum, f32) = (plan.window_copies, Space::Sram, Space::Psum, DType::F32);
     vec![
         buffer("k_rows", sram, p.dtype, kc, win_chunks * da, wc),
-        buffer("v_rows", sram, p.dtype, kc, win_chunks * p.dv, wc),
+        buffer("v_rows", sram, p.dtype, kc, plan.kt_heads * win_chunks * p.dv, wc),
         buffer("k_t", sram, p.dtype, dc, d_chunks * win_pad, wc),
         buffer("k_t_psum", psum, f32, dc, plan.bank_cols.min(win_pad), 1),
-        buffer("q_tile", sram, p.dtype, qt, da, Q_COPIES as u32),
+        buffer("q_tile", sram, p.dtype, qt, da, q_copies(plan) as u32),
         buffer("scores", psum, f32, qt, block_cols(p, plan), plan.score_copies),
         buffer("probs", sram, p.dtype, qt, block_cols(p, plan), PROB_COPIES as u32),
         buffer("o_acc", psum, f32, qt, p.dv, plan.o_copies),
-        buffer("o_tile", sram, p.out_dtype, qt, p.dv, 2),
+        buffer("o_tile", sram, p.out_dtype, qt, p.dv, O_TILE_COPIES as u32),
         buffer("row_max", sram, f32, qt, 1, STAT_COPIES as u32),
         buffer("neg_max", sram, f32, qt, 1, STAT_COPIES as u32),
         buffer("block_sum", sram, f32, qt, 1, STAT_COPIES as u32),
@@ -655,11 +718,17 @@ fn mask_buffers(p: &AttentionProblem, plan: &AttentionPlan) -> Vec<Buffer> {
     }
     let (sram, chunks) = (Space::Sram, p.sk.div_ceil(plan.kv_chunk));
     vec![
-        buffer("mask", sram, m.dtype, plan.kv_chunk, chunks, 1),
+        buffer("mask", sram, m.dtype, plan.kv_chunk, chunks, 2),
         buffer("mask_f32", sram, DType::F32, plan.kv_chunk, chunks, 1),
-        buffer("mask_parts", sram, p.dtype, plan.kv_chunk, 2 * chunks, 1),
+        buffer("mask_parts", sram, p.dtype, plan.kv_chunk, 2 * chunks, 2),
         buffer("mask_finite", sram, DType::F32, plan.kv_chunk, chunks, 1),
     ]
+}
+
+/// Copies of the query tile: [`Q_COPIES`] rounded up to a multiple of the heads
+/// sharing a K^T.
+fn q_copies(plan: &AttentionPlan) -> usize {
+    (Q_COPIES as u64).div_ceil(plan.kt_heads) as usize * plan.kt_heads as usize
 }
 
 /// Columns of a score block's buffers: a block, or all keys when fewer (short
@@ -671,5 +740,5 @@ fn block_cols(p: &AttentionProblem, plan: &AttentionPlan) -> u64 {
 /// The width of the `Q . K^T` contraction: the head dim, and with the mask on
 /// the PE its two columns.
 fn contraction(p: &AttentionProblem, plan: &AttentionPlan) -> u64 {
-    p.d + if plan.mask_on_pe { 2 } else { 0 }
+    plan.kt_heads * p.d + if plan.mask_on_pe { 2 } else { 0 }
 }

@@ -5,7 +5,9 @@
 //! into a *window*: the whole sequence when it fits SRAM (then K and V are read
 //! from HBM once and serve every query head and query tile of the group), else one
 //! KV block at a time (re-read per query tile). K is transposed once per window on
-//! the PE (into `[head dim, kv]`, the moving operand of `Q . K^T`).
+//! the PE (into `[head dim, kv]`, the moving operand of `Q . K^T`); short heads
+//! share a window, so one transpose makes the K^T of several heads
+//! ([`AttentionPlan::kt_heads`]).
 //!
 //! A *query tile* is up to one partition per query row: a tile of one head, or
 //! several heads of a group packed together when their rows fit (decode), so the
@@ -414,6 +416,12 @@ pub struct AttentionPlan {
     /// and accumulated into the scores by two one-row matmuls, so the softmax
     /// runs as without a mask.
     pub mask_on_pe: bool,
+    /// KV heads whose K rows share one window, one PE transpose per key chunk
+    /// and one evacuation (short resident sequences whose head dims, with the
+    /// mask's two columns, fit the contraction together): each head's query
+    /// tile holds its head dim in its own columns and zeros in the others, so
+    /// `Q . K^T` over the packed contraction is that head's scores.
+    pub kt_heads: u64,
 }
 
 impl AttentionPlan {
@@ -442,6 +450,9 @@ impl std::fmt::Display for AttentionPlan {
         }
         if self.mask_on_pe {
             write!(f, ", mask on the PE")?;
+        }
+        if self.kt_heads > 1 {
+            write!(f, ", K^T of {} heads per transpose", self.kt_heads)?;
         }
         Ok(())
     }
@@ -601,6 +612,7 @@ impl AttentionProblem {
             score_copies,
             decode: false,
             mask_on_pe,
+            kt_heads: 1,
         };
         // The whole sequence resident (K/V read once per group), else streamed
         // blocks: as wide as the score banks, or narrower (down to one chunk)
@@ -627,7 +639,40 @@ impl AttentionProblem {
             // while this one computes (short sequences: one tile per window).
             plan.window_copies = 3;
         }
+        plan.kt_heads = self.packed_kt_heads(&plan, cap);
         Ok(plan)
+    }
+
+    /// How many KV heads share a window's K^T (see [`AttentionPlan::kt_heads`]):
+    /// as many as the contraction holds, when every head is one query tile of a
+    /// resident window, and (with the mask on the PE) every head of a pack
+    /// reads the same mask row.
+    fn packed_kt_heads(&self, plan: &AttentionPlan, cap: u64) -> u64 {
+        let simple = plan.resident(self)
+            && plan.heads_per_tile == 1
+            && self.group() == 1
+            && self.sq <= plan.q_tile
+            && self.zero_rows == 0
+            && self.k_transposed.is_none();
+        let extra = if plan.mask_on_pe { 2 } else { 0 };
+        if !simple || self.d + extra > plan.d_chunk {
+            return 1;
+        }
+        let heads = self.batch * self.hk;
+        let same_row = |kt: u64| match (&self.mask, plan.mask_on_pe) {
+            (Some(m), true) => (0..heads).all(|h| m.view.row_start(h, 0) == m.view.row_start(h - h % kt, 0)),
+            _ => true,
+        };
+        let mut kt = ((plan.d_chunk - extra) / self.d).min(heads);
+        // Whole packs only: every column of a packed K^T is loaded.
+        while kt > 1
+            && !(heads.is_multiple_of(kt)
+                && same_row(kt)
+                && sram_bytes(&flash_buffers(self, &AttentionPlan { kt_heads: kt, ..*plan })) <= cap)
+        {
+            kt -= 1;
+        }
+        kt
     }
 }
 
