@@ -181,3 +181,31 @@ fn opset_23_attention_and_trilu_match_onnxruntime() {
         }
     }
 }
+
+/// Exact GELUs written out (three operand orders, by `/ sqrt 2` and by
+/// `* (1 / sqrt 2)`) import as one `gelu` under bf16 storage and as written
+/// under f32; a wrong constant, or an inner value the graph also returns, keeps
+/// the chain. Both modes match onnxruntime (f32 within 1e-5 x max|ref|, bf16 with
+/// cosine >= 0.9999 per row).
+#[test]
+fn written_out_gelus_fuse_under_bf16() {
+    let x = npy("gelu-forms-x.npy").1;
+    let bf16 = import("gelu-forms.onnx", &[], Precision::Bf16);
+    assert_eq!(bf16.text.matches(" = gelu(").count(), 3, "{}", bf16.text);
+    assert_eq!(bf16.text.matches(" = erf(").count(), 2, "{}", bf16.text);
+    let f32_model = import("gelu-forms.onnx", &[], Precision::F32);
+    assert!(!f32_model.text.contains(" = gelu("), "{}", f32_model.text);
+    for (m, bf16) in [(&f32_model, false), (&bf16, true)] {
+        let out = run(m, "jpu-tiny", 2, std::slice::from_ref(&x));
+        for (io, got) in m.outputs.iter().zip(&out) {
+            let want = npy(&format!("gelu-forms-ref-{}.npy", io.onnx)).1;
+            if bf16 {
+                let c = min_cosine(&got.data, &want, 16, |_| true);
+                assert!(c >= 0.9999, "bf16 {}: cosine {c}", io.onnx);
+            } else {
+                let e = relative_error(&got.data, &want);
+                assert!(e <= 1e-5, "f32 {}: relative error {e:e}", io.onnx);
+            }
+        }
+    }
+}

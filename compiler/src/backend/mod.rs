@@ -140,7 +140,19 @@ pub fn allocate_for_overlap(tp: &TileProgram, kernel_of: &[usize], t: &Target) -
         Err(BackendError::Psum { .. }) => space != Space::Psum,
         _ => true,
     };
-    let window = |space| (1..order::WINDOW).rev().find(|&w| fits(space, &widened(space, w))).unwrap_or(0);
+    // Wider windows need more memory: the widest that fits, by bisection.
+    let window = |space| {
+        let (mut lo, mut hi) = (0, order::WINDOW - 1);
+        while lo < hi {
+            let mid = (lo + hi).div_ceil(2);
+            if fits(space, &widened(space, mid)) {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        lo
+    };
     let (sram_w, psum_w) = (window(Space::Sram), window(Space::Psum));
     let (sram, psum) = (widened(Space::Sram, sram_w), widened(Space::Psum, psum_w));
     let live: Vec<_> =

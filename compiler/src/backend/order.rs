@@ -31,7 +31,7 @@ use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::Direction;
 
 /// How many consecutive kernels may have instructions interleaved.
-pub const WINDOW: usize = 4;
+pub const WINDOW: usize = 6;
 
 /// The order in which the instructions `insts` (tile-program order, `kernel_of`
 /// giving each one's kernel, non-decreasing) join their engines' streams.

@@ -21,6 +21,11 @@ are what the tests read:
   upper and lower on a runtime value and on a constant. Inputs
   attention23-<name>.npy, outputs attention23-ref-<name>.npy.
 - unsupported.onnx: two Conv, one Mod and a com.microsoft op (one error lists them).
+- gelu-forms.onnx (opset 17): the exact GELU written out three ways (y1-y3:
+  `x * (1 + erf(x / sqrt 2)) * 0.5`, `(x * 0.5) * (1 + erf(x * (1 / sqrt 2)))`,
+  operands swapped), one with a wrong constant (y4) and one whose erf value is
+  also an output (e5, y5). Input gelu-forms-x.npy, outputs
+  gelu-forms-ref-<name>.npy.
 """
 import numpy as np
 import onnx
@@ -222,7 +227,34 @@ def attention23():
         np.save(f"attention23-ref-{o.name}.npy", v)
 
 
+def gelu_forms():
+    g = Graph()
+    x = "x"  # [4, 16]
+    sqrt2, half, one = np.float32(np.sqrt(2)), np.float32(0.5), np.float32(1)
+    erf_plus_one = lambda v: g.op("Add", [g.op("Erf", [v]), g.constant(one)])
+    outs = {}
+    outs["y1"] = g.op("Mul", [g.op("Mul", [x, erf_plus_one(g.op("Div", [x, g.constant(sqrt2)]))]), g.constant(half)])
+    outs["y2"] = g.op("Mul", [g.op("Mul", [x, g.const(half)]),
+                              erf_plus_one(g.op("Mul", [x, g.const(np.float32(1 / np.sqrt(2)))]))])
+    outs["y3"] = g.op("Mul", [g.constant(half), g.op("Mul", [erf_plus_one(g.op("Div", [x, g.constant(sqrt2)])), x])])
+    outs["y4"] = g.op("Mul", [g.op("Mul", [x, erf_plus_one(g.op("Div", [x, g.constant(np.float32(1.5))]))]), g.constant(half)])
+    e5 = g.op("Erf", [g.op("Div", [x, g.constant(sqrt2)])])
+    outs["e5"] = e5
+    outs["y5"] = g.op("Mul", [g.op("Mul", [x, g.op("Add", [e5, g.constant(one)])]), g.constant(half)])
+    for k, v in outs.items():
+        for n in g.nodes:
+            n.output[:] = [k if o == v else o for o in n.output]
+            n.input[:] = [k if i == v else i for i in n.input]
+    sess = save(g, "gelu-forms", [helper.make_tensor_value_info(x, F, [4, 16])],
+                [helper.make_tensor_value_info(k, F, [4, 16]) for k in outs], 17)
+    x_v = rng.normal(0, 2, (4, 16)).astype(np.float32)
+    np.save("gelu-forms-x.npy", x_v)
+    for o, v in zip(sess.get_outputs(), sess.run(None, {x: x_v})):
+        np.save(f"gelu-forms-ref-{o.name}.npy", v)
+
+
 bert_tiny()
 ops23()
 attention23()
 unsupported()
+gelu_forms()

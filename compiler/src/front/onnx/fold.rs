@@ -186,7 +186,7 @@ pub fn fold(im: &Importer, n: &NodeProto) -> Result<Option<Vec<HostTensor>>, Str
     fold_known(im, n, op, &ins).map(Some)
 }
 
-fn constant(n: &NodeProto) -> Result<HostTensor, String> {
+pub(super) fn constant(n: &NodeProto) -> Result<HostTensor, String> {
     if let Some(t) = attr_tensor(n, "value")? {
         return Ok(t);
     }

@@ -157,6 +157,10 @@ pub struct Importer {
     /// ONNX values computed in f32 although floats are stored in bf16: the
     /// scores chains of softmaxes (see [`score_chains`]).
     wide: HashSet<String>,
+    /// Under bf16 storage, written-out exact GELUs by final output, and the
+    /// inner values they replace (never imported).
+    gelus: HashMap<String, super::patterns::ErfGelu>,
+    gelu_inner: HashSet<String>,
 }
 
 /// `name` with every character outside `[A-Za-z0-9_.]` made `_`.
@@ -186,12 +190,18 @@ pub fn import(model: &Model, file: &str, opts: &ImportOptions) -> Result<Importe
         weight_refs: BTreeMap::new(),
         materialized: HashMap::new(),
         wide: if opts.precision == Precision::Bf16 { score_chains(&live) } else { HashSet::new() },
+        gelus: HashMap::new(),
+        gelu_inner: HashSet::new(),
         weights_file: if opts.weights_file.is_empty() {
             "weights.safetensors".into()
         } else {
             opts.weights_file.clone()
         },
     };
+    if opts.precision == Precision::Bf16 {
+        im.gelus = super::patterns::erf_gelus(g, &live);
+        im.gelu_inner = im.gelus.values().flat_map(|p| p.inner.iter().cloned()).collect();
+    }
     for t in &g.initializer {
         let v = HostTensor::from_proto(t).map_err(err)?;
         im.vals.insert(t.name.clone().unwrap_or_default(), Val::Host(v));
@@ -529,6 +539,17 @@ impl Importer {
 
     /// One live node: folded when every input is known, else converted.
     fn node(&mut self, n: &NodeProto) -> Result<Vec<Val>, String> {
+        let first = n.output.first().map(String::as_str).unwrap_or("");
+        if self.gelu_inner.contains(first) {
+            // Inside a fused GELU: nothing reads it.
+            return Ok(Vec::new());
+        }
+        if let Some(x) = self.gelus.get(first).map(|p| p.x.clone()) {
+            let (x, elem) = self.ir(&x)?;
+            let none = ("approx", Attr::Str("none".into()));
+            let r = self.push(first, "gelu", &[POperand::Value(x)], &[none], None)?;
+            return Ok(vec![Val::Ir { r, elem }]);
+        }
         if let Some(folded) = super::fold::fold(self, n)? {
             return Ok(folded.into_iter().map(Val::Host).collect());
         }

@@ -21,6 +21,7 @@ mod convert;
 mod fold;
 pub mod host;
 pub mod import;
+mod patterns;
 
 pub use import::{import, ImportOptions, Imported, Io, Precision};
 
