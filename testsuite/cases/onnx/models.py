@@ -21,6 +21,10 @@ are what the tests read:
   upper and lower on a runtime value and on a constant. Inputs
   attention23-<name>.npy, outputs attention23-ref-<name>.npy.
 - unsupported.onnx: two Conv, one Mod and a com.microsoft op (one error lists them).
+- cast-trunc.onnx (opset 21): Cast of floats to int32, int8 and int4 at run
+  time (ONNX truncates toward zero). Input cast-trunc-x.npy, outputs
+  cast-trunc-ref-<name>.npy from onnx's reference evaluator (onnxruntime
+  returns no int4 to numpy).
 - gelu-forms.onnx (opset 17): the exact GELU written out three ways (y1-y3:
   `x * (1 + erf(x / sqrt 2)) * 0.5`, `(x * 0.5) * (1 + erf(x * (1 / sqrt 2)))`,
   operands swapped), one with a wrong constant (y4) and one whose erf value is
@@ -29,6 +33,7 @@ are what the tests read:
 """
 import numpy as np
 import onnx
+import onnx.reference
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
@@ -253,8 +258,28 @@ def gelu_forms():
         np.save(f"gelu-forms-ref-{o.name}.npy", v)
 
 
+def cast_trunc():
+    g = Graph()
+    outs = {"i32": g.op("Cast", ["x"], to=TensorProto.INT32), "i8": g.op("Cast", ["x"], to=TensorProto.INT8),
+            "i4": g.op("Cast", ["x"], to=TensorProto.INT4)}
+    types = {"i32": TensorProto.INT32, "i8": TensorProto.INT8, "i4": TensorProto.INT4}
+    for k, v in outs.items():
+        for n in g.nodes:
+            n.output[:] = [k if o == v else o for o in n.output]
+    sess = save(g, "cast-trunc", [helper.make_tensor_value_info("x", F, [12])],
+                [helper.make_tensor_value_info(k, types[k], [12]) for k in outs], 21)
+    # In range of every output type (out of range, ONNX leaves int4 undefined).
+    x_v = np.array([-7.75, -2.7, -2.5, -1.5, -0.5, -0.0, 0.5, 1.5, 2.5, 3.99, 6.5, 7.25], np.float32)
+    np.save("cast-trunc-x.npy", x_v)
+    # onnxruntime returns no int4 to numpy: the reference evaluator does.
+    ref = onnx.reference.ReferenceEvaluator("cast-trunc.onnx")
+    for name, v in zip(outs, ref.run(None, {"x": x_v})):
+        np.save(f"cast-trunc-ref-{name}.npy", np.asarray(v).astype(np.int64))
+
+
 bert_tiny()
 ops23()
 attention23()
 unsupported()
 gelu_forms()
+cast_trunc()

@@ -297,7 +297,7 @@ pub fn convert(im: &mut Importer, n: &NodeProto) -> Result<Vec<Val>, String> {
             ir(im.push(&name, "compare", &[POperand::Value(eq), POperand::Scalar(0.0)], &[kind], None)?, BOOL)
         }
         "Where" => select(im, n, &name),
-        "Cast" => cast(im, n, &name),
+        "Cast" => super::cast::cast(im, n, &name),
         "MatMul" => matmul(im, n, &name),
         "Gemm" => gemm(im, n, &name),
         "Softmax" => {
@@ -390,49 +390,6 @@ pub fn convert(im: &mut Importer, n: &NodeProto) -> Result<Vec<Val>, String> {
         "RotaryEmbedding" => rotary(im, n, &name),
         _ => Err(format!("`{op}` of values computed at run time is not supported")),
     }
-}
-
-/// Cast. To a float type narrower than the storage (bf16, f16, fp8 in f32
-/// mode) the value rounds through that type and is stored wider; fp8 saturates
-/// by default (`saturate`).
-fn cast(im: &mut Importer, n: &NodeProto, name: &str) -> Result<Vec<Val>, String> {
-    let (x, _) = im.ir(input(n, 0)?)?;
-    let to = attr_int(n, "to", 0) as i32;
-    let dtype = im.ir_dtype(to)?;
-    let cast_to = |im: &mut Importer, x: Ref, t: crate::ir::ScalarType, nm: &str| {
-        im.push(nm, "cast", &[POperand::Value(x)], &[("to", Attr::Word(t.name().into()))], None)
-    };
-    let chip = host::chip_float(to);
-    let exact =
-        chip.and_then(crate::ir::ScalarType::from_chip).filter(|&e| e != dtype && e != crate::ir::ScalarType::F32);
-    if let (Some(exact), Some(chip)) = (exact, chip) {
-        let fp8 = matches!(exact, crate::ir::ScalarType::F8E4M3 | crate::ir::ScalarType::F8E5M2);
-        let mut x = x;
-        if fp8 && attr_int(n, "saturate", 1) != 0 && im.ty(x).dtype != exact {
-            x = saturated(im, x, jpu_isa::numerics::max_finite(chip), name)?;
-        }
-        if im.ty(x).dtype != exact {
-            x = cast_to(im, x, exact, &format!("{name}__{}", exact.name()))?;
-        }
-        return Ok(vec![Val::Ir { r: cast_to(im, x, dtype, name)?, elem: to }]);
-    }
-    if im.ty(x).dtype == dtype {
-        return Ok(vec![Val::Ir { r: x, elem: to }]);
-    }
-    if im.ty(x).dtype.is_float() && dtype.is_int() {
-        return Err("a Cast from float to integer of values computed at run time is not supported (ONNX truncates toward zero; the chip's cast rounds to nearest)".into());
-    }
-    Ok(vec![Val::Ir { r: cast_to(im, x, dtype, name)?, elem: to }])
-}
-
-/// `x` clamped to `[-max, max]`, NaN kept (max and min return the other operand).
-fn saturated(im: &mut Importer, x: Ref, max: f64, name: &str) -> Result<Ref, String> {
-    let v = POperand::Value;
-    let lo = im.push(&format!("{name}__lo"), "max", &[v(x), POperand::Scalar(-max)], &[], None)?;
-    let hi = im.push(&format!("{name}__hi"), "min", &[v(lo), POperand::Scalar(max)], &[], None)?;
-    let eq = [("kind", Attr::Word("eq".into()))];
-    let num = im.push(&format!("{name}__num"), "compare", &[v(x), v(x)], &eq, None)?;
-    im.push(&format!("{name}__sat"), "select", &[v(num), v(hi), v(x)], &[], None)
 }
 
 /// `%name = reshape(x)` (or `x` itself when the shape is unchanged).

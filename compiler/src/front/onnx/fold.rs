@@ -335,6 +335,14 @@ fn fold_known(im: &Importer, n: &NodeProto, op: &str, ins: &[Option<&HostTensor>
             let to = attr_int(n, "to", 0) as i32;
             im.ir_dtype(to)?;
             let t = x(0)?;
+            let (saturate, e4m3) = (attr_int(n, "saturate", 1) != 0, to == DataType::Float8e4m3fnuz as i32);
+            if !saturate && (e4m3 || to == DataType::Float8e5m2fnuz as i32) {
+                let data = t.data.iter().map(|&v| host::round_fnuz(v, e4m3, false)).collect();
+                return Ok(vec![HostTensor { elem: to, shape: t.shape.clone(), data }]);
+            }
+            if to == DataType::Float8e8m0 as i32 && attr_str(n, "round_mode", "up") != "up" {
+                return Err("a Cast to float8e8m0 rounds up only (round_mode = \"up\")".into());
+            }
             Ok(vec![HostTensor::new(to, t.shape.clone(), t.data.clone())])
         }
         "Unsqueeze" | "Squeeze" | "Reshape" | "Flatten" => {

@@ -33,9 +33,88 @@ pub fn is_float(elem: i32) -> bool {
         DataType::Bfloat16,
         DataType::Float8e4m3fn,
         DataType::Float8e5m2,
+        DataType::Float8e4m3fnuz,
+        DataType::Float8e5m2fnuz,
+        DataType::Float4e2m1,
+        DataType::Float8e8m0,
     ]
     .iter()
     .any(|&d| d as i32 == elem)
+}
+
+/// The width and signedness of ONNX's sub-byte integer types (int4, uint4,
+/// int2, uint2); `None` for other types.
+pub fn narrow_int(elem: i32) -> Option<(u32, bool)> {
+    match DataType::try_from(elem).ok()? {
+        DataType::Int4 => Some((4, true)),
+        DataType::Uint4 => Some((4, false)),
+        DataType::Int2 => Some((2, true)),
+        DataType::Uint2 => Some((2, false)),
+        _ => None,
+    }
+}
+
+/// `v` (an integer) wrapped into a `bits`-wide integer, as a cast to it does.
+pub fn wrap_int(v: f64, bits: u32, signed: bool) -> f64 {
+    let m = 1i64 << bits;
+    let lo = if signed { -(m / 2) } else { 0 };
+    ((v as i64 - lo).rem_euclid(m) + lo) as f64
+}
+
+/// `v` rounded to float4e2m1 (grid 0, 0.5, 1, 1.5, 2, 3, 4, 6; nearest even;
+/// saturating at 6; NaN to 0, which has no NaN).
+pub fn round_e2m1(v: f64) -> f64 {
+    if v.is_nan() {
+        return 0.0;
+    }
+    let a = v.abs().min(6.0);
+    let step = if a < 2.0 {
+        0.5
+    } else if a < 4.0 {
+        1.0
+    } else {
+        2.0
+    };
+    ((a / step).round_ties_even() * step).copysign(v)
+}
+
+/// `v` rounded to an 8-bit "fnuz" float (`e4m3`: max 240; else `e5m2`: max
+/// 57344): twice the range's values of the OCP format scaled by one half,
+/// nearest even; out of range saturates (or is NaN without `saturate`).
+pub fn round_fnuz(v: f64, e4m3: bool, saturate: bool) -> f64 {
+    use jpu_isa::numerics::round_f64;
+    let (max, beyond) = if e4m3 { (240.0, 248.0) } else { (57344.0, 61440.0) };
+    let a = v.abs();
+    if v.is_nan() || (!saturate && a >= beyond) {
+        return f64::NAN;
+    }
+    let r = if e4m3 {
+        match a {
+            _ if a > 232.0 => max,
+            _ if a > 224.0 => 224.0,
+            _ => 0.5 * round_f64(jpu_isa::DType::F8E4M3, 2.0 * a),
+        }
+    } else if a <= 28672.0 {
+        0.5 * round_f64(jpu_isa::DType::F8E5M2, 2.0 * a)
+    } else {
+        let step = if a < 32768.0 { 4096.0 } else { 8192.0 };
+        ((a / step).round_ties_even() * step).min(max)
+    };
+    // No negative zero.
+    if r == 0.0 {
+        0.0
+    } else {
+        r.copysign(v)
+    }
+}
+
+/// `v` rounded up to a power of two in float8e8m0 (2^-127 to 2^127; NaN kept).
+pub fn round_e8m0(v: f64) -> f64 {
+    if v.is_nan() {
+        return f64::NAN;
+    }
+    let e = if v <= 0.0 { -127 } else { v.log2().ceil().clamp(-127.0, 127.0) as i32 };
+    2f64.powi(e)
 }
 
 /// The chip dtype holding ONNX float type `elem` exactly (f64 rounds to f32).
@@ -73,7 +152,14 @@ pub fn round_to(elem: i32, v: f64) -> f64 {
         Ok(DataType::Uint16) => v.trunc() as i64 as u16 as f64,
         Ok(DataType::Uint32) => v.trunc() as i64 as u32 as f64,
         Ok(DataType::Uint64) => v.trunc().clamp(0.0, u64::MAX as f64),
-        _ => v,
+        Ok(DataType::Float8e4m3fnuz) => round_fnuz(v, true, true),
+        Ok(DataType::Float8e5m2fnuz) => round_fnuz(v, false, true),
+        Ok(DataType::Float4e2m1) => round_e2m1(v),
+        Ok(DataType::Float8e8m0) => round_e8m0(v),
+        _ => match narrow_int(elem) {
+            Some((bits, signed)) => wrap_int(v.trunc(), bits, signed),
+            None => v,
+        },
     }
 }
 
@@ -125,7 +211,80 @@ impl HostTensor {
     }
 }
 
+/// Bits per element of the packed sub-byte types (4 or 2), else `None`.
+fn packed_bits(elem: i32) -> Option<usize> {
+    match DataType::try_from(elem).ok()? {
+        DataType::Int4 | DataType::Uint4 | DataType::Float4e2m1 => Some(4),
+        DataType::Int2 | DataType::Uint2 => Some(2),
+        _ => None,
+    }
+}
+
+/// Element `k` of packed bytes (lowest bits first), decoded.
+fn unpack(elem: i32, bytes: &[u8], k: usize, bits: usize) -> f64 {
+    let per = 8 / bits;
+    let code = (bytes[k / per] >> ((k % per) * bits)) & ((1u8 << bits) - 1);
+    match narrow_int(elem) {
+        Some((b, true)) => (((code << (8 - b)) as i8) >> (8 - b)) as f64,
+        Some((_, false)) => code as f64,
+        // float4e2m1: sign, two exponent bits (bias 1), one mantissa bit.
+        None => {
+            let (e, m) = ((code >> 1) & 3, (code & 1) as f64);
+            let mag = if e == 0 { m * 0.5 } else { (1.0 + m / 2.0) * 2f64.powi(e as i32 - 1) };
+            if code & 8 != 0 {
+                -mag
+            } else {
+                mag
+            }
+        }
+    }
+}
+
+/// One byte of a "fnuz" 8-bit float (`e4m3`: bias 8, else e5m2 with bias 16;
+/// 0x80 is NaN, there is no -0 or infinity) or of float8e8m0 (`2^(b - 127)`).
+fn byte_float(elem: i32, b: u8) -> f64 {
+    let (mant_bits, bias) = match DataType::try_from(elem) {
+        Ok(DataType::Float8e4m3fnuz) => (3, 8),
+        Ok(DataType::Float8e5m2fnuz) => (2, 16),
+        _ => return if b == 0xFF { f64::NAN } else { 2f64.powi(b as i32 - 127) },
+    };
+    if b == 0x80 {
+        return f64::NAN;
+    }
+    let e = ((b & 0x7F) >> mant_bits) as i32;
+    let m = (b & ((1 << mant_bits) - 1)) as f64 / (1 << mant_bits) as f64;
+    let mag = if e == 0 { m * 2f64.powi(1 - bias) } else { (1.0 + m) * 2f64.powi(e - bias) };
+    if b & 0x80 != 0 {
+        -mag
+    } else {
+        mag
+    }
+}
+
+/// Packed or byte-coded elements the chip has no type for.
+fn from_bytes(elem: i32, bytes: &[u8], n: usize) -> Option<Result<Vec<f64>, String>> {
+    if let Some(bits) = packed_bits(elem) {
+        let need = (n * bits).div_ceil(8);
+        if bytes.len() != need {
+            return Some(Err(format!("{} bytes, {n} elements of {} need {need}", bytes.len(), elem_name(elem))));
+        }
+        return Some(Ok((0..n).map(|k| unpack(elem, bytes, k, bits)).collect()));
+    }
+    match DataType::try_from(elem).ok()? {
+        DataType::Float8e4m3fnuz | DataType::Float8e5m2fnuz | DataType::Float8e8m0 => {
+            if bytes.len() != n {
+                return Some(Err(format!("{} bytes, {n} elements of {} need {n}", bytes.len(), elem_name(elem))));
+            }
+            Some(Ok(bytes.iter().map(|&b| byte_float(elem, b)).collect()))
+        }
+        _ => None,
+    }
+}
+
 fn from_raw(elem: i32, raw: &[u8], n: usize) -> Result<Vec<f64>, String> {
+    if let Some(decoded) = from_bytes(elem, raw, n) {
+        return decoded;
+    }
     let size = match DataType::try_from(elem) {
         Ok(DataType::Float | DataType::Int32 | DataType::Uint32) => 4,
         Ok(DataType::Double | DataType::Int64 | DataType::Uint64) => 8,
@@ -164,6 +323,14 @@ fn from_raw(elem: i32, raw: &[u8], n: usize) -> Result<Vec<f64>, String> {
 }
 
 fn from_fields(t: &TensorProto, elem: i32) -> Result<Vec<f64>, String> {
+    // Sub-byte and fnuz/e8m0 codes keep one byte per int32.
+    let bytes: Vec<u8> = t.int32_data.iter().map(|&v| v as u8).collect();
+    let packed_n = |bits: usize| bytes.len() * 8 / bits;
+    let n = packed_bits(elem).map_or(bytes.len(), packed_n);
+    let n = t.dims.iter().try_fold(1usize, |a, &d| a.checked_mul(usize::try_from(d).ok()?)).unwrap_or(n).min(n);
+    if let Some(decoded) = from_bytes(elem, &bytes, n) {
+        return decoded;
+    }
     Ok(match DataType::try_from(elem) {
         Ok(DataType::Float) => t.float_data.iter().map(|&v| v as f64).collect(),
         Ok(DataType::Double) => t.double_data.clone(),
@@ -371,5 +538,38 @@ mod tests {
         assert_eq!(round_to(DataType::Float as i32, 0.1), 0.1f32 as f64);
         assert_eq!(round_to(DataType::Int32 as i32, 2.0f64.powi(31)), -(2.0f64.powi(31)));
         assert_eq!(round_to(DataType::Bool as i32, f64::NAN), 1.0);
+    }
+
+    /// The types the chip has no storage for: decoded from their packed codes
+    /// and rounded as ONNX (and ml_dtypes) do, edges included.
+    #[test]
+    fn sub_byte_and_fnuz_types_decode_and_round() {
+        let int4 = DataType::Int4 as i32;
+        // Packed low nibble first: 0x8F is 15 then 8, i.e. -1 then -8 as int4.
+        assert_eq!(from_raw(int4, &[0x8F], 2).unwrap(), vec![-1.0, -8.0]);
+        assert_eq!(from_raw(DataType::Uint4 as i32, &[0x8F], 2).unwrap(), vec![15.0, 8.0]);
+        assert_eq!(from_raw(DataType::Int2 as i32, &[0b1110_0100], 4).unwrap(), vec![0.0, 1.0, -2.0, -1.0]);
+        assert!(from_raw(int4, &[0x8F], 3).is_err(), "3 nibbles need 2 bytes");
+        // e2m1 codes 0..=7 and a negative one.
+        let grid: Vec<f64> = (0u8..8).map(|c| unpack(DataType::Float4e2m1 as i32, &[c], 0, 4)).collect();
+        assert_eq!(grid, vec![0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0]);
+        assert_eq!(unpack(DataType::Float4e2m1 as i32, &[0x0F], 0, 4), -6.0);
+        let (e4, e5) = (DataType::Float8e4m3fnuz as i32, DataType::Float8e5m2fnuz as i32);
+        assert!(byte_float(e4, 0x80).is_nan());
+        assert_eq!(
+            (byte_float(e4, 0x7F), byte_float(e5, 0x7F), byte_float(e4, 0x01)),
+            (240.0, 57344.0, 2f64.powi(-10))
+        );
+        assert_eq!(byte_float(DataType::Float8e8m0 as i32, 127), 1.0);
+        // Rounding: ties to even on the grid, saturation, wrapping.
+        assert_eq!([0.25, 0.75, 2.5, 3.5, 5.0, 7.0, -100.0].map(round_e2m1), [0.0, 1.0, 2.0, 4.0, 4.0, 6.0, -6.0]);
+        assert_eq!(round_e2m1(f64::NAN), 0.0);
+        assert_eq!([232.0, 233.0, 1e9].map(|v| round_fnuz(v, true, true)), [224.0, 240.0, 240.0]);
+        assert!(round_fnuz(248.0, true, false).is_nan() && round_fnuz(247.0, true, false) == 240.0);
+        assert_eq!([30720.0, 61439.0].map(|v| round_fnuz(v, false, true)), [32768.0, 57344.0]);
+        assert_eq!(round_fnuz(-1e-9, true, true).to_bits(), 0.0f64.to_bits(), "no negative zero");
+        assert_eq!([-9.0, 8.0].map(|v| wrap_int(v, 4, true)), [7.0, -8.0]);
+        assert_eq!(wrap_int(-1.0, 2, false), 3.0);
+        assert_eq!([0.0, 0.124, 1.1, 1e300].map(round_e8m0), [2f64.powi(-127), 0.125, 2.0, 2f64.powi(127)]);
     }
 }

@@ -93,6 +93,8 @@ impl Imported {
                 Ok(DataType::Int8) => E::I8,
                 Ok(DataType::Uint8) => E::U8,
                 Ok(DataType::Bool) => E::Bool,
+                // No numpy type: int4, uint4, int2 and uint2 as int32.
+                _ if host::narrow_int(elem).is_some() => E::I32,
                 _ => E::F32,
             }
         };
@@ -375,7 +377,11 @@ impl Importer {
                 | DataType::Uint8
                 | DataType::Uint16
                 | DataType::Uint32
-                | DataType::Uint64,
+                | DataType::Uint64
+                | DataType::Int4
+                | DataType::Uint4
+                | DataType::Int2
+                | DataType::Uint2,
             ) => Ok(ScalarType::I32),
             _ => Err(format!("element type {} is not supported", host::elem_name(elem))),
         }

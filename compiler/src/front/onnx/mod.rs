@@ -17,6 +17,7 @@ use prost::Message;
 #[allow(missing_docs, clippy::all)]
 pub mod proto;
 
+mod cast;
 mod convert;
 mod fold;
 pub mod host;

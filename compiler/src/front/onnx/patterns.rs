@@ -102,24 +102,20 @@ fn match_final(n: &NodeProto, producer: &HashMap<&str, &NodeProto>) -> Option<Er
         return None;
     }
     let (a, b) = (n.input[0].as_str(), n.input[1].as_str());
+    // The 0.5 and the inner product it joins.
+    let finish = |mut gelu: ErfGelu, half: &str, product: &str| {
+        gelu.constants.push((half.to_string(), 0.5));
+        gelu.inner.push(product.to_string());
+        gelu
+    };
     let half_last = either(a, b, |m, half| {
         let (p, q) = binary(producer, m, "Mul")?;
-        either(p, q, |x, s| {
-            let mut gelu = one_plus_erf(producer, s, x)?;
-            gelu.constants.push((half.to_string(), 0.5));
-            gelu.inner.push(m.to_string());
-            Some(gelu)
-        })
+        either(p, q, |x, s| Some(finish(one_plus_erf(producer, s, x)?, half, m)))
     });
     half_last.or_else(|| {
         either(a, b, |h, s| {
             let (p, q) = binary(producer, h, "Mul")?;
-            either(p, q, |x, half| {
-                let mut gelu = one_plus_erf(producer, s, x)?;
-                gelu.constants.push((half.to_string(), 0.5));
-                gelu.inner.push(h.to_string());
-                Some(gelu)
-            })
+            either(p, q, |x, half| Some(finish(one_plus_erf(producer, s, x)?, half, h)))
         })
     })
 }
