@@ -40,6 +40,7 @@ pub fn interleave(
     dag: &DiGraph<usize, ()>,
     kernel_of: &[usize],
     t: &Target,
+    measured: Option<&[u64]>,
 ) -> Vec<usize> {
     let n = insts.len();
     let kernels = kernel_of.iter().max().map_or(0, |k| k + 1);
@@ -57,6 +58,7 @@ pub fn interleave(
     let mut preds_left: Vec<u32> =
         (0..n).map(|i| dag.neighbors_directed(NodeIndex::new(i), Direction::Incoming).count() as u32).collect();
     let mut clock = Clock::new(t, engines);
+    clock.measured = measured;
     let mut ready_at = vec![0u64; n];
     let mut order = Vec::with_capacity(n);
     let mut lo = 0usize;
@@ -80,7 +82,7 @@ pub fn interleave(
         // The earliest unscheduled instruction of kernel `lo` is always ready.
         let Some((start, i)) = best else { return (0..n).collect() };
         let e = (insts[i].0 .0 as usize).min(engines - 1);
-        let end = clock.run(e, start, &insts[i].1);
+        let end = clock.run(e, start, i, &insts[i].1);
         next[kernel_of[i]][e] += 1;
         left[kernel_of[i]] -= 1;
         order.push(i);
@@ -102,11 +104,15 @@ struct Clock<'t> {
     drained: Vec<u64>,
     /// Bytes per cycle of one transfer.
     rate: f64,
+    /// Each transfer's data-phase cycles measured by simulating an earlier
+    /// order (bandwidth shared as it was then), instead of the estimate.
+    measured: Option<&'t [u64]>,
 }
 
 impl<'t> Clock<'t> {
     fn new(t: &'t Target, engines: usize) -> Clock<'t> {
-        Clock { t, free: vec![0; engines], drained: vec![0; engines], rate: t.hbm.bytes_per_cycle.as_f64() / 2.0 }
+        let rate = t.hbm.bytes_per_cycle.as_f64() / 2.0;
+        Clock { t, free: vec![0; engines], drained: vec![0; engines], rate, measured: None }
     }
 
     fn start(&self, e: usize, ready: u64) -> u64 {
@@ -118,11 +124,15 @@ impl<'t> Clock<'t> {
         Engine(e as u8).class() == EngineClass::Dma
     }
 
-    /// Runs `op` on engine `e` from `start`; returns when it ends.
-    fn run(&mut self, e: usize, start: u64, op: &Op) -> u64 {
+    /// Runs instruction `i`, `op`, on engine `e` from `start`; returns when it ends.
+    fn run(&mut self, e: usize, start: u64, i: usize, op: &Op) -> u64 {
         if let Some(cost) = transfer_cost(op, self.t) {
             let data = (start + cost.latency_cycles).max(self.drained[e]);
-            let end = data + (cost.charged_bytes as f64 / self.rate).ceil() as u64;
+            let moving = match self.measured {
+                Some(m) => m[i],
+                None => (cost.charged_bytes as f64 / self.rate).ceil() as u64,
+            };
+            let end = data + moving;
             (self.free[e], self.drained[e]) = (start, end);
             return end;
         }
