@@ -348,7 +348,7 @@ pub fn convert(im: &mut Importer, n: &NodeProto) -> Result<Vec<Val>, String> {
             let shape = im.ty(x).shape.clone();
             let (first, step, len) = slice_spec(im, n, &shape)?;
             if step.iter().any(|&s| s < 1) {
-                return Err(format!("steps {step:?}: negative steps are not supported on values computed at run time"));
+                return reversed_slice(im, x, elem, (&first, &step, &len), &name);
             }
             // Unit-step dims in one slice; each strided dim after it.
             let unit_first: Vec<i64> = first.iter().zip(&step).map(|(&f, &k)| if k == 1 { f } else { 0 }).collect();
@@ -705,6 +705,35 @@ fn gather(im: &mut Importer, n: &NodeProto, name: &str) -> Result<Vec<Val>, Stri
     gather_rows(im, table, idx, a, elem, name)
 }
 
+/// A Slice with negative steps: along each such dim, a gather of the
+/// elements it selects (known indices, a weight); positive steps as usual.
+fn reversed_slice(
+    im: &mut Importer,
+    x: Ref,
+    elem: i32,
+    (first, step, len): (&[i64], &[i64], &[u64]),
+    name: &str,
+) -> Result<Vec<Val>, String> {
+    let mut r = x;
+    for a in 0..first.len() {
+        let (f, k, l) = (first[a], step[a], len[a]);
+        if k == 1 && f == 0 && l == im.ty(r).shape[a] {
+            continue;
+        }
+        let rows: Vec<f64> = (0..l as i64).map(|i| (f + i * k) as f64).collect();
+        let idx = HostTensor::new(INT32, vec![l], rows);
+        let i = im.materialize(&format!("{name}__idx{a}"), &idx)?;
+        let nm = format!("{name}__g{a}");
+        r = match gather_rows(im, r, i, a, elem, &nm)?.pop() {
+            Some(Val::Ir { r, .. }) => r,
+            _ => return Err("a gather gave no value".into()),
+        };
+    }
+    let out = im.ty(r).shape.clone();
+    let r = im.push(name, "reshape", &[POperand::Value(r)], &[("shape", ints(&out))], None)?;
+    Ok(vec![Val::Ir { r, elem }])
+}
+
 /// `%name = gather(table, idx) {axis = a}`.
 fn gather_rows(im: &mut Importer, table: Ref, idx: Ref, a: usize, elem: i32, name: &str) -> Result<Vec<Val>, String> {
     let operands = [POperand::Value(table), POperand::Value(idx)];
@@ -740,6 +769,16 @@ fn reduce(im: &mut Importer, n: &NodeProto, name: &str, op: &str) -> Result<Vec<
         return Ok(vec![Val::Ir { r: x, elem }]);
     }
     let irop = if op == "ReduceMax" { "reduce_max" } else { "reduce_sum" };
+    if irop == "reduce_max" && im.ty(x).dtype == crate::ir::ScalarType::I1 {
+        // Any true: the max of 0/1 in i32, then nonzero.
+        let to = |t: &str| [("to", Attr::Word(t.into()))];
+        let wide = im.push(&format!("{name}__i32"), "cast", &[POperand::Value(x)], &to("i32"), None)?;
+        let list: Vec<u64> = axes.iter().map(|&a| a as u64).collect();
+        let attrs = [("axes", ints(&list)), ("keepdims", Attr::Bool(keep))];
+        let m = im.push(&format!("{name}__max"), "reduce_max", &[POperand::Value(wide)], &attrs, None)?;
+        let r = im.push(name, "cast", &[POperand::Value(m)], &to("i1"), None)?;
+        return Ok(vec![Val::Ir { r, elem }]);
+    }
     let list: Vec<u64> = axes.iter().map(|&a| a as u64).collect();
     let mean = op == "ReduceMean";
     let nm = if mean { format!("{name}__sum") } else { name.to_string() };
