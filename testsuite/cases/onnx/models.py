@@ -75,6 +75,20 @@ def save(g, name, inputs, outputs, opset):
     return ort.InferenceSession(f"{name}.onnx", providers=["CPUExecutionProvider"])
 
 
+def name_outputs(g, outs):
+    """Renames each value of `outs` (name -> value) to its name in every node."""
+    for k, v in outs.items():
+        for n in g.nodes:
+            n.output[:] = [k if o == v else o for o in n.output]
+            n.input[:] = [k if i == v else i for i in n.input]
+
+
+def save_refs(name, sess, feeds):
+    """Saves onnxruntime's outputs for `feeds` as `<name>-ref-<output>.npy`."""
+    for o, v in zip(sess.get_outputs(), sess.run(None, feeds)):
+        np.save(f"{name}-ref-{o.name}.npy", v)
+
+
 def bert_tiny():
     vocab, hidden, heads, ffn, max_pos = 50, 32, 4, 64, 64
     d = hidden // heads
@@ -172,11 +186,7 @@ def ops23():
                                      g.constant(np.array([2, 4, 3], np.int64))])
     big = g.op("Cast", [g.op("Greater", [x, g.constant(np.float32(0.3))])], to=I64)
     outs["mask"] = g.op("Cast", [g.op("Equal", [big, g.constant(np.int64(0))])], to=F)
-    for k, v in outs.items():
-        for n in g.nodes:
-            n.output[:] = [k if o == v else o for o in n.output]
-        for n in g.nodes:
-            n.input[:] = [k if i == v else i for i in n.input]
+    name_outputs(g, outs)
     # Output shapes from onnx's own inference of a copy without them.
     probe = helper.make_model(helper.make_graph(g.nodes, "probe", [helper.make_tensor_value_info(x, F, [4, 6])],
                                                 [helper.make_tensor_value_info(k, F, None) for k in outs], initializer=g.inits),
@@ -188,8 +198,7 @@ def ops23():
                 [helper.make_tensor_value_info(k, F, shapes[k]) for k in outs], 23)
     x_v = rng.normal(0, 1, (4, 6)).astype(np.float32)
     np.save("ops23-x.npy", x_v)
-    for o, v in zip(sess.get_outputs(), sess.run(None, {x: x_v})):
-        np.save(f"ops23-ref-{o.name}.npy", v)
+    save_refs("ops23", sess, {x: x_v})
 
 
 def unsupported():
@@ -212,10 +221,7 @@ def attention23():
     outs["y3"] = g.op("Attention", ["q3", "k3", "v3"], is_causal=1, q_num_heads=4, kv_num_heads=2)
     outs["upper"] = g.op("Trilu", ["x", g.constant(np.int64(1))], upper=1)
     outs["lower"] = g.op("Add", ["x", g.op("Trilu", [g.const(rng.normal(0, 1, (4, 6))), g.constant(np.int64(-1))], upper=0)])
-    for k, v in outs.items():
-        for n in g.nodes:
-            n.output[:] = [k if o == v else o for o in n.output]
-            n.input[:] = [k if i == v else i for i in n.input]
+    name_outputs(g, outs)
     shapes = {"q4": [2, 4, 6, 8], "k4": [2, 2, 10, 8], "v4": [2, 2, 10, 8], "q3": [2, 5, 16], "k3": [2, 5, 8],
               "v3": [2, 5, 8], "x": [4, 6]}
     inputs = [helper.make_tensor_value_info(n, F, s) for n, s in shapes.items()]
@@ -228,8 +234,7 @@ def attention23():
     feeds["mask4"] = mask
     for n, v in feeds.items():
         np.save(f"attention23-{n}.npy", v)
-    for o, v in zip(sess.get_outputs(), sess.run(None, feeds)):
-        np.save(f"attention23-ref-{o.name}.npy", v)
+    save_refs("attention23", sess, feeds)
 
 
 def gelu_forms():
@@ -246,16 +251,12 @@ def gelu_forms():
     e5 = g.op("Erf", [g.op("Div", [x, g.constant(sqrt2)])])
     outs["e5"] = e5
     outs["y5"] = g.op("Mul", [g.op("Mul", [x, g.op("Add", [e5, g.constant(one)])]), g.constant(half)])
-    for k, v in outs.items():
-        for n in g.nodes:
-            n.output[:] = [k if o == v else o for o in n.output]
-            n.input[:] = [k if i == v else i for i in n.input]
+    name_outputs(g, outs)
     sess = save(g, "gelu-forms", [helper.make_tensor_value_info(x, F, [4, 16])],
                 [helper.make_tensor_value_info(k, F, [4, 16]) for k in outs], 17)
-    x_v = rng.normal(0, 2, (4, 16)).astype(np.float32)
+    x_v = np.random.default_rng(11).normal(0, 2, (4, 16)).astype(np.float32)
     np.save("gelu-forms-x.npy", x_v)
-    for o, v in zip(sess.get_outputs(), sess.run(None, {x: x_v})):
-        np.save(f"gelu-forms-ref-{o.name}.npy", v)
+    save_refs("gelu-forms", sess, {x: x_v})
 
 
 def cast_trunc():
@@ -263,9 +264,7 @@ def cast_trunc():
     outs = {"i32": g.op("Cast", ["x"], to=TensorProto.INT32), "i8": g.op("Cast", ["x"], to=TensorProto.INT8),
             "i4": g.op("Cast", ["x"], to=TensorProto.INT4)}
     types = {"i32": TensorProto.INT32, "i8": TensorProto.INT8, "i4": TensorProto.INT4}
-    for k, v in outs.items():
-        for n in g.nodes:
-            n.output[:] = [k if o == v else o for o in n.output]
+    name_outputs(g, outs)
     sess = save(g, "cast-trunc", [helper.make_tensor_value_info("x", F, [12])],
                 [helper.make_tensor_value_info(k, types[k], [12]) for k in outs], 21)
     # In range of every output type (out of range, ONNX leaves int4 undefined).
