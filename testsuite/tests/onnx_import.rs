@@ -212,16 +212,20 @@ fn written_out_gelus_fuse_under_bf16() {
 
 /// Cast from float to integers at run time truncates toward zero, as ONNX
 /// says (the chip's cast rounds to nearest; the importer corrects by one), on
-/// to int32, int8 and int4 (kept in i32), exactly as the reference evaluator.
+/// to int32, int8 and int4 (kept in i32), exactly as the reference evaluator:
+/// from f32 and from bf16 storage (the inputs are chosen so that rounding them
+/// to bf16 keeps their truncation).
 #[test]
 fn float_to_int_casts_truncate() {
-    let m = import("cast-trunc.onnx", &[], Precision::F32);
     let x = npy("cast-trunc-x.npy").1;
-    for target in ["jpu-tiny", "jpu1"] {
-        let out = run(&m, target, 2, std::slice::from_ref(&x));
-        for (io, got) in m.outputs.iter().zip(&out) {
-            let want = npy(&format!("cast-trunc-ref-{}.npy", io.onnx)).1;
-            assert_eq!(got.data, want, "{target} {}", io.onnx);
+    for precision in [Precision::F32, Precision::Bf16] {
+        let m = import("cast-trunc.onnx", &[], precision);
+        for target in ["jpu-tiny", "jpu1"] {
+            let out = run(&m, target, 2, std::slice::from_ref(&x));
+            for (io, got) in m.outputs.iter().zip(&out) {
+                let want = npy(&format!("cast-trunc-ref-{}.npy", io.onnx)).1;
+                assert_eq!(got.data, want, "{precision:?} {target} {}", io.onnx);
+            }
         }
     }
 }

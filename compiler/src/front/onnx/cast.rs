@@ -101,8 +101,9 @@ fn to_int(im: &mut Importer, x: Ref, name: &str) -> Result<Ref, String> {
     if im.ty(x).dtype.is_int() {
         return Ok(x);
     }
+    // Compared in x's own dtype, which holds every integer near an x it holds.
     let near = cast_to(im, x, ScalarType::I32, &format!("{name}__near"))?;
-    let back = cast_to(im, near, ScalarType::F32, &format!("{name}__back"))?;
+    let back = cast_to(im, near, im.ty(x).dtype, &format!("{name}__back"))?;
     let above = compare(im, &format!("{name}__above"), "gt", v(back), v(x))?;
     let below = compare(im, &format!("{name}__below"), "lt", v(back), v(x))?;
     let positive = compare(im, &format!("{name}__pos"), "gt", v(x), POperand::Scalar(0.0))?;
