@@ -28,6 +28,17 @@ fn import(model: &str, shapes: &[(&str, &[u64])], precision: Precision) -> Impor
     onnx::import(&m, model, &opts).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// Asserts that each output of `m` has the shape of `<prefix>-ref-<name>.npy`
+/// and is within `1e-5 x max|ref|` of it (`what` names the run).
+fn assert_matches_refs(m: &Imported, out: &[jalc::eval::Tensor], prefix: &str, what: &str) {
+    for (io, got) in m.outputs.iter().zip(out) {
+        let (shape, want) = npy(&format!("{prefix}-ref-{}.npy", io.onnx));
+        assert_eq!(got.ty.shape, shape, "{what} {}", io.onnx);
+        let e = relative_error(&got.data, &want);
+        assert!(e <= 1e-5, "{what} {}: relative error {e:e}", io.onnx);
+    }
+}
+
 const BERT_SHAPES: &[(&str, &[u64])] = &[("input_ids", &[2, 24]), ("attention_mask", &[2, 24])];
 
 /// A one-layer BERT as exporters write it (shape arithmetic, embeddings, the
@@ -61,12 +72,7 @@ fn opset_23_ops_match_onnxruntime() {
     let x = npy("ops23-x.npy").1;
     for level in [0, 2] {
         let out = run(&m, "jpu-tiny", level, std::slice::from_ref(&x));
-        for (io, got) in m.outputs.iter().zip(&out) {
-            let (shape, want) = npy(&format!("ops23-ref-{}.npy", io.onnx));
-            assert_eq!(got.ty.shape, shape, "{}", io.onnx);
-            let e = relative_error(&got.data, &want);
-            assert!(e <= 1e-5, "-O{level} {}: relative error {e:e}", io.onnx);
-        }
+        assert_matches_refs(&m, &out, "ops23", &format!("-O{level}"));
     }
 }
 
@@ -173,12 +179,7 @@ fn opset_23_attention_and_trilu_match_onnxruntime() {
     assert_eq!(kinds.iter().filter(|k| **k == "attention").count(), 2, "{kinds:?}");
     for level in [0, 2] {
         let out = run(&m, "jpu-tiny", level, &inputs);
-        for (io, got) in m.outputs.iter().zip(&out) {
-            let (shape, want) = npy(&format!("attention23-ref-{}.npy", io.onnx));
-            assert_eq!(got.ty.shape, shape, "{}", io.onnx);
-            let e = relative_error(&got.data, &want);
-            assert!(e <= 1e-5, "-O{level} {}: relative error {e:e}", io.onnx);
-        }
+        assert_matches_refs(&m, &out, "attention23", &format!("-O{level}"));
     }
 }
 
@@ -195,18 +196,13 @@ fn written_out_gelus_fuse_under_bf16() {
     assert_eq!(bf16.text.matches(" = erf(").count(), 2, "{}", bf16.text);
     let f32_model = import("gelu-forms.onnx", &[], Precision::F32);
     assert!(!f32_model.text.contains(" = gelu("), "{}", f32_model.text);
-    for (m, bf16) in [(&f32_model, false), (&bf16, true)] {
-        let out = run(m, "jpu-tiny", 2, std::slice::from_ref(&x));
-        for (io, got) in m.outputs.iter().zip(&out) {
-            let want = npy(&format!("gelu-forms-ref-{}.npy", io.onnx)).1;
-            if bf16 {
-                let c = min_cosine(&got.data, &want, 16, |_| true);
-                assert!(c >= 0.9999, "bf16 {}: cosine {c}", io.onnx);
-            } else {
-                let e = relative_error(&got.data, &want);
-                assert!(e <= 1e-5, "f32 {}: relative error {e:e}", io.onnx);
-            }
-        }
+    let out = run(&f32_model, "jpu-tiny", 2, std::slice::from_ref(&x));
+    assert_matches_refs(&f32_model, &out, "gelu-forms", "f32");
+    let out = run(&bf16, "jpu-tiny", 2, std::slice::from_ref(&x));
+    for (io, got) in bf16.outputs.iter().zip(&out) {
+        let want = npy(&format!("gelu-forms-ref-{}.npy", io.onnx)).1;
+        let c = min_cosine(&got.data, &want, 16, |_| true);
+        assert!(c >= 0.9999, "bf16 {}: cosine {c}", io.onnx);
     }
 }
 

@@ -103,18 +103,15 @@ fn live_ranges(tp: &TileProgram) -> Vec<Option<(usize, usize)>> {
 }
 
 /// Places every buffer: all copies of a buffer in one block (SRAM bytes, the same
-/// range in every partition; PSUM whole banks), first fit among the buffers whose
-/// live ranges (first to last tile op touching them) overlap its own, so buffers
-/// of kernels that run one after another share memory.
-pub fn allocate(tp: &TileProgram, t: &Target) -> Result<Allocation, BackendError> {
-    place_buffers(tp, t, &live_ranges(tp))
-}
-
-/// [`allocate`], but buffers of kernels fewer than [`order::WINDOW`] apart
-/// share no memory, so their instructions may be interleaved without one
-/// kernel's reuse of memory waiting for another's. Each space (SRAM, PSUM)
-/// takes the widest window that fits; none at all when nothing wider does.
-pub fn allocate_for_overlap(tp: &TileProgram, kernel_of: &[usize], t: &Target) -> Result<Allocation, BackendError> {
+/// range in every partition; PSUM blocks that never cross a bank), first fit
+/// among the buffers whose live ranges (first to last tile op touching them)
+/// overlap its own. Buffers of kernels fewer than [`order::WINDOW`] apart
+/// (`kernel_of` gives each tile op's kernel) share no memory, so their
+/// instructions may be interleaved without one kernel's reuse of memory
+/// waiting for another's: each space (SRAM, PSUM) takes the widest such
+/// window that fits, and with none, kernels that run one after another share
+/// memory.
+pub fn allocate(tp: &TileProgram, kernel_of: &[usize], t: &Target) -> Result<Allocation, BackendError> {
     let exact = live_ranges(tp);
     let kernels = kernel_of.iter().max().map_or(0, |k| k + 1);
     if kernels <= 1 || kernel_of.len() != tp.ops.len() {
@@ -453,7 +450,7 @@ pub fn compile(
     t: &Target,
     roofline: RooflineInputs,
 ) -> Result<Scheduled, BackendError> {
-    let alloc = allocate_for_overlap(tp, kernel_of, t)?;
+    let alloc = allocate(tp, kernel_of, t)?;
     let tensors = place_tensors(tp, t)?;
     let insts = select_instructions(tp, t, &alloc, &tensors)?;
     let dag = dependencies(tp, &alloc);
@@ -874,7 +871,7 @@ mod tests {
     fn buffers_with_disjoint_live_ranges_share_memory_and_reuse_is_ordered() {
         let tp = two_phase();
         let t = Target::builtin("jpu-tiny").unwrap();
-        let alloc = allocate(&tp, &t).unwrap();
+        let alloc = allocate(&tp, &[], &t).unwrap();
         assert_eq!(alloc.offset(0, 0), alloc.offset(1, 0), "b1 reuses b0's bytes");
         // Loading b1 overwrites what the first store reads: a write-after-read edge.
         let dag = dependencies(&tp, &alloc);
@@ -896,14 +893,14 @@ mod tests {
         let t = Target::builtin("jpu-tiny").unwrap();
         // One kernel: b1 reuses b0's bytes, and the order is the tile program's.
         let one = [0, 0, 0, 0, 0];
-        let alloc = allocate_for_overlap(&tp, &one, &t).unwrap();
+        let alloc = allocate(&tp, &one, &t).unwrap();
         assert_eq!(alloc.offset(0, 0), alloc.offset(1, 0));
         let insts = select_instructions(&tp, &t, &alloc, &place_tensors(&tp, &t).unwrap()).unwrap();
         assert_eq!(order::interleave(&insts, &dependencies(&tp, &alloc), &one, &t, None), vec![0, 1, 2, 3, 4]);
         // Two kernels: separate memory, so the second kernel's load need not wait
         // for the first one's store and goes first.
         let two = [0, 0, 1, 1, 1];
-        let alloc = allocate_for_overlap(&tp, &two, &t).unwrap();
+        let alloc = allocate(&tp, &two, &t).unwrap();
         assert_ne!(alloc.offset(0, 0), alloc.offset(1, 0));
         let dag = dependencies(&tp, &alloc);
         let order = order::interleave(&insts, &dag, &two, &t, None);
@@ -932,7 +929,7 @@ mod tests {
         let kept = compile(&tp, &two, &t, RooflineInputs::default()).unwrap();
         let again = compile(&tp, &two, &t, RooflineInputs::default()).unwrap();
         assert_eq!(jpu_isa::jbin::write(&kept.program), jpu_isa::jbin::write(&again.program));
-        let alloc = allocate_for_overlap(&tp, &two, &t).unwrap();
+        let alloc = allocate(&tp, &two, &t).unwrap();
         let insts = select_instructions(&tp, &t, &alloc, &place_tensors(&tp, &t).unwrap()).unwrap();
         let dag = dependencies(&tp, &alloc);
         let engines = t.engines_per_core() as usize;
@@ -972,7 +969,7 @@ mod tests {
             ],
             debug_ops: vec!["test".into()],
         };
-        let alloc = allocate(&tp, &t).unwrap();
+        let alloc = allocate(&tp, &[], &t).unwrap();
         let blocks = [(0, 64), (1, 512), (2, 2 * bank)];
         for (b, size) in blocks {
             for copy in 0..2 {
@@ -996,7 +993,7 @@ mod tests {
             0,
         ));
         let t = Target::builtin("jpu-tiny").unwrap();
-        let alloc = allocate(&tp, &t).unwrap();
+        let alloc = allocate(&tp, &[], &t).unwrap();
         let (a, b) = (alloc.offset(0, 0) as u64, alloc.offset(1, 0) as u64);
         assert!(a + 32 <= b || b + 32 <= a, "{a} {b}");
     }

@@ -152,10 +152,10 @@ fn magnitude(im: &mut Importer, x: Ref, name: &str) -> Result<Ref, String> {
     op(im, &format!("{name}__abs"), "max", &[POperand::Value(x), POperand::Value(neg)])
 }
 
-/// The f32 result stored as `dtype` under `name`.
+/// The f32 result stored as `dtype` (`y` itself in f32).
 fn stored(im: &mut Importer, y: Ref, dtype: ScalarType, name: &str) -> Result<Ref, String> {
     if dtype == ScalarType::F32 {
-        return op(im, name, "add", &[POperand::Value(y), POperand::Scalar(-0.0)]);
+        return Ok(y);
     }
     cast_to(im, y, dtype, name)
 }

@@ -300,19 +300,7 @@ pub fn convert(im: &mut Importer, n: &NodeProto) -> Result<Vec<Val>, String> {
         "Cast" => super::cast::cast(im, n, &name),
         "MatMul" => matmul(im, n, &name),
         "Gemm" => gemm(im, n, &name),
-        "Softmax" => {
-            let (x, elem) = im.ir(input(n, 0)?)?;
-            let a = attr_int(n, "axis", -1);
-            let axis = [("axis", Attr::Int(a))];
-            let storage = im.ir_dtype(elem)?;
-            if im.ty(x).dtype == storage {
-                return ir(im.push(&name, "softmax", &[POperand::Value(x)], &axis, None)?, elem);
-            }
-            // A wide scores chain: the softmax in f32, its result stored narrower.
-            let p = im.push(&format!("{name}__f32"), "softmax", &[POperand::Value(x)], &axis, None)?;
-            let to = ("to", Attr::Word(storage.name().into()));
-            ir(im.push(&name, "cast", &[POperand::Value(p)], &[to], None)?, elem)
-        }
+        "Softmax" => softmax(im, n, &name),
         "LayerNormalization" | "RMSNormalization" => norm(im, n, &name, op == "LayerNormalization"),
         "Transpose" => {
             let (x, elem) = im.ir(input(n, 0)?)?;
@@ -325,63 +313,9 @@ pub fn convert(im: &mut Importer, n: &NodeProto) -> Result<Vec<Val>, String> {
             let shape = reshaped(im, n, &op, &im.ty(x).shape.clone())?;
             ir(reshape(im, x, &shape, &name)?, elem)
         }
-        "Concat" => {
-            let mut parts = Vec::new();
-            let mut elem = 0;
-            for i in n.input.iter().filter(|i| !i.is_empty()) {
-                if im.shape_of(im.val(i)?).contains(&0) {
-                    continue;
-                }
-                let (r, e) = im.ir(i)?;
-                parts.push(POperand::Value(r));
-                elem = e;
-            }
-            let rank = match parts.first() {
-                Some(POperand::Value(r)) => im.ty(*r).shape.len(),
-                _ => return Err("every input is empty".into()),
-            };
-            let a = axis(attr_int(n, "axis", 0), rank)? as i64;
-            ir(im.push(&name, "concat", &parts, &[("axis", Attr::Int(a))], None)?, elem)
-        }
-        "Slice" => {
-            let (x, elem) = im.ir(input(n, 0)?)?;
-            let shape = im.ty(x).shape.clone();
-            let (first, step, len) = slice_spec(im, n, &shape)?;
-            if step.iter().any(|&s| s < 1) {
-                return reversed_slice(im, x, elem, (&first, &step, &len), &name);
-            }
-            // Unit-step dims in one slice; each strided dim after it.
-            let unit_first: Vec<i64> = first.iter().zip(&step).map(|(&f, &k)| if k == 1 { f } else { 0 }).collect();
-            let unit_len: Vec<u64> = (0..shape.len()).map(|a| if step[a] == 1 { len[a] } else { shape[a] }).collect();
-            let strided = step.iter().any(|&k| k > 1);
-            let mut r =
-                slice(im, x, &unit_first, &unit_len, &if strided { format!("{name}__unit") } else { name.clone() })?;
-            for a in (0..shape.len()).filter(|&a| step[a] > 1) {
-                r = strided_slice(im, r, a, (first[a] as u64, step[a] as u64, len[a]), &format!("{name}__s{a}"))?;
-            }
-            if strided {
-                let out = im.ty(r).shape.clone();
-                r = im.push(&name, "reshape", &[POperand::Value(r)], &[("shape", ints(&out))], None)?;
-            }
-            ir(r, elem)
-        }
-        "Split" => {
-            let (x, elem) = im.ir(input(n, 0)?)?;
-            let shape = im.ty(x).shape.clone();
-            let a = axis(attr_int(n, "axis", 0), shape.len())?;
-            let mut at = 0i64;
-            let mut outs = Vec::new();
-            for (k, len) in split_sizes(im, n, &shape)?.into_iter().enumerate() {
-                let mut first = vec![0i64; shape.len()];
-                first[a] = at;
-                at += len as i64;
-                let mut lens = shape.clone();
-                lens[a] = len;
-                let nm = n.output.get(k).cloned().unwrap_or_default();
-                outs.push(Val::Ir { r: slice(im, x, &first, &lens, &nm)?, elem });
-            }
-            Ok(outs)
-        }
+        "Concat" => concat(im, n, &name),
+        "Slice" => slice_node(im, n, &name),
+        "Split" => split(im, n),
         "Gather" => gather(im, n, &name),
         "Expand" => expand(im, n, &name),
         "ReduceSum" | "ReduceMean" | "ReduceMax" => reduce(im, n, &name, &op),
@@ -390,6 +324,88 @@ pub fn convert(im: &mut Importer, n: &NodeProto) -> Result<Vec<Val>, String> {
         "RotaryEmbedding" => rotary(im, n, &name),
         _ => Err(format!("`{op}` of values computed at run time is not supported")),
     }
+}
+
+/// Softmax; a wide scores chain computes it in f32 and stores its result narrower.
+fn softmax(im: &mut Importer, n: &NodeProto, name: &str) -> Result<Vec<Val>, String> {
+    let ir = |r: Ref, elem: i32| Ok(vec![Val::Ir { r, elem }]);
+    let (x, elem) = im.ir(input(n, 0)?)?;
+    let a = attr_int(n, "axis", -1);
+    let axis = [("axis", Attr::Int(a))];
+    let storage = im.ir_dtype(elem)?;
+    if im.ty(x).dtype == storage {
+        return ir(im.push(name, "softmax", &[POperand::Value(x)], &axis, None)?, elem);
+    }
+    // A wide scores chain: the softmax in f32, its result stored narrower.
+    let p = im.push(&format!("{name}__f32"), "softmax", &[POperand::Value(x)], &axis, None)?;
+    let to = ("to", Attr::Word(storage.name().into()));
+    ir(im.push(name, "cast", &[POperand::Value(p)], &[to], None)?, elem)
+}
+
+/// Concat of the non-empty inputs.
+fn concat(im: &mut Importer, n: &NodeProto, name: &str) -> Result<Vec<Val>, String> {
+    let ir = |r: Ref, elem: i32| Ok(vec![Val::Ir { r, elem }]);
+    let mut parts = Vec::new();
+    let mut elem = 0;
+    for i in n.input.iter().filter(|i| !i.is_empty()) {
+        if im.shape_of(im.val(i)?).contains(&0) {
+            continue;
+        }
+        let (r, e) = im.ir(i)?;
+        parts.push(POperand::Value(r));
+        elem = e;
+    }
+    let rank = match parts.first() {
+        Some(POperand::Value(r)) => im.ty(*r).shape.len(),
+        _ => return Err("every input is empty".into()),
+    };
+    let a = axis(attr_int(n, "axis", 0), rank)? as i64;
+    ir(im.push(name, "concat", &parts, &[("axis", Attr::Int(a))], None)?, elem)
+}
+
+/// Slice: unit steps as one slice, positive steps by [`strided_slice`], negative
+/// steps by [`reversed_slice`].
+fn slice_node(im: &mut Importer, n: &NodeProto, name: &str) -> Result<Vec<Val>, String> {
+    let ir = |r: Ref, elem: i32| Ok(vec![Val::Ir { r, elem }]);
+    let (x, elem) = im.ir(input(n, 0)?)?;
+    let shape = im.ty(x).shape.clone();
+    let (first, step, len) = slice_spec(im, n, &shape)?;
+    if step.iter().any(|&s| s < 1) {
+        return reversed_slice(im, x, elem, (&first, &step, &len), name);
+    }
+    // Unit-step dims in one slice; each strided dim after it.
+    let unit_first: Vec<i64> = first.iter().zip(&step).map(|(&f, &k)| if k == 1 { f } else { 0 }).collect();
+    let unit_len: Vec<u64> = (0..shape.len()).map(|a| if step[a] == 1 { len[a] } else { shape[a] }).collect();
+    let strided = step.iter().any(|&k| k > 1);
+    let mut r =
+        slice(im, x, &unit_first, &unit_len, &if strided { format!("{name}__unit") } else { name.to_string() })?;
+    for a in (0..shape.len()).filter(|&a| step[a] > 1) {
+        r = strided_slice(im, r, a, (first[a] as u64, step[a] as u64, len[a]), &format!("{name}__s{a}"))?;
+    }
+    if strided {
+        let out = im.ty(r).shape.clone();
+        r = im.push(name, "reshape", &[POperand::Value(r)], &[("shape", ints(&out))], None)?;
+    }
+    ir(r, elem)
+}
+
+/// Split into slices along the axis.
+fn split(im: &mut Importer, n: &NodeProto) -> Result<Vec<Val>, String> {
+    let (x, elem) = im.ir(input(n, 0)?)?;
+    let shape = im.ty(x).shape.clone();
+    let a = axis(attr_int(n, "axis", 0), shape.len())?;
+    let mut at = 0i64;
+    let mut outs = Vec::new();
+    for (k, len) in split_sizes(im, n, &shape)?.into_iter().enumerate() {
+        let mut first = vec![0i64; shape.len()];
+        first[a] = at;
+        at += len as i64;
+        let mut lens = shape.clone();
+        lens[a] = len;
+        let nm = n.output.get(k).cloned().unwrap_or_default();
+        outs.push(Val::Ir { r: slice(im, x, &first, &lens, &nm)?, elem });
+    }
+    Ok(outs)
 }
 
 /// `%name = reshape(x)` (or `x` itself when the shape is unchanged).
@@ -408,9 +424,6 @@ fn slice(im: &mut Importer, x: Ref, first: &[i64], len: &[u64], name: &str) -> R
     im.push(name, "slice", &[POperand::Value(x)], &[("start", iints(first)), ("stop", iints(&stop))], None)
 }
 
-/// Pow: the known exponents 0.5, 1, 2, 3, -0.5 and -1 exactly (sqrt, mul,
-/// rsqrt, recip); any other exponent as `exp(y * log(x))` (x > 0; a negative
-/// base gives NaN, as `powf` does for non-integer exponents).
 /// Elements `first, first + step, ...` (`len` of them) along dim `a` of `x`:
 /// the region they span, reshaped so that the step is a dim of its own, and
 /// that dim's first index (a last, incomplete group is sliced on its own).
@@ -454,6 +467,9 @@ fn strided_slice(
     }
 }
 
+/// Pow: the known exponents 0.5, 1, 2, 3, -0.5 and -1 exactly (sqrt, mul,
+/// rsqrt, recip); any other exponent as `exp(y * log(x))` (x > 0; a negative
+/// base gives NaN, as `powf` does for non-integer exponents).
 fn pow(im: &mut Importer, n: &NodeProto, name: &str) -> Result<Vec<Val>, String> {
     let (x, elem) = im.ir(input(n, 0)?)?;
     if !im.ty(x).dtype.is_float() {
@@ -693,7 +709,7 @@ fn gather(im: &mut Importer, n: &NodeProto, name: &str) -> Result<Vec<Val>, Stri
         }
         let fixed = HostTensor::new(INT32, idx.shape.clone(), rows.iter().map(|&r| r as f64).collect());
         let i = im.materialize(&format!("{}__rows", n.input[1]), &fixed)?;
-        return gather_rows(im, table, i, a, elem, name);
+        return Ok(vec![Val::Ir { r: gather_rows(im, table, i, a, name)?, elem }]);
     }
     // Negative indices count from the end (ONNX): `i < 0 ? i + dim : i`.
     let (idx, _) = im.ir(input(n, 1)?)?;
@@ -702,7 +718,7 @@ fn gather(im: &mut Importer, n: &NodeProto, name: &str) -> Result<Vec<Val>, Stri
     let neg = im.push(&format!("{name}__neg"), "compare", &[v(idx), POperand::Scalar(0.0)], &lt, None)?;
     let wrapped = im.push(&format!("{name}__wrap"), "add", &[v(idx), POperand::Scalar(dim as f64)], &[], None)?;
     let idx = im.push(&format!("{name}__idx"), "select", &[v(neg), v(wrapped), v(idx)], &[], None)?;
-    gather_rows(im, table, idx, a, elem, name)
+    Ok(vec![Val::Ir { r: gather_rows(im, table, idx, a, name)?, elem }])
 }
 
 /// A Slice with negative steps: along each such dim, a gather of the
@@ -723,22 +739,15 @@ fn reversed_slice(
         let rows: Vec<f64> = (0..l as i64).map(|i| (f + i * k) as f64).collect();
         let idx = HostTensor::new(INT32, vec![l], rows);
         let i = im.materialize(&format!("{name}__idx{a}"), &idx)?;
-        let nm = format!("{name}__g{a}");
-        r = match gather_rows(im, r, i, a, elem, &nm)?.pop() {
-            Some(Val::Ir { r, .. }) => r,
-            _ => return Err("a gather gave no value".into()),
-        };
+        r = gather_rows(im, r, i, a, &format!("{name}__g{a}"))?;
     }
-    let out = im.ty(r).shape.clone();
-    let r = im.push(name, "reshape", &[POperand::Value(r)], &[("shape", ints(&out))], None)?;
     Ok(vec![Val::Ir { r, elem }])
 }
 
 /// `%name = gather(table, idx) {axis = a}`.
-fn gather_rows(im: &mut Importer, table: Ref, idx: Ref, a: usize, elem: i32, name: &str) -> Result<Vec<Val>, String> {
+fn gather_rows(im: &mut Importer, table: Ref, idx: Ref, a: usize, name: &str) -> Result<Ref, String> {
     let operands = [POperand::Value(table), POperand::Value(idx)];
-    let r = im.push(name, "gather", &operands, &[("axis", Attr::Int(a as i64))], None)?;
-    Ok(vec![Val::Ir { r, elem }])
+    im.push(name, "gather", &operands, &[("axis", Attr::Int(a as i64))], None)
 }
 
 fn expand(im: &mut Importer, n: &NodeProto, name: &str) -> Result<Vec<Val>, String> {

@@ -47,11 +47,11 @@ struct Block {
     window: usize,
 }
 
-/// A window of K/V rows `a .. b` of `heads` groups from `group`.
+/// A window of K/V rows `a .. b` of the groups from `group` (one, or
+/// `kt_heads` of them sharing a K^T).
 #[derive(Debug, Clone, Copy)]
 struct Window {
     group: u64,
-    heads: u64,
     a: u64,
     b: u64,
 }
@@ -167,8 +167,7 @@ impl<'a> Flash<'a> {
                 let a = c0 / plan.window * plan.window;
                 let group = tile.group - tile.group % plan.kt_heads;
                 if windows.last().is_none_or(|w| w.group != group || w.a != a) {
-                    let heads = plan.kt_heads.min(p.batch * p.hk - group);
-                    windows.push(Window { group, heads, a, b: sk.min(a + plan.window) });
+                    windows.push(Window { group, a, b: sk.min(a + plan.window) });
                 }
                 blocks.push(Block { tile: ti, c0, c1, first: c0 == 0, last: c1 == end, window: windows.len() - 1 });
                 c0 = c1;
@@ -244,7 +243,8 @@ impl<'a> Flash<'a> {
             }
         }
         let chunks = (w.b - w.a).div_ceil(kv_chunk);
-        for (slot, c) in (0..w.heads).flat_map(|slot| (0..chunks).map(move |c| (slot, c))) {
+        // Packs are whole (the plan only packs a count that divides the groups).
+        for (slot, c) in (0..self.kt).flat_map(|slot| (0..chunks).map(move |c| (slot, c))) {
             let (r, g) = (w.a + c * kv_chunk, w.group + slot);
             let kk = kv_chunk.min(w.b - r);
             if tkt.is_none() {
@@ -367,8 +367,7 @@ impl<'a> Flash<'a> {
     /// columns there hold ones, so `Q . K^T` adds `mask / scale` to the scores.
     fn mask_into_window(&self, ops: &mut Vec<(TileOp, u32)>, wi: usize) {
         let (Some(tm), Some(&(fresh, stale))) = (self.tmask, self.mask_rows.get(wi)) else { return };
-        let firsts = &self.mask_row_windows;
-        let r = firsts.partition_point(|&w| w <= wi) - 1;
+        let (firsts, r) = (&self.mask_row_windows, self.mask_row(wi));
         if fresh && r == 0 {
             for (row, &w) in firsts.iter().enumerate().take(2) {
                 self.load_mask_row(ops, w, tm, row);
@@ -389,14 +388,18 @@ impl<'a> Flash<'a> {
         }
     }
 
+    /// The ordinal of window `wi`'s distinct mask row.
+    fn mask_row(&self, wi: usize) -> usize {
+        self.mask_row_windows.partition_point(|&w| w <= wi) - 1
+    }
+
     /// After window `wi`'s K^T when it starts a distinct mask row r: row r + 1
     /// prepared and row r + 2 loaded. Rows alternate between two copies of the
     /// raw and of the prepared mask, so neither a load's latency nor a
     /// preparation is on the path of a row's first scores.
     fn next_mask_rows(&self, ops: &mut Vec<(TileOp, u32)>, wi: usize) {
         let (Some(tm), Some(&(true, _))) = (self.tmask, self.mask_rows.get(wi)) else { return };
-        let firsts = &self.mask_row_windows;
-        let r = firsts.partition_point(|&w| w <= wi) - 1;
+        let (firsts, r) = (&self.mask_row_windows, self.mask_row(wi));
         if r + 1 < firsts.len() {
             self.prepare_mask_row(ops, (r + 1) % 2);
         }
