@@ -595,6 +595,40 @@ fn both_loop_orders_verify() {
     assert!(e.to_string().contains("`n_outer` or `m_outer`"), "{e}");
 }
 
+/// In M-outer order with a B copy per N-panel, every panel stays resident: B is
+/// loaded once per B batch index (a shared B once, a batched B once per batch),
+/// not once per M-tile, and the program verifies (race-checked).
+#[test]
+fn m_outer_keeps_b_resident_when_every_panel_has_a_copy() {
+    let t = Target::builtin("jpu-tiny").unwrap();
+    let sources = [
+        ("func @f(%a: bf16[100, 80], %b: bf16[80, 300]) -> f32[100, 300] {\n  %c = matmul(%a, %b) : f32[100, 300]\n  return %c\n}", 1),
+        ("func @f(%a: bf16[2, 70, 40], %b: bf16[2, 40, 300]) -> f32[2, 70, 300] {\n  %c = matmul(%a, %b) : f32[2, 70, 300]\n  return %c\n}", 2),
+    ];
+    for (src, b_batches) in sources {
+        let f = tir::parse_and_check(src).unwrap_or_else(|d| panic!("{}", tir::render("case", src, &d)));
+        let b_loads = |schedule: &str| {
+            let opts = scheduled(schedule, 2);
+            let c = jalc::driver::compile(&f, &t, &opts).unwrap();
+            let b = c.tiles.buffers.iter().position(|b| b.name == "b_panel").unwrap();
+            let v = jalc::verify::verify_with(&f, &t, 3, &opts).unwrap();
+            assert!(v.passed && v.max_abs_error == 0.0, "{schedule}: {:?}\n{src}", v.first_mismatch);
+            let loads = c
+                .tiles
+                .ops
+                .iter()
+                .filter(|(op, _)| matches!(op, jalc::tiles::TileOp::Load { dst, .. } if dst.buf == b));
+            (loads.count(), c.tiles.buffers[b].free)
+        };
+        let (once, panel) = b_loads("[k1]\nloop_order = m_outer\ntile_n = 128\nb_buffers = 3");
+        let (reloaded, _) = b_loads("[k1]\nloop_order = m_outer\ntile_n = 128\nb_buffers = 2");
+        // One load per k-tile (a panel holds every k-tile's 128 columns) of
+        // each of the 3 panels, per B batch index.
+        assert_eq!(once, 3 * (panel / 128) as usize * b_batches, "{src}");
+        assert!(reloaded > once, "{src}: {reloaded} B loads with two copies");
+    }
+}
+
 /// DMA queues as schedule data: A's and B's loads go where the schedule says
 /// (jpu1 has three load queues and one for stores), and the program verifies.
 #[test]

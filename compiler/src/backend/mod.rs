@@ -472,7 +472,7 @@ pub fn compile(
         program.validate(t).map_err(|e| BackendError::Internal(format!("the emitted program is invalid: {e}")))?;
         Ok(Scheduled { program, origins })
     };
-    let estimated = order::interleave(&insts, &dag, kernel_of, t, None);
+    let estimated = order::interleave(&insts, &dag, kernel_of, t, None, false);
     let first = emit(&estimated)?;
     if estimated.iter().enumerate().all(|(k, &i)| k == i) || insts.len() > REFINE_LIMIT {
         return Ok(first);
@@ -490,8 +490,9 @@ const REFINE_ROUNDS: usize = 3;
 
 /// Schedules again with each transfer's data-phase time as simulated under the
 /// best order so far (bandwidth shared as it really was), and keeps the fastest
-/// of: the estimated order, the refined ones, and the tile program's own order.
-/// The simulator is deterministic, so the choice (and the binary) is too.
+/// of: the estimated orders (ties to program order, or critical path first),
+/// the refined ones, and the tile program's own order. The simulator is
+/// deterministic, so the choice (and the binary) is too.
 fn refine(
     first: Scheduled,
     insts: &[(Engine, Op, u32)],
@@ -503,13 +504,17 @@ fn refine(
     let time = |s: &Scheduled| simulate_timing(s, insts.len(), t);
     let Some((mut best_cycles, mut measured)) = time(&first) else { return Ok(first) };
     let mut best = first;
+    let mut critical_first = false;
     let in_order: Vec<usize> = (0..insts.len()).collect();
-    let plain = emit(&in_order)?;
-    if let Some((c, m)) = time(&plain).filter(|(c, _)| *c < best_cycles) {
-        (best, best_cycles, measured) = (plain, c, m);
+    let critical = order::interleave(insts, dag, kernel_of, t, None, true);
+    for (candidate, critical) in [(in_order, false), (critical, true)] {
+        let candidate = emit(&candidate)?;
+        if let Some((c, m)) = time(&candidate).filter(|(c, _)| *c < best_cycles) {
+            (best, best_cycles, measured, critical_first) = (candidate, c, m, critical);
+        }
     }
     for _ in 0..REFINE_ROUNDS {
-        let order = order::interleave(insts, dag, kernel_of, t, Some(&measured));
+        let order = order::interleave(insts, dag, kernel_of, t, Some(&measured), critical_first);
         let candidate = emit(&order)?;
         match time(&candidate) {
             Some((c, m)) if c < best_cycles => (best, best_cycles, measured) = (candidate, c, m),
@@ -896,14 +901,14 @@ mod tests {
         let alloc = allocate(&tp, &one, &t).unwrap();
         assert_eq!(alloc.offset(0, 0), alloc.offset(1, 0));
         let insts = select_instructions(&tp, &t, &alloc, &place_tensors(&tp, &t).unwrap()).unwrap();
-        assert_eq!(order::interleave(&insts, &dependencies(&tp, &alloc), &one, &t, None), vec![0, 1, 2, 3, 4]);
+        assert_eq!(order::interleave(&insts, &dependencies(&tp, &alloc), &one, &t, None, false), vec![0, 1, 2, 3, 4]);
         // Two kernels: separate memory, so the second kernel's load need not wait
         // for the first one's store and goes first.
         let two = [0, 0, 1, 1, 1];
         let alloc = allocate(&tp, &two, &t).unwrap();
         assert_ne!(alloc.offset(0, 0), alloc.offset(1, 0));
         let dag = dependencies(&tp, &alloc);
-        let order = order::interleave(&insts, &dag, &two, &t, None);
+        let order = order::interleave(&insts, &dag, &two, &t, None, false);
         assert_eq!(order, vec![0, 2, 1, 3, 4]);
         let position = |i: usize| order.iter().position(|&o| o == i).unwrap();
         assert!(dag.edge_indices().all(|e| {
@@ -916,6 +921,30 @@ mod tests {
         let opts = jpu_runtime::RunOptions { check_races: true, strict_uninit: true, ..Default::default() };
         let out = jpu_runtime::run(&program, &t, &[("in".into(), input.clone())], &opts).unwrap();
         assert_eq!(out.outputs.iter().find(|(n, _)| n == "x").unwrap().1, input);
+    }
+
+    /// Two memsets can start at once on the VE: program order takes kernel 0's,
+    /// critical-path-first takes kernel 1's, whose result still goes through
+    /// the ACT before its store.
+    #[test]
+    fn critical_first_breaks_ties_by_the_longest_path_to_the_end() {
+        let mut tp = two_phase();
+        let s = |buf| BufSlice { buf, copy: 0, parts: 4, offset: 0, len: 8 };
+        let h = |tensor| HbmBox { tensor, start: 0, rows: 4, row_stride: 8, cols: 8 };
+        tp.ops = vec![
+            (TileOp::Memset { dst: s(0), value: 1.0 }, 0),
+            (TileOp::Store { dst: h(1), src: s(0) }, 0),
+            (TileOp::Memset { dst: s(1), value: 2.0 }, 0),
+            (TileOp::activate(jpu_isa::operand::ActFunc::Exp, s(1), s(1)), 0),
+            (TileOp::Store { dst: h(2), src: s(1) }, 0),
+        ];
+        let t = Target::builtin("jpu-tiny").unwrap();
+        let two = [0, 0, 1, 1, 1];
+        let alloc = allocate(&tp, &two, &t).unwrap();
+        let insts = select_instructions(&tp, &t, &alloc, &place_tensors(&tp, &t).unwrap()).unwrap();
+        let dag = dependencies(&tp, &alloc);
+        assert_eq!(order::interleave(&insts, &dag, &two, &t, None, false)[0], 0);
+        assert_eq!(order::interleave(&insts, &dag, &two, &t, None, true)[0], 2);
     }
 
     /// With several kernels, the schedule kept is never slower than the tile

@@ -18,6 +18,11 @@
 //! - The order depends only on the program and the target: the same input gives
 //!   the same binary.
 //!
+//! Of the instructions that can start first, the earliest in program order goes
+//! next, or (`critical_first`) the one with the longest estimated path to the end
+//! of the program (its bottom level), so a busy engine serves the critical chain
+//! before work with slack; the backend times both and keeps the faster.
+//!
 //! The estimate is the simulator's cost model without bandwidth sharing: compute
 //! instructions take their fixed cycles; a transfer's data phase starts its
 //! latency after issue and after the queue's previous transfer, and moves at
@@ -34,13 +39,16 @@ use petgraph::Direction;
 pub const WINDOW: usize = 6;
 
 /// The order in which the instructions `insts` (tile-program order, `kernel_of`
-/// giving each one's kernel, non-decreasing) join their engines' streams.
+/// giving each one's kernel, non-decreasing) join their engines' streams. Of the
+/// instructions that can start first, the one on the longest path to the end
+/// goes first with `critical_first`, else the earliest in program order.
 pub fn interleave(
     insts: &[(Engine, Op, u32)],
     dag: &DiGraph<usize, ()>,
     kernel_of: &[usize],
     t: &Target,
     measured: Option<&[u64]>,
+    critical_first: bool,
 ) -> Vec<usize> {
     let n = insts.len();
     let kernels = kernel_of.iter().max().map_or(0, |k| k + 1);
@@ -61,18 +69,20 @@ pub fn interleave(
     clock.measured = measured;
     let mut ready_at = vec![0u64; n];
     let mut order = Vec::with_capacity(n);
+    let level = bottom_levels(insts, dag, t);
     let mut lo = 0usize;
     while order.len() < n {
         while lo < kernels && left[lo] == 0 {
             lo += 1;
         }
-        // The instruction that can start first; ties go to program order.
-        let mut best: Option<(u64, usize)> = None;
+        // The instruction that can start first; ties by rank, then program order.
+        let mut best: Option<(u64, u64, usize)> = None;
         for k in lo..kernels.min(lo + WINDOW) {
             for e in 0..engines {
                 let Some(&i) = lanes[k][e].get(next[k][e]) else { continue };
                 if preds_left[i] == 0 {
-                    let key = (clock.start(e, ready_at[i]), i);
+                    let rank = if critical_first { u64::MAX - level[i] } else { 0 };
+                    let key = (clock.start(e, ready_at[i]), rank, i);
                     if best.is_none_or(|b| key < b) {
                         best = Some(key);
                     }
@@ -80,7 +90,7 @@ pub fn interleave(
             }
         }
         // The earliest unscheduled instruction of kernel `lo` is always ready.
-        let Some((start, i)) = best else { return (0..n).collect() };
+        let Some((start, _, i)) = best else { return (0..n).collect() };
         let e = (insts[i].0 .0 as usize).min(engines - 1);
         let end = clock.run(e, start, i, &insts[i].1);
         next[kernel_of[i]][e] += 1;
@@ -93,6 +103,23 @@ pub fn interleave(
         }
     }
     order
+}
+
+/// Each instruction's bottom level: the estimated cycles of the longest
+/// dependency path from its start to the end of the program.
+fn bottom_levels(insts: &[(Engine, Op, u32)], dag: &DiGraph<usize, ()>, t: &Target) -> Vec<u64> {
+    let rate = t.hbm.bytes_per_cycle.as_f64() / 2.0;
+    let mut level = vec![0u64; insts.len()];
+    for i in (0..insts.len()).rev() {
+        let op = &insts[i].1;
+        let own = match transfer_cost(op, t) {
+            Some(c) => c.latency_cycles + (c.charged_bytes as f64 / rate).ceil() as u64,
+            None => compute_cycles(op, t).unwrap_or(0),
+        };
+        let after = dag.neighbors_directed(NodeIndex::new(i), Direction::Outgoing).map(|s| level[dag[s]]).max();
+        level[i] = own + after.unwrap_or(0);
+    }
+    level
 }
 
 /// Estimated engine availability.

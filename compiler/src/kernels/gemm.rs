@@ -10,7 +10,8 @@
 //! rotate through their copies. The tile program is software-pipelined: the loads
 //! of the next work item come before the current item's compute, so prefetches
 //! overlap compute on in-order engines. When every M-tile fits in the A copies,
-//! A stays resident and is loaded once per batch.
+//! A stays resident and is loaded once per batch; likewise B, in M-outer order,
+//! when every N-panel fits in the B copies.
 
 use std::fmt;
 
@@ -670,7 +671,7 @@ impl<'a> Lowering<'a> {
                 .flat_map(|ci| (0..mt).flat_map(move |mi| (0..nt).map(move |ni| (ci, ni, mi))))
                 .collect(),
         };
-        let plan = item_plans(p, s, &items, mt);
+        let plan = item_plans(p, s, &items, (mt, nt));
         let panel_of = plan
             .iter()
             .scan(0usize, |n, pl| {
@@ -854,7 +855,7 @@ impl<'a> Lowering<'a> {
         let (nw, mr) = (self.tn.min(p.n - ni * self.tn), self.tm.min(p.m - mi * self.tm));
         let staged = BufSlice { buf: self.bufs.c, copy: stage, parts: mr as u32, offset: 0, len: nw as u32 };
         ops.push((
-            if evacuates_on_act(p) {
+            if evacuates_on_act(p, j, self.items.len()) {
                 TileOp::activate(ActFunc::Identity, staged, psum)
             } else {
                 TileOp::Copy { dst: staged, src: psum }
@@ -982,19 +983,26 @@ impl<'a> Lowering<'a> {
     }
 }
 
-/// Whether the ACT evacuates PSUM: when the epilogue keeps the VE busy and
-/// gives the ACT nothing to do. An identity activation of a float rounds once
-/// into the destination, exactly as the VE's copy does.
-fn evacuates_on_act(p: &GemmProblem) -> bool {
-    !p.result.is_int()
-        && !p.epilogue.is_empty()
-        && !p.epilogue.iter().any(|(step, _)| matches!(step, EpilogueStep::Activate(_)))
+/// Whether the ACT evacuates item j (of `items`)'s PSUM tile: always when the
+/// epilogue keeps the VE busy and gives the ACT nothing to do; every other item
+/// when both engines have epilogue steps, to balance them, but not the last
+/// (the VE's copy has the shorter fixed cost, and nothing overlaps the last).
+/// An identity activation of a float rounds once into the destination,
+/// exactly as the VE's copy does.
+fn evacuates_on_act(p: &GemmProblem, j: usize, items: usize) -> bool {
+    let on_act = |(step, _): &(EpilogueStep, _)| matches!(step, EpilogueStep::Activate(_));
+    let (activates, vector) = (p.epilogue.iter().any(on_act), p.epilogue.iter().any(|s| !on_act(s)));
+    !p.result.is_int() && vector && (!activates || (j % 2 == 1 && j + 1 < items))
 }
 
-/// Which copy holds each item's B panel and A tile, and whether A must be
-/// loaded. A tiles stay resident when all M-tiles of a batch fit in the A copies.
-fn item_plans(p: &GemmProblem, s: &GemmSchedule, items: &[(usize, u64, u64)], mt: u64) -> Vec<ItemPlan> {
+/// Which copy holds each item's B panel and A tile, and whether each must be
+/// loaded. A tiles stay resident when all M-tiles of a batch fit in the A
+/// copies; B panels, in M-outer order, when all N-panels fit in the B copies.
+fn item_plans(p: &GemmProblem, s: &GemmSchedule, items: &[(usize, u64, u64)], (mt, nt): (u64, u64)) -> Vec<ItemPlan> {
     let a_resident = mt <= s.a_buffers as u64;
+    let b_resident = s.loop_order == LoopOrder::MOuter && nt <= s.b_buffers as u64;
+    // With resident B, copy ni holds N-panel ni of the B batch index recorded here.
+    let mut b_holds: Vec<Option<u64>> = vec![None; if b_resident { nt as usize } else { 0 }];
     let mut plan = Vec::with_capacity(items.len());
     let (mut panels, mut a_loads) = (0u32, 0u32);
     let mut last_panel = None;
@@ -1002,13 +1010,19 @@ fn item_plans(p: &GemmProblem, s: &GemmSchedule, items: &[(usize, u64, u64)], mt
     // With resident A, copy mi holds M-tile mi of the batch recorded here.
     let mut a_holds: Vec<Option<u64>> = vec![None; mt as usize];
     for &(ci, ni, mi) in items {
-        let (ab, _) = p.batch_map[ci];
-        let new_panel = last_panel != Some((ci, ni));
-        if new_panel {
-            panels += 1;
-            last_panel = Some((ci, ni));
-        }
-        let b_copy = (panels - 1) % s.b_buffers;
+        let (ab, bb) = p.batch_map[ci];
+        let (new_panel, b_copy) = if b_resident {
+            let load = b_holds[ni as usize] != Some(bb);
+            b_holds[ni as usize] = Some(bb);
+            (load, ni as u32)
+        } else {
+            let new_panel = last_panel != Some((ci, ni));
+            if new_panel {
+                panels += 1;
+                last_panel = Some((ci, ni));
+            }
+            (new_panel, (panels - 1) % s.b_buffers)
+        };
         let (a_copy, load_a) = if a_resident {
             let load = a_holds[mi as usize] != Some(ab);
             a_holds[mi as usize] = Some(ab);

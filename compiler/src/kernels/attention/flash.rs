@@ -116,6 +116,8 @@ struct Flash<'a> {
     mask_rows: Vec<(bool, bool)>,
     /// The first window of each distinct mask row.
     mask_row_windows: Vec<usize>,
+    /// Whether the ACT (else the VE) evacuates the K^T transposes.
+    kt_on_act: bool,
 }
 
 /// Lowers the flash path.
@@ -134,8 +136,40 @@ pub(super) fn lower(p: &AttentionProblem, plan: &AttentionPlan) -> TileProgram {
         tensors.push(HbmTensor { name, dtype: m.dtype, shape, role: Role::Input });
         tensors.len() - 1
     });
-    let flash = Flash::new(p, plan, tkt, tmask);
-    TileProgram { tensors, buffers: flash_buffers(p, plan), ops: flash.ops(), debug_ops: p.text.clone() }
+    let mut flash = Flash::new(p, plan, tkt, tmask);
+    let mut ops = flash.ops();
+    // When the VE is the busiest engine (short heads: it carries the softmax
+    // statistics), K^T evacuations move to the ACT if that unloads it; else they
+    // stay on the VE, whose shorter fixed cost keeps them off the PE's path.
+    if tkt.is_none() {
+        flash.kt_on_act = true;
+        let on_act = flash.ops();
+        let ([pe, ve, act], [_, ve_after, act_after]) = (engine_loads(&ops), engine_loads(&on_act));
+        if ve > pe && ve_after.max(act_after) < ve.max(act) {
+            ops = on_act;
+        }
+    }
+    TileProgram { tensors, buffers: flash_buffers(p, plan), ops, debug_ops: p.text.clone() }
+}
+
+/// The estimated busy cycles of the PE, the VE and the ACT over `ops` (the
+/// machine's costs for 16-bit operands: a matmul `max(N, 64)`, a transpose
+/// `max(P, 64)`, a VE or ACT instruction its fixed cost plus the elements per
+/// partition of its widest operand).
+fn engine_loads(ops: &[(TileOp, u32)]) -> [u64; 3] {
+    let [mut pe, mut ve, mut act] = [0u64; 3];
+    for (op, _) in ops {
+        let (reads, writes) = op.slices();
+        let elems = reads.iter().chain(&writes).map(|s| s.len as u64).max().unwrap_or(0);
+        match op {
+            TileOp::Matmul { moving, .. } => pe += (moving.len as u64).max(64),
+            TileOp::Transpose { src, .. } => pe += (src.parts as u64).max(64),
+            TileOp::Activate { .. } => act += 128 + elems,
+            TileOp::Load { .. } | TileOp::HbmCopy { .. } | TileOp::Store { .. } | TileOp::Gather { .. } => {}
+            _ => ve += 64 + elems,
+        }
+    }
+    [pe, ve, act]
 }
 
 impl<'a> Flash<'a> {
@@ -195,6 +229,7 @@ impl<'a> Flash<'a> {
         let mask_row_windows = (0..mask_rows.len()).filter(|&w| mask_rows[w].0).collect();
         Flash {
             mask_row_windows,
+            kt_on_act: false,
             kt: plan.kt_heads,
             q_copies: q_copies(plan),
             mask_rows,
@@ -290,8 +325,15 @@ impl<'a> Flash<'a> {
                     ops.push((TileOp::Transpose { dst, src }, 0));
                     width = (ci - c) * kv_chunk + kk;
                 }
-                let dst = slice(K_T, copy, dk, dc * win_pad + c * kv_chunk, width);
-                ops.push((TileOp::Copy { dst, src: slice(K_T_PSUM, 0, dk, 0, width) }, 0));
+                // An identity activation rounds exactly as a copy does.
+                let (dst, src) =
+                    (slice(K_T, copy, dk, dc * win_pad + c * kv_chunk, width), slice(K_T_PSUM, 0, dk, 0, width));
+                let evacuate = if self.kt_on_act {
+                    TileOp::activate(ActFunc::Identity, dst, src)
+                } else {
+                    TileOp::Copy { dst, src }
+                };
+                ops.push((evacuate, 0));
                 c = group_end;
             }
         }
@@ -381,6 +423,12 @@ impl<'a> Flash<'a> {
         for c in 0..(w.b - w.a).div_ceil(kc) {
             let (key, kk) = (w.a + c * kc, kc.min(w.b - w.a - c * kc));
             let at = c * self.da + self.kt * self.p.d;
+            if chunks == 1 {
+                // The high and low parts are adjacent: one copy moves both.
+                let src = slice(MASK_PARTS, r % 2, kk, 0, 2);
+                ops.push((TileOp::Copy { dst: slice(K_ROWS, wi % self.wc, kk, at, 2), src }, 0));
+                continue;
+            }
             for (part, column) in [(0, at), (1, at + 1)] {
                 let src = slice(MASK_PARTS, r % 2, kk, part * chunks + key / kc, 1);
                 ops.push((TileOp::Copy { dst: slice(K_ROWS, wi % self.wc, kk, column, 1), src }, 0));
@@ -736,7 +784,7 @@ fn q_copies(plan: &AttentionPlan) -> usize {
 
 /// Columns of a score block's buffers: a block, or all keys when fewer (short
 /// sequences then share a PSUM bank with other accumulators).
-fn block_cols(p: &AttentionProblem, plan: &AttentionPlan) -> u64 {
+pub(super) fn block_cols(p: &AttentionProblem, plan: &AttentionPlan) -> u64 {
     plan.kv_block.min(p.sk.div_ceil(plan.kv_chunk) * plan.kv_chunk)
 }
 

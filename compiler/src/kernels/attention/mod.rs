@@ -640,6 +640,7 @@ impl AttentionProblem {
             plan.window_copies = 3;
         }
         plan.kt_heads = self.packed_kt_heads(&plan, cap);
+        plan.o_copies = more_o_copies(self, &plan, t);
         Ok(plan)
     }
 
@@ -763,6 +764,32 @@ pub(super) fn buffer(name: &str, space: Space, dtype: DType, parts: u64, free: u
 
 /// SRAM bytes per partition the buffers take (each copy padded to 64 bytes, as
 /// the allocator places them, all live at once).
+/// O accumulator copies: up to [`MAX_O_COPIES`] when short score blocks leave
+/// PSUM room (a tile's PV then never waits for the previous tile's output to be
+/// read), else the plan's bank budget.
+fn more_o_copies(p: &AttentionProblem, plan: &AttentionPlan, t: &Target) -> u32 {
+    if flash::block_cols(p, plan) == plan.kv_block {
+        return plan.o_copies;
+    }
+    let (bank, banks) = (t.psum_bank_bytes() as u64, t.psum.banks.unwrap_or(1) as u64);
+    let fits = |o_copies| psum_bytes(&flash_buffers(p, &AttentionPlan { o_copies, ..*plan }), bank) <= bank * banks;
+    (plan.o_copies..=MAX_O_COPIES).rev().find(|&c| fits(c)).unwrap_or(plan.o_copies)
+}
+
+/// The most O accumulator copies a plan takes.
+const MAX_O_COPIES: u32 = 4;
+
+/// PSUM bytes per partition of the buffers as the backend places them: a copy
+/// of at most a bank in a power-of-two block, a larger one in whole banks.
+fn psum_bytes(buffers: &[Buffer], bank: u64) -> u64 {
+    let block = |bytes: u64| if bytes <= bank { bytes.next_power_of_two() } else { bytes.div_ceil(bank) * bank };
+    buffers
+        .iter()
+        .filter(|b| b.space == Space::Psum)
+        .map(|b| b.copies as u64 * block(b.free as u64 * b.dtype.size_bytes() as u64))
+        .sum()
+}
+
 pub(super) fn sram_bytes(buffers: &[Buffer]) -> u64 {
     buffers
         .iter()
