@@ -20,6 +20,7 @@ use jpu_isa::program::Role;
 use jpu_isa::{DType, Target};
 
 use super::chain::{chain, Broadcast, Chain, EpilogueInput, EpilogueStep};
+use super::row_epilogue::{self, RowEpilogue};
 use super::{unsupported, Ctx, Field, Kernel, Work};
 use crate::error::CompileError;
 use crate::ir::{Op, Operand, Span, ValueId};
@@ -112,6 +113,9 @@ pub struct GemmProblem {
     pub epilogue: Vec<(EpilogueStep, String)>,
     /// HBM tensors the epilogue reads (tensor `2 + i` of the tile program).
     pub epilogue_inputs: Vec<EpilogueInput>,
+    /// A row op over the epilogue's result, run on the output tiles (each holds
+    /// whole rows), whose result the kernel then stores instead.
+    pub row: Option<RowEpilogue>,
     /// Indices of the IR nodes the kernel computes: the matmul, then each fused step.
     pub nodes: Vec<usize>,
     /// The matmul's source span.
@@ -184,12 +188,36 @@ pub fn select(cx: &Ctx<'_>, mm_index: usize, t: &Target) -> Result<(GemmKernel, 
         shapes: [an.ty.shape.clone(), bn.ty.shape.clone()],
         epilogue,
         epilogue_inputs,
+        row: None,
         nodes,
         span: mm.span.clone(),
     };
     fold_batch_into_rows(&mut p);
+    // A row op after the epilogue runs on the output tiles when they hold whole
+    // rows and it fits; else a row kernel follows.
+    if let Some(row) = p.cast.is_none().then(|| row_epilogue::select(cx, last, p.n, t)).flatten() {
+        let mut fused = p.clone();
+        fused.names[2] = cx.tensor(ValueId(row.node as u32));
+        fused.nodes.push(row.node);
+        let node = row.node;
+        fused.row = Some(row);
+        if let Ok(s) = choose(&fused, t) {
+            return Ok((GemmKernel { p: fused, s }, node));
+        }
+    }
     let s = choose(&p, t)?;
     Ok((GemmKernel { p, s }, last.0 as usize))
+}
+
+/// The PE cycles of one work item (every k-tile's matmul), by the machine's costs.
+fn item_pe_cycles(p: &GemmProblem, s: &GemmSchedule) -> u64 {
+    let n = s.tile_n as u64;
+    let matmul = match p.operand.size_bytes() {
+        1 => n.div_ceil(2).max(32),
+        2 => n.max(64),
+        _ => 4 * n.max(64),
+    };
+    p.k.div_ceil(s.tile_k as u64) * matmul
 }
 
 /// A batched GEMM whose B is shared by every batch index (a weight) is one GEMM
@@ -338,8 +366,9 @@ impl Kernel for GemmKernel {
             let steps: Vec<&str> = p.epilogue.iter().map(|(_, text)| text.as_str()).collect();
             format!("  epilogue: {}\n", steps.join("; "))
         };
+        let row = p.row.as_ref().map_or(String::new(), |r| format!("  then on each tile of whole rows: {}\n", r.text));
         format!(
-            "{}\n  M = {}, N = {}, K = {},{batch} operands {}, result {}{cast}\n{epilogue}  schedule: {}\n",
+            "{}\n  M = {}, N = {}, K = {},{batch} operands {}, result {}{cast}\n{epilogue}{row}  schedule: {}\n",
             p.text, p.m, p.n, p.k, p.operand, p.result, self.s
         )
     }
@@ -352,7 +381,9 @@ impl Kernel for GemmKernel {
         // Per item: a matmul per k-slice, the A and B slices (B^T chunks when
         // B is stored transposed), the epilogue steps, evacuation and store.
         let loads = if p.transpose_b { 3 * kt } else { 2 * kt };
-        items.saturating_mul(kt + loads + p.epilogue.len() as u64 + 4)
+        // A fused row op: up to a dozen passes per tile.
+        let row = if p.row.is_some() { 12 } else { 0 };
+        items.saturating_mul(kt + loads + p.epilogue.len() as u64 + 4 + row)
     }
 
     fn work(&self) -> Work {
@@ -361,7 +392,10 @@ impl Kernel for GemmKernel {
         let transcendental_steps =
             p.epilogue.iter().filter(|(s, _)| matches!(s, EpilogueStep::Activate(f) if f.is_transcendental())).count();
         let flops = Work::flops(p.operand, tiles.saturating_mul(p.k).saturating_mul(2));
-        flops.plus(Work { transcendentals: tiles.saturating_mul(transcendental_steps as u64), ..Work::default() })
+        let rows = (p.batch_map.len() as u64).saturating_mul(p.m);
+        let row_op = p.row.as_ref().map_or(0, |r| rows.saturating_mul(r.rows.kind.transcendentals(p.n)));
+        let transcendentals = tiles.saturating_mul(transcendental_steps as u64).saturating_add(row_op);
+        flops.plus(Work { transcendentals, ..Work::default() })
     }
 
     fn lower(&self, _: &Target) -> TileProgram {
@@ -372,7 +406,10 @@ impl Kernel for GemmKernel {
 impl GemmProblem {
     /// The dtype stored to HBM.
     pub fn output(&self) -> DType {
-        self.cast.as_ref().map_or(self.result, |c| c.0)
+        match &self.row {
+            Some(row) => row.out_dtype,
+            None => self.cast.as_ref().map_or(self.result, |c| c.0),
+        }
     }
 
     /// Bytes per SRAM partition a schedule needs.
@@ -402,7 +439,8 @@ impl GemmProblem {
                 Broadcast::Column => s.out_buffers as u64 * 64,
             })
             .sum();
-        a + b + s.out_buffers as u64 * (stage + cast) + epilogue
+        let row = self.row.as_ref().map_or(0, RowEpilogue::sram_bytes);
+        a + b + s.out_buffers as u64 * (stage + cast) + epilogue + row
     }
 }
 
@@ -431,7 +469,8 @@ pub fn choose(p: &GemmProblem, t: &Target) -> Result<GemmSchedule, CompileError>
             s.out_buffers -= 1;
         } else if s.b_buffers > 1 {
             s.b_buffers = 1;
-        } else if s.tile_n > 64 {
+        } else if s.tile_n > 64 && p.row.is_none() {
+            // (a fused row op needs whole rows per tile)
             s.tile_n /= 2;
         } else if s.a_buffers > 1 {
             s.a_buffers = 1;
@@ -445,16 +484,31 @@ pub fn choose(p: &GemmProblem, t: &Target) -> Result<GemmSchedule, CompileError>
             return Err(CompileError::limit(&p.text, what, p.span.clone()));
         }
     }
-    // Every M-tile resident when they fit beside the rest: A is then read once,
-    // not once per N-panel.
+    // With several N-panels, one operand resident when it fits beside the rest
+    // in half a partition, so each is read once: B (every panel) in M-outer
+    // order, which finishes whole row blocks one after another (a kernel that
+    // reads them can start on the first); else A (every M-tile), N-outer.
     let (mt, nt) = (p.m.div_ceil(s.tile_m as u64), p.n.div_ceil(s.tile_n as u64));
-    if nt > 1 && mt > s.a_buffers as u64 && mt <= u32::MAX as u64 {
-        let resident = GemmSchedule { a_buffers: mt as u32, ..s };
-        if p.sram_bytes(&resident) <= cap / 2 {
-            s = resident;
+    if nt > 1 && nt <= u32::MAX as u64 {
+        let b_resident = GemmSchedule { b_buffers: nt as u32, loop_order: LoopOrder::MOuter, ..s };
+        let a_resident = GemmSchedule { a_buffers: mt.min(u32::MAX as u64) as u32, ..s };
+        if p.sram_bytes(&b_resident) <= cap / 2 {
+            s = b_resident;
+        } else if mt > s.a_buffers as u64 && p.sram_bytes(&a_resident) <= cap / 2 {
+            s = a_resident;
         }
     }
+    s.psum_banks = s.psum_banks.min(psum_copies_needed(p, &s));
     Ok(s)
+}
+
+/// PSUM copies that keep the PE busy: the accumulating tile and enough more
+/// for the evacuations in flight (an evacuation, about a VE or ACT pass over a
+/// tile, against one item's matmuls), at least two. Fewer banks than the
+/// target has leave PSUM to the kernels a program overlaps with this one.
+fn psum_copies_needed(p: &GemmProblem, s: &GemmSchedule) -> u32 {
+    let evacuation = 128 + s.tile_n as u64;
+    (1 + evacuation.div_ceil(item_pe_cycles(p, s).max(1))).max(2) as u32
 }
 
 /// Checks a schedule (e.g. one given with `--schedule`) against the target: the
@@ -518,6 +572,15 @@ pub fn check(p: &GemmProblem, s: &GemmSchedule, t: &Target) -> Result<(), (&'sta
         };
         return fail(field, "buffer counts must be at least 1".into());
     }
+    if let Some(row) = &p.row {
+        if s.tile_n as u64 != p.n {
+            let why = format!(
+                "tile_n = {} must be N = {}: the fused `{}` needs whole rows per tile",
+                s.tile_n, p.n, row.text
+            );
+            return fail("tile_n", why);
+        }
+    }
     let need = p.sram_bytes(s);
     if need > t.sram.partition_bytes as u64 {
         return fail(
@@ -539,6 +602,8 @@ struct Buffers {
     epilogue: Vec<BufferId>,
     /// Stored-transposed B: raw chunk staging and its PSUM transposes.
     bt: Option<(BufferId, BufferId)>,
+    /// A fused row op's working buffers and parameter rows.
+    row: Option<([BufferId; 4], Vec<BufferId>)>,
 }
 
 /// Where a work item's operands live: a new B panel?, its B copy, its A copy,
@@ -582,10 +647,12 @@ pub fn lower(p: &GemmProblem, s: &GemmSchedule) -> TileProgram {
     let mut debug_ops = vec![p.text.clone()];
     debug_ops.extend(p.epilogue.iter().map(|(_, text)| text.clone()));
     debug_ops.extend(p.cast.as_ref().map(|c| c.1.clone()));
+    debug_ops.extend(p.row.as_ref().map(|r| r.text.clone()));
     TileProgram { tensors, buffers, ops, debug_ops }
 }
 
-/// A, B, the epilogue inputs (tensor `2 + i`), then C; and C's index.
+/// A, B, the epilogue inputs (tensor `2 + i`), a fused row op's parameters,
+/// then C; and C's index.
 fn tensors(p: &GemmProblem) -> (Vec<HbmTensor>, usize) {
     let mut c_shape = p.batch.clone();
     c_shape.extend([p.m, p.n]);
@@ -594,6 +661,10 @@ fn tensors(p: &GemmProblem) -> (Vec<HbmTensor>, usize) {
         HbmTensor { name: p.names[1].clone(), dtype: p.operand, shape: p.shapes[1].clone(), role: Role::Input },
     ];
     tensors.extend(p.epilogue_inputs.iter().map(EpilogueInput::hbm_tensor));
+    // A fused row op's gamma and beta (tensors after the epilogue inputs).
+    for (name, dtype) in p.row.iter().flat_map(|r| &r.params) {
+        tensors.push(HbmTensor { name: name.clone(), dtype: *dtype, shape: vec![p.n], role: Role::Input });
+    }
     let c_tensor = tensors.len();
     tensors.push(HbmTensor { name: p.names[2].clone(), dtype: p.output(), shape: c_shape, role: Role::Output });
     (tensors, c_tensor)
@@ -656,7 +727,16 @@ fn buffers(p: &GemmProblem, s: &GemmSchedule) -> (Vec<Buffer>, Buffers) {
         let raw = add(sram("bt_raw", p.operand, s.tile_k, s.tile_k, BT_RAW_COPIES as u32));
         (raw, add(psum("bt_psum", s.tile_k, s.tile_n, BT_PSUM_BANKS)))
     });
-    (buffers, Buffers { a: 0, b: 1, psum: 2, c: 3, cast, epilogue, bt })
+    let row = p.row.as_ref().map(|row| {
+        let work = row
+            .rows
+            .buffers(row.out_dtype)
+            .map(|(name, dtype, free, copies)| add(sram(name, dtype, s.tile_m, free as u32, copies)));
+        let params =
+            row.params.iter().map(|(name, dtype)| add(sram(&format!("row_{name}"), *dtype, s.tile_m, p.n as u32, 1)));
+        (work, params.collect())
+    });
+    (buffers, Buffers { a: 0, b: 1, psum: 2, c: 3, cast, epilogue, bt, row })
 }
 
 impl<'a> Lowering<'a> {
@@ -717,16 +797,21 @@ impl<'a> Lowering<'a> {
         ops
     }
 
-    /// Bias rows, loaded once: every partition reads the same N values (a zero row stride).
+    /// Bias rows and a fused row op's gamma and beta, loaded once: every
+    /// partition reads the same N values (a zero row stride).
     fn bias_loads(&self) -> Vec<(TileOp, u32)> {
         let (p, s) = (self.p, self.s);
+        let load = |tensor, buf, debug| {
+            let src = HbmBox { tensor, start: 0, rows: s.tile_m, row_stride: 0, cols: p.n as u32 };
+            let dst = BufSlice { buf, copy: 0, parts: s.tile_m, offset: 0, len: p.n as u32 };
+            (TileOp::Load { dst, src, queue: None }, debug)
+        };
         let rows = p.epilogue_inputs.iter().enumerate().filter(|(_, i)| i.broadcast == Broadcast::Row);
-        rows.map(|(e, _)| {
-            let src = HbmBox { tensor: 2 + e, start: 0, rows: s.tile_m, row_stride: 0, cols: p.n as u32 };
-            let dst = BufSlice { buf: self.bufs.epilogue[e], copy: 0, parts: s.tile_m, offset: 0, len: p.n as u32 };
-            (TileOp::Load { dst, src, queue: None }, self.epilogue_debug[e])
-        })
-        .collect()
+        let mut ops: Vec<_> = rows.map(|(e, _)| load(2 + e, self.bufs.epilogue[e], self.epilogue_debug[e])).collect();
+        let params = self.bufs.row.iter().flat_map(|(_, params)| params.iter().enumerate());
+        let row_debug = 1 + p.epilogue.len() as u32;
+        ops.extend(params.map(|(k, &buf)| load(2 + p.epilogue_inputs.len() + k, buf, row_debug)));
+        ops
     }
 
     /// Work item j: the next item's loads, its matmuls, a share of the next
@@ -850,7 +935,7 @@ impl<'a> Lowering<'a> {
     /// cast, and the store.
     fn evacuate_and_store(&self, ops: &mut Vec<(TileOp, u32)>, j: usize, psum: BufSlice) {
         let (p, s) = (self.p, self.s);
-        let (ci, ni, mi) = self.items[j];
+        let (_, ni, mi) = self.items[j];
         let stage = j as u32 % s.out_buffers;
         let (nw, mr) = (self.tn.min(p.n - ni * self.tn), self.tm.min(p.m - mi * self.tm));
         let staged = BufSlice { buf: self.bufs.c, copy: stage, parts: mr as u32, offset: 0, len: nw as u32 };
@@ -883,9 +968,30 @@ impl<'a> Lowering<'a> {
             }
             None => staged,
         };
+        if p.row.is_some() {
+            // The fused row op reads the tile and stores its own result.
+            return self.row_op(ops, j);
+        }
+        ops.push((TileOp::Store { dst: self.c_box(j), src: out }, last_step + p.cast.is_some() as u32));
+    }
+
+    /// Where item j's output tile goes in C.
+    fn c_box(&self, j: usize) -> HbmBox {
+        let p = self.p;
+        let (ci, ni, mi) = self.items[j];
+        let (nw, mr) = (self.tn.min(p.n - ni * self.tn), self.tm.min(p.m - mi * self.tm));
         let start = ci as u64 * p.m * p.n + mi * self.tm * p.n + ni * self.tn;
-        let dst = HbmBox { tensor: self.c_tensor, start, rows: mr as u32, row_stride: p.n, cols: nw as u32 };
-        ops.push((TileOp::Store { dst, src: out }, last_step + p.cast.is_some() as u32));
+        HbmBox { tensor: self.c_tensor, start, rows: mr as u32, row_stride: p.n, cols: nw as u32 }
+    }
+
+    /// Item j's fused row op on its staged tile, and the store of its result.
+    fn row_op(&self, ops: &mut Vec<(TileOp, u32)>, j: usize) {
+        let (Some(row), Some((work, params))) = (&self.p.row, &self.bufs.row) else { return };
+        let debug = 1 + self.p.epilogue.len() as u32;
+        let mr = self.tm.min(self.p.m - self.items[j].2 * self.tm) as u32;
+        let (block, y) = row.rows.block(j as u64, mr, (self.bufs.c, self.s.out_buffers), *work, params);
+        ops.extend(block.into_iter().map(|op| (op, debug)));
+        ops.push((TileOp::Store { dst: self.c_box(j), src: y }, debug));
     }
 
     /// Each panel's preparation (stored-transposed B only), in panel order.

@@ -29,6 +29,7 @@ pub mod gemm;
 pub mod layout;
 pub mod map;
 pub mod mask;
+pub mod row_epilogue;
 pub mod rows;
 pub mod select;
 pub mod transpose;

@@ -490,7 +490,7 @@ impl RowProblem {
         // block buffers, so `touched` ignores them.
         let params = [BLOCK_BUFFERS, BLOCK_BUFFERS + 1];
         let full = RowSchedule { squash: 0, copies: [1; BLOCK_BUFFERS] };
-        let (ops, _) = block_ops(self, 0, 1, &full.copies, &params, &full);
+        let (ops, _) = block_ops((self.kind, self.len), 0, 1, &full.copies, &params, &full);
         let depth = ops.iter().map(|(s, _)| *s).max().unwrap_or(0);
         // squash 3: one copy of everything (no overlap between blocks).
         (0..4).find_map(|squash| {
@@ -522,6 +522,71 @@ impl RowProblem {
     }
 }
 
+/// A row op run inside another kernel, on blocks that kernel has already staged
+/// on chip (a GEMM whose output tile holds whole rows: [`super::row_epilogue`]),
+/// with the same ops as the row kernel's, so the results are the same bits.
+/// Each block runs whole right after the host writes it: spread over later
+/// iterations (as the row kernel pipelines them), a block's result would wait
+/// for the host's next tiles, and so would every kernel that reads it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct InPlace {
+    /// What it computes (not a reduction).
+    pub kind: RowKind,
+    /// Elements per row.
+    pub len: u64,
+}
+
+/// The working buffers of an [`InPlace`] row op besides its input, as
+/// [`InPlace::block`] takes them: (name, dtype, elements per partition, copies).
+pub type InPlaceBuffers = [(&'static str, DType, u64, u32); BLOCK_BUFFERS - 1];
+
+impl InPlace {
+    /// Its working buffers: one copy each, the result two (its store in flight
+    /// while the next block computes).
+    pub fn buffers(&self, out_dtype: DType) -> InPlaceBuffers {
+        [
+            ("row_work", DType::F32, self.len, 1),
+            ("row_y", out_dtype, self.len, 2),
+            ("row_stat", DType::F32, 1, 1),
+            ("row_sum", DType::F32, 1, 1),
+        ]
+    }
+
+    /// Block j's ops (`pr` rows) and the slice holding its result: the input in
+    /// copy `j % x_copies` of buffer `x`, the working buffers `work` (in
+    /// [`InPlace::buffers`] order), gamma and beta in `params` (every row on
+    /// every partition).
+    pub fn block(
+        &self,
+        j: u64,
+        pr: u32,
+        (x, x_copies): (BufferId, u32),
+        work: [BufferId; BLOCK_BUFFERS - 1],
+        params: &[BufferId],
+    ) -> (Vec<TileOp>, BufSlice) {
+        let [c_work, c_y, c_stat, c_sum] = self.buffers(DType::F32).map(|(_, _, _, c)| c);
+        let copies = [x_copies, c_work, c_y, c_stat, c_sum];
+        let sched = RowSchedule { squash: 2, copies };
+        let numbered = [BLOCK_BUFFERS, BLOCK_BUFFERS + 1];
+        let (ops, mut y) = block_ops((self.kind, self.len), j, pr, &copies, &numbered, &sched);
+        let host = |b: BufferId| match b {
+            X => x,
+            b if b < BLOCK_BUFFERS => work[b - 1],
+            b => params[b - BLOCK_BUFFERS],
+        };
+        // The result is always in the Y buffer.
+        y.buf = work[Y - 1];
+        let ops = ops
+            .into_iter()
+            .map(|(_, mut op)| {
+                op.remap(host, |t| t);
+                op
+            })
+            .collect();
+        (ops, y)
+    }
+}
+
 /// Block buffers a tile op touches.
 fn touched(op: &TileOp) -> Vec<usize> {
     let (reads, writes) = op.slices();
@@ -533,17 +598,17 @@ fn touched(op: &TileOp) -> Vec<usize> {
 /// from one engine to the other, so stage s of block j and stage s - 1 of block
 /// j + 1 run side by side.
 fn block_ops(
-    p: &RowProblem,
+    (kind, len): (RowKind, u64),
     j: u64,
     pr: u32,
     copies: &[u32; BLOCK_BUFFERS],
     param_bufs: &[BufferId],
     sched: &RowSchedule,
 ) -> (Vec<(u32, TileOp)>, BufSlice) {
-    let n = p.len as u32;
+    let n = len as u32;
     let slice = |buf: usize, len| BufSlice { buf, copy: (j % copies[buf] as u64) as u32, parts: pr, offset: 0, len };
     let (x, work, stat, sum) = (slice(X, n), slice(WORK, n), slice(STAT, 1), slice(SUM, 1));
-    let y = match p.kind {
+    let y = match kind {
         RowKind::Reduce(_) => slice(Y, 1),
         _ => slice(Y, n),
     };
@@ -562,7 +627,7 @@ fn block_ops(
         }
     };
     let per_row = |op, dst, src, c| TileOp::Scalar { op, dst, src, scalar: TileScalar::Column(c), reverse: false };
-    let mut ops = match p.kind {
+    let mut ops = match kind {
         RowKind::Softmax => vec![
             (0, TileOp::Reduce { op: ReduceOp::Max, dst: stat, src: x }),
             (0, imm(stat, AluOp::Mul, -1.0)),
@@ -659,7 +724,7 @@ pub fn lower(p: &RowProblem, t: &Target, sched: &RowSchedule) -> TileProgram {
     let staged: Vec<Vec<(u32, TileOp)>> = (0..blocks)
         .map(|j| {
             let pr = rows_of(j);
-            let (mut v, y) = block_ops(p, j, pr, &sched.copies, &param_bufs, sched);
+            let (mut v, y) = block_ops((p.kind, p.len), j, pr, &sched.copies, &param_bufs, sched);
             let last = v.iter().map(|(s, _)| *s).max().unwrap_or(0);
             let dst = match p.kind {
                 RowKind::Reduce(_) => HbmBox { tensor: out_tensor, start: j * parts, rows: pr, row_stride: 1, cols: 1 },

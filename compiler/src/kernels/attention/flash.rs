@@ -94,6 +94,8 @@ struct Flash<'a> {
     tkt: Option<usize>,
     /// The mask tensor, when there is one.
     tmask: Option<usize>,
+    /// With the mask on the PE: the HBM scratch tensor of its prepared rows.
+    mask_parts: Option<usize>,
     d_chunks: u64,
     /// Window rows rounded up to whole KV chunks.
     win_pad: u64,
@@ -136,7 +138,13 @@ pub(super) fn lower(p: &AttentionProblem, plan: &AttentionPlan) -> TileProgram {
         tensors.push(HbmTensor { name, dtype: m.dtype, shape, role: Role::Input });
         tensors.len() - 1
     });
-    let mut flash = Flash::new(p, plan, tkt, tmask);
+    let mask_parts = tmask.filter(|_| plan.mask_on_pe).map(|_| {
+        let name = format!("{}__mask_parts", p.out.tensor);
+        let shape = vec![mask_row_count(p, plan), p.sk, 2];
+        tensors.push(HbmTensor { name, dtype: p.dtype, shape, role: Role::Scratch });
+        tensors.len() - 1
+    });
+    let mut flash = Flash::new(p, plan, tkt, (tmask, mask_parts));
     let mut ops = flash.ops();
     // When the VE is the busiest engine (short heads: it carries the softmax
     // statistics), K^T evacuations move to the ACT if that unloads it; else they
@@ -175,7 +183,12 @@ fn engine_loads(ops: &[(TileOp, u32)]) -> [u64; 3] {
 impl<'a> Flash<'a> {
     /// Query tiles (one head, or a group's heads packed), then each tile's KV
     /// blocks up to its causal limit, and the windows they read.
-    fn new(p: &'a AttentionProblem, plan: &'a AttentionPlan, tkt: Option<usize>, tmask: Option<usize>) -> Flash<'a> {
+    fn new(
+        p: &'a AttentionProblem,
+        plan: &'a AttentionPlan,
+        tkt: Option<usize>,
+        (tmask, mask_parts): (Option<usize>, Option<usize>),
+    ) -> Flash<'a> {
         let (sq, sk, group) = (p.sq, p.sk, p.group());
         let off = sk as i64 - sq as i64;
         let mut tiles = Vec::new();
@@ -226,7 +239,8 @@ impl<'a> Flash<'a> {
             }
             _ => Vec::new(),
         };
-        let mask_row_windows = (0..mask_rows.len()).filter(|&w| mask_rows[w].0).collect();
+        let mask_row_windows: Vec<usize> = (0..mask_rows.len()).filter(|&w| mask_rows[w].0).collect();
+        debug_assert!(mask_rows.is_empty() || mask_row_windows.len() as u64 == mask_row_count(p, plan));
         Flash {
             mask_row_windows,
             kt_on_act: false,
@@ -240,6 +254,7 @@ impl<'a> Flash<'a> {
             windows,
             tkt,
             tmask,
+            mask_parts,
             d_chunks: contraction(p, plan).div_ceil(plan.d_chunk),
             da: contraction(p, plan),
             win_pad: plan.window.div_ceil(plan.kv_chunk) * plan.kv_chunk,
@@ -291,6 +306,7 @@ impl<'a> Flash<'a> {
             let dst = slice(V_ROWS, copy, kk, (slot * win_pad / kv_chunk + c) * dv, dv);
             ops.push((TileOp::Load { dst, src: v_src, queue: None }, 0));
         }
+        self.mask_into_window(ops, wi);
     }
 
     /// Transposes window `wi`'s K rows on the PE into `[head dim, keys]` (not needed when K^T comes from HBM).
@@ -307,7 +323,6 @@ impl<'a> Flash<'a> {
         if tkt.is_some() {
             return;
         }
-        self.mask_into_window(ops, wi);
         let w = windows[wi];
         let copy = wi % wc;
         let chunks = (w.b - w.a).div_ceil(kv_chunk);
@@ -337,7 +352,6 @@ impl<'a> Flash<'a> {
                 c = group_end;
             }
         }
-        self.next_mask_rows(ops, wi);
     }
 
     /// Loads query tile `ti`.
@@ -402,37 +416,24 @@ impl<'a> Flash<'a> {
         ops.push((TileOp::Load { dst: slice(MASK, bi % self.nsc, mq, 0, width), src, queue: None }, 0));
     }
 
-    /// With the mask on the PE, before window `wi`'s K rows are transposed: the
-    /// window's mask row prepared when it is new (see [`Flash::prepare_mask_row`]),
-    /// then its high and low parts written into the two columns after each
-    /// chunk's head dim, where the transposes carry them into K^T. Q's two
-    /// columns there hold ones, so `Q . K^T` adds `mask / scale` to the scores.
+    /// With the mask on the PE, with window `wi`'s K rows: its mask row's high
+    /// and low parts (see [`Flash::prepare_masks`]) loaded from
+    /// HBM scratch into the two columns after each chunk's head dims, where the
+    /// transposes carry them into K^T (unless this K rows copy already holds
+    /// them). Q's two columns there hold ones, so `Q . K^T` adds `mask / scale`
+    /// to the scores.
     fn mask_into_window(&self, ops: &mut Vec<(TileOp, u32)>, wi: usize) {
-        let (Some(tm), Some(&(fresh, stale))) = (self.tmask, self.mask_rows.get(wi)) else { return };
-        let (firsts, r) = (&self.mask_row_windows, self.mask_row(wi));
-        if fresh && r == 0 {
-            for (row, &w) in firsts.iter().enumerate().take(2) {
-                self.load_mask_row(ops, w, tm, row);
-            }
-            self.prepare_mask_row(ops, 0);
-        }
+        let (Some(parts), Some(&(_, stale))) = (self.mask_parts, self.mask_rows.get(wi)) else { return };
         if !stale {
             return;
         }
-        let (w, kc, chunks) = (self.windows[wi], self.plan.kv_chunk, self.p.sk.div_ceil(self.plan.kv_chunk));
+        let (w, kc, sk) = (self.windows[wi], self.plan.kv_chunk, self.p.sk);
+        let r = self.mask_row(wi) as u64;
         for c in 0..(w.b - w.a).div_ceil(kc) {
             let (key, kk) = (w.a + c * kc, kc.min(w.b - w.a - c * kc));
-            let at = c * self.da + self.kt * self.p.d;
-            if chunks == 1 {
-                // The high and low parts are adjacent: one copy moves both.
-                let src = slice(MASK_PARTS, r % 2, kk, 0, 2);
-                ops.push((TileOp::Copy { dst: slice(K_ROWS, wi % self.wc, kk, at, 2), src }, 0));
-                continue;
-            }
-            for (part, column) in [(0, at), (1, at + 1)] {
-                let src = slice(MASK_PARTS, r % 2, kk, part * chunks + key / kc, 1);
-                ops.push((TileOp::Copy { dst: slice(K_ROWS, wi % self.wc, kk, column, 1), src }, 0));
-            }
+            let src = HbmBox { tensor: parts, start: (r * sk + key) * 2, rows: kk as u32, row_stride: 2, cols: 2 };
+            let dst = slice(K_ROWS, wi % self.wc, kk, c * self.da + self.kt * self.p.d, 2);
+            ops.push((TileOp::Load { dst, src, queue: None }, 0));
         }
     }
 
@@ -441,48 +442,32 @@ impl<'a> Flash<'a> {
         self.mask_row_windows.partition_point(|&w| w <= wi) - 1
     }
 
-    /// After window `wi`'s K^T when it starts a distinct mask row r: row r + 1
-    /// prepared and row r + 2 loaded. Rows alternate between two copies of the
-    /// raw and of the prepared mask, so neither a load's latency nor a
-    /// preparation is on the path of a row's first scores.
-    fn next_mask_rows(&self, ops: &mut Vec<(TileOp, u32)>, wi: usize) {
-        let (Some(tm), Some(&(true, _))) = (self.tmask, self.mask_rows.get(wi)) else { return };
-        let (firsts, r) = (&self.mask_row_windows, self.mask_row(wi));
-        if r + 1 < firsts.len() {
-            self.prepare_mask_row(ops, (r + 1) % 2);
-        }
-        if let Some(&w) = firsts.get(r + 2) {
-            self.load_mask_row(ops, w, tm, r % 2);
-        }
-    }
-
-    /// Loads the mask row of window `wi` into copy `copy` of the raw mask: chunk
-    /// c in column c, key `c * kv_chunk + p` on partition p.
-    fn load_mask_row(&self, ops: &mut Vec<(TileOp, u32)>, wi: usize, tm: usize, copy: usize) {
-        let Some(mask) = &self.p.mask else { return };
+    /// With the mask on the PE, first of all: every distinct mask row loaded
+    /// (key chunk c of row r in column `c * rows + r`, key `c * kv_chunk + p`
+    /// on partition p), divided by the scale, clamped, and split into
+    /// operand-dtype high and low parts (their sum is within 2^-17 of it in
+    /// bf16; an infinite or NaN mask value is its high part as is), all rows in
+    /// each VE pass; then stored to HBM scratch as `[rows, keys, 2]` (high, low),
+    /// where each window's K rows load their key's pair.
+    fn prepare_masks(&self, ops: &mut Vec<(TileOp, u32)>) {
+        let (Some(tm), Some(parts), Some(mask)) = (self.tmask, self.mask_parts, &self.p.mask) else { return };
         let (sk, kc) = (self.p.sk, self.plan.kv_chunk);
-        let start = mask.view.row_start(self.p.first_head(self.windows[wi].group), 0);
-        for c in 0..sk.div_ceil(kc) {
-            let kk = kc.min(sk - c * kc);
-            let src = HbmBox { tensor: tm, start: start + c * kc, rows: kk as u32, row_stride: 1, cols: 1 };
-            ops.push((TileOp::Load { dst: slice(MASK, copy, kk, c, 1), src, queue: None }, 0));
+        let (rows, chunks) = (self.mask_row_windows.len() as u64, sk.div_ceil(kc));
+        let kk = |c: u64| kc.min(sk - c * kc);
+        for (r, &wi) in self.mask_row_windows.iter().enumerate() {
+            let start = mask.view.row_start(self.p.first_head(self.windows[wi].group), 0);
+            for c in 0..chunks {
+                let src = HbmBox { tensor: tm, start: start + c * kc, rows: kk(c) as u32, row_stride: 1, cols: 1 };
+                ops.push((TileOp::Load { dst: slice(MASK, 0, kk(c), c * rows + r as u64, 1), src, queue: None }, 0));
+            }
         }
-    }
-
-    /// The mask row in copy `copy` of the raw mask as key columns (chunk c in column c, key
-    /// `c * kv_chunk + p` on partition p): divided by the scale, clamped, and
-    /// split into operand-dtype high and low parts (their sum is within 2^-17 of
-    /// it in bf16); an infinite or NaN mask value is its high part as is.
-    fn prepare_mask_row(&self, ops: &mut Vec<(TileOp, u32)>, copy: usize) {
-        let (sk, kc) = (self.p.sk, self.plan.kv_chunk);
-        let chunks = sk.div_ceil(kc);
         // Whole chunks as one box, a partial last chunk as another.
         let whole = sk / kc;
-        let boxes = [(kc, 0, whole), (sk % kc, whole, 1)].into_iter().filter(|&(parts, _, n)| parts > 0 && n > 0);
-        for (parts, c0, n) in boxes {
-            let (raw, row) = (slice(MASK, copy, parts, c0, n), slice(MASK_F32, 0, parts, c0, n));
-            let (hi, lo) = (slice(MASK_PARTS, copy, parts, c0, n), slice(MASK_PARTS, copy, parts, chunks + c0, n));
-            // All on the VE: a chain split between engines waits at every hand-over.
+        let boxes =
+            [(kc, 0, whole * rows), (sk % kc, whole * rows, rows)].into_iter().filter(|&(p, _, n)| p > 0 && n > 0);
+        for (pp, c0, n) in boxes {
+            let (raw, row) = (slice(MASK, 0, pp, c0, n), slice(MASK_F32, 0, pp, c0, n));
+            let (hi, lo) = (slice(MASK_PARTS, 0, pp, c0, n), slice(MASK_PARTS, 0, pp, chunks * rows + c0, n));
             let scale = TileScalar::Imm(1.0 / self.p.scale);
             ops.push((TileOp::Scalar { op: AluOp::Mul, dst: row, src: raw, scalar: scale, reverse: false }, 0));
             for (op, limit) in [(AluOp::Max, -MASK_LIMIT), (AluOp::Min, MASK_LIMIT)] {
@@ -493,11 +478,22 @@ impl<'a> Flash<'a> {
             ops.push((TileOp::Binary { op: AluOp::Sub, dst: lo, a: row, b: hi }, 0));
             // Infinities and NaNs of the mask stay what they are (the clamp is
             // for finite values only): `x * 0 == 0` holds exactly for finite x.
-            let finite = slice(MASK_FINITE, 0, parts, c0, n);
+            let finite = slice(MASK_FINITE, 0, pp, c0, n);
             let zero = TileScalar::Imm(0.0);
             ops.push((TileOp::Scalar { op: AluOp::Mul, dst: finite, src: raw, scalar: zero, reverse: false }, 0));
             ops.push((TileOp::Scalar { op: AluOp::IsEq, dst: finite, src: finite, scalar: zero, reverse: false }, 0));
             ops.push((TileOp::CopyWhere { dst: hi, src: raw, cond: finite, negate: true }, 0));
+        }
+        for (r, c, part) in (0..rows).flat_map(|r| (0..chunks).flat_map(move |c| [(r, c, 0), (r, c, 1)])) {
+            let dst = HbmBox {
+                tensor: parts,
+                start: (r * sk + c * kc) * 2 + part,
+                rows: kk(c) as u32,
+                row_stride: 2,
+                cols: 1,
+            };
+            let src = slice(MASK_PARTS, 0, kk(c), part * chunks * rows + c * rows + r, 1);
+            ops.push((TileOp::Store { dst, src }, 0));
         }
     }
 
@@ -660,6 +656,7 @@ impl<'a> Flash<'a> {
         let wc = self.wc;
         let nsc = self.nsc;
         let mut ops: Vec<(TileOp, u32)> = Vec::new();
+        self.prepare_masks(&mut ops);
         for copy in 0..self.q_copies {
             // Other heads' columns of a shared K^T: zeros, never overwritten
             // (each copy always holds the same head slot).
@@ -767,13 +764,22 @@ fn mask_buffers(p: &AttentionProblem, plan: &AttentionPlan) -> Vec<Buffer> {
     if !plan.mask_on_pe {
         return vec![buffer("mask", Space::Sram, m.dtype, plan.q_tile, block_cols(p, plan), plan.score_copies)];
     }
-    let (sram, chunks) = (Space::Sram, p.sk.div_ceil(plan.kv_chunk));
+    let (sram, cols) = (Space::Sram, p.sk.div_ceil(plan.kv_chunk) * mask_row_count(p, plan));
     vec![
-        buffer("mask", sram, m.dtype, plan.kv_chunk, chunks, 2),
-        buffer("mask_f32", sram, DType::F32, plan.kv_chunk, chunks, 1),
-        buffer("mask_parts", sram, p.dtype, plan.kv_chunk, 2 * chunks, 2),
-        buffer("mask_finite", sram, DType::F32, plan.kv_chunk, chunks, 1),
+        buffer("mask", sram, m.dtype, plan.kv_chunk, cols, 1),
+        buffer("mask_f32", sram, DType::F32, plan.kv_chunk, cols, 1),
+        buffer("mask_parts", sram, p.dtype, plan.kv_chunk, 2 * cols, 1),
+        buffer("mask_finite", sram, DType::F32, plan.kv_chunk, cols, 1),
     ]
+}
+
+/// With the mask on the PE, its distinct rows in window order: one per run of
+/// K/V head packs (one resident window each) that read the same row.
+fn mask_row_count(p: &AttentionProblem, plan: &AttentionPlan) -> u64 {
+    let Some(m) = &p.mask else { return 0 };
+    let row = |g: u64| m.view.row_start(p.first_head(g), 0);
+    let packs = (0..p.batch * p.hk).step_by(plan.kt_heads.max(1) as usize);
+    packs.enumerate().filter(|&(i, g)| i == 0 || row(g) != row(g - plan.kt_heads)).count() as u64
 }
 
 /// Copies of the query tile: [`Q_COPIES`] rounded up to a multiple of the heads
