@@ -636,6 +636,77 @@ fn m_outer_keeps_b_resident_when_every_panel_has_a_copy() {
     }
 }
 
+/// Softmax, rmsnorm and layernorm over N after a GEMM (with a bias and a
+/// residual) run on the GEMM's tiles when a tile holds whole rows: one kernel
+/// at -O2, bit-exact against the evaluator (race-checked) on both targets; a
+/// row kernel at -O0, or when N is wider than a PSUM bank; and a schedule that
+/// would split the rows is refused, naming the row op.
+#[test]
+fn row_ops_after_a_gemm_run_on_its_tiles() {
+    let program = |n: u64, row: &str| {
+        format!(
+            "func @f(%x: bf16[2, 40, 24], %w: bf16[24, {n}], %b: bf16[{n}], %r: bf16[2, 40, {n}], %g: bf16[{n}], %be: bf16[{n}]) -> bf16[2, 40, {n}] {{
+  %y = matmul(%x, %w)
+  %z = add(%y, %b)
+  %h = add(%z, %r)
+  %o = {row}
+  return %o
+}}"
+        )
+    };
+    let rows = [
+        "softmax(%h) {axis = -1}",
+        "rmsnorm(%h, %g) {axis = -1, eps = 1e-6}",
+        "layernorm(%h, %g, %be) {axis = -1, eps = 1e-5}",
+    ];
+    for (target, row) in ["jpu-tiny", "jpu1"].into_iter().flat_map(|t| rows.map(|r| (t, r))) {
+        let t = Target::builtin(target).unwrap();
+        let src = program(96, row);
+        let f = tir::parse_and_check(&src).unwrap_or_else(|d| panic!("{}", tir::render("case", &src, &d)));
+        for level in [0, 2] {
+            let c = jalc::driver::compile(&f, &t, &jalc::driver::Options::at(level)).unwrap();
+            let kinds: Vec<&str> = c.kernels.iter().map(|k| k.kind()).collect();
+            assert_eq!(kinds.contains(&"rows"), level == 0, "{target} -O{level}: {kinds:?}\n{src}");
+            let v = jalc::verify::verify_with(&f, &t, 5, &jalc::driver::Options::at(level)).unwrap();
+            assert!(v.passed && v.max_abs_error == 0.0, "{target} -O{level}: {:?}\n{src}", v.first_mismatch);
+        }
+        let e = jalc::driver::compile(&f, &t, &scheduled("[k1]\ntile_n = 32", 2)).err().unwrap().to_string();
+        assert!(e.contains("tile_n = 32 must be N = 96") && e.contains("whole rows"), "{e}");
+    }
+    // Wider than a PSUM bank (512 f32 on jpu1): the GEMM stores and a row kernel follows.
+    let src = program(600, rows[2]);
+    let f = tir::parse_and_check(&src).unwrap();
+    let c = jalc::driver::compile(&f, &Target::builtin("jpu1").unwrap(), &jalc::driver::Options::o2()).unwrap();
+    assert_eq!(c.kernels.iter().map(|k| k.kind()).collect::<Vec<_>>(), ["gemm", "rows"]);
+}
+
+/// The default GEMM schedule takes the PSUM copies that keep the PE busy (two
+/// when an item's matmuls outlast an evacuation, more when K is one short
+/// k-tile), and with several N-panels keeps B resident in M-outer order when
+/// it fits, else A in N-outer order.
+#[test]
+fn default_gemm_schedules_take_the_psum_and_residency_they_need() {
+    let t = Target::builtin("jpu1").unwrap();
+    let schedule = |m: u64, k: u64, n: u64| {
+        let src = format!("func @f(%a: bf16[{m}, {k}], %b: bf16[{k}, {n}]) -> bf16[{m}, {n}] {{\n  %c = matmul(%a, %b)\n  return %c\n}}");
+        let f = tir::parse_and_check(&src).unwrap();
+        let c = jalc::driver::compile(&f, &t, &jalc::driver::Options::o2()).unwrap();
+        c.kernels[0].as_any().downcast_ref::<jalc::kernels::gemm::GemmKernel>().unwrap().s
+    };
+    // K = 384: 3 matmuls of 512 columns (1536 cycles) against a 640-cycle evacuation.
+    let s = schedule(1024, 384, 1536);
+    assert_eq!((s.psum_banks, s.loop_order, s.b_buffers), (2, jalc::kernels::gemm::LoopOrder::MOuter, 3));
+    // K = 64: one matmul of 512 columns against the same evacuation.
+    assert_eq!(schedule(256, 64, 1024).psum_banks, 3);
+    // B of 8192 x 8192 does not fit half a partition; 32 M-tiles of A x 8192 neither: plain N-outer.
+    let s = schedule(4096, 8192, 8192);
+    assert_eq!((s.loop_order, s.a_buffers, s.b_buffers), (jalc::kernels::gemm::LoopOrder::NOuter, 2, 2));
+    // B of 4096 x 8192 does not fit either; A's two M-tiles fit its two default
+    // copies, so A is resident in N-outer order.
+    let s = schedule(256, 4096, 8192);
+    assert_eq!((s.loop_order, s.a_buffers), (jalc::kernels::gemm::LoopOrder::NOuter, 2));
+}
+
 /// DMA queues as schedule data: A's and B's loads go where the schedule says
 /// (jpu1 has three load queues and one for stores), and the program verifies.
 #[test]

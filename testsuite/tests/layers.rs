@@ -114,6 +114,11 @@ fn bert_layer_folds_batches_and_interleaves_kernels() {
         kernels.windows(2).any(|w| w[1] < w[0])
     });
     assert!(interleaved, "no engine runs kernels out of order");
+    // Both layernorms run on the tiles of the GEMM before them (no row kernel),
+    // and every GEMM leaves PSUM to its neighbours.
+    assert!(c.kernels.iter().all(|k| k.kind() != "rows"), "{src}");
+    assert_eq!(gemms.iter().filter(|g| g.p.row.is_some()).count(), 2);
+    assert!(gemms.iter().all(|g| g.s.psum_banks < t.psum.banks.unwrap_or(1)));
     // 8 heads of 16 with the mask on the PE: 4 heads share each K^T transpose.
     let attention: Vec<String> = c.kernels.iter().filter(|k| k.kind() == "attention").map(|k| k.describe(&t)).collect();
     assert!(attention[0].contains("K^T of 4 heads per transpose"), "{attention:#?}");
