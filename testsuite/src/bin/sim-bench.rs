@@ -6,7 +6,8 @@
 
 use std::time::Instant;
 
-use jpu_isa::{DType, Target};
+use jalc::front::tir;
+use jpu_isa::{DType, Program, Target};
 use jpu_runtime::{run, RunOptions};
 use jpu_testsuite::kernels::{gemm, pipeline, GemmSpec};
 
@@ -83,6 +84,8 @@ fn main() {
         }
     }
 
+    against_numpy(&jpu1, quick);
+
     println!("\n### Timing-only simulation (jpu1, one core)\n");
     println!("| program | instructions | simulated cycles | wall (median of {reps}) | instructions/s |");
     println!("|---|---|---|---|---|");
@@ -102,4 +105,88 @@ fn main() {
         "| pipeline x{stages} (load, matmul, copy, exp, store) | {instructions} | {cycles} | {wall:.3} s | {:.2e} |",
         instructions as f64 / wall
     );
+}
+
+/// Compiled programs run functionally, beside numpy's single-thread f32 time for
+/// the same shape measured in the same run (`testsuite/bench/numpy_anchor.py`):
+/// the anchor of the fast simulation mode's goals.
+fn against_numpy(t: &Target, quick: bool) {
+    let reps = if quick { 1 } else { 3 };
+    let rows: &[(&str, String, &str)] = &[
+        ("GEMM bf16 1024x1024x1024", matmul_tir(1024, 1024, 1024), "matmul:1024x1024x1024"),
+        ("GEMM bf16 4096x4096x1024", matmul_tir(4096, 4096, 1024), "matmul:4096x4096x1024"),
+        (
+            "softmax f32 4096x4096",
+            "func @s(%x: f32[4096, 4096]) -> f32[4096, 4096] {\n  %y = softmax(%x) {axis = -1}\n  return %y\n}".into(),
+            "softmax:4096x4096",
+        ),
+        (
+            "attention prefill, 8 heads, seq 1024, d 128, bf16",
+            "func @a(%q: bf16[8, 1024, 128], %k: bf16[8, 1024, 128], %v: bf16[8, 1024, 128]) -> bf16[8, 1024, 128] {\n  %o = attention(%q, %k, %v) {causal = false}\n  return %o\n}".into(),
+            "attention:8x1024x128",
+        ),
+    ];
+    let rows = if quick { &rows[..1] } else { rows };
+    let numpy = numpy_times(&rows.iter().map(|r| r.2).collect::<Vec<_>>());
+    println!("\n### Compiled programs against numpy (functional, jpu1, one core)\n");
+    println!("| program | instructions | simulated cycles | interpreter, races checked (median of {reps}) | interpreter, unchecked | numpy f32, 1 thread (median of 5) | unchecked / numpy |");
+    println!("|---|---|---|---|---|---|---|");
+    for (name, src, anchor) in rows {
+        let f = tir::parse_and_check(src).expect("benchmark program checks");
+        let c = jalc::driver::compile(&f, t, &jalc::driver::Options::o2()).expect("benchmark program compiles");
+        let inputs = chip_inputs(&f, &c.program);
+        let time = |check_races| {
+            let opts = RunOptions { check_races, ..RunOptions::default() };
+            let mut walls = Vec::new();
+            let mut cycles = 0;
+            for _ in 0..reps {
+                let start = Instant::now();
+                cycles = run(&c.program, t, &inputs, &opts).expect("program runs").report.cycles;
+                walls.push(start.elapsed().as_secs_f64());
+            }
+            (cycles, median(walls))
+        };
+        let ((cycles, checked), (_, unchecked)) = (time(true), time(false));
+        let np = numpy.as_ref().and_then(|m| m.get(*anchor).copied());
+        let (np_text, ratio) = match np {
+            Some(s) => (format!("{s:.3} s"), format!("{:.1}x", unchecked / s)),
+            None => ("numpy not available".into(), "-".into()),
+        };
+        let instructions = c.program.instructions().count();
+        println!("| {name} | {instructions} | {cycles} | {checked:.3} s | {unchecked:.3} s | {np_text} | {ratio} |");
+    }
+}
+
+fn matmul_tir(m: u64, k: u64, n: u64) -> String {
+    format!("func @g(%a: bf16[{m}, {k}], %b: bf16[{k}, {n}]) -> f32[{m}, {n}] {{\n  %c = matmul(%a, %b) : f32[{m}, {n}]\n  return %c\n}}")
+}
+
+/// Seeded inputs (as `jalc verify` draws them) in the binary's dtypes.
+fn chip_inputs(f: &jalc::ir::Func, p: &Program) -> Vec<(String, Vec<u8>)> {
+    let values = jalc::verify::random_inputs(f, 0);
+    f.params()
+        .zip(values)
+        .map(|(param, tensor)| {
+            let name = f.node(param).name.clone();
+            let dtype = p.tensors.iter().find(|t| t.name == name).map_or(DType::F32, |t| t.dtype);
+            let size = dtype.size_bytes() as usize;
+            let mut bytes = vec![0u8; tensor.data.len() * size];
+            for (i, &v) in tensor.data.iter().enumerate() {
+                jpu_isa::numerics::store_f64(dtype, v, &mut bytes[i * size..]);
+            }
+            (name, bytes)
+        })
+        .collect()
+}
+
+/// numpy's times by anchor name, or `None` when python3 with numpy is not there.
+fn numpy_times(anchors: &[&str]) -> Option<std::collections::HashMap<String, f64>> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/numpy_anchor.py");
+    let out = std::process::Command::new("python3").arg(script).args(anchors).output().ok()?;
+    if !out.status.success() {
+        eprintln!("numpy anchor failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        return None;
+    }
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    Some(json.as_object()?.iter().filter_map(|(k, v)| Some((k.clone(), v.as_f64()?))).collect())
 }
