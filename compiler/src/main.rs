@@ -198,6 +198,10 @@ enum Command {
         /// Skip race checking (faster).
         #[arg(long)]
         no_race_check: bool,
+        /// What computes results: `interp` (the interpreter, the specification)
+        /// or `jit` (native code where it covers an instruction; same results).
+        #[arg(long, value_enum, default_value = "interp")]
+        engine: EngineArg,
         /// Fault past this many cycles.
         #[arg(long, value_name = "N")]
         max_cycles: Option<u64>,
@@ -574,8 +578,18 @@ struct RunArgs<'a> {
     trace: Option<&'a Path>,
     strict: bool,
     no_race_check: bool,
+    engine: EngineArg,
     max_cycles: Option<u64>,
     max_instructions: Option<u64>,
+}
+
+/// `--engine`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum EngineArg {
+    /// The interpreter.
+    Interp,
+    /// The compiled engine.
+    Jit,
 }
 
 fn run(a: RunArgs<'_>) -> Result<(), Failure> {
@@ -594,6 +608,10 @@ fn run(a: RunArgs<'_>) -> Result<(), Failure> {
         max_instructions: a.max_instructions,
         trace: a.trace.is_some(),
         read_scratch: false,
+        engine: match a.engine {
+            EngineArg::Interp => jpu_runtime::ExecEngine::Interp,
+            EngineArg::Jit => jpu_runtime::ExecEngine::Jit,
+        },
     };
     let outcome = jpu_runtime::run(&program, &target, &inputs, &opts)
         .map_err(|f| Failure::Fault(format!("fault: {}: {f}", a.file.display())))?;
@@ -681,6 +699,7 @@ fn main() -> ExitCode {
             trace,
             strict,
             no_race_check,
+            engine,
             max_cycles,
             max_instructions,
         } => run(RunArgs {
@@ -693,6 +712,7 @@ fn main() -> ExitCode {
             trace: trace.as_deref(),
             strict: *strict,
             no_race_check: *no_race_check,
+            engine: *engine,
             max_cycles: *max_cycles,
             max_instructions: *max_instructions,
         }),

@@ -5,6 +5,7 @@
 //! |---|---|
 //! | [`sim`] | the event-driven engine model, semaphores, DMA bandwidth sharing, faults |
 //! | [`semantics`] | what every instruction computes (one function per operation) |
+//! | [`jit`] | the compiled engine: covered instructions as native code, bit-identical to [`semantics`] |
 //! | [`memory`] | SRAM, PSUM and sparse HBM |
 //! | [`footprint`] | the bytes each instruction touches |
 //! | [`race`] | vector clocks and shadow memory for race and initialisation checks |
@@ -21,6 +22,7 @@
 
 pub mod footprint;
 pub mod io;
+pub mod jit;
 pub mod memory;
 pub mod race;
 pub mod report;
@@ -30,4 +32,4 @@ pub mod trace;
 
 pub use jpu_isa as isa;
 pub use report::Report;
-pub use sim::{run, Fault, FaultKind, InstRef, Outcome, RunOptions, TraceSlice};
+pub use sim::{run, ExecEngine, Fault, FaultKind, InstRef, Outcome, RunOptions, TraceSlice};

@@ -27,6 +27,7 @@ use jpu_isa::program::Role;
 use jpu_isa::{Engine, Inst, Op, Program, Target};
 
 use crate::footprint::{footprint, gather_footprint, Access};
+use crate::jit::Jit;
 use crate::memory::{CoreMemory, Hbm};
 use crate::race::{epoch, epoch_clock, epoch_engine, Conflict, Mem, Shadow, MAX_CLOCK};
 use crate::report::{EngineReport, ExecutedWork, Report};
@@ -51,6 +52,19 @@ pub struct RunOptions {
     /// Read back scratch tensors too (into [`Outcome::outputs`], after the
     /// outputs), so a verifier can check every intermediate a program keeps.
     pub read_scratch: bool,
+    /// Which engine computes instructions' results (functional runs only).
+    pub engine: ExecEngine,
+}
+
+/// What computes instructions' results; timing and checks are the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ExecEngine {
+    /// The interpreter ([`crate::semantics`]), the specification.
+    #[default]
+    Interp,
+    /// Native code compiled per program ([`crate::jit`]) where it covers an
+    /// instruction, the interpreter elsewhere.
+    Jit,
 }
 
 impl Default for RunOptions {
@@ -63,6 +77,7 @@ impl Default for RunOptions {
             max_instructions: None,
             trace: false,
             read_scratch: false,
+            engine: ExecEngine::Interp,
         }
     }
 }
@@ -237,6 +252,7 @@ struct Sim<'p> {
     cores: Vec<CoreState>,
     hbm: Hbm,
     shadow: Option<Shadow>,
+    jit: Option<Jit>,
     now: u64,
     started: u64,
     trace: Vec<TraceSlice>,
@@ -298,6 +314,19 @@ impl<'p> Sim<'p> {
                 (t.psum.partitions * t.psum.partition_bytes) as usize,
             )
         });
+        let jit = match (functional, opts.engine) {
+            (true, ExecEngine::Jit) => {
+                let message = |e: String| format!("the compiled engine failed: {e}");
+                let kind = |e: &str| FaultKind::IllegalInstruction { message: e.to_string() };
+                Some(Jit::compile(p, t).map_err(|e| Fault {
+                    inst: None,
+                    cycle: 0,
+                    kind: kind(&e),
+                    message: message(e),
+                })?)
+            }
+            _ => None,
+        };
         Ok(Sim {
             p,
             t,
@@ -306,6 +335,7 @@ impl<'p> Sim<'p> {
             cores,
             hbm: Hbm::default(),
             shadow,
+            jit,
             now: 0,
             started: 0,
             trace: Vec::new(),
@@ -575,7 +605,12 @@ impl<'p> Sim<'p> {
             match (&inst.op, gathered) {
                 (Op::Dma { xfer }, _) => execute_dma(xfer, mem, &mut self.hbm),
                 (Op::DmaGather { dst, table, .. }, Some(rows)) => execute_gather(dst, table, &rows, mem, &self.hbm),
-                (op, _) => execute_compute(op, mem),
+                (op, _) => {
+                    let key = (core, engine.0 as usize, index);
+                    if !self.jit.as_ref().is_some_and(|j| j.run(key, &mut mem.sram, &mut mem.psum)) {
+                        execute_compute(op, mem)
+                    }
+                }
             }
         }
         if let Some(s) = inst.signal {

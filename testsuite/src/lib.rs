@@ -137,3 +137,22 @@ pub mod onnx {
         .fold(1.0, f64::min)
     }
 }
+
+/// Seeded inputs for `f` (as `jalc verify` draws them from `seed`), as bytes in
+/// the dtypes program `p` declares, named as `f` names its parameters.
+pub fn chip_inputs(f: &jalc::ir::Func, p: &jpu_isa::Program, seed: u64) -> Vec<(String, Vec<u8>)> {
+    let values = jalc::verify::random_inputs(f, seed);
+    f.params()
+        .zip(values)
+        .filter_map(|(param, tensor)| {
+            let name = f.node(param).name.clone();
+            let dtype = p.tensors.iter().find(|t| t.name == name)?.dtype;
+            let size = dtype.size_bytes() as usize;
+            let mut bytes = vec![0u8; tensor.data.len() * size];
+            for (i, &v) in tensor.data.iter().enumerate() {
+                jpu_isa::numerics::store_f64(dtype, v, &mut bytes[i * size..]);
+            }
+            Some((name, bytes))
+        })
+        .collect()
+}

@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use jalc::front::tir;
-use jpu_isa::{DType, Program, Target};
+use jpu_isa::{DType, Target};
 use jpu_runtime::{run, RunOptions};
 use jpu_testsuite::kernels::{gemm, pipeline, GemmSpec};
 
@@ -134,7 +134,7 @@ fn against_numpy(t: &Target, quick: bool) {
     for (name, src, anchor) in rows {
         let f = tir::parse_and_check(src).expect("benchmark program checks");
         let c = jalc::driver::compile(&f, t, &jalc::driver::Options::o2()).expect("benchmark program compiles");
-        let inputs = chip_inputs(&f, &c.program);
+        let inputs = jpu_testsuite::chip_inputs(&f, &c.program, 0);
         let time = |check_races| {
             let opts = RunOptions { check_races, ..RunOptions::default() };
             let mut walls = Vec::new();
@@ -159,24 +159,6 @@ fn against_numpy(t: &Target, quick: bool) {
 
 fn matmul_tir(m: u64, k: u64, n: u64) -> String {
     format!("func @g(%a: bf16[{m}, {k}], %b: bf16[{k}, {n}]) -> f32[{m}, {n}] {{\n  %c = matmul(%a, %b) : f32[{m}, {n}]\n  return %c\n}}")
-}
-
-/// Seeded inputs (as `jalc verify` draws them) in the binary's dtypes.
-fn chip_inputs(f: &jalc::ir::Func, p: &Program) -> Vec<(String, Vec<u8>)> {
-    let values = jalc::verify::random_inputs(f, 0);
-    f.params()
-        .zip(values)
-        .map(|(param, tensor)| {
-            let name = f.node(param).name.clone();
-            let dtype = p.tensors.iter().find(|t| t.name == name).map_or(DType::F32, |t| t.dtype);
-            let size = dtype.size_bytes() as usize;
-            let mut bytes = vec![0u8; tensor.data.len() * size];
-            for (i, &v) in tensor.data.iter().enumerate() {
-                jpu_isa::numerics::store_f64(dtype, v, &mut bytes[i * size..]);
-            }
-            (name, bytes)
-        })
-        .collect()
 }
 
 /// numpy's times by anchor name, or `None` when python3 with numpy is not there.

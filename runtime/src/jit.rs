@@ -1,0 +1,365 @@
+//! The compiled functional engine (`--engine jit`): compute instructions
+//! compiled once per program to native code by Cranelift, each specialised on
+//! its operands' placement, dtypes and op, so running it is one call with no
+//! decoding. The interpreter ([`crate::semantics`]) is the specification: an
+//! instruction this engine does not cover runs there, and the differential
+//! tests compare the two bit for bit. The simulator's event loop (timing,
+//! semaphores, race and bounds checks) is the same for both engines.
+//!
+//! Covered so far (the first step of the engine): `tensor_tensor` and
+//! `tensor_scalar` with add, sub, mul and div (immediate or per-partition column
+//! scalars, either operand order) and `copy`, on f32 and bf16 tiles whose free
+//! pattern is one contiguous run. A destination that overlaps a source other
+//! than exactly (the same bytes) falls back, since the interpreter reads every
+//! source before it writes.
+
+use std::collections::HashMap;
+
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::{types, AbiParam, InstBuilder, MemFlags, UserFuncName, Value};
+use cranelift_codegen::settings::{self, Configurable};
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+use cranelift_jit::{JITBuilder, JITModule};
+use cranelift_module::{default_libcall_names, Linkage, Module};
+use jpu_isa::inst::Op;
+use jpu_isa::operand::{AluOp, Column, Scalar, Space, Tile};
+use jpu_isa::{DType, Program, Target};
+
+/// A compiled instruction: called with the core's SRAM and PSUM base pointers.
+type Native = unsafe extern "C" fn(*mut u8, *mut u8);
+
+/// The native code of a program's covered instructions.
+pub struct Jit {
+    /// Keeps the code alive.
+    _module: JITModule,
+    /// By (core, engine, index in the engine's stream).
+    code: HashMap<(usize, usize, usize), Native>,
+}
+
+impl std::fmt::Debug for Jit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Jit({} instructions compiled)", self.code.len())
+    }
+}
+
+impl Jit {
+    /// Compiles every covered compute instruction of `p` for `t`'s memories.
+    pub fn compile(p: &Program, t: &Target) -> Result<Jit, String> {
+        let mut flags = settings::builder();
+        flags.set("opt_level", "speed").map_err(|e| e.to_string())?;
+        let isa = cranelift_native::builder()
+            .map_err(|e| format!("this host is not supported by the compiled engine: {e}"))?
+            .finish(settings::Flags::new(flags))
+            .map_err(|e| e.to_string())?;
+        let mut module = JITModule::new(JITBuilder::with_isa(isa, default_libcall_names()));
+        let mut ctx = module.make_context();
+        let mut fctx = FunctionBuilderContext::new();
+        let memory = Memory {
+            sram: (t.sram.partition_bytes as i64, (t.sram.partition_bytes * t.sram.partitions) as i64),
+            psum: (t.psum.partition_bytes as i64, (t.psum.partition_bytes * t.psum.partitions) as i64),
+        };
+        let mut ids = Vec::new();
+        for (core, engines) in p.cores.iter().enumerate() {
+            for (engine, stream) in engines.iter().enumerate() {
+                for (index, inst) in stream.iter().enumerate() {
+                    let Some(kernel) = Kernel::of(&inst.op, &memory) else { continue };
+                    let mut sig = module.make_signature();
+                    sig.params.extend([AbiParam::new(types::I64), AbiParam::new(types::I64)]);
+                    let id = module
+                        .declare_function(&format!("i{core}_{engine}_{index}"), Linkage::Local, &sig)
+                        .map_err(|e| e.to_string())?;
+                    ctx.func.signature = sig;
+                    ctx.func.name = UserFuncName::user(0, id.as_u32());
+                    kernel.build(FunctionBuilder::new(&mut ctx.func, &mut fctx), &memory);
+                    module.define_function(id, &mut ctx).map_err(|e| format!("{e:?}"))?;
+                    module.clear_context(&mut ctx);
+                    ids.push(((core, engine, index), id));
+                }
+            }
+        }
+        module.finalize_definitions().map_err(|e| e.to_string())?;
+        let code = ids
+            .into_iter()
+            .map(|(key, id)| {
+                // SAFETY: defined above with exactly this signature.
+                let f = unsafe { std::mem::transmute::<*const u8, Native>(module.get_finalized_function(id)) };
+                (key, f)
+            })
+            .collect();
+        Ok(Jit { _module: module, code })
+    }
+
+    /// How many instructions have native code.
+    pub fn compiled(&self) -> usize {
+        self.code.len()
+    }
+
+    /// Runs instruction (core, engine, index) natively on `sram` and `psum`;
+    /// false when it has no native code (the interpreter runs it).
+    pub fn run(&self, key: (usize, usize, usize), sram: &mut [u8], psum: &mut [u8]) -> bool {
+        let Some(f) = self.code.get(&key) else { return false };
+        // SAFETY: the code was compiled for memories of exactly these sizes
+        // (`Memory`), and every access was checked against them then.
+        unsafe { f(sram.as_mut_ptr(), psum.as_mut_ptr()) };
+        true
+    }
+}
+
+/// Per space: bytes per partition and in all.
+struct Memory {
+    sram: (i64, i64),
+    psum: (i64, i64),
+}
+
+impl Memory {
+    fn of(&self, space: Space) -> (i64, i64) {
+        match space {
+            Space::Sram => self.sram,
+            Space::Psum => self.psum,
+        }
+    }
+
+    /// Whether every byte `tile` touches is inside its space.
+    fn holds(&self, tile: &Tile) -> bool {
+        let (pb, total) = self.of(tile.space);
+        let last = (tile.part_start as i64 + tile.part_count as i64 - 1) * pb
+            + tile.offset as i64
+            + tile.free_elems() as i64 * tile.dtype.size_bytes() as i64;
+        tile.part_count > 0 && last <= total && (tile.offset as i64) < pb
+    }
+}
+
+/// What one covered instruction computes.
+enum Kernel {
+    Binary { op: AluOp, dst: Tile, a: Tile, b: Tile },
+    Scalar { op: AluOp, reverse: bool, dst: Tile, src: Tile, scalar: Scalar },
+    Copy { dst: Tile, src: Tile },
+}
+
+/// Float dtypes the engine loads and stores.
+fn covered(dtype: DType) -> bool {
+    matches!(dtype, DType::F32 | DType::Bf16)
+}
+
+/// A contiguous float tile inside its space.
+fn plain(t: &Tile, m: &Memory) -> bool {
+    covered(t.dtype) && t.is_contiguous() && m.holds(t)
+}
+
+/// The same bytes, or none in common.
+fn same_or_apart(a: &Tile, b: &Tile) -> bool {
+    let same = a.space == b.space
+        && a.part_start == b.part_start
+        && a.part_count == b.part_count
+        && a.offset == b.offset
+        && a.dtype == b.dtype;
+    let bytes = |t: &Tile| (t.offset as u64, t.offset as u64 + t.free_elems() * t.dtype.size_bytes() as u64);
+    let parts = |t: &Tile| (t.part_start as u32, t.part_start as u32 + t.part_count as u32);
+    let ((a0, a1), (b0, b1)) = (bytes(a), bytes(b));
+    let ((p0, p1), (q0, q1)) = (parts(a), parts(b));
+    same || a.space != b.space || a1 <= b0 || b1 <= a0 || p1 <= q0 || q1 <= p0
+}
+
+impl Kernel {
+    /// The kernel of `op`, when the engine covers it.
+    fn of(op: &Op, m: &Memory) -> Option<Kernel> {
+        let arithmetic = |op: &AluOp| matches!(op, AluOp::Add | AluOp::Sub | AluOp::Mul | AluOp::Div);
+        let shaped = |dst: &Tile, src: &Tile| {
+            plain(dst, m) && plain(src, m) && dst.part_count == src.part_count && dst.free_elems() == src.free_elems()
+        };
+        match op {
+            Op::TensorTensor { op, dst, a, b } if arithmetic(op) && shaped(dst, a) && shaped(dst, b) => {
+                (same_or_apart(dst, a) && same_or_apart(dst, b)).then_some(Kernel::Binary {
+                    op: *op,
+                    dst: *dst,
+                    a: *a,
+                    b: *b,
+                })
+            }
+            Op::TensorScalar { op, reverse, dst, src, scalar } if arithmetic(op) && shaped(dst, src) => {
+                let column = match scalar {
+                    Scalar::Imm(_) => true,
+                    Scalar::Col(c) => covered(c.dtype) && column_fits(c, src, m),
+                };
+                (column && same_or_apart(dst, src)).then_some(Kernel::Scalar {
+                    op: *op,
+                    reverse: *reverse,
+                    dst: *dst,
+                    src: *src,
+                    scalar: *scalar,
+                })
+            }
+            Op::Copy { dst, src } if shaped(dst, src) && same_or_apart(dst, src) => {
+                Some(Kernel::Copy { dst: *dst, src: *src })
+            }
+            _ => None,
+        }
+    }
+
+    /// Emits the kernel: for each partition, for each element, load, compute, store.
+    fn build(&self, mut b: FunctionBuilder<'_>, m: &Memory) {
+        let (dst, parts, elems) = match self {
+            Kernel::Binary { dst, .. } | Kernel::Scalar { dst, .. } | Kernel::Copy { dst, .. } => {
+                (*dst, dst.part_count as i64, dst.free_elems() as i64)
+            }
+        };
+        let entry = b.create_block();
+        b.append_block_params_for_function_params(entry);
+        let (outer, inner, body, next, exit) =
+            (b.create_block(), b.create_block(), b.create_block(), b.create_block(), b.create_block());
+        b.append_block_param(outer, types::I64);
+        b.append_block_param(inner, types::I64);
+        b.append_block_param(inner, types::I64);
+        b.append_block_param(next, types::I64);
+        b.switch_to_block(entry);
+        let bases = [b.block_params(entry)[0], b.block_params(entry)[1]];
+        let zero = b.ins().iconst(types::I64, 0);
+        b.ins().jump(outer, &[zero.into()]);
+        // outer(p): while p < parts, run the row.
+        b.switch_to_block(outer);
+        let p = b.block_params(outer)[0];
+        let more = b.ins().icmp_imm(IntCC::SignedLessThan, p, parts);
+        b.ins().brif(more, inner, &[p.into(), zero.into()], exit, &[]);
+        // inner(p, k): while k < elems, one element.
+        b.switch_to_block(inner);
+        let (p, k) = (b.block_params(inner)[0], b.block_params(inner)[1]);
+        let more = b.ins().icmp_imm(IntCC::SignedLessThan, k, elems);
+        b.ins().brif(more, body, &[], next, &[p.into()]);
+        b.switch_to_block(body);
+        let at = Element { bases, p, k };
+        let value = self.value(&mut b, &at, m);
+        store(&mut b, &at, &dst, m, value);
+        let k1 = b.ins().iadd_imm(k, 1);
+        b.ins().jump(inner, &[p.into(), k1.into()]);
+        b.switch_to_block(next);
+        let p = b.block_params(next)[0];
+        let p1 = b.ins().iadd_imm(p, 1);
+        b.ins().jump(outer, &[p1.into()]);
+        b.switch_to_block(exit);
+        b.ins().return_(&[]);
+        b.seal_all_blocks();
+        b.finalize();
+    }
+
+    /// The f32 value the kernel stores at element `at`.
+    fn value(&self, b: &mut FunctionBuilder<'_>, at: &Element, m: &Memory) -> Value {
+        match self {
+            Kernel::Binary { op, a, b: rhs, .. } => {
+                let x = load(b, at, a, m);
+                let y = load(b, at, rhs, m);
+                alu(b, *op, x, y)
+            }
+            Kernel::Scalar { op, reverse, src, scalar, .. } => {
+                let x = load(b, at, src, m);
+                let s = match scalar {
+                    Scalar::Imm(v) => b.ins().f32const(v.0),
+                    Scalar::Col(c) => load_column(b, at, c, src, m),
+                };
+                if *reverse {
+                    alu(b, *op, s, x)
+                } else {
+                    alu(b, *op, x, s)
+                }
+            }
+            Kernel::Copy { src, .. } => load(b, at, src, m),
+        }
+    }
+}
+
+/// Whether a column read for every partition of `src` fits its space.
+fn column_fits(c: &Column, src: &Tile, m: &Memory) -> bool {
+    let (pb, total) = m.of(c.space);
+    let last = (src.part_start as i64 + src.part_count as i64 - 1) * pb + c.offset as i64 + c.dtype.size_bytes() as i64;
+    last <= total && (c.offset as i64) < pb
+}
+
+/// The position of one element: the memories' bases, the partition (relative
+/// to each tile's first) and the element index within the row.
+struct Element {
+    bases: [Value; 2],
+    p: Value,
+    k: Value,
+}
+
+/// The address of element `at` of a tile placed at (`space`, `part_start`,
+/// `offset`) with elements of `size` bytes.
+fn address(
+    b: &mut FunctionBuilder<'_>,
+    at: &Element,
+    (space, part_start, offset, size): (Space, i64, i64, i64),
+    m: &Memory,
+) -> Value {
+    let (pb, _) = m.of(space);
+    let base = at.bases[usize::from(space == Space::Psum)];
+    let row = b.ins().iadd_imm(at.p, part_start);
+    let row = b.ins().imul_imm(row, pb);
+    let elem = b.ins().imul_imm(at.k, size);
+    let off = b.ins().iadd(row, elem);
+    let off = b.ins().iadd_imm(off, offset);
+    b.ins().iadd(base, off)
+}
+
+fn tile_address(b: &mut FunctionBuilder<'_>, at: &Element, t: &Tile, m: &Memory) -> Value {
+    address(b, at, (t.space, t.part_start as i64, t.offset as i64, t.dtype.size_bytes() as i64), m)
+}
+
+/// Loads element `at` of `t` as f32 (bf16 widens exactly).
+fn load(b: &mut FunctionBuilder<'_>, at: &Element, t: &Tile, m: &Memory) -> Value {
+    let addr = tile_address(b, at, t, m);
+    load_at(b, addr, t.dtype)
+}
+
+fn load_at(b: &mut FunctionBuilder<'_>, addr: Value, dtype: DType) -> Value {
+    let flags = MemFlags::trusted();
+    match dtype {
+        DType::Bf16 => {
+            let bits = b.ins().uload16(types::I32, flags, addr, 0);
+            let bits = b.ins().ishl_imm(bits, 16);
+            b.ins().bitcast(types::F32, MemFlags::new(), bits)
+        }
+        _ => b.ins().load(types::F32, flags, addr, 0),
+    }
+}
+
+/// Loads partition `at.p`'s value of column `c` (read for `src`'s partitions).
+fn load_column(b: &mut FunctionBuilder<'_>, at: &Element, c: &Column, src: &Tile, m: &Memory) -> Value {
+    let zero = b.ins().iconst(types::I64, 0);
+    let row = Element { bases: at.bases, p: at.p, k: zero };
+    let addr = address(b, &row, (c.space, src.part_start as i64, c.offset as i64, 0), m);
+    load_at(b, addr, c.dtype)
+}
+
+/// Stores f32 `v` into element `at` of `t`, rounding as the interpreter does
+/// (bf16: to nearest even, NaN canonical with its sign kept).
+fn store(b: &mut FunctionBuilder<'_>, at: &Element, t: &Tile, m: &Memory, v: Value) {
+    let addr = tile_address(b, at, t, m);
+    let flags = MemFlags::trusted();
+    match t.dtype {
+        DType::Bf16 => {
+            let bits = b.ins().bitcast(types::I32, MemFlags::new(), v);
+            let high = b.ins().ushr_imm(bits, 16);
+            let lsb = b.ins().band_imm(high, 1);
+            let biased = b.ins().iadd_imm(bits, 0x7fff);
+            let biased = b.ins().iadd(biased, lsb);
+            let rounded = b.ins().ushr_imm(biased, 16);
+            let sign = b.ins().band_imm(high, 0x8000);
+            let nan = b.ins().bor_imm(sign, 0x7fc0);
+            let is_nan = b.ins().fcmp(FloatCC::Unordered, v, v);
+            let out = b.ins().select(is_nan, nan, rounded);
+            b.ins().istore16(flags, out, addr, 0);
+        }
+        _ => {
+            b.ins().store(flags, v, addr, 0);
+        }
+    }
+}
+
+/// An arithmetic ALU op in f32 (IEEE, as the interpreter's `alu`).
+fn alu(b: &mut FunctionBuilder<'_>, op: AluOp, x: Value, y: Value) -> Value {
+    match op {
+        AluOp::Add => b.ins().fadd(x, y),
+        AluOp::Sub => b.ins().fsub(x, y),
+        AluOp::Mul => b.ins().fmul(x, y),
+        _ => b.ins().fdiv(x, y),
+    }
+}
