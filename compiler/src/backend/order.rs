@@ -69,7 +69,8 @@ pub fn interleave(
     clock.measured = measured;
     let mut ready_at = vec![0u64; n];
     let mut order = Vec::with_capacity(n);
-    let level = bottom_levels(insts, dag, t);
+    // Only the critical-path ranking reads the levels.
+    let level = if critical_first { bottom_levels(insts, dag, &clock) } else { Vec::new() };
     let mut lo = 0usize;
     while order.len() < n {
         while lo < kernels && left[lo] == 0 {
@@ -107,14 +108,13 @@ pub fn interleave(
 
 /// Each instruction's bottom level: the estimated cycles of the longest
 /// dependency path from its start to the end of the program.
-fn bottom_levels(insts: &[(Engine, Op, u32)], dag: &DiGraph<usize, ()>, t: &Target) -> Vec<u64> {
-    let rate = t.hbm.bytes_per_cycle.as_f64() / 2.0;
+fn bottom_levels(insts: &[(Engine, Op, u32)], dag: &DiGraph<usize, ()>, clock: &Clock<'_>) -> Vec<u64> {
     let mut level = vec![0u64; insts.len()];
     for i in (0..insts.len()).rev() {
         let op = &insts[i].1;
-        let own = match transfer_cost(op, t) {
-            Some(c) => c.latency_cycles + (c.charged_bytes as f64 / rate).ceil() as u64,
-            None => compute_cycles(op, t).unwrap_or(0),
+        let own = match transfer_cost(op, clock.t) {
+            Some(c) => c.latency_cycles + clock.estimated_data_cycles(c.charged_bytes),
+            None => compute_cycles(op, clock.t).unwrap_or(0),
         };
         let after = dag.neighbors_directed(NodeIndex::new(i), Direction::Outgoing).map(|s| level[dag[s]]).max();
         level[i] = own + after.unwrap_or(0);
@@ -152,14 +152,20 @@ impl<'t> Clock<'t> {
     }
 
     /// Runs instruction `i`, `op`, on engine `e` from `start`; returns when it ends.
+    /// Cycles transfer `i`'s data phase takes: as measured, else estimated.
+    fn data_cycles(&self, i: usize, charged_bytes: u64) -> u64 {
+        self.measured.map_or_else(|| self.estimated_data_cycles(charged_bytes), |m| m[i])
+    }
+
+    /// A data phase of `charged_bytes` at the estimate's rate.
+    fn estimated_data_cycles(&self, charged_bytes: u64) -> u64 {
+        (charged_bytes as f64 / self.rate).ceil() as u64
+    }
+
     fn run(&mut self, e: usize, start: u64, i: usize, op: &Op) -> u64 {
         if let Some(cost) = transfer_cost(op, self.t) {
             let data = (start + cost.latency_cycles).max(self.drained[e]);
-            let moving = match self.measured {
-                Some(m) => m[i],
-                None => (cost.charged_bytes as f64 / self.rate).ceil() as u64,
-            };
-            let end = data + moving;
+            let end = data + self.data_cycles(i, cost.charged_bytes);
             (self.free[e], self.drained[e]) = (start, end);
             return end;
         }

@@ -209,17 +209,6 @@ pub fn select(cx: &Ctx<'_>, mm_index: usize, t: &Target) -> Result<(GemmKernel, 
     Ok((GemmKernel { p, s }, last.0 as usize))
 }
 
-/// The PE cycles of one work item (every k-tile's matmul), by the machine's costs.
-fn item_pe_cycles(p: &GemmProblem, s: &GemmSchedule) -> u64 {
-    let n = s.tile_n as u64;
-    let matmul = match p.operand.size_bytes() {
-        1 => n.div_ceil(2).max(32),
-        2 => n.max(64),
-        _ => 4 * n.max(64),
-    };
-    p.k.div_ceil(s.tile_k as u64) * matmul
-}
-
 /// A batched GEMM whose B is shared by every batch index (a weight) is one GEMM
 /// over all rows: row-major `A[batch.., M, K]` is `[batch * M, K]`, and C and
 /// every epilogue operand but a per-batch matrix line up the same way. Each B
@@ -498,7 +487,7 @@ pub fn choose(p: &GemmProblem, t: &Target) -> Result<GemmSchedule, CompileError>
             s = a_resident;
         }
     }
-    s.psum_banks = s.psum_banks.min(psum_copies_needed(p, &s));
+    s.psum_banks = s.psum_banks.min(psum_copies_needed(p, &s, t));
     Ok(s)
 }
 
@@ -506,9 +495,10 @@ pub fn choose(p: &GemmProblem, t: &Target) -> Result<GemmSchedule, CompileError>
 /// for the evacuations in flight (an evacuation, about a VE or ACT pass over a
 /// tile, against one item's matmuls), at least two. Fewer banks than the
 /// target has leave PSUM to the kernels a program overlaps with this one.
-fn psum_copies_needed(p: &GemmProblem, s: &GemmSchedule) -> u32 {
-    let evacuation = 128 + s.tile_n as u64;
-    (1 + evacuation.div_ceil(item_pe_cycles(p, s).max(1))).max(2) as u32
+fn psum_copies_needed(p: &GemmProblem, s: &GemmSchedule, t: &Target) -> u32 {
+    let evacuation = t.timing.ve.fixed_cycles.max(t.timing.act.fixed_cycles) + s.tile_n as u64;
+    let item = p.k.div_ceil(s.tile_k as u64) * jpu_isa::cost::matmul_cycles(p.operand, s.tile_n as u64, t);
+    (1 + evacuation.div_ceil(item.max(1))).max(2) as u32
 }
 
 /// Checks a schedule (e.g. one given with `--schedule`) against the target: the
@@ -809,8 +799,7 @@ impl<'a> Lowering<'a> {
         let rows = p.epilogue_inputs.iter().enumerate().filter(|(_, i)| i.broadcast == Broadcast::Row);
         let mut ops: Vec<_> = rows.map(|(e, _)| load(2 + e, self.bufs.epilogue[e], self.epilogue_debug[e])).collect();
         let params = self.bufs.row.iter().flat_map(|(_, params)| params.iter().enumerate());
-        let row_debug = 1 + p.epilogue.len() as u32;
-        ops.extend(params.map(|(k, &buf)| load(2 + p.epilogue_inputs.len() + k, buf, row_debug)));
+        ops.extend(params.map(|(k, &buf)| load(2 + p.epilogue_inputs.len() + k, buf, self.row_debug())));
         ops
     }
 
@@ -984,10 +973,16 @@ impl<'a> Lowering<'a> {
         HbmBox { tensor: self.c_tensor, start, rows: mr as u32, row_stride: p.n, cols: nw as u32 }
     }
 
+    /// The debug op of a fused row op's tile ops (after the epilogue's; a
+    /// fused row op excludes a cast).
+    fn row_debug(&self) -> u32 {
+        1 + self.p.epilogue.len() as u32
+    }
+
     /// Item j's fused row op on its staged tile, and the store of its result.
     fn row_op(&self, ops: &mut Vec<(TileOp, u32)>, j: usize) {
         let (Some(row), Some((work, params))) = (&self.p.row, &self.bufs.row) else { return };
-        let debug = 1 + self.p.epilogue.len() as u32;
+        let debug = self.row_debug();
         let mr = self.tm.min(self.p.m - self.items[j].2 * self.tm) as u32;
         let (block, y) = row.rows.block(j as u64, mr, (self.bufs.c, self.s.out_buffers), *work, params);
         ops.extend(block.into_iter().map(|op| (op, debug)));

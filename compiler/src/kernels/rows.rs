@@ -540,15 +540,20 @@ pub struct InPlace {
 /// [`InPlace::block`] takes them: (name, dtype, elements per partition, copies).
 pub type InPlaceBuffers = [(&'static str, DType, u64, u32); BLOCK_BUFFERS - 1];
 
+/// Copies of an [`InPlace`] row op's block buffers (indexed as `block_tiles`;
+/// the input's is the host's): one each, the result two (its store in flight
+/// while the next block computes).
+const IN_PLACE_COPIES: [u32; BLOCK_BUFFERS] = [0, 1, 2, 1, 1];
+
 impl InPlace {
-    /// Its working buffers: one copy each, the result two (its store in flight
-    /// while the next block computes).
+    /// Its working buffers ([`IN_PLACE_COPIES`] copies each).
     pub fn buffers(&self, out_dtype: DType) -> InPlaceBuffers {
+        let c = IN_PLACE_COPIES;
         [
-            ("row_work", DType::F32, self.len, 1),
-            ("row_y", out_dtype, self.len, 2),
-            ("row_stat", DType::F32, 1, 1),
-            ("row_sum", DType::F32, 1, 1),
+            ("row_work", DType::F32, self.len, c[WORK]),
+            ("row_y", out_dtype, self.len, c[Y]),
+            ("row_stat", DType::F32, 1, c[STAT]),
+            ("row_sum", DType::F32, 1, c[SUM]),
         ]
     }
 
@@ -564,8 +569,8 @@ impl InPlace {
         work: [BufferId; BLOCK_BUFFERS - 1],
         params: &[BufferId],
     ) -> (Vec<TileOp>, BufSlice) {
-        let [c_work, c_y, c_stat, c_sum] = self.buffers(DType::F32).map(|(_, _, _, c)| c);
-        let copies = [x_copies, c_work, c_y, c_stat, c_sum];
+        let mut copies = IN_PLACE_COPIES;
+        copies[X] = x_copies;
         let sched = RowSchedule { squash: 2, copies };
         let numbered = [BLOCK_BUFFERS, BLOCK_BUFFERS + 1];
         let (ops, mut y) = block_ops((self.kind, self.len), j, pr, &copies, &numbered, &sched);

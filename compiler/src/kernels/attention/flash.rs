@@ -3,7 +3,7 @@
 
 use jpu_isa::operand::{ActFunc, AluOp, ReduceOp, Space};
 use jpu_isa::program::Role;
-use jpu_isa::DType;
+use jpu_isa::{DType, Target};
 
 use super::{buffer, rows_box, slice, tensors, zero_buffer, AttentionPlan, AttentionProblem, TK, TO, TQ, TV};
 use crate::tiles::{Buffer, HbmBox, HbmTensor, TileOp, TileProgram, TileScalar};
@@ -118,12 +118,10 @@ struct Flash<'a> {
     mask_rows: Vec<(bool, bool)>,
     /// The first window of each distinct mask row.
     mask_row_windows: Vec<usize>,
-    /// Whether the ACT (else the VE) evacuates the K^T transposes.
-    kt_on_act: bool,
 }
 
 /// Lowers the flash path.
-pub(super) fn lower(p: &AttentionProblem, plan: &AttentionPlan) -> TileProgram {
+pub(super) fn lower(p: &AttentionProblem, plan: &AttentionPlan, t: &Target) -> TileProgram {
     let mut tensors = tensors(p);
     // With K^T in HBM, a window's K^T is loaded, not transposed.
     let tkt = p.k_transposed.as_ref().map(|name| {
@@ -144,40 +142,50 @@ pub(super) fn lower(p: &AttentionProblem, plan: &AttentionPlan) -> TileProgram {
         tensors.push(HbmTensor { name, dtype: p.dtype, shape, role: Role::Scratch });
         tensors.len() - 1
     });
-    let mut flash = Flash::new(p, plan, tkt, (tmask, mask_parts));
-    let mut ops = flash.ops();
-    // When the VE is the busiest engine (short heads: it carries the softmax
-    // statistics), K^T evacuations move to the ACT if that unloads it; else they
-    // stay on the VE, whose shorter fixed cost keeps them off the PE's path.
-    if tkt.is_none() {
-        flash.kt_on_act = true;
-        let on_act = flash.ops();
-        let ([pe, ve, act], [_, ve_after, act_after]) = (engine_loads(&ops), engine_loads(&on_act));
-        if ve > pe && ve_after.max(act_after) < ve.max(act) {
-            ops = on_act;
-        }
-    }
+    let mut ops = Flash::new(p, plan, tkt, (tmask, mask_parts)).ops();
+    evacuate_kt_on_act_if_it_pays(&mut ops, p.dtype, t);
     TileProgram { tensors, buffers: flash_buffers(p, plan), ops, debug_ops: p.text.clone() }
 }
 
-/// The estimated busy cycles of the PE, the VE and the ACT over `ops` (the
-/// machine's costs for 16-bit operands: a matmul `max(N, 64)`, a transpose
-/// `max(P, 64)`, a VE or ACT instruction its fixed cost plus the elements per
-/// partition of its widest operand).
-fn engine_loads(ops: &[(TileOp, u32)]) -> [u64; 3] {
-    let [mut pe, mut ve, mut act] = [0u64; 3];
-    for (op, _) in ops {
+/// When the VE is the kernel's busiest engine (short heads: it carries the
+/// softmax statistics), the K^T evacuations (VE copies out of the transposes'
+/// PSUM) become ACT identity activations, which round exactly as a copy does,
+/// if that lowers the busier of the VE and the ACT; otherwise they stay on the
+/// VE, whose shorter fixed cost keeps them off the PE's path. Loads are the
+/// target's costs over the tile ops (matmuls on `operand`).
+fn evacuate_kt_on_act_if_it_pays(ops: &mut [(TileOp, u32)], operand: DType, t: &Target) {
+    let timing = &t.timing;
+    let elems = |op: &TileOp| {
         let (reads, writes) = op.slices();
-        let elems = reads.iter().chain(&writes).map(|s| s.len as u64).max().unwrap_or(0);
+        reads.iter().chain(&writes).map(|s| s.len as u64).max().unwrap_or(0)
+    };
+    let is_evacuation = |op: &TileOp| matches!(op, TileOp::Copy { src, .. } if src.buf == K_T_PSUM);
+    let [mut pe, mut ve, mut act, mut moved] = [0u64; 4];
+    for (op, _) in ops.iter() {
         match op {
-            TileOp::Matmul { moving, .. } => pe += (moving.len as u64).max(64),
-            TileOp::Transpose { src, .. } => pe += (src.parts as u64).max(64),
-            TileOp::Activate { .. } => act += 128 + elems,
+            TileOp::Matmul { moving, .. } => pe += jpu_isa::cost::matmul_cycles(operand, moving.len as u64, t),
+            TileOp::Transpose { src, .. } => pe += (src.parts as u64).max(timing.pe.transpose_min_cycles),
+            TileOp::Activate { .. } => act += timing.act.fixed_cycles + elems(op),
             TileOp::Load { .. } | TileOp::HbmCopy { .. } | TileOp::Store { .. } | TileOp::Gather { .. } => {}
-            _ => ve += 64 + elems,
+            _ => {
+                ve += timing.ve.fixed_cycles + elems(op);
+                moved += u64::from(is_evacuation(op)) * elems(op);
+            }
         }
     }
-    [pe, ve, act]
+    let count = ops.iter().filter(|(op, _)| is_evacuation(op)).count() as u64;
+    let (ve_after, act_after) =
+        (ve - moved - count * timing.ve.fixed_cycles, act + moved + count * timing.act.fixed_cycles);
+    if ve <= pe || ve_after.max(act_after) >= ve.max(act) {
+        return;
+    }
+    for (op, _) in ops.iter_mut() {
+        if let TileOp::Copy { dst, src } = *op {
+            if src.buf == K_T_PSUM {
+                *op = TileOp::activate(ActFunc::Identity, dst, src);
+            }
+        }
+    }
 }
 
 impl<'a> Flash<'a> {
@@ -243,7 +251,6 @@ impl<'a> Flash<'a> {
         debug_assert!(mask_rows.is_empty() || mask_row_windows.len() as u64 == mask_row_count(p, plan));
         Flash {
             mask_row_windows,
-            kt_on_act: false,
             kt: plan.kt_heads,
             q_copies: q_copies(plan),
             mask_rows,
@@ -340,15 +347,9 @@ impl<'a> Flash<'a> {
                     ops.push((TileOp::Transpose { dst, src }, 0));
                     width = (ci - c) * kv_chunk + kk;
                 }
-                // An identity activation rounds exactly as a copy does.
-                let (dst, src) =
-                    (slice(K_T, copy, dk, dc * win_pad + c * kv_chunk, width), slice(K_T_PSUM, 0, dk, 0, width));
-                let evacuate = if self.kt_on_act {
-                    TileOp::activate(ActFunc::Identity, dst, src)
-                } else {
-                    TileOp::Copy { dst, src }
-                };
-                ops.push((evacuate, 0));
+                // (On the ACT instead when that pays: `evacuate_kt_on_act_if_it_pays`.)
+                let dst = slice(K_T, copy, dk, dc * win_pad + c * kv_chunk, width);
+                ops.push((TileOp::Copy { dst, src: slice(K_T_PSUM, 0, dk, 0, width) }, 0));
                 c = group_end;
             }
         }

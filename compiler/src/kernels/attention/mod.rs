@@ -381,8 +381,8 @@ impl Kernel for AttentionKernel {
         flops.plus(Work { transcendentals: pairs, ..Work::default() })
     }
 
-    fn lower(&self, _: &Target) -> TileProgram {
-        lower(&self.p, &self.plan)
+    fn lower(&self, t: &Target) -> TileProgram {
+        lower(&self.p, &self.plan, t)
     }
 }
 
@@ -678,8 +678,8 @@ impl AttentionProblem {
 }
 
 /// Lowers an attention kernel by the path its plan chose.
-pub fn lower(p: &AttentionProblem, plan: &AttentionPlan) -> TileProgram {
-    let mut program = if plan.decode { decode::lower(p, plan) } else { flash::lower(p, plan) };
+pub fn lower(p: &AttentionProblem, plan: &AttentionPlan, t: &Target) -> TileProgram {
+    let mut program = if plan.decode { decode::lower(p, plan) } else { flash::lower(p, plan, t) };
     if p.zero_rows > 0 {
         let zeros = program.buffers.len() - 1;
         let parts = p.zero_rows.min(plan.q_tile);
