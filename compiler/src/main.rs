@@ -202,6 +202,10 @@ enum Command {
         /// or `jit` (native code where it covers an instruction; same results).
         #[arg(long, value_enum, default_value = "interp")]
         engine: EngineArg,
+        /// Host threads the compiled engine may split a large instruction over
+        /// (0: one per host core); results do not depend on it.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        threads: usize,
         /// Fault past this many cycles.
         #[arg(long, value_name = "N")]
         max_cycles: Option<u64>,
@@ -579,6 +583,7 @@ struct RunArgs<'a> {
     strict: bool,
     no_race_check: bool,
     engine: EngineArg,
+    threads: usize,
     max_cycles: Option<u64>,
     max_instructions: Option<u64>,
 }
@@ -608,6 +613,7 @@ fn run(a: RunArgs<'_>) -> Result<(), Failure> {
         max_instructions: a.max_instructions,
         trace: a.trace.is_some(),
         read_scratch: false,
+        threads: a.threads,
         engine: match a.engine {
             EngineArg::Interp => jpu_runtime::ExecEngine::Interp,
             EngineArg::Jit => jpu_runtime::ExecEngine::Jit,
@@ -700,6 +706,7 @@ fn main() -> ExitCode {
             strict,
             no_race_check,
             engine,
+            threads,
             max_cycles,
             max_instructions,
         } => run(RunArgs {
@@ -713,6 +720,7 @@ fn main() -> ExitCode {
             strict: *strict,
             no_race_check: *no_race_check,
             engine: *engine,
+            threads: *threads,
             max_cycles: *max_cycles,
             max_instructions: *max_instructions,
         }),

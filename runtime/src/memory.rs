@@ -34,22 +34,23 @@ impl Page {
         match self {
             Page::Dense(bytes) => out.copy_from_slice(&bytes[off..off + out.len()]),
             Page::Sparse(chunks) => {
-                for (i, b) in out.iter_mut().enumerate() {
-                    let at = off + i;
-                    *b = match chunks.binary_search_by_key(&((at >> CHUNK_BITS) as u16), |c| c.0) {
-                        Ok(k) => chunks[k].1[at & (CHUNK - 1)],
-                        Err(_) => FILL,
-                    };
+                for (at, piece) in chunk_pieces(off, out.len()) {
+                    let dst = &mut out[at - off..at - off + piece];
+                    match chunks.binary_search_by_key(&((at >> CHUNK_BITS) as u16), |c| c.0) {
+                        Ok(k) => dst.copy_from_slice(&chunks[k].1[at & (CHUNK - 1)..][..piece]),
+                        Err(_) => dst.fill(FILL),
+                    }
                 }
             }
         }
     }
 
     fn write(&mut self, off: usize, data: &[u8]) {
+        let mut new = 0;
         if let Page::Sparse(chunks) = self {
             let first = off >> CHUNK_BITS;
             let last = (off + data.len() - 1) >> CHUNK_BITS;
-            let new = (first..=last).filter(|c| chunks.binary_search_by_key(&(*c as u16), |c| c.0).is_err()).count();
+            new = (first..=last).filter(|c| chunks.binary_search_by_key(&(*c as u16), |c| c.0).is_err()).count();
             if chunks.len() + new > DENSE_AFTER {
                 let mut bytes = vec![FILL; PAGE].into_boxed_slice();
                 for (c, chunk) in chunks.iter() {
@@ -62,16 +63,15 @@ impl Page {
         match self {
             Page::Dense(bytes) => bytes[off..off + data.len()].copy_from_slice(data),
             Page::Sparse(chunks) => {
-                for (i, &b) in data.iter().enumerate() {
-                    let at = off + i;
+                // Exact growth: most sparse pages hold one or two chunks.
+                chunks.reserve_exact(new);
+                for (at, piece) in chunk_pieces(off, data.len()) {
                     let c = (at >> CHUNK_BITS) as u16;
                     let k = chunks.binary_search_by_key(&c, |c| c.0).unwrap_or_else(|k| {
-                        // Exact growth: most sparse pages hold one or two chunks.
-                        chunks.reserve_exact(1);
                         chunks.insert(k, (c, [FILL; CHUNK]));
                         k
                     });
-                    chunks[k].1[at & (CHUNK - 1)] = b;
+                    chunks[k].1[at & (CHUNK - 1)..][..piece].copy_from_slice(&data[at - off..at - off + piece]);
                 }
             }
         }
@@ -83,6 +83,16 @@ impl Page {
             Page::Sparse(chunks) => (chunks.len() * CHUNK) as u64,
         }
     }
+}
+
+/// The pieces of `[off, off + len)` that fall in one chunk each: (start, length).
+fn chunk_pieces(off: usize, len: usize) -> impl Iterator<Item = (usize, usize)> {
+    let end = off + len;
+    std::iter::successors(Some(off).filter(|_| len > 0), move |&at| {
+        let next = (at | (CHUNK - 1)) + 1;
+        (next < end).then_some(next)
+    })
+    .map(move |at| (at, ((at | (CHUNK - 1)) + 1).min(end) - at))
 }
 
 /// Sparse HBM: memory grows with the bytes written, not with their span.

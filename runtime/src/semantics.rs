@@ -28,7 +28,7 @@ fn take_buffer() -> Vec<f32> {
         .unwrap_or_default()
 }
 
-fn give_buffer(v: Vec<f32>) {
+pub(crate) fn give_buffer(v: Vec<f32>) {
     POOL.with(|p| {
         let mut p = p.borrow_mut();
         if p.len() < 8 {
@@ -341,27 +341,52 @@ fn matmul(mem: &mut CoreMemory, dst: &Tile, stationary: &Tile, moving: &Tile, ac
         matmul_i32(&a, &b, &mut acc, k, m, n);
         write_tile_int(mem, dst, &acc);
     } else {
-        let s = read_tile(mem, stationary);
-        let a = if transposed {
-            let t = transpose(&s, m, k);
-            give_buffer(s);
-            t
-        } else {
-            s
-        };
-        let b = read_tile(mem, moving);
-        let mut acc = take_buffer();
-        if accumulate {
-            read_tile_into(mem, dst, &mut acc);
-        } else {
-            acc.resize(m * n, 0.0);
-        }
-        matmul_f32(&a, &b, &mut acc, k, m, n);
-        write_tile(mem, dst, &acc);
-        give_buffer(a);
-        give_buffer(b);
-        give_buffer(acc);
+        float_matmul(mem, (dst, stationary, moving), accumulate, transposed, |a, b, acc, (k, m, n)| {
+            matmul_f32(a, b, acc, k, m, n)
+        });
     }
+}
+
+/// The NaN a float matmul stores for any NaN result.
+pub const CANONICAL_NAN: f32 = f32::from_bits(0x7fc0_0000);
+
+/// A float `matmul` with the multiply-accumulate done by `kernel(a_km, b_kn,
+/// acc_mn, (k, m, n))`, which must compute what [`matmul_f32`] does: the
+/// operands read and the result written as the interpreter does.
+pub fn float_matmul(
+    mem: &mut CoreMemory,
+    (dst, stationary, moving): (&Tile, &Tile, &Tile),
+    accumulate: bool,
+    transposed: bool,
+    kernel: impl FnOnce(&[f32], &[f32], &mut [f32], (usize, usize, usize)),
+) {
+    let k = moving.part_count as usize;
+    let n = moving.free_elems() as usize;
+    let m = dst.part_count as usize;
+    let s = read_tile(mem, stationary);
+    let a = if transposed {
+        let t = transpose(&s, m, k);
+        give_buffer(s);
+        t
+    } else {
+        s
+    };
+    let b = read_tile(mem, moving);
+    let mut acc = take_buffer();
+    if accumulate {
+        read_tile_into(mem, dst, &mut acc);
+    } else {
+        acc.resize(m * n, 0.0);
+    }
+    kernel(&a, &b, &mut acc, (k, m, n));
+    // Which NaN an addition returns is the host's (and the compiler's) choice.
+    for x in acc.iter_mut().filter(|x| x.is_nan()) {
+        *x = CANONICAL_NAN;
+    }
+    write_tile(mem, dst, &acc);
+    give_buffer(a);
+    give_buffer(b);
+    give_buffer(acc);
 }
 
 /// `copy`: `src` converted to `dst`'s dtype (integer to integer exactly, i32 to
@@ -539,27 +564,71 @@ pub fn execute_gather(dst: &Tile, table: &HbmRows, rows: &[u64], mem: &mut CoreM
     }
 }
 
-/// Executes a DMA transfer: gathers the source runs, scatters into the destination.
+/// Executes a DMA transfer: the source runs' bytes, in order, into the
+/// destination runs. Between HBM and SRAM the bytes move directly; within one
+/// memory they go through a staging buffer, since the two sides may overlap.
 pub fn execute_dma(x: &DmaTransfer, mem: &mut CoreMemory, hbm: &mut Hbm) {
     let e = x.elem_bytes as u64;
-    let mut data = Vec::with_capacity(x.bytes() as usize);
-    for (addr, len) in dma_runs(&x.src, e) {
-        let start = data.len();
-        data.resize(start + len as usize, 0);
-        match x.src.space {
-            DmaSpace::Hbm => hbm.read(addr, &mut data[start..]),
-            DmaSpace::Sram => data[start..].copy_from_slice(&mem.sram[addr as usize..(addr + len) as usize]),
+    let (src, dst) = (dma_runs(&x.src, e), dma_runs(&x.dst, e));
+    match (x.src.space, x.dst.space) {
+        (DmaSpace::Hbm, DmaSpace::Sram) => {
+            for_pieces(&src, &dst, |from, to, len| hbm.read(from, &mut mem.sram[to as usize..(to + len) as usize]))
+        }
+        (DmaSpace::Sram, DmaSpace::Hbm) => {
+            for_pieces(&src, &dst, |from, to, len| hbm.write(to, &mem.sram[from as usize..(from + len) as usize]))
+        }
+        _ => staged(x.src.space, &src, &dst, mem, hbm),
+    }
+}
+
+/// Calls `f(source address, destination address, length)` for the pieces
+/// the two run lists cut the transfer into (both cover the same bytes).
+fn for_pieces(src: &[(u64, u64)], dst: &[(u64, u64)], mut f: impl FnMut(u64, u64, u64)) {
+    let (mut i, mut j, mut done_src, mut done_dst) = (0, 0, 0, 0);
+    while i < src.len() && j < dst.len() {
+        let len = (src[i].1 - done_src).min(dst[j].1 - done_dst);
+        f(src[i].0 + done_src, dst[j].0 + done_dst, len);
+        done_src += len;
+        done_dst += len;
+        if done_src == src[i].1 {
+            (i, done_src) = (i + 1, 0);
+        }
+        if done_dst == dst[j].1 {
+            (j, done_dst) = (j + 1, 0);
         }
     }
-    let mut at = 0usize;
-    for (addr, len) in dma_runs(&x.dst, e) {
-        let chunk = &data[at..at + len as usize];
-        match x.dst.space {
-            DmaSpace::Hbm => hbm.write(addr, chunk),
-            DmaSpace::Sram => mem.sram[addr as usize..(addr + len) as usize].copy_from_slice(chunk),
-        }
-        at += len as usize;
+}
+
+/// A transfer within one memory, through a kept staging buffer (a fresh one
+/// per transfer would be fresh pages).
+fn staged(space: DmaSpace, src: &[(u64, u64)], dst: &[(u64, u64)], mem: &mut CoreMemory, hbm: &mut Hbm) {
+    thread_local! {
+        static STAGING: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
+    STAGING.with(|s| {
+        let mut data = s.borrow_mut();
+        data.clear();
+        for &(addr, len) in src {
+            let start = data.len();
+            data.resize(start + len as usize, 0);
+            match space {
+                DmaSpace::Hbm => hbm.read(addr, &mut data[start..]),
+                DmaSpace::Sram => data[start..].copy_from_slice(&mem.sram[addr as usize..(addr + len) as usize]),
+            }
+        }
+        let mut at = 0usize;
+        for &(addr, len) in dst {
+            let chunk = &data[at..at + len as usize];
+            match space {
+                DmaSpace::Hbm => hbm.write(addr, chunk),
+                DmaSpace::Sram => mem.sram[addr as usize..(addr + len) as usize].copy_from_slice(chunk),
+            }
+            at += len as usize;
+        }
+        if data.capacity() > 1 << 26 {
+            *data = Vec::new();
+        }
+    })
 }
 
 #[cfg(test)]

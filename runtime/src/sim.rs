@@ -54,6 +54,9 @@ pub struct RunOptions {
     pub read_scratch: bool,
     /// Which engine computes instructions' results (functional runs only).
     pub engine: ExecEngine,
+    /// Host threads the compiled engine may split a large instruction over (0:
+    /// one per host core). Results do not depend on it.
+    pub threads: usize,
 }
 
 /// What computes instructions' results; timing and checks are the same.
@@ -78,6 +81,7 @@ impl Default for RunOptions {
             trace: false,
             read_scratch: false,
             engine: ExecEngine::Interp,
+            threads: 0,
         }
     }
 }
@@ -186,6 +190,8 @@ pub struct Outcome {
     /// Bytes of HBM data and of race-checking state the run held at the end
     /// (both grow with the bytes accessed, not with the span of a pattern).
     pub held_bytes: u64,
+    /// Wall time spent preparing the compiled engine (zero for the interpreter).
+    pub jit_compile: std::time::Duration,
 }
 
 const SHARE_LCM: u128 = 720_720;
@@ -253,6 +259,7 @@ struct Sim<'p> {
     hbm: Hbm,
     shadow: Option<Shadow>,
     jit: Option<Jit>,
+    jit_compile: std::time::Duration,
     now: u64,
     started: u64,
     trace: Vec<TraceSlice>,
@@ -314,11 +321,12 @@ impl<'p> Sim<'p> {
                 (t.psum.partitions * t.psum.partition_bytes) as usize,
             )
         });
+        let jit_start = std::time::Instant::now();
         let jit = match (functional, opts.engine) {
             (true, ExecEngine::Jit) => {
                 let message = |e: String| format!("the compiled engine failed: {e}");
                 let kind = |e: &str| FaultKind::IllegalInstruction { message: e.to_string() };
-                Some(Jit::compile(p, t).map_err(|e| Fault {
+                Some(Jit::compile(p, t, opts.threads).map_err(|e| Fault {
                     inst: None,
                     cycle: 0,
                     kind: kind(&e),
@@ -336,6 +344,7 @@ impl<'p> Sim<'p> {
             hbm: Hbm::default(),
             shadow,
             jit,
+            jit_compile: jit_start.elapsed(),
             now: 0,
             started: 0,
             trace: Vec::new(),
@@ -416,7 +425,7 @@ impl<'p> Sim<'p> {
         });
         let report = Report::new(self.p, self.t, self.now, engines, self.work, self.uninit_reads, first_uninit);
         let held_bytes = self.hbm.resident_bytes() + self.shadow.as_ref().map_or(0, Shadow::footprint_bytes);
-        Ok(Outcome { outputs, report, trace: self.trace, held_bytes })
+        Ok(Outcome { outputs, report, trace: self.trace, held_bytes, jit_compile: self.jit_compile })
     }
 
     fn sem_ready(&self, core: usize, inst: &Inst) -> bool {
@@ -607,7 +616,7 @@ impl<'p> Sim<'p> {
                 (Op::DmaGather { dst, table, .. }, Some(rows)) => execute_gather(dst, table, &rows, mem, &self.hbm),
                 (op, _) => {
                     let key = (core, engine.0 as usize, index);
-                    if !self.jit.as_ref().is_some_and(|j| j.run(key, &mut mem.sram, &mut mem.psum)) {
+                    if !self.jit.as_ref().is_some_and(|j| j.run(key, mem)) {
                         execute_compute(op, mem)
                     }
                 }

@@ -1,8 +1,9 @@
 //! The compiled engine against the interpreter: every compiled program of the
 //! stage cases, the whole layers and a program of NaNs, infinities and bf16
 //! roundings, at -O0 and -O2, run by both engines on the same seeded inputs
-//! with race checks on, gives the same output bytes and the same cycles, and
-//! the compiled engine really covers instructions of them.
+//! with race checks on, gives the same output bytes and the same cycles on one
+//! host thread or several, and the compiled engine really covers instructions
+//! of them (generated code and helpers).
 
 use jalc::front::tir;
 use jpu_isa::Target;
@@ -38,7 +39,7 @@ fn cases() -> Vec<std::path::PathBuf> {
 
 #[test]
 fn both_engines_give_the_same_bytes_and_cycles() {
-    let mut covered = 0;
+    let (mut covered, mut helped) = (0, 0);
     for target in ["jpu-tiny", "jpu1"] {
         let t = Target::builtin(target).unwrap();
         let programs = cases().into_iter().map(|p| (p.display().to_string(), std::fs::read_to_string(p).unwrap()));
@@ -48,15 +49,25 @@ fn both_engines_give_the_same_bytes_and_cycles() {
             let f = tir::parse_and_check(&src).unwrap_or_else(|d| panic!("{}", tir::render("case", &src, &d)));
             let Ok(c) = jalc::driver::compile(&f, &t, &jalc::driver::Options::at(level)) else { continue };
             let inputs = jpu_testsuite::chip_inputs(&f, &c.program, 3);
-            let outcome = |engine| {
-                let opts = RunOptions { engine, strict_uninit: true, ..RunOptions::default() };
+            let outcome = |engine, threads| {
+                let opts = RunOptions { engine, threads, strict_uninit: true, ..RunOptions::default() };
                 run(&c.program, &t, &inputs, &opts).unwrap_or_else(|e| panic!("{path} -O{level}: {e:?}"))
             };
-            let (interp, jit) = (outcome(ExecEngine::Interp), outcome(ExecEngine::Jit));
-            assert_eq!(interp.report.cycles, jit.report.cycles, "{path} -O{level} on {target}");
-            assert!(interp.outputs == jit.outputs, "{path} -O{level} on {target}: outputs differ");
-            covered += jpu_runtime::jit::Jit::compile(&c.program, &t).unwrap().compiled();
+            let interp = outcome(ExecEngine::Interp, 1);
+            // One thread, and helpers splitting large instructions.
+            for threads in [1, 3] {
+                let jit = outcome(ExecEngine::Jit, threads);
+                assert_eq!(interp.report.cycles, jit.report.cycles, "{path} -O{level} on {target}");
+                assert!(
+                    interp.outputs == jit.outputs,
+                    "{path} -O{level} on {target}, {threads} threads: outputs differ"
+                );
+            }
+            let jit = jpu_runtime::jit::Jit::compile(&c.program, &t, 1).unwrap();
+            covered += jit.compiled();
+            helped += jit.helpers();
         }
     }
     assert!(covered > 100, "only {covered} instructions compiled");
+    assert!(helped > 100, "only {helped} instructions run by helpers");
 }

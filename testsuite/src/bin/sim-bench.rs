@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use jalc::front::tir;
 use jpu_isa::{DType, Target};
-use jpu_runtime::{run, RunOptions};
+use jpu_runtime::{run, ExecEngine, RunOptions};
 use jpu_testsuite::kernels::{gemm, pipeline, GemmSpec};
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -39,6 +39,9 @@ fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let reps = if quick { 1 } else { 5 };
     let jpu1 = Target::builtin("jpu1").unwrap();
+    if std::env::args().any(|a| a == "--against-numpy") {
+        return against_numpy(&jpu1, quick);
+    }
 
     println!("### Functional simulation of GEMM kernels (jpu1, one core)\n");
     println!("| kernel | instructions | simulated cycles | % of roofline | race checks | wall (median of {reps}) | GFLOP/s simulated |");
@@ -129,31 +132,43 @@ fn against_numpy(t: &Target, quick: bool) {
     let rows = if quick { &rows[..1] } else { rows };
     let numpy = numpy_times(&rows.iter().map(|r| r.2).collect::<Vec<_>>());
     println!("\n### Compiled programs against numpy (functional, jpu1, one core)\n");
-    println!("| program | instructions | simulated cycles | interpreter, races checked (median of {reps}) | interpreter, unchecked | numpy f32, 1 thread (median of 5) | unchecked / numpy |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("Medians of {reps}; `jit` includes its compile time, also shown alone; numpy is f32 on one thread (median of 5).\n");
+    println!("| program | instructions | simulated cycles | interpreter, races checked | interpreter | jit, races checked | jit | jit compile | numpy | interpreter / jit | numpy / jit |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for (name, src, anchor) in rows {
         let f = tir::parse_and_check(src).expect("benchmark program checks");
         let c = jalc::driver::compile(&f, t, &jalc::driver::Options::o2()).expect("benchmark program compiles");
         let inputs = jpu_testsuite::chip_inputs(&f, &c.program, 0);
-        let time = |check_races| {
-            let opts = RunOptions { check_races, ..RunOptions::default() };
-            let mut walls = Vec::new();
-            let mut cycles = 0;
+        let time = |check_races, engine| {
+            let opts = RunOptions { check_races, engine, ..RunOptions::default() };
+            let (mut walls, mut compiles) = (Vec::new(), Vec::new());
+            let mut outcome = None;
             for _ in 0..reps {
                 let start = Instant::now();
-                cycles = run(&c.program, t, &inputs, &opts).expect("program runs").report.cycles;
+                let o = run(&c.program, t, &inputs, &opts).expect("program runs");
                 walls.push(start.elapsed().as_secs_f64());
+                compiles.push(o.jit_compile.as_secs_f64());
+                outcome = Some(o);
             }
-            (cycles, median(walls))
+            (outcome.expect("at least one run"), median(walls), median(compiles))
         };
-        let ((cycles, checked), (_, unchecked)) = (time(true), time(false));
+        let (interp, checked, _) = time(true, ExecEngine::Interp);
+        let (_, unchecked, _) = time(false, ExecEngine::Interp);
+        let (jit, jit_checked, _) = time(true, ExecEngine::Jit);
+        let (_, jit_unchecked, compile) = time(false, ExecEngine::Jit);
+        assert_eq!(interp.outputs, jit.outputs, "{name}: the engines' outputs differ");
+        assert_eq!(interp.report.cycles, jit.report.cycles, "{name}: the engines' cycles differ");
         let np = numpy.as_ref().and_then(|m| m.get(*anchor).copied());
         let (np_text, ratio) = match np {
-            Some(s) => (format!("{s:.3} s"), format!("{:.1}x", unchecked / s)),
+            Some(s) => (format!("{s:.3} s"), format!("{:.2}", s / jit_unchecked)),
             None => ("numpy not available".into(), "-".into()),
         };
         let instructions = c.program.instructions().count();
-        println!("| {name} | {instructions} | {cycles} | {checked:.3} s | {unchecked:.3} s | {np_text} | {ratio} |");
+        let cycles = interp.report.cycles;
+        println!(
+            "| {name} | {instructions} | {cycles} | {checked:.3} s | {unchecked:.3} s | {jit_checked:.3} s | {jit_unchecked:.3} s | {compile:.4} s | {np_text} | {:.1}x | {ratio} |",
+            unchecked / jit_unchecked
+        );
     }
 }
 

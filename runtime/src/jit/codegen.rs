@@ -1,117 +1,31 @@
-//! The compiled functional engine (`--engine jit`): compute instructions
-//! compiled once per program to native code by Cranelift, each specialised on
-//! its operands' placement, dtypes and op, so running it is one call with no
-//! decoding. The interpreter ([`crate::semantics`]) is the specification: an
-//! instruction this engine does not cover runs there, and the differential
-//! tests compare the two bit for bit. The simulator's event loop (timing,
-//! semaphores, race and bounds checks) is the same for both engines.
-//!
-//! Covered so far (the first step of the engine): `tensor_tensor` and
+//! Cranelift code for the elementwise instructions: `tensor_tensor` and
 //! `tensor_scalar` with add, sub, mul and div (immediate or per-partition column
 //! scalars, either operand order) and `copy`, on f32 and bf16 tiles whose free
 //! pattern is one contiguous run. A destination that overlaps a source other
-//! than exactly (the same bytes) falls back, since the interpreter reads every
-//! source before it writes.
-
-use std::collections::HashMap;
+//! than exactly (the same bytes) is not covered, since the interpreter reads
+//! every source before it writes.
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
-use cranelift_codegen::ir::{types, AbiParam, InstBuilder, MemFlags, UserFuncName, Value};
-use cranelift_codegen::settings::{self, Configurable};
-use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
-use cranelift_jit::{JITBuilder, JITModule};
-use cranelift_module::{default_libcall_names, Linkage, Module};
+use cranelift_codegen::ir::{types, InstBuilder, MemFlags, Value};
+use cranelift_frontend::FunctionBuilder;
 use jpu_isa::inst::Op;
 use jpu_isa::operand::{AluOp, Column, Scalar, Space, Tile};
-use jpu_isa::{DType, Program, Target};
-
-/// A compiled instruction: called with the core's SRAM and PSUM base pointers.
-type Native = unsafe extern "C" fn(*mut u8, *mut u8);
-
-/// The native code of a program's covered instructions.
-pub struct Jit {
-    /// Keeps the code alive.
-    _module: JITModule,
-    /// By (core, engine, index in the engine's stream).
-    code: HashMap<(usize, usize, usize), Native>,
-}
-
-impl std::fmt::Debug for Jit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Jit({} instructions compiled)", self.code.len())
-    }
-}
-
-impl Jit {
-    /// Compiles every covered compute instruction of `p` for `t`'s memories.
-    pub fn compile(p: &Program, t: &Target) -> Result<Jit, String> {
-        let mut flags = settings::builder();
-        flags.set("opt_level", "speed").map_err(|e| e.to_string())?;
-        let isa = cranelift_native::builder()
-            .map_err(|e| format!("this host is not supported by the compiled engine: {e}"))?
-            .finish(settings::Flags::new(flags))
-            .map_err(|e| e.to_string())?;
-        let mut module = JITModule::new(JITBuilder::with_isa(isa, default_libcall_names()));
-        let mut ctx = module.make_context();
-        let mut fctx = FunctionBuilderContext::new();
-        let memory = Memory {
-            sram: (t.sram.partition_bytes as i64, (t.sram.partition_bytes * t.sram.partitions) as i64),
-            psum: (t.psum.partition_bytes as i64, (t.psum.partition_bytes * t.psum.partitions) as i64),
-        };
-        let mut ids = Vec::new();
-        for (core, engines) in p.cores.iter().enumerate() {
-            for (engine, stream) in engines.iter().enumerate() {
-                for (index, inst) in stream.iter().enumerate() {
-                    let Some(kernel) = Kernel::of(&inst.op, &memory) else { continue };
-                    let mut sig = module.make_signature();
-                    sig.params.extend([AbiParam::new(types::I64), AbiParam::new(types::I64)]);
-                    let id = module
-                        .declare_function(&format!("i{core}_{engine}_{index}"), Linkage::Local, &sig)
-                        .map_err(|e| e.to_string())?;
-                    ctx.func.signature = sig;
-                    ctx.func.name = UserFuncName::user(0, id.as_u32());
-                    kernel.build(FunctionBuilder::new(&mut ctx.func, &mut fctx), &memory);
-                    module.define_function(id, &mut ctx).map_err(|e| format!("{e:?}"))?;
-                    module.clear_context(&mut ctx);
-                    ids.push(((core, engine, index), id));
-                }
-            }
-        }
-        module.finalize_definitions().map_err(|e| e.to_string())?;
-        let code = ids
-            .into_iter()
-            .map(|(key, id)| {
-                // SAFETY: defined above with exactly this signature.
-                let f = unsafe { std::mem::transmute::<*const u8, Native>(module.get_finalized_function(id)) };
-                (key, f)
-            })
-            .collect();
-        Ok(Jit { _module: module, code })
-    }
-
-    /// How many instructions have native code.
-    pub fn compiled(&self) -> usize {
-        self.code.len()
-    }
-
-    /// Runs instruction (core, engine, index) natively on `sram` and `psum`;
-    /// false when it has no native code (the interpreter runs it).
-    pub fn run(&self, key: (usize, usize, usize), sram: &mut [u8], psum: &mut [u8]) -> bool {
-        let Some(f) = self.code.get(&key) else { return false };
-        // SAFETY: the code was compiled for memories of exactly these sizes
-        // (`Memory`), and every access was checked against them then.
-        unsafe { f(sram.as_mut_ptr(), psum.as_mut_ptr()) };
-        true
-    }
-}
+use jpu_isa::{DType, Target};
 
 /// Per space: bytes per partition and in all.
-struct Memory {
+pub(super) struct Memory {
     sram: (i64, i64),
     psum: (i64, i64),
 }
 
 impl Memory {
+    pub(super) fn of_target(t: &Target) -> Memory {
+        Memory {
+            sram: (t.sram.partition_bytes as i64, (t.sram.partition_bytes * t.sram.partitions) as i64),
+            psum: (t.psum.partition_bytes as i64, (t.psum.partition_bytes * t.psum.partitions) as i64),
+        }
+    }
+
     fn of(&self, space: Space) -> (i64, i64) {
         match space {
             Space::Sram => self.sram,
@@ -120,7 +34,7 @@ impl Memory {
     }
 
     /// Whether every byte `tile` touches is inside its space.
-    fn holds(&self, tile: &Tile) -> bool {
+    pub(super) fn holds(&self, tile: &Tile) -> bool {
         let (pb, total) = self.of(tile.space);
         let last = (tile.part_start as i64 + tile.part_count as i64 - 1) * pb
             + tile.offset as i64
@@ -130,7 +44,7 @@ impl Memory {
 }
 
 /// What one covered instruction computes.
-enum Kernel {
+pub(super) enum Kernel {
     Binary { op: AluOp, dst: Tile, a: Tile, b: Tile },
     Scalar { op: AluOp, reverse: bool, dst: Tile, src: Tile, scalar: Scalar },
     Copy { dst: Tile, src: Tile },
@@ -162,7 +76,7 @@ fn same_or_apart(a: &Tile, b: &Tile) -> bool {
 
 impl Kernel {
     /// The kernel of `op`, when the engine covers it.
-    fn of(op: &Op, m: &Memory) -> Option<Kernel> {
+    pub(super) fn of(op: &Op, m: &Memory) -> Option<Kernel> {
         let arithmetic = |op: &AluOp| matches!(op, AluOp::Add | AluOp::Sub | AluOp::Mul | AluOp::Div);
         let shaped = |dst: &Tile, src: &Tile| {
             plain(dst, m) && plain(src, m) && dst.part_count == src.part_count && dst.free_elems() == src.free_elems()
@@ -197,7 +111,7 @@ impl Kernel {
     }
 
     /// Emits the kernel: for each partition, for each element, load, compute, store.
-    fn build(&self, mut b: FunctionBuilder<'_>, m: &Memory) {
+    pub(super) fn build(&self, mut b: FunctionBuilder<'_>, m: &Memory) {
         let (dst, parts, elems) = match self {
             Kernel::Binary { dst, .. } | Kernel::Scalar { dst, .. } | Kernel::Copy { dst, .. } => {
                 (*dst, dst.part_count as i64, dst.free_elems() as i64)
