@@ -147,6 +147,10 @@ enum Command {
         /// Optimization level: -O0 skips the e-graph optimizer.
         #[arg(short = 'O', value_name = "LEVEL", default_value_t = 2)]
         opt: u8,
+        /// What computes the simulator's results: `jit` (the default on x86_64
+        /// and aarch64) or `interp`; the same results either way.
+        #[arg(long, value_enum, default_value = DEFAULT_ENGINE)]
+        engine: EngineArg,
     },
     /// Evaluate a .tir function with the reference evaluator.
     Eval {
@@ -198,13 +202,15 @@ enum Command {
         /// Skip race checking (faster).
         #[arg(long)]
         no_race_check: bool,
-        /// What computes results: `interp` (the interpreter, the specification)
-        /// or `jit` (native code where it covers an instruction; same results).
-        #[arg(long, value_enum, default_value = "interp")]
+        /// What computes results: `jit` (native code where it covers an
+        /// instruction, the interpreter elsewhere; the default on x86_64 and
+        /// aarch64) or `interp` (the interpreter, the specification). The same
+        /// results either way.
+        #[arg(long, value_enum, default_value = DEFAULT_ENGINE)]
         engine: EngineArg,
         /// Host threads the compiled engine may split a large instruction over
         /// (0: one per host core); results do not depend on it.
-        #[arg(long, value_name = "N", default_value_t = 0)]
+        #[arg(long, value_name = "N", default_value_t = 1)]
         threads: usize,
         /// Fault past this many cycles.
         #[arg(long, value_name = "N")]
@@ -415,9 +421,9 @@ fn verify(
     model: &ModelArgs,
     target_arg: &str,
     seed: u64,
-    schedule: Option<&Path>,
+    (schedule, opt): (Option<&Path>, u8),
     json: bool,
-    opt: u8,
+    engine: EngineArg,
 ) -> Result<(), Failure> {
     let t = target(target_arg)?;
     let Loaded { src, func, weights, .. } = load(file, model)?;
@@ -425,7 +431,7 @@ fn verify(
     opts.weights = std::sync::Arc::new(weights);
     let compiled = jalc::driver::compile(&func, &t, &opts)
         .map_err(|e| compile_failure(&e, (file, &src), schedule.zip(schedule_text.as_deref())))?;
-    let v = match jalc::verify::verify_compiled(&compiled, &func, &t, seed) {
+    let v = match jalc::verify::verify_compiled_on(&compiled, &func, &t, seed, engine.engine()) {
         Ok(v) => v,
         Err(jalc::verify::VerifyError::Compile(e)) => return Err(compile_failure(&e, (file, &src), None)),
         Err(jalc::verify::VerifyError::Input(e)) => {
@@ -597,6 +603,18 @@ enum EngineArg {
     Jit,
 }
 
+/// The runtime's default engine for this host, as `--engine` spells it.
+const DEFAULT_ENGINE: &str = if cfg!(any(target_arch = "x86_64", target_arch = "aarch64")) { "jit" } else { "interp" };
+
+impl EngineArg {
+    fn engine(self) -> jpu_runtime::ExecEngine {
+        match self {
+            EngineArg::Interp => jpu_runtime::ExecEngine::Interp,
+            EngineArg::Jit => jpu_runtime::ExecEngine::Jit,
+        }
+    }
+}
+
 fn run(a: RunArgs<'_>) -> Result<(), Failure> {
     let (program, target) = load_binary(a.file, a.target)?;
     let files = parse_inputs(a.inputs)?;
@@ -614,10 +632,7 @@ fn run(a: RunArgs<'_>) -> Result<(), Failure> {
         trace: a.trace.is_some(),
         read_scratch: false,
         threads: a.threads,
-        engine: match a.engine {
-            EngineArg::Interp => jpu_runtime::ExecEngine::Interp,
-            EngineArg::Jit => jpu_runtime::ExecEngine::Jit,
-        },
+        engine: a.engine.engine(),
     };
     let outcome = jpu_runtime::run(&program, &target, &inputs, &opts)
         .map_err(|f| Failure::Fault(format!("fault: {}: {f}", a.file.display())))?;
@@ -690,8 +705,8 @@ fn main() -> ExitCode {
             opt: *opt,
         }),
         Command::Eval { file, inputs, output_dir } => eval(file, inputs, output_dir),
-        Command::Verify { file, model, target, seed, schedule, json, opt } => {
-            verify(file, model, target, *seed, schedule.as_deref(), *json, *opt)
+        Command::Verify { file, model, target, seed, schedule, json, opt, engine } => {
+            verify(file, model, target, *seed, (schedule.as_deref(), *opt), *json, *engine)
         }
         Command::Asm { file, output, target } => asm(file, output, target.as_deref()),
         Command::Disasm { file, target, output } => disasm(file, target.as_deref(), output.as_deref()),

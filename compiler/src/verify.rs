@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 
 use jpu_isa::{DType, Target};
-use jpu_runtime::{run, RunOptions};
+use jpu_runtime::{run, ExecEngine, RunOptions};
 
 use crate::driver::{self, Options};
 use crate::error::CompileError;
@@ -183,13 +183,24 @@ pub fn verify_compiled(
     t: &Target,
     seed: u64,
 ) -> Result<Verification, VerifyError> {
+    verify_compiled_on(compiled, f, t, seed, ExecEngine::default())
+}
+
+/// [`verify_compiled`] with the simulator's data computed by `engine`.
+pub fn verify_compiled_on(
+    compiled: &driver::Compiled,
+    f: &Func,
+    t: &Target,
+    seed: u64,
+    engine: ExecEngine,
+) -> Result<Verification, VerifyError> {
     // Weight parameters hold their stored values (constants of the binary).
     let inputs = inputs_with(f, seed, &compiled.weights);
     // Every value of the program as written: the results are the reference, and
     // attention's tolerance reads its V from them.
     let values = eval_values(f, &inputs).map_err(|e| VerifyError::Input(e.to_string()))?;
     let reference: Vec<&Tensor> = f.results.iter().map(|r| &values[r.0 as usize]).collect();
-    let (outcome, binary_name) = run_on_chip(compiled, f, t, &inputs)?;
+    let (outcome, binary_name) = run_on_chip(compiled, f, t, &inputs, engine)?;
     let chip: HashMap<&str, &[u8]> = outcome.outputs.iter().map(|(n, b)| (n.as_str(), b.as_slice())).collect();
     // A chain of kernels accumulates each one's rounding: the contraction lengths add.
     let k = compiled.kernels.iter().map(|k| k.contraction()).fold(0u64, u64::saturating_add).max(1) as f64;
@@ -235,6 +246,7 @@ fn run_on_chip(
     f: &Func,
     t: &Target,
     inputs: &[Tensor],
+    engine: ExecEngine,
 ) -> Result<(jpu_runtime::Outcome, impl Fn(&str) -> String), VerifyError> {
     // The binary's names of the program's tensors (IR names that are not
     // identifiers are renamed; `tiles::binary_names`).
@@ -256,7 +268,7 @@ fn run_on_chip(
         }
         sim_inputs.push((binary_name(&f.node(p).name), bytes));
     }
-    let opts = RunOptions { strict_uninit: true, read_scratch: true, ..RunOptions::default() };
+    let opts = RunOptions { strict_uninit: true, read_scratch: true, engine, ..RunOptions::default() };
     let outcome = run(&compiled.program, t, &sim_inputs, &opts).map_err(|fault| VerifyError::Fault(fault.message))?;
     Ok((outcome, binary_name))
 }
@@ -270,7 +282,7 @@ pub fn simulate(
     t: &Target,
     inputs: &[Tensor],
 ) -> Result<Vec<Tensor>, VerifyError> {
-    let (outcome, binary_name) = run_on_chip(compiled, f, t, inputs)?;
+    let (outcome, binary_name) = run_on_chip(compiled, f, t, inputs, ExecEngine::default())?;
     let chip: HashMap<&str, &[u8]> = outcome.outputs.iter().map(|(n, b)| (n.as_str(), b.as_slice())).collect();
     let opt = &compiled.optimized;
     f.results

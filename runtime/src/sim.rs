@@ -55,19 +55,31 @@ pub struct RunOptions {
     /// Which engine computes instructions' results (functional runs only).
     pub engine: ExecEngine,
     /// Host threads the compiled engine may split a large instruction over (0:
-    /// one per host core). Results do not depend on it.
+    /// one per host core; default 1, see docs/simulator.md). Results do not
+    /// depend on it.
     pub threads: usize,
 }
 
 /// What computes instructions' results; timing and checks are the same.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// The default is [`ExecEngine::Jit`] on x86_64 and aarch64 hosts (Cranelift's
+/// native targets), [`ExecEngine::Interp`] elsewhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExecEngine {
     /// The interpreter ([`crate::semantics`]), the specification.
-    #[default]
     Interp,
     /// Native code compiled per program ([`crate::jit`]) where it covers an
     /// instruction, the interpreter elsewhere.
     Jit,
+}
+
+impl Default for ExecEngine {
+    fn default() -> Self {
+        if cfg!(any(target_arch = "x86_64", target_arch = "aarch64")) {
+            ExecEngine::Jit
+        } else {
+            ExecEngine::Interp
+        }
+    }
 }
 
 impl Default for RunOptions {
@@ -80,8 +92,8 @@ impl Default for RunOptions {
             max_instructions: None,
             trace: false,
             read_scratch: false,
-            engine: ExecEngine::Interp,
-            threads: 0,
+            engine: ExecEngine::default(),
+            threads: 1,
         }
     }
 }

@@ -61,7 +61,7 @@ fn plain(t: &Tile, m: &Memory) -> bool {
 }
 
 /// The same bytes, or none in common.
-fn same_or_apart(a: &Tile, b: &Tile) -> bool {
+pub(super) fn same_or_apart(a: &Tile, b: &Tile) -> bool {
     let same = a.space == b.space
         && a.part_start == b.part_start
         && a.part_count == b.part_count

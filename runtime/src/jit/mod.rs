@@ -9,11 +9,14 @@
 //! - generated ([`codegen`]): Cranelift compiles each covered elementwise
 //!   instruction into a function specialised on its operands' placement, dtypes
 //!   and op;
-//! - helpers ([`matmul`]): float matmuls call a host-SIMD micro-kernel chosen by
-//!   runtime feature detection, split over a thread pool when large.
+//! - helpers: float matmuls call a host-SIMD micro-kernel chosen by runtime
+//!   feature detection, split over threads when large ([`matmul`]);
+//!   `activate` and `reduce` on contiguous rows call row loops with a
+//!   sixteen-lane `exp` ([`rows`]).
 
 mod codegen;
 mod matmul;
+mod rows;
 
 use std::collections::HashMap;
 
@@ -40,6 +43,7 @@ type Key = (usize, usize, usize);
 enum Compiled {
     Native(Native),
     Matmul { dst: Tile, stationary: Tile, moving: Tile, accumulate: bool, transposed: bool },
+    Row(rows::RowOp),
 }
 
 /// A program's covered instructions, ready to run.
@@ -148,13 +152,14 @@ impl Jit {
                 give_buffer(a);
                 give_buffer(b);
             }
+            Some(Compiled::Row(op)) => op.run(mem),
         }
         true
     }
 }
 
 /// The helper that runs `op`, when one does: float matmuls into a contiguous
-/// f32 PSUM tile.
+/// f32 PSUM tile, row instructions ([`rows::RowOp`]).
 fn helper(op: &Op, memory: &Memory) -> Option<Compiled> {
     match *op {
         Op::Matmul { dst, stationary, moving, accumulate, transposed }
@@ -166,6 +171,6 @@ fn helper(op: &Op, memory: &Memory) -> Option<Compiled> {
         {
             Some(Compiled::Matmul { dst, stationary, moving, accumulate, transposed })
         }
-        _ => None,
+        _ => rows::RowOp::of(op, memory).map(Compiled::Row),
     }
 }
