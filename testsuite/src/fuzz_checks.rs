@@ -46,7 +46,8 @@ pub fn jbin_read(data: &[u8]) {
 }
 
 /// Any byte string (resealed) that loads runs in the simulator, timing-only and
-/// functional with race checks, within limits, to an outcome or a fault.
+/// functional with race checks, within limits, to an outcome or a fault; the
+/// interpreter and the compiled engine give the same outcome or fault.
 pub fn sim_run(data: &[u8]) {
     let mut bytes = data.to_vec();
     jbin::reseal(&mut bytes);
@@ -55,7 +56,7 @@ pub fn sim_run(data: &[u8]) {
     let limits = RunOptions { max_instructions: Some(100_000), max_cycles: Some(100_000_000), ..Default::default() };
     let timing = RunOptions { timing_only: true, ..limits.clone() };
     let _ = jpu_runtime::run(&program, &target, &[], &timing);
-    let _ = jpu_runtime::run(&program, &target, &[], &limits);
+    let _ = crate::run_on_both_engines(&program, &target, &[], &limits, "fuzzed binary");
 }
 
 /// Any byte string steers the program generator to a valid `.tir` program,

@@ -38,6 +38,34 @@ pub fn verify_everywhere(f: &jalc::ir::Func, src: &str, seed: u64) -> f64 {
     max_abs
 }
 
+/// Runs `program` on both engines with `opts` (the engine field is set for
+/// each run) and returns the interpreter's result after checking that the
+/// compiled engine agrees: the same output bytes, report and cycles, or the
+/// same fault (kind, cycle, instruction and message). Panics on a difference.
+pub fn run_on_both_engines(
+    program: &jpu_isa::Program,
+    t: &jpu_isa::Target,
+    inputs: &[(String, Vec<u8>)],
+    opts: &jpu_runtime::RunOptions,
+    what: &str,
+) -> Result<jpu_runtime::Outcome, jpu_runtime::Fault> {
+    use jpu_runtime::ExecEngine;
+    let on = |engine| jpu_runtime::run(program, t, inputs, &jpu_runtime::RunOptions { engine, ..opts.clone() });
+    let interp = on(ExecEngine::Interp);
+    let jit = on(ExecEngine::Jit);
+    match (&interp, &jit) {
+        (Ok(a), Ok(b)) => {
+            assert!(a.outputs == b.outputs, "{what}: the engines' outputs differ");
+            assert_eq!(a.report, b.report, "{what}: the engines' reports differ");
+            assert_eq!(a.held_bytes, b.held_bytes, "{what}: the engines held different bytes");
+        }
+        (Err(a), Err(b)) => assert_eq!(a, b, "{what}: the engines' faults differ"),
+        (Ok(_), Err(f)) => panic!("{what}: only the compiled engine faults: {f}"),
+        (Err(f), Ok(_)) => panic!("{what}: only the interpreter faults: {f}"),
+    }
+    interp
+}
+
 /// The kind a case file declares on its first line, if any.
 pub fn case_kind(src: &str) -> Option<&str> {
     let first = src.lines().next()?;
