@@ -21,6 +21,7 @@
 #![deny(missing_docs)]
 
 pub mod footprint;
+mod hugepages;
 pub mod io;
 pub mod jit;
 pub mod memory;

@@ -3,8 +3,9 @@
 //! Never-written bytes read as `0xff`, which is a NaN in every float dtype (and -1
 //! in the integer ones), so a kernel that reads uninitialised memory produces
 //! visibly wrong results even when strict checking is off. HBM is held sparsely:
-//! 64-byte chunks of 64 KiB pages, whole pages once most of one is written, so
-//! memory grows with the bytes written, never with the span of a transfer.
+//! 64-byte chunks of 64 KiB pages, whole pages once most of one is written (from
+//! 2 MiB slabs backed by huge pages, [`crate::hugepages`]), so memory grows with
+//! the bytes written, never with the span of a transfer.
 
 use std::collections::HashMap;
 
@@ -26,13 +27,46 @@ const DENSE_AFTER: usize = 256;
 enum Page {
     /// Chunks sorted by index.
     Sparse(Vec<(u16, [u8; CHUNK])>),
-    Dense(Box<[u8]>),
+    /// A page of [`Slabs`].
+    Dense(u32),
+}
+
+/// Dense pages, allocated [`SLAB_PAGES`] at a time as one huge-page-backed
+/// buffer ([`crate::hugepages`]); pages are never given back before the run ends.
+#[derive(Default)]
+struct Slabs {
+    slabs: Vec<Box<crate::hugepages::Block>>,
+    pages: u32,
+}
+
+/// Dense pages per slab: one huge page.
+const SLAB_PAGES: usize = crate::hugepages::HUGE_PAGE / PAGE;
+
+impl Slabs {
+    /// A fresh (never-written) page.
+    fn claim(&mut self) -> u32 {
+        if self.pages as usize == self.slabs.len() * SLAB_PAGES {
+            self.slabs.push(crate::hugepages::block(FILL));
+        }
+        self.pages += 1;
+        self.pages - 1
+    }
+
+    fn page(&self, i: u32) -> &[u8] {
+        let (slab, at) = (i as usize / SLAB_PAGES, i as usize % SLAB_PAGES * PAGE);
+        &self.slabs[slab].0[at..at + PAGE]
+    }
+
+    fn page_mut(&mut self, i: u32) -> &mut [u8] {
+        let (slab, at) = (i as usize / SLAB_PAGES, i as usize % SLAB_PAGES * PAGE);
+        &mut self.slabs[slab].0[at..at + PAGE]
+    }
 }
 
 impl Page {
-    fn read(&self, off: usize, out: &mut [u8]) {
+    fn read(&self, dense: &Slabs, off: usize, out: &mut [u8]) {
         match self {
-            Page::Dense(bytes) => out.copy_from_slice(&bytes[off..off + out.len()]),
+            Page::Dense(i) => out.copy_from_slice(&dense.page(*i)[off..off + out.len()]),
             Page::Sparse(chunks) => {
                 for (at, piece) in chunk_pieces(off, out.len()) {
                     let dst = &mut out[at - off..at - off + piece];
@@ -45,23 +79,24 @@ impl Page {
         }
     }
 
-    fn write(&mut self, off: usize, data: &[u8]) {
+    fn write(&mut self, dense: &mut Slabs, off: usize, data: &[u8]) {
         let mut new = 0;
         if let Page::Sparse(chunks) = self {
             let first = off >> CHUNK_BITS;
             let last = (off + data.len() - 1) >> CHUNK_BITS;
             new = (first..=last).filter(|c| chunks.binary_search_by_key(&(*c as u16), |c| c.0).is_err()).count();
             if chunks.len() + new > DENSE_AFTER {
-                let mut bytes = vec![FILL; PAGE].into_boxed_slice();
+                let i = dense.claim();
+                let bytes = dense.page_mut(i);
                 for (c, chunk) in chunks.iter() {
                     let at = (*c as usize) << CHUNK_BITS;
                     bytes[at..at + CHUNK].copy_from_slice(chunk);
                 }
-                *self = Page::Dense(bytes);
+                *self = Page::Dense(i);
             }
         }
         match self {
-            Page::Dense(bytes) => bytes[off..off + data.len()].copy_from_slice(data),
+            Page::Dense(i) => dense.page_mut(*i)[off..off + data.len()].copy_from_slice(data),
             Page::Sparse(chunks) => {
                 // Exact growth: most sparse pages hold one or two chunks.
                 chunks.reserve_exact(new);
@@ -79,7 +114,7 @@ impl Page {
 
     fn resident_bytes(&self) -> u64 {
         match self {
-            Page::Dense(_) => PAGE as u64,
+            Page::Dense(_) => 0,
             Page::Sparse(chunks) => (chunks.len() * CHUNK) as u64,
         }
     }
@@ -99,6 +134,7 @@ fn chunk_pieces(off: usize, len: usize) -> impl Iterator<Item = (usize, usize)> 
 #[derive(Default)]
 pub struct Hbm {
     pages: HashMap<u64, Page>,
+    dense: Slabs,
 }
 
 impl Hbm {
@@ -109,7 +145,7 @@ impl Hbm {
             let (index, off) = (addr >> PAGE_BITS, (addr as usize) & (PAGE - 1));
             let n = (PAGE - off).min(out.len() - done);
             match self.pages.get(&index) {
-                Some(p) => p.read(off, &mut out[done..done + n]),
+                Some(p) => p.read(&self.dense, off, &mut out[done..done + n]),
                 None => out[done..done + n].fill(FILL),
             }
             done += n;
@@ -123,24 +159,26 @@ impl Hbm {
         while done < data.len() {
             let (index, off) = (addr >> PAGE_BITS, (addr as usize) & (PAGE - 1));
             let n = (PAGE - off).min(data.len() - done);
+            let dense = &mut self.dense;
             let page = self.pages.entry(index).or_insert_with(|| {
                 // A write of most of a page starts it dense.
                 if n > DENSE_AFTER * CHUNK {
-                    Page::Dense(vec![FILL; PAGE].into_boxed_slice())
+                    Page::Dense(dense.claim())
                 } else {
                     Page::Sparse(Vec::new())
                 }
             });
-            page.write(off, &data[done..done + n]);
+            page.write(dense, off, &data[done..done + n]);
             done += n;
             addr += n as u64;
         }
     }
 
-    /// Bytes of HBM the simulator holds (64-byte chunks of sparse pages, whole
-    /// dense pages).
+    /// Bytes of HBM the simulator holds (64-byte chunks of sparse pages, the
+    /// slabs of dense pages).
     pub fn resident_bytes(&self) -> u64 {
-        self.pages.values().map(Page::resident_bytes).sum()
+        let dense = (self.dense.slabs.len() * SLAB_PAGES * PAGE) as u64;
+        dense + self.pages.values().map(Page::resident_bytes).sum::<u64>()
     }
 }
 
@@ -162,8 +200,8 @@ impl CoreMemory {
         let sp = target.sram.partition_bytes as usize;
         let pp = target.psum.partition_bytes as usize;
         CoreMemory {
-            sram: vec![FILL; sp * target.sram.partitions as usize],
-            psum: vec![FILL; pp * target.psum.partitions as usize],
+            sram: crate::hugepages::filled(sp * target.sram.partitions as usize, FILL),
+            psum: crate::hugepages::filled(pp * target.psum.partitions as usize, FILL),
             sram_partition_bytes: sp,
             psum_partition_bytes: pp,
         }
@@ -273,11 +311,17 @@ mod tests {
             h.write(i << 20, &[7]);
         }
         assert_eq!(h.resident_bytes(), 1002 * CHUNK as u64);
+        // Dense pages come a slab (one huge page) at a time.
         h.write(1 << 50, &[9; 40000]);
-        assert_eq!(h.resident_bytes(), 1002 * CHUNK as u64 + PAGE as u64);
+        let slab = (SLAB_PAGES * PAGE) as u64;
+        assert_eq!(h.resident_bytes(), 1002 * CHUNK as u64 + slab);
+        h.write(1 << 45, &[8; PAGE]);
+        assert_eq!(h.resident_bytes(), 1002 * CHUNK as u64 + slab);
         let mut out = [0u8; 3];
         h.read((1 << 50) + 39999, &mut out);
         assert_eq!(out, [9, FILL, FILL]);
+        h.read((1 << 45) + PAGE as u64 - 1, &mut out);
+        assert_eq!(out, [8, FILL, FILL]);
     }
 
     #[test]

@@ -166,7 +166,69 @@ impl Bytes {
 #[derive(Clone)]
 enum Blocks {
     Dense(Vec<(Epoch, Epoch)>),
-    Sparse(HashMap<u64, (Epoch, Epoch), BuildFast>),
+    Sparse(HashMap<u64, Group, BuildFast>),
+}
+
+/// Blocks per group of sparse records: 64 KiB of HBM, so a stream of
+/// accesses hashes once per group rather than once per block.
+const GROUP_BITS: u32 = 10;
+/// A group holds its records sorted while it has at most this many.
+const GROUP_FEW: usize = 96;
+
+/// The touched blocks' records of one group: few (sorted by block), or all.
+#[derive(Clone)]
+enum Group {
+    Few(Vec<(u16, (Epoch, Epoch))>),
+    All(Box<[(Epoch, Epoch)]>),
+}
+
+impl Group {
+    fn get(&self, i: u16) -> (Epoch, Epoch) {
+        match self {
+            Group::Few(v) => v.binary_search_by_key(&i, |r| r.0).map_or((0, 0), |k| v[k].1),
+            Group::All(all) => all[i as usize],
+        }
+    }
+
+    /// Sets record `i`, returning the old one.
+    fn set(&mut self, i: u16, rec: (Epoch, Epoch)) -> (Epoch, Epoch) {
+        if let Group::Few(v) = self {
+            match v.binary_search_by_key(&i, |r| r.0) {
+                Ok(k) => return std::mem::replace(&mut v[k].1, rec),
+                Err(k) if v.len() < GROUP_FEW => {
+                    // Doubling from one: most groups of a strided pattern hold one record.
+                    if v.len() == v.capacity() {
+                        v.reserve_exact(v.len().max(1));
+                    }
+                    v.insert(k, (i, rec));
+                    return (0, 0);
+                }
+                Err(_) => {
+                    let mut all = vec![(0, 0); 1 << GROUP_BITS].into_boxed_slice();
+                    for &(j, r) in v.iter() {
+                        all[j as usize] = r;
+                    }
+                    *self = Group::All(all);
+                }
+            }
+        }
+        match self {
+            Group::All(all) => std::mem::replace(&mut all[i as usize], rec),
+            Group::Few(_) => unreachable!("a full group became All above"),
+        }
+    }
+
+    fn footprint_bytes(&self) -> u64 {
+        match self {
+            Group::Few(v) => v.capacity() as u64 * 12,
+            Group::All(all) => all.len() as u64 * 8,
+        }
+    }
+}
+
+/// Group of block `b`, and its index there.
+fn group_of(b: u64) -> (u64, u16) {
+    (b >> GROUP_BITS, (b & ((1 << GROUP_BITS) - 1)) as u16)
 }
 
 /// Shadow of one memory: per 64-byte block one (write, read) epoch pair for the
@@ -199,21 +261,28 @@ impl Cells {
     fn block(&self, b: u64) -> (Epoch, Epoch) {
         match &self.blocks {
             Blocks::Dense(v) => v[b as usize],
-            Blocks::Sparse(m) => m.get(&b).copied().unwrap_or((0, 0)),
+            Blocks::Sparse(m) => {
+                let (g, i) = group_of(b);
+                m.get(&g).map_or((0, 0), |group| group.get(i))
+            }
         }
     }
 
+    /// Sets block `b`'s record; per-byte runs and a block reader set exist
+    /// exactly while the record says [`MIXED`] and [`SHARED`], so they are
+    /// dropped only when the old record had them.
     fn set_block(&mut self, b: u64, rec: (Epoch, Epoch)) {
-        match &mut self.blocks {
-            Blocks::Dense(v) => v[b as usize] = rec,
+        let old = match &mut self.blocks {
+            Blocks::Dense(v) => std::mem::replace(&mut v[b as usize], rec),
             Blocks::Sparse(m) => {
-                m.insert(b, rec);
+                let (g, i) = group_of(b);
+                m.entry(g).or_insert_with(|| Group::Few(Vec::new())).set(i, rec)
             }
-        }
-        if rec.0 != MIXED {
+        };
+        if old.0 == MIXED && rec.0 != MIXED {
             self.bytes.remove(&b);
         }
-        if rec.1 != SHARED {
+        if old.1 == SHARED && rec.1 != SHARED {
             self.shared.remove(&b);
         }
     }
@@ -434,7 +503,7 @@ impl Shadow {
         let cells = |c: &Cells| {
             let blocks = match &c.blocks {
                 Blocks::Dense(v) => v.len() as u64 * 8,
-                Blocks::Sparse(m) => m.capacity() as u64 * 24,
+                Blocks::Sparse(m) => m.capacity() as u64 * 40 + m.values().map(Group::footprint_bytes).sum::<u64>(),
             };
             blocks
                 + c.bytes.values().map(|b| 32 + b.0.capacity() as u64 * 12).sum::<u64>()

@@ -416,7 +416,7 @@ impl<'p> Sim<'p> {
                 .filter(|t| t.role == Role::Output)
                 .chain(self.p.tensors.iter().filter(|t| self.opts.read_scratch && t.role == Role::Scratch))
                 .map(|t| {
-                    let mut buf = vec![0u8; t.size_bytes() as usize];
+                    let mut buf = crate::hugepages::filled(t.size_bytes() as usize, 0);
                     self.hbm.read(t.addr, &mut buf);
                     (t.name.clone(), buf)
                 })

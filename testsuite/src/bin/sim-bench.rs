@@ -44,8 +44,8 @@ fn main() {
     }
 
     println!("### Functional simulation of GEMM kernels (jpu1, one core)\n");
-    println!("| kernel | instructions | simulated cycles | % of roofline | race checks | wall (median of {reps}) | GFLOP/s simulated |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| kernel | instructions | simulated cycles | % of roofline | engine | race checks | wall (median of {reps}) | GFLOP/s simulated |");
+    println!("|---|---|---|---|---|---|---|---|");
     let args: Vec<String> = std::env::args().collect();
     let size_arg =
         args.iter().position(|a| a == "--size").and_then(|i| args.get(i + 1)).and_then(|s| s.parse::<usize>().ok());
@@ -63,8 +63,10 @@ fn main() {
         let p = gemm(&jpu1, spec).expect("fits jpu1");
         let data = inputs(spec);
         let instructions = p.instructions().count();
-        for check_races in [true, false] {
-            let opts = RunOptions { check_races, ..RunOptions::default() };
+        for (engine, check_races) in
+            [(ExecEngine::Interp, true), (ExecEngine::Interp, false), (ExecEngine::Jit, true), (ExecEngine::Jit, false)]
+        {
+            let opts = RunOptions { check_races, engine, ..RunOptions::default() };
             let mut walls = Vec::new();
             let mut last = None;
             for _ in 0..reps {
@@ -77,9 +79,10 @@ fn main() {
             let wall = median(walls);
             let flops = 2.0 * (size * size * size) as f64;
             println!(
-                "| {dtype} {size}x{size}x{size} | {instructions} | {} | {:.1}% | {} | {:.3} s | {:.1} |",
+                "| {dtype} {size}x{size}x{size} | {instructions} | {} | {:.1}% | {} | {} | {:.3} s | {:.1} |",
                 r.cycles,
                 100.0 * r.roofline_fraction,
+                if engine == ExecEngine::Jit { "jit" } else { "interp" },
                 if check_races { "on" } else { "off" },
                 wall,
                 flops / wall / 1e9
