@@ -21,7 +21,7 @@ use jpu_runtime::{run, ExecEngine, RunOptions};
 
 use crate::driver::{self, Options};
 use crate::error::CompileError;
-use crate::eval::{eval_values, Tensor};
+use crate::eval::{eval_keeping, eval_values, Tensor};
 use crate::ir::{Func, Op, Operand, ScalarType};
 
 /// The outcome of a verification.
@@ -196,11 +196,19 @@ pub fn verify_compiled_on(
 ) -> Result<Verification, VerifyError> {
     // Weight parameters hold their stored values (constants of the binary).
     let inputs = inputs_with(f, seed, &compiled.weights);
-    // Every value of the program as written: the results are the reference, and
-    // attention's tolerance reads its V from them.
-    let values = eval_values(f, &inputs).map_err(|e| VerifyError::Input(e.to_string()))?;
+    // Every value of the program as written (the results are the reference, and
+    // attention's tolerance reads its V from them), computed while the chip runs:
+    // the two are independent, and each takes one host core.
+    let attention_values: Vec<String> =
+        compiled.kernels.iter().filter_map(|k| k.rounded_probabilities()).map(|(v, _)| v.to_string()).collect();
+    let (values, on_chip) = std::thread::scope(|s| {
+        let reference = s.spawn(|| eval_keeping(f, &inputs, |v| attention_values.contains(&f.nodes[v].name)));
+        let on_chip = run_on_chip(compiled, f, t, &inputs, engine);
+        (reference.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)), on_chip)
+    });
+    let values = values.map_err(|e| VerifyError::Input(e.to_string()))?;
     let reference: Vec<&Tensor> = f.results.iter().map(|r| &values[r.0 as usize]).collect();
-    let (outcome, binary_name) = run_on_chip(compiled, f, t, &inputs, engine)?;
+    let (outcome, binary_name) = on_chip?;
     let chip: HashMap<&str, &[u8]> = outcome.outputs.iter().map(|(n, b)| (n.as_str(), b.as_slice())).collect();
     // A chain of kernels accumulates each one's rounding: the contraction lengths add.
     let k = compiled.kernels.iter().map(|k| k.contraction()).fold(0u64, u64::saturating_add).max(1) as f64;

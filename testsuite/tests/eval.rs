@@ -232,3 +232,28 @@ fn against_numpy_vectors() {
     // Inputs are rounded into their declared dtype exactly once.
     assert_eq!(round(jalc::ir::types::ScalarType::Bf16, 1.0 + 2f64.powi(-8) + 2f64.powi(-30)), 1.0078125);
 }
+
+/// `eval_keeping` empties a value once its last user is evaluated unless it is
+/// kept or a result; every value it keeps equals `eval_values`'s.
+#[test]
+fn eval_keeping_frees_dead_values_only() {
+    let src = "func @f(%x: f32[2, 3]) -> f32[2, 3] {
+  %a = exp(%x)
+  %b = add(%a, %x)
+  %c = mul(%b, 2.0)
+  return %c
+}";
+    let f = tir::parse_and_check(src).unwrap();
+    let x = Tensor::from_values(f.node(f.params().next().unwrap()).ty.clone(), &[0.5, -1.0, 2.0, 0.0, 3.0, -2.5]);
+    let all = jalc::eval::eval_values(&f, std::slice::from_ref(&x)).unwrap();
+    let a = f.nodes.iter().position(|n| n.name == "a").unwrap();
+    let b = f.nodes.iter().position(|n| n.name == "b").unwrap();
+    let kept = jalc::eval::eval_keeping(&f, &[x], |v| v == a).unwrap();
+    for (i, (k, full)) in kept.iter().zip(&all).enumerate() {
+        if i == b || i == 0 {
+            assert!(k.data.is_empty(), "value {i} is dead after its last use");
+        } else {
+            assert_eq!(k.data, full.data, "value {i}");
+        }
+    }
+}

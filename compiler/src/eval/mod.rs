@@ -96,6 +96,34 @@ pub fn eval(f: &Func, inputs: &[Tensor]) -> Result<Vec<Tensor>, EvalError> {
 
 /// Every value of `f` (parameters first), evaluated on `inputs`.
 pub fn eval_values(f: &Func, inputs: &[Tensor]) -> Result<Vec<Tensor>, EvalError> {
+    eval_keeping(f, inputs, |_| true)
+}
+
+/// [`eval_values`], where a value that `keep` refuses (by node index) and
+/// that is not a result has its data emptied once its last user is evaluated,
+/// so a large program holds its live values only.
+pub fn eval_keeping(f: &Func, inputs: &[Tensor], keep: impl Fn(usize) -> bool) -> Result<Vec<Tensor>, EvalError> {
+    let mut last_use = vec![usize::MAX; f.nodes.len()];
+    for (i, node) in f.nodes.iter().enumerate() {
+        for o in &node.operands {
+            if let Operand::Value(v) = o {
+                last_use[v.0 as usize] = i;
+            }
+        }
+    }
+    for r in &f.results {
+        last_use[r.0 as usize] = usize::MAX;
+    }
+    let mut dead_after: Vec<Vec<usize>> = vec![Vec::new(); f.nodes.len()];
+    for (v, &at) in last_use.iter().enumerate() {
+        if at != usize::MAX && !keep(v) {
+            dead_after[at].push(v);
+        }
+    }
+    eval_freeing(f, inputs, &dead_after)
+}
+
+fn eval_freeing(f: &Func, inputs: &[Tensor], dead_after: &[Vec<usize>]) -> Result<Vec<Tensor>, EvalError> {
     if inputs.len() != f.num_params {
         return Err(EvalError(format!("@{} takes {} inputs, given {}", f.name, f.num_params, inputs.len())));
     }
@@ -115,6 +143,9 @@ pub fn eval_values(f: &Func, inputs: &[Tensor]) -> Result<Vec<Tensor>, EvalError
             eval_node(node, &values)
         };
         values.push(t);
+        for &v in &dead_after[i] {
+            values[v].data = Vec::new();
+        }
     }
     Ok(values)
 }
@@ -160,13 +191,15 @@ fn gather(ty: TensorType, x: &Tensor, offset: impl Fn(usize, u64) -> usize) -> T
 #[allow(clippy::needless_range_loop)]
 fn map_elementwise(node: &Node, args: &[&Tensor], f: impl Fn(&[f64]) -> f64) -> Tensor {
     let out = &node.ty.shape;
-    let maps: Vec<Vec<usize>> = args.iter().map(|a| broadcast_index(out, &a.ty.shape)).collect();
+    // An operand of the output's shape is read in place (no index map).
+    let maps: Vec<Option<Vec<usize>>> =
+        args.iter().map(|a| (a.ty.shape != *out).then(|| broadcast_index(out, &a.ty.shape))).collect();
     let n: u64 = out.iter().product();
     let mut data = Vec::with_capacity(n as usize);
     let mut buf = vec![0.0; args.len()];
     for i in 0..n as usize {
         for (k, a) in args.iter().enumerate() {
-            buf[k] = a.data[maps[k][i]];
+            buf[k] = a.data[maps[k].as_ref().map_or(i, |m| m[i])];
         }
         data.push(round(node.ty.dtype, f(&buf)));
     }
@@ -188,8 +221,9 @@ pub fn eval_node(node: &Node, values: &[Tensor]) -> Tensor {
         Op::Param => unreachable!("parameters are inputs"),
         Op::Matmul { transpose_a, transpose_b } => {
             // A transposed operand is read through a transposed copy (exact).
-            let a = if *transpose_a { swap_last_two(&arg(0)) } else { arg(0).into_owned() };
-            let b = if *transpose_b { swap_last_two(&arg(1)) } else { arg(1).into_owned() };
+            let (a, b) = (arg(0), arg(1));
+            let a = if *transpose_a { std::borrow::Cow::Owned(swap_last_two(&a)) } else { a };
+            let b = if *transpose_b { std::borrow::Cow::Owned(swap_last_two(&b)) } else { b };
             matmul(&a, &b, ty)
         }
         Op::Transpose { perm } => {
