@@ -84,16 +84,18 @@ pub fn read_npy_for(path: &Path, tensor: &TensorDecl) -> Result<Vec<u8>, IoError
     let n = tensor.elems() as usize;
     let mut out = vec![0u8; n * size_bytes];
     let bad = |e: std::io::Error| file_err(path, format!("cannot read the data: {e}"));
-    // Element i of the file in C order.
-    let order: Vec<usize> = if fortran { fortran_to_c(&shape) } else { (0..n).collect() };
+    // The file's element at each C-order position (a Fortran-order file only;
+    // a C-order file is read in place).
+    let order: Option<Vec<usize>> = fortran.then(|| fortran_to_c(&shape));
+    let source = |dst: usize| order.as_ref().map_or(dst, |o| o[dst]);
     macro_rules! fill {
         ($t:ty, $store:expr) => {{
             let v: Vec<$t> = npy.into_vec::<$t>().map_err(bad)?;
             if v.len() != n {
                 return Err(file_err(path, format!("holds {} elements; its shape needs {n}", v.len())));
             }
-            for (dst, &src) in order.iter().enumerate() {
-                $store(v[src], &mut out[dst * size_bytes..]);
+            for (dst, o) in out.chunks_exact_mut(size_bytes).enumerate() {
+                $store(v[source(dst)], o);
             }
         }};
     }
@@ -117,8 +119,8 @@ pub fn read_npy_for(path: &Path, tensor: &TensorDecl) -> Result<Vec<u8>, IoError
                     path.display()
                 )));
             }
-            for (dst, &src) in order.iter().enumerate() {
-                store_i128(d, v[src] as i128, &mut out[dst * size_bytes..]);
+            for (dst, o) in out.chunks_exact_mut(size_bytes).enumerate() {
+                store_i128(d, v[source(dst)] as i128, o);
             }
         }};
     }
