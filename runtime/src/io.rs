@@ -359,4 +359,45 @@ mod tests {
         // A 2x3 array in Fortran order stores column by column.
         assert_eq!(fortran_to_c(&[2, 3]), vec![0, 2, 4, 1, 3, 5]);
     }
+
+    /// The same 2x3 f32 array saved in C and in Fortran order (numpy's layout
+    /// of `np.save(f, a)` and `np.save(f, np.asfortranarray(a))`) loads as the
+    /// same bf16 bytes.
+    #[test]
+    fn c_and_fortran_files_load_the_same_bytes() {
+        let npy = |fortran: bool, values: &[f32]| {
+            let dict = format!(
+                "{{'descr': '<f4', 'fortran_order': {}, 'shape': (2, 3), }}",
+                if fortran { "True" } else { "False" }
+            );
+            let mut header = dict.into_bytes();
+            while (10 + header.len() + 1) % 64 != 0 {
+                header.push(b' ');
+            }
+            header.push(b'\n');
+            let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+            bytes.extend((header.len() as u16).to_le_bytes());
+            bytes.extend(header);
+            bytes.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+            bytes
+        };
+        let dir = std::env::temp_dir().join(format!("jpu-io-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (c, f) = (dir.join("c.npy"), dir.join("f.npy"));
+        std::fs::write(&c, npy(false, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0])).unwrap();
+        std::fs::write(&f, npy(true, &[1.0, 4.0, 2.0, 5.0, 3.0, 6.0])).unwrap();
+        let decl = TensorDecl {
+            name: "x".into(),
+            dtype: DType::Bf16,
+            shape: vec![2, 3],
+            addr: 0,
+            role: jpu_isa::program::Role::Input,
+            data: Vec::new(),
+        };
+        let want: Vec<u8> =
+            [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0].iter().flat_map(|v| ((v.to_bits() >> 16) as u16).to_le_bytes()).collect();
+        assert_eq!(read_npy_for(&c, &decl).unwrap(), want);
+        assert_eq!(read_npy_for(&f, &decl).unwrap(), want);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
