@@ -19,8 +19,9 @@ const PAGE_BITS: u32 = 16;
 const PAGE: usize = 1 << PAGE_BITS;
 const CHUNK_BITS: u32 = 6;
 const CHUNK: usize = 1 << CHUNK_BITS;
-/// A sparse page becomes dense when it holds more chunks than this.
-const DENSE_AFTER: usize = 256;
+/// A sparse page becomes dense when it would hold this many chunks (a quarter
+/// of it: a 16 KiB row written at once starts a page dense).
+const DENSE_AT: usize = 256;
 
 /// One 64 KiB page of HBM: the 64-byte chunks written so far, or every byte
 /// once many are (strided transfers touch a few chunks of many pages).
@@ -85,7 +86,7 @@ impl Page {
             let first = off >> CHUNK_BITS;
             let last = (off + data.len() - 1) >> CHUNK_BITS;
             new = (first..=last).filter(|c| chunks.binary_search_by_key(&(*c as u16), |c| c.0).is_err()).count();
-            if chunks.len() + new > DENSE_AFTER {
+            if chunks.len() + new >= DENSE_AT {
                 let i = dense.claim();
                 let bytes = dense.page_mut(i);
                 for (c, chunk) in chunks.iter() {
@@ -162,7 +163,7 @@ impl Hbm {
             let dense = &mut self.dense;
             let page = self.pages.entry(index).or_insert_with(|| {
                 // A write of most of a page starts it dense.
-                if n > DENSE_AFTER * CHUNK {
+                if n >= DENSE_AT * CHUNK {
                     Page::Dense(dense.claim())
                 } else {
                     Page::Sparse(Vec::new())
@@ -322,6 +323,24 @@ mod tests {
         assert_eq!(out, [9, FILL, FILL]);
         h.read((1 << 45) + PAGE as u64 - 1, &mut out);
         assert_eq!(out, [8, FILL, FILL]);
+    }
+
+    #[test]
+    fn a_quarter_page_written_at_once_starts_dense() {
+        let mut h = Hbm::default();
+        let quarter = (DENSE_AT * CHUNK) as u64;
+        h.write(0, &[1; (DENSE_AT - 1) * CHUNK]);
+        assert!(matches!(h.pages[&0], Page::Sparse(_)));
+        h.write(PAGE as u64, &[2; DENSE_AT * CHUNK]);
+        assert!(matches!(h.pages[&1], Page::Dense(_)));
+        // The sparse page turns dense when a write takes it to a quarter.
+        h.write(quarter, &[3]);
+        assert!(matches!(h.pages[&0], Page::Dense(_)));
+        let mut out = [0u8; 3];
+        h.read(quarter - CHUNK as u64 - 1, &mut out);
+        assert_eq!(out, [1, FILL, FILL]);
+        h.read(quarter - 1, &mut out);
+        assert_eq!(out, [FILL, 3, FILL]);
     }
 
     #[test]
