@@ -455,8 +455,12 @@ impl Shadow {
                 if w != me && unordered(w) {
                     race.get_or_insert(Race { earlier: w, conflict: Conflict::WriteAfterWrite, mem, addr: s });
                 }
-                let readers = if r == SHARED { c.shared.remove(&block).unwrap_or_default() } else { vec![r] };
-                if let Some(&e) = readers.iter().find(|&&e| unordered(e)) {
+                let unordered_reader = if r == SHARED {
+                    c.shared.remove(&block).unwrap_or_default().into_iter().find(|&e| unordered(e))
+                } else {
+                    Some(r).filter(|&e| unordered(e))
+                };
+                if let Some(e) = unordered_reader {
                     race.get_or_insert(Race { earlier: e, conflict: Conflict::WriteAfterRead, mem, addr: s });
                 }
                 c.set_block(block, (me, 0));
