@@ -78,12 +78,18 @@ impl Jit {
         let memory = Memory::of_target(t);
         let mut generated = Vec::new();
         let mut code = HashMap::new();
+        let mut functions = HashMap::new();
         for (core, engines) in p.cores.iter().enumerate() {
             for (engine, stream) in engines.iter().enumerate() {
                 for (index, inst) in stream.iter().enumerate() {
                     let key = (core, engine, index);
                     if let Some(helper) = helper(&inst.op, &memory) {
                         code.insert(key, helper);
+                        continue;
+                    }
+                    // Identical operations (a loop's tiles reused) share one function.
+                    if let Some(&id) = functions.get(&inst.op) {
+                        generated.push((key, id));
                         continue;
                     }
                     let Some(kernel) = Kernel::of(&inst.op, &memory) else { continue };
@@ -97,6 +103,7 @@ impl Jit {
                     kernel.build(FunctionBuilder::new(&mut ctx.func, &mut fctx), &memory);
                     module.define_function(id, &mut ctx).map_err(|e| format!("{e:?}"))?;
                     module.clear_context(&mut ctx);
+                    functions.insert(inst.op.clone(), id);
                     generated.push((key, id));
                 }
             }
