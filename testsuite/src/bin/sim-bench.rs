@@ -117,7 +117,7 @@ fn main() {
 /// the same shape measured in the same run (`testsuite/bench/numpy_anchor.py`):
 /// the anchor of the fast simulation mode's goals.
 fn against_numpy(t: &Target, quick: bool) {
-    let reps = if quick { 1 } else { 3 };
+    let reps = if quick { 1 } else { 5 };
     let rows: &[(&str, String, &str)] = &[
         ("GEMM bf16 1024x1024x1024", matmul_tir(1024, 1024, 1024), "matmul:1024x1024x1024"),
         ("GEMM bf16 4096x4096x1024", matmul_tir(4096, 4096, 1024), "matmul:4096x4096x1024"),
