@@ -1,7 +1,7 @@
 //! Cranelift code for the elementwise instructions: `tensor_tensor` and
 //! `tensor_scalar` with add, sub, mul and div (immediate or per-partition column
 //! scalars, either operand order) and `copy`, on f32 and bf16 tiles whose free
-//! pattern is one contiguous run. A destination that overlaps a source other
+//! pattern is one contiguous run, four elements at a time in f32x4 lanes. A destination that overlaps a source other
 //! than exactly (the same bytes) is not covered, since the interpreter reads
 //! every source before it writes.
 
@@ -110,7 +110,9 @@ impl Kernel {
         }
     }
 
-    /// Emits the kernel: for each partition, for each element, load, compute, store.
+    /// Emits the kernel: for each partition, [`LANES`] elements at a time
+    /// (f32x4: every op is per element, so lanes compute exactly what single
+    /// elements do), then the row's remaining elements one by one.
     pub(super) fn build(&self, mut b: FunctionBuilder<'_>, m: &Memory) {
         let (dst, parts, elems) = match self {
             Kernel::Binary { dst, .. } | Kernel::Scalar { dst, .. } | Kernel::Copy { dst, .. } => {
@@ -119,11 +121,12 @@ impl Kernel {
         };
         let entry = b.create_block();
         b.append_block_params_for_function_params(entry);
-        let (outer, inner, body, next, exit) =
-            (b.create_block(), b.create_block(), b.create_block(), b.create_block(), b.create_block());
+        let [outer, wide, wide_body, tail, tail_body, next, exit] = [(); 7].map(|_| b.create_block());
         b.append_block_param(outer, types::I64);
-        b.append_block_param(inner, types::I64);
-        b.append_block_param(inner, types::I64);
+        for block in [wide, tail] {
+            b.append_block_param(block, types::I64);
+            b.append_block_param(block, types::I64);
+        }
         b.append_block_param(next, types::I64);
         b.switch_to_block(entry);
         let bases = [b.block_params(entry)[0], b.block_params(entry)[1]];
@@ -133,18 +136,29 @@ impl Kernel {
         b.switch_to_block(outer);
         let p = b.block_params(outer)[0];
         let more = b.ins().icmp_imm(IntCC::SignedLessThan, p, parts);
-        b.ins().brif(more, inner, &[p.into(), zero.into()], exit, &[]);
-        // inner(p, k): while k < elems, one element.
-        b.switch_to_block(inner);
-        let (p, k) = (b.block_params(inner)[0], b.block_params(inner)[1]);
+        b.ins().brif(more, wide, &[p.into(), zero.into()], exit, &[]);
+        // wide(p, k): while k + LANES <= elems, LANES elements.
+        b.switch_to_block(wide);
+        let (p, k) = (b.block_params(wide)[0], b.block_params(wide)[1]);
+        let more = b.ins().icmp_imm(IntCC::SignedLessThanOrEqual, k, elems - LANES);
+        b.ins().brif(more, wide_body, &[], tail, &[p.into(), k.into()]);
+        b.switch_to_block(wide_body);
+        let at = Element { bases, p, k, lanes: LANES };
+        let value = self.value(&mut b, &at, m);
+        store(&mut b, &at, &dst, m, value);
+        let k4 = b.ins().iadd_imm(k, LANES);
+        b.ins().jump(wide, &[p.into(), k4.into()]);
+        // tail(p, k): while k < elems, one element.
+        b.switch_to_block(tail);
+        let (p, k) = (b.block_params(tail)[0], b.block_params(tail)[1]);
         let more = b.ins().icmp_imm(IntCC::SignedLessThan, k, elems);
-        b.ins().brif(more, body, &[], next, &[p.into()]);
-        b.switch_to_block(body);
-        let at = Element { bases, p, k };
+        b.ins().brif(more, tail_body, &[], next, &[p.into()]);
+        b.switch_to_block(tail_body);
+        let at = Element { bases, p, k, lanes: 1 };
         let value = self.value(&mut b, &at, m);
         store(&mut b, &at, &dst, m, value);
         let k1 = b.ins().iadd_imm(k, 1);
-        b.ins().jump(inner, &[p.into(), k1.into()]);
+        b.ins().jump(tail, &[p.into(), k1.into()]);
         b.switch_to_block(next);
         let p = b.block_params(next)[0];
         let p1 = b.ins().iadd_imm(p, 1);
@@ -169,6 +183,7 @@ impl Kernel {
                     Scalar::Imm(v) => b.ins().f32const(v.0),
                     Scalar::Col(c) => load_column(b, at, c, src, m),
                 };
+                let s = if at.lanes == 1 { s } else { b.ins().splat(types::F32X4, s) };
                 if *reverse {
                     alu(b, *op, s, x)
                 } else {
@@ -187,12 +202,17 @@ fn column_fits(c: &Column, src: &Tile, m: &Memory) -> bool {
     last <= total && (c.offset as i64) < pb
 }
 
-/// The position of one element: the memories' bases, the partition (relative
-/// to each tile's first) and the element index within the row.
+/// Elements of a row computed together (f32x4).
+const LANES: i64 = 4;
+
+/// The position of one element, or of [`LANES`] from it: the memories' bases,
+/// the partition (relative to each tile's first), the element index within the
+/// row, and how many elements (1 or [`LANES`]).
 struct Element {
     bases: [Value; 2],
     p: Value,
     k: Value,
+    lanes: i64,
 }
 
 /// The address of element `at` of a tile placed at (`space`, `part_start`,
@@ -217,10 +237,28 @@ fn tile_address(b: &mut FunctionBuilder<'_>, at: &Element, t: &Tile, m: &Memory)
     address(b, at, (t.space, t.part_start as i64, t.offset as i64, t.dtype.size_bytes() as i64), m)
 }
 
-/// Loads element `at` of `t` as f32 (bf16 widens exactly).
+/// Loads element `at` of `t` as f32, or its [`LANES`] elements as f32x4
+/// (bf16 widens exactly).
 fn load(b: &mut FunctionBuilder<'_>, at: &Element, t: &Tile, m: &Memory) -> Value {
     let addr = tile_address(b, at, t, m);
-    load_at(b, addr, t.dtype)
+    if at.lanes == 1 {
+        return load_at(b, addr, t.dtype);
+    }
+    // Rows need not be 16-byte aligned: no `aligned` flag on vector accesses.
+    let flags = MemFlags::new().with_notrap();
+    match t.dtype {
+        DType::Bf16 => {
+            let bits = b.ins().uload16x4(flags, addr, 0);
+            let bits = b.ins().ishl_imm(bits, 16);
+            b.ins().bitcast(types::F32X4, lanes_flags(), bits)
+        }
+        _ => b.ins().load(types::F32X4, flags, addr, 0),
+    }
+}
+
+/// Flags of a bitcast between vector types (little-endian lane order).
+fn lanes_flags() -> MemFlags {
+    MemFlags::new().with_endianness(cranelift_codegen::ir::Endianness::Little)
 }
 
 fn load_at(b: &mut FunctionBuilder<'_>, addr: Value, dtype: DType) -> Value {
@@ -238,7 +276,7 @@ fn load_at(b: &mut FunctionBuilder<'_>, addr: Value, dtype: DType) -> Value {
 /// Loads partition `at.p`'s value of column `c` (read for `src`'s partitions).
 fn load_column(b: &mut FunctionBuilder<'_>, at: &Element, c: &Column, src: &Tile, m: &Memory) -> Value {
     let zero = b.ins().iconst(types::I64, 0);
-    let row = Element { bases: at.bases, p: at.p, k: zero };
+    let row = Element { bases: at.bases, p: at.p, k: zero, lanes: 1 };
     let addr = address(b, &row, (c.space, src.part_start as i64, c.offset as i64, 0), m);
     load_at(b, addr, c.dtype)
 }
@@ -247,6 +285,9 @@ fn load_column(b: &mut FunctionBuilder<'_>, at: &Element, c: &Column, src: &Tile
 /// (bf16: to nearest even, NaN canonical with its sign kept).
 fn store(b: &mut FunctionBuilder<'_>, at: &Element, t: &Tile, m: &Memory, v: Value) {
     let addr = tile_address(b, at, t, m);
+    if at.lanes != 1 {
+        return store_lanes(b, addr, t.dtype, v);
+    }
     let flags = MemFlags::trusted();
     match t.dtype {
         DType::Bf16 => {
@@ -266,6 +307,36 @@ fn store(b: &mut FunctionBuilder<'_>, at: &Element, t: &Tile, m: &Memory, v: Val
             b.ins().store(flags, v, addr, 0);
         }
     }
+}
+
+/// [`store`] of an f32x4: the same rounding in every lane.
+fn store_lanes(b: &mut FunctionBuilder<'_>, addr: Value, dtype: DType, v: Value) {
+    let flags = MemFlags::new().with_notrap();
+    if dtype != DType::Bf16 {
+        b.ins().store(flags, v, addr, 0);
+        return;
+    }
+    let splat = |b: &mut FunctionBuilder<'_>, x: i64| {
+        let x = b.ins().iconst(types::I32, x);
+        b.ins().splat(types::I32X4, x)
+    };
+    let bits = b.ins().bitcast(types::I32X4, lanes_flags(), v);
+    let high = b.ins().ushr_imm(bits, 16);
+    let (one, round, sign_mask, quiet) = (splat(b, 1), splat(b, 0x7fff), splat(b, 0x8000), splat(b, 0x7fc0));
+    let lsb = b.ins().band(high, one);
+    let biased = b.ins().iadd(bits, round);
+    let biased = b.ins().iadd(biased, lsb);
+    let rounded = b.ins().ushr_imm(biased, 16);
+    let sign = b.ins().band(high, sign_mask);
+    let nan = b.ins().bor(sign, quiet);
+    let is_nan = b.ins().fcmp(FloatCC::Unordered, v, v);
+    let is_nan = b.ins().bitcast(types::I32X4, lanes_flags(), is_nan);
+    let out = b.ins().bitselect(is_nan, nan, rounded);
+    // Every lane holds 16 bits: narrowing is exact; the low 8 bytes are the row's.
+    let halves = b.ins().unarrow(out, out);
+    let halves = b.ins().bitcast(types::I64X2, lanes_flags(), halves);
+    let low = b.ins().extractlane(halves, 0);
+    b.ins().store(flags, low, addr, 0);
 }
 
 /// An arithmetic ALU op in f32 (IEEE, as the interpreter's `alu`).
