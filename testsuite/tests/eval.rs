@@ -257,3 +257,19 @@ fn eval_keeping_frees_dead_values_only() {
         }
     }
 }
+
+/// f32 matmul rounds every product before adding it (no fused multiply-add):
+/// with x = 1 + 2^-12, x * x rounds to 1 + 2^-11, so `-(1 + 2^-11) + x * x`
+/// is 0, where a fused multiply-add would give 2^-24.
+#[test]
+fn matmul_rounds_each_product_before_the_add() {
+    let x = 1.0 + 2f64.powi(-12);
+    let c = 1.0 + 2f64.powi(-11);
+    // n = 9 columns, so the wide lanes and the tail both meet the case.
+    let b: Vec<f64> = [vec![-c; 9], vec![x; 9]].concat();
+    let out = one(
+        "func @f(%a: f32[1, 2], %b: f32[2, 9]) -> f32[1, 9] {\n  %c = matmul(%a, %b) : f32[1, 9]\n  return %c\n}",
+        &[&[1.0, x], &b],
+    );
+    assert_eq!(out, vec![0.0; 9]);
+}
