@@ -271,6 +271,16 @@ fn f8_tables() -> &'static F8Tables {
     })
 }
 
+/// The f32 value of every byte of an 8-bit float `dtype` (what [`load_f32`]
+/// reads), for loops that convert many; `None` for other dtypes.
+pub fn fp8_values(dtype: DType) -> Option<&'static [f32; 256]> {
+    match dtype {
+        DType::F8E4M3 => Some(&f8_tables().e4m3),
+        DType::F8E5M2 => Some(&f8_tables().e5m2),
+        _ => None,
+    }
+}
+
 /// IEEE maxNum-style maximum: a NaN operand gives the other; both NaN give NaN.
 #[inline]
 pub fn max_num(a: f32, b: f32) -> f32 {

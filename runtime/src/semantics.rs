@@ -7,7 +7,7 @@
 //! for bit. Operands must have passed [`jpu_isa::check::check_op`]; out-of-range
 //! tiles are the loader's to reject, and indexing here would panic on them.
 
-use jpu_isa::numerics::{activation, alu, alu_int, load_f32, max_num, round_f64, store_f32};
+use jpu_isa::numerics::{activation, alu, alu_int, fp8_values, load_f32, max_num, round_f64, store_f32};
 use jpu_isa::operand::{AluOp, CmpOp, Column, DmaSpace, DmaTransfer, HbmRows, ReduceOp, Scalar, Tile};
 use jpu_isa::{DType, Op};
 
@@ -44,15 +44,6 @@ pub fn read_tile(mem: &CoreMemory, tile: &Tile) -> Vec<f32> {
     out
 }
 
-/// The f32 value of every byte of an 8-bit float `dtype` ([`load_f32`] of
-/// each, computed once).
-fn fp8_values(dtype: DType) -> &'static [f32; 256] {
-    static E4M3: std::sync::OnceLock<[f32; 256]> = std::sync::OnceLock::new();
-    static E5M2: std::sync::OnceLock<[f32; 256]> = std::sync::OnceLock::new();
-    let cell = if dtype == DType::F8E4M3 { &E4M3 } else { &E5M2 };
-    cell.get_or_init(|| std::array::from_fn(|b| load_f32(dtype, &[b as u8])))
-}
-
 /// Appends a tile's values as f32, partition-major (`P x E`), to `out`.
 pub fn read_tile_into(mem: &CoreMemory, tile: &Tile, out: &mut Vec<f32>) {
     let (buf, pb) = mem.space(tile.space);
@@ -61,6 +52,12 @@ pub fn read_tile_into(mem: &CoreMemory, tile: &Tile, out: &mut Vec<f32>) {
     let size = tile.dtype.size_bytes() as usize;
     for p in tile.part_start as usize..(tile.part_start + tile.part_count) as usize {
         let row = (p * pb) as i64 + tile.offset as i64;
+        // 8-bit floats convert through their table of 256 values.
+        if let (Some(table), true) = (fp8_values(tile.dtype), tile.is_contiguous()) {
+            let s = row as usize;
+            out.extend(buf[s..s + offsets.len()].iter().map(|&b| table[b as usize]));
+            continue;
+        }
         match tile.dtype {
             // Contiguous f32 and bf16 rows are the hot path of matmul operands.
             DType::F32 if tile.is_contiguous() => {
@@ -76,10 +73,6 @@ pub fn read_tile_into(mem: &CoreMemory, tile: &Tile, out: &mut Vec<f32>) {
                         .chunks_exact(2)
                         .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16)),
                 );
-            }
-            DType::F8E4M3 | DType::F8E5M2 if tile.is_contiguous() => {
-                let (s, table) = (row as usize, fp8_values(tile.dtype));
-                out.extend(buf[s..s + offsets.len()].iter().map(|&b| table[b as usize]));
             }
             dtype if tile.is_contiguous() => {
                 let s = row as usize;
