@@ -149,7 +149,7 @@ enum Command {
         opt: u8,
         /// What computes the simulator's results: `jit` (the default on x86_64
         /// and aarch64) or `interp`; the same results either way.
-        #[arg(long, value_enum, default_value = DEFAULT_ENGINE)]
+        #[arg(long, value_enum, default_value_t = EngineArg::host_default())]
         engine: EngineArg,
     },
     /// Evaluate a .tir function with the reference evaluator.
@@ -206,7 +206,7 @@ enum Command {
         /// instruction, the interpreter elsewhere; the default on x86_64 and
         /// aarch64) or `interp` (the interpreter, the specification). The same
         /// results either way.
-        #[arg(long, value_enum, default_value = DEFAULT_ENGINE)]
+        #[arg(long, value_enum, default_value_t = EngineArg::host_default())]
         engine: EngineArg,
         /// Host threads the compiled engine may split a large instruction over
         /// (0: one per host core); results do not depend on it.
@@ -603,10 +603,15 @@ enum EngineArg {
     Jit,
 }
 
-/// The runtime's default engine for this host, as `--engine` spells it.
-const DEFAULT_ENGINE: &str = if cfg!(any(target_arch = "x86_64", target_arch = "aarch64")) { "jit" } else { "interp" };
-
 impl EngineArg {
+    /// The runtime's default engine for this host.
+    fn host_default() -> EngineArg {
+        match jpu_runtime::ExecEngine::default() {
+            jpu_runtime::ExecEngine::Interp => EngineArg::Interp,
+            jpu_runtime::ExecEngine::Jit => EngineArg::Jit,
+        }
+    }
+
     fn engine(self) -> jpu_runtime::ExecEngine {
         match self {
             EngineArg::Interp => jpu_runtime::ExecEngine::Interp,

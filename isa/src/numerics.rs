@@ -10,11 +10,19 @@ use crate::operand::{ActFunc, AluOp};
 
 /// f32 -> bf16 bits: round to nearest even, overflow to inf, NaN to the canonical
 /// quiet NaN of its sign.
+#[inline]
 pub fn f32_to_bf16(v: f32) -> u16 {
+    let bits = v.to_bits();
+    // Adding 0x7fff plus the kept low bit rounds the dropped half to nearest
+    // even (a carry into the exponent is the correct rounding up, to inf on
+    // overflow); no branch, so loops over rows vectorize.
+    let rounded = (bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16) as u16;
+    let nan = ((bits >> 16) as u16 & 0x8000) | 0x7fc0;
     if v.is_nan() {
-        return if v.is_sign_negative() { 0xffc0 } else { 0x7fc0 };
+        nan
+    } else {
+        rounded
     }
-    half::bf16::from_f32(v).to_bits()
 }
 
 /// f32 -> f16 bits: round to nearest even, overflow to inf, NaN canonical.

@@ -37,3 +37,17 @@ fn widening_is_exact_and_inverse() {
         }
     }
 }
+
+/// The branch-free bf16 rounding against `half`'s on every f32 that is not a
+/// NaN (NaNs are canonical, checked above). Ignored in the suite (a few
+/// seconds in release): `cargo test --release -p jpu-isa --test conversions -- --ignored`.
+#[test]
+#[ignore]
+fn bf16_rounding_matches_half_on_every_f32() {
+    for bits in 0..=u32::MAX {
+        let x = f32::from_bits(bits);
+        if !x.is_nan() {
+            assert_eq!(f32_to_bf16(x), half::bf16::from_f32(x).to_bits(), "{bits:#x}");
+        }
+    }
+}

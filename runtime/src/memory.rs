@@ -53,14 +53,20 @@ impl Slabs {
         self.pages - 1
     }
 
+    /// Page `i`'s slab and its bytes there.
+    fn place(i: u32) -> (usize, std::ops::Range<usize>) {
+        let at = i as usize % SLAB_PAGES * PAGE;
+        (i as usize / SLAB_PAGES, at..at + PAGE)
+    }
+
     fn page(&self, i: u32) -> &[u8] {
-        let (slab, at) = (i as usize / SLAB_PAGES, i as usize % SLAB_PAGES * PAGE);
-        &self.slabs[slab].0[at..at + PAGE]
+        let (slab, bytes) = Slabs::place(i);
+        &self.slabs[slab].0[bytes]
     }
 
     fn page_mut(&mut self, i: u32) -> &mut [u8] {
-        let (slab, at) = (i as usize / SLAB_PAGES, i as usize % SLAB_PAGES * PAGE);
-        &mut self.slabs[slab].0[at..at + PAGE]
+        let (slab, bytes) = Slabs::place(i);
+        &mut self.slabs[slab].0[bytes]
     }
 }
 

@@ -192,29 +192,28 @@ impl Group {
 
     /// Sets record `i`, returning the old one.
     fn set(&mut self, i: u16, rec: (Epoch, Epoch)) -> (Epoch, Epoch) {
-        if let Group::Few(v) = self {
-            match v.binary_search_by_key(&i, |r| r.0) {
-                Ok(k) => return std::mem::replace(&mut v[k].1, rec),
+        match self {
+            Group::All(all) => std::mem::replace(&mut all[i as usize], rec),
+            Group::Few(v) => match v.binary_search_by_key(&i, |r| r.0) {
+                Ok(k) => std::mem::replace(&mut v[k].1, rec),
                 Err(k) if v.len() < GROUP_FEW => {
                     // Doubling from one: most groups of a strided pattern hold one record.
                     if v.len() == v.capacity() {
                         v.reserve_exact(v.len().max(1));
                     }
                     v.insert(k, (i, rec));
-                    return (0, 0);
+                    (0, 0)
                 }
                 Err(_) => {
                     let mut all = vec![(0, 0); 1 << GROUP_BITS].into_boxed_slice();
                     for &(j, r) in v.iter() {
                         all[j as usize] = r;
                     }
+                    all[i as usize] = rec;
                     *self = Group::All(all);
+                    (0, 0)
                 }
-            }
-        }
-        match self {
-            Group::All(all) => std::mem::replace(&mut all[i as usize], rec),
-            Group::Few(_) => unreachable!("a full group became All above"),
+            },
         }
     }
 

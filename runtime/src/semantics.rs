@@ -7,7 +7,7 @@
 //! for bit. Operands must have passed [`jpu_isa::check::check_op`]; out-of-range
 //! tiles are the loader's to reject, and indexing here would panic on them.
 
-use jpu_isa::numerics::{activation, alu, alu_int, fp8_values, load_f32, max_num, round_f64, store_f32};
+use jpu_isa::numerics::{activation, alu, alu_int, f32_to_bf16, fp8_values, load_f32, max_num, round_f64, store_f32};
 use jpu_isa::operand::{AluOp, CmpOp, Column, DmaSpace, DmaTransfer, HbmRows, ReduceOp, Scalar, Tile};
 use jpu_isa::{DType, Op};
 
@@ -47,44 +47,53 @@ pub fn read_tile(mem: &CoreMemory, tile: &Tile) -> Vec<f32> {
 /// Appends a tile's values as f32, partition-major (`P x E`), to `out`.
 pub fn read_tile_into(mem: &CoreMemory, tile: &Tile, out: &mut Vec<f32>) {
     let (buf, pb) = mem.space(tile.space);
-    let offsets = tile_element_offsets(tile);
-    out.reserve(offsets.len() * tile.part_count as usize);
     let size = tile.dtype.size_bytes() as usize;
-    for p in tile.part_start as usize..(tile.part_start + tile.part_count) as usize {
+    let parts = tile.part_start as usize..(tile.part_start + tile.part_count) as usize;
+    // Contiguous rows are the hot path of matmul operands.
+    if tile.is_contiguous() {
+        let len = tile.free_elems() as usize * size;
+        out.reserve(tile.free_elems() as usize * parts.len());
+        for p in parts {
+            let s = p * pb + tile.offset as usize;
+            extend_f32(out, &buf[s..s + len], tile.dtype);
+        }
+        return;
+    }
+    let offsets = tile_element_offsets(tile);
+    out.reserve(offsets.len() * parts.len());
+    for p in parts {
         let row = (p * pb) as i64 + tile.offset as i64;
-        // 8-bit floats convert through their table of 256 values.
-        if let (Some(table), true) = (fp8_values(tile.dtype), tile.is_contiguous()) {
-            let s = row as usize;
-            out.extend(buf[s..s + offsets.len()].iter().map(|&b| table[b as usize]));
-            continue;
+        for &o in &offsets {
+            let a = (row + o) as usize;
+            out.push(load_f32(tile.dtype, &buf[a..a + size]));
         }
-        match tile.dtype {
-            // Contiguous f32 and bf16 rows are the hot path of matmul operands.
-            DType::F32 if tile.is_contiguous() => {
-                let s = row as usize;
-                out.extend(
-                    buf[s..s + 4 * offsets.len()].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-                );
-            }
-            DType::Bf16 if tile.is_contiguous() => {
-                let s = row as usize;
-                out.extend(
-                    buf[s..s + 2 * offsets.len()]
-                        .chunks_exact(2)
-                        .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16)),
-                );
-            }
-            dtype if tile.is_contiguous() => {
-                let s = row as usize;
-                out.extend(buf[s..s + size * offsets.len()].chunks_exact(size).map(|c| load_f32(dtype, c)));
-            }
-            dtype => {
-                for &o in &offsets {
-                    let a = (row + o) as usize;
-                    out.push(load_f32(dtype, &buf[a..a + size]));
-                }
-            }
+    }
+}
+
+/// Appends the contiguous elements of `dtype` in `bytes` as f32 (8-bit floats
+/// through their table of 256 values).
+pub fn extend_f32(out: &mut Vec<f32>, bytes: &[u8], dtype: DType) {
+    if let Some(table) = fp8_values(dtype) {
+        return out.extend(bytes.iter().map(|&b| table[b as usize]));
+    }
+    match dtype {
+        DType::F32 => out.extend(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
+        DType::Bf16 => {
+            out.extend(bytes.chunks_exact(2).map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16)))
         }
+        _ => out.extend(bytes.chunks_exact(dtype.size_bytes() as usize).map(|c| load_f32(dtype, c))),
+    }
+}
+
+/// Stores `vals` as contiguous elements of `dtype` into `bytes`, each rounded
+/// by [`store_f32`].
+pub fn store_contiguous(bytes: &mut [u8], dtype: DType, vals: &[f32]) {
+    match dtype {
+        DType::F32 => bytes.chunks_exact_mut(4).zip(vals).for_each(|(c, v)| c.copy_from_slice(&v.to_le_bytes())),
+        DType::Bf16 => {
+            bytes.chunks_exact_mut(2).zip(vals).for_each(|(c, &v)| c.copy_from_slice(&f32_to_bf16(v).to_le_bytes()))
+        }
+        _ => bytes.chunks_exact_mut(dtype.size_bytes() as usize).zip(vals).for_each(|(c, &v)| store_f32(dtype, v, c)),
     }
 }
 
@@ -114,11 +123,9 @@ pub fn write_tile(mem: &mut CoreMemory, tile: &Tile, vals: &[f32]) {
     let mut i = 0;
     for p in tile.part_start as usize..(tile.part_start + tile.part_count) as usize {
         let row = (p * pb) as i64 + tile.offset as i64;
-        if tile.dtype == DType::F32 && tile.is_contiguous() {
+        if tile.is_contiguous() {
             let s = row as usize;
-            for (c, v) in buf[s..s + 4 * offsets.len()].chunks_exact_mut(4).zip(&vals[i..i + offsets.len()]) {
-                c.copy_from_slice(&v.to_le_bytes());
-            }
+            store_contiguous(&mut buf[s..s + size * offsets.len()], tile.dtype, &vals[i..i + offsets.len()]);
             i += offsets.len();
             continue;
         }

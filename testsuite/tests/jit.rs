@@ -8,7 +8,7 @@
 
 use jalc::front::tir;
 use jpu_isa::Target;
-use jpu_runtime::{run, ExecEngine, RunOptions};
+use jpu_runtime::RunOptions;
 
 /// NaNs of both signs (0 / 0 and its negation), infinities (x / 0), and f32
 /// sums rounded to bf16.
@@ -53,19 +53,12 @@ fn both_engines_give_the_same_bytes_and_cycles() {
             let f = tir::parse_and_check(&src).unwrap_or_else(|d| panic!("{}", tir::render("case", &src, &d)));
             let Ok(c) = jalc::driver::compile(&f, &t, &jalc::driver::Options::at(level)) else { continue };
             let inputs = jpu_testsuite::chip_inputs(&f, &c.program, 3);
-            let outcome = |engine, threads| {
-                let opts = RunOptions { engine, threads, strict_uninit: true, ..RunOptions::default() };
-                run(&c.program, &t, &inputs, &opts).unwrap_or_else(|e| panic!("{path} -O{level}: {e:?}"))
-            };
-            let interp = outcome(ExecEngine::Interp, 1);
             // One thread, and helpers splitting large instructions.
             for threads in [1, 3] {
-                let jit = outcome(ExecEngine::Jit, threads);
-                assert_eq!(interp.report.cycles, jit.report.cycles, "{path} -O{level} on {target}");
-                assert!(
-                    interp.outputs == jit.outputs,
-                    "{path} -O{level} on {target}, {threads} threads: outputs differ"
-                );
+                let opts = RunOptions { threads, strict_uninit: true, ..RunOptions::default() };
+                let what = format!("{path} -O{level} on {target}, {threads} threads");
+                jpu_testsuite::run_on_both_engines(&c.program, &t, &inputs, &opts, &what)
+                    .unwrap_or_else(|e| panic!("{what}: {e:?}"));
             }
             let jit = jpu_runtime::jit::Jit::compile(&c.program, &t, 1).unwrap();
             covered += jit.compiled();

@@ -1,9 +1,9 @@
 //! Cranelift code for the elementwise instructions: `tensor_tensor` and
 //! `tensor_scalar` with add, sub, mul and div (immediate or per-partition column
 //! scalars, either operand order) and `copy`, on f32 and bf16 tiles whose free
-//! pattern is one contiguous run, four elements at a time in f32x4 lanes. A destination that overlaps a source other
-//! than exactly (the same bytes) is not covered, since the interpreter reads
-//! every source before it writes.
+//! pattern is one contiguous run, four elements at a time in f32x4 lanes. A
+//! destination that overlaps a source other than exactly (the same bytes) is
+//! not covered, since the interpreter reads every source before it writes.
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{types, InstBuilder, MemFlags, Value};

@@ -20,7 +20,7 @@ use jpu_isa::{DType, Op};
 
 use super::codegen::{same_or_apart, Memory};
 use crate::memory::CoreMemory;
-use crate::semantics::read_column;
+use crate::semantics::{extend_f32, read_column, store_contiguous};
 
 /// Rows whose chains of adds interleave.
 const GROUP: usize = 8;
@@ -83,45 +83,36 @@ impl RowOp {
     }
 }
 
-/// Row `p` (from the tile's first partition) of `t` as f32, into `out`.
-fn load_row(mem: &CoreMemory, t: &Tile, p: usize, out: &mut Vec<f32>) {
-    let (buf, pb) = mem.space(t.space);
-    let e = t.free_elems() as usize;
-    let start = (t.part_start as usize + p) * pb + t.offset as usize;
-    out.resize(e, 0.0);
-    match t.dtype {
-        DType::Bf16 => {
-            for (o, c) in out.iter_mut().zip(buf[start..start + 2 * e].chunks_exact(2)) {
-                *o = f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16);
-            }
-        }
-        _ => {
-            for (o, c) in out.iter_mut().zip(buf[start..start + 4 * e].chunks_exact(4)) {
-                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-            }
-        }
-    }
+/// The bytes of row `p` (from the tile's first partition) of `t`.
+fn row_range(t: &Tile, p: usize, partition_bytes: usize) -> std::ops::Range<usize> {
+    let start = (t.part_start as usize + p) * partition_bytes + t.offset as usize;
+    start..start + t.free_elems() as usize * t.dtype.size_bytes() as usize
 }
 
-/// Stores f32 `vals` into row `p` of `t`, rounded as the interpreter rounds
-/// (bf16: to nearest even, NaN canonical with its sign).
+/// Row `p` of `t` as f32, into `out`.
+fn load_row(mem: &CoreMemory, t: &Tile, p: usize, out: &mut Vec<f32>) {
+    let (buf, pb) = mem.space(t.space);
+    out.clear();
+    extend_f32(out, &buf[row_range(t, p, pb)], t.dtype);
+}
+
+/// Stores f32 `vals` into row `p` of `t`, rounded as the interpreter rounds.
 fn store_row(mem: &mut CoreMemory, t: &Tile, p: usize, vals: &[f32]) {
     let (buf, pb) = mem.space_mut(t.space);
-    let start = (t.part_start as usize + p) * pb + t.offset as usize;
-    match t.dtype {
-        DType::Bf16 => {
-            for (c, v) in buf[start..start + 2 * vals.len()].chunks_exact_mut(2).zip(vals) {
-                let bits = v.to_bits();
-                let rounded = (bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16) as u16;
-                let nan = ((bits >> 16) as u16 & 0x8000) | 0x7fc0;
-                c.copy_from_slice(&(if v.is_nan() { nan } else { rounded }).to_le_bytes());
-            }
+    store_contiguous(&mut buf[row_range(t, p, pb)], t.dtype, vals);
+}
+
+/// Calls `f(mem, first, rows)` for each group of up to [`GROUP`] rows of
+/// `src`, loaded as f32, `first` the group's first row.
+fn each_group(mem: &mut CoreMemory, src: &Tile, mut f: impl FnMut(&mut CoreMemory, usize, &mut [Vec<f32>])) {
+    let parts = src.part_count as usize;
+    let mut rows: Vec<Vec<f32>> = (0..GROUP.min(parts)).map(|_| Vec::new()).collect();
+    for first in (0..parts).step_by(GROUP) {
+        let group = &mut rows[..GROUP.min(parts - first)];
+        for (r, row) in group.iter_mut().enumerate() {
+            load_row(mem, src, first + r, row);
         }
-        _ => {
-            for (c, v) in buf[start..start + 4 * vals.len()].chunks_exact_mut(4).zip(vals) {
-                c.copy_from_slice(&v.to_le_bytes());
-            }
-        }
+        f(mem, first, group);
     }
 }
 
@@ -141,14 +132,10 @@ fn activate(
     accum: Option<&Column>,
 ) {
     let (sc, bi) = (scalars(mem, scale, src), scalars(mem, bias, src));
-    let parts = src.part_count as usize;
-    let mut sums = vec![0.0f32; parts];
-    let mut rows: Vec<Vec<f32>> = (0..GROUP.min(parts)).map(|_| Vec::new()).collect();
-    for first in (0..parts).step_by(GROUP) {
-        let group = &mut rows[..GROUP.min(parts - first)];
+    let mut sums = vec![0.0f32; src.part_count as usize];
+    each_group(mem, src, |mem, first, group| {
         for (r, row) in group.iter_mut().enumerate() {
             let p = first + r;
-            load_row(mem, src, p, row);
             for x in row.iter_mut() {
                 *x = *x * sc[p] + bi[p];
             }
@@ -163,7 +150,7 @@ fn activate(
         for (r, row) in group.iter().enumerate() {
             store_row(mem, dst, first + r, row);
         }
-    }
+    });
     if let Some(col) = accum {
         let (buf, pb) = mem.space_mut(col.space);
         let size = col.dtype.size_bytes() as usize;
@@ -204,14 +191,8 @@ fn sum_rows(rows: &[Vec<f32>], from: usize, sums: &mut [f32]) {
 
 /// `reduce`: each row folded from its first element.
 fn reduce(mem: &mut CoreMemory, op: ReduceOp, dst: &Tile, src: &Tile) {
-    let parts = src.part_count as usize;
-    let mut out = vec![0.0f32; parts];
-    let mut rows: Vec<Vec<f32>> = (0..GROUP.min(parts)).map(|_| Vec::new()).collect();
-    for first in (0..parts).step_by(GROUP) {
-        let group = &mut rows[..GROUP.min(parts - first)];
-        for (r, row) in group.iter_mut().enumerate() {
-            load_row(mem, src, first + r, row);
-        }
+    let mut out = vec![0.0f32; src.part_count as usize];
+    each_group(mem, src, |_, first, group| {
         let out = &mut out[first..first + group.len()];
         match op {
             ReduceOp::Sum => {
@@ -226,7 +207,7 @@ fn reduce(mem: &mut CoreMemory, op: ReduceOp, dst: &Tile, src: &Tile) {
                 }
             }
         }
-    }
+    });
     for (p, v) in out.iter().enumerate() {
         store_row(mem, dst, p, std::slice::from_ref(v));
     }
