@@ -184,11 +184,33 @@ fn check_dma_side(name: &'static str, side: &DmaSide, elem: u8, t: &Target) -> C
 fn check_dma(x: &DmaTransfer, t: &Target) -> Check {
     check_dma_side("xfer", &x.src, x.elem_bytes, t)?;
     check_dma_side("xfer", &x.dst, x.elem_bytes, t)?;
+    check_fabric(x, t)?;
     if x.src.elems() != x.dst.elems() {
         return fail(
             "xfer",
             format!("source moves {} elements but destination takes {}", x.src.elems(), x.dst.elems()),
         );
+    }
+    Ok(())
+}
+
+/// A core-to-core transfer reads this core's SRAM and writes the same range of
+/// the SRAM of one or more existing cores.
+fn check_fabric(x: &DmaTransfer, t: &Target) -> Check {
+    if x.src.cores != 0 {
+        return fail("xfer", "a DMA reads its own core's memory; another core's SRAM can only be a destination");
+    }
+    if x.dst.cores == 0 {
+        return Ok(());
+    }
+    if x.src.space != DmaSpace::Sram || x.dst.space != DmaSpace::Sram {
+        return fail("xfer", "a core-to-core transfer copies this core's SRAM into other cores' SRAM");
+    }
+    let existing = u32::MAX.checked_shr(32 - t.cores).unwrap_or(0);
+    let beyond = x.dst.cores & !existing;
+    if beyond != 0 {
+        let c = beyond.trailing_zeros();
+        return fail("xfer", format!("core {c} does not exist ({} has {} cores)", t.name, t.cores));
     }
     Ok(())
 }
@@ -232,8 +254,14 @@ pub fn check_inst(inst: &Inst, engine: Engine, t: &Target) -> Check {
         }
     }
     if let Some(s) = inst.signal {
-        if s as u32 >= t.sync.semaphores {
-            return fail("signal", format!("semaphore {s} does not exist ({} has {})", t.name, t.sync.semaphores));
+        if s.sem as u32 >= t.sync.semaphores {
+            return fail(
+                "signal",
+                format!("semaphore {} does not exist ({} has {})", s.sem, t.name, t.sync.semaphores),
+            );
+        }
+        if let Some(c) = s.core.filter(|&c| c as u32 >= t.cores) {
+            return fail("signal", format!("core {c} does not exist ({} has {} cores)", t.name, t.cores));
         }
     }
     check_op(&inst.op, t)

@@ -2,7 +2,8 @@
 //!
 //! Compute instructions have a fixed duration ([`compute_cycles`]); a DMA's
 //! duration depends on what else moves data at the same time, so it is described by
-//! its latency and charged bytes ([`DmaCost`]) and timed by the simulator.
+//! its latency, charged bytes and channel (HBM share or fabric egress,
+//! [`DmaCost`]) and timed by the simulator.
 
 use crate::dtype::DType;
 use crate::inst::Op;
@@ -16,18 +17,29 @@ pub struct DmaCost {
     pub latency_cycles: u64,
     /// Bytes charged against bandwidth (short contiguous runs round up).
     pub charged_bytes: u64,
+    /// Charged against the issuing core's fabric egress (a core-to-core
+    /// transfer, once however many cores it writes) instead of its HBM share.
+    pub fabric: bool,
 }
 
 /// The DMA cost of a transfer.
 pub fn dma_cost(x: &DmaTransfer, t: &Target) -> DmaCost {
-    DmaCost { latency_cycles: t.timing.dma.latency_cycles, charged_bytes: x.charged_bytes(t.timing.dma.min_run_bytes) }
+    DmaCost {
+        latency_cycles: t.timing.dma.latency_cycles,
+        charged_bytes: x.charged_bytes(t.timing.dma.min_run_bytes),
+        fabric: x.is_fabric(),
+    }
 }
 
 /// The DMA cost of a `dma_gather` into `dst`: one run per row.
 pub fn gather_cost(dst: &Tile, t: &Target) -> DmaCost {
     let row = dst.free_elems() * dst.dtype.size_bytes() as u64;
     let charged = dst.part_count as u64 * row.max(t.timing.dma.min_run_bytes);
-    DmaCost { latency_cycles: t.timing.dma.latency_cycles, charged_bytes: if row == 0 { 0 } else { charged } }
+    DmaCost {
+        latency_cycles: t.timing.dma.latency_cycles,
+        charged_bytes: if row == 0 { 0 } else { charged },
+        fabric: false,
+    }
 }
 
 /// The DMA cost of a DMA-queue op (`None` for other ops).

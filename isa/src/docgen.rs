@@ -46,12 +46,12 @@ pub fn instruction_reference() -> String {
             out.push(' ');
             out.push_str(&parts.join(", "));
         }
-        out.push_str(" [wait SEM>=N] [signal SEM] [!\"debug op\"]\n```\n\n");
+        out.push_str(" [wait SEM>=N] [signal [coreC.]SEM] [!\"debug op\"]\n```\n\n");
         let _ = writeln!(out, "| bytes | field | kind | meaning |");
         let _ = writeln!(out, "|---|---|---|---|");
         let _ = writeln!(
             out,
-            "| 0..{HEADER_SIZE} | header | | opcode, wait semaphore, signal semaphore, reserved, wait value |"
+            "| 0..{HEADER_SIZE} | header | | opcode, wait semaphore, signal semaphore, signal core (0: own; c+1: core c), wait value |"
         );
         let mut at = HEADER_SIZE;
         for f in op.fields() {

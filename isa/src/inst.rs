@@ -8,8 +8,9 @@
 //! [`crate::cost`], each one `match` over [`Op`].
 //!
 //! Binary form: every instruction is [`INST_SIZE`] bytes: an 8-byte header
-//! (opcode, wait semaphore, signal semaphore, reserved, wait value) followed by the
-//! operands in table order, then zero padding.
+//! (opcode, wait semaphore, signal semaphore, signal core, wait value) followed by
+//! the operands in table order, then zero padding. The signal core byte is 0 for
+//! the instruction's own core and `c + 1` for a remote signal of core `c`.
 
 use crate::bytes::{DecodeError, Reader, WriteLe};
 use crate::jasm::lexer::Tok;
@@ -123,6 +124,34 @@ pub struct Wait {
     pub value: u32,
 }
 
+/// A completion signal: semaphore `sem` is incremented by one when the
+/// instruction completes; on another core (`core`), the increment is visible
+/// there the fabric's signal latency later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Signal {
+    /// Semaphore index.
+    pub sem: u8,
+    /// The core whose semaphore it is; `None`: the instruction's own core.
+    pub core: Option<u8>,
+}
+
+impl Signal {
+    /// A signal of the instruction's own core.
+    pub fn local(sem: u8) -> Signal {
+        Signal { sem, core: None }
+    }
+
+    /// A signal of semaphore `sem` of core `core`.
+    pub fn remote(core: u8, sem: u8) -> Signal {
+        Signal { sem, core: Some(core) }
+    }
+
+    /// The core incremented when the signalling instruction runs on `own`.
+    pub fn target_core(self, own: usize) -> usize {
+        self.core.map_or(own, usize::from)
+    }
+}
+
 /// One instruction: an operation plus its synchronisation and debug link.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Inst {
@@ -131,7 +160,7 @@ pub struct Inst {
     /// Optional semaphore wait before it starts.
     pub wait: Option<Wait>,
     /// Optional semaphore incremented (by one) when it completes.
-    pub signal: Option<u8>,
+    pub signal: Option<Signal>,
     /// Index into the program's debug-op strings (the IR op that produced it).
     pub debug: Option<u32>,
 }
@@ -147,8 +176,8 @@ impl Inst {
         let start = out.len();
         out.put_u8(self.op.opcode() as u8);
         out.put_u8(self.wait.map_or(NO_SEM, |w| w.sem));
-        out.put_u8(self.signal.unwrap_or(NO_SEM));
-        out.put_u8(0);
+        out.put_u8(self.signal.map_or(NO_SEM, |s| s.sem));
+        out.put_u8(self.signal.and_then(|s| s.core).map_or(0, |c| c + 1));
         out.put_u32(self.wait.map_or(0, |w| w.value));
         self.op.encode_operands(out, ctx);
         let used = out.len() - start;
@@ -162,8 +191,15 @@ impl Inst {
         let opcode = Opcode::from_code(code)
             .ok_or_else(|| DecodeError::new(start, "opcode", format!("unknown opcode 0x{code:02x}")))?;
         let wait_sem = r.u8("wait_sem")?;
-        let signal = r.u8("signal_sem")?;
-        r.zeros(1, "reserved")?;
+        let signal_sem = r.u8("signal_sem")?;
+        let at = r.offset();
+        let signal_core = r.u8("signal_core")?;
+        let signal = match (signal_sem, signal_core) {
+            (NO_SEM, 0) => None,
+            (NO_SEM, _) => return Err(DecodeError::new(at, "signal_core", "must be zero when there is no signal")),
+            (sem, 0) => Some(Signal::local(sem)),
+            (sem, c) => Some(Signal::remote(c - 1, sem)),
+        };
         let at = r.offset();
         let value = r.u32("wait_value")?;
         let wait = if wait_sem == NO_SEM {
@@ -177,7 +213,7 @@ impl Inst {
         let op = Op::decode_operands(opcode, r, ctx).map_err(|e| e.within(opcode.mnemonic()))?;
         let used = r.offset() - start;
         r.zeros(INST_SIZE - used, "padding")?;
-        Ok(Inst { op, wait, signal: (signal != NO_SEM).then_some(signal), debug: None })
+        Ok(Inst { op, wait, signal, debug: None })
     }
 }
 

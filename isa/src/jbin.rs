@@ -10,7 +10,7 @@
 //! sections, in this order, each: tag [4], reserved u32 (0), payload length u64, payload
 //!   TENS tensor table   CNST constant data   SEMS semaphore names
 //!   DESC DMA descriptors   CODE instruction streams   DBUG debug info   ROOF roofline inputs
-//!   EXTN model-file names of inputs and outputs (format 1.1 only)
+//!   EXTN model-file names of inputs and outputs (format 1.1 and later)
 //! trailer: CRC-32 (IEEE) of every preceding byte, u32
 //! ```
 //!
@@ -32,9 +32,10 @@ use crate::target::{Target, TargetError};
 pub const MAGIC: [u8; 8] = *b"\x89JBIN\r\n\x1a";
 /// Format major version this crate reads and writes.
 pub const VERSION_MAJOR: u16 = 1;
-/// Newest format minor version this crate reads and writes (1 adds the EXTN
-/// section; a program without external names is written as 1.0).
-pub const VERSION_MINOR: u16 = 1;
+/// Newest format minor version this crate reads and writes: 1 adds the EXTN
+/// section, 2 remote signals and core-to-core DMA. A program is written in the
+/// oldest version that holds it (1.0 without external names or fabric use).
+pub const VERSION_MINOR: u16 = 2;
 /// Bytes of the fixed header.
 pub const HEADER_SIZE: usize = 64;
 /// Section tags, in file order (EXTN only in format 1.1).
@@ -81,9 +82,8 @@ fn section(out: &mut Vec<u8>, tag: &[u8; 4], payload: &[u8]) {
 pub fn write(p: &Program) -> Vec<u8> {
     let mut out = Vec::new();
     out.extend_from_slice(&MAGIC);
-    // Format 1.0 unless the program has external names.
-    let minor = u16::from(!p.external.is_empty());
-    let sections = 7 + minor as usize;
+    let minor = if p.uses_fabric() { 2 } else { u16::from(!p.external.is_empty()) };
+    let sections = section_count(minor);
     out.put_u16(VERSION_MAJOR);
     out.put_u16(minor);
     out.put_u32(0);
@@ -324,7 +324,7 @@ pub fn read_for_target(bytes: &[u8], target: &Target) -> Result<Program, JbinErr
     }
     let at = r.offset();
     let nsections = r.u32("header.section_count")?;
-    let sections = 7 + minor as usize;
+    let sections = section_count(minor);
     if nsections as usize != sections {
         return Err(DecodeError::new(
             at,
@@ -382,7 +382,16 @@ pub fn read_for_target(bytes: &[u8], target: &Target) -> Result<Program, JbinErr
     let program =
         Program { target: name, target_hash, tensors, semaphores, debug_ops, cores: program_cores, roofline, external };
     program.validate(target).map_err(JbinError::Program)?;
+    if minor < 2 && program.uses_fabric() {
+        let message = format!("remote signals and core-to-core DMA need format 1.2, not {VERSION_MAJOR}.{minor}");
+        return Err(DecodeError::new(4, "header.version_minor", message).into());
+    }
     Ok(program)
+}
+
+/// Sections in format 1.`minor`: EXTN from 1.1 on.
+fn section_count(minor: u16) -> usize {
+    7 + usize::from(minor >= 1)
 }
 
 /// Reads a `u32` count of items at least `min_item` bytes each, rejecting counts

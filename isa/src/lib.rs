@@ -41,6 +41,6 @@ pub mod random;
 pub mod target;
 
 pub use dtype::DType;
-pub use inst::{Engine, Inst, Op, Opcode};
+pub use inst::{Engine, Inst, Op, Opcode, Signal};
 pub use program::Program;
 pub use target::Target;

@@ -721,6 +721,10 @@ pub struct DmaDim {
 pub struct DmaSide {
     /// HBM or SRAM.
     pub space: DmaSpace,
+    /// For a destination in SRAM: the cores whose SRAM it writes (bit `c`: core
+    /// `c`; several bits: a multicast) over the fabric; 0: the issuing core's
+    /// own memory, the only choice for sources and HBM.
+    pub cores: u32,
     /// Byte address of element 0.
     pub addr: u64,
     /// Number of valid dims (1..=4).
@@ -735,7 +739,17 @@ impl DmaSide {
         let mut d = [DmaDim::default(); MAX_DIMS];
         let n = dims.len().min(MAX_DIMS);
         d[..n].copy_from_slice(&dims[..n]);
-        DmaSide { space, addr, ndims: n as u8, dims: d }
+        DmaSide { space, addr, cores: 0, ndims: n as u8, dims: d }
+    }
+
+    /// The same side in the SRAM of the cores in `cores` (a bit set).
+    pub fn on_cores(self, cores: u32) -> DmaSide {
+        DmaSide { cores, ..self }
+    }
+
+    /// The cores a fabric side names, ascending.
+    pub fn core_list(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..32).filter(|c| self.cores >> c & 1 == 1)
     }
 
     /// The valid dims, outermost first.
@@ -806,6 +820,11 @@ impl DmaTransfer {
         self.elems() * self.elem_bytes as u64
     }
 
+    /// True for a core-to-core transfer (over the fabric, not HBM).
+    pub fn is_fabric(&self) -> bool {
+        self.dst.cores != 0
+    }
+
     /// Bytes the transfer is charged for: the data is cut into runs that are
     /// contiguous on both sides, and each run costs at least `min_run_bytes`.
     pub fn charged_bytes(&self, min_run_bytes: u64) -> u64 {
@@ -841,7 +860,8 @@ impl DmaTransfer {
         for side in [&self.src, &self.dst] {
             out.put_u8(side.space as u8);
             out.put_u8(side.ndims);
-            out.put_zeros(6);
+            out.put_u32(side.cores);
+            out.put_zeros(2);
             out.put_u64(side.addr);
             for d in &side.dims {
                 out.put_u32(d.count);
@@ -878,7 +898,8 @@ impl DmaTransfer {
                 if !(1..=MAX_DIMS as u8).contains(&ndims) {
                     return Err(DecodeError::new(at, "ndims", format!("must be 1..=4, found {ndims}")));
                 }
-                r.zeros(6, "reserved")?;
+                let cores = r.u32("cores")?;
+                r.zeros(2, "reserved")?;
                 let addr = r.u64("addr")?;
                 let mut dims = [DmaDim::default(); MAX_DIMS];
                 for (i, d) in dims.iter_mut().enumerate() {
@@ -894,7 +915,7 @@ impl DmaTransfer {
                     }
                     *d = DmaDim { count, stride };
                 }
-                Ok(DmaSide { space, addr, ndims, dims })
+                Ok(DmaSide { space, addr, cores, ndims, dims })
             };
             *s = decode_side(r).map_err(|e| e.within(name))?;
         }
@@ -903,6 +924,16 @@ impl DmaTransfer {
 }
 
 fn print_dma_side(side: &DmaSide, out: &mut String, ctx: &PrintCtx<'_>) {
+    let cores: Vec<String> = side.core_list().map(|c| c.to_string()).collect();
+    match cores.len() {
+        0 => {}
+        1 => {
+            let _ = write!(out, "core{}.", cores[0]);
+        }
+        _ => {
+            let _ = write!(out, "cores[{}].", cores.join(", "));
+        }
+    }
     let _ = write!(out, "{}[", side.space.name());
     let symbol = (side.space == DmaSpace::Hbm)
         .then(|| {
@@ -929,7 +960,15 @@ fn print_dma_side(side: &DmaSide, out: &mut String, ctx: &PrintCtx<'_>) {
 }
 
 fn parse_dma_side(p: &mut Parser<'_>) -> Result<DmaSide, AsmError> {
+    let cores = p.core_prefix()?;
     let (name, span) = p.ident("a DMA memory (`hbm` or `sram`)")?;
+    if let Some((_, cspan)) = &cores {
+        if name != "sram" {
+            return Err(
+                p.err(cspan.start..span.end, "another core's memory is reachable only in SRAM: `coreN.sram[...]`")
+            );
+        }
+    }
     let space = match name {
         "hbm" => DmaSpace::Hbm,
         "sram" => DmaSpace::Sram,
@@ -958,7 +997,7 @@ fn parse_dma_side(p: &mut Parser<'_>) -> Result<DmaSide, AsmError> {
         let count = u32::try_from(count).map_err(|_| p.err(span, "DMA dim count must fit 32 bits"))?;
         Ok(DmaDim { count, stride })
     })?;
-    Ok(DmaSide::new(space, addr, &dims))
+    Ok(DmaSide::new(space, addr, &dims).on_cores(cores.map_or(0, |c| c.0)))
 }
 
 /// The rows of an HBM table a `dma_gather` reads: `rows` rows, `stride` bytes

@@ -250,6 +250,26 @@ impl Program {
         })
     }
 
+    /// The first core an instruction signals or writes over the fabric that
+    /// this program does not run.
+    fn missing_core(&self, inst: &Inst) -> Option<usize> {
+        let n = self.cores.len();
+        let signalled = inst.signal.and_then(|s| s.core).map(usize::from).filter(|&c| c >= n);
+        let written = match &inst.op {
+            Op::Dma { xfer } => xfer.dst.core_list().find(|&c| c >= n),
+            _ => None,
+        };
+        signalled.or(written)
+    }
+
+    /// True when some instruction signals another core or writes another
+    /// core's SRAM (such programs need `.jbin` format 1.2).
+    pub fn uses_fabric(&self) -> bool {
+        self.instructions().any(|(_, _, _, inst)| {
+            inst.signal.is_some_and(|s| s.core.is_some()) || matches!(&inst.op, Op::Dma { xfer } if xfer.is_fabric())
+        })
+    }
+
     /// The semaphore's name, if it has one.
     pub fn sem_name(&self, id: u8) -> Option<&str> {
         self.semaphores.iter().find(|s| s.id == id).map(|s| s.name.as_str())
@@ -296,6 +316,11 @@ impl Program {
                             "`halt` must be the last instruction of its stream"
                         };
                         return err(at(), msg.into());
+                    }
+                    if let Some(other) = self.missing_core(inst) {
+                        let n = self.cores.len();
+                        let cores = if n == 1 { "core 0 only".to_string() } else { format!("cores 0 to {}", n - 1) };
+                        return err(at(), format!("reaches core {other}, but the program runs on {cores}"));
                     }
                     if let Some(d) = inst.debug {
                         if d as usize >= self.debug_ops.len() {

@@ -12,7 +12,7 @@ use rand::{RngExt, SeedableRng};
 
 use crate::check::check_op;
 use crate::dtype::DType;
-use crate::inst::{Engine, EngineClass, Inst, Op, Wait};
+use crate::inst::{Engine, EngineClass, Inst, Op, Signal, Wait};
 use crate::operand::{
     ActFunc, AluOp, CmpOp, Column, Dim, DmaDim, DmaSide, DmaSpace, DmaTransfer, HbmRows, Imm, ReduceOp, Scalar, Space,
     Tile, MAX_DIMS,
@@ -22,7 +22,7 @@ use crate::target::Target;
 
 /// A random valid program for `target`, determined by `seed`.
 pub fn random_program(seed: u64, target: &Target) -> Program {
-    let mut g = Gen { rng: StdRng::seed_from_u64(seed), t: target.clone(), heaps: true };
+    let mut g = Gen { rng: StdRng::seed_from_u64(seed), t: target.clone(), heaps: true, cores: 1 };
     g.program()
 }
 
@@ -30,7 +30,7 @@ pub fn random_program(seed: u64, target: &Target) -> Program {
 /// HBM sides may lie anywhere in HBM (a program holding it needs a tensor of
 /// [`dma_dtype`] over all of HBM).
 pub fn random_op(seed: u64, target: &Target, class: EngineClass) -> Op {
-    let mut g = Gen { rng: StdRng::seed_from_u64(seed), t: target.clone(), heaps: false };
+    let mut g = Gen { rng: StdRng::seed_from_u64(seed), t: target.clone(), heaps: false, cores: 1 };
     g.op(class)
 }
 
@@ -40,6 +40,9 @@ struct Gen {
     /// HBM sides go to the heap of their element size ([`HEAP_BYTES`] each,
     /// [`heap_base`]), so every side lies in a tensor of its element size.
     heaps: bool,
+    /// Cores of the program being generated (remote signals and fabric
+    /// destinations name one of them).
+    cores: usize,
 }
 
 /// Bytes of HBM given to the DMA sides of each element size.
@@ -87,6 +90,7 @@ impl Gen {
         let mut p = Program::new(&self.t);
         p.debug_ops = DEBUG_POOL.iter().map(|s| s.to_string()).collect();
         let cores = self.range(1, self.t.cores.min(2) as u64) as usize;
+        self.cores = cores;
         p.cores = (0..cores)
             .map(|_| {
                 (0..self.t.engines_per_core())
@@ -97,7 +101,7 @@ impl Gen {
                         }
                         let mut stream: Vec<Inst> = (0..self.range(0, 5)).map(|_| self.inst(engine)).collect();
                         let mut halt = Inst::new(Op::Halt {});
-                        halt.signal = self.chance(0.2).then(|| self.range(0, 7) as u8);
+                        halt.signal = self.chance(0.2).then(|| self.signal(7));
                         stream.push(halt);
                         stream
                     })
@@ -209,8 +213,19 @@ impl Gen {
             wait: self
                 .chance(0.4)
                 .then(|| Wait { sem: self.range(0, sems.min(7)) as u8, value: self.range(0, 5) as u32 }),
-            signal: self.chance(0.4).then(|| self.range(0, sems) as u8),
+            signal: self.chance(0.4).then(|| self.signal(sems)),
             debug: self.chance(0.5).then(|| self.range(0, DEBUG_POOL.len() as u64 - 1) as u32),
+        }
+    }
+
+    /// A signal of a semaphore up to `max_sem`, sometimes of a named (often
+    /// another) core.
+    fn signal(&mut self, max_sem: u64) -> Signal {
+        let sem = self.range(0, max_sem) as u8;
+        if self.chance(0.3) {
+            Signal::remote(self.range(0, self.cores as u64 - 1) as u8, sem)
+        } else {
+            Signal::local(sem)
         }
     }
 
@@ -483,13 +498,14 @@ impl Gen {
         let (cs, cd) = (split(self), split(self));
         let s0 = if self.chance(0.5) { DmaSpace::Hbm } else { DmaSpace::Sram };
         let s1 = if self.chance(0.5) { DmaSpace::Hbm } else { DmaSpace::Sram };
-        Op::Dma {
-            xfer: DmaTransfer {
-                elem_bytes: elem as u8,
-                src: self.dma_side(s0, elem, &cs),
-                dst: self.dma_side(s1, elem, &cd),
-            },
+        let src = self.dma_side(s0, elem, &cs);
+        let mut dst = self.dma_side(s1, elem, &cd);
+        if s0 == DmaSpace::Sram && s1 == DmaSpace::Sram && self.chance(0.5) {
+            // Core-to-core: a non-empty set of the program's cores.
+            let all = (1u64 << self.cores) - 1;
+            dst = dst.on_cores(self.range(1, all) as u32);
         }
+        Op::Dma { xfer: DmaTransfer { elem_bytes: elem as u8, src, dst } }
     }
 }
 

@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
+/// Most cores a target may have (a fabric destination is a 32-bit core set).
+pub const MAX_CORES: u32 = 32;
+
 /// Names of the built-in targets, in the order `jalc` lists them.
 pub const BUILTIN_TARGETS: &[&str] = &["jpu1", "jpu-tiny"];
 
@@ -61,6 +64,18 @@ impl Ratio {
     pub fn as_f64(self) -> f64 {
         self.num as f64 / self.den as f64
     }
+}
+
+/// The on-chip fabric: core-to-core DMA and remote semaphore signals.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fabric {
+    /// Bytes per cycle of one core's fabric egress (its transfers into other
+    /// cores' SRAM share it; a multicast is charged once).
+    pub bytes_per_cycle: Ratio,
+    /// Cycles from an instruction's completion until its signal of another
+    /// core's semaphore is visible there.
+    pub signal_latency_cycles: u64,
 }
 
 /// High-bandwidth memory.
@@ -200,6 +215,8 @@ pub struct Target {
     pub dma: Dma,
     /// Semaphores.
     pub sync: Sync,
+    /// The on-chip fabric between cores.
+    pub fabric: Fabric,
     /// Timing rules.
     pub timing: Timing,
 }
@@ -258,12 +275,14 @@ impl Target {
         if !(self.clock_ghz.is_finite() && self.clock_ghz > 0.0) {
             return Err(fail("clock_ghz", "must be a positive number".into()));
         }
-        if !(1..=64).contains(&self.cores) {
-            return Err(fail("cores", "must be in 1..=64".into()));
+        if !(1..=MAX_CORES).contains(&self.cores) {
+            return Err(fail("cores", format!("must be in 1..={MAX_CORES}")));
         }
         positive("hbm.size_bytes", self.hbm.size_bytes)?;
         positive("hbm.bytes_per_cycle.num", self.hbm.bytes_per_cycle.num)?;
         positive("hbm.bytes_per_cycle.den", self.hbm.bytes_per_cycle.den)?;
+        positive("fabric.bytes_per_cycle.num", self.fabric.bytes_per_cycle.num)?;
+        positive("fabric.bytes_per_cycle.den", self.fabric.bytes_per_cycle.den)?;
         for (field, mem) in [("sram.partitions", &self.sram), ("psum.partitions", &self.psum)] {
             if !(1..=256).contains(&mem.partitions) {
                 return Err(fail(field, "must be in 1..=256".into()));

@@ -37,11 +37,11 @@ proptest! {
     }
 
     #[test]
-    fn random_instructions_round_trip(seed in any::<u64>(), class in 0usize..4, wait in proptest::option::of((0u8..32, any::<u32>())), signal in proptest::option::of(0u8..32)) {
+    fn random_instructions_round_trip(seed in any::<u64>(), class in 0usize..4, wait in proptest::option::of((0u8..32, any::<u32>())), signal in proptest::option::of((0u8..32, proptest::option::of(0u8..1)))) {
         let class = [EngineClass::Pe, EngineClass::Ve, EngineClass::Act, EngineClass::Dma][class];
         for t in targets() {
             let op = random_op(seed, &t, class);
-            let inst = Inst { op, wait: wait.map(|(sem, value)| jpu_isa::inst::Wait { sem, value }), signal, debug: None };
+            let inst = Inst { op, wait: wait.map(|(sem, value)| jpu_isa::inst::Wait { sem, value }), signal: signal.map(|(sem, core)| jpu_isa::Signal { sem, core }), debug: None };
             // Binary.
             let mut bytes = Vec::new();
             let mut ectx = EncodeCtx::default();

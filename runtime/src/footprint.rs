@@ -9,8 +9,11 @@ use crate::sim::dma_space;
 /// A set of byte runs one instruction reads or writes in one memory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Access {
-    /// SRAM or PSUM of the instruction's core, or `None` for HBM.
+    /// SRAM or PSUM, or `None` for HBM.
     pub space: Option<Space>,
+    /// Whose SRAM or PSUM: `None` for the instruction's own core, `Some(c)` for
+    /// core `c` (a core-to-core DMA's destination).
+    pub core: Option<usize>,
     /// A write (else a read).
     pub write: bool,
     /// `(flat address, length)` runs; SRAM/PSUM addresses are `partition * partition_bytes + offset`.
@@ -40,20 +43,20 @@ fn tile(t: &Target, tile: &Tile, write: bool) -> Access {
         let runs = (tile.part_start as u64..(tile.part_start + tile.part_count) as u64)
             .map(|p| (p * pb + tile.offset as u64, len))
             .collect();
-        return Access { space: Some(tile.space), write, runs };
+        return Access { space: Some(tile.space), core: None, write, runs };
     }
     let mut runs = Vec::new();
     for a in tile_addresses(tile, pb as usize) {
         push_run(&mut runs, a as u64, size);
     }
-    Access { space: Some(tile.space), write, runs }
+    Access { space: Some(tile.space), core: None, write, runs }
 }
 
 fn column(t: &Target, col: &Column, part_start: u16, count: u16, write: bool) -> Access {
     let pb = partition_bytes(t, col.space) as u64;
     let size = col.dtype.size_bytes() as u64;
     let runs = (part_start as u64..(part_start + count) as u64).map(|p| (p * pb + col.offset as u64, size)).collect();
-    Access { space: Some(col.space), write, runs }
+    Access { space: Some(col.space), core: None, write, runs }
 }
 
 fn scalar(t: &Target, s: &Scalar, part_start: u16, count: u16, out: &mut Vec<Access>) {
@@ -116,12 +119,24 @@ pub fn footprint(op: &Op, t: &Target) -> Vec<Access> {
         }
         Op::Dma { xfer } => {
             let e = xfer.elem_bytes as u64;
-            out.push(Access { space: dma_space(xfer.src.space), write: false, runs: dma_runs(&xfer.src, e) });
-            out.push(Access { space: dma_space(xfer.dst.space), write: true, runs: dma_runs(&xfer.dst, e) });
+            out.push(Access {
+                space: dma_space(xfer.src.space),
+                core: None,
+                write: false,
+                runs: dma_runs(&xfer.src, e),
+            });
+            let runs = dma_runs(&xfer.dst, e);
+            if xfer.is_fabric() {
+                for c in xfer.dst.core_list() {
+                    out.push(Access { space: Some(Space::Sram), core: Some(c), write: true, runs: runs.clone() });
+                }
+            } else {
+                out.push(Access { space: dma_space(xfer.dst.space), core: None, write: true, runs });
+            }
         }
         Op::DmaGather { dst, idx, table } => {
             out.push(column(t, idx, dst.part_start, dst.part_count, false));
-            out.push(Access { space: None, write: false, runs: vec![gather_span(dst, table)] });
+            out.push(Access { space: None, core: None, write: false, runs: vec![gather_span(dst, table)] });
             out.push(tile(t, dst, true));
         }
         Op::Nop {} | Op::Halt {} => {}
@@ -145,7 +160,7 @@ pub fn gather_footprint(t: &Target, dst: &Tile, idx: &Column, table: &HbmRows, r
     runs.sort_unstable();
     vec![
         column(t, idx, dst.part_start, dst.part_count, false),
-        Access { space: None, write: false, runs },
+        Access { space: None, core: None, write: false, runs },
         tile(t, dst, true),
     ]
 }

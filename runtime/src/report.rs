@@ -5,7 +5,10 @@
 //!   cycle; 8-bit: twice that; f32: a quarter of it),
 //! - HBM: input bytes (read once) + output bytes (written once) / the core's share
 //!   of bandwidth,
-//! - ACT: transcendental elements / ACT lanes per cycle.
+//! - ACT: transcendental elements / ACT lanes per cycle,
+//!
+//! each rate multiplied by the cores the program runs on (every core has its own
+//! PE, ACT and HBM share).
 //!
 //! The inputs come from the roofline record in the binary (the compiler writes one);
 //! a hand-written program without one uses its executed matmul FLOPs and
@@ -30,6 +33,22 @@ pub struct ExecutedWork {
     pub dma_bytes: u64,
     /// Bytes DMA was charged for (short runs round up).
     pub dma_charged_bytes: u64,
+    /// Of `dma_bytes`, those moved core to core over the fabric (a multicast
+    /// counted once).
+    pub fabric_bytes: u64,
+}
+
+/// One core's share of the run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CoreReport {
+    /// Core.
+    pub core: usize,
+    /// Cycle its last instruction completed.
+    pub finished_at: u64,
+    /// Bytes its DMA queues moved over HBM (and within its SRAM).
+    pub dma_bytes: u64,
+    /// Bytes its DMA queues sent to other cores over the fabric.
+    pub fabric_bytes: u64,
 }
 
 /// One engine's share of the run.
@@ -79,6 +98,8 @@ pub struct Report {
     pub roofline: Roofline,
     /// Per-engine busy cycles.
     pub engines: Vec<EngineReport>,
+    /// Per-core finish time and traffic.
+    pub cores: Vec<CoreReport>,
     /// Work executed.
     pub work: ExecutedWork,
     /// Reads of never-written bytes (accesses, not bytes).
@@ -88,15 +109,14 @@ pub struct Report {
 }
 
 impl Report {
-    /// Builds the report of a finished run.
+    /// Builds the report of a finished run (no uninitialised reads yet).
     pub fn new(
         p: &Program,
         t: &Target,
         cycles: u64,
         engines: Vec<EngineReport>,
+        cores: Vec<CoreReport>,
         work: ExecutedWork,
-        uninitialized_reads: u64,
-        first_uninitialized_read: Option<String>,
     ) -> Report {
         let roofline = roofline(p, t, &work);
         let roofline_fraction = if cycles == 0 { 0.0 } else { roofline.cycles as f64 / cycles as f64 };
@@ -108,9 +128,10 @@ impl Report {
             roofline_fraction,
             roofline,
             engines,
+            cores,
             work,
-            uninitialized_reads,
-            first_uninitialized_read,
+            uninitialized_reads: 0,
+            first_uninitialized_read: None,
         }
     }
 
@@ -137,6 +158,7 @@ impl Report {
             "roofline_fraction": self.roofline_fraction,
             "roofline": self.roofline,
             "engines": engines,
+            "cores": self.cores,
             "work": self.work,
             "uninitialized_reads": self.uninitialized_reads,
             "first_uninitialized_read": self.first_uninitialized_read,
@@ -162,9 +184,10 @@ fn roofline(p: &Program, t: &Target, work: &ExecutedWork) -> Roofline {
             ("executed", work.flops_f32, work.flops_16bit, work.flops_8bit, io, work.transcendentals)
         }
     };
-    let pe_cycles = f16 as f64 / peak16 + f8 as f64 / (2.0 * peak16) + f32f as f64 / (peak16 / 4.0);
-    let hbm_cycles = bytes as f64 / bw;
-    let act_cycles = trans as f64 / t.act.lanes as f64;
+    let cores = p.cores.len().max(1) as f64;
+    let pe_cycles = (f16 as f64 / peak16 + f8 as f64 / (2.0 * peak16) + f32f as f64 / (peak16 / 4.0)) / cores;
+    let hbm_cycles = bytes as f64 / (bw * cores);
+    let act_cycles = trans as f64 / (t.act.lanes as f64 * cores);
     let (max, bound_by) = [(pe_cycles, "pe"), (hbm_cycles, "hbm"), (act_cycles, "act")]
         .into_iter()
         .fold((0.0, "pe"), |best, x| if x.0 > best.0 { x } else { best });

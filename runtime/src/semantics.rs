@@ -612,34 +612,71 @@ fn for_pieces(src: &[(u64, u64)], dst: &[(u64, u64)], mut f: impl FnMut(u64, u64
     }
 }
 
-/// A transfer within one memory, through a kept staging buffer (a fresh one
-/// per transfer would be fresh pages).
-fn staged(space: DmaSpace, src: &[(u64, u64)], dst: &[(u64, u64)], mem: &mut CoreMemory, hbm: &mut Hbm) {
+/// Runs `f` with a kept staging buffer, emptied (a fresh one per transfer
+/// would be fresh pages).
+fn with_staging<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
     thread_local! {
         static STAGING: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
     STAGING.with(|s| {
         let mut data = s.borrow_mut();
         data.clear();
-        for &(addr, len) in src {
-            let start = data.len();
-            data.resize(start + len as usize, 0);
-            match space {
-                DmaSpace::Hbm => hbm.read(addr, &mut data[start..]),
-                DmaSpace::Sram => data[start..].copy_from_slice(&mem.sram[addr as usize..(addr + len) as usize]),
-            }
-        }
-        let mut at = 0usize;
-        for &(addr, len) in dst {
-            let chunk = &data[at..at + len as usize];
-            match space {
-                DmaSpace::Hbm => hbm.write(addr, chunk),
-                DmaSpace::Sram => mem.sram[addr as usize..(addr + len) as usize].copy_from_slice(chunk),
-            }
-            at += len as usize;
-        }
+        let out = f(&mut data);
         if data.capacity() > 1 << 26 {
             *data = Vec::new();
+        }
+        out
+    })
+}
+
+/// Appends the bytes of `runs` of a flat memory to `data`.
+fn gather_bytes(data: &mut Vec<u8>, mem: &[u8], runs: &[(u64, u64)]) {
+    for &(addr, len) in runs {
+        data.extend_from_slice(&mem[addr as usize..(addr + len) as usize]);
+    }
+}
+
+/// Writes `data` over `runs` of a flat memory, in order.
+fn scatter_bytes(data: &[u8], mem: &mut [u8], runs: &[(u64, u64)]) {
+    let mut at = 0usize;
+    for &(addr, len) in runs {
+        mem[addr as usize..(addr + len) as usize].copy_from_slice(&data[at..at + len as usize]);
+        at += len as usize;
+    }
+}
+
+/// A transfer within one memory: every byte is read before any is written.
+fn staged(space: DmaSpace, src: &[(u64, u64)], dst: &[(u64, u64)], mem: &mut CoreMemory, hbm: &mut Hbm) {
+    with_staging(|data| match space {
+        DmaSpace::Hbm => {
+            for &(addr, len) in src {
+                let start = data.len();
+                data.resize(start + len as usize, 0);
+                hbm.read(addr, &mut data[start..]);
+            }
+            let mut at = 0usize;
+            for &(addr, len) in dst {
+                hbm.write(addr, &data[at..at + len as usize]);
+                at += len as usize;
+            }
+        }
+        DmaSpace::Sram => {
+            gather_bytes(data, &mem.sram, src);
+            scatter_bytes(data, &mut mem.sram, dst);
+        }
+    })
+}
+
+/// A core-to-core transfer: `x`'s source in the SRAM of core `from`, written
+/// to the same range of the SRAM of every core in `x.dst.cores` (`mems` is
+/// indexed by core). Every byte is read before any is written.
+pub fn execute_fabric(x: &DmaTransfer, from: usize, mems: &mut [&mut CoreMemory]) {
+    let e = x.elem_bytes as u64;
+    let (src, dst) = (dma_runs(&x.src, e), dma_runs(&x.dst, e));
+    with_staging(|data| {
+        gather_bytes(data, &mems[from].sram, &src);
+        for c in x.dst.core_list() {
+            scatter_bytes(data, &mut mems[c].sram, &dst);
         }
     })
 }

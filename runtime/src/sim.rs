@@ -9,12 +9,17 @@
 //! - A DMA queue *issues* its next transfer as soon as the wait holds (issue takes
 //!   no time, so latencies of one queue overlap); a transfer's data phase starts
 //!   `latency` cycles after issue and after the previous transfer of the queue has
-//!   drained; the data phases active on a core share its HBM bandwidth evenly. A
-//!   `nop` or `halt` on a queue completes once every earlier transfer has.
+//!   drained; the data phases active on a core share its HBM bandwidth evenly,
+//!   and its core-to-core (fabric) transfers share its fabric egress the same
+//!   way, apart from HBM. A `nop` or `halt` on a queue completes once every
+//!   earlier transfer has.
+//! - A signal of another core's semaphore is applied there the fabric's signal
+//!   latency after the signalling instruction completes, carrying that
+//!   instruction's vector clock, so a wait on it orders accesses across cores.
 //!
-//! Bandwidth is tracked exactly in integer units of `1 / (den * 720720)` bytes
-//! (720720 = lcm(1..=16) divides any share count), so cycle counts are exact and
-//! deterministic. Effects are applied when an instruction completes, in time
+//! Bandwidth is tracked exactly in integer units of a byte (the product of the
+//! HBM and fabric rates' denominators and 720720 = lcm(1..=16), which divides
+//! any share count), so cycle counts are exact and deterministic. Effects are applied when an instruction completes, in time
 //! order (ties by core and engine); a program whose accesses are ordered by
 //! semaphores therefore computes the same data under any timing.
 
@@ -30,8 +35,8 @@ use crate::footprint::{footprint, gather_footprint, Access};
 use crate::jit::Jit;
 use crate::memory::{CoreMemory, Hbm};
 use crate::race::{epoch, epoch_clock, epoch_engine, Conflict, Mem, Shadow, MAX_CLOCK};
-use crate::report::{EngineReport, ExecutedWork, Report};
-use crate::semantics::{execute_compute, execute_dma, execute_gather, gather_rows};
+use crate::report::{CoreReport, EngineReport, ExecutedWork, Report};
+use crate::semantics::{execute_compute, execute_dma, execute_fabric, execute_gather, gather_rows};
 
 /// How to run a program.
 #[derive(Debug, Clone)]
@@ -217,6 +222,8 @@ struct Running {
 
 struct Transfer {
     index: usize,
+    /// Over the fabric (else the core's HBM share).
+    fabric: bool,
     issue: u64,
     ready_at: u64,
     remaining: u128,
@@ -244,8 +251,21 @@ impl EngineState<'_> {
     }
 }
 
+/// A remote signal on its way: applied to `core`'s semaphore `sem` at cycle `at`.
+struct PendingSignal {
+    at: u64,
+    core: usize,
+    sem: u8,
+    vc: Vec<u32>,
+}
+
 struct CoreState {
     mem: Option<CoreMemory>,
+    /// When its last instruction completed.
+    finished_at: u64,
+    /// Bytes its DMA queues moved over HBM (and within its SRAM), and over the fabric.
+    dma_bytes: u64,
+    fabric_bytes: u64,
     sems: Vec<u32>,
     /// `history[s][k]`: join of the clocks of the first k+1 signals of semaphore s.
     history: Vec<Vec<Vec<u32>>>,
@@ -279,7 +299,11 @@ struct Sim<'p> {
     uninit_reads: u64,
     first_uninit: Option<(InstRef, Mem, u64)>,
     epe: usize,
-    rate_num: u128,
+    /// Remote signals in flight, in arrival order (one latency for all).
+    pending: VecDeque<PendingSignal>,
+    /// Units per cycle of a core's HBM share and of its fabric egress.
+    hbm_rate: u128,
+    fabric_rate: u128,
     units_per_byte: u128,
 }
 
@@ -323,6 +347,9 @@ impl<'p> Sim<'p> {
             .iter()
             .map(|_| CoreState {
                 mem: functional.then(|| CoreMemory::new(t)),
+                finished_at: 0,
+                dma_bytes: 0,
+                fabric_bytes: 0,
                 sems: vec![0; sems],
                 history: vec![Vec::new(); sems],
             })
@@ -333,6 +360,7 @@ impl<'p> Sim<'p> {
                 (t.psum.partitions * t.psum.partition_bytes) as usize,
             )
         });
+        let (hbm, fabric) = (t.hbm.bytes_per_cycle, t.fabric.bytes_per_cycle);
         let jit_start = std::time::Instant::now();
         let jit = match (functional, opts.engine) {
             (true, ExecEngine::Jit) => {
@@ -364,8 +392,10 @@ impl<'p> Sim<'p> {
             uninit_reads: 0,
             first_uninit: None,
             epe,
-            rate_num: t.hbm.bytes_per_cycle.num as u128 * SHARE_LCM,
-            units_per_byte: t.hbm.bytes_per_cycle.den as u128 * SHARE_LCM,
+            pending: VecDeque::new(),
+            hbm_rate: (hbm.num * fabric.den) as u128 * SHARE_LCM,
+            fabric_rate: (fabric.num * hbm.den) as u128 * SHARE_LCM,
+            units_per_byte: (hbm.den * fabric.den) as u128 * SHARE_LCM,
         })
     }
 
@@ -391,10 +421,11 @@ impl<'p> Sim<'p> {
         }
         loop {
             self.start_ready()?;
+            // A signal still in flight when every engine is done changes nothing.
+            if self.engines.iter().all(EngineState::finished) {
+                break;
+            }
             let Some(next) = self.next_event() else {
-                if self.engines.iter().all(EngineState::finished) {
-                    break;
-                }
                 return Err(self.deadlock());
             };
             if let Some(limit) = self.opts.max_cycles {
@@ -405,6 +436,7 @@ impl<'p> Sim<'p> {
             }
             self.advance_transfers(next);
             self.now = next;
+            self.deliver_signals();
             self.complete_due()?;
         }
         let outputs = if self.opts.timing_only {
@@ -433,9 +465,22 @@ impl<'p> Sim<'p> {
             })
             .collect();
         let first_uninit = self.first_uninit.map(|(r, mem, addr)| {
-            format!("{}: reads never-written {}", describe(self.p, r), where_(self.t, mem, addr))
+            format!("{}: reads never-written {}", describe(self.p, r), where_(self.p, self.t, mem, addr))
         });
-        let report = Report::new(self.p, self.t, self.now, engines, self.work, self.uninit_reads, first_uninit);
+        let cores = self
+            .cores
+            .iter()
+            .enumerate()
+            .map(|(core, c)| CoreReport {
+                core,
+                finished_at: c.finished_at,
+                dma_bytes: c.dma_bytes,
+                fabric_bytes: c.fabric_bytes,
+            })
+            .collect();
+        let mut report = Report::new(self.p, self.t, self.now, engines, cores, self.work);
+        report.uninitialized_reads = self.uninit_reads;
+        report.first_uninitialized_read = first_uninit;
         let held_bytes = self.hbm.resident_bytes() + self.shadow.as_ref().map_or(0, Shadow::footprint_bytes);
         Ok(Outcome { outputs, report, trace: self.trace, held_bytes, jit_compile: self.jit_compile })
     }
@@ -516,6 +561,7 @@ impl<'p> Sim<'p> {
             let now = self.now;
             self.engines[g].inflight.push_back(Transfer {
                 index: pc,
+                fabric: cost.fabric,
                 issue: now,
                 ready_at: now + cost.latency_cycles,
                 remaining: cost.charged_bytes as u128 * self.units_per_byte,
@@ -534,13 +580,15 @@ impl<'p> Sim<'p> {
         Ok(true)
     }
 
-    /// Bandwidth units per cycle for each active transfer of `core`.
-    fn share(&self, core: usize) -> u128 {
+    /// Bandwidth units per cycle for each active transfer of `core` on one
+    /// channel (its fabric egress, or its HBM share).
+    fn share(&self, core: usize, fabric: bool) -> u128 {
         let active = self.engines[core * self.epe..(core + 1) * self.epe]
             .iter()
-            .filter(|e| e.inflight.front().is_some_and(|t| t.started.is_some()))
+            .filter(|e| e.inflight.front().is_some_and(|t| t.started.is_some() && t.fabric == fabric))
             .count() as u128;
-        self.rate_num.checked_div(active).unwrap_or(0)
+        let rate = if fabric { self.fabric_rate } else { self.hbm_rate };
+        rate.checked_div(active).unwrap_or(0)
     }
 
     fn next_event(&self) -> Option<u64> {
@@ -554,11 +602,14 @@ impl<'p> Sim<'p> {
                 match head.started {
                     None => consider(head.ready_at.max(self.now)),
                     Some(_) => {
-                        let rate = self.share(g / self.epe);
+                        let rate = self.share(g / self.epe, head.fabric);
                         consider(self.now + head.remaining.div_ceil(rate) as u64);
                     }
                 }
             }
+        }
+        if let Some(s) = self.pending.front() {
+            consider(s.at);
         }
         next
     }
@@ -568,10 +619,11 @@ impl<'p> Sim<'p> {
         if dt == 0 {
             return;
         }
-        let shares: Vec<u128> = (0..self.cores.len()).map(|c| self.share(c)).collect();
+        let shares: Vec<[u128; 2]> =
+            (0..self.cores.len()).map(|c| [self.share(c, false), self.share(c, true)]).collect();
         for e in &mut self.engines {
-            let rate = shares[e.core];
             if let Some(head) = e.inflight.front_mut() {
+                let rate = shares[e.core][usize::from(head.fabric)];
                 if head.started.is_some() {
                     head.remaining = head.remaining.saturating_sub(dt * rate);
                 }
@@ -610,7 +662,7 @@ impl<'p> Sim<'p> {
         let inst = &stream[index];
         let r = InstRef { core, engine, index };
         self.engines[g].busy += end - start;
-        self.count_work(&inst.op);
+        self.count_work(core, &inst.op);
         if !self.opts.timing_only {
             let gathered = match &inst.op {
                 Op::DmaGather { dst, idx, table } => Some(self.gathered_rows(r, dst, idx, table)?),
@@ -621,9 +673,17 @@ impl<'p> Sim<'p> {
                 (op, _) => footprint(op, self.t),
             };
             self.check_accesses(g, r, accesses, vc)?;
+            if let Op::Dma { xfer } = &inst.op {
+                if xfer.is_fabric() {
+                    let mut mems: Vec<&mut CoreMemory> =
+                        self.cores.iter_mut().map(|c| c.mem.as_mut().expect("functional runs have memories")).collect();
+                    execute_fabric(xfer, core, &mut mems);
+                }
+            }
             let cs = &mut self.cores[core];
             let mem = cs.mem.as_mut().expect("functional runs have memories");
             match (&inst.op, gathered) {
+                (Op::Dma { xfer }, _) if xfer.is_fabric() => {}
                 (Op::Dma { xfer }, _) => execute_dma(xfer, mem, &mut self.hbm),
                 (Op::DmaGather { dst, table, .. }, Some(rows)) => execute_gather(dst, table, &rows, mem, &self.hbm),
                 (op, _) => {
@@ -634,16 +694,14 @@ impl<'p> Sim<'p> {
                 }
             }
         }
+        self.cores[core].finished_at = end;
         if let Some(s) = inst.signal {
-            let cs = &mut self.cores[core];
-            cs.sems[s as usize] += 1;
-            if !vc.is_empty() {
-                let h = &mut cs.history[s as usize];
-                let joined = match h.last() {
-                    Some(prev) => prev.iter().zip(vc).map(|(a, b)| *a.max(b)).collect(),
-                    None => vc.to_vec(),
-                };
-                h.push(joined);
+            let to = s.target_core(core);
+            if to == core {
+                self.signal(core, s.sem, vc);
+            } else {
+                let at = end + self.t.fabric.signal_latency_cycles;
+                self.pending.push_back(PendingSignal { at, core: to, sem: s.sem, vc: vc.to_vec() });
             }
         }
         if self.opts.trace {
@@ -652,7 +710,29 @@ impl<'p> Sim<'p> {
         Ok(())
     }
 
-    fn count_work(&mut self, op: &Op) {
+    /// Increments semaphore `sem` of `core`, recording the signaller's clock.
+    fn signal(&mut self, core: usize, sem: u8, vc: &[u32]) {
+        let cs = &mut self.cores[core];
+        cs.sems[sem as usize] += 1;
+        if !vc.is_empty() {
+            let h = &mut cs.history[sem as usize];
+            let joined = match h.last() {
+                Some(prev) => prev.iter().zip(vc).map(|(a, b)| *a.max(b)).collect(),
+                None => vc.to_vec(),
+            };
+            h.push(joined);
+        }
+    }
+
+    /// Applies the remote signals that arrive by now.
+    fn deliver_signals(&mut self) {
+        while self.pending.front().is_some_and(|s| s.at <= self.now) {
+            let s = self.pending.pop_front().expect("checked above");
+            self.signal(s.core, s.sem, &s.vc);
+        }
+    }
+
+    fn count_work(&mut self, core: usize, op: &Op) {
         match op {
             Op::Matmul { moving, .. } => match moving.dtype.size_bytes() {
                 1 => self.work.flops_8bit += pe_flops(op),
@@ -666,6 +746,12 @@ impl<'p> Sim<'p> {
                 let (bytes, charged) = transfer_bytes(op, self.t);
                 self.work.dma_bytes += bytes;
                 self.work.dma_charged_bytes += charged;
+                if matches!(op, Op::Dma { xfer } if xfer.is_fabric()) {
+                    self.work.fabric_bytes += bytes;
+                    self.cores[core].fabric_bytes += bytes;
+                } else {
+                    self.cores[core].dma_bytes += bytes;
+                }
             }
             _ => {}
         }
@@ -692,11 +778,12 @@ impl<'p> Sim<'p> {
         // With race checking off (empty clock), accesses still track initialisation,
         // as the host, which is ordered with everything.
         let me = if vc.is_empty() { crate::race::HOST } else { epoch(g, vc[g]) };
-        for Access { space, write, runs } in accesses {
+        for Access { space, core, write, runs } in accesses {
+            let core = core.unwrap_or(r.core);
             let mem = match space {
                 None => Mem::Hbm,
-                Some(Space::Sram) => Mem::Sram(r.core),
-                Some(Space::Psum) => Mem::Psum(r.core),
+                Some(Space::Sram) => Mem::Sram(core),
+                Some(Space::Psum) => Mem::Psum(core),
             };
             for (addr, len) in runs {
                 let (race, uninit) = if write {
@@ -714,7 +801,7 @@ impl<'p> Sim<'p> {
                             "uninitialized read at cycle {}: {} reads {}, which no instruction or input wrote",
                             self.now,
                             describe(self.p, r),
-                            where_(self.t, u.mem, u.addr)
+                            where_(self.p, self.t, u.mem, u.addr)
                         );
                         return Err(Fault {
                             inst: Some(r),
@@ -741,7 +828,7 @@ impl<'p> Sim<'p> {
                         self.now,
                         describe(self.p, r),
                         describe(self.p, earlier),
-                        where_(self.t, race.mem, race.addr)
+                        where_(self.p, self.t, race.mem, race.addr)
                     );
                     return Err(Fault {
                         inst: Some(r),
@@ -812,16 +899,18 @@ pub fn describe(p: &Program, r: InstRef) -> String {
     }
 }
 
-/// `sram partition 3 byte 0x40` / `psum ...` / `hbm address 0x1000 (tensor x + 0x10)`.
-pub fn where_(t: &Target, mem: Mem, addr: u64) -> String {
+/// `sram partition 3 byte 0x40` / `psum ...` / `hbm address 0x1000`; SRAM and
+/// PSUM name their core when the program runs on several.
+pub fn where_(p: &Program, t: &Target, mem: Mem, addr: u64) -> String {
+    let core = |c: usize| if p.cores.len() > 1 { format!("core {c} ") } else { String::new() };
     match mem {
-        Mem::Sram(_) => {
+        Mem::Sram(c) => {
             let pb = t.sram.partition_bytes as u64;
-            format!("sram partition {} byte 0x{:x}", addr / pb, addr % pb)
+            format!("{}sram partition {} byte 0x{:x}", core(c), addr / pb, addr % pb)
         }
-        Mem::Psum(_) => {
+        Mem::Psum(c) => {
             let pb = t.psum.partition_bytes as u64;
-            format!("psum partition {} byte 0x{:x}", addr / pb, addr % pb)
+            format!("{}psum partition {} byte 0x{:x}", core(c), addr / pb, addr % pb)
         }
         Mem::Hbm => format!("hbm address 0x{addr:x}"),
     }

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 
 use jpu_isa::numerics::{self, round_to};
 use jpu_isa::{jasm, DType, Target};
-use jpu_runtime::{run, RunOptions};
+use jpu_runtime::{run, ExecEngine, RunOptions};
 
 /// A `[parts, elems]` operand placed in SRAM at `offset` of partitions `0..parts`.
 struct Operand {
@@ -436,6 +436,53 @@ fn dma_moves_bytes_through_strided_reversed_and_hbm_to_hbm_patterns() {
     // Read column-major into SRAM (partition 0 holds 0,6,1,7,2,8), then written back
     // column-major: the round trip restores the original order.
     assert_eq!(out.outputs[1].1, (0..12u8).collect::<Vec<_>>());
+}
+
+/// Core 0 multicasts a strided SRAM tile to itself and core 1 (the source
+/// range overlaps core 0's destination: every byte is read first), core 1
+/// forwards what it got back to core 0; each core writes its copy to HBM once
+/// the remote signals say the bytes arrived.
+#[test]
+fn core_to_core_dma_multicasts_and_orders_by_remote_signals() {
+    let src = ".target \"jpu-tiny\"
+.tensor x: i8[2, 8] const @ 0x0 = \"000102030405060708090a0b0c0d0e0f\"
+.tensor from0: i8[2, 8] output @ 0x100
+.tensor from1: i8[2, 8] output @ 0x200
+.tensor back: i8[2, 8] output @ 0x300
+.sem loaded = 0
+.sem arrived = 1
+.sem returned = 2
+.core 0
+.stream dma0
+    dma xfer=hbm[x] [2 x 8, 8 x 1] -> sram[0x10] [2 x 16384, 8 x 1] elem 1 signal loaded
+    dma xfer=sram[0x10] [2 x 16384, 8 x 1] -> cores[0, 1].sram[0x14] [2 x 16384, 8 x -1] elem 1 wait loaded>=1 signal core1.arrived
+    halt
+.stream dma1
+    dma xfer=sram[0x14] [2 x 16384, 8 x -1] -> hbm[from0] [16 x 1] elem 1 wait returned>=1
+    dma xfer=sram[0x40] [2 x 16384, 8 x 1] -> hbm[back] [16 x 1] elem 1 wait returned>=1
+    halt
+.core 1
+.stream dma0
+    dma xfer=sram[0x14] [2 x 16384, 8 x -1] -> hbm[from1] [16 x 1] elem 1 wait arrived>=1
+    dma xfer=sram[0xd] [2 x 16384, 8 x 1] -> core0.sram[0x40] [2 x 16384, 8 x 1] elem 1 wait arrived>=1 signal core0.returned
+    halt
+";
+    let t = Target::builtin("jpu-tiny").unwrap();
+    let program = jasm::assemble(src).unwrap_or_else(|e| panic!("{}", jasm::render_errors("fabric", src, &e)));
+    for engine in [ExecEngine::Interp, ExecEngine::Jit] {
+        let opts = RunOptions { strict_uninit: true, engine, ..RunOptions::default() };
+        let out = run(&program, &t, &[], &opts).unwrap_or_else(|f| panic!("{f}"));
+        let x: Vec<u8> = (0..16).collect();
+        assert_eq!(out.outputs[0].1, x, "core 0's own copy");
+        assert_eq!(out.outputs[1].1, x, "core 1's copy");
+        // Core 1 sent its partitions' bytes 0xd..0x15 (the copy reversed, at 0xd..0x14).
+        let want: Vec<u8> = (0..2u8).flat_map(|p| (0..8).rev().map(move |i| 8 * p + i)).collect();
+        assert_eq!(out.outputs[2].1, want, "returned to core 0");
+        let r = &out.report;
+        assert_eq!(r.work.fabric_bytes, 32, "the multicast is counted once");
+        assert_eq!((r.cores[0].fabric_bytes, r.cores[1].fabric_bytes), (16, 16));
+        assert_eq!((r.cores[0].dma_bytes, r.cores[1].dma_bytes), (48, 16));
+    }
 }
 
 #[test]

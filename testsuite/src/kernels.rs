@@ -36,7 +36,12 @@ fn align(x: u64, a: u64) -> u64 {
 }
 
 fn inst(op: Op, wait: Option<(u8, u32)>, signal: Option<u8>) -> Inst {
-    Inst { op, wait: wait.map(|(sem, value)| Wait { sem, value }), signal, debug: None }
+    Inst {
+        op,
+        wait: wait.map(|(sem, value)| Wait { sem, value }),
+        signal: signal.map(jpu_isa::Signal::local),
+        debug: None,
+    }
 }
 
 /// A DMA of `elem`-byte elements between two row patterns made by [`side`].

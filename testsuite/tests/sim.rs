@@ -4,7 +4,8 @@
 //!   the fault message. A `; options:` line sets `strict`, `max_cycles=N`,
 //!   `max_instructions=N`.
 //! - `; test: timing`: the program runs; `; expect: cycles=N ENGINE=BUSY ...` lines
-//!   (computed by hand from the machine model) must hold exactly, a timing-only
+//!   (computed by hand from the machine model; `ENGINE` is core 0's, `coreC.ENGINE`
+//!   another core's) must hold exactly, a timing-only
 //!   run must give the same cycles, and the snapshot is the report.
 
 use jpu_isa::{jasm, Target};
@@ -54,7 +55,14 @@ fn run_timing(name: &str, src: &str) -> String {
     for e in expects {
         let (key, value) = e.split_once('=').unwrap();
         let value: u64 = value.parse().unwrap();
-        let got = if key == "cycles" { r.cycles } else { r.busy(key) };
+        let got = match key.split_once('.') {
+            _ if key == "cycles" => r.cycles,
+            Some((core, engine)) => {
+                let core: usize = core.strip_prefix("core").and_then(|c| c.parse().ok()).expect("`coreN.ENGINE`");
+                r.engines.iter().find(|e| e.core == core && e.engine == engine).map_or(0, |e| e.busy_cycles)
+            }
+            None => r.busy(key),
+        };
         assert_eq!(got, value, "{name}: {key}");
     }
     let mut out = format!("cycles: {}\nroofline: {} ({})\n", r.cycles, r.roofline_cycles, r.roofline.bound_by);

@@ -826,7 +826,7 @@ fn streams(
                     let u = w.value as usize;
                     inst.wait = Some(Wait { sem: insts[u].0 .0, value: position[u] });
                 }
-                inst.signal = Some(e as u8);
+                inst.signal = Some(jpu_isa::Signal::local(e as u8));
                 inst
             })
             .collect();

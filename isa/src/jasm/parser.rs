@@ -13,7 +13,7 @@ use logos::Logos;
 use super::lexer::{unescape, Tok};
 use crate::check::check_inst;
 use crate::dtype::DType;
-use crate::inst::{Engine, Inst, Op, Opcode, Wait};
+use crate::inst::{Engine, Inst, Op, Opcode, Signal, Wait};
 use crate::program::{
     is_identifier, ExternalName, ExternalType, Program, ProgramError, Role, RooflineInputs, SemDecl, TensorDecl,
 };
@@ -208,6 +208,48 @@ impl<'s> Parser<'s> {
         self.eat(&Tok::Newline);
     }
 
+    /// Consumes a core prefix, `coreN.` or `cores[A, B, ...].`, if one is next,
+    /// giving its core set (bit `c`: core `c`) and span. Whether the cores
+    /// exist is the target's to check.
+    pub fn core_prefix(&mut self) -> Result<Option<(u32, Span)>, AsmError> {
+        let start = self.span();
+        let next = self.toks.get(self.pos + 1).map(|t| &t.0);
+        let mask = match (self.peek(), next) {
+            (Tok::Ident("cores"), Some(Tok::LBracket)) => {
+                self.bump();
+                self.bump();
+                let mut mask = 0u32;
+                loop {
+                    mask |= self.core_bit()?;
+                    if !self.eat(&Tok::Comma) {
+                        break;
+                    }
+                }
+                self.expect(&Tok::RBracket, "`]` closing the core list")?;
+                mask
+            }
+            (Tok::Ident(name), Some(Tok::Dot)) if name.strip_prefix("core").is_some_and(is_decimal) => {
+                let n: u64 = name[4..].parse().unwrap_or(u64::MAX);
+                if n >= 32 {
+                    return Err(self.err(start, format!("core {n} does not exist (a chip has at most 32 cores)")));
+                }
+                self.bump();
+                1 << n
+            }
+            _ => return Ok(None),
+        };
+        let end = self.expect(&Tok::Dot, "`.` after the core")?;
+        Ok(Some((mask, start.start..end.end)))
+    }
+
+    fn core_bit(&mut self) -> Result<u32, AsmError> {
+        let (n, span) = self.uint("a core number")?;
+        if n >= 32 {
+            return Err(self.err(span, format!("core {n} does not exist (a chip has at most 32 cores)")));
+        }
+        Ok(1 << n)
+    }
+
     fn semaphore(&mut self) -> Result<(u8, Span), AsmError> {
         let span = self.span();
         match *self.peek() {
@@ -229,6 +271,10 @@ impl<'s> Parser<'s> {
             _ => Err(self.unexpected("a semaphore (a `.sem` name or `#N`)")),
         }
     }
+}
+
+fn is_decimal(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// A parsed instruction with what diagnostics need.
@@ -651,8 +697,13 @@ fn parse_instruction(p: &mut Parser<'_>, st: &mut State<'_>) -> Result<(), AsmEr
     }
     if matches!(p.peek(), Tok::Ident("signal")) {
         let start = p.bump().1.start;
+        let core = match p.core_prefix()? {
+            Some((mask, _)) if mask.count_ones() == 1 => Some(mask.trailing_zeros() as u8),
+            Some((_, span)) => return Err(p.err(span, "a signal increments one core's semaphore")),
+            None => None,
+        };
         let (sem, sspan) = p.semaphore()?;
-        inst.signal = Some(sem);
+        inst.signal = Some(Signal { sem, core });
         p.field_spans.push(("signal", start..sspan.end));
     }
     if p.eat(&Tok::Bang) {

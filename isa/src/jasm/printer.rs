@@ -74,7 +74,14 @@ pub fn print_inst(out: &mut String, p: &Program, inst: &Inst, ctx: &PrintCtx<'_>
         let _ = write!(out, " wait {}>={}", sem(w.sem), w.value);
     }
     if let Some(s) = inst.signal {
-        let _ = write!(out, " signal {}", sem(s));
+        match s.core {
+            Some(c) => {
+                let _ = write!(out, " signal core{c}.{}", sem(s.sem));
+            }
+            None => {
+                let _ = write!(out, " signal {}", sem(s.sem));
+            }
+        }
     }
     if let Some(d) = inst.debug {
         if let Some(text) = p.debug_ops.get(d as usize) {
