@@ -79,6 +79,9 @@ pub struct Options {
     pub weights: std::sync::Arc<crate::weights::Weights>,
     /// Model-file names of inputs and outputs, recorded in the binary.
     pub external: External,
+    /// Cores the kernels may spread over (1 to the target's; kernels that do
+    /// not partition use core 0).
+    pub cores: u32,
 }
 
 /// The names and types a model file gives a program's inputs and outputs
@@ -113,6 +116,7 @@ impl Options {
             max_tile_ops: MAX_TILE_OPS,
             weights: Default::default(),
             external: Default::default(),
+            cores: 1,
         }
     }
 }
@@ -135,8 +139,9 @@ pub struct Compilation<'t> {
     pub program: Option<Program>,
     /// The kernel each tile op of `tiles` belongs to.
     op_kernel: Vec<usize>,
-    /// The kernel each instruction of `program` belongs to, per engine of core 0
-    /// (`None`: the final `halt`).
+    /// The kernel each instruction of `program` belongs to, per lane (engine
+    /// `e` of core `c` is lane `c * engines per core + e`; `None`: the final
+    /// `halt` or a message to another core).
     pub inst_kernel: Vec<Vec<Option<usize>>>,
 }
 
@@ -156,7 +161,7 @@ pub struct Compiled {
     pub program: Program,
     /// The weight values baked into it.
     pub weights: std::sync::Arc<crate::weights::Weights>,
-    /// The kernel each instruction belongs to, per engine of core 0.
+    /// The kernel each instruction belongs to, per lane (see [`Compilation::inst_kernel`]).
     pub inst_kernel: Vec<Vec<Option<usize>>>,
 }
 
@@ -238,10 +243,15 @@ impl<'t> Compilation<'t> {
         match stage {
             Stage::Parsed => Some(crate::ir::printer::print(&self.parsed)),
             Stage::Opt => self.optimized.as_ref().map(crate::ir::printer::print),
-            Stage::Kernels => self.kernels.as_ref().map(|k| kernels_text(k, &self.names, self.t)),
+            Stage::Kernels => self.kernels.as_ref().map(|k| kernels_text(k, &self.names, self.t, self.cores())),
             Stage::Tiles => self.tiles.as_ref().map(|t| t.to_string()),
             Stage::Asm => self.program.as_ref().map(jpu_isa::jasm::disassemble),
         }
+    }
+
+    /// The cores kernels spread over: [`Options::cores`] within the target's.
+    fn cores(&self) -> u32 {
+        self.opts.cores.clamp(1, self.t.cores)
     }
 
     /// Stage `optimize`: the e-graph optimizer (skipped at `-O0`).
@@ -303,7 +313,7 @@ impl<'t> Compilation<'t> {
         self.check_budgets(f, kernels)?;
         let params: Vec<&str> = f.params().map(|p| f.node(p).name.as_str()).collect();
         let results: Vec<&str> = f.results.iter().map(|r| f.node(*r).name.as_str()).collect();
-        let parts: Vec<TileProgram> = kernels.iter().map(|k| k.lower(self.t)).collect();
+        let parts: Vec<TileProgram> = kernels.iter().map(|k| k.lower_cores(self.t, self.cores())).collect();
         let op_kernel = parts.iter().enumerate().flat_map(|(k, p)| std::iter::repeat_n(k, p.ops.len())).collect();
         let mut tiles = crate::tiles::link(&params, &results, &self.names, parts);
         // A kernel that reads a view declares the tensor under the view's
@@ -463,6 +473,18 @@ impl<'t> Compilation<'t> {
 }
 
 /// The `kernels` listing: `kernel <kind> <name>: ` and each kernel's description.
-pub fn kernels_text(kernels: &[Box<dyn Kernel>], names: &[String], t: &Target) -> String {
-    kernels.iter().zip(names).map(|(k, n)| format!("kernel {} {n}: {}", k.kind(), k.describe(t))).collect()
+/// The `--emit kernels` text; with several `cores`, each kernel's partition.
+pub fn kernels_text(kernels: &[Box<dyn Kernel>], names: &[String], t: &Target, cores: u32) -> String {
+    let partition = |k: &dyn Kernel| {
+        if cores > 1 {
+            format!("  cores: {}\n", k.partition(t, cores))
+        } else {
+            String::new()
+        }
+    };
+    kernels
+        .iter()
+        .zip(names)
+        .map(|(k, n)| format!("kernel {} {n}: {}{}", k.kind(), k.describe(t), partition(k.as_ref())))
+        .collect()
 }

@@ -125,6 +125,9 @@ enum Command {
         /// Per-kernel schedule overrides (docs/schedules.md).
         #[arg(long, value_name = "FILE")]
         schedule: Option<PathBuf>,
+        /// Cores to spread the kernels over, 1 to the target's (docs/cli.md).
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        cores: u32,
     },
     /// Compile, simulate on seeded random inputs, and compare with the reference evaluator.
     Verify {
@@ -151,6 +154,9 @@ enum Command {
         /// and aarch64) or `interp`; the same results either way.
         #[arg(long, value_enum, default_value_t = EngineArg::host_default())]
         engine: EngineArg,
+        /// Cores to spread the kernels over, 1 to the target's (docs/cli.md).
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        cores: u32,
     },
     /// Evaluate a .tir function with the reference evaluator.
     Eval {
@@ -374,13 +380,16 @@ fn compile_failure(e: &CompileError, program: (&Path, &str), schedule: Option<(&
 }
 
 /// Compile options: the level and the parsed schedule file (with its text).
-fn options(level: u8, schedule: Option<&Path>) -> Result<(Options, Option<String>), Failure> {
+fn options(level: u8, schedule: Option<&Path>, cores: u32, t: &Target) -> Result<(Options, Option<String>), Failure> {
+    if !(1..=t.cores).contains(&cores) {
+        return Err(Failure::Input(format!("error: --cores {cores}: {} has 1 to {} cores", t.name, t.cores)));
+    }
     let max_tile_ops = MAX_TILE_OPS.load(std::sync::atomic::Ordering::Relaxed);
-    let Some(path) = schedule else { return Ok((Options { max_tile_ops, ..Options::at(level) }, None)) };
+    let Some(path) = schedule else { return Ok((Options { max_tile_ops, cores, ..Options::at(level) }, None)) };
     let text = read_text(path)?;
     let schedule = jalc::schedule::Schedule::parse(&text)
         .map_err(|e| Failure::Input(e.render(&path.display().to_string(), &text)))?;
-    Ok((Options { max_tile_ops, ..Options::with(level, schedule) }, Some(text)))
+    Ok((Options { max_tile_ops, cores, ..Options::with(level, schedule) }, Some(text)))
 }
 
 struct CompileArgs<'a> {
@@ -391,12 +400,13 @@ struct CompileArgs<'a> {
     emit: Option<Stage>,
     schedule: Option<&'a Path>,
     opt: u8,
+    cores: u32,
 }
 
 fn compile(a: CompileArgs<'_>) -> Result<(), Failure> {
     let t = target(a.target)?;
     let Loaded { src, func, weights, external } = load(a.file, a.model)?;
-    let (mut opts, schedule_text) = options(a.opt, a.schedule)?;
+    let (mut opts, schedule_text) = options(a.opt, a.schedule, a.cores, &t)?;
     opts.weights = std::sync::Arc::new(weights);
     opts.external = external;
     if a.output.is_none() && a.emit.is_none() {
@@ -421,13 +431,13 @@ fn verify(
     model: &ModelArgs,
     target_arg: &str,
     seed: u64,
-    (schedule, opt): (Option<&Path>, u8),
+    (schedule, opt, cores): (Option<&Path>, u8, u32),
     json: bool,
     engine: EngineArg,
 ) -> Result<(), Failure> {
     let t = target(target_arg)?;
     let Loaded { src, func, weights, .. } = load(file, model)?;
-    let (mut opts, schedule_text) = options(opt, schedule)?;
+    let (mut opts, schedule_text) = options(opt, schedule, cores, &t)?;
     opts.weights = std::sync::Arc::new(weights);
     let compiled = jalc::driver::compile(&func, &t, &opts)
         .map_err(|e| compile_failure(&e, (file, &src), schedule.zip(schedule_text.as_deref())))?;
@@ -682,6 +692,18 @@ fn run(a: RunArgs<'_>) -> Result<(), Failure> {
                 e.instructions
             );
         }
+        if r.cores.len() > 1 {
+            outln!("{:<12} {:>12} {:>14} {:>14}", "core", "finished at", "HBM bytes", "fabric bytes");
+            for c in &r.cores {
+                outln!(
+                    "{:<12} {:>12} {:>14} {:>14}",
+                    format!("core{}", c.core),
+                    c.finished_at,
+                    c.dma_bytes,
+                    c.fabric_bytes
+                );
+            }
+        }
         if r.uninitialized_reads > 0 {
             outln!(
                 "warning: {} reads of never-written memory (they read NaN); first: {}",
@@ -700,7 +722,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Check { file } => check(file),
         Command::Import { file, output, model } => import(file, output, model),
-        Command::Compile { file, model, output, target, emit, schedule, opt } => compile(CompileArgs {
+        Command::Compile { file, model, output, target, emit, schedule, opt, cores } => compile(CompileArgs {
             file,
             model,
             output: output.as_deref(),
@@ -708,10 +730,11 @@ fn main() -> ExitCode {
             emit: *emit,
             schedule: schedule.as_deref(),
             opt: *opt,
+            cores: *cores,
         }),
         Command::Eval { file, inputs, output_dir } => eval(file, inputs, output_dir),
-        Command::Verify { file, model, target, seed, schedule, json, opt, engine } => {
-            verify(file, model, target, *seed, (schedule.as_deref(), *opt), *json, *engine)
+        Command::Verify { file, model, target, seed, schedule, json, opt, engine, cores } => {
+            verify(file, model, target, *seed, (schedule.as_deref(), *opt, *cores), *json, *engine)
         }
         Command::Asm { file, output, target } => asm(file, output, target.as_deref()),
         Command::Disasm { file, target, output } => disasm(file, target.as_deref(), output.as_deref()),

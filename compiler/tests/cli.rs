@@ -735,3 +735,22 @@ fn write_npy_i64(path: &std::path::Path, shape: &[u64], values: &[i64]) {
     w.extend(values.iter().copied()).unwrap();
     w.finish().unwrap();
 }
+
+#[test]
+fn cores_spread_a_gemm_and_out_of_range_counts_exit_2() {
+    let gemm = example("gemm.tir");
+    let bin = temp("cores-gemm.jbin");
+    let out = jalc(&["compile", &gemm, "--target", "jpu-tiny", "--cores", "2", "-o", bin.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let run = jalc(&["run", bin.to_str().unwrap(), "--timing-only"]);
+    assert_eq!(run.status.code(), Some(0), "{}", stderr(&run));
+    let text = String::from_utf8_lossy(&run.stdout).to_string();
+    assert!(text.contains("core1.pe") && text.contains("fabric bytes"), "{text}");
+    let verify = jalc(&["verify", &gemm, "--target", "jpu-tiny", "--cores", "2"]);
+    assert_eq!(verify.status.code(), Some(0), "{}", stderr(&verify));
+    for bad in ["0", "3"] {
+        let out = jalc(&["compile", &gemm, "--target", "jpu-tiny", "--cores", bad, "--emit", "asm"]);
+        assert_eq!(out.status.code(), Some(2), "--cores {bad}");
+        assert!(stderr(&out).contains("jpu-tiny has 1 to 2 cores"), "{}", stderr(&out));
+    }
+}

@@ -22,12 +22,18 @@ pub struct Measured {
 
 /// Compiles `src` for `t` `repeats` times and simulates it once (timing only).
 pub fn measure(src: &str, t: &Target, repeats: usize) -> Measured {
+    measure_on(src, t, 1, repeats)
+}
+
+/// [`measure`], with the kernels spread over `cores` cores.
+pub fn measure_on(src: &str, t: &Target, cores: u32, repeats: usize) -> Measured {
     let f = jalc::front::tir::parse_and_check(src).expect("benchmark source checks");
+    let opts = jalc::driver::Options { cores, ..jalc::driver::Options::o2() };
     let mut times = Vec::new();
     let mut compiled = None;
     for _ in 0..repeats.max(1) {
         let start = Instant::now();
-        compiled = Some(jalc::driver::compile(&f, t, &jalc::driver::Options::o2()).expect("benchmark compiles"));
+        compiled = Some(jalc::driver::compile(&f, t, &opts).expect("benchmark compiles"));
         times.push(start.elapsed().as_secs_f64());
     }
     times.sort_by(f64::total_cmp);
@@ -84,8 +90,8 @@ pub fn per_kernel(m: &Measured, t: &Target) -> Vec<KernelTime> {
     let mut first = vec![u64::MAX; out.len()];
     let mut last = vec![0u64; out.len()];
     for s in trace {
-        let e = s.inst.engine.0 as usize;
-        let Some(Some(k)) = c.inst_kernel.get(e).and_then(|v| v.get(s.inst.index)) else { continue };
+        let lane = s.inst.core * c.program.cores[0].len() + s.inst.engine.0 as usize;
+        let Some(Some(k)) = c.inst_kernel.get(lane).and_then(|v| v.get(s.inst.index)) else { continue };
         let class = match s.inst.engine.class() {
             jpu_isa::inst::EngineClass::Pe => 0,
             jpu_isa::inst::EngineClass::Ve => 1,

@@ -8,6 +8,7 @@
 pub mod bench;
 pub mod fuzz_checks;
 pub mod kernels;
+pub mod programs;
 pub mod tir_gen;
 
 /// Compile options at `level` with the schedule file `text` (which must parse).
@@ -22,20 +23,35 @@ pub fn gemm(kernels: &[Box<dyn jalc::kernels::Kernel>]) -> Option<&jalc::kernels
 }
 
 /// Verifies `f` (written as `src`, for messages) race-checked on jpu-tiny and
-/// jpu1 at -O0 and -O2 with inputs from `seed`, panicking on any failure;
+/// jpu1 at -O0 and -O2, and at -O2 spread over jpu-tiny's 2 cores and the 4
+/// of [`jpu_tiny_4`], with inputs from `seed`, panicking on any failure;
 /// returns the largest absolute error seen.
 pub fn verify_everywhere(f: &jalc::ir::Func, src: &str, seed: u64) -> f64 {
     let mut max_abs: f64 = 0.0;
-    for target in ["jpu-tiny", "jpu1"] {
-        let t = jpu_isa::Target::builtin(target).unwrap();
-        for level in [0, 2] {
-            let v = jalc::verify::verify_with(f, &t, seed, &jalc::driver::Options::at(level))
-                .unwrap_or_else(|e| panic!("{target} -O{level}: {e}\n{src}"));
-            assert!(v.passed, "{target} -O{level}: {:?}\n{src}", v.first_mismatch);
-            max_abs = max_abs.max(v.max_abs_error);
-        }
+    let tiny = jpu_isa::Target::builtin("jpu-tiny").unwrap();
+    let runs = [
+        (tiny.clone(), 0, 1),
+        (tiny.clone(), 2, 1),
+        (jpu_isa::Target::builtin("jpu1").unwrap(), 0, 1),
+        (jpu_isa::Target::builtin("jpu1").unwrap(), 2, 1),
+        (tiny, 2, 2),
+        (jpu_tiny_4(), 2, 4),
+    ];
+    for (t, level, cores) in runs {
+        let opts = jalc::driver::Options { cores, ..jalc::driver::Options::at(level) };
+        let what = format!("{} -O{level} on {cores} cores", t.name);
+        let v = jalc::verify::verify_with(f, &t, seed, &opts).unwrap_or_else(|e| panic!("{what}: {e}\n{src}"));
+        assert!(v.passed, "{what}: {:?}\n{src}", v.first_mismatch);
+        max_abs = max_abs.max(v.max_abs_error);
     }
     max_abs
+}
+
+/// jpu-tiny with 4 cores (`testsuite/data/jpu-tiny-4.toml`): the 4-core
+/// verification target.
+pub fn jpu_tiny_4() -> jpu_isa::Target {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/data/jpu-tiny-4.toml");
+    jpu_isa::Target::resolve(path).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Runs `program` on both engines with `opts` (the engine field is set for

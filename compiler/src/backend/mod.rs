@@ -162,8 +162,9 @@ pub fn allocate(tp: &TileProgram, kernel_of: &[usize], t: &Target) -> Result<All
 /// Places every buffer over the given live ranges (see [`allocate`]).
 fn place_buffers(tp: &TileProgram, t: &Target, live: &[Option<(usize, usize)>]) -> Result<Allocation, BackendError> {
     let bank_bytes = t.psum_bank_bytes() as u64;
-    // (space, live range, start, end) of every placed block.
-    let mut placed: Vec<(Space, (usize, usize), u64, u64)> = Vec::new();
+    // (memory: space and core, live range, start, end) of every placed block.
+    type Block = ((Space, u32), (usize, usize), u64, u64);
+    let mut placed: Vec<Block> = Vec::new();
     let mut offsets = vec![Vec::new(); tp.buffers.len()];
     let (mut sram_high, mut psum_high) = (0u64, 0u64);
     let (sram_cap, psum_cap) = (t.sram.partition_bytes as u64, t.psum.banks.unwrap_or(1) as u64 * bank_bytes);
@@ -196,9 +197,11 @@ fn place_buffers(tp: &TileProgram, t: &Target, live: &[Option<(usize, usize)>]) 
             offsets[b] = vec![0; buf.copies as usize];
             continue;
         };
+        // Each core has its own memories.
+        let memory = (buf.space, buf.core);
         let mut busy: Vec<(u64, u64)> = placed
             .iter()
-            .filter(|(sp, r, _, _)| *sp == buf.space && r.0 <= range.1 && range.0 <= r.1)
+            .filter(|(m, r, _, _)| *m == memory && r.0 <= range.1 && range.0 <= r.1)
             .map(|&(_, _, s, e)| (s, e))
             .collect();
         busy.sort_unstable();
@@ -209,7 +212,7 @@ fn place_buffers(tp: &TileProgram, t: &Target, live: &[Option<(usize, usize)>]) 
             }
             start = start.max(e.div_ceil(align) * align);
         }
-        placed.push((buf.space, range, start, start + size));
+        placed.push((memory, range, start, start + size));
         offsets[b] = (0..buf.copies as u64).map(|c| (start + c * stride) as u32).collect();
         match buf.space {
             Space::Sram => sram_high = sram_high.max(start + bytes + (buf.copies as u64 - 1) * stride),
@@ -238,18 +241,46 @@ fn place_buffers(tp: &TileProgram, t: &Target, live: &[Option<(usize, usize)>]) 
 /// are ordered like any other access.
 #[derive(Debug, Clone, Copy)]
 enum Region {
-    OnChip { psum: bool, parts: u32, start: u64, end: u64 },
-    Hbm { tensor: usize, start: u64, end: u64 },
+    OnChip {
+        core: u32,
+        psum: bool,
+        parts: u32,
+        start: u64,
+        end: u64,
+    },
+    /// Elements `start..end` of a tensor; with `rect`, only the rectangle
+    /// `(row stride, first row, rows, first column, columns)` of them (a box
+    /// whose rows do not wrap), so boxes side by side (two cores' column
+    /// panels) do not overlap.
+    Hbm {
+        tensor: usize,
+        start: u64,
+        end: u64,
+        rect: Option<[u64; 5]>,
+    },
 }
 
 fn overlaps(a: &Region, b: &Region) -> bool {
     match (a, b) {
-        (Region::OnChip { psum: m1, start: s1, end: e1, .. }, Region::OnChip { psum: m2, start: s2, end: e2, .. }) => {
+        (
+            Region::OnChip { core: c1, psum: m1, start: s1, end: e1, .. },
+            Region::OnChip { core: c2, psum: m2, start: s2, end: e2, .. },
+        ) => {
             // Every slice starts at partition 0, so partition ranges always meet.
-            m1 == m2 && s1 < e2 && s2 < e1
+            c1 == c2 && m1 == m2 && s1 < e2 && s2 < e1
         }
-        (Region::Hbm { tensor: t1, start: s1, end: e1 }, Region::Hbm { tensor: t2, start: s2, end: e2 }) => {
-            t1 == t2 && s1 < e2 && s2 < e1
+        (
+            Region::Hbm { tensor: t1, start: s1, end: e1, rect: r1 },
+            Region::Hbm { tensor: t2, start: s2, end: e2, rect: r2 },
+        ) => {
+            let meet = |a0: u64, an: u64, b0: u64, bn: u64| a0 < b0 + bn && b0 < a0 + an;
+            let apart = match (r1, r2) {
+                (Some([w1, y1, h1, x1, c1]), Some([w2, y2, h2, x2, c2])) if w1 == w2 => {
+                    !meet(*y1, *h1, *y2, *h2) || !meet(*x1, *c1, *x2, *c2)
+                }
+                _ => false,
+            };
+            t1 == t2 && s1 < e2 && s2 < e1 && !apart
         }
         _ => false,
     }
@@ -259,11 +290,19 @@ fn on_chip(tp: &TileProgram, alloc: &Allocation, s: &BufSlice) -> Region {
     let b = &tp.buffers[s.buf];
     let size = b.dtype.size_bytes() as u64;
     let start = alloc.offset(s.buf, s.copy) as u64 + s.offset as u64 * size;
-    Region::OnChip { psum: b.space == Space::Psum, parts: s.parts, start, end: start + s.len as u64 * size }
+    Region::OnChip {
+        core: b.core,
+        psum: b.space == Space::Psum,
+        parts: s.parts,
+        start,
+        end: start + s.len as u64 * size,
+    }
 }
 
 fn hbm(h: &HbmBox) -> Region {
-    Region::Hbm { tensor: h.tensor, start: h.start, end: h.start + (h.rows as u64 - 1) * h.row_stride + h.cols as u64 }
+    let (w, cols) = (h.row_stride, h.cols as u64);
+    let rect = (w > 0 && h.start % w + cols <= w).then(|| [w, h.start / w, h.rows as u64, h.start % w, cols]);
+    Region::Hbm { tensor: h.tensor, start: h.start, end: h.start + (h.rows as u64 - 1) * h.row_stride + cols, rect }
 }
 
 /// (reads, writes) of a tile op.
@@ -292,10 +331,10 @@ const BUCKET_BYTES: u64 = 1024;
 fn buckets(r: &Region) -> impl Iterator<Item = (u64, u64)> {
     // HBM boxes are strided and span far, so each tensor is one bucket.
     let (space, first, last) = match *r {
-        Region::OnChip { psum, start, end, .. } => {
-            (psum as u64, start / BUCKET_BYTES, (end.max(start + 1) - 1) / BUCKET_BYTES)
+        Region::OnChip { core, psum, start, end, .. } => {
+            (2 * core as u64 + psum as u64, start / BUCKET_BYTES, (end.max(start + 1) - 1) / BUCKET_BYTES)
         }
-        Region::Hbm { tensor, .. } => (2 + tensor as u64, 0, 0),
+        Region::Hbm { tensor, .. } => ((1 << 32) + tensor as u64, 0, 0),
     };
     (first..=last).map(move |b| (space, b))
 }
@@ -378,24 +417,25 @@ pub fn dependencies(tp: &TileProgram, alloc: &Allocation) -> DiGraph<usize, ()> 
 fn covered_range(w: &Region, b: &Region) -> Option<(u64, u64)> {
     match (w, b) {
         (
-            Region::OnChip { psum: m1, parts: p1, start: s1, end: e1 },
-            Region::OnChip { psum: m2, parts: p2, start: s2, end: e2 },
-        ) if m1 == m2 && p1 >= p2 && s1 < e2 && s2 < e1 => Some((*s1, *e1)),
+            Region::OnChip { core: c1, psum: m1, parts: p1, start: s1, end: e1 },
+            Region::OnChip { core: c2, psum: m2, parts: p2, start: s2, end: e2 },
+        ) if c1 == c2 && m1 == m2 && p1 >= p2 && s1 < e2 && s2 < e1 => Some((*s1, *e1)),
         _ => None,
     }
 }
 
-/// Per engine of a core, per instruction of its stream, the tile op it
-/// implements (`None` for the final `halt`).
+/// Per lane (engine `e` of core `c`: lane `c * engines per core + e`), per
+/// instruction of its stream, the tile op it implements (`None` for the final
+/// `halt` and for a message to another core).
 pub type Origins = Vec<Vec<Option<usize>>>;
 
 /// A scheduled program plus what the listings show.
 pub struct Scheduled {
     /// The chip program.
     pub program: Program,
-    /// For each engine of core 0, the tile op each instruction of its stream
-    /// implements (a `nop` carrying an extra wait counts for the op after it;
-    /// the final `halt` for none).
+    /// For each lane, the tile op each instruction of its stream implements (a
+    /// `nop` carrying an extra wait counts for the op after it; the final `halt`
+    /// and messages to other cores for none).
     pub origins: Origins,
 }
 
@@ -454,30 +494,83 @@ pub fn compile(
     let tensors = place_tensors(tp, t)?;
     let insts = select_instructions(tp, t, &alloc, &tensors)?;
     let dag = dependencies(tp, &alloc);
+    let lanes = Lanes::new(tp, &insts, t)?;
     let emit = |order: &[usize]| {
-        let engines = t.engines_per_core() as usize;
-        let waits = synchronise(&insts, order, &dag, engines);
-        let (cores, origins) = streams(&insts, order, &waits, engines);
-        let semaphores = (0..engines)
-            .filter(|e| !cores[*e].is_empty())
-            .map(|e| SemDecl { id: e as u8, name: format!("{}_done", Engine(e as u8).name()) })
-            .collect();
+        let waits = synchronise(&lanes, order, &dag);
+        let (cores, origins) = streams(&insts, &lanes, order, &waits);
         let mut program = Program::new(t);
         program.tensors = tensors.clone();
-        program.semaphores = semaphores;
+        program.semaphores = lanes.semaphores(&cores);
         program.debug_ops = tp.debug_ops.clone();
-        program.cores = vec![cores];
+        program.cores = cores;
         program.roofline = Some(roofline);
         program.canonicalize_debug_ops();
         program.validate(t).map_err(|e| BackendError::Internal(format!("the emitted program is invalid: {e}")))?;
         Ok(Scheduled { program, origins })
     };
-    let estimated = order::interleave(&insts, &dag, kernel_of, t, None, false);
+    let estimated = order::interleave(&insts, &lanes.lane, &dag, kernel_of, t, None, false);
     let first = emit(&estimated)?;
     if estimated.iter().enumerate().all(|(k, &i)| k == i) || insts.len() > REFINE_LIMIT {
         return Ok(first);
     }
-    refine(first, &insts, &dag, kernel_of, t, emit)
+    refine(first, &insts, &lanes, &dag, kernel_of, t, emit)
+}
+
+/// Where each instruction runs, across cores: lane `core * engines + engine`.
+/// Semaphores: each engine's counter has its engine's index on every core; a
+/// core's messages from core `a` (remote signals, see [`streams`]) count in
+/// semaphore `engines + a`.
+struct Lanes {
+    /// Each instruction's lane.
+    lane: Vec<usize>,
+    /// Engines per core.
+    engines: usize,
+    /// Cores the program uses.
+    cores: usize,
+}
+
+impl Lanes {
+    fn new(tp: &TileProgram, insts: &[(Engine, Op, u32)], t: &Target) -> Result<Lanes, BackendError> {
+        let engines = t.engines_per_core() as usize;
+        let cores = tp.cores() as usize;
+        if cores > 1 && engines + cores > t.sync.semaphores as usize {
+            return Err(BackendError::Internal(format!(
+                "{cores} cores need {} semaphores per core; {} has {}",
+                engines + cores,
+                t.name,
+                t.sync.semaphores
+            )));
+        }
+        let lane = insts.iter().enumerate().map(|(i, (e, _, _))| tp.op_core(i) as usize * engines + e.0 as usize);
+        Ok(Lanes { lane: lane.collect(), engines, cores })
+    }
+
+    fn core(&self, i: usize) -> usize {
+        self.lane[i] / self.engines
+    }
+
+    /// The lane that sends core `core`'s messages: its last DMA queue (where
+    /// stores, the usual producers of another core's data, already are).
+    fn sender(&self, core: usize) -> usize {
+        core * self.engines + self.engines - 1
+    }
+
+    fn mailbox(&self, from: usize) -> u8 {
+        (self.engines + from) as u8
+    }
+
+    /// Names for the semaphores the streams use.
+    fn semaphores(&self, cores: &[Vec<Vec<Inst>>]) -> Vec<SemDecl> {
+        let used = |e: usize| cores.iter().any(|c| !c[e].is_empty());
+        let mut out: Vec<SemDecl> = (0..self.engines)
+            .filter(|&e| used(e))
+            .map(|e| SemDecl { id: e as u8, name: format!("{}_done", Engine(e as u8).name()) })
+            .collect();
+        if self.cores > 1 {
+            out.extend((0..self.cores).map(|a| SemDecl { id: self.mailbox(a), name: format!("from_core{a}") }));
+        }
+        out
+    }
 }
 
 /// Programs of at most this many instructions are scheduled again with the
@@ -496,6 +589,7 @@ const REFINE_ROUNDS: usize = 3;
 fn refine(
     first: Scheduled,
     insts: &[(Engine, Op, u32)],
+    lanes: &Lanes,
     dag: &DiGraph<usize, ()>,
     kernel_of: &[usize],
     t: &Target,
@@ -506,7 +600,7 @@ fn refine(
     let mut best = first;
     let mut critical_first = false;
     let in_order: Vec<usize> = (0..insts.len()).collect();
-    let critical = order::interleave(insts, dag, kernel_of, t, None, true);
+    let critical = order::interleave(insts, &lanes.lane, dag, kernel_of, t, None, true);
     for (candidate, critical) in [(in_order, false), (critical, true)] {
         let candidate = emit(&candidate)?;
         if let Some((c, m)) = time(&candidate).filter(|(c, _)| *c < best_cycles) {
@@ -514,7 +608,7 @@ fn refine(
         }
     }
     for _ in 0..REFINE_ROUNDS {
-        let order = order::interleave(insts, dag, kernel_of, t, Some(&measured), critical_first);
+        let order = order::interleave(insts, &lanes.lane, dag, kernel_of, t, Some(&measured), critical_first);
         let candidate = emit(&order)?;
         match time(&candidate) {
             Some((c, m)) if c < best_cycles => (best, best_cycles, measured) = (candidate, c, m),
@@ -530,8 +624,10 @@ fn simulate_timing(s: &Scheduled, ops: usize, t: &Target) -> Option<(u64, Vec<u6
     let opts = jpu_runtime::RunOptions { timing_only: true, trace: true, ..Default::default() };
     let out = jpu_runtime::run(&s.program, t, &[], &opts).ok()?;
     let mut data = vec![0u64; ops];
+    let engines = t.engines_per_core() as usize;
     for slice in &out.trace {
-        let origin = s.origins.get(slice.inst.engine.0 as usize).and_then(|e| e.get(slice.inst.index)).copied();
+        let lane = slice.inst.core * engines + slice.inst.engine.0 as usize;
+        let origin = s.origins.get(lane).and_then(|e| e.get(slice.inst.index)).copied();
         if let (Some(Some(op)), Some(_)) = (origin, slice.issue) {
             data[op] = data[op].max(slice.end.saturating_sub(slice.start));
         }
@@ -575,9 +671,10 @@ fn select_instructions(
     tensors: &[TensorDecl],
 ) -> Result<Vec<(Engine, Op, u32)>, BackendError> {
     let queues = t.dma.queues as usize;
-    let mut queue_bytes = vec![0u64; queues];
+    let mut queue_bytes = vec![vec![0u64; queues]; tp.cores() as usize];
     let mut insts = Vec::with_capacity(tp.ops.len());
-    for (op, debug) in &tp.ops {
+    for (i, (op, debug)) in tp.ops.iter().enumerate() {
+        let queue_bytes = &mut queue_bytes[tp.op_core(i) as usize];
         let (engine, inst_op) = instruction(tp, t, alloc, tensors, op);
         let engine = if inst_op.is_dma() {
             let candidates: Vec<usize> = match (queues, matches!(op, TileOp::Store { .. })) {
@@ -721,120 +818,200 @@ fn instruction(tp: &TileProgram, t: &Target, alloc: &Allocation, tensors: &[Tens
     }
 }
 
-/// For each instruction, the instructions of other engines it waits for: only
-/// the latest instruction of each other engine it depends on that it does not
+/// For each instruction, the instructions of other lanes it waits for: only
+/// the latest instruction of each other lane it depends on that it does not
 /// already know to be complete (knowledge propagates along waits, as vector
-/// clocks do).
-fn synchronise(
-    insts: &[(Engine, Op, u32)],
-    order: &[usize],
-    dag: &DiGraph<usize, ()>,
-    engines: usize,
-) -> Vec<Vec<usize>> {
-    // Position of each instruction in its engine's stream, before nops.
-    let mut ordinal = vec![0usize; insts.len()];
-    let mut counts = vec![0usize; engines];
-    let mut by_engine_ordinal: Vec<Vec<usize>> = vec![Vec::new(); engines];
+/// clocks do; a wait across cores, through a message, is credited with what the
+/// awaited instruction knew, which the message's sender knew too).
+fn synchronise(lanes: &Lanes, order: &[usize], dag: &DiGraph<usize, ()>) -> Vec<Vec<usize>> {
+    let n_lanes = lanes.cores * lanes.engines;
+    let lane = &lanes.lane;
+    // Position of each instruction in its lane's stream, before nops.
+    let mut ordinal = vec![0usize; lane.len()];
+    let mut by_lane_ordinal: Vec<Vec<usize>> = vec![Vec::new(); n_lanes];
     for &i in order {
-        let e = insts[i].0;
-        ordinal[i] = counts[e.0 as usize];
-        counts[e.0 as usize] += 1;
-        by_engine_ordinal[e.0 as usize].push(i);
+        ordinal[i] = by_lane_ordinal[lane[i]].len();
+        by_lane_ordinal[lane[i]].push(i);
     }
-    // For each stream, the latest instruction (by per-engine ordinal) of each
-    // engine known complete; and that knowledge after each instruction.
-    let mut knows: Vec<Vec<Option<usize>>> = vec![vec![None; engines]; engines];
-    let mut know_after: Vec<Vec<Option<usize>>> = vec![Vec::new(); insts.len()];
-    let mut waits: Vec<Vec<usize>> = vec![Vec::new(); insts.len()];
+    // For each lane, the latest instruction (by ordinal) of each lane known
+    // complete. What a lane knew after each of its instructions is kept as
+    // snapshots taken when its knowledge of other lanes grows (its own entry
+    // is the instruction itself).
+    let mut knows: Vec<Vec<Option<usize>>> = vec![vec![None; n_lanes]; n_lanes];
+    // Per lane: (first ordinal it holds for, what the lane knew of the others).
+    type Snapshots = Vec<(usize, std::rc::Rc<Vec<Option<usize>>>)>;
+    let mut snapshots: Vec<Snapshots> = vec![Vec::new(); n_lanes];
+    let know_after = |snapshots: &[Snapshots], u: usize| {
+        let list = &snapshots[lane[u]];
+        let at = list.partition_point(|(from, _)| *from <= ordinal[u]);
+        let mut k = if at == 0 { vec![None; n_lanes] } else { list[at - 1].1.as_ref().clone() };
+        k[lane[u]] = Some(ordinal[u]);
+        k
+    };
+    let mut waits: Vec<Vec<usize>> = vec![Vec::new(); lane.len()];
     for &i in order {
-        let me = insts[i].0 .0 as usize;
-        let mut latest: Vec<Option<usize>> = vec![None; engines];
+        let me = lane[i];
+        let mut latest: Vec<Option<usize>> = vec![None; n_lanes];
         for d in dag.neighbors_directed(NodeIndex::new(i), petgraph::Direction::Incoming) {
             let u = dag[d];
-            let ue = insts[u].0 .0 as usize;
-            if ue != me && latest[ue].is_none_or(|x| ordinal[u] > x) {
-                latest[ue] = Some(ordinal[u]);
+            let ul = lane[u];
+            if ul != me && latest[ul].is_none_or(|x| ordinal[u] > x) {
+                latest[ul] = Some(ordinal[u]);
             }
         }
-        for (ue, need) in latest.iter().enumerate() {
+        let mut learned = false;
+        for (ul, need) in latest.iter().enumerate() {
             let Some(need) = *need else { continue };
-            if knows[me][ue].is_some_and(|k| k >= need) {
+            if knows[me][ul].is_some_and(|k| k >= need) {
                 continue;
             }
-            let u = by_engine_ordinal[ue][need];
+            let u = by_lane_ordinal[ul][need];
             waits[i].push(u);
-            let k = know_after[u].clone();
-            for (x, kx) in knows[me].iter_mut().zip(k) {
+            for (x, kx) in knows[me].iter_mut().zip(know_after(&snapshots, u)) {
                 if kx > *x {
                     *x = kx;
                 }
             }
-            knows[me][ue] = Some(need.max(knows[me][ue].unwrap_or(0)));
+            learned = true;
+        }
+        if learned {
+            let mut k = knows[me].clone();
+            k[me] = None;
+            snapshots[me].push((ordinal[i], std::rc::Rc::new(k)));
         }
         knows[me][me] = Some(ordinal[i]);
-        know_after[i] = knows[me].clone();
     }
     waits
 }
 
-/// Each engine's stream: every instruction signals its engine's semaphore and
+/// One entry of a stream being built: the tile op it implements (`None` for
+/// an extra wait's `nop` and for a message), the instruction, and whether it
+/// signals its engine's counter (a message signals another core instead).
+struct Entry {
+    op: Option<usize>,
+    inst: Inst,
+    counts: bool,
+    /// A wait on the instruction with this index (resolved to its position).
+    wait_on: Option<usize>,
+}
+
+/// Each core's streams. Every instruction signals its engine's semaphore and
 /// waits for the last instruction it needs (a second one costs a zero-cycle
-/// `nop` before it); semaphore values are stream positions; streams end in `halt`.
+/// `nop` before it); semaphore values are positions among the stream's
+/// signalling instructions; streams end in `halt`.
+///
+/// An instruction of core `b` that needs one of core `a` gets a **message**:
+/// right after the needed instruction (in `order`), core `a`'s sender lane
+/// ([`Lanes::sender`]) gets a `nop` that waits for it (no wait when it is on
+/// that lane: the queue is in order) and signals `b`'s mailbox for `a`
+/// remotely; the instruction of `b` waits for the mailbox to count that
+/// message. One lane sends all of a core's messages, in order, so the k-th
+/// message from `a` to `b` is the k-th increment of the mailbox. Each needed
+/// instruction is sent to each core once.
 fn streams(
     insts: &[(Engine, Op, u32)],
+    lanes: &Lanes,
     order: &[usize],
     waits: &[Vec<usize>],
-    engines: usize,
-) -> (Vec<Vec<Inst>>, Vec<Vec<Option<usize>>>) {
-    let mut streams: Vec<Vec<(Option<usize>, Inst)>> = vec![Vec::new(); engines];
-    let mut origins: Origins = vec![Vec::new(); engines];
+) -> (Vec<Vec<Vec<Inst>>>, Origins) {
+    let (engines, cores) = (lanes.engines, lanes.cores);
+    let mut streams: Vec<Vec<Entry>> = (0..cores * engines).map(|_| Vec::new()).collect();
+    // Messages: (needed instruction, receiving core) -> count sent to that core so far.
+    let mut sent: HashMap<(usize, usize), u32> = HashMap::new();
+    let mut sent_to: Vec<Vec<u32>> = vec![vec![0; cores]; cores];
+    // Messages each instruction must send, known when a later one needs it:
+    // pass 1 finds them, pass 2 places them right after their instruction.
+    let mut outbox: Vec<Vec<usize>> = vec![Vec::new(); insts.len()];
     for &i in order {
-        let (e, op, debug) = &insts[i];
-        let s = &mut streams[e.0 as usize];
-        let (last, extra) = waits[i].split_last().map_or((None, &[][..]), |(l, x)| (Some(*l), x));
-        origins[e.0 as usize].extend(std::iter::repeat_n(Some(i), extra.len() + 1));
-        for &u in extra {
-            let mut nop = Inst::new(Op::Nop {});
-            nop.wait = Some(Wait { sem: 0, value: u as u32 }); // resolved below
-            nop.debug = Some(*debug);
-            s.push((None, nop));
-        }
-        let mut inst = Inst::new(op.clone());
-        inst.debug = Some(*debug);
-        if let Some(u) = last {
-            inst.wait = Some(Wait { sem: 0, value: u as u32 });
-        }
-        s.push((Some(i), inst));
-    }
-    let mut position = vec![0u32; insts.len()];
-    for s in &streams {
-        for (p, (i, _)) in s.iter().enumerate() {
-            if let Some(i) = i {
-                position[*i] = p as u32 + 1;
+        for &u in &waits[i] {
+            let (a, b) = (lanes.core(u), lanes.core(i));
+            if a != b && !outbox[u].contains(&b) {
+                outbox[u].push(b);
             }
         }
     }
-    let mut cores = vec![Vec::new(); engines];
-    for (e, s) in streams.into_iter().enumerate() {
+    for &i in order {
+        let (_, op, debug) = &insts[i];
+        let core = lanes.core(i);
+        let mut wait_for = Vec::new();
+        for &u in &waits[i] {
+            let from = lanes.core(u);
+            wait_for.push(if from == core {
+                Wait { sem: u8::MAX, value: u as u32 } // resolved below
+            } else {
+                Wait { sem: lanes.mailbox(from), value: sent[&(u, core)] }
+            });
+        }
+        let s = &mut streams[lanes.lane[i]];
+        let (last, extra) = wait_for.split_last().map_or((None, &[][..]), |(l, x)| (Some(*l), x));
+        for w in extra {
+            let mut nop = Inst::new(Op::Nop {});
+            nop.debug = Some(*debug);
+            s.push(entry(None, nop, *w));
+        }
+        let mut inst = Inst::new(op.clone());
+        inst.debug = Some(*debug);
+        s.push(match last {
+            Some(w) => entry(Some(i), inst, w),
+            None => Entry { op: Some(i), inst, counts: true, wait_on: None },
+        });
+        for &b in &outbox[i] {
+            let k = &mut sent_to[core][b];
+            *k += 1;
+            sent.insert((i, b), *k);
+            let mut nop = Inst::new(Op::Nop {});
+            nop.debug = Some(*debug);
+            nop.signal = Some(jpu_isa::Signal::remote(b as u8, lanes.mailbox(core)));
+            let sender = lanes.sender(core);
+            let wait_on = (lanes.lane[i] != sender).then_some(i);
+            streams[sender].push(Entry { op: None, inst: nop, counts: false, wait_on });
+        }
+    }
+    // Positions among each stream's signalling entries.
+    let mut position = vec![0u32; insts.len()];
+    for s in &streams {
+        let mut p = 0u32;
+        for en in s {
+            p += u32::from(en.counts);
+            if let (Some(i), true) = (en.op, en.counts) {
+                position[i] = p;
+            }
+        }
+    }
+    let mut origins: Origins = vec![Vec::new(); cores * engines];
+    let mut out = vec![vec![Vec::new(); engines]; cores];
+    for (l, s) in streams.into_iter().enumerate() {
         if s.is_empty() {
             continue;
         }
-        let mut out: Vec<Inst> = s
-            .into_iter()
-            .map(|(_, mut inst)| {
-                if let Some(w) = inst.wait {
-                    let u = w.value as usize;
-                    inst.wait = Some(Wait { sem: insts[u].0 .0, value: position[u] });
-                }
+        let e = l % engines;
+        let mut stream: Vec<Inst> = Vec::with_capacity(s.len() + 1);
+        for en in s {
+            let mut inst = en.inst;
+            if let Some(u) = en.wait_on {
+                inst.wait = Some(Wait { sem: (lanes.lane[u] % engines) as u8, value: position[u] });
+            }
+            if en.counts {
                 inst.signal = Some(jpu_isa::Signal::local(e as u8));
-                inst
-            })
-            .collect();
-        out.push(Inst::new(Op::Halt {}));
-        origins[e].push(None);
-        cores[e] = out;
+            }
+            origins[l].push(en.op);
+            stream.push(inst);
+        }
+        stream.push(Inst::new(Op::Halt {}));
+        origins[l].push(None);
+        out[l / engines][e] = stream;
     }
-    (cores, origins)
+    (out, origins)
+}
+
+/// A stream entry that waits: on a local instruction (`sem == u8::MAX`, value
+/// its index) or on a mailbox count.
+fn entry(op: Option<usize>, mut inst: Inst, w: Wait) -> Entry {
+    if w.sem == u8::MAX {
+        return Entry { op, inst, counts: true, wait_on: Some(w.value as usize) };
+    }
+    inst.wait = Some(w);
+    Entry { op, inst, counts: true, wait_on: None }
 }
 
 #[cfg(test)]
@@ -855,6 +1032,7 @@ mod tests {
             parts: 4,
             free: 8,
             copies: 1,
+            core: 0,
         };
         let s = |buf| BufSlice { buf, copy: 0, parts: 4, offset: 0, len: 8 };
         let h = |tensor| HbmBox { tensor, start: 0, rows: 4, row_stride: 8, cols: 8 };
@@ -901,14 +1079,18 @@ mod tests {
         let alloc = allocate(&tp, &one, &t).unwrap();
         assert_eq!(alloc.offset(0, 0), alloc.offset(1, 0));
         let insts = select_instructions(&tp, &t, &alloc, &place_tensors(&tp, &t).unwrap()).unwrap();
-        assert_eq!(order::interleave(&insts, &dependencies(&tp, &alloc), &one, &t, None, false), vec![0, 1, 2, 3, 4]);
+        let lanes = Lanes::new(&tp, &insts, &t).unwrap().lane;
+        assert_eq!(
+            order::interleave(&insts, &lanes, &dependencies(&tp, &alloc), &one, &t, None, false),
+            vec![0, 1, 2, 3, 4]
+        );
         // Two kernels: separate memory, so the second kernel's load need not wait
         // for the first one's store and goes first.
         let two = [0, 0, 1, 1, 1];
         let alloc = allocate(&tp, &two, &t).unwrap();
         assert_ne!(alloc.offset(0, 0), alloc.offset(1, 0));
         let dag = dependencies(&tp, &alloc);
-        let order = order::interleave(&insts, &dag, &two, &t, None, false);
+        let order = order::interleave(&insts, &lanes, &dag, &two, &t, None, false);
         assert_eq!(order, vec![0, 2, 1, 3, 4]);
         let position = |i: usize| order.iter().position(|&o| o == i).unwrap();
         assert!(dag.edge_indices().all(|e| {
@@ -943,8 +1125,9 @@ mod tests {
         let alloc = allocate(&tp, &two, &t).unwrap();
         let insts = select_instructions(&tp, &t, &alloc, &place_tensors(&tp, &t).unwrap()).unwrap();
         let dag = dependencies(&tp, &alloc);
-        assert_eq!(order::interleave(&insts, &dag, &two, &t, None, false)[0], 0);
-        assert_eq!(order::interleave(&insts, &dag, &two, &t, None, true)[0], 2);
+        let lanes = Lanes::new(&tp, &insts, &t).unwrap().lane;
+        assert_eq!(order::interleave(&insts, &lanes, &dag, &two, &t, None, false)[0], 0);
+        assert_eq!(order::interleave(&insts, &lanes, &dag, &two, &t, None, true)[0], 2);
     }
 
     /// With several kernels, the schedule kept is never slower than the tile
@@ -961,12 +1144,12 @@ mod tests {
         let alloc = allocate(&tp, &two, &t).unwrap();
         let insts = select_instructions(&tp, &t, &alloc, &place_tensors(&tp, &t).unwrap()).unwrap();
         let dag = dependencies(&tp, &alloc);
-        let engines = t.engines_per_core() as usize;
+        let lanes = Lanes::new(&tp, &insts, &t).unwrap();
         let in_order: Vec<usize> = (0..insts.len()).collect();
-        let waits = synchronise(&insts, &in_order, &dag, engines);
-        let (cores, origins) = streams(&insts, &in_order, &waits, engines);
+        let waits = synchronise(&lanes, &in_order, &dag);
+        let (cores, origins) = streams(&insts, &lanes, &in_order, &waits);
         let mut program = kept.program.clone();
-        program.cores = vec![cores];
+        program.cores = cores;
         let plain = Scheduled { program, origins };
         let cycles = |s: &Scheduled| simulate_timing(s, insts.len(), &t).unwrap().0;
         assert!(cycles(&kept) <= cycles(&plain), "{} > {}", cycles(&kept), cycles(&plain));
@@ -983,6 +1166,7 @@ mod tests {
             parts: 4,
             free,
             copies: 2,
+            core: 0,
         };
         let s = |buf, copy, len| BufSlice { buf, copy, parts: 4, offset: 0, len };
         let tp = TileProgram {

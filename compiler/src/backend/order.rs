@@ -39,11 +39,13 @@ use petgraph::Direction;
 pub const WINDOW: usize = 6;
 
 /// The order in which the instructions `insts` (tile-program order, `kernel_of`
-/// giving each one's kernel, non-decreasing) join their engines' streams. Of the
+/// giving each one's kernel, non-decreasing; `lane` each one's engine across
+/// cores, `core * engines per core + engine`) join their streams. Of the
 /// instructions that can start first, the one on the longest path to the end
 /// goes first with `critical_first`, else the earliest in program order.
 pub fn interleave(
     insts: &[(Engine, Op, u32)],
+    lane: &[usize],
     dag: &DiGraph<usize, ()>,
     kernel_of: &[usize],
     t: &Target,
@@ -55,11 +57,11 @@ pub fn interleave(
     if kernels <= 1 || kernel_of.len() != n {
         return (0..n).collect();
     }
-    let engines = t.engines_per_core() as usize;
-    // Per kernel, per engine, its instructions in program order; the next one.
+    let engines = lane.iter().max().map_or(1, |l| l + 1);
+    // Per kernel, per lane, its instructions in program order; the next one.
     let mut lanes: Vec<Vec<Vec<usize>>> = vec![vec![Vec::new(); engines]; kernels];
-    for (i, (e, _, _)) in insts.iter().enumerate() {
-        lanes[kernel_of[i]][(e.0 as usize).min(engines - 1)].push(i);
+    for i in 0..n {
+        lanes[kernel_of[i]][lane[i]].push(i);
     }
     let mut next = vec![vec![0usize; engines]; kernels];
     let mut left: Vec<usize> = lanes.iter().map(|l| l.iter().map(Vec::len).sum()).collect();
@@ -92,9 +94,8 @@ pub fn interleave(
         }
         // The earliest unscheduled instruction of kernel `lo` is always ready.
         let Some((start, _, i)) = best else { return (0..n).collect() };
-        let e = (insts[i].0 .0 as usize).min(engines - 1);
-        let end = clock.run(e, start, i, &insts[i].1);
-        next[kernel_of[i]][e] += 1;
+        let end = clock.run(lane[i], start, i, &insts[i].1);
+        next[kernel_of[i]][lane[i]] += 1;
         left[kernel_of[i]] -= 1;
         order.push(i);
         for s in dag.neighbors_directed(NodeIndex::new(i), Direction::Outgoing) {
@@ -146,9 +147,9 @@ impl<'t> Clock<'t> {
         self.free[e].max(ready)
     }
 
-    /// Whether engine `e` is a DMA queue (issuing takes no time there).
+    /// Whether lane `e` is a DMA queue (issuing takes no time there).
     fn is_queue(&self, e: usize) -> bool {
-        Engine(e as u8).class() == EngineClass::Dma
+        Engine((e % self.t.engines_per_core() as usize) as u8).class() == EngineClass::Dma
     }
 
     /// Runs instruction `i`, `op`, on engine `e` from `start`; returns when it ends.

@@ -237,6 +237,7 @@ fn lower(k: &GatherKernel, t: &Target) -> TileProgram {
         parts: parts as u32,
         free,
         copies,
+        core: 0,
     };
     let buffers = vec![buffer("ids", DType::I32, 1, INDEX_COPIES), buffer("rows", k.dtype, w as u32, COPIES)];
     let mut ops = Vec::new();

@@ -390,6 +390,68 @@ impl Kernel for GemmKernel {
     fn lower(&self, _: &Target) -> TileProgram {
         lower(&self.p, &self.s)
     }
+
+    fn partition(&self, _: &Target, cores: u32) -> String {
+        self.grid_text(cores)
+    }
+
+    fn lower_cores(&self, _: &Target, cores: u32) -> TileProgram {
+        let (rows, cols) = core_grid(&self.p, &self.s, cores);
+        if rows * cols <= 1 {
+            return lower(&self.p, &self.s);
+        }
+        let mt = self.p.m.div_ceil(self.s.tile_m as u64);
+        let nt = self.p.n.div_ceil(self.s.tile_n as u64);
+        let all_rows = self.p.batch_map.len() as u64 * mt;
+        let parts = (0..rows * cols)
+            .map(|c| {
+                let (r, k) = (c / cols, c % cols);
+                let row_range = (r * all_rows / rows)..((r + 1) * all_rows / rows);
+                let col_range = (k * nt / cols)..((k + 1) * nt / cols);
+                lower_items(&self.p, &self.s, |ci, ni, mi| {
+                    row_range.contains(&(ci as u64 * mt + mi)) && col_range.contains(&ni)
+                })
+            })
+            .collect();
+        crate::tiles::merge_cores(parts)
+    }
+}
+
+impl GemmKernel {
+    /// The `--emit kernels` text of [`core_grid`].
+    fn grid_text(&self, cores: u32) -> String {
+        match core_grid(&self.p, &self.s, cores) {
+            (1, 1) => "core 0".into(),
+            (r, c) => format!(
+                "{} cores, a grid of {r} x {c} blocks of output tiles (rows: batch index and M-tile; columns: N-panel)",
+                r * c
+            ),
+        }
+    }
+}
+
+/// How a GEMM's output tiles spread over `cores` cores: a grid of `rows` x
+/// `cols` blocks (rows: batch index and M-tile; cols: N-panels), each block a
+/// core's. Of the grids with as many blocks as cores (no more than there are
+/// tiles each way), the one whose busiest core reads the fewest HBM bytes: its
+/// B panels, and its A tiles once per panel unless every M-tile stays resident.
+/// `(1, 1)`: one core.
+fn core_grid(p: &GemmProblem, s: &GemmSchedule, cores: u32) -> (u64, u64) {
+    let (mt, nt) = (p.m.div_ceil(s.tile_m as u64), p.n.div_ceil(s.tile_n as u64));
+    let rows = p.batch_map.len() as u64 * mt;
+    let size = p.operand.size_bytes() as u64;
+    let (a_tile, panel) = (s.tile_m as u64 * p.k * size, s.tile_n as u64 * p.k * size);
+    let a_resident = mt <= s.a_buffers as u64;
+    let cores = (cores as u64).min(rows * nt).max(1);
+    (1..=cores)
+        .filter(|r| cores.is_multiple_of(*r) && *r <= rows && cores / r <= nt)
+        .map(|r| (r, cores / r))
+        .min_by_key(|&(r, c)| {
+            let (my_rows, my_cols) = (rows.div_ceil(r), nt.div_ceil(c));
+            let a = my_rows * a_tile * if a_resident { 1 } else { my_cols };
+            (a + my_cols * panel, r)
+        })
+        .unwrap_or((1, 1))
 }
 
 impl GemmProblem {
@@ -630,9 +692,15 @@ struct Lowering<'a> {
 
 /// Lowers the GEMM to a tile program.
 pub fn lower(p: &GemmProblem, s: &GemmSchedule) -> TileProgram {
+    lower_items(p, s, |_, _, _| true)
+}
+
+/// The tile program of the output tiles `(batch index, N-panel, M-tile)` that
+/// `keep` selects (a core's share).
+fn lower_items(p: &GemmProblem, s: &GemmSchedule, keep: impl Fn(usize, u64, u64) -> bool) -> TileProgram {
     let (tensors, c_tensor) = tensors(p);
     let (buffers, bufs) = buffers(p, s);
-    let mut l = Lowering::new(p, s, bufs, c_tensor);
+    let mut l = Lowering::new(p, s, bufs, c_tensor, keep);
     let ops = l.ops();
     let mut debug_ops = vec![p.text.clone()];
     debug_ops.extend(p.epilogue.iter().map(|(_, text)| text.clone()));
@@ -670,6 +738,7 @@ fn buffers(p: &GemmProblem, s: &GemmSchedule) -> (Vec<Buffer>, Buffers) {
         parts,
         free,
         copies,
+        core: 0,
     };
     let psum = |name: &str, parts, free, copies| Buffer {
         name: name.into(),
@@ -678,6 +747,7 @@ fn buffers(p: &GemmProblem, s: &GemmSchedule) -> (Vec<Buffer>, Buffers) {
         parts,
         free,
         copies,
+        core: 0,
     };
     let mut buffers = vec![
         // Row-major A: rows on partitions, all of K free (the transposed stationary
@@ -730,7 +800,13 @@ fn buffers(p: &GemmProblem, s: &GemmSchedule) -> (Vec<Buffer>, Buffers) {
 }
 
 impl<'a> Lowering<'a> {
-    fn new(p: &'a GemmProblem, s: &'a GemmSchedule, bufs: Buffers, c_tensor: usize) -> Lowering<'a> {
+    fn new(
+        p: &'a GemmProblem,
+        s: &'a GemmSchedule,
+        bufs: Buffers,
+        c_tensor: usize,
+        keep: impl Fn(usize, u64, u64) -> bool,
+    ) -> Lowering<'a> {
         let (tm, tn, tk) = (s.tile_m as u64, s.tile_n as u64, s.tile_k as u64);
         let (mt, nt, kt) = (p.m.div_ceil(tm), p.n.div_ceil(tn), p.k.div_ceil(tk));
         let items: Vec<(usize, u64, u64)> = match s.loop_order {
@@ -741,6 +817,7 @@ impl<'a> Lowering<'a> {
                 .flat_map(|ci| (0..mt).flat_map(move |mi| (0..nt).map(move |ni| (ci, ni, mi))))
                 .collect(),
         };
+        let items: Vec<(usize, u64, u64)> = items.into_iter().filter(|&(ci, ni, mi)| keep(ci, ni, mi)).collect();
         let plan = item_plans(p, s, &items, (mt, nt));
         let panel_of = plan
             .iter()

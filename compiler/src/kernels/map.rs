@@ -390,6 +390,7 @@ fn map_buffers(p: &MapProblem, parts: u64, width: u64) -> (Vec<Buffer>, Vec<Buff
         parts: parts as u32,
         free: width as u32,
         copies: COPIES,
+        core: 0,
     };
     let mut buffers = vec![tile("x_tile".into(), p.dtype)];
     let operand_bufs: Vec<BufferId> = p

@@ -134,6 +134,21 @@ pub trait Kernel: std::fmt::Debug {
     /// Its tile program.
     fn lower(&self, t: &Target) -> TileProgram;
 
+    /// Its tile program spread over up to `cores` cores (each buffer on the
+    /// core whose ops use it, [`crate::tiles::merge_cores`]). A kernel that does
+    /// not partition runs on core 0.
+    fn lower_cores(&self, t: &Target, cores: u32) -> TileProgram {
+        let _ = cores;
+        self.lower(t)
+    }
+
+    /// How [`Kernel::lower_cores`] spreads it over `cores` cores, for
+    /// `--emit kernels`.
+    fn partition(&self, t: &Target, cores: u32) -> String {
+        let _ = (t, cores);
+        "core 0 (this kernel does not partition yet)".into()
+    }
+
     /// The contraction length whose f32 roundings the verification tolerance
     /// allows for (docs/testing.md); 0 for kernels that reduce in the
     /// evaluator's order or not at all.

@@ -700,6 +700,7 @@ pub fn lower(p: &RowProblem, t: &Target, sched: &RowSchedule) -> TileProgram {
             parts: parts as u32,
             free: free as u32,
             copies,
+            core: 0,
         })
         .collect();
     let param_bufs: Vec<BufferId> = p
@@ -713,6 +714,7 @@ pub fn lower(p: &RowProblem, t: &Target, sched: &RowSchedule) -> TileProgram {
                 parts: parts as u32,
                 free: n as u32,
                 copies: 1,
+                core: 0,
             });
             buffers.len() - 1
         })

@@ -143,6 +143,7 @@ pub fn lower(p: &TransposeProblem, t: &Target) -> TileProgram {
         parts: tb.min(rows.max(cols)) as u32,
         free: tb.min(rows.max(cols)) as u32,
         copies,
+        core: 0,
     };
     let buffers = vec![
         block("t_in", Space::Sram, p.dtype, 3),

@@ -90,6 +90,8 @@ pub struct Buffer {
     pub free: u32,
     /// Copies (2 = double buffering).
     pub copies: u32,
+    /// The core whose SRAM or PSUM holds it (set by [`merge_cores`]).
+    pub core: u32,
 }
 
 /// A box of an on-chip buffer copy: partitions `0..parts`, elements `offset..offset + len`.
@@ -351,6 +353,37 @@ pub struct TileProgram {
     pub debug_ops: Vec<String>,
 }
 
+impl TileProgram {
+    /// The core op `i` runs on: its buffers' (every op but an HBM-to-HBM copy
+    /// has one; those run on core 0).
+    pub fn op_core(&self, i: usize) -> u32 {
+        let (reads, writes) = self.ops[i].0.slices();
+        reads.iter().chain(&writes).next().map_or(0, |s| self.buffers[s.buf].core)
+    }
+
+    /// The cores the program uses (at least 1).
+    pub fn cores(&self) -> u32 {
+        self.buffers.iter().map(|b| b.core + 1).max().unwrap_or(1)
+    }
+}
+
+/// One kernel's per-core tile programs as one: part `c` runs on core `c`. The
+/// parts are lowerings of one kernel (the same tensors and debug ops); their
+/// buffers are put on their core and their ops follow one another.
+pub fn merge_cores(mut parts: Vec<TileProgram>) -> TileProgram {
+    let mut out = parts.remove(0);
+    for (c, part) in parts.into_iter().enumerate() {
+        debug_assert_eq!(part.tensors, out.tensors, "a kernel's parts share its tensors");
+        let base = out.buffers.len();
+        out.buffers.extend(part.buffers.into_iter().map(|b| Buffer { core: c as u32 + 1, ..b }));
+        out.ops.extend(part.ops.into_iter().map(|(mut op, d)| {
+            op.remap(|b| b + base, |t| t);
+            (op, d)
+        }));
+    }
+    out
+}
+
 impl TileOp {
     /// The on-chip slices it reads and writes.
     pub fn slices(&self) -> (Vec<BufSlice>, Vec<BufSlice>) {
@@ -548,7 +581,7 @@ impl fmt::Display for TileProgram {
             let _ = writeln!(out, "tensor {}: {}[{}] {}", t.name, t.dtype, dims.join(", "), t.role.name());
         }
         for b in &self.buffers {
-            let _ = writeln!(
+            let _ = write!(
                 out,
                 "buffer {}: {} {}[{} x {}] x{}",
                 b.name,
@@ -558,6 +591,7 @@ impl fmt::Display for TileProgram {
                 b.free,
                 b.copies
             );
+            let _ = if b.core > 0 { writeln!(out, " on core {}", b.core) } else { writeln!(out) };
         }
         for (i, (_, d)) in self.ops.iter().enumerate() {
             let text = self.op_text(i);

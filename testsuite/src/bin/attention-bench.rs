@@ -8,12 +8,7 @@
 //! clock, noisy).
 
 use jpu_isa::Target;
-
-fn attention(name: &str, hq: u64, hk: u64, sq: u64, sk: u64, d: u64, causal: bool) -> String {
-    format!(
-        "func @{name}(%q: bf16[{hq}, {sq}, {d}], %k: bf16[{hk}, {sk}, {d}], %v: bf16[{hk}, {sk}, {d}]) -> bf16[{hq}, {sq}, {d}] {{\n  %o = attention(%q, %k, %v) {{causal = {causal}}}\n  return %o\n}}\n"
-    )
-}
+use jpu_testsuite::programs::attention;
 
 /// Attention written out op by op as frameworks export it (docs/optimizer.md's
 /// attention fusion; no grouping: one KV head per query head).

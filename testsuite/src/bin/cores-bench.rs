@@ -1,0 +1,57 @@
+//! Multi-core benchmark: prints the cores table of docs/performance.md.
+//!
+//! `cargo run --release -p jpu-testsuite --bin cores-bench` compiles each
+//! program for jpu1 with its kernels spread over 1, 2, 4 and 8 cores
+//! (`--cores N`), simulates it in timing-only mode, and prints simulated cycles
+//! (exact), the speedup over one core, the fraction of the N-core roofline
+//! (every bound divided by N) and the goal of the multi-core issue.
+//! `--only TEXT` keeps the rows whose name contains TEXT.
+
+use jpu_isa::Target;
+use jpu_testsuite::programs::{attention, gemm, llama, llama_decode, Shape};
+
+fn main() {
+    let t = Target::builtin("jpu1").unwrap();
+    let llama3_8b = Shape { seq: 2048, hidden: 4096, heads: 32, kv_heads: 8, head_dim: 128, ffn: 14336 };
+    let rows: Vec<(&str, String, f64)> = vec![
+        ("GEMM bf16 4096 x 4096 x 4096", gemm(4096, 4096, 4096), 7.5),
+        ("GEMM bf16 8192 x 8192 x 8192", gemm(8192, 8192, 8192), 7.5),
+        ("GEMM bf16 64 x 4096 x 4096 (decode-like)", gemm(64, 4096, 4096), 6.0),
+        (
+            "attention prefill causal, 32 q / 8 kv heads, seq 2048, d 128",
+            attention("p", 32, 8, 2048, 2048, 128, true),
+            7.0,
+        ),
+        ("Llama-3-8B layer, decode step at KV length 4096", llama_decode(llama3_8b, 4095), 6.0),
+        ("Llama-3-8B layer, prefill 2048 tokens", llama(llama3_8b, 1), 7.0),
+    ];
+    let args: Vec<String> = std::env::args().collect();
+    let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
+    println!("| program | cores | cycles | speedup | % of N-core roofline | goal (8 cores) |");
+    println!("|---|---|---|---|---|---|");
+    for (name, src, goal) in rows {
+        if only.as_ref().is_some_and(|o| !name.contains(o.as_str())) {
+            continue;
+        }
+        let mut one = 0u64;
+        for cores in [1u32, 2, 4, 8] {
+            let r = jpu_testsuite::bench::measure_on(&src, &t, cores, 1).report;
+            if cores == 1 {
+                one = r.cycles;
+            }
+            let speedup = one as f64 / r.cycles as f64;
+            let mark = if cores < 8 {
+                "-".to_string()
+            } else if speedup >= goal {
+                format!(">= {goal}x met")
+            } else {
+                format!(">= {goal}x NOT met")
+            };
+            println!(
+                "| {name} | {cores} | {} | {speedup:.2}x | {:.1}% | {mark} |",
+                r.cycles,
+                100.0 * r.roofline_fraction
+            );
+        }
+    }
+}
