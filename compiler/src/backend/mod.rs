@@ -313,7 +313,7 @@ fn accesses(tp: &TileProgram, alloc: &Allocation, op: &TileOp) -> (Vec<Region>, 
     match op {
         TileOp::Load { src, .. } => reads.push(hbm(src)),
         TileOp::Store { dst, .. } => writes.push(hbm(dst)),
-        TileOp::HbmCopy { dst, src } => {
+        TileOp::HbmCopy { dst, src, .. } => {
             reads.push(hbm(src));
             writes.push(hbm(dst));
         }
@@ -734,7 +734,7 @@ fn instruction(tp: &TileProgram, t: &Target, alloc: &Allocation, tensors: &[Tens
             };
             (Engine::dma(0), Op::Dma { xfer })
         }
-        TileOp::HbmCopy { dst, src } => {
+        TileOp::HbmCopy { dst, src, .. } => {
             let size = tp.tensors[dst.tensor].dtype.size_bytes() as u64;
             let xfer = DmaTransfer {
                 elem_bytes: size as u8,

@@ -154,6 +154,53 @@ impl Kernel for CopyProblem {
     fn lower(&self, _: &Target) -> TileProgram {
         lower(self)
     }
+
+    fn partition(&self, _: &Target, cores: u32) -> String {
+        match core_boxes(self, cores).len() {
+            0 | 1 => "core 0".into(),
+            n if self.boxes.len() >= n => format!("{n} cores, each a run of boxes"),
+            n => format!("{n} cores, each a run of every box's rows"),
+        }
+    }
+
+    fn lower_cores(&self, _: &Target, cores: u32) -> TileProgram {
+        let shares = core_boxes(self, cores);
+        if shares.len() <= 1 {
+            return lower(self);
+        }
+        let parts = shares.into_iter().map(|boxes| lower(&CopyProblem { boxes, ..self.clone() })).collect();
+        crate::tiles::merge_cores(parts)
+    }
+}
+
+/// Each core's boxes: runs of the boxes when there are at least as many as
+/// cores, else every box's rows cut into runs (the i-th run of each box on
+/// core i). One share when the copy does not spread.
+fn core_boxes(p: &CopyProblem, cores: u32) -> Vec<Vec<(usize, HbmBox, HbmBox)>> {
+    let n = p.boxes.len() as u64;
+    if cores <= 1 || n == 0 {
+        return vec![p.boxes.clone()];
+    }
+    if n >= cores as u64 {
+        return super::split(n, cores)
+            .into_iter()
+            .map(|r| p.boxes[r.start as usize..r.end as usize].to_vec())
+            .collect();
+    }
+    let rows = p.boxes.iter().map(|b| b.1.rows as u64).max().unwrap_or(1);
+    let mut shares = vec![Vec::new(); super::split(rows, cores).len()];
+    for &(i, src, dst) in &p.boxes {
+        if src.rows != dst.rows || src.cols != dst.cols {
+            shares[0].push((i, src, dst));
+            continue;
+        }
+        for (c, r) in super::split(src.rows as u64, cores).into_iter().enumerate() {
+            let cut =
+                |b: HbmBox| HbmBox { start: b.start + r.start * b.row_stride, rows: (r.end - r.start) as u32, ..b };
+            shares[c].push((i, cut(src), cut(dst)));
+        }
+    }
+    shares
 }
 
 /// The boxes of `concat` along `axis` of inputs shaped `inputs` into `shape`.
@@ -263,6 +310,6 @@ pub fn lower(p: &CopyProblem) -> TileProgram {
         .map(|(name, shape)| HbmTensor { name: name.clone(), dtype: p.dtype, shape: shape.clone(), role: Role::Input })
         .collect();
     tensors.push(HbmTensor { name: p.output.clone(), dtype: p.dtype, shape: p.shape.clone(), role: Role::Output });
-    let ops = p.boxes.iter().map(|&(_, src, dst)| (TileOp::HbmCopy { dst, src }, 0)).collect();
+    let ops = p.boxes.iter().map(|&(_, src, dst)| (TileOp::HbmCopy { dst, src, core: 0 }, 0)).collect();
     TileProgram { tensors, buffers: Vec::new(), ops, debug_ops: vec![p.text.clone()] }
 }

@@ -218,11 +218,34 @@ impl Kernel for GatherKernel {
     fn lower(&self, t: &Target) -> TileProgram {
         lower(self, t)
     }
+
+    fn partition(&self, t: &Target, cores: u32) -> String {
+        super::split_text(super::split(block_count(self, t), cores).len(), "blocks of indices")
+    }
+
+    fn lower_cores(&self, t: &Target, cores: u32) -> TileProgram {
+        let runs = super::split(block_count(self, t), cores);
+        if runs.len() <= 1 {
+            return lower(self, t);
+        }
+        crate::tiles::merge_cores(runs.into_iter().map(|r| lower_blocks(self, t, r)).collect())
+    }
+}
+
+/// Blocks of up to one index per partition.
+fn block_count(k: &GatherKernel, t: &Target) -> u64 {
+    let m = k.count();
+    m.div_ceil((t.sram.partitions as u64).min(m).max(1))
 }
 
 /// Per block of up to one index per partition: load the indices, then per row
 /// chunk gather and store.
 fn lower(k: &GatherKernel, t: &Target) -> TileProgram {
+    lower_blocks(k, t, 0..block_count(k, t))
+}
+
+/// The tile program of blocks `range` of indices (a core's share).
+fn lower_blocks(k: &GatherKernel, t: &Target, range: std::ops::Range<u64>) -> TileProgram {
     let (m, row, w) = (k.count(), k.row_len(), k.width.max(1));
     let parts = (t.sram.partitions as u64).min(m).max(1);
     let tensors = vec![
@@ -242,7 +265,9 @@ fn lower(k: &GatherKernel, t: &Target) -> TileProgram {
     let buffers = vec![buffer("ids", DType::I32, 1, INDEX_COPIES), buffer("rows", k.dtype, w as u32, COPIES)];
     let mut ops = Vec::new();
     let mut chunk = 0u32;
-    for (b, m0) in (0..m).step_by(parts as usize).enumerate() {
+    for (b, m0) in
+        (0..m).step_by(parts as usize).enumerate().skip(range.start as usize).take((range.end - range.start) as usize)
+    {
         let p = parts.min(m - m0) as u32;
         let ids = BufSlice { buf: 0, copy: b as u32 % INDEX_COPIES, parts: p, offset: 0, len: 1 };
         let src = HbmBox { tensor: 1, start: m0, rows: p, row_stride: 1, cols: 1 };

@@ -321,6 +321,26 @@ impl Kernel for MapKernel {
     fn lower(&self, t: &Target) -> TileProgram {
         lower(&self.p, self.width, t)
     }
+
+    fn partition(&self, t: &Target, cores: u32) -> String {
+        super::split_text(super::split(self.blocks(t), cores).len(), "blocks")
+    }
+
+    fn lower_cores(&self, t: &Target, cores: u32) -> TileProgram {
+        let runs = super::split(self.blocks(t), cores);
+        if runs.len() <= 1 {
+            return lower(&self.p, self.width, t);
+        }
+        crate::tiles::merge_cores(runs.into_iter().map(|r| lower_items(&self.p, self.width, t, r)).collect())
+    }
+}
+
+impl MapKernel {
+    /// Blocks of the 2-D view (rows on partitions, `width` columns).
+    fn blocks(&self, t: &Target) -> u64 {
+        let parts = (t.sram.partitions as u64).min(self.p.view().0).max(1);
+        blocks(&self.p, parts, self.width).len() as u64
+    }
 }
 
 impl MapProblem {
@@ -346,11 +366,18 @@ impl MapProblem {
 
 /// Lowers an elementwise kernel with blocks of `width` columns to a tile program.
 pub fn lower(p: &MapProblem, width: u64, t: &Target) -> TileProgram {
+    lower_items(p, width, t, 0..u64::MAX)
+}
+
+/// The tile program of blocks `range` (a core's share).
+fn lower_items(p: &MapProblem, width: u64, t: &Target, range: std::ops::Range<u64>) -> TileProgram {
     let parts = (t.sram.partitions as u64).min(p.view().0).max(1);
     let (tensors, first_input, out_tensor) = map_tensors(p);
     let (buffers, operand_bufs, cast_buf) = map_buffers(p, parts, width);
-    let lowering =
-        MapLowering { p, width, first_input, out_tensor, operand_bufs, cast_buf, items: blocks(p, parts, width) };
+    let mut items = blocks(p, parts, width);
+    items.truncate(range.end.min(items.len() as u64) as usize);
+    items.drain(..(range.start as usize).min(items.len()));
+    let lowering = MapLowering { p, width, first_input, out_tensor, operand_bufs, cast_buf, items };
     let mut ops = Vec::new();
     if !lowering.items.is_empty() {
         lowering.load(&mut ops, 0);

@@ -146,7 +146,7 @@ pub trait Kernel: std::fmt::Debug {
     /// `--emit kernels`.
     fn partition(&self, t: &Target, cores: u32) -> String {
         let _ = (t, cores);
-        "core 0 (this kernel does not partition yet)".into()
+        "core 0".into()
     }
 
     /// The contraction length whose f32 roundings the verification tolerance
@@ -272,5 +272,20 @@ impl Ctx<'_> {
             )),
             None => Ok(values),
         }
+    }
+}
+
+/// `0..n` cut into at most `cores` contiguous runs, as even as can be (no
+/// empty run): each core's share of a kernel's independent blocks.
+pub fn split(n: u64, cores: u32) -> Vec<std::ops::Range<u64>> {
+    let k = (cores as u64).min(n).max(1);
+    (0..k).map(|c| (c * n / k)..((c + 1) * n / k)).collect()
+}
+
+/// The `--emit kernels` text of a partition into `runs` runs of `what`.
+pub fn split_text(runs: usize, what: &str) -> String {
+    match runs {
+        0 | 1 => "core 0".into(),
+        n => format!("{n} cores, each a run of {what}"),
     }
 }

@@ -430,6 +430,23 @@ impl Kernel for RowsKernel {
     fn lower(&self, t: &Target) -> TileProgram {
         lower(&self.p, t, &self.sched)
     }
+
+    fn partition(&self, t: &Target, cores: u32) -> String {
+        super::split_text(super::split(block_count(&self.p, t), cores).len(), "blocks of rows")
+    }
+
+    fn lower_cores(&self, t: &Target, cores: u32) -> TileProgram {
+        let runs = super::split(block_count(&self.p, t), cores);
+        if runs.len() <= 1 {
+            return lower(&self.p, t, &self.sched);
+        }
+        crate::tiles::merge_cores(runs.into_iter().map(|r| lower_blocks(&self.p, t, &self.sched, r)).collect())
+    }
+}
+
+/// Blocks of rows (one row per partition).
+fn block_count(p: &RowProblem, t: &Target) -> u64 {
+    p.rows.div_ceil((t.sram.partitions as u64).min(p.rows).max(1))
 }
 
 /// The per-block buffers, by index: the input block, an f32 work tile, the
@@ -673,6 +690,11 @@ fn block_ops(
 
 /// Lowers a row kernel with its schedule (from [`RowProblem::schedule`]).
 pub fn lower(p: &RowProblem, t: &Target, sched: &RowSchedule) -> TileProgram {
+    lower_blocks(p, t, sched, 0..block_count(p, t))
+}
+
+/// The tile program of blocks `range` of rows (a core's share).
+fn lower_blocks(p: &RowProblem, t: &Target, sched: &RowSchedule, range: std::ops::Range<u64>) -> TileProgram {
     let (rows, n) = (p.rows, p.len);
     let parts = (t.sram.partitions as u64).min(rows).max(1);
     let mut tensors =
@@ -725,10 +747,10 @@ pub fn lower(p: &RowProblem, t: &Target, sched: &RowSchedule) -> TileProgram {
         let dst = BufSlice { buf: b, copy: 0, parts: parts as u32, offset: 0, len: n as u32 };
         ops.push((TileOp::Load { dst, src, queue: None }, 0));
     }
-    let blocks = rows.div_ceil(parts);
+    let (first, blocks) = (range.start, range.end - range.start);
     let rows_of = |j: u64| parts.min(rows - j * parts) as u32;
     let last_debug = p.text.len() as u32 - 1;
-    let staged: Vec<Vec<(u32, TileOp)>> = (0..blocks)
+    let staged: Vec<Vec<(u32, TileOp)>> = range
         .map(|j| {
             let pr = rows_of(j);
             let (mut v, y) = block_ops((p.kind, p.len), j, pr, &sched.copies, &param_bufs, sched);
@@ -744,7 +766,8 @@ pub fn lower(p: &RowProblem, t: &Target, sched: &RowSchedule) -> TileProgram {
     let depth = staged.iter().flatten().map(|(s, _)| *s).max().unwrap_or(0) as u64;
     // Iteration i loads block i + 1 and runs stage s of block i - s, oldest
     // block first (its store leaves earliest).
-    let load = |ops: &mut Vec<(TileOp, u32)>, j: u64| {
+    let load = |ops: &mut Vec<(TileOp, u32)>, i: u64| {
+        let j = first + i;
         let pr = rows_of(j);
         let dst = BufSlice { buf: X, copy: (j % sched.copies[X] as u64) as u32, parts: pr, offset: 0, len: n as u32 };
         let src = HbmBox { tensor: 0, start: j * parts * n, rows: pr, row_stride: n, cols: n as u32 };

@@ -99,6 +99,18 @@ impl Kernel for TransposeProblem {
     fn lower(&self, t: &Target) -> TileProgram {
         lower(self, t)
     }
+
+    fn partition(&self, t: &Target, cores: u32) -> String {
+        super::split_text(super::split(block_count(self, t), cores).len(), "square blocks")
+    }
+
+    fn lower_cores(&self, t: &Target, cores: u32) -> TileProgram {
+        let runs = super::split(block_count(self, t), cores);
+        if runs.len() <= 1 {
+            return lower(self, t);
+        }
+        crate::tiles::merge_cores(runs.into_iter().map(|r| lower_blocks(self, t, r)).collect())
+    }
 }
 
 impl TransposeProblem {
@@ -126,6 +138,19 @@ impl TransposeProblem {
 
 /// Lowers a transpose kernel to a tile program.
 pub fn lower(p: &TransposeProblem, t: &Target) -> TileProgram {
+    lower_blocks(p, t, 0..u64::MAX)
+}
+
+/// Blocks of one PE width square.
+fn block_count(p: &TransposeProblem, t: &Target) -> u64 {
+    let r = p.shape.len();
+    let tb = t.pe.rows.min(t.pe.cols) as u64;
+    let batches: u64 = p.shape[..r - 2].iter().product();
+    batches * p.shape[r - 2].div_ceil(tb) * p.shape[r - 1].div_ceil(tb)
+}
+
+/// The tile program of blocks `range` (a core's share).
+fn lower_blocks(p: &TransposeProblem, t: &Target, range: std::ops::Range<u64>) -> TileProgram {
     let r = p.shape.len();
     let (rows, cols) = (p.shape[r - 2], p.shape[r - 1]);
     let batches: u64 = p.shape[..r - 2].iter().product();
@@ -152,6 +177,8 @@ pub fn lower(p: &TransposeProblem, t: &Target) -> TileProgram {
     ];
     let items: Vec<(u64, u64, u64)> = (0..batches)
         .flat_map(|b| (0..rows.div_ceil(tb)).flat_map(move |i| (0..cols.div_ceil(tb)).map(move |j| (b, i, j))))
+        .skip(range.start as usize)
+        .take(range.end.saturating_sub(range.start) as usize)
         .collect();
     let load = |ops: &mut Vec<(TileOp, u32)>, k: usize| {
         let (b, i, j) = items[k];

@@ -144,6 +144,8 @@ pub enum TileOp {
         dst: HbmBox,
         /// Source.
         src: HbmBox,
+        /// The core whose DMA queue moves it (it touches no buffer to say so).
+        core: u32,
     },
     /// SRAM -> HBM (DMA).
     Store {
@@ -355,15 +357,22 @@ pub struct TileProgram {
 
 impl TileProgram {
     /// The core op `i` runs on: its buffers' (every op but an HBM-to-HBM copy
-    /// has one; those run on core 0).
+    /// has one; a copy names its core).
     pub fn op_core(&self, i: usize) -> u32 {
+        if let TileOp::HbmCopy { core, .. } = self.ops[i].0 {
+            return core;
+        }
         let (reads, writes) = self.ops[i].0.slices();
         reads.iter().chain(&writes).next().map_or(0, |s| self.buffers[s.buf].core)
     }
 
     /// The cores the program uses (at least 1).
     pub fn cores(&self) -> u32 {
-        self.buffers.iter().map(|b| b.core + 1).max().unwrap_or(1)
+        let copies = self.ops.iter().filter_map(|(op, _)| match op {
+            TileOp::HbmCopy { core, .. } => Some(core + 1),
+            _ => None,
+        });
+        self.buffers.iter().map(|b| b.core + 1).chain(copies).max().unwrap_or(1)
     }
 }
 
@@ -378,6 +387,9 @@ pub fn merge_cores(mut parts: Vec<TileProgram>) -> TileProgram {
         out.buffers.extend(part.buffers.into_iter().map(|b| Buffer { core: c as u32 + 1, ..b }));
         out.ops.extend(part.ops.into_iter().map(|(mut op, d)| {
             op.remap(|b| b + base, |t| t);
+            if let TileOp::HbmCopy { core, .. } = &mut op {
+                *core = c as u32 + 1;
+            }
             (op, d)
         }));
     }
@@ -435,7 +447,7 @@ impl TileOp {
                 table.tensor = tensor(table.tensor);
                 slices.extend([dst, idx]);
             }
-            TileOp::HbmCopy { dst, src } => {
+            TileOp::HbmCopy { dst, src, .. } => {
                 dst.tensor = tensor(dst.tensor);
                 src.tensor = tensor(src.tensor);
             }
@@ -500,7 +512,10 @@ impl TileProgram {
             TileOp::Gather { dst, idx, table } => {
                 format!("gather {} <- {} rows {}", slice_text(self, dst), hbm_text(self, table), slice_text(self, idx))
             }
-            TileOp::HbmCopy { dst, src } => format!("copy {} <- {}", hbm_text(self, dst), hbm_text(self, src)),
+            TileOp::HbmCopy { dst, src, core: 0 } => format!("copy {} <- {}", hbm_text(self, dst), hbm_text(self, src)),
+            TileOp::HbmCopy { dst, src, core } => {
+                format!("copy {} <- {} on core {core}", hbm_text(self, dst), hbm_text(self, src))
+            }
             TileOp::Matmul { dst, stationary, moving, accumulate, transposed } => format!(
                 "matmul {} {} {}{} . {}",
                 slice_text(self, dst),

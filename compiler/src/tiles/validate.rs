@@ -30,7 +30,7 @@ impl TileOp {
         match self {
             TileOp::Load { src, .. } => (vec![*src], vec![]),
             TileOp::Store { dst, .. } => (vec![], vec![*dst]),
-            TileOp::HbmCopy { dst, src } => (vec![*src], vec![*dst]),
+            TileOp::HbmCopy { dst, src, .. } => (vec![*src], vec![*dst]),
             TileOp::Gather { table, .. } => (vec![*table], vec![]),
             _ => (vec![], vec![]),
         }

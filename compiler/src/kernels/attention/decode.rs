@@ -39,7 +39,7 @@ pub(super) fn decode_buffers(p: &AttentionProblem, plan: &AttentionPlan) -> Vec<
     .collect()
 }
 
-/// Lowers the decode path: few query rows (the packed heads of a group), K and V of the
+/// Lowers the decode path for KV groups `groups`: few query rows (the packed heads of a group), K and V of the
 /// group resident. Scores are computed transposed, `S^T = K . Q^T` (K as the
 /// transposed stationary operand: no K transposes, and each 128-key chunk costs
 /// one minimum-length matmul), so the PE work is about half the HBM time:
@@ -60,17 +60,16 @@ pub(super) fn decode_buffers(p: &AttentionProblem, plan: &AttentionPlan) -> Vec<
 ///
 /// PSUM: three banks, each reused in turn (the order of use is the program
 /// order, so dependencies are exact).
-pub(super) fn lower(p: &AttentionProblem, plan: &AttentionPlan) -> TileProgram {
+pub(super) fn lower(p: &AttentionProblem, plan: &AttentionPlan, groups: std::ops::Range<u64>) -> TileProgram {
     let decode = Decode::new(p, plan);
     let mut ops = Vec::new();
     ops.push((TileOp::Memset { dst: slice(ONES_ROW, 0, 1, 0, decode.kc), value: 1.0 }, 0));
     ops.push((TileOp::Memset { dst: slice(ONES_COL, 0, decode.kc, 0, 1), value: 1.0 }, 0));
-    let groups = p.batch * p.hk;
-    if groups > 0 {
-        decode.load(&mut ops, 0);
+    if !groups.is_empty() {
+        decode.load(&mut ops, groups.start);
     }
-    for g in 0..groups {
-        if g + 1 < groups {
+    for g in groups.clone() {
+        if g + 1 < groups.end {
             decode.load(&mut ops, g + 1);
         }
         let c = (g % 2) as usize;

@@ -120,8 +120,13 @@ struct Flash<'a> {
     mask_row_windows: Vec<usize>,
 }
 
-/// Lowers the flash path.
-pub(super) fn lower(p: &AttentionProblem, plan: &AttentionPlan, t: &Target) -> TileProgram {
+/// Lowers the flash path for KV groups `groups`.
+pub(super) fn lower(
+    p: &AttentionProblem,
+    plan: &AttentionPlan,
+    t: &Target,
+    groups: std::ops::Range<u64>,
+) -> TileProgram {
     let mut tensors = tensors(p);
     // With K^T in HBM, a window's K^T is loaded, not transposed.
     let tkt = p.k_transposed.as_ref().map(|name| {
@@ -142,7 +147,7 @@ pub(super) fn lower(p: &AttentionProblem, plan: &AttentionPlan, t: &Target) -> T
         tensors.push(HbmTensor { name, dtype: p.dtype, shape, role: Role::Scratch });
         tensors.len() - 1
     });
-    let mut ops = Flash::new(p, plan, tkt, (tmask, mask_parts)).ops();
+    let mut ops = Flash::new(p, plan, tkt, (tmask, mask_parts), groups).ops();
     evacuate_kt_on_act_if_it_pays(&mut ops, p.dtype, t);
     TileProgram { tensors, buffers: flash_buffers(p, plan), ops, debug_ops: p.text.clone() }
 }
@@ -196,11 +201,12 @@ impl<'a> Flash<'a> {
         plan: &'a AttentionPlan,
         tkt: Option<usize>,
         (tmask, mask_parts): (Option<usize>, Option<usize>),
+        groups: std::ops::Range<u64>,
     ) -> Flash<'a> {
         let (sq, sk, group) = (p.sq, p.sk, p.group());
         let off = sk as i64 - sq as i64;
         let mut tiles = Vec::new();
-        for g in 0..p.batch * p.hk {
+        for g in groups {
             let first_head = p.first_head(g);
             if plan.heads_per_tile > 1 {
                 tiles.push(QTile { group: g, head: first_head, heads: group, r0: 0, rows: sq });

@@ -384,6 +384,37 @@ impl Kernel for AttentionKernel {
     fn lower(&self, t: &Target) -> TileProgram {
         lower(&self.p, &self.plan, t)
     }
+
+    fn partition(&self, _: &Target, cores: u32) -> String {
+        match group_ranges(&self.p, &self.plan, cores).len() {
+            0 | 1 => "core 0".into(),
+            n => format!("{n} cores, each a run of whole KV groups (a group's query heads stay on one core)"),
+        }
+    }
+
+    fn lower_cores(&self, t: &Target, cores: u32) -> TileProgram {
+        let ranges = group_ranges(&self.p, &self.plan, cores);
+        if ranges.len() <= 1 {
+            return lower(&self.p, &self.plan, t);
+        }
+        let parts = ranges.into_iter().enumerate().map(|(c, r)| lower_groups(&self.p, &self.plan, t, r, c == 0));
+        crate::tiles::merge_cores(parts.collect())
+    }
+}
+
+/// How the KV groups (batch index x KV head) spread over `cores` cores: runs
+/// of whole units (the groups that share a window's K^T), as even as can be.
+/// One range when the kernel does not partition: a mask prepared on the PE is
+/// written to one scratch tensor that every group reads.
+fn group_ranges(p: &AttentionProblem, plan: &AttentionPlan, cores: u32) -> Vec<std::ops::Range<u64>> {
+    let groups = p.batch * p.hk;
+    let unit = if plan.decode { 1 } else { plan.kt_heads.max(1) };
+    if cores <= 1 || plan.mask_on_pe || groups == 0 || groups % unit != 0 {
+        return vec![0..groups];
+    }
+    let units = groups / unit;
+    let n = (cores as u64).min(units);
+    (0..n).map(|c| (c * units / n * unit)..((c + 1) * units / n * unit)).collect()
 }
 
 /// The kernel's tiling for a target (printed by `--emit kernels`).
@@ -679,8 +710,20 @@ impl AttentionProblem {
 
 /// Lowers an attention kernel by the path its plan chose.
 pub fn lower(p: &AttentionProblem, plan: &AttentionPlan, t: &Target) -> TileProgram {
-    let mut program = if plan.decode { decode::lower(p, plan) } else { flash::lower(p, plan, t) };
-    if p.zero_rows > 0 {
+    lower_groups(p, plan, t, 0..p.batch * p.hk, true)
+}
+
+/// The tile program of KV groups `groups` (a core's share), and, with
+/// `zero_rows`, the stores of the rows that see no key.
+fn lower_groups(
+    p: &AttentionProblem,
+    plan: &AttentionPlan,
+    t: &Target,
+    groups: std::ops::Range<u64>,
+    zero_rows: bool,
+) -> TileProgram {
+    let mut program = if plan.decode { decode::lower(p, plan, groups) } else { flash::lower(p, plan, t, groups) };
+    if zero_rows && p.zero_rows > 0 {
         let zeros = program.buffers.len() - 1;
         let parts = p.zero_rows.min(plan.q_tile);
         program.ops.push((TileOp::Memset { dst: slice(zeros, 0, parts, 0, p.dv), value: 0.0 }, 0));
