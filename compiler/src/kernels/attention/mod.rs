@@ -409,8 +409,8 @@ impl Kernel for AttentionKernel {
 fn group_ranges(p: &AttentionProblem, plan: &AttentionPlan, cores: u32) -> Vec<std::ops::Range<u64>> {
     let groups = p.batch * p.hk;
     let unit = if plan.decode { 1 } else { plan.kt_heads.max(1) };
-    if cores <= 1 || plan.mask_on_pe || groups == 0 || groups % unit != 0 {
-        return vec![0..groups];
+    if cores <= 1 || plan.mask_on_pe || groups == 0 || !groups.is_multiple_of(unit) {
+        return std::iter::once(0..groups).collect();
     }
     let units = groups / unit;
     let n = (cores as u64).min(units);
