@@ -125,9 +125,9 @@ enum Command {
         /// Per-kernel schedule overrides (docs/schedules.md).
         #[arg(long, value_name = "FILE")]
         schedule: Option<PathBuf>,
-        /// Cores to spread the kernels over, 1 to the target's (docs/cli.md).
-        #[arg(long, value_name = "N", default_value_t = 1)]
-        cores: u32,
+        /// Cores to spread the kernels over, 1 to the target's (default: all of them).
+        #[arg(long, value_name = "N")]
+        cores: Option<u32>,
     },
     /// Compile, simulate on seeded random inputs, and compare with the reference evaluator.
     Verify {
@@ -154,9 +154,9 @@ enum Command {
         /// and aarch64) or `interp`; the same results either way.
         #[arg(long, value_enum, default_value_t = EngineArg::host_default())]
         engine: EngineArg,
-        /// Cores to spread the kernels over, 1 to the target's (docs/cli.md).
-        #[arg(long, value_name = "N", default_value_t = 1)]
-        cores: u32,
+        /// Cores to spread the kernels over, 1 to the target's (default: all of them).
+        #[arg(long, value_name = "N")]
+        cores: Option<u32>,
     },
     /// Evaluate a .tir function with the reference evaluator.
     Eval {
@@ -380,7 +380,13 @@ fn compile_failure(e: &CompileError, program: (&Path, &str), schedule: Option<(&
 }
 
 /// Compile options: the level and the parsed schedule file (with its text).
-fn options(level: u8, schedule: Option<&Path>, cores: u32, t: &Target) -> Result<(Options, Option<String>), Failure> {
+fn options(
+    level: u8,
+    schedule: Option<&Path>,
+    cores: Option<u32>,
+    t: &Target,
+) -> Result<(Options, Option<String>), Failure> {
+    let cores = cores.unwrap_or(t.cores);
     if !(1..=t.cores).contains(&cores) {
         return Err(Failure::Input(format!("error: --cores {cores}: {} has 1 to {} cores", t.name, t.cores)));
     }
@@ -400,7 +406,7 @@ struct CompileArgs<'a> {
     emit: Option<Stage>,
     schedule: Option<&'a Path>,
     opt: u8,
-    cores: u32,
+    cores: Option<u32>,
 }
 
 fn compile(a: CompileArgs<'_>) -> Result<(), Failure> {
@@ -431,7 +437,7 @@ fn verify(
     model: &ModelArgs,
     target_arg: &str,
     seed: u64,
-    (schedule, opt, cores): (Option<&Path>, u8, u32),
+    (schedule, opt, cores): (Option<&Path>, u8, Option<u32>),
     json: bool,
     engine: EngineArg,
 ) -> Result<(), Failure> {

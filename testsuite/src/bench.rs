@@ -65,10 +65,13 @@ pub struct KernelTime {
     /// Busy cycles of its instructions on the PE, VE, ACT and DMA queues.
     pub busy: [u64; 4],
     /// Its own roofline: its matmul FLOPs, exponentials and the bytes of the
-    /// HBM tensors it reads and writes, at the target's peaks.
+    /// HBM tensors it reads and writes, at the target's peaks (of every core
+    /// the program runs on).
     pub roofline: u64,
     /// Which resource bounds that roofline.
     pub bound: &'static str,
+    /// The cycle its first instruction started (DMA: issued).
+    pub first: u64,
 }
 
 /// Per-kernel cycles of `m`'s program, from its run's trace.
@@ -80,11 +83,12 @@ pub fn per_kernel(m: &Measured, t: &Target) -> Vec<KernelTime> {
         .zip(&c.names)
         .map(|(k, name)| {
             let (roofline, bound) = kernel_roofline(k.as_ref(), t);
+            let roofline = roofline.div_ceil(c.program.cores.len() as u64);
             let mut text = format!("{name} {}: {}", k.kind(), k.statement());
             if text.len() > 70 {
                 text = format!("{}...", text.chars().take(67).collect::<String>());
             }
-            KernelTime { name: text, span: 0, busy: [0; 4], roofline, bound }
+            KernelTime { name: text, span: 0, busy: [0; 4], roofline, bound, first: 0 }
         })
         .collect();
     let mut first = vec![u64::MAX; out.len()];
@@ -104,6 +108,7 @@ pub fn per_kernel(m: &Measured, t: &Target) -> Vec<KernelTime> {
     }
     for (k, kt) in out.iter_mut().enumerate() {
         kt.span = last[k].saturating_sub(first[k].min(last[k]));
+        kt.first = first[k].min(last[k]);
     }
     out
 }
@@ -137,14 +142,19 @@ fn kernel_roofline(k: &dyn jalc::kernels::Kernel, t: &Target) -> (u64, &'static 
 /// Prints [`per_kernel`] as a markdown table.
 pub fn print_per_kernel(title: &str, rows: &[KernelTime]) {
     println!("\n{title}\n");
-    println!("| kernel | span cycles | PE / VE / ACT / DMA busy | own roofline | bound | % |");
-    println!("|---|---|---|---|---|---|");
+    println!("| kernel | cycles (first .. last) | span cycles | PE / VE / ACT / DMA busy | own roofline | bound | % |");
+    println!("|---|---|---|---|---|---|---|");
     for r in rows {
         let pct = if r.span == 0 { 0.0 } else { 100.0 * r.roofline as f64 / r.span as f64 };
         let [pe, ve, act, dma] = r.busy;
         println!(
-            "| `{}` | {} | {pe} / {ve} / {act} / {dma} | {} | {} | {pct:.1}% |",
-            r.name, r.span, r.roofline, r.bound
+            "| `{}` | {} .. {} | {} | {pe} / {ve} / {act} / {dma} | {} | {} | {pct:.1}% |",
+            r.name,
+            r.first,
+            r.first + r.span,
+            r.span,
+            r.roofline,
+            r.bound
         );
     }
 }

@@ -136,6 +136,18 @@ fn gemm_sweep_verifies_on_both_targets() {
             assert!(v.passed, "{} seed {seed}: {:?}\n{src}", c.target, v.first_mismatch);
             assert!(v.report.roofline_fraction > 0.0);
         }
+        // Every core of the target, and 4 cores of jpu-tiny's 4-core variant.
+        let wide = if c.target == "jpu-tiny" {
+            vec![(t.clone(), 2), (jpu_testsuite::jpu_tiny_4(), 4)]
+        } else {
+            vec![(t.clone(), 8)]
+        };
+        for (t, cores) in wide {
+            let opts = jalc::driver::Options { cores, ..jalc::driver::Options::o2() };
+            let v =
+                jalc::verify::verify_with(&f, &t, 0, &opts).unwrap_or_else(|e| panic!("{cores} cores: {e:?}\n{src}"));
+            assert!(v.passed, "{} on {cores} cores: {:?}\n{src}", t.name, v.first_mismatch);
+        }
     }
 }
 

@@ -174,8 +174,9 @@ impl Kernel for CopyProblem {
 }
 
 /// Each core's boxes: runs of the boxes when there are at least as many as
-/// cores, else every box's rows cut into runs (the i-th run of each box on
-/// core i). One share when the copy does not spread.
+/// cores, else every box cut into runs of its rows (or, with fewer rows than
+/// cores, of its columns), the i-th run of each box on core i. One share when
+/// the copy does not spread.
 fn core_boxes(p: &CopyProblem, cores: u32) -> Vec<Vec<(usize, HbmBox, HbmBox)>> {
     let n = p.boxes.len() as u64;
     if cores <= 1 || n == 0 {
@@ -187,19 +188,23 @@ fn core_boxes(p: &CopyProblem, cores: u32) -> Vec<Vec<(usize, HbmBox, HbmBox)>> 
             .map(|r| p.boxes[r.start as usize..r.end as usize].to_vec())
             .collect();
     }
-    let rows = p.boxes.iter().map(|b| b.1.rows as u64).max().unwrap_or(1);
-    let mut shares = vec![Vec::new(); super::split(rows, cores).len()];
+    let mut shares = vec![Vec::new(); cores as usize];
     for &(i, src, dst) in &p.boxes {
         if src.rows != dst.rows || src.cols != dst.cols {
             shares[0].push((i, src, dst));
             continue;
         }
-        for (c, r) in super::split(src.rows as u64, cores).into_iter().enumerate() {
-            let cut =
-                |b: HbmBox| HbmBox { start: b.start + r.start * b.row_stride, rows: (r.end - r.start) as u32, ..b };
+        let by_rows = src.rows >= cores;
+        let runs = super::split(if by_rows { src.rows as u64 } else { src.cols as u64 }, cores);
+        for (c, r) in runs.into_iter().enumerate() {
+            let cut = |b: HbmBox| match by_rows {
+                true => HbmBox { start: b.start + r.start * b.row_stride, rows: (r.end - r.start) as u32, ..b },
+                false => HbmBox { start: b.start + r.start, cols: (r.end - r.start) as u32, ..b },
+            };
             shares[c].push((i, cut(src), cut(dst)));
         }
     }
+    shares.retain(|s| !s.is_empty());
     shares
 }
 

@@ -391,24 +391,25 @@ impl Kernel for GemmKernel {
         lower(&self.p, &self.s)
     }
 
-    fn partition(&self, _: &Target, cores: u32) -> String {
-        self.grid_text(cores)
+    fn partition(&self, t: &Target, cores: u32) -> String {
+        self.grid_text(t, cores)
     }
 
-    fn lower_cores(&self, _: &Target, cores: u32) -> TileProgram {
-        let (rows, cols) = core_grid(&self.p, &self.s, cores);
+    fn lower_cores(&self, t: &Target, cores: u32) -> TileProgram {
+        let s = self.core_schedule(t, cores);
+        let (rows, cols) = core_grid(&self.p, &s, cores);
         if rows * cols <= 1 {
             return lower(&self.p, &self.s);
         }
-        let mt = self.p.m.div_ceil(self.s.tile_m as u64);
-        let nt = self.p.n.div_ceil(self.s.tile_n as u64);
+        let mt = self.p.m.div_ceil(s.tile_m as u64);
+        let nt = self.p.n.div_ceil(s.tile_n as u64);
         let all_rows = self.p.batch_map.len() as u64 * mt;
         let parts = (0..rows * cols)
             .map(|c| {
                 let (r, k) = (c / cols, c % cols);
                 let row_range = (r * all_rows / rows)..((r + 1) * all_rows / rows);
                 let col_range = (k * nt / cols)..((k + 1) * nt / cols);
-                lower_items(&self.p, &self.s, |ci, ni, mi| {
+                lower_items(&self.p, &s, |ci, ni, mi| {
                     row_range.contains(&(ci as u64 * mt + mi)) && col_range.contains(&ni)
                 })
             })
@@ -419,14 +420,47 @@ impl Kernel for GemmKernel {
 
 impl GemmKernel {
     /// The `--emit kernels` text of [`core_grid`].
-    fn grid_text(&self, cores: u32) -> String {
-        match core_grid(&self.p, &self.s, cores) {
+    fn grid_text(&self, t: &Target, cores: u32) -> String {
+        let s = self.core_schedule(t, cores);
+        let narrower = if s.tile_n < self.s.tile_n {
+            format!(", N-panels narrowed to tile_n = {}", s.tile_n)
+        } else {
+            String::new()
+        };
+        match core_grid(&self.p, &s, cores) {
             (1, 1) => "core 0".into(),
             (r, c) => format!(
-                "{} cores, a grid of {r} x {c} blocks of output tiles (rows: batch index and M-tile; columns: N-panel)",
+                "{} cores, a grid of {r} x {c} blocks of output tiles (rows: batch index and M-tile; columns: N-panel){narrower}",
                 r * c
             ),
         }
+    }
+
+    /// The schedule on `cores` cores: the kernel's, with narrower N-panels when
+    /// there are fewer output tiles than cores (a decode step's single row of
+    /// tiles), down to what a matmul's minimum cycles still cover.
+    fn core_schedule(&self, t: &Target, cores: u32) -> GemmSchedule {
+        let (p, s) = (&self.p, self.s);
+        if cores <= 1 {
+            return s;
+        }
+        let rows = p.batch_map.len() as u64 * p.m.div_ceil(s.tile_m as u64);
+        let floor = t.timing.pe.matmul_min_cycles_16bit.max(32);
+        let valid = |tile_n: u64| {
+            let narrow = GemmSchedule { tile_n: tile_n as u32, ..s };
+            (tile_n < s.tile_n as u64 && check(p, &narrow, t).is_ok()).then_some(narrow)
+        };
+        // Fewer output tiles than cores: panels narrow enough for one each.
+        let per_row = (cores as u64).div_ceil(rows);
+        if rows * p.n.div_ceil(s.tile_n as u64) < cores as u64 {
+            return valid(p.n.div_ceil(per_row).max(floor)).unwrap_or(s);
+        }
+        // Each block of columns an equal number of panels (the busiest core
+        // sets the time): 28 panels of 512 over 8 cores become 32 of 448.
+        let (_, cols) = core_grid(p, &s, cores);
+        let per_core = p.n.div_ceil(cols);
+        let panels = per_core.div_ceil(s.tile_n as u64);
+        valid(per_core.div_ceil(panels).next_multiple_of(16).max(floor)).unwrap_or(s)
     }
 }
 

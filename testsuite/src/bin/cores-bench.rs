@@ -5,7 +5,9 @@
 //! (`--cores N`), simulates it in timing-only mode, and prints simulated cycles
 //! (exact), the speedup over one core, the fraction of the N-core roofline
 //! (every bound divided by N) and the goal of the multi-core issue.
-//! `--only TEXT` keeps the rows whose name contains TEXT.
+//! `--only TEXT` keeps the rows whose name contains TEXT; `--kernels` also
+//! prints each program's per-kernel table on 8 cores; `--trace-dir DIR` writes
+//! each run's Perfetto trace there.
 
 use jpu_isa::Target;
 use jpu_testsuite::programs::{attention, gemm, llama, llama_decode, Shape};
@@ -27,6 +29,7 @@ fn main() {
     ];
     let args: Vec<String> = std::env::args().collect();
     let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
+    let mut tables = Vec::new();
     println!("| program | cores | cycles | speedup | % of N-core roofline | goal (8 cores) |");
     println!("|---|---|---|---|---|---|");
     for (name, src, goal) in rows {
@@ -35,7 +38,16 @@ fn main() {
         }
         let mut one = 0u64;
         for cores in [1u32, 2, 4, 8] {
-            let r = jpu_testsuite::bench::measure_on(&src, &t, cores, 1).report;
+            let measured = jpu_testsuite::bench::measure_on(&src, &t, cores, 1);
+            if cores == 8 && args.iter().any(|a| a == "--kernels") {
+                tables.push((name, jpu_testsuite::bench::per_kernel(&measured, &t)));
+            }
+            if let Some(dir) = args.iter().position(|a| a == "--trace-dir").and_then(|i| args.get(i + 1)) {
+                let doc = jpu_runtime::trace::chrome_trace(&measured.compiled.program, &t, &measured.trace);
+                let file = format!("{dir}/{}-{cores}.json", name.split_whitespace().next().unwrap_or("program"));
+                std::fs::write(&file, doc.to_string()).unwrap_or_else(|e| panic!("{file}: {e}"));
+            }
+            let r = measured.report;
             if cores == 1 {
                 one = r.cycles;
             }
@@ -53,5 +65,8 @@ fn main() {
                 100.0 * r.roofline_fraction
             );
         }
+    }
+    for (name, rows) in tables {
+        jpu_testsuite::bench::print_per_kernel(&format!("{name}, 8 cores"), &rows);
     }
 }
