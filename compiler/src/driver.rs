@@ -20,7 +20,7 @@ use jpu_isa::{Program, Target};
 
 use crate::error::CompileError;
 use crate::ir::{Func, Op, Operand};
-use crate::kernels::{Kernel, Work};
+use crate::kernels::{Field, Kernel, Work};
 use crate::schedule::{KernelRef, Schedule};
 use crate::tiles::TileProgram;
 
@@ -139,6 +139,9 @@ pub struct Compilation<'t> {
     pub program: Option<Program>,
     /// The kernel each tile op of `tiles` belongs to.
     op_kernel: Vec<usize>,
+    /// Each kernel's cores: a schedule file's `cores = N`, else every core
+    /// of [`Options::cores`].
+    kernel_cores: Vec<u32>,
     /// The kernel each instruction of `program` belongs to, per lane (engine
     /// `e` of core `c` is lane `c * engines per core + e`; `None`: the final
     /// `halt` or a message to another core).
@@ -210,6 +213,7 @@ impl<'t> Compilation<'t> {
             tiles: None,
             program: None,
             op_kernel: Vec::new(),
+            kernel_cores: Vec::new(),
             inst_kernel: Vec::new(),
         }
     }
@@ -243,7 +247,7 @@ impl<'t> Compilation<'t> {
         match stage {
             Stage::Parsed => Some(crate::ir::printer::print(&self.parsed)),
             Stage::Opt => self.optimized.as_ref().map(crate::ir::printer::print),
-            Stage::Kernels => self.kernels.as_ref().map(|k| kernels_text(k, &self.names, self.t, self.cores())),
+            Stage::Kernels => self.kernels.as_ref().map(|k| kernels_text(k, &self.names, self.t, &self.kernel_cores)),
             Stage::Tiles => self.tiles.as_ref().map(|t| t.to_string()),
             Stage::Asm => self.program.as_ref().map(jpu_isa::jasm::disassemble),
         }
@@ -292,15 +296,32 @@ impl<'t> Compilation<'t> {
         }
         let mut kernels: Vec<Box<dyn Kernel>> = Vec::with_capacity(selected.len());
         self.names.clear();
+        self.kernel_cores.clear();
         for (i, (mut k, fields)) in selected.into_iter().zip(overrides).enumerate() {
+            let (cores, fields): (Vec<Field>, Vec<Field>) = fields.into_iter().partition(|f| f.name == "cores");
+            let limit = match cores.last() {
+                Some(f) => self.core_override(k.as_ref(), f)?,
+                None => self.cores(),
+            };
             for (j, pre) in k.schedule(self.t, &fields)?.into_iter().enumerate() {
                 self.names.push(format!("k{}.{j}", i + 1));
+                self.kernel_cores.push(limit);
                 kernels.push(pre);
             }
             self.names.push(format!("k{}", i + 1));
+            self.kernel_cores.push(limit);
             kernels.push(k);
         }
         Ok(kernels)
+    }
+
+    /// A schedule file's `cores = N` for kernel `k`: 1 to the program's cores.
+    fn core_override(&self, k: &dyn Kernel, f: &Field) -> Result<u32, CompileError> {
+        let most = self.cores();
+        match f.value.parse::<u32>() {
+            Ok(n) if (1..=most).contains(&n) => Ok(n),
+            _ => Err(k.field_error(f, format!("cores must be 1 to {most} (the program's cores)"))),
+        }
     }
 
     /// Stages `lower` and `link`: each kernel's tile program, linked into one
@@ -313,7 +334,8 @@ impl<'t> Compilation<'t> {
         self.check_budgets(f, kernels)?;
         let params: Vec<&str> = f.params().map(|p| f.node(p).name.as_str()).collect();
         let results: Vec<&str> = f.results.iter().map(|r| f.node(*r).name.as_str()).collect();
-        let parts: Vec<TileProgram> = kernels.iter().map(|k| k.lower_cores(self.t, self.cores())).collect();
+        let parts: Vec<TileProgram> =
+            kernels.iter().zip(&self.kernel_cores).map(|(k, &cores)| k.lower_cores(self.t, cores)).collect();
         let op_kernel = parts.iter().enumerate().flat_map(|(k, p)| std::iter::repeat_n(k, p.ops.len())).collect();
         let mut tiles = crate::tiles::link(&params, &results, &self.names, parts);
         // A kernel that reads a view declares the tensor under the view's
@@ -473,9 +495,10 @@ impl<'t> Compilation<'t> {
 }
 
 /// The `kernels` listing: `kernel <kind> <name>: ` and each kernel's description.
-/// The `--emit kernels` text; with several `cores`, each kernel's partition.
-pub fn kernels_text(kernels: &[Box<dyn Kernel>], names: &[String], t: &Target, cores: u32) -> String {
-    let partition = |k: &dyn Kernel| {
+/// The `--emit kernels` text; where a kernel may use several cores (`cores[i]`
+/// for kernel i; none given: one), its partition.
+pub fn kernels_text(kernels: &[Box<dyn Kernel>], names: &[String], t: &Target, cores: &[u32]) -> String {
+    let partition = |k: &dyn Kernel, cores: u32| {
         if cores > 1 {
             format!("  cores: {}\n", k.partition(t, cores))
         } else {
@@ -485,6 +508,10 @@ pub fn kernels_text(kernels: &[Box<dyn Kernel>], names: &[String], t: &Target, c
     kernels
         .iter()
         .zip(names)
-        .map(|(k, n)| format!("kernel {} {n}: {}{}", k.kind(), k.describe(t), partition(k.as_ref())))
+        .enumerate()
+        .map(|(i, (k, n))| {
+            let cores = cores.get(i).copied().unwrap_or(1);
+            format!("kernel {} {n}: {}{}", k.kind(), k.describe(t), partition(k.as_ref(), cores))
+        })
         .collect()
 }

@@ -112,3 +112,26 @@ fn core_counts_beyond_the_target_are_clamped_by_the_driver_and_refused_by_jalc()
     let c = compile(&f, &t, &on_cores(9)).unwrap();
     assert_eq!(c.program.cores.len(), 2);
 }
+
+/// A schedule file's `cores = N` keeps a kernel on fewer cores than the
+/// program's; a count beyond them is an invalid schedule naming the limit.
+#[test]
+fn a_schedule_file_overrides_a_kernels_cores() {
+    let f = check(GEMM_THEN_SOFTMAX);
+    let t = jpu_tiny_4();
+    let with = |text: &str| Options { cores: 4, ..jpu_testsuite::scheduled(text, 2) };
+    let c = compile(&f, &t, &with("[%c]\ncores = 1")).unwrap();
+    // The softmax's 64 rows are two blocks of 32: two cores of its four.
+    let listing = jalc::driver::kernels_text(&c.kernels, &c.names, &t, &[1, 4]);
+    assert_eq!(listing.matches("cores:").count(), 1, "{listing}");
+    assert!(listing.contains("cores: 2 cores, each a run of blocks of rows"), "{listing}");
+    assert_eq!(pe_cores(&c.program), 1, "the GEMM stays on core 0");
+    let v = jalc::verify::verify_compiled(&c, &f, &t, 2).unwrap();
+    assert!(v.passed, "{:?}", v.first_mismatch);
+    let e = compile(&f, &t, &with("[%c]\ncores = 5")).err().unwrap();
+    assert!(e.to_string().contains("cores must be 1 to 4"), "{e}");
+    let mut c = jalc::driver::Compilation::new(f.clone(), &t, with("[%c]\ncores = 2"));
+    c.run_to(jalc::driver::Stage::Kernels).unwrap();
+    let text = c.print(jalc::driver::Stage::Kernels).unwrap();
+    assert!(text.contains("cores: 2 cores, a grid of"), "{text}");
+}

@@ -25,7 +25,7 @@ fn compile_stage_snapshots() {
             "== parsed\n{}\n== opt\n{}\n== kernels\n{}\n== tiles\n{}\n== asm\n{}\n== verify\ncycles {}, roofline {} ({:.1}%)\n",
             jalc::ir::printer::print(&f),
             jalc::ir::printer::print(&c.optimized),
-            driver::kernels_text(&c.kernels, &c.names, &t, 1),
+            driver::kernels_text(&c.kernels, &c.names, &t, &[]),
             c.tiles,
             jpu_isa::jasm::disassemble(&c.program),
             v.report.cycles,

@@ -268,7 +268,7 @@ fn streamed_attention_loads_k_transposed_once() {
         let c = jalc::driver::compile(&check(&src), &t, &jalc::driver::Options::o2()).unwrap();
         let kinds: Vec<&str> = c.kernels.iter().map(|k| k.kind()).collect();
         assert_eq!(kinds, ["transpose", "attention"]);
-        assert!(jalc::driver::kernels_text(&c.kernels, &c.names, &t, 1).contains("(K/V streamed per block)"));
+        assert!(jalc::driver::kernels_text(&c.kernels, &c.names, &t, &[]).contains("(K/V streamed per block)"));
         assert!(!c.tiles.to_string().contains("transpose k2."), "no per-window K transposes");
         let v = verify_attention("jpu-tiny", &src);
         if dtype == "f32" {
@@ -298,7 +298,7 @@ fn decode_path_is_chosen_and_verifies() {
         for dtype in ["f32", "bf16"] {
             let src = attention_src(dtype, hq, hk, sq, sk, d, causal);
             let c = jalc::driver::compile(&check(&src), &t, &jalc::driver::Options::o2()).unwrap();
-            let listing = jalc::driver::kernels_text(&c.kernels, &c.names, &t, 1);
+            let listing = jalc::driver::kernels_text(&c.kernels, &c.names, &t, &[]);
             assert!(listing.contains("decode (transposed scores)"), "{target}:\n{listing}");
             let v = verify_attention(target, &src);
             if dtype == "f32" {

@@ -397,7 +397,7 @@ impl Kernel for GemmKernel {
 
     fn lower_cores(&self, t: &Target, cores: u32) -> TileProgram {
         let s = self.core_schedule(t, cores);
-        let (rows, cols) = core_grid(&self.p, &s, cores);
+        let (rows, cols) = core_grid(&self.p, &s, t, cores);
         if rows * cols <= 1 {
             return lower(&self.p, &self.s);
         }
@@ -427,7 +427,7 @@ impl GemmKernel {
         } else {
             String::new()
         };
-        match core_grid(&self.p, &s, cores) {
+        match core_grid(&self.p, &s, t, cores) {
             (1, 1) => "core 0".into(),
             (r, c) => format!(
                 "{} cores, a grid of {r} x {c} blocks of output tiles (rows: batch index and M-tile; columns: N-panel){narrower}",
@@ -457,33 +457,35 @@ impl GemmKernel {
         }
         // Each block of columns an equal number of panels (the busiest core
         // sets the time): 28 panels of 512 over 8 cores become 32 of 448.
-        let (_, cols) = core_grid(p, &s, cores);
+        let (_, cols) = core_grid(p, &s, t, cores);
         let per_core = p.n.div_ceil(cols);
         let panels = per_core.div_ceil(s.tile_n as u64);
         valid(per_core.div_ceil(panels).next_multiple_of(16).max(floor)).unwrap_or(s)
     }
 }
 
-/// How a GEMM's output tiles spread over `cores` cores: a grid of `rows` x
-/// `cols` blocks (rows: batch index and M-tile; cols: N-panels), each block a
-/// core's. Of the grids with as many blocks as cores (no more than there are
-/// tiles each way), the one whose busiest core reads the fewest HBM bytes: its
-/// B panels, and its A tiles once per panel unless every M-tile stays resident.
-/// `(1, 1)`: one core.
-fn core_grid(p: &GemmProblem, s: &GemmSchedule, cores: u32) -> (u64, u64) {
+/// How a GEMM's output tiles spread over up to `cores` cores: a grid of
+/// `rows` x `cols` blocks (rows: batch index and M-tile; cols: N-panels), each
+/// block a core's. Of the grids that fit (no more blocks than cores or tiles
+/// each way), the one whose busiest core finishes first by the target's
+/// rates: its matmuls, or its HBM bytes (its B panels, its A tiles once per
+/// panel unless every M-tile stays resident); ties to more cores (whose
+/// panels [`GemmKernel::core_schedule`] then balances). `(1, 1)`: one core.
+fn core_grid(p: &GemmProblem, s: &GemmSchedule, t: &Target, cores: u32) -> (u64, u64) {
     let (mt, nt) = (p.m.div_ceil(s.tile_m as u64), p.n.div_ceil(s.tile_n as u64));
     let rows = p.batch_map.len() as u64 * mt;
     let size = p.operand.size_bytes() as u64;
     let (a_tile, panel) = (s.tile_m as u64 * p.k * size, s.tile_n as u64 * p.k * size);
     let a_resident = mt <= s.a_buffers as u64;
-    let cores = (cores as u64).min(rows * nt).max(1);
-    (1..=cores)
-        .filter(|r| cores.is_multiple_of(*r) && *r <= rows && cores / r <= nt)
-        .map(|r| (r, cores / r))
+    let tile_cycles = p.k.div_ceil(s.tile_k as u64) * jpu_isa::cost::matmul_cycles(p.operand, s.tile_n as u64, t);
+    let rate = t.hbm.bytes_per_cycle;
+    let grids = (1..=rows.min(cores as u64)).flat_map(|r| (1..=nt.min(cores as u64 / r)).map(move |c| (r, c)));
+    grids
         .min_by_key(|&(r, c)| {
             let (my_rows, my_cols) = (rows.div_ceil(r), nt.div_ceil(c));
             let a = my_rows * a_tile * if a_resident { 1 } else { my_cols };
-            (a + my_cols * panel, r)
+            let hbm = ((a + my_cols * panel) * rate.den).div_ceil(rate.num);
+            (hbm.max(my_rows * my_cols * tile_cycles), std::cmp::Reverse(r * c))
         })
         .unwrap_or((1, 1))
 }
