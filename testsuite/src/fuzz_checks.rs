@@ -73,6 +73,10 @@ pub fn compile_verify(data: &[u8]) {
             Ok(v) => {
                 assert!(v.passed, "-O{level} computes a wrong result: {:?}\n{src}", v.first_mismatch);
                 o0_compiles |= level == 0;
+                // What compiles on one core compiles and verifies on both.
+                let both = Options { cores: 2, ..Options::at(level) };
+                let v = jalc::verify::verify_with(&f, &t, 1, &both).unwrap_or_else(|e| panic!("2 cores: {e}\n{src}"));
+                assert!(v.passed, "-O{level} on 2 cores: {:?}\n{src}", v.first_mismatch);
             }
             Err(VerifyError::Compile(e)) => {
                 let clear = matches!(e, CompileError::Unsupported { .. } | CompileError::LimitExceeded { .. });

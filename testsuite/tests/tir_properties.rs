@@ -178,17 +178,19 @@ proptest! {
 
 /// The compile floor: every program of 1000 fixed seeds compiles for jpu-tiny
 /// and verifies against the evaluator (race-checked, uninitialised reads
-/// refused) at -O0 and -O2.
+/// refused) at -O0 and -O2, and at -O2 on both of its cores.
 #[test]
 fn every_random_program_of_a_thousand_seeds_compiles_and_verifies() {
     let t = jpu_isa::Target::builtin("jpu-tiny").unwrap();
+    let runs = [(0, 1), (2, 1), (2, 2)];
     for seed in 0..1000u64 {
         let src = random_tir(seed);
         let f = tir::parse_and_check(&src).unwrap();
-        for level in [0, 2] {
-            let v = jalc::verify::verify_with(&f, &t, seed, &jalc::driver::Options::at(level))
-                .unwrap_or_else(|e| panic!("seed {seed} -O{level}: {e}\n{src}"));
-            assert!(v.passed, "seed {seed} -O{level}: {:?}\n{src}", v.first_mismatch);
+        for (level, cores) in runs {
+            let opts = jalc::driver::Options { cores, ..jalc::driver::Options::at(level) };
+            let v = jalc::verify::verify_with(&f, &t, seed, &opts)
+                .unwrap_or_else(|e| panic!("seed {seed} -O{level} on {cores} cores: {e}\n{src}"));
+            assert!(v.passed, "seed {seed} -O{level} on {cores} cores: {:?}\n{src}", v.first_mismatch);
         }
     }
 }
