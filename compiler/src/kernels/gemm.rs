@@ -21,7 +21,7 @@ use jpu_isa::{DType, Target};
 
 use super::chain::{chain, Broadcast, Chain, EpilogueInput, EpilogueStep};
 use super::row_epilogue::{self, RowEpilogue};
-use super::{unsupported, Ctx, Field, Kernel, Work};
+use super::{gemv, unsupported, Ctx, Field, Kernel, Work};
 use crate::error::CompileError;
 use crate::ir::{Op, Operand, Span, ValueId};
 use crate::tiles::{BufSlice, Buffer, BufferId, HbmBox, HbmTensor, TileOp, TileProgram};
@@ -345,7 +345,7 @@ impl Kernel for GemmKernel {
         Ok(Vec::new())
     }
 
-    fn describe(&self, _: &Target) -> String {
+    fn describe(&self, t: &Target) -> String {
         let p = &self.p;
         let batch = if p.batch.is_empty() { String::new() } else { format!(" batch = {:?},", p.batch) };
         let cast = p.cast.as_ref().map_or(String::new(), |c| format!(" then cast to {}", c.0));
@@ -356,6 +356,11 @@ impl Kernel for GemmKernel {
             format!("  epilogue: {}\n", steps.join("; "))
         };
         let row = p.row.as_ref().map_or(String::new(), |r| format!("  then on each tile of whole rows: {}\n", r.text));
+        let row = if gemv::is_one_row(p, &self.s, t) {
+            format!("{row}  one row: C^T = B^T . A^T, tile_m columns of B stationary per matmul\n")
+        } else {
+            row
+        };
         format!(
             "{}\n  M = {}, N = {}, K = {},{batch} operands {}, result {}{cast}\n{epilogue}{row}  schedule: {}\n",
             p.text, p.m, p.n, p.k, p.operand, p.result, self.s
@@ -387,19 +392,30 @@ impl Kernel for GemmKernel {
         flops.plus(Work { transcendentals, ..Work::default() })
     }
 
-    fn lower(&self, _: &Target) -> TileProgram {
-        lower(&self.p, &self.s)
+    fn lower(&self, t: &Target) -> TileProgram {
+        lower(&self.p, &self.s, t)
     }
 
     fn partition(&self, t: &Target, cores: u32) -> String {
+        if gemv::is_one_row(&self.p, &self.s, t) {
+            let runs = super::split(gemv::items(&self.p, t).len() as u64, cores).len();
+            return super::split_text(runs, "blocks of columns");
+        }
         self.grid_text(t, cores)
     }
 
     fn lower_cores(&self, t: &Target, cores: u32) -> TileProgram {
+        if gemv::is_one_row(&self.p, &self.s, t) {
+            let runs = super::split(gemv::items(&self.p, t).len() as u64, cores);
+            let range = |r: std::ops::Range<u64>| r.start as usize..r.end as usize;
+            return crate::tiles::merge_cores(
+                runs.into_iter().map(|r| gemv::lower(&self.p, &self.s, t, range(r))).collect(),
+            );
+        }
         let s = self.core_schedule(t, cores);
         let (rows, cols) = core_grid(&self.p, &s, t, cores);
         if rows * cols <= 1 {
-            return lower(&self.p, &self.s);
+            return lower(&self.p, &self.s, t);
         }
         let mt = self.p.m.div_ceil(s.tile_m as u64);
         let nt = self.p.n.div_ceil(s.tile_n as u64);
@@ -727,7 +743,10 @@ struct Lowering<'a> {
 }
 
 /// Lowers the GEMM to a tile program.
-pub fn lower(p: &GemmProblem, s: &GemmSchedule) -> TileProgram {
+pub fn lower(p: &GemmProblem, s: &GemmSchedule, t: &Target) -> TileProgram {
+    if gemv::is_one_row(p, s, t) {
+        return gemv::lower(p, s, t, 0..usize::MAX);
+    }
     lower_items(p, s, |_, _, _| true)
 }
 
@@ -747,7 +766,7 @@ fn lower_items(p: &GemmProblem, s: &GemmSchedule, keep: impl Fn(usize, u64, u64)
 
 /// A, B, the epilogue inputs (tensor `2 + i`), a fused row op's parameters,
 /// then C; and C's index.
-fn tensors(p: &GemmProblem) -> (Vec<HbmTensor>, usize) {
+pub(super) fn tensors(p: &GemmProblem) -> (Vec<HbmTensor>, usize) {
     let mut c_shape = p.batch.clone();
     c_shape.extend([p.m, p.n]);
     let mut tensors = vec![

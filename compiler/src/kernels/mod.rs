@@ -10,13 +10,16 @@
 //!
 //! | kind | file | computes |
 //! |---|---|---|
-//! | `gemm` | [`gemm`] | a matmul with its fused elementwise epilogue ([`chain`]) |
+//! | `gemm` | [`gemm`] | a matmul with its fused elementwise epilogue ([`chain`]); one row of A per batch index, transposed on the PE ([`gemv`]) |
 //! | `map` | [`map`] | an elementwise chain, a const splat |
 //! | `transpose` | [`transpose`] | a swap of the last two dims |
 //! | `rows` | [`rows`] | softmax, a norm or a reduction, row by row |
 //! | `attention` | [`attention`] | fused flash attention |
 //! | `copy` | [`copy`] | concat, and views [`layout`] cannot fold, as HBM-to-HBM copies |
 //! | `gather` | [`gather`] | an embedding lookup, as indirect DMA |
+//!
+//! Each kind may spread over several cores ([`Kernel::lower_cores`]: its work
+//! cut into independent shares, one lowering per core, [`split`]).
 //!
 //! Kernels read the IR (their input) and produce [`crate::tiles`] (their
 //! output); nothing here depends on the optimizer, the backend or the driver.
@@ -26,6 +29,7 @@ pub mod chain;
 pub mod copy;
 pub mod gather;
 pub mod gemm;
+pub mod gemv;
 pub mod layout;
 pub mod map;
 pub mod mask;
