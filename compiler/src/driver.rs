@@ -487,6 +487,7 @@ impl<'t> Compilation<'t> {
                 let name = &tiles.tensors[*largest].name;
                 f.nodes.iter().find(|n| &n.name == name).map(|n| (format!("%{}", n.name), n.span.clone()))
             }
+            B::Semaphores { .. } => None,
             B::Internal(m) => return CompileError::internal(m.clone()),
         };
         let (kernel, span) = owner.unwrap_or_else(|| ("the program".into(), 0..0));
@@ -494,8 +495,8 @@ impl<'t> Compilation<'t> {
     }
 }
 
-/// The `kernels` listing: `kernel <kind> <name>: ` and each kernel's description.
-/// The `--emit kernels` text; where a kernel may use several cores (`cores[i]`
+/// The `kernels` listing: `kernel <kind> <name>: `, each kernel's description
+/// and, where a kernel may use several cores (`cores[i]`
 /// for kernel i; none given: one), its partition.
 pub fn kernels_text(kernels: &[Box<dyn Kernel>], names: &[String], t: &Target, cores: &[u32]) -> String {
     let partition = |k: &dyn Kernel, cores: u32| {

@@ -164,3 +164,16 @@ fn one_row_gemms_run_transposed_and_verify() {
         }
     }
 }
+
+/// A target with too few semaphores for a mailbox per core refuses the core
+/// count with a limit, not an internal error.
+#[test]
+fn too_few_semaphores_for_the_cores_is_a_limit() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/data/jpu-tiny-4.toml")).unwrap();
+    let t = Target::from_toml(&text.replace("semaphores = 32", "semaphores = 8")).unwrap();
+    let f = check(GEMM);
+    assert_eq!(compile(&f, &t, &on_cores(2)).unwrap().program.cores.len(), 2);
+    let e = compile(&f, &t, &on_cores(4)).err().unwrap();
+    assert!(matches!(e, jalc::error::CompileError::LimitExceeded { .. }), "{e:?}");
+    assert!(e.to_string().contains("4 cores need 9 semaphores per core"), "{e}");
+}

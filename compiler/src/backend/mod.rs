@@ -72,6 +72,21 @@ pub enum BackendError {
         /// The target's name.
         target: String,
     },
+    /// A program on `cores` cores needs a semaphore per engine and a mailbox
+    /// per core on every core.
+    #[error(
+        "{cores} cores need {needed} semaphores per core (one per engine, one per core); {target} has {available}"
+    )]
+    Semaphores {
+        /// Cores the program uses.
+        cores: usize,
+        /// Semaphores per core needed.
+        needed: usize,
+        /// Semaphores per core the target has.
+        available: usize,
+        /// The target's name.
+        target: String,
+    },
     /// A bug: the backend produced something the ISA rejects.
     #[error("{0}")]
     Internal(String),
@@ -534,12 +549,8 @@ impl Lanes {
         let engines = t.engines_per_core() as usize;
         let cores = tp.cores() as usize;
         if cores > 1 && engines + cores > t.sync.semaphores as usize {
-            return Err(BackendError::Internal(format!(
-                "{cores} cores need {} semaphores per core; {} has {}",
-                engines + cores,
-                t.name,
-                t.sync.semaphores
-            )));
+            let (needed, available, target) = (engines + cores, t.sync.semaphores as usize, t.name.clone());
+            return Err(BackendError::Semaphores { cores, needed, available, target });
         }
         let lane = insts.iter().enumerate().map(|(i, (e, _, _))| tp.op_core(i) as usize * engines + e.0 as usize);
         Ok(Lanes { lane: lane.collect(), engines, cores })
