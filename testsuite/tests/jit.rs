@@ -63,6 +63,16 @@ fn both_engines_give_the_same_bytes_and_cycles() {
             let jit = jpu_runtime::jit::Jit::compile(&c.program, &t, 1).unwrap();
             covered += jit.compiled();
             helped += jit.helpers();
+            // Every core of the target, at -O2.
+            if level == 2 {
+                let every = jalc::driver::Options { cores: t.cores, ..jalc::driver::Options::at(2) };
+                let c = jalc::driver::compile(&f, &t, &every).unwrap_or_else(|e| panic!("{path} on every core: {e}"));
+                let inputs = jpu_testsuite::chip_inputs(&f, &c.program, 3);
+                let opts = RunOptions { strict_uninit: true, ..RunOptions::default() };
+                let what = format!("{path} -O2 on every core of {target}");
+                jpu_testsuite::run_on_both_engines(&c.program, &t, &inputs, &opts, &what)
+                    .unwrap_or_else(|e| panic!("{what}: {e:?}"));
+            }
         }
     }
     assert!(covered > 100, "only {covered} instructions compiled");
