@@ -902,8 +902,30 @@ struct Entry {
     op: Option<usize>,
     inst: Inst,
     counts: bool,
-    /// A wait on the instruction with this index (resolved to its position).
+    /// A wait on this instruction's completion (resolved to its position).
     wait_on: Option<usize>,
+}
+
+/// What an instruction waits for: an instruction of its own core, or a count
+/// of a mailbox (messages from another core).
+#[derive(Clone, Copy)]
+enum Await {
+    Local(usize),
+    Mailbox(Wait),
+}
+
+impl Entry {
+    fn new(op: Option<usize>, mut inst: Inst, wait: Option<Await>) -> Entry {
+        let wait_on = match wait {
+            Some(Await::Local(u)) => Some(u),
+            Some(Await::Mailbox(w)) => {
+                inst.wait = Some(w);
+                None
+            }
+            None => None,
+        };
+        Entry { op, inst, counts: true, wait_on }
+    }
 }
 
 /// Each core's streams. Every instruction signals its engine's semaphore and
@@ -925,47 +947,31 @@ fn streams(
     order: &[usize],
     waits: &[Vec<usize>],
 ) -> (Vec<Vec<Vec<Inst>>>, Origins) {
-    let (engines, cores) = (lanes.engines, lanes.cores);
-    let mut streams: Vec<Vec<Entry>> = (0..cores * engines).map(|_| Vec::new()).collect();
-    // Messages: (needed instruction, receiving core) -> count sent to that core so far.
+    let outbox = outboxes(lanes, order, waits);
+    let mut streams: Vec<Vec<Entry>> = (0..lanes.cores * lanes.engines).map(|_| Vec::new()).collect();
+    // (needed instruction, receiving core) -> its message's count at that core.
     let mut sent: HashMap<(usize, usize), u32> = HashMap::new();
-    let mut sent_to: Vec<Vec<u32>> = vec![vec![0; cores]; cores];
-    // Messages each instruction must send, known when a later one needs it:
-    // pass 1 finds them, pass 2 places them right after their instruction.
-    let mut outbox: Vec<Vec<usize>> = vec![Vec::new(); insts.len()];
-    for &i in order {
-        for &u in &waits[i] {
-            let (a, b) = (lanes.core(u), lanes.core(i));
-            if a != b && !outbox[u].contains(&b) {
-                outbox[u].push(b);
-            }
-        }
-    }
+    let mut sent_to: Vec<Vec<u32>> = vec![vec![0; lanes.cores]; lanes.cores];
     for &i in order {
         let (_, op, debug) = &insts[i];
         let core = lanes.core(i);
-        let mut wait_for = Vec::new();
-        for &u in &waits[i] {
-            let from = lanes.core(u);
-            wait_for.push(if from == core {
-                Wait { sem: u8::MAX, value: u as u32 } // resolved below
-            } else {
-                Wait { sem: lanes.mailbox(from), value: sent[&(u, core)] }
-            });
-        }
+        let awaits: Vec<Await> = waits[i]
+            .iter()
+            .map(|&u| match lanes.core(u) {
+                from if from == core => Await::Local(u),
+                from => Await::Mailbox(Wait { sem: lanes.mailbox(from), value: sent[&(u, core)] }),
+            })
+            .collect();
         let s = &mut streams[lanes.lane[i]];
-        let (last, extra) = wait_for.split_last().map_or((None, &[][..]), |(l, x)| (Some(*l), x));
+        let (last, extra) = awaits.split_last().map_or((None, &[][..]), |(l, x)| (Some(*l), x));
         for w in extra {
             let mut nop = Inst::new(Op::Nop {});
             nop.debug = Some(*debug);
-            s.push(entry(None, nop, *w));
+            s.push(Entry::new(None, nop, Some(*w)));
         }
         let mut inst = Inst::new(op.clone());
         inst.debug = Some(*debug);
-        s.push(match last {
-            Some(w) => entry(Some(i), inst, w),
-            None => Entry { op: Some(i), inst, counts: true, wait_on: None },
-        });
+        s.push(Entry::new(Some(i), inst, last));
         for &b in &outbox[i] {
             let k = &mut sent_to[core][b];
             *k += 1;
@@ -978,8 +984,30 @@ fn streams(
             streams[sender].push(Entry { op: None, inst: nop, counts: false, wait_on });
         }
     }
-    // Positions among each stream's signalling entries.
-    let mut position = vec![0u32; insts.len()];
+    resolve(streams, lanes, insts.len())
+}
+
+/// For each instruction, the other cores that need it (so it sends them a
+/// message), in the order they first do.
+fn outboxes(lanes: &Lanes, order: &[usize], waits: &[Vec<usize>]) -> Vec<Vec<usize>> {
+    let mut outbox: Vec<Vec<usize>> = vec![Vec::new(); waits.len()];
+    for &i in order {
+        for &u in &waits[i] {
+            let (a, b) = (lanes.core(u), lanes.core(i));
+            if a != b && !outbox[u].contains(&b) {
+                outbox[u].push(b);
+            }
+        }
+    }
+    outbox
+}
+
+/// The streams' instructions with every local wait resolved to the awaited
+/// instruction's position among its stream's signalling entries, each
+/// signalling its engine's counter, and a final `halt`.
+fn resolve(streams: Vec<Vec<Entry>>, lanes: &Lanes, n: usize) -> (Vec<Vec<Vec<Inst>>>, Origins) {
+    let engines = lanes.engines;
+    let mut position = vec![0u32; n];
     for s in &streams {
         let mut p = 0u32;
         for en in s {
@@ -989,12 +1017,9 @@ fn streams(
             }
         }
     }
-    let mut origins: Origins = vec![Vec::new(); cores * engines];
-    let mut out = vec![vec![Vec::new(); engines]; cores];
-    for (l, s) in streams.into_iter().enumerate() {
-        if s.is_empty() {
-            continue;
-        }
+    let mut origins: Origins = vec![Vec::new(); lanes.cores * engines];
+    let mut out = vec![vec![Vec::new(); engines]; lanes.cores];
+    for (l, s) in streams.into_iter().enumerate().filter(|(_, s)| !s.is_empty()) {
         let e = l % engines;
         let mut stream: Vec<Inst> = Vec::with_capacity(s.len() + 1);
         for en in s {
@@ -1013,16 +1038,6 @@ fn streams(
         out[l / engines][e] = stream;
     }
     (out, origins)
-}
-
-/// A stream entry that waits: on a local instruction (`sem == u8::MAX`, value
-/// its index) or on a mailbox count.
-fn entry(op: Option<usize>, mut inst: Inst, w: Wait) -> Entry {
-    if w.sem == u8::MAX {
-        return Entry { op, inst, counts: true, wait_on: Some(w.value as usize) };
-    }
-    inst.wait = Some(w);
-    Entry { op, inst, counts: true, wait_on: None }
 }
 
 #[cfg(test)]
