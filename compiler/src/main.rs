@@ -658,7 +658,7 @@ fn run(a: RunArgs<'_>) -> Result<(), Failure> {
     let outcome = jpu_runtime::run(&program, &target, &inputs, &opts)
         .map_err(|f| Failure::Fault(format!("fault: {}: {f}", a.file.display())))?;
     if let Some(path) = a.trace {
-        let doc = jpu_runtime::trace::chrome_trace(&program, &target, &outcome.trace);
+        let doc = jpu_runtime::trace::chrome_trace(&program, &target, &outcome.trace, &outcome.signals);
         write_file(path, doc.to_string().as_bytes())?;
     }
     if let Some(dir) = a.output_dir {

@@ -754,3 +754,24 @@ fn cores_spread_a_gemm_and_out_of_range_counts_exit_2() {
         assert!(stderr(&out).contains("jpu-tiny has 1 to 2 cores"), "{}", stderr(&out));
     }
 }
+
+/// A remote signal is a flow arrow in the trace, from the signalling slice on
+/// core 0 to the `signals` track of core 1, when it arrives (cycles by hand in
+/// the case's comments: sent at 284, visible at 334).
+#[test]
+fn traces_draw_remote_signals_between_cores() {
+    let case = format!("{}/../testsuite/cases/sim/timing/remote-signal-orders-hbm.jasm", env!("CARGO_MANIFEST_DIR"));
+    let (bin, trace) = (temp("remote-signal.jbin"), temp("remote-signal-trace.json"));
+    assert_eq!(jalc(&["asm", &case, "-o", bin.to_str().unwrap()]).status.code(), Some(0));
+    let out = jalc(&["run", bin.to_str().unwrap(), "--timing-only", "--trace", trace.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&trace).unwrap()).unwrap();
+    let events = doc["traceEvents"].as_array().unwrap();
+    let signal = events.iter().find(|e| e["ph"] == "X" && e["cat"] == "signal").expect("a signal slice");
+    assert_eq!((signal["pid"].as_u64(), signal["args"]["sent_cycle"].as_u64()), (Some(1), Some(284)));
+    assert_eq!(signal["args"]["arrived_cycle"].as_u64(), Some(334));
+    assert_eq!(signal["name"], "ready from core 0");
+    let flow = |ph: &str| events.iter().find(|e| e["ph"] == ph && e["cat"] == "signal").expect("a flow event").clone();
+    assert_eq!((flow("s")["pid"].as_u64(), flow("f")["pid"].as_u64()), (Some(0), Some(1)));
+    assert_eq!(flow("s")["id"], flow("f")["id"]);
+}

@@ -33,4 +33,4 @@ pub mod trace;
 
 pub use jpu_isa as isa;
 pub use report::Report;
-pub use sim::{run, ExecEngine, Fault, FaultKind, InstRef, Outcome, RunOptions, TraceSlice};
+pub use sim::{run, ExecEngine, Fault, FaultKind, InstRef, Outcome, RunOptions, SignalArrival, TraceSlice};

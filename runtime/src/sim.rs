@@ -127,6 +127,21 @@ pub struct TraceSlice {
     pub issue: Option<u64>,
 }
 
+/// A remote signal's arrival, for traces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignalArrival {
+    /// The signalling instruction.
+    pub from: InstRef,
+    /// When it completed.
+    pub sent: u64,
+    /// When the increment became visible on `core`.
+    pub arrived: u64,
+    /// The signalled core.
+    pub core: usize,
+    /// Its semaphore.
+    pub sem: u8,
+}
+
 /// What went wrong during a run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FaultKind {
@@ -204,6 +219,8 @@ pub struct Outcome {
     pub report: Report,
     /// Per-instruction slices, when requested.
     pub trace: Vec<TraceSlice>,
+    /// Remote signals' arrivals, when a trace is requested.
+    pub signals: Vec<SignalArrival>,
     /// Bytes of HBM data and of race-checking state the run held at the end
     /// (both grow with the bytes accessed, not with the span of a pattern).
     pub held_bytes: u64,
@@ -257,6 +274,8 @@ struct PendingSignal {
     core: usize,
     sem: u8,
     vc: Vec<u32>,
+    from: InstRef,
+    sent: u64,
 }
 
 struct CoreState {
@@ -295,6 +314,7 @@ struct Sim<'p> {
     now: u64,
     started: u64,
     trace: Vec<TraceSlice>,
+    signals: Vec<SignalArrival>,
     work: ExecutedWork,
     uninit_reads: u64,
     first_uninit: Option<(InstRef, Mem, u64)>,
@@ -388,6 +408,7 @@ impl<'p> Sim<'p> {
             now: 0,
             started: 0,
             trace: Vec::new(),
+            signals: Vec::new(),
             work: ExecutedWork::default(),
             uninit_reads: 0,
             first_uninit: None,
@@ -482,7 +503,14 @@ impl<'p> Sim<'p> {
         report.uninitialized_reads = self.uninit_reads;
         report.first_uninitialized_read = first_uninit;
         let held_bytes = self.hbm.resident_bytes() + self.shadow.as_ref().map_or(0, Shadow::footprint_bytes);
-        Ok(Outcome { outputs, report, trace: self.trace, held_bytes, jit_compile: self.jit_compile })
+        Ok(Outcome {
+            outputs,
+            report,
+            trace: self.trace,
+            signals: self.signals,
+            held_bytes,
+            jit_compile: self.jit_compile,
+        })
     }
 
     fn sem_ready(&self, core: usize, inst: &Inst) -> bool {
@@ -701,7 +729,7 @@ impl<'p> Sim<'p> {
                 self.signal(core, s.sem, vc);
             } else {
                 let at = end + self.t.fabric.signal_latency_cycles;
-                self.pending.push_back(PendingSignal { at, core: to, sem: s.sem, vc: vc.to_vec() });
+                self.pending.push_back(PendingSignal { at, core: to, sem: s.sem, vc: vc.to_vec(), from: r, sent: end });
             }
         }
         if self.opts.trace {
@@ -729,6 +757,10 @@ impl<'p> Sim<'p> {
         while self.pending.front().is_some_and(|s| s.at <= self.now) {
             let s = self.pending.pop_front().expect("checked above");
             self.signal(s.core, s.sem, &s.vc);
+            if self.opts.trace {
+                let arrival = SignalArrival { from: s.from, sent: s.sent, arrived: s.at, core: s.core, sem: s.sem };
+                self.signals.push(arrival);
+            }
         }
     }
 

@@ -18,6 +18,8 @@ pub struct Measured {
     pub compile_ms: f64,
     /// The run's per-instruction slices (for [`per_kernel`]).
     pub trace: Vec<jpu_runtime::TraceSlice>,
+    /// The run's remote signals (for traces).
+    pub signals: Vec<jpu_runtime::SignalArrival>,
 }
 
 /// Compiles `src` for `t` `repeats` times and simulates it once (timing only).
@@ -40,7 +42,8 @@ pub fn measure_on(src: &str, t: &Target, cores: u32, repeats: usize) -> Measured
     let compiled = compiled.expect("compiled at least once");
     let opts = RunOptions { timing_only: true, trace: true, ..RunOptions::default() };
     let outcome = run(&compiled.program, t, &[], &opts).expect("benchmark runs");
-    Measured { compiled, report: outcome.report, compile_ms: times[times.len() / 2] * 1e3, trace: outcome.trace }
+    let (trace, signals) = (outcome.trace, outcome.signals);
+    Measured { compiled, report: outcome.report, compile_ms: times[times.len() / 2] * 1e3, trace, signals }
 }
 
 /// `>= G% met`, `>= G% NOT met`, or `-` without a goal (0).

@@ -50,7 +50,12 @@ fn main() {
                 std::fs::write(format!("{file}.kernels"), kernels).unwrap();
             }
             if let Some(dir) = args.iter().position(|a| a == "--trace-dir").and_then(|i| args.get(i + 1)) {
-                let doc = jpu_runtime::trace::chrome_trace(&measured.compiled.program, &t, &measured.trace);
+                let doc = jpu_runtime::trace::chrome_trace(
+                    &measured.compiled.program,
+                    &t,
+                    &measured.trace,
+                    &measured.signals,
+                );
                 let file = format!("{dir}/{}-{cores}.json", name.split_whitespace().next().unwrap_or("program"));
                 std::fs::write(&file, doc.to_string()).unwrap_or_else(|e| panic!("{file}: {e}"));
             }
