@@ -377,16 +377,27 @@ impl TileProgram {
 }
 
 /// One kernel's per-core tile programs as one: part `c` runs on core `c`. The
-/// parts are lowerings of one kernel (the same tensors and debug ops); their
-/// buffers are put on their core and their ops follow one another.
+/// parts are lowerings of one kernel (the same debug ops; tensors shared by
+/// name, a part may add scratch of its own); their buffers are put on their
+/// core and their ops follow one another.
 pub fn merge_cores(mut parts: Vec<TileProgram>) -> TileProgram {
     let mut out = parts.remove(0);
     for (c, part) in parts.into_iter().enumerate() {
-        debug_assert_eq!(part.tensors, out.tensors, "a kernel's parts share its tensors");
+        let tensor_map: Vec<usize> = part
+            .tensors
+            .into_iter()
+            .map(|t| match out.tensors.iter().position(|o| o.name == t.name) {
+                Some(i) => i,
+                None => {
+                    out.tensors.push(t);
+                    out.tensors.len() - 1
+                }
+            })
+            .collect();
         let base = out.buffers.len();
         out.buffers.extend(part.buffers.into_iter().map(|b| Buffer { core: c as u32 + 1, ..b }));
         out.ops.extend(part.ops.into_iter().map(|(mut op, d)| {
-            op.remap(|b| b + base, |t| t);
+            op.remap(|b| b + base, |t| tensor_map[t]);
             if let TileOp::HbmCopy { core, .. } = &mut op {
                 *core = c as u32 + 1;
             }

@@ -397,19 +397,17 @@ impl Kernel for AttentionKernel {
         if ranges.len() <= 1 {
             return lower(&self.p, &self.plan, t);
         }
-        let parts = ranges.into_iter().enumerate().map(|(c, r)| lower_groups(&self.p, &self.plan, t, r, c == 0));
+        let parts = ranges.into_iter().enumerate().map(|(c, r)| lower_groups(&self.p, &self.plan, t, r, c));
         crate::tiles::merge_cores(parts.collect())
     }
 }
 
 /// How the KV groups (batch index x KV head) spread over `cores` cores: runs
 /// of whole units (the groups that share a window's K^T), as even as can be.
-/// One range when the kernel does not partition: a mask prepared on the PE is
-/// written to one scratch tensor that every group reads.
 fn group_ranges(p: &AttentionProblem, plan: &AttentionPlan, cores: u32) -> Vec<std::ops::Range<u64>> {
     let groups = p.batch * p.hk;
     let unit = if plan.decode { 1 } else { plan.kt_heads.max(1) };
-    if cores <= 1 || plan.mask_on_pe || groups == 0 || !groups.is_multiple_of(unit) {
+    if cores <= 1 || groups == 0 || !groups.is_multiple_of(unit) {
         return std::iter::once(0..groups).collect();
     }
     let units = groups / unit;
@@ -710,20 +708,21 @@ impl AttentionProblem {
 
 /// Lowers an attention kernel by the path its plan chose.
 pub fn lower(p: &AttentionProblem, plan: &AttentionPlan, t: &Target) -> TileProgram {
-    lower_groups(p, plan, t, 0..p.batch * p.hk, true)
+    lower_groups(p, plan, t, 0..p.batch * p.hk, 0)
 }
 
-/// The tile program of KV groups `groups` (a core's share), and, with
-/// `zero_rows`, the stores of the rows that see no key.
+/// The tile program of KV groups `groups` on core `core` (its share); core 0
+/// also stores the rows that see no key.
 fn lower_groups(
     p: &AttentionProblem,
     plan: &AttentionPlan,
     t: &Target,
     groups: std::ops::Range<u64>,
-    zero_rows: bool,
+    core: usize,
 ) -> TileProgram {
-    let mut program = if plan.decode { decode::lower(p, plan, groups) } else { flash::lower(p, plan, t, groups) };
-    if zero_rows && p.zero_rows > 0 {
+    let mut program =
+        if plan.decode { decode::lower(p, plan, groups) } else { flash::lower(p, plan, t, (groups, core)) };
+    if core == 0 && p.zero_rows > 0 {
         let zeros = program.buffers.len() - 1;
         let parts = p.zero_rows.min(plan.q_tile);
         program.ops.push((TileOp::Memset { dst: slice(zeros, 0, parts, 0, p.dv), value: 0.0 }, 0));
