@@ -224,11 +224,7 @@ impl Kernel for GatherKernel {
     }
 
     fn lower_cores(&self, t: &Target, cores: u32) -> TileProgram {
-        let runs = super::split(block_count(self, t), cores);
-        if runs.len() <= 1 {
-            return lower(self, t);
-        }
-        crate::tiles::merge_cores(runs.into_iter().map(|r| lower_blocks(self, t, r)).collect())
+        super::spread(block_count(self, t), cores, |r| lower_blocks(self, t, r))
     }
 }
 

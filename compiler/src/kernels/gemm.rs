@@ -406,11 +406,8 @@ impl Kernel for GemmKernel {
 
     fn lower_cores(&self, t: &Target, cores: u32) -> TileProgram {
         if gemv::is_one_row(&self.p, &self.s, t) {
-            let runs = super::split(gemv::items(&self.p, t).len() as u64, cores);
-            let range = |r: std::ops::Range<u64>| r.start as usize..r.end as usize;
-            return crate::tiles::merge_cores(
-                runs.into_iter().map(|r| gemv::lower(&self.p, &self.s, t, range(r))).collect(),
-            );
+            let items = gemv::items(&self.p, t).len() as u64;
+            return super::spread(items, cores, |r| gemv::lower(&self.p, &self.s, t, r.start as usize..r.end as usize));
         }
         let s = self.core_schedule(t, cores);
         let (rows, cols) = core_grid(&self.p, &s, t, cores);

@@ -327,11 +327,7 @@ impl Kernel for MapKernel {
     }
 
     fn lower_cores(&self, t: &Target, cores: u32) -> TileProgram {
-        let runs = super::split(self.blocks(t), cores);
-        if runs.len() <= 1 {
-            return lower(&self.p, self.width, t);
-        }
-        crate::tiles::merge_cores(runs.into_iter().map(|r| lower_items(&self.p, self.width, t, r)).collect())
+        super::spread(self.blocks(t), cores, |r| lower_items(&self.p, self.width, t, r))
     }
 }
 

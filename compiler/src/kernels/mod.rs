@@ -286,6 +286,16 @@ pub fn split(n: u64, cores: u32) -> Vec<std::ops::Range<u64>> {
     (0..k).map(|c| (c * n / k)..((c + 1) * n / k)).collect()
 }
 
+/// A kernel of `blocks` independent blocks on up to `cores` cores: runs of
+/// blocks ([`split`]), each lowered by `lower_blocks` on its core.
+pub fn spread(blocks: u64, cores: u32, lower_blocks: impl Fn(std::ops::Range<u64>) -> TileProgram) -> TileProgram {
+    let runs = split(blocks, cores);
+    if runs.len() <= 1 {
+        return lower_blocks(0..blocks);
+    }
+    crate::tiles::merge_cores(runs.into_iter().map(lower_blocks).collect())
+}
+
 /// The `--emit kernels` text of a partition into `runs` runs of `what`.
 pub fn split_text(runs: usize, what: &str) -> String {
     match runs {

@@ -436,11 +436,7 @@ impl Kernel for RowsKernel {
     }
 
     fn lower_cores(&self, t: &Target, cores: u32) -> TileProgram {
-        let runs = super::split(block_count(&self.p, t), cores);
-        if runs.len() <= 1 {
-            return lower(&self.p, t, &self.sched);
-        }
-        crate::tiles::merge_cores(runs.into_iter().map(|r| lower_blocks(&self.p, t, &self.sched, r)).collect())
+        super::spread(block_count(&self.p, t), cores, |r| lower_blocks(&self.p, t, &self.sched, r))
     }
 }
 
