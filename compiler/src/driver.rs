@@ -496,8 +496,8 @@ impl<'t> Compilation<'t> {
 }
 
 /// The `kernels` listing: `kernel <kind> <name>: `, each kernel's description
-/// and, where a kernel may use several cores (`cores[i]`
-/// for kernel i; none given: one), its partition.
+/// and, where it may use several cores (`cores[i]` for kernel i; none given:
+/// one), its partition.
 pub fn kernels_text(kernels: &[Box<dyn Kernel>], names: &[String], t: &Target, cores: &[u32]) -> String {
     let partition = |k: &dyn Kernel, cores: u32| {
         if cores > 1 {

@@ -19,9 +19,10 @@
 //!
 //! Bandwidth is tracked exactly in integer units of a byte (the product of the
 //! HBM and fabric rates' denominators and 720720 = lcm(1..=16), which divides
-//! any share count), so cycle counts are exact and deterministic. Effects are applied when an instruction completes, in time
-//! order (ties by core and engine); a program whose accesses are ordered by
-//! semaphores therefore computes the same data under any timing.
+//! any share count), so cycle counts are exact and deterministic. Effects are
+//! applied when an instruction completes, in time order (ties by core and
+//! engine); a program whose accesses are ordered by semaphores therefore
+//! computes the same data under any timing.
 
 use std::collections::VecDeque;
 
@@ -701,21 +702,17 @@ impl<'p> Sim<'p> {
                 (op, _) => footprint(op, self.t),
             };
             self.check_accesses(g, r, accesses, vc)?;
-            if let Op::Dma { xfer } = &inst.op {
-                if xfer.is_fabric() {
-                    let mut mems: Vec<&mut CoreMemory> =
-                        self.cores.iter_mut().map(|c| c.mem.as_mut().expect("functional runs have memories")).collect();
+            match (&inst.op, gathered) {
+                (Op::Dma { xfer }, _) if xfer.is_fabric() => {
+                    let mut mems: Vec<&mut CoreMemory> = self.cores.iter_mut().map(memory).collect();
                     execute_fabric(xfer, core, &mut mems);
                 }
-            }
-            let cs = &mut self.cores[core];
-            let mem = cs.mem.as_mut().expect("functional runs have memories");
-            match (&inst.op, gathered) {
-                (Op::Dma { xfer }, _) if xfer.is_fabric() => {}
-                (Op::Dma { xfer }, _) => execute_dma(xfer, mem, &mut self.hbm),
-                (Op::DmaGather { dst, table, .. }, Some(rows)) => execute_gather(dst, table, &rows, mem, &self.hbm),
+                (Op::Dma { xfer }, _) => execute_dma(xfer, memory(&mut self.cores[core]), &mut self.hbm),
+                (Op::DmaGather { dst, table, .. }, Some(rows)) => {
+                    execute_gather(dst, table, &rows, memory(&mut self.cores[core]), &self.hbm)
+                }
                 (op, _) => {
-                    let key = (core, engine.0 as usize, index);
+                    let (key, mem) = ((core, engine.0 as usize, index), memory(&mut self.cores[core]));
                     if !self.jit.as_ref().is_some_and(|j| j.run(key, mem)) {
                         execute_compute(op, mem)
                     }
@@ -913,6 +910,11 @@ impl<'p> Sim<'p> {
         );
         Fault { inst: waits.first().map(|w| w.0), cycle: self.now, kind: FaultKind::Deadlock { waits }, message }
     }
+}
+
+/// A core's memories (functional runs have them).
+fn memory(c: &mut CoreState) -> &mut CoreMemory {
+    c.mem.as_mut().expect("functional runs have memories")
 }
 
 /// `core 0 pe[3] `matmul ...` (op: %c = matmul(%a, %b))`.

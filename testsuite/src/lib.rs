@@ -50,8 +50,9 @@ pub fn verify_everywhere(f: &jalc::ir::Func, src: &str, seed: u64) -> f64 {
 /// jpu-tiny with 4 cores (`testsuite/data/jpu-tiny-4.toml`): the 4-core
 /// verification target.
 pub fn jpu_tiny_4() -> jpu_isa::Target {
+    static TARGET: std::sync::OnceLock<jpu_isa::Target> = std::sync::OnceLock::new();
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/data/jpu-tiny-4.toml");
-    jpu_isa::Target::resolve(path).unwrap_or_else(|e| panic!("{e}"))
+    TARGET.get_or_init(|| jpu_isa::Target::resolve(path).unwrap_or_else(|e| panic!("{e}"))).clone()
 }
 
 /// Runs `program` on both engines with `opts` (the engine field is set for

@@ -507,9 +507,10 @@ pub fn compile(
 ) -> Result<Scheduled, BackendError> {
     let alloc = allocate(tp, kernel_of, t)?;
     let tensors = place_tensors(tp, t)?;
-    let insts = select_instructions(tp, t, &alloc, &tensors)?;
+    let op_core: Vec<usize> = (0..tp.ops.len()).map(|i| tp.op_core(i) as usize).collect();
+    let insts = select_instructions(tp, t, &alloc, &tensors, &op_core)?;
     let dag = dependencies(tp, &alloc);
-    let lanes = Lanes::new(tp, &insts, t)?;
+    let lanes = Lanes::new(tp, &insts, &op_core, t)?;
     let emit = |order: &[usize]| {
         let waits = synchronise(&lanes, order, &dag);
         let (cores, origins) = streams(&insts, &lanes, order, &waits);
@@ -545,14 +546,20 @@ struct Lanes {
 }
 
 impl Lanes {
-    fn new(tp: &TileProgram, insts: &[(Engine, Op, u32)], t: &Target) -> Result<Lanes, BackendError> {
+    /// The lanes of `insts`, each on the core `op_core` gives.
+    fn new(
+        tp: &TileProgram,
+        insts: &[(Engine, Op, u32)],
+        op_core: &[usize],
+        t: &Target,
+    ) -> Result<Lanes, BackendError> {
         let engines = t.engines_per_core() as usize;
         let cores = tp.cores() as usize;
         if cores > 1 && engines + cores > t.sync.semaphores as usize {
             let (needed, available, target) = (engines + cores, t.sync.semaphores as usize, t.name.clone());
             return Err(BackendError::Semaphores { cores, needed, available, target });
         }
-        let lane = insts.iter().enumerate().map(|(i, (e, _, _))| tp.op_core(i) as usize * engines + e.0 as usize);
+        let lane = insts.iter().zip(op_core).map(|((e, _, _), c)| c * engines + e.0 as usize);
         Ok(Lanes { lane: lane.collect(), engines, cores })
     }
 
@@ -671,8 +678,8 @@ fn place_tensors(tp: &TileProgram, t: &Target) -> Result<Vec<TensorDecl>, Backen
     Ok(tensors)
 }
 
-/// One instruction per tile op, on its engine; each DMA on a queue chosen by
-/// list scheduling: the least-loaded queue (by bytes charged). Stores wait for
+/// One instruction per tile op, on its engine; each DMA on a queue of its core
+/// (`op_core`) chosen by list scheduling: the least-loaded (by bytes charged). Stores wait for
 /// compute, so with two or more queues they get the last one to themselves: a
 /// prefetch never waits behind a store in an in-order queue.
 fn select_instructions(
@@ -680,12 +687,13 @@ fn select_instructions(
     t: &Target,
     alloc: &Allocation,
     tensors: &[TensorDecl],
+    op_core: &[usize],
 ) -> Result<Vec<(Engine, Op, u32)>, BackendError> {
     let queues = t.dma.queues as usize;
     let mut queue_bytes = vec![vec![0u64; queues]; tp.cores() as usize];
     let mut insts = Vec::with_capacity(tp.ops.len());
-    for (i, (op, debug)) in tp.ops.iter().enumerate() {
-        let queue_bytes = &mut queue_bytes[tp.op_core(i) as usize];
+    for ((op, debug), &core) in tp.ops.iter().zip(op_core) {
+        let queue_bytes = &mut queue_bytes[core];
         let (engine, inst_op) = instruction(tp, t, alloc, tensors, op);
         let engine = if inst_op.is_dma() {
             let candidates: Vec<usize> = match (queues, matches!(op, TileOp::Store { .. })) {
@@ -1051,15 +1059,7 @@ mod tests {
     /// `in -> b1 -> y` (b1 doubled by the VE on the way).
     fn two_phase() -> TileProgram {
         let t = |name: &str, role| HbmTensor { name: name.into(), dtype: DType::F32, shape: vec![4, 8], role };
-        let b = |name: &str| Buffer {
-            name: name.into(),
-            space: Space::Sram,
-            dtype: DType::F32,
-            parts: 4,
-            free: 8,
-            copies: 1,
-            core: 0,
-        };
+        let b = |name: &str| Buffer::new(name, Space::Sram, DType::F32, 4, 8, 1);
         let s = |buf| BufSlice { buf, copy: 0, parts: 4, offset: 0, len: 8 };
         let h = |tensor| HbmBox { tensor, start: 0, rows: 4, row_stride: 8, cols: 8 };
         TileProgram {
@@ -1104,8 +1104,9 @@ mod tests {
         let one = [0, 0, 0, 0, 0];
         let alloc = allocate(&tp, &one, &t).unwrap();
         assert_eq!(alloc.offset(0, 0), alloc.offset(1, 0));
-        let insts = select_instructions(&tp, &t, &alloc, &place_tensors(&tp, &t).unwrap()).unwrap();
-        let lanes = Lanes::new(&tp, &insts, &t).unwrap().lane;
+        let one_core = vec![0; tp.ops.len()];
+        let insts = select_instructions(&tp, &t, &alloc, &place_tensors(&tp, &t).unwrap(), &one_core).unwrap();
+        let lanes = Lanes::new(&tp, &insts, &one_core, &t).unwrap().lane;
         assert_eq!(
             order::interleave(&insts, &lanes, &dependencies(&tp, &alloc), &one, &t, None, false),
             vec![0, 1, 2, 3, 4]
@@ -1149,9 +1150,10 @@ mod tests {
         let t = Target::builtin("jpu-tiny").unwrap();
         let two = [0, 0, 1, 1, 1];
         let alloc = allocate(&tp, &two, &t).unwrap();
-        let insts = select_instructions(&tp, &t, &alloc, &place_tensors(&tp, &t).unwrap()).unwrap();
+        let one_core = vec![0; tp.ops.len()];
+        let insts = select_instructions(&tp, &t, &alloc, &place_tensors(&tp, &t).unwrap(), &one_core).unwrap();
         let dag = dependencies(&tp, &alloc);
-        let lanes = Lanes::new(&tp, &insts, &t).unwrap().lane;
+        let lanes = Lanes::new(&tp, &insts, &one_core, &t).unwrap().lane;
         assert_eq!(order::interleave(&insts, &lanes, &dag, &two, &t, None, false)[0], 0);
         assert_eq!(order::interleave(&insts, &lanes, &dag, &two, &t, None, true)[0], 2);
     }
@@ -1168,9 +1170,10 @@ mod tests {
         let again = compile(&tp, &two, &t, RooflineInputs::default()).unwrap();
         assert_eq!(jpu_isa::jbin::write(&kept.program), jpu_isa::jbin::write(&again.program));
         let alloc = allocate(&tp, &two, &t).unwrap();
-        let insts = select_instructions(&tp, &t, &alloc, &place_tensors(&tp, &t).unwrap()).unwrap();
+        let one_core = vec![0; tp.ops.len()];
+        let insts = select_instructions(&tp, &t, &alloc, &place_tensors(&tp, &t).unwrap(), &one_core).unwrap();
         let dag = dependencies(&tp, &alloc);
-        let lanes = Lanes::new(&tp, &insts, &t).unwrap();
+        let lanes = Lanes::new(&tp, &insts, &one_core, &t).unwrap();
         let in_order: Vec<usize> = (0..insts.len()).collect();
         let waits = synchronise(&lanes, &in_order, &dag);
         let (cores, origins) = streams(&insts, &lanes, &in_order, &waits);
@@ -1185,15 +1188,7 @@ mod tests {
     fn small_psum_buffers_share_a_bank_without_crossing_one() {
         let t = Target::builtin("jpu1").unwrap();
         let bank = t.psum_bank_bytes();
-        let psum = |name: &str, free| Buffer {
-            name: name.into(),
-            space: Space::Psum,
-            dtype: DType::F32,
-            parts: 4,
-            free,
-            copies: 2,
-            core: 0,
-        };
+        let psum = |name: &str, free| Buffer::new(name, Space::Psum, DType::F32, 4, free, 2);
         let s = |buf, copy, len| BufSlice { buf, copy, parts: 4, offset: 0, len };
         let tp = TileProgram {
             tensors: Vec::new(),

@@ -249,15 +249,7 @@ fn lower_blocks(k: &GatherKernel, t: &Target, range: std::ops::Range<u64>) -> Ti
         HbmTensor { name: k.indices.clone(), dtype: DType::I32, shape: k.indices_shape.clone(), role: Role::Input },
         HbmTensor { name: k.output.clone(), dtype: k.dtype, shape: k.output_shape(), role: Role::Output },
     ];
-    let buffer = |name: &str, dtype, free, copies| Buffer {
-        name: name.into(),
-        space: Space::Sram,
-        dtype,
-        parts: parts as u32,
-        free,
-        copies,
-        core: 0,
-    };
+    let buffer = |name: &str, dtype, free, copies| Buffer::new(name, Space::Sram, dtype, parts as u32, free, copies);
     let buffers = vec![buffer("ids", DType::I32, 1, INDEX_COPIES), buffer("rows", k.dtype, w as u32, COPIES)];
     let mut ops = Vec::new();
     let mut chunk = 0u32;

@@ -409,8 +409,7 @@ impl Kernel for GemmKernel {
             let items = gemv::items(&self.p, t).len() as u64;
             return super::spread(items, cores, |r| gemv::lower(&self.p, &self.s, t, r.start as usize..r.end as usize));
         }
-        let s = self.core_schedule(t, cores);
-        let (rows, cols) = core_grid(&self.p, &s, t, cores);
+        let (s, (rows, cols)) = self.core_plan(t, cores);
         if rows * cols <= 1 {
             return lower(&self.p, &self.s, t);
         }
@@ -432,15 +431,15 @@ impl Kernel for GemmKernel {
 }
 
 impl GemmKernel {
-    /// The `--emit kernels` text of [`core_grid`].
+    /// The `--emit kernels` text of [`GemmKernel::core_plan`].
     fn grid_text(&self, t: &Target, cores: u32) -> String {
-        let s = self.core_schedule(t, cores);
+        let (s, grid) = self.core_plan(t, cores);
         let narrower = if s.tile_n < self.s.tile_n {
             format!(", N-panels narrowed to tile_n = {}", s.tile_n)
         } else {
             String::new()
         };
-        match core_grid(&self.p, &s, t, cores) {
+        match grid {
             (1, 1) => "core 0".into(),
             (r, c) => format!(
                 "{} cores, a grid of {r} x {c} blocks of output tiles (rows: batch index and M-tile; columns: N-panel){narrower}",
@@ -449,8 +448,14 @@ impl GemmKernel {
         }
     }
 
+    /// The schedule on `cores` cores and its grid of blocks ([`core_grid`]).
+    fn core_plan(&self, t: &Target, cores: u32) -> (GemmSchedule, (u64, u64)) {
+        let s = self.core_schedule(t, cores);
+        (s, core_grid(&self.p, &s, t, cores))
+    }
+
     /// The schedule on `cores` cores: the kernel's, with narrower N-panels when
-    /// there are fewer output tiles than cores (a decode step's single row of
+    /// there are fewer output tiles than cores (a short GEMM's one row of
     /// tiles), down to what a matmul's minimum cycles still cover.
     fn core_schedule(&self, t: &Target, cores: u32) -> GemmSchedule {
         let (p, s) = (&self.p, self.s);
@@ -783,24 +788,9 @@ pub(super) fn tensors(p: &GemmProblem) -> (Vec<HbmTensor>, usize) {
 /// The kernel's on-chip buffers.
 fn buffers(p: &GemmProblem, s: &GemmSchedule) -> (Vec<Buffer>, Buffers) {
     let kt = p.k.div_ceil(s.tile_k as u64);
-    let sram = |name: &str, dtype, parts, free, copies| Buffer {
-        name: name.into(),
-        space: Space::Sram,
-        dtype,
-        parts,
-        free,
-        copies,
-        core: 0,
-    };
-    let psum = |name: &str, parts, free, copies| Buffer {
-        name: name.into(),
-        space: Space::Psum,
-        dtype: p.operand.accumulator(),
-        parts,
-        free,
-        copies,
-        core: 0,
-    };
+    let sram = |name: &str, dtype, parts, free, copies| Buffer::new(name, Space::Sram, dtype, parts, free, copies);
+    let psum =
+        |name: &str, parts, free, copies| Buffer::new(name, Space::Psum, p.operand.accumulator(), parts, free, copies);
     let mut buffers = vec![
         // Row-major A: rows on partitions, all of K free (the transposed stationary
         // operand). Stored-transposed A: k-tiles on partitions, M-tile columns free

@@ -105,27 +105,11 @@ pub fn lower(p: &GemmProblem, s: &GemmSchedule, t: &Target, range: std::ops::Ran
 fn buffers(p: &GemmProblem, s: &GemmSchedule, t: &Target) -> Vec<Buffer> {
     let kt = p.k.div_ceil(s.tile_k as u64) as u32;
     let cols = block(p, t) as u32;
-    let sram = |name: &str, dtype, parts, free, copies| Buffer {
-        name: name.into(),
-        space: Space::Sram,
-        dtype,
-        parts,
-        free,
-        copies,
-        core: 0,
-    };
+    let sram = |name: &str, dtype, parts, free, copies| Buffer::new(name, Space::Sram, dtype, parts, free, copies);
     let mut buffers = vec![
         sram("a_t", p.operand, s.tile_k, kt, 2),
         sram("b_block", p.operand, s.tile_k, kt * cols, s.b_buffers.max(2)),
-        Buffer {
-            name: "psum".into(),
-            space: Space::Psum,
-            dtype: p.operand.accumulator(),
-            parts: cols,
-            free: 1,
-            copies: s.psum_banks,
-            core: 0,
-        },
+        Buffer::new("psum", Space::Psum, p.operand.accumulator(), cols, 1, s.psum_banks),
         sram("c_col", p.result, cols, 1, s.out_buffers),
         sram("c_cast", p.cast.as_ref().map_or(p.result, |c| c.0), cols, 1, s.out_buffers),
     ];

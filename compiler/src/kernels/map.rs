@@ -406,15 +406,7 @@ fn map_tensors(p: &MapProblem) -> (Vec<HbmTensor>, usize, usize) {
 /// The SRAM tiles: `x_tile` (buffer 0), one per epilogue input, and the cast
 /// tile; with the buffer of each input and of the cast.
 fn map_buffers(p: &MapProblem, parts: u64, width: u64) -> (Vec<Buffer>, Vec<BufferId>, Option<BufferId>) {
-    let tile = |name: String, dtype| Buffer {
-        name,
-        space: Space::Sram,
-        dtype,
-        parts: parts as u32,
-        free: width as u32,
-        copies: COPIES,
-        core: 0,
-    };
+    let tile = |name: String, dtype| Buffer::new(name, Space::Sram, dtype, parts as u32, width as u32, COPIES);
     let mut buffers = vec![tile("x_tile".into(), p.dtype)];
     let operand_bufs: Vec<BufferId> = p
         .inputs

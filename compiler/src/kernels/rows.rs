@@ -711,29 +711,13 @@ fn lower_blocks(p: &RowProblem, t: &Target, sched: &RowSchedule, range: std::ops
     let mut buffers: Vec<Buffer> = block_tiles(p)
         .into_iter()
         .zip(sched.copies)
-        .map(|((name, dtype, free), copies)| Buffer {
-            name: name.into(),
-            space: Space::Sram,
-            dtype,
-            parts: parts as u32,
-            free: free as u32,
-            copies,
-            core: 0,
-        })
+        .map(|((name, dtype, free), copies)| Buffer::new(name, Space::Sram, dtype, parts as u32, free as u32, copies))
         .collect();
     let param_bufs: Vec<BufferId> = p
         .params
         .iter()
         .map(|(name, dtype)| {
-            buffers.push(Buffer {
-                name: format!("row_{name}"),
-                space: Space::Sram,
-                dtype: *dtype,
-                parts: parts as u32,
-                free: n as u32,
-                copies: 1,
-                core: 0,
-            });
+            buffers.push(Buffer::new(format!("row_{name}"), Space::Sram, *dtype, parts as u32, n as u32, 1));
             buffers.len() - 1
         })
         .collect();

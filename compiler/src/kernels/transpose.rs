@@ -157,15 +157,8 @@ fn lower_blocks(p: &TransposeProblem, t: &Target, range: std::ops::Range<u64>) -
         HbmTensor { name: p.input.clone(), dtype: p.dtype, shape: p.shape.clone(), role: Role::Input },
         HbmTensor { name: p.output.clone(), dtype: p.dtype, shape: out_shape, role: Role::Output },
     ];
-    let block = |name: &str, space, dtype, copies| Buffer {
-        name: name.into(),
-        space,
-        dtype,
-        parts: tb.min(rows.max(cols)) as u32,
-        free: tb.min(rows.max(cols)) as u32,
-        copies,
-        core: 0,
-    };
+    let side = tb.min(rows.max(cols)) as u32;
+    let block = |name: &str, space, dtype, copies| Buffer::new(name, space, dtype, side, side, copies);
     let buffers = vec![
         block("t_in", Space::Sram, p.dtype, 3),
         block("t_psum", Space::Psum, p.dtype.accumulator(), 2),

@@ -94,6 +94,13 @@ pub struct Buffer {
     pub core: u32,
 }
 
+impl Buffer {
+    /// A buffer on core 0 ([`merge_cores`] moves a core's buffers to it).
+    pub fn new(name: impl Into<String>, space: Space, dtype: DType, parts: u32, free: u32, copies: u32) -> Buffer {
+        Buffer { name: name.into(), space, dtype, parts, free, copies, core: 0 }
+    }
+}
+
 /// A box of an on-chip buffer copy: partitions `0..parts`, elements `offset..offset + len`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BufSlice {

@@ -160,8 +160,7 @@ mod tests {
 
     fn program() -> TileProgram {
         let t = |name: &str, role| HbmTensor { name: name.into(), dtype: DType::F32, shape: vec![4, 8], role };
-        let buf =
-            Buffer { name: "b".into(), space: Space::Sram, dtype: DType::F32, parts: 4, free: 8, copies: 1, core: 0 };
+        let buf = Buffer::new("b", Space::Sram, DType::F32, 4, 8, 1);
         let s = BufSlice { buf: 0, copy: 0, parts: 4, offset: 0, len: 8 };
         let h = |tensor| HbmBox { tensor, start: 0, rows: 4, row_stride: 8, cols: 8 };
         TileProgram {

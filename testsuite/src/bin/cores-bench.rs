@@ -42,13 +42,6 @@ fn main() {
             if cores == 8 && args.iter().any(|a| a == "--kernels") {
                 tables.push((name, jpu_testsuite::bench::per_kernel(&measured, &t)));
             }
-            if let Some(dir) = args.iter().position(|a| a == "--asm-dir").and_then(|i| args.get(i + 1)) {
-                let file = format!("{dir}/{}-{cores}.jasm", name.split_whitespace().next().unwrap_or("program"));
-                std::fs::write(&file, jpu_isa::jasm::disassemble(&measured.compiled.program)).unwrap();
-                let c = &measured.compiled;
-                let kernels = jalc::driver::kernels_text(&c.kernels, &c.names, &t, &vec![cores; c.kernels.len()]);
-                std::fs::write(format!("{file}.kernels"), kernels).unwrap();
-            }
             if let Some(dir) = args.iter().position(|a| a == "--trace-dir").and_then(|i| args.get(i + 1)) {
                 let doc = jpu_runtime::trace::chrome_trace(
                     &measured.compiled.program,

@@ -801,7 +801,7 @@ pub(super) fn slice(buf: usize, copy: usize, parts: u64, offset: u64, len: u64) 
 }
 
 pub(super) fn buffer(name: &str, space: Space, dtype: DType, parts: u64, free: u64, copies: u32) -> Buffer {
-    Buffer { name: name.into(), space, dtype, parts: parts as u32, free: free as u32, copies, core: 0 }
+    Buffer::new(name, space, dtype, parts as u32, free as u32, copies)
 }
 
 /// SRAM bytes per partition the buffers take (each copy padded to 64 bytes, as
