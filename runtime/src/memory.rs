@@ -5,8 +5,13 @@
 //! visibly wrong results even when strict checking is off. HBM is held sparsely:
 //! 64-byte chunks of 64 KiB pages, whole pages once most of one is written (from
 //! 2 MiB slabs backed by huge pages, [`crate::hugepages`]), so memory grows with
-//! the bytes written, never with the span of a transfer.
+//! the bytes written, never with the span of a transfer. A tensor the run knows
+//! in advance can instead be a *segment* of its own: an input's bytes are read
+//! where the caller holds them (copied only if the program writes them), and an
+//! output's buffer is the one handed back at the end, so a large run neither
+//! copies its inputs in nor its outputs out.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use jpu_isa::operand::{DmaSide, DmaSpace, Space, Tile};
@@ -139,14 +144,102 @@ fn chunk_pieces(off: usize, len: usize) -> impl Iterator<Item = (usize, usize)> 
 
 /// Sparse HBM: memory grows with the bytes written, not with their span.
 #[derive(Default)]
-pub struct Hbm {
+pub struct Hbm<'a> {
     pages: HashMap<u64, Page>,
     dense: Slabs,
+    /// Whole tensors held in one piece, sorted by address and disjoint.
+    segments: Vec<Segment<'a>>,
 }
 
-impl Hbm {
+/// The bytes of `[addr, addr + bytes.len())`.
+struct Segment<'a> {
+    addr: u64,
+    bytes: Cow<'a, [u8]>,
+}
+
+impl Segment<'_> {
+    fn end(&self) -> u64 {
+        self.addr + self.bytes.len() as u64
+    }
+}
+
+impl<'a> Hbm<'a> {
+    /// Makes `bytes` the contents of `[addr, addr + bytes.len())`, held as they
+    /// are (a borrowed input is copied the first time the program writes into
+    /// it). Refused (false) for an empty range or one that meets a segment or a
+    /// byte written before: then the caller writes the bytes instead.
+    pub fn adopt(&mut self, addr: u64, bytes: Cow<'a, [u8]>) -> bool {
+        let Some(end) = addr.checked_add(bytes.len() as u64).filter(|_| !bytes.is_empty()) else {
+            return false;
+        };
+        let at = self.segments.partition_point(|s| s.end() <= addr);
+        let meets_segment = self.segments.get(at).is_some_and(|s| s.addr < end);
+        let meets_page =
+            !self.pages.is_empty() && (addr >> PAGE_BITS..=(end - 1) >> PAGE_BITS).any(|p| self.pages.contains_key(&p));
+        if meets_segment || meets_page {
+            return false;
+        }
+        self.segments.insert(at, Segment { addr, bytes });
+        true
+    }
+
+    /// The bytes of a segment adopted at `addr` with `len` bytes, removed from
+    /// HBM (none if there is no such segment).
+    pub fn take(&mut self, addr: u64, len: usize) -> Option<Vec<u8>> {
+        let at = self.segments.iter().position(|s| s.addr == addr && s.bytes.len() == len)?;
+        Some(self.segments.remove(at).bytes.into_owned())
+    }
+
+    /// The first piece of `[addr, addr + len)`: its length, and the segment
+    /// holding it (none: the pages do).
+    fn piece(&self, addr: u64, len: usize) -> (usize, Option<usize>) {
+        let at = self.segments.partition_point(|s| s.end() <= addr);
+        match self.segments.get(at) {
+            Some(s) if s.addr <= addr => (len.min((s.end() - addr) as usize), Some(at)),
+            Some(s) => (len.min((s.addr - addr).try_into().unwrap_or(usize::MAX)), None),
+            None => (len, None),
+        }
+    }
+
     /// Copies `out.len()` bytes starting at `addr` into `out`.
     pub fn read(&self, mut addr: u64, out: &mut [u8]) {
+        let mut done = 0;
+        while done < out.len() {
+            let (n, segment) = self.piece(addr, out.len() - done);
+            let dst = &mut out[done..done + n];
+            match segment {
+                Some(i) => {
+                    let s = &self.segments[i];
+                    let from = (addr - s.addr) as usize;
+                    dst.copy_from_slice(&s.bytes[from..from + n]);
+                }
+                None => self.read_pages(addr, dst),
+            }
+            done += n;
+            addr += n as u64;
+        }
+    }
+
+    /// Writes `data` starting at `addr`.
+    pub fn write(&mut self, mut addr: u64, data: &[u8]) {
+        let mut done = 0;
+        while done < data.len() {
+            let (n, segment) = self.piece(addr, data.len() - done);
+            let src = &data[done..done + n];
+            match segment {
+                Some(i) => {
+                    let s = &mut self.segments[i];
+                    let from = (addr - s.addr) as usize;
+                    s.bytes.to_mut()[from..from + n].copy_from_slice(src);
+                }
+                None => self.write_pages(addr, src),
+            }
+            done += n;
+            addr += n as u64;
+        }
+    }
+
+    fn read_pages(&self, mut addr: u64, out: &mut [u8]) {
         let mut done = 0;
         while done < out.len() {
             let (index, off) = (addr >> PAGE_BITS, (addr as usize) & (PAGE - 1));
@@ -160,8 +253,7 @@ impl Hbm {
         }
     }
 
-    /// Writes `data` starting at `addr`.
-    pub fn write(&mut self, mut addr: u64, data: &[u8]) {
+    fn write_pages(&mut self, mut addr: u64, data: &[u8]) {
         let mut done = 0;
         while done < data.len() {
             let (index, off) = (addr >> PAGE_BITS, (addr as usize) & (PAGE - 1));
@@ -182,14 +274,16 @@ impl Hbm {
     }
 
     /// Bytes of HBM the simulator holds (64-byte chunks of sparse pages, the
-    /// slabs of dense pages).
+    /// slabs of dense pages, the segments it owns).
     pub fn resident_bytes(&self) -> u64 {
         let dense = (self.dense.slabs.len() * SLAB_PAGES * PAGE) as u64;
-        dense + self.pages.values().map(Page::resident_bytes).sum::<u64>()
+        let owned = self.segments.iter().filter(|s| matches!(s.bytes, Cow::Owned(_))).map(|s| s.bytes.len() as u64);
+        dense + owned.sum::<u64>() + self.pages.values().map(Page::resident_bytes).sum::<u64>()
     }
 }
 
 /// One core's on-chip memories.
+#[derive(Clone)]
 pub struct CoreMemory {
     /// SRAM, partition-major: byte `p * sram_partition_bytes + offset`.
     pub sram: Vec<u8>,
@@ -347,6 +441,36 @@ mod tests {
         assert_eq!(out, [1, FILL, FILL]);
         h.read(quarter - 1, &mut out);
         assert_eq!(out, [FILL, 3, FILL]);
+    }
+
+    #[test]
+    fn segments_hold_tensors_in_one_piece() {
+        let input = vec![1u8; 100];
+        let mut h = Hbm::default();
+        assert!(h.adopt(1000, Cow::Borrowed(&input)));
+        assert!(h.adopt(1200, Cow::Owned(vec![FILL; 50])));
+        // Refused: empty, overlapping a segment, or over bytes written before.
+        assert!(!h.adopt(0, Cow::Owned(Vec::new())));
+        assert!(!h.adopt(1099, Cow::Owned(vec![0; 2])));
+        h.write(1 << 20, &[5]);
+        assert!(!h.adopt((1 << 20) - 10, Cow::Owned(vec![0; 20])));
+        // Reads and writes cross segments and the pages between them.
+        let mut out = [0u8; 6];
+        h.read(1097, &mut out);
+        assert_eq!(out, [1, 1, 1, FILL, FILL, FILL]);
+        h.write(1098, &[7; 104]);
+        assert_eq!(input, vec![1u8; 100], "the caller's bytes are never written");
+        h.read(1096, &mut out);
+        assert_eq!(out, [1, 1, 7, 7, 7, 7]);
+        h.read(1199, &mut out);
+        assert_eq!(out, [7, 7, 7, FILL, FILL, FILL]);
+        assert_eq!(h.resident_bytes(), 50 + 100 + 2 * CHUNK as u64 + CHUNK as u64);
+        // The owned output comes back whole; what remains reads as before.
+        let taken = h.take(1200, 50).unwrap();
+        assert_eq!(&taken[..3], &[7, 7, FILL]);
+        assert!(h.take(1200, 50).is_none());
+        h.read(1199, &mut out);
+        assert_eq!(out, [7, FILL, FILL, FILL, FILL, FILL]);
     }
 
     #[test]

@@ -24,6 +24,7 @@
 //! engine); a program whose accesses are ordered by semaphores therefore
 //! computes the same data under any timing.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 
 use jpu_isa::check::check_inst;
@@ -231,6 +232,11 @@ pub struct Outcome {
 
 const SHARE_LCM: u128 = 720_720;
 
+/// Outputs up to this size get their buffer when the run starts
+/// ([`Hbm::adopt`]); a larger one is allocated only when the run completes, so
+/// a run that faults early never holds it.
+const ADOPTED_OUTPUT_MAX: u64 = 1 << 30;
+
 struct Running {
     index: usize,
     start: u64,
@@ -308,7 +314,7 @@ struct Sim<'p> {
     opts: &'p RunOptions,
     engines: Vec<EngineState<'p>>,
     cores: Vec<CoreState>,
-    hbm: Hbm,
+    hbm: Hbm<'p>,
     shadow: Option<Shadow>,
     jit: Option<Jit>,
     jit_compile: std::time::Duration,
@@ -425,21 +431,9 @@ impl<'p> Sim<'p> {
         Fault { inst, cycle: self.now, kind, message }
     }
 
-    fn run(mut self, inputs: &[(String, Vec<u8>)]) -> Result<Outcome, Fault> {
+    fn run(mut self, inputs: &'p [(String, Vec<u8>)]) -> Result<Outcome, Fault> {
         if !self.opts.timing_only {
-            for t in &self.p.tensors {
-                let data = match t.role {
-                    Role::Const => Some(&t.data),
-                    Role::Input => inputs.iter().find(|(n, _)| n == &t.name).map(|(_, d)| d),
-                    _ => None,
-                };
-                if let Some(d) = data {
-                    self.hbm.write(t.addr, d);
-                    if let Some(s) = &mut self.shadow {
-                        s.host_write(Mem::Hbm, t.addr, d.len() as u64);
-                    }
-                }
-            }
+            self.load(inputs);
         }
         loop {
             self.start_ready()?;
@@ -470,8 +464,12 @@ impl<'p> Sim<'p> {
                 .filter(|t| t.role == Role::Output)
                 .chain(self.p.tensors.iter().filter(|t| self.opts.read_scratch && t.role == Role::Scratch))
                 .map(|t| {
-                    let mut buf = crate::hugepages::filled(t.size_bytes() as usize, 0);
-                    self.hbm.read(t.addr, &mut buf);
+                    let len = t.size_bytes() as usize;
+                    let buf = self.hbm.take(t.addr, len).unwrap_or_else(|| {
+                        let mut buf = crate::hugepages::filled(len, 0);
+                        self.hbm.read(t.addr, &mut buf);
+                        buf
+                    });
                     (t.name.clone(), buf)
                 })
                 .collect()
@@ -512,6 +510,32 @@ impl<'p> Sim<'p> {
             held_bytes,
             jit_compile: self.jit_compile,
         })
+    }
+
+    /// Puts the constants and `inputs` in HBM, held where they are, and gives
+    /// each output a buffer of its own to be handed back ([`Hbm::adopt`]).
+    fn load(&mut self, inputs: &'p [(String, Vec<u8>)]) {
+        for t in &self.p.tensors {
+            let data = match t.role {
+                Role::Const => Some(&t.data),
+                Role::Input => inputs.iter().find(|(n, _)| n == &t.name).map(|(_, d)| d),
+                Role::Output if t.size_bytes() <= ADOPTED_OUTPUT_MAX => {
+                    let fresh = crate::hugepages::filled(t.size_bytes() as usize, crate::memory::FILL);
+                    self.hbm.adopt(t.addr, Cow::Owned(fresh));
+                    None
+                }
+                _ => None,
+            };
+            if let Some(d) = data {
+                let exact = d.len() as u64 == t.size_bytes();
+                if !(exact && self.hbm.adopt(t.addr, Cow::Borrowed(d))) {
+                    self.hbm.write(t.addr, d);
+                }
+                if let Some(s) = &mut self.shadow {
+                    s.host_write(Mem::Hbm, t.addr, d.len() as u64);
+                }
+            }
+        }
     }
 
     fn sem_ready(&self, core: usize, inst: &Inst) -> bool {

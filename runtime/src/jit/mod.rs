@@ -12,7 +12,8 @@
 //! - helpers: float matmuls call a host-SIMD micro-kernel chosen by runtime
 //!   feature detection, split over threads when large ([`matmul`]);
 //!   `activate` and `reduce` on contiguous rows call row loops with a
-//!   sixteen-lane `exp` ([`rows`]).
+//!   sixteen-lane `exp`, and on AVX-512 hosts f32 `tensor_scalar` sub and div
+//!   run sixteen lanes ([`rows`]).
 
 mod codegen;
 mod matmul;

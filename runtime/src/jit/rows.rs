@@ -1,6 +1,7 @@
 //! Row helpers: `activate` and `reduce` on tiles whose rows are contiguous f32
-//! or bf16, called by the compiled engine like [`super::matmul`]. Both give
-//! the interpreter's bits by construction:
+//! or bf16, and f32 `tensor_scalar` sub and div on AVX-512 hosts, called by
+//! the compiled engine like [`super::matmul`]. f32 rows are computed where
+//! they are stored. All give the interpreter's bits by construction:
 //! - every element goes through the same function of the shared numerics
 //!   ([`activation`]), except `exp`, which on hosts with AVX-512 runs sixteen
 //!   lanes of the same algorithm as `libm::expf` (FreeBSD's: the same f32
@@ -12,10 +13,12 @@
 //!   interleave so the adds overlap);
 //! - a `max` is taken sixteen lanes at a time and kept when the row has no NaN
 //!   and its maximum is not zero (then every order gives the same bits); other
-//!   rows are folded in order by [`max_num`].
+//!   rows are folded in order by [`max_num`];
+//! - `tensor_scalar` is one IEEE operation per element (any lane width gives
+//!   the same bits), its column scalars all read before any write.
 
-use jpu_isa::numerics::{activation, max_num, store_f32};
-use jpu_isa::operand::{ActFunc, Column, ReduceOp, Scalar, Tile};
+use jpu_isa::numerics::{activation, alu, max_num, store_f32};
+use jpu_isa::operand::{ActFunc, AluOp, Column, ReduceOp, Scalar, Tile};
 use jpu_isa::{DType, Op};
 
 use super::codegen::{same_or_apart, Memory};
@@ -27,8 +30,28 @@ const GROUP: usize = 8;
 
 /// A covered row instruction.
 pub(super) enum RowOp {
-    Activate { func: ActFunc, dst: Tile, src: Tile, scale: Scalar, bias: Scalar, accum: Option<Column> },
-    Reduce { op: ReduceOp, dst: Tile, src: Tile },
+    Activate {
+        func: ActFunc,
+        dst: Tile,
+        src: Tile,
+        scale: Scalar,
+        bias: Scalar,
+        accum: Option<Column>,
+    },
+    Reduce {
+        op: ReduceOp,
+        dst: Tile,
+        src: Tile,
+    },
+    /// f32 `tensor_scalar` sub and div (the slow ones), on hosts whose vectors
+    /// are wider than the generated code's f32x4 (AVX-512).
+    Scalar {
+        op: AluOp,
+        reverse: bool,
+        dst: Tile,
+        src: Tile,
+        scalar: Scalar,
+    },
 }
 
 /// f32 or bf16 rows, contiguous, inside their space.
@@ -69,6 +92,18 @@ impl RowOp {
             Op::Reduce { op, dst, src } if rows(&dst, &src) && dst.free_elems() == 1 && src.free_elems() > 0 => {
                 Some(RowOp::Reduce { op, dst, src })
             }
+            Op::TensorScalar { op, reverse, dst, src, scalar }
+                if wide_host()
+                    // Not add or mul: the host compiler may swap their
+                    // operands, and with two NaNs that changes the payload.
+                    && matches!(op, AluOp::Sub | AluOp::Div)
+                    && rows(&dst, &src)
+                    && (dst.dtype, src.dtype) == (DType::F32, DType::F32)
+                    && dst.free_elems() == src.free_elems()
+                    && float_scalar(&scalar) =>
+            {
+                Some(RowOp::Scalar { op, reverse, dst, src, scalar })
+            }
             _ => None,
         }
     }
@@ -79,7 +114,60 @@ impl RowOp {
                 activate(mem, (*func, dst, src), (scale, bias), accum.as_ref())
             }
             RowOp::Reduce { op, dst, src } => reduce(mem, *op, dst, src),
+            RowOp::Scalar { op, reverse, dst, src, scalar } => tensor_scalar(mem, (*op, *reverse), dst, src, scalar),
         }
+    }
+}
+
+/// Whether the host's vectors are wider than f32x4 (AVX-512).
+fn wide_host() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return is_x86_feature_detected!("avx512f");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// `tensor_scalar`: every element `x op s` (or `s op x`), `s` the row's scalar
+/// (every scalar read before any element is written, as in the interpreter).
+fn tensor_scalar(mem: &mut CoreMemory, (op, reverse): (AluOp, bool), dst: &Tile, src: &Tile, scalar: &Scalar) {
+    let s = scalars(mem, scalar, src);
+    let apply = |p: usize, row: &mut [f32]| alu_row(op, reverse, row, s[p]);
+    let in_place = each_group_in_place(mem, src, dst, |first, group| {
+        group.iter_mut().enumerate().for_each(|(r, row)| apply(first + r, row))
+    });
+    if in_place {
+        return;
+    }
+    each_group(mem, src, |mem, first, group| {
+        for (r, row) in group.iter_mut().enumerate() {
+            apply(first + r, row);
+            store_row(mem, dst, first + r, row);
+        }
+    });
+}
+
+/// `x op s` (or `s op x`) for every `x` of `row`, in f32 as the interpreter's
+/// `alu` computes it (one IEEE operation per element: any lane width gives
+/// the same bits).
+fn alu_row(op: AluOp, reverse: bool, row: &mut [f32], s: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx512f") {
+        // SAFETY: the host has the feature.
+        return unsafe { x86::alu_row_avx512(op, reverse, row, s) };
+    }
+    alu_row_portable(op, reverse, row, s)
+}
+
+#[inline(always)]
+fn alu_row_portable(op: AluOp, reverse: bool, row: &mut [f32], s: f32) {
+    // One loop per case, so each is a plain loop the compiler vectorises.
+    match (op, reverse) {
+        (AluOp::Sub, false) => row.iter_mut().for_each(|x| *x -= s),
+        (AluOp::Sub, true) => row.iter_mut().for_each(|x| *x = s - *x),
+        (AluOp::Div, false) => row.iter_mut().for_each(|x| *x /= s),
+        (AluOp::Div, true) => row.iter_mut().for_each(|x| *x = s / *x),
+        (op, false) => row.iter_mut().for_each(|x| *x = alu(op, *x, s)),
+        (op, true) => row.iter_mut().for_each(|x| *x = alu(op, s, *x)),
     }
 }
 
@@ -133,16 +221,33 @@ fn activate(
 ) {
     let (sc, bi) = (scalars(mem, scale, src), scalars(mem, bias, src));
     let mut sums = vec![0.0f32; src.part_count as usize];
+    let apply = |p: usize, row: &mut [f32]| {
+        for x in row.iter_mut() {
+            *x = *x * sc[p] + bi[p];
+        }
+        match func {
+            ActFunc::Exp => exp_in_place(row),
+            f => row.iter_mut().for_each(|x| *x = activation(f, *x)),
+        }
+    };
+    // f32 results stored as f32 are themselves: compute them where they are
+    // stored and sum them from there.
+    let in_place = src.dtype == DType::F32
+        && dst.dtype == DType::F32
+        && each_group_in_place(mem, src, dst, |first, group| {
+            for (r, row) in group.iter_mut().enumerate() {
+                apply(first + r, row);
+            }
+            if accum.is_some() {
+                sum_rows(group, 0, &mut sums[first..first + group.len()]);
+            }
+        });
+    if in_place {
+        return store_sums(mem, dst, accum, &sums);
+    }
     each_group(mem, src, |mem, first, group| {
         for (r, row) in group.iter_mut().enumerate() {
-            let p = first + r;
-            for x in row.iter_mut() {
-                *x = *x * sc[p] + bi[p];
-            }
-            match func {
-                ActFunc::Exp => exp_in_place(row),
-                f => row.iter_mut().for_each(|x| *x = activation(f, *x)),
-            }
+            apply(first + r, row);
         }
         if accum.is_some() {
             sum_rows(group, 0, &mut sums[first..first + group.len()]);
@@ -151,6 +256,71 @@ fn activate(
             store_row(mem, dst, first + r, row);
         }
     });
+    store_sums(mem, dst, accum, &sums);
+}
+
+/// Calls `f(first, rows)` for each group of up to [`GROUP`] rows of the f32
+/// tile `dst` as f32 slices of memory, each first holding the same row of
+/// `src` (same shape and dtype; identical or disjoint tiles), `first` the
+/// group's first row. False, and nothing done, when the host memory is not
+/// aligned for f32 slices.
+fn each_group_in_place(
+    mem: &mut CoreMemory,
+    src: &Tile,
+    dst: &Tile,
+    mut f: impl FnMut(usize, &mut [&mut [f32]]),
+) -> bool {
+    let aligned = |t: &Tile, mem: &mut CoreMemory| {
+        let (buf, pb) = mem.space_mut(t.space);
+        f32_rows_mut(buf, pb, t).is_some()
+    };
+    if !aligned(src, mem) || !aligned(dst, mem) {
+        return false;
+    }
+    let parts = dst.part_count as usize;
+    for first in (0..parts).step_by(GROUP) {
+        let rows = first..parts.min(first + GROUP);
+        if src != dst {
+            rows.clone().for_each(|r| copy_row(mem, src, dst, r));
+        }
+        let group = Tile { part_start: dst.part_start + first as u16, part_count: rows.len() as u16, ..*dst };
+        let (buf, pb) = mem.space_mut(dst.space);
+        let mut group = f32_rows_mut(buf, pb, &group).expect("aligned as the whole tile");
+        f(first, &mut group);
+    }
+    true
+}
+
+/// Copies row `r` of `src` over row `r` of `dst` (disjoint, the same length).
+fn copy_row(mem: &mut CoreMemory, src: &Tile, dst: &Tile, r: usize) {
+    let from = row_range(src, r, mem.space(src.space).1);
+    let to = row_range(dst, r, mem.space(dst.space).1).start;
+    if src.space == dst.space {
+        mem.space_mut(dst.space).0.copy_within(from, to);
+    } else {
+        let CoreMemory { sram, psum, .. } = mem;
+        let (s, d) = if src.space == jpu_isa::operand::Space::Sram { (sram, psum) } else { (psum, sram) };
+        d[to..to + from.len()].copy_from_slice(&s[from]);
+    }
+}
+
+/// The rows of an f32 tile as f32 slices of the partition-major `buf`, when
+/// the host buffer is aligned for them.
+fn f32_rows_mut<'b>(buf: &'b mut [u8], pb: usize, t: &Tile) -> Option<Vec<&'b mut [f32]>> {
+    let (off, len) = (t.offset as usize, t.free_elems() as usize * 4);
+    let parts = buf.chunks_exact_mut(pb).skip(t.part_start as usize).take(t.part_count as usize);
+    parts.map(|part| bytemuck::try_cast_slice_mut(&mut part[off..off + len]).ok()).collect()
+}
+
+/// [`f32_rows_mut`], to read.
+fn f32_rows<'b>(buf: &'b [u8], pb: usize, t: &Tile) -> Option<Vec<&'b [f32]>> {
+    let (off, len) = (t.offset as usize, t.free_elems() as usize * 4);
+    let parts = buf.chunks_exact(pb).skip(t.part_start as usize).take(t.part_count as usize);
+    parts.map(|part| bytemuck::try_cast_slice(&part[off..off + len]).ok()).collect()
+}
+
+/// Writes an `activate`'s row sums into its `accum` column, if it has one.
+fn store_sums(mem: &mut CoreMemory, dst: &Tile, accum: Option<&Column>, sums: &[f32]) {
     if let Some(col) = accum {
         let (buf, pb) = mem.space_mut(col.space);
         let size = col.dtype.size_bytes() as usize;
@@ -162,8 +332,10 @@ fn activate(
 }
 
 /// `sums[r] += rows[r][from..]` in element order, the rows' chains interleaved.
-fn sum_rows(rows: &[Vec<f32>], from: usize, sums: &mut [f32]) {
-    let len = rows.first().map_or(0, Vec::len);
+fn sum_rows<R: AsRef<[f32]>>(rows: &[R], from: usize, sums: &mut [f32]) {
+    let rows: Vec<&[f32]> = rows.iter().map(AsRef::as_ref).collect();
+    let rows = &rows[..];
+    let len = rows.first().map_or(0, |r| r.len());
     if rows.len() == GROUP {
         // Sixteen elements of each row at a time: one bounds check per piece,
         // and the rows' independent chains overlap in the core's window.
@@ -192,7 +364,7 @@ fn sum_rows(rows: &[Vec<f32>], from: usize, sums: &mut [f32]) {
 /// `reduce`: each row folded from its first element.
 fn reduce(mem: &mut CoreMemory, op: ReduceOp, dst: &Tile, src: &Tile) {
     let mut out = vec![0.0f32; src.part_count as usize];
-    each_group(mem, src, |_, first, group| {
+    let fold = |first: usize, group: &[&[f32]], out: &mut [f32]| {
         let out = &mut out[first..first + group.len()];
         match op {
             ReduceOp::Sum => {
@@ -207,7 +379,16 @@ fn reduce(mem: &mut CoreMemory, op: ReduceOp, dst: &Tile, src: &Tile) {
                 }
             }
         }
-    });
+    };
+    let (buf, pb) = mem.space(src.space);
+    match f32_rows(buf, pb, src).filter(|_| src.dtype == DType::F32) {
+        // f32 rows are read where they are.
+        Some(rows) => rows.chunks(GROUP).enumerate().for_each(|(g, group)| fold(g * GROUP, group, &mut out)),
+        None => each_group(mem, src, |_, first, group| {
+            let group: Vec<&[f32]> = group.iter().map(Vec::as_slice).collect();
+            fold(first, &group, &mut out)
+        }),
+    }
     for (p, v) in out.iter().enumerate() {
         store_row(mem, dst, p, std::slice::from_ref(v));
     }
@@ -250,6 +431,13 @@ fn exp_in_place(v: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
+
+    use jpu_isa::operand::AluOp;
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn alu_row_avx512(op: AluOp, reverse: bool, row: &mut [f32], s: f32) {
+        super::alu_row_portable(op, reverse, row, s)
+    }
 
     use jpu_isa::numerics::activation;
     use jpu_isa::operand::ActFunc;
@@ -375,5 +563,63 @@ mod tests {
             let (got, want) = (row_max(row), fold(row));
             assert!(got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()), "{row:?}");
         }
+    }
+
+    /// Every row helper, on f32 and bf16 tiles in place, disjoint, across
+    /// spaces and with column scalars (one inside the destination), gives the
+    /// interpreter's bytes, NaN payloads included.
+    #[test]
+    fn row_helpers_give_the_interpreters_bytes() {
+        use jpu_isa::operand::{Imm, Space};
+        let t = jpu_isa::Target::builtin("jpu-tiny").unwrap();
+        let memory = super::super::codegen::Memory::of_target(&t);
+        let mut fresh = CoreMemory::new(&t);
+        let mut seed = 0x9e37_79b9u32;
+        for b in fresh.sram.chunks_exact_mut(4).chain(fresh.psum.chunks_exact_mut(4)) {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            // Mostly moderate values, some NaNs with payloads and infinities.
+            let v = match seed % 61 {
+                0 => f32::from_bits(0x7fc0_1234 | (seed & 0x8000_0000)),
+                1 => f32::INFINITY,
+                _ => (seed % 2001) as f32 / 100.0 - 10.0,
+            };
+            b.copy_from_slice(&v.to_le_bytes());
+        }
+        let tile = |space, dtype, offset| Tile::contiguous(space, dtype, 2, 12, offset, 37);
+        let col = |offset| Scalar::Col(Column { space: Space::Sram, dtype: DType::F32, offset });
+        let (a, b) = (tile(Space::Sram, DType::F32, 0), tile(Space::Sram, DType::F32, 512));
+        let (p, h) = (tile(Space::Psum, DType::F32, 64), tile(Space::Sram, DType::Bf16, 1024));
+        let accum = Some(Column { space: Space::Sram, dtype: DType::F32, offset: 2048 });
+        let mut ops = vec![
+            Op::Reduce { op: ReduceOp::Max, dst: Tile::contiguous(Space::Sram, DType::F32, 2, 12, 3000, 1), src: a },
+            Op::Reduce { op: ReduceOp::Sum, dst: Tile::contiguous(Space::Sram, DType::F32, 2, 12, 3000, 1), src: h },
+        ];
+        for (dst, src) in [(a, a), (b, a), (b, p), (h, a), (p, b)] {
+            let (scale, bias) = (Scalar::Imm(Imm(0.5)), col(3000));
+            ops.push(Op::Activate { func: ActFunc::Exp, dst, src, scale, bias, accum });
+            ops.push(Op::Activate { func: ActFunc::Tanh, dst, src, scale: col(8), bias: Scalar::Imm(Imm(1.0)), accum });
+            for (op, reverse) in [(AluOp::Div, false), (AluOp::Div, true), (AluOp::Sub, true), (AluOp::Mul, false)] {
+                ops.push(Op::TensorScalar { op, reverse, dst, src, scalar: col(3000) });
+                // The column inside the destination's rows: read before any write.
+                ops.push(Op::TensorScalar { op, reverse, dst, src, scalar: col(dst.offset + 8) });
+                ops.push(Op::TensorScalar { op, reverse, dst, src, scalar: Scalar::Imm(Imm(-3.0)) });
+            }
+        }
+        let mut helped = 0;
+        for op in &ops {
+            let (mut want, mut got) = (fresh.clone(), fresh.clone());
+            crate::semantics::execute_compute(op, &mut want);
+            match RowOp::of(op, &memory) {
+                Some(row) => {
+                    row.run(&mut got);
+                    helped += 1;
+                }
+                None => continue,
+            }
+            assert!(want.sram == got.sram && want.psum == got.psum, "{op:?}");
+        }
+        assert!(helped >= 20, "only {helped} of {} instructions ran in helpers", ops.len());
     }
 }

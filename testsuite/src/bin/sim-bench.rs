@@ -132,7 +132,12 @@ fn against_numpy(t: &Target, quick: bool) {
             "attention:8x1024x128",
         ),
     ];
-    let rows = if quick { &rows[..1] } else { rows };
+    let only = std::env::args().skip_while(|a| a != "--only").nth(1);
+    let rows: Vec<_> = match &only {
+        Some(o) => rows.iter().filter(|r| r.0.contains(o.as_str())).collect(),
+        None if quick => rows[..1].iter().collect(),
+        None => rows.iter().collect(),
+    };
     let numpy = numpy_times(&rows.iter().map(|r| r.2).collect::<Vec<_>>());
     println!("\n### Compiled programs against numpy (functional, jpu1, one core)\n");
     println!("Medians of {reps}; `jit` includes its compile time, also shown alone; numpy is f32 on one thread (median of 5).\n");
