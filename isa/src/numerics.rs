@@ -237,6 +237,7 @@ fn f64_to_f32_odd(v: f64) -> f32 {
 
 /// Stores a value given as f64 into one element of `dtype` with one rounding
 /// (round to nearest even; integers saturate, NaN to 0).
+#[inline]
 pub fn store_f64(dtype: DType, v: f64, out: &mut [u8]) {
     match dtype {
         DType::F32 => out[..4].copy_from_slice(&(v as f32).to_le_bytes()),
@@ -252,6 +253,7 @@ pub fn store_f64(dtype: DType, v: f64, out: &mut [u8]) {
 /// The value an f64 becomes when stored into `dtype` ([`store_f64`]'s one
 /// rounding), as f64. This is the rounding at every dtype boundary: the
 /// reference evaluator, the compiler's literals and the simulator's inputs use it.
+#[inline]
 pub fn round_f64(dtype: DType, v: f64) -> f64 {
     let mut b = [0u8; 4];
     store_f64(dtype, v, &mut b);
