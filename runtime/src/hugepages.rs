@@ -16,6 +16,14 @@ pub fn filled(len: usize, byte: u8) -> Vec<u8> {
     v
 }
 
+/// A vector of `len` zero bytes whose pages are not touched until written
+/// (fresh pages from the host), advised to be huge pages as [`filled`].
+pub fn zeroed(len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    advise(v.as_mut_ptr(), len);
+    v
+}
+
 /// Bytes of a huge page (x86_64 and aarch64 with 4 KiB base pages).
 pub const HUGE_PAGE: usize = 2 << 20;
 
@@ -59,6 +67,12 @@ mod tests {
             assert_eq!(v.len(), len);
             assert!(v.iter().all(|&b| b == 0xa5));
         }
+    }
+
+    #[test]
+    fn zeroed_is_zero() {
+        let v = super::zeroed((2 << 20) + 5);
+        assert!(v.iter().all(|&b| b == 0));
     }
 
     #[test]

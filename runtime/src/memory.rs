@@ -155,11 +155,69 @@ pub struct Hbm<'a> {
 struct Segment<'a> {
     addr: u64,
     bytes: Cow<'a, [u8]>,
+    /// For a fresh segment, one bit per 64-byte chunk, set once the chunk is
+    /// written: its other chunks are zero pages the host never touched, and
+    /// read as [`FILL`].
+    written: Option<Vec<u64>>,
 }
 
 impl Segment<'_> {
     fn end(&self) -> u64 {
         self.addr + self.bytes.len() as u64
+    }
+
+    /// The byte range of chunk `c`.
+    fn chunk(&self, c: usize) -> std::ops::Range<usize> {
+        c * CHUNK..((c + 1) * CHUNK).min(self.bytes.len())
+    }
+
+    /// Calls `f` with each never-written chunk meeting `[from, from + len)`.
+    fn each_unwritten(&self, from: usize, len: usize, mut f: impl FnMut(std::ops::Range<usize>)) {
+        let Some(bits) = &self.written else { return };
+        for c in from / CHUNK..(from + len).div_ceil(CHUNK) {
+            if bits[c / 64] & (1 << (c % 64)) == 0 {
+                f(self.chunk(c));
+            }
+        }
+    }
+
+    fn read(&self, from: usize, out: &mut [u8]) {
+        out.copy_from_slice(&self.bytes[from..from + out.len()]);
+        self.each_unwritten(from, out.len(), |r| {
+            let (a, b) = (r.start.max(from), r.end.min(from + out.len()));
+            out[a - from..b - from].fill(FILL);
+        });
+    }
+
+    fn write(&mut self, from: usize, data: &[u8]) {
+        let end = from + data.len();
+        let mut partial = Vec::new();
+        // A chunk written for the first time holds FILL outside the write.
+        self.each_unwritten(from, data.len(), |r| {
+            if r.start < from || r.end > end {
+                partial.push(r);
+            }
+        });
+        let bytes = self.bytes.to_mut();
+        for r in partial {
+            bytes[r].fill(FILL);
+        }
+        bytes[from..end].copy_from_slice(data);
+        if let Some(bits) = &mut self.written {
+            for c in from / CHUNK..end.div_ceil(CHUNK) {
+                bits[c / 64] |= 1 << (c % 64);
+            }
+        }
+    }
+
+    fn into_bytes(self) -> Vec<u8> {
+        let mut unwritten = Vec::new();
+        self.each_unwritten(0, self.bytes.len(), |r| unwritten.push(r));
+        let mut bytes = self.bytes.into_owned();
+        for r in unwritten {
+            bytes[r].fill(FILL);
+        }
+        bytes
     }
 }
 
@@ -169,7 +227,20 @@ impl<'a> Hbm<'a> {
     /// it). Refused (false) for an empty range or one that meets a segment or a
     /// byte written before: then the caller writes the bytes instead.
     pub fn adopt(&mut self, addr: u64, bytes: Cow<'a, [u8]>) -> bool {
-        let Some(end) = addr.checked_add(bytes.len() as u64).filter(|_| !bytes.is_empty()) else {
+        self.insert(Segment { addr, bytes, written: None })
+    }
+
+    /// Makes `[addr, addr + len)` a segment of never-written bytes (an output
+    /// handed back by [`Hbm::take`]), whose host pages are touched only where
+    /// the program writes. Refused (false) as [`Hbm::adopt`] is.
+    pub fn adopt_fresh(&mut self, addr: u64, len: usize) -> bool {
+        let written = Some(vec![0u64; len.div_ceil(CHUNK).div_ceil(64)]);
+        self.insert(Segment { addr, bytes: Cow::Owned(crate::hugepages::zeroed(len)), written })
+    }
+
+    fn insert(&mut self, segment: Segment<'a>) -> bool {
+        let (addr, len) = (segment.addr, segment.bytes.len() as u64);
+        let Some(end) = addr.checked_add(len).filter(|_| len > 0) else {
             return false;
         };
         let at = self.segments.partition_point(|s| s.end() <= addr);
@@ -179,7 +250,7 @@ impl<'a> Hbm<'a> {
         if meets_segment || meets_page {
             return false;
         }
-        self.segments.insert(at, Segment { addr, bytes });
+        self.segments.insert(at, segment);
         true
     }
 
@@ -187,7 +258,7 @@ impl<'a> Hbm<'a> {
     /// HBM (none if there is no such segment).
     pub fn take(&mut self, addr: u64, len: usize) -> Option<Vec<u8>> {
         let at = self.segments.iter().position(|s| s.addr == addr && s.bytes.len() == len)?;
-        Some(self.segments.remove(at).bytes.into_owned())
+        Some(self.segments.remove(at).into_bytes())
     }
 
     /// The first piece of `[addr, addr + len)`: its length, and the segment
@@ -210,8 +281,7 @@ impl<'a> Hbm<'a> {
             match segment {
                 Some(i) => {
                     let s = &self.segments[i];
-                    let from = (addr - s.addr) as usize;
-                    dst.copy_from_slice(&s.bytes[from..from + n]);
+                    s.read((addr - s.addr) as usize, dst);
                 }
                 None => self.read_pages(addr, dst),
             }
@@ -229,8 +299,7 @@ impl<'a> Hbm<'a> {
             match segment {
                 Some(i) => {
                     let s = &mut self.segments[i];
-                    let from = (addr - s.addr) as usize;
-                    s.bytes.to_mut()[from..from + n].copy_from_slice(src);
+                    s.write((addr - s.addr) as usize, src);
                 }
                 None => self.write_pages(addr, src),
             }
@@ -465,6 +534,17 @@ mod tests {
         h.read(1199, &mut out);
         assert_eq!(out, [7, 7, 7, FILL, FILL, FILL]);
         assert_eq!(h.resident_bytes(), 50 + 100 + 2 * CHUNK as u64 + CHUNK as u64);
+        // A fresh segment reads as never written until it is, chunk by chunk.
+        const F: u64 = 1 << 30;
+        assert!(h.adopt_fresh(F, 200));
+        h.write(F + 70, &[3; 4]);
+        let mut fresh = [0u8; 8];
+        h.read(F + 66, &mut fresh);
+        assert_eq!(fresh, [FILL, FILL, FILL, FILL, 3, 3, 3, 3]);
+        h.write(F + 192, &[4; 8]);
+        let whole = h.take(F, 200).unwrap();
+        assert!(whole[..70].iter().chain(&whole[74..192]).all(|&b| b == FILL));
+        assert_eq!((&whole[70..74], &whole[192..]), (&[3u8; 4][..], &[4u8; 8][..]));
         // The owned output comes back whole; what remains reads as before.
         let taken = h.take(1200, 50).unwrap();
         assert_eq!(&taken[..3], &[7, 7, FILL]);

@@ -520,8 +520,7 @@ impl<'p> Sim<'p> {
                 Role::Const => Some(&t.data),
                 Role::Input => inputs.iter().find(|(n, _)| n == &t.name).map(|(_, d)| d),
                 Role::Output if t.size_bytes() <= ADOPTED_OUTPUT_MAX => {
-                    let fresh = crate::hugepages::filled(t.size_bytes() as usize, crate::memory::FILL);
-                    self.hbm.adopt(t.addr, Cow::Owned(fresh));
+                    self.hbm.adopt_fresh(t.addr, t.size_bytes() as usize);
                     None
                 }
                 _ => None,
