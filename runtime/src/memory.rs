@@ -191,23 +191,20 @@ impl Segment<'_> {
 
     fn write(&mut self, from: usize, data: &[u8]) {
         let end = from + data.len();
-        let mut partial = Vec::new();
-        // A chunk written for the first time holds FILL outside the write.
-        self.each_unwritten(from, data.len(), |r| {
-            if r.start < from || r.end > end {
-                partial.push(r);
-            }
-        });
         let bytes = self.bytes.to_mut();
-        for r in partial {
-            bytes[r].fill(FILL);
+        if let Some(bits) = &mut self.written {
+            let (first, last) = (from / CHUNK, (end - 1) / CHUNK);
+            // Only the end chunks can be written in part: a chunk written for
+            // the first time holds FILL outside the write.
+            for c in [first, last] {
+                let chunk = c * CHUNK..((c + 1) * CHUNK).min(bytes.len());
+                if bits[c / 64] & (1 << (c % 64)) == 0 && (chunk.start < from || chunk.end > end) {
+                    bytes[chunk].fill(FILL);
+                }
+            }
+            set_bits(bits, first, last + 1);
         }
         bytes[from..end].copy_from_slice(data);
-        if let Some(bits) = &mut self.written {
-            for c in from / CHUNK..end.div_ceil(CHUNK) {
-                bits[c / 64] |= 1 << (c % 64);
-            }
-        }
     }
 
     fn into_bytes(self) -> Vec<u8> {
@@ -218,6 +215,17 @@ impl Segment<'_> {
             bytes[r].fill(FILL);
         }
         bytes
+    }
+}
+
+/// Sets bits `[lo, hi)` of `bits`, a word at a time.
+fn set_bits(bits: &mut [u64], lo: usize, hi: usize) {
+    let mut c = lo;
+    while c < hi {
+        let (word, bit) = (c / 64, c % 64);
+        let n = (64 - bit).min(hi - c);
+        bits[word] |= (u64::MAX >> (64 - n)) << bit;
+        c += n;
     }
 }
 
@@ -545,6 +553,12 @@ mod tests {
         let whole = h.take(F, 200).unwrap();
         assert!(whole[..70].iter().chain(&whole[74..192]).all(|&b| b == FILL));
         assert_eq!((&whole[70..74], &whole[192..]), (&[3u8; 4][..], &[4u8; 8][..]));
+        // A write over many 64-chunk words, starting and ending inside chunks.
+        assert!(h.adopt_fresh(2 * F, 10_000));
+        h.write(2 * F + 100, &[6; 9000]);
+        let long = h.take(2 * F, 10_000).unwrap();
+        assert!(long[..100].iter().chain(&long[9100..]).all(|&b| b == FILL));
+        assert!(long[100..9100].iter().all(|&b| b == 6));
         // The owned output comes back whole; what remains reads as before.
         let taken = h.take(1200, 50).unwrap();
         assert_eq!(&taken[..3], &[7, 7, FILL]);
