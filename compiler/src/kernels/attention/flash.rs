@@ -120,13 +120,45 @@ struct Flash<'a> {
     mask_row_windows: Vec<usize>,
 }
 
-/// Lowers the flash path for KV groups `groups` on core `core` (each core
-/// prepares the mask rows its groups read in a scratch tensor of its own).
+/// Query tiles in the order the flash path runs them: KV group by group, each
+/// group's heads, each head's rows (or a group's heads packed in one tile).
+fn query_tiles(p: &AttentionProblem, plan: &AttentionPlan) -> Vec<QTile> {
+    let (sq, group) = (p.sq, p.group());
+    let mut tiles = Vec::new();
+    for g in 0..p.batch * p.hk {
+        let first_head = p.first_head(g);
+        if plan.heads_per_tile > 1 {
+            tiles.push(QTile { group: g, head: first_head, heads: group, r0: 0, rows: sq });
+            continue;
+        }
+        for h in first_head..first_head + group {
+            for r0 in (0..sq).step_by(plan.q_tile as usize) {
+                tiles.push(QTile { group: g, head: h, heads: 1, r0, rows: plan.q_tile.min(sq - r0) });
+            }
+        }
+    }
+    tiles
+}
+
+/// Per query tile ([`query_tiles`]'s order): its KV group and the KV blocks
+/// it visits (its work, up to its causal limit).
+pub(super) fn tile_work(p: &AttentionProblem, plan: &AttentionPlan) -> Vec<(u64, u64)> {
+    let off = p.sk as i64 - p.sq as i64;
+    let blocks = |t: &QTile| {
+        let end = if p.causal { ((t.r0 + t.rows) as i64 + off).clamp(0, p.sk as i64) as u64 } else { p.sk };
+        end.div_ceil(plan.kv_block) * t.heads
+    };
+    query_tiles(p, plan).iter().map(|t| (t.group, blocks(t))).collect()
+}
+
+/// Lowers the flash path for query tiles `tiles` ([`query_tiles`]'s order)
+/// on core `core` (each core prepares the mask rows its tiles read in a
+/// scratch tensor of its own).
 pub(super) fn lower(
     p: &AttentionProblem,
     plan: &AttentionPlan,
     t: &Target,
-    (groups, core): (std::ops::Range<u64>, usize),
+    (tiles, core): (std::ops::Range<usize>, usize),
 ) -> TileProgram {
     let mut tensors = tensors(p);
     // With K^T in HBM, a window's K^T is loaded, not transposed.
@@ -149,7 +181,7 @@ pub(super) fn lower(
         tensors.push(HbmTensor { name, dtype: p.dtype, shape, role: Role::Scratch });
         tensors.len() - 1
     });
-    let mut ops = Flash::new(p, plan, tkt, (tmask, mask_parts), groups).ops();
+    let mut ops = Flash::new(p, plan, tkt, (tmask, mask_parts), tiles).ops();
     evacuate_kt_on_act_if_it_pays(&mut ops, p.dtype, t);
     TileProgram { tensors, buffers: flash_buffers(p, plan), ops, debug_ops: p.text.clone() }
 }
@@ -196,30 +228,18 @@ fn evacuate_kt_on_act_if_it_pays(ops: &mut [(TileOp, u32)], operand: DType, t: &
 }
 
 impl<'a> Flash<'a> {
-    /// Query tiles (one head, or a group's heads packed), then each tile's KV
-    /// blocks up to its causal limit, and the windows they read.
+    /// Query tiles `tiles` of [`query_tiles`], then each tile's KV blocks up
+    /// to its causal limit, and the windows they read.
     fn new(
         p: &'a AttentionProblem,
         plan: &'a AttentionPlan,
         tkt: Option<usize>,
         (tmask, mask_parts): (Option<usize>, Option<usize>),
-        groups: std::ops::Range<u64>,
+        tiles: std::ops::Range<usize>,
     ) -> Flash<'a> {
-        let (sq, sk, group) = (p.sq, p.sk, p.group());
+        let (sq, sk) = (p.sq, p.sk);
         let off = sk as i64 - sq as i64;
-        let mut tiles = Vec::new();
-        for g in groups {
-            let first_head = p.first_head(g);
-            if plan.heads_per_tile > 1 {
-                tiles.push(QTile { group: g, head: first_head, heads: group, r0: 0, rows: sq });
-                continue;
-            }
-            for h in first_head..first_head + group {
-                for r0 in (0..sq).step_by(plan.q_tile as usize) {
-                    tiles.push(QTile { group: g, head: h, heads: 1, r0, rows: plan.q_tile.min(sq - r0) });
-                }
-            }
-        }
+        let tiles = query_tiles(p, plan)[tiles].to_vec();
         let (mut windows, mut blocks): (Vec<Window>, Vec<Block>) = (Vec::new(), Vec::new());
         for (ti, tile) in tiles.iter().enumerate() {
             // Keys past the last row's limit are masked for every row of the tile.

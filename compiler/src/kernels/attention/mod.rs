@@ -386,20 +386,75 @@ impl Kernel for AttentionKernel {
     }
 
     fn partition(&self, _: &Target, cores: u32) -> String {
-        match group_ranges(&self.p, &self.plan, cores).len() {
-            0 | 1 => "core 0".into(),
-            n => format!("{n} cores, each a run of whole KV groups (a group's query heads stay on one core)"),
+        match shares(&self.p, &self.plan, cores).as_slice() {
+            [] | [_] => "core 0".into(),
+            [Share::Tiles(_, false), ..] => format!(
+                "{} cores, each a run of query tiles balanced by the KV blocks they visit (a KV group split between cores loads its K/V on each)",
+                shares(&self.p, &self.plan, cores).len()
+            ),
+            all => format!("{} cores, each a run of whole KV groups (a group's query heads stay on one core)", all.len()),
         }
     }
 
     fn lower_cores(&self, t: &Target, cores: u32) -> TileProgram {
-        let ranges = group_ranges(&self.p, &self.plan, cores);
-        if ranges.len() <= 1 {
+        let shares = shares(&self.p, &self.plan, cores);
+        if shares.len() <= 1 {
             return lower(&self.p, &self.plan, t);
         }
-        let parts = ranges.into_iter().enumerate().map(|(c, r)| lower_groups(&self.p, &self.plan, t, r, c));
+        let parts = shares.into_iter().enumerate().map(|(c, share)| lower_share(&self.p, &self.plan, t, share, c));
         crate::tiles::merge_cores(parts.collect())
     }
+}
+
+/// One core's share of the kernel: KV groups (the decode path), or a run of
+/// the flash path's query tiles (true: whole KV groups).
+enum Share {
+    Groups(std::ops::Range<u64>),
+    Tiles(std::ops::Range<usize>, bool),
+}
+
+/// How the kernel spreads over `cores` cores. The decode path: runs of KV
+/// groups ([`group_ranges`]). The flash path: runs of whole KV groups, unless
+/// runs of query tiles balanced by the KV blocks they visit leave the busiest
+/// core an eighth less work (fewer groups than cores, or groups that do not
+/// divide evenly): a group split between cores reads its K/V on each.
+fn shares(p: &AttentionProblem, plan: &AttentionPlan, cores: u32) -> Vec<Share> {
+    let groups = group_ranges(p, plan, cores);
+    if plan.decode {
+        return groups.into_iter().map(Share::Groups).collect();
+    }
+    let work = flash::tile_work(p, plan);
+    let tiles_of =
+        |g: &std::ops::Range<u64>| work.partition_point(|w| w.0 < g.start)..work.partition_point(|w| w.0 < g.end);
+    let by_group: Vec<_> = groups.iter().map(tiles_of).collect();
+    let by_tile = balanced(&work, cores);
+    let busiest =
+        |runs: &[std::ops::Range<usize>]| runs.iter().map(|r| work[r.clone()].iter().map(|w| w.1).sum::<u64>()).max();
+    if busiest(&by_tile).unwrap_or(0) * 8 < busiest(&by_group).unwrap_or(0) * 7 {
+        by_tile.into_iter().map(|r| Share::Tiles(r, false)).collect()
+    } else {
+        by_group.into_iter().map(|r| Share::Tiles(r, true)).collect()
+    }
+}
+
+/// Runs of `work`'s items (their weight second) over at most `cores` cores,
+/// each run's end the first item whose prefix reaches its share of the total.
+fn balanced(work: &[(u64, u64)], cores: u32) -> Vec<std::ops::Range<usize>> {
+    let total: u64 = work.iter().map(|w| w.1).sum();
+    let n = (cores as u64).min(work.len() as u64).max(1);
+    let mut ends = Vec::new();
+    let mut prefix = 0;
+    for (i, w) in work.iter().enumerate() {
+        prefix += w.1;
+        let reached = (ends.len() as u64 + 1) * total;
+        if prefix * n >= reached && (ends.len() as u64) < n - 1 {
+            ends.push(i + 1);
+        }
+    }
+    ends.push(work.len());
+    let mut start = 0;
+    let runs = ends.into_iter().map(|end| std::mem::replace(&mut start, end)..end);
+    runs.filter(|r| !r.is_empty()).collect()
 }
 
 /// How the KV groups (batch index x KV head) spread over `cores` cores: runs
@@ -708,20 +763,20 @@ impl AttentionProblem {
 
 /// Lowers an attention kernel by the path its plan chose.
 pub fn lower(p: &AttentionProblem, plan: &AttentionPlan, t: &Target) -> TileProgram {
-    lower_groups(p, plan, t, 0..p.batch * p.hk, 0)
+    let share = match plan.decode {
+        true => Share::Groups(0..p.batch * p.hk),
+        false => Share::Tiles(0..flash::tile_work(p, plan).len(), true),
+    };
+    lower_share(p, plan, t, share, 0)
 }
 
-/// The tile program of KV groups `groups` on core `core` (its share); core 0
-/// also stores the rows that see no key.
-fn lower_groups(
-    p: &AttentionProblem,
-    plan: &AttentionPlan,
-    t: &Target,
-    groups: std::ops::Range<u64>,
-    core: usize,
-) -> TileProgram {
-    let mut program =
-        if plan.decode { decode::lower(p, plan, groups) } else { flash::lower(p, plan, t, (groups, core)) };
+/// The tile program of `share` on core `core`; core 0 also stores the rows
+/// that see no key.
+fn lower_share(p: &AttentionProblem, plan: &AttentionPlan, t: &Target, share: Share, core: usize) -> TileProgram {
+    let mut program = match share {
+        Share::Groups(groups) => decode::lower(p, plan, groups),
+        Share::Tiles(tiles, _) => flash::lower(p, plan, t, (tiles, core)),
+    };
     if core == 0 && p.zero_rows > 0 {
         let zeros = program.buffers.len() - 1;
         let parts = p.zero_rows.min(plan.q_tile);
