@@ -171,13 +171,26 @@ impl Segment<'_> {
         c * CHUNK..((c + 1) * CHUNK).min(self.bytes.len())
     }
 
+    /// Whether chunk `c` holds written bytes (every chunk of a segment that is
+    /// not fresh does).
+    fn is_written(&self, c: usize) -> bool {
+        self.written.as_ref().is_none_or(|bits| bits[c / 64] >> (c % 64) & 1 == 1)
+    }
+
     /// Calls `f` with each never-written chunk meeting `[from, from + len)`.
     fn each_unwritten(&self, from: usize, len: usize, mut f: impl FnMut(std::ops::Range<usize>)) {
         let Some(bits) = &self.written else { return };
-        for c in from / CHUNK..(from + len).div_ceil(CHUNK) {
-            if bits[c / 64] & (1 << (c % 64)) == 0 {
+        let (mut c, end) = (from / CHUNK, (from + len).div_ceil(CHUNK));
+        while c < end {
+            // A word of written chunks at once.
+            if c % 64 == 0 && bits[c / 64] == u64::MAX {
+                c += 64;
+                continue;
+            }
+            if !self.is_written(c) {
                 f(self.chunk(c));
             }
+            c += 1;
         }
     }
 
@@ -191,20 +204,19 @@ impl Segment<'_> {
 
     fn write(&mut self, from: usize, data: &[u8]) {
         let end = from + data.len();
+        let (first, last) = (from / CHUNK, (end - 1) / CHUNK);
+        // Only the end chunks can be written in part: a chunk written for the
+        // first time holds FILL outside the write.
+        let partial = [first, last].map(|c| {
+            let chunk = self.chunk(c);
+            (!self.is_written(c) && (chunk.start < from || chunk.end > end)).then_some(chunk)
+        });
         let bytes = self.bytes.to_mut();
+        partial.into_iter().flatten().for_each(|chunk| bytes[chunk].fill(FILL));
+        bytes[from..end].copy_from_slice(data);
         if let Some(bits) = &mut self.written {
-            let (first, last) = (from / CHUNK, (end - 1) / CHUNK);
-            // Only the end chunks can be written in part: a chunk written for
-            // the first time holds FILL outside the write.
-            for c in [first, last] {
-                let chunk = c * CHUNK..((c + 1) * CHUNK).min(bytes.len());
-                if bits[c / 64] & (1 << (c % 64)) == 0 && (chunk.start < from || chunk.end > end) {
-                    bytes[chunk].fill(FILL);
-                }
-            }
             set_bits(bits, first, last + 1);
         }
-        bytes[from..end].copy_from_slice(data);
     }
 
     fn into_bytes(self) -> Vec<u8> {

@@ -27,7 +27,13 @@ pub struct Tensor {
 impl Tensor {
     /// A tensor from values, each rounded into `ty.dtype` (one rounding).
     pub fn from_values(ty: TensorType, values: &[f64]) -> Tensor {
-        let data = values.iter().map(|&v| round(ty.dtype, v)).collect();
+        Tensor::rounded(ty, values.iter().copied())
+    }
+
+    /// [`Tensor::from_values`] of values produced one at a time (no copy of
+    /// a large input first).
+    pub fn rounded(ty: TensorType, values: impl IntoIterator<Item = f64>) -> Tensor {
+        let data = values.into_iter().map(|v| round(ty.dtype, v)).collect();
         Tensor { ty, data }
     }
 }

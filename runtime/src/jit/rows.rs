@@ -28,31 +28,10 @@ use crate::semantics::{extend_f32, read_column, store_contiguous};
 /// Rows whose chains of adds interleave.
 const GROUP: usize = 8;
 
-/// A covered row instruction.
-pub(super) enum RowOp {
-    Activate {
-        func: ActFunc,
-        dst: Tile,
-        src: Tile,
-        scale: Scalar,
-        bias: Scalar,
-        accum: Option<Column>,
-    },
-    Reduce {
-        op: ReduceOp,
-        dst: Tile,
-        src: Tile,
-    },
-    /// f32 `tensor_scalar` sub and div (the slow ones), on hosts whose vectors
-    /// are wider than the generated code's f32x4 (AVX-512).
-    Scalar {
-        op: AluOp,
-        reverse: bool,
-        dst: Tile,
-        src: Tile,
-        scalar: Scalar,
-    },
-}
+/// A covered row instruction: `activate` and `reduce` on f32 or bf16 rows,
+/// and f32 `tensor_scalar` sub and div (the slow ones) on hosts whose vectors
+/// are wider than the generated code's f32x4 (AVX-512).
+pub(super) struct RowOp(Op);
 
 /// f32 or bf16 rows, contiguous, inside their space.
 fn row_tile(t: &Tile, m: &Memory) -> bool {
@@ -79,42 +58,38 @@ impl RowOp {
         let rows = |dst: &Tile, src: &Tile| {
             row_tile(dst, m) && row_tile(src, m) && dst.part_count == src.part_count && same_or_apart(dst, src)
         };
-        match *op {
-            Op::Activate { func, dst, src, scale, bias, accum }
-                if rows(&dst, &src)
+        let covered = match op {
+            Op::Activate { dst, src, scale, bias, accum, .. } => {
+                rows(dst, src)
                     && dst.free_elems() == src.free_elems()
-                    && float_scalar(&scale)
-                    && float_scalar(&bias)
-                    && accum.is_none_or(|c| !c.dtype.is_int() && column_apart(&c, &dst)) =>
-            {
-                Some(RowOp::Activate { func, dst, src, scale, bias, accum })
+                    && float_scalar(scale)
+                    && float_scalar(bias)
+                    && accum.is_none_or(|c| !c.dtype.is_int() && column_apart(&c, dst))
             }
-            Op::Reduce { op, dst, src } if rows(&dst, &src) && dst.free_elems() == 1 && src.free_elems() > 0 => {
-                Some(RowOp::Reduce { op, dst, src })
-            }
-            Op::TensorScalar { op, reverse, dst, src, scalar }
-                if wide_host()
+            Op::Reduce { dst, src, .. } => rows(dst, src) && dst.free_elems() == 1 && src.free_elems() > 0,
+            Op::TensorScalar { op, dst, src, scalar, .. } => {
+                wide_host()
                     // Not add or mul: the host compiler may swap their
                     // operands, and with two NaNs that changes the payload.
                     && matches!(op, AluOp::Sub | AluOp::Div)
-                    && rows(&dst, &src)
+                    && rows(dst, src)
                     && (dst.dtype, src.dtype) == (DType::F32, DType::F32)
                     && dst.free_elems() == src.free_elems()
-                    && float_scalar(&scalar) =>
-            {
-                Some(RowOp::Scalar { op, reverse, dst, src, scalar })
+                    && float_scalar(scalar)
             }
-            _ => None,
-        }
+            _ => false,
+        };
+        covered.then(|| RowOp(op.clone()))
     }
 
     pub(super) fn run(&self, mem: &mut CoreMemory) {
-        match self {
-            RowOp::Activate { func, dst, src, scale, bias, accum } => {
+        match &self.0 {
+            Op::Activate { func, dst, src, scale, bias, accum } => {
                 activate(mem, (*func, dst, src), (scale, bias), accum.as_ref())
             }
-            RowOp::Reduce { op, dst, src } => reduce(mem, *op, dst, src),
-            RowOp::Scalar { op, reverse, dst, src, scalar } => tensor_scalar(mem, (*op, *reverse), dst, src, scalar),
+            Op::Reduce { op, dst, src } => reduce(mem, *op, dst, src),
+            Op::TensorScalar { op, reverse, dst, src, scalar } => tensor_scalar(mem, (*op, *reverse), dst, src, scalar),
+            op => unreachable!("RowOp::of admits no {op:?}"),
         }
     }
 }
@@ -160,8 +135,6 @@ fn alu_row(op: AluOp, reverse: bool, from: Option<&[f32]>, row: &mut [f32], s: f
 fn alu_row_portable(op: AluOp, reverse: bool, from: Option<&[f32]>, row: &mut [f32], s: f32) {
     // One loop per case, so each is a plain loop the compiler vectorises.
     match (op, reverse) {
-        (AluOp::Sub, false) => map_row(from, row, |x| x - s),
-        (AluOp::Sub, true) => map_row(from, row, |x| s - x),
         (AluOp::Div, false) => map_row(from, row, |x| x / s),
         (AluOp::Div, true) => map_row(from, row, |x| s / x),
         (op, false) => map_row(from, row, |x| alu(op, x, s)),
@@ -283,11 +256,7 @@ fn each_group_in_place(
     mut row_pass: impl FnMut(usize, Option<&[f32]>, &mut [f32]),
     mut group_pass: impl FnMut(usize, &mut [&mut [f32]]),
 ) -> bool {
-    let aligned = |t: &Tile, mem: &mut CoreMemory| {
-        let (buf, pb) = mem.space_mut(t.space);
-        f32_rows_mut(buf, pb, t).is_some()
-    };
-    if !aligned(src, mem) || !aligned(dst, mem) {
+    if !f32_aligned(mem, src) || !f32_aligned(mem, dst) {
         return false;
     }
     let parts = dst.part_count as usize;
@@ -332,6 +301,12 @@ fn row_pair<'m>(mem: &'m mut CoreMemory, src: &Tile, dst: &Tile, r: usize) -> (O
     }
 }
 
+/// Whether every row of `t` starts f32-aligned in host memory.
+fn f32_aligned(mem: &CoreMemory, t: &Tile) -> bool {
+    let (buf, pb) = mem.space(t.space);
+    (buf.as_ptr() as usize + t.offset as usize).is_multiple_of(4) && pb.is_multiple_of(4)
+}
+
 /// The rows of an f32 tile as f32 slices of the partition-major `buf`, when
 /// the host buffer is aligned for them.
 fn f32_rows_mut<'b>(buf: &'b mut [u8], pb: usize, t: &Tile) -> Option<Vec<&'b mut [f32]>> {
@@ -361,9 +336,7 @@ fn store_sums(mem: &mut CoreMemory, dst: &Tile, accum: Option<&Column>, sums: &[
 
 /// `sums[r] += rows[r][from..]` in element order, the rows' chains interleaved.
 fn sum_rows<R: AsRef<[f32]>>(rows: &[R], from: usize, sums: &mut [f32]) {
-    let rows: Vec<&[f32]> = rows.iter().map(AsRef::as_ref).collect();
-    let rows = &rows[..];
-    let len = rows.first().map_or(0, |r| r.len());
+    let len = rows.first().map_or(0, |r| r.as_ref().len());
     if rows.len() == GROUP {
         // Sixteen elements of each row at a time: one bounds check per piece,
         // and the rows' independent chains overlap in the core's window.
@@ -373,18 +346,18 @@ fn sum_rows<R: AsRef<[f32]>>(rows: &[R], from: usize, sums: &mut [f32]) {
         let whole = from + (len - from) / PIECE * PIECE;
         for j in (from..whole).step_by(PIECE) {
             for (a, row) in acc.iter_mut().zip(rows) {
-                for &x in &row[j..j + PIECE] {
+                for &x in &row.as_ref()[j..j + PIECE] {
                     *a += x;
                 }
             }
         }
         for (a, row) in acc.iter_mut().zip(rows) {
-            *a = row[whole..len].iter().fold(*a, |s, &x| s + x);
+            *a = row.as_ref()[whole..len].iter().fold(*a, |s, &x| s + x);
         }
         sums.copy_from_slice(&acc);
     } else {
         for (s, row) in sums.iter_mut().zip(rows) {
-            *s = row[from..].iter().fold(*s, |a, &x| a + x);
+            *s = row.as_ref()[from..].iter().fold(*s, |a, &x| a + x);
         }
     }
 }
@@ -392,33 +365,32 @@ fn sum_rows<R: AsRef<[f32]>>(rows: &[R], from: usize, sums: &mut [f32]) {
 /// `reduce`: each row folded from its first element.
 fn reduce(mem: &mut CoreMemory, op: ReduceOp, dst: &Tile, src: &Tile) {
     let mut out = vec![0.0f32; src.part_count as usize];
-    let fold = |first: usize, group: &[&[f32]], out: &mut [f32]| {
-        let out = &mut out[first..first + group.len()];
-        match op {
-            ReduceOp::Sum => {
-                for (o, row) in out.iter_mut().zip(group.iter()) {
-                    *o = row[0];
-                }
-                sum_rows(group, 1, out);
-            }
-            ReduceOp::Max => {
-                for (o, row) in out.iter_mut().zip(group.iter()) {
-                    *o = row_max(row);
-                }
-            }
-        }
-    };
     let (buf, pb) = mem.space(src.space);
+    // f32 rows are read where they are.
     match f32_rows(buf, pb, src).filter(|_| src.dtype == DType::F32) {
-        // f32 rows are read where they are.
-        Some(rows) => rows.chunks(GROUP).enumerate().for_each(|(g, group)| fold(g * GROUP, group, &mut out)),
-        None => each_group(mem, src, |_, first, group| {
-            let group: Vec<&[f32]> = group.iter().map(Vec::as_slice).collect();
-            fold(first, &group, &mut out)
-        }),
+        Some(rows) => rows.chunks(GROUP).enumerate().for_each(|(g, group)| fold_rows(op, group, &mut out[g * GROUP..])),
+        None => each_group(mem, src, |_, first, group| fold_rows(op, group, &mut out[first..])),
     }
     for (p, v) in out.iter().enumerate() {
         store_row(mem, dst, p, std::slice::from_ref(v));
+    }
+}
+
+/// Each row of `group` folded by `op` from its first element into `out`.
+fn fold_rows<R: AsRef<[f32]>>(op: ReduceOp, group: &[R], out: &mut [f32]) {
+    let out = &mut out[..group.len()];
+    match op {
+        ReduceOp::Sum => {
+            for (o, row) in out.iter_mut().zip(group) {
+                *o = row.as_ref()[0];
+            }
+            sum_rows(group, 1, out);
+        }
+        ReduceOp::Max => {
+            for (o, row) in out.iter_mut().zip(group) {
+                *o = row_max(row.as_ref());
+            }
+        }
     }
 }
 

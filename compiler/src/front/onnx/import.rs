@@ -437,9 +437,9 @@ impl Importer {
         let dtype = self.ir_dtype(h.elem)?;
         let ty = TensorType::new(dtype, h.shape.clone());
         // One pass (an embedding table is tens of millions of values).
-        let data = h.data.iter().map(|&v| crate::eval::round(dtype, saturate(dtype, v))).collect();
+        let values = h.data.iter().map(|&v| saturate(dtype, v));
         let name = self.unique(onnx);
-        self.weights.insert(name.clone(), Tensor { ty: ty.clone(), data });
+        self.weights.insert(name.clone(), Tensor::rounded(ty.clone(), values));
         self.weight_refs.insert(name.clone(), WeightRef { file: self.weights_file.clone(), tensor: onnx.to_string() });
         self.params.push((name, ty));
         let r = Ref::Param(self.params.len() - 1);

@@ -388,9 +388,9 @@ impl Kernel for AttentionKernel {
     fn partition(&self, _: &Target, cores: u32) -> String {
         match shares(&self.p, &self.plan, cores).as_slice() {
             [] | [_] => "core 0".into(),
-            [Share::Tiles(_, false), ..] => format!(
+            all @ [Share::Tiles(_, false), ..] => format!(
                 "{} cores, each a run of query tiles balanced by the KV blocks they visit (a KV group split between cores loads its K/V on each)",
-                shares(&self.p, &self.plan, cores).len()
+                all.len()
             ),
             all => format!("{} cores, each a run of whole KV groups (a group's query heads stay on one core)", all.len()),
         }
