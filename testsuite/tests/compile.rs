@@ -486,7 +486,7 @@ fn kernels_that_run_apart_share_sram() {
     let t = Target::builtin("jpu-tiny").unwrap();
     let c = jalc::driver::compile(&f, &t, &jalc::driver::Options::o2()).unwrap();
     let gemms = c.kernels.iter().filter_map(|k| k.as_any().downcast_ref::<jalc::kernels::gemm::GemmKernel>());
-    let need: Vec<u64> = gemms.map(|k| k.p.sram_bytes(&k.s)).collect();
+    let need: Vec<u64> = gemms.map(|k| k.p.sram_bytes(&k.s, &t)).collect();
     assert!(need.iter().sum::<u64>() > t.sram.partition_bytes as u64, "{need:?}");
     let v = jalc::verify::verify(&f, &t, 1).unwrap();
     assert!(v.passed, "{:?}", v.first_mismatch);
@@ -690,6 +690,37 @@ fn row_ops_after_a_gemm_run_on_its_tiles() {
     let f = tir::parse_and_check(&src).unwrap();
     let c = jalc::driver::compile(&f, &Target::builtin("jpu1").unwrap(), &jalc::driver::Options::o2()).unwrap();
     assert_eq!(c.kernels.iter().map(|k| k.kind()).collect::<Vec<_>>(), ["gemm", "rows"]);
+}
+
+/// An RMSNorm of one row that splits evenly over the partitions sums on one
+/// partition and scales spread over all of them (`wide_row`), bit-exact on
+/// several seeds, with an f32 input and a fused cast, on both targets and at
+/// several lengths; a row that does not split evenly, or a part shorter than a
+/// DMA run, keeps the plain form and verifies too.
+#[test]
+fn one_row_rmsnorms_spread_their_scaling_over_the_partitions() {
+    let cases = [
+        ("jpu-tiny", "bf16", 1024, true),
+        ("jpu-tiny", "f32", 2048, true),
+        ("jpu-tiny", "bf16", 1000, false),
+        ("jpu-tiny", "bf16", 512, false),
+        ("jpu1", "bf16", 4096, true),
+    ];
+    for (target, dtype, n, spread) in cases {
+        let t = Target::builtin(target).unwrap();
+        let cast = if dtype == "f32" { "\n  %o = cast(%h) {to = bf16}" } else { "\n  %o = add(%h, %h)" };
+        let src = format!(
+            "func @f(%x: {dtype}[1, {n}], %g: {dtype}[{n}]) -> bf16[1, {n}] {{\n  %h = rmsnorm(%x, %g) {{axis = -1, eps = 1e-6}}{cast}\n  return %o\n}}"
+        );
+        let f = tir::parse_and_check(&src).unwrap_or_else(|d| panic!("{}", tir::render("case", &src, &d)));
+        let c = jalc::driver::compile(&f, &t, &jalc::driver::Options::o2()).unwrap();
+        let listing = jalc::driver::kernels_text(&c.kernels, &c.names, &t, &[]);
+        assert_eq!(listing.contains("its sum on one partition, then spread"), spread, "{target}, {n}: {listing}");
+        for seed in [1, 2, 3] {
+            let v = jalc::verify::verify_compiled(&c, &f, &t, seed).unwrap();
+            assert!(v.passed && v.max_abs_error == 0.0, "{target}, {n}, seed {seed}: {:?}\n{src}", v.first_mismatch);
+        }
+    }
 }
 
 /// The default GEMM schedule takes the PSUM copies that keep the PE busy (two

@@ -81,9 +81,15 @@ fn messages_order_kernels_across_cores_and_the_race_checker_sees_them_missing() 
     let v = jalc::verify::verify_compiled(&c, &f, &t, 5).unwrap();
     assert!(v.passed, "{:?}", v.first_mismatch);
 
-    let mailboxes: Vec<u8> =
-        c.program.semaphores.iter().filter(|s| s.name.starts_with("from_core")).map(|s| s.id).collect();
-    let mut cut = c.program.clone();
+    let fault = race_without_mailbox_waits(&c.program, &t);
+    assert!(fault.message.contains("core 1"), "{fault}");
+}
+
+/// The fault of a run of `p` with every wait on a mailbox (a message from
+/// another core) removed: it must be a race.
+fn race_without_mailbox_waits(p: &Program, t: &Target) -> jpu_runtime::Fault {
+    let mailboxes: Vec<u8> = p.semaphores.iter().filter(|s| s.name.starts_with("from_core")).map(|s| s.id).collect();
+    let mut cut = p.clone();
     for core in &mut cut.cores {
         for stream in core {
             for inst in stream {
@@ -99,9 +105,9 @@ fn messages_order_kernels_across_cores_and_the_race_checker_sees_them_missing() 
         .filter(|t| t.role == jpu_isa::program::Role::Input)
         .map(|t| (t.name.clone(), vec![0; t.size_bytes() as usize]))
         .collect();
-    let fault = run(&cut, &t, &inputs, &RunOptions::default()).unwrap_err();
+    let fault = run(&cut, t, &inputs, &RunOptions::default()).unwrap_err();
     assert!(matches!(fault.kind, FaultKind::Race { .. }), "{fault}");
-    assert!(fault.message.contains("core 1"), "{fault}");
+    fault
 }
 
 #[test]
@@ -162,15 +168,59 @@ fn one_row_gemms_run_transposed_and_verify() {
             // 2 batches x 16 blocks x 8 k-chunks of minimum-length matmuls.
             assert_eq!(v.report.busy("pe"), 2 * 16 * 8 * 64);
         }
+        // A's row (which would wait for its producer) and B's blocks load on
+        // queues of their own: B never waits behind A in an in-order queue.
+        let (a_queues, b_queues) = (streams_reading(&c.program, "a"), streams_reading(&c.program, "b"));
+        assert!(!a_queues.is_empty() && !b_queues.is_empty());
+        assert!(a_queues.iter().all(|q| !b_queues.contains(q)), "A on {a_queues:?}, B on {b_queues:?}");
     }
+}
+
+/// The (core, stream) pairs whose DMAs read HBM tensor `name`.
+fn streams_reading(p: &Program, name: &str) -> Vec<(usize, usize)> {
+    let t = p.tensors.iter().find(|t| t.name == name).unwrap();
+    let inside = |addr: u64| addr >= t.addr && addr < t.addr + t.size_bytes();
+    let mut out = Vec::new();
+    for (c, core) in p.cores.iter().enumerate() {
+        for (e, stream) in core.iter().enumerate() {
+            let reads = |i: &jpu_isa::Inst| matches!(&i.op, Op::Dma { xfer } if xfer.src.space == jpu_isa::operand::DmaSpace::Hbm && inside(xfer.src.addr));
+            if stream.iter().any(reads) {
+                out.push((c, e));
+            }
+        }
+    }
+    out
+}
+
+/// The 4-core jpu-tiny with one line of its description replaced (validated).
+fn jpu_tiny_4_with(line: &str, by: &str) -> Target {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/data/jpu-tiny-4.toml")).unwrap();
+    assert!(text.contains(line), "jpu-tiny-4.toml has no `{line}`");
+    Target::from_toml(&text.replace(line, by)).unwrap()
+}
+
+/// Runs the one-core and the `cores`-core programs of `f` on the same inputs,
+/// strict about uninitialised reads (and race-checked), and asserts their
+/// outputs are the same bytes.
+fn same_bytes_as_one_core(
+    f: &jalc::ir::Func,
+    t: &Target,
+    (one, many): (&jalc::driver::Compiled, &jalc::driver::Compiled),
+    cores: u64,
+) -> (jpu_runtime::Outcome, jpu_runtime::Outcome) {
+    let opts = RunOptions { strict_uninit: true, ..RunOptions::default() };
+    let outcome =
+        |c: &jalc::driver::Compiled| run(&c.program, t, &jpu_testsuite::chip_inputs(f, &c.program, 5), &opts).unwrap();
+    let (a, b) = (outcome(one), outcome(many));
+    assert_eq!(a.outputs, b.outputs, "{cores} cores");
+    (a, b)
 }
 
 /// A target with too few semaphores for a mailbox per core refuses the core
 /// count with a limit, not an internal error.
 #[test]
 fn too_few_semaphores_for_the_cores_is_a_limit() {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/data/jpu-tiny-4.toml")).unwrap();
-    let t = Target::from_toml(&text.replace("semaphores = 32", "semaphores = 8")).unwrap();
+    let t = jpu_tiny_4_with("semaphores = 32", "semaphores = 8");
     let f = check(GEMM);
     assert_eq!(compile(&f, &t, &on_cores(2)).unwrap().program.cores.len(), 2);
     let e = compile(&f, &t, &on_cores(4)).err().unwrap();
@@ -195,13 +245,7 @@ fn one_kv_group_spreads_by_query_tiles() {
         assert!(listing.contains("each a run of query tiles"), "{listing}");
         let v = jalc::verify::verify_compiled(&many, &f, &t, 5).unwrap();
         assert!(v.passed, "{cores} cores: {:?}", v.first_mismatch);
-        let opts = RunOptions { strict_uninit: true, ..RunOptions::default() };
-        let outcome = |c: &jalc::driver::Compiled| {
-            let inputs = jpu_testsuite::chip_inputs(&f, &c.program, 5);
-            run(&c.program, &t, &inputs, &opts).unwrap()
-        };
-        let (a, b) = (outcome(&one), outcome(&many));
-        assert_eq!(a.outputs, b.outputs, "{cores} cores");
+        let (a, b) = same_bytes_as_one_core(&f, &t, (&one, &many), cores as u64);
         assert!(b.report.cores.iter().all(|r| r.dma_bytes > 0), "{:?}", b.report.cores);
         assert!(
             b.report.cycles * 10 < a.report.cycles * 7,
@@ -209,5 +253,60 @@ fn one_kv_group_spreads_by_query_tiles() {
             b.report.cycles,
             a.report.cycles
         );
+    }
+}
+
+/// A short GEMM's every core reads all of A: each loads a run of its
+/// k-slices instead and multicasts it to the others (core-to-core DMA). The
+/// run is race-checked with strict initialisation (a matmul reading a slice
+/// before its share lands would fault), exact, and bit-identical to one core's;
+/// each core reads only its share of A from HBM.
+#[test]
+fn a_short_gemm_multicasts_a_over_the_fabric() {
+    // 32 rows multiply in the plain form, 16 (half the PE's columns) in the short one.
+    for m in [32, 16] {
+        short_gemm_multicasts_a(m);
+    }
+}
+
+fn short_gemm_multicasts_a(m: u64) {
+    let (k, n) = (1024u64, 512u64);
+    let f = check(&format!(
+        "func @g(%a: bf16[{m}, {k}], %b: bf16[{k}, {n}]) -> bf16[{m}, {n}] {{
+  %c = matmul(%a, %b) : f32[{m}, {n}]
+  %y = cast(%c) {{to = bf16}}
+  return %y
+}}"
+    ));
+    let four_queues = jpu_tiny_4_with("queues = 2", "queues = 4");
+    for (t, cores) in [(Target::builtin("jpu-tiny").unwrap(), 2u64), (jpu_tiny_4(), 4), (four_queues, 4)] {
+        let (one, many) = (compile(&f, &t, &on_cores(1)).unwrap(), compile(&f, &t, &on_cores(cores as u32)).unwrap());
+        let listing = jalc::driver::kernels_text(&many.kernels, &many.names, &t, &[cores as u32]);
+        assert!(listing.contains("multicasts it to the others over the fabric"), "{listing}");
+        if t.dma.queues >= 3 {
+            // B streams on a queue of its own, A's loads and shares on another.
+            let (a_queues, b_queues) = (streams_reading(&many.program, "a"), streams_reading(&many.program, "b"));
+            assert_eq!(b_queues.len(), cores as usize, "one B queue per core: {b_queues:?}");
+            assert!(a_queues.iter().all(|q| !b_queues.contains(q)), "A on {a_queues:?}, B on {b_queues:?}");
+        }
+        let multicasts = many
+            .program
+            .instructions()
+            .filter(|(_, _, _, i)| matches!(&i.op, Op::Dma { xfer } if xfer.dst.cores.count_ones() as u64 == cores - 1))
+            .count();
+        assert!(multicasts >= cores as usize, "{cores} cores: {multicasts} multicasts");
+        let v = jalc::verify::verify_compiled(&many, &f, &t, 5).unwrap();
+        assert!(v.passed && v.max_abs_error == 0.0, "{cores} cores: {:?}", v.first_mismatch);
+        let (_, b) = same_bytes_as_one_core(&f, &t, (&one, &many), cores);
+        // Every core sends its run of A (m x k/cores) over the fabric once, and
+        // reads from HBM its B columns, its run of A and its outputs' bytes.
+        let (a_bytes, b_bytes, c_bytes) = (m * k * 2, k * n * 2, m * n * 2);
+        for r in &b.report.cores {
+            assert_eq!(r.fabric_bytes, a_bytes / cores, "{:?}", b.report.cores);
+            assert_eq!(r.dma_bytes, (a_bytes + b_bytes + c_bytes) / cores, "{:?}", b.report.cores);
+        }
+        // Without the messages, a matmul reads A before another core's share lands.
+        let fault = race_without_mailbox_waits(&many.program, &t);
+        assert!(fault.message.contains("core"), "{fault}");
     }
 }

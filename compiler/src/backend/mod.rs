@@ -179,6 +179,8 @@ fn place_buffers(tp: &TileProgram, t: &Target, live: &[Option<(usize, usize)>]) 
     let bank_bytes = t.psum_bank_bytes() as u64;
     // (memory: space and core, live range, start, end) of every placed block.
     type Block = ((Space, u32), (usize, usize), u64, u64);
+    // A buffer to place with its memory and live range.
+    type Member = (BufferId, (Space, u32), (usize, usize));
     let mut placed: Vec<Block> = Vec::new();
     let mut offsets = vec![Vec::new(); tp.buffers.len()];
     let (mut sram_high, mut psum_high) = (0u64, 0u64);
@@ -191,9 +193,21 @@ fn place_buffers(tp: &TileProgram, t: &Target, live: &[Option<(usize, usize)>]) 
     for b in (0..tp.buffers.len()).rev() {
         earliest_from[b] = earliest_from[b + 1].min(live[b].map_or(usize::MAX, |r| r.0));
     }
+    // Buffers placed at another's address go with it (see below).
+    let mut mirrors: Vec<Vec<BufferId>> = vec![Vec::new(); tp.buffers.len()];
+    let mut placed_with_another = vec![false; tp.buffers.len()];
+    for (b, buf) in tp.buffers.iter().enumerate() {
+        if let Some(m) = buf.mirrors.filter(|&m| m < b && live[b].is_some() && live[m].is_some()) {
+            mirrors[m].push(b);
+            placed_with_another[b] = true;
+        }
+    }
     for b in 0..tp.buffers.len() {
         placed.retain(|(_, r, _, _)| r.1 >= earliest_from[b]);
         let buf = &tp.buffers[b];
+        if placed_with_another[b] {
+            continue;
+        }
         let bytes = tp.copy_bytes(b);
         let (stride, align) = match buf.space {
             Space::Sram => (bytes.div_ceil(64) * 64, 64),
@@ -212,11 +226,14 @@ fn place_buffers(tp: &TileProgram, t: &Target, live: &[Option<(usize, usize)>]) 
             offsets[b] = vec![0; buf.copies as usize];
             continue;
         };
-        // Each core has its own memories.
-        let memory = (buf.space, buf.core);
+        // Each core has its own memories; a buffer and its mirrors take the
+        // first range free in each of theirs.
+        let group: Vec<Member> = std::iter::once((b, (buf.space, buf.core), range))
+            .chain(mirrors[b].iter().filter_map(|&m| Some((m, (buf.space, tp.buffers[m].core), live[m]?))))
+            .collect();
         let mut busy: Vec<(u64, u64)> = placed
             .iter()
-            .filter(|(m, r, _, _)| *m == memory && r.0 <= range.1 && range.0 <= r.1)
+            .filter(|(m, r, _, _)| group.iter().any(|(_, gm, gr)| m == gm && r.0 <= gr.1 && gr.0 <= r.1))
             .map(|&(_, _, s, e)| (s, e))
             .collect();
         busy.sort_unstable();
@@ -227,8 +244,10 @@ fn place_buffers(tp: &TileProgram, t: &Target, live: &[Option<(usize, usize)>]) 
             }
             start = start.max(e.div_ceil(align) * align);
         }
-        placed.push((memory, range, start, start + size));
-        offsets[b] = (0..buf.copies as u64).map(|c| (start + c * stride) as u32).collect();
+        for &(g, memory, range) in &group {
+            placed.push((memory, range, start, start + size));
+            offsets[g] = (0..buf.copies as u64).map(|c| (start + c * stride) as u32).collect();
+        }
         match buf.space {
             Space::Sram => sram_high = sram_high.max(start + bytes + (buf.copies as u64 - 1) * stride),
             Space::Psum => psum_high = psum_high.max(start + size),
@@ -702,7 +721,7 @@ fn select_instructions(
                 (_, false) => (0..queues - 1).collect(),
             };
             let assigned = match op {
-                TileOp::Load { queue: Some(q), .. } => Some(*q as usize),
+                TileOp::Load { queue: Some(q), .. } | TileOp::Share { queue: Some(q), .. } => Some(*q as usize),
                 _ => None,
             };
             if let Some(q) = assigned.filter(|&q| q >= queues) {
@@ -742,6 +761,14 @@ fn instruction(tp: &TileProgram, t: &Target, alloc: &Allocation, tensors: &[Tens
                 src: hbm_side(src, tensors[src.tensor].addr, size),
                 dst: sram_side(tp, alloc, dst, t),
             };
+            (Engine::dma(0), Op::Dma { xfer })
+        }
+        TileOp::Share { dst, src, .. } => {
+            // The mirrors are at the source's address: the same side, on other cores.
+            let from = sram_side(tp, alloc, src, t);
+            let cores = dst.iter().fold(0, |m, d| m | 1 << tp.buffers[d.buf].core);
+            let size = tp.buffers[src.buf].dtype.size_bytes();
+            let xfer = DmaTransfer { elem_bytes: size as u8, src: from, dst: DmaSide { cores, ..from } };
             (Engine::dma(0), Op::Dma { xfer })
         }
         TileOp::Store { dst, src } => {

@@ -32,6 +32,9 @@ use crate::tiles::{BufSlice, Buffer, BufferId, HbmBox, HbmTensor, TileOp, TilePr
 const BT_RAW_COPIES: u64 = 16;
 /// PSUM banks reserved for transposing B when it is stored transposed.
 const BT_PSUM_BANKS: u32 = 2;
+/// PSUM banks the short form reserves: one for C^T's blocks (a tile's, two
+/// tiles at a time), one for A^T's slices.
+const SHORT_PSUM_BANKS: u32 = 2;
 
 /// Tile sizes and buffering of a GEMM (the `--emit kernels` form).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -358,6 +361,9 @@ impl Kernel for GemmKernel {
         let row = p.row.as_ref().map_or(String::new(), |r| format!("  then on each tile of whole rows: {}\n", r.text));
         let row = if gemv::is_one_row(p, &self.s, t) {
             format!("{row}  one row: C^T = B^T . A^T, tile_m columns of B stationary per matmul\n")
+        } else if is_short(p, &self.s, t) {
+            let block = t.pe.cols.min(self.s.tile_n);
+            format!("{row}  short: C^T = B^T . A^T per block of {block} columns (A^T and C back by PE transposes)\n")
         } else {
             row
         };
@@ -409,9 +415,15 @@ impl Kernel for GemmKernel {
             let items = gemv::items(&self.p, t).len() as u64;
             return super::spread(items, cores, |r| gemv::lower(&self.p, &self.s, t, r.start as usize..r.end as usize));
         }
-        let (s, (rows, cols)) = self.core_plan(t, cores);
+        let (mut s, (rows, cols)) = self.core_plan(t, cores);
         if rows * cols <= 1 {
             return lower(&self.p, &self.s, t);
+        }
+        let share = self.shares_a(t, &s, (rows, cols));
+        if share && t.dma.queues >= 3 {
+            // B streams in k order on a queue of its own, as the matmuls read it;
+            // A's loads and shares take the next.
+            (s.b_queue, s.a_queue) = (s.b_queue.or(Some(0)), s.a_queue.or(Some(1)));
         }
         let mt = self.p.m.div_ceil(s.tile_m as u64);
         let nt = self.p.n.div_ceil(s.tile_n as u64);
@@ -421,16 +433,45 @@ impl Kernel for GemmKernel {
                 let (r, k) = (c / cols, c % cols);
                 let row_range = (r * all_rows / rows)..((r + 1) * all_rows / rows);
                 let col_range = (k * nt / cols)..((k + 1) * nt / cols);
-                lower_items(&self.p, &s, |ci, ni, mi| {
+                lower_items(&self.p, &s, t, |ci, ni, mi| {
                     row_range.contains(&(ci as u64 * mt + mi)) && col_range.contains(&ni)
                 })
             })
-            .collect();
-        crate::tiles::merge_cores(parts)
+            .collect::<Vec<_>>();
+        let per_core = parts[0].buffers.len();
+        let mut tp = crate::tiles::merge_cores(parts);
+        if share {
+            super::share::share_loads(&mut tp, (rows * cols) as usize, per_core, 0);
+        }
+        tp
     }
 }
 
 impl GemmKernel {
+    /// Whether, on a grid of `grid_rows` x `cores` blocks (schedule `s`)
+    /// where every core reads all of A (one row of blocks) and keeps it
+    /// resident, each should load a run of A's k-slices and multicast it to
+    /// the others ([`super::share`]): when a core's time by
+    /// the target's rates (the larger of its matmuls and its HBM bytes) drops
+    /// by more than what a shared slice adds before the first matmul (a fabric
+    /// transfer's latency and a remote signal's). A core bound by its matmuls
+    /// gains nothing.
+    fn shares_a(&self, t: &Target, s: &GemmSchedule, (grid_rows, cores): (u64, u64)) -> bool {
+        let p = &self.p;
+        let a_tiles = p.batch_map.len() as u64 * p.m.div_ceil(s.tile_m as u64);
+        if grid_rows != 1 || cores < 2 || a_tiles > s.a_buffers as u64 {
+            return false;
+        }
+        let size = p.operand.size_bytes() as u64;
+        let my_cols = p.n.div_ceil(s.tile_n as u64).div_ceil(cores);
+        let pe = a_tiles * my_cols * tile_pe_cycles(p, s, t);
+        let (a, b) = (a_tiles * s.tile_m as u64 * p.k * size, my_cols * s.tile_n as u64 * p.k * size);
+        let rate = t.hbm.bytes_per_cycle;
+        let time = |a_bytes: u64| pe.max(((a_bytes + b) * rate.den).div_ceil(rate.num));
+        let added = t.timing.dma.latency_cycles + t.fabric.signal_latency_cycles;
+        time(a / cores) + added < time(a)
+    }
+
     /// The `--emit kernels` text of [`GemmKernel::core_plan`].
     fn grid_text(&self, t: &Target, cores: u32) -> String {
         let (s, grid) = self.core_plan(t, cores);
@@ -439,10 +480,15 @@ impl GemmKernel {
         } else {
             String::new()
         };
+        let shared = if self.shares_a(t, &s, grid) {
+            "; A read once: each core loads a run of its k-slices and multicasts it to the others over the fabric"
+        } else {
+            ""
+        };
         match grid {
             (1, 1) => "core 0".into(),
             (r, c) => format!(
-                "{} cores, a grid of {r} x {c} blocks of output tiles (rows: batch index and M-tile; columns: N-panel){narrower}",
+                "{} cores, a grid of {r} x {c} blocks of output tiles (rows: batch index and M-tile; columns: N-panel){narrower}{shared}",
                 r * c
             ),
         }
@@ -495,7 +541,7 @@ fn core_grid(p: &GemmProblem, s: &GemmSchedule, t: &Target, cores: u32) -> (u64,
     let size = p.operand.size_bytes() as u64;
     let (a_tile, panel) = (s.tile_m as u64 * p.k * size, s.tile_n as u64 * p.k * size);
     let a_resident = mt <= s.a_buffers as u64;
-    let tile_cycles = p.k.div_ceil(s.tile_k as u64) * jpu_isa::cost::matmul_cycles(p.operand, s.tile_n as u64, t);
+    let tile_cycles = tile_pe_cycles(p, s, t);
     let rate = t.hbm.bytes_per_cycle;
     let grids = (1..=rows.min(cores as u64)).flat_map(|r| (1..=nt.min(cores as u64 / r)).map(move |c| (r, c)));
     grids
@@ -517,8 +563,8 @@ impl GemmProblem {
         }
     }
 
-    /// Bytes per SRAM partition a schedule needs.
-    pub fn sram_bytes(&self, s: &GemmSchedule) -> u64 {
+    /// Bytes per SRAM partition a schedule needs on `t`.
+    pub fn sram_bytes(&self, s: &GemmSchedule, t: &Target) -> u64 {
         let es = self.operand.size_bytes() as u64;
         let kt = self.k.div_ceil(s.tile_k as u64);
         let a = if self.transpose_a {
@@ -545,7 +591,13 @@ impl GemmProblem {
             })
             .sum();
         let row = self.row.as_ref().map_or(0, RowEpilogue::sram_bytes);
-        a + b + s.out_buffers as u64 * (stage + cast) + epilogue + row
+        // The short form's A^T (as A's copies) and its C^T blocks (f32, two).
+        let short = if is_short(self, s, t) {
+            s.a_buffers as u64 * kt * s.tile_m as u64 * es + 2 * 4 * s.tile_m as u64
+        } else {
+            0
+        };
+        a + b + s.out_buffers as u64 * (stage + cast) + epilogue + row + short
     }
 }
 
@@ -569,7 +621,7 @@ pub fn choose(p: &GemmProblem, t: &Target) -> Result<GemmSchedule, CompileError>
         b_queue: None,
     };
     let cap = t.sram.partition_bytes as u64;
-    while p.sram_bytes(&s) > cap {
+    while p.sram_bytes(&s, t) > cap {
         if s.out_buffers > 2 {
             s.out_buffers -= 1;
         } else if s.b_buffers > 1 {
@@ -584,7 +636,7 @@ pub fn choose(p: &GemmProblem, t: &Target) -> Result<GemmSchedule, CompileError>
                 "K = {} is too long for one SRAM partition of {} ({} bytes needed, {cap} available); K-splitting is not implemented yet",
                 p.k,
                 t.name,
-                p.sram_bytes(&s)
+                p.sram_bytes(&s, t)
             );
             return Err(CompileError::limit(&p.text, what, p.span.clone()));
         }
@@ -597,14 +649,79 @@ pub fn choose(p: &GemmProblem, t: &Target) -> Result<GemmSchedule, CompileError>
     if nt > 1 && nt <= u32::MAX as u64 {
         let b_resident = GemmSchedule { b_buffers: nt as u32, loop_order: LoopOrder::MOuter, ..s };
         let a_resident = GemmSchedule { a_buffers: mt.min(u32::MAX as u64) as u32, ..s };
-        if p.sram_bytes(&b_resident) <= cap / 2 {
+        if p.sram_bytes(&b_resident, t) <= cap / 2 {
             s = b_resident;
-        } else if mt > s.a_buffers as u64 && p.sram_bytes(&a_resident) <= cap / 2 {
+        } else if mt > s.a_buffers as u64 && p.sram_bytes(&a_resident, t) <= cap / 2 {
             s = a_resident;
         }
     }
-    s.psum_banks = s.psum_banks.min(psum_copies_needed(p, &s, t));
+    s.psum_banks = s.psum_banks.min(psum_copies_needed(p, &s, t)).min(psum_banks_left(p, &s, t)).max(1);
     Ok(s)
+}
+
+/// Whether the GEMM multiplies in the short form: C^T = B^T . A^T per block
+/// of `pe.cols` columns of C, transposed back on the PE. With M-tiles of at
+/// most half the PE's columns, the plain form's matmuls (A's rows stationary,
+/// `tile_n` columns of B moving) leave half the array idle; here B's block is
+/// stationary and A^T's `tile_m` columns move, at the PE's minimum cycles.
+/// A^T is built on chip (PE transposes of A's k-slices, exact), and each
+/// block of C^T is evacuated and transposed back into the plain form's PSUM
+/// tile (exact), so the epilogue, cast and store are the plain form's and the
+/// sums are the same, k ascending. 16-bit operands with A stored plainly,
+/// and only when the PE time it saves over the whole GEMM exceeds the
+/// transposes it adds and what they put on the critical path (a tile's
+/// transposes and evacuations, twice).
+pub fn is_short(p: &GemmProblem, s: &GemmSchedule, t: &Target) -> bool {
+    let fits = !p.transpose_a
+        && p.operand.size_bytes() == 2
+        && 2 * s.tile_m <= t.pe.cols
+        && s.tile_m <= t.pe.rows
+        && t.psum.banks.unwrap_or(1) > reserved_psum_banks(p, true);
+    if !fits {
+        return false;
+    }
+    let (mt, nt) = (p.m.div_ceil(s.tile_m as u64), p.n.div_ceil(s.tile_n as u64));
+    let (a_tiles, kt) = (p.batch_map.len() as u64 * mt, p.k.div_ceil(s.tile_k as u64));
+    let tiles = a_tiles * nt;
+    let transpose = t.timing.pe.transpose_min_cycles.max(s.tile_m as u64);
+    let plain = tiles * plain_tile_pe_cycles(p, s, t);
+    let short = tiles * short_tile_pe_cycles(p, s, t) + a_tiles * kt * transpose;
+    let latency = 2 * (transpose + t.timing.ve.fixed_cycles + t.pe.cols as u64);
+    plain > short + latency
+}
+
+/// PSUM banks the stored-transposed B's transposes and, in the short form,
+/// its transposes reserve.
+fn reserved_psum_banks(p: &GemmProblem, short: bool) -> u32 {
+    BT_PSUM_BANKS * p.transpose_b as u32 + SHORT_PSUM_BANKS * short as u32
+}
+
+/// PSUM banks left for C's tiles.
+fn psum_banks_left(p: &GemmProblem, s: &GemmSchedule, t: &Target) -> u32 {
+    t.psum.banks.unwrap_or(1).saturating_sub(reserved_psum_banks(p, is_short(p, s, t)))
+}
+
+/// PE cycles of one output tile: its matmuls, and in the short form its
+/// transposes back (A^T's are once per A tile, left out).
+fn tile_pe_cycles(p: &GemmProblem, s: &GemmSchedule, t: &Target) -> u64 {
+    if is_short(p, s, t) {
+        short_tile_pe_cycles(p, s, t)
+    } else {
+        plain_tile_pe_cycles(p, s, t)
+    }
+}
+
+/// [`tile_pe_cycles`] in the plain form.
+fn plain_tile_pe_cycles(p: &GemmProblem, s: &GemmSchedule, t: &Target) -> u64 {
+    p.k.div_ceil(s.tile_k as u64) * jpu_isa::cost::matmul_cycles(p.operand, s.tile_n as u64, t)
+}
+
+/// [`tile_pe_cycles`] in the short form.
+fn short_tile_pe_cycles(p: &GemmProblem, s: &GemmSchedule, t: &Target) -> u64 {
+    let kt = p.k.div_ceil(s.tile_k as u64);
+    let blocks = (s.tile_n as u64).div_ceil(t.pe.cols as u64);
+    let back = (t.pe.cols as u64).max(t.timing.pe.transpose_min_cycles);
+    blocks * (kt * jpu_isa::cost::matmul_cycles(p.operand, s.tile_m as u64, t) + back)
 }
 
 /// PSUM copies that keep the PE busy: the accumulating tile and enough more
@@ -613,7 +730,7 @@ pub fn choose(p: &GemmProblem, t: &Target) -> Result<GemmSchedule, CompileError>
 /// target has leave PSUM to the kernels a program overlaps with this one.
 fn psum_copies_needed(p: &GemmProblem, s: &GemmSchedule, t: &Target) -> u32 {
     let evacuation = t.timing.ve.fixed_cycles.max(t.timing.act.fixed_cycles) + s.tile_n as u64;
-    let item = p.k.div_ceil(s.tile_k as u64) * jpu_isa::cost::matmul_cycles(p.operand, s.tile_n as u64, t);
+    let item = tile_pe_cycles(p, s, t);
     (1 + evacuation.div_ceil(item.max(1))).max(2) as u32
 }
 
@@ -638,11 +755,13 @@ pub fn check(p: &GemmProblem, s: &GemmSchedule, t: &Target) -> Result<(), (&'sta
             ),
         );
     }
-    let reserved = if p.transpose_b { BT_PSUM_BANKS } else { 0 };
-    let banks = t.psum.banks.unwrap_or(1).saturating_sub(reserved);
+    let banks = psum_banks_left(p, s, t);
     if s.psum_banks == 0 || s.psum_banks > banks {
-        let why =
-            if reserved > 0 { format!(" ({reserved} banks transpose the stored-transposed B)") } else { String::new() };
+        let why = match (p.transpose_b, is_short(p, s, t)) {
+            (true, _) => format!(" ({BT_PSUM_BANKS} banks transpose the stored-transposed B)"),
+            (false, true) => format!(" ({SHORT_PSUM_BANKS} banks hold the short form's transposes)"),
+            _ => String::new(),
+        };
         return fail("psum_banks", format!("psum_banks = {} must be in 1..={banks}{why}", s.psum_banks));
     }
     if p.transpose_b && (s.tile_k > t.pe.cols || s.tile_k > t.pe.rows) {
@@ -687,7 +806,7 @@ pub fn check(p: &GemmProblem, s: &GemmSchedule, t: &Target) -> Result<(), (&'sta
             return fail("tile_n", why);
         }
     }
-    let need = p.sram_bytes(s);
+    let need = p.sram_bytes(s, t);
     if need > t.sram.partition_bytes as u64 {
         return fail(
             "buffers",
@@ -710,6 +829,20 @@ struct Buffers {
     bt: Option<(BufferId, BufferId)>,
     /// A fused row op's working buffers and parameter rows.
     row: Option<([BufferId; 4], Vec<BufferId>)>,
+    /// The short form's ([`is_short`]) A^T, A^T's transposes, C^T blocks and
+    /// their evacuation.
+    short: Option<Short>,
+}
+
+/// The short form's buffers.
+#[derive(Debug, Clone, Copy)]
+struct Short {
+    a_t: BufferId,
+    a_t_psum: BufferId,
+    c_t_psum: BufferId,
+    c_t: BufferId,
+    /// Columns of C per block (the PE's columns, at most `tile_n`).
+    block: u64,
 }
 
 /// Where a work item's operands live: a new B panel?, its B copy, its A copy,
@@ -749,14 +882,14 @@ pub fn lower(p: &GemmProblem, s: &GemmSchedule, t: &Target) -> TileProgram {
     if gemv::is_one_row(p, s, t) {
         return gemv::lower(p, s, t, 0..usize::MAX);
     }
-    lower_items(p, s, |_, _, _| true)
+    lower_items(p, s, t, |_, _, _| true)
 }
 
 /// The tile program of the output tiles `(batch index, N-panel, M-tile)` that
 /// `keep` selects (a core's share).
-fn lower_items(p: &GemmProblem, s: &GemmSchedule, keep: impl Fn(usize, u64, u64) -> bool) -> TileProgram {
+fn lower_items(p: &GemmProblem, s: &GemmSchedule, t: &Target, keep: impl Fn(usize, u64, u64) -> bool) -> TileProgram {
     let (tensors, c_tensor) = tensors(p);
-    let (buffers, bufs) = buffers(p, s);
+    let (buffers, bufs) = buffers(p, s, t);
     let mut l = Lowering::new(p, s, bufs, c_tensor, keep);
     let ops = l.ops();
     let mut debug_ops = vec![p.text.clone()];
@@ -786,7 +919,7 @@ pub(super) fn tensors(p: &GemmProblem) -> (Vec<HbmTensor>, usize) {
 }
 
 /// The kernel's on-chip buffers.
-fn buffers(p: &GemmProblem, s: &GemmSchedule) -> (Vec<Buffer>, Buffers) {
+fn buffers(p: &GemmProblem, s: &GemmSchedule, t: &Target) -> (Vec<Buffer>, Buffers) {
     let kt = p.k.div_ceil(s.tile_k as u64);
     let sram = |name: &str, dtype, parts, free, copies| Buffer::new(name, Space::Sram, dtype, parts, free, copies);
     let psum =
@@ -838,7 +971,19 @@ fn buffers(p: &GemmProblem, s: &GemmSchedule) -> (Vec<Buffer>, Buffers) {
             row.params.iter().map(|(name, dtype)| add(sram(&format!("row_{name}"), *dtype, s.tile_m, p.n as u32, 1)));
         (work, params.collect())
     });
-    (buffers, Buffers { a: 0, b: 1, psum: 2, c: 3, cast, epilogue, bt, row })
+    let short = is_short(p, s, t).then(|| {
+        let (acc, block) = (p.operand.accumulator(), (t.pe.cols as u64).min(s.tile_n as u64));
+        let blocks = (s.tile_n as u64).div_ceil(block);
+        let kt = p.k.div_ceil(s.tile_k as u64);
+        Short {
+            a_t: add(sram("a_t", p.operand, s.tile_k, (kt * s.tile_m as u64) as u32, s.a_buffers.max(1))),
+            a_t_psum: add(Buffer::new("a_t_psum", Space::Psum, acc, s.tile_k, s.tile_m, 2)),
+            c_t_psum: add(Buffer::new("c_t_psum", Space::Psum, acc, block as u32, s.tile_m, 2 * blocks as u32)),
+            c_t: add(sram("c_t", acc, block as u32, s.tile_m, 2)),
+            block,
+        }
+    });
+    (buffers, Buffers { a: 0, b: 1, psum: 2, c: 3, cast, epilogue, bt, row, short })
 }
 
 impl<'a> Lowering<'a> {
@@ -1024,6 +1169,10 @@ impl<'a> Lowering<'a> {
         let (nw, mr) = (tn.min(p.n - ni * tn), tm.min(p.m - mi * tm));
         let bank = j as u32 % self.s.psum_banks;
         let psum = BufSlice { buf: self.bufs.psum, copy: bank, parts: mr as u32, offset: 0, len: nw as u32 };
+        if let Some(short) = self.bufs.short {
+            self.short_matmuls(ops, j, short, psum);
+            return psum;
+        }
         for kc in 0..self.kt {
             let kr = tk.min(p.k - kc * tk);
             let (a, b) = (self.bufs.a, self.bufs.b);
@@ -1037,6 +1186,48 @@ impl<'a> Lowering<'a> {
             ops.push((TileOp::Matmul { dst: psum, stationary, moving, accumulate: kc > 0, transposed }, 0));
         }
         psum
+    }
+
+    /// Item j's matmuls in the short form ([`is_short`]) into `psum`: A^T first
+    /// when the item's A tile is new, then C^T's matmuls (k outer, a block of
+    /// columns inner), then each block's evacuation and transpose back into
+    /// `psum`.
+    fn short_matmuls(&self, ops: &mut Vec<(TileOp, u32)>, j: usize, short: Short, psum: BufSlice) {
+        let p = self.p;
+        let (tn, tk, tm) = (self.tn, self.tk, self.tm);
+        let ItemPlan { b_copy, a_copy, load_a, .. } = self.plan[j];
+        let (mr, nw) = (psum.parts, psum.len as u64);
+        let slice = |buf, copy, parts, offset: u64, len: u32| BufSlice { buf, copy, parts, offset: offset as u32, len };
+        if load_a {
+            for kc in 0..self.kt {
+                let kr = tk.min(p.k - kc * tk) as u32;
+                let staged = slice(short.a_t_psum, kc as u32 % 2, kr, 0, mr);
+                let a = slice(self.bufs.a, a_copy, mr, kc * tk, kr);
+                ops.push((TileOp::Transpose { dst: staged, src: a }, 0));
+                ops.push((TileOp::Copy { dst: slice(short.a_t, a_copy, kr, kc * tm, mr), src: staged }, 0));
+            }
+        }
+        // k outer, so each of B's k-slices is used as it arrives; a C^T
+        // accumulator per block (two sets, item by item).
+        let blocks = nw.div_ceil(short.block);
+        let width = |nb: u64| short.block.min(nw - nb * short.block) as u32;
+        let first = (j as u64 % 2 * self.tn.div_ceil(short.block)) as u32;
+        let c_t_psum = |nb: u64| slice(short.c_t_psum, first + nb as u32, width(nb), 0, mr);
+        for kc in 0..self.kt {
+            let kr = tk.min(p.k - kc * tk) as u32;
+            for nb in 0..blocks {
+                let stationary = slice(self.bufs.b, b_copy, kr, kc * tn + nb * short.block, width(nb));
+                let moving = slice(short.a_t, a_copy, kr, kc * tm, mr);
+                let dst = c_t_psum(nb);
+                ops.push((TileOp::Matmul { dst, stationary, moving, accumulate: kc > 0, transposed: false }, 0));
+            }
+        }
+        for nb in 0..blocks {
+            let c_t = slice(short.c_t, nb as u32 % 2, width(nb), 0, mr);
+            ops.push((TileOp::Copy { dst: c_t, src: c_t_psum(nb) }, 0));
+            let back = BufSlice { offset: (nb * short.block) as u32, len: width(nb), ..psum };
+            ops.push((TileOp::Transpose { dst: back, src: c_t }, 0));
+        }
     }
 
     /// Item j's evacuation of `psum` by the VE, its epilogue steps in place, the

@@ -81,7 +81,8 @@ pub fn lower(p: &GemmProblem, s: &GemmSchedule, t: &Target, range: std::ops::Ran
     let (tensors, c_tensor) = tensors(p);
     let all = items(p, t);
     let mine = &all[range.start.min(all.len())..range.end.min(all.len())];
-    let l = OneRow { p, s, c_tensor, kt: p.k.div_ceil(s.tile_k as u64), block: block(p, t) };
+    let (kt, block, queues) = (p.k.div_ceil(s.tile_k as u64), block(p, t), queues(s, t));
+    let l = OneRow { p, s, c_tensor, kt, block, queues };
     let new_batch = |j: usize| j == 0 || mine[j - 1].0 != mine[j].0;
     let mut ops = Vec::new();
     // Item j + 1's loads go before item j's matmuls.
@@ -98,6 +99,17 @@ pub fn lower(p: &GemmProblem, s: &GemmSchedule, t: &Target, range: std::ops::Ran
     debug_ops.extend(p.epilogue.iter().map(|(_, text)| text.clone()));
     debug_ops.extend(p.cast.as_ref().map(|c| c.1.clone()));
     TileProgram { tensors, buffers: buffers(p, s, t), ops, debug_ops }
+}
+
+/// Queues of the input row's loads and of B's blocks, unless the schedule
+/// pins them: apart, because a DMA queue is in order and the input row waits
+/// for the kernel that produces it (a norm, say) while B can stream from the
+/// start. B takes queue 0; the row the next one, or the last (the stores'
+/// queue, where the row's producer stored it) when there are two.
+fn queues(s: &GemmSchedule, t: &Target) -> (u8, u8) {
+    let q = t.dma.queues;
+    let row = if q >= 3 { 1 } else { q.saturating_sub(1) as u8 };
+    (s.a_queue.unwrap_or(row), s.b_queue.unwrap_or(0))
 }
 
 /// `A^T` chunks (two copies, one per batch index in turn), B blocks, the PSUM
@@ -126,6 +138,9 @@ struct OneRow<'a> {
     kt: u64,
     /// Columns of C per block.
     block: u64,
+    /// DMA queues of the loads that wait for other kernels (`A^T`, epilogue
+    /// inputs) and of B's blocks (see [`queues`]).
+    queues: (u8, u8),
 }
 
 impl OneRow<'_> {
@@ -147,19 +162,19 @@ impl OneRow<'_> {
                 // One element of A per partition: K rows 1 element apart.
                 let src = HbmBox { tensor: 0, start: ab * p.k + kc * tk, rows: kr as u32, row_stride: 1, cols: 1 };
                 let dst = BufSlice { buf: A_T, copy: ci as u32 % 2, parts: kr as u32, offset: kc as u32, len: 1 };
-                ops.push((TileOp::Load { dst, src, queue: s.a_queue }, 0));
+                ops.push((TileOp::Load { dst, src, queue: Some(self.queues.0) }, 0));
             }
             let start = bb * p.k * p.n + kc * tk * p.n + n0;
             let src = HbmBox { tensor: 1, start, rows: kr as u32, row_stride: p.n, cols: w as u32 };
             let offset = (kc * self.block) as u32;
             let dst = BufSlice { buf: B_BLOCK, copy: self.b_copy(j), parts: kr as u32, offset, len: w as u32 };
-            ops.push((TileOp::Load { dst, src, queue: s.b_queue }, 0));
+            ops.push((TileOp::Load { dst, src, queue: Some(self.queues.1) }, 0));
         }
         for (e, input) in p.epilogue_inputs.iter().enumerate() {
             let batch = if input.broadcast == Broadcast::Full { ci as u64 * p.n } else { 0 };
             let src = HbmBox { tensor: 2 + e, start: batch + n0, rows: w as u32, row_stride: 1, cols: 1 };
             let dst = BufSlice { buf: EPILOGUE + e, copy: self.stage(j), parts: w as u32, offset: 0, len: 1 };
-            ops.push((TileOp::Load { dst, src, queue: None }, self.reader(e)));
+            ops.push((TileOp::Load { dst, src, queue: Some(self.queues.0) }, self.reader(e)));
         }
         ops
     }

@@ -36,7 +36,9 @@ pub mod mask;
 pub mod row_epilogue;
 pub mod rows;
 pub mod select;
+pub mod share;
 pub mod transpose;
+pub mod wide_row;
 
 use jpu_isa::{DType, Target};
 

@@ -122,8 +122,8 @@ pub struct RowProblem {
 pub struct RowsKernel {
     /// What it computes.
     pub p: RowProblem,
-    /// Its pipeline.
-    pub sched: RowSchedule,
+    /// Its pipeline; `None`: one long row, in the form of [`super::wide_row`].
+    pub sched: Option<RowSchedule>,
 }
 
 /// The kernels of the softmax, norm or reduction at node `i`: the row kernel,
@@ -360,6 +360,9 @@ fn transposed(
 impl RowsKernel {
     /// The kernel with the deepest pipeline that fits `t`.
     fn new(p: RowProblem, t: &Target) -> Result<RowsKernel, CompileError> {
+        if super::wide_row::applies(&p, t) {
+            return Ok(RowsKernel { p, sched: None });
+        }
         let sched = p.schedule(t).ok_or_else(|| {
             let what = format!(
                 "rows of {} elements do not fit one SRAM partition of {} ({} bytes) with the kernel's working tiles",
@@ -367,7 +370,7 @@ impl RowsKernel {
             );
             CompileError::limit(&p.text[0], what, p.span.clone())
         })?;
-        Ok(RowsKernel { p, sched })
+        Ok(RowsKernel { p, sched: Some(sched) })
     }
 }
 
@@ -397,7 +400,19 @@ impl Kernel for RowsKernel {
     }
 
     fn describe(&self, t: &Target) -> String {
-        let (p, copies) = (&self.p, self.sched.copies.map(|c| c.to_string()));
+        let p = &self.p;
+        let Some(sched) = &self.sched else {
+            let parts = t.sram.partitions;
+            return format!(
+                "{}\n  1 row of {} {} -> {}, its sum on one partition, then spread over {parts} partitions ({} each)\n",
+                p.text.join("; "),
+                p.len,
+                p.dtype,
+                p.out_dtype,
+                p.len / parts as u64
+            );
+        };
+        let copies = sched.copies.map(|c| c.to_string());
         format!(
             "{}\n  {} rows of {} {} -> {}, blocks of {} rows, copies {}\n",
             p.text.join("; "),
@@ -428,7 +443,7 @@ impl Kernel for RowsKernel {
     }
 
     fn lower(&self, t: &Target) -> TileProgram {
-        lower(&self.p, t, &self.sched)
+        self.lower_cores(t, 1)
     }
 
     fn partition(&self, t: &Target, cores: u32) -> String {
@@ -436,7 +451,10 @@ impl Kernel for RowsKernel {
     }
 
     fn lower_cores(&self, t: &Target, cores: u32) -> TileProgram {
-        super::spread(block_count(&self.p, t), cores, |r| lower_blocks(&self.p, t, &self.sched, r))
+        match &self.sched {
+            Some(sched) => super::spread(block_count(&self.p, t), cores, |r| lower_blocks(&self.p, t, sched, r)),
+            None => super::wide_row::lower(&self.p, t),
+        }
     }
 }
 
@@ -682,11 +700,6 @@ fn block_ops(
         *s = sched.stage(*s, depth);
     }
     (ops, y)
-}
-
-/// Lowers a row kernel with its schedule (from [`RowProblem::schedule`]).
-pub fn lower(p: &RowProblem, t: &Target, sched: &RowSchedule) -> TileProgram {
-    lower_blocks(p, t, sched, 0..block_count(p, t))
 }
 
 /// The tile program of blocks `range` of rows (a core's share).

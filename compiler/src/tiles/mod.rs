@@ -92,12 +92,15 @@ pub struct Buffer {
     pub copies: u32,
     /// The core whose SRAM or PSUM holds it (set by [`merge_cores`]).
     pub core: u32,
+    /// A buffer of another core this one is placed at the same address as (a
+    /// [`TileOp::Share`] writes every core's copy at one address).
+    pub mirrors: Option<BufferId>,
 }
 
 impl Buffer {
     /// A buffer on core 0 ([`merge_cores`] moves a core's buffers to it).
     pub fn new(name: impl Into<String>, space: Space, dtype: DType, parts: u32, free: u32, copies: u32) -> Buffer {
-        Buffer { name: name.into(), space, dtype, parts, free, copies, core: 0 }
+        Buffer { name: name.into(), space, dtype, parts, free, copies, core: 0, mirrors: None }
     }
 }
 
@@ -153,6 +156,17 @@ pub enum TileOp {
         src: HbmBox,
         /// The core whose DMA queue moves it (it touches no buffer to say so).
         core: u32,
+    },
+    /// SRAM -> the same bytes of other cores' SRAM (core-to-core DMA over the
+    /// fabric; a multicast when several): `dst` holds one slice per core, each
+    /// the same slice of a buffer that mirrors `src`'s. Runs on `src`'s core.
+    Share {
+        /// Destinations, one per core.
+        dst: Vec<BufSlice>,
+        /// Source.
+        src: BufSlice,
+        /// The DMA queue (`None`: the backend chooses).
+        queue: Option<u8>,
     },
     /// SRAM -> HBM (DMA).
     Store {
@@ -402,7 +416,11 @@ pub fn merge_cores(mut parts: Vec<TileProgram>) -> TileProgram {
             })
             .collect();
         let base = out.buffers.len();
-        out.buffers.extend(part.buffers.into_iter().map(|b| Buffer { core: c as u32 + 1, ..b }));
+        out.buffers.extend(part.buffers.into_iter().map(|b| Buffer {
+            core: c as u32 + 1,
+            mirrors: b.mirrors.map(|m| m + base),
+            ..b
+        }));
         out.ops.extend(part.ops.into_iter().map(|(mut op, d)| {
             op.remap(|b| b + base, |t| tensor_map[t]);
             if let TileOp::HbmCopy { core, .. } = &mut op {
@@ -421,6 +439,7 @@ impl TileOp {
             TileOp::Load { dst, .. } => (vec![], vec![*dst]),
             TileOp::Gather { dst, idx, .. } => (vec![*idx], vec![*dst]),
             TileOp::Store { src, .. } => (vec![*src], vec![]),
+            TileOp::Share { dst, src, .. } => (vec![*src], dst.clone()),
             TileOp::HbmCopy { .. } => (vec![], vec![]),
             TileOp::Matmul { dst, stationary, moving, accumulate, .. } => {
                 let mut r = vec![*stationary, *moving];
@@ -460,6 +479,10 @@ impl TileOp {
             TileOp::Store { dst, src } => {
                 dst.tensor = tensor(dst.tensor);
                 slices.push(src);
+            }
+            TileOp::Share { dst, src, .. } => {
+                slices.push(src);
+                slices.extend(dst.iter_mut());
             }
             TileOp::Gather { dst, idx, table } => {
                 table.tensor = tensor(table.tensor);
@@ -527,6 +550,13 @@ impl TileProgram {
                 format!("load {} <- {}{on}", slice_text(self, dst), hbm_text(self, src))
             }
             TileOp::Store { dst, src } => format!("store {} <- {}", hbm_text(self, dst), slice_text(self, src)),
+            TileOp::Share { dst, src, queue } => {
+                let cores: Vec<String> = dst.iter().map(|d| self.buffers[d.buf].core.to_string()).collect();
+                let from = self.buffers[src.buf].core;
+                let on = if from > 0 { format!(" on core {from}") } else { String::new() };
+                let queue = queue.map_or(String::new(), |q| format!(" on dma{q}"));
+                format!("share {}{on} -> cores {}{queue}", slice_text(self, src), cores.join(", "))
+            }
             TileOp::Gather { dst, idx, table } => {
                 format!("gather {} <- {} rows {}", slice_text(self, dst), hbm_text(self, table), slice_text(self, idx))
             }
@@ -624,7 +654,11 @@ impl fmt::Display for TileProgram {
                 b.free,
                 b.copies
             );
-            let _ = if b.core > 0 { writeln!(out, " on core {}", b.core) } else { writeln!(out) };
+            let _ = if b.core > 0 { write!(out, " on core {}", b.core) } else { Ok(()) };
+            let _ = match b.mirrors {
+                Some(m) => writeln!(out, " at the address of core {}'s", self.buffers[m].core),
+                None => writeln!(out),
+            };
         }
         for (i, (_, d)) in self.ops.iter().enumerate() {
             let text = self.op_text(i);
@@ -665,6 +699,7 @@ pub fn link(inputs: &[&str], outputs: &[&str], names: &[String], parts: Vec<Tile
             .collect();
         let (buf_base, debug_base) = (out.buffers.len(), out.debug_ops.len() as u32);
         out.buffers.extend(part.buffers.into_iter().map(|mut b| {
+            b.mirrors = b.mirrors.map(|m| m + buf_base);
             if several {
                 let kernel = names.get(k).cloned().unwrap_or_else(|| format!("k{}", k + 1));
                 b.name = format!("{kernel}.{}", b.name);

@@ -50,6 +50,9 @@ impl TileProgram {
             for s in reads.iter().chain(&writes) {
                 self.check_slice(s).map_err(fail)?;
             }
+            if let TileOp::Share { dst, src, .. } = op {
+                self.check_share(dst, src).map_err(fail)?;
+            }
             let (hbm_reads, hbm_writes) = op.hbm_boxes();
             for h in hbm_reads.iter().chain(&hbm_writes) {
                 self.check_box(h).map_err(fail)?;
@@ -87,7 +90,7 @@ impl TileProgram {
     }
 
     fn validate_buffers(&self, t: &Target) -> Result<(), TileError> {
-        for b in &self.buffers {
+        for (i, b) in self.buffers.iter().enumerate() {
             let (partitions, bytes) = match b.space {
                 Space::Sram => (t.sram.partitions, t.sram.partition_bytes as u64),
                 Space::Psum => (t.psum.partitions, t.psum.partition_bytes as u64),
@@ -97,6 +100,8 @@ impl TileProgram {
                 format!("has {} partitions; {} {} has {partitions}", b.parts, t.name, b.space.name())
             } else if b.copies == 0 {
                 "has no copies".to_string()
+            } else if let Some(why) = self.mirror_mismatch(i) {
+                why
             } else if copy_bytes.saturating_mul(b.copies as u64) > bytes {
                 format!(
                     "needs {} x {copy_bytes} bytes per partition; {} {} has {bytes}",
@@ -110,6 +115,40 @@ impl TileProgram {
             return Err(TileError { op: None, message: format!("buffer `{}` {why}", b.name) });
         }
         Ok(())
+    }
+
+    /// A share writes the source's slice of mirrors of its buffer on other
+    /// cores, each core once.
+    fn check_share(&self, dst: &[BufSlice], src: &BufSlice) -> Result<(), String> {
+        let root = |b: usize| self.buffers.get(b).and_then(|x| x.mirrors).unwrap_or(b);
+        let core = |b: usize| self.buffers.get(b).map_or(0, |x| x.core);
+        let mut cores = vec![core(src.buf)];
+        for d in dst {
+            let same = (d.copy, d.parts, d.offset, d.len) == (src.copy, src.parts, src.offset, src.len);
+            if !same || root(d.buf) != root(src.buf) || cores.contains(&core(d.buf)) {
+                return Err(
+                    "a share's destinations must be the source's slice of its mirrors on other cores, one per core"
+                        .into(),
+                );
+            }
+            cores.push(core(d.buf));
+        }
+        if dst.is_empty() {
+            return Err("a share needs a destination".into());
+        }
+        Ok(())
+    }
+
+    /// Why `b` cannot share the address of the buffer it mirrors: that must be
+    /// an earlier buffer of the same shape on another core, itself no mirror.
+    fn mirror_mismatch(&self, i: usize) -> Option<String> {
+        let b = &self.buffers[i];
+        let m = self.buffers.get(b.mirrors?).filter(|_| b.mirrors < Some(i));
+        let shape = |x: &super::Buffer| (x.space, x.dtype, x.parts, x.free, x.copies);
+        match m {
+            Some(m) if m.mirrors.is_none() && m.core != b.core && shape(m) == shape(b) => None,
+            _ => Some("mirrors a buffer of another shape, of its own core, or not earlier".into()),
+        }
     }
 
     fn check_slice(&self, s: &BufSlice) -> Result<(), String> {
@@ -214,5 +253,48 @@ mod tests {
             0,
         ));
         assert!(message(&p).contains("writes the input tensor `x`"), "{}", message(&p));
+    }
+
+    /// `program()` with core 1 holding a mirror of the buffer, written by a
+    /// share from core 0 and stored from there.
+    fn shared() -> TileProgram {
+        let mut p = program();
+        p.buffers.push(Buffer { core: 1, mirrors: Some(0), ..p.buffers[0].clone() });
+        let (s, on_1) = (
+            BufSlice { buf: 0, copy: 0, parts: 4, offset: 0, len: 8 },
+            BufSlice { buf: 1, copy: 0, parts: 4, offset: 0, len: 8 },
+        );
+        p.ops.insert(1, (TileOp::Share { dst: vec![on_1], src: s, queue: None }, 0));
+        if let TileOp::Store { src, .. } = &mut p.ops[2].0 {
+            *src = on_1;
+        }
+        p
+    }
+
+    #[test]
+    fn shares_write_the_same_slice_of_mirrors_on_other_cores() {
+        let t = jpu_isa::Target::builtin("jpu-tiny").unwrap();
+        shared().validate(&t).unwrap();
+        assert!(shared().to_string().contains("share b[0:4, 0:8] -> cores 1"), "{}", shared());
+        assert!(shared().to_string().contains("on core 1 at the address of core 0's"), "{}", shared());
+        let mut p = shared();
+        if let TileOp::Share { dst, .. } = &mut p.ops[1].0 {
+            dst[0].offset = 1;
+            dst[0].len = 7;
+        }
+        assert!(message(&p).contains("a share's destinations must be the source's slice"), "{}", message(&p));
+        let mut p = shared();
+        p.buffers[1].mirrors = None;
+        assert!(message(&p).contains("a share's destinations must be"), "{}", message(&p));
+        let mut p = shared();
+        p.buffers[1].core = 0;
+        assert!(
+            message(&p).contains("buffer `b` mirrors a buffer of another shape, of its own core"),
+            "{}",
+            message(&p)
+        );
+        let mut p = shared();
+        p.buffers[1].free = 4;
+        assert!(message(&p).contains("mirrors a buffer of another shape"), "{}", message(&p));
     }
 }
