@@ -193,33 +193,16 @@ fn place_buffers(tp: &TileProgram, t: &Target, live: &[Option<(usize, usize)>]) 
     for b in (0..tp.buffers.len()).rev() {
         earliest_from[b] = earliest_from[b + 1].min(live[b].map_or(usize::MAX, |r| r.0));
     }
-    // Buffers placed at another's address go with it (see below).
-    let mut mirrors: Vec<Vec<BufferId>> = vec![Vec::new(); tp.buffers.len()];
-    let mut placed_with_another = vec![false; tp.buffers.len()];
-    for (b, buf) in tp.buffers.iter().enumerate() {
-        if let Some(m) = buf.mirrors.filter(|&m| m < b && live[b].is_some() && live[m].is_some()) {
-            mirrors[m].push(b);
-            placed_with_another[b] = true;
-        }
-    }
+    let mirrors = mirror_groups(tp, live);
     for b in 0..tp.buffers.len() {
         placed.retain(|(_, r, _, _)| r.1 >= earliest_from[b]);
         let buf = &tp.buffers[b];
-        if placed_with_another[b] {
+        // A mirror is placed with the buffer it mirrors.
+        if buf.mirrors.and_then(|m| mirrors.get(m)).is_some_and(|group| group.contains(&b)) {
             continue;
         }
         let bytes = tp.copy_bytes(b);
-        let (stride, align) = match buf.space {
-            Space::Sram => (bytes.div_ceil(64) * 64, 64),
-            // A PE result must not cross a bank: a copy up to a bank takes a
-            // power-of-two block aligned to its size (so small accumulators share
-            // a bank); a wider copy, written by one matmul per bank, whole banks.
-            Space::Psum if bytes <= bank_bytes => {
-                let block = bytes.next_power_of_two().max(64);
-                (block, block)
-            }
-            Space::Psum => (bytes.div_ceil(bank_bytes) * bank_bytes, bank_bytes),
-        };
+        let (stride, align) = copy_stride_and_alignment(buf.space, bytes, bank_bytes);
         let size = stride * buf.copies as u64;
         // A buffer no op touches takes no memory.
         let Some(range) = live[b] else {
@@ -231,19 +214,12 @@ fn place_buffers(tp: &TileProgram, t: &Target, live: &[Option<(usize, usize)>]) 
         let group: Vec<Member> = std::iter::once((b, (buf.space, buf.core), range))
             .chain(mirrors[b].iter().filter_map(|&m| Some((m, (buf.space, tp.buffers[m].core), live[m]?))))
             .collect();
-        let mut busy: Vec<(u64, u64)> = placed
+        let busy = placed
             .iter()
             .filter(|(m, r, _, _)| group.iter().any(|(_, gm, gr)| m == gm && r.0 <= gr.1 && gr.0 <= r.1))
             .map(|&(_, _, s, e)| (s, e))
             .collect();
-        busy.sort_unstable();
-        let mut start = 0u64;
-        for (s, e) in busy {
-            if start + size <= s {
-                break;
-            }
-            start = start.max(e.div_ceil(align) * align);
-        }
+        let start = first_free(busy, size, align);
         for &(g, memory, range) in &group {
             placed.push((memory, range, start, start + size));
             offsets[g] = (0..buf.copies as u64).map(|c| (start + c * stride) as u32).collect();
@@ -268,6 +244,46 @@ fn place_buffers(tp: &TileProgram, t: &Target, live: &[Option<(usize, usize)>]) 
         return Err(BackendError::Psum { buffer, needed: psum_high.div_ceil(bank_bytes), available, target });
     }
     Ok(Allocation { offsets })
+}
+
+/// For each buffer, the live buffers placed at its address (its mirrors on
+/// other cores, which a multicast writes at the address it reads from).
+fn mirror_groups(tp: &TileProgram, live: &[Option<(usize, usize)>]) -> Vec<Vec<BufferId>> {
+    let mut mirrors: Vec<Vec<BufferId>> = vec![Vec::new(); tp.buffers.len()];
+    for (b, buf) in tp.buffers.iter().enumerate() {
+        if let Some(m) = buf.mirrors.filter(|&m| m < b && live[b].is_some() && live[m].is_some()) {
+            mirrors[m].push(b);
+        }
+    }
+    mirrors
+}
+
+/// The stride between a buffer's copies of `bytes` each, and their alignment.
+fn copy_stride_and_alignment(space: Space, bytes: u64, bank_bytes: u64) -> (u64, u64) {
+    match space {
+        Space::Sram => (bytes.div_ceil(64) * 64, 64),
+        // A PE result must not cross a bank: a copy up to a bank takes a
+        // power-of-two block aligned to its size (so small accumulators share
+        // a bank); a wider copy, written by one matmul per bank, whole banks.
+        Space::Psum if bytes <= bank_bytes => {
+            let block = bytes.next_power_of_two().max(64);
+            (block, block)
+        }
+        Space::Psum => (bytes.div_ceil(bank_bytes) * bank_bytes, bank_bytes),
+    }
+}
+
+/// The lowest `align`-aligned start of `size` bytes clear of the `busy` ranges.
+fn first_free(mut busy: Vec<(u64, u64)>, size: u64, align: u64) -> u64 {
+    busy.sort_unstable();
+    let mut start = 0u64;
+    for (s, e) in busy {
+        if start + size <= s {
+            break;
+        }
+        start = start.max(e.div_ceil(align) * align);
+    }
+    start
 }
 
 /// Bytes a tile op touches, for dependencies: on-chip ranges are placed byte
@@ -745,50 +761,11 @@ fn select_instructions(
 /// The instruction of one tile op, and its engine (DMA: queue 0 until placed).
 fn instruction(tp: &TileProgram, t: &Target, alloc: &Allocation, tensors: &[TensorDecl], op: &TileOp) -> (Engine, Op) {
     match op {
-        TileOp::Gather { dst, idx, table } => {
-            let size = tp.tensors[table.tensor].dtype.size_bytes() as u64;
-            let rows = HbmRows {
-                addr: tensors[table.tensor].addr + table.start * size,
-                rows: table.rows,
-                stride: table.row_stride * size,
-            };
-            (Engine::dma(0), Op::DmaGather { dst: tile(tp, alloc, dst), idx: column(tp, alloc, idx), table: rows })
-        }
-        TileOp::Load { dst, src, .. } => {
-            let size = tp.tensors[src.tensor].dtype.size_bytes() as u64;
-            let xfer = DmaTransfer {
-                elem_bytes: size as u8,
-                src: hbm_side(src, tensors[src.tensor].addr, size),
-                dst: sram_side(tp, alloc, dst, t),
-            };
-            (Engine::dma(0), Op::Dma { xfer })
-        }
-        TileOp::Share { dst, src, .. } => {
-            // The mirrors are at the source's address: the same side, on other cores.
-            let from = sram_side(tp, alloc, src, t);
-            let cores = dst.iter().fold(0, |m, d| m | 1 << tp.buffers[d.buf].core);
-            let size = tp.buffers[src.buf].dtype.size_bytes();
-            let xfer = DmaTransfer { elem_bytes: size as u8, src: from, dst: DmaSide { cores, ..from } };
-            (Engine::dma(0), Op::Dma { xfer })
-        }
-        TileOp::Store { dst, src } => {
-            let size = tp.tensors[dst.tensor].dtype.size_bytes() as u64;
-            let xfer = DmaTransfer {
-                elem_bytes: size as u8,
-                src: sram_side(tp, alloc, src, t),
-                dst: hbm_side(dst, tensors[dst.tensor].addr, size),
-            };
-            (Engine::dma(0), Op::Dma { xfer })
-        }
-        TileOp::HbmCopy { dst, src, .. } => {
-            let size = tp.tensors[dst.tensor].dtype.size_bytes() as u64;
-            let xfer = DmaTransfer {
-                elem_bytes: size as u8,
-                src: hbm_side(src, tensors[src.tensor].addr, size),
-                dst: hbm_side(dst, tensors[dst.tensor].addr, size),
-            };
-            (Engine::dma(0), Op::Dma { xfer })
-        }
+        TileOp::Gather { .. }
+        | TileOp::Load { .. }
+        | TileOp::Share { .. }
+        | TileOp::Store { .. }
+        | TileOp::HbmCopy { .. } => (Engine::dma(0), transfer(tp, t, alloc, tensors, op)),
         TileOp::Matmul { dst, stationary, moving, accumulate, transposed } => (
             Engine::PE,
             Op::Matmul {
@@ -861,6 +838,57 @@ fn instruction(tp: &TileProgram, t: &Target, alloc: &Allocation, tensors: &[Tens
                 fill: Imm(*fill),
             },
         ),
+    }
+}
+
+/// The transfer of one DMA tile op.
+fn transfer(tp: &TileProgram, t: &Target, alloc: &Allocation, tensors: &[TensorDecl], op: &TileOp) -> Op {
+    match op {
+        TileOp::Gather { dst, idx, table } => {
+            let size = tp.tensors[table.tensor].dtype.size_bytes() as u64;
+            let rows = HbmRows {
+                addr: tensors[table.tensor].addr + table.start * size,
+                rows: table.rows,
+                stride: table.row_stride * size,
+            };
+            Op::DmaGather { dst: tile(tp, alloc, dst), idx: column(tp, alloc, idx), table: rows }
+        }
+        TileOp::Load { dst, src, .. } => {
+            let size = tp.tensors[src.tensor].dtype.size_bytes() as u64;
+            let xfer = DmaTransfer {
+                elem_bytes: size as u8,
+                src: hbm_side(src, tensors[src.tensor].addr, size),
+                dst: sram_side(tp, alloc, dst, t),
+            };
+            Op::Dma { xfer }
+        }
+        TileOp::Share { dst, src, .. } => {
+            // The mirrors are at the source's address: the same side, on other cores.
+            let from = sram_side(tp, alloc, src, t);
+            let cores = dst.iter().fold(0, |m, d| m | 1 << tp.buffers[d.buf].core);
+            let size = tp.buffers[src.buf].dtype.size_bytes();
+            let xfer = DmaTransfer { elem_bytes: size as u8, src: from, dst: DmaSide { cores, ..from } };
+            Op::Dma { xfer }
+        }
+        TileOp::Store { dst, src } => {
+            let size = tp.tensors[dst.tensor].dtype.size_bytes() as u64;
+            let xfer = DmaTransfer {
+                elem_bytes: size as u8,
+                src: sram_side(tp, alloc, src, t),
+                dst: hbm_side(dst, tensors[dst.tensor].addr, size),
+            };
+            Op::Dma { xfer }
+        }
+        TileOp::HbmCopy { dst, src, .. } => {
+            let size = tp.tensors[dst.tensor].dtype.size_bytes() as u64;
+            let xfer = DmaTransfer {
+                elem_bytes: size as u8,
+                src: hbm_side(src, tensors[src.tensor].addr, size),
+                dst: hbm_side(dst, tensors[dst.tensor].addr, size),
+            };
+            Op::Dma { xfer }
+        }
+        _ => unreachable!("instruction() passes only DMA tile ops"),
     }
 }
 

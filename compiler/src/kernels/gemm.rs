@@ -971,19 +971,24 @@ fn buffers(p: &GemmProblem, s: &GemmSchedule, t: &Target) -> (Vec<Buffer>, Buffe
             row.params.iter().map(|(name, dtype)| add(sram(&format!("row_{name}"), *dtype, s.tile_m, p.n as u32, 1)));
         (work, params.collect())
     });
-    let short = is_short(p, s, t).then(|| {
-        let (acc, block) = (p.operand.accumulator(), (t.pe.cols as u64).min(s.tile_n as u64));
-        let blocks = (s.tile_n as u64).div_ceil(block);
-        let kt = p.k.div_ceil(s.tile_k as u64);
-        Short {
-            a_t: add(sram("a_t", p.operand, s.tile_k, (kt * s.tile_m as u64) as u32, s.a_buffers.max(1))),
-            a_t_psum: add(Buffer::new("a_t_psum", Space::Psum, acc, s.tile_k, s.tile_m, 2)),
-            c_t_psum: add(Buffer::new("c_t_psum", Space::Psum, acc, block as u32, s.tile_m, 2 * blocks as u32)),
-            c_t: add(sram("c_t", acc, block as u32, s.tile_m, 2)),
-            block,
-        }
-    });
+    let short = is_short(p, s, t).then(|| short_buffers(p, s, t, &mut add));
     (buffers, Buffers { a: 0, b: 1, psum: 2, c: 3, cast, epilogue, bt, row, short })
+}
+
+/// The short form's buffers (A^T and C^T, and the PSUM of their transposes),
+/// each taken by `add`.
+fn short_buffers(p: &GemmProblem, s: &GemmSchedule, t: &Target, add: &mut impl FnMut(Buffer) -> usize) -> Short {
+    let (acc, block) = (p.operand.accumulator(), (t.pe.cols as u64).min(s.tile_n as u64));
+    let blocks = (s.tile_n as u64).div_ceil(block);
+    let kt = p.k.div_ceil(s.tile_k as u64);
+    let sram = |name: &str, dtype, parts, free, copies| Buffer::new(name, Space::Sram, dtype, parts, free, copies);
+    Short {
+        a_t: add(sram("a_t", p.operand, s.tile_k, (kt * s.tile_m as u64) as u32, s.a_buffers.max(1))),
+        a_t_psum: add(Buffer::new("a_t_psum", Space::Psum, acc, s.tile_k, s.tile_m, 2)),
+        c_t_psum: add(Buffer::new("c_t_psum", Space::Psum, acc, block as u32, s.tile_m, 2 * blocks as u32)),
+        c_t: add(sram("c_t", acc, block as u32, s.tile_m, 2)),
+        block,
+    }
 }
 
 impl<'a> Lowering<'a> {

@@ -53,24 +53,7 @@ pub fn lower(p: &RowProblem, t: &Target) -> TileProgram {
     let RowKind::RmsNorm { eps } = p.kind else { unreachable!("applies() admits RMSNorm only") };
     let (n, parts) = (p.len as u32, t.sram.partitions);
     let per = n / parts;
-    let (gamma_name, gamma_dtype) = p.params[0].clone();
-    let tensors = vec![
-        HbmTensor { name: p.input.clone(), dtype: p.dtype, shape: p.input_shape.clone(), role: Role::Input },
-        HbmTensor { name: gamma_name, dtype: gamma_dtype, shape: vec![p.len], role: Role::Input },
-        HbmTensor { name: p.output.clone(), dtype: p.out_dtype, shape: p.output_shape.clone(), role: Role::Output },
-    ];
-    let sram = |name: &str, dtype, parts, free| Buffer::new(name, Space::Sram, dtype, parts, free, 1);
-    let buffers = vec![
-        sram("x_row", p.dtype, 1, n),
-        sram("squares", p.out_dtype, 1, n),
-        sram("row_sum", DType::F32, 1, 1),
-        sram("r_row", DType::F32, 1, parts),
-        Buffer::new("r_psum", Space::Psum, DType::F32, parts, 1, 1),
-        sram("x_spread", p.dtype, parts, per),
-        sram("gamma_spread", gamma_dtype, parts, per),
-        sram("f32_spread", DType::F32, parts, per),
-        sram("y_spread", p.out_dtype, parts, per),
-    ];
+    let (tensors, buffers) = (tensors(p), buffers(p, t));
     let whole = |buf, parts, len| BufSlice { buf, copy: 0, parts, offset: 0, len };
     let spread = |tensor| HbmBox { tensor, start: 0, rows: parts, row_stride: per as u64, cols: per };
     let (sum, r_row, r_col) = (whole(SUM, 1, 1), whole(R_ROW, 1, parts), whole(R_PSUM, parts, 1));
@@ -118,6 +101,34 @@ pub fn lower(p: &RowProblem, t: &Target) -> TileProgram {
         (TileOp::Store { dst: spread(2), src: whole(Y, parts, per) }, p.text.len() as u32 - 1),
     ];
     TileProgram { tensors, buffers, ops, debug_ops: p.text.clone() }
+}
+
+/// The input row, gamma and the output.
+fn tensors(p: &RowProblem) -> Vec<HbmTensor> {
+    let (gamma_name, gamma_dtype) = p.params[0].clone();
+    vec![
+        HbmTensor { name: p.input.clone(), dtype: p.dtype, shape: p.input_shape.clone(), role: Role::Input },
+        HbmTensor { name: gamma_name, dtype: gamma_dtype, shape: vec![p.len], role: Role::Input },
+        HbmTensor { name: p.output.clone(), dtype: p.out_dtype, shape: p.output_shape.clone(), role: Role::Output },
+    ]
+}
+
+/// The buffers, at the indices `X_ROW` .. `Y`.
+fn buffers(p: &RowProblem, t: &Target) -> Vec<Buffer> {
+    let (n, parts) = (p.len as u32, t.sram.partitions);
+    let per = n / parts;
+    let sram = |name: &str, dtype, parts, free| Buffer::new(name, Space::Sram, dtype, parts, free, 1);
+    vec![
+        sram("x_row", p.dtype, 1, n),
+        sram("squares", p.out_dtype, 1, n),
+        sram("row_sum", DType::F32, 1, 1),
+        sram("r_row", DType::F32, 1, parts),
+        Buffer::new("r_psum", Space::Psum, DType::F32, parts, 1, 1),
+        sram("x_spread", p.dtype, parts, per),
+        sram("gamma_spread", p.params[0].1, parts, per),
+        sram("f32_spread", DType::F32, parts, per),
+        sram("y_spread", p.out_dtype, parts, per),
+    ]
 }
 
 /// `dst = x * x` on the ACT with the f32 row sum of the products in `sum`.
