@@ -29,8 +29,13 @@ pub fn measure(src: &str, t: &Target, repeats: usize) -> Measured {
 
 /// [`measure`], with the kernels spread over `cores` cores.
 pub fn measure_on(src: &str, t: &Target, cores: u32, repeats: usize) -> Measured {
+    measure_scheduled(src, t, cores, "", repeats)
+}
+
+/// [`measure_on`], with the schedule file `schedule` (text) applied.
+pub fn measure_scheduled(src: &str, t: &Target, cores: u32, schedule: &str, repeats: usize) -> Measured {
     let f = jalc::front::tir::parse_and_check(src).expect("benchmark source checks");
-    let opts = jalc::driver::Options { cores, ..jalc::driver::Options::o2() };
+    let opts = jalc::driver::Options { cores, ..crate::scheduled(schedule, 2) };
     let mut times = Vec::new();
     let mut compiled = None;
     for _ in 0..repeats.max(1) {

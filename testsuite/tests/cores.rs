@@ -269,15 +269,121 @@ fn a_short_gemm_multicasts_a_over_the_fabric() {
     }
 }
 
-fn short_gemm_multicasts_a(m: u64) {
-    let (k, n) = (1024u64, 512u64);
-    let f = check(&format!(
-        "func @g(%a: bf16[{m}, {k}], %b: bf16[{k}, {n}]) -> bf16[{m}, {n}] {{
-  %c = matmul(%a, %b) : f32[{m}, {n}]
+/// A GEMM of `m` rows by 1024 x 512 whose result is cast to bf16.
+fn skinny_gemm(m: u64) -> jalc::ir::Func {
+    check(&format!(
+        "func @g(%a: bf16[{m}, 1024], %b: bf16[1024, 512]) -> bf16[{m}, 512] {{
+  %c = matmul(%a, %b) : f32[{m}, 512]
   %y = cast(%c) {{to = bf16}}
   return %y
 }}"
-    ));
+    ))
+}
+
+/// Multicast DMAs in `p` (transfers into other cores' SRAM).
+fn multicasts(p: &Program) -> usize {
+    p.instructions().filter(|(_, _, _, i)| matches!(&i.op, Op::Dma { xfer } if xfer.dst.cores != 0)).count()
+}
+
+/// A schedule file's `form` and `share_a` override the GEMM's choices: every
+/// form that can run a GEMM gives the same bytes race-checked, sharing turns
+/// off where the cost model takes it and on where it does not, and a form
+/// that cannot run the GEMM is refused naming the field.
+#[test]
+fn a_schedule_file_chooses_the_gemm_form_and_sharing() {
+    let t = jpu_tiny_4();
+    let with = |cores: u32, text: &str| Options { cores, ..jpu_testsuite::scheduled(text, 2) };
+    let listing =
+        |c: &jalc::driver::Compiled, cores: u32| jalc::driver::kernels_text(&c.kernels, &c.names, &t, &[cores]);
+    // 16 rows: the cost model takes the short form, shared over 4 cores.
+    let f = skinny_gemm(16);
+    let one = compile(&f, &t, &on_cores(1)).unwrap();
+    let auto = compile(&f, &t, &on_cores(4)).unwrap();
+    assert!(listing(&auto, 4).contains("short: C^T") && multicasts(&auto.program) > 0, "{}", listing(&auto, 4));
+    let plain = compile(&f, &t, &with(4, "[%c]\nform = plain\nshare_a = false")).unwrap();
+    let text = listing(&plain, 4);
+    assert!(text.contains("form = plain, share_a = false") && !text.contains("short: C^T"), "{text}");
+    assert!(!text.contains("A read once") && multicasts(&plain.program) == 0, "{text}");
+    let (_, auto_run) = same_bytes_as_one_core(&f, &t, (&one, &auto), 4);
+    let (_, plain_run) = same_bytes_as_one_core(&f, &t, (&one, &plain), 4);
+    assert!(plain_run.report.busy("pe") > auto_run.report.busy("pe"), "the plain form's matmuls are longer");
+    // 32 rows on 2 cores: plain and shared by the cost model; forced short
+    // (with tiles of half the PE's columns) and unshared.
+    let f = skinny_gemm(32);
+    let one = compile(&f, &t, &on_cores(1)).unwrap();
+    let auto = compile(&f, &t, &on_cores(2)).unwrap();
+    let text = listing(&auto, 2);
+    assert!(!text.contains("short: C^T") && text.contains("A read once"), "{text}");
+    let forced = compile(&f, &t, &with(2, "[%c]\ntile_m = 16\nform = short\nshare_a = false")).unwrap();
+    let text = listing(&forced, 2);
+    assert!(text.contains("short: C^T") && !text.contains("A read once"), "{text}");
+    assert_eq!(multicasts(&forced.program), 0, "{text}");
+    same_bytes_as_one_core(&f, &t, (&one, &forced), 2);
+    let v = jalc::verify::verify_compiled(&forced, &f, &t, 3).unwrap();
+    assert!(v.passed && v.max_abs_error == 0.0, "{:?}", v.first_mismatch);
+    // JPU-1's 128 x 4096 x 4096 on 2 cores is bound by its matmuls, which
+    // would wait for A's shared slices, so the cost model does not share A
+    // there; `share_a = true` does (compiled only).
+    let jpu1 = Target::builtin("jpu1").unwrap();
+    let f = check(
+        "func @g(%a: bf16[128, 4096], %b: bf16[4096, 4096]) -> bf16[128, 4096] {\n  %c = matmul(%a, %b)\n  return %c\n}",
+    );
+    for (text, shared) in [("", false), ("[%c]\nshare_a = true", true)] {
+        let c = compile(&f, &jpu1, &Options { cores: 2, ..jpu_testsuite::scheduled(text, 2) }).unwrap();
+        let text = jalc::driver::kernels_text(&c.kernels, &c.names, &jpu1, &[2]);
+        assert_eq!(text.contains("A read once"), shared, "{text}");
+        assert_eq!(multicasts(&c.program) > 0, shared, "{text}");
+    }
+    // One row: every form forced, the same bytes as the cost model's choice.
+    let f = skinny_gemm(1);
+    let one = compile(&f, &t, &on_cores(1)).unwrap();
+    for form in ["plain", "short", "one_row"] {
+        let c = compile(&f, &t, &with(2, &format!("[%c]\nform = {form}"))).unwrap();
+        assert_eq!(listing(&c, 2).contains("one row: C^T"), form == "one_row", "{}", listing(&c, 2));
+        assert_eq!(listing(&c, 2).contains("short: C^T"), form == "short", "{}", listing(&c, 2));
+        same_bytes_as_one_core(&f, &t, (&one, &c), 2);
+    }
+    // Forms that cannot run the GEMM, and sharing that cannot apply.
+    let refused = |f: &jalc::ir::Func, text: &str| compile(f, &t, &with(2, text)).err().unwrap().to_string();
+    let e = refused(&skinny_gemm(32), "[%c]\nform = short");
+    assert!(e.contains("form = short needs 16-bit operands, A stored plainly, tile_m <= 16"), "{e}");
+    let e = refused(&skinny_gemm(16), "[%c]\nform = one_row");
+    assert!(e.contains("form = one_row needs M = 1") && e.contains("(this GEMM: M = 16)"), "{e}");
+    let e = refused(&skinny_gemm(1), "[%c]\nform = one_row\nshare_a = true");
+    assert!(e.contains("share_a = true does not apply to the one-row form"), "{e}");
+    let e = refused(&skinny_gemm(64), "[%c]\na_buffers = 1\nshare_a = true");
+    assert!(e.contains("share_a = true needs A resident: a_buffers >= 2 (A's tiles), not 1"), "{e}");
+    let e = refused(&skinny_gemm(16), "[%c]\nform = wide");
+    assert!(e.contains("is `auto`, `plain`, `short` or `one_row`, not `wide`"), "{e}");
+}
+
+/// On JPU-1 a short GEMM (one row of output blocks over the cores, A
+/// resident) streams B on `dma0` and A on `dma1` on every core, and shares A
+/// over the fabric where a long HBM stream hides the wait for other cores'
+/// slices: not where its matmuls bind it, nor where its stream is short
+/// (compiled only; `cores-bench --sharing` measures them).
+#[test]
+fn short_gemms_share_a_where_a_long_hbm_stream_hides_it() {
+    let t = Target::builtin("jpu1").unwrap();
+    // (M, K, N, cores, shares): bound by HBM; by its matmuls; a short stream.
+    for (m, k, n, cores, shares) in [(16, 2048, 2048, 4, true), (128, 4096, 4096, 2, false), (64, 1024, 1024, 8, false)]
+    {
+        let f = check(&format!(
+            "func @g(%a: bf16[{m}, {k}], %b: bf16[{k}, {n}]) -> bf16[{m}, {n}] {{\n  %c = matmul(%a, %b)\n  return %c\n}}"
+        ));
+        let c = compile(&f, &t, &on_cores(cores)).unwrap();
+        let text = jalc::driver::kernels_text(&c.kernels, &c.names, &t, &[cores]);
+        assert_eq!(text.contains("A read once"), shares, "{m} x {k} x {n} on {cores}: {text}");
+        assert_eq!(multicasts(&c.program) > 0, shares, "{m} x {k} x {n} on {cores}");
+        let every_core = |queue: usize| (0..cores as usize).map(|c| (c, 3 + queue)).collect::<Vec<_>>();
+        assert_eq!(streams_reading(&c.program, "b"), every_core(0), "{m} x {k} x {n}: B on dma0");
+        assert_eq!(streams_reading(&c.program, "a"), every_core(1), "{m} x {k} x {n}: A on dma1");
+    }
+}
+
+fn short_gemm_multicasts_a(m: u64) {
+    let (k, n) = (1024u64, 512u64);
+    let f = skinny_gemm(m);
     let four_queues = jpu_tiny_4_with("queues = 2", "queues = 4");
     for (t, cores) in [(Target::builtin("jpu-tiny").unwrap(), 2u64), (jpu_tiny_4(), 4), (four_queues, 4)] {
         let (one, many) = (compile(&f, &t, &on_cores(1)).unwrap(), compile(&f, &t, &on_cores(cores as u32)).unwrap());

@@ -59,6 +59,34 @@ pub struct GemmSchedule {
     pub a_queue: Option<u8>,
     /// DMA queue for B's loads (`None`: the backend's least-loaded queue).
     pub b_queue: Option<u8>,
+    /// How the matmuls are laid out (`None`: the fastest form that applies, by
+    /// the target's rates).
+    pub form: Option<Form>,
+    /// Whether, spread over one row of blocks on several cores, each core loads
+    /// a run of A and multicasts it to the others (`None`: when that saves time).
+    pub share_a: Option<bool>,
+}
+
+/// A GEMM's form: which operand is stationary on the PE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    /// A's tiles stationary, B's panels moving.
+    Plain,
+    /// `C^T = B^T . A^T` per block of `pe.cols` columns (a few rows of A).
+    Short,
+    /// One row of A per batch index, as a column of `A^T` (`gemv.rs`).
+    OneRow,
+}
+
+impl Form {
+    /// The schedule-file spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Form::Plain => "plain",
+            Form::Short => "short",
+            Form::OneRow => "one_row",
+        }
+    }
 }
 
 /// The order of a GEMM's work items within a batch index.
@@ -129,7 +157,7 @@ impl fmt::Display for GemmSchedule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "tile_m = {}, tile_n = {}, tile_k = {}, a_buffers = {}, b_buffers = {}, out_buffers = {}, psum_banks = {}, loop_order = {}, a_queue = {}, b_queue = {}",
+            "tile_m = {}, tile_n = {}, tile_k = {}, a_buffers = {}, b_buffers = {}, out_buffers = {}, psum_banks = {}, loop_order = {}, a_queue = {}, b_queue = {}, form = {}, share_a = {}",
             self.tile_m,
             self.tile_n,
             self.tile_k,
@@ -139,7 +167,9 @@ impl fmt::Display for GemmSchedule {
             self.psum_banks,
             self.loop_order.name(),
             self.a_queue.map_or("auto".to_string(), |q| q.to_string()),
-            self.b_queue.map_or("auto".to_string(), |q| q.to_string())
+            self.b_queue.map_or("auto".to_string(), |q| q.to_string()),
+            self.form.map_or("auto", Form::name),
+            self.share_a.map_or("auto".to_string(), |b| b.to_string())
         )
     }
 }
@@ -260,6 +290,8 @@ const FIELDS: &[&str] = &[
     "loop_order",
     "a_queue",
     "b_queue",
+    "form",
+    "share_a",
 ];
 
 impl GemmSchedule {
@@ -280,6 +312,23 @@ impl GemmSchedule {
             "psum_banks" => self.psum_banks = number()?,
             "a_queue" => self.a_queue = queue()?,
             "b_queue" => self.b_queue = queue()?,
+            "form" => {
+                self.form = match value {
+                    "auto" => None,
+                    "plain" => Some(Form::Plain),
+                    "short" => Some(Form::Short),
+                    "one_row" => Some(Form::OneRow),
+                    other => return Err(format!("is `auto`, `plain`, `short` or `one_row`, not `{other}`")),
+                }
+            }
+            "share_a" => {
+                self.share_a = match value {
+                    "auto" => None,
+                    "true" => Some(true),
+                    "false" => Some(false),
+                    other => return Err(format!("is `auto`, `true` or `false`, not `{other}`")),
+                }
+            }
             "loop_order" => {
                 self.loop_order = match value {
                     "n_outer" => LoopOrder::NOuter,
@@ -420,9 +469,9 @@ impl Kernel for GemmKernel {
             return lower(&self.p, &self.s, t);
         }
         let share = self.shares_a(t, &s, (rows, cols));
-        if share && t.dma.queues >= 3 {
+        if self.every_core_holds_a(&s, (rows, cols)) && t.dma.queues >= 3 {
             // B streams in k order on a queue of its own, as the matmuls read it;
-            // A's loads and shares take the next.
+            // A's loads (and shares) take the next.
             (s.b_queue, s.a_queue) = (s.b_queue.or(Some(0)), s.a_queue.or(Some(1)));
         }
         let mt = self.p.m.div_ceil(s.tile_m as u64);
@@ -448,28 +497,42 @@ impl Kernel for GemmKernel {
 }
 
 impl GemmKernel {
-    /// Whether, on a grid of `grid_rows` x `cores` blocks (schedule `s`)
-    /// where every core reads all of A (one row of blocks) and keeps it
-    /// resident, each should load a run of A's k-slices and multicast it to
-    /// the others ([`super::share`]): when a core's time by
-    /// the target's rates (the larger of its matmuls and its HBM bytes) drops
-    /// by more than what a shared slice adds before the first matmul (a fabric
-    /// transfer's latency and a remote signal's). A core bound by its matmuls
-    /// gains nothing.
-    fn shares_a(&self, t: &Target, s: &GemmSchedule, (grid_rows, cores): (u64, u64)) -> bool {
-        let p = &self.p;
-        let a_tiles = p.batch_map.len() as u64 * p.m.div_ceil(s.tile_m as u64);
-        if grid_rows != 1 || cores < 2 || a_tiles > s.a_buffers as u64 {
+    /// Whether, on a grid of `grid_rows` x `cores` blocks (schedule `s`),
+    /// every core reads all of A and keeps it resident: one row of blocks on
+    /// several cores, A's tiles within its copies.
+    fn every_core_holds_a(&self, s: &GemmSchedule, (grid_rows, cores): (u64, u64)) -> bool {
+        let a_tiles = self.p.batch_map.len() as u64 * self.p.m.div_ceil(s.tile_m as u64);
+        grid_rows == 1 && cores >= 2 && a_tiles <= s.a_buffers as u64
+    }
+
+    /// Whether, where [`Self::every_core_holds_a`], each core should load a
+    /// run of A's k-slices and multicast it to the others ([`super::share`]):
+    /// when a core's time by the target's rates (the larger of its matmuls and
+    /// its HBM bytes) drops by more than what sharing exposes. A slice from
+    /// another core arrives later (a fabric transfer's latency and data, and a
+    /// remote signal's latency); a core that stays bound by a long HBM stream
+    /// (at least twice those latencies) hides that behind the stream, as
+    /// measured on JPU-1, while one bound by its matmuls, or by a short
+    /// stream, waits for it.
+    fn shares_a(&self, t: &Target, s: &GemmSchedule, grid: (u64, u64)) -> bool {
+        if !self.every_core_holds_a(s, grid) {
             return false;
         }
+        if let Some(share) = s.share_a {
+            return share;
+        }
+        let (p, cores) = (&self.p, grid.1);
+        let a_tiles = p.batch_map.len() as u64 * p.m.div_ceil(s.tile_m as u64);
         let size = p.operand.size_bytes() as u64;
         let my_cols = p.n.div_ceil(s.tile_n as u64).div_ceil(cores);
         let pe = a_tiles * my_cols * tile_pe_cycles(p, s, t);
         let (a, b) = (a_tiles * s.tile_m as u64 * p.k * size, my_cols * s.tile_n as u64 * p.k * size);
-        let rate = t.hbm.bytes_per_cycle;
-        let time = |a_bytes: u64| pe.max(((a_bytes + b) * rate.den).div_ceil(rate.num));
-        let added = t.timing.dma.latency_cycles + t.fabric.signal_latency_cycles;
-        time(a / cores) + added < time(a)
+        let cycles = |bytes: u64, rate: jpu_isa::target::Ratio| (bytes * rate.den).div_ceil(rate.num);
+        let hbm = |a_bytes: u64| cycles(a_bytes + b, t.hbm.bytes_per_cycle);
+        let latency = t.timing.dma.latency_cycles + t.fabric.signal_latency_cycles;
+        let hidden = hbm(a / cores) > pe && hbm(a / cores) >= 2 * latency;
+        let exposed = if hidden { 0 } else { latency + cycles(a / cores, t.fabric.bytes_per_cycle) };
+        pe.max(hbm(a / cores)) + exposed < pe.max(hbm(a))
     }
 
     /// The `--emit kernels` text of [`GemmKernel::core_plan`].
@@ -619,6 +682,8 @@ pub fn choose(p: &GemmProblem, t: &Target) -> Result<GemmSchedule, CompileError>
         // Queue choice is left to the backend's list scheduler, which balances bytes.
         a_queue: None,
         b_queue: None,
+        form: None,
+        share_a: None,
     };
     let cap = t.sram.partition_bytes as u64;
     while p.sram_bytes(&s, t) > cap {
@@ -672,13 +737,10 @@ pub fn choose(p: &GemmProblem, t: &Target) -> Result<GemmSchedule, CompileError>
 /// transposes it adds and what they put on the critical path (a tile's
 /// transposes and evacuations, twice).
 pub fn is_short(p: &GemmProblem, s: &GemmSchedule, t: &Target) -> bool {
-    let fits = !p.transpose_a
-        && p.operand.size_bytes() == 2
-        && 2 * s.tile_m <= t.pe.cols
-        && s.tile_m <= t.pe.rows
-        && t.psum.banks.unwrap_or(1) > reserved_psum_banks(p, true);
-    if !fits {
-        return false;
+    match s.form {
+        Some(form) => return form == Form::Short && short_fits(p, s, t),
+        None if !short_fits(p, s, t) => return false,
+        None => {}
     }
     let (mt, nt) = (p.m.div_ceil(s.tile_m as u64), p.n.div_ceil(s.tile_n as u64));
     let (a_tiles, kt) = (p.batch_map.len() as u64 * mt, p.k.div_ceil(s.tile_k as u64));
@@ -688,6 +750,16 @@ pub fn is_short(p: &GemmProblem, s: &GemmSchedule, t: &Target) -> bool {
     let short = tiles * short_tile_pe_cycles(p, s, t) + a_tiles * kt * transpose;
     let latency = 2 * (transpose + t.timing.ve.fixed_cycles + t.pe.cols as u64);
     plain > short + latency
+}
+
+/// Whether the short form can run `p` with `s`: 16-bit operands, A stored
+/// plainly, tiles of at most half the PE's columns, and PSUM for its transposes.
+fn short_fits(p: &GemmProblem, s: &GemmSchedule, t: &Target) -> bool {
+    !p.transpose_a
+        && p.operand.size_bytes() == 2
+        && 2 * s.tile_m <= t.pe.cols
+        && s.tile_m <= t.pe.rows
+        && t.psum.banks.unwrap_or(1) > reserved_psum_banks(p, true)
 }
 
 /// PSUM banks the stored-transposed B's transposes and, in the short form,
@@ -755,6 +827,7 @@ pub fn check(p: &GemmProblem, s: &GemmSchedule, t: &Target) -> Result<(), (&'sta
             ),
         );
     }
+    check_choices(p, s, t)?;
     let banks = psum_banks_left(p, s, t);
     if s.psum_banks == 0 || s.psum_banks > banks {
         let why = match (p.transpose_b, is_short(p, s, t)) {
@@ -812,6 +885,43 @@ pub fn check(p: &GemmProblem, s: &GemmSchedule, t: &Target) -> Result<(), (&'sta
             "buffers",
             format!("the schedule needs {need} bytes per SRAM partition; {} has {}", t.name, t.sram.partition_bytes),
         );
+    }
+    Ok(())
+}
+
+/// Checks the schedule's `form` and `share_a` where it names them: the form must
+/// be able to run the GEMM, and a shared A must stay resident.
+fn check_choices(p: &GemmProblem, s: &GemmSchedule, t: &Target) -> Result<(), (&'static str, String)> {
+    let half = t.pe.cols / 2;
+    match s.form {
+        Some(Form::Short) if !short_fits(p, s, t) => {
+            let banks = reserved_psum_banks(p, true);
+            let why = format!(
+                "form = short needs 16-bit operands, A stored plainly, tile_m <= {half} (half the PE's columns) and more than {banks} PSUM banks (this GEMM: {} operands, tile_m = {}{})",
+                p.operand,
+                s.tile_m,
+                if p.transpose_a { ", A stored transposed" } else { "" }
+            );
+            return Err(("form", why));
+        }
+        Some(Form::OneRow) if !gemv::one_row_fits(p, s, t) => {
+            return Err(("form", format!("form = one_row needs {} (this GEMM: M = {})", gemv::ONE_ROW_NEEDS, p.m)));
+        }
+        _ => {}
+    }
+    if s.share_a == Some(true) {
+        if gemv::is_one_row(p, s, t) {
+            return Err((
+                "share_a",
+                "share_a = true does not apply to the one-row form (each core reads A's row)".into(),
+            ));
+        }
+        let a_tiles = p.batch_map.len() as u64 * p.m.div_ceil(s.tile_m as u64);
+        if a_tiles > s.a_buffers as u64 {
+            let why =
+                format!("share_a = true needs A resident: a_buffers >= {a_tiles} (A's tiles), not {}", s.a_buffers);
+            return Err(("share_a", why));
+        }
     }
     Ok(())
 }

@@ -22,7 +22,7 @@ use jpu_isa::operand::Space;
 use jpu_isa::Target;
 
 use super::chain::{Broadcast, EpilogueStep};
-use super::gemm::{tensors, GemmProblem, GemmSchedule};
+use super::gemm::{tensors, Form, GemmProblem, GemmSchedule};
 use crate::tiles::{BufSlice, Buffer, HbmBox, TileOp, TileProgram};
 
 /// Whether `p` takes the one-row path: one row of A per batch index, both
@@ -30,7 +30,20 @@ use crate::tiles::{BufSlice, Buffer, HbmBox, TileOp, TileProgram};
 /// column of C, the buffers within one SRAM partition, and faster by the
 /// target's rates than the general path (whose PE time it halves or better,
 /// for `A^T`'s one element per partition, each a short DMA run, in HBM time).
+/// A schedule's `form` decides instead where it names one.
 pub fn is_one_row(p: &GemmProblem, s: &GemmSchedule, t: &Target) -> bool {
+    match s.form {
+        Some(form) => form == Form::OneRow && one_row_fits(p, s, t),
+        None => {
+            one_row_fits(p, s, t)
+                && estimate(p, t, 1, p.k * t.timing.dma.min_run_bytes.max(p.operand.size_bytes() as u64))
+                    < estimate(p, t, s.tile_n as u64, p.k * p.operand.size_bytes() as u64)
+        }
+    }
+}
+
+/// Whether the one-row path can run `p` with `s` (what [`ONE_ROW_NEEDS`] says).
+pub fn one_row_fits(p: &GemmProblem, s: &GemmSchedule, t: &Target) -> bool {
     p.m == 1
         && !p.transpose_a
         && !p.transpose_b
@@ -39,9 +52,11 @@ pub fn is_one_row(p: &GemmProblem, s: &GemmSchedule, t: &Target) -> bool {
         && p.epilogue.iter().all(|(s, _)| !matches!(s, EpilogueStep::Mask { .. }))
         && buffers(p, s, t).iter().map(|b| b.copies as u64 * b.free as u64 * b.dtype.size_bytes() as u64).sum::<u64>()
             <= t.sram.partition_bytes as u64
-        && estimate(p, t, 1, p.k * t.timing.dma.min_run_bytes.max(p.operand.size_bytes() as u64))
-            < estimate(p, t, s.tile_n as u64, p.k * p.operand.size_bytes() as u64)
 }
+
+/// What the one-row path needs, for errors.
+pub const ONE_ROW_NEEDS: &str = "M = 1, A and B stored plainly, no fused row op, column operand or mask, \
+     and its buffers within one SRAM partition";
 
 /// Cycles of the larger of PE time (matmuls of `moving` columns) and HBM time
 /// (B, C and `a_bytes` of A per batch index), without overlap losses.

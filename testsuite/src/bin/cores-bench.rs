@@ -7,7 +7,10 @@
 //! (every bound divided by N) and the goal of the multi-core issue.
 //! `--only TEXT` keeps the rows whose name contains TEXT; `--kernels` also
 //! prints each program's per-kernel table on 8 cores; `--trace-dir DIR` writes
-//! each run's Perfetto trace there.
+//! each run's Perfetto trace there. `--sharing` prints the table of short
+//! GEMMs (one row of output blocks over the cores) instead: cycles with A's
+//! sharing over the fabric as the cost model chooses it, forced on and forced
+//! off (the schedule field `share_a`).
 
 use jpu_isa::Target;
 use jpu_testsuite::programs::{attention, gemm, llama, llama_decode, Shape};
@@ -28,6 +31,9 @@ fn main() {
         ("Llama-3-8B layer, prefill 2048 tokens", llama(llama3_8b, 1), 7.0),
     ];
     let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--sharing") {
+        return sharing_table(&t);
+    }
     let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
     let mut tables = Vec::new();
     println!("| program | cores | cycles | speedup | % of N-core roofline | goal (8 cores) |");
@@ -73,5 +79,35 @@ fn main() {
     }
     for (name, rows) in tables {
         jpu_testsuite::bench::print_per_kernel(&format!("{name}, 8 cores"), &rows);
+    }
+}
+
+/// The `--sharing` table: each short GEMM on 2, 4 and 8 cores with the
+/// default schedule, `share_a = true` and `share_a = false`; whether the
+/// default shares, and how far it is from the better of the two.
+fn sharing_table(t: &Target) {
+    println!("| GEMM bf16 (M x K x N) | cores | default | share_a = true | share_a = false | default shares | default vs best |");
+    println!("|---|---|---|---|---|---|---|");
+    let shapes =
+        [(16, 2048, 2048), (32, 4096, 14336), (64, 1024, 1024), (64, 4096, 4096), (128, 1024, 4096), (128, 4096, 4096)];
+    for (m, k, n) in shapes {
+        let src = gemm(m, k, n);
+        for cores in [2u32, 4, 8] {
+            let run = |schedule: &str| jpu_testsuite::bench::measure_scheduled(&src, t, cores, schedule, 1);
+            let default = run("");
+            let (on, off) = (run("[%c]\nshare_a = true").report.cycles, run("[%c]\nshare_a = false").report.cycles);
+            let shares = default
+                .compiled
+                .program
+                .instructions()
+                .any(|(_, _, _, i)| matches!(&i.op, jpu_isa::Op::Dma { xfer } if xfer.dst.cores != 0));
+            let best = on.min(off);
+            let cycles = default.report.cycles;
+            let vs = format!("{:+.1}%", 100.0 * (cycles as f64 / best as f64 - 1.0));
+            println!(
+                "| {m} x {k} x {n} | {cores} | {cycles} | {on} | {off} | {} | {vs} |",
+                if shares { "yes" } else { "no" }
+            );
+        }
     }
 }
