@@ -416,3 +416,20 @@ fn short_gemm_multicasts_a(m: u64) {
         assert!(fault.message.contains("core"), "{fault}");
     }
 }
+
+/// A GEMM's schedule as `--emit kernels` prints it, written back as a
+/// schedule file, gives the same program: every field's printed value
+/// (`auto` included) reads back as itself, in each form and spread over cores.
+#[test]
+fn printed_gemm_schedules_read_back_to_the_same_program() {
+    let t = jpu_tiny_4();
+    for (m, cores) in [(1, 1), (16, 4), (32, 2), (200, 4)] {
+        let f = skinny_gemm(m);
+        let c = compile(&f, &t, &on_cores(cores)).unwrap();
+        let s = jpu_testsuite::gemm(&c.kernels).unwrap().s;
+        let file = format!("[%c]\n{}\n", s.to_string().replace(", ", "\n"));
+        let again = compile(&f, &t, &Options { cores, ..jpu_testsuite::scheduled(&file, 2) }).unwrap();
+        assert_eq!(jpu_testsuite::gemm(&again.kernels).unwrap().s, s, "{file}");
+        assert!(again.program == c.program, "M = {m} on {cores} cores: another program from\n{file}");
+    }
+}
