@@ -433,3 +433,60 @@ fn printed_gemm_schedules_read_back_to_the_same_program() {
         assert!(again.program == c.program, "M = {m} on {cores} cores: another program from\n{file}");
     }
 }
+
+/// A short GEMM of random shape, operand type and layout (A stored `[K, M]`
+/// and transposed in the program when `transpose_a`), its result cast to bf16.
+fn random_short_gemm(m: u64, k: u64, n: u64, fp8: bool, transpose_a: bool) -> jalc::ir::Func {
+    let dt = if fp8 { "f8e4m3" } else { "bf16" };
+    let (a_ty, a) = if transpose_a {
+        (format!("{dt}[{k}, {m}]"), "  %at = transpose(%a) {perm = [1, 0]}\n  %c = matmul(%at, %b) : f32")
+    } else {
+        (format!("{dt}[{m}, {k}]"), "  %c = matmul(%a, %b) : f32")
+    };
+    check(&format!(
+        "func @g(%a: {a_ty}, %b: {dt}[{k}, {n}]) -> bf16[{m}, {n}] {{\n{a}[{m}, {n}]\n  %y = cast(%c) {{to = bf16}}\n  return %y\n}}"
+    ))
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
+
+    /// Any `form`, `share_a`, `tile_m` and `a_buffers` a schedule file names
+    /// for a short GEMM either compiles to a program that verifies bit-exact,
+    /// race-checked with strict initialisation, on 1, 2 or 4 cores, or is
+    /// refused as an invalid schedule naming one of those fields: never
+    /// another error, never a wrong result.
+    #[test]
+    fn forced_gemm_forms_verify_or_are_refused(
+        m in proptest::prop_oneof![proptest::strategy::Just(1u64), 1u64..=40], k in 1u64..=6, n in 1u64..=5, fp8 in proptest::bool::weighted(0.2),
+        transpose_a in proptest::bool::weighted(0.2), form in 0usize..4, share in 0usize..3,
+        tile_m in proptest::option::of(proptest::sample::select(vec![1u32, 8, 16, 32])),
+        a_buffers in proptest::option::of(1u32..=3), cores in proptest::sample::select(vec![1u32, 2, 4]),
+        seed in proptest::prelude::any::<u64>(),
+    ) {
+        let (k, n) = (k * 40, n * 56);
+        let f = random_short_gemm(m, k, n, fp8, transpose_a);
+        let mut file = format!(
+            "[%c]\nform = {}\nshare_a = {}\n",
+            ["auto", "plain", "short", "one_row"][form],
+            ["auto", "true", "false"][share]
+        );
+        if let Some(tile_m) = tile_m {
+            file += &format!("tile_m = {tile_m}\n");
+        }
+        if let Some(a_buffers) = a_buffers {
+            file += &format!("a_buffers = {a_buffers}\n");
+        }
+        let t = jpu_tiny_4();
+        match compile(&f, &t, &Options { cores, ..jpu_testsuite::scheduled(&file, 2) }) {
+            Ok(c) => {
+                let v = jalc::verify::verify_compiled(&c, &f, &t, seed).unwrap_or_else(|e| panic!("{e}\n{file}"));
+                proptest::prop_assert!(v.passed && v.max_abs_error == 0.0, "{:?}\n{file}", v.first_mismatch);
+            }
+            Err(jalc::error::CompileError::InvalidSchedule { field, .. }) => {
+                proptest::prop_assert!(["form", "share_a", "tile_m", "psum_banks", "buffers"].contains(&field.as_str()), "{field}\n{file}");
+            }
+            Err(e) => proptest::prop_assert!(false, "{e}\n{file}"),
+        }
+    }
+}
