@@ -22,7 +22,7 @@ command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 cargo build --release -q -p jalc
 seeds=fuzz/target/seeds
 rm -rf "$seeds"
-mkdir -p "$seeds"/{jbin_read,sim_run,compile_verify,jasm_assemble,tir_check} fuzz/logs
+mkdir -p "$seeds"/{jbin_read,sim_run,compile_verify,jasm_assemble,tir_check,onnx_read} fuzz/logs
 target/release/jalc asm examples/gemm-tiny.jasm -o "$seeds/jbin_read/gemm-tiny.jbin"
 for jasm in testsuite/cases/jasm/*.jasm testsuite/cases/sim/*/*.jasm; do
     target/release/jalc asm "$jasm" -o "$seeds/jbin_read/$(basename "$jasm" .jasm).jbin" 2>/dev/null || true
@@ -35,6 +35,7 @@ cp "$seeds"/jbin_read/* "$seeds/sim_run/"
 cp examples/*.jasm testsuite/cases/jasm/*.jasm "$seeds/jasm_assemble/"
 cp examples/*.tir testsuite/cases/tir/*.tir "$seeds/tir_check/"
 head -c 64 /dev/urandom > "$seeds/compile_verify/random" # any bytes make a program
+cp testsuite/cases/onnx/*.onnx "$seeds/onnx_read/"
 
 for t in "${targets[@]}"; do cargo +nightly fuzz build -s none "$t"; done
 run() {
@@ -67,6 +68,11 @@ for t in "${targets[@]}"; do
     if grep -q 'ERROR: libFuzzer\|panicked at\|==ERROR' "$log"; then
         status=1
         echo "  $t crashed: see $log and fuzz/artifacts/$t/" >&2
+    elif [ "$execs" = '?' ]; then
+        # No final stats and no crash: the target never ran (a missing seed
+        # directory, a failed build); that is a failure, not a clean run.
+        status=1
+        echo "  $t did not run: see $log" >&2
     fi
 done
 exit $status
