@@ -360,14 +360,17 @@ fn a_schedule_file_chooses_the_gemm_form_and_sharing() {
 /// On JPU-1 a short GEMM (one row of output blocks over the cores, A
 /// resident) streams B on `dma0` and A on `dma1` on every core, and shares A
 /// over the fabric where a long HBM stream hides the wait for other cores'
-/// slices: not where its matmuls bind it, nor where its stream is short
-/// (compiled only; `cores-bench --sharing` measures them).
+/// slices: not where its matmuls bind it, nor where its stream is short, nor
+/// with fewer of A's k-slices than cores (the listing says what the program
+/// does; compiled only, `cores-bench --sharing` measures them).
 #[test]
 fn short_gemms_share_a_where_a_long_hbm_stream_hides_it() {
     let t = Target::builtin("jpu1").unwrap();
-    // (M, K, N, cores, shares): bound by HBM; by its matmuls; a short stream.
-    for (m, k, n, cores, shares) in [(16, 2048, 2048, 4, true), (128, 4096, 4096, 2, false), (64, 1024, 1024, 8, false)]
-    {
+    // (M, K, N, cores, shares): bound by HBM; by its matmuls; a short stream;
+    // 4 k-slices for 8 cores.
+    let cases =
+        [(16, 2048, 2048, 4, true), (128, 4096, 4096, 2, false), (64, 1024, 1024, 8, false), (64, 512, 8192, 8, false)];
+    for (m, k, n, cores, shares) in cases {
         let f = check(&format!(
             "func @g(%a: bf16[{m}, {k}], %b: bf16[{k}, {n}]) -> bf16[{m}, {n}] {{\n  %c = matmul(%a, %b)\n  return %c\n}}"
         ));

@@ -197,8 +197,7 @@ fn place_buffers(tp: &TileProgram, t: &Target, live: &[Option<(usize, usize)>]) 
     for b in 0..tp.buffers.len() {
         placed.retain(|(_, r, _, _)| r.1 >= earliest_from[b]);
         let buf = &tp.buffers[b];
-        // A mirror is placed with the buffer it mirrors.
-        if buf.mirrors.and_then(|m| mirrors.get(m)).is_some_and(|group| group.contains(&b)) {
+        if placed_with(tp, live, b).is_some() {
             continue;
         }
         let bytes = tp.copy_bytes(b);
@@ -246,12 +245,17 @@ fn place_buffers(tp: &TileProgram, t: &Target, live: &[Option<(usize, usize)>]) 
     Ok(Allocation { offsets })
 }
 
-/// For each buffer, the live buffers placed at its address (its mirrors on
-/// other cores, which a multicast writes at the address it reads from).
+/// The earlier buffer `b` is placed with: the one it mirrors on another core
+/// (a multicast writes at the address it reads from), when both are live.
+fn placed_with(tp: &TileProgram, live: &[Option<(usize, usize)>], b: BufferId) -> Option<BufferId> {
+    tp.buffers[b].mirrors.filter(|&m| m < b && live[b].is_some() && live[m].is_some())
+}
+
+/// For each buffer, the buffers placed with it ([`placed_with`]).
 fn mirror_groups(tp: &TileProgram, live: &[Option<(usize, usize)>]) -> Vec<Vec<BufferId>> {
     let mut mirrors: Vec<Vec<BufferId>> = vec![Vec::new(); tp.buffers.len()];
-    for (b, buf) in tp.buffers.iter().enumerate() {
-        if let Some(m) = buf.mirrors.filter(|&m| m < b && live[b].is_some() && live[m].is_some()) {
+    for b in 0..tp.buffers.len() {
+        if let Some(m) = placed_with(tp, live, b) {
             mirrors[m].push(b);
         }
     }

@@ -490,7 +490,8 @@ impl Kernel for GemmKernel {
         let per_core = parts[0].buffers.len();
         let mut tp = crate::tiles::merge_cores(parts);
         if share {
-            super::share::share_loads(&mut tp, (rows * cols) as usize, per_core, 0);
+            let shared = super::share::share_loads(&mut tp, (rows * cols) as usize, per_core, 0);
+            debug_assert!(shared, "shares_a admits only what share_loads can share");
         }
         tp
     }
@@ -501,8 +502,7 @@ impl GemmKernel {
     /// every core reads all of A and keeps it resident: one row of blocks on
     /// several cores, A's tiles within its copies.
     fn every_core_holds_a(&self, s: &GemmSchedule, (grid_rows, cores): (u64, u64)) -> bool {
-        let a_tiles = self.p.batch_map.len() as u64 * self.p.m.div_ceil(s.tile_m as u64);
-        grid_rows == 1 && cores >= 2 && a_tiles <= s.a_buffers as u64
+        grid_rows == 1 && cores >= 2 && self.p.a_tiles(s) <= s.a_buffers as u64
     }
 
     /// Whether, where [`Self::every_core_holds_a`], each core should load a
@@ -513,16 +513,17 @@ impl GemmKernel {
     /// remote signal's latency); a core that stays bound by a long HBM stream
     /// (at least twice those latencies) hides that behind the stream, as
     /// measured on JPU-1, while one bound by its matmuls, or by a short
-    /// stream, waits for it.
+    /// stream, waits for it. Each core takes a run of at least one of A's
+    /// loads (a k-slice of an A tile), so there must be as many as cores.
     fn shares_a(&self, t: &Target, s: &GemmSchedule, grid: (u64, u64)) -> bool {
-        if !self.every_core_holds_a(s, grid) {
+        let (p, cores) = (&self.p, grid.1);
+        let a_tiles = p.a_tiles(s);
+        if !self.every_core_holds_a(s, grid) || a_tiles * p.k.div_ceil(s.tile_k as u64) < cores {
             return false;
         }
         if let Some(share) = s.share_a {
             return share;
         }
-        let (p, cores) = (&self.p, grid.1);
-        let a_tiles = p.batch_map.len() as u64 * p.m.div_ceil(s.tile_m as u64);
         let size = p.operand.size_bytes() as u64;
         let my_cols = p.n.div_ceil(s.tile_n as u64).div_ceil(cores);
         let pe = a_tiles * my_cols * tile_pe_cycles(p, s, t);
@@ -624,6 +625,11 @@ impl GemmProblem {
             Some(row) => row.out_dtype,
             None => self.cast.as_ref().map_or(self.result, |c| c.0),
         }
+    }
+
+    /// A's tiles under `s`: M-tiles per batch index, over every batch index.
+    pub fn a_tiles(&self, s: &GemmSchedule) -> u64 {
+        self.batch_map.len() as u64 * self.m.div_ceil(s.tile_m as u64)
     }
 
     /// Bytes per SRAM partition a schedule needs on `t`.
@@ -742,9 +748,8 @@ pub fn is_short(p: &GemmProblem, s: &GemmSchedule, t: &Target) -> bool {
         None if !short_fits(p, s, t) => return false,
         None => {}
     }
-    let (mt, nt) = (p.m.div_ceil(s.tile_m as u64), p.n.div_ceil(s.tile_n as u64));
-    let (a_tiles, kt) = (p.batch_map.len() as u64 * mt, p.k.div_ceil(s.tile_k as u64));
-    let tiles = a_tiles * nt;
+    let (a_tiles, kt) = (p.a_tiles(s), p.k.div_ceil(s.tile_k as u64));
+    let tiles = a_tiles * p.n.div_ceil(s.tile_n as u64);
     let transpose = t.timing.pe.transpose_min_cycles.max(s.tile_m as u64);
     let plain = tiles * plain_tile_pe_cycles(p, s, t);
     let short = tiles * short_tile_pe_cycles(p, s, t) + a_tiles * kt * transpose;
@@ -916,7 +921,7 @@ fn check_choices(p: &GemmProblem, s: &GemmSchedule, t: &Target) -> Result<(), (&
                 "share_a = true does not apply to the one-row form (each core reads A's row)".into(),
             ));
         }
-        let a_tiles = p.batch_map.len() as u64 * p.m.div_ceil(s.tile_m as u64);
+        let a_tiles = p.a_tiles(s);
         if a_tiles > s.a_buffers as u64 {
             let why =
                 format!("share_a = true needs A resident: a_buffers >= {a_tiles} (A's tiles), not {}", s.a_buffers);

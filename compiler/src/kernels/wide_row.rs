@@ -22,19 +22,22 @@ use crate::tiles::{BufSlice, Buffer, HbmBox, HbmTensor, TileOp, TileProgram, Til
 pub fn applies(p: &RowProblem, t: &Target) -> bool {
     let parts = t.sram.partitions as u64;
     let size = |d: DType| d.size_bytes() as u64;
-    let per = p.len / parts;
-    let pad = |bytes: u64| bytes.div_ceil(64) * 64;
-    let gamma = p.params.first().map_or(4, |(_, d)| size(*d));
-    let spread = pad(per * size(p.dtype)) + pad(per * gamma) + pad(per * 4) + pad(per * size(p.out_dtype));
-    let bytes = pad(p.len * size(p.dtype)) + pad(p.len * size(p.out_dtype)) + pad(4) + pad(parts * 4) + spread;
-    matches!(p.kind, RowKind::RmsNorm { .. })
+    let fits = matches!(p.kind, RowKind::RmsNorm { .. })
         && p.rows == 1
         && p.len.is_multiple_of(parts)
-        && per * size(p.dtype).min(size(p.out_dtype)) >= t.timing.dma.min_run_bytes
+        && p.len / parts * size(p.dtype).min(size(p.out_dtype)) >= t.timing.dma.min_run_bytes
         && parts <= t.pe.rows as u64
         && parts <= t.pe.cols as u64
-        && p.params.len() == 1
-        && bytes <= t.sram.partition_bytes as u64
+        && p.params.len() == 1;
+    // SRAM bytes per partition, each buffer 64-byte aligned as placed.
+    let sram = || {
+        buffers(p, t)
+            .iter()
+            .filter(|b| b.space == Space::Sram)
+            .map(|b| (b.copies as u64 * b.free as u64 * size(b.dtype)).div_ceil(64) * 64)
+            .sum::<u64>()
+    };
+    fits && sram() <= t.sram.partition_bytes as u64
 }
 
 /// Buffer indices.

@@ -120,6 +120,9 @@ impl TileProgram {
     /// A share writes the source's slice of mirrors of its buffer on other
     /// cores, each core once.
     fn check_share(&self, dst: &[BufSlice], src: &BufSlice) -> Result<(), String> {
+        if dst.is_empty() {
+            return Err("a share needs a destination".into());
+        }
         let root = |b: usize| self.buffers.get(b).and_then(|x| x.mirrors).unwrap_or(b);
         let core = |b: usize| self.buffers.get(b).map_or(0, |x| x.core);
         let mut cores = vec![core(src.buf)];
@@ -133,9 +136,6 @@ impl TileProgram {
             }
             cores.push(core(d.buf));
         }
-        if dst.is_empty() {
-            return Err("a share needs a destination".into());
-        }
         Ok(())
     }
 
@@ -143,7 +143,8 @@ impl TileProgram {
     /// an earlier buffer of the same shape on another core, itself no mirror.
     fn mirror_mismatch(&self, i: usize) -> Option<String> {
         let b = &self.buffers[i];
-        let m = self.buffers.get(b.mirrors?).filter(|_| b.mirrors < Some(i));
+        let m = b.mirrors?;
+        let m = self.buffers.get(m).filter(|_| m < i);
         let shape = |x: &super::Buffer| (x.space, x.dtype, x.parts, x.free, x.copies);
         match m {
             Some(m) if m.mirrors.is_none() && m.core != b.core && shape(m) == shape(b) => None,
